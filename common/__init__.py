@@ -1,0 +1,1 @@
+"""Small pieces shared by the agent, the controller and meshctl."""
