@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: install, check generated code, lint, type-check, test,
+# then the kernel lane (ESP on a real kernel under qemu).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+export PATH="$PWD/.venv/bin:$PATH"
+
+echo "== generated protobuf code is current"
+bash .ci/gen-proto --check
+echo "== ruff"
+ruff check .
+echo "== mypy (strict)"
+PYTHON=.venv/bin/python bash .ci/typecheck
+echo "== pytest"
+python -m pytest -q -p no:cacheprovider "$@"
+if [ -x .ci/kernel-lane ]; then
+    echo "== kernel lane (qemu, ESP-capable kernel)"
+    bash .ci/kernel-lane --python "$PWD/.venv/bin/python"
+fi
