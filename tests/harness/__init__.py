@@ -1,0 +1,1 @@
+"""Shared test harness: network-namespace labs (netns.py), strongSwan peers (strongswan.py), etcd."""

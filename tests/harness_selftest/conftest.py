@@ -1,0 +1,6 @@
+import pytest
+
+
+@pytest.fixture
+def netns_prefix() -> str:
+    return "ht-"
