@@ -1,0 +1,31 @@
+#!/bin/sh
+# Runs as PID 1 inside the kernel-lane guest (host root read-only + tmpfs overlay). Reads its
+# parameters from /lane-results/lane.env (written by .ci/kernel-lane), runs the command, records
+# the exit status for the host and powers off.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts && mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /var/tmp
+mkdir -p /run/netns
+. /lane-results/lane.env
+# The guest kernel's modules live in the lane cache (visible through the shared root).
+mkdir -p "/lib/modules/$LANE_KVER"
+mount --bind "$LANE_MODULES" "/lib/modules/$LANE_KVER"
+for m in xfrm_user esp4 esp6 ah4 xfrm_interface veth af_packet nf_tables nft_chain_nat; do
+  modprobe "$m" 2>/dev/null || true
+done
+ip link set lo up
+hostname kernel-lane
+echo "lane-guest: kernel $(uname -r), running: $LANE_COMMAND"
+cd "$LANE_CWD" || true
+sh -c "$LANE_COMMAND"
+rc=$?
+echo "$rc" > /lane-results/rc
+sync
+echo "MESHSEC-LANE-EXIT=$rc"
+umount /lane-results 2>/dev/null
+/bin/busybox poweroff -f
