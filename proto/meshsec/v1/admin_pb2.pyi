@@ -1,0 +1,349 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from meshsec.v1 import agent_pb2 as _agent_pb2
+from meshsec.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ApplyAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    APPLY_ACTION_UNSPECIFIED: _ClassVar[ApplyAction]
+    APPLY_ACTION_CREATED: _ClassVar[ApplyAction]
+    APPLY_ACTION_CONFIGURED: _ClassVar[ApplyAction]
+    APPLY_ACTION_UNCHANGED: _ClassVar[ApplyAction]
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    EVENT_TYPE_NORMAL: _ClassVar[EventType]
+    EVENT_TYPE_WARNING: _ClassVar[EventType]
+APPLY_ACTION_UNSPECIFIED: ApplyAction
+APPLY_ACTION_CREATED: ApplyAction
+APPLY_ACTION_CONFIGURED: ApplyAction
+APPLY_ACTION_UNCHANGED: ApplyAction
+EVENT_TYPE_UNSPECIFIED: EventType
+EVENT_TYPE_NORMAL: EventType
+EVENT_TYPE_WARNING: EventType
+
+class ApplyRequest(_message.Message):
+    __slots__ = ("resources", "dry_run", "field_manager")
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    FIELD_MANAGER_FIELD_NUMBER: _ClassVar[int]
+    resources: _containers.RepeatedCompositeFieldContainer[_common_pb2.Resource]
+    dry_run: bool
+    field_manager: str
+    def __init__(self, resources: _Optional[_Iterable[_Union[_common_pb2.Resource, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., field_manager: _Optional[str] = ...) -> None: ...
+
+class ApplyResult(_message.Message):
+    __slots__ = ("kind", "name", "action", "resource")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    action: ApplyAction
+    resource: _common_pb2.Resource
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., action: _Optional[_Union[ApplyAction, str]] = ..., resource: _Optional[_Union[_common_pb2.Resource, _Mapping]] = ...) -> None: ...
+
+class ApplyResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ApplyResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ApplyResult, _Mapping]]] = ...) -> None: ...
+
+class ValidationError(_message.Message):
+    __slots__ = ("kind", "name", "index", "path", "message")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    index: int
+    path: str
+    message: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., index: _Optional[int] = ..., path: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ValidationErrors(_message.Message):
+    __slots__ = ("errors",)
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    errors: _containers.RepeatedCompositeFieldContainer[ValidationError]
+    def __init__(self, errors: _Optional[_Iterable[_Union[ValidationError, _Mapping]]] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("kind", "name", "resource_version", "dry_run")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    resource_version: str
+    dry_run: bool
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., resource_version: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ("resource",)
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    resource: _common_pb2.Resource
+    def __init__(self, resource: _Optional[_Union[_common_pb2.Resource, _Mapping]] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("kind", "name")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class GetResponse(_message.Message):
+    __slots__ = ("resource",)
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    resource: _common_pb2.Resource
+    def __init__(self, resource: _Optional[_Union[_common_pb2.Resource, _Mapping]] = ...) -> None: ...
+
+class ListRequest(_message.Message):
+    __slots__ = ("kind", "label_selector", "page_size", "page_token")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    label_selector: str
+    page_size: int
+    page_token: str
+    def __init__(self, kind: _Optional[str] = ..., label_selector: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListResponse(_message.Message):
+    __slots__ = ("resources", "next_page_token")
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    resources: _containers.RepeatedCompositeFieldContainer[_common_pb2.Resource]
+    next_page_token: str
+    def __init__(self, resources: _Optional[_Iterable[_Union[_common_pb2.Resource, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ListTunnelsRequest(_message.Message):
+    __slots__ = ("node", "site", "state", "policy", "page_size", "page_token")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    site: str
+    state: _common_pb2.TunnelState
+    policy: str
+    page_size: int
+    page_token: str
+    def __init__(self, node: _Optional[str] = ..., site: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TunnelState, str]] = ..., policy: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListTunnelsResponse(_message.Message):
+    __slots__ = ("tunnels", "next_page_token")
+    TUNNELS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tunnels: _containers.RepeatedCompositeFieldContainer[TunnelInfo]
+    next_page_token: str
+    def __init__(self, tunnels: _Optional[_Iterable[_Union[TunnelInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class TunnelEnd(_message.Message):
+    __slots__ = ("name", "kind", "site", "endpoint", "status", "reported_at", "stale")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: _common_pb2.PeerKind
+    site: str
+    endpoint: _common_pb2.Endpoint
+    status: _agent_pb2.TunnelStatus
+    reported_at: _timestamp_pb2.Timestamp
+    stale: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.PeerKind, str]] = ..., site: _Optional[str] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., status: _Optional[_Union[_agent_pb2.TunnelStatus, _Mapping]] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stale: _Optional[bool] = ...) -> None: ...
+
+class TunnelInfo(_message.Message):
+    __slots__ = ("tunnel_id", "policy", "ends", "state", "desired")
+    TUNNEL_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    ENDS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_FIELD_NUMBER: _ClassVar[int]
+    tunnel_id: str
+    policy: str
+    ends: _containers.RepeatedCompositeFieldContainer[TunnelEnd]
+    state: _common_pb2.TunnelState
+    desired: _agent_pb2.DesiredTunnel
+    def __init__(self, tunnel_id: _Optional[str] = ..., policy: _Optional[str] = ..., ends: _Optional[_Iterable[_Union[TunnelEnd, _Mapping]]] = ..., state: _Optional[_Union[_common_pb2.TunnelState, str]] = ..., desired: _Optional[_Union[_agent_pb2.DesiredTunnel, _Mapping]] = ...) -> None: ...
+
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("since_sequence", "since_time", "kinds", "name")
+    SINCE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_TIME_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    since_sequence: int
+    since_time: _timestamp_pb2.Timestamp
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    name: str
+    def __init__(self, since_sequence: _Optional[int] = ..., since_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kinds: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("sequence", "time", "type", "reason", "involved", "message", "source")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    INVOLVED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    time: _timestamp_pb2.Timestamp
+    type: EventType
+    reason: str
+    involved: _common_pb2.ObjectRef
+    message: str
+    source: str
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[EventType, str]] = ..., reason: _Optional[str] = ..., involved: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., message: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class CreateBootstrapTokenRequest(_message.Message):
+    __slots__ = ("node_name", "site", "ttl_seconds", "uses", "node_labels", "allow_reenroll")
+    class NodeLabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    NODE_LABELS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_REENROLL_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    site: str
+    ttl_seconds: int
+    uses: int
+    node_labels: _containers.ScalarMap[str, str]
+    allow_reenroll: bool
+    def __init__(self, node_name: _Optional[str] = ..., site: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., uses: _Optional[int] = ..., node_labels: _Optional[_Mapping[str, str]] = ..., allow_reenroll: _Optional[bool] = ...) -> None: ...
+
+class CreateBootstrapTokenResponse(_message.Message):
+    __slots__ = ("token", "token_id", "expires_at", "uses", "ca_cert_sha256")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    CA_CERT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    token_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    uses: int
+    ca_cert_sha256: str
+    def __init__(self, token: _Optional[str] = ..., token_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uses: _Optional[int] = ..., ca_cert_sha256: _Optional[str] = ...) -> None: ...
+
+class RevokeBootstrapTokenRequest(_message.Message):
+    __slots__ = ("token_id",)
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    token_id: str
+    def __init__(self, token_id: _Optional[str] = ...) -> None: ...
+
+class RevokeBootstrapTokenResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetTopologyRequest(_message.Message):
+    __slots__ = ("site", "omit_links")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    OMIT_LINKS_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    omit_links: bool
+    def __init__(self, site: _Optional[str] = ..., omit_links: _Optional[bool] = ...) -> None: ...
+
+class Topology(_message.Message):
+    __slots__ = ("sites", "nodes", "external_gateways", "links", "computed_at")
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_GATEWAYS_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTED_AT_FIELD_NUMBER: _ClassVar[int]
+    sites: _containers.RepeatedCompositeFieldContainer[TopologySite]
+    nodes: _containers.RepeatedCompositeFieldContainer[TopologyNode]
+    external_gateways: _containers.RepeatedCompositeFieldContainer[TopologyGateway]
+    links: _containers.RepeatedCompositeFieldContainer[TopologyLink]
+    computed_at: _timestamp_pb2.Timestamp
+    def __init__(self, sites: _Optional[_Iterable[_Union[TopologySite, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[TopologyNode, _Mapping]]] = ..., external_gateways: _Optional[_Iterable[_Union[TopologyGateway, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[TopologyLink, _Mapping]]] = ..., computed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class TopologySite(_message.Message):
+    __slots__ = ("name", "prefixes", "gateways", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PREFIXES_FIELD_NUMBER: _ClassVar[int]
+    GATEWAYS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    prefixes: _containers.RepeatedScalarFieldContainer[str]
+    gateways: _containers.RepeatedScalarFieldContainer[str]
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., prefixes: _Optional[_Iterable[str]] = ..., gateways: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class TopologyNode(_message.Message):
+    __slots__ = ("name", "site", "endpoints", "online", "last_seen", "dataplane_backend", "agent_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    DATAPLANE_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    site: str
+    endpoints: _containers.RepeatedCompositeFieldContainer[_common_pb2.Endpoint]
+    online: bool
+    last_seen: _timestamp_pb2.Timestamp
+    dataplane_backend: _agent_pb2.DataplaneBackend
+    agent_version: str
+    def __init__(self, name: _Optional[str] = ..., site: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[_common_pb2.Endpoint, _Mapping]]] = ..., online: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataplane_backend: _Optional[_Union[_agent_pb2.DataplaneBackend, str]] = ..., agent_version: _Optional[str] = ...) -> None: ...
+
+class TopologyGateway(_message.Message):
+    __slots__ = ("name", "endpoint", "prefixes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    PREFIXES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    endpoint: _common_pb2.Endpoint
+    prefixes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., prefixes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TopologyLink(_message.Message):
+    __slots__ = ("tunnel_id", "policy", "a", "b", "state")
+    TUNNEL_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    tunnel_id: str
+    policy: str
+    a: _common_pb2.ObjectRef
+    b: _common_pb2.ObjectRef
+    state: _common_pb2.TunnelState
+    def __init__(self, tunnel_id: _Optional[str] = ..., policy: _Optional[str] = ..., a: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., b: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., state: _Optional[_Union[_common_pb2.TunnelState, str]] = ...) -> None: ...
