@@ -27,6 +27,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests.harness.netns import Lab  # noqa: E402
+from tests.harness.strongswan import CHARON, SWANCTL, CharonFactory  # noqa: E402
 
 NETNS_REASON = "needs root and network namespaces (ip netns)"
 
@@ -50,7 +51,7 @@ def _netns_missing() -> str | None:
 
 @functools.cache
 def _strongswan_missing() -> str | None:
-    for path in ('/usr/sbin/charon-systemd', '/usr/sbin/swanctl'):
+    for path in (CHARON, SWANCTL):
         if not os.access(path, os.X_OK):
             return f"needs strongSwan: {path} missing (apt-get install charon-systemd strongswan-swanctl)"
     return None
@@ -88,3 +89,12 @@ def lab(netns_prefix: str, tmp_path: Path) -> Iterator[Lab]:
     # Logs and configs go to tmp_path, which pytest keeps for the last runs: handy after a failure.
     with Lab(prefix=netns_prefix, workdir=tmp_path) as the_lab:
         yield the_lab
+
+
+@pytest.fixture
+def charons(lab: Lab) -> Iterator[CharonFactory]:
+    factory = CharonFactory(lab)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
