@@ -19,9 +19,9 @@ with a bridge that hosts ``attach`` to; ``lab.router("r")`` is a host with IP fo
 Namespace names are ``<prefix><run token>-<host name>``; the run token mixes the PID with random
 bits so parallel runs never collide.  Veth ends are created directly inside their namespaces, so
 interface names (<= 15 characters) only need to be unique per namespace.  ``Lab.close`` (also on
-failure) kills every process started through ``popen`` and every process still inside a lab
-namespace, by PID, then deletes the namespaces; ``Lab.leftovers`` / ``leftover_namespaces`` tell
-what is still there.
+failure) kills every process started through ``popen``, runs ``on_close`` callbacks, kills every
+process still inside a lab namespace (by PID), then deletes the namespaces; ``Lab.leftovers`` /
+``leftover_namespaces`` tell what is still there.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -378,6 +378,7 @@ class Lab:
         self.workdir = Path(tempfile.mkdtemp(prefix=self.run_prefix)) if workdir is None else workdir
         self.hosts: dict[str, Host] = {}
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._on_close: list[Callable[[], object]] = []
         self._closed = False
 
     def __enter__(self) -> Lab:
@@ -470,6 +471,10 @@ class Lab:
     def _track(self, proc: subprocess.Popen[bytes]) -> None:
         self._procs.append(proc)
 
+    def on_close(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` at close, after processes are stopped and before namespaces go (LIFO)."""
+        self._on_close.append(callback)
+
     # -- teardown -------------------------------------------------------------------------------
 
     def namespaces(self) -> list[str]:
@@ -494,6 +499,11 @@ class Lab:
                 stop_process(proc)
             except Exception as exc:  # keep tearing down the rest
                 errors.append(f"pid {proc.pid}: {exc}")
+        for callback in reversed(self._on_close):
+            try:
+                callback()
+            except Exception as exc:
+                errors.append(f"on_close {callback!r}: {exc}")
         # Something started by a test through other means (or a daemon's children) would keep a
         # deleted namespace alive invisibly: kill what is still inside, by PID.
         for ns in self.namespaces():

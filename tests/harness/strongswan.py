@@ -541,6 +541,7 @@ class Charon:
         self._sockdir = Path(tempfile.mkdtemp(prefix=f"{host.lab.run_prefix}vici-"))
         self.vici_socket = self._sockdir / "charon.vici"
         self.proc: subprocess.Popen[bytes] | None = None
+        host.lab.on_close(self.stop)  # the lab has killed charon by then; this removes the socket dir
 
     def __repr__(self) -> str:
         return f"Charon({self.host.name!r}, pid={self.pid})"

@@ -62,8 +62,10 @@ def test_two_hosts_ping_and_teardown_leaves_nothing() -> None:
 @pytest.mark.netns
 def test_teardown_on_failure_kills_processes_and_deletes_namespaces() -> None:
     lab = Lab(prefix="ht-")
+    closed: list[bool] = []
     with pytest.raises(RuntimeError, match="boom"), lab:
         host = lab.host("p")
+        lab.on_close(lambda: closed.append(tracked.poll() is not None))
         tracked = host.popen(["sleep", "300"])
         # A daemon that escaped popen's tracking still lives in the namespace; close() must find it.
         host.run(["sh", "-c", "setsid sleep 301 >/dev/null 2>&1 < /dev/null &"])
@@ -73,7 +75,7 @@ def test_teardown_on_failure_kills_processes_and_deletes_namespaces() -> None:
         stray = [pid for pid in namespace_pids(host.ns) if pid != tracked.pid]
         assert len(stray) == 1
         raise RuntimeError("boom")
-    assert tracked.poll() is not None
+    assert closed == [True]  # callbacks run once, after tracked processes are gone
     assert not os.path.exists(f"/proc/{stray[0]}")
     assert leftover_namespaces(lab.run_prefix) == []
 

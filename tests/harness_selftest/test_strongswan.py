@@ -281,3 +281,26 @@ def test_certificate_tunnel_between_two_charons(lab: Lab, charons: CharonFactory
     _assert_tunnel(sw_a.wait_for(_established), sw_b.wait_for(_established))
     assert a.ping(B_INNER, src=A_INNER).ok
     assert "authentication of 'b.test' with ECDSA" in sw_a.log_text()
+
+
+@pytest.mark.netns
+@pytest.mark.strongswan
+def test_tunnel_through_nat_box(lab: Lab, charons: CharonFactory) -> None:
+    """A node behind the lab's NAT box reaches a responder that accepts any address (NAT-T path)."""
+    sw = lab.switch("sw")
+    peer, node = lab.host("peer"), lab.host("node")
+    sw.attach(peer, "198.18.0.2/24")
+    lab.nat_box("nat", inside=node, inside_cidr="198.18.100.1/24", node_cidr="198.18.100.2/24",
+                outside=sw, outside_cidr="198.18.0.1/24")
+    node.add_loopback_address(f"{A_INNER}/32")
+    peer.add_loopback_address(f"{B_INNER}/32")
+    psk = Psk(Secret(os.urandom(16)))
+    sw_node = charons.start(node, [_conn("peer", "198.18.100.2", "198.18.0.2", "node.test", "peer.test",
+                                         A_INNER, B_INNER, psk)])
+    sw_peer = charons.start(peer, [_conn("node", "198.18.0.2", "%any", "peer.test", "node.test",
+                                         B_INNER, A_INNER, psk)])
+    sw_node.initiate("peer", "net", timeout=10)
+    node_sa, peer_sa = sw_node.wait_for(_established), sw_peer.wait_for(_established)
+    assert node_sa.nat_local and peer_sa.nat_remote  # a real NAT, seen from both sides
+    assert peer_sa.remote_host == "198.18.0.1"  # the NAT box's outside address
+    assert node.ping(B_INNER, src=A_INNER).ok
