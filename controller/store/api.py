@@ -123,6 +123,13 @@ class Delete:
 Op = Put | Delete
 
 
+def check_ops(ops: Sequence[Op]) -> None:
+    """A transaction touches each key at most once (etcd refuses anything else)."""
+    keys = [op.key for op in ops]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a transaction may touch each key once: {sorted(keys)}")
+
+
 @dataclass(frozen=True, slots=True)
 class TxnResult:
     succeeded: bool

@@ -37,6 +37,11 @@ class LeaderElection:
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
+    def lease_id(self) -> int:
+        """The lease holding the leader key (0 before the first win)."""
+        return self._lease
+
+    @property
     def is_leader(self) -> bool:
         return self._revision != 0 and not self._lost.is_set()
 

@@ -75,7 +75,7 @@ class EmbeddedStore(Store):
     ) -> None:
         self._wal = wal
         self._state = state
-        self._base = base  # snapshot at state.compact_revision; with _records it rebuilds any later state
+        self._base = base  # state before compact_revision; with _records it rebuilds any later state
         self._records = records
         self._clock = clock
         self._compact_after_records = compact_after_records
@@ -223,14 +223,16 @@ class EmbeddedStore(Store):
                 if event.key.startswith(watch.prefix) and event.revision >= watch.start_revision:
                     watch.offer(event)
         if len(self._records) >= self._compact_after_records:
-            await self._compact_locked(self._state.revision - self._retain_revisions)
+            await self._compact_locked(self._state.revision - self._retain_revisions + 1)
 
     async def _compact_locked(self, revision: int) -> None:
         target = min(revision, self._state.revision)
+        # The new base is the state just before `target`; records from `target` on stay, so the
+        # history a watch can still start from survives a restart.
         folded = Mvcc.from_snapshot(self._base)
         split = len(self._records)
         for index, record in enumerate(self._records):
-            if "rev" in record and int(record["rev"]) > target:
+            if "rev" in record and int(record["rev"]) >= target:
                 split = index
                 break
             folded.apply(record)

@@ -23,8 +23,8 @@ class CompactedError(StoreError):
 
     def __init__(self, requested_revision: int, compact_revision: int) -> None:
         super().__init__(
-            f"revision {requested_revision} has been compacted (history starts after {compact_revision});"
-            " re-list and watch again"
+            f"revision {requested_revision} has been compacted (the oldest still available is"
+            f" {compact_revision}); re-list and watch again"
         )
         self.requested_revision = requested_revision
         self.compact_revision = compact_revision

@@ -14,7 +14,7 @@ import base64
 from collections.abc import Sequence
 from typing import Any
 
-from meshsec.controller.store.api import Compare, Event, EventType, KeyValue, Op, Put
+from meshsec.controller.store.api import Compare, Event, EventType, KeyValue, Op, Put, check_ops
 from meshsec.controller.store.errors import CompactedError, LeaseNotFoundError
 
 Record = dict[str, Any]
@@ -22,13 +22,13 @@ Record = dict[str, Any]
 
 class Mvcc:
     def __init__(self) -> None:
-        self.revision = 0
+        self.revision = 1  # as in etcd, an empty store is at revision 1 and the first write makes 2
         self.compact_revision = 0
         self.kvs: dict[str, KeyValue] = {}
         self.leases: dict[int, int] = {}  # lease id -> granted ttl
         self.lease_keys: dict[int, set[str]] = {}
         self.next_lease_id = 1
-        # Events after compact_revision, in revision order, for watches that start in the past.
+        # Events from compact_revision on, in revision order, for watches that start in the past.
         self.history: list[Event] = []
 
     # -- snapshots ------------------------------------------------------------------------------
@@ -65,9 +65,7 @@ class Mvcc:
 
     def plan_txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> Record | None:
         """The record that applies `ops`, {} when nothing changes, None when a compare fails."""
-        keys = [op.key for op in ops]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"a transaction may touch each key once: {sorted(keys)}")
+        check_ops(ops)
         if not all(compare.holds(self.kvs.get(compare.key)) for compare in compares):
             return None
         events: list[dict[str, Any]] = []
@@ -136,13 +134,14 @@ class Mvcc:
     # -- reading --------------------------------------------------------------------------------
 
     def events_since(self, prefix: str, start_revision: int) -> list[Event]:
-        if start_revision <= self.compact_revision:
+        if start_revision < self.compact_revision:
             raise CompactedError(start_revision, self.compact_revision)
         return [e for e in self.history if e.revision >= start_revision and e.key.startswith(prefix)]
 
     def forget_history(self, revision: int) -> None:
+        """Drop events before `revision`; like etcd, watching from `revision` itself still works."""
         self.compact_revision = max(self.compact_revision, revision)
-        self.history = [e for e in self.history if e.revision > self.compact_revision]
+        self.history = [e for e in self.history if e.revision >= self.compact_revision]
 
 
 def _b64(data: bytes) -> str:

@@ -1,0 +1,332 @@
+"""`Store` on etcd v3 through etcd3aio; the only module that imports etcd3aio.
+
+The watch stream is driven here rather than through `WatchService.watch`: etcd3aio 0.3.0 resumes
+a broken stream from the *response header* revision + 1, which skips the rest of a replay that was
+interrupted part-way (the header carries the store's current revision, not the event's). We
+resume from the last delivered event's revision + 1, as etcd's own Go client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from etcd3aio import Etcd3Client, EtcdConnectionError, EtcdError, EtcdTransientError, prefix_range_end
+from etcd3aio._protobuf import Compare as PbCompare
+from etcd3aio._protobuf import WatchCreateRequest, WatchRequest, WatchStub
+from etcd3aio.kv import KVService
+from etcd3aio.lease import LeaseService
+from meshsec.controller.store.api import (
+    Compare,
+    CompareOp,
+    CompareTarget,
+    Event,
+    EventType,
+    KeyValue,
+    Lease,
+    Op,
+    Put,
+    RangeResult,
+    Store,
+    TxnResult,
+    Watch,
+    check_ops,
+)
+from meshsec.controller.store.errors import (
+    CompactedError,
+    LeaseNotFoundError,
+    StoreError,
+    StoreUnavailableError,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TARGETS = {
+    CompareTarget.VERSION: PbCompare.VERSION,
+    CompareTarget.CREATE_REVISION: PbCompare.CREATE,
+    CompareTarget.MOD_REVISION: PbCompare.MOD,
+    CompareTarget.VALUE: PbCompare.VALUE,
+}
+_OPS = {
+    CompareOp.EQUAL: PbCompare.EQUAL,
+    CompareOp.NOT_EQUAL: PbCompare.NOT_EQUAL,
+    CompareOp.LESS: PbCompare.LESS,
+    CompareOp.GREATER: PbCompare.GREATER,
+}
+_PB_DELETE = 1  # mvccpb.Event.EventType.DELETE
+
+
+def _key_range(prefix: str) -> tuple[bytes, bytes]:
+    if not prefix:  # etcd spells "every key" as ["\0", "\0")
+        return b"\0", b"\0"
+    return prefix.encode(), prefix_range_end(prefix.encode())
+
+
+def _kv(pb: Any) -> KeyValue:
+    return KeyValue(
+        pb.key.decode(),
+        bytes(pb.value),
+        int(pb.create_revision),
+        int(pb.mod_revision),
+        int(pb.version),
+        int(pb.lease),
+    )
+
+
+def _compare(compare: Compare) -> Any:
+    pb = PbCompare(result=_OPS[compare.op], target=_TARGETS[compare.target], key=compare.key.encode())
+    if compare.target is CompareTarget.VALUE:
+        if not isinstance(compare.operand, bytes):
+            raise TypeError(f"compare on value of {compare.key!r} needs bytes")
+        pb.value = compare.operand
+    elif not isinstance(compare.operand, int):
+        raise TypeError(f"compare on {compare.target.value} of {compare.key!r} needs an int")
+    elif compare.target is CompareTarget.VERSION:
+        pb.version = compare.operand
+    elif compare.target is CompareTarget.CREATE_REVISION:
+        pb.create_revision = compare.operand
+    else:
+        pb.mod_revision = compare.operand
+    return pb
+
+
+def _translate(exc: BaseException, lease_id: int = 0) -> BaseException:
+    """Map an etcd3aio/gRPC failure to the store's errors (returns `exc` itself when unknown)."""
+    if isinstance(exc, EtcdConnectionError | EtcdTransientError | TimeoutError):
+        return StoreUnavailableError(f"etcd unavailable: {exc}")
+    if isinstance(exc, grpc.aio.AioRpcError):
+        detail = exc.details() or ""
+        if exc.code() == grpc.StatusCode.NOT_FOUND and "lease not found" in detail:
+            return LeaseNotFoundError(lease_id)
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return StoreUnavailableError(f"etcd unavailable: {detail}")
+        return StoreError(f"etcd: {exc.code().name}: {detail}")
+    if isinstance(exc, EtcdError):
+        return StoreError(f"etcd: {exc}")
+    return exc
+
+
+class _EtcdWatch(Watch):
+    def __init__(self, store: EtcdStore, prefix: str, start_revision: int) -> None:
+        self._store = store
+        self._key, self._range_end = _key_range(prefix)
+        self._start = start_revision
+        self._next = start_revision  # resume point: last delivered event's revision + 1
+        self._pending: list[Event] = []
+        self._responses: AsyncIterator[Any] | None = None
+        self._call: grpc.aio.StreamStreamCall[Any, Any] | None = None
+        self._closed = False
+
+    def _open_stream(self) -> AsyncIterator[Any]:
+        create = WatchCreateRequest(key=self._key, range_end=self._range_end, start_revision=self._next)
+
+        async def requests() -> AsyncIterator[Any]:
+            yield WatchRequest(create_request=create)
+            await asyncio.Future()  # keep the request side open for the life of the watch
+
+        self._call = self._store._watch_stub().Watch(requests())
+        return self._call.__aiter__()
+
+    async def __anext__(self) -> Event:
+        backoff = 0.1
+        while not self._pending:
+            if self._closed:
+                raise StoreUnavailableError("watch closed")
+            if self._responses is None:
+                self._responses = self._open_stream()
+            try:
+                response = await self._responses.__anext__()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if (task is not None and task.cancelling()) or not (self._closed or self._store._closed):
+                    raise
+                # Our own close (the store's channel or this watch) cancelled the call, not the caller.
+                self._drop_stream()
+                raise StoreUnavailableError("watch closed: the etcd store was closed") from None
+            except (grpc.aio.AioRpcError, StopAsyncIteration) as exc:
+                self._drop_stream()
+                transient = isinstance(exc, StopAsyncIteration) or exc.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.INTERNAL,  # a server killed mid-stream shows up as RST_STREAM
+                )
+                if not transient or self._store._closed:
+                    raise _translate(exc) from exc
+                log.info("etcd watch from revision %d interrupted (%s); resuming", self._next, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.1
+            if response.compact_revision:
+                self._drop_stream()
+                raise CompactedError(self._next, int(response.compact_revision))
+            if response.canceled:
+                self._drop_stream()
+                raise StoreError(f"etcd cancelled the watch: {response.cancel_reason}")
+            for pb in response.events:
+                kv = pb.kv
+                if pb.type == _PB_DELETE:
+                    event = Event(EventType.DELETE, kv.key.decode(), b"", int(kv.mod_revision))
+                else:
+                    event = Event(
+                        EventType.PUT,
+                        kv.key.decode(),
+                        bytes(kv.value),
+                        int(kv.mod_revision),
+                        int(kv.create_revision),
+                        int(kv.version),
+                        int(kv.lease),
+                    )
+                self._pending.append(event)
+        event = self._pending.pop(0)
+        self._next = event.revision + 1
+        return event
+
+    def _drop_stream(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        self._call = None
+        self._responses = None
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._drop_stream()
+
+
+class EtcdStore(Store):
+    def __init__(self, client: Etcd3Client, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._closed = False
+
+    @classmethod
+    async def connect(
+        cls,
+        endpoints: Sequence[str],
+        *,
+        timeout: float = 5.0,
+        ca_cert: bytes | None = None,
+        cert_key: bytes | None = None,
+        cert_chain: bytes | None = None,
+    ) -> EtcdStore:
+        """Connect to `endpoints` ("host:port"); TLS with `ca_cert`, mTLS with a client cert as well."""
+        client = Etcd3Client(list(endpoints), ca_cert=ca_cert, cert_key=cert_key, cert_chain=cert_chain)
+        await client.connect()
+        store = cls(client, timeout)
+        try:
+            await store.get("\0")  # fail now, not at first use, when etcd cannot be reached
+        except BaseException:
+            await client.close()
+            raise
+        return store
+
+    async def _call(self, awaitable: Awaitable[T], lease_id: int = 0) -> T:
+        if self._closed:
+            raise StoreUnavailableError("the etcd store is closed")
+        try:
+            return await awaitable
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as exc:
+            raise _translate(exc, lease_id) from exc
+
+    @property
+    def _kv(self) -> KVService:
+        if self._closed or self._client.kv is None:
+            raise StoreUnavailableError("the etcd store is closed")
+        return self._client.kv
+
+    @property
+    def _lease(self) -> LeaseService:
+        if self._closed or self._client.lease is None:
+            raise StoreUnavailableError("the etcd store is closed")
+        return self._client.lease
+
+    def _watch_stub(self) -> WatchStub:
+        # etcd3aio keeps its channel private; we need it for our own watch stream (see module doc).
+        channel = self._client._channel
+        if self._closed or channel is None:
+            raise StoreUnavailableError("the etcd store is closed")
+        return WatchStub(channel)
+
+    async def get(self, key: str) -> KeyValue | None:
+        kv = self._kv
+        response = await self._call(kv.get(key.encode(), timeout=self._timeout))
+        return _kv(response.kvs[0]) if response.kvs else None
+
+    async def range(self, prefix: str) -> RangeResult:
+        kv = self._kv
+        key, end = _key_range(prefix)
+        response = await self._call(kv.get(key, range_end=end, timeout=self._timeout))
+        return RangeResult([_kv(pb) for pb in response.kvs], int(response.header.revision))
+
+    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
+        check_ops(ops)
+        kv = self._kv
+        success = [
+            kv.txn_op_put(op.key.encode(), op.value, lease=op.lease)
+            if isinstance(op, Put)
+            else kv.txn_op_delete(op.key.encode())
+            for op in ops
+        ]
+        lease = next((op.lease for op in ops if isinstance(op, Put) and op.lease), 0)
+        response = await self._call(
+            kv.txn([_compare(c) for c in compares], success, timeout=self._timeout), lease
+        )
+        return TxnResult(bool(response.succeeded), int(response.header.revision))
+
+    def watch(self, prefix: str, *, start_revision: int) -> Watch:
+        self._watch_stub()  # refuse at once when closed
+        return _EtcdWatch(self, prefix, start_revision)
+
+    async def compact(self, revision: int) -> None:
+        kv = self._kv
+        try:
+            await self._call(kv.compact(revision, physical=True, timeout=self._timeout))
+        except StoreError as exc:
+            cause = exc.__cause__
+            detail = cause.details() if isinstance(cause, grpc.aio.AioRpcError) else ""
+            if "future revision" in (detail or ""):
+                current = await self.range("\0")
+                await self.compact(current.revision)
+            elif "compacted" not in (detail or ""):  # already compacted that far: nothing to do
+                raise
+
+    async def grant_lease(self, ttl: int) -> Lease:
+        if ttl < 1:
+            raise ValueError(f"lease ttl must be at least 1 s, got {ttl}")
+        lease = self._lease
+        response = await self._call(lease.grant(ttl, timeout=self._timeout))
+        if response.error:
+            raise StoreError(f"etcd refused a lease: {response.error}")
+        return Lease(int(response.ID), int(response.TTL))
+
+    async def keepalive(self, lease_id: int) -> int:
+        lease = self._lease
+        call = lease.keep_alive(lease_id)
+        try:
+            async with asyncio.timeout(self._timeout):
+                async for response in call:
+                    if response.TTL <= 0:
+                        raise LeaseNotFoundError(lease_id)
+                    return int(response.TTL)
+        except (grpc.aio.AioRpcError, TimeoutError) as exc:
+            raise _translate(exc, lease_id) from exc
+        finally:
+            call.cancel()
+        raise StoreUnavailableError("etcd closed the keepalive stream without an answer")
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        lease = self._lease
+        await self._call(lease.revoke(lease_id, timeout=self._timeout), lease_id)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            await self._client.close()
