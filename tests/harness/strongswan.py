@@ -14,6 +14,11 @@ Usage (with the ``lab`` and ``charons`` fixtures from tests/conftest.py)::
     sw.initiate("peer", "net", timeout=10)          # raises SwanctlError on failure
     ike = sw.list_sas()[0]                          # IkeSa(state="ESTABLISHED", children=[...])
     print(sw.log_path)                              # charon's own log for debugging
+    sw.connections = [...]; sw.load_all()           # rewrite swanctl.conf and reload it
+
+``CertAuth(cert, key, ca)`` instead of ``Psk`` authenticates with certificates (PEM files);
+``CharonSettings`` sets dos_protection, retransmits, ports, log levels and any other ``charon.*``
+option (``extra``); ``list_sas_raw()`` returns the vici messages as plain dicts.
 
 Each instance gets its own strongswan.conf (``load_modular = no``, an explicit plugin list with
 kernel-libipsec before kernel-netlink, its own vici socket, a filelog, journal off) and its own
@@ -57,7 +62,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class SwanctlError(CommandError):
-    """``swanctl`` failed; the message includes its output (and the caller adds the log path)."""
+    """``swanctl`` failed; the message carries its output and the path of charon's log."""
 
 
 # -- typed configuration -------------------------------------------------------------------------
@@ -210,7 +215,7 @@ def strongswan_conf(settings: CharonSettings, vici_socket: Path, log_path: Path)
                 "ike_name": True,
                 "append": False,
                 "flush_line": True,
-                **{k: v for k, v in settings.log_levels.items()},
+                **settings.log_levels,
             }
         },
         "syslog": {"daemon": {"default": -1}, "auth": {"default": -1}},
