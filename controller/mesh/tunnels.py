@@ -1,0 +1,164 @@
+"""Building the two ends of one tunnel from the resources it depends on (pure functions).
+
+The index decides *which* pairs exist; these functions decide what a pair's tunnel looks like.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from ipaddress import collapse_addresses, ip_network
+
+from meshsec.controller.mesh.model import AuthRef, ChildSA, PeerKind, Tunnel
+from meshsec.controller.resources.model import (
+    Address,
+    AuthMethod,
+    ExternalGateway,
+    IpsecProtocol,
+    MeshPolicy,
+    Mode,
+    Node,
+    Prefix,
+    StartAction,
+)
+
+
+def tunnel_id(source: str, a: str, b: str) -> str:
+    """Stable across replicas and restarts: depends only on the source resource and the pair."""
+    lo, hi = (a, b) if a <= b else (b, a)
+    return "t-" + hashlib.blake2b(f"{source}\x00{lo}\x00{hi}".encode(), digest_size=10).hexdigest()
+
+
+def host_selectors(addresses: tuple[Address, ...]) -> tuple[str, ...]:
+    return tuple(sorted(f"{a}/{a.max_prefixlen}" for a in addresses))
+
+
+def prefix_selectors(prefixes: tuple[Prefix, ...] | list[Prefix]) -> tuple[str, ...]:
+    """Collapsed and sorted, so equal sets of prefixes always give equal selectors."""
+    v4 = collapse_addresses([p for p in prefixes if p.version == 4])
+    v6 = collapse_addresses([p for p in prefixes if p.version == 6])
+    return tuple(str(p) for p in [*v4, *v6])
+
+
+def selectors_to_prefixes(selectors: tuple[str, ...]) -> list[Prefix]:
+    return [ip_network(s) for s in selectors]
+
+
+def _strs(addresses: tuple[Address, ...]) -> tuple[str, ...]:
+    return tuple(str(a) for a in addresses)
+
+
+def _underlay(a: Node, b: Node) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """(a's source addresses, b's addresses as seen by a, whether a initiates).
+
+    Inside one site nodes talk over private addresses. Across sites a node is reached at its
+    public address; one that has none sits behind NAT and must be the initiator (it opens the
+    NAT mapping), otherwise the lower node name initiates so exactly one side does.
+    """
+    ea, eb = a.spec.endpoints, b.spec.endpoints
+    local = _strs(ea.private or ea.public)
+    if a.spec.site == b.spec.site:
+        return local, _strs(eb.private or eb.public), a.metadata.name < b.metadata.name
+    remote = _strs(eb.public or eb.private)
+    a_nat, b_nat = not ea.public, not eb.public
+    initiates = a.metadata.name < b.metadata.name if a_nat == b_nat else a_nat
+    return local, remote, initiates
+
+
+def node_pair(
+    policy: MeshPolicy, a: Node, b: Node, a_ts: tuple[str, ...], b_ts: tuple[str, ...]
+) -> tuple[Tunnel, Tunnel]:
+    """Both ends of the tunnel between ``a`` and ``b``; ``*_ts`` is what each end protects."""
+    spec = policy.spec
+    source = f"MeshPolicy/{policy.metadata.name}"
+    tid = tunnel_id(source, a.metadata.name, b.metadata.name)
+    a_local, a_remote, a_initiates = _underlay(a, b)
+    b_local, b_remote, _ = _underlay(b, a)
+    if spec.mode is Mode.TRANSPORT:
+        # Transport mode protects exactly the IKE endpoints.
+        a_ts, b_ts = _host_strs(a_local), _host_strs(a_remote)
+    auth = (
+        AuthRef(AuthMethod.PSK, f"{tid}.g{spec.auth.psk_generation}")
+        if spec.auth.method is AuthMethod.PSK
+        else AuthRef(AuthMethod.CERTIFICATE)
+    )
+
+    def end(
+        local: Node,
+        peer: Node,
+        lep: tuple[str, ...],
+        rep: tuple[str, ...],
+        lts: tuple[str, ...],
+        rts: tuple[str, ...],
+        initiator: bool,
+    ) -> Tunnel:
+        child = ChildSA(
+            policy.metadata.name,
+            lts,
+            rts,
+            spec.crypto.esp_proposals,
+            spec.mode,
+            spec.protocol,
+            spec.crypto.child_lifetime_s,
+        )
+        return Tunnel(
+            id=tid,
+            source=source,
+            local_node=local.metadata.name,
+            peer=peer.metadata.name,
+            peer_kind=PeerKind.NODE,
+            local_endpoints=lep,
+            remote_endpoints=rep,
+            local_ike_id=local.spec.identity.ike_id,
+            remote_ike_id=peer.spec.identity.ike_id,
+            auth=auth,
+            ike_proposals=spec.crypto.ike_proposals,
+            ike_lifetime_s=spec.crypto.ike_lifetime_s,
+            dpd=spec.crypto.dpd,
+            initiator=initiator,
+            start_action=spec.start_action if initiator else StartAction.NONE,
+            children=(child,),
+        )
+
+    return (
+        end(a, b, a_local, a_remote, a_ts, b_ts, a_initiates),
+        end(b, a, b_local, b_remote, b_ts, a_ts, not a_initiates),
+    )
+
+
+def _host_strs(addresses: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(str(ip_network(a)) for a in addresses))
+
+
+def external_tunnel(eg: ExternalGateway, node: Node, local_ts: tuple[str, ...]) -> Tunnel:
+    """A site gateway's tunnel to a third-party gateway; the gateway side always initiates
+    because cloud gateways typically only respond until the first exchange."""
+    spec = eg.spec
+    source = f"ExternalGateway/{eg.metadata.name}"
+    ep = node.spec.endpoints
+    child = ChildSA(
+        eg.metadata.name,
+        local_ts,
+        prefix_selectors(spec.prefixes),
+        spec.crypto.esp_proposals,
+        Mode.TUNNEL,
+        IpsecProtocol.ESP,
+        spec.crypto.child_lifetime_s,
+    )
+    return Tunnel(
+        id=tunnel_id(source, node.metadata.name, eg.metadata.name),
+        source=source,
+        local_node=node.metadata.name,
+        peer=eg.metadata.name,
+        peer_kind=PeerKind.EXTERNAL_GATEWAY,
+        local_endpoints=_strs(ep.private or ep.public),
+        remote_endpoints=(str(spec.address),),
+        local_ike_id=node.spec.identity.ike_id,
+        remote_ike_id=spec.ike_id,
+        auth=AuthRef(AuthMethod.PSK, f"secret/{spec.psk_secret_ref}"),
+        ike_proposals=spec.crypto.ike_proposals,
+        ike_lifetime_s=spec.crypto.ike_lifetime_s,
+        dpd=spec.crypto.dpd,
+        initiator=True,
+        start_action=spec.start_action,
+        children=(child,),
+    )
