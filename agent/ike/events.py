@@ -1,0 +1,109 @@
+"""What the engine tells its user. Small immutable records, consumed via IkeSa.next_event()."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshsec.agent.ike.keys import DirectionKeys
+from meshsec.agent.ike.ts import Ts
+
+
+@dataclass(frozen=True, slots=True)
+class Algorithms:
+    encr: int | None
+    encr_key_bits: int | None
+    integ: int | None
+    prf: int | None = None
+    dh: int | None = None
+    esn: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaEstablished:
+    spi_i: bytes
+    spi_r: bytes
+    initiator: bool
+    local_id: str
+    remote_id: str
+    algorithms: Algorithms
+    udp_encap: bool
+    connection: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaEstablished:
+    """Everything the data plane needs to install both directions of one CHILD_SA.
+
+    `spi_in` is the SPI peers put on packets to us (we allocated it); `keys_in` decrypts them."""
+
+    name: str
+    spi_in: int
+    spi_out: int
+    protocol: int  # ProtocolId.ESP or ProtocolId.AH
+    mode: str  # "tunnel" or "transport"
+    keys_in: DirectionKeys
+    keys_out: DirectionKeys
+    ts_local: tuple[Ts, ...]
+    ts_remote: tuple[Ts, ...]
+    algorithms: Algorithms
+    udp_encap: bool
+    lifetime_soft: int
+    lifetime_hard: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaFailed:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaDeleted:
+    name: str
+    spi_in: int
+    spi_out: int
+    protocol: int
+    by_peer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaDeleted:
+    by_peer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaFailed:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class InitialContactReceived:
+    """The peer forgot all earlier SAs with us: the agent should drop stale SAs for `remote_id`."""
+
+    remote_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PortsChanged:
+    """NAT detected: the adapter should now send from/to UDP 4500 with the non-ESP marker."""
+
+    local_port: int
+    remote_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class LivenessChecked:
+    alive: bool
+
+
+Event = (
+    IkeSaEstablished
+    | ChildSaEstablished
+    | ChildSaFailed
+    | ChildSaDeleted
+    | IkeSaDeleted
+    | IkeSaFailed
+    | InitialContactReceived
+    | PortsChanged
+    | LivenessChecked
+)

@@ -1,0 +1,197 @@
+"""CHILD_SA negotiation shared by IKE_AUTH (first child) and CREATE_CHILD_SA: proposals with
+our freshly allocated SPI, traffic selectors and narrowing (RFC 7296 2.9), USE_TRANSPORT_MODE,
+KEYMAT (2.17), and the resulting ChildSaEstablished event."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from meshsec.agent.ike.config import ChildConfig
+from meshsec.agent.ike.constants import ERROR_NOTIFY_LIMIT, NotifyType, PayloadType, ProtocolId
+from meshsec.agent.ike.events import Algorithms, ChildSaEstablished, ChildSaFailed
+from meshsec.agent.ike.keys import child_encr_key_size, derive_child_keys
+from meshsec.agent.ike.payloads import Message, NotifyPayload, Payload, Proposal, SaPayload, TsPayload
+from meshsec.agent.ike.proposals import Chosen, accept_response, select_proposal
+from meshsec.agent.ike.ts import Ts, is_subset, narrow
+
+if TYPE_CHECKING:
+    from meshsec.agent.ike.sa import IkeSa
+
+
+@dataclass(slots=True)
+class ChildRequest:
+    config: ChildConfig
+    spi_in: int
+    offered: tuple[Proposal, ...]
+
+
+def build_child_request(sa: IkeSa, config: ChildConfig) -> tuple[ChildRequest, list[Payload], list[Payload]]:
+    """Returns the request state, payloads that go before the SA payload (notifies) and the
+    SA/TS payloads themselves (callers put nonces in between for CREATE_CHILD_SA)."""
+    spi_in = sa.allocate_spi(config.protocol)
+    spi = struct.pack("!I", spi_in)
+    # No PFS in this part: DH transforms are left out of CHILD_SA proposals.
+    offered = tuple(spec.to_proposal(i + 1, spi, without_dh=True) for i, spec in enumerate(config.specs))
+    pre: list[Payload] = []
+    if config.mode == "transport":
+        pre.append(NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
+    body: list[Payload] = [
+        SaPayload(offered),
+        TsPayload(PayloadType.TSi, tuple(t.to_wire() for t in config.local_ts)),
+        TsPayload(PayloadType.TSr, tuple(t.to_wire() for t in config.remote_ts)),
+    ]
+    return ChildRequest(config, spi_in, offered), pre, body
+
+
+def _ts(msg: Message, kind: PayloadType) -> list[Ts] | None:
+    p = msg.find(kind)
+    if not isinstance(p, TsPayload):
+        return None
+    return [Ts.from_wire(s) for s in p.selectors]
+
+
+def _algorithms(chosen: Chosen) -> Algorithms:
+    return Algorithms(
+        chosen.encr.id if chosen.encr else None,
+        chosen.encr.key_length if chosen.encr else None,
+        chosen.integ,
+        None,
+        chosen.dh,
+        chosen.esn,
+    )
+
+
+def _install(
+    sa: IkeSa,
+    config: ChildConfig,
+    chosen: Chosen,
+    spi_in: int,
+    spi_out: int,
+    mode: str,
+    ts_local: list[Ts],
+    ts_remote: list[Ts],
+    ni: bytes,
+    nr: bytes,
+    exchange_initiator: bool,
+) -> None:
+    from meshsec.agent.ike.sa import ChildSa
+
+    assert sa.prf is not None and sa.keys is not None
+    keys = derive_child_keys(
+        sa.prf,
+        sa.keys.sk_d.reveal(),
+        ni,
+        nr,
+        child_encr_key_size(
+            chosen.encr.id if chosen.encr else None, chosen.encr.key_length if chosen.encr else None
+        ),
+        chosen.integ,
+    )
+    i2r, r2i = keys.initiator_to_responder, keys.responder_to_initiator
+    keys_out, keys_in = (i2r, r2i) if exchange_initiator else (r2i, i2r)
+    child = ChildSa(
+        config.name,
+        config,
+        chosen.protocol,
+        spi_in,
+        spi_out,
+        mode,
+        tuple(ts_local),
+        tuple(ts_remote),
+        keys_in,
+        keys_out,
+        chosen,
+    )
+    sa.children[spi_in] = child
+    sa.emit(
+        ChildSaEstablished(
+            config.name,
+            spi_in,
+            spi_out,
+            chosen.protocol,
+            mode,
+            keys_in,
+            keys_out,
+            tuple(ts_local),
+            tuple(ts_remote),
+            _algorithms(chosen),
+            sa.udp_encap,
+            config.rekey_time,
+            config.life_time,
+        )
+    )
+
+
+def complete_child_initiator(sa: IkeSa, req: ChildRequest, msg: Message, ni: bytes, nr: bytes) -> None:
+    name = req.config.name
+    errors = [n for n in msg.notifies() if n.notify_type < ERROR_NOTIFY_LIMIT]
+    if errors:
+        try:
+            reason = NotifyType(errors[0].notify_type).name
+        except ValueError:
+            reason = f"notify {errors[0].notify_type}"
+        sa.emit(ChildSaFailed(name, reason))
+        return
+    sa_p, ts_i, ts_r = msg.find(PayloadType.SA), _ts(msg, PayloadType.TSi), _ts(msg, PayloadType.TSr)
+    if not isinstance(sa_p, SaPayload) or ts_i is None or ts_r is None or len(sa_p.proposals) != 1:
+        sa.emit(ChildSaFailed(name, "response lacks SA/TSi/TSr"))
+        return
+    chosen = accept_response(req.offered, sa_p.proposals[0])
+    problem = None
+    if chosen is None or len(chosen.spi) != 4:
+        problem = "responder chose a proposal we did not offer"
+    elif not is_subset(ts_i, list(req.config.local_ts)) or not is_subset(ts_r, list(req.config.remote_ts)):
+        problem = "responder widened the traffic selectors"
+    transport = msg.notify(NotifyType.USE_TRANSPORT_MODE) is not None
+    if problem is None and transport != (req.config.mode == "transport"):
+        problem = "responder did not accept the requested mode"
+    if problem is not None or chosen is None:
+        sa.emit(ChildSaFailed(name, problem or "invalid response"))
+        if chosen is not None and len(chosen.spi) == 4:
+            # The responder installed it; ask it to remove its half (RFC 7296 1.4.1).
+            from meshsec.agent.ike.exchanges.informational import ChildDelete
+
+            sa.queue(ChildDelete(req.spi_in, protocol=req.config.protocol))
+        return
+    spi_out = struct.unpack("!I", chosen.spi)[0]
+    _install(sa, req.config, chosen, req.spi_in, spi_out, req.config.mode, ts_i, ts_r, ni, nr, True)
+
+
+def respond_child(sa: IkeSa, msg: Message, ni: bytes, nr: bytes) -> tuple[list[Payload], list[Payload]]:
+    """Responder: picks the first child config whose proposals, selectors and mode fit.
+    Returns (notifies to put first, SA/TS payloads) or an error notify in the first list."""
+    sa_p, ts_i, ts_r = msg.find(PayloadType.SA), _ts(msg, PayloadType.TSi), _ts(msg, PayloadType.TSr)
+    if not isinstance(sa_p, SaPayload) or ts_i is None or ts_r is None:
+        return [NotifyPayload(NotifyType.INVALID_SYNTAX)], []
+    want_transport = msg.notify(NotifyType.USE_TRANSPORT_MODE) is not None
+    error = NotifyType.NO_PROPOSAL_CHOSEN
+    for cfg in sa.config.children:
+        chosen = select_proposal(
+            cfg.specs, sa_p.proposals, prefer_ours=sa.config.prefer_own_proposals, ignore_dh=True
+        )
+        if chosen is None or len(chosen.spi) != 4:
+            continue
+        # TSi is the initiator's side: our remote; TSr our local.
+        remote = narrow(ts_i, list(cfg.remote_ts))
+        local = narrow(ts_r, list(cfg.local_ts))
+        if not remote or not local:
+            error = NotifyType.TS_UNACCEPTABLE
+            continue
+        if (cfg.mode == "transport") != want_transport:
+            continue
+        spi_in = sa.allocate_spi(ProtocolId(chosen.protocol))
+        spi_out = struct.unpack("!I", chosen.spi)[0]
+        _install(sa, cfg, chosen, spi_in, spi_out, cfg.mode, local, remote, ni, nr, False)
+        pre: list[Payload] = [NotifyPayload(NotifyType.USE_TRANSPORT_MODE)] if want_transport else []
+        answer = Chosen(
+            chosen.number, chosen.protocol, b"", chosen.encr, None, chosen.integ, None, chosen.esn
+        )
+        body: list[Payload] = [
+            SaPayload((answer.as_proposal(struct.pack("!I", spi_in)),)),
+            TsPayload(PayloadType.TSi, tuple(t.to_wire() for t in remote)),
+            TsPayload(PayloadType.TSr, tuple(t.to_wire() for t in local)),
+        ]
+        return pre, body
+    return [NotifyPayload(error)], []

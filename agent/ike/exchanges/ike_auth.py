@@ -1,0 +1,183 @@
+"""IKE_AUTH (RFC 7296 1.2, 2.15): identities, PSK authentication (method 2), INITIAL_CONTACT,
+configuration choice by the peer's identity, and the first CHILD_SA."""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING
+
+from meshsec.agent.ike.config import ChildConfig, IkeConfig
+from meshsec.agent.ike.constants import AuthMethod, ExchangeType, NotifyType, PayloadType
+from meshsec.agent.ike.crypto import Prf
+from meshsec.agent.ike.events import Algorithms, IkeSaEstablished, IkeSaFailed, InitialContactReceived
+from meshsec.agent.ike.exchanges.child_sa import (
+    ChildRequest,
+    build_child_request,
+    complete_child_initiator,
+    respond_child,
+)
+from meshsec.agent.ike.identity import Identity
+from meshsec.agent.ike.payloads import AuthPayload, IdPayload, Message, NotifyPayload, Payload
+from meshsec.agent.ike.proposals import select_proposal
+from meshsec.agent.ike.task import Outcome
+
+if TYPE_CHECKING:
+    from meshsec.agent.ike.sa import IkeSa
+
+KEY_PAD = b"Key Pad for IKEv2"
+
+
+def psk_auth(prf: Prf, psk: bytes, real_message: bytes, nonce: bytes, sk_p: bytes, id_body: bytes) -> bytes:
+    """AUTH = prf(prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>) with
+    SignedOctets = RealMessage | Nonce(peer) | prf(SK_p, RestOfIDPayload) (RFC 7296 2.15)."""
+    return prf(prf(psk, KEY_PAD), real_message + nonce + prf(sk_p, id_body))
+
+
+def _id_payload(kind: PayloadType, ident: Identity) -> IdPayload:
+    return IdPayload(kind, ident.id_type, ident.data)
+
+
+def _established(sa: IkeSa) -> None:
+    from meshsec.agent.ike.sa import State
+
+    assert sa.chosen is not None and sa.remote_identity is not None
+    c = sa.chosen
+    sa.state = State.ESTABLISHED
+    sa.emit(
+        IkeSaEstablished(
+            sa.spi_i,
+            sa.spi_r,
+            sa.initiator,
+            str(sa.config.local_identity),
+            str(sa.remote_identity),
+            Algorithms(
+                c.encr.id if c.encr else None, c.encr.key_length if c.encr else None, c.integ, c.prf, c.dh
+            ),
+            sa.udp_encap,
+            sa.config.name,
+        )
+    )
+
+
+class IkeAuth:
+    exchange = ExchangeType.IKE_AUTH
+    name = "ike_auth"
+
+    def __init__(self, child: ChildConfig | None) -> None:
+        self._child = child
+        self._req: ChildRequest | None = None
+
+    def build(self, sa: IkeSa, now: float) -> list[Payload]:
+        assert sa.prf is not None and sa.keys is not None
+        cfg = sa.config
+        idi = _id_payload(PayloadType.IDi, cfg.local_identity)
+        auth = psk_auth(
+            sa.prf, cfg.psk.reveal(), sa.init_request, sa.nonce_r, sa.keys.sk_pi.reveal(), idi.body_for_auth()
+        )
+        payloads: list[Payload] = [idi]
+        if cfg.send_initial_contact:
+            payloads.append(NotifyPayload(NotifyType.INITIAL_CONTACT))
+        if cfg.remote_identity is not None:
+            payloads.append(_id_payload(PayloadType.IDr, cfg.remote_identity))
+        payloads.append(AuthPayload(AuthMethod.SHARED_KEY_MIC, auth))
+        if self._child is not None:
+            self._req, pre, body = build_child_request(sa, self._child)
+            payloads += pre + body
+        return payloads
+
+    def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
+        assert sa.prf is not None and sa.keys is not None
+        if msg.notify(NotifyType.AUTHENTICATION_FAILED) is not None:
+            sa.fail("peer reported AUTHENTICATION_FAILED")
+            return Outcome.DONE
+        idr, auth = msg.find(PayloadType.IDr), msg.find(PayloadType.AUTH)
+        if not isinstance(idr, IdPayload) or not isinstance(auth, AuthPayload):
+            errors = [n for n in msg.notifies() if n.notify_type < 16384]
+            what = (
+                NotifyType(errors[0].notify_type).name
+                if errors and errors[0].notify_type in NotifyType._value2member_map_
+                else "IDr/AUTH missing"
+            )
+            sa.fail(f"IKE_AUTH failed: {what}")
+            return Outcome.DONE
+        ident = Identity(idr.id_type, idr.data)
+        if not sa.config.matches_remote(ident):
+            sa.fail(f"responder identity {ident} does not match {sa.config.remote_id}")
+            return Outcome.DONE
+        expect = psk_auth(
+            sa.prf,
+            sa.config.psk.reveal(),
+            sa.init_response,
+            sa.nonce_i,
+            sa.keys.sk_pr.reveal(),
+            idr.body_for_auth(),
+        )
+        if auth.method != AuthMethod.SHARED_KEY_MIC or not hmac.compare_digest(expect, auth.data):
+            sa.fail("responder AUTH payload did not verify (wrong PSK?)")
+            return Outcome.DONE
+        sa.remote_identity = ident
+        _established(sa)
+        if self._req is not None:
+            complete_child_initiator(sa, self._req, msg, sa.nonce_i, sa.nonce_r)
+        return Outcome.DONE
+
+    def on_timeout(self, sa: IkeSa) -> None:
+        sa.fail("IKE_AUTH: peer not responding (retransmit limit)")
+
+
+def _pick_config(sa: IkeSa, idi: Identity, idr: Identity | None) -> IkeConfig | None:
+    """The responder's final connection choice, now that the initiator's identity is known;
+    it must also accept the IKE proposal already negotiated."""
+    assert sa.chosen is not None
+    chosen_prop = sa.chosen.as_proposal(b"")
+    for cfg in sa.candidates:
+        if not cfg.matches_remote(idi):
+            continue
+        if idr is not None and cfg.local_identity != idr:
+            continue
+        if select_proposal(cfg.specs, (chosen_prop,)) is None:
+            continue
+        return cfg
+    return None
+
+
+def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
+    assert sa.prf is not None and sa.keys is not None
+    from meshsec.agent.ike.sa import State
+
+    def auth_failed(reason: str) -> list[Payload]:
+        sa.close_after_response(IkeSaFailed(reason))
+        return [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)]
+
+    if sa.state is not State.AUTHENTICATING:
+        return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
+    idi, auth, idr = msg.find(PayloadType.IDi), msg.find(PayloadType.AUTH), msg.find(PayloadType.IDr)
+    if not isinstance(idi, IdPayload) or not isinstance(auth, AuthPayload):
+        sa.close_after_response(IkeSaFailed("IKE_AUTH request lacks IDi or AUTH"))
+        return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
+    if auth.method != AuthMethod.SHARED_KEY_MIC:
+        return auth_failed(f"unsupported AUTH method {auth.method}")
+    ident = Identity(idi.id_type, idi.data)
+    wanted = Identity(idr.id_type, idr.data) if isinstance(idr, IdPayload) else None
+    cfg = _pick_config(sa, ident, wanted)
+    if cfg is None:
+        return auth_failed(f"no connection for peer identity {ident}")
+    sa.config = cfg
+    expect = psk_auth(
+        sa.prf, cfg.psk.reveal(), sa.init_request, sa.nonce_r, sa.keys.sk_pi.reveal(), idi.body_for_auth()
+    )
+    if not hmac.compare_digest(expect, auth.data):
+        return auth_failed(f"AUTH from {ident} did not verify (wrong PSK?)")
+    sa.remote_identity = ident
+    own = _id_payload(PayloadType.IDr, cfg.local_identity)
+    my_auth = psk_auth(
+        sa.prf, cfg.psk.reveal(), sa.init_response, sa.nonce_i, sa.keys.sk_pr.reveal(), own.body_for_auth()
+    )
+    if msg.notify(NotifyType.INITIAL_CONTACT) is not None:
+        sa.emit(InitialContactReceived(str(ident)))
+    _established(sa)
+    payloads: list[Payload] = [own, AuthPayload(AuthMethod.SHARED_KEY_MIC, my_auth)]
+    if msg.find(PayloadType.SA) is not None:
+        pre, body = respond_child(sa, msg, sa.nonce_i, sa.nonce_r)
+        payloads += pre + body
+    return payloads

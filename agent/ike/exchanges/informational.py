@@ -1,0 +1,100 @@
+"""INFORMATIONAL exchanges (RFC 7296 1.4, 1.5): deleting CHILD_SAs and the IKE SA, and the
+empty liveness check (2.4)."""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from meshsec.agent.ike.constants import ExchangeType, ProtocolId
+from meshsec.agent.ike.events import LivenessChecked
+from meshsec.agent.ike.payloads import DeletePayload, Message, Payload
+from meshsec.agent.ike.task import Outcome
+
+if TYPE_CHECKING:
+    from meshsec.agent.ike.sa import IkeSa
+
+
+class IkeDelete:
+    exchange = ExchangeType.INFORMATIONAL
+    name = "ike_delete"
+
+    def build(self, sa: IkeSa, now: float) -> list[Payload]:
+        return [DeletePayload(ProtocolId.IKE, ())]
+
+    def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
+        sa.close_deleted(by_peer=False)
+        return Outcome.DONE
+
+    def on_timeout(self, sa: IkeSa) -> None:
+        # The peer is gone or ignores us; the SA is deleted either way (RFC 7296 1.4.1).
+        sa.close_deleted(by_peer=False)
+
+
+class ChildDelete:
+    exchange = ExchangeType.INFORMATIONAL
+    name = "child_delete"
+
+    def __init__(self, spi_in: int, protocol: int | None = None) -> None:
+        self.spi_in = spi_in
+        self.protocol = protocol
+
+    def build(self, sa: IkeSa, now: float) -> list[Payload] | None:
+        child = sa.children.get(self.spi_in)
+        protocol = child.protocol if child is not None else self.protocol
+        if protocol is None:
+            sa.stats["delete_unknown_child"] += 1
+            return None
+        # A Delete names the SPI we expect on inbound packets (RFC 7296 3.11).
+        return [DeletePayload(protocol, (struct.pack("!I", self.spi_in),))]
+
+    def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
+        child = sa.children.get(self.spi_in)
+        if child is not None:
+            sa.remove_child(child, by_peer=False)
+        return Outcome.DONE
+
+    def on_timeout(self, sa: IkeSa) -> None:
+        sa.fail("CHILD_SA delete: peer not responding (retransmit limit)")
+
+
+class Liveness:
+    exchange = ExchangeType.INFORMATIONAL
+    name = "liveness"
+
+    def build(self, sa: IkeSa, now: float) -> list[Payload]:
+        return []
+
+    def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
+        sa.emit(LivenessChecked(True))
+        return Outcome.DONE
+
+    def on_timeout(self, sa: IkeSa) -> None:
+        sa.emit(LivenessChecked(False))
+        sa.fail("liveness check: peer not responding (retransmit limit)")
+
+
+def respond_informational(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
+    from meshsec.agent.ike.events import IkeSaDeleted
+    from meshsec.agent.ike.sa import State
+
+    if sa.state not in (State.ESTABLISHED, State.DELETING):
+        return []
+    answer: dict[int, list[bytes]] = {}
+    for p in msg.payloads:
+        if not isinstance(p, DeletePayload):
+            continue
+        if p.protocol == ProtocolId.IKE:
+            sa.close_after_response(IkeSaDeleted(by_peer=True))
+            return []
+        if p.protocol not in (ProtocolId.ESP, ProtocolId.AH):
+            continue
+        for spi in p.spis:
+            if len(spi) != 4:
+                continue
+            child = sa.find_child_by_out(p.protocol, struct.unpack("!I", spi)[0])
+            if child is None:
+                continue  # already gone, e.g. both ends deleted it at once (RFC 7296 1.4.1)
+            answer.setdefault(p.protocol, []).append(struct.pack("!I", child.spi_in))
+            sa.remove_child(child, by_peer=True)
+    return [DeletePayload(proto, tuple(spis)) for proto, spis in answer.items()]

@@ -1,0 +1,92 @@
+"""Key derivation of RFC 7296 2.14 (IKE SA) and 2.17 (CHILD_SA KEYMAT)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshsec.agent.ike.crypto import INTEGS, Integ, Prf, SkCipher
+from meshsec.common.secrets import Secret
+
+
+@dataclass(frozen=True, slots=True)
+class IkeKeys:
+    sk_d: Secret
+    sk_ai: Secret
+    sk_ar: Secret
+    sk_ei: Secret
+    sk_er: Secret
+    sk_pi: Secret
+    sk_pr: Secret
+
+
+def skeyseed(prf: Prf, ni: bytes, nr: bytes, shared: bytes) -> bytes:
+    """SKEYSEED = prf(Ni | Nr, g^ir); HMAC PRFs take the whole nonce pair as key."""
+    return prf(ni + nr, shared)
+
+
+def derive_ike_keys(
+    prf: Prf,
+    cipher: SkCipher,
+    integ: Integ | None,
+    ni: bytes,
+    nr: bytes,
+    shared: bytes,
+    spi_i: bytes,
+    spi_r: bytes,
+) -> IkeKeys:
+    seed = skeyseed(prf, ni, nr, shared)
+    a = integ.key_size if integ else 0
+    e = cipher.key_size
+    p = prf.key_size
+    km = prf.plus(seed, ni + nr + spi_i + spi_r, 3 * p + 2 * a + 2 * e)
+    cuts = [p, a, a, e, e, p, p]
+    parts: list[Secret] = []
+    off = 0
+    for n in cuts:
+        parts.append(Secret(km[off : off + n]))
+        off += n
+    return IkeKeys(*parts)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectionKeys:
+    encr: Secret  # empty for AH; for AES-GCM it includes the 4-byte salt (RFC 4106 8.1)
+    integ: Secret  # empty for AEAD ciphers
+
+
+@dataclass(frozen=True, slots=True)
+class ChildKeys:
+    initiator_to_responder: DirectionKeys
+    responder_to_initiator: DirectionKeys
+
+
+def derive_child_keys(
+    prf: Prf,
+    sk_d: bytes,
+    ni: bytes,
+    nr: bytes,
+    encr_size: int,
+    integ_id: int | None,
+    shared: bytes = b"",
+) -> ChildKeys:
+    """KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr); keys for initiator->responder come first,
+    each direction's encryption key before its integrity key (RFC 7296 2.17)."""
+    integ_size = INTEGS[integ_id].key_size if integ_id else 0
+    per_dir = encr_size + integ_size
+    km = prf.plus(sk_d, shared + ni + nr, 2 * per_dir)
+
+    def cut(base: int) -> DirectionKeys:
+        return DirectionKeys(
+            Secret(km[base : base + encr_size]), Secret(km[base + encr_size : base + per_dir])
+        )
+
+    return ChildKeys(cut(0), cut(per_dir))
+
+
+def child_encr_key_size(encr_id: int | None, key_bits: int | None) -> int:
+    """Bytes of ESP encryption keying material; GCM adds its 4-byte salt (RFC 4106 8.1)."""
+    if encr_id is None or key_bits is None:
+        return 0
+    from meshsec.agent.ike.constants import EncrId
+
+    return key_bits // 8 + (4 if encr_id == EncrId.AES_GCM_16 else 0)

@@ -1,0 +1,244 @@
+"""strongSwan-style proposal strings ("aes256gcm16-prfsha256-x25519") and proposal selection
+(RFC 7296 2.7 and 3.3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meshsec.agent.ike.constants import (
+    DhId,
+    EncrId,
+    EsnId,
+    IntegId,
+    PrfId,
+    ProtocolId,
+    TransformType,
+)
+from meshsec.agent.ike.payloads import Proposal, Transform
+
+
+class ProposalError(ValueError):
+    """An unparsable or incomplete proposal string; the message names the offending token."""
+
+
+_ENCR: dict[str, Transform] = {}
+for _bits in (128, 192, 256):
+    _ENCR[f"aes{_bits}"] = Transform(TransformType.ENCR, EncrId.AES_CBC, _bits)
+    for _alias in ("gcm16", "gcm128"):
+        _ENCR[f"aes{_bits}{_alias}"] = Transform(TransformType.ENCR, EncrId.AES_GCM_16, _bits)
+_INTEG = {
+    "sha256": IntegId.HMAC_SHA2_256_128,
+    "sha2_256": IntegId.HMAC_SHA2_256_128,
+    "sha384": IntegId.HMAC_SHA2_384_192,
+    "sha2_384": IntegId.HMAC_SHA2_384_192,
+    "sha512": IntegId.HMAC_SHA2_512_256,
+    "sha2_512": IntegId.HMAC_SHA2_512_256,
+}
+_PRF = {
+    "prfsha256": PrfId.HMAC_SHA2_256,
+    "prfsha384": PrfId.HMAC_SHA2_384,
+    "prfsha512": PrfId.HMAC_SHA2_512,
+}
+# strongSwan derives the PRF from the integrity algorithm when no prf token is given.
+_PRF_FROM_INTEG: dict[int, int] = {
+    IntegId.HMAC_SHA2_256_128: PrfId.HMAC_SHA2_256,
+    IntegId.HMAC_SHA2_384_192: PrfId.HMAC_SHA2_384,
+    IntegId.HMAC_SHA2_512_256: PrfId.HMAC_SHA2_512,
+}
+_DH = {
+    "x25519": DhId.CURVE25519,
+    "curve25519": DhId.CURVE25519,
+    "ecp256": DhId.ECP_256,
+    "ecp384": DhId.ECP_384,
+    "modp2048": DhId.MODP_2048,
+    "modp3072": DhId.MODP_3072,
+}
+_ESN = {"esn": EsnId.ESN, "noesn": EsnId.NO_ESN}
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalSpec:
+    """One proposal we offer or accept: per transform type, alternatives in preference order."""
+
+    protocol: ProtocolId
+    transforms: tuple[Transform, ...]
+    text: str = field(default="", compare=False)
+
+    def to_proposal(self, number: int, spi: bytes, *, without_dh: bool = False) -> Proposal:
+        ts = tuple(t for t in self.transforms if not (without_dh and t.type == TransformType.DH))
+        return Proposal(number, self.protocol, spi, ts)
+
+    def dh_groups(self) -> list[int]:
+        return [t.id for t in self.transforms if t.type == TransformType.DH]
+
+
+def parse_proposals(text: str, protocol: ProtocolId) -> tuple[ProposalSpec, ...]:
+    """Parses a comma-separated list of dash-separated algorithm tokens."""
+    if not text.strip():
+        raise ProposalError("empty proposal string")
+    return tuple(_parse_one(part.strip(), protocol) for part in text.split(","))
+
+
+def _parse_one(text: str, protocol: ProtocolId) -> ProposalSpec:
+    encr: list[Transform] = []
+    integ: list[int] = []
+    prf: list[int] = []
+    dh: list[int] = []
+    esn: list[int] = []
+    for token in text.lower().split("-"):
+        if token in _ENCR:
+            encr.append(_ENCR[token])
+        elif token in _INTEG:
+            integ.append(_INTEG[token])
+        elif token in _PRF:
+            prf.append(_PRF[token])
+        elif token in _DH:
+            dh.append(_DH[token])
+        elif token in _ESN:
+            esn.append(_ESN[token])
+        else:
+            raise ProposalError(f"unknown algorithm {token!r} in proposal {text!r}")
+    aead = [t for t in encr if t.id == EncrId.AES_GCM_16]
+    if aead and len(aead) != len(encr):
+        raise ProposalError(f"proposal {text!r} mixes AEAD and non-AEAD ciphers")
+    if aead and integ:
+        raise ProposalError(f"proposal {text!r}: AEAD ciphers take no integrity algorithm")
+    if protocol == ProtocolId.IKE:
+        if not encr or not dh or (not aead and not integ):
+            raise ProposalError(
+                f"IKE proposal {text!r} needs a cipher, integrity (unless AEAD) and a DH group"
+            )
+        if esn:
+            raise ProposalError(f"IKE proposal {text!r} cannot carry esn")
+        if not prf:
+            prf = [_PRF_FROM_INTEG[i] for i in integ]
+        if not prf:
+            raise ProposalError(f"IKE proposal {text!r} with an AEAD cipher needs a prf token")
+    else:
+        if prf:
+            raise ProposalError(f"{protocol.name} proposal {text!r} cannot carry a prf")
+        if protocol == ProtocolId.ESP and not encr:
+            raise ProposalError(f"ESP proposal {text!r} needs a cipher")
+        if protocol == ProtocolId.AH and (encr or not integ):
+            raise ProposalError(f"AH proposal {text!r} takes only integrity algorithms")
+        if not aead and not integ:
+            raise ProposalError(f"{protocol.name} proposal {text!r} needs integrity (unless AEAD)")
+        esn = esn or [EsnId.NO_ESN]
+    transforms = (
+        list(encr)
+        + [Transform(TransformType.PRF, i) for i in prf]
+        + [Transform(TransformType.INTEG, i) for i in integ]
+        + [Transform(TransformType.DH, i) for i in dh]
+        + [Transform(TransformType.ESN, i) for i in esn]
+    )
+    return ProposalSpec(protocol, tuple(transforms), text)
+
+
+@dataclass(frozen=True, slots=True)
+class Chosen:
+    """The single-transform-per-type result of a negotiation."""
+
+    number: int
+    protocol: int
+    spi: bytes  # the SPI the proposing side put in its proposal
+    encr: Transform | None
+    prf: int | None
+    integ: int | None
+    dh: int | None
+    esn: int | None
+
+    def as_proposal(self, spi: bytes) -> Proposal:
+        ts = [t for t in (self.encr,) if t is not None]
+        for ttype, tid in (
+            (TransformType.PRF, self.prf),
+            (TransformType.INTEG, self.integ),
+            (TransformType.DH, self.dh),
+            (TransformType.ESN, self.esn),
+        ):
+            if tid is not None:
+                ts.append(Transform(ttype, tid))
+        return Proposal(self.number, self.protocol, spi, tuple(ts))
+
+
+def _normalised(ts: tuple[Transform, ...], ignore_dh: bool) -> dict[int, list[Transform]]:
+    by_type: dict[int, list[Transform]] = {}
+    for t in ts:
+        if t.type == TransformType.INTEG and t.id == IntegId.NONE:
+            continue  # "no integrity" alongside an AEAD cipher equals leaving INTEG out
+        if ignore_dh and t.type == TransformType.DH:
+            continue
+        if t.type == TransformType.DH and t.id == DhId.NONE:
+            continue
+        by_type.setdefault(t.type, []).append(t)
+    return by_type
+
+
+def _match(ours: ProposalSpec, theirs: Proposal, prefer_ours: bool, ignore_dh: bool) -> Chosen | None:
+    if theirs.protocol != ours.protocol:
+        return None
+    a = _normalised(ours.transforms, ignore_dh)
+    b = _normalised(theirs.transforms, ignore_dh)
+    if set(a) != set(b):
+        return None
+    pick: dict[int, Transform] = {}
+    for ttype in a:
+        first, second = (a[ttype], b[ttype]) if prefer_ours else (b[ttype], a[ttype])
+        found = next((t for t in first if t in second), None)
+        if found is None:
+            return None
+        pick[ttype] = found
+
+    def tid(tt: TransformType) -> int | None:
+        t = pick.get(tt)
+        return None if t is None else t.id
+
+    return Chosen(
+        theirs.number,
+        theirs.protocol,
+        theirs.spi,
+        pick.get(TransformType.ENCR),
+        tid(TransformType.PRF),
+        tid(TransformType.INTEG),
+        tid(TransformType.DH),
+        tid(TransformType.ESN),
+    )
+
+
+def select_proposal(
+    ours: tuple[ProposalSpec, ...],
+    theirs: tuple[Proposal, ...],
+    *,
+    prefer_ours: bool = True,
+    ignore_dh: bool = False,
+) -> Chosen | None:
+    """Responder-side choice; the order of the outer loop decides whose preference wins."""
+    pairs = ((o, t) for o in ours for t in theirs) if prefer_ours else ((o, t) for t in theirs for o in ours)
+    for o, t in pairs:
+        chosen = _match(o, t, prefer_ours, ignore_dh)
+        if chosen is not None:
+            return chosen
+    return None
+
+
+def accept_response(offered: tuple[Proposal, ...], answer: Proposal) -> Chosen | None:
+    """Initiator side: the responder's single proposal must be a subset of one we offered."""
+    for prop in offered:
+        if prop.number != answer.number or prop.protocol != answer.protocol:
+            continue
+        spec = ProposalSpec(ProtocolId(prop.protocol), prop.transforms)
+        got = _normalised(answer.transforms, False)
+        if any(len(v) != 1 for v in got.values()):
+            return None
+        chosen = _match(spec, answer, True, False)
+        if chosen is not None:
+            return Chosen(
+                chosen.number,
+                chosen.protocol,
+                answer.spi,
+                chosen.encr,
+                chosen.prf,
+                chosen.integ,
+                chosen.dh,
+                chosen.esn,
+            )
+    return None

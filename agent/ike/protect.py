@@ -1,0 +1,81 @@
+"""The SK payload (RFC 7296 3.14, RFC 5282): sealing an inner payload chain into a message and
+opening a received one. One object per IKE SA holds both directions' keys."""
+
+from __future__ import annotations
+
+import hmac as _hmac
+import struct
+from collections.abc import Sequence
+
+from meshsec.agent.ike.build import build_chain, build_header
+from meshsec.agent.ike.constants import IKE_HEADER_LEN, PayloadType
+from meshsec.agent.ike.crypto import CryptoError, Integ, SkCipher
+from meshsec.agent.ike.keys import IkeKeys
+from meshsec.agent.ike.parse import parse_chain
+from meshsec.agent.ike.payloads import EncryptedPayload, Header, Payload
+from meshsec.agent.ike.random import Random
+
+
+class SkProtection:
+    def __init__(self, cipher: SkCipher, integ: Integ | None, keys: IkeKeys, initiator: bool) -> None:
+        self._cipher = cipher
+        self._integ = integ
+        # Outbound uses our role's keys, inbound the peer's.
+        if initiator:
+            self._ek, self._ak = keys.sk_ei.reveal(), keys.sk_ai.reveal()
+            self._dk, self._vk = keys.sk_er.reveal(), keys.sk_ar.reveal()
+        else:
+            self._ek, self._ak = keys.sk_er.reveal(), keys.sk_ar.reveal()
+            self._dk, self._vk = keys.sk_ei.reveal(), keys.sk_ai.reveal()
+        self._icv = 0 if cipher.aead else (integ.icv_size if integ else 0)
+
+    def seal(self, header: Header, payloads: Sequence[Payload], rnd: Random) -> bytes:
+        inner = build_chain(payloads)
+        first = int(payloads[0].payload_type) if payloads else PayloadType.NONE
+        bs = self._cipher.block_size()
+        pad = (bs - (len(inner) + 1) % bs) % bs
+        plaintext = inner + bytes(pad) + bytes((pad,))
+        iv = rnd.bytes(self._cipher.iv_size)
+        ct_len = len(plaintext) + (self._cipher.icv_size if self._cipher.aead else 0)
+        sk_len = 4 + len(iv) + ct_len + self._icv
+        total = IKE_HEADER_LEN + sk_len
+        hdr = build_header(
+            Header(
+                header.spi_i,
+                header.spi_r,
+                PayloadType.SK,
+                header.exchange,
+                header.flags,
+                header.message_id,
+                total,
+                header.version,
+            )
+        )
+        sk_hdr = struct.pack("!BBH", first, 0, sk_len)
+        aad = hdr + sk_hdr
+        ct = self._cipher.encrypt(self._ek, iv, plaintext, aad)
+        msg = aad + iv + ct
+        if self._icv and self._integ is not None:
+            msg += self._integ.sign(self._ak, msg)
+        return msg
+
+    def open(self, data: bytes, sk: EncryptedPayload) -> list[Payload]:
+        """Verifies and decrypts; raises CryptoError on a bad ICV/tag/padding and ParseError on a
+        malformed inner chain."""
+        body_start = len(data) - len(sk.data)
+        iv_size = self._cipher.iv_size
+        if len(sk.data) < iv_size + self._icv + (self._cipher.icv_size if self._cipher.aead else 1):
+            raise CryptoError("SK payload too short")
+        if self._icv and self._integ is not None:
+            expect = self._integ.sign(self._vk, data[: len(data) - self._icv])
+            if not _hmac.compare_digest(expect, data[len(data) - self._icv :]):
+                raise CryptoError("integrity check failed")
+        iv = sk.data[:iv_size]
+        ct = sk.data[iv_size : len(sk.data) - self._icv]
+        plaintext = self._cipher.decrypt(self._dk, iv, ct, data[:body_start])
+        if not plaintext:
+            raise CryptoError("empty plaintext")
+        pad = plaintext[-1]
+        if pad + 1 > len(plaintext):
+            raise CryptoError("pad length exceeds plaintext")
+        return parse_chain(sk.first_inner, memoryview(plaintext)[: len(plaintext) - pad - 1])

@@ -1,0 +1,619 @@
+"""The IKE SA: a sans-IO state machine (RFC 7296). Datagrams, addresses and `now` go in;
+datagrams to send, the next timer deadline and events come out. This object owns what is
+common to all exchanges: SPIs, message IDs, the request window of one, retransmission with
+exponential back-off, the cached response for duplicate requests, NAT-T ports and keepalives.
+Exchange-specific logic lives in the task units under exchanges/."""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from meshsec.agent.ike.address import Address
+from meshsec.agent.ike.build import build_message
+from meshsec.agent.ike.config import ChildConfig, IkeConfig
+from meshsec.agent.ike.constants import (
+    IKE_VERSION,
+    NATT_PORT,
+    ExchangeType,
+    HeaderFlag,
+    NotifyType,
+    ProtocolId,
+)
+from meshsec.agent.ike.crypto import CryptoError, DhFactory, Integ, Prf, SkCipher, default_dh_factory
+from meshsec.agent.ike.events import (
+    ChildSaDeleted,
+    Event,
+    IkeSaDeleted,
+    IkeSaFailed,
+    PortsChanged,
+)
+from meshsec.agent.ike.identity import Identity
+from meshsec.agent.ike.keys import DirectionKeys, IkeKeys
+from meshsec.agent.ike.natt import NATT_KEEPALIVE, add_non_esp_marker
+from meshsec.agent.ike.parse import ParseError, parse_chain, parse_header
+from meshsec.agent.ike.payloads import (
+    EncryptedPayload,
+    Header,
+    Message,
+    NotifyPayload,
+    Payload,
+)
+from meshsec.agent.ike.proposals import Chosen
+from meshsec.agent.ike.protect import SkProtection
+from meshsec.agent.ike.random import Random, SystemRandom
+from meshsec.agent.ike.task import Outcome, Task
+from meshsec.agent.ike.ts import Ts
+
+log = logging.getLogger(__name__)
+
+SpiAllocator = Callable[[ProtocolId], int]
+HALF_OPEN_TIMEOUT = 30.0  # seconds a responder waits for IKE_AUTH (strongSwan's default)
+
+
+class State(Enum):
+    CREATED = "created"
+    CONNECTING = "connecting"  # IKE_SA_INIT in progress
+    AUTHENTICATING = "authenticating"  # keys derived, IKE_AUTH in progress
+    ESTABLISHED = "established"
+    DELETING = "deleting"
+    CLOSED = "closed"  # terminal: deleted or failed
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingDatagram:
+    """One UDP payload to send. `data` is the IKE message without the non-ESP marker;
+    `wire()` adds it when the datagram goes out on the NAT-T port."""
+
+    data: bytes
+    local: Address
+    remote: Address
+    keepalive: bool = False
+
+    @property
+    def encapsulated(self) -> bool:
+        return self.local.port == NATT_PORT or self.remote.port == NATT_PORT
+
+    def wire(self) -> bytes:
+        if self.keepalive or not self.encapsulated:
+            return self.data
+        return add_non_esp_marker(self.data)
+
+
+@dataclass(slots=True)
+class ChildSa:
+    name: str
+    config: ChildConfig | None
+    protocol: int
+    spi_in: int
+    spi_out: int
+    mode: str
+    ts_local: tuple[Ts, ...]
+    ts_remote: tuple[Ts, ...]
+    keys_in: DirectionKeys
+    keys_out: DirectionKeys
+    chosen: Chosen
+
+
+@dataclass(slots=True)
+class _Active:
+    task: Task
+    message_id: int
+    packet: bytes
+    attempt: int
+    deadline: float
+
+
+def random_spi_allocator(rnd: Random) -> SpiAllocator:
+    """Fallback when no data plane allocates SPIs: random, avoiding the reserved 0..255."""
+
+    def allocate(protocol: ProtocolId) -> int:
+        while True:
+            spi = int.from_bytes(rnd.bytes(4), "big")
+            if spi > 255:
+                return spi
+
+    return allocate
+
+
+class IkeSa:
+    def __init__(
+        self,
+        config: IkeConfig,
+        local: Address,
+        remote: Address,
+        *,
+        initiator: bool,
+        rnd: Random | None = None,
+        dh_factory: DhFactory = default_dh_factory,
+        allocate_spi: SpiAllocator | None = None,
+        candidates: Sequence[IkeConfig] = (),
+    ) -> None:
+        self.config = config
+        self.candidates: tuple[IkeConfig, ...] = tuple(candidates) or (config,)
+        self.local = local
+        self.remote = remote
+        self.initiator = initiator
+        self.rnd: Random = rnd or SystemRandom()
+        self.dh_factory = dh_factory
+        self.allocate_spi: SpiAllocator = allocate_spi or random_spi_allocator(self.rnd)
+        self.state = State.CREATED
+        self.spi_i = self.rnd.bytes(8) if initiator else bytes(8)
+        self.spi_r = bytes(8) if initiator else self.rnd.bytes(8)
+        self.stats: Counter[str] = Counter()
+        self.children: dict[int, ChildSa] = {}
+        self.remote_identity: Identity | None = None
+        # Set by the IKE_SA_INIT unit; read by IKE_AUTH and CHILD_SA units.
+        self.nonce_i = b""
+        self.nonce_r = b""
+        self.init_request = b""
+        self.init_response = b""
+        self.chosen: Chosen | None = None
+        self.prf: Prf | None = None
+        self.cipher: SkCipher | None = None
+        self.integ: Integ | None = None
+        self.keys: IkeKeys | None = None
+        self.protection: SkProtection | None = None
+        self.nat_local = False  # we are behind a NAT (we send keepalives)
+        self.nat_remote = False  # the peer is behind a NAT (or pretends to be, like libipsec)
+        self.created_at: float | None = None
+        self._queue: deque[Task] = deque()
+        self._active: _Active | None = None
+        self._my_mid = 0
+        self._peer_mid = 0
+        self._cached_request = b""
+        self._cached_response: bytes | None = None
+        self._close_after_response: Event | None = None
+        self._out: list[OutgoingDatagram] = []
+        self._events: deque[Event] = deque()
+        self._last_sent = 0.0
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def local_spi(self) -> bytes:
+        return self.spi_i if self.initiator else self.spi_r
+
+    @property
+    def udp_encap(self) -> bool:
+        return self.nat_local or self.nat_remote
+
+    @property
+    def established(self) -> bool:
+        return self.state is State.ESTABLISHED
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    def initiate(self, now: float) -> None:
+        """Starts IKE_SA_INIT and IKE_AUTH with the first child; further children follow as
+        CREATE_CHILD_SA exchanges."""
+        self._guard(self._initiate, now)
+
+    def receive(self, datagram: bytes, local: Address, remote: Address, now: float) -> None:
+        """One IKE message (without non-ESP marker). Never raises: bad input is counted in
+        `stats` and dropped or answered with the error notify the RFC prescribes."""
+        self._guard(self._receive, bytes(datagram), local, remote, now)
+
+    def handle_timer(self, now: float) -> None:
+        self._guard(self._handle_timer, now)
+
+    def create_child(self, config: ChildConfig, now: float) -> None:
+        from meshsec.agent.ike.exchanges.child_create import ChildCreate
+
+        self._guard(self._enqueue, ChildCreate(config), now)
+
+    def delete_child(self, spi_in: int, now: float) -> None:
+        from meshsec.agent.ike.exchanges.informational import ChildDelete
+
+        self._guard(self._enqueue, ChildDelete(spi_in), now)
+
+    def check_liveness(self, now: float) -> None:
+        from meshsec.agent.ike.exchanges.informational import Liveness
+
+        self._guard(self._enqueue, Liveness(), now)
+
+    def delete(self, now: float) -> None:
+        """Deletes the IKE SA (and with it every CHILD_SA) with an INFORMATIONAL exchange."""
+        self._guard(self._delete, now)
+
+    def datagrams_to_send(self) -> list[OutgoingDatagram]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def next_timer(self) -> float | None:
+        if self.state is State.CLOSED:
+            return None
+        deadlines: list[float] = []
+        if self._active is not None:
+            deadlines.append(self._active.deadline)
+        if self.state is State.ESTABLISHED and self.nat_local and self.config.natt_keepalive > 0:
+            deadlines.append(self._last_sent + self.config.natt_keepalive)
+        if self._half_open() and self.created_at is not None:
+            deadlines.append(self.created_at + HALF_OPEN_TIMEOUT)
+        return min(deadlines) if deadlines else None
+
+    # ------------------------------------------------------------------ helpers for task units
+
+    def emit(self, event: Event) -> None:
+        self._events.append(event)
+
+    def queue(self, task: Task) -> None:
+        self._queue.append(task)
+
+    def fail(self, reason: str) -> None:
+        if self.state is State.CLOSED:
+            return
+        log.info("IKE SA %s failed: %s", self.local_spi.hex(), reason)
+        self._close(IkeSaFailed(reason))
+
+    def close_deleted(self, by_peer: bool) -> None:
+        self._close(IkeSaDeleted(by_peer))
+
+    def close_after_response(self, event: Event) -> None:
+        self._close_after_response = event
+
+    def install_protection(self) -> None:
+        assert self.cipher is not None and self.keys is not None
+        self.protection = SkProtection(self.cipher, self.integ, self.keys, self.initiator)
+
+    def float_ports(self) -> None:
+        """NAT detected: move IKE to UDP 4500 (RFC 7296 2.23); the initiator switches first."""
+        if self.local.port == NATT_PORT and self.remote.port == NATT_PORT:
+            return
+        self.local = self.local.with_port(NATT_PORT)
+        self.remote = self.remote.with_port(NATT_PORT)
+        self.emit(PortsChanged(self.local.port, self.remote.port))
+
+    def find_child_by_out(self, protocol: int, spi_out: int) -> ChildSa | None:
+        return next(
+            (c for c in self.children.values() if c.protocol == protocol and c.spi_out == spi_out), None
+        )
+
+    def remove_child(self, child: ChildSa, by_peer: bool) -> None:
+        if self.children.pop(child.spi_in, None) is not None:
+            self.emit(ChildSaDeleted(child.name, child.spi_in, child.spi_out, child.protocol, by_peer))
+
+    # ------------------------------------------------------------------ internals
+
+    def _guard(self, fn: Callable[..., None], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception:  # the engine's contract: nothing escapes its public entry points
+            self.stats["internal_error"] += 1
+            log.exception("IKE SA %s: internal error", self.local_spi.hex())
+
+    def _half_open(self) -> bool:
+        """A responder SA that has answered IKE_SA_INIT but not yet authenticated its peer."""
+        return not self.initiator and self.remote_identity is None and self.created_at is not None
+
+    def _initiate(self, now: float) -> None:
+        from meshsec.agent.ike.exchanges.child_create import ChildCreate
+        from meshsec.agent.ike.exchanges.ike_auth import IkeAuth
+        from meshsec.agent.ike.exchanges.ike_init import IkeInit
+
+        if not self.initiator or self.state is not State.CREATED:
+            self.stats["initiate_ignored"] += 1
+            return
+        self.state = State.CONNECTING
+        self.created_at = now
+        children = self.config.children
+        self.queue(IkeInit())
+        self.queue(IkeAuth(children[0] if children else None))
+        for child in children[1:]:
+            self.queue(ChildCreate(child))
+        self._kick(now)
+
+    def _enqueue(self, task: Task, now: float) -> None:
+        if self.state in (State.CLOSED, State.DELETING):
+            self.stats["task_on_closed_sa"] += 1
+            return
+        self.queue(task)
+        self._kick(now)
+
+    def _delete(self, now: float) -> None:
+        from meshsec.agent.ike.exchanges.informational import IkeDelete
+
+        if self.state is State.CLOSED:
+            return
+        if self.state is not State.ESTABLISHED:
+            # Nothing authenticated to tear down yet; just forget the half-made SA.
+            self.close_deleted(by_peer=False)
+            return
+        self._queue.clear()
+        self.state = State.DELETING
+        self.queue(IkeDelete())
+        if self._active is None:
+            self._kick(now)
+
+    def _close(self, event: Event) -> None:
+        for child in list(self.children.values()):
+            self.remove_child(child, by_peer=isinstance(event, IkeSaDeleted) and event.by_peer)
+        self.state = State.CLOSED
+        self._queue.clear()
+        self._active = None
+        self.emit(event)
+
+    def _kick(self, now: float) -> None:
+        while self._active is None and self._queue and self.state is not State.CLOSED:
+            task = self._queue[0]
+            needs_keys = task.exchange is not ExchangeType.IKE_SA_INIT
+            if needs_keys and self.protection is None:
+                return
+            if task.exchange not in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH) and self.state not in (
+                State.ESTABLISHED,
+                State.DELETING,
+            ):
+                return
+            self._queue.popleft()
+            self._send_request(task, now)
+
+    def _send_request(self, task: Task, now: float) -> None:
+        payloads = task.build(self, now)
+        if payloads is None or self.state is State.CLOSED:
+            return
+        flags = HeaderFlag.INITIATOR if self.initiator else 0
+        header = Header(self.spi_i, self.spi_r, 0, task.exchange, flags, self._my_mid, 0, IKE_VERSION)
+        data = self._encode(header, payloads)
+        if task.exchange is ExchangeType.IKE_SA_INIT:
+            self.init_request = data
+        self._active = _Active(task, self._my_mid, data, 0, now + self.config.retransmit.delay(0))
+        self._emit_datagram(data, now)
+
+    def _encode(self, header: Header, payloads: list[Payload]) -> bytes:
+        if header.exchange == ExchangeType.IKE_SA_INIT:
+            return build_message(header, payloads)
+        assert self.protection is not None
+        return self.protection.seal(header, payloads, self.rnd)
+
+    def _emit_datagram(self, data: bytes, now: float) -> None:
+        self._out.append(OutgoingDatagram(data, self.local, self.remote))
+        self._last_sent = now
+
+    def _handle_timer(self, now: float) -> None:
+        if self.state is State.CLOSED:
+            return
+        if self._half_open() and now >= self.created_at + HALF_OPEN_TIMEOUT:  # type: ignore[operator]
+            self.fail("half-open IKE SA timed out waiting for IKE_AUTH")
+            return
+        a = self._active
+        if a is not None and now >= a.deadline:
+            rt = self.config.retransmit
+            if a.attempt >= rt.tries:
+                self._active = None
+                self.stats["retransmit_limit"] += 1
+                a.task.on_timeout(self)
+                if not self.closed:
+                    self._my_mid += 1
+                    self._kick(now)
+            else:
+                a.attempt += 1
+                a.deadline = now + rt.delay(a.attempt)
+                self.stats["retransmits"] += 1
+                self._emit_datagram(a.packet, now)
+        if (
+            self.state is State.ESTABLISHED
+            and self.nat_local
+            and self.config.natt_keepalive > 0
+            and now >= self._last_sent + self.config.natt_keepalive
+        ):
+            self._out.append(OutgoingDatagram(NATT_KEEPALIVE, self.local, self.remote, keepalive=True))
+            self._last_sent = now
+
+    def _receive(self, datagram: bytes, local: Address, remote: Address, now: float) -> None:
+        if self.state is State.CLOSED:
+            self.stats["dropped_closed"] += 1
+            return
+        try:
+            header = parse_header(datagram)
+        except ParseError:
+            self.stats["dropped_malformed_header"] += 1
+            return
+        if header.exchange not in ExchangeType._value2member_map_:
+            self.stats["dropped_unknown_exchange"] += 1
+            return
+        if header.is_initiator == self.initiator:
+            self.stats["dropped_wrong_role"] += 1
+            return
+        if header.is_response:
+            self._on_response(datagram, header, local, remote, now)
+        else:
+            self._on_request(datagram, header, local, remote, now)
+
+    def _check_spis(self, header: Header, is_init: bool) -> bool:
+        if self.spi_i != bytes(8) and header.spi_i != self.spi_i:
+            return False
+        if is_init:
+            # Requests carry a zero SPIr; responses to IKE_SA_INIT teach it to the initiator.
+            return True
+        return header.spi_r == self.spi_r
+
+    def _on_request(
+        self, datagram: bytes, header: Header, local: Address, remote: Address, now: float
+    ) -> None:
+        is_init = header.exchange == ExchangeType.IKE_SA_INIT
+        if not self._check_spis(header, is_init) or (
+            is_init and (header.spi_r != bytes(8) or self.initiator)
+        ):
+            self.stats["dropped_bad_spi"] += 1
+            return
+        mid = header.message_id
+        if self._cached_response is not None and mid == self._peer_mid - 1:
+            if datagram == self._cached_request:
+                self.stats["duplicate_request_answered"] += 1
+                self._emit_datagram(self._cached_response, now)
+            else:
+                self.stats["dropped_old_request"] += 1
+            return
+        if mid != self._peer_mid:
+            self.stats["dropped_bad_message_id"] += 1
+            return
+        if is_init and self.state is not State.CREATED:
+            self.stats["dropped_unexpected_init"] += 1
+            return
+        msg, error = self._decode(datagram, header)
+        if msg is None and error is None:
+            return
+        if is_init and self.created_at is None:
+            self.created_at = now
+            self.spi_i = header.spi_i
+        handler = _RESPONDERS.get(ExchangeType(header.exchange))
+        payloads: list[Payload]
+        if error is not None:
+            payloads = [error]
+            if is_init:
+                self.close_after_response(
+                    IkeSaFailed(f"IKE_SA_INIT rejected: {NotifyType(error.notify_type).name}")
+                )
+        elif msg is not None and handler is not None:
+            if not is_init:
+                self._update_addresses(local, remote)
+            else:
+                self.init_request = datagram
+                self.local, self.remote = local, remote
+            payloads = handler(self, msg, now)
+        else:
+            return
+        self._send_response(header, payloads, datagram, now)
+
+    def _decode(self, datagram: bytes, header: Header) -> tuple[Message | None, NotifyPayload | None]:
+        """Parses (and for encrypted exchanges verifies and decrypts) a message. Returns the
+        message, or a notify to answer with, or (None, None) for a silent drop."""
+        from meshsec.agent.ike.constants import IKE_HEADER_LEN
+
+        try:
+            payloads = parse_chain(header.next_payload, memoryview(datagram)[IKE_HEADER_LEN:])
+        except ParseError as exc:
+            self.stats["dropped_malformed"] += 1
+            if header.is_response or header.exchange != ExchangeType.IKE_SA_INIT:
+                return None, None
+            if exc.notify == NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD:
+                return None, NotifyPayload(exc.notify, exc.data)
+            return None, None
+        msg = Message(header, payloads)
+        if header.exchange == ExchangeType.IKE_SA_INIT:
+            return msg, None
+        sk = payloads[-1] if payloads else None
+        if not isinstance(sk, EncryptedPayload) or self.protection is None:
+            self.stats["dropped_unprotected"] += 1
+            return None, None
+        try:
+            inner = self.protection.open(datagram, sk)
+        except CryptoError:
+            self.stats["dropped_integrity"] += 1
+            return None, None
+        except ParseError as exc:
+            # Authenticated but malformed: a request gets the error notify (RFC 7296 2.21.3).
+            self.stats["malformed_protected"] += 1
+            if header.is_response:
+                return None, None
+            return None, NotifyPayload(exc.notify, exc.data)
+        msg.payloads = payloads[:-1] + inner
+        return msg, None
+
+    def _send_response(self, req: Header, payloads: list[Payload], raw_request: bytes, now: float) -> None:
+        header = Header(
+            self.spi_i,
+            self.spi_r,
+            0,
+            req.exchange,
+            HeaderFlag.RESPONSE | (HeaderFlag.INITIATOR if self.initiator else 0),
+            req.message_id,
+            0,
+            IKE_VERSION,
+        )
+        is_init = req.exchange == ExchangeType.IKE_SA_INIT
+        if is_init and self._close_after_response is not None:
+            # Error answers to IKE_SA_INIT carry no responder SPI: we keep no state for them.
+            header = Header(
+                self.spi_i, bytes(8), 0, req.exchange, HeaderFlag.RESPONSE, req.message_id, 0, IKE_VERSION
+            )
+        data = self._encode(header, payloads)
+        if is_init:
+            self.init_response = data
+        self._cached_request = raw_request
+        self._cached_response = data
+        self._peer_mid = req.message_id + 1
+        self._emit_datagram(data, now)
+        if self._close_after_response is not None:
+            event, self._close_after_response = self._close_after_response, None
+            self._close(event)
+        else:
+            self._kick(now)
+
+    def _on_response(
+        self, datagram: bytes, header: Header, local: Address, remote: Address, now: float
+    ) -> None:
+        a = self._active
+        if a is None or header.message_id != a.message_id or header.exchange != a.task.exchange:
+            self.stats["dropped_unexpected_response"] += 1
+            return
+        is_init = header.exchange == ExchangeType.IKE_SA_INIT
+        if not self._check_spis(header, is_init):
+            self.stats["dropped_bad_spi"] += 1
+            return
+        msg, _ = self._decode(datagram, header)
+        if msg is None:
+            return
+        if not is_init:
+            self._update_addresses(local, remote)
+        self._active = None
+        outcome = a.task.process(self, msg, datagram, now)
+        if self.state is State.CLOSED:
+            return
+        if outcome is Outcome.RETRY:
+            self._send_request(a.task, now)
+            return
+        self._my_mid += 1
+        self._kick(now)
+
+    def _update_addresses(self, local: Address, remote: Address) -> None:
+        """Authenticated traffic from a new address/port (NAT mapping or float to 4500)."""
+        if local != self.local or remote != self.remote:
+            self.local, self.remote = local, remote
+            self.stats["address_updates"] += 1
+
+
+def notify(ntype: NotifyType, data: bytes = b"") -> NotifyPayload:
+    return NotifyPayload(ntype, data)
+
+
+def group_data(group: int) -> bytes:
+    return struct.pack("!H", group)
+
+
+ResponderFn = Callable[[IkeSa, Message, float], list[Payload]]
+
+
+def _responders() -> dict[ExchangeType, ResponderFn]:
+    from meshsec.agent.ike.exchanges.child_create import respond_create_child
+    from meshsec.agent.ike.exchanges.ike_auth import respond_ike_auth
+    from meshsec.agent.ike.exchanges.ike_init import respond_ike_init
+    from meshsec.agent.ike.exchanges.informational import respond_informational
+
+    return {
+        ExchangeType.IKE_SA_INIT: respond_ike_init,
+        ExchangeType.IKE_AUTH: respond_ike_auth,
+        ExchangeType.CREATE_CHILD_SA: respond_create_child,
+        ExchangeType.INFORMATIONAL: respond_informational,
+    }
+
+
+class _LazyResponders(dict[ExchangeType, ResponderFn]):
+    """Exchange units import this module, so the table is filled on first use."""
+
+    def get(self, key: ExchangeType, default: ResponderFn | None = None) -> ResponderFn | None:  # type: ignore[override]
+        if not self:
+            self.update(_responders())
+        return super().get(key, default)
+
+
+_RESPONDERS = _LazyResponders()
