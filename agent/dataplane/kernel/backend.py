@@ -1,0 +1,326 @@
+"""The kernel data plane: `DataPlane` on Linux XFRM over netlink.
+
+Modes: route-based (an XFRM interface per tunnel, SAs and policies carry its if_id, routes pick
+the tunnel) where the kernel has xfrm interfaces, policy-based (policies pick the tunnel) otherwise;
+`routing_mode` says which, and SAs/policies with an if_id are refused on kernels without them.
+
+SPI reservations: ALLOCSPI creates a larval SA (no algorithms) that the kernel deletes after
+net.core.xfrm_acq_expires (30 s by default) unless `add_sa` fills it in (UPDSA; NEWSA would fail
+with EEXIST on the reserved SPI). Each reservation gets its own reqid from a private range because
+the kernel hands the same larval SA back for a repeated (src, dst, reqid) request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+from meshsec.agent.dataplane.api import (
+    Capabilities,
+    DataPlaneError,
+    DataPlaneEvent,
+    Direction,
+    IkeReceiver,
+    IPAddress,
+    IpsecProtocol,
+    OwnedState,
+    Policy,
+    SaCounters,
+    SaId,
+    SecurityAssociation,
+    TrafficSelector,
+    Unsupported,
+)
+from meshsec.agent.dataplane.kernel import capabilities as caps_probe
+from meshsec.agent.dataplane.kernel import translate as tr
+from meshsec.agent.dataplane.kernel import xfrm_messages as xm
+from meshsec.agent.dataplane.kernel.encap import EncapSocketReader
+from meshsec.agent.dataplane.kernel.translate import OwnerMark
+from meshsec.agent.dataplane.kernel.xfrm_socket import KernelError, XfrmMulticast, XfrmSocket
+from pyroute2 import IPRoute
+
+log = logging.getLogger(__name__)
+
+# Outside RFC 7296's SPI ranges nothing is reserved, but 0-255 are reserved by IANA for ESP/AH.
+DEFAULT_SPI_RANGE = (0xC000_0000, 0xFFFF_FFFF)
+_ALLOC_REQIDS = (0xFFF0_0000, 0xFFFF_FFFF)  # private reqids for SPI reservations only
+_GONE = {errno.ENOENT, errno.ESRCH}
+_NOT_STARTED = Capabilities(backend="kernel", esp=False, ah=False, aead_gcm=False, udp_encapsulation=False,
+                            notes=("not started: capabilities unknown",))
+
+
+class KernelDataPlane:
+    """One per agent. `netns` names the network namespace to program (None: the agent's own)."""
+
+    def __init__(self, *, netns: str | None = None, owner: OwnerMark | None = None,
+                 scratch_netns: str | None = None, spi_range: tuple[int, int] = DEFAULT_SPI_RANGE) -> None:
+        self.netns = netns
+        self.owner = owner or OwnerMark()
+        self.scratch_netns = scratch_netns or f"meshsec-probe-{os.getpid()}"
+        self.spi_range = spi_range
+        self._caps = _NOT_STARTED
+        self._sock = XfrmSocket(netns)
+        self._mcast = XfrmMulticast((xm.XFRMNLGRP_ACQUIRE, xm.XFRMNLGRP_EXPIRE), netns)
+        self._events: asyncio.Queue[DataPlaneEvent] = asyncio.Queue()
+        self._event_task: asyncio.Task[None] | None = None
+        self._reserved: set[SaId] = set()
+        self._policy_if_ids: dict[tuple[TrafficSelector, Direction], int] = {}
+        self._alloc_reqid = itertools.cycle(range(*_ALLOC_REQIDS))
+        self._encap: list[EncapSocketReader] = []
+        self.events_dropped = 0
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    @property
+    def routing_mode(self) -> str:
+        return "route" if self._caps.xfrm_interfaces else "policy"
+
+    async def detect(self) -> Capabilities:
+        """Probe the kernel (once); `start` uses the result."""
+        if self._caps is _NOT_STARTED:
+            self._caps = await caps_probe.detect(self.scratch_netns)
+        return self._caps
+
+    async def start(self) -> None:
+        await self.detect()
+        await self._sock.open()
+        await self._mcast.open()
+        self._event_task = asyncio.create_task(self._pump_events(), name="xfrm-events")
+        log.info("kernel data plane: esp=%s gcm=%s ah=%s xfrm-interfaces=%s mode=%s%s",
+                 self._caps.esp, self._caps.aead_gcm, self._caps.ah, self._caps.xfrm_interfaces,
+                 self.routing_mode, "".join(f"; {n}" for n in self._caps.notes))
+
+    async def close(self) -> None:
+        for reader in self._encap:
+            reader.stop()
+        self._encap.clear()
+        if self._event_task is not None:
+            self._event_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._event_task
+            self._event_task = None
+        self._mcast.close()
+        self._sock.close()
+
+    # -- SAs -------------------------------------------------------------------------------------
+
+    async def allocate_spi(self, protocol: IpsecProtocol, src: IPAddress, dst: IPAddress) -> int:
+        msg = tr.allocspi_message(protocol, src, dst, next(self._alloc_reqid), self.owner, self.spi_range)
+        answers = await self._call(f"ALLOCSPI {protocol.name} {src} -> {dst}", msg, xm.XFRM_MSG_ALLOCSPI,
+                                   ack=False)
+        if not answers:
+            raise DataPlaneError(f"ALLOCSPI {src} -> {dst}: the kernel answered nothing")
+        spi = int(answers[0]["id_spi"])
+        self._reserved.add(SaId(dst=dst, spi=spi, protocol=protocol))
+        return spi
+
+    async def add_sa(self, sa: SecurityAssociation) -> None:
+        self._check_supported(sa)
+        msg = tr.sa_message(sa, self.owner)
+        what = f"add SA {sa.id.protocol.name} {sa.id.spi:#x} {sa.src} -> {sa.id.dst}"
+        if sa.id in self._reserved:
+            await self._call(what, msg, xm.XFRM_MSG_UPDSA)
+            self._reserved.discard(sa.id)
+            return
+        try:
+            await self._call(what, msg, xm.XFRM_MSG_NEWSA)
+        except KernelError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+            # A reservation made before a restart: fill it in; a real SA: refuse.
+            existing = await self._get_sa(sa.id)
+            if existing is None or not tr.is_larval(existing):
+                raise DataPlaneError(f"{what}: an SA with this SPI is already installed") from None
+            await self._call(what, msg, xm.XFRM_MSG_UPDSA)
+
+    async def update_sa(self, sa: SecurityAssociation) -> None:
+        self._check_supported(sa)
+        await self._call(f"update SA {sa.id.spi:#x}", tr.sa_message(sa, self.owner), xm.XFRM_MSG_UPDSA)
+        self._reserved.discard(sa.id)
+
+    async def delete_sa(self, sa_id: SaId) -> None:
+        self._reserved.discard(sa_id)
+        try:
+            await self._call(f"delete SA {sa_id.spi:#x}", tr.sa_id_message(sa_id, self.owner),
+                             xm.XFRM_MSG_DELSA)
+        except KernelError as exc:
+            if exc.errno not in _GONE:
+                raise
+
+    async def counters(self, sa_id: SaId) -> SaCounters:
+        msg = await self._get_sa(sa_id)
+        if msg is None:
+            raise DataPlaneError(f"counters: no SA {sa_id.protocol.name} {sa_id.spi:#x} to {sa_id.dst}")
+        return tr.counters_from(msg)
+
+    async def _get_sa(self, sa_id: SaId) -> Any | None:
+        try:
+            answers = await self._call(f"get SA {sa_id.spi:#x}", tr.sa_id_message(sa_id, self.owner),
+                                       xm.XFRM_MSG_GETSA, ack=False)
+        except KernelError as exc:
+            if exc.errno in _GONE:
+                return None
+            raise
+        return answers[0] if answers else None
+
+    def _check_supported(self, sa: SecurityAssociation) -> None:
+        caps = self._caps
+        if caps is _NOT_STARTED:
+            return
+        if sa.id.protocol is IpsecProtocol.ESP and not caps.esp:
+            raise Unsupported("this kernel has no ESP (esp4/esp6 missing): cannot install ESP SA "
+                              f"{sa.id.spi:#x}; use the userspace data plane")
+        if sa.id.protocol is IpsecProtocol.AH and not caps.ah:
+            raise Unsupported(f"this kernel has no AH: cannot install AH SA {sa.id.spi:#x}")
+        if sa.encryption is not None and sa.encryption.name == "aes-gcm-16" and not caps.aead_gcm:
+            raise Unsupported(f"this kernel has no rfc4106(gcm(aes)): cannot install SA {sa.id.spi:#x}")
+        if sa.if_id and not caps.xfrm_interfaces:
+            raise Unsupported(f"SA {sa.id.spi:#x} has if_id {sa.if_id} but this kernel has no "
+                              "xfrm interfaces")
+
+    # -- policies --------------------------------------------------------------------------------
+
+    async def ensure_policy(self, policy: Policy) -> None:
+        if policy.if_id and self._caps is not _NOT_STARTED and not self._caps.xfrm_interfaces:
+            raise Unsupported(f"policy {tr.describe(policy.selector, policy.direction)} has if_id "
+                              f"{policy.if_id} but this kernel has no xfrm interfaces")
+        key = (policy.selector, policy.direction)
+        old_if_id = self._policy_if_ids.get(key)
+        if old_if_id is not None and old_if_id != policy.if_id:
+            # if_id is part of the kernel's policy key: replacing means removing the old one.
+            await self.delete_policy(policy.selector, policy.direction)
+        await self._call(f"policy {tr.describe(*key)}", tr.policy_message(policy, self.owner),
+                         xm.XFRM_MSG_UPDPOLICY)
+        self._policy_if_ids[key] = policy.if_id
+
+    async def delete_policy(self, selector: TrafficSelector, direction: Direction) -> None:
+        key = (selector, direction)
+        if_id = self._policy_if_ids.pop(key, None)
+        if if_id is None:  # not installed by this process: find it (and its if_id) in the kernel
+            found = [m for m in await self._dump_policies() if tr.policy_key_from(m) == key]
+            if not found:
+                return
+            if_id = found[0].get_attr("XFRMA_IF_ID") or 0
+        await self._delete_policy(selector, direction, if_id)
+
+    async def _delete_policy(self, selector: TrafficSelector, direction: Direction, if_id: int) -> None:
+        try:
+            await self._call(f"delete policy {tr.describe(selector, direction)}",
+                             tr.policy_id_message(selector, direction, self.owner, if_id),
+                             xm.XFRM_MSG_DELPOLICY)
+        except KernelError as exc:
+            if exc.errno not in _GONE:
+                raise
+
+    async def get_policy(self, selector: TrafficSelector, direction: Direction) -> Any | None:
+        """The kernel's view of one owned policy (the raw message), or None."""
+        if_id = self._policy_if_ids.get((selector, direction), 0)
+        try:
+            answers = await self._call(f"get policy {tr.describe(selector, direction)}",
+                                       tr.policy_id_message(selector, direction, self.owner, if_id),
+                                       xm.XFRM_MSG_GETPOLICY, ack=False)
+        except KernelError as exc:
+            if exc.errno in _GONE:
+                return None
+            raise
+        return answers[0] if answers else None
+
+    # -- ownership -------------------------------------------------------------------------------
+
+    async def _dump_sas(self) -> list[Any]:
+        msgs = await self._sock.dump("dump SAs", xm.xfrm_usersa_id(), xm.XFRM_MSG_GETSA)
+        return [m for m in msgs if self.owner.matches(m)]
+
+    async def _dump_policies(self) -> list[Any]:
+        msgs = await self._sock.dump("dump policies", xm.xfrm_userpolicy_id(), xm.XFRM_MSG_GETPOLICY)
+        return [m for m in msgs if self.owner.matches(m) and tr.policy_key_from(m) is not None]
+
+    async def list_owned(self) -> OwnedState:
+        sas = tuple(tr.sa_id_from(m) for m in await self._dump_sas())
+        policies = tuple(k for m in await self._dump_policies() if (k := tr.policy_key_from(m)) is not None)
+        return OwnedState(sas=sas, policies=policies)
+
+    async def flush_owned(self) -> None:
+        # Policies first, so no packet meets a policy whose SA was just removed and triggers ACQUIRE.
+        for m in await self._dump_policies():
+            key = tr.policy_key_from(m)
+            if key is not None:
+                await self._delete_policy(key[0], key[1], m.get_attr("XFRMA_IF_ID") or 0)
+        for m in await self._dump_sas():
+            await self.delete_sa(tr.sa_id_from(m))
+        self._policy_if_ids.clear()
+        self._reserved.clear()
+
+    # -- events ----------------------------------------------------------------------------------
+
+    async def _pump_events(self) -> None:
+        async for msg in self._mcast.messages():
+            try:
+                kind = msg["header"]["type"]
+                if not self.owner.matches(msg):
+                    continue
+                if kind == xm.XFRM_MSG_EXPIRE:
+                    self._events.put_nowait(tr.expire_event(msg))
+                elif kind == xm.XFRM_MSG_ACQUIRE:
+                    self._events.put_nowait(tr.acquire_event(msg))
+            except Exception:  # one undecodable message must not end event delivery
+                self.events_dropped += 1
+                log.exception("dropping undecodable XFRM event")
+
+    async def events(self) -> AsyncIterator[DataPlaneEvent]:
+        while True:
+            yield await self._events.get()
+
+    # -- IKE socket ------------------------------------------------------------------------------
+
+    async def attach_encap_socket(self, sock: socket.socket, ike_receiver: IkeReceiver) -> None:
+        reader = EncapSocketReader(sock, ike_receiver)
+        reader.start()
+        self._encap.append(reader)
+
+    # -- route-based mode ------------------------------------------------------------------------
+
+    async def ensure_xfrm_interface(self, ifname: str, if_id: int, mtu: int) -> None:
+        """Create (or adjust) the XFRM interface for a route-based tunnel and bring it up."""
+        if not self._caps.xfrm_interfaces:
+            raise Unsupported(f"cannot create {ifname}: this kernel has no xfrm interfaces")
+        await asyncio.to_thread(_ensure_xfrm_interface, self.netns, ifname, if_id, mtu)
+
+    async def delete_xfrm_interface(self, ifname: str) -> None:
+        await asyncio.to_thread(_delete_link, self.netns, ifname)
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    async def _call(self, what: str, msg: Any, msg_type: int, *, ack: bool = True) -> list[Any]:
+        try:
+            return await self._sock.request(what, msg, msg_type, ack=ack)
+        except KernelError as exc:
+            if exc.errno in (errno.EPROTONOSUPPORT, errno.ENOSYS):
+                raise Unsupported(f"{what}: the kernel lacks this protocol or algorithm ({exc})") from None
+            raise
+
+
+def _ensure_xfrm_interface(netns: str | None, ifname: str, if_id: int, mtu: int) -> None:
+    with IPRoute(netns=netns) as ipr:
+        if not ipr.link_lookup(ifname=ifname):
+            ipr.link("add", ifname=ifname, kind="xfrm", xfrm_if_id=if_id)
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        ipr.link("set", index=idx, mtu=mtu, state="up")
+
+
+def _delete_link(netns: str | None, ifname: str) -> None:
+    with IPRoute(netns=netns) as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if found:
+            ipr.link("del", index=found[0])

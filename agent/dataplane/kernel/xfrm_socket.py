@@ -1,0 +1,101 @@
+"""NETLINK_XFRM request/response and multicast sockets on pyroute2's asyncio netlink socket."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from meshsec.agent.dataplane.api import DataPlaneError
+from meshsec.agent.dataplane.kernel import xfrm_messages as xm
+from pyroute2.netlink import NETLINK_XFRM, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nlsocket import AsyncNetlinkSocket
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 10.0
+
+
+class KernelError(DataPlaneError):
+    """The kernel refused an XFRM request; `errno` is its error number."""
+
+    def __init__(self, what: str, code: int) -> None:
+        self.errno = code
+        super().__init__(f"{what}: {errno.errorcode.get(code, str(code))} ({code})")
+
+
+def _new_socket(netns: str | None, groups: int = 0) -> Any:
+    sock = AsyncNetlinkSocket(family=NETLINK_XFRM, netns=netns, groups=groups)
+    sock.marshal.msg_map.update(xm.RESPONSE_CLASSES)
+    return sock
+
+
+class XfrmSocket:
+    """One request socket; pyroute2 matches answers to requests by sequence number, so concurrent
+    requests from several tasks are fine."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self._netns = netns
+        self._sock: Any = None
+
+    async def open(self) -> None:
+        if self._sock is None:
+            self._sock = _new_socket(self._netns)
+            await self._sock.bind()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def request(self, what: str, msg: Any, msg_type: int, *, ack: bool = True) -> list[Any]:
+        """Send one request; returns the answers (none for a plain ack); raises KernelError."""
+        flags = NLM_F_REQUEST | (NLM_F_ACK if ack else 0)
+        return await self._exchange(what, msg, msg_type, flags)
+
+    async def dump(self, what: str, msg: Any, msg_type: int) -> list[Any]:
+        return await self._exchange(what, msg, msg_type, NLM_F_REQUEST | NLM_F_DUMP)
+
+    async def _exchange(self, what: str, msg: Any, msg_type: int, flags: int) -> list[Any]:
+        await self.open()
+
+        async def run() -> list[Any]:
+            answers = await self._sock.nlm_request(msg, msg_type, flags)
+            return [m for m in [a async for a in answers] if m.get("event") != "NLMSG_ERROR"]
+
+        try:
+            return await asyncio.wait_for(run(), REQUEST_TIMEOUT)
+        except NetlinkError as exc:
+            raise KernelError(what, exc.code) from None
+        except TimeoutError:
+            raise DataPlaneError(f"{what}: no answer from the kernel within {REQUEST_TIMEOUT}s") from None
+
+
+class XfrmMulticast:
+    """Messages from the XFRM multicast groups (ACQUIRE, EXPIRE)."""
+
+    def __init__(self, groups: tuple[int, ...], netns: str | None = None) -> None:
+        self._bits = 0
+        for group in groups:
+            self._bits |= 1 << (group - 1)
+        self._netns = netns
+        self._sock: Any = None
+
+    async def open(self) -> None:
+        if self._sock is None:
+            self._sock = _new_socket(self._netns, groups=self._bits)
+            await self._sock.bind(groups=self._bits)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def messages(self) -> AsyncIterator[Any]:
+        await self.open()
+        while self._sock is not None:
+            async for msg in self._sock.get():
+                yield msg
