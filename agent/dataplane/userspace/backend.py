@@ -1,0 +1,326 @@
+"""`UserspaceDataPlane`: the DataPlane interface over the TUN device and the packet engine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from meshsec.agent.dataplane.api import (
+    Capabilities,
+    DataPlaneError,
+    DataPlaneEvent,
+    Direction,
+    IkeReceiver,
+    IPAddress,
+    IpsecProtocol,
+    OwnedState,
+    Policy,
+    PolicyAction,
+    SaCounters,
+    SaExpired,
+    SaId,
+    SecurityAssociation,
+    TrafficSelector,
+)
+from meshsec.agent.dataplane.userspace.engine import Engine
+from meshsec.agent.dataplane.userspace.esp import Drop
+from meshsec.agent.dataplane.userspace.io import (
+    AsyncioDriver,
+    Readers,
+    SocketOutput,
+    ThreadDriver,
+    make_ike_delivery,
+)
+from meshsec.agent.dataplane.userspace.mtu import WORST_CASE_SUITES, Suite, mss_for, tun_mtu
+from meshsec.agent.dataplane.userspace.sa_state import InboundSa, OutboundSa, SaState
+from meshsec.agent.dataplane.userspace.spd import Spd
+from meshsec.agent.dataplane.userspace.transforms import RandomSource
+from meshsec.agent.dataplane.userspace.tun import TunRoutes, open_tun
+
+_MIN_SPI = 0x100  # SPIs 1-255 are reserved by IANA (RFC 4303 section 2.1)
+
+
+@dataclass(frozen=True, slots=True)
+class UserspaceConfig:
+    tun_name: str = "meshsec0"
+    path_mtu: int = 1500
+    # Algorithm combinations the agent may negotiate; the TUN MTU fits the worst of them.
+    mtu_suites: tuple[Suite, ...] = WORST_CASE_SUITES
+    ipv6_outer: bool = True
+    udp_encap: bool = True
+    route_table: int = 2730
+    route_protocol: int = 211
+    bypass_mark: int = 0x6D73  # SO_MARK on the data plane's own sockets ("ms")
+    rule_priority: int = 2730
+    loop: str = "thread"  # "thread" or "asyncio"
+    random: RandomSource = field(default=os.urandom)
+
+    def __post_init__(self) -> None:
+        if self.loop not in ("thread", "asyncio"):
+            raise DataPlaneError(f"UserspaceConfig.loop must be 'thread' or 'asyncio', got {self.loop!r}")
+        if not 576 <= self.path_mtu <= 65535:
+            raise DataPlaneError(f"UserspaceConfig.path_mtu {self.path_mtu} is outside 576..65535")
+        if not 1 <= self.route_protocol <= 255:
+            raise DataPlaneError(f"UserspaceConfig.route_protocol {self.route_protocol} is outside 1..255")
+
+
+class UserspaceDataPlane:
+    """ESP/AH in this process. Everything it installs lives in this process, so `close` (or a
+    crash) removes SAs and policies with it; only routes survive a crash, and `start` removes
+    them (see tun.py)."""
+
+    def __init__(self, config: UserspaceConfig | None = None) -> None:
+        self.config = config or UserspaceConfig()
+        self.mtu = tun_mtu(self.config.path_mtu, self.config.mtu_suites, self.config.ipv6_outer,
+                           self.config.udp_encap)
+        self._events: asyncio.Queue[DataPlaneEvent] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._engine: Engine | None = None
+        self._output: SocketOutput | None = None
+        self._readers: Readers | None = None
+        self._driver: ThreadDriver | AsyncioDriver | None = None
+        self._routes: TunRoutes | None = None
+        self._tun_fd = -1
+        self.tun_name = self.config.tun_name
+        self._sas: dict[SaId, SaState] = {}
+        self._reserved: dict[tuple[int, int], IPAddress] = {}  # (spi, proto) -> dst, inbound only
+        self._timers: dict[SaId, list[asyncio.TimerHandle]] = {}
+        self._policies: dict[tuple[TrafficSelector, Direction], Policy] = {}
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            backend="userspace", esp=True, ah=True, aead_gcm=True, udp_encapsulation=True,
+            notes=(f"TUN {self.tun_name} MTU {self.mtu}", "AH: no IPv4 options / IPv6 extension headers",
+                   "inbound SPIs are unique per protocol across all destinations"),
+        )
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise DataPlaneError("userspace data plane is not started")
+        return self._engine
+
+    async def start(self) -> None:
+        if self._engine is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._tun_fd, self.tun_name = open_tun(self.config.tun_name)
+        try:
+            self._output = SocketOutput(self._tun_fd, self.config.bypass_mark)
+            mss4, mss6 = mss_for(self.mtu)
+            self._engine = Engine(self._output, self._emit_threadsafe, mss4, mss6)
+            self._readers = Readers(self._engine, self._output, lambda msg, addr: None)
+            self._routes = TunRoutes(self.tun_name, self.config.route_table, self.config.route_protocol,
+                                     self.config.bypass_mark, self.config.rule_priority)
+            await self._routes.setup(self.mtu)
+            if self.config.loop == "thread":
+                self._driver = ThreadDriver(self._readers)
+            else:
+                self._driver = AsyncioDriver(self._readers, loop)
+            self._driver.start()
+        except BaseException:
+            await self._teardown()
+            raise
+
+    async def close(self) -> None:
+        await self._teardown()
+
+    async def _teardown(self) -> None:
+        if self._driver is not None:
+            self._driver.stop()
+            self._driver = None
+        for handles in self._timers.values():
+            for h in handles:
+                h.cancel()
+        self._timers.clear()
+        if self._routes is not None:
+            await self._routes.teardown()
+            self._routes = None
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+        if self._tun_fd >= 0:
+            os.close(self._tun_fd)  # the kernel removes the device and its routes with it
+            self._tun_fd = -1
+        self._engine = None
+        self._sas.clear()
+        self._policies.clear()
+        self._reserved.clear()
+
+    # -- SAs --
+
+    async def allocate_spi(self, protocol: IpsecProtocol, src: IPAddress, dst: IPAddress) -> int:
+        taken = {spi for (spi, proto) in self._reserved if proto == int(protocol)}
+        for _ in range(64):
+            spi = _MIN_SPI + secrets.randbelow(0xFFFFFFFF - _MIN_SPI)
+            if spi not in taken:
+                self._reserved[(spi, int(protocol))] = dst
+                return spi
+        raise DataPlaneError("could not find a free SPI in 64 attempts")
+
+    async def add_sa(self, sa: SecurityAssociation) -> None:
+        if sa.id in self._sas:
+            raise DataPlaneError(f"SA {sa.id} is already installed")
+        self._install(sa, self._build(sa))
+
+    async def update_sa(self, sa: SecurityAssociation) -> None:
+        """Replace an SA's parameters (e.g. new UDP ports after a NAT mapping change), keeping its
+        sequence numbers, replay window and counters."""
+        old = self._sas.get(sa.id)
+        if old is None:
+            raise DataPlaneError(f"update_sa: SA {sa.id} is not installed")
+        if old.sa.direction is not sa.direction:
+            raise DataPlaneError(f"update_sa: SA {sa.id} cannot change direction")
+        new = self._build(sa)
+        new.bytes, new.packets = old.bytes, old.packets
+        new.replay_dropped, new.integrity_failed = old.replay_dropped, old.integrity_failed
+        if isinstance(old, OutboundSa) and isinstance(new, OutboundSa):
+            if old.esp is not None and new.esp is not None:
+                new.esp.seq = old.esp.seq
+            if old.ah is not None and new.ah is not None:
+                new.ah.seq = old.ah.seq
+        if isinstance(old, InboundSa) and isinstance(new, InboundSa):
+            if old.esp is not None and new.esp is not None:
+                new.esp.window = old.esp.window
+            if old.ah is not None and new.ah is not None:
+                new.ah.window = old.ah.window
+        self._uninstall(sa.id)
+        self._install(sa, new)
+
+    def _build(self, sa: SecurityAssociation) -> SaState:
+        if sa.direction is Direction.FWD:
+            raise DataPlaneError(f"SA {sa.id}: direction must be IN or OUT, not FWD")
+        if not 0 < sa.id.spi <= 0xFFFFFFFF:
+            raise DataPlaneError(f"SA {sa.id}: SPI out of range")
+        try:
+            if sa.direction is Direction.IN:
+                key = (sa.id.spi, int(sa.id.protocol))
+                current = self.engine.inbound.get(key)
+                if current is not None and current.sa.id != sa.id:
+                    raise DataPlaneError(
+                        f"SA {sa.id}: inbound SPI {sa.id.spi:#x} is in use by {current.sa.id}")
+                return InboundSa(sa, self._emit_threadsafe, self.config.random)
+            return OutboundSa(sa, self._emit_threadsafe, self.config.random)
+        except ValueError as exc:
+            raise DataPlaneError(f"SA {sa.id}: {exc}") from exc
+
+    def _install(self, sa: SecurityAssociation, state: SaState) -> None:
+        engine = self.engine
+        self._sas[sa.id] = state
+        if isinstance(state, InboundSa):
+            self._reserved[(sa.id.spi, int(sa.id.protocol))] = sa.id.dst
+            engine.add_inbound(state)
+        elif isinstance(state, OutboundSa):
+            engine.add_outbound(state)
+        loop = self._loop
+        assert loop is not None
+        handles = []
+        if sa.lifetime.soft_seconds:
+            handles.append(loop.call_later(sa.lifetime.soft_seconds, state.expire, False))
+        if sa.lifetime.hard_seconds:
+            handles.append(loop.call_later(sa.lifetime.hard_seconds, state.expire, True))
+        self._timers[sa.id] = handles
+
+    def _uninstall(self, sa_id: SaId) -> SaState | None:
+        for h in self._timers.pop(sa_id, []):
+            h.cancel()
+        state = self._sas.pop(sa_id, None)
+        if self._engine is not None:
+            self._engine.remove(sa_id)
+        return state
+
+    async def delete_sa(self, sa_id: SaId) -> None:
+        state = self._uninstall(sa_id)
+        if state is not None or sa_id.dst == self._reserved.get((sa_id.spi, int(sa_id.protocol))):
+            self._reserved.pop((sa_id.spi, int(sa_id.protocol)), None)
+
+    async def counters(self, sa_id: SaId) -> SaCounters:
+        st = self._sas.get(sa_id)
+        if st is None:
+            raise DataPlaneError(f"counters: SA {sa_id} is not installed")
+        return SaCounters(st.bytes, st.packets, st.replay_dropped, st.integrity_failed, st.last_used)
+
+    def drop_counters(self) -> dict[str, int]:
+        """Packets dropped outside any one SA's counters, by reason (userspace-only extra)."""
+        drops = {d.name.lower(): self.engine.drops[d] for d in Drop}
+        drops["internal_error"] = self._readers.internal_errors if self._readers else 0
+        return drops
+
+    # -- policies --
+
+    async def ensure_policy(self, policy: Policy) -> None:
+        key = (policy.selector, policy.direction)
+        old = self._policies.get(key)
+        self._policies[key] = policy
+        try:
+            self._rebuild_spd()
+        except ValueError as exc:
+            if old is None:
+                del self._policies[key]
+            else:
+                self._policies[key] = old
+            raise DataPlaneError(f"policy {policy.selector} {policy.direction.value}: {exc}") from exc
+        if policy.direction is Direction.OUT and old is None and policy.action is not PolicyAction.BYPASS:
+            assert self._routes is not None
+            await self._routes.add(policy.selector.dst, policy.selector.src)
+
+    async def delete_policy(self, selector: TrafficSelector, direction: Direction) -> None:
+        old = self._policies.pop((selector, direction), None)
+        if old is None:
+            return
+        self._rebuild_spd()
+        if direction is Direction.OUT and old.action is not PolicyAction.BYPASS and self._routes is not None:
+            await self._routes.remove(selector.dst)
+
+    def _rebuild_spd(self) -> None:
+        pols = self._policies.values()
+        out = Spd(p for p in pols if p.direction is Direction.OUT)
+        inbound = Spd(p for p in pols if p.direction is not Direction.OUT)
+        self.engine.set_policies(out, inbound)
+
+    # -- ownership --
+
+    async def list_owned(self) -> OwnedState:
+        return OwnedState(sas=tuple(self._sas), policies=tuple(self._policies))
+
+    async def flush_owned(self) -> None:
+        for sa_id in list(self._sas):
+            await self.delete_sa(sa_id)
+        for selector, direction in list(self._policies):
+            await self.delete_policy(selector, direction)
+        if self._routes is not None:
+            await self._routes.remove_stale()
+
+    # -- events and the shared socket --
+
+    def _emit_threadsafe(self, event: DataPlaneEvent) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._emit, event)
+
+    def _emit(self, event: DataPlaneEvent) -> None:
+        self._events.put_nowait(event)
+        if isinstance(event, SaExpired) and event.hard:
+            self._uninstall(event.sa)
+
+    async def events(self) -> AsyncIterator[DataPlaneEvent]:
+        while True:
+            yield await self._events.get()
+
+    async def attach_encap_socket(self, sock: socket.socket, ike_receiver: IkeReceiver) -> None:
+        if self._output is None or self._readers is None or self._driver is None or self._loop is None:
+            raise DataPlaneError("attach_encap_socket: the data plane is not started")
+        if sock.type != socket.SOCK_DGRAM:
+            raise DataPlaneError("attach_encap_socket: the IKE NAT-T socket must be a UDP socket")
+        local = sock.getsockname()[:2]
+        self._output.attach_udp(sock)
+        self._readers.deliver_ike = make_ike_delivery(
+            self._loop, ike_receiver, local, threaded=isinstance(self._driver, ThreadDriver))
+        self._driver.add(sock.fileno(), self._readers.read_udp)

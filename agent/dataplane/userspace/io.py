@@ -1,0 +1,261 @@
+"""Sockets and the packet loop around the engine.
+
+Two drivers run the same engine: `ThreadDriver` (default) waits in epoll on a dedicated thread and
+drains every ready descriptor in batches; `AsyncioDriver` registers the same readers with the
+event loop. docs/dataplane.md explains the measurement behind the default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from meshsec.agent.dataplane.api import IkeReceiver
+from meshsec.agent.dataplane.userspace.engine import Engine
+from meshsec.agent.dataplane.userspace.esp import Drop
+from meshsec.agent.dataplane.userspace.packet import IPPROTO_AH, IPPROTO_ESP
+
+BATCH = 256  # packets per descriptor per wakeup; bounds the time other descriptors wait
+_BUF = 65536
+_NON_ESP_MARKER = b"\0\0\0\0"
+IPV6_PKTINFO = 50
+SO_RCVBUF_BYTES = 4 << 20
+
+
+class SocketOutput:
+    """Raw IPv4/IPv6 sockets for plain ESP/AH, the shared UDP socket, and the TUN fd."""
+
+    def __init__(self, tun_fd: int, mark: int) -> None:
+        self.tun_fd = tun_fd
+        self.mark = mark
+        self.udp: socket.socket | None = None
+        self.raw4 = self._raw(socket.AF_INET, socket.IPPROTO_RAW)  # send-only, IP_HDRINCL implied
+        self.recv4 = {p: self._raw(socket.AF_INET, p) for p in (IPPROTO_ESP, IPPROTO_AH)}
+        self.raw6: dict[int, socket.socket] = {}
+        with contextlib.suppress(OSError):  # a node without IPv6 still does IPv4
+            self.raw6 = {p: self._raw(socket.AF_INET6, p) for p in (IPPROTO_ESP, IPPROTO_AH)}
+        self._pktinfo: dict[bytes, list[tuple[int, int, bytes]]] = {}
+
+    def _raw(self, family: int, proto: int) -> socket.socket:
+        s = socket.socket(family, socket.SOCK_RAW, proto)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
+        with contextlib.suppress(OSError):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SO_RCVBUF_BYTES)
+        s.setblocking(False)
+        return s
+
+    def attach_udp(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SO_RCVBUF_BYTES)
+        sock.setblocking(False)
+        self.udp = sock
+
+    def send_ipv4(self, packet: bytes, dst: str) -> None:
+        self.raw4.sendto(packet, (dst, 0))
+
+    def send_ipv6(self, payload: bytes, protocol: int, src: bytes, dst: str) -> None:
+        anc = self._pktinfo.get(src)
+        if anc is None:
+            anc = self._pktinfo[src] = [(socket.IPPROTO_IPV6, IPV6_PKTINFO, src + b"\0\0\0\0")]
+        self.raw6[protocol].sendmsg([payload], anc, 0, (dst, 0))
+
+    def send_udp(self, datagram: bytes, dst: tuple[str, int]) -> None:
+        if self.udp is None:
+            raise OSError("no UDP encapsulation socket attached")
+        self.udp.sendto(datagram, dst)
+
+    def write_tun(self, packet: bytes | bytearray) -> None:
+        os.write(self.tun_fd, packet)
+
+    def close(self) -> None:
+        for s in (self.raw4, *self.recv4.values(), *self.raw6.values()):
+            s.close()
+
+
+class Readers:
+    """Batch readers for every descriptor; each drains up to BATCH packets, then yields."""
+
+    def __init__(
+        self, engine: Engine, out: SocketOutput, deliver_ike: Callable[[bytes, tuple[str, int]], None]
+    ) -> None:
+        self.engine = engine
+        self.out = out
+        self.deliver_ike = deliver_ike
+        self._buf = bytearray(_BUF)
+        self._view = memoryview(self._buf)
+        self.internal_errors = 0
+
+    def table(self) -> dict[int, Callable[[], None]]:
+        t: dict[int, Callable[[], None]] = {self.out.tun_fd: self.read_tun}
+        for s in self.out.recv4.values():
+            t[s.fileno()] = self._reader4(s)
+        if self.out.raw6:
+            esp6, ah6 = self.out.raw6[IPPROTO_ESP], self.out.raw6[IPPROTO_AH]
+            t[esp6.fileno()] = self._reader6(esp6, self.engine.from_esp)
+            t[ah6.fileno()] = self._reader6(ah6, self.engine.from_ipv6_ah)
+        return t
+
+    def read_tun(self) -> None:
+        engine = self.engine
+        engine.now = time.time()
+        fd = self.out.tun_fd
+        for _ in range(BATCH):
+            try:
+                pkt = os.read(fd, _BUF)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # device gone while closing
+            try:
+                engine.from_tun(pkt)
+            except Exception:  # a bug must cost one packet, not the data plane
+                self.internal_errors += 1
+
+    def _reader4(self, sock: socket.socket) -> Callable[[], None]:
+        engine, view, buf = self.engine, self._view, self._buf
+
+        def read() -> None:
+            engine.now = time.time()
+            for _ in range(BATCH):
+                try:
+                    n = sock.recv_into(buf)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    return
+                try:
+                    engine.from_ipv4_raw(view[:n])
+                except Exception:
+                    self.internal_errors += 1
+
+        return read
+
+    def _reader6(self, sock: socket.socket, handle: Callable[[memoryview], None]) -> Callable[[], None]:
+        engine, view, buf = self.engine, self._view, self._buf
+
+        def read() -> None:
+            engine.now = time.time()
+            for _ in range(BATCH):
+                try:
+                    n = sock.recv_into(buf)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    return
+                try:
+                    handle(view[:n])
+                except Exception:
+                    self.internal_errors += 1
+
+        return read
+
+    def read_udp(self) -> None:
+        """RFC 3948 demultiplexing: non-ESP marker -> IKE, 0xFF -> NAT keepalive, else ESP."""
+        sock = self.out.udp
+        if sock is None:
+            return
+        engine, view, buf = self.engine, self._view, self._buf
+        engine.now = time.time()
+        for _ in range(BATCH):
+            try:
+                n, addr = sock.recvfrom_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            try:
+                if n >= 4 and buf[:4] == _NON_ESP_MARKER:
+                    self.deliver_ike(bytes(buf[4:n]), addr[:2])
+                elif n == 1 and buf[0] == 0xFF:
+                    continue
+                elif n < 8:
+                    engine.drops[Drop.MALFORMED] += 1
+                else:
+                    engine.from_esp(view[:n])
+            except Exception:
+                self.internal_errors += 1
+
+
+class ThreadDriver:
+    """The packet loop on its own thread: epoll waits without the GIL; batches hold it briefly."""
+
+    def __init__(self, readers: Readers) -> None:
+        self.readers = readers
+        self._handlers = readers.table()
+        self._epoll = select.epoll()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        for fd in self._handlers:
+            self._epoll.register(fd, select.EPOLLIN)
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="meshsec-dataplane", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def add(self, fd: int, handler: Callable[[], None]) -> None:
+        self._handlers[fd] = handler
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def _run(self) -> None:
+        handlers = self._handlers
+        poll = self._epoll.poll
+        while not self._stop:
+            try:
+                events = poll(1.0)
+            except InterruptedError:
+                continue
+            for fd, _ in events:
+                h = handlers.get(fd)
+                if h is not None:
+                    h()
+
+    def stop(self) -> None:
+        self._stop = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        self._thread.join(timeout=5)
+        self._epoll.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+class AsyncioDriver:
+    """The packet loop as event-loop readers (kept for comparison; see docs/dataplane.md)."""
+
+    def __init__(self, readers: Readers, loop: asyncio.AbstractEventLoop) -> None:
+        self.readers = readers
+        self.loop = loop
+        self._fds: list[int] = []
+
+    def start(self) -> None:
+        for fd, h in self.readers.table().items():
+            self.add(fd, h)
+
+    def add(self, fd: int, handler: Callable[[], None]) -> None:
+        self.loop.add_reader(fd, handler)
+        self._fds.append(fd)
+
+    def stop(self) -> None:
+        for fd in self._fds:
+            self.loop.remove_reader(fd)
+        self._fds.clear()
+
+
+def make_ike_delivery(
+    loop: asyncio.AbstractEventLoop, receiver: IkeReceiver, local: tuple[str, int], threaded: bool
+) -> Callable[[bytes, tuple[str, int]], None]:
+    def from_thread(msg: bytes, remote: tuple[str, int]) -> None:
+        loop.call_soon_threadsafe(receiver, msg, local, remote)
+
+    def in_loop(msg: bytes, remote: tuple[str, int]) -> None:
+        receiver(msg, local, remote)
+
+    return from_thread if threaded else in_loop
