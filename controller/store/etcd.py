@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -21,6 +21,7 @@ from etcd3aio._protobuf import Compare as PbCompare
 from etcd3aio._protobuf import WatchCreateRequest, WatchRequest, WatchStub
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
+from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 from meshsec.controller.store.api import (
     Compare,
     CompareOp,
@@ -60,6 +61,8 @@ _OPS = {
     CompareOp.GREATER: PbCompare.GREATER,
 }
 _PB_DELETE = 1  # mvccpb.Event.EventType.DELETE
+# A server killed mid-stream can surface as INTERNAL (RST_STREAM) as well as UNAVAILABLE.
+_RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL)
 
 
 def _key_range(prefix: str) -> tuple[bytes, bytes]:
@@ -119,29 +122,25 @@ class _EtcdWatch(Watch):
         self._start = start_revision
         self._next = start_revision  # resume point: last delivered event's revision + 1
         self._pending: list[Event] = []
-        self._responses: AsyncIterator[Any] | None = None
         self._call: grpc.aio.StreamStreamCall[Any, Any] | None = None
         self._closed = False
 
-    def _open_stream(self) -> AsyncIterator[Any]:
-        create = WatchCreateRequest(key=self._key, range_end=self._range_end, start_revision=self._next)
-
-        async def requests() -> AsyncIterator[Any]:
-            yield WatchRequest(create_request=create)
-            await asyncio.Future()  # keep the request side open for the life of the watch
-
-        self._call = self._store._watch_stub().Watch(requests())
-        return self._call.__aiter__()
+    async def _read(self) -> Any:
+        """The next watch response, opening the stream first if needed; None when the server ends it."""
+        if self._call is None:
+            self._call = self._store._watch_stub().Watch()
+            create = WatchCreateRequest(key=self._key, range_end=self._range_end, start_revision=self._next)
+            await self._call.write(WatchRequest(create_request=create))
+        response = await self._call.read()
+        return None if response is EOF else response
 
     async def __anext__(self) -> Event:
         backoff = 0.1
         while not self._pending:
             if self._closed:
                 raise StoreUnavailableError("watch closed")
-            if self._responses is None:
-                self._responses = self._open_stream()
             try:
-                response = await self._responses.__anext__()
+                response = await self._read()
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if (task is not None and task.cancelling()) or not (self._closed or self._store._closed):
@@ -149,16 +148,18 @@ class _EtcdWatch(Watch):
                 # Our own close (the store's channel or this watch) cancelled the call, not the caller.
                 self._drop_stream()
                 raise StoreUnavailableError("watch closed: the etcd store was closed") from None
-            except (grpc.aio.AioRpcError, StopAsyncIteration) as exc:
+            except grpc.aio.AioRpcError as exc:
                 self._drop_stream()
-                transient = isinstance(exc, StopAsyncIteration) or exc.code() in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    grpc.StatusCode.INTERNAL,  # a server killed mid-stream shows up as RST_STREAM
-                )
-                if not transient or self._store._closed:
+                if exc.code() not in _RESUMABLE or self._store._closed:
                     raise _translate(exc) from exc
-                log.info("etcd watch from revision %d interrupted (%s); resuming", self._next, exc)
+                log.info(
+                    "etcd watch from revision %d interrupted (%s); resuming", self._next, exc.code().name
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if response is None:  # the server ended the stream: resume like after an error
+                self._drop_stream()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -192,7 +193,6 @@ class _EtcdWatch(Watch):
         if self._call is not None:
             self._call.cancel()
         self._call = None
-        self._responses = None
 
     async def aclose(self) -> None:
         self._closed = True
@@ -216,7 +216,10 @@ class EtcdStore(Store):
         cert_chain: bytes | None = None,
     ) -> EtcdStore:
         """Connect to `endpoints` ("host:port"); TLS with `ca_cert`, mTLS with a client cert as well."""
-        client = Etcd3Client(list(endpoints), ca_cert=ca_cert, cert_key=cert_key, cert_chain=cert_chain)
+        # Enough attempts to ride out a server restart; `timeout` bounds each call's retries overall.
+        client = Etcd3Client(
+            list(endpoints), rpc_max_attempts=10, ca_cert=ca_cert, cert_key=cert_key, cert_chain=cert_chain
+        )
         await client.connect()
         store = cls(client, timeout)
         try:

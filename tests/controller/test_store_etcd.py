@@ -1,0 +1,62 @@
+"""etcd only: behaviour across a server restart and an unreachable server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from meshsec.controller.store import EventType, StoreUnavailableError
+from meshsec.controller.store.etcd import EtcdStore
+
+from tests.harness.etcd import EtcdServer
+
+pytestmark = pytest.mark.etcd
+
+
+@pytest.fixture
+def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A server of this test's own, since the test restarts it."""
+    with EtcdServer.start(tmp_path) as server:
+        yield server
+
+
+async def test_watch_survives_server_restart_without_loss_or_duplicates(own_etcd: EtcdServer) -> None:
+    store = await EtcdStore.connect([own_etcd.endpoint], timeout=10)
+    try:
+        start = await store.put("/w/1", b"a")
+        await store.put("/w/2", b"b")
+        async with store.watch("/w/", start_revision=start) as watch:
+            before = [await asyncio.wait_for(watch.__anext__(), 5) for _ in range(2)]
+            await asyncio.to_thread(own_etcd.restart)
+            written = [await store.put("/w/3", b"c"), await store.delete("/w/1")]
+            after = [await asyncio.wait_for(watch.__anext__(), 15) for _ in range(2)]
+        assert [e.key for e in before] == ["/w/1", "/w/2"]
+        assert [(e.type, e.key) for e in after] == [(EventType.PUT, "/w/3"), (EventType.DELETE, "/w/1")]
+        assert after[0].revision == written[0]
+    finally:
+        await store.close()
+
+
+async def test_unreachable_server_is_a_clear_error(own_etcd: EtcdServer) -> None:
+    endpoint = own_etcd.endpoint
+    own_etcd.stop()
+    with pytest.raises(StoreUnavailableError, match="etcd unavailable"):
+        await EtcdStore.connect([endpoint], timeout=1)
+
+
+async def test_leases_are_etcd_leases(etcd_server: EtcdServer, key_prefix: str) -> None:
+    """A second, independent client sees the first one's lease end its keys."""
+    first = await EtcdStore.connect([etcd_server.endpoint])
+    second = await EtcdStore.connect([etcd_server.endpoint])
+    try:
+        lease = await first.grant_lease(1)
+        await first.put(key_prefix + "k", b"v", lease=lease.id)
+        kv = await second.get(key_prefix + "k")
+        assert kv is not None and kv.lease == lease.id
+        await second.revoke_lease(lease.id)
+        assert await first.get(key_prefix + "k") is None
+    finally:
+        await first.close()
+        await second.close()
