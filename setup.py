@@ -30,4 +30,4 @@ def _packages() -> tuple[list[str], dict[str, str]]:
 
 
 packages, package_dir = _packages()
-setup(packages=packages, package_dir=package_dir, package_data={"meshsec.v1": ["*.proto", "*.pyi"]})
+setup(packages=packages, package_dir=package_dir, package_data={"meshsec.v1": ["*.proto", "*.pyi", "py.typed"]})

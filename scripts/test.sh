@@ -11,7 +11,7 @@ bash .ci/gen-proto --check
 echo "== ruff"
 ruff check .
 echo "== mypy (strict)"
-PYTHON=.venv/bin/python bash .ci/typecheck
+PYTHON="$PWD/.venv/bin/python" bash .ci/typecheck
 echo "== pytest"
 python -m pytest -q -p no:cacheprovider "$@"
 if [ -x .ci/kernel-lane ]; then
