@@ -22,6 +22,7 @@ from etcd3aio._protobuf import WatchCreateRequest, WatchRequest, WatchStub
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
+
 from meshsec.controller.store.api import (
     Compare,
     CompareOp,

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from meshsec.controller.store import EmbeddedStore, ManualClock, Store
 from meshsec.controller.store.etcd import EtcdStore
-
 from tests.harness.etcd import EtcdServer
 
 

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import pytest
+
 from meshsec.controller.store import (
     CompactedError,
     Compare,

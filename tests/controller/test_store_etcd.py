@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from meshsec.controller.store import EventType, StoreUnavailableError
 from meshsec.controller.store.etcd import EtcdStore
-
 from tests.harness.etcd import EtcdServer
 
 pytestmark = pytest.mark.etcd
@@ -60,3 +61,13 @@ async def test_leases_are_etcd_leases(etcd_server: EtcdServer, key_prefix: str) 
     finally:
         await first.close()
         await second.close()
+
+
+def test_harness_server_is_stopped_and_removed(tmp_path: Path) -> None:
+    with EtcdServer.start(tmp_path) as server:
+        assert server.healthy()
+        pid, root = server.pid, server.data_dir.parent
+        assert pid is not None and root.is_dir()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not root.exists()

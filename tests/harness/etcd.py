@@ -75,6 +75,7 @@ class EtcdServer:
             except RuntimeError as exc:
                 last_error = exc
                 server.stop()
+        shutil.rmtree(root, ignore_errors=True)
         raise RuntimeError(f"etcd did not start after {attempts} attempts: {last_error}")
 
     @property
