@@ -3,11 +3,14 @@ the SK payload ciphers (AES-CBC with HMAC, AES-GCM per RFC 5282) and the DH grou
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric import dh, ec, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -186,11 +189,11 @@ class KeyExchange(Protocol):
 DhFactory = Callable[[int, Random], KeyExchange]
 
 
-class _X25519:
+class X25519Exchange:
     group: int = DhId.CURVE25519
 
-    def __init__(self, rnd: Random) -> None:
-        self._key = x25519.X25519PrivateKey.from_private_bytes(rnd.bytes(32))
+    def __init__(self, private: bytes) -> None:
+        self._key = x25519.X25519PrivateKey.from_private_bytes(private)
 
     def public_bytes(self) -> bytes:
         return self._key.public_key().public_bytes_raw()
@@ -204,14 +207,14 @@ class _X25519:
             raise CryptoError(str(exc)) from exc
 
 
-class _Ecp:
+class EcpExchange:
     """RFC 5903: public value is x | y without the SEC1 0x04 prefix; shared secret is x."""
 
-    def __init__(self, group: int, curve: ec.EllipticCurve, order: int, rnd: Random) -> None:
+    def __init__(self, group: int, scalar: int) -> None:
+        curve = _CURVES[group]
         self.group = group
         self._curve = curve
         self._size = (curve.key_size + 7) // 8
-        scalar = int.from_bytes(rnd.bytes(self._size + 8), "big") % (order - 1) + 1
         self._key = ec.derive_private_key(scalar, curve)
 
     def public_bytes(self) -> bytes:
@@ -228,16 +231,24 @@ class _Ecp:
             raise CryptoError("ECP public value is not on the curve") from exc
 
 
-class _Modp:
-    def __init__(self, group: int, p: int, rnd: Random) -> None:
+@contextlib.contextmanager
+def _ffdh_deprecation_silenced() -> Iterator[None]:
+    """cryptography deprecates finite-field DH; IKE peers still negotiate MODP groups 14/15."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        yield
+
+
+class ModpExchange:
+    def __init__(self, group: int, x: int) -> None:
+        p = _MODP[group]
         self.group = group
         self._p = p
         self._size = (p.bit_length() + 7) // 8
-        self._numbers = dh.DHParameterNumbers(p, 2)
-        # A 512-bit exponent exceeds twice the ~128-bit strength of these groups (RFC 3526 8).
-        x = int.from_bytes(rnd.bytes(64), "big") | 1
         y = pow(2, x, p)
-        self._key = dh.DHPrivateNumbers(x, dh.DHPublicNumbers(y, self._numbers)).private_key()
+        with _ffdh_deprecation_silenced():
+            self._numbers = dh.DHParameterNumbers(p, 2)
+            self._key = dh.DHPrivateNumbers(x, dh.DHPublicNumbers(y, self._numbers)).private_key()
         self._y = y
 
     def public_bytes(self) -> bytes:
@@ -250,7 +261,8 @@ class _Modp:
         if not 1 < y < self._p - 1:
             raise CryptoError("MODP public value out of range")
         try:
-            peer = dh.DHPublicNumbers(y, self._numbers).public_key()
+            with _ffdh_deprecation_silenced():
+                peer = dh.DHPublicNumbers(y, self._numbers).public_key()
             return self._key.exchange(peer).rjust(self._size, b"\0")
         except ValueError as exc:
             raise CryptoError(str(exc)) from exc
@@ -262,18 +274,21 @@ _P384_N = int(
 )
 
 SUPPORTED_DH = (DhId.CURVE25519, DhId.ECP_256, DhId.ECP_384, DhId.MODP_2048, DhId.MODP_3072)
+_CURVES: dict[int, ec.EllipticCurve] = {DhId.ECP_256: ec.SECP256R1(), DhId.ECP_384: ec.SECP384R1()}
+_ORDERS = {DhId.ECP_256: _P256_N, DhId.ECP_384: _P384_N}
+_MODP = {DhId.MODP_2048: MODP_2048_P, DhId.MODP_3072: MODP_3072_P}
 
 
 def default_dh_factory(group: int, rnd: Random) -> KeyExchange:
     """Builds key pairs from the injected random source, so seeded tests are reproducible."""
     if group == DhId.CURVE25519:
-        return _X25519(rnd)
-    if group == DhId.ECP_256:
-        return _Ecp(group, ec.SECP256R1(), _P256_N, rnd)
-    if group == DhId.ECP_384:
-        return _Ecp(group, ec.SECP384R1(), _P384_N, rnd)
-    if group == DhId.MODP_2048:
-        return _Modp(group, MODP_2048_P, rnd)
-    if group == DhId.MODP_3072:
-        return _Modp(group, MODP_3072_P, rnd)
+        return X25519Exchange(rnd.bytes(32))
+    if group in _CURVES:
+        order = _ORDERS[group]
+        size = (_CURVES[group].key_size + 7) // 8
+        # 64 extra bits make the modulo bias negligible (FIPS 186-4 B.4.1).
+        return EcpExchange(group, int.from_bytes(rnd.bytes(size + 8), "big") % (order - 1) + 1)
+    if group in _MODP:
+        # A 512-bit exponent exceeds twice the ~128-bit strength of these groups (RFC 3526 8).
+        return ModpExchange(group, int.from_bytes(rnd.bytes(64), "big") | 1)
     raise ValueError(f"unsupported DH group {group}")
