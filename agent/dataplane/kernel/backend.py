@@ -22,6 +22,8 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pyroute2 import IPRoute
+
 from meshsec.agent.dataplane.api import (
     Capabilities,
     DataPlaneError,
@@ -44,7 +46,6 @@ from meshsec.agent.dataplane.kernel import xfrm_messages as xm
 from meshsec.agent.dataplane.kernel.encap import EncapSocketReader
 from meshsec.agent.dataplane.kernel.translate import OwnerMark
 from meshsec.agent.dataplane.kernel.xfrm_socket import KernelError, XfrmMulticast, XfrmSocket
-from pyroute2 import IPRoute
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,9 @@ import os
 import secrets
 from dataclasses import dataclass
 
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
 from meshsec.agent.dataplane.api import (
     Capabilities,
     Direction,
@@ -32,8 +35,6 @@ from meshsec.agent.dataplane.kernel import xfrm_messages as xm
 from meshsec.agent.dataplane.kernel.translate import OwnerMark, sa_id_message, sa_message
 from meshsec.agent.dataplane.kernel.xfrm_socket import KernelError, XfrmSocket
 from meshsec.common.secrets import Secret
-from pyroute2 import IPRoute, netns
-from pyroute2.netlink.exceptions import NetlinkError
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,10 @@ import asyncio
 import ipaddress
 from typing import Any
 
+from pyroute2 import IPRoute
+
 from meshsec.agent.dataplane.api import DataPlaneError, IPAddress, IPNetwork
 from meshsec.agent.dataplane.userspace.mtu import WORST_CASE_SUITES, Suite, tun_mtu
-from pyroute2 import IPRoute
 
 NFT_TABLE = "meshsec"
 

@@ -8,11 +8,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from meshsec.agent.dataplane.api import DataPlaneError
-from meshsec.agent.dataplane.kernel import xfrm_messages as xm
 from pyroute2.netlink import NETLINK_XFRM, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nlsocket import AsyncNetlinkSocket
+
+from meshsec.agent.dataplane.api import DataPlaneError
+from meshsec.agent.dataplane.kernel import xfrm_messages as xm
 
 log = logging.getLogger(__name__)
 
