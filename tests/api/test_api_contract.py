@@ -12,6 +12,7 @@ import importlib
 
 import pytest
 from google.protobuf import descriptor
+
 from meshsec.v1 import admin_pb2, agent_pb2, common_pb2
 
 FILES = [common_pb2.DESCRIPTOR, agent_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR]

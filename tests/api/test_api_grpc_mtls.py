@@ -18,8 +18,8 @@ import grpc
 import pytest
 from cryptography import x509
 from google.protobuf import struct_pb2
-from meshsec.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, common_pb2
 
+from meshsec.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, common_pb2
 from tests.harness.tls import IssuedCertificate, ThrowawayCA, new_key_and_csr
 
 BOOTSTRAP_TOKEN = "tok1.s3cr3t-bootstrap"

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Literal, TypeAlias, TypeVar
 
 from meshsec.common.secrets import Secret
-
 from tests.harness.netns import CommandError, Host, Lab, run, stop_process
 
 CHARON = "/usr/sbin/charon-systemd"

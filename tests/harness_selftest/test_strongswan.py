@@ -11,8 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from meshsec.common.secrets import Secret
 
+from meshsec.common.secrets import Secret
 from tests.harness.netns import Host, Lab
 from tests.harness.strongswan import (
     CertAuth,
