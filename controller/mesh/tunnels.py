@@ -29,7 +29,7 @@ def tunnel_id(source: str, a: str, b: str) -> str:
 
 
 def host_selectors(addresses: tuple[Address, ...]) -> tuple[str, ...]:
-    return tuple(sorted(f"{a}/{a.max_prefixlen}" for a in addresses))
+    return prefix_selectors([ip_network(a) for a in addresses])
 
 
 def prefix_selectors(prefixes: tuple[Prefix, ...] | list[Prefix]) -> tuple[str, ...]:
