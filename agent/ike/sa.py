@@ -306,10 +306,10 @@ class IkeSa:
         self.state = State.CONNECTING
         self.created_at = now
         children = self.config.children
-        self.queue(IkeInit())
-        self.queue(IkeAuth(children[0] if children else None))
-        for child in children[1:]:
-            self.queue(ChildCreate(child))
+        # Requests queued before initiate() (liveness, extra children) run once established.
+        first: list[Task] = [IkeInit(), IkeAuth(children[0] if children else None)]
+        first += [ChildCreate(child) for child in children[1:]]
+        self._queue.extendleft(reversed(first))
         self._kick(now)
 
     def _enqueue(self, task: Task, now: float) -> None:

@@ -27,7 +27,9 @@ def child(
 def responder_config(**kw: object) -> IkeConfig:
     """The mirror image of the default initiator configuration."""
     kw.setdefault("children", (child(local="198.19.2.0/24", remote="198.19.1.0/24"),))
-    return ike_config(local_id="bob.example", remote_id="alice.example", **kw)  # type: ignore[arg-type]
+    kw.setdefault("local_id", "bob.example")
+    kw.setdefault("remote_id", "alice.example")
+    return ike_config(**kw)  # type: ignore[arg-type]
 
 
 def ike_config(
