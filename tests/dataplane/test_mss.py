@@ -14,7 +14,8 @@ SRC, DST = bytes([198, 19, 1, 1]), bytes([198, 19, 2, 1])
 
 def tcp_segment(flags: int, options: bytes, src: bytes, dst: bytes) -> bytes:
     hlen = 20 + len(options)
-    tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, (hlen // 4) << 4, flags, 65535, 0, 0) + options)
+    header = struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, (hlen // 4) << 4, flags, 65535, 0, 0)
+    tcp = bytearray(header + options)
     pseudo = src + dst + (b"\0\x06" if len(src) == 4 else b"") + len(tcp).to_bytes(
         2 if len(src) == 4 else 4, "big") + (b"\0\0\0\x06" if len(src) == 16 else b"")
     tcp[16:18] = checksum(pseudo + tcp).to_bytes(2, "big")

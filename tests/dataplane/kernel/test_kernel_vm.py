@@ -1,0 +1,256 @@
+"""The kernel backend carrying traffic on a kernel with ESP: runs only in the qemu kernel lane.
+
+Two namespaces joined by a veth; every SA and policy comes from `KernelDataPlane`. The guest is
+software-emulated (about 20x slower), so pings are few and short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from pyroute2 import netns as pr_netns
+
+from meshsec.agent.dataplane.api import (
+    Direction,
+    Encryption,
+    Integrity,
+    IpsecProtocol,
+    Lifetime,
+    Mode,
+    OwnedState,
+    Policy,
+    SaExpired,
+    SaId,
+    SecurityAssociation,
+    Template,
+    TrafficSelector,
+    UdpEncapsulation,
+)
+from meshsec.agent.dataplane.kernel.backend import KernelDataPlane
+from meshsec.common.secrets import Secret
+from tests.dataplane.kernel.conftest import next_event
+from tests.harness.netns import Host, Lab
+
+pytestmark = [pytest.mark.kernelvm, pytest.mark.netns]
+
+A, B = ipaddress.ip_address("198.18.0.1"), ipaddress.ip_address("198.18.0.2")
+NET1, NET2 = ipaddress.ip_network("198.19.1.0/24"), ipaddress.ip_network("198.19.2.0/24")
+INNER_A, INNER_B = "198.19.1.1", "198.19.2.1"
+ANY4 = ipaddress.ip_network("0.0.0.0/0")
+
+
+def gcm() -> tuple[Encryption, Integrity | None]:
+    return Encryption("aes-gcm-16", Secret(os.urandom(20)), 128), None
+
+
+def cbc_sha256() -> tuple[Encryption, Integrity | None]:
+    integrity = Integrity("hmac-sha256", Secret(os.urandom(32)), 128)
+    return Encryption("aes-cbc", Secret(os.urandom(16))), integrity
+
+
+@dataclass
+class Site:
+    host: Host
+    dp: KernelDataPlane
+    outer: ipaddress.IPv4Address
+    net: ipaddress.IPv4Network
+
+
+@dataclass
+class Tunnel:
+    a_out: SaId
+    a_in: SaId
+    b_out: SaId
+    b_in: SaId
+
+
+@pytest.fixture
+async def sites(lab: Lab) -> AsyncIterator[tuple[Site, Site]]:
+    a, b = lab.host("a"), lab.host("b")
+    lab.link(a, b, f"{A}/24", f"{B}/24")
+    a.add_loopback_address(f"{INNER_A}/32")
+    b.add_loopback_address(f"{INNER_B}/32")
+    a.add_route(str(NET2), via=str(B), src=INNER_A)
+    b.add_route(str(NET1), via=str(A), src=INNER_B)
+    planes = [KernelDataPlane(netns=h.ns, scratch_netns=f"{lab.run_prefix}p{h.name}") for h in (a, b)]
+    started: list[KernelDataPlane] = []
+    try:
+        for plane in planes:
+            await plane.start()
+            started.append(plane)
+        yield Site(a, planes[0], A, NET1), Site(b, planes[1], B, NET2)
+    finally:
+        for plane in started:
+            await plane.flush_owned()
+            await plane.close()
+
+
+def _sa(sa_id: SaId, src: ipaddress.IPv4Address, direction: Direction, reqid: int,
+        suite: tuple[Encryption, Integrity | None], **kw: object) -> SecurityAssociation:
+    enc, integ = suite
+    return SecurityAssociation(id=sa_id, src=src, direction=direction, mode=Mode.TUNNEL, reqid=reqid,
+                               encryption=enc, integrity=integ, **kw)  # type: ignore[arg-type]
+
+
+async def _child_sa_pair(x: Site, y: Site, reqid: int, suite: tuple[Encryption, Integrity | None],
+                         **kw: object) -> tuple[SaId, SaId]:
+    """x -> y: y reserves the SPI (make-before-break: inbound first), then both sides install it."""
+    spi = await y.dp.allocate_spi(IpsecProtocol.ESP, x.outer, y.outer)
+    sa_id = SaId(y.outer, spi, IpsecProtocol.ESP)
+    await y.dp.add_sa(_sa(sa_id, x.outer, Direction.IN, reqid, suite, **kw))
+    await x.dp.add_sa(_sa(sa_id, x.outer, Direction.OUT, reqid, suite, **kw))
+    return sa_id, sa_id
+
+
+async def _policies(x: Site, y: Site, reqid: int, if_id: int = 0, src: ipaddress.IPv4Network | None = None,
+                    dst: ipaddress.IPv4Network | None = None) -> None:
+    out_sel = TrafficSelector(src or x.net, dst or y.net)
+    in_sel = TrafficSelector(dst or y.net, src or x.net)
+    await x.dp.ensure_policy(Policy(out_sel, Direction.OUT, if_id=if_id, template=Template(
+        IpsecProtocol.ESP, Mode.TUNNEL, x.outer, y.outer, reqid)))
+    for direction in (Direction.IN, Direction.FWD):
+        await x.dp.ensure_policy(Policy(in_sel, direction, if_id=if_id, template=Template(
+            IpsecProtocol.ESP, Mode.TUNNEL, y.outer, x.outer, reqid)))
+
+
+async def _tunnel(a: Site, b: Site, reqid: int, suite: tuple[Encryption, Integrity | None], *,
+                  if_id: int = 0, encap: UdpEncapsulation | None = None) -> Tunnel:
+    ab, _ = await _child_sa_pair(a, b, reqid, suite, if_id=if_id, encap=encap)
+    ba, _ = await _child_sa_pair(b, a, reqid, suite, if_id=if_id, encap=encap)
+    # Route-based tunnels take wide (0/0) policies bound to the interface: routes pick the traffic.
+    wide = {"src": ANY4, "dst": ANY4} if if_id else {}
+    await _policies(a, b, reqid, if_id=if_id, **wide)
+    await _policies(b, a, reqid, if_id=if_id, **wide)
+    return Tunnel(a_out=ab, a_in=ba, b_out=ba, b_in=ab)
+
+
+async def _ping(site: Site, dst: str, count: int = 3) -> int:
+    src = INNER_A if site.net == NET1 else INNER_B
+    result = await asyncio.to_thread(site.host.ping, dst, count=count, interval=0.2, wait=3, src=src)
+    return result.received
+
+
+def _xfrm_stat(host: Host, name: str) -> int:
+    text = host.run(["cat", "/proc/net/xfrm_stat"]).stdout
+    found = re.search(rf"^{name}\s+(\d+)", text, re.M)
+    assert found, text
+    return int(found.group(1))
+
+
+@pytest.mark.parametrize("suite", [gcm, cbc_sha256], ids=["aes-gcm-16", "aes-cbc+hmac-sha256"])
+async def test_ping_through_esp_and_counters_move(sites: tuple[Site, Site], suite: object) -> None:
+    a, b = sites
+    assert a.dp.capabilities.esp and a.dp.capabilities.aead_gcm, a.dp.capabilities.notes
+    make = suite  # a fresh key set per direction
+    t = await _tunnel(a, b, 10, make())  # type: ignore[operator]
+    assert await _ping(a, INNER_B) == 3
+    sent = await a.dp.counters(t.a_out)
+    got = await b.dp.counters(t.b_in)
+    back = await a.dp.counters(t.a_in)
+    assert sent.packets >= 3 and got.packets >= 3 and back.packets >= 3
+    assert sent.bytes > 0 and got.integrity_failed == 0
+    # Without its SA the peer refuses the traffic: the packets really were ESP.
+    await b.dp.delete_sa(t.b_in)
+    assert await _ping(a, INNER_B, count=1) == 0
+
+
+async def test_mismatched_keys_are_dropped_and_counted(sites: tuple[Site, Site]) -> None:
+    a, b = sites
+    spi = await b.dp.allocate_spi(IpsecProtocol.ESP, A, B)
+    sa_id = SaId(B, spi, IpsecProtocol.ESP)
+    await b.dp.add_sa(_sa(sa_id, A, Direction.IN, 11, gcm()))
+    await a.dp.add_sa(_sa(sa_id, A, Direction.OUT, 11, gcm()))  # other key
+    ba, _ = await _child_sa_pair(b, a, 11, gcm())
+    await _policies(a, b, 11)
+    await _policies(b, a, 11)
+    before = _xfrm_stat(b.host, "XfrmInStateProtoError")
+    assert await _ping(a, INNER_B, count=2) == 0
+    assert (await b.dp.counters(sa_id)).integrity_failed >= 2
+    assert _xfrm_stat(b.host, "XfrmInStateProtoError") >= before + 2
+    assert ba.spi != spi
+
+
+async def test_soft_then_hard_lifetime_expire_events(sites: tuple[Site, Site]) -> None:
+    a, _ = sites
+    events = a.dp.events()
+    sa_id = SaId(B, 0x5000, IpsecProtocol.ESP)
+    await a.dp.add_sa(_sa(sa_id, A, Direction.OUT, 12, gcm(),
+                          lifetime=Lifetime(soft_seconds=1, hard_seconds=3)))
+    soft = await next_event(events, 30)
+    assert soft == SaExpired(sa=sa_id, hard=False)
+    hard = await next_event(events, 30)
+    assert hard == SaExpired(sa=sa_id, hard=True)
+    assert sa_id not in (await a.dp.list_owned()).sas
+
+
+async def test_rekey_make_before_break_moves_traffic_to_the_new_sa(sites: tuple[Site, Site]) -> None:
+    a, b = sites
+    old = await _tunnel(a, b, 13, gcm())
+    assert await _ping(a, INNER_B, count=1) == 1
+    # New CHILD_SA with the same reqid: inbound installed first on both sides, then outbound.
+    new_ab, _ = await _child_sa_pair(a, b, 13, gcm())
+    new_ba, _ = await _child_sa_pair(b, a, 13, gcm())
+    old_count = (await a.dp.counters(old.a_out)).packets
+    assert await _ping(a, INNER_B, count=2) == 2  # both SA sets installed: no loss
+    assert (await a.dp.counters(new_ab)).packets >= 2  # the newest outbound SA is used
+    assert (await a.dp.counters(old.a_out)).packets == old_count
+    for site, sa in ((a, old.a_out), (b, old.b_in), (b, old.b_out), (a, old.a_in)):
+        await site.dp.delete_sa(sa)
+    assert await _ping(a, INNER_B, count=2) == 2
+    assert (await b.dp.counters(new_ba)).packets >= 2
+
+
+async def test_udp_encapsulated_esp_and_ike_on_the_same_socket(sites: tuple[Site, Site]) -> None:
+    a, b = sites
+    socks = []
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+    try:
+        for site in (a, b):
+            sock = await asyncio.to_thread(pr_netns.create_socket, site.host.ns, socket.AF_INET,
+                                           socket.SOCK_DGRAM)
+            sock.bind((str(site.outer), 4500))
+            socks.append(sock)
+            await site.dp.attach_encap_socket(sock, lambda m, local, remote: got.put_nowait(m))
+        t = await _tunnel(a, b, 14, cbc_sha256(), encap=UdpEncapsulation(4500, 4500))
+        assert await _ping(a, INNER_B) == 3
+        assert (await b.dp.counters(t.b_in)).packets >= 3
+        ike = bytes(range(64))
+        socks[0].sendto(b"\0\0\0\0" + ike, (str(B), 4500))
+        assert await asyncio.wait_for(got.get(), 20) == ike
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+async def test_route_based_tunnel_over_xfrm_interfaces(sites: tuple[Site, Site]) -> None:
+    a, b = sites
+    assert a.dp.capabilities.xfrm_interfaces and a.dp.routing_mode == "route"
+    for site, peer_net in ((a, NET2), (b, NET1)):
+        await site.dp.ensure_xfrm_interface("ipsec7", 7, 1400)
+        site.host.add_route(str(peer_net), dev="ipsec7", src=INNER_A if site is a else INNER_B)
+    t = await _tunnel(a, b, 15, gcm(), if_id=7)
+    assert await _ping(a, INNER_B) == 3
+    assert (await b.dp.counters(t.b_in)).packets >= 3
+    link = b.host.ip("-s", "link", "show", "ipsec7")
+    assert "RX:" in link
+    for site in (a, b):
+        await site.dp.delete_xfrm_interface("ipsec7")
+
+
+async def test_cleanup_leaves_nothing(lab: Lab, sites: tuple[Site, Site]) -> None:
+    a, b = sites
+    await _tunnel(a, b, 16, cbc_sha256())
+    await a.dp.allocate_spi(IpsecProtocol.ESP, B, A)
+    for site in (a, b):
+        assert (await site.dp.list_owned()).sas
+        await site.dp.flush_owned()
+        assert await site.dp.list_owned() == OwnedState(sas=(), policies=())
+        assert site.host.ip("xfrm", "state", "list").strip() == ""
+        assert site.host.ip("xfrm", "policy", "list").strip() == ""
