@@ -1,0 +1,584 @@
+"""The asyncio IKE adapter: owns the UDP sockets, feeds the sans-IO engine, runs its timers,
+dispatches its events and drives the data plane.
+
+Everything the engine returns is acted on in `_pump` right after each input (datagram, timer,
+API call): datagrams go out, events are dispatched, the single timer is re-armed for the
+earliest deadline of all SAs. Data-plane calls are async and run strictly in event order on one
+worker task, so a CHILD_SA is never removed before it was installed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from meshsec.agent.adapters import udp
+from meshsec.agent.adapters.install import ChildInstaller, ChildKey, InstallError
+from meshsec.agent.adapters.names import algorithm_dict, algorithm_text, protocol_name
+from meshsec.agent.adapters.spi import SpiReserver, SpiStock
+from meshsec.agent.dataplane.api import DataPlane, DataPlaneError
+from meshsec.agent.ike.address import Address
+from meshsec.agent.ike.config import IkeConfig
+from meshsec.agent.ike.constants import IKE_HEADER_LEN, NATT_PORT, ProtocolId
+from meshsec.agent.ike.crypto import DhFactory, default_dh_factory
+from meshsec.agent.ike.events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaFailed,
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+    InitialContactReceived,
+)
+from meshsec.agent.ike.natt import classify_4500
+from meshsec.agent.ike.parse import ParseError, parse_header
+from meshsec.agent.ike.random import Random, SystemRandom
+from meshsec.agent.ike.responder import ConfigLookup, IkeSaTable, Responder, ResponderSettings
+from meshsec.agent.ike.sa import IkeSa, OutgoingDatagram
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RCVBUF = 4 * 1024 * 1024
+READ_BATCH = 64  # datagrams per readiness callback, so one busy socket cannot starve the others
+HISTORY = 64  # closed IKE SAs kept for status
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterSettings:
+    bind: tuple[str, ...] = ("0.0.0.0", "::")
+    ike_port: int = 500
+    rcvbuf: int = DEFAULT_RCVBUF
+    responder: ResponderSettings = field(default_factory=ResponderSettings)
+
+
+@dataclass(slots=True)
+class ChildRecord:
+    event: ChildSaEstablished
+    local: Address
+    remote: Address
+    installed: bool = False
+    install_error: str | None = None
+
+
+@dataclass(slots=True)
+class SaRecord:
+    """What the adapter knows about one IKE SA beyond the engine object: for status and logs."""
+
+    sa: IkeSa
+    stock: SpiStock | None
+    created: float  # wall clock, for display
+    established: IkeSaEstablished | None = None
+    established_at: float | None = None
+    children: dict[int, ChildRecord] = field(default_factory=dict)  # by inbound SPI
+    outcome: str | None = None  # set when closed: "deleted", "deleted by peer", "failed: ..."
+
+    @property
+    def name(self) -> str:
+        return self.sa.config.name
+
+
+EventCallback = Callable[[SaRecord, Event], None]
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    sock: socket.socket
+    bound: Address
+    attached: bool = False  # 4500 handed to the data plane, which reads it
+
+
+class IkeAdapter:
+    def __init__(
+        self,
+        lookup: ConfigLookup,
+        *,
+        dataplane: DataPlane | None = None,
+        settings: AdapterSettings | None = None,
+        rnd: Random | None = None,
+        dh_factory: DhFactory = default_dh_factory,
+        on_event: EventCallback | None = None,
+    ) -> None:
+        self.settings = settings or AdapterSettings()
+        self.dataplane = dataplane
+        self.rnd: Random = rnd or SystemRandom()
+        self.dh_factory = dh_factory
+        self.on_event = on_event
+        self.responder = Responder(
+            lookup, rnd=self.rnd, dh_factory=dh_factory, settings=self.settings.responder
+        )
+        self.table = IkeSaTable(self.responder)
+        self.stats: Counter[str] = Counter()
+        self.records: dict[IkeSa, SaRecord] = {}
+        self.history: deque[SaRecord] = deque(maxlen=HISTORY)
+        self.installer = ChildInstaller(dataplane) if dataplane is not None else None
+        self.spis = SpiReserver(dataplane, self.rnd) if dataplane is not None else None
+        self._by_spi: dict[bytes, IkeSa] = {}
+        self._endpoints: list[_Endpoint] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._work: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._worker = self._loop.create_task(self._run_work())
+        try:
+            for host in self.settings.bind:
+                for port in (self.settings.ike_port, NATT_PORT):
+                    sock = udp.open_udp_socket(host, port, self.settings.rcvbuf)
+                    self._endpoints.append(_Endpoint(sock, Address(host, port)))
+            share = self.dataplane is not None and self.dataplane.capabilities.udp_encapsulation
+            for ep in self._endpoints:
+                if ep.bound.port == NATT_PORT and share:
+                    assert self.dataplane is not None
+                    # ESP-in-UDP shares the port with IKE (RFC 3948); the data plane reads it.
+                    await self.dataplane.attach_encap_socket(ep.sock, self._from_dataplane)
+                    ep.attached = True
+                else:
+                    self._loop.add_reader(ep.sock.fileno(), self._readable, ep)
+        except BaseException:
+            await self.close(graceful=False)
+            raise
+        log.info(
+            "IKE listening on %s", ", ".join(str(ep.bound) for ep in self._endpoints)
+        )
+
+    @property
+    def endpoints(self) -> list[Address]:
+        return [ep.bound for ep in self._endpoints]
+
+    async def close(self, graceful: bool = True, timeout: float = 3.0) -> None:
+        """With `graceful`, deletes every established IKE SA first (INFORMATIONAL DELETE) and
+        waits up to `timeout` for the peers' answers and the data-plane cleanup."""
+        if self._closed:
+            return
+        if graceful and self._loop is not None:
+            now = self.now()
+            for sa in list(self.table):
+                sa.delete(now)
+            self._pump()
+            deadline = time.monotonic() + timeout
+            while any(not sa.closed for sa in self.table) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await self._drain_work(max(0.1, deadline - time.monotonic()))
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for ep in self._endpoints:
+            if not ep.attached and self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(ep.sock.fileno())
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        for ep in self._endpoints:
+            if not ep.attached:
+                ep.sock.close()
+
+    def close_sockets(self) -> None:
+        """Closes also the sockets lent to the data plane (call after the data plane stopped)."""
+        for ep in self._endpoints:
+            ep.sock.close()
+
+    async def _drain_work(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._work.join(), timeout)
+        if self.spis is not None:
+            await self.spis.drain()
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Waits until queued data-plane work is done (tests and status use it)."""
+        await self._drain_work(timeout)
+
+    # ------------------------------------------------------------------ API
+
+    def now(self) -> float:
+        assert self._loop is not None, "adapter not started"
+        return self._loop.time()
+
+    async def initiate(self, config: IkeConfig, remote: Address, local: Address | None = None) -> SaRecord:
+        """Starts IKE_SA_INIT + IKE_AUTH (+ further children) towards `remote`."""
+        if local is None:
+            local = Address(source_address_for(remote.host), self.settings.ike_port)
+        sa = IkeSa(config, local, remote, initiator=True, rnd=self.rnd, dh_factory=self.dh_factory)
+        record = self._track(sa)
+        if record.stock is not None and self.spis is not None:
+            sa.allocate_spi = record.stock.take
+            for protocol in {ProtocolId(c.protocol) for c in config.children}:
+                needed = sum(c.protocol == protocol for c in config.children)
+                await self.spis.fill(record.stock, protocol, needed)
+        self.table.add(sa)
+        log.info("%s: initiating IKE SA %s -> %s", config.name, local, remote)
+        sa.initiate(self.now())
+        self._pump()
+        return record
+
+    def delete(self, record: SaRecord) -> None:
+        record.sa.delete(self.now())
+        self._pump()
+
+    def active(self) -> list[SaRecord]:
+        return [self.records[sa] for sa in self.table if sa in self.records]
+
+    # ------------------------------------------------------------------ input
+
+    def _readable(self, ep: _Endpoint) -> None:
+        for _ in range(READ_BATCH):
+            try:
+                got = udp.receive(ep.sock, ep.bound)
+            except OSError as exc:
+                self.stats["receive_errors"] += 1
+                log.debug("receive on %s: %s", ep.bound, exc)
+                return
+            if got is None:
+                break
+            self.stats["datagrams_received"] += 1
+            if ep.bound.port == NATT_PORT:
+                kind, data = classify_4500(got.data)
+                if kind == "keepalive":
+                    self.stats["natt_keepalives_received"] += 1
+                    continue
+                if kind == "esp":
+                    self.stats["dropped_esp_without_dataplane"] += 1
+                    continue
+                self._ike_input(data, got.local, got.remote)
+            else:
+                self._ike_input(got.data, got.local, got.remote)
+        self._pump()
+
+    def _from_dataplane(self, msg: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        """The data plane's IkeReceiver: IKE from the shared 4500 socket, marker removed."""
+        if self._loop is None or self._closed:
+            return
+        if threading.get_ident() != self._loop_thread:
+            self._loop.call_soon_threadsafe(self._from_dataplane, msg, local, remote)
+            return
+        self.stats["datagrams_received"] += 1
+        self._ike_input(bytes(msg), Address(local[0], local[1]), Address(remote[0].split("%")[0], remote[1]))
+        self._pump()
+
+    def _ike_input(self, data: bytes, local: Address, remote: Address) -> None:
+        """Never raises: anything wrong with a datagram is counted and it is dropped."""
+        try:
+            if len(data) < IKE_HEADER_LEN:
+                self.stats["dropped_short"] += 1
+                return
+            if udp.is_wildcard(local.host):
+                local = self._known_local(data, local)
+            sa = self.table.receive(data, local, remote, self.now())
+            if sa is not None and sa not in self.records:
+                self._adopt_responder_sa(sa)
+        except Exception:  # the engine promises this cannot happen; the adapter must not die if it does
+            self.stats["adapter_errors"] += 1
+            log.exception("unexpected error handling a datagram from %s", remote)
+
+    def _known_local(self, data: bytes, local: Address) -> Address:
+        """The shared socket may be wildcard-bound: reuse the address the SA already uses."""
+        try:
+            header = parse_header(data)
+        except ParseError:
+            return local
+        sa = self._by_spi.get(header.spi_r if header.is_initiator else header.spi_i)
+        return Address(sa.local.host, local.port) if sa is not None else local
+
+    def _adopt_responder_sa(self, sa: IkeSa) -> None:
+        record = self._track(sa)
+        if record.stock is not None:
+            sa.allocate_spi = record.stock.take
+
+    def _track(self, sa: IkeSa) -> SaRecord:
+        stock = None
+        if self.spis is not None:
+            protocols = {ProtocolId(c.protocol) for cfg in sa.candidates for c in cfg.children}
+            stock = self.spis.stock(sa.local, sa.remote, protocols or {ProtocolId.ESP})
+        record = SaRecord(sa, stock, time.time())
+        self.records[sa] = record
+        self._by_spi[sa.local_spi] = sa
+        return record
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self.table.handle_timers(self.now())
+        except Exception:
+            self.stats["adapter_errors"] += 1
+            log.exception("unexpected error in IKE timers")
+        self._pump()
+
+    # ------------------------------------------------------------------ output
+
+    def _pump(self) -> None:
+        if self._closed or self._loop is None:
+            return
+        try:
+            for d in self.table.datagrams_to_send():
+                self._send(d)
+            for sa, ev in self.table.events():
+                self._dispatch(sa, ev)
+            self._reap()
+        except Exception:
+            self.stats["adapter_errors"] += 1
+            log.exception("unexpected error dispatching engine output")
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        assert self._loop is not None
+        deadline = self.table.next_timer()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _send(self, d: OutgoingDatagram) -> None:
+        ep = self._endpoint_for(d.local)
+        if ep is None:
+            self.stats["dropped_no_socket"] += 1
+            log.warning("no socket to send from %s", d.local)
+            return
+        try:
+            udp.send(ep.sock, d.wire(), d.local, d.remote)
+        except OSError as exc:
+            self.stats["send_errors"] += 1
+            log.debug("send %s -> %s: %s", d.local, d.remote, exc)
+            return
+        self.stats["natt_keepalives_sent" if d.keepalive else "datagrams_sent"] += 1
+
+    def _endpoint_for(self, local: Address) -> _Endpoint | None:
+        v6 = ":" in local.host
+        wildcard = None
+        for ep in self._endpoints:
+            if ep.bound.port != local.port or (":" in ep.bound.host) != v6:
+                continue
+            if ep.bound.host == local.host:
+                return ep
+            if udp.is_wildcard(ep.bound.host):
+                wildcard = ep
+        return wildcard
+
+    # ------------------------------------------------------------------ events
+
+    def _dispatch(self, sa: IkeSa, ev: Event) -> None:
+        record = self.records.get(sa)
+        if record is None:  # an SA the responder created and closed within one input
+            record = self._track(sa)
+        name = record.name
+        spis = f"{sa.spi_i.hex()}_i {sa.spi_r.hex()}_r"
+        if isinstance(ev, IkeSaEstablished):
+            record.established, record.established_at = ev, time.time()
+            log.info(
+                "%s: IKE SA %s ESTABLISHED %s %s <-> %s %s [%s]%s",
+                name, spis, sa.local, ev.local_id, sa.remote, ev.remote_id,
+                algorithm_text(ev.algorithms), " udp-encap" if ev.udp_encap else "",
+            )  # fmt: skip
+        elif isinstance(ev, ChildSaEstablished):
+            child = ChildRecord(ev, sa.local, sa.remote)
+            record.children[ev.spi_in] = child
+            log.info(
+                "%s: CHILD_SA %s INSTALLED %s %s spi %08x_i %08x_o %s === %s [%s]",
+                name, ev.name, protocol_name(ev.protocol), ev.mode, ev.spi_in, ev.spi_out,
+                ",".join(map(str, ev.ts_local)), ",".join(map(str, ev.ts_remote)),
+                algorithm_text(ev.algorithms),
+            )  # fmt: skip
+            if self.installer is not None:
+                self._queue_work(lambda: self._install(record, child))
+        elif isinstance(ev, ChildSaDeleted):
+            record.children.pop(ev.spi_in, None)
+            log.info(
+                "%s: CHILD_SA %s DELETED spi %08x_i %08x_o%s",
+                name, ev.name, ev.spi_in, ev.spi_out, " by peer" if ev.by_peer else "",
+            )  # fmt: skip
+            if self.installer is not None:
+                installer = self.installer
+                key: ChildKey = (sa.local.host, ev.protocol, ev.spi_in)
+                self._queue_work(lambda: self._remove(installer, key))
+        elif isinstance(ev, ChildSaFailed):
+            log.warning("%s: CHILD_SA %s FAILED: %s", name, ev.name, ev.reason)
+        elif isinstance(ev, IkeSaFailed):
+            record.outcome = f"failed: {ev.reason}"
+            log.warning("%s: IKE SA %s FAILED: %s", name, spis, ev.reason)
+        elif isinstance(ev, IkeSaDeleted):
+            record.outcome = "deleted by peer" if ev.by_peer else "deleted"
+            log.info("%s: IKE SA %s DELETED%s", name, spis, " by peer" if ev.by_peer else "")
+        elif isinstance(ev, InitialContactReceived):
+            log.info("%s: INITIAL_CONTACT from %s", name, ev.remote_id)
+        if self.on_event is not None:
+            try:
+                self.on_event(record, ev)
+            except Exception:
+                self.stats["callback_errors"] += 1
+                log.exception("event callback failed")
+
+    def _reap(self) -> None:
+        for sa, record in list(self.records.items()):
+            if sa.closed:
+                del self.records[sa]
+                if self._by_spi.get(sa.local_spi) is sa:
+                    del self._by_spi[sa.local_spi]
+                if record.stock is not None:
+                    record.stock.release()
+                self.history.append(record)
+
+    # ------------------------------------------------------------------ data plane work
+
+    def _queue_work(self, job: Callable[[], Awaitable[None]]) -> None:
+        self._work.put_nowait(job)
+
+    async def _run_work(self) -> None:
+        while True:
+            job = await self._work.get()
+            try:
+                await job()
+            except Exception:
+                self.stats["dataplane_errors"] += 1
+                log.exception("data-plane job failed")
+            finally:
+                self._work.task_done()
+
+    async def _install(self, record: SaRecord, child: ChildRecord) -> None:
+        assert self.installer is not None
+        ev = child.event
+        if ev.spi_in not in record.children:
+            return  # deleted again before we got to it
+        try:
+            await self.installer.install(ev, child.local, child.remote)
+        except (DataPlaneError, InstallError) as exc:
+            child.install_error = str(exc)
+            self.stats["child_install_failed"] += 1
+            log.error("%s: CHILD_SA %s could not be installed: %s; deleting it", record.name, ev.name, exc)
+            if not record.sa.closed:
+                record.sa.delete_child(ev.spi_in, self.now())
+                self._pump()
+            return
+        child.installed = True
+
+    async def _remove(self, installer: ChildInstaller, key: ChildKey) -> None:
+        try:
+            await installer.remove(key)
+        except DataPlaneError as exc:
+            self.stats["child_remove_failed"] += 1
+            log.error("could not remove CHILD_SA %s from the data plane: %s", key, exc)
+
+    # ------------------------------------------------------------------ status
+
+    async def status(self) -> dict[str, object]:
+        """A JSON-ready snapshot: IKE SAs with their CHILD_SAs and counters, recent failures."""
+        sas = [await self._sa_status(r) for r in self.active()]
+        return {
+            "ike_sas": sas,
+            "recent": [_closed_status(r) for r in self.history],
+            "stats": {
+                "adapter": dict(self.stats),
+                "responder": dict(self.responder.stats),
+                "table": dict(self.table.stats),
+                "install": dict(self.installer.stats) if self.installer else {},
+                "spi": dict(self.spis.stats) if self.spis else {},
+            },
+            "dataplane": self.dataplane.capabilities.backend if self.dataplane else None,
+            "listening": [str(a) for a in self.endpoints],
+        }
+
+    async def _sa_status(self, record: SaRecord) -> dict[str, object]:
+        sa = record.sa
+        est = record.established
+        children = []
+        for child in record.children.values():
+            ev = child.event
+            counters: dict[str, int] | None = None
+            if self.installer is not None and child.installed:
+                counters = await self._counters(child)
+            children.append(
+                {
+                    "name": ev.name,
+                    "state": "INSTALLED" if child.installed or self.installer is None else "INSTALLING",
+                    "install_error": child.install_error,
+                    "protocol": protocol_name(ev.protocol),
+                    "mode": ev.mode.upper(),
+                    "spi_in": f"{ev.spi_in:08x}",
+                    "spi_out": f"{ev.spi_out:08x}",
+                    "udp_encap": ev.udp_encap,
+                    "local_ts": [str(t) for t in ev.ts_local],
+                    "remote_ts": [str(t) for t in ev.ts_remote],
+                    **algorithm_dict(ev.algorithms),
+                    "counters": counters,
+                }
+            )
+        return {
+            "name": record.name,
+            "state": sa.state.name,
+            "initiator": sa.initiator,
+            "local": str(sa.local),
+            "remote": str(sa.remote),
+            "local_id": est.local_id if est else str(sa.config.local_identity),
+            "remote_id": est.remote_id if est else None,
+            "initiator_spi": sa.spi_i.hex(),
+            "responder_spi": sa.spi_r.hex(),
+            "nat_local": sa.nat_local,
+            "nat_remote": sa.nat_remote,
+            **(algorithm_dict(est.algorithms) if est else {}),
+            "created": record.created,
+            "established": record.established_at,
+            "engine_stats": dict(sa.stats),
+            "child_sas": children,
+        }
+
+    async def _counters(self, child: ChildRecord) -> dict[str, int] | None:
+        assert self.installer is not None
+        key = (child.local.host, child.event.protocol, child.event.spi_in)
+        plan = self.installer.installed.get(key)
+        if plan is None:
+            return None
+        try:
+            cin = await self.installer.dataplane.counters(plan.inbound.id)
+            cout = await self.installer.dataplane.counters(plan.outbound.id)
+        except DataPlaneError:
+            return None
+        return {
+            "bytes_in": cin.bytes,
+            "packets_in": cin.packets,
+            "bytes_out": cout.bytes,
+            "packets_out": cout.packets,
+        }
+
+
+def _closed_status(record: SaRecord) -> dict[str, object]:
+    sa = record.sa
+    return {
+        "name": record.name,
+        "initiator": sa.initiator,
+        "remote": str(sa.remote),
+        "initiator_spi": sa.spi_i.hex(),
+        "responder_spi": sa.spi_r.hex(),
+        "outcome": record.outcome,
+        "created": record.created,
+    }
+
+
+def source_address_for(remote_host: str) -> str:
+    """The address the kernel would send from to reach `remote_host` (no packet is sent)."""
+    family = socket.AF_INET6 if ":" in remote_host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect((remote_host, 9))
+        return str(s.getsockname()[0])
+
+
+def bind_addresses(hosts: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(hosts))

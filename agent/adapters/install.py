@@ -1,0 +1,201 @@
+"""The data-plane hook: a ChildSaEstablished event becomes two SAs (inbound, outbound) and
+the policies that steer traffic into them; ChildSaDeleted removes them again.
+
+`plan_child` is pure (event + IKE addresses -> DataPlane objects) so the translation is tested
+without a data plane; `ChildInstaller` carries the plan out and remembers what to remove."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from dataclasses import dataclass
+
+from meshsec.agent.dataplane.api import (
+    DataPlane,
+    Direction,
+    Encryption,
+    Integrity,
+    IpsecProtocol,
+    Lifetime,
+    Mode,
+    Policy,
+    SaId,
+    SecurityAssociation,
+    Template,
+    TrafficSelector,
+    UdpEncapsulation,
+)
+from meshsec.agent.ike.address import Address
+from meshsec.agent.ike.constants import EncrId, EsnId, IntegId, ProtocolId
+from meshsec.agent.ike.events import ChildSaEstablished
+from meshsec.agent.ike.keys import DirectionKeys
+from meshsec.agent.ike.ts import Ts
+
+_INTEG = {
+    IntegId.HMAC_SHA2_256_128: ("hmac-sha256", 128),
+    IntegId.HMAC_SHA2_384_192: ("hmac-sha384", 192),
+    IntegId.HMAC_SHA2_512_256: ("hmac-sha512", 256),
+}
+GCM_ICV_BITS = 128
+
+
+class InstallError(ValueError):
+    """The negotiated CHILD_SA cannot be expressed for the data plane."""
+
+
+def ipsec_protocol(protocol: int) -> IpsecProtocol:
+    if protocol == ProtocolId.ESP:
+        return IpsecProtocol.ESP
+    if protocol == ProtocolId.AH:
+        return IpsecProtocol.AH
+    raise InstallError(f"CHILD_SA protocol {protocol} is neither ESP nor AH")
+
+
+def _networks(ts: Ts) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return list(ipaddress.summarize_address_range(ts.start, ts.end))
+
+
+def selectors(local: tuple[Ts, ...], remote: tuple[Ts, ...]) -> list[TrafficSelector]:
+    """Outbound selectors (src = our side): every local x remote pair of the same family,
+    each address range split into the prefixes XFRM selectors can express."""
+    out: list[TrafficSelector] = []
+    for lt in local:
+        for rt in remote:
+            if lt.start.version != rt.start.version:
+                continue
+            if lt.protocol and rt.protocol and lt.protocol != rt.protocol:
+                continue
+            proto = lt.protocol or rt.protocol
+            for src in _networks(lt):
+                for dst in _networks(rt):
+                    out.append(
+                        TrafficSelector(
+                            src, dst, proto, (lt.start_port, lt.end_port), (rt.start_port, rt.end_port)
+                        )
+                    )
+    return out
+
+
+def reverse(sel: TrafficSelector) -> TrafficSelector:
+    return TrafficSelector(sel.dst, sel.src, sel.protocol, sel.dst_ports, sel.src_ports)
+
+
+def _transforms(ev: ChildSaEstablished, keys: DirectionKeys) -> tuple[Encryption | None, Integrity | None]:
+    alg = ev.algorithms
+    enc: Encryption | None = None
+    integ: Integrity | None = None
+    if alg.encr == EncrId.AES_GCM_16:
+        enc = Encryption("aes-gcm-16", keys.encr, GCM_ICV_BITS)
+    elif alg.encr == EncrId.AES_CBC:
+        enc = Encryption("aes-cbc", keys.encr)
+    elif alg.encr is not None:
+        raise InstallError(f"cipher {alg.encr} has no data-plane name")
+    if alg.integ is not None and alg.integ != IntegId.NONE:
+        if alg.integ not in _INTEG:
+            raise InstallError(f"integrity algorithm {alg.integ} has no data-plane name")
+        name, bits = _INTEG[IntegId(alg.integ)]
+        integ = Integrity(name, keys.integ, bits)
+    if enc is None and integ is None:
+        raise InstallError("CHILD_SA has neither a cipher nor integrity")
+    return enc, integ
+
+
+@dataclass(frozen=True, slots=True)
+class ChildPlan:
+    inbound: SecurityAssociation
+    outbound: SecurityAssociation
+    policies: tuple[Policy, ...]
+
+
+def plan_child(ev: ChildSaEstablished, local: Address, remote: Address, reqid: int) -> ChildPlan:
+    """`local`/`remote` are the IKE SA's current addresses: in tunnel mode they are the outer
+    addresses of ESP, and with UDP encapsulation their ports are the ESP-in-UDP ports."""
+    proto = ipsec_protocol(ev.protocol)
+    mode = Mode.TUNNEL if ev.mode == "tunnel" else Mode.TRANSPORT
+    me, peer = ipaddress.ip_address(local.host), ipaddress.ip_address(remote.host)
+    sels = selectors(ev.ts_local, ev.ts_remote)
+    if not sels:
+        raise InstallError("traffic selectors have no local/remote pair of one address family")
+    lifetime = Lifetime(soft_seconds=ev.lifetime_soft, hard_seconds=ev.lifetime_hard)
+    esn = ev.algorithms.esn == EsnId.ESN
+    enc_in, integ_in = _transforms(ev, ev.keys_in)
+    enc_out, integ_out = _transforms(ev, ev.keys_out)
+    encap_in = UdpEncapsulation(remote.port, local.port) if ev.udp_encap else None
+    encap_out = UdpEncapsulation(local.port, remote.port) if ev.udp_encap else None
+    transport_sel = sels[0] if mode is Mode.TRANSPORT else None
+    inbound = SecurityAssociation(
+        SaId(me, ev.spi_in, proto), peer, Direction.IN, mode, reqid, enc_in, integ_in, encap_in,
+        esn=esn, lifetime=lifetime, selector=reverse(transport_sel) if transport_sel else None,
+    )  # fmt: skip
+    outbound = SecurityAssociation(
+        SaId(peer, ev.spi_out, proto), me, Direction.OUT, mode, reqid, enc_out, integ_out, encap_out,
+        esn=esn, lifetime=lifetime, selector=transport_sel,
+    )  # fmt: skip
+    tunnel = mode is Mode.TUNNEL
+    out_tpl = Template(proto, mode, me if tunnel else None, peer if tunnel else None, reqid)
+    in_tpl = Template(proto, mode, peer if tunnel else None, me if tunnel else None, reqid)
+    policies: list[Policy] = []
+    for sel in sels:
+        policies.append(Policy(sel, Direction.OUT, template=out_tpl))
+        policies.append(Policy(reverse(sel), Direction.IN, template=in_tpl))
+        if tunnel:  # forwarded traffic for a site behind us passes the FWD policy
+            policies.append(Policy(reverse(sel), Direction.FWD, template=in_tpl))
+    return ChildPlan(inbound, outbound, tuple(policies))
+
+
+ChildKey = tuple[str, int, int]  # (our address, protocol, inbound SPI): unique per data plane
+
+
+class ChildInstaller:
+    """Carries out plans in order. Policies are shared by (selector, direction): when two
+    CHILD_SAs have equal selectors the newest one's template is in force, and deleting it
+    restores the previous one's instead of leaving traffic unprotected."""
+
+    def __init__(self, dataplane: DataPlane, first_reqid: int = 1) -> None:
+        self.dataplane = dataplane
+        self.installed: dict[ChildKey, ChildPlan] = {}
+        self.stats: Counter[str] = Counter()
+        self._next_reqid = first_reqid
+        self._policy_users: dict[tuple[TrafficSelector, Direction], list[Policy]] = {}
+
+    def next_reqid(self) -> int:
+        reqid, self._next_reqid = self._next_reqid, self._next_reqid + 1
+        return reqid
+
+    async def install(self, ev: ChildSaEstablished, local: Address, remote: Address) -> ChildPlan:
+        plan = plan_child(ev, local, remote, self.next_reqid())
+        key = (local.host, ev.protocol, ev.spi_in)
+        await self.dataplane.add_sa(plan.inbound)
+        try:
+            await self.dataplane.add_sa(plan.outbound)
+            for pol in plan.policies:
+                await self.dataplane.ensure_policy(pol)
+                self._policy_users.setdefault((pol.selector, pol.direction), []).append(pol)
+        except BaseException:
+            self.installed[key] = plan
+            await self.remove(key)
+            raise
+        self.installed[key] = plan
+        self.stats["children_installed"] += 1
+        return plan
+
+    async def remove(self, key: ChildKey) -> bool:
+        """Removes what `install` created for `key`; False if nothing was installed."""
+        plan = self.installed.pop(key, None)
+        if plan is None:
+            return False
+        for pol in plan.policies:
+            ref = (pol.selector, pol.direction)
+            users = self._policy_users.get(ref, [])
+            was_current = bool(users) and users[-1] is pol
+            if pol in users:
+                users.remove(pol)
+            if not users:
+                self._policy_users.pop(ref, None)
+                await self.dataplane.delete_policy(pol.selector, pol.direction)
+            elif was_current:
+                await self.dataplane.ensure_policy(users[-1])
+        await self.dataplane.delete_sa(plan.outbound.id)
+        await self.dataplane.delete_sa(plan.inbound.id)
+        self.stats["children_removed"] += 1
+        return True

@@ -1,0 +1,114 @@
+"""Inbound SPIs reserved in the data plane before the engine announces them.
+
+The engine asks for an SPI synchronously, in the middle of building a message; the data plane
+reserves one asynchronously (XFRM_MSG_ALLOCSPI). So each IKE SA keeps a small stock of SPIs
+reserved ahead of time for its addresses, topped up after every use. Only if the stock is empty
+(a reservation still in flight) does the engine get an unreserved random SPI, counted in
+`stats["spi_unreserved"]`; the data plane then still rejects a clash when the SA is added."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections import Counter, deque
+
+from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, IpsecProtocol, SaId
+from meshsec.agent.ike.address import Address
+from meshsec.agent.ike.constants import ProtocolId
+from meshsec.agent.ike.random import Random
+from meshsec.agent.ike.sa import SpiAllocator, random_spi_allocator
+
+log = logging.getLogger(__name__)
+
+
+def _ipsec(protocol: ProtocolId) -> IpsecProtocol:
+    return IpsecProtocol.AH if protocol == ProtocolId.AH else IpsecProtocol.ESP
+
+
+class SpiStock:
+    """The reserved SPIs of one IKE SA."""
+
+    def __init__(self, owner: SpiReserver, local: Address, remote: Address) -> None:
+        self._owner = owner
+        self.local = local
+        self.remote = remote
+        self.free: dict[ProtocolId, deque[int]] = {}
+        self.closed = False
+
+    def take(self, protocol: ProtocolId) -> int:
+        """The engine's SpiAllocator."""
+        stock = self.free.get(protocol)
+        self._owner.top_up(self, protocol)
+        if stock:
+            return stock.popleft()
+        self._owner.stats["spi_unreserved"] += 1
+        return self._owner.fallback(protocol)
+
+    def release(self) -> None:
+        """The IKE SA is gone: give unused reservations back to the data plane."""
+        self.closed = True
+        for protocol, spis in self.free.items():
+            while spis:
+                self._owner.release(self, protocol, spis.popleft())
+
+
+class SpiReserver:
+    def __init__(self, dataplane: DataPlane, rnd: Random, spare: int = 1) -> None:
+        self.dataplane = dataplane
+        self.spare = spare
+        self.stats: Counter[str] = Counter()
+        self.fallback: SpiAllocator = random_spi_allocator(rnd)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def stock(self, local: Address, remote: Address, protocols: set[ProtocolId]) -> SpiStock:
+        """A new stock for one IKE SA, with `spare` SPIs per protocol being reserved now."""
+        st = SpiStock(self, local, remote)
+        for protocol in protocols:
+            st.free[protocol] = deque()
+            self.top_up(st, protocol)
+        return st
+
+    async def fill(self, st: SpiStock, protocol: ProtocolId, count: int) -> None:
+        """Reserves `count` SPIs and waits for them (an initiator does this before it starts)."""
+        for _ in range(count):
+            await self._reserve_one(st, protocol)
+
+    def top_up(self, st: SpiStock, protocol: ProtocolId) -> None:
+        task = asyncio.get_running_loop().create_task(self._reserve_one(st, protocol))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reserve_one(self, st: SpiStock, protocol: ProtocolId) -> None:
+        try:
+            spi = await self.dataplane.allocate_spi(
+                _ipsec(protocol),
+                ipaddress.ip_address(st.remote.host),
+                ipaddress.ip_address(st.local.host),
+            )
+        except DataPlaneError as exc:
+            self.stats["spi_reserve_failed"] += 1
+            log.warning("could not reserve an inbound SPI: %s", exc)
+            return
+        self.stats["spi_reserved"] += 1
+        if st.closed:
+            self.release(st, protocol, spi)
+        else:
+            st.free.setdefault(protocol, deque()).append(spi)
+
+    def release(self, st: SpiStock, protocol: ProtocolId, spi: int) -> None:
+        sa_id = SaId(ipaddress.ip_address(st.local.host), spi, _ipsec(protocol))
+
+        async def drop() -> None:
+            with contextlib.suppress(DataPlaneError):
+                await self.dataplane.delete_sa(sa_id)
+
+        task = asyncio.get_running_loop().create_task(drop())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Waits for reservations in flight (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
