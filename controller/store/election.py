@@ -89,11 +89,18 @@ class LeaderElection:
         was_leader = self.is_leader
         lease, revision = self._lease, self._revision
         await self._stop()
-        if not was_leader:
+        if not revision:
             return
-        await self._store.txn([Compare.mod_revision(self.key, revision)], [Delete(self.key)])
-        with contextlib.suppress(LeaseNotFoundError):
-            await self._store.revoke_lease(lease)
+        try:
+            # Guarded by our revision: never deletes a successor's key. Also tried after a loss, since
+            # "could not confirm the lease" may mean our key is still there, blocking everyone.
+            await self._store.txn([Compare.mod_revision(self.key, revision)], [Delete(self.key)])
+            with contextlib.suppress(LeaseNotFoundError):
+                await self._store.revoke_lease(lease)
+        except StoreError:
+            if was_leader:
+                raise
+        self._revision = 0
 
     async def abandon(self) -> None:
         """Stop renewing the lease without releasing it, as a crashed process would.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -122,7 +123,7 @@ class _EtcdWatch(Watch):
         self._key, self._range_end = _key_range(prefix)
         self._start = start_revision
         self._next = start_revision  # resume point: last delivered event's revision + 1
-        self._pending: list[Event] = []
+        self._pending: deque[Event] = deque()
         self._call: grpc.aio.StreamStreamCall[Any, Any] | None = None
         self._closed = False
 
@@ -186,7 +187,7 @@ class _EtcdWatch(Watch):
                         int(kv.lease),
                     )
                 self._pending.append(event)
-        event = self._pending.pop(0)
+        event = self._pending.popleft()
         self._next = event.revision + 1
         return event
 

@@ -229,10 +229,10 @@ async def test_lease_expiry_removes_keys_and_is_watched(store_kit: StoreKit) -> 
 
 async def test_keepalive_holds_a_lease_past_its_ttl(store_kit: StoreKit) -> None:
     store, key = store_kit.store, store_kit.prefix + "held"
-    lease = await store.grant_lease(1)
+    lease = await store.grant_lease(2)
     await store.put(key, b"x", lease=lease.id)
-    for _ in range(5):  # 5 x 0.4 s > the 1 s ttl
-        await store_kit.pass_time(0.4)
+    for _ in range(5):  # 5 x 0.5 s > the 2 s ttl
+        await store_kit.pass_time(0.5)
         assert await store.keepalive(lease.id) >= 1
     assert await store.get(key) is not None
     await store.revoke_lease(lease.id)
@@ -248,8 +248,9 @@ async def _leader_after(task: asyncio.Task[None], election: LeaderElection) -> N
 
 async def _contenders(kit: StoreKit) -> tuple[LeaderElection, LeaderElection, Store]:
     other = await kit.peer()
-    a = LeaderElection(kit.store, "controller", "replica-a", ttl=1, prefix=kit.prefix)
-    b = LeaderElection(other, "controller", "replica-b", ttl=1, prefix=kit.prefix)
+    # 2 s rather than etcd's 1 s minimum: a busy CI machine must not miss a renewal and flap.
+    a = LeaderElection(kit.store, "controller", "replica-a", ttl=2, prefix=kit.prefix)
+    b = LeaderElection(other, "controller", "replica-b", ttl=2, prefix=kit.prefix)
     return a, b, other
 
 
@@ -291,7 +292,7 @@ async def test_election_expired_lease_passes_leadership(store_kit: StoreKit) -> 
     observer = asyncio.create_task(observe())
     b_campaign = asyncio.create_task(b.campaign())
     await a.abandon()  # a crashed: nobody renews its lease any more
-    await store_kit.pass_time(2)
+    await store_kit.pass_time(3)
     await _leader_after(b_campaign, b)
     await eventually(lambda: asyncio.sleep(0, seen[-1:] == ["replica-b"]))
     assert seen[0] == "replica-a" and None in seen
