@@ -1,4 +1,4 @@
-"""etcd only: behaviour across a server restart and an unreachable server."""
+"""etcd only: a server restart, an unreachable server, mutual TLS, the harness itself."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from meshsec.controller.store import EventType, StoreUnavailableError
 from meshsec.controller.store.etcd import EtcdStore
-from tests.harness.etcd import EtcdServer
+from tests.harness.etcd import EtcdServer, EtcdTls
+from tests.harness.tls import ThrowawayCA
 
 pytestmark = pytest.mark.etcd
 
@@ -71,3 +72,25 @@ def test_harness_server_is_stopped_and_removed(tmp_path: Path) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert not root.exists()
+
+
+async def test_mutual_tls(tmp_path: Path) -> None:
+    ca = ThrowawayCA("etcd test CA")
+    served = ca.issue("etcd", ip_addresses=("127.0.0.1",), server=True, client=True)
+    controller = ca.issue("controller", client=True)
+    tls = EtcdTls(ca.cert_pem, served.cert_pem, served.key_pem.reveal())
+    with EtcdServer.start(tmp_path, tls=tls) as server:
+        store = await EtcdStore.connect(
+            [server.endpoint],
+            ca_cert=ca.cert_pem,
+            cert_chain=controller.cert_pem,
+            cert_key=controller.key_pem.reveal(),
+        )
+        try:
+            revision = await store.put("/tls/k", b"v")
+            kv = await store.get("/tls/k")
+            assert kv is not None and kv.mod_revision == revision
+        finally:
+            await store.close()
+        with pytest.raises(StoreUnavailableError):  # the server insists on a client certificate
+            await EtcdStore.connect([server.endpoint], ca_cert=ca.cert_pem, timeout=1)

