@@ -138,3 +138,125 @@ def build_tunnel(lab: Lab, suite: Suite, loop: str = "thread") -> Tunnel:
 
 def sa_key(sa: dict[str, Any]) -> dict[str, Any]:
     return {"dst": sa["dst"], "spi": sa["spi"], "protocol": sa["protocol"]}
+
+
+MARKER = b"MESHSEC-PLAINTEXT-MARKER-"
+
+_SERVER = r"""
+import hashlib, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); s.settimeout(60)
+print("listening", flush=True)
+c, _ = s.accept(); c.settimeout(60); h = hashlib.sha256(); n = 0
+while True:
+    b = c.recv(65536)
+    if not b: break
+    h.update(b); n += len(b)
+print(n, h.hexdigest(), flush=True)
+"""
+
+_CLIENT = r"""
+import hashlib, os, socket, sys
+marker = sys.argv[4].encode()
+data = (marker * (int(sys.argv[5]) // len(marker) // 2 + 1) + os.urandom(int(sys.argv[5])))[: int(sys.argv[5])]
+c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=30, source_address=(sys.argv[1], 0))
+c.sendall(data); c.shutdown(socket.SHUT_WR); c.recv(1); c.close()
+print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
+"""
+
+
+def tcp_transfer(lab: Lab, client: Host, server: Host, src: str, dst: str, size: int) -> tuple[str, str]:
+    """Send `size` bytes (starting with MARKER) over TCP; returns (sent, received) 'len sha256'."""
+    log = lab.workdir / f"tcp-server-{os.getpid()}-{size}.log"
+    srv = server.popen([sys.executable, "-c", _SERVER, dst, "5001"], log=log)
+    for _ in range(100):
+        if log.exists() and "listening" in log.read_text():
+            break
+        subprocess.run(["sleep", "0.05"], check=True)
+    sent = client.run([sys.executable, "-c", _CLIENT, src, dst, "5001", MARKER.decode(), str(size)],
+                      timeout=90).stdout.strip()
+    srv.wait(timeout=30)
+    received = log.read_text().splitlines()[-1].strip()
+    return sent, received
+
+
+class Capture:
+    """tcpdump on an interface into a pcap file, parsed in Python."""
+
+    def __init__(self, lab: Lab, host: Host, ifname: str) -> None:
+        n = len(list(lab.workdir.glob("cap-*.pcap")))
+        self.path = lab.workdir / f"cap-{host.name}-{ifname}-{n}.pcap"
+        log = lab.workdir / f"cap-{n}.log"
+        argv = ["tcpdump", "-i", ifname, "-U", "--immediate-mode", "-n", "-w", str(self.path)]
+        self.proc = host.popen(argv, log=log)
+        for _ in range(200):  # tcpdump says "listening on" once its filter is attached
+            if log.exists() and "listening on" in log.read_text():
+                break
+            subprocess.run(["sleep", "0.05"], check=True)
+        else:
+            raise RuntimeError(f"tcpdump did not start: {log.read_text() if log.exists() else ''}")
+
+    def stop(self) -> list[bytes]:
+        subprocess.run(["sleep", "0.3"], check=True)
+        stop_process(self.proc)  # type: ignore[arg-type]
+        return read_pcap(self.path.read_bytes())
+
+
+def read_pcap(data: bytes) -> list[bytes]:
+    import struct
+
+    magic = struct.unpack("<I", data[:4])[0]
+    if magic not in (0xA1B2C3D4, 0xA1B23C4D):
+        raise ValueError(f"not a little-endian pcap file (magic {magic:#x})")
+    linktype = struct.unpack("<I", data[20:24])[0]
+    if linktype != 1:
+        raise ValueError(f"expected Ethernet link type, got {linktype}")
+    frames, off = [], 24
+    while off + 16 <= len(data):
+        incl = struct.unpack("<I", data[off + 8 : off + 12])[0]
+        frames.append(data[off + 16 : off + 16 + incl])
+        off += 16 + incl
+    return frames
+
+
+def classify(frame: bytes) -> str:
+    """'esp', 'ah', 'udp4500', 'arp', 'ipv6-control', or a description of anything else."""
+    ethertype = int.from_bytes(frame[12:14], "big")
+    if ethertype == 0x0806:
+        return "arp"
+    if ethertype == 0x86DD:
+        return "ipv6-control" if frame[20] in (58, 0) else f"ipv6-proto-{frame[20]}"
+    if ethertype != 0x0800:
+        return f"ethertype-{ethertype:#x}"
+    ip = frame[14:]
+    proto = ip[9]
+    if proto == 50:
+        return "esp"
+    if proto == 51:
+        return "ah"
+    ihl = (ip[0] & 0x0F) * 4
+    ports = (int.from_bytes(ip[ihl : ihl + 2], "big"), int.from_bytes(ip[ihl + 2 : ihl + 4], "big"))
+    if proto == 17 and 4500 in ports:
+        return "udp4500"
+    return f"ipv4-proto-{proto}"
+
+
+def ip_payload(frame: bytes) -> bytes:
+    """The IPv4 payload of an Ethernet frame (for re-injecting captured ESP)."""
+    ip = frame[14:]
+    return ip[(ip[0] & 0x0F) * 4 : int.from_bytes(ip[2:4], "big")]
+
+
+_INJECT = r"""
+import socket, sys
+data = bytes.fromhex(sys.argv[3])
+if sys.argv[1] == "esp":
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50); s.sendto(data, (sys.argv[2], 0))
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(data, (sys.argv[2], 4500))
+"""
+
+
+def inject(host: Host, kind: str, dst: str, data: bytes) -> None:
+    """Send `data` as raw ESP (kind 'esp') or as a UDP datagram to port 4500 (kind 'udp')."""
+    host.run([sys.executable, "-c", _INJECT, kind, dst, data.hex()])
