@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
-from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric import dh, ec, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.utils import CryptographyDeprecationWarning
+
 from meshsec.agent.ike.constants import DhId, EncrId, IntegId, PrfId
 from meshsec.agent.ike.random import Random
 
@@ -275,8 +276,8 @@ _P384_N = int(
 
 SUPPORTED_DH = (DhId.CURVE25519, DhId.ECP_256, DhId.ECP_384, DhId.MODP_2048, DhId.MODP_3072)
 _CURVES: dict[int, ec.EllipticCurve] = {DhId.ECP_256: ec.SECP256R1(), DhId.ECP_384: ec.SECP384R1()}
-_ORDERS = {DhId.ECP_256: _P256_N, DhId.ECP_384: _P384_N}
-_MODP = {DhId.MODP_2048: MODP_2048_P, DhId.MODP_3072: MODP_3072_P}
+_ORDERS: dict[int, int] = {DhId.ECP_256: _P256_N, DhId.ECP_384: _P384_N}
+_MODP: dict[int, int] = {DhId.MODP_2048: MODP_2048_P, DhId.MODP_3072: MODP_3072_P}
 
 
 def default_dh_factory(group: int, rnd: Random) -> KeyExchange:

@@ -120,9 +120,17 @@ class Responder:
         if half_open >= self.settings.block_threshold:
             self.stats["dropped_overload"] += 1
             return None
-        if half_open >= self.settings.cookie_threshold and not self._cookie_ok(
-            datagram, header, local, remote, now
-        ):
+        try:
+            payloads = parse_chain(header.next_payload, memoryview(datagram)[IKE_HEADER_LEN:])
+        except ParseError as exc:
+            # No state for garbage; only an unknown critical payload earns a (stateless) answer.
+            self.stats["dropped_malformed"] += 1
+            if exc.notify == NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD:
+                self._reply(header, NotifyPayload(exc.notify, exc.data), local, remote)
+            return None
+        if half_open >= self.settings.cookie_threshold and not self._cookie_ok(payloads, header, remote, now):
+            cookie = self._cookie_for(payloads, header, remote)
+            self._reply(header, NotifyPayload(NotifyType.COOKIE, cookie), local, remote)
             return None
         configs = self._lookup(local, remote)
         if not configs:
@@ -141,32 +149,30 @@ class Responder:
         sa.receive(datagram, local, remote, now)
         return sa
 
-    def _cookie_ok(
-        self, datagram: bytes, header: Header, local: Address, remote: Address, now: float
-    ) -> bool:
-        try:
-            payloads = parse_chain(header.next_payload, memoryview(datagram)[IKE_HEADER_LEN:])
-        except ParseError:
-            self.stats["dropped_malformed"] += 1
-            return False
+    def _cookie_for(self, payloads: list[Payload], header: Header, remote: Address) -> bytes:
         nonce = next((p for p in payloads if isinstance(p, NoncePayload)), None)
-        if nonce is None:
-            self.stats["dropped_malformed"] += 1
-            return False
-        self.cookies.maybe_rotate(now)
         ip = ipaddress.ip_address(remote.host).packed
-        first = payloads[0]
-        if isinstance(first, NotifyPayload) and first.notify_type == NotifyType.COOKIE:
-            if self.cookies.verify(first.data, nonce.data, ip, header.spi_i):
-                self.stats["cookie_accepted"] += 1
-                return True
-            self.stats["cookie_invalid"] += 1
-        cookie = self.cookies.make(nonce.data, ip, header.spi_i)
-        reply = Header(header.spi_i, bytes(8), 0, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0, 0)
-        answer: list[Payload] = [NotifyPayload(NotifyType.COOKIE, cookie)]
-        self._out.append(OutgoingDatagram(build_message(reply, answer), local, remote))
+        return self.cookies.make(nonce.data if nonce else b"", ip, header.spi_i)
+
+    def _cookie_ok(self, payloads: list[Payload], header: Header, remote: Address, now: float) -> bool:
+        self.cookies.maybe_rotate(now)
+        nonce = next((p for p in payloads if isinstance(p, NoncePayload)), None)
+        first = payloads[0] if payloads else None
+        if nonce is None or not isinstance(first, NotifyPayload) or first.notify_type != NotifyType.COOKIE:
+            self.stats["cookie_sent"] += 1
+            return False
+        ip = ipaddress.ip_address(remote.host).packed
+        if self.cookies.verify(first.data, nonce.data, ip, header.spi_i):
+            self.stats["cookie_accepted"] += 1
+            return True
+        self.stats["cookie_invalid"] += 1
         self.stats["cookie_sent"] += 1
         return False
+
+    def _reply(self, header: Header, notify: NotifyPayload, local: Address, remote: Address) -> None:
+        """A stateless IKE_SA_INIT answer: zero responder SPI, nothing remembered."""
+        reply = Header(header.spi_i, bytes(8), 0, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0, 0)
+        self._out.append(OutgoingDatagram(build_message(reply, [notify]), local, remote))
 
 
 class IkeSaTable:
@@ -189,7 +195,7 @@ class IkeSaTable:
         return len(self._by_spi)
 
     def half_open(self) -> int:
-        return sum(1 for sa in self._by_init.values() if sa.state is not State.ESTABLISHED)
+        return sum(1 for sa in self._by_init.values() if sa.state not in (State.ESTABLISHED, State.CLOSED))
 
     def receive(self, datagram: bytes, local: Address, remote: Address, now: float) -> IkeSa | None:
         """Routes one IKE message; returns the SA that took it (new or existing), if any."""

@@ -179,6 +179,11 @@ class IkeSa:
         return self.spi_i if self.initiator else self.spi_r
 
     @property
+    def next_request_id(self) -> int:
+        """Message ID our next request will carry (exposed for diagnostics and tests)."""
+        return self._my_mid
+
+    @property
     def udp_encap(self) -> bool:
         return self.nat_local or self.nat_remote
 

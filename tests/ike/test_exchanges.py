@@ -52,7 +52,7 @@ def established(p: Pair) -> tuple[ChildSaEstablished, ChildSaEstablished]:
 def test_establish_default_suite() -> None:
     p = Pair(ike_config(), [responder_config()])
     p.connect()
-    ci, cr = established(p)
+    ci, _cr = established(p)
     ike = of_type(p.events_i, IkeSaEstablished)[0]
     assert ike.algorithms.encr == EncrId.AES_GCM_16 and ike.algorithms.dh == DhId.CURVE25519
     assert ike.remote_id == "bob.example" and not ike.udp_encap
@@ -67,14 +67,29 @@ def test_establish_default_suite() -> None:
 @pytest.mark.parametrize(
     ("ike", "esp", "protocol", "encr", "integ", "keylens"),
     [
-        ("aes128-sha256-ecp256", "aes128-sha256", ProtocolId.ESP, EncrId.AES_CBC, IntegId.HMAC_SHA2_256_128, (16, 32)),
-        ("aes256-sha512-ecp384", "aes256-sha384", ProtocolId.ESP, EncrId.AES_CBC, IntegId.HMAC_SHA2_384_192, (32, 48)),
+        (
+            "aes128-sha256-ecp256",
+            "aes128-sha256",
+            ProtocolId.ESP,
+            EncrId.AES_CBC,
+            IntegId.HMAC_SHA2_256_128,
+            (16, 32),
+        ),
+        (
+            "aes256-sha512-ecp384",
+            "aes256-sha384",
+            ProtocolId.ESP,
+            EncrId.AES_CBC,
+            IntegId.HMAC_SHA2_384_192,
+            (32, 48),
+        ),
         ("aes128gcm16-prfsha384-modp2048", "aes128gcm16", ProtocolId.ESP, EncrId.AES_GCM_16, None, (20, 0)),
         ("aes256-sha384-modp3072", "sha512", ProtocolId.AH, None, IntegId.HMAC_SHA2_512_256, (0, 64)),
     ],
 )
-def test_suites(ike: str, esp: str, protocol: ProtocolId, encr: int | None, integ: int | None,
-                keylens: tuple[int, int]) -> None:
+def test_suites(
+    ike: str, esp: str, protocol: ProtocolId, encr: int | None, integ: int | None, keylens: tuple[int, int]
+) -> None:
     ic = child(proposals=esp, protocol=protocol)
     rc = child(local="198.19.2.0/24", remote="198.19.1.0/24", proposals=esp, protocol=protocol)
     p = Pair(ike_config(proposals=ike, children=(ic,)), [responder_config(proposals=ike, children=(rc,))])
@@ -177,13 +192,19 @@ def test_invalid_ke_retry_with_requested_group() -> None:
 
 def test_invalid_ke_for_group_we_do_not_offer_fails() -> None:
     # The responder wants ECP-256 but the initiator only offers X25519 in that proposal: no match at all.
-    p = Pair(ike_config(proposals="aes256gcm16-prfsha256-x25519"), [responder_config(proposals="aes256gcm16-prfsha256-ecp256")])
+    p = Pair(
+        ike_config(proposals="aes256gcm16-prfsha256-x25519"),
+        [responder_config(proposals="aes256gcm16-prfsha256-ecp256")],
+    )
     p.connect()
     assert "NO_PROPOSAL_CHOSEN" in of_type(p.events_i, IkeSaFailed)[0].reason
 
 
 def test_no_proposal_chosen() -> None:
-    p = Pair(ike_config(proposals="aes128-sha256-ecp256"), [responder_config(proposals="aes256gcm16-prfsha256-x25519")])
+    p = Pair(
+        ike_config(proposals="aes128-sha256-ecp256"),
+        [responder_config(proposals="aes256gcm16-prfsha256-x25519")],
+    )
     p.connect()
     assert "NO_PROPOSAL_CHOSEN" in of_type(p.events_i, IkeSaFailed)[0].reason
     assert of_type(p.events_r, IkeSaFailed)
@@ -201,8 +222,10 @@ def test_wrong_psk_authentication_failed() -> None:
 def test_responder_picks_connection_by_initiator_identity() -> None:
     other = ike_config(name="other", local_id="bob.example", remote_id="carol@example.org", psk="carol-psk")
     for local_id in ("alice.example", "198.18.0.1", "2001:db8::1", "alice@example.org", "@#0a0b0c"):
-        p = Pair(ike_config(local_id=local_id, psk="alice-psk"),
-                 [other, responder_config(name="alice-conn", remote_id=local_id, psk="alice-psk")])
+        p = Pair(
+            ike_config(local_id=local_id, psk="alice-psk"),
+            [other, responder_config(name="alice-conn", remote_id=local_id, psk="alice-psk")],
+        )
         p.connect()
         established(p)
         assert of_type(p.events_r, IkeSaEstablished)[0].connection == "alice-conn"
@@ -252,7 +275,18 @@ def test_transport_requested_but_tunnel_answered_is_rejected_and_deleted() -> No
     ic = child(local="198.19.1.0/24", remote="198.19.2.0/24", mode="transport")
     p = Pair(ike_config(children=(ic,)), [responder_config()])
     p.connect()
-    # Our responder refuses a mode mismatch outright.
+    # The responder declines by answering in tunnel mode; the initiator refuses that and
+    # deletes the CHILD_SA the responder already installed.
+    assert of_type(p.events_i, ChildSaFailed)[0].reason == "responder did not accept the requested mode"
+    assert of_type(p.events_r, ChildSaEstablished)[0].mode == "tunnel"
+    assert of_type(p.events_r, ChildSaDeleted)[0].by_peer
+    assert not p.responder.children and not p.initiator.children
+
+
+def test_tunnel_requested_against_transport_only_config() -> None:
+    rc = child(local="198.19.2.0/24", remote="198.19.1.0/24", mode="transport")
+    p = Pair(ike_config(), [responder_config(children=(rc,))])
+    p.connect()
     assert of_type(p.events_i, ChildSaFailed)[0].reason == "NO_PROPOSAL_CHOSEN"
 
 
@@ -272,7 +306,12 @@ def test_cookie_forgery_rejected() -> None:
             return [OutgoingDatagram(bytes(raw), d.local, d.remote)]
         return [d]
 
-    p = Pair(ike_config(), [responder_config()], settings=ResponderSettings(cookie_threshold=0), filter=corrupt_cookie)
+    p = Pair(
+        ike_config(),
+        [responder_config()],
+        settings=ResponderSettings(cookie_threshold=0),
+        filter=corrupt_cookie,
+    )
     p.connect()
     assert not of_type(p.events_i, IkeSaEstablished)
     assert p.responder_front.stats["cookie_invalid"] >= 1 and len(p.table) == 0
@@ -294,13 +333,19 @@ def test_second_child_via_create_child_sa_and_deletes() -> None:
     # initiator deletes the second child
     p.initiator.delete_child(ci[1].spi_in, p.now)
     p.pump()
-    assert of_type(p.events_i, ChildSaDeleted) == [ChildSaDeleted("second", ci[1].spi_in, ci[1].spi_out, 3, False)]
-    assert of_type(p.events_r, ChildSaDeleted) == [ChildSaDeleted("second", cr[1].spi_in, cr[1].spi_out, 3, True)]
+    assert of_type(p.events_i, ChildSaDeleted) == [
+        ChildSaDeleted("second", ci[1].spi_in, ci[1].spi_out, 3, False)
+    ]
+    assert of_type(p.events_r, ChildSaDeleted) == [
+        ChildSaDeleted("second", cr[1].spi_in, cr[1].spi_out, 3, True)
+    ]
 
     # responder deletes the first one
     p.responder.delete_child(cr[0].spi_in, p.now)
     p.pump()
-    assert of_type(p.events_i, ChildSaDeleted)[-1] == ChildSaDeleted("net", ci[0].spi_in, ci[0].spi_out, 3, True)
+    assert of_type(p.events_i, ChildSaDeleted)[-1] == ChildSaDeleted(
+        "net", ci[0].spi_in, ci[0].spi_out, 3, True
+    )
     assert not p.initiator.children and not p.responder.children
 
     p.initiator.create_child(ic2, p.now)
@@ -345,8 +390,11 @@ def test_liveness_check() -> None:
 
 
 def test_half_open_timeout() -> None:
-    p = Pair(ike_config(), [responder_config()],
-             filter=lambda direction, d: [] if exchange_of(d)[0] == ExchangeType.IKE_AUTH else [d])
+    p = Pair(
+        ike_config(),
+        [responder_config()],
+        filter=lambda direction, d: [] if exchange_of(d)[0] == ExchangeType.IKE_AUTH else [d],
+    )
     p.connect()
     assert len(p.table) == 1
     p.advance(31)

@@ -114,16 +114,22 @@ DATA1 = b"Hi There"
     [
         (hashes.SHA256(), KEY1, DATA1, "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
         (
-            hashes.SHA384(), KEY1, DATA1,
+            hashes.SHA384(),
+            KEY1,
+            DATA1,
             "afd03944d84895626b0825f4ab46907f15f9dadbe4101ec682aa034c7cebc59cfaea9ea9076ede7f4af152e8b2fa9cb6",
         ),
         (
-            hashes.SHA512(), KEY1, DATA1,
+            hashes.SHA512(),
+            KEY1,
+            DATA1,
             "87aa7cdea5ef619d4ff0b4241a1d6cb02379f4e2ce4ec2787ad0b30545e17cdedaa833b7d6b8a702038b274eaea3f4e4"
             "be9d914eeb61f1702e696c203a126854",
         ),
         (
-            hashes.SHA256(), b"Jefe", b"what do ya want for nothing?",
+            hashes.SHA256(),
+            b"Jefe",
+            b"what do ya want for nothing?",
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
         ),
     ],
@@ -234,7 +240,9 @@ def _pi_floor(shift: int) -> int:
     return (16 * atan_inv(5) - 4 * atan_inv(239)) >> 64
 
 
-@pytest.mark.parametrize(("bits", "const", "prime"), [(2048, 124476, MODP_2048_P), (3072, 1690314, MODP_3072_P)])
+@pytest.mark.parametrize(
+    ("bits", "const", "prime"), [(2048, 124476, MODP_2048_P), (3072, 1690314, MODP_3072_P)]
+)
 def test_modp_primes_follow_rfc3526_formula(bits: int, const: int, prime: int) -> None:
     # p = 2^b - 2^(b-64) - 1 + 2^64 * ( [2^(b-130) pi] + const )
     assert prime == 2**bits - 2 ** (bits - 64) - 1 + 2**64 * (_pi_floor(bits - 130) + const)
@@ -289,11 +297,14 @@ def test_gcm_mcgrew_viega(aad: bytes, n: int, tag: str) -> None:
     ("key", "iv", "pt", "ct"),
     [
         (
-            "06a9214036b8a15b512e03d534120006", "3dafba429d9eb430b422da802c9fac41",
-            b"Single block msg".hex(), "e353779c1079aeb82708942dbe77181a",
+            "06a9214036b8a15b512e03d534120006",
+            "3dafba429d9eb430b422da802c9fac41",
+            b"Single block msg".hex(),
+            "e353779c1079aeb82708942dbe77181a",
         ),
         (
-            "c286696d887c9aa0611bbb3e2025a45a", "562e17996d093d28ddb3ba695a2e6f58",
+            "c286696d887c9aa0611bbb3e2025a45a",
+            "562e17996d093d28ddb3ba695a2e6f58",
             "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
             "d296cd94c2cccf8a3a863028b5e1dc0a7586602d253cfff91b8266bea6d61ab1",
         ),

@@ -179,12 +179,15 @@ def respond_child(sa: IkeSa, msg: Message, ni: bytes, nr: bytes) -> tuple[list[P
         if not remote or not local:
             error = NotifyType.TS_UNACCEPTABLE
             continue
-        if (cfg.mode == "transport") != want_transport:
-            continue
+        if cfg.mode == "transport" and not want_transport:
+            continue  # we only run this child in transport mode
+        # A transport request against a tunnel config is declined by answering in tunnel mode
+        # (RFC 7296 1.3.1); the initiator decides whether that is acceptable.
+        transport = want_transport and cfg.mode == "transport"
         spi_in = sa.allocate_spi(ProtocolId(chosen.protocol))
         spi_out = struct.unpack("!I", chosen.spi)[0]
         _install(sa, cfg, chosen, spi_in, spi_out, cfg.mode, local, remote, ni, nr, False)
-        pre: list[Payload] = [NotifyPayload(NotifyType.USE_TRANSPORT_MODE)] if want_transport else []
+        pre: list[Payload] = [NotifyPayload(NotifyType.USE_TRANSPORT_MODE)] if transport else []
         answer = Chosen(
             chosen.number, chosen.protocol, b"", chosen.encr, None, chosen.integ, None, chosen.esn
         )
