@@ -1,0 +1,1 @@
+"""meshctl: the admin CLI (apply/get/describe/topology/events against the controller) and the local lab."""

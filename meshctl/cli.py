@@ -1,0 +1,143 @@
+"""meshctl's command line: argument parsing, dispatch, and exit codes (see meshsec.meshctl.errors)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from meshsec.meshctl import commands
+from meshsec.meshctl.client import ENV_CONTROLLER, AdminClient, Target, TlsFiles
+from meshsec.meshctl.errors import EXIT_OK, MeshctlError, UsageError
+from meshsec.meshctl.table import paint, use_colour
+
+OUTPUTS = ("table", "wide", "json", "yaml")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors raise instead of exiting, so main() reports every failure the same way."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message, hint=f"see `{self.prog} --help`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="meshctl", description="Manage a meshsec IPsec mesh through its controller.")
+    parser.add_argument(
+        "--controller",
+        metavar="ADDR",
+        help=f"unix:/path/admin.sock (default, or ${ENV_CONTROLLER}) or host:port with --tls-*",
+    )
+    parser.add_argument("--tls-ca", type=Path, help="CA bundle for a TCP controller")
+    parser.add_argument("--tls-cert", type=Path, help="admin client certificate for a TCP controller")
+    parser.add_argument("--tls-key", type=Path, help="admin client key for a TCP controller")
+    parser.add_argument("--timeout", type=float, default=15.0, help="seconds per call (default 15)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("apply", help="create or update resources from YAML (all or nothing)")
+    p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-")
+    p.add_argument("--dry-run", action="store_true", help="validate and show what would change")
+    p.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text")
+
+    p = sub.add_parser("delete", help="delete resources named in files, or KIND NAME")
+    p.add_argument("kind", nargs="?")
+    p.add_argument("names", nargs="*")
+    p.add_argument("-f", "--filename", action="append", metavar="FILE|DIR|-")
+    p.add_argument("--ignore-not-found", action="store_true")
+
+    p = sub.add_parser("get", help="list sites, nodes, policies, gateways or tunnels")
+    p.add_argument("kind", metavar="KIND", help="sites|nodes|policies|gateways|tunnels")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("-o", "--output", choices=OUTPUTS, default="table")
+    p.add_argument("-l", "--selector", default="", help="label selector, e.g. region=eu,kind!=vpc")
+    p.add_argument("--node", default="", help="tunnels: only those with an end on this node")
+    p.add_argument("--site", default="", help="tunnels: only those touching this site")
+    p.add_argument("--policy", default="", help="tunnels: only those from this policy")
+    p.add_argument("--state", default="", help="tunnels: established|connecting|failed|down|...")
+
+    p = sub.add_parser("describe", help="one object in detail: status, tunnels, recent events, last errors")
+    p.add_argument("kind", metavar="KIND")
+    p.add_argument("name", metavar="NAME")
+
+    p = sub.add_parser("topology", help="the computed mesh as Graphviz DOT (default) or SVG")
+    p.add_argument("--dot", nargs="?", const="-", metavar="FILE", help="write DOT to FILE (default stdout)")
+    p.add_argument("--svg", metavar="FILE", help="render SVG with graphviz `dot` into FILE")
+    p.add_argument("--site", default="", help="only this site and the tunnels touching it")
+
+    p = sub.add_parser("events", help="controller events (retained, then live with --watch)")
+    p.add_argument("-w", "--watch", action="store_true", help="keep following new events")
+    p.add_argument("--kind", action="append", default=[], help="only events about this kind")
+    p.add_argument("--name", default="", help="only events about this object")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+
+    p = sub.add_parser("token", help="bootstrap tokens for enrolling nodes")
+    tsub = p.add_subparsers(dest="token_command", metavar="ACTION", parser_class=_Parser)
+    tsub.required = True
+    t = tsub.add_parser("create", help="create a token for NODE (printed once)")
+    t.add_argument("node", metavar="NODE")
+    t.add_argument("--site", required=True)
+    t.add_argument("--ttl", type=int, default=0, help="seconds (default: controller's, 1 h)")
+    t.add_argument("--uses", type=int, default=1)
+    t.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--allow-reenroll", action="store_true")
+    t.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    t = tsub.add_parser("revoke", help="revoke a token by its id")
+    t.add_argument("token_id", metavar="TOKEN_ID")
+
+    p = sub.add_parser("lab", help="the local multi-site lab in network namespaces (root)")
+    lsub = p.add_subparsers(dest="lab_command", metavar="ACTION", parser_class=_Parser)
+    lsub.required = True
+    up = lsub.add_parser("up", help="build the lab, start controller and agents, prove traffic")
+    up.add_argument(
+        "--timeout",
+        dest="lab_timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for tunnels (default 120)",
+    )
+    up.add_argument("--no-strongswan", action="store_true", help="leave out the external strongSwan gateway")
+    up.add_argument("--no-agents", action="store_true", help="only the namespaces, controller and resources")
+    lsub.add_parser("down", help="remove everything the lab created")
+    lsub.add_parser("status", help="what the lab is running, and its tunnels")
+    return parser
+
+
+def client_for(args: argparse.Namespace) -> AdminClient:
+    tls = None
+    if args.tls_ca or args.tls_cert or args.tls_key:
+        if not (args.tls_ca and args.tls_cert and args.tls_key):
+            raise UsageError("--tls-ca, --tls-cert and --tls-key go together")
+        tls = TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
+    return AdminClient(Target.parse(args.controller), tls=tls, timeout=args.timeout)
+
+
+def report(error: MeshctlError, stream: TextIO) -> None:
+    colour = use_colour(stream)
+    stream.write(f"{paint('error:', 'red', colour)} {error.message}\n")
+    if error.hint:
+        stream.write(f"{paint('hint:', 'yellow', colour)} {error.hint}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "lab":
+            from meshsec.meshctl.lab.commands import run_lab  # the lab needs root tools; load on demand
+
+            return run_lab(args)
+        with client_for(args) as client:
+            return commands.dispatch(args, client)
+    except MeshctlError as error:
+        report(error, sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `meshctl get tunnels | head`
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
