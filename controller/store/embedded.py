@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from meshsec.controller.store.api import (
     Compare,
@@ -31,6 +33,7 @@ from meshsec.controller.store.mvcc import Mvcc, Record
 from meshsec.controller.store.wal import Wal
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _CLOSED = StoreUnavailableError("the embedded store is closed")
 
@@ -155,8 +158,7 @@ class EmbeddedStore(Store):
     # -- writes ---------------------------------------------------------------------------------
 
     async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
-        async with self._lock:
-            self._check_open()
+        async def work() -> TxnResult:
             record = self._state.plan_txn(compares, ops)
             if record is None:
                 return TxnResult(False, self._state.revision)
@@ -164,22 +166,24 @@ class EmbeddedStore(Store):
                 await self._commit(record)
             return TxnResult(True, self._state.revision)
 
+        return await self._exclusive(work)
+
     async def compact(self, revision: int) -> None:
-        async with self._lock:
-            self._check_open()
-            await self._compact_locked(revision)
+        await self._exclusive(lambda: self._compact_locked(revision))
 
     async def grant_lease(self, ttl: int) -> Lease:
         if ttl < 1:
             raise ValueError(f"lease ttl must be at least 1 s, got {ttl}")
-        async with self._lock:
-            self._check_open()
+
+        async def work() -> Lease:
             record = self._state.plan_grant(ttl)
             await self._commit(record)
             lease_id = int(record["grant"])
             self._deadlines[lease_id] = self._clock.now() + ttl
             self._leases_changed.set()
             return Lease(lease_id, ttl)
+
+        return await self._exclusive(work)
 
     async def keepalive(self, lease_id: int) -> int:
         self._check_open()
@@ -191,9 +195,7 @@ class EmbeddedStore(Store):
         return ttl
 
     async def revoke_lease(self, lease_id: int) -> None:
-        async with self._lock:
-            self._check_open()
-            await self._drop_lease_locked(lease_id)
+        await self._exclusive(lambda: self._drop_lease_locked(lease_id))
 
     async def close(self) -> None:
         if self._closed:
@@ -213,6 +215,23 @@ class EmbeddedStore(Store):
     def _check_open(self) -> None:
         if self._closed:
             raise _CLOSED
+
+    async def _exclusive(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run `work` under the write lock and to completion even if our caller is cancelled.
+
+        A record that reached the log must reach memory too, or the next write would reuse its
+        revision. So a cancelled caller does not know whether its write happened (as with a
+        timeout against etcd); it has to read to find out.
+        """
+
+        async def locked() -> T:
+            async with self._lock:
+                self._check_open()
+                return await work()
+
+        task = asyncio.ensure_future(locked())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved if nobody waits
+        return await asyncio.shield(task)
 
     async def _commit(self, record: Record) -> None:
         """Make `record` durable, then apply it and tell the watches. Caller holds the lock."""
@@ -242,6 +261,11 @@ class EmbeddedStore(Store):
         self._base, self._records = base, records
         self._state.forget_history(folded.compact_revision)
 
+    async def _expire_if_due(self, lease_id: int) -> None:
+        deadline = self._deadlines.get(lease_id)  # a keepalive may have won the race
+        if deadline is not None and deadline <= self._clock.now():
+            await self._drop_lease_locked(lease_id)
+
     async def _drop_lease_locked(self, lease_id: int) -> None:
         record = self._state.plan_drop(lease_id)
         await self._commit(record)
@@ -254,10 +278,7 @@ class EmbeddedStore(Store):
             due = [lease_id for lease_id, deadline in self._deadlines.items() if deadline <= now]
             for lease_id in due:
                 try:
-                    async with self._lock:
-                        deadline = self._deadlines.get(lease_id)  # a keepalive may have won the race
-                        if deadline is not None and deadline <= self._clock.now():
-                            await self._drop_lease_locked(lease_id)
+                    await self._exclusive(functools.partial(self._expire_if_due, lease_id))
                 except LeaseNotFoundError:
                     self._deadlines.pop(lease_id, None)
                 except OSError:

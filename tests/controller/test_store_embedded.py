@@ -186,3 +186,19 @@ async def test_every_acknowledged_write_survives_sigkill(tmp_path: Path) -> None
         async with store.watch("/n/", start_revision=2) as watch:
             first = await watch.__anext__()
             assert (first.type, first.key) == (EventType.PUT, "/n/000000")
+
+
+async def test_cancelled_writers_leave_memory_and_file_in_agreement(tmp_path: Path) -> None:
+    """A caller cancelled mid-write (a timeout, a shutdown) must not split memory from the log."""
+    path = tmp_path / "s.log"
+    async with await EmbeddedStore.open(path) as store:
+        for i in range(60):
+            writer = asyncio.create_task(store.put(f"/c/{i}", b"v"))
+            for _ in range(i % 4):
+                await asyncio.sleep(0)
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            await store.put("/c/after", str(i).encode())
+        live = await store.range("/")
+    async with await EmbeddedStore.open(path) as store:
+        assert await store.range("/") == live
