@@ -158,7 +158,8 @@ print(n, h.hexdigest(), flush=True)
 _CLIENT = r"""
 import hashlib, os, socket, sys
 marker = sys.argv[4].encode()
-data = (marker * (int(sys.argv[5]) // len(marker) // 2 + 1) + os.urandom(int(sys.argv[5])))[: int(sys.argv[5])]
+n = int(sys.argv[5])
+data = (marker * (n // len(marker) // 2 + 1) + os.urandom(n))[:n]
 c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=30, source_address=(sys.argv[1], 0))
 c.sendall(data); c.shutdown(socket.SHUT_WR); c.recv(1); c.close()
 print(len(data), hashlib.sha256(data).hexdigest(), flush=True)

@@ -1,0 +1,176 @@
+"""iperf3 through an IPsec tunnel between two namespaces: meshsec's userspace data plane versus
+strongSwan's kernel-libipsec (two charons, PSK), same machine, same algorithms.
+
+    /work/venv/bin/python bench/dataplane_iperf.py [--seconds 10] [--no-write]
+
+Prints a table (Mbit/s, packets/s through the tunnel, CPU microseconds per packet summed over
+both ends' data-plane processes) and writes it into docs/benchmarks.md, section
+"Userspace data plane". Namespaces use the "ud-" prefix and are removed on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from meshsec.common.secrets import Secret  # noqa: E402
+
+from tests.dataplane.sites import INNER, INNER_NET, UNDERLAY, Suite, build_tunnel, make_sites, sa_key  # noqa: E402
+from tests.harness.netns import Host, Lab  # noqa: E402
+from tests.harness.strongswan import CharonFactory, Child, Connection, Psk  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+
+
+@dataclass
+class Result:
+    name: str
+    mbits: float
+    pps: float
+    cpu_us_per_packet: float
+    retransmits: int
+
+
+def iperf(lab: Lab, a: Host, b: Host, seconds: int) -> tuple[float, int]:
+    b.popen(["iperf3", "-s", "-1", "-B", INNER[1]], log=lab.workdir / "iperf-server.log")
+    time.sleep(0.5)
+    out = a.run(["iperf3", "-c", INNER[1], "-B", INNER[0], "-t", str(seconds), "-J"], timeout=seconds + 30).stdout
+    end = json.loads(out)["end"]
+    return end["sum_received"]["bits_per_second"] / 1e6, int(end["sum_sent"].get("retransmits", 0))
+
+
+def measure(name: str, lab: Lab, a: Host, b: Host, pids: list[int], packets: Callable[[], int],
+            seconds: int) -> Result:
+    cpu0 = sum(cpu_seconds(p) for p in pids)
+    pk0 = packets()
+    t0 = time.monotonic()
+    mbits, retrans = iperf(lab, a, b, seconds)
+    elapsed = time.monotonic() - t0
+    n = packets() - pk0
+    cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+    return Result(name, mbits, n / elapsed, cpu / max(n, 1) * 1e6, retrans)
+
+
+def meshsec_run(name: str, suite: Suite, loop: str, seconds: int) -> Result:
+    with Lab(prefix="ud-", workdir=Path(tempfile.mkdtemp(prefix="ud-bench-"))) as lab:
+        t = build_tunnel(lab, suite, loop=loop)
+        assert t.a.ping(INNER[1], src=INNER[0], count=2).ok
+
+        def packets() -> int:
+            total = 0
+            for dp, sa in ((t.dp_a, t.sa_ab), (t.dp_a, t.sa_ba)):
+                total += dp.call("counters", sa=sa_key(sa))["counters"]["packets"]
+            return total
+
+        return measure(name, lab, t.a, t.b, [t.dp_a.proc.pid, t.dp_b.proc.pid], packets, seconds)
+
+
+def libipsec_run(name: str, esp: str, seconds: int) -> Result:
+    with Lab(prefix="ud-", workdir=Path(tempfile.mkdtemp(prefix="ud-bench-"))) as lab:
+        a, b, _ = make_sites(lab)
+        charons = CharonFactory(lab)
+        try:
+            psk = Psk(Secret(os.urandom(24).hex()))
+            ends = ((a, 0, "a.bench"), (b, 1, "b.bench"))
+            started = []
+            for host, i, ident in ends:
+                conn = Connection(
+                    name="bench", local_addrs=(UNDERLAY[i],), remote_addrs=(UNDERLAY[1 - i],),
+                    local_id=ident, remote_id=ends[1 - i][2], auth=psk,
+                    children=(Child("net", local_ts=(INNER_NET[i],), remote_ts=(INNER_NET[1 - i],),
+                                    esp_proposals=(esp,)),),
+                )
+                started.append(charons.start(host, [conn]))
+            started[0].initiate("bench", "net", timeout=15)
+            assert a.ping(INNER[1], src=INNER[0], count=2).ok
+
+            def packets() -> int:
+                child = started[0].list_sas()[0].children[0]
+                return child.packets_in + child.packets_out
+
+            pids = [c.pid for c in started if c.pid is not None]
+            return measure(name, lab, a, b, pids, packets, seconds)
+        finally:
+            charons.stop_all()
+
+
+def table(results: list[Result]) -> str:
+    lines = ["| data plane | Mbit/s | packets/s | CPU µs/packet (both ends) | TCP retransmits |",
+             "|---|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r.name} | {r.mbits:.0f} | {r.pps:.0f} | {r.cpu_us_per_packet:.1f} | {r.retransmits} |")
+    return "\n".join(lines)
+
+
+def write_doc(text: str) -> None:
+    path = REPO / "docs" / "benchmarks.md"
+    doc = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = "## Userspace data plane\n\n" + text.rstrip() + "\n"
+    pattern = re.compile(r"^## Userspace data plane\n.*?(?=^## |\Z)", re.S | re.M)
+    doc = pattern.sub(lambda _: section + "\n", doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + section
+    path.write_text(doc)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
+    ap.add_argument("--only", choices=["meshsec", "libipsec"], default=None)
+    args = ap.parse_args()
+    runs: list[Callable[[], Result]] = []
+    if args.only != "libipsec":
+        runs += [
+            lambda: meshsec_run("meshsec userspace, AES-GCM-128, UDP-encap, thread loop",
+                                Suite("aes-gcm-16", encap=True), "thread", args.seconds),
+            lambda: meshsec_run("meshsec userspace, AES-GCM-128, UDP-encap, asyncio loop",
+                                Suite("aes-gcm-16", encap=True), "asyncio", args.seconds),
+            lambda: meshsec_run("meshsec userspace, AES-GCM-128, plain ESP, thread loop",
+                                Suite("aes-gcm-16"), "thread", args.seconds),
+            lambda: meshsec_run("meshsec userspace, AES-128-CBC/HMAC-SHA-256, UDP-encap, thread loop",
+                                Suite("aes-cbc", "hmac-sha256", encap=True), "thread", args.seconds),
+        ]
+    if args.only != "meshsec":
+        runs += [
+            lambda: libipsec_run("strongSwan kernel-libipsec, AES-GCM-128, UDP-encap", "aes128gcm16", args.seconds),
+            lambda: libipsec_run("strongSwan kernel-libipsec, AES-128-CBC/HMAC-SHA-256, UDP-encap",
+                                 "aes128-sha256", args.seconds),
+        ]
+    results = []
+    for run in runs:
+        r = run()
+        print(f"{r.name}: {r.mbits:.0f} Mbit/s, {r.pps:.0f} pkt/s, {r.cpu_us_per_packet:.1f} µs/pkt", flush=True)
+        results.append(r)
+    text = table(results)
+    print(text)
+    if not args.no_write:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), platform.processor())
+        write_doc(
+            f"`python bench/dataplane_iperf.py --seconds {args.seconds}` — iperf3 (one TCP stream) from "
+            f"{INNER[0]} to {INNER[1]} through a tunnel between two namespaces on one machine "
+            f"({os.cpu_count()} cores, {cpu}, Python {platform.python_version()}). packets/s counts "
+            "packets through the tunnel in both directions (data and ACKs); CPU is user+system time of "
+            "both ends' data-plane processes (meshsec runner / charon with libipsec) divided by those "
+            "packets.\n\n" + text + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
