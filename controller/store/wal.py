@@ -108,14 +108,16 @@ class Wal:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        # Switch to the new file before anything else can fail: appends to the old, now unlinked,
+        # inode would be lost.
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
 
     def close(self) -> None:
         if self._fd is not None:
