@@ -62,13 +62,10 @@ class XfrmSocket:
 
     async def _exchange(self, what: str, msg: Any, msg_type: int, flags: int) -> list[Any]:
         await self.open()
-
-        async def run() -> list[Any]:
-            answers = await self._sock.nlm_request(msg, msg_type, flags)
-            return [m for m in [a async for a in answers] if m.get("event") != "NLMSG_ERROR"]
-
         try:
-            return await asyncio.wait_for(run(), REQUEST_TIMEOUT)
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                answers = await self._sock.nlm_request(msg, msg_type, flags)
+                return [m async for m in answers if m.get("event") != "NLMSG_ERROR"]
         except NetlinkError as exc:
             raise KernelError(what, exc.code) from None
         except TimeoutError:
