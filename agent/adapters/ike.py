@@ -152,9 +152,7 @@ class IkeAdapter:
         except BaseException:
             await self.close(graceful=False)
             raise
-        log.info(
-            "IKE listening on %s", ", ".join(str(ep.bound) for ep in self._endpoints)
-        )
+        log.info("IKE listening on %s", ", ".join(str(ep.bound) for ep in self._endpoints))
 
     @property
     def endpoints(self) -> list[Address]:

@@ -1,0 +1,92 @@
+"""`meshsec-agent`: the node agent's command line.
+
+    meshsec-agent --config FILE        standalone: IKE connections from a YAML file, no controller
+    meshsec-agent status [--socket P]  tables of IKE/CHILD SAs from a running agent (--json: raw)
+
+Room is left for the controller-connected mode (`--controller ADDR`): `main` dispatches on the
+mode flags, and each mode is a function taking the parsed arguments."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from meshsec.agent.standalone.config import DEFAULT_STATUS_SOCKET, ConfigError, load_config, world_readable
+from meshsec.common.logging import configure as configure_logging
+
+log = logging.getLogger("meshsec.agent")
+
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshsec-agent", description="meshsec node agent")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--config", type=Path, metavar="FILE", help="run standalone from a YAML file")
+    parser.add_argument("--check", action="store_true", help="with --config: validate the file and exit")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    status = sub.add_parser("status", help="show the IKE and CHILD SAs of a running agent")
+    status.add_argument("--socket", type=Path, default=Path(DEFAULT_STATUS_SOCKET), help="status socket path")
+    status.add_argument("--json", action="store_true", help="print the raw JSON document")
+    return parser
+
+
+def run_standalone(args: argparse.Namespace) -> int:
+    from meshsec.agent.standalone.runner import run
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"meshsec-agent: invalid configuration {args.config}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check:
+        print(f"{args.config}: OK ({len(config.connections)} connection(s))")
+        return 0
+    configure_logging(args.log_level or config.agent.log_level)
+    if world_readable(args.config):
+        log.warning("%s is readable by every user and may hold pre-shared keys", args.config)
+    try:
+        asyncio.run(run(config))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_UNAVAILABLE
+    return 0
+
+
+def show_status(args: argparse.Namespace) -> int:
+    from meshsec.agent.standalone.status import format_status, query_status
+
+    try:
+        status = query_status(args.socket)
+    except (OSError, ValueError) as exc:
+        print(f"meshsec-agent status: no agent answering on {args.socket}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"status": show_status}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is not None:
+        return COMMANDS[args.command](args)
+    if args.config is not None:
+        return run_standalone(args)
+    parser.error("give --config FILE (standalone mode) or a command such as 'status'")
+    return EXIT_CONFIG  # not reached: parser.error exits
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Standalone mode: `meshsec-agent --config FILE` runs IKE connections from a YAML file, no controller."""

@@ -1,0 +1,100 @@
+"""Runs a StandaloneConfig: data plane, IKE adapter, status socket, start actions, and a
+graceful shutdown (DELETE to every peer) on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
+from meshsec.agent.adapters.recording import RecordingDataPlane
+from meshsec.agent.dataplane.api import DataPlane
+from meshsec.agent.ike.address import Address
+from meshsec.agent.ike.config import IkeConfig
+from meshsec.agent.ike.responder import ResponderSettings
+from meshsec.agent.standalone.config import AgentSettings, StandaloneConfig
+from meshsec.agent.standalone.status import StatusServer
+
+log = logging.getLogger(__name__)
+
+
+async def make_dataplane(settings: AgentSettings) -> DataPlane:
+    """`auto` takes the kernel's XFRM when the kernel has ESP, the userspace data plane otherwise."""
+    choice = settings.dataplane
+    if choice == "none":
+        return RecordingDataPlane()
+    if choice in ("kernel", "auto"):
+        from meshsec.agent.dataplane.kernel.backend import KernelDataPlane
+
+        kernel = KernelDataPlane()
+        caps = await kernel.detect()
+        if choice == "kernel" or (caps.esp and caps.udp_encapsulation):
+            return kernel
+        log.info("kernel has no usable ESP (%s); using the userspace data plane", "; ".join(caps.notes))
+    from meshsec.agent.dataplane.userspace.backend import UserspaceConfig, UserspaceDataPlane
+
+    return UserspaceDataPlane(UserspaceConfig(tun_name=settings.tun_name))
+
+
+class Agent:
+    def __init__(self, config: StandaloneConfig, dataplane: DataPlane) -> None:
+        self.config = config
+        self.dataplane = dataplane
+        agent = config.agent
+        self.adapter = IkeAdapter(
+            self._lookup,
+            dataplane=dataplane,
+            settings=AdapterSettings(
+                bind=agent.bind,
+                ike_port=agent.ike_port,
+                rcvbuf=agent.receive_buffer,
+                responder=ResponderSettings(agent.cookie_threshold, agent.block_threshold),
+            ),
+        )
+        self.status = StatusServer(agent.status_socket, self.adapter.status)
+
+    def _lookup(self, local: Address, remote: Address) -> list[IkeConfig]:
+        return self.config.lookup(local.host, remote.host)
+
+    async def start(self) -> None:
+        await self.dataplane.start()
+        try:
+            await self.adapter.start()
+            await self.status.start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "meshsec agent (standalone) up: %d connection(s), data plane %s, status on %s",
+            len(self.config.connections),
+            self.dataplane.capabilities.backend,
+            self.config.agent.status_socket,
+        )
+        for conn in self.config.connections:
+            if conn.start_action == "initiate":
+                local = Address(conn.local_addrs[0], self.config.agent.ike_port) if conn.local_addrs else None
+                await self.adapter.initiate(conn.ike, Address(conn.remote_addrs[0], conn.remote_port), local)
+
+    async def stop(self) -> None:
+        await self.adapter.close(graceful=True)
+        with contextlib.suppress(Exception):
+            await self.dataplane.close()
+        self.adapter.close_sockets()
+        await self.status.close()
+        log.info("meshsec agent stopped")
+
+
+async def run(config: StandaloneConfig, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    agent = Agent(config, await make_dataplane(config.agent))
+    await agent.start()
+    try:
+        await stop.wait()
+    finally:
+        await agent.stop()
