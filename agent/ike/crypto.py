@@ -246,11 +246,14 @@ class ModpExchange:
         self.group = group
         self._p = p
         self._size = (p.bit_length() + 7) // 8
-        y = pow(2, x, p)
         with _ffdh_deprecation_silenced():
             self._numbers = dh.DHParameterNumbers(p, 2)
-            self._key = dh.DHPrivateNumbers(x, dh.DHPublicNumbers(y, self._numbers)).private_key()
-        self._y = y
+            # g^x mod p computed by OpenSSL (about 3x faster than Python's pow) as the "shared
+            # secret" with the generator itself; only x matters for exchange(), so the
+            # placeholder public value in the private numbers is never used.
+            self._key = dh.DHPrivateNumbers(x, dh.DHPublicNumbers(2, self._numbers)).private_key()
+            generator = dh.DHPublicNumbers(2, self._numbers).public_key()
+        self._y = int.from_bytes(self._key.exchange(generator), "big")
 
     def public_bytes(self) -> bytes:
         return self._y.to_bytes(self._size, "big")

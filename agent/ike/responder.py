@@ -184,9 +184,19 @@ class IkeSaTable:
         self.stats: Counter[str] = Counter()
         self._by_spi: dict[bytes, IkeSa] = {}
         self._by_init: dict[tuple[bytes, Address], IkeSa] = {}
+        # SAs that may have datagrams / events pending, so draining never scans every SA.
+        self._pending_out: dict[IkeSa, None] = {}
+        self._pending_events: dict[IkeSa, None] = {}
+        self._init_key: dict[IkeSa, tuple[bytes, Address]] = {}
 
     def add(self, sa: IkeSa) -> None:
         self._by_spi[sa.local_spi] = sa
+        sa.on_pending = self._mark
+        self._mark(sa)
+
+    def _mark(self, sa: IkeSa) -> None:
+        self._pending_out[sa] = None
+        self._pending_events[sa] = None
 
     def __iter__(self) -> Iterator[IkeSa]:
         return iter(list(self._by_spi.values()))
@@ -216,6 +226,7 @@ class IkeSaTable:
                     if sa is None:
                         return None
                     self._by_init[key] = sa
+                    self._init_key[sa] = key
                     self.add(sa)
                     return sa
             else:
@@ -240,23 +251,25 @@ class IkeSaTable:
 
     def datagrams_to_send(self) -> list[OutgoingDatagram]:
         out = self.responder.datagrams_to_send() if self.responder else []
-        for sa in self:
+        pending, self._pending_out = self._pending_out, {}
+        for sa in pending:
             out += sa.datagrams_to_send()
         return out
 
     def events(self) -> list[tuple[IkeSa, Event]]:
         """Drains events of all SAs, then forgets closed SAs."""
         out: list[tuple[IkeSa, Event]] = []
-        for sa in self:
+        pending, self._pending_events = self._pending_events, {}
+        for sa in pending:
             while (ev := sa.next_event()) is not None:
                 out.append((sa, ev))
-        self._reap()
+            self._reap(sa)
         return out
 
-    def _reap(self) -> None:
-        for spi, sa in list(self._by_spi.items()):
-            if sa.closed:
-                del self._by_spi[spi]
-        for key, sa in list(self._by_init.items()):
-            if sa.closed or sa.state is State.ESTABLISHED:
+    def _reap(self, sa: IkeSa) -> None:
+        if sa.closed or sa.established:
+            key = self._init_key.pop(sa, None)
+            if key is not None and self._by_init.get(key) is sa:
                 del self._by_init[key]
+        if sa.closed and self._by_spi.get(sa.local_spi) is sa:
+            del self._by_spi[sa.local_spi]

@@ -171,6 +171,9 @@ class IkeSa:
         self._out: list[OutgoingDatagram] = []
         self._events: deque[Event] = deque()
         self._last_sent = 0.0
+        # Set by a container (IkeSaTable) that wants to know which SAs have output pending
+        # without scanning all of them.
+        self.on_pending: Callable[[IkeSa], None] | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -250,6 +253,8 @@ class IkeSa:
 
     def emit(self, event: Event) -> None:
         self._events.append(event)
+        if self.on_pending is not None:
+            self.on_pending(self)
 
     def queue(self, task: Task) -> None:
         self._queue.append(task)
@@ -379,9 +384,11 @@ class IkeSa:
         assert self.protection is not None
         return self.protection.seal(header, payloads, self.rnd)
 
-    def _emit_datagram(self, data: bytes, now: float) -> None:
-        self._out.append(OutgoingDatagram(data, self.local, self.remote))
+    def _emit_datagram(self, data: bytes, now: float, keepalive: bool = False) -> None:
+        self._out.append(OutgoingDatagram(data, self.local, self.remote, keepalive))
         self._last_sent = now
+        if self.on_pending is not None:
+            self.on_pending(self)
 
     def _handle_timer(self, now: float) -> None:
         if self.state is State.CLOSED:
@@ -410,8 +417,7 @@ class IkeSa:
             and self.config.natt_keepalive > 0
             and now >= self._last_sent + self.config.natt_keepalive
         ):
-            self._out.append(OutgoingDatagram(NATT_KEEPALIVE, self.local, self.remote, keepalive=True))
-            self._last_sent = now
+            self._emit_datagram(NATT_KEEPALIVE, now, keepalive=True)
 
     def _receive(self, datagram: bytes, local: Address, remote: Address, now: float) -> None:
         if self.state is State.CLOSED:
