@@ -19,7 +19,7 @@ import itertools
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -204,6 +204,24 @@ class KernelDataPlane:
         await self._call(f"policy {tr.describe(*key)}", tr.policy_message(policy, self.owner),
                          xm.XFRM_MSG_UPDPOLICY)
         self._policy_if_ids[key] = policy.if_id
+
+    async def ensure_policies(self, policies: Sequence[Policy]) -> None:
+        """`ensure_policy` for many at once, batched into few netlink writes (start-up, mesh
+        changes). Every policy is attempted; failures are reported together."""
+        for policy in policies:
+            old = self._policy_if_ids.get((policy.selector, policy.direction))
+            if old is not None and old != policy.if_id:
+                await self.delete_policy(policy.selector, policy.direction)
+        requests = [(f"policy {tr.describe(p.selector, p.direction)}", tr.policy_message(p, self.owner),
+                     xm.XFRM_MSG_UPDPOLICY) for p in policies]
+        results = await self._sock.batch(requests)
+        failed = [str(err) for err in results if err is not None]
+        for policy, err in zip(policies, results, strict=True):
+            if err is None:
+                self._policy_if_ids[(policy.selector, policy.direction)] = policy.if_id
+        if failed:
+            raise DataPlaneError(f"{len(failed)} of {len(policies)} policies failed: "
+                                 + "; ".join(failed[:5]))
 
     async def delete_policy(self, selector: TrafficSelector, direction: Direction) -> None:
         key = (selector, direction)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from pyroute2.netlink import NETLINK_XFRM, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.nlsocket import AsyncNetlinkSocket
+from pyroute2.netlink.nlsocket import AsyncNetlinkSocket, NetlinkRequest
 
 from meshsec.agent.dataplane.api import DataPlaneError
 from meshsec.agent.dataplane.kernel import xfrm_messages as xm
@@ -18,6 +18,7 @@ from meshsec.agent.dataplane.kernel import xfrm_messages as xm
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 10.0
+BATCH_SIZE = 256  # requests per sendmsg: well inside the 1 MiB socket buffers, acks included
 
 
 class KernelError(DataPlaneError):
@@ -59,6 +60,31 @@ class XfrmSocket:
 
     async def dump(self, what: str, msg: Any, msg_type: int) -> list[Any]:
         return await self._exchange(what, msg, msg_type, NLM_F_REQUEST | NLM_F_DUMP)
+
+    async def batch(self, requests: Sequence[tuple[str, Any, int]]) -> list[KernelError | None]:
+        """Acked requests sent many to one sendmsg (like `ip -batch`); one result per request, in
+        order: None, or the KernelError for that request alone."""
+        await self.open()
+        results: list[KernelError | None] = []
+        for start in range(0, len(requests), BATCH_SIZE):
+            chunk = requests[start:start + BATCH_SIZE]
+            pending = []
+            data = bytearray()
+            for what, msg, msg_type in chunk:
+                req = NetlinkRequest(self._sock, msg, msg_type=msg_type, msg_flags=NLM_F_REQUEST | NLM_F_ACK)
+                await req.prepare()
+                data += req.msg.data
+                pending.append((what, req))
+            self._sock.send(bytes(data))
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                for what, req in pending:
+                    try:
+                        async for _ in req.response():
+                            pass
+                        results.append(None)
+                    except NetlinkError as exc:
+                        results.append(KernelError(what, exc.code))
+        return results
 
     async def _exchange(self, what: str, msg: Any, msg_type: int, flags: int) -> list[Any]:
         await self.open()

@@ -286,3 +286,20 @@ async def test_route_based_mode_is_refused_where_xfrm_interfaces_are_missing(dp:
         await dp.ensure_policy(Policy(SEL, Direction.OUT, template=_out_policy().template, if_id=3))
     with pytest.raises(Unsupported, match="no xfrm interfaces"):
         await dp.ensure_xfrm_interface("ipsec3", 3, 1400)
+
+
+async def test_ensure_policies_batches_and_reports_only_the_failed_ones(dp: KernelDataPlane,
+                                                                         host: Host) -> None:
+    good = [Policy(TrafficSelector(ipaddress.ip_network(f"198.19.{1 + i // 200}.{i % 200}/32"), NET2),
+                   Direction.OUT, template=Template(IpsecProtocol.ESP, Mode.TUNNEL, A, B, 100 + i))
+            for i in range(300)]
+    # The kernel refuses a transport template whose family differs from the selector's (EINVAL).
+    bad = Policy(TrafficSelector(NET2, NET1), Direction.OUT, template=Template(
+        IpsecProtocol.ESP, Mode.TRANSPORT, ipaddress.ip_address("2001:db8::1"),
+        ipaddress.ip_address("2001:db8::2"), 9))
+    with pytest.raises(DataPlaneError, match=r"1 of 301 policies failed: policy 198.19.2.0/24.*EINVAL"):
+        await dp.ensure_policies([*good[:150], bad, *good[150:]])
+    assert len(_xfrm_policies(host)) == 300
+    assert set((await dp.list_owned()).policies) == {(p.selector, Direction.OUT) for p in good}
+    await dp.ensure_policies(good)  # replacing all is fine
+    assert len(_xfrm_policies(host)) == 300
