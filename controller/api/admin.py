@@ -1,0 +1,536 @@
+"""AdminService: resources (all-or-nothing Apply with field-path errors), tunnels with live
+status, events, bootstrap tokens and the topology.
+
+Served on the local Unix socket (file permissions are the access control) and on the mTLS
+listener, where only admin certificates (URI SAN meshsec://admin/<user>) are accepted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from meshsec.controller.api.convert import desired_tunnel, doc_to_resource, node_endpoints, resource_to_doc
+from meshsec.controller.api.identity import AnyContext, caller_of
+from meshsec.controller.api.selector import parse_selector
+from meshsec.controller.mesh import Delete as MeshDelete
+from meshsec.controller.mesh import Change, PeerKind, Tunnel, Upsert
+from meshsec.controller.resources import FieldError, Kind, ValidationError, parse_resource
+from meshsec.controller.resources.fields import valid_name
+from meshsec.controller.service.core import Core
+from meshsec.controller.service.state import StoredDoc, WritePlan
+from meshsec.controller.service.status import merged_state
+from meshsec.controller.store import Delete, Put, StoreError
+from meshsec.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+
+VALIDATION_TRAILER = "meshsec-validation-errors-bin"
+LAST_APPLIED_BY = "meshsec.io/last-applied-by"
+SYSTEM_ANNOTATION_PREFIX = "meshsec.io/"
+DEFAULT_PAGE = 500
+
+
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _kind(text: str) -> Kind:
+    try:
+        return Kind(text)
+    except ValueError:
+        raise _Refused(
+            grpc.StatusCode.INVALID_ARGUMENT, f"kind must be one of {', '.join(k.value for k in Kind)}"
+        ) from None
+
+
+def _rfc3339(now: float) -> str:
+    return datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _merge(stored: StoredDoc | None, doc: dict[str, Any], field_manager: str, now: float) -> dict[str, Any]:
+    """The request's labels, annotations and spec over the stored server-set fields."""
+    old_meta: dict[str, Any] = stored.doc.get("metadata", {}) if stored else {}
+    annotations = {
+        k: v for k, v in old_meta.get("annotations", {}).items() if k.startswith(SYSTEM_ANNOTATION_PREFIX)
+    }
+    annotations.update(doc["metadata"].get("annotations", {}))
+    if field_manager:
+        annotations[LAST_APPLIED_BY] = field_manager
+    spec_changed = stored is None or stored.doc.get("spec") != doc["spec"]
+    metadata: dict[str, Any] = {
+        "name": doc["metadata"]["name"],
+        "labels": doc["metadata"].get("labels", {}),
+        "annotations": annotations,
+        "uid": old_meta.get("uid") or str(uuid.uuid4()),
+        "generation": int(old_meta.get("generation", 0)) + (1 if spec_changed else 0),
+        "creationTimestamp": old_meta.get("creationTimestamp") or _rfc3339(now),
+    }
+    merged = {"apiVersion": doc["apiVersion"], "kind": doc["kind"], "metadata": metadata, "spec": doc["spec"]}
+    if stored is not None and stored.doc.get("status"):
+        merged["status"] = stored.doc["status"]
+    return merged
+
+
+@dataclass(slots=True)
+class _Planned:
+    kind: Kind
+    name: str
+    action: int
+    doc: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _TunnelView:
+    tunnel: Tunnel  # from the first end's point of view
+    ends: list[tuple[str, common_pb2.PeerKind, str, str]]  # (name, PeerKind, site, endpoint address)
+
+
+class AdminApi(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, core: Core, *, local: bool) -> None:
+        self._core = core
+        self._local = local  # Unix socket: the file's permissions already decided who may call
+
+    async def _admin(self, context: AnyContext) -> None:
+        if self._local:
+            return
+        caller = caller_of(context)
+        if caller is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "an admin certificate is required")
+        if caller.kind != "admin":
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"{caller.kind} certificates may not administer"
+            )
+
+    async def _fail_validation(self, context: AnyContext, errors: list[tuple[int, FieldError]]) -> None:
+        pb = admin_pb2.ValidationErrors(
+            errors=[
+                admin_pb2.ValidationError(kind=e.kind, name=e.name, index=i, path=e.path, message=e.reason)
+                for i, e in errors
+            ]
+        )
+        first = errors[0][1]
+        await self._core.events.emit(
+            "ValidationFailed",
+            first.kind,
+            first.name,
+            f"{len(errors)} problem(s), first: {first}",
+            warning=True,
+        )
+        context.set_trailing_metadata(((VALIDATION_TRAILER, pb.SerializeToString()),))
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(first))
+
+    # --- resources -----------------------------------------------------------------------------
+
+    async def Apply(
+        self,
+        request: admin_pb2.ApplyRequest,
+        context: grpc.aio.ServicerContext[admin_pb2.ApplyRequest, admin_pb2.ApplyResponse],
+    ) -> admin_pb2.ApplyResponse:
+        await self._admin(context)
+        docs = [resource_to_doc(r) for r in request.resources]
+        where: dict[tuple[str, str], int] = {}
+        problems: list[tuple[int, FieldError]] = []
+        parsed = []
+        for i, doc in enumerate(docs):
+            try:
+                resource = parse_resource(doc)
+            except ValidationError as exc:
+                problems += [(i, e) for e in exc.errors]
+                continue
+            where.setdefault((resource.kind.value, resource.metadata.name), i)
+            parsed.append((i, resource))
+        if problems:
+            await self._fail_validation(context, problems)
+        planned: list[_Planned] = []
+        state = self._core.state
+
+        async def build() -> WritePlan:
+            planned.clear()
+            now = time.time()
+            ops: list[Put | Delete] = []
+            for i, resource in parsed:
+                kind, name = resource.kind, resource.metadata.name
+                stored = state.doc(kind, name)
+                wanted = request.resources[i].metadata.resource_version
+                if wanted and (stored is None or str(stored.mod_revision) != wanted):
+                    raise _Refused(
+                        grpc.StatusCode.ABORTED,
+                        f"{kind.value}/{name} changed since resource_version {wanted}; re-read and retry",
+                    )
+                merged = _merge(stored, docs[i], request.field_manager, now)
+                if stored is None:
+                    action = admin_pb2.APPLY_ACTION_CREATED
+                elif all(stored.doc.get(k) == merged.get(k) for k in ("spec",)) and all(
+                    stored.doc.get("metadata", {}).get(k, {}) == merged["metadata"][k]
+                    for k in ("labels", "annotations")
+                ):
+                    action = admin_pb2.APPLY_ACTION_UNCHANGED
+                else:
+                    action = admin_pb2.APPLY_ACTION_CONFIGURED
+                planned.append(_Planned(kind, name, action, merged))
+                if action != admin_pb2.APPLY_ACTION_UNCHANGED:
+                    ops.append(Put(state.keys.resource(kind, name), json.dumps(merged).encode()))
+            changes: list[Change] = [Upsert(r) for _, r in parsed]
+            return WritePlan(changes, [] if request.dry_run else ops)
+
+        try:
+            await state.commit(build)
+        except _Refused as exc:
+            await context.abort(exc.code, str(exc))
+        except ValidationError as exc:
+            await self._fail_validation(context, [(where.get((e.kind, e.name), 0), e) for e in exc.errors])
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        response = admin_pb2.ApplyResponse()
+        for p in planned:
+            stored = state.doc(p.kind, p.name)
+            if request.dry_run or stored is None:
+                result = doc_to_resource(p.doc, stored.mod_revision if stored else 0)
+            else:
+                result = doc_to_resource(stored.doc, stored.mod_revision)
+            response.results.append(
+                admin_pb2.ApplyResult(kind=p.kind.value, name=p.name, action=p.action, resource=result)  # type: ignore[arg-type]
+            )
+            if not request.dry_run and p.action != admin_pb2.APPLY_ACTION_UNCHANGED:
+                verb = "created" if p.action == admin_pb2.APPLY_ACTION_CREATED else "configured"
+                await self._core.events.emit(
+                    "Applied", p.kind.value, p.name, f"{verb} by {request.field_manager or 'unknown'}"
+                )
+        return response
+
+    async def Delete(
+        self,
+        request: admin_pb2.DeleteRequest,
+        context: grpc.aio.ServicerContext[admin_pb2.DeleteRequest, admin_pb2.DeleteResponse],
+    ) -> admin_pb2.DeleteResponse:
+        await self._admin(context)
+        state = self._core.state
+        before: list[StoredDoc] = []
+
+        async def build() -> WritePlan:
+            kind = _kind(request.kind)
+            stored = state.doc(kind, request.name)
+            if stored is None:
+                raise _Refused(grpc.StatusCode.NOT_FOUND, f"{kind.value}/{request.name} not found")
+            if request.resource_version and str(stored.mod_revision) != request.resource_version:
+                raise _Refused(
+                    grpc.StatusCode.ABORTED,
+                    f"{kind.value}/{request.name} changed since {request.resource_version}",
+                )
+            before[:] = [stored]
+            ops: list[Put | Delete] = [Delete(state.keys.resource(kind, request.name))]
+            if kind is Kind.NODE:
+                ops.append(Delete(f"{state.keys.status}{request.name}"))
+            return WritePlan([MeshDelete(kind, request.name)], [] if request.dry_run else ops)
+
+        try:
+            await state.commit(build)
+        except _Refused as exc:
+            await context.abort(exc.code, str(exc))
+        except ValidationError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        if not request.dry_run:
+            if request.kind == Kind.NODE.value:
+                self._core.status.forget(request.name)
+            await self._core.events.emit("Deleted", request.kind, request.name, "deleted")
+        return admin_pb2.DeleteResponse(resource=doc_to_resource(before[0].doc, before[0].mod_revision))
+
+    async def Get(
+        self,
+        request: admin_pb2.GetRequest,
+        context: grpc.aio.ServicerContext[admin_pb2.GetRequest, admin_pb2.GetResponse],
+    ) -> admin_pb2.GetResponse:
+        await self._admin(context)
+        try:
+            kind = _kind(request.kind)
+        except _Refused as exc:
+            await context.abort(exc.code, str(exc))
+        stored = self._core.state.doc(kind, request.name)
+        if stored is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"{kind.value}/{request.name} not found")
+        return admin_pb2.GetResponse(resource=doc_to_resource(stored.doc, stored.mod_revision))
+
+    async def List(
+        self,
+        request: admin_pb2.ListRequest,
+        context: grpc.aio.ServicerContext[admin_pb2.ListRequest, admin_pb2.ListResponse],
+    ) -> admin_pb2.ListResponse:
+        await self._admin(context)
+        try:
+            kind = _kind(request.kind)
+            selector = parse_selector(request.label_selector)
+        except _Refused as exc:
+            await context.abort(exc.code, str(exc))
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        size = request.page_size or DEFAULT_PAGE
+        response = admin_pb2.ListResponse()
+        for name, stored in self._core.state.docs_of(kind):
+            if request.page_token and name <= request.page_token:
+                continue
+            if not selector.matches(stored.doc.get("metadata", {}).get("labels", {})):
+                continue
+            if len(response.resources) == size:
+                response.next_page_token = response.resources[-1].metadata.name
+                break
+            response.resources.append(doc_to_resource(stored.doc, stored.mod_revision))
+        return response
+
+    # --- tunnels and topology --------------------------------------------------------------------
+
+    def _tunnel_views(self, node: str = "", site: str = "") -> Iterator[_TunnelView]:
+        """Each tunnel once, from its first end (lower node name; the node for gateway tunnels)."""
+        index = self._core.state.index
+        if node:
+            candidates = [node] if index.node(node) is not None else []
+        elif site:
+            candidates = sorted(index.nodes_in_site(site))
+        else:
+            candidates = index.nodes()
+        seen: set[str] = set()
+        first_views: dict[str, dict[str, Tunnel]] = {}
+        for name in candidates:
+            for t in index.desired_tunnels(name):
+                if t.id in seen:
+                    continue
+                seen.add(t.id)
+                mine = index.node(name)
+                assert mine is not None
+                if t.peer_kind is PeerKind.EXTERNAL_GATEWAY:
+                    eg = index.external_gateway(t.peer)
+                    yield _TunnelView(
+                        t,
+                        [
+                            (
+                                name,
+                                common_pb2.PEER_KIND_NODE,
+                                mine.spec.site,
+                                t.local_endpoints[0] if t.local_endpoints else "",
+                            ),
+                            (
+                                t.peer,
+                                common_pb2.PEER_KIND_EXTERNAL_GATEWAY,
+                                "",
+                                str(eg.spec.address) if eg else "",
+                            ),
+                        ],
+                    )
+                    continue
+                peer = index.node(t.peer)
+                peer_site = peer.spec.site if peer else ""
+                if name > t.peer:
+                    if node or site:
+                        views = first_views.setdefault(
+                            t.peer, {x.id: x for x in index.desired_tunnels(t.peer)}
+                        )
+                        t = views.get(t.id, t)
+                    else:
+                        continue  # listed from the peer's side
+                first, second = (t.local_node, t.peer)
+                first_site = mine.spec.site if first == name else peer_site
+                second_site = peer_site if first == name else mine.spec.site
+                yield _TunnelView(
+                    t,
+                    [
+                        (
+                            first,
+                            common_pb2.PEER_KIND_NODE,
+                            first_site,
+                            t.local_endpoints[0] if t.local_endpoints else "",
+                        ),
+                        (
+                            second,
+                            common_pb2.PEER_KIND_NODE,
+                            second_site,
+                            t.remote_endpoints[0] if t.remote_endpoints else "",
+                        ),
+                    ],
+                )
+
+    def _info(self, view: _TunnelView, now: float) -> admin_pb2.TunnelInfo:
+        status = self._core.status
+        ends = []
+        states = []
+        for name, kind, site, address in view.ends:
+            end = admin_pb2.TunnelEnd(
+                name=name, kind=kind, site=site, endpoint=common_pb2.Endpoint(address=address)
+            )
+            if kind == common_pb2.PEER_KIND_NODE:
+                report = status.get(name)
+                if report is not None:
+                    end.reported_at.FromNanoseconds(int(report.reported_at * 1e9))
+                    tunnel_status = report.tunnels.get(view.tunnel.id)
+                    if tunnel_status is not None:
+                        end.status.CopyFrom(tunnel_status)
+                        states.append(tunnel_status.state)
+                end.stale = status.stale(name, now)
+            ends.append(end)
+        peer_site = view.ends[1][2]
+        return admin_pb2.TunnelInfo(
+            tunnel_id=view.tunnel.id,
+            policy=view.tunnel.source.partition("/")[2],
+            ends=ends,
+            state=merged_state(states),  # type: ignore[arg-type]
+            desired=desired_tunnel(view.tunnel, peer_site, None, 0),
+        )
+
+    async def ListTunnels(
+        self,
+        request: admin_pb2.ListTunnelsRequest,
+        context: grpc.aio.ServicerContext[admin_pb2.ListTunnelsRequest, admin_pb2.ListTunnelsResponse],
+    ) -> admin_pb2.ListTunnelsResponse:
+        await self._admin(context)
+        now = time.time()
+        infos = []
+        for view in self._tunnel_views(request.node, request.site):
+            if request.policy and view.tunnel.source.partition("/")[2] != request.policy:
+                continue
+            if request.page_token and view.tunnel.id <= request.page_token:
+                continue
+            info = self._info(view, now)
+            if request.state and info.state != request.state:
+                continue
+            infos.append(info)
+        infos.sort(key=lambda i: i.tunnel_id)
+        size = request.page_size or DEFAULT_PAGE
+        response = admin_pb2.ListTunnelsResponse(tunnels=infos[:size])
+        if len(infos) > size:
+            response.next_page_token = infos[size - 1].tunnel_id
+        return response
+
+    async def GetTopology(
+        self,
+        request: admin_pb2.GetTopologyRequest,
+        context: grpc.aio.ServicerContext[admin_pb2.GetTopologyRequest, admin_pb2.Topology],
+    ) -> admin_pb2.Topology:
+        await self._admin(context)
+        index = self._core.state.index
+        status = self._core.status
+        now = time.time()
+        topology = admin_pb2.Topology()
+        for s in index.all_sites():
+            if request.site and s.metadata.name != request.site:
+                continue
+            site = admin_pb2.TopologySite(
+                name=s.metadata.name,
+                prefixes=[str(p) for p in s.spec.prefixes],
+                gateways=sorted(index.gateways_of(s.metadata.name)),
+            )
+            site.labels.update(s.metadata.labels)
+            topology.sites.append(site)
+        for name in index.nodes():
+            n = index.node(name)
+            assert n is not None
+            if request.site and n.spec.site != request.site:
+                continue
+            item = admin_pb2.TopologyNode(
+                name=name, site=n.spec.site, endpoints=node_endpoints(n), online=not status.stale(name, now)
+            )
+            report = status.get(name)
+            if report is not None:
+                item.last_seen.FromNanoseconds(int(report.reported_at * 1e9))
+                if report.node is not None:
+                    item.dataplane_backend = report.node.dataplane_backend
+                    item.agent_version = report.node.facts.agent_version
+            topology.nodes.append(item)
+        for eg in index.all_external_gateways():
+            if request.site and request.site not in eg.spec.sites:
+                continue
+            topology.external_gateways.append(
+                admin_pb2.TopologyGateway(
+                    name=eg.metadata.name,
+                    endpoint=common_pb2.Endpoint(address=str(eg.spec.address)),
+                    prefixes=[str(p) for p in eg.spec.prefixes],
+                )
+            )
+        if not request.omit_links:
+            for view in self._tunnel_views(site=request.site):
+                info = self._info(view, now)
+                a, b = view.ends
+                kind_b = "ExternalGateway" if b[1] == common_pb2.PEER_KIND_EXTERNAL_GATEWAY else "Node"
+                topology.links.append(
+                    admin_pb2.TopologyLink(
+                        tunnel_id=info.tunnel_id,
+                        policy=info.policy,
+                        a=common_pb2.ObjectRef(kind="Node", name=a[0]),
+                        b=common_pb2.ObjectRef(kind=kind_b, name=b[0]),
+                        state=info.state,
+                    )
+                )
+        topology.computed_at.FromNanoseconds(time.time_ns())
+        return topology
+
+    # --- events ----------------------------------------------------------------------------------
+
+    async def WatchEvents(
+        self,
+        request: admin_pb2.WatchEventsRequest,
+        context: grpc.aio.ServicerContext[admin_pb2.WatchEventsRequest, admin_pb2.Event],
+    ) -> AsyncIterator[admin_pb2.Event]:
+        await self._admin(context)
+        since_time = request.since_time.ToNanoseconds() if request.HasField("since_time") else None
+        async for event in self._core.events.watch(
+            request.since_sequence, since_time, set(request.kinds), request.name
+        ):
+            yield event
+
+    # --- bootstrap tokens --------------------------------------------------------------------------
+
+    async def CreateBootstrapToken(
+        self,
+        request: admin_pb2.CreateBootstrapTokenRequest,
+        context: grpc.aio.ServicerContext[
+            admin_pb2.CreateBootstrapTokenRequest, admin_pb2.CreateBootstrapTokenResponse
+        ],
+    ) -> admin_pb2.CreateBootstrapTokenResponse:
+        await self._admin(context)
+        if not request.site:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "site is required")
+        if self._core.state.index.site(request.site) is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"site: unknown Site/{request.site}")
+        if request.node_name and not valid_name(request.node_name):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"node_name {request.node_name!r} is not a DNS-1123 name"
+            )
+        token, record = await self._core.tokens.create(
+            site=request.site,
+            node_name=request.node_name,
+            ttl_s=request.ttl_seconds,
+            uses=request.uses,
+            labels=dict(request.node_labels),
+            allow_reenroll=request.allow_reenroll,
+            now=time.time(),
+        )
+        response = admin_pb2.CreateBootstrapTokenResponse(
+            token=token.reveal().decode(),
+            token_id=record.token_id,
+            uses=record.uses,
+            ca_cert_sha256=self._core.ca.sha256,
+        )
+        response.expires_at.FromNanoseconds(int(record.expires_at * 1e9))
+        return response
+
+    async def RevokeBootstrapToken(
+        self,
+        request: admin_pb2.RevokeBootstrapTokenRequest,
+        context: grpc.aio.ServicerContext[
+            admin_pb2.RevokeBootstrapTokenRequest, admin_pb2.RevokeBootstrapTokenResponse
+        ],
+    ) -> admin_pb2.RevokeBootstrapTokenResponse:
+        await self._admin(context)
+        if not request.token_id.isalnum() or not await self._core.tokens.revoke(request.token_id):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no bootstrap token {request.token_id!r}")
+        return admin_pb2.RevokeBootstrapTokenResponse()
+
+
+__all__ = ["VALIDATION_TRAILER", "AdminApi"]

@@ -1,0 +1,302 @@
+"""AgentService: enrollment, certificate renewal, the desired-state watch and status reports.
+
+The same servicer class serves both listeners; on the bootstrap listener (server-only TLS) it
+answers nothing but Enroll. Every other RPC acts as the node named in the client certificate
+(docs/api.md, "Authorization rules"); a certificate issued before the node's latest enrollment,
+or for a node that no longer exists, is refused.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from meshsec.common.secrets import Secret
+from meshsec.controller.api.convert import desired_tunnel, doc_to_resource, facts_to_endpoints
+from meshsec.controller.api.identity import AnyContext, caller_of, issued_at
+from meshsec.controller.ca import CsrError, TokenError, load_csr
+from meshsec.controller.ca.authority import IssuedCertificate
+from meshsec.controller.mesh import PeerKind, Upsert
+from meshsec.controller.resources import API_VERSION, Kind, ValidationError, parse_resource
+from meshsec.controller.resources.fields import valid_name
+from meshsec.controller.service.core import Core
+from meshsec.controller.service.state import NodeGone, NodeUpdate, Resync, WritePlan
+from meshsec.controller.store import Compare, Put, StoreError
+from meshsec.v1 import agent_pb2, agent_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+ENROLLED_AT = "meshsec.io/enrolled-at"
+# Leaves are backdated (meshsec.controller.ca.authority); allow for it when comparing issue times.
+_BACKDATE_SLACK = datetime.timedelta(minutes=5, seconds=1)
+
+
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _now_rfc3339(now: float) -> str:
+    return datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class AgentApi(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, core: Core, *, bootstrap: bool) -> None:
+        self._core = core
+        self._bootstrap = bootstrap
+
+    # --- authorization -------------------------------------------------------------------------
+
+    async def _node(self, context: AnyContext, requested: str) -> str:
+        """The calling node, if it may act as `requested` (empty: itself); aborts otherwise."""
+        if self._bootstrap:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the bootstrap listener serves only Enroll; use the mTLS listener",
+            )
+        caller = caller_of(context)
+        if caller is None or caller.kind != "node":
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a node certificate is required")
+        if requested and requested != caller.name:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"node {caller.name} may not act as node {requested}"
+            )
+        stored = self._core.state.doc(Kind.NODE, caller.name)
+        if stored is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"node {caller.name} does not exist (deleted?)")
+        enrolled = stored.doc.get("metadata", {}).get("annotations", {}).get(ENROLLED_AT)
+        issued = issued_at(caller.certificate_pem)
+        if enrolled is not None and issued is not None:
+            enrolled_at = datetime.datetime.fromtimestamp(float(enrolled), datetime.UTC)
+            if issued + _BACKDATE_SLACK < enrolled_at:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"this certificate predates the latest enrollment of node {caller.name}",
+                )
+        return caller.name
+
+    # --- enrollment ----------------------------------------------------------------------------
+
+    async def Enroll(
+        self,
+        request: agent_pb2.EnrollRequest,
+        context: grpc.aio.ServicerContext[agent_pb2.EnrollRequest, agent_pb2.EnrollResponse],
+    ) -> agent_pb2.EnrollResponse:
+        name = request.node_name
+        token = Secret(request.bootstrap_token)
+        try:
+            return await self._enroll(name, token, request)
+        except _Refused as exc:
+            await context.abort(exc.code, str(exc))
+        except TokenError as exc:
+            code = (
+                grpc.StatusCode.PERMISSION_DENIED
+                if exc.code == "permission_denied"
+                else grpc.StatusCode.UNAUTHENTICATED
+            )
+            await context.abort(code, str(exc))
+        except CsrError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ValidationError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"enrollment rejected: {exc}")
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+
+    async def _enroll(
+        self, name: str, token: Secret, request: agent_pb2.EnrollRequest
+    ) -> agent_pb2.EnrollResponse:
+        core = self._core
+        if not valid_name(name):
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"node_name {name!r} is not a DNS-1123 name")
+        csr = load_csr(request.csr_pem, name)
+        now = time.time()
+        token_id = ""
+
+        async def build() -> WritePlan:
+            nonlocal token_id
+            record, token_kv = await core.tokens.check(token, name, now)
+            token_id = record.token_id
+            existing = core.state.doc(Kind.NODE, name)
+            if existing is not None and not record.allow_reenroll:
+                raise _Refused(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"node {name} is already enrolled; token {record.token_id} does not allow re-enrollment",
+                )
+            old_meta: dict[str, Any] = existing.doc.get("metadata", {}) if existing else {}
+            doc = {
+                "apiVersion": API_VERSION,
+                "kind": Kind.NODE.value,
+                "metadata": {
+                    "name": name,
+                    "labels": dict(record.labels),
+                    "annotations": {
+                        ENROLLED_AT: repr(now),
+                        "meshsec.io/enrolled-with-token": record.token_id,
+                        "meshsec.io/hostname": request.facts.hostname,
+                        "meshsec.io/agent-version": request.facts.agent_version,
+                    },
+                    "uid": str(uuid.uuid4()),
+                    "generation": int(old_meta.get("generation", 0)) + 1,
+                    "creationTimestamp": _now_rfc3339(now),
+                },
+                "spec": {
+                    "site": record.site,
+                    "endpoints": facts_to_endpoints(request.facts),
+                    "identity": {"ikeId": name},
+                },
+                "status": {"phase": "Enrolled"},
+            }
+            resource = parse_resource(doc)
+            key = core.tokens.key(record.token_id)
+            return WritePlan(
+                [Upsert(resource)],
+                [
+                    Put(core.state.keys.resource(Kind.NODE, name), json.dumps(doc).encode()),
+                    core.tokens.spend_op(record),
+                ],
+                [Compare.mod_revision(key, token_kv.mod_revision)],
+            )
+
+        await core.state.commit(build)
+        issued = core.ca.sign_node(
+            csr,
+            name,
+            name,
+            core.settings.node_cert_lifetime,
+            datetime.datetime.fromtimestamp(now, datetime.UTC),
+        )
+        await core.events.emit("NodeEnrolled", "Node", name, f"enrolled with token {token_id}")
+        log.info("enrolled node %s (token %s)", name, token_id)
+        return self._response(name, issued)
+
+    def _response(self, name: str, issued: IssuedCertificate) -> agent_pb2.EnrollResponse:
+        response = agent_pb2.EnrollResponse(
+            certificate_pem=issued.certificate_pem, ca_bundle_pem=self._core.ca.certificate_pem
+        )
+        response.not_after.FromDatetime(issued.not_after)
+        stored = self._core.state.doc(Kind.NODE, name)
+        if stored is not None:
+            response.node.CopyFrom(doc_to_resource(stored.doc, stored.mod_revision))
+        return response
+
+    async def RenewCertificate(
+        self,
+        request: agent_pb2.RenewCertificateRequest,
+        context: grpc.aio.ServicerContext[agent_pb2.RenewCertificateRequest, agent_pb2.EnrollResponse],
+    ) -> agent_pb2.EnrollResponse:
+        name = await self._node(context, "")
+        try:
+            csr = load_csr(request.csr_pem, name)
+        except CsrError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        node = self._core.state.index.node(name)
+        ike_id = node.spec.identity.ike_id if node is not None else name
+        issued = self._core.ca.sign_node(
+            csr, name, ike_id, self._core.settings.node_cert_lifetime, datetime.datetime.now(datetime.UTC)
+        )
+        await self._core.events.emit(
+            "CertificateRenewed", "Node", name, f"certificate valid until {issued.not_after}"
+        )
+        return self._response(name, issued)
+
+    # --- desired state -------------------------------------------------------------------------
+
+    async def WatchDesiredState(
+        self,
+        request: agent_pb2.WatchRequest,
+        context: grpc.aio.ServicerContext[agent_pb2.WatchRequest, agent_pb2.DesiredStateUpdate],
+    ) -> AsyncIterator[agent_pb2.DesiredStateUpdate]:
+        name = await self._node(context, request.node_name)
+        state = self._core.state
+        queue = state.subscribe(name)
+        if queue is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"node {name} has no desired state (not in the mesh)"
+            )
+        try:
+            first = state.catch_up(name, request.resume_from_version)
+            if first is None:
+                snapshot = state.snapshot(name)
+                assert snapshot is not None  # subscribe() succeeded, nothing awaited since
+                first = [snapshot]
+            sent = 0
+            for update in first:
+                messages = self._messages(name, update)
+                for message in messages:
+                    yield message
+                self._pushed(name, update, messages)
+                sent = update.version
+            while True:
+                signal = await queue.get()
+                if isinstance(signal, NodeGone):
+                    await context.abort(grpc.StatusCode.NOT_FOUND, f"node {name} was deleted")
+                if isinstance(signal, NodeUpdate) and signal.version <= sent:
+                    continue
+                if isinstance(signal, Resync) or signal.base_version != sent:
+                    resent = state.snapshot(name)
+                    if resent is None:
+                        await context.abort(grpc.StatusCode.NOT_FOUND, f"node {name} was deleted")
+                    update = resent
+                else:
+                    update = signal
+                messages = self._messages(name, update)
+                for message in messages:
+                    yield message
+                self._pushed(name, update, messages)
+                sent = update.version
+        finally:
+            state.unsubscribe(name, queue)
+
+    def _messages(self, node: str, update: NodeUpdate) -> list[agent_pb2.DesiredStateUpdate]:
+        """The update split into messages under the size limit; `node` config in the first."""
+        core = self._core
+        index = core.state.index
+        kind = agent_pb2.UPDATE_KIND_SNAPSHOT if update.snapshot else agent_pb2.UPDATE_KIND_DELTA
+        generation = 0 if update.snapshot else update.version
+
+        def head() -> agent_pb2.DesiredStateUpdate:
+            return agent_pb2.DesiredStateUpdate(
+                version=update.version, kind=kind, base_version=0 if update.snapshot else update.base_version
+            )
+
+        messages = [head()]
+        if update.config is not None:
+            messages[0].node.CopyFrom(update.config)
+        messages[0].removed_tunnel_ids.extend(update.removals)
+        size = messages[0].ByteSize()
+        limit = core.settings.max_message_bytes
+        for tunnel in update.upserts:
+            peer = index.node(tunnel.peer) if tunnel.peer_kind is PeerKind.NODE else None
+            message = desired_tunnel(tunnel, peer.spec.site if peer else "", core.secrets.psk, generation)
+            tunnel_size = message.ByteSize() + 8
+            if size + tunnel_size > limit and messages[-1].upserted_tunnels:
+                messages[-1].more = True
+                messages.append(head())
+                size = 0
+            messages[-1].upserted_tunnels.append(message)
+            size += tunnel_size
+        return messages
+
+    def _pushed(self, node: str, update: NodeUpdate, messages: list[agent_pb2.DesiredStateUpdate]) -> None:
+        size = sum(m.ByteSize() for m in messages)
+        self._core.metrics.pushed(
+            node, update.version, update.at, size, "snapshot" if update.snapshot else "delta"
+        )
+
+    # --- status --------------------------------------------------------------------------------
+
+    async def ReportStatus(
+        self,
+        request: agent_pb2.StatusReport,
+        context: grpc.aio.ServicerContext[agent_pb2.StatusReport, agent_pb2.StatusAck],
+    ) -> agent_pb2.StatusAck:
+        name = await self._node(context, request.node_name)
+        return await self._core.status.accept(name, request, time.time())

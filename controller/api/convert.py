@@ -1,0 +1,212 @@
+"""Between the controller's model (resource documents, mesh tunnels) and the meshsec.v1 messages."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from meshsec.common.secrets import Secret
+from meshsec.controller.mesh import PeerKind as MeshPeerKind
+from meshsec.controller.mesh import Tunnel
+from meshsec.controller.resources.model import AuthMethod, DpdAction, IpsecProtocol, Mode, Node, StartAction
+from meshsec.v1 import agent_pb2, common_pb2
+
+PskLookup = Callable[[str], Secret | None]
+
+_MODES = {Mode.TUNNEL: common_pb2.MODE_TUNNEL, Mode.TRANSPORT: common_pb2.MODE_TRANSPORT}
+_PROTOCOLS = {
+    IpsecProtocol.ESP: common_pb2.IPSEC_PROTOCOL_ESP,
+    IpsecProtocol.AH: common_pb2.IPSEC_PROTOCOL_AH,
+}
+_START = {
+    StartAction.START: common_pb2.START_ACTION_START,
+    StartAction.TRAP: common_pb2.START_ACTION_TRAP,
+    StartAction.NONE: common_pb2.START_ACTION_NONE,
+}
+_DPD = {
+    DpdAction.RESTART: common_pb2.DPD_ACTION_RESTART,
+    DpdAction.CLEAR: common_pb2.DPD_ACTION_CLEAR,
+    DpdAction.TRAP: common_pb2.DPD_ACTION_HOLD,
+}
+
+
+# --- resource documents ----------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """Struct numbers are doubles; whole numbers go back to int so "1" validates as an integer."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    result: dict[str, Any] = _plain(json_format.MessageToDict(struct))
+    return result
+
+
+def resource_to_doc(resource: common_pb2.Resource) -> dict[str, Any]:
+    """The manifest as a user wrote it (status dropped: it is controller-owned)."""
+    meta = resource.metadata
+    metadata: dict[str, Any] = {"name": meta.name}
+    if meta.labels:
+        metadata["labels"] = dict(meta.labels)
+    if meta.annotations:
+        metadata["annotations"] = dict(meta.annotations)
+    return {
+        "apiVersion": resource.api_version,
+        "kind": resource.kind,
+        "metadata": metadata,
+        "spec": struct_to_dict(resource.spec),
+    }
+
+
+def doc_to_resource(doc: Mapping[str, Any], resource_version: int) -> common_pb2.Resource:
+    meta = doc.get("metadata", {})
+    out = common_pb2.Resource(api_version=doc.get("apiVersion", ""), kind=doc.get("kind", ""))
+    out.metadata.name = meta.get("name", "")
+    out.metadata.labels.update(meta.get("labels", {}))
+    out.metadata.annotations.update(meta.get("annotations", {}))
+    out.metadata.resource_version = str(resource_version) if resource_version else ""
+    out.metadata.generation = int(meta.get("generation", 0))
+    out.metadata.uid = meta.get("uid", "")
+    if "creationTimestamp" in meta:
+        out.metadata.creation_time.FromJsonString(meta["creationTimestamp"])
+    out.spec.update(doc.get("spec", {}))
+    if doc.get("status"):
+        out.status.update(doc["status"])
+    return out
+
+
+# --- identities and endpoints ----------------------------------------------------------------------
+
+
+def identity(value: str) -> common_pb2.Identity:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        if "@" in value:
+            kind = common_pb2.Identity.TYPE_RFC822_ADDR
+        elif "=" in value:
+            kind = common_pb2.Identity.TYPE_DER_ASN1_DN
+        else:
+            kind = common_pb2.Identity.TYPE_FQDN
+        return common_pb2.Identity(type=kind, value=value)
+    kind = common_pb2.Identity.TYPE_IPV4_ADDR if address.version == 4 else common_pb2.Identity.TYPE_IPV6_ADDR
+    return common_pb2.Identity(type=kind, value=value)
+
+
+def node_endpoints(node: Node) -> list[common_pb2.Endpoint]:
+    return [
+        *(
+            common_pb2.Endpoint(address=str(a), scope=common_pb2.ADDRESS_SCOPE_PRIVATE)
+            for a in node.spec.endpoints.private
+        ),
+        *(
+            common_pb2.Endpoint(address=str(a), scope=common_pb2.ADDRESS_SCOPE_PUBLIC)
+            for a in node.spec.endpoints.public
+        ),
+    ]
+
+
+def facts_to_endpoints(facts: agent_pb2.NodeFacts) -> dict[str, list[str]]:
+    """Enrollment facts to Node.spec.endpoints: public and NAT-learned addresses are public."""
+    public = [
+        e.address
+        for e in facts.addresses
+        if e.scope in (common_pb2.ADDRESS_SCOPE_PUBLIC, common_pb2.ADDRESS_SCOPE_NAT)
+    ]
+    private = [e.address for e in facts.addresses if e.address not in public]
+    out: dict[str, list[str]] = {}
+    if public:
+        out["public"] = public
+    if private:
+        out["private"] = private
+    return out
+
+
+def node_config(
+    node: Node, uid: str, site_prefixes: tuple[str, ...], gateway: bool, status_interval_s: int
+) -> agent_pb2.NodeConfig:
+    config = agent_pb2.NodeConfig(
+        node_name=node.metadata.name,
+        site=node.spec.site,
+        node_uid=uid,
+        local_endpoints=node_endpoints(node),
+        site_prefixes=list(site_prefixes),
+        site_gateway=gateway,
+        local_id=identity(node.spec.identity.ike_id),
+        status_interval_seconds=status_interval_s,
+    )
+    config.labels.update(node.metadata.labels)
+    return config
+
+
+# --- tunnels ---------------------------------------------------------------------------------------
+
+
+def _lifetimes(seconds: int) -> common_pb2.Lifetimes:
+    # Rekey at 90 % of the hard limit, spread by up to 5 % so a mesh does not rekey in lockstep.
+    return common_pb2.Lifetimes(
+        soft_seconds=seconds - seconds // 10, hard_seconds=seconds, jitter_seconds=seconds // 20
+    )
+
+
+def desired_tunnel(
+    tunnel: Tunnel, peer_site: str, psk: PskLookup | None, generation: int
+) -> agent_pb2.DesiredTunnel:
+    """`psk` None: the admin view, which carries the auth method but never the key."""
+    auth = agent_pb2.TunnelAuth()
+    if tunnel.auth.method is AuthMethod.PSK:
+        key = psk(tunnel.auth.psk_id) if psk is not None else None
+        auth.psk.key = key.reveal() if key is not None else b""
+    else:
+        auth.certificate.SetInParent()
+    children = [
+        agent_pb2.ChildConfig(
+            name=c.name,
+            local_ts=[common_pb2.TrafficSelector(cidr=ts) for ts in c.local_ts],
+            remote_ts=[common_pb2.TrafficSelector(cidr=ts) for ts in c.remote_ts],
+            mode=_MODES[c.mode],
+            protocol=_PROTOCOLS[c.protocol],
+            lifetimes=_lifetimes(c.lifetime_s),
+            start_action=_START[tunnel.start_action],
+        )
+        for c in tunnel.children
+    ]
+    return agent_pb2.DesiredTunnel(
+        tunnel_id=tunnel.id,
+        policy=tunnel.source.partition("/")[2],
+        peer_name=tunnel.peer,
+        peer_kind=(
+            common_pb2.PEER_KIND_NODE
+            if tunnel.peer_kind is MeshPeerKind.NODE
+            else common_pb2.PEER_KIND_EXTERNAL_GATEWAY
+        ),
+        peer_site=peer_site,
+        local_endpoint=common_pb2.Endpoint(address=tunnel.local_endpoints[0])
+        if tunnel.local_endpoints
+        else None,
+        remote_endpoints=[common_pb2.Endpoint(address=a) for a in tunnel.remote_endpoints],
+        local_id=identity(tunnel.local_ike_id),
+        remote_id=identity(tunnel.remote_ike_id),
+        auth=auth,
+        ike_proposals=list(tunnel.ike_proposals),
+        esp_proposals=list(tunnel.children[0].proposals) if tunnel.children else [],
+        children=children,
+        ike_lifetimes=_lifetimes(tunnel.ike_lifetime_s),
+        dpd=common_pb2.Dpd(
+            interval_seconds=tunnel.dpd.delay_s,
+            timeout_seconds=tunnel.dpd.timeout_s,
+            action=_DPD[tunnel.dpd.action],
+        ),
+        initiator=tunnel.initiator,
+        generation=generation,
+    )

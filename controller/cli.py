@@ -1,0 +1,192 @@
+"""``meshsec-controller``: run a controller replica, or create a bootstrap token through one.
+
+meshsec-controller                                   # embedded store, local listeners
+meshsec-controller --store etcd://127.0.0.1:2379 --listen 0.0.0.0:7443 --replica ctl-a
+meshsec-controller token create node-a --site dc1     # via the admin socket
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from meshsec.common.secrets import Secret
+from meshsec.controller.server import Controller, ControllerConfig, open_store
+from meshsec.controller.service.core import Settings
+from meshsec.v1 import admin_pb2, admin_pb2_grpc
+
+DEFAULT_DATA_DIR = Path("/var/lib/meshsec/controller")
+DEFAULT_ADMIN_SOCKET = "/run/meshsec/admin.sock"
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meshsec-controller",
+        description="Run one meshsec controller replica. With no options it uses an embedded store in "
+        "--data-dir and listens on loopback only. Subcommand: `token create NODE --site SITE`.",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help=f"state directory: embedded store, ca.pem for agents (default {DEFAULT_DATA_DIR})",
+    )
+    p.add_argument(
+        "--store",
+        help="embedded:/path/store.log (default: <data-dir>/store.log) or "
+        "etcd://host:port[,host:port] for several replicas",
+    )
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:7443",
+        help="mTLS listener for agents and admins with certificates (default %(default)s)",
+    )
+    p.add_argument(
+        "--bootstrap-listen",
+        default="127.0.0.1:7444",
+        help="server-TLS listener that only answers Enroll (default %(default)s)",
+    )
+    p.add_argument(
+        "--admin-socket",
+        default=DEFAULT_ADMIN_SOCKET,
+        help="Unix socket for AdminService, mode 0600; '' disables (default %(default)s)",
+    )
+    p.add_argument(
+        "--metrics",
+        default="127.0.0.1:9443",
+        help="Prometheus /metrics address; '' disables (default %(default)s)",
+    )
+    p.add_argument(
+        "--server-name",
+        action="append",
+        default=[],
+        help="extra DNS name or IP for the serving certificate (repeatable)",
+    )
+    p.add_argument("--replica", default=os.uname().nodename, help="this replica's name (default: host name)")
+    p.add_argument(
+        "--node-cert-hours", type=float, default=24.0, help="node certificate lifetime (default 24)"
+    )
+    p.add_argument("--status-interval", type=int, default=30, help="agent heartbeat interval, s (default 30)")
+    p.add_argument(
+        "--ca-passphrase-file",
+        type=Path,
+        help="encrypt the CA key in the store with the passphrase in this file",
+    )
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    return p
+
+
+def _token_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meshsec-controller token create",
+        description="Create a bootstrap token through the local admin socket.",
+    )
+    p.add_argument("node", nargs="?", default="", help="bind the token to this node name (recommended)")
+    p.add_argument("--site", required=True, help="site the node joins")
+    p.add_argument("--uses", type=int, default=1, help="enrollments allowed (default 1)")
+    p.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    p.add_argument("--label", action="append", default=[], help="node label key=value (repeatable)")
+    p.add_argument("--allow-reenroll", action="store_true", help="may replace an existing node of that name")
+    p.add_argument("--admin-socket", default=DEFAULT_ADMIN_SOCKET, help="default %(default)s")
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    passphrase = None
+    if args.ca_passphrase_file is not None:
+        passphrase = Secret(args.ca_passphrase_file.read_bytes().strip())
+    store = await open_store(args.store or f"embedded:{args.data_dir / 'store.log'}")
+    config = ControllerConfig(
+        listen=args.listen,
+        bootstrap_listen=args.bootstrap_listen,
+        admin_socket=args.admin_socket or None,
+        metrics=args.metrics or None,
+        data_dir=args.data_dir,
+        server_names=args.server_name,
+        settings=Settings(
+            replica=args.replica,
+            node_cert_lifetime=datetime.timedelta(hours=args.node_cert_hours),
+            status_interval_s=args.status_interval,
+        ),
+        ca_passphrase=passphrase,
+    )
+    controller = Controller(store, config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await controller.start()
+        print(
+            f"meshsec-controller {args.replica}: mTLS {args.listen} (port {controller.mtls_port}), "
+            f"bootstrap {args.bootstrap_listen} (port {controller.bootstrap_port}), "
+            f"admin socket {config.admin_socket}, metrics port {controller.metrics_port}",
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        await controller.stop()
+        await store.close()
+    return 0
+
+
+async def _create_token(args: argparse.Namespace) -> int:
+    labels = {}
+    for item in args.label:
+        key, eq, value = item.partition("=")
+        if not eq:
+            print(f"--label {item!r}: expected key=value", file=sys.stderr)
+            return 2
+        labels[key] = value
+    async with grpc.aio.insecure_channel(f"unix:{args.admin_socket}") as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        try:
+            response = await stub.CreateBootstrapToken(
+                admin_pb2.CreateBootstrapTokenRequest(
+                    node_name=args.node,
+                    site=args.site,
+                    ttl_seconds=args.ttl,
+                    uses=args.uses,
+                    node_labels=labels,
+                    allow_reenroll=args.allow_reenroll,
+                ),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(response.token)
+    print(
+        f"token id {response.token_id}, {response.uses} use(s), "
+        f"expires {response.expires_at.ToJsonString()}, "
+        f"CA sha256 {response.ca_cert_sha256}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["token", "create"]:
+        return asyncio.run(_create_token(_token_parser().parse_args(argv[2:])))
+    args = _serve_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(_serve(args))
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Where the controller keeps things in the store, all under one prefix (default ``/meshsec/``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshsec.controller.resources.model import Kind
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "/meshsec/"
+
+    @property
+    def resources(self) -> str:
+        return f"{self.prefix}resources/"
+
+    def resource(self, kind: Kind, name: str) -> str:
+        return f"{self.resources}{kind.value}/{name}"
+
+    @property
+    def guard(self) -> str:
+        """Bumped by every resource write: a write validated against revision r commits only if
+        nothing else was written since (see `MeshState.commit`)."""
+        return f"{self.prefix}guard/resources"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}status/"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events/"
+
+    @property
+    def secrets(self) -> str:
+        """External gateway PSKs (``secrets/<name>``, raw bytes), written out of band by operators."""
+        return f"{self.prefix}secrets/"
+
+    @property
+    def psk_master(self) -> str:
+        return f"{self.prefix}ca/psk-master"
+
+    @property
+    def election(self) -> str:
+        return f"{self.prefix}election/"

@@ -1,0 +1,395 @@
+"""The controller's view of the resources: documents and mesh index kept current from the store.
+
+Every replica loads the resources, builds its own `ControllerIndex`, and follows the store's
+watch, so all replicas see the same revisions in the same order and compute the same deltas. A
+node's desired-state version is the store revision of the last change to its slice; a replica
+that started at revision R0 numbers every slice R0 at first, so replicas that started from the
+same revision number identically, and an agent resuming with a version a replica does not know
+gets a fresh snapshot (never a wrong delta).
+
+Writes go through `commit`: validate against the index at the revision of the guard key, then
+write in one transaction that also bumps the guard, guarded by its mod_revision. Any replica can
+accept writes; two concurrent writes cannot both pass validation against stale state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshsec.controller.api.convert import node_config
+from meshsec.controller.mesh import Change, Delete, Tunnel, Upsert
+from meshsec.controller.resources import Kind, Node, ValidationError, parse_resource
+from meshsec.controller.service.index import ControllerIndex
+from meshsec.controller.service.keys import Keys
+from meshsec.controller.store import CompactedError, Compare, Event, EventType, Put, Store, StoreError
+from meshsec.controller.store.api import Op
+from meshsec.controller.store.errors import StoreUnavailableError
+from meshsec.v1 import agent_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDoc:
+    doc: dict[str, Any]
+    mod_revision: int
+    create_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeUpdate:
+    """One version of a node's slice: a delta on `base_version`, or the whole slice (snapshot)."""
+
+    version: int
+    base_version: int
+    upserts: tuple[Tunnel, ...]
+    removals: tuple[str, ...]
+    config: agent_pb2.NodeConfig | None
+    at: float  # monotonic time this replica computed it (push latency)
+    snapshot: bool = False
+
+
+class Resync:
+    """Pushed to subscribers when the replica rebuilt its index: they must resend a snapshot."""
+
+
+class NodeGone:
+    """Pushed to subscribers when their node was deleted."""
+
+
+Signal = NodeUpdate | Resync | NodeGone
+
+
+@dataclass(slots=True)
+class NodeSlice:
+    version: int
+    config: agent_pb2.NodeConfig | None
+    history: deque[NodeUpdate]
+    subscribers: set[asyncio.Queue[Signal]] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class WritePlan:
+    """What a write does: `changes` are validated against the index, `ops` are written with them."""
+
+    changes: list[Change]
+    ops: list[Op]
+    compares: list[Compare] = field(default_factory=list)
+
+
+class MeshState:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        *,
+        history: int = 16,
+        status_interval_s: int = 30,
+        on_updates: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.index = ControllerIndex()
+        self.docs: dict[tuple[Kind, str], StoredDoc] = {}
+        self.revision = 0  # the store revision the index reflects
+        self._history = history
+        self._status_interval_s = status_interval_s
+        self._slices: dict[str, NodeSlice] = {}
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._on_updates = on_updates  # (number of node updates, seconds spent) per processed revision
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._load()
+        self._tasks.append(asyncio.create_task(self._follow(), name="mesh-state-watch"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _load(self) -> None:
+        listing = await self.store.range(self.keys.resources)
+        index = ControllerIndex()
+        docs: dict[tuple[Kind, str], StoredDoc] = {}
+        resources = []
+        for kv in listing.kvs:
+            parsed = self._parse(kv.key, kv.value)
+            if parsed is None:
+                continue
+            key, doc, resource = parsed
+            docs[key] = StoredDoc(doc, kv.mod_revision, kv.create_revision)
+            if resource is not None:
+                resources.append(resource)
+        index.load(resources)
+        self.index, self.docs = index, docs
+        self._set_revision(listing.revision)
+        old = self._slices
+        self._slices = {}
+        for name in index.nodes():
+            node = index.node(name)
+            assert node is not None
+            s = NodeSlice(listing.revision, self._config(node), deque(maxlen=self._history))
+            if name in old:
+                s.subscribers = old[name].subscribers
+            self._slices[name] = s
+        for name, s in old.items():
+            for queue in s.subscribers:
+                queue.put_nowait(Resync() if name in self._slices else NodeGone())
+        log.info("loaded %d resources at revision %d", len(resources), listing.revision)
+
+    def _parse(self, key: str, value: bytes) -> tuple[tuple[Kind, str], dict[str, Any], Any] | None:
+        kind_text, _, name = key.removeprefix(self.keys.resources).partition("/")
+        try:
+            kind = Kind(kind_text)
+            doc = json.loads(value)
+        except ValueError:
+            log.error("ignoring unreadable store entry %s", key)
+            return None
+        try:
+            resource = parse_resource(doc)
+        except ValidationError as exc:
+            # Written by an older controller or by hand: keep the document visible, keep it out of the mesh.
+            log.error("stored %s/%s no longer validates, left out of the mesh: %s", kind.value, name, exc)
+            resource = None
+        return (kind, name), doc, resource
+
+    async def _follow(self) -> None:
+        backoff = 0.1
+        while True:
+            queue: asyncio.Queue[Event] = asyncio.Queue()
+            reader = asyncio.create_task(self._read(self.revision + 1, queue))
+            try:
+                while True:
+                    get = asyncio.ensure_future(queue.get())
+                    done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    if get not in done:
+                        get.cancel()
+                        reader.result()  # raises what ended the watch
+                        raise StoreUnavailableError("watch ended")
+                    batch = [get.result()]
+                    while not queue.empty():
+                        batch.append(queue.get_nowait())
+                    self._apply_events(batch)
+                    backoff = 0.1
+            except CompactedError:
+                log.warning("watch history compacted past revision %d; reloading", self.revision)
+                await self._load()
+            except StoreError as exc:
+                log.warning("resource watch failed (%s); resuming from revision %d", exc, self.revision + 1)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StoreError):
+                    await reader
+
+    async def _read(self, start: int, queue: asyncio.Queue[Event]) -> None:
+        async with self.store.watch(self.keys.resources, start_revision=start) as watch:
+            async for event in watch:
+                queue.put_nowait(event)
+
+    # --- applying store events -----------------------------------------------------------------
+
+    def _apply_events(self, events: list[Event]) -> None:
+        group: list[Event] = []
+        for event in events:
+            if group and event.revision != group[0].revision:
+                self._apply_revision(group)
+                group = []
+            group.append(event)
+        if group:
+            self._apply_revision(group)
+
+    def _apply_revision(self, events: list[Event]) -> None:
+        started = time.monotonic()
+        revision = events[0].revision
+        if revision <= self.revision:
+            return  # already loaded (a reload raced the watch)
+        changes: list[Change] = []
+        nodes: set[str] = set()
+        sites: set[str] = set()
+        for event in events:
+            kind_text, _, name = event.key.removeprefix(self.keys.resources).partition("/")
+            try:
+                kind = Kind(kind_text)
+            except ValueError:
+                continue
+            resource = None
+            if event.type is EventType.PUT:
+                parsed = self._parse(event.key, event.value)
+                if parsed is not None:
+                    self.docs[(kind, name)] = StoredDoc(parsed[1], event.revision, event.create_revision)
+                    resource = parsed[2]
+            else:
+                self.docs.pop((kind, name), None)
+            changes.append(Upsert(resource) if resource is not None else Delete(kind, name))
+            if kind is Kind.NODE:
+                nodes.add(name)
+            elif kind is Kind.SITE:
+                sites.add(name)
+        deltas = self.index.apply(changes, validate=False)
+        affected = set(deltas) | nodes | {n for s in sites for n in self.index.nodes_in_site(s)}
+        updates = 0
+        for name in sorted(affected):
+            updates += self._update_slice(name, revision, deltas.get(name), started)
+        self._set_revision(revision)
+        if self._on_updates is not None:
+            self._on_updates(updates, time.monotonic() - started)
+
+    def _update_slice(self, name: str, revision: int, delta: Any, at: float) -> int:
+        node = self.index.node(name)
+        current = self._slices.get(name)
+        if node is None:
+            if current is not None:
+                del self._slices[name]
+                for queue in current.subscribers:
+                    queue.put_nowait(NodeGone())
+            return 0
+        if current is None:
+            current = self._slices[name] = NodeSlice(0, None, deque(maxlen=self._history))
+        config = self._config(node)
+        config_changed = config != current.config
+        if not delta and not config_changed:
+            return 0
+        update = NodeUpdate(
+            version=revision,
+            base_version=current.version,
+            upserts=delta.upserts if delta else (),
+            removals=delta.removals if delta else (),
+            config=config if config_changed else None,
+            at=at,
+        )
+        current.version, current.config = revision, config
+        current.history.append(update)
+        for queue in current.subscribers:
+            queue.put_nowait(update)
+        return 1
+
+    def _config(self, node: Node) -> agent_pb2.NodeConfig:
+        site = self.index.site(node.spec.site)
+        stored = self.docs.get((Kind.NODE, node.metadata.name))
+        uid = stored.doc.get("metadata", {}).get("uid", "") if stored else ""
+        return node_config(
+            node,
+            uid,
+            tuple(str(p) for p in site.spec.prefixes) if site else (),
+            node.metadata.name in self.index.gateways_of(node.spec.site),
+            self._status_interval_s,
+        )
+
+    def _set_revision(self, revision: int) -> None:
+        self.revision = max(self.revision, revision)
+        ready = [w for w in self._waiters if w[0] <= self.revision]
+        self._waiters = [w for w in self._waiters if w[0] > self.revision]
+        for _, future in ready:
+            if not future.done():
+                future.set_result(None)
+
+    async def wait_for(self, revision: int, timeout: float = 10.0) -> None:
+        """Return once the index reflects `revision` (read-your-writes on this replica)."""
+        if revision <= self.revision:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((revision, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError as exc:
+            raise StoreUnavailableError(
+                f"this replica has not seen store revision {revision} after {timeout} s"
+            ) from exc
+
+    # --- node slices ---------------------------------------------------------------------------
+
+    def version(self, node: str) -> int:
+        s = self._slices.get(node)
+        return s.version if s else 0
+
+    def subscribe(self, node: str) -> asyncio.Queue[Signal] | None:
+        s = self._slices.get(node)
+        if s is None:
+            return None
+        queue: asyncio.Queue[Signal] = asyncio.Queue()
+        s.subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, node: str, queue: asyncio.Queue[Signal]) -> None:
+        s = self._slices.get(node)
+        if s is not None:
+            s.subscribers.discard(queue)
+
+    def subscriber_count(self) -> int:
+        return sum(len(s.subscribers) for s in self._slices.values())
+
+    def snapshot(self, node: str) -> NodeUpdate | None:
+        s = self._slices.get(node)
+        if s is None:
+            return None
+        return NodeUpdate(
+            s.version,
+            0,
+            tuple(self.index.desired_tunnels(node)),
+            (),
+            s.config,
+            time.monotonic(),
+            snapshot=True,
+        )
+
+    def catch_up(self, node: str, resume_from: int) -> list[NodeUpdate] | None:
+        """What to send an agent at `resume_from`, or None if only a snapshot will do (or no node)."""
+        s = self._slices.get(node)
+        if s is None or resume_from == 0 or resume_from > s.version:
+            return None
+        if resume_from == s.version:
+            return [NodeUpdate(s.version, s.version, (), (), None, time.monotonic())]
+        history = list(s.history)
+        for i, update in enumerate(history):
+            if update.base_version == resume_from:
+                return history[i:]
+        return None
+
+    # --- documents and writes --------------------------------------------------------------------
+
+    def doc(self, kind: Kind, name: str) -> StoredDoc | None:
+        return self.docs.get((kind, name))
+
+    def docs_of(self, kind: Kind) -> Iterable[tuple[str, StoredDoc]]:
+        return sorted(((n, d) for (k, n), d in self.docs.items() if k is kind), key=lambda item: item[0])
+
+    async def commit(
+        self, build: Callable[[], Awaitable[WritePlan]], *, attempts: int = 20
+    ) -> tuple[int, WritePlan]:
+        """Validate and write `build()`'s plan; returns (revision written, plan).
+
+        `build` runs against the index at the guard's current revision and again after every lost
+        race, so it sees the latest state; it may raise to refuse the write (ValidationError etc.).
+        """
+        for _ in range(attempts):
+            guard = await self.store.get(self.keys.guard)
+            guard_revision = guard.mod_revision if guard is not None else 0
+            await self.wait_for(guard_revision)
+            plan = await build()
+            self.index.check_or_raise(plan.changes)
+            if not plan.ops:
+                return self.revision, plan
+            result = await self.store.txn(
+                [Compare.mod_revision(self.keys.guard, guard_revision), *plan.compares],
+                [*plan.ops, Put(self.keys.guard, str(guard_revision).encode())],
+            )
+            if result.succeeded:
+                await self.wait_for(result.revision)
+                return result.revision, plan
+        raise StoreUnavailableError(f"write lost {attempts} races in a row; retry")

@@ -1,0 +1,254 @@
+"""Live status reported by agents: accepted by whichever replica the agent called, stored so
+every replica (and so every admin) sees it, and turned into events when a tunnel changes state.
+
+Reports are level-triggered (docs/api.md, "Status reports"): a full report replaces what a node
+said before; a partial one applies on top of the last accepted report of the same agent instance
+and asks for a full one (`resync_required`) when there is no such baseline or a seq was skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from meshsec.controller.service.events import EventLog
+from meshsec.controller.store import CompactedError, EventType, Store, StoreError
+from meshsec.v1 import agent_pb2, common_pb2
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER_INTERVALS = 3
+
+
+@dataclass(slots=True)
+class NodeReport:
+    instance_id: str
+    seq: int
+    reported_at: float  # wall clock, seconds
+    node: agent_pb2.NodeStatus | None
+    tunnels: dict[str, agent_pb2.TunnelStatus] = field(default_factory=dict)
+    received_version: int = 0
+    reconciled_version: int = 0
+
+    def encode(self) -> bytes:
+        report = agent_pb2.StatusReport(
+            agent_instance_id=self.instance_id,
+            seq=self.seq,
+            full=True,
+            node=self.node,
+            tunnels=list(self.tunnels.values()),
+            received_version=self.received_version,
+            reconciled_version=self.reconciled_version,
+        )
+        return json.dumps(
+            {"at": self.reported_at, "report": base64.b64encode(report.SerializeToString()).decode()}
+        ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> NodeReport:
+        doc = json.loads(raw)
+        report = agent_pb2.StatusReport.FromString(base64.b64decode(doc["report"]))
+        return cls(
+            report.agent_instance_id,
+            report.seq,
+            float(doc["at"]),
+            report.node if report.HasField("node") else None,
+            {t.tunnel_id: t for t in report.tunnels},
+            report.received_version,
+            report.reconciled_version,
+        )
+
+
+def _state_key(status: agent_pb2.TunnelStatus | None) -> int:
+    return status.state if status is not None else common_pb2.TUNNEL_STATE_UNSPECIFIED
+
+
+def merged_state(states: list[int]) -> int:
+    """TunnelInfo.state over the ends that reported (docs/api.md, "Tunnels")."""
+    if not states:
+        return common_pb2.TUNNEL_STATE_DOWN
+    if common_pb2.TUNNEL_STATE_FAILED in states:
+        return common_pb2.TUNNEL_STATE_FAILED
+    if all(s == common_pb2.TUNNEL_STATE_ESTABLISHED for s in states):
+        return common_pb2.TUNNEL_STATE_ESTABLISHED
+    if all(s in (common_pb2.TUNNEL_STATE_ESTABLISHED, common_pb2.TUNNEL_STATE_REKEYING) for s in states):
+        return common_pb2.TUNNEL_STATE_REKEYING
+    for state in (common_pb2.TUNNEL_STATE_DELETING, common_pb2.TUNNEL_STATE_CONNECTING):
+        if state in states:
+            return state
+    return common_pb2.TUNNEL_STATE_DOWN
+
+
+class StatusBook:
+    def __init__(
+        self,
+        store: Store,
+        prefix: str,
+        events: EventLog,
+        interval_s: int,
+        on_received: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._events = events
+        self.interval_s = interval_s
+        self._on_received = on_received
+        self._reports: dict[str, NodeReport] = {}
+        self._persisted: dict[str, float] = {}  # node -> monotonic time of our last write
+        self._lost: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        listing = await self._store.range(self._prefix)
+        for kv in listing.kvs:
+            self._take(kv.key.removeprefix(self._prefix), kv.value)
+        self._task = asyncio.create_task(self._follow(listing.revision + 1), name="status-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def get(self, node: str) -> NodeReport | None:
+        return self._reports.get(node)
+
+    def stale(self, node: str, now: float) -> bool:
+        report = self._reports.get(node)
+        return report is None or now - report.reported_at > STALE_AFTER_INTERVALS * self.interval_s
+
+    def established_tunnels(self) -> int:
+        ids = {
+            tid
+            for r in self._reports.values()
+            for tid, t in r.tunnels.items()
+            if t.state in (common_pb2.TUNNEL_STATE_ESTABLISHED, common_pb2.TUNNEL_STATE_REKEYING)
+        }
+        return len(ids)
+
+    def forget(self, node: str) -> None:
+        self._reports.pop(node, None)
+
+    async def accept(self, node: str, report: agent_pb2.StatusReport, now: float) -> agent_pb2.StatusAck:
+        current = self._reports.get(node)
+        same_instance = current is not None and current.instance_id == report.agent_instance_id
+        ack = agent_pb2.StatusAck(next_report_seconds=self.interval_s)
+        if current is not None and same_instance and report.seq <= current.seq:
+            ack.seq = current.seq
+            return ack
+        resync = False
+        if report.full:
+            tunnels = {t.tunnel_id: t for t in report.tunnels}
+        else:
+            tunnels = dict(current.tunnels) if current is not None and same_instance else {}
+            resync = current is None or not same_instance or report.seq != current.seq + 1
+            for t in report.tunnels:
+                tunnels[t.tunnel_id] = t
+            for tid in report.removed_tunnel_ids:
+                tunnels.pop(tid, None)
+        updated = NodeReport(
+            report.agent_instance_id,
+            report.seq,
+            now,
+            report.node if report.HasField("node") else (current.node if current is not None else None),
+            tunnels,
+            max(report.received_version, current.received_version if same_instance and current else 0),
+            report.reconciled_version,
+        )
+        self._reports[node] = updated
+        if node in self._lost:
+            self._lost.discard(node)
+        changed = current is None or current.tunnels != tunnels or current.node != updated.node
+        await self._emit_transitions(node, current, updated)
+        if self._on_received is not None and report.received_version:
+            self._on_received(node, report.received_version)
+        last_write = self._persisted.get(node, 0.0)
+        if changed or time.monotonic() - last_write >= self.interval_s / 2:
+            self._persisted[node] = time.monotonic()
+            try:
+                await self._store.put(f"{self._prefix}{node}", updated.encode())
+            except StoreError as exc:
+                log.warning("status of %s not stored: %s", node, exc)
+        ack.seq = report.seq
+        ack.resync_required = resync
+        return ack
+
+    async def _emit_transitions(self, node: str, before: NodeReport | None, after: NodeReport) -> None:
+        for tid, status in after.tunnels.items():
+            old = before.tunnels.get(tid) if before is not None else None
+            if _state_key(old) == status.state:
+                continue
+            if status.state == common_pb2.TUNNEL_STATE_ESTABLISHED:
+                await self._events.emit(
+                    "TunnelEstablished",
+                    "Tunnel",
+                    tid,
+                    f"{node}: tunnel to {status.peer_name} established",
+                    source=f"agent/{node}",
+                )
+            elif status.state == common_pb2.TUNNEL_STATE_FAILED:
+                why = (
+                    f"{status.last_error.reason}: {status.last_error.message}"
+                    if status.last_error.reason
+                    else ""
+                )
+                await self._events.emit(
+                    "TunnelFailed",
+                    "Tunnel",
+                    tid,
+                    f"{node}: tunnel to {status.peer_name} failed {why}".strip(),
+                    warning=True,
+                    source=f"agent/{node}",
+                )
+
+    async def find_lost(self, now: float) -> list[str]:
+        """Nodes that stopped reporting since the last call (leader-only: emits NodeLost once)."""
+        lost = []
+        for node, report in sorted(self._reports.items()):
+            if node not in self._lost and now - report.reported_at > STALE_AFTER_INTERVALS * self.interval_s:
+                self._lost.add(node)
+                lost.append(node)
+                await self._events.emit(
+                    "NodeLost",
+                    "Node",
+                    node,
+                    f"no status report for {now - report.reported_at:.0f} s",
+                    warning=True,
+                )
+        return lost
+
+    def _take(self, node: str, raw: bytes) -> None:
+        try:
+            incoming = NodeReport.decode(raw)
+        except (ValueError, KeyError) as exc:
+            log.error("unreadable stored status of %s: %s", node, exc)
+            return
+        current = self._reports.get(node)
+        if current is None or incoming.reported_at >= current.reported_at:
+            self._reports[node] = incoming
+
+    async def _follow(self, start: int) -> None:
+        while True:
+            try:
+                async with self._store.watch(self._prefix, start_revision=start) as watch:
+                    async for event in watch:
+                        start = event.revision + 1
+                        node = event.key.removeprefix(self._prefix)
+                        if event.type is EventType.PUT:
+                            self._take(node, event.value)
+                        else:
+                            self._reports.pop(node, None)
+            except CompactedError:
+                listing = await self._store.range(self._prefix)
+                for kv in listing.kvs:
+                    self._take(kv.key.removeprefix(self._prefix), kv.value)
+                start = listing.revision + 1
+            except StoreError as exc:
+                log.warning("status watch failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
