@@ -470,6 +470,16 @@ class IkeSa:
         if is_init and self.state is not State.CREATED:
             self.stats["dropped_unexpected_init"] += 1
             return
+        if header.exchange == ExchangeType.IKE_AUTH and self.initiator:
+            self.stats["dropped_unexpected_request"] += 1
+            return
+        if header.exchange in (ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL) and self.state not in (
+            State.ESTABLISHED,
+            State.DELETING,
+        ):
+            # Nothing but IKE_AUTH may follow IKE_SA_INIT (RFC 7296 1.2).
+            self.stats["dropped_unexpected_request"] += 1
+            return
         msg, error = self._decode(datagram, header)
         if msg is None and error is None:
             return

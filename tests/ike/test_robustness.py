@@ -185,3 +185,15 @@ def test_responses_and_requests_with_wrong_message_ids_are_dropped() -> None:
     p.initiator.receive(build_message(resp, []), I_ADDR, R_ADDR, p.now)
     assert p.initiator.stats["dropped_unexpected_response"] == 1
     assert_still_alive(p)
+
+
+def test_requests_out_of_place_are_dropped() -> None:
+    p = established_pair()
+    r = p.responder
+    assert r.protection is not None
+    # The responder may never send IKE_AUTH requests to the initiator.
+    hdr = Header(r.spi_i, r.spi_r, 0, ExchangeType.IKE_AUTH, 0, 0, 0)
+    p.initiator.receive(r.protection.seal(hdr, [], r.rnd), I_ADDR, R_ADDR, p.now)
+    assert p.initiator.stats["dropped_unexpected_request"] == 1
+    assert p.initiator.datagrams_to_send() == []
+    assert_still_alive(p)
