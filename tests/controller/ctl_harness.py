@@ -15,13 +15,13 @@ from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
+
 from meshsec.common.secrets import Secret
 from meshsec.controller.server import Controller, ControllerConfig
 from meshsec.controller.service.core import Core, Settings
 from meshsec.controller.service.keys import Keys
 from meshsec.controller.store import Store
 from meshsec.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, common_pb2
-
 from tests.harness.tls import new_key_and_csr
 
 CALL_TIMEOUT = 10.0
@@ -88,10 +88,14 @@ def to_resource(doc: dict[str, Any]) -> common_pb2.Resource:
     return resource
 
 
-async def apply(controller: Controller, *docs: dict[str, Any], dry_run: bool = False) -> admin_pb2.ApplyResponse:
+async def apply(
+    controller: Controller, *docs: dict[str, Any], dry_run: bool = False
+) -> admin_pb2.ApplyResponse:
     async with admin_channel(controller) as channel:
         response: admin_pb2.ApplyResponse = await admin_stub(channel).Apply(
-            admin_pb2.ApplyRequest(resources=[to_resource(d) for d in docs], dry_run=dry_run, field_manager="test"),
+            admin_pb2.ApplyRequest(
+                resources=[to_resource(d) for d in docs], dry_run=dry_run, field_manager="test"
+            ),
             timeout=CALL_TIMEOUT,
         )
         return response
@@ -147,8 +151,12 @@ async def enroll(controller: Controller, token: str, name: str, *addresses: str)
     )
 
 
-async def join(controller: Controller, site: str, name: str, *addresses: str, **token_args: Any) -> EnrolledNode:
-    return await enroll(controller, await create_token(controller, site, name, **token_args), name, *addresses)
+async def join(
+    controller: Controller, site: str, name: str, *addresses: str, **token_args: Any
+) -> EnrolledNode:
+    return await enroll(
+        controller, await create_token(controller, site, name, **token_args), name, *addresses
+    )
 
 
 class Watcher:

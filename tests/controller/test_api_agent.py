@@ -16,20 +16,22 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+
 from meshsec.controller.mesh.psk import derive_pair_psk
 from meshsec.controller.server import Controller
 from meshsec.controller.store import EmbeddedStore
 from meshsec.v1 import admin_pb2, agent_pb2, agent_pb2_grpc, common_pb2
-
 from tests.controller.ctl_harness import (
     CALL_TIMEOUT,
     Watcher,
     admin_channel,
     admin_stub,
     apply,
+    bootstrap_channel,
     core_of,
     create_token,
     enroll,
+    facts,
     join,
     start_controller,
 )
@@ -89,8 +91,6 @@ async def test_enrollment_issues_a_node_certificate_and_creates_the_node(ctl: Co
 
 async def _enroll_error(ctl: Controller, token: str, name: str, csr_cn: str | None = None) -> grpc.StatusCode:
     _, csr = new_key_and_csr(csr_cn or name)
-    from tests.controller.ctl_harness import bootstrap_channel, facts
-
     async with bootstrap_channel(ctl) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await agent_pb2_grpc.AgentServiceStub(channel).Enroll(
@@ -115,7 +115,12 @@ async def test_bad_expired_reused_and_misbound_tokens_are_refused(ctl: Controlle
     # Expired: a token created one second in the past.
     tokens = core_of(ctl).tokens
     old, _ = await tokens.create(
-        site="dc1", node_name="", ttl_s=1, uses=1, labels={}, allow_reenroll=False,
+        site="dc1",
+        node_name="",
+        ttl_s=1,
+        uses=1,
+        labels={},
+        allow_reenroll=False,
         now=datetime.datetime.now(datetime.UTC).timestamp() - 2,
     )
     assert await _enroll_error(ctl, old.reveal().decode(), "node-old") == grpc.StatusCode.UNAUTHENTICATED
@@ -154,8 +159,6 @@ async def test_reenrollment_invalidates_the_old_certificate(ctl: Controller) -> 
 
 
 async def test_bootstrap_listener_answers_only_enroll_and_mtls_needs_a_certificate(ctl: Controller) -> None:
-    from tests.controller.ctl_harness import bootstrap_channel
-
     async with bootstrap_channel(ctl) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             async for _ in agent_pb2_grpc.AgentServiceStub(channel).WatchDesiredState(
@@ -208,7 +211,9 @@ async def test_a_node_certificate_cannot_watch_or_report_for_another_node(ctl: C
     async with a.channel(ctl) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            async for _ in stub.WatchDesiredState(agent_pb2.WatchRequest(node_name="node-b"), timeout=CALL_TIMEOUT):
+            async for _ in stub.WatchDesiredState(
+                agent_pb2.WatchRequest(node_name="node-b"), timeout=CALL_TIMEOUT
+            ):
                 pass
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -248,7 +253,9 @@ async def test_watch_sends_a_snapshot_then_deltas_with_the_pair_psk(ctl: Control
         assert not delta.HasField("node")  # node-a's own config did not change
 
         async with admin_channel(ctl) as admin:
-            await admin_stub(admin).Delete(admin_pb2.DeleteRequest(kind="Node", name="node-b"), timeout=CALL_TIMEOUT)
+            await admin_stub(admin).Delete(
+                admin_pb2.DeleteRequest(kind="Node", name="node-b"), timeout=CALL_TIMEOUT
+            )
         removal = await next_update(updates)
         assert removal.removed_tunnel_ids == [tunnel.tunnel_id] and not removal.upserted_tunnels
         assert sorted(t.peer_name for t in watcher.tunnels.values()) == ["node-c"]
@@ -280,7 +287,9 @@ async def test_resume_sends_only_the_missed_deltas(ctl: Controller) -> None:
         updates = watcher.updates(channel)
         same = await next_update(updates)
         assert (same.kind, same.version, same.base_version) == (
-            agent_pb2.UPDATE_KIND_DELTA, watcher.version, watcher.version,
+            agent_pb2.UPDATE_KIND_DELTA,
+            watcher.version,
+            watcher.version,
         )
         assert not same.upserted_tunnels and not same.removed_tunnel_ids
         await updates.aclose()
@@ -297,11 +306,15 @@ async def test_resume_sends_only_the_missed_deltas(ctl: Controller) -> None:
 async def test_deleting_the_node_ends_its_watch_with_not_found(ctl: Controller) -> None:
     a = await join(ctl, "dc1", "node-a", "198.18.0.1")
     async with a.channel(ctl) as channel:
-        call = agent_pb2_grpc.AgentServiceStub(channel).WatchDesiredState(agent_pb2.WatchRequest(node_name="node-a"))
+        call = agent_pb2_grpc.AgentServiceStub(channel).WatchDesiredState(
+            agent_pb2.WatchRequest(node_name="node-a")
+        )
         first = await asyncio.wait_for(call.read(), 10)
         assert first.kind == agent_pb2.UPDATE_KIND_SNAPSHOT
         async with admin_channel(ctl) as admin:
-            await admin_stub(admin).Delete(admin_pb2.DeleteRequest(kind="Node", name="node-a"), timeout=CALL_TIMEOUT)
+            await admin_stub(admin).Delete(
+                admin_pb2.DeleteRequest(kind="Node", name="node-a"), timeout=CALL_TIMEOUT
+            )
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await asyncio.wait_for(call.read(), 10)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
@@ -310,7 +323,9 @@ async def test_deleting_the_node_ends_its_watch_with_not_found(ctl: Controller) 
 # --- status ----------------------------------------------------------------------------------
 
 
-def _report(node: str, seq: int, tunnel_id: str, peer: str, state: int, version: int) -> agent_pb2.StatusReport:
+def _report(
+    node: str, seq: int, tunnel_id: str, peer: str, state: int, version: int
+) -> agent_pb2.StatusReport:
     return agent_pb2.StatusReport(
         node_name=node,
         agent_instance_id=f"{node}-instance",
@@ -334,24 +349,33 @@ async def test_status_reports_show_in_list_tunnels_topology_and_events(ctl: Cont
         assert listed.tunnels[0].desired.auth.psk.key == b""  # admins never see key material
         async with a.channel(ctl) as channel:
             await agent_pb2_grpc.AgentServiceStub(channel).ReportStatus(
-                _report("node-a", 1, tid, "node-b", common_pb2.TUNNEL_STATE_ESTABLISHED, state.version("node-a")),
+                _report(
+                    "node-a", 1, tid, "node-b", common_pb2.TUNNEL_STATE_ESTABLISHED, state.version("node-a")
+                ),
                 timeout=CALL_TIMEOUT,
             )
         async with b.channel(ctl) as channel:
             await agent_pb2_grpc.AgentServiceStub(channel).ReportStatus(
-                _report("node-b", 1, tid, "node-a", common_pb2.TUNNEL_STATE_CONNECTING, state.version("node-b")),
+                _report(
+                    "node-b", 1, tid, "node-a", common_pb2.TUNNEL_STATE_CONNECTING, state.version("node-b")
+                ),
                 timeout=CALL_TIMEOUT,
             )
-        listed = await admin_stub(admin).ListTunnels(admin_pb2.ListTunnelsRequest(node="node-b"), timeout=CALL_TIMEOUT)
+        listed = await admin_stub(admin).ListTunnels(
+            admin_pb2.ListTunnelsRequest(node="node-b"), timeout=CALL_TIMEOUT
+        )
         info = listed.tunnels[0]
         assert [e.name for e in info.ends] == ["node-a", "node-b"]
         assert [e.status.state for e in info.ends] == [
-            common_pb2.TUNNEL_STATE_ESTABLISHED, common_pb2.TUNNEL_STATE_CONNECTING,
+            common_pb2.TUNNEL_STATE_ESTABLISHED,
+            common_pb2.TUNNEL_STATE_CONNECTING,
         ]
         assert info.state == common_pb2.TUNNEL_STATE_CONNECTING and not info.ends[0].stale
         async with b.channel(ctl) as channel:
             await agent_pb2_grpc.AgentServiceStub(channel).ReportStatus(
-                _report("node-b", 2, tid, "node-a", common_pb2.TUNNEL_STATE_ESTABLISHED, state.version("node-b")),
+                _report(
+                    "node-b", 2, tid, "node-a", common_pb2.TUNNEL_STATE_ESTABLISHED, state.version("node-b")
+                ),
                 timeout=CALL_TIMEOUT,
             )
         listed = await admin_stub(admin).ListTunnels(
@@ -375,14 +399,17 @@ async def test_partial_report_without_baseline_asks_for_a_full_one(ctl: Controll
     async with a.channel(ctl) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         ack = await stub.ReportStatus(
-            agent_pb2.StatusReport(node_name="node-a", agent_instance_id="x", seq=5, full=False), timeout=CALL_TIMEOUT
+            agent_pb2.StatusReport(node_name="node-a", agent_instance_id="x", seq=5, full=False),
+            timeout=CALL_TIMEOUT,
         )
         assert ack.resync_required
         ack = await stub.ReportStatus(
-            agent_pb2.StatusReport(node_name="node-a", agent_instance_id="x", seq=6, full=True), timeout=CALL_TIMEOUT
+            agent_pb2.StatusReport(node_name="node-a", agent_instance_id="x", seq=6, full=True),
+            timeout=CALL_TIMEOUT,
         )
         assert not ack.resync_required and ack.seq == 6
         duplicate = await stub.ReportStatus(
-            agent_pb2.StatusReport(node_name="node-a", agent_instance_id="x", seq=6, full=True), timeout=CALL_TIMEOUT
+            agent_pb2.StatusReport(node_name="node-a", agent_instance_id="x", seq=6, full=True),
+            timeout=CALL_TIMEOUT,
         )
         assert duplicate.seq == 6
