@@ -26,12 +26,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from meshsec.common.secrets import Secret  # noqa: E402
-
 from tests.dataplane.sites import INNER, INNER_NET, UNDERLAY, Suite, build_tunnel, make_sites, sa_key  # noqa: E402
 from tests.harness.netns import Host, Lab  # noqa: E402
 from tests.harness.strongswan import CharonFactory, Child, Connection, Psk  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def busy_cores() -> tuple[float, float]:
+    """(busy, total) jiffies over all CPUs from /proc/stat."""
+    vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = vals[3] + vals[4]
+    return sum(vals) - idle, sum(vals)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -46,12 +52,14 @@ class Result:
     pps: float
     cpu_us_per_packet: float
     retransmits: int
+    machine_busy: float  # fraction of all cores busy during the run
 
 
 def iperf(lab: Lab, a: Host, b: Host, seconds: int) -> tuple[float, int]:
     b.popen(["iperf3", "-s", "-1", "-B", INNER[1]], log=lab.workdir / "iperf-server.log")
     time.sleep(0.5)
-    out = a.run(["iperf3", "-c", INNER[1], "-B", INNER[0], "-t", str(seconds), "-J"], timeout=seconds + 30).stdout
+    argv = ["iperf3", "-c", INNER[1], "-B", INNER[0], "-t", str(seconds), "-J"]
+    out = a.run(argv, timeout=seconds + 30).stdout
     end = json.loads(out)["end"]
     return end["sum_received"]["bits_per_second"] / 1e6, int(end["sum_sent"].get("retransmits", 0))
 
@@ -60,12 +68,15 @@ def measure(name: str, lab: Lab, a: Host, b: Host, pids: list[int], packets: Cal
             seconds: int) -> Result:
     cpu0 = sum(cpu_seconds(p) for p in pids)
     pk0 = packets()
+    busy0, total0 = busy_cores()
     t0 = time.monotonic()
     mbits, retrans = iperf(lab, a, b, seconds)
     elapsed = time.monotonic() - t0
+    busy1, total1 = busy_cores()
     n = packets() - pk0
     cpu = sum(cpu_seconds(p) for p in pids) - cpu0
-    return Result(name, mbits, n / elapsed, cpu / max(n, 1) * 1e6, retrans)
+    return Result(name, mbits, n / elapsed, cpu / max(n, 1) * 1e6, retrans,
+                  (busy1 - busy0) / max(total1 - total0, 1))
 
 
 def meshsec_run(name: str, suite: Suite, loop: str, seconds: int) -> Result:
@@ -112,10 +123,13 @@ def libipsec_run(name: str, esp: str, seconds: int) -> Result:
 
 
 def table(results: list[Result]) -> str:
-    lines = ["| data plane | Mbit/s | packets/s | CPU µs/packet (both ends) | TCP retransmits |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| data plane | Mbit/s | packets/s | CPU µs/packet (both ends) | machine busy | TCP retransmits |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
-        lines.append(f"| {r.name} | {r.mbits:.0f} | {r.pps:.0f} | {r.cpu_us_per_packet:.1f} | {r.retransmits} |")
+        lines.append(f"| {r.name} | {r.mbits:.0f} | {r.pps:.0f} | {r.cpu_us_per_packet:.1f} "
+                     f"| {r.machine_busy:.0%} | {r.retransmits} |")
     return "\n".join(lines)
 
 
@@ -124,7 +138,10 @@ def write_doc(text: str) -> None:
     doc = path.read_text() if path.exists() else "# Benchmarks\n"
     section = "## Userspace data plane\n\n" + text.rstrip() + "\n"
     pattern = re.compile(r"^## Userspace data plane\n.*?(?=^## |\Z)", re.S | re.M)
-    doc = pattern.sub(lambda _: section + "\n", doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + section
+    if pattern.search(doc):
+        doc = pattern.sub(lambda _: section + "\n", doc)
+    else:
+        doc = doc.rstrip() + "\n\n" + section
     path.write_text(doc)
 
 
@@ -148,14 +165,16 @@ def main() -> None:
         ]
     if args.only != "meshsec":
         runs += [
-            lambda: libipsec_run("strongSwan kernel-libipsec, AES-GCM-128, UDP-encap", "aes128gcm16", args.seconds),
+            lambda: libipsec_run("strongSwan kernel-libipsec, AES-GCM-128, UDP-encap",
+                                 "aes128gcm16", args.seconds),
             lambda: libipsec_run("strongSwan kernel-libipsec, AES-128-CBC/HMAC-SHA-256, UDP-encap",
                                  "aes128-sha256", args.seconds),
         ]
     results = []
     for run in runs:
         r = run()
-        print(f"{r.name}: {r.mbits:.0f} Mbit/s, {r.pps:.0f} pkt/s, {r.cpu_us_per_packet:.1f} µs/pkt", flush=True)
+        print(f"{r.name}: {r.mbits:.0f} Mbit/s, {r.pps:.0f} pkt/s, {r.cpu_us_per_packet:.1f} µs/pkt",
+              flush=True)
         results.append(r)
     text = table(results)
     print(text)

@@ -62,13 +62,13 @@ def test_ah_ipv4_icv_by_hand_and_in_transit_changes_are_tolerated() -> None:
     wire[8] -= 1
     wire[1] = 0x20
     rx = AhReceiver(integ(), ReplayWindow(64, esn=False), ipv6=False)
-    res = rx.open(zero_mutable_ipv4(wire[:20]), memoryview(bytes(wire[20:])))
+    res = rx.open(zero_mutable_ipv4(wire[:20]), bytes(wire[20:]))
     assert not isinstance(res, Drop) and res[0] == 4 and bytes(res[1]) == payload
 
     # Changing an immutable field (the IP ID) breaks it.
     wire[5] ^= 1
     rx2 = AhReceiver(integ(), ReplayWindow(64, esn=False), ipv6=False)
-    assert rx2.open(zero_mutable_ipv4(wire[:20]), memoryview(bytes(wire[20:]))) == Drop.INTEGRITY
+    assert rx2.open(zero_mutable_ipv4(wire[:20]), bytes(wire[20:])) == Drop.INTEGRITY
 
 
 def test_ah_ipv6_alignment_and_esn() -> None:
@@ -84,6 +84,6 @@ def test_ah_ipv6_alignment_and_esn() -> None:
     assert ah[12:28] == by_hand.digest()[:16]
     rx = AhReceiver(integ(), ReplayWindow(64, esn=True), ipv6=True)
     rx.window.top = (4 << 32) | 0xFFFFFFFF
-    res = rx.open(zeroed, memoryview(ah + payload))
+    res = rx.open(zeroed, ah + payload)
     assert not isinstance(res, Drop) and res[0] == 41
-    assert rx.open(zeroed, memoryview(ah + payload)) == Drop.REPLAY
+    assert rx.open(zeroed, ah + payload) == Drop.REPLAY

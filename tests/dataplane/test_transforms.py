@@ -4,6 +4,7 @@ RFC 4868 HMAC-SHA2 with truncation."""
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from meshsec.agent.dataplane.api import Encryption, Integrity, Unsupported
 from meshsec.agent.dataplane.userspace.transforms import (
@@ -53,7 +54,7 @@ def test_gcm_esp_iv_is_sequence_number_and_aad_is_spi_seq() -> None:
     sealed = t.seal(header, 7, b"", MV_P[:60])
     assert sealed[:8] == (7).to_bytes(8, "big")
     assert sealed[8:] == t._aead.encrypt(MV_IV[:4] + sealed[:8], MV_P[:60], header)
-    assert t.open(header, b"", memoryview(sealed)) == MV_P[:60]
+    assert t.open(header, b"", sealed) == MV_P[:60]
 
 
 def test_gcm_esn_puts_high_bits_in_aad() -> None:
@@ -63,8 +64,8 @@ def test_gcm_esn_puts_high_bits_in_aad() -> None:
     sealed = t.seal(header, seq, (5).to_bytes(4, "big"), b"abcd")
     aad = H("00004321") + H("00000005") + H("00000007")  # RFC 4106 section 5
     assert sealed[8:] == t._aead.encrypt(MV_IV[:4] + seq.to_bytes(8, "big"), b"abcd", aad)
-    assert t.open(header, (4).to_bytes(4, "big"), memoryview(sealed)) is None
-    assert t.open(header, (5).to_bytes(4, "big"), memoryview(sealed)) == b"abcd"
+    assert t.open(header, (4).to_bytes(4, "big"), sealed) is None
+    assert t.open(header, (5).to_bytes(4, "big"), sealed) == b"abcd"
 
 
 # RFC 3602 section 4, cases 1 and 2.
@@ -80,17 +81,25 @@ def test_gcm_esn_puts_high_bits_in_aad() -> None:
 )
 def test_aes_cbc_rfc3602(key: bytes, iv: bytes, plaintext: bytes, ciphertext: bytes) -> None:
     integ = Integrity("hmac-sha256", Secret(b"\x0b" * 32), 128)
-    t = AesCbcHmac(Encryption("aes-cbc", Secret(key)), integ, False, lambda n: iv * (n // 16))
+    # The transform's first IV is E_K(R xor 0^128) for the random block R (see AesCbcHmac); hand
+    # it R = D_K(iv) so the RFC's IV comes out and the RFC's ciphertext must follow.
+    r = Cipher(algorithms.AES(key), modes.ECB()).decryptor().update(iv)
+    t = AesCbcHmac(Encryption("aes-cbc", Secret(key)), integ, False, lambda n: r * (n // 16))
     header = H("0000100000000001")
     sealed = t.seal(header, 1, b"", plaintext)
     assert sealed[:16] == iv
     assert sealed[16:-16] == ciphertext
     # ICV = HMAC-SHA-256-128 over SPI | seq | IV | ciphertext (RFC 4303 section 3.3.2.1)
     assert sealed[-16:] == IntegrityAlgorithm(integ).icv(header + iv + ciphertext)
-    assert t.open(header, b"", memoryview(sealed)) == plaintext
+    assert t.open(header, b"", sealed) == plaintext
     tampered = bytearray(sealed)
     tampered[20] ^= 1
-    assert t.open(header, b"", memoryview(bytes(tampered))) is None
+    assert t.open(header, b"", bytes(tampered)) is None
+    # Next packet: a different, unpredictable IV; still decrypts on its own.
+    second = t.seal(header, 2, b"", plaintext)
+    assert second[:16] != iv
+    assert Cipher(algorithms.AES(key), modes.CBC(second[:16])).decryptor().update(second[16:-16]) == plaintext
+    assert t.open(header, b"", second) == plaintext
 
 
 # RFC 4868 section 2.7.2.1 authentication test vectors (key = 0x0b repeated, data "Hi There").

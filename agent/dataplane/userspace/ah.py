@@ -83,7 +83,7 @@ class AhReceiver:
         self.esn = window.esn
         self.ah_len = ah_length(integ.icv_size, ipv6)
 
-    def open(self, zeroed_outer: bytes, packet: memoryview) -> tuple[int, memoryview] | Drop:
+    def open(self, zeroed_outer: bytes, packet: bytes) -> tuple[int, bytes] | Drop:
         """(next header, payload) for a verified AH packet starting at its first byte."""
         ah_len = self.ah_len
         if len(packet) < ah_len or (packet[1] + 2) * 4 != ah_len:
@@ -94,7 +94,7 @@ class AhReceiver:
         icv_size = self.integ.icv_size
         payload = packet[ah_len:]
         # Only the ICV is zeroed; alignment padding enters the ICV as received (as Linux does).
-        parts: list[bytes | memoryview] = [
+        parts: list[bytes] = [
             zeroed_outer, packet[:_FIXED], bytes(icv_size), packet[_FIXED + icv_size : ah_len], payload
         ]
         if self.esn:

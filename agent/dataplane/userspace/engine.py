@@ -207,7 +207,7 @@ class Engine:
 
     # -- inbound: wire -> TUN --
 
-    def from_ipv4_raw(self, data: memoryview) -> None:
+    def from_ipv4_raw(self, data: bytes) -> None:
         """An IPv4 packet from a raw ESP or AH socket (header included)."""
         if len(data) < 20:
             self.drops[Drop.MALFORMED] += 1
@@ -220,7 +220,7 @@ class Engine:
         else:
             self.from_ah(data[20:], zero_mutable_ipv4(data[:20]))
 
-    def from_ipv6_ah(self, data: memoryview) -> None:
+    def from_ipv6_ah(self, data: bytes) -> None:
         """An AH packet from a raw IPv6 socket (the kernel strips the IPv6 header)."""
         if len(data) < 12:
             self.drops[Drop.MALFORMED] += 1
@@ -232,7 +232,7 @@ class Engine:
         # Rebuilt from the SA's endpoints: the ICV then also proves the outer addresses.
         self.from_ah(data, build_ipv6(st.peer_b, st.dst_b, IPPROTO_AH, len(data), hop_limit=0))
 
-    def from_esp(self, esp: memoryview) -> None:
+    def from_esp(self, esp: bytes) -> None:
         """An ESP packet starting at its SPI (raw socket payload or UDP-encapsulated)."""
         if len(esp) < 8:
             self.drops[Drop.MALFORMED] += 1
@@ -250,7 +250,7 @@ class Engine:
             return
         self._deliver(st, res[0], res[1])
 
-    def from_ah(self, ah: memoryview, zeroed_outer: bytes) -> None:
+    def from_ah(self, ah: bytes, zeroed_outer: bytes) -> None:
         if len(ah) < 12:
             self.drops[Drop.MALFORMED] += 1
             return
@@ -265,7 +265,7 @@ class Engine:
         if isinstance(res, Drop):
             self._count_sa_drop(st, res)
             return
-        self._deliver(st, res[0], bytes(res[1]))
+        self._deliver(st, res[0], res[1])
 
     def _count_sa_drop(self, st: InboundSa, reason: Drop) -> None:
         self.drops[reason] += 1

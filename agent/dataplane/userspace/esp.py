@@ -69,7 +69,7 @@ class EspReceiver:
         self.window = window
         self.esn = window.esn
 
-    def open(self, packet: memoryview) -> tuple[int, bytes] | Drop:
+    def open(self, packet: bytes) -> tuple[int, bytes] | Drop:
         """(next header, payload) for a verified packet that starts at its SPI, or the reason
         for dropping it. The replay window moves only after the ICV verified."""
         t = self.transform

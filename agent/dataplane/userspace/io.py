@@ -131,13 +131,13 @@ class Readers:
                 except OSError:
                     return
                 try:
-                    engine.from_ipv4_raw(view[:n])
+                    engine.from_ipv4_raw(bytes(view[:n]))
                 except Exception:
                     self.internal_errors += 1
 
         return read
 
-    def _reader6(self, sock: socket.socket, handle: Callable[[memoryview], None]) -> Callable[[], None]:
+    def _reader6(self, sock: socket.socket, handle: Callable[[bytes], None]) -> Callable[[], None]:
         engine, view, buf = self.engine, self._view, self._buf
 
         def read() -> None:
@@ -150,7 +150,7 @@ class Readers:
                 except OSError:
                     return
                 try:
-                    handle(view[:n])
+                    handle(bytes(view[:n]))
                 except Exception:
                     self.internal_errors += 1
 
@@ -178,7 +178,7 @@ class Readers:
                 elif n < 8:
                     engine.drops[Drop.MALFORMED] += 1
                 else:
-                    engine.from_esp(view[:n])
+                    engine.from_esp(bytes(view[:n]))
             except Exception:
                 self.internal_errors += 1
 

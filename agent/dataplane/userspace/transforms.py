@@ -17,6 +17,7 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from meshsec.agent.dataplane.api import Encryption, Integrity, Unsupported
 
 RandomSource = Callable[[int], bytes]
@@ -64,7 +65,7 @@ class EspTransform(Protocol):
     def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
         """IV || ciphertext || ICV for the padded plaintext."""
 
-    def open(self, header: bytes | memoryview, seq_hi: bytes, body: memoryview) -> bytes | None:
+    def open(self, header: bytes, seq_hi: bytes, body: bytes) -> bytes | None:
         """Padded plaintext, or None when the ICV does not verify."""
 
 
@@ -87,28 +88,28 @@ class AesGcm16:
         self._salt = key[-4:]
         self.esn = esn
 
-    def _aad(self, header: bytes | memoryview, seq_hi: bytes) -> bytes | memoryview:
+    def _aad(self, header: bytes, seq_hi: bytes) -> bytes:
         # RFC 4106 section 5: with ESN the AAD is SPI || seq high || seq low.
         if self.esn:
-            return bytes(header[:4]) + seq_hi + bytes(header[4:8])
+            return header[:4] + seq_hi + header[4:8]
         return header
 
     def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
         iv = seq.to_bytes(8, "big")
         return iv + self._aead.encrypt(self._salt + iv, plaintext, self._aad(header, seq_hi))
 
-    def open(self, header: bytes | memoryview, seq_hi: bytes, body: memoryview) -> bytes | None:
+    def open(self, header: bytes, seq_hi: bytes, body: bytes) -> bytes | None:
         if len(body) < 8 + 16 + 4:
             return None
         try:
-            return self._aead.decrypt(self._salt + bytes(body[:8]), body[8:], self._aad(header, seq_hi))
+            return self._aead.decrypt(self._salt + body[:8], body[8:], self._aad(header, seq_hi))
         except InvalidTag:
             return None
 
 
 class _IvPool:
-    """Random CBC IVs (RFC 3602 section 3: unpredictable) drawn from the random source in bulk, so
-    the hot path does not make one getrandom() call per packet."""
+    """Random 16-byte blocks drawn from the random source in bulk, so the hot path does not make
+    one getrandom() call per packet."""
 
     __slots__ = ("_buf", "_pos", "_random")
     _CHUNK = 16 * 256
@@ -128,31 +129,41 @@ class _IvPool:
 
 
 class AesCbcHmac:
-    """RFC 3602 AES-CBC with an RFC 4868 HMAC-SHA2 ICV over SPI..ciphertext (+ ESN high bits)."""
+    """RFC 3602 AES-CBC with an RFC 4868 HMAC-SHA2 ICV over SPI..ciphertext (+ ESN high bits).
+
+    Creating a cipher context per packet costs more than the encryption itself, so each SA keeps
+    one running CBC encryptor and one decryptor. Encryption feeds a fresh random block R first:
+    its ciphertext E_K(R xor C_prev) becomes the packet's IV, and CBC chaining then encrypts the
+    payload under exactly that IV. The IV is a block-cipher output on a random input, hence
+    unpredictable as RFC 3602 section 2.4 requires (the construction of NIST SP 800-38A
+    appendix C with a random rather than a unique input). Decryption feeds IV || ciphertext and
+    discards the first output block; CBC decryption of block i depends only on blocks i-1 and i,
+    so every packet decrypts independently of the ones before it, even corrupted ones.
+    """
 
     iv_size = 16
     block_size = 16
-    __slots__ = ("_algo", "_integ", "_ivs", "esn", "icv_size")
+    __slots__ = ("_dec", "_enc", "_integ", "_ivs", "esn", "icv_size")
 
     def __init__(self, encryption: Encryption, integrity: Integrity, esn: bool, random: RandomSource) -> None:
         key = encryption.key.reveal()
         if len(key) not in (16, 24, 32):
             raise ValueError(f"aes-cbc: key must be 16, 24 or 32 bytes, got {len(key)}")
-        self._algo = algorithms.AES(key)
+        algo = algorithms.AES(key)
+        self._enc = Cipher(algo, modes.CBC(bytes(16))).encryptor()
+        self._dec = Cipher(algo, modes.CBC(bytes(16))).decryptor()
         self._integ = IntegrityAlgorithm(integrity)
         self.icv_size = self._integ.icv_size
         self._ivs = _IvPool(random)
         self.esn = esn
 
     def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
-        iv = self._ivs.take()
-        ct = Cipher(self._algo, modes.CBC(iv)).encryptor().update(plaintext)
-        body = iv + ct
+        body = self._enc.update(self._ivs.take() + plaintext)  # IV || ciphertext, see class doc
         if self.esn:
             return body + self._integ.icv(header, body, seq_hi)
         return body + self._integ.icv(header, body)
 
-    def open(self, header: bytes | memoryview, seq_hi: bytes, body: memoryview) -> bytes | None:
+    def open(self, header: bytes, seq_hi: bytes, body: bytes) -> bytes | None:
         n = len(body) - 16 - self.icv_size
         if n < 16 or n % 16:
             return None
@@ -160,7 +171,7 @@ class AesCbcHmac:
         expected = self._integ.icv(header, signed, seq_hi) if self.esn else self._integ.icv(header, signed)
         if not hmac.compare_digest(expected, body[16 + n :]):
             return None
-        return Cipher(self._algo, modes.CBC(bytes(body[:16]))).decryptor().update(body[16 : 16 + n])
+        return self._dec.update(signed)[16:]
 
 
 class NullHmac:
@@ -180,7 +191,7 @@ class NullHmac:
             return plaintext + self._integ.icv(header, plaintext, seq_hi)
         return plaintext + self._integ.icv(header, plaintext)
 
-    def open(self, header: bytes | memoryview, seq_hi: bytes, body: memoryview) -> bytes | None:
+    def open(self, header: bytes, seq_hi: bytes, body: bytes) -> bytes | None:
         n = len(body) - self.icv_size
         if n < 4:
             return None
@@ -188,7 +199,7 @@ class NullHmac:
         expected = self._integ.icv(header, signed, seq_hi) if self.esn else self._integ.icv(header, signed)
         if not hmac.compare_digest(expected, body[n:]):
             return None
-        return bytes(signed)
+        return signed
 
 
 def make_esp_transform(
