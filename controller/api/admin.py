@@ -20,8 +20,8 @@ import grpc
 from meshsec.controller.api.convert import desired_tunnel, doc_to_resource, node_endpoints, resource_to_doc
 from meshsec.controller.api.identity import AnyContext, caller_of
 from meshsec.controller.api.selector import parse_selector
-from meshsec.controller.mesh import Delete as MeshDelete
 from meshsec.controller.mesh import Change, PeerKind, Tunnel, Upsert
+from meshsec.controller.mesh import Delete as MeshDelete
 from meshsec.controller.resources import FieldError, Kind, ValidationError, parse_resource
 from meshsec.controller.resources.fields import valid_name
 from meshsec.controller.service.core import Core
