@@ -34,7 +34,8 @@ SEL = TrafficSelector(ipaddress.ip_network("198.19.1.0/24"), ipaddress.ip_networ
 
 
 def routes() -> list[dict[str, object]]:
-    out = subprocess.run(["ip", "-j", "route", "show", "table", "2730"], capture_output=True, text=True).stdout
+    argv = ["ip", "-j", "route", "show", "table", "2730"]
+    out = subprocess.run(argv, capture_output=True, text=True).stdout
     return json.loads(out or "[]")  # type: ignore[no-any-return]
 
 
@@ -67,9 +68,10 @@ async def main() -> None:
     except DataPlaneError as exc:
         assert "already installed" in str(exc)
     try:
-        await dp.add_sa(SecurityAssociation(id=SaId(A, 0x999, IpsecProtocol.ESP), src=B, direction=Direction.IN,
-                                            mode=Mode.TUNNEL, reqid=1,
-                                            encryption=Encryption("aes-gcm-16", Secret(bytes(7)), 128)))
+        bad = Encryption("aes-gcm-16", Secret(bytes(7)), 128)
+        await dp.add_sa(SecurityAssociation(id=SaId(A, 0x999, IpsecProtocol.ESP), src=B,
+                                            direction=Direction.IN, mode=Mode.TUNNEL, reqid=1,
+                                            encryption=bad))
         raise AssertionError("bad key accepted")
     except DataPlaneError as exc:
         assert "aes-gcm-16: key must be" in str(exc), exc
