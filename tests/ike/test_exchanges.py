@@ -441,3 +441,37 @@ def test_api_calls_in_wrong_state_do_not_raise() -> None:
     established(p)
     assert p.initiator.stats["initiate_ignored"] == 1 and p.initiator.stats["internal_error"] == 0
     assert of_type(p.events_i, LivenessChecked) == [LivenessChecked(True)]
+
+
+@pytest.mark.parametrize("exchange", list(ExchangeType))
+@pytest.mark.parametrize("lose", ["request", "response"])
+def test_first_datagram_of_each_exchange_lost(exchange: ExchangeType, lose: str) -> None:
+    """Every exchange survives losing its first request or response: the initiator retransmits,
+    the responder answers a repeated request from its cache and reports nothing twice."""
+    dropped: list[OutgoingDatagram] = []
+
+    def lossy(direction: str, d: OutgoingDatagram) -> list[OutgoingDatagram]:
+        exch, is_response = exchange_of(d)
+        if not dropped and exch == exchange and is_response == (lose == "response"):
+            dropped.append(d)
+            return []
+        return [d]
+
+    ic2 = child(name="second", local="198.19.11.0/24", remote="198.19.12.0/24")
+    rc2 = child(name="second", local="198.19.12.0/24", remote="198.19.11.0/24")
+    init = ike_config(children=(child(), ic2))
+    resp = responder_config(children=(child(local="198.19.2.0/24", remote="198.19.1.0/24"), rc2))
+    p = Pair(init, [resp], filter=lossy)
+    p.connect()
+    p.advance(10)
+    p.initiator.check_liveness(p.now)
+    p.pump()
+    p.advance(10)
+    assert dropped, "the exchange under test never ran"
+    assert len(of_type(p.events_i, IkeSaEstablished)) == 1 and len(of_type(p.events_r, IkeSaEstablished)) == 1
+    assert [c.name for c in of_type(p.events_i, ChildSaEstablished)] == ["net", "second"]
+    assert [c.name for c in of_type(p.events_r, ChildSaEstablished)] == ["net", "second"]
+    assert of_type(p.events_i, LivenessChecked) == [LivenessChecked(True)]
+    assert p.initiator.stats["retransmits"] == 1
+    if lose == "response":
+        assert p.responder.stats["duplicate_request_answered"] == 1
