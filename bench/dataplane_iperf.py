@@ -53,6 +53,7 @@ class Result:
     cpu_us_per_packet: float
     retransmits: int
     machine_busy: float  # fraction of all cores busy during the run
+    loop_lag_p99_ms: float | None = None  # asyncio timer lateness in the meshsec process
 
 
 def iperf(lab: Lab, a: Host, b: Host, seconds: int) -> tuple[float, int]:
@@ -90,7 +91,11 @@ def meshsec_run(name: str, suite: Suite, loop: str, seconds: int) -> Result:
                 total += dp.call("counters", sa=sa_key(sa))["counters"]["packets"]
             return total
 
-        return measure(name, lab, t.a, t.b, [t.dp_a.proc.pid, t.dp_b.proc.pid], packets, seconds)
+        t.dp_a.call("lag")
+        t.dp_b.call("lag")
+        r = measure(name, lab, t.a, t.b, [t.dp_a.proc.pid, t.dp_b.proc.pid], packets, seconds)
+        r.loop_lag_p99_ms = max(t.dp_a.call("lag")["p99_ms"], t.dp_b.call("lag")["p99_ms"])
+        return r
 
 
 def libipsec_run(name: str, esp: str, seconds: int) -> Result:
@@ -124,12 +129,14 @@ def libipsec_run(name: str, esp: str, seconds: int) -> Result:
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| data plane | Mbit/s | packets/s | CPU µs/packet (both ends) | machine busy | TCP retransmits |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| data plane | Mbit/s | packets/s | CPU µs/packet (both ends) | machine busy | TCP retransmits "
+        "| asyncio lag p99 (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(f"| {r.name} | {r.mbits:.0f} | {r.pps:.0f} | {r.cpu_us_per_packet:.1f} "
-                     f"| {r.machine_busy:.0%} | {r.retransmits} |")
+                     f"| {r.machine_busy:.0%} | {r.retransmits} "
+                     f"| {'n/a' if r.loop_lag_p99_ms is None else f'{r.loop_lag_p99_ms:.1f}'} |")
     return "\n".join(lines)
 
 

@@ -6,7 +6,11 @@ on the command line (which `ps` would show).
 Requests: {"op": "start", "config": {...}}, {"op": "add_sa", "sa": {...}}, {"op": "update_sa", ...},
 {"op": "delete_sa", "sa": {...}}, {"op": "policy", "policy": {...}}, {"op": "delete_policy",
 "policy": {...}}, {"op": "counters", "sa": {...}}, {"op": "drops"}, {"op": "events"},
-{"op": "owned"}, {"op": "flush"}, {"op": "stop"}.
+{"op": "owned"}, {"op": "flush"}, {"op": "lag"}, {"op": "stop"}.
+
+"lag" reports how late a 10 ms asyncio timer fired since the last "lag" request (p50/p99/max in
+ms): the delay an IKE engine sharing this event loop would see while packets flow, which is what
+the choice between the threaded and the asyncio packet loop trades against throughput.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import json
 import socket
 import sys
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -35,6 +40,8 @@ class Runner:
         self.ike_messages = 0
         self.events: list[DataPlaneEvent] = []
         self._pump: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
+        self.lags: list[float] = []
 
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
@@ -66,6 +73,10 @@ class Runner:
         elif op == "owned":
             owned = await dp.list_owned()
             return {"sas": len(owned.sas), "policies": len(owned.policies)}
+        elif op == "lag":
+            lags = sorted(self.lags) or [0.0]
+            self.lags.clear()
+            return {"p50_ms": _ms(lags, 0.5), "p99_ms": _ms(lags, 0.99), "max_ms": _ms(lags, 1.0)}
         elif op == "flush":
             await dp.flush_owned()
         elif op == "stop":
@@ -89,6 +100,7 @@ class Runner:
             self.udp.bind(("0.0.0.0", int(encap_port)))
             await self.dp.attach_encap_socket(self.udp, self._on_ike)
         self._pump = asyncio.create_task(self._pump_events())
+        self._lag_task = asyncio.create_task(self._measure_lag())
         return {"tun": self.dp.tun_name, "mtu": self.dp.mtu}
 
     def _on_ike(self, msg: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
@@ -99,13 +111,26 @@ class Runner:
         async for ev in self.dp.events():
             self.events.append(ev)
 
+    async def _measure_lag(self) -> None:
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(0.01)
+            self.lags.append(time.monotonic() - t0 - 0.01)
+            if len(self.lags) > 100_000:
+                del self.lags[:50_000]
+
     async def stop(self) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
+        for task in (self._pump, self._lag_task):
+            if task is not None:
+                task.cancel()
         if self.dp is not None:
             await self.dp.close()
         if self.udp is not None:
             self.udp.close()
+
+
+def _ms(sorted_lags: list[float], quantile: float) -> float:
+    return round(sorted_lags[min(len(sorted_lags) - 1, int(quantile * len(sorted_lags)))] * 1000, 2)
 
 
 async def main() -> None:
