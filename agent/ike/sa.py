@@ -473,7 +473,10 @@ class IkeSa:
         if header.exchange == ExchangeType.IKE_AUTH and self.initiator:
             self.stats["dropped_unexpected_request"] += 1
             return
-        if header.exchange in (ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL) and self.state not in (
+        if header.exchange in (
+            ExchangeType.CREATE_CHILD_SA,
+            ExchangeType.INFORMATIONAL,
+        ) and self.state not in (
             State.ESTABLISHED,
             State.DELETING,
         ):
@@ -594,6 +597,8 @@ class IkeSa:
             self._send_request(a.task, now)
             return
         self._my_mid += 1
+        if outcome is Outcome.REQUEUE:
+            self._queue.appendleft(a.task)
         self._kick(now)
 
     def _update_addresses(self, local: Address, remote: Address) -> None:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 class Outcome(Enum):
     DONE = "done"  # exchange finished; the next queued task may start
     RETRY = "retry"  # send this task's request again with the same message ID (COOKIE, INVALID_KE)
+    REQUEUE = "requeue"  # exchange finished, but run this task again next (CREATE_CHILD_SA INVALID_KE)
 
 
 class Task(Protocol):

@@ -475,3 +475,39 @@ def test_first_datagram_of_each_exchange_lost(exchange: ExchangeType, lose: str)
     assert p.initiator.stats["retransmits"] == 1
     if lose == "response":
         assert p.responder.stats["duplicate_request_answered"] == 1
+
+
+def _pfs_pair(init_esp: str, resp_esp: str) -> Pair:
+    ic2 = child(name="pfs", local="198.19.11.0/24", remote="198.19.12.0/24", proposals=init_esp)
+    rc2 = child(name="pfs", local="198.19.12.0/24", remote="198.19.11.0/24", proposals=resp_esp)
+    init = ike_config(children=(child(proposals=init_esp), ic2))
+    resp = responder_config(
+        children=(child(local="198.19.2.0/24", remote="198.19.1.0/24", proposals=resp_esp), rc2)
+    )
+    p = Pair(init, [resp])
+    p.connect()
+    return p
+
+
+def test_pfs_in_create_child_sa() -> None:
+    p = _pfs_pair("aes128gcm16-ecp256", "aes128gcm16-ecp256")
+    ci, cr = of_type(p.events_i, ChildSaEstablished), of_type(p.events_r, ChildSaEstablished)
+    assert [c.name for c in ci] == ["net", "pfs"]
+    assert ci[0].algorithms.dh is None  # IKE_AUTH never runs a DH for its CHILD_SA
+    assert ci[1].algorithms.dh == DhId.ECP_256 and cr[1].algorithms.dh == DhId.ECP_256
+    assert_child_pair(ci[1], cr[1])
+
+
+def test_pfs_invalid_ke_retry() -> None:
+    p = _pfs_pair("aes128gcm16-x25519-ecp256", "aes128gcm16-ecp256")
+    ci = of_type(p.events_i, ChildSaEstablished)
+    assert [c.name for c in ci] == ["net", "pfs"] and ci[1].algorithms.dh == DhId.ECP_256
+    assert_child_pair(ci[1], of_type(p.events_r, ChildSaEstablished)[1])
+    requests = [d for _, d in p.wire if exchange_of(d) == (ExchangeType.CREATE_CHILD_SA, False)]
+    assert len(requests) == 2
+
+
+def test_pfs_mismatch_fails_only_the_child() -> None:
+    p = _pfs_pair("aes128gcm16-ecp256", "aes128gcm16")
+    assert of_type(p.events_i, ChildSaFailed) == [ChildSaFailed("pfs", "NO_PROPOSAL_CHOSEN")]
+    assert p.initiator.established and len(p.initiator.children) == 1

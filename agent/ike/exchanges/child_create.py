@@ -1,12 +1,14 @@
-"""CREATE_CHILD_SA for an additional CHILD_SA (RFC 7296 1.3.1), without PFS. Rekeying (with
-REKEY_SA and collision handling) arrives in part 2 as its own task units."""
+"""CREATE_CHILD_SA for an additional CHILD_SA (RFC 7296 1.3.1), with PFS when the child's
+proposals name DH groups. Rekeying (REKEY_SA, collisions) arrives in part 2 as its own units."""
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.config import ChildConfig
 from meshsec.agent.ike.constants import ExchangeType, NotifyType, PayloadType
+from meshsec.agent.ike.crypto import CryptoError, KeyExchange
 from meshsec.agent.ike.events import ChildSaFailed
 from meshsec.agent.ike.exchanges.child_sa import (
     ChildRequest,
@@ -15,11 +17,13 @@ from meshsec.agent.ike.exchanges.child_sa import (
     respond_child,
 )
 from meshsec.agent.ike.exchanges.ike_init import NONCE_SIZE
-from meshsec.agent.ike.payloads import Message, NoncePayload, NotifyPayload, Payload
+from meshsec.agent.ike.payloads import KePayload, Message, NoncePayload, NotifyPayload, Payload
 from meshsec.agent.ike.task import Outcome
 
 if TYPE_CHECKING:
     from meshsec.agent.ike.sa import IkeSa
+
+MAX_KE_RETRIES = 3
 
 
 class ChildCreate:
@@ -30,23 +34,49 @@ class ChildCreate:
         self.config = config
         self._req: ChildRequest | None = None
         self._nonce = b""
+        self._groups = [g for spec in config.specs for g in spec.dh_groups()]
+        self._group: int | None = self._groups[0] if self._groups else None
+        self._ke: KeyExchange | None = None
+        self._retries = 0
 
     def build(self, sa: IkeSa, now: float) -> list[Payload]:
         self._nonce = sa.rnd.bytes(NONCE_SIZE)
-        self._req, pre, body = build_child_request(sa, self.config)
+        self._req, pre, body = build_child_request(sa, self.config, pfs=self._group is not None)
+        ke: list[Payload] = []
+        if self._group is not None:
+            self._ke = sa.dh_factory(self._group, sa.rnd)
+            ke.append(KePayload(self._group, self._ke.public_bytes()))
         # SA, Ni, [KE], TSi, TSr (RFC 7296 1.3.1)
-        return [*pre, body[0], NoncePayload(self._nonce), *body[1:]]
+        return [*pre, body[0], NoncePayload(self._nonce), *ke, *body[1:]]
 
     def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
         assert self._req is not None
+        invalid_ke = msg.notify(NotifyType.INVALID_KE_PAYLOAD)
+        if invalid_ke is not None and len(invalid_ke.data) == 2:
+            (group,) = struct.unpack("!H", invalid_ke.data)
+            if group in self._groups and group != self._group and self._retries < MAX_KE_RETRIES:
+                self._retries += 1
+                self._group = group
+                return Outcome.REQUEUE
         nonce = msg.find(PayloadType.NONCE)
         if not isinstance(nonce, NoncePayload):
+            # Error answers carry no nonce; complete_child_initiator reports the notify.
             if msg.find(PayloadType.SA) is None:
-                complete_child_initiator(sa, self._req, msg, b"", b"")  # reports the error notify
+                complete_child_initiator(sa, self._req, msg, b"", b"")
             else:
                 sa.emit(ChildSaFailed(self.config.name, "CREATE_CHILD_SA response lacks Nr"))
             return Outcome.DONE
-        complete_child_initiator(sa, self._req, msg, self._nonce, nonce.data)
+        shared = b""
+        if self._ke is not None and msg.find(PayloadType.SA) is not None:
+            ke = msg.find(PayloadType.KE)
+            try:
+                if not isinstance(ke, KePayload) or ke.group != self._group:
+                    raise CryptoError("response lacks the KE payload of the negotiated group")
+                shared = self._ke.shared_secret(ke.data)
+            except CryptoError as exc:
+                sa.emit(ChildSaFailed(self.config.name, f"PFS failed: {exc}"))
+                return Outcome.DONE
+        complete_child_initiator(sa, self._req, msg, self._nonce, nonce.data, shared, self._group)
         return Outcome.DONE
 
     def on_timeout(self, sa: IkeSa) -> None:
@@ -54,20 +84,15 @@ class ChildCreate:
 
 
 def respond_create_child(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
-    if msg.notify(NotifyType.REKEY_SA) is not None or msg.find(PayloadType.KE) is not None:
-        # CHILD_SA rekeying, IKE SA rekeying and PFS are part 2.
-        return [
-            NotifyPayload(
-                NotifyType.NO_ADDITIONAL_SAS
-                if msg.find(PayloadType.TSi) is None
-                else NotifyType.NO_PROPOSAL_CHOSEN
-            )
-        ]
+    if msg.notify(NotifyType.REKEY_SA) is not None or msg.find(PayloadType.TSi) is None:
+        # CHILD_SA and IKE SA rekeying are part 2.
+        return [NotifyPayload(NotifyType.NO_ADDITIONAL_SAS)]
     nonce = msg.find(PayloadType.NONCE)
     if not isinstance(nonce, NoncePayload):
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     nr = sa.rnd.bytes(NONCE_SIZE)
-    pre, body = respond_child(sa, msg, nonce.data, nr)
-    if not body:
-        return pre
-    return [*pre, body[0], NoncePayload(nr), *body[1:]]
+    answer = respond_child(sa, msg, nonce.data, nr, pfs_allowed=True)
+    if not answer.body:
+        return answer.pre
+    ke: list[Payload] = [answer.ke] if answer.ke is not None else []
+    return [*answer.pre, answer.body[0], NoncePayload(nr), *ke, *answer.body[1:]]

@@ -1,6 +1,6 @@
 """CHILD_SA negotiation shared by IKE_AUTH (first child) and CREATE_CHILD_SA: proposals with
 our freshly allocated SPI, traffic selectors and narrowing (RFC 7296 2.9), USE_TRANSPORT_MODE,
-KEYMAT (2.17), and the resulting ChildSaEstablished event."""
+optional PFS (a DH exchange in CREATE_CHILD_SA), KEYMAT (2.17) and the ChildSaEstablished event."""
 
 from __future__ import annotations
 
@@ -10,9 +10,18 @@ from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.config import ChildConfig
 from meshsec.agent.ike.constants import ERROR_NOTIFY_LIMIT, NotifyType, PayloadType, ProtocolId
+from meshsec.agent.ike.crypto import CryptoError
 from meshsec.agent.ike.events import Algorithms, ChildSaEstablished, ChildSaFailed
 from meshsec.agent.ike.keys import child_encr_key_size, derive_child_keys
-from meshsec.agent.ike.payloads import Message, NotifyPayload, Payload, Proposal, SaPayload, TsPayload
+from meshsec.agent.ike.payloads import (
+    KePayload,
+    Message,
+    NotifyPayload,
+    Payload,
+    Proposal,
+    SaPayload,
+    TsPayload,
+)
 from meshsec.agent.ike.proposals import Chosen, accept_response, select_proposal
 from meshsec.agent.ike.ts import Ts, is_subset, narrow
 
@@ -27,13 +36,15 @@ class ChildRequest:
     offered: tuple[Proposal, ...]
 
 
-def build_child_request(sa: IkeSa, config: ChildConfig) -> tuple[ChildRequest, list[Payload], list[Payload]]:
+def build_child_request(
+    sa: IkeSa, config: ChildConfig, *, pfs: bool = False
+) -> tuple[ChildRequest, list[Payload], list[Payload]]:
     """Returns the request state, payloads that go before the SA payload (notifies) and the
-    SA/TS payloads themselves (callers put nonces in between for CREATE_CHILD_SA)."""
+    SA/TS payloads themselves (callers put nonces and KE in between for CREATE_CHILD_SA).
+    DH transforms are offered only with PFS; IKE_AUTH never carries them (RFC 7296 1.2)."""
     spi_in = sa.allocate_spi(config.protocol)
     spi = struct.pack("!I", spi_in)
-    # No PFS in this part: DH transforms are left out of CHILD_SA proposals.
-    offered = tuple(spec.to_proposal(i + 1, spi, without_dh=True) for i, spec in enumerate(config.specs))
+    offered = tuple(spec.to_proposal(i + 1, spi, without_dh=not pfs) for i, spec in enumerate(config.specs))
     pre: list[Payload] = []
     if config.mode == "transport":
         pre.append(NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
@@ -63,76 +74,89 @@ def _algorithms(chosen: Chosen) -> Algorithms:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Negotiated:
+    config: ChildConfig
+    chosen: Chosen
+    spi_in: int
+    spi_out: int
+    mode: str
+    ts_local: list[Ts]
+    ts_remote: list[Ts]
+
+
 def _install(
-    sa: IkeSa,
-    config: ChildConfig,
-    chosen: Chosen,
-    spi_in: int,
-    spi_out: int,
-    mode: str,
-    ts_local: list[Ts],
-    ts_remote: list[Ts],
-    ni: bytes,
-    nr: bytes,
-    exchange_initiator: bool,
+    sa: IkeSa, n: _Negotiated, ni: bytes, nr: bytes, exchange_initiator: bool, shared: bytes
 ) -> None:
     from meshsec.agent.ike.sa import ChildSa
 
     assert sa.prf is not None and sa.keys is not None
+    encr = n.chosen.encr
     keys = derive_child_keys(
         sa.prf,
         sa.keys.sk_d.reveal(),
         ni,
         nr,
-        child_encr_key_size(
-            chosen.encr.id if chosen.encr else None, chosen.encr.key_length if chosen.encr else None
-        ),
-        chosen.integ,
+        child_encr_key_size(encr.id if encr else None, encr.key_length if encr else None),
+        n.chosen.integ,
+        shared,
     )
     i2r, r2i = keys.initiator_to_responder, keys.responder_to_initiator
     keys_out, keys_in = (i2r, r2i) if exchange_initiator else (r2i, i2r)
+    ts_local, ts_remote = tuple(n.ts_local), tuple(n.ts_remote)
     child = ChildSa(
-        config.name,
-        config,
-        chosen.protocol,
-        spi_in,
-        spi_out,
-        mode,
-        tuple(ts_local),
-        tuple(ts_remote),
+        n.config.name,
+        n.config,
+        n.chosen.protocol,
+        n.spi_in,
+        n.spi_out,
+        n.mode,
+        ts_local,
+        ts_remote,
         keys_in,
         keys_out,
-        chosen,
+        n.chosen,
     )
-    sa.children[spi_in] = child
+    sa.children[n.spi_in] = child
     sa.emit(
         ChildSaEstablished(
-            config.name,
-            spi_in,
-            spi_out,
-            chosen.protocol,
-            mode,
+            n.config.name,
+            n.spi_in,
+            n.spi_out,
+            n.chosen.protocol,
+            n.mode,
             keys_in,
             keys_out,
-            tuple(ts_local),
-            tuple(ts_remote),
-            _algorithms(chosen),
+            ts_local,
+            ts_remote,
+            _algorithms(n.chosen),
             sa.udp_encap,
-            config.rekey_time,
-            config.life_time,
+            n.config.rekey_time,
+            n.config.life_time,
         )
     )
 
 
-def complete_child_initiator(sa: IkeSa, req: ChildRequest, msg: Message, ni: bytes, nr: bytes) -> None:
+def _notify_name(ntype: int) -> str:
+    try:
+        return NotifyType(ntype).name
+    except ValueError:
+        return f"notify {ntype}"
+
+
+def complete_child_initiator(
+    sa: IkeSa,
+    req: ChildRequest,
+    msg: Message,
+    ni: bytes,
+    nr: bytes,
+    shared: bytes = b"",
+    pfs_group: int | None = None,
+) -> None:
     name = req.config.name
     errors = [n for n in msg.notifies() if n.notify_type < ERROR_NOTIFY_LIMIT]
     if errors:
-        try:
-            reason = NotifyType(errors[0].notify_type).name
-        except ValueError:
-            reason = f"notify {errors[0].notify_type}"
-        sa.emit(ChildSaFailed(name, reason))
+        sa.emit(ChildSaFailed(name, _notify_name(errors[0].notify_type)))
         return
     sa_p, ts_i, ts_r = msg.find(PayloadType.SA), _ts(msg, PayloadType.TSi), _ts(msg, PayloadType.TSr)
     if not isinstance(sa_p, SaPayload) or ts_i is None or ts_r is None or len(sa_p.proposals) != 1:
@@ -142,6 +166,8 @@ def complete_child_initiator(sa: IkeSa, req: ChildRequest, msg: Message, ni: byt
     problem = None
     if chosen is None or len(chosen.spi) != 4:
         problem = "responder chose a proposal we did not offer"
+    elif chosen.dh != pfs_group:
+        problem = "responder's DH group does not match the KE exchange"
     elif not is_subset(ts_i, list(req.config.local_ts)) or not is_subset(ts_r, list(req.config.remote_ts)):
         problem = "responder widened the traffic selectors"
     transport = msg.notify(NotifyType.USE_TRANSPORT_MODE) is not None
@@ -156,20 +182,31 @@ def complete_child_initiator(sa: IkeSa, req: ChildRequest, msg: Message, ni: byt
             sa.queue(ChildDelete(req.spi_in, protocol=req.config.protocol))
         return
     spi_out = struct.unpack("!I", chosen.spi)[0]
-    _install(sa, req.config, chosen, req.spi_in, spi_out, req.config.mode, ts_i, ts_r, ni, nr, True)
+    negotiated = _Negotiated(req.config, chosen, req.spi_in, spi_out, req.config.mode, ts_i, ts_r)
+    _install(sa, negotiated, ni, nr, True, shared)
 
 
-def respond_child(sa: IkeSa, msg: Message, ni: bytes, nr: bytes) -> tuple[list[Payload], list[Payload]]:
-    """Responder: picks the first child config whose proposals, selectors and mode fit.
-    Returns (notifies to put first, SA/TS payloads) or an error notify in the first list."""
+@dataclass(slots=True)
+class ChildAnswer:
+    """Responder result: notifies first, then SA/TS payloads (empty on error), and our KE
+    payload when PFS was negotiated."""
+
+    pre: list[Payload]
+    body: list[Payload]
+    ke: KePayload | None = None
+
+
+def respond_child(sa: IkeSa, msg: Message, ni: bytes, nr: bytes, *, pfs_allowed: bool = False) -> ChildAnswer:
+    """Picks the first child config whose proposals, selectors and mode fit."""
     sa_p, ts_i, ts_r = msg.find(PayloadType.SA), _ts(msg, PayloadType.TSi), _ts(msg, PayloadType.TSr)
     if not isinstance(sa_p, SaPayload) or ts_i is None or ts_r is None:
-        return [NotifyPayload(NotifyType.INVALID_SYNTAX)], []
+        return ChildAnswer([NotifyPayload(NotifyType.INVALID_SYNTAX)], [])
+    ke = msg.find(PayloadType.KE)
     want_transport = msg.notify(NotifyType.USE_TRANSPORT_MODE) is not None
     error = NotifyType.NO_PROPOSAL_CHOSEN
     for cfg in sa.config.children:
         chosen = select_proposal(
-            cfg.specs, sa_p.proposals, prefer_ours=sa.config.prefer_own_proposals, ignore_dh=True
+            cfg.specs, sa_p.proposals, prefer_ours=sa.config.prefer_own_proposals, ignore_dh=not pfs_allowed
         )
         if chosen is None or len(chosen.spi) != 4:
             continue
@@ -184,17 +221,32 @@ def respond_child(sa: IkeSa, msg: Message, ni: bytes, nr: bytes) -> tuple[list[P
         # A transport request against a tunnel config is declined by answering in tunnel mode
         # (RFC 7296 1.3.1); the initiator decides whether that is acceptable.
         transport = want_transport and cfg.mode == "transport"
+        shared = b""
+        our_ke: KePayload | None = None
+        if pfs_allowed and chosen.dh is not None:
+            if not isinstance(ke, KePayload):
+                return ChildAnswer([NotifyPayload(NotifyType.INVALID_SYNTAX)], [])
+            if ke.group != chosen.dh:
+                return ChildAnswer(
+                    [NotifyPayload(NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", chosen.dh))], []
+                )
+            try:
+                kex = sa.dh_factory(chosen.dh, sa.rnd)
+                shared = kex.shared_secret(ke.data)
+            except (CryptoError, ValueError):
+                return ChildAnswer([NotifyPayload(NotifyType.INVALID_SYNTAX)], [])
+            our_ke = KePayload(kex.group, kex.public_bytes())
         spi_in = sa.allocate_spi(ProtocolId(chosen.protocol))
         spi_out = struct.unpack("!I", chosen.spi)[0]
-        _install(sa, cfg, chosen, spi_in, spi_out, cfg.mode, local, remote, ni, nr, False)
+        mode = "transport" if transport else "tunnel"
+        _install(sa, _Negotiated(cfg, chosen, spi_in, spi_out, mode, local, remote), ni, nr, False, shared)
         pre: list[Payload] = [NotifyPayload(NotifyType.USE_TRANSPORT_MODE)] if transport else []
-        answer = Chosen(
-            chosen.number, chosen.protocol, b"", chosen.encr, None, chosen.integ, None, chosen.esn
-        )
+        dh = chosen.dh if pfs_allowed else None
+        answer = Chosen(chosen.number, chosen.protocol, b"", chosen.encr, None, chosen.integ, dh, chosen.esn)
         body: list[Payload] = [
             SaPayload((answer.as_proposal(struct.pack("!I", spi_in)),)),
             TsPayload(PayloadType.TSi, tuple(t.to_wire() for t in remote)),
             TsPayload(PayloadType.TSr, tuple(t.to_wire() for t in local)),
         ]
-        return pre, body
-    return [NotifyPayload(error)], []
+        return ChildAnswer(pre, body, our_ke)
+    return ChildAnswer([NotifyPayload(error)], [])

@@ -178,6 +178,6 @@ def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
     _established(sa)
     payloads: list[Payload] = [own, AuthPayload(AuthMethod.SHARED_KEY_MIC, my_auth)]
     if msg.find(PayloadType.SA) is not None:
-        pre, body = respond_child(sa, msg, sa.nonce_i, sa.nonce_r)
-        payloads += pre + body
+        answer = respond_child(sa, msg, sa.nonce_i, sa.nonce_r)
+        payloads += answer.pre + answer.body
     return payloads
