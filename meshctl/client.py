@@ -140,7 +140,9 @@ class AdminClient:
         token = ""
         while True:
             request = admin_pb2.ListRequest(kind=kind, label_selector=selector, page_token=token)
-            page = self._call(f"list {kind}", functools.partial(self.stub.List, request, timeout=self.timeout))
+            page = self._call(
+                f"list {kind}", functools.partial(self.stub.List, request, timeout=self.timeout)
+            )
             found.extend(page.resources)
             token = page.next_page_token
             if not token:

@@ -1,0 +1,398 @@
+"""``meshctl lab up|down|status``: the local multi-site lab, end to end."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshsec.common.secrets import Secret
+from meshsec.meshctl import manifest
+from meshsec.meshctl.client import AdminClient, Target
+from meshsec.meshctl.convert import struct_to_dict
+from meshsec.meshctl.errors import EXIT_OK, EXIT_USER, MeshctlError, UserError
+from meshsec.meshctl.lab import controller, netns, preflight, proof, standalone, world
+from meshsec.meshctl.lab.plan import World, lab_world
+from meshsec.meshctl.lab.progress import UP_STATES, wait_for_tunnels
+from meshsec.meshctl.lab.state import DATA_DIR, RUN_DIR, STATE_FILE, LabState
+from meshsec.meshctl.lab.strongswan import Charon, PeerTunnel
+from meshsec.meshctl.table import Column, Styled, paint, print_table, use_colour
+from meshsec.meshctl.topology import to_dot, write_svg
+from meshsec.meshctl.views import STATE_COLOURS, tunnel_ends
+from meshsec.v1 import admin_pb2, common_pb2
+
+ADMIN_SOCKET = RUN_DIR / "admin.sock"
+LOG_DIR = DATA_DIR / "logs"
+TOPOLOGY_SVG = DATA_DIR / "topology.svg"
+REPO_EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "lab-mesh.yaml"
+
+
+@dataclass
+class Timings:
+    phases: list[tuple[str, float]] = field(default_factory=list)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        say(f"{name} ...")
+        yield
+        self.phases.append((name, time.monotonic() - start))
+
+    def text(self) -> str:
+        total = sum(s for _, s in self.phases)
+        return ", ".join(f"{n} {s:.1f}s" for n, s in self.phases) + f"; total {total:.1f}s"
+
+
+def say(text: str) -> None:
+    sys.stderr.write(f"{paint('lab:', 'cyan', use_colour(sys.stderr))} {text}\n")
+    sys.stderr.flush()
+
+
+def run_lab(args: argparse.Namespace) -> int:
+    preflight.require_root()
+    if args.lab_command == "down":
+        return down()
+    if args.lab_command == "status":
+        return status()
+    return up(args)
+
+
+# -- down / status ------------------------------------------------------------------------------
+
+
+def down() -> int:
+    state = LabState.load()
+    if state is None and not world.leftover_namespaces() and not netns.link_exists(None, "msl-host"):
+        say("no lab is running; nothing to remove")
+        return EXIT_OK
+    problems = world.teardown(state)
+    STATE_FILE.unlink(missing_ok=True)
+    if problems:
+        for problem in problems:
+            say(f"could not remove: {problem}")
+        return EXIT_USER
+    count = len(state.namespaces) if state is not None else 0
+    say(
+        f"lab removed ({count} namespaces, {len(state.processes) if state else 0} processes, host veth, files)"
+    )
+    return EXIT_OK
+
+
+def status() -> int:
+    state = LabState.load()
+    if state is None:
+        say("no lab is running (`meshctl lab up` builds one)")
+        return EXIT_USER
+    existing = set(netns.namespaces())
+    rows = [
+        [
+            p.name,
+            str(p.pid),
+            Styled("running", "green") if p.is_ours() else Styled("gone", "red"),
+            p.ns or "(host)",
+            p.log,
+        ]
+        for p in state.processes
+    ]
+    print_table([Column("PROCESS"), Column("PID"), Column("STATE"), Column("NAMESPACE"), Column("LOG")], rows)
+    missing = [ns for ns in state.namespaces if ns not in existing]
+    print(
+        f"\nnamespaces: {len(state.namespaces) - len(missing)}/{len(state.namespaces)} present"
+        + (f" (missing: {', '.join(missing)})" if missing else "")
+    )
+    print(f"phase: {state.phase}, agents: {state.mode or '-'}, controller admin socket: {ADMIN_SOCKET}")
+    if ADMIN_SOCKET.exists():
+        with AdminClient(Target.parse(str(ADMIN_SOCKET)), timeout=5.0) as client:
+            print()
+            print_tunnels(client.tunnels(), agent_states(state))
+    return EXIT_OK
+
+
+# -- up -----------------------------------------------------------------------------------------
+
+
+def up(args: argparse.Namespace) -> int:
+    for warning in preflight.check_tools():
+        say(f"note: {warning}")
+    with_external = not args.no_strongswan and preflight.strongswan_available()
+    plan = lab_world(with_external=with_external)
+    documents = manifest.load([str(args.filename or REPO_EXAMPLE)])
+    check_manifest(plan, documents)
+    if LabState.load() is not None or world.leftover_namespaces() or netns.link_exists(None, "msl-host"):
+        say("removing the previous lab first")
+        if down() != EXIT_OK:
+            raise UserError("the previous lab could not be removed completely", hint="see the messages above")
+    timings = Timings()
+    state = LabState(files=[str(RUN_DIR), str(DATA_DIR)])
+    for directory in (RUN_DIR, DATA_DIR, LOG_DIR):
+        directory.mkdir(parents=True, exist_ok=True)
+    state.save()
+    paths = controller.ControllerPaths(DATA_DIR / "controller", ADMIN_SOCKET, LOG_DIR / "controller.log")
+    try:
+        with timings.phase(
+            f"building {len(plan.namespaces)} namespaces (underlay, 3 sites"
+            f"{', external strongSwan gateway' if with_external else ''})"
+        ):
+            world.build(plan, state)
+        ext_psk = Secret(os.urandom(32))
+        with timings.phase("starting meshsec-controller (embedded store)"):
+            if plan.external is not None:
+                controller.seed_secret(paths, external_secret_name(documents, plan), ext_psk)
+            pid = controller.start(paths)
+            state.add_process("controller", pid, None, paths.log)
+            controller.wait_ready(paths, pid)
+        client = AdminClient(Target.parse(str(ADMIN_SOCKET)), timeout=10.0)
+        with timings.phase(f"applying {args.filename or REPO_EXAMPLE}"):
+            response = client.apply([d.resource for d in documents], labels=[d.where for d in documents])
+            for result in response.results:
+                say(
+                    f"  {result.kind.lower()}/{result.name} {admin_pb2.ApplyAction.Name(result.action)[13:].lower()}"
+                )
+        tunnels = client.tunnels()
+        if args.no_agents:
+            state.phase = "up"
+            state.save()
+            print_tunnels(tunnels, {})
+            say(f"done without agents ({timings.text()}); admin socket {ADMIN_SOCKET}")
+            return EXIT_OK
+        wanted = [t for t in tunnels if plan.external is not None or not is_external(t)]
+        if plan.external is not None:
+            with timings.phase("starting the external strongSwan gateway (extdc)"):
+                start_charon(plan, state, tunnels, ext_psk)
+        with timings.phase("starting one meshsec-agent per gateway node"):
+            start_standalone_agents(plan, state, client, wanted, ext_psk)
+        with timings.phase(f"waiting for {len(wanted)} tunnels (up to {args.lab_timeout:.0f}s)"):
+            result = wait_for_tunnels(lambda: labelled(wanted, agent_states(state)), args.lab_timeout)
+        with timings.phase("proving traffic between workload hosts"):
+            results = [proof.run_probe(p) for p in proof.probes(plan, wanted)]
+        write_topology(client)
+        state.phase = "up"
+        state.save()
+        print()
+        print_tunnels(tunnels, agent_states(state))
+        print()
+        print_probes(results)
+        print()
+        failed = result.stuck or any(not r.ok for r in results)
+        report(plan, state, result.stuck, wanted, timings)
+        client.close()
+        return EXIT_USER if failed else EXIT_OK
+    except (RuntimeError, OSError, MeshctlError, netns.CommandFailed, subprocess.SubprocessError) as exc:
+        message = exc.message if isinstance(exc, MeshctlError) else str(exc)
+        raise UserError(
+            f"lab up failed: {message}",
+            hint=f"logs are in {LOG_DIR}; `meshctl lab down` removes what was built",
+        ) from exc
+
+
+def check_manifest(plan: World, documents: Sequence[manifest.Document]) -> None:
+    """The manifest's nodes must be the lab's gateway namespaces, or no agent could serve them."""
+    nodes = [d.resource.metadata.name for d in documents if d.resource.kind == "Node"]
+    unknown = [n for n in nodes if plan.site_of_node(n) is None]
+    if unknown:
+        known = ", ".join(s.node for s in plan.sites)
+        raise UserError(
+            f"the lab has no namespace for node(s) {', '.join(unknown)}",
+            hint=f"the lab's gateway nodes are {known} (see deploy/examples/lab-mesh.yaml)",
+        )
+
+
+def external_secret_name(documents: Sequence[manifest.Document], plan: World) -> str:
+    assert plan.external is not None
+    for doc in documents:
+        if doc.resource.kind == "ExternalGateway" and doc.resource.metadata.name == plan.external.name:
+            auth = struct_to_dict(doc.resource.spec).get("auth") or {}
+            ref = auth.get("pskSecretRef") if isinstance(auth, Mapping) else None
+            if isinstance(ref, str) and ref:
+                return ref
+    raise UserError(f"the manifest has no ExternalGateway {plan.external.name} with spec.auth.pskSecretRef")
+
+
+def is_external(info: admin_pb2.TunnelInfo) -> bool:
+    return info.desired.peer_kind == common_pb2.PEER_KIND_EXTERNAL_GATEWAY
+
+
+def start_charon(plan: World, state: LabState, tunnels: Sequence[admin_pb2.TunnelInfo], psk: Secret) -> None:
+    ext = plan.external
+    assert ext is not None
+    peers = []
+    for info in tunnels:
+        if not is_external(info) or info.desired.peer_name != ext.name:
+            continue
+        d = info.desired
+        child = d.children[0]
+        peers.append(
+            PeerTunnel(
+                name=info.tunnel_id,
+                local_addr=ext.address,
+                remote_addr="%any",
+                local_id=d.remote_id.value,
+                remote_id=d.local_id.value,
+                ike_proposals=tuple(d.ike_proposals),
+                esp_proposals=tuple(d.esp_proposals),
+                local_ts=tuple(ts.cidr for ts in child.remote_ts),
+                remote_ts=tuple(ts.cidr for ts in child.local_ts),
+                initiate=not d.initiator,
+                rekey_seconds=int(d.ike_lifetimes.soft_seconds or 14400),
+                child_rekey_seconds=int(child.lifetimes.soft_seconds or 3600),
+            )
+        )
+    charon = Charon(plan.ns(ext.ns), DATA_DIR / "extdc", RUN_DIR)
+    charon.write(peers, psk)
+    pid = charon.start()
+    state.add_process("charon/extdc", pid, plan.ns(ext.ns), charon.log)
+    charon.load()
+
+
+def node_addresses(plan: World, client: AdminClient) -> dict[str, standalone.NodeAddresses]:
+    found: dict[str, standalone.NodeAddresses] = {}
+    for resource in client.list_resources("Node"):
+        site = plan.site_of_node(resource.metadata.name)
+        if site is None:
+            continue
+        endpoints = struct_to_dict(resource.spec).get("endpoints") or {}
+        public = (
+            tuple(str(a) for a in endpoints.get("public") or []) if isinstance(endpoints, Mapping) else ()
+        )
+        found[site.node] = standalone.NodeAddresses(site.node, site.node_address, public)
+    return found
+
+
+def start_standalone_agents(
+    plan: World,
+    state: LabState,
+    client: AdminClient,
+    tunnels: Sequence[admin_pb2.TunnelInfo],
+    ext_psk: Secret,
+) -> None:
+    program = preflight.meshsec_program("meshsec-agent")
+    if program is None:
+        raise UserError(
+            "meshsec-agent is not installed", hint="pip install -e . (or bash scripts/install.sh)"
+        )
+    psks = {t.tunnel_id: ext_psk if is_external(t) else Secret(os.urandom(32)) for t in tunnels}
+    # The lab picks the data plane itself rather than leaving it to the agent's "auto".
+    dataplane = "kernel" if netns.kernel_has_esp(plan.ns(plan.sites[0].gateway_ns)) else "userspace"
+    say(
+        f"  data plane: {dataplane} ({'the kernel has ESP' if dataplane == 'kernel' else 'this kernel has no ESP'})"
+    )
+    configs = standalone.agent_configs(
+        tunnels, node_addresses(plan, client), psks, RUN_DIR / "agents", dataplane
+    )
+    state.mode = "standalone"
+    for node, document in sorted(configs.items()):
+        site = plan.site_of_node(node)
+        assert site is not None
+        config = DATA_DIR / "agents" / node / "agent.yaml"
+        standalone.write_config(config, document)
+        log = LOG_DIR / f"{node}.log"
+        pid = netns.popen(plan.ns(site.gateway_ns), [program, "--config", str(config)], log)
+        state.add_process(f"agent/{node}", pid, plan.ns(site.gateway_ns), log)
+
+
+def agent_states(state: LabState) -> dict[str, dict[str, str]]:
+    """{node: {tunnel id: state}} from each running agent's status socket."""
+    from meshsec.agent.standalone.status import query_status
+
+    found: dict[str, dict[str, str]] = {}
+    for proc in state.processes:
+        if not proc.name.startswith("agent/"):
+            continue
+        node = proc.name.removeprefix("agent/")
+        try:
+            found[node] = standalone.tunnel_states(
+                query_status(RUN_DIR / "agents" / f"{node}.sock", timeout=2.0)
+            )
+        except (OSError, ValueError):
+            found[node] = {}
+    return found
+
+
+def merged_state(info: admin_pb2.TunnelInfo, agents: Mapping[str, Mapping[str, str]]) -> str:
+    """As the controller merges reports: every reporting (node) end must be ESTABLISHED."""
+    ends = [e.name for e in info.ends if e.kind == common_pb2.PEER_KIND_NODE]
+    states = [agents.get(n, {}).get(info.tunnel_id, "DOWN") or "DOWN" for n in ends]
+    if any(s == "FAILED" for s in states):
+        return "FAILED"
+    if states and all(s in UP_STATES for s in states):
+        return "ESTABLISHED"
+    return "CONNECTING" if any(s not in ("DOWN", "") for s in states) else "DOWN"
+
+
+def labelled(
+    tunnels: Sequence[admin_pb2.TunnelInfo], agents: Mapping[str, Mapping[str, str]]
+) -> dict[str, str]:
+    return {tunnel_ends(t): merged_state(t, agents) for t in tunnels}
+
+
+def print_tunnels(tunnels: Sequence[admin_pb2.TunnelInfo], agents: Mapping[str, Mapping[str, str]]) -> None:
+    rows = []
+    for t in tunnels:
+        controller_state = common_pb2.TunnelState.Name(t.state).removeprefix("TUNNEL_STATE_")
+        agent_state = merged_state(t, agents) if agents else "-"
+        rows.append(
+            [
+                tunnel_ends(t),
+                t.policy,
+                Styled(agent_state, STATE_COLOURS.get(agent_state, "")),
+                controller_state,
+                t.tunnel_id,
+            ]
+        )
+    print_table(
+        [
+            Column("TUNNEL"),
+            Column("POLICY"),
+            Column("AGENTS SAY", False),
+            Column("CONTROLLER SAYS", False),
+            Column("ID"),
+        ],
+        rows,
+    )
+
+
+def print_probes(results: Sequence[proof.ProbeResult]) -> None:
+    rows = []
+    for r in results:
+        p = r.probe
+        expect = "reply" if p.expect_reply else "no route (no tunnel by policy)"
+        verdict = Styled("ok", "green") if r.ok else Styled("FAILED", "red")
+        rows.append([f"{p.src_site} -> {p.dst_site}", p.dst, expect, f"{r.received}/{r.sent}", verdict])
+    print_table(
+        [Column("SITES"), Column("TO"), Column("EXPECT"), Column("REPLIES", False), Column("", False)], rows
+    )
+
+
+def write_topology(client: AdminClient) -> None:
+    source = to_dot(client.topology())
+    TOPOLOGY_SVG.with_suffix(".dot").write_text(source)
+    try:
+        write_svg(source, TOPOLOGY_SVG)
+    except MeshctlError as exc:
+        say(f"no SVG: {exc.message} ({exc.hint}); DOT is in {TOPOLOGY_SVG.with_suffix('.dot')}")
+
+
+def report(
+    plan: World,
+    state: LabState,
+    stuck: Mapping[str, str],
+    tunnels: Sequence[admin_pb2.TunnelInfo],
+    timings: Timings,
+) -> None:
+    for label, tstate in sorted(stuck.items()):
+        info = next(t for t in tunnels if tunnel_ends(t) == label)
+        logs = [str(LOG_DIR / f"{e.name}.log") for e in info.ends if e.kind == common_pb2.PEER_KIND_NODE]
+        if is_external(info):
+            logs.append(str(DATA_DIR / "extdc" / "charon.log"))
+        say(f"STUCK {label} ({info.tunnel_id}) is {tstate}; logs: {', '.join(logs)}")
+    say(f"timings: {timings.text()}")
+    say(f"agents: {state.mode} meshsec-agent per gateway node (see docs/lab.md); logs in {LOG_DIR}")
+    say(f"topology picture: {TOPOLOGY_SVG} (DOT: {TOPOLOGY_SVG.with_suffix('.dot')})")
+    say(f"meshctl talks to the lab's controller at {ADMIN_SOCKET} (MESHSEC_CONTROLLER={ADMIN_SOCKET})")
+    say("`meshctl lab status` shows it again, `meshctl lab down` removes it")

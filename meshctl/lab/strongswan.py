@@ -1,0 +1,143 @@
+"""The external gateway: a strongSwan charon in its own namespace, configured as the mirror image
+of the tunnels the controller computed towards the ExternalGateway resource.
+
+charon runs with its own strongswan.conf (no /etc), kernel-libipsec as its data plane (the kernel
+here has no ESP), its own vici socket and a file log, as in /work/shared/notes/strongswan-peer.md.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshsec.common.secrets import Secret
+from meshsec.meshctl.lab import netns
+from meshsec.meshctl.lab.preflight import find
+
+PLUGINS = (
+    "random nonce openssl pem pkcs1 pkcs8 x509 pubkey revocation constraints curve25519 aes gcm sha1 sha2 "
+    "hmac kdf kernel-libipsec kernel-netlink socket-default vici updown"
+)
+
+
+@dataclass(frozen=True)
+class PeerTunnel:
+    """One tunnel seen from the external gateway's side."""
+
+    name: str
+    local_addr: str
+    remote_addr: str  # "%any" when the node is behind NAT and initiates
+    local_id: str
+    remote_id: str
+    ike_proposals: tuple[str, ...]
+    esp_proposals: tuple[str, ...]
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+    initiate: bool  # the gateway starts it (the node waits)
+    rekey_seconds: int
+    child_rekey_seconds: int
+
+
+def _list(values: Sequence[str]) -> str:
+    return ",".join(values)
+
+
+def swanctl_conf(tunnels: Sequence[PeerTunnel], psk: Secret) -> str:
+    conns, secrets = [], []
+    for t in tunnels:
+        start = "start" if t.initiate else "none"
+        esp = f"      esp_proposals = {_list(t.esp_proposals)}\n" if t.esp_proposals else ""
+        conns.append(
+            f"  {t.name} {{\n    version = 2\n    local_addrs = {t.local_addr}\n    remote_addrs = {t.remote_addr}\n"
+            f"    proposals = {_list(t.ike_proposals) or 'default'}\n    rekey_time = {t.rekey_seconds}s\n"
+            f"    keyingtries = 0\n    unique = replace\n"
+            f'    local {{\n      auth = psk\n      id = "{t.local_id}"\n    }}\n'
+            f'    remote {{\n      auth = psk\n      id = "{t.remote_id}"\n    }}\n'
+            f"    children {{\n      net {{\n        local_ts = {_list(t.local_ts)}\n"
+            f"        remote_ts = {_list(t.remote_ts)}\n  {esp}        rekey_time = {t.child_rekey_seconds}s\n"
+            f"        start_action = {start}\n        dpd_action = restart\n      }}\n    }}\n  }}\n"
+        )
+        # Hex keeps any byte value clear of the config parser's quoting rules.
+        secrets.append(
+            f'  ike-{t.name} {{\n    id-local = "{t.local_id}"\n    id-remote = "{t.remote_id}"\n'
+            f"    secret = 0x{psk.reveal().hex()}\n  }}\n"
+        )
+    return "connections {\n" + "".join(conns) + "}\nsecrets {\n" + "".join(secrets) + "}\n"
+
+
+def strongswan_conf(vici: Path, log: Path) -> str:
+    return (
+        "charon {\n  load_modular = no\n"
+        f"  load = {PLUGINS}\n"
+        "  retransmit_tries = 3\n  retransmit_timeout = 2.0\n"
+        f"  plugins {{\n    vici {{\n      socket = unix://{vici}\n    }}\n  }}\n"
+        f"  filelog {{\n    lab {{\n      path = {log}\n      time_format = %H:%M:%S\n      ike_name = yes\n"
+        "      append = no\n      flush_line = yes\n      default = 1\n      ike = 2\n      cfg = 1\n    }\n  }\n"
+        "  syslog {\n    daemon {\n      default = -1\n    }\n  }\n}\n"
+        "charon-systemd {\n  journal {\n    default = -1\n  }\n}\n"
+        f"swanctl {{\n  socket = unix://{vici}\n}}\n"
+    )
+
+
+class Charon:
+    """Files and commands of the lab's one charon; the process itself is tracked in the LabState."""
+
+    def __init__(self, ns: str, workdir: Path, run_dir: Path) -> None:
+        self.ns = ns
+        self.workdir = workdir
+        self.conf = workdir / "strongswan.conf"
+        self.swanctl_dir = workdir / "swanctl"
+        self.vici = run_dir / "extdc.vici"
+        self.log = workdir / "charon.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"STRONGSWAN_CONF": str(self.conf), "SWANCTL_DIR": str(self.swanctl_dir)}
+
+    def write(self, tunnels: Sequence[PeerTunnel], psk: Secret) -> None:
+        for sub in ("conf.d", "x509", "x509ca", "private"):
+            (self.swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(strongswan_conf(self.vici, self.log))
+        conf = self.swanctl_dir / "swanctl.conf"
+        conf.touch(mode=0o600)
+        os.chmod(conf, 0o600)  # it holds the PSK
+        conf.write_text(swanctl_conf(tunnels, psk))
+
+    def start(self, timeout: float = 10.0) -> int:
+        charon = find("charon-systemd")
+        assert charon is not None
+        self.vici.unlink(missing_ok=True)
+        pid = netns.popen(self.ns, [charon], self.workdir / "charon.stdout", env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.vici.exists():
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    try:
+                        sock.connect(str(self.vici))
+                        return pid
+                    except OSError:
+                        pass
+            if not netns.alive(pid):
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"charon in {self.ns} opened no vici socket in {timeout:.0f}s; log: {self.log}")
+
+    def load(self) -> None:
+        swanctl = find("swanctl")
+        assert swanctl is not None
+        env = {**os.environ, **self.env}
+        proc = subprocess.run(
+            [swanctl, "--load-all", "--noprompt"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"swanctl --load-all failed: {proc.stdout.strip()} {proc.stderr.strip()}")
