@@ -8,11 +8,10 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts && mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /var/tmp
 mkdir -p /run/netns
 . /lane-results/lane.env
-# The guest kernel's modules live in the lane cache (visible through the shared root).
+# The guest kernel's modules live in the lane cache (visible through the shared root; /tmp and
+# /var/tmp are writable through the overlay, which is tmpfs-backed, so nothing is mounted over them).
 mkdir -p "/lib/modules/$LANE_KVER"
 mount --bind "$LANE_MODULES" "/lib/modules/$LANE_KVER"
 for m in xfrm_user esp4 esp6 ah4 xfrm_interface veth af_packet nf_tables nft_chain_nat; do

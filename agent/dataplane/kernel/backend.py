@@ -61,12 +61,15 @@ class KernelDataPlane:
     """One per agent. `netns` names the network namespace to program (None: the agent's own)."""
 
     def __init__(self, *, netns: str | None = None, owner: OwnerMark | None = None,
-                 scratch_netns: str | None = None, spi_range: tuple[int, int] = DEFAULT_SPI_RANGE) -> None:
+                 scratch_netns: str | None = None, spi_range: tuple[int, int] = DEFAULT_SPI_RANGE,
+                 capabilities: Capabilities | None = None) -> None:
+        """`capabilities`: skip probing and use these (another plane on the same kernel found them;
+        probes are per kernel, not per namespace)."""
         self.netns = netns
         self.owner = owner or OwnerMark()
         self.scratch_netns = scratch_netns or f"meshsec-probe-{os.getpid()}"
         self.spi_range = spi_range
-        self._caps = _NOT_STARTED
+        self._caps = capabilities or _NOT_STARTED
         self._sock = XfrmSocket(netns)
         self._mcast = XfrmMulticast((xm.XFRMNLGRP_ACQUIRE, xm.XFRMNLGRP_EXPIRE), netns)
         self._events: asyncio.Queue[DataPlaneEvent] = asyncio.Queue()

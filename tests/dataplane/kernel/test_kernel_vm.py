@@ -18,6 +18,7 @@ import pytest
 from pyroute2 import netns as pr_netns
 
 from meshsec.agent.dataplane.api import (
+    Capabilities,
     Direction,
     Encryption,
     Integrity,
@@ -55,6 +56,9 @@ def cbc_sha256() -> tuple[Encryption, Integrity | None]:
     return Encryption("aes-cbc", Secret(os.urandom(16))), integrity
 
 
+_PROBED: list[Capabilities] = []
+
+
 @dataclass
 class Site:
     host: Host
@@ -79,12 +83,16 @@ async def sites(lab: Lab) -> AsyncIterator[tuple[Site, Site]]:
     b.add_loopback_address(f"{INNER_B}/32")
     a.add_route(str(NET2), via=str(B), src=INNER_A)
     b.add_route(str(NET1), via=str(A), src=INNER_B)
-    planes = [KernelDataPlane(netns=h.ns, scratch_netns=f"{lab.run_prefix}p{h.name}") for h in (a, b)]
     started: list[KernelDataPlane] = []
     try:
-        for plane in planes:
+        for h in (a, b):
+            # Probing is slow under emulation and per kernel, so the session's first probe is reused.
+            plane = KernelDataPlane(netns=h.ns, scratch_netns=f"{lab.run_prefix}probe",
+                                    capabilities=_PROBED[0] if _PROBED else None)
             await plane.start()
+            _PROBED[:] = [plane.capabilities]
             started.append(plane)
+        planes = started
         yield Site(a, planes[0], A, NET1), Site(b, planes[1], B, NET2)
     finally:
         for plane in started:
