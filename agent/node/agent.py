@@ -1,0 +1,278 @@
+"""The controller-connected agent process: state dir, data plane, IKE adapter, reconciler,
+controller session, status socket and metrics, and their order at start and stop.
+
+Start: load the persisted desired state (headless start works without the controller), start
+the data plane and remove whatever it still holds from an earlier run of this agent (owned state
+only; after a crash the IKE SAs behind it are gone, so it is stale by definition), start IKE,
+reconcile, then connect to the controller (enrolling first if there are no credentials).
+Stop (SIGTERM/SIGINT): INFORMATIONAL DELETE for every IKE SA, data-plane state removed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
+from meshsec.agent.dataplane.api import DataPlane, DataPlaneError
+from meshsec.agent.node import credentials
+from meshsec.agent.node.credentials import Credentials, EnrollmentError
+from meshsec.agent.node.desired import DesiredState, DesiredStore
+from meshsec.agent.node.facts import local_addresses, node_facts
+from meshsec.agent.node.metrics import AgentMetrics
+from meshsec.agent.node.reconciler import Reconciler
+from meshsec.agent.node.report import ReportBuilder, timestamp
+from meshsec.agent.node.session import Session
+from meshsec.agent.node.statedir import STATUS_SOCKET, StateDir
+from meshsec.agent.node.sweeper import Sweeper
+from meshsec.agent.standalone.config import AgentSettings
+from meshsec.agent.standalone.runner import make_dataplane
+from meshsec.agent.standalone.status import StatusServer
+from meshsec.common.secrets import Secret
+from meshsec.v1 import agent_pb2, common_pb2
+
+log = logging.getLogger(__name__)
+ENROLL_RETRY_MAX = 30.0
+
+
+@dataclass(frozen=True)
+class NodeAgentConfig:
+    controller: str
+    node: str
+    state_dir: Path
+    bootstrap: str | None = None
+    token_file: Path | None = None
+    ca_file: Path | None = None
+    ca_sha256: str | None = None
+    server_name: str | None = None
+    dataplane: str = "auto"
+    tun_name: str = "meshsec0"
+    ike_port: int = 500
+    bind: tuple[str, ...] = ("0.0.0.0",)
+    status_socket: Path | None = None
+    metrics: str | None = None
+    addresses: tuple[str, ...] = ()  # reported endpoints; empty: the host's global addresses
+    responder_grace: float = 10.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class NodeAgent:
+    def __init__(self, config: NodeAgentConfig) -> None:
+        self.config = config
+        self.state = StateDir(config.state_dir)
+        self.desired_store = DesiredStore(self.state)
+        self.metrics = AgentMetrics()
+        self.started_at = time.time()
+        self.desired = DesiredState()
+        self.dataplane: DataPlane | None = None
+        self.adapter: IkeAdapter | None = None
+        self.reconciler: Reconciler | None = None
+        self.reports: ReportBuilder | None = None
+        self.session: Session | None = None
+        self.status_server: StatusServer | None = None
+        self.metrics_port: int | None = None
+        self.recovered = 0  # owned data-plane objects removed at start
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        config = self.config
+        self.state.prepare()
+        self.desired = self.desired_store.load()
+        dataplane = await make_dataplane(AgentSettings(dataplane=config.dataplane, tun_name=config.tun_name))
+        self.dataplane = dataplane
+        await dataplane.start()
+        await self._remove_stale(dataplane)
+        adapter = IkeAdapter(
+            lambda local, remote: reconciler.lookup(local, remote),
+            dataplane=dataplane,
+            settings=AdapterSettings(bind=config.bind, ike_port=config.ike_port),
+            on_event=lambda record, ev: reconciler.on_event(record, ev),
+        )
+        reconciler = Reconciler(adapter, responder_grace=config.responder_grace)
+        self.adapter, self.reconciler = adapter, reconciler
+        self.reports = ReportBuilder(reconciler, adapter)
+        await adapter.start()
+        socket_path = config.status_socket or self.state.file(STATUS_SOCKET)
+        self.status_server = StatusServer(socket_path, self.status)
+        await self.status_server.start()
+        if config.metrics:
+            self.metrics_port = self.metrics.serve(config.metrics)
+        if self.desired.version:
+            log.info("resuming desired state version %d (%d tunnels) from %s",
+                     self.desired.version, len(self.desired.tunnels), self.state.path)  # fmt: skip
+            reconciler.restarted = True
+        self._applied(self.desired)
+        self._tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
+        self._tasks.append(asyncio.create_task(Sweeper(adapter, dataplane).run(), name="sweeper"))
+        self._tasks.append(asyncio.create_task(self._controller(), name="controller"))
+        log.info("meshsec agent %s up: data plane %s, IKE on %s, status on %s",
+                 config.node, dataplane.capabilities.backend,
+                 ", ".join(map(str, adapter.endpoints)), socket_path)  # fmt: skip
+
+    async def _remove_stale(self, dataplane: DataPlane) -> None:
+        owned = await dataplane.list_owned()
+        self.recovered = len(owned.sas) + len(owned.policies)
+        if self.recovered:
+            log.info("removing %d SA(s) and %d policy(ies) left by an earlier run",
+                     len(owned.sas), len(owned.policies))  # fmt: skip
+            await dataplane.flush_owned()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self.adapter is not None:
+            await self.adapter.close(graceful=True)
+        if self.dataplane is not None:
+            with contextlib.suppress(DataPlaneError):
+                await self.dataplane.flush_owned()
+            with contextlib.suppress(Exception):
+                await self.dataplane.close()
+        if self.adapter is not None:
+            self.adapter.close_sockets()
+        if self.status_server is not None:
+            await self.status_server.close()
+        log.info("meshsec agent %s stopped", self.config.node)
+
+    # ------------------------------------------------------------------ controller
+
+    async def _controller(self) -> None:
+        creds = await self._credentials()
+        assert self.reconciler is not None and self.reports is not None
+        reconciler, reports = self.reconciler, self.reports
+        self.session = Session(
+            address=self.config.controller,
+            node=self.config.node,
+            state=self.state,
+            creds=creds,
+            desired=self.desired,
+            desired_store=self.desired_store,
+            on_applied=self._applied,
+            node_status=self._node_status,
+            tunnels=self._tunnel_statuses,
+            changed=reconciler.changed,
+            metrics=self.metrics,
+            reconciled=lambda: reconciler.reconciled_version,
+            server_name=self.config.server_name,
+        )
+        del reports
+        await self.session.run()
+
+    async def _credentials(self) -> Credentials:
+        creds = credentials.load(self.state)
+        attempt = 0
+        while creds is None:
+            creds = await self._enroll_once(attempt)
+            attempt += 1
+        return creds
+
+    async def _enroll_once(self, attempt: int) -> Credentials | None:
+        config = self.config
+        if config.token_file is None or config.ca_file is None or config.bootstrap is None:
+            raise EnrollmentError(
+                f"{self.state.path} holds no credentials; --bootstrap, --token-file and --ca-file are needed"
+            )
+        token = Secret(config.token_file.read_bytes().strip().splitlines()[0])
+        caps = self.dataplane.capabilities if self.dataplane else None
+        facts = node_facts(list(config.addresses) or local_addresses(), caps)
+        try:
+            return await credentials.enroll(
+                self.state, config.bootstrap, config.node, token, config.ca_file.read_bytes(), facts,
+                pin=config.ca_sha256, server_name=config.server_name,
+            )  # fmt: skip
+        except EnrollmentError:
+            raise
+        except Exception as exc:  # the controller is not there yet: retry
+            delay = min(ENROLL_RETRY_MAX, 0.5 * 2**attempt)
+            log.warning("enrollment via %s failed (%s); retrying in %.1f s", config.bootstrap, exc, delay)
+            await asyncio.sleep(delay)
+            return None
+
+    def _applied(self, desired: DesiredState) -> None:
+        assert self.reconciler is not None and self.reports is not None
+        self.reports.peer_names = {tid: t.peer_name for tid, t in desired.tunnels.items()}
+        self.reconciler.set_desired(desired.tunnels, desired.version)
+        self.metrics.desired_version.set(desired.version)
+
+    # ------------------------------------------------------------------ status
+
+    def backend(self) -> agent_pb2.DataplaneBackend:
+        if self.dataplane is None:
+            return agent_pb2.DATAPLANE_BACKEND_UNSPECIFIED
+        if self.dataplane.capabilities.backend == "kernel":
+            return agent_pb2.DATAPLANE_BACKEND_KERNEL_XFRM
+        return agent_pb2.DATAPLANE_BACKEND_USERSPACE
+
+    def _node_status(self) -> agent_pb2.NodeStatus:
+        caps = self.dataplane.capabilities if self.dataplane else None
+        status = agent_pb2.NodeStatus(
+            dataplane_backend=self.backend(),
+            facts=node_facts(list(self.config.addresses) or local_addresses(), caps),
+        )
+        started = timestamp(self.started_at)
+        assert started is not None
+        status.started_at.CopyFrom(started)
+        return status
+
+    async def _tunnel_statuses(self) -> list[agent_pb2.TunnelStatus]:
+        assert self.reports is not None
+        tunnels = await self.reports.tunnels()
+        self.metrics.observe(tunnels)
+        return tunnels
+
+    async def status(self) -> dict[str, object]:
+        """The status socket's document: the adapter's SA tables plus the controller view."""
+        assert self.adapter is not None and self.reconciler is not None
+        doc = await self.adapter.status()
+        session = self.session
+        tunnels = await self._tunnel_statuses()
+        doc["node"] = self.config.node
+        doc["controller"] = {
+            "address": self.config.controller,
+            "connected": bool(session and session.connected),
+            "last_error": session.last_error if session else None,
+            "desired_version": self.desired.version,
+            "reconciled_version": self.reconciler.reconciled_version,
+            "reports_acknowledged": session.last_ack_seq if session else 0,
+        }
+        doc["tunnels"] = [
+            {
+                "tunnel_id": t.tunnel_id,
+                "peer": t.peer_name,
+                "state": common_pb2.TunnelState.Name(t.state).removeprefix("TUNNEL_STATE_"),
+                "child_sas": [{"name": c.name, "spi_in": f"{c.spi_in:08x}", "spi_out": f"{c.spi_out:08x}",
+                               "bytes_in": c.bytes_in, "bytes_out": c.bytes_out} for c in t.child_sas],
+                "last_error": t.last_error.message or None,
+            }
+            for t in tunnels
+        ]  # fmt: skip
+        doc["recovered_at_start"] = self.recovered
+        return doc
+
+
+async def run(config: NodeAgentConfig, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    agent = NodeAgent(config)
+    try:
+        await agent.start()
+        controller = agent._tasks[-1]
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([controller, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if controller.done() and not controller.cancelled() and controller.exception() is not None:
+            raise controller.exception()  # type: ignore[misc]
+    finally:
+        await agent.stop()

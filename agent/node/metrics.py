@@ -1,0 +1,49 @@
+"""Prometheus metrics of the agent, on their own registry (served on --metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from meshsec.v1 import agent_pb2, common_pb2
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.tunnels = Gauge("meshsec_agent_tunnels", "Desired tunnels by state", ["state"], registry=r)
+        self.desired_version = Gauge(
+            "meshsec_agent_desired_version", "Applied desired-state version", registry=r
+        )
+        self.connected = Gauge(
+            "meshsec_agent_controller_connected", "1 while the watch stream is up", registry=r
+        )
+        self.reports = Counter("meshsec_agent_status_reports", "Status reports", ["result"], registry=r)
+        self.reconnects = Counter("meshsec_agent_watch_reconnects", "Watch stream (re)connects", registry=r)
+        self.updates = Counter("meshsec_agent_desired_updates", "Applied updates", ["kind"], registry=r)
+        self.child_bytes = Gauge(
+            "meshsec_agent_child_sa_bytes", "Bytes through CHILD_SAs", ["tunnel", "direction"], registry=r
+        )
+        self.child_packets = Gauge(
+            "meshsec_agent_child_sa_packets", "Packets through CHILD_SAs", ["tunnel", "direction"], registry=r
+        )
+
+    def serve(self, address: str) -> int:
+        host, _, port = address.rpartition(":")
+        server, _thread = start_http_server(int(port), host.strip("[]") or "0.0.0.0", registry=self.registry)
+        return int(server.server_port)
+
+    def observe(self, tunnels: list[agent_pb2.TunnelStatus]) -> None:
+        counts = {name: 0 for name in common_pb2.TunnelState.keys()}  # noqa: SIM118
+        self.child_bytes.clear()
+        self.child_packets.clear()
+        for t in tunnels:
+            counts[common_pb2.TunnelState.Name(t.state)] += 1
+            for direction, nbytes, packets in (
+                ("in", sum(c.bytes_in for c in t.child_sas), sum(c.packets_in for c in t.child_sas)),
+                ("out", sum(c.bytes_out for c in t.child_sas), sum(c.packets_out for c in t.child_sas)),
+            ):
+                self.child_bytes.labels(t.tunnel_id, direction).set(nbytes)
+                self.child_packets.labels(t.tunnel_id, direction).set(packets)
+        for name, n in counts.items():
+            self.tunnels.labels(name.removeprefix("TUNNEL_STATE_").lower()).set(n)

@@ -1,0 +1,299 @@
+"""The level-triggered reconciler: desired tunnels vs the IKE SAs in the adapter's table.
+
+`reconcile()` looks only at the current state of both sides, never at what happened before, so
+it can run at any time and any number of times (after a delta, a timer, an SA closing, a restart):
+
+- an IKE SA whose tunnel is gone, or whose tunnel changed, is deleted (INFORMATIONAL DELETE);
+- a tunnel without IKE SA is initiated by its designated initiator (DesiredTunnel.initiator),
+  with per-tunnel back-off and jitter, trying the remote endpoints in turn; the other end
+  initiates too, but only after `responder_grace` without any SA (the designated initiator may be
+  gone or may have lost its state) or at once after a restart of this agent;
+- two established IKE SAs for one tunnel (both ends initiated at once) are resolved the same way
+  at both ends: the one created by the designated initiator stays, ties go to the lower SPIi;
+- established SAs are probed (DPD) every `dpd_interval`; a probe that times out fails the SA.
+
+INITIAL_CONTACT (RFC 7296 2.4) is sent only when we hold no other SA for the tunnel, and a
+received one drops the tunnel's SAs established before the new SA began (the peer lost them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from meshsec.agent.adapters.ike import IkeAdapter, SaRecord
+from meshsec.agent.ike.address import Address
+from meshsec.agent.ike.config import IkeConfig
+from meshsec.agent.ike.events import (
+    ChildSaFailed,
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+    InitialContactReceived,
+)
+from meshsec.agent.ike.sa import IkeSa
+from meshsec.agent.node.translate import TunnelError, TunnelPlan, fingerprint, plan
+from meshsec.v1 import agent_pb2
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN = 1.0
+BACKOFF_MAX = 30.0
+
+
+@dataclass
+class LastError:
+    reason: str
+    message: str
+    at: float  # wall clock
+
+
+@dataclass
+class TunnelRuntime:
+    """What the reconciler remembers per tunnel between passes (not needed for correctness
+    after a restart: everything here rebuilds from the SA table)."""
+
+    since: float  # monotonic: when the tunnel was last without any SA (for the responder grace)
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_error: LastError | None = None
+    last_dpd: dict[int, float] = field(default_factory=dict)  # id(sa) -> monotonic
+
+
+def _fail_reason(text: str) -> str:
+    upper = text.upper()
+    for known in ("AUTHENTICATION_FAILED", "NO_PROPOSAL_CHOSEN", "TS_UNACCEPTABLE", "INVALID_KE_PAYLOAD"):
+        if known in upper:
+            return known
+    if "timeout" in text.lower() or "retransmi" in text.lower():
+        return "TIMEOUT"
+    return "IKE_FAILED"
+
+
+class Reconciler:
+    def __init__(
+        self,
+        adapter: IkeAdapter,
+        *,
+        responder_grace: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.responder_grace = responder_grace
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.plans: dict[str, TunnelPlan] = {}
+        self.invalid: dict[str, str] = {}  # tunnel_id -> why it cannot run
+        self.runtime: dict[str, TunnelRuntime] = {}
+        self.restarted = False  # set by the agent when it recovered state: initiate everything now
+        self.reconciled_version = 0  # the desired version the last complete pass converged to
+        self._pending_version = 0
+        self.changed = asyncio.Event()  # something a status report should show
+        self._wake = asyncio.Event()
+
+    # ------------------------------------------------------------------ inputs
+
+    def set_desired(self, tunnels: dict[str, agent_pb2.DesiredTunnel], version: int = 0) -> None:
+        self._pending_version = version
+        now = self.clock()
+        plans: dict[str, TunnelPlan] = {}
+        invalid: dict[str, str] = {}
+        for tid, tunnel in tunnels.items():
+            old = self.plans.get(tid)
+            if old is not None and old.fingerprint == fingerprint(tunnel):
+                plans[tid] = old
+                continue
+            try:
+                plans[tid] = plan(tunnel)
+            except TunnelError as exc:
+                invalid[tid] = str(exc)
+                log.error("%s", exc)
+        self.plans, self.invalid = plans, invalid
+        for tid in list(self.runtime):
+            if tid not in plans:
+                del self.runtime[tid]
+        for tid in plans:
+            self.runtime.setdefault(tid, TunnelRuntime(since=now))
+        for tid, why in invalid.items():
+            self.runtime.setdefault(tid, TunnelRuntime(since=now)).last_error = LastError(
+                "UNSUPPORTED", why, time.time()
+            )
+        self.wake()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def lookup(self, local: Address, remote: Address) -> list[IkeConfig]:
+        """The responder's candidates for a peer at `remote`: tunnels naming that address first,
+        then every other tunnel (a peer behind NAT arrives from an address nobody configured);
+        IKE_AUTH picks the one whose remote identity matches."""
+        by_addr = [p.ike for p in self.plans.values() if remote.host in p.remotes]
+        others = [p.ike for p in self.plans.values() if remote.host not in p.remotes]
+        return by_addr + others
+
+    # ------------------------------------------------------------------ events from the adapter
+
+    def on_event(self, record: SaRecord, ev: Event) -> None:
+        tid = record.name
+        rt = self.runtime.get(tid)
+        if isinstance(ev, IkeSaEstablished) and rt is not None:
+            rt.attempts, rt.last_error = 0, None
+        elif isinstance(ev, IkeSaFailed) and rt is not None:
+            rt.last_error = LastError(_fail_reason(ev.reason), ev.reason, time.time())
+        elif isinstance(ev, ChildSaFailed) and rt is not None:
+            rt.last_error = LastError(
+                _fail_reason(ev.reason), f"CHILD_SA {ev.name}: {ev.reason}", time.time()
+            )
+        elif isinstance(ev, InitialContactReceived):
+            asyncio.get_running_loop().call_soon(self._initial_contact, record)
+        if isinstance(ev, IkeSaEstablished | IkeSaFailed | IkeSaDeleted):
+            self.wake()
+        self.changed.set()
+
+    def _initial_contact(self, fresh: SaRecord) -> None:
+        """The peer forgot every SA with us: drop the ones established before `fresh` began,
+        without a DELETE (the peer would not know the SPIs)."""
+        stale = [
+            r
+            for r in self.adapter.active()
+            if r is not fresh
+            and r.name == fresh.name
+            and r.established_at is not None
+            and r.established_at < fresh.created
+        ]
+        for r in stale:
+            log.info("%s: INITIAL_CONTACT from the peer; dropping IKE SA %s", r.name, r.sa.local_spi.hex())
+            r.sa.close_deleted(by_peer=True)
+            _flush(self.adapter, r.sa)  # dispatch the CHILD_SA removals to the data plane
+        if stale:
+            self.wake()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, period: float = 1.0) -> None:
+        while True:
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("reconcile pass failed; retrying")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), period)
+
+    def sas_by_tunnel(self) -> dict[str, list[SaRecord]]:
+        """Live SAs grouped by tunnel. A responder SA belongs to a tunnel only once IKE_AUTH
+        chose its config (before that, `config` is just the first candidate)."""
+        groups: dict[str, list[SaRecord]] = {}
+        for record in self.adapter.active():
+            sa = record.sa
+            if sa.closed or (not sa.initiator and sa.remote_identity is None):
+                continue
+            groups.setdefault(record.name, []).append(record)
+        return groups
+
+    async def reconcile(self) -> None:
+        version = self._pending_version
+        await self._reconcile()
+        if self.reconciled_version != version:
+            self.reconciled_version = version
+            self.changed.set()
+
+    async def _reconcile(self) -> None:
+        now = self.clock()
+        groups = self.sas_by_tunnel()
+        for tid, records in groups.items():
+            p = self.plans.get(tid)
+            for record in records:
+                if not _matches(record, p) and not _deleting(record):
+                    why = "no longer desired" if p is None else "configuration changed"
+                    log.info("%s: deleting IKE SA %s (%s)", tid, record.sa.local_spi.hex(), why)
+                    self.adapter.delete(record)
+            if p is not None:
+                self._resolve_duplicates(p, records)
+        for tid, p in self.plans.items():
+            rt = self.runtime[tid]
+            live = [r for r in groups.get(tid, []) if _matches(r, p) and not _deleting(r)]
+            if live:
+                rt.since = now
+                self._dpd(p, rt, live, now)
+                continue
+            if now < rt.next_attempt:
+                continue
+            if not p.initiator and not self.restarted and now - rt.since < self.responder_grace:
+                continue
+            await self._initiate(p, rt, now, others=bool(groups.get(tid)))
+        self.restarted = False
+
+    async def _initiate(self, p: TunnelPlan, rt: TunnelRuntime, now: float, *, others: bool) -> None:
+        remote = p.remotes[rt.attempts % len(p.remotes)]
+        delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(rt.attempts, 8))
+        rt.next_attempt = now + delay * (0.5 + self.rng.random())
+        rt.attempts += 1
+        config = p.ike if not others else dataclasses.replace(p.ike, send_initial_contact=False)
+        local = Address(p.local, self.adapter.settings.ike_port) if p.local else None
+        try:
+            await self.adapter.initiate(config, Address(remote, self.adapter.settings.ike_port), local)
+        except OSError as exc:
+            rt.last_error = LastError("PEER_UNREACHABLE", f"initiate to {remote}: {exc}", time.time())
+            log.warning("%s: cannot initiate to %s: %s", p.tunnel_id, remote, exc)
+        self.changed.set()
+
+    def _resolve_duplicates(self, p: TunnelPlan, records: list[SaRecord]) -> None:
+        established = [r for r in records if r.sa.established]
+        if len(established) < 2:
+            return
+        # Both ends sort the same SAs the same way: SPIs are shared, and "created by the
+        # designated initiator" is `sa.initiator == p.initiator` seen from either end.
+        keep = min(established, key=lambda r: (r.sa.initiator != p.initiator, r.sa.spi_i))
+        for r in established:
+            if r is not keep:
+                log.info(
+                    "%s: duplicate IKE SA %s; keeping %s", p.tunnel_id, r.sa.spi_i.hex(), keep.sa.spi_i.hex()
+                )
+                self.adapter.delete(r)
+
+    def _dpd(self, p: TunnelPlan, rt: TunnelRuntime, live: list[SaRecord], now: float) -> None:
+        keep = {id(r.sa) for r in live}
+        rt.last_dpd = {k: v for k, v in rt.last_dpd.items() if k in keep}
+        for r in live:
+            if not r.sa.established:
+                continue
+            last = rt.last_dpd.setdefault(id(r.sa), now)
+            if now - last >= p.dpd_interval:
+                rt.last_dpd[id(r.sa)] = now
+                r.sa.check_liveness(self.adapter.now())
+                _flush(self.adapter, r.sa)
+
+
+def _flush(adapter: IkeAdapter, sa: IkeSa) -> None:
+    """Lets the adapter act on what `sa` produced after a call the adapter has no method for
+    (a liveness probe, a silent close). The adapter is switching from a global `_pump()` to a
+    per-SA `_drain(sa)`; either works. To be replaced by public adapter methods."""
+    drain = getattr(adapter, "_drain", None)
+    if drain is not None:
+        drain(sa)
+    else:
+        getattr(adapter, "_pump")()  # noqa: B009
+
+
+def _deleting(record: SaRecord) -> bool:
+    return record.sa.state.name == "DELETING"
+
+
+def _matches(record: SaRecord, p: TunnelPlan | None) -> bool:
+    return p is not None and record.sa.config == _without_ic(record.sa.config, p.ike)
+
+
+def _without_ic(actual: IkeConfig, desired: IkeConfig) -> IkeConfig:
+    """`desired` as we would have initiated it: INITIAL_CONTACT is per attempt, not config."""
+    if actual.send_initial_contact == desired.send_initial_contact:
+        return desired
+    return dataclasses.replace(desired, send_initial_contact=actual.send_initial_contact)

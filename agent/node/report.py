@@ -1,0 +1,175 @@
+"""Builds `StatusReport`s (docs/api.md, "Status reports") from the reconciler's tunnels, the
+adapter's SA records and the data plane's counters. Algorithms are spelled in proposal notation
+("aes256gcm16", "prfsha384", "ecp384") like the desired state spells them."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Mapping
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from meshsec.agent.adapters.ike import ChildRecord, IkeAdapter, SaRecord
+from meshsec.agent.dataplane.api import DataPlaneError
+from meshsec.agent.ike.constants import DhId, EncrId, IntegId, PrfId, ProtocolId
+from meshsec.agent.ike.events import Algorithms
+from meshsec.agent.ike.ts import Ts
+from meshsec.agent.node.reconciler import Reconciler
+from meshsec.v1 import agent_pb2, common_pb2
+
+_INTEG: dict[int, str] = {IntegId.HMAC_SHA2_256_128: "sha256", IntegId.HMAC_SHA2_384_192: "sha384",
+          IntegId.HMAC_SHA2_512_256: "sha512"}  # fmt: skip
+_PRF: dict[int, str] = {
+    PrfId.HMAC_SHA2_256: "prfsha256",
+    PrfId.HMAC_SHA2_384: "prfsha384",
+    PrfId.HMAC_SHA2_512: "prfsha512",
+}
+_DH: dict[int, str] = {DhId.CURVE25519: "x25519", DhId.ECP_256: "ecp256", DhId.ECP_384: "ecp384",
+       DhId.MODP_2048: "modp2048", DhId.MODP_3072: "modp3072"}  # fmt: skip
+
+
+def encryption_name(alg: Algorithms) -> str:
+    bits = alg.encr_key_bits or 128
+    if alg.encr == EncrId.AES_GCM_16:
+        return f"aes{bits}gcm16"
+    if alg.encr == EncrId.AES_CBC:
+        return f"aes{bits}"
+    return "" if alg.encr is None else f"encr{alg.encr}"
+
+
+def _name(table: Mapping[int, str], value: int | None) -> str:
+    return "" if value is None else table.get(value, str(value))
+
+
+def timestamp(wall: float | None) -> Timestamp | None:
+    if wall is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(wall * 1e9))
+    return ts
+
+
+def endpoint(host: str, port: int) -> common_pb2.Endpoint:
+    return common_pb2.Endpoint(address=host, port=port)
+
+
+def selector(ts: Ts) -> common_pb2.TrafficSelector:
+    nets = list(ipaddress.summarize_address_range(ts.start, ts.end))
+    whole = ts.start_port == 0 and ts.end_port == 65535
+    return common_pb2.TrafficSelector(
+        cidr=str(nets[0]) if len(nets) == 1 else f"{ts.start}-{ts.end}",
+        protocol=ts.protocol,
+        port_start=0 if whole else ts.start_port,
+        port_end=0 if whole else ts.end_port,
+    )
+
+
+class ReportBuilder:
+    def __init__(self, reconciler: Reconciler, adapter: IkeAdapter) -> None:
+        self.reconciler = reconciler
+        self.adapter = adapter
+        self.peer_names: dict[str, str] = {}  # tunnel_id -> DesiredTunnel.peer_name
+        self._last: dict[str, bytes] = {}  # tunnel_id -> status without updated_at
+        self._updated: dict[str, float] = {}
+
+    async def tunnels(self) -> list[agent_pb2.TunnelStatus]:
+        groups = self.reconciler.sas_by_tunnel()
+        out = []
+        ids = sorted(set(self.reconciler.plans) | set(self.reconciler.invalid))
+        for tid in ids:
+            status = await self._tunnel(tid, groups.get(tid, []))
+            key = status.SerializeToString(deterministic=True)
+            if self._last.get(tid) != key:
+                self._last[tid] = key
+                self._updated[tid] = time.time()
+            ts = timestamp(self._updated[tid])
+            assert ts is not None
+            status.updated_at.CopyFrom(ts)
+            out.append(status)
+        for gone in set(self._last) - set(ids):
+            self._last.pop(gone, None)
+            self._updated.pop(gone, None)
+        return out
+
+    async def _tunnel(self, tid: str, records: list[SaRecord]) -> agent_pb2.TunnelStatus:
+        rec = self.reconciler
+        rt = rec.runtime.get(tid)
+        status = agent_pb2.TunnelStatus(tunnel_id=tid, peer_name=self.peer_names.get(tid, ""))
+        established = [r for r in records if r.sa.established]
+        current = established[0] if established else (records[0] if records else None)
+        if tid in rec.invalid:
+            status.state = common_pb2.TUNNEL_STATE_FAILED
+        elif current is None:
+            failed = rt is not None and rt.last_error is not None
+            status.state = common_pb2.TUNNEL_STATE_FAILED if failed else common_pb2.TUNNEL_STATE_DOWN
+        elif current.sa.established:
+            status.state = common_pb2.TUNNEL_STATE_ESTABLISHED
+        elif current.sa.state.name == "DELETING":
+            status.state = common_pb2.TUNNEL_STATE_DELETING
+        else:
+            status.state = common_pb2.TUNNEL_STATE_CONNECTING
+        status.peer_reachable = bool(established)
+        if current is not None:
+            status.ike_sa.CopyFrom(self._ike_sa(current))
+            for child in current.children.values():
+                status.child_sas.append(await self._child(child))
+        if rt is not None and rt.last_error is not None and not established:
+            err = rt.last_error
+            status.last_error.reason = err.reason
+            status.last_error.message = err.message
+            at = timestamp(err.at)
+            assert at is not None
+            status.last_error.at.CopyFrom(at)
+        return status
+
+    def _ike_sa(self, record: SaRecord) -> agent_pb2.IkeSaStatus:
+        sa = record.sa
+        out = agent_pb2.IkeSaStatus(
+            spi_initiator=int.from_bytes(sa.spi_i, "big"),
+            spi_responder=int.from_bytes(sa.spi_r, "big"),
+            initiator=sa.initiator,
+            local_endpoint=endpoint(sa.local.host, sa.local.port),
+            remote_endpoint=endpoint(sa.remote.host, sa.remote.port),
+            nat_detected=sa.nat_local or sa.nat_remote,
+        )
+        if record.established is not None:
+            alg = record.established.algorithms
+            out.encryption_algorithm = encryption_name(alg)
+            out.integrity_algorithm = _name(_INTEG, alg.integ)
+            out.prf_algorithm = _name(_PRF, alg.prf)
+            out.dh_group = _name(_DH, alg.dh)
+            at = timestamp(record.established_at)
+            if at is not None:
+                out.established_at.CopyFrom(at)
+        return out
+
+    async def _child(self, child: ChildRecord) -> agent_pb2.ChildSaStatus:
+        ev = child.event
+        out = agent_pb2.ChildSaStatus(
+            name=ev.name,
+            spi_in=ev.spi_in,
+            spi_out=ev.spi_out,
+            protocol=common_pb2.IPSEC_PROTOCOL_AH
+            if ev.protocol == ProtocolId.AH
+            else common_pb2.IPSEC_PROTOCOL_ESP,
+            mode=common_pb2.MODE_TRANSPORT if ev.mode == "transport" else common_pb2.MODE_TUNNEL,
+            encryption_algorithm=encryption_name(ev.algorithms),
+            integrity_algorithm=_name(_INTEG, ev.algorithms.integ),
+            dh_group=_name(_DH, ev.algorithms.dh),
+            local_ts=[selector(t) for t in ev.ts_local],
+            remote_ts=[selector(t) for t in ev.ts_remote],
+            udp_encapsulated=ev.udp_encap,
+        )
+        installer = self.adapter.installer
+        plan = installer.installed.get((child.local.host, ev.protocol, ev.spi_in)) if installer else None
+        if installer is not None and plan is not None:
+            try:
+                cin = await installer.dataplane.counters(plan.inbound.id)
+                cout = await installer.dataplane.counters(plan.outbound.id)
+            except DataPlaneError:
+                pass
+            else:
+                out.bytes_in, out.packets_in = cin.bytes, cin.packets
+                out.bytes_out, out.packets_out = cout.bytes, cout.packets
+        return out

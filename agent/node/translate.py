@@ -1,0 +1,126 @@
+"""DesiredTunnel (what the controller wants) -> IkeConfig (what the IKEv2 engine runs).
+
+Pure functions: the reconciler compares translated configs to decide whether an existing IKE SA
+still matches its tunnel. A tunnel the engine cannot run (certificate auth, an identity type it
+does not speak) is rejected with a `TunnelError` that ends up in the tunnel's `last_error`."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from meshsec.agent.ike.config import ChildConfig, ConfigError, IkeConfig, RetransmitConfig
+from meshsec.agent.ike.constants import ProtocolId
+from meshsec.agent.ike.ts import Ts
+from meshsec.common.secrets import Secret
+from meshsec.v1 import agent_pb2, common_pb2
+
+# Shorter than strongSwan's ~165 s give-up, so a dead peer is noticed and retried within a minute.
+RETRANSMIT = RetransmitConfig(timeout=2.0, base=1.8, tries=4)
+
+
+class TunnelError(ValueError):
+    """The tunnel cannot be run by this agent; the message says why."""
+
+
+@dataclass(frozen=True)
+class TunnelPlan:
+    """One desired tunnel, ready for the engine."""
+
+    tunnel_id: str
+    ike: IkeConfig
+    local: str | None  # our address, None: the kernel's source address for the peer
+    remotes: tuple[str, ...]  # in preference order
+    initiator: bool
+    dpd_interval: float
+    start: bool  # any child asks to be started (START_ACTION_START)
+    fingerprint: bytes  # the desired tunnel without `generation`: equal means unchanged
+
+
+def identity_text(ident: common_pb2.Identity, where: str) -> str:
+    t = common_pb2.Identity
+    if ident.type in (t.TYPE_IPV4_ADDR, t.TYPE_IPV6_ADDR):
+        try:
+            return str(ipaddress.ip_address(ident.value))
+        except ValueError as exc:
+            raise TunnelError(f"{where}: {ident.value!r} is not an IP address") from exc
+    if ident.type == t.TYPE_FQDN:
+        return "@" + ident.value
+    if ident.type == t.TYPE_RFC822_ADDR:
+        return ident.value
+    if ident.type == t.TYPE_KEY_ID:
+        return "keyid:" + ident.value
+    raise TunnelError(f"{where}: identity type {ident.type} is not supported by this agent")
+
+
+def _ts(sel: common_pb2.TrafficSelector, where: str) -> Ts:
+    try:
+        ts = Ts.from_cidr(sel.cidr, sel.protocol)
+    except ValueError as exc:
+        raise TunnelError(f"{where}: {exc}") from exc
+    if sel.port_start or sel.port_end:
+        ts = Ts(ts.start, ts.end, ts.protocol, sel.port_start, sel.port_end or sel.port_start)
+    return ts
+
+
+def _child(tunnel: agent_pb2.DesiredTunnel, child: agent_pb2.ChildConfig, index: int) -> ChildConfig:
+    where = f"tunnel {tunnel.tunnel_id} children[{index}]"
+    protocol = ProtocolId.AH if child.protocol == common_pb2.IPSEC_PROTOCOL_AH else ProtocolId.ESP
+    hard = int(child.lifetimes.hard_seconds) or 3960
+    soft = min(int(child.lifetimes.soft_seconds) or hard, hard)
+    kwargs: dict[str, object] = {}
+    if tunnel.esp_proposals:
+        kwargs["proposals"] = ",".join(tunnel.esp_proposals)
+    return ChildConfig(
+        name=child.name,
+        local_ts=tuple(_ts(s, f"{where}.local_ts") for s in child.local_ts),
+        remote_ts=tuple(_ts(s, f"{where}.remote_ts") for s in child.remote_ts),
+        protocol=protocol,
+        mode="transport" if child.mode == common_pb2.MODE_TRANSPORT else "tunnel",
+        rekey_time=soft,
+        life_time=hard,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def fingerprint(tunnel: agent_pb2.DesiredTunnel) -> bytes:
+    copy = agent_pb2.DesiredTunnel()
+    copy.CopyFrom(tunnel)
+    copy.generation = 0
+    return copy.SerializeToString(deterministic=True)
+
+
+def plan(tunnel: agent_pb2.DesiredTunnel) -> TunnelPlan:
+    where = f"tunnel {tunnel.tunnel_id}"
+    if tunnel.auth.WhichOneof("method") != "psk" or not tunnel.auth.psk.key:
+        raise TunnelError(f"{where}: only PSK authentication is supported by this agent")
+    if not tunnel.remote_endpoints:
+        raise TunnelError(f"{where}: no remote endpoints")
+    try:
+        children = tuple(_child(tunnel, c, i) for i, c in enumerate(tunnel.children))
+        kwargs: dict[str, object] = {}
+        if tunnel.ike_proposals:
+            kwargs["proposals"] = ",".join(tunnel.ike_proposals)
+        ike = IkeConfig(
+            name=tunnel.tunnel_id,
+            local_id=identity_text(tunnel.local_id, f"{where}.local_id"),
+            remote_id=identity_text(tunnel.remote_id, f"{where}.remote_id"),
+            psk=Secret(tunnel.auth.psk.key),
+            children=children,
+            retransmit=RETRANSMIT,
+            force_encap=tunnel.force_udp_encapsulation,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    except ConfigError as exc:
+        raise TunnelError(f"{where}: {exc}") from exc
+    return TunnelPlan(
+        tunnel_id=tunnel.tunnel_id,
+        ike=ike,
+        local=tunnel.local_endpoint.address or None,
+        remotes=tuple(e.address for e in tunnel.remote_endpoints),
+        initiator=tunnel.initiator,
+        dpd_interval=float(tunnel.dpd.interval_seconds or 30),
+        start=any(c.start_action != common_pb2.START_ACTION_NONE for c in tunnel.children)
+        or tunnel.initiator,
+        fingerprint=fingerprint(tunnel),
+    )
