@@ -2,9 +2,10 @@
 
     meshsec-agent --config FILE        standalone: IKE connections from a YAML file, no controller
     meshsec-agent status [--socket P]  tables of IKE/CHILD SAs from a running agent (--json: raw)
+    meshsec-agent run --controller ADDR --node NAME --state-dir DIR ...
+                                       controller-connected (docs/agent.md)
 
-Room is left for the controller-connected mode (`--controller ADDR`): `main` dispatches on the
-mode flags, and each mode is a function taking the parsed arguments."""
+`main` dispatches on the mode flags and commands; each is a function taking the parsed arguments."""
 
 from __future__ import annotations
 
@@ -35,7 +36,59 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the IKE and CHILD SAs of a running agent")
     status.add_argument("--socket", type=Path, default=Path(DEFAULT_STATUS_SOCKET), help="status socket path")
     status.add_argument("--json", action="store_true", help="print the raw JSON document")
+    run = sub.add_parser("run", help="run connected to a controller (docs/agent.md)")
+    run.add_argument("--controller", required=True, metavar="HOST:PORT", help="controller mTLS listener")
+    run.add_argument("--bootstrap", metavar="HOST:PORT", help="controller bootstrap listener (to enroll)")
+    run.add_argument("--node", required=True, help="node name (certificate CN)")
+    run.add_argument("--state-dir", type=Path, required=True, help="key, certificate, last desired state")
+    run.add_argument("--token-file", type=Path, help="bootstrap token (needed until enrolled)")
+    run.add_argument("--ca-file", type=Path, help="controller CA certificate (needed until enrolled)")
+    run.add_argument("--ca-sha256", help="pin: SHA-256 of the CA certificate's DER (hex)")
+    run.add_argument("--server-name", help="name to verify in the controller's certificate")
+    run.add_argument("--dataplane", choices=("auto", "userspace", "kernel"), default="auto")
+    run.add_argument("--tun-name", default="meshsec0", help="userspace data plane TUN device")
+    run.add_argument("--ike-port", type=int, default=500)
+    run.add_argument("--address", action="append", default=[], help="endpoint to report (repeatable)")
+    run.add_argument("--status-socket", type=Path, help="default: <state-dir>/status.sock")
+    run.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics here")
+    run.add_argument("--responder-grace", type=float, default=10.0, help=argparse.SUPPRESS)
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     return parser
+
+
+def run_connected(args: argparse.Namespace) -> int:
+    from meshsec.agent.node.agent import NodeAgentConfig, run
+    from meshsec.agent.node.credentials import EnrollmentError
+
+    configure_logging(args.log_level)
+    config = NodeAgentConfig(
+        controller=args.controller,
+        node=args.node,
+        state_dir=args.state_dir,
+        bootstrap=args.bootstrap,
+        token_file=args.token_file,
+        ca_file=args.ca_file,
+        ca_sha256=args.ca_sha256,
+        server_name=args.server_name,
+        dataplane=args.dataplane,
+        tun_name=args.tun_name,
+        ike_port=args.ike_port,
+        status_socket=args.status_socket,
+        metrics=args.metrics,
+        addresses=tuple(args.address),
+        responder_grace=args.responder_grace,
+    )
+    try:
+        asyncio.run(run(config))
+    except KeyboardInterrupt:
+        pass
+    except EnrollmentError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_UNAVAILABLE
+    return 0
 
 
 def run_standalone(args: argparse.Namespace) -> int:
@@ -74,7 +127,7 @@ def show_status(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"status": show_status}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"status": show_status, "run": run_connected}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
