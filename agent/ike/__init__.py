@@ -22,8 +22,9 @@ from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.keys import DirectionKeys
 from meshsec.agent.ike.natt import NATT_KEEPALIVE, NON_ESP_MARKER, add_non_esp_marker, classify_4500
 from meshsec.agent.ike.random import DeterministicRandom, Random, SystemRandom
-from meshsec.agent.ike.responder import IkeSaTable, Responder, ResponderSettings
+from meshsec.agent.ike.responder import Responder, ResponderSettings
 from meshsec.agent.ike.sa import IkeSa, OutgoingDatagram, SpiAllocator, State
+from meshsec.agent.ike.table import IkeSaTable
 from meshsec.agent.ike.ts import Ts
 
 __all__ = [

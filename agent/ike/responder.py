@@ -1,8 +1,7 @@
-"""The responder front door and an SA table, both sans-IO.
+"""The responder front door, sans-IO.
 
 `Responder` answers an IKE_SA_INIT that belongs to no SA: it demands a COOKIE (RFC 7296 2.6)
-while too many SAs are half-open, statelessly, and only then creates an IkeSa. `IkeSaTable`
-routes every datagram to its SA by our SPI, so an adapter needs a single object."""
+while too many SAs are half-open, statelessly, and only then creates an IkeSa."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import hashlib
 import hmac
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from meshsec.agent.ike.address import Address
@@ -18,11 +17,11 @@ from meshsec.agent.ike.build import build_message
 from meshsec.agent.ike.config import IkeConfig
 from meshsec.agent.ike.constants import IKE_HEADER_LEN, ExchangeType, HeaderFlag, NotifyType
 from meshsec.agent.ike.crypto import DhFactory, default_dh_factory
-from meshsec.agent.ike.events import Event
 from meshsec.agent.ike.parse import ParseError, parse_chain, parse_header
 from meshsec.agent.ike.payloads import Header, NoncePayload, NotifyPayload, Payload
 from meshsec.agent.ike.random import Random, SystemRandom
-from meshsec.agent.ike.sa import IkeSa, OutgoingDatagram, SpiAllocator, State
+from meshsec.agent.ike.sa import IkeSa, OutgoingDatagram, SpiAllocator
+from meshsec.agent.ike.table import IkeSaTable as IkeSaTable  # re-export: it used to live here
 
 ConfigLookup = Callable[[Address, Address], Sequence[IkeConfig]]
 COOKIE_SECRET_LIFETIME = 120.0
@@ -173,103 +172,3 @@ class Responder:
         """A stateless IKE_SA_INIT answer: zero responder SPI, nothing remembered."""
         reply = Header(header.spi_i, bytes(8), 0, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0, 0)
         self._out.append(OutgoingDatagram(build_message(reply, [notify]), local, remote))
-
-
-class IkeSaTable:
-    """Every IKE SA of one agent, keyed by our SPI; half-open responder SAs also by
-    (SPIi, remote) so retransmitted IKE_SA_INITs reach the SA that answered them."""
-
-    def __init__(self, responder: Responder | None = None) -> None:
-        self.responder = responder
-        self.stats: Counter[str] = Counter()
-        self._by_spi: dict[bytes, IkeSa] = {}
-        self._by_init: dict[tuple[bytes, Address], IkeSa] = {}
-        # SAs that may have datagrams / events pending, so draining never scans every SA.
-        self._pending_out: dict[IkeSa, None] = {}
-        self._pending_events: dict[IkeSa, None] = {}
-        self._init_key: dict[IkeSa, tuple[bytes, Address]] = {}
-
-    def add(self, sa: IkeSa) -> None:
-        self._by_spi[sa.local_spi] = sa
-        sa.on_pending = self._mark
-        self._mark(sa)
-
-    def _mark(self, sa: IkeSa) -> None:
-        self._pending_out[sa] = None
-        self._pending_events[sa] = None
-
-    def __iter__(self) -> Iterator[IkeSa]:
-        return iter(list(self._by_spi.values()))
-
-    def __len__(self) -> int:
-        return len(self._by_spi)
-
-    def half_open(self) -> int:
-        return sum(1 for sa in self._by_init.values() if sa.state not in (State.ESTABLISHED, State.CLOSED))
-
-    def receive(self, datagram: bytes, local: Address, remote: Address, now: float) -> IkeSa | None:
-        """Routes one IKE message; returns the SA that took it (new or existing), if any."""
-        try:
-            header = parse_header(bytes(datagram))
-        except ParseError:
-            self.stats["dropped_malformed_header"] += 1
-            return None
-        if header.is_initiator:  # sent by the original initiator: we are the responder
-            if header.spi_r == bytes(8):
-                key = (header.spi_i, remote)
-                sa = self._by_init.get(key)
-                if sa is None or sa.closed:
-                    if self.responder is None:
-                        self.stats["dropped_no_responder"] += 1
-                        return None
-                    sa = self.responder.accept(datagram, local, remote, now, self.half_open())
-                    if sa is None:
-                        return None
-                    self._by_init[key] = sa
-                    self._init_key[sa] = key
-                    self.add(sa)
-                    return sa
-            else:
-                sa = self._by_spi.get(header.spi_r)
-        else:
-            sa = self._by_spi.get(header.spi_i)
-        if sa is None:
-            self.stats["dropped_unknown_spi"] += 1
-            return None
-        sa.receive(datagram, local, remote, now)
-        return sa
-
-    def handle_timers(self, now: float) -> None:
-        for sa in self:
-            deadline = sa.next_timer()
-            if deadline is not None and deadline <= now:
-                sa.handle_timer(now)
-
-    def next_timer(self) -> float | None:
-        deadlines = [d for d in (sa.next_timer() for sa in self) if d is not None]
-        return min(deadlines) if deadlines else None
-
-    def datagrams_to_send(self) -> list[OutgoingDatagram]:
-        out = self.responder.datagrams_to_send() if self.responder else []
-        pending, self._pending_out = self._pending_out, {}
-        for sa in pending:
-            out += sa.datagrams_to_send()
-        return out
-
-    def events(self) -> list[tuple[IkeSa, Event]]:
-        """Drains events of all SAs, then forgets closed SAs."""
-        out: list[tuple[IkeSa, Event]] = []
-        pending, self._pending_events = self._pending_events, {}
-        for sa in pending:
-            while (ev := sa.next_event()) is not None:
-                out.append((sa, ev))
-            self._reap(sa)
-        return out
-
-    def _reap(self, sa: IkeSa) -> None:
-        if sa.closed or sa.established:
-            key = self._init_key.pop(sa, None)
-            if key is not None and self._by_init.get(key) is sa:
-                del self._by_init[key]
-        if sa.closed and self._by_spi.get(sa.local_spi) is sa:
-            del self._by_spi[sa.local_spi]

@@ -9,8 +9,9 @@ from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.config import ChildConfig, IkeConfig
 from meshsec.agent.ike.events import Event
 from meshsec.agent.ike.random import DeterministicRandom
-from meshsec.agent.ike.responder import IkeSaTable, Responder, ResponderSettings
+from meshsec.agent.ike.responder import Responder, ResponderSettings
 from meshsec.agent.ike.sa import IkeSa, OutgoingDatagram
+from meshsec.agent.ike.table import IkeSaTable
 from meshsec.agent.ike.ts import Ts
 from meshsec.common.secrets import Secret
 

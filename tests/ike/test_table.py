@@ -7,8 +7,9 @@ from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.config import IkeConfig
 from meshsec.agent.ike.events import ChildSaEstablished, Event, IkeSaDeleted, IkeSaEstablished
 from meshsec.agent.ike.random import DeterministicRandom
-from meshsec.agent.ike.responder import IkeSaTable, Responder, ResponderSettings
+from meshsec.agent.ike.responder import Responder, ResponderSettings
 from meshsec.agent.ike.sa import IkeSa
+from meshsec.agent.ike.table import IkeSaTable
 
 from .peers import child, ike_config
 
