@@ -119,3 +119,34 @@ def test_timers_through_the_table() -> None:
     a.table.handle_timers(4.0)
     run(a, b, 4.0)
     assert sa.established and sa.stats["retransmits"] == 1
+
+
+def test_overload_drops_new_initiators() -> None:
+    b = Agent("b", B, configs_for("b", ["a1", "a2"]))
+    assert b.table.responder is not None
+    b.table.responder.settings = ResponderSettings(cookie_threshold=10, block_threshold=1)
+    a = Agent("a", A, [])
+    first, second = (a.connect(cfg, B, 0.0) for cfg in configs_for("a1", ["b"]) + configs_for("a2", ["b"]))
+    for d in a.table.datagrams_to_send():
+        b.table.receive(d.data, d.remote, d.local, 0.0)
+    assert b.table.responder.stats["dropped_overload"] == 1 and len(b.table) == 1
+    run(a, b, 0.0)
+    assert first.established and not second.established
+    a.table.handle_timers(4.0)  # the half-open slot is free again: the retransmission gets in
+    run(a, b, 4.0)
+    assert second.established
+
+
+def test_cookie_secret_rotation() -> None:
+    from meshsec.agent.ike.responder import COOKIE_SECRET_LIFETIME, CookieJar
+
+    jar = CookieJar(DeterministicRandom("jar"))
+    jar.maybe_rotate(0.0)
+    args = (b"n" * 32, bytes(4), b"s" * 8)
+    cookie = jar.make(*args)
+    assert jar.verify(cookie, *args) and not jar.verify(cookie, b"m" * 32, *args[1:])
+    jar.maybe_rotate(COOKIE_SECRET_LIFETIME)
+    assert jar.verify(cookie, *args)  # the previous secret is still honoured
+    jar.maybe_rotate(2 * COOKIE_SECRET_LIFETIME)
+    assert not jar.verify(cookie, *args)
+    assert not jar.verify(cookie[:-1], *args)
