@@ -1,10 +1,13 @@
 """The asyncio IKE adapter: owns the UDP sockets, feeds the sans-IO engine, runs its timers,
 dispatches its events and drives the data plane.
 
-Everything the engine returns is acted on in `_pump` right after each input (datagram, timer,
-API call): datagrams go out, events are dispatched, the single timer is re-armed for the
-earliest deadline of all SAs. Data-plane calls are async and run strictly in event order on one
-worker task, so a CHILD_SA is never removed before it was installed."""
+The engine's IkeSaTable is the single object driven here. After every input (a batch of
+datagrams, a timer, an API call) one `_pump` runs: datagrams go out, events are dispatched, the
+one loop timer is re-armed for the table's earliest deadline. The table only looks at SAs with
+pending output, so the cost of a datagram does not grow with the number of SAs.
+
+Data-plane calls are async and run strictly in event order on one worker task, so a CHILD_SA is
+never removed before it was installed."""
 
 from __future__ import annotations
 
@@ -23,25 +26,31 @@ from meshsec.agent.adapters.install import ChildInstaller, ChildKey, InstallErro
 from meshsec.agent.adapters.names import algorithm_dict, algorithm_text, protocol_name
 from meshsec.agent.adapters.spi import SpiReserver, SpiStock
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError
-from meshsec.agent.ike.address import Address
-from meshsec.agent.ike.config import IkeConfig
-from meshsec.agent.ike.constants import IKE_HEADER_LEN, NATT_PORT, ProtocolId
-from meshsec.agent.ike.crypto import DhFactory, default_dh_factory
-from meshsec.agent.ike.events import (
+from meshsec.agent.ike import (
+    Address,
     ChildSaDeleted,
     ChildSaEstablished,
     ChildSaFailed,
+    DhFactory,
     Event,
+    IkeConfig,
+    IkeSa,
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaTable,
     InitialContactReceived,
+    OutgoingDatagram,
+    Random,
+    Responder,
+    ResponderSettings,
+    SystemRandom,
+    classify_4500,
+    default_dh_factory,
 )
-from meshsec.agent.ike.natt import classify_4500
+from meshsec.agent.ike.constants import IKE_HEADER_LEN, NATT_PORT, ProtocolId
 from meshsec.agent.ike.parse import ParseError, parse_header
-from meshsec.agent.ike.random import Random, SystemRandom
-from meshsec.agent.ike.responder import ConfigLookup, IkeSaTable, Responder, ResponderSettings
-from meshsec.agent.ike.sa import IkeSa, OutgoingDatagram
+from meshsec.agent.ike.responder import ConfigLookup
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +134,7 @@ class IkeAdapter:
         self._loop_thread: int | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._pump_scheduled = False
         self._work: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
@@ -230,7 +240,7 @@ class IkeAdapter:
         self._pump()
 
     def active(self) -> list[SaRecord]:
-        return [self.records[sa] for sa in self.table if sa in self.records]
+        return [r for r in self.records.values() if not r.sa.closed]
 
     # ------------------------------------------------------------------ input
 
@@ -267,7 +277,9 @@ class IkeAdapter:
             return
         self.stats["datagrams_received"] += 1
         self._ike_input(bytes(msg), Address(local[0], local[1]), Address(remote[0].split("%")[0], remote[1]))
-        self._pump()
+        if not self._pump_scheduled:  # one pump for all datagrams the data plane hands over at once
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
 
     def _ike_input(self, data: bytes, local: Address, remote: Address) -> None:
         """Never raises: anything wrong with a datagram is counted and it is dropped."""
@@ -318,17 +330,21 @@ class IkeAdapter:
             log.exception("unexpected error in IKE timers")
         self._pump()
 
-    # ------------------------------------------------------------------ output
-
     def _pump(self) -> None:
+        """Acts on everything the engine produced since the last pump."""
+        self._pump_scheduled = False
         if self._closed or self._loop is None:
             return
         try:
             for d in self.table.datagrams_to_send():
                 self._send(d)
+            closed: dict[IkeSa, None] = {}
             for sa, ev in self.table.events():
                 self._dispatch(sa, ev)
-            self._reap()
+                if sa.closed:
+                    closed[sa] = None
+            for sa in closed:  # after all its events: an SA closes with several (CHILD_SAs first)
+                self._forget(sa)
         except Exception:
             self.stats["adapter_errors"] += 1
             log.exception("unexpected error dispatching engine output")
@@ -379,23 +395,26 @@ class IkeAdapter:
         if record is None:  # an SA the responder created and closed within one input
             record = self._track(sa)
         name = record.name
-        spis = f"{sa.spi_i.hex()}_i {sa.spi_r.hex()}_r"
+        spis = _SpiText(sa)
+        verbose = log.isEnabledFor(logging.INFO)  # formatting selectors is not free at 1000s of SAs/s
         if isinstance(ev, IkeSaEstablished):
             record.established, record.established_at = ev, time.time()
-            log.info(
-                "%s: IKE SA %s ESTABLISHED %s %s <-> %s %s [%s]%s",
-                name, spis, sa.local, ev.local_id, sa.remote, ev.remote_id,
-                algorithm_text(ev.algorithms), " udp-encap" if ev.udp_encap else "",
-            )  # fmt: skip
+            if verbose:
+                log.info(
+                    "%s: IKE SA %s ESTABLISHED %s %s <-> %s %s [%s]%s",
+                    name, spis, sa.local, ev.local_id, sa.remote, ev.remote_id,
+                    algorithm_text(ev.algorithms), " udp-encap" if ev.udp_encap else "",
+                )  # fmt: skip
         elif isinstance(ev, ChildSaEstablished):
             child = ChildRecord(ev, sa.local, sa.remote)
             record.children[ev.spi_in] = child
-            log.info(
-                "%s: CHILD_SA %s INSTALLED %s %s spi %08x_i %08x_o %s === %s [%s]",
-                name, ev.name, protocol_name(ev.protocol), ev.mode, ev.spi_in, ev.spi_out,
-                ",".join(map(str, ev.ts_local)), ",".join(map(str, ev.ts_remote)),
-                algorithm_text(ev.algorithms),
-            )  # fmt: skip
+            if verbose:
+                log.info(
+                    "%s: CHILD_SA %s INSTALLED %s %s spi %08x_i %08x_o %s === %s [%s]",
+                    name, ev.name, protocol_name(ev.protocol), ev.mode, ev.spi_in, ev.spi_out,
+                    ",".join(map(str, ev.ts_local)), ",".join(map(str, ev.ts_remote)),
+                    algorithm_text(ev.algorithms),
+                )  # fmt: skip
             if self.installer is not None:
                 self._queue_work(lambda: self._install(record, child))
         elif isinstance(ev, ChildSaDeleted):
@@ -425,15 +444,14 @@ class IkeAdapter:
                 self.stats["callback_errors"] += 1
                 log.exception("event callback failed")
 
-    def _reap(self) -> None:
-        for sa, record in list(self.records.items()):
-            if sa.closed:
-                del self.records[sa]
-                if self._by_spi.get(sa.local_spi) is sa:
-                    del self._by_spi[sa.local_spi]
-                if record.stock is not None:
-                    record.stock.release()
-                self.history.append(record)
+    def _forget(self, sa: IkeSa) -> None:
+        record = self.records.pop(sa, None)
+        if self._by_spi.get(sa.local_spi) is sa:
+            del self._by_spi[sa.local_spi]
+        if record is not None:
+            if record.stock is not None:
+                record.stock.release()
+            self.history.append(record)
 
     # ------------------------------------------------------------------ data plane work
 
@@ -555,6 +573,18 @@ class IkeAdapter:
             "bytes_out": cout.bytes,
             "packets_out": cout.packets,
         }
+
+
+class _SpiText:
+    """`<SPIi>_i <SPIr>_r`, formatted only if a log line is actually emitted."""
+
+    __slots__ = ("sa",)
+
+    def __init__(self, sa: IkeSa) -> None:
+        self.sa = sa
+
+    def __str__(self) -> str:
+        return f"{self.sa.spi_i.hex()}_i {self.sa.spi_r.hex()}_r"
 
 
 def _closed_status(record: SaRecord) -> dict[str, object]:

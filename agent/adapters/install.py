@@ -6,6 +6,7 @@ without a data plane; `ChildInstaller` carries the plan out and remembers what t
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import Counter
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from meshsec.agent.dataplane.api import (
     Direction,
     Encryption,
     Integrity,
+    IPAddress,
     IpsecProtocol,
     Lifetime,
     Mode,
@@ -55,9 +57,17 @@ def _networks(ts: Ts) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return list(ipaddress.summarize_address_range(ts.start, ts.end))
 
 
-def selectors(local: tuple[Ts, ...], remote: tuple[Ts, ...]) -> list[TrafficSelector]:
+@functools.lru_cache(maxsize=4096)
+def ip(host: str) -> IPAddress:
+    """Parsed once per address: at thousands of CHILD_SAs per second, parsing shows up."""
+    return ipaddress.ip_address(host)
+
+
+@functools.lru_cache(maxsize=1024)
+def selectors(local: tuple[Ts, ...], remote: tuple[Ts, ...]) -> tuple[TrafficSelector, ...]:
     """Outbound selectors (src = our side): every local x remote pair of the same family,
-    each address range split into the prefixes XFRM selectors can express."""
+    each address range split into the prefixes XFRM selectors can express. Cached: the
+    CHILD_SAs of one connection all carry the same selectors."""
     out: list[TrafficSelector] = []
     for lt in local:
         for rt in remote:
@@ -73,7 +83,7 @@ def selectors(local: tuple[Ts, ...], remote: tuple[Ts, ...]) -> list[TrafficSele
                             src, dst, proto, (lt.start_port, lt.end_port), (rt.start_port, rt.end_port)
                         )
                     )
-    return out
+    return tuple(out)
 
 
 def reverse(sel: TrafficSelector) -> TrafficSelector:
@@ -112,7 +122,7 @@ def plan_child(ev: ChildSaEstablished, local: Address, remote: Address, reqid: i
     addresses of ESP, and with UDP encapsulation their ports are the ESP-in-UDP ports."""
     proto = ipsec_protocol(ev.protocol)
     mode = Mode.TUNNEL if ev.mode == "tunnel" else Mode.TRANSPORT
-    me, peer = ipaddress.ip_address(local.host), ipaddress.ip_address(remote.host)
+    me, peer = ip(local.host), ip(remote.host)
     sels = selectors(ev.ts_local, ev.ts_remote)
     if not sels:
         raise InstallError("traffic selectors have no local/remote pair of one address family")

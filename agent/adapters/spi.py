@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 from collections import Counter, deque
 
+from meshsec.agent.adapters.install import ip
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, IpsecProtocol, SaId
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.constants import ProtocolId
@@ -82,11 +82,7 @@ class SpiReserver:
 
     async def _reserve_one(self, st: SpiStock, protocol: ProtocolId) -> None:
         try:
-            spi = await self.dataplane.allocate_spi(
-                _ipsec(protocol),
-                ipaddress.ip_address(st.remote.host),
-                ipaddress.ip_address(st.local.host),
-            )
+            spi = await self.dataplane.allocate_spi(_ipsec(protocol), ip(st.remote.host), ip(st.local.host))
         except DataPlaneError as exc:
             self.stats["spi_reserve_failed"] += 1
             log.warning("could not reserve an inbound SPI: %s", exc)
@@ -98,7 +94,7 @@ class SpiReserver:
             st.free.setdefault(protocol, deque()).append(spi)
 
     def release(self, st: SpiStock, protocol: ProtocolId, spi: int) -> None:
-        sa_id = SaId(ipaddress.ip_address(st.local.host), spi, _ipsec(protocol))
+        sa_id = SaId(ip(st.local.host), spi, _ipsec(protocol))
 
         async def drop() -> None:
             with contextlib.suppress(DataPlaneError):
