@@ -187,19 +187,19 @@ def test_inbound_policy_check_drops_spoofed_inner_source() -> None:
 def test_no_policy_no_sa_and_acquire() -> None:
     p = Pair("gcm")
     p.a.from_tun(icmp_packet("198.19.9.1", "198.19.2.1"))
-    assert p.a.drops[Drop.NO_POLICY] == 1
+    assert p.a.drops_out[Drop.NO_POLICY] == 1
     tmpl = Template(IpsecProtocol.ESP, Mode.TUNNEL, A, B, 9)
     sel = TrafficSelector(NET_A, ipaddress.ip_network("198.19.3.0/24"))
     p.a.set_policies(Spd([Policy(sel, Direction.OUT, template=tmpl)]), p.a.spd_in)
     p.a.now = 100.0
     for _ in range(3):
         p.a.from_tun(icmp_packet("198.19.1.1", "198.19.3.1"))
-    assert p.a.drops[Drop.NO_SA] == 3
+    assert p.a.drops_out[Drop.NO_SA] == 3
     assert [e for e in p.events if isinstance(e, Acquire)] == [Acquire(sel, 9)]  # rate limited
     block = Policy(sel, Direction.OUT, action=PolicyAction.BLOCK)
     p.a.set_policies(Spd([block]), p.a.spd_in)
     p.a.from_tun(icmp_packet("198.19.1.1", "198.19.3.1"))
-    assert p.a.drops[Drop.BLOCKED] == 1
+    assert p.a.drops_out[Drop.BLOCKED] == 1
 
 
 def test_selector_ports_and_priority() -> None:
@@ -225,7 +225,7 @@ def test_lifetime_packets_soft_then_hard() -> None:
     soft, hard = SaExpired(p.out_ab.sa.id, hard=False), SaExpired(p.out_ab.sa.id, hard=True)
     assert [e for e in p.events if isinstance(e, SaExpired)] == [soft, soft, hard, hard]
     assert p.out_ab.dead and p.in_ab.dead
-    assert p.a.drops[Drop.NO_SA] == 1  # the 4th packet finds the SA dead
+    assert p.a.drops_out[Drop.NO_SA] == 1  # the 4th packet finds the SA dead
 
 
 def test_ipv6_outer_and_inner() -> None:

@@ -56,12 +56,13 @@ class UserspaceConfig:
     route_protocol: int = 211
     bypass_mark: int = 0x6D73  # SO_MARK on the data plane's own sockets ("ms")
     rule_priority: int = 2730
-    loop: str = "thread"  # "thread" or "asyncio"
+    loop: str = "thread"  # "thread", "split" (a thread per direction) or "asyncio"
     random: RandomSource = field(default=os.urandom)
 
     def __post_init__(self) -> None:
-        if self.loop not in ("thread", "asyncio"):
-            raise DataPlaneError(f"UserspaceConfig.loop must be 'thread' or 'asyncio', got {self.loop!r}")
+        if self.loop not in ("thread", "split", "asyncio"):
+            raise DataPlaneError(
+                f"UserspaceConfig.loop must be 'thread', 'split' or 'asyncio', got {self.loop!r}")
         if not 576 <= self.path_mtu <= 65535:
             raise DataPlaneError(f"UserspaceConfig.path_mtu {self.path_mtu} is outside 576..65535")
         if not 1 <= self.route_protocol <= 255:
@@ -119,8 +120,8 @@ class UserspaceDataPlane:
             self._routes = TunRoutes(self.tun_name, self.config.route_table, self.config.route_protocol,
                                      self.config.bypass_mark, self.config.rule_priority)
             await self._routes.setup(self.mtu)
-            if self.config.loop == "thread":
-                self._driver = ThreadDriver(self._readers)
+            if self.config.loop in ("thread", "split"):
+                self._driver = ThreadDriver(self._readers, split=self.config.loop == "split")
             else:
                 self._driver = AsyncioDriver(self._readers, loop)
             self._driver.start()
@@ -248,7 +249,8 @@ class UserspaceDataPlane:
 
     def drop_counters(self) -> dict[str, int]:
         """Packets dropped outside any one SA's counters, by reason (userspace-only extra)."""
-        drops = {d.name.lower(): self.engine.drops[d] for d in Drop}
+        engine = self.engine
+        drops = {d.name.lower(): engine.drops[d] + engine.drops_out[d] for d in Drop}
         drops["internal_error"] = self._readers.internal_errors if self._readers else 0
         return drops
 

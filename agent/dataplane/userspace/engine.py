@@ -4,6 +4,10 @@ engine runs under the threaded or the asyncio driver and under unit tests.
 
 Every inbound failure is a counted drop, never an exception: the driver calls these methods in a
 loop that must survive hostile input, and one SA's trouble must not affect another.
+
+Threading: the outbound path (`from_tun`) and the inbound path (`from_*`) touch disjoint state
+(outbound SAs and `drops_out` versus inbound SAs and `drops`), so each may run on its own thread;
+the control plane only swaps references (SPD tables, dict entries).
 """
 
 from __future__ import annotations
@@ -57,7 +61,9 @@ class Engine:
         self.emit = emit
         self.mss4 = mss4
         self.mss6 = mss6
-        self.drops = [0] * len(Drop)
+        # Drop counters per path: with the two-thread loop each list has a single writer.
+        self.drops = [0] * len(Drop)  # wire -> TUN
+        self.drops_out = [0] * len(Drop)  # TUN -> wire
         self.now = 0.0  # wall clock, set by the driver once per batch
         self.spd_out = Spd(())
         self.spd_in = Spd(())
@@ -109,11 +115,11 @@ class Engine:
             src = pkt[8:24]
             dst = pkt[24:40]
         else:
-            self.drops[Drop.MALFORMED] += 1
+            self.drops_out[Drop.MALFORMED] += 1
             return
         cands = self.spd_out.candidates(src, dst)
         if not cands:
-            self.drops[Drop.NO_POLICY] += 1
+            self.drops_out[Drop.NO_POLICY] += 1
             return
         if cands[0].selector.any_l4:
             policy = cands[0].policy
@@ -121,18 +127,18 @@ class Engine:
             proto, _, sport, dport = l4_info(pkt)
             policy = self.spd_out.lookup(src, dst, proto, sport, dport)  # type: ignore[assignment]
             if policy is None:
-                self.drops[Drop.NO_POLICY] += 1
+                self.drops_out[Drop.NO_POLICY] += 1
                 return
         tmpl = policy.template
         if policy.action is not PolicyAction.PROTECT or tmpl is None:
             if policy.action is PolicyAction.BYPASS and v == 4:
                 self._send4(pkt, socket.inet_ntop(socket.AF_INET, dst))
             else:
-                self.drops[Drop.BLOCKED] += 1
+                self.drops_out[Drop.BLOCKED] += 1
             return
         st = self._out_by_reqid.get(tmpl.reqid)
         if st is None or st.dead:
-            self.drops[Drop.NO_SA] += 1
+            self.drops_out[Drop.NO_SA] += 1
             last = self._last_acquire.get(tmpl.reqid, -_ACQUIRE_INTERVAL)
             if self.now - last >= _ACQUIRE_INTERVAL:
                 self._last_acquire[tmpl.reqid] = self.now
@@ -166,7 +172,7 @@ class Engine:
                 self._send_ah(st, payload, nh)
         except SequenceExhausted:
             st.expire(hard=True)
-            self.drops[Drop.EXPIRED] += 1
+            self.drops_out[Drop.EXPIRED] += 1
 
     def _send_ah(self, st: OutboundSa, payload: bytes, nh: int) -> None:
         ah = st.ah
@@ -185,7 +191,7 @@ class Engine:
         try:
             self.output.send_ipv4(data, dst)
         except OSError:
-            self.drops[Drop.SEND_ERROR] += 1
+            self.drops_out[Drop.SEND_ERROR] += 1
 
     def _write_tun(self, data: bytes) -> None:
         try:
@@ -197,13 +203,13 @@ class Engine:
         try:
             self.output.send_ipv6(payload, proto, src, dst)
         except OSError:
-            self.drops[Drop.SEND_ERROR] += 1
+            self.drops_out[Drop.SEND_ERROR] += 1
 
     def _send_udp(self, data: bytes, dst: tuple[str, int]) -> None:
         try:
             self.output.send_udp(data, dst)
         except OSError:
-            self.drops[Drop.SEND_ERROR] += 1
+            self.drops_out[Drop.SEND_ERROR] += 1
 
     # -- inbound: wire -> TUN --
 

@@ -184,18 +184,45 @@ class Readers:
 
 
 class ThreadDriver:
-    """The packet loop on its own thread: epoll waits without the GIL; batches hold it briefly."""
+    """The packet loop off the event loop: `split=False` runs one thread for everything;
+    `split=True` runs one thread for TUN -> wire and one for wire -> TUN. epoll waits, syscalls
+    and the AEAD calls release the GIL, so the two directions overlap partly."""
 
-    def __init__(self, readers: Readers) -> None:
+    def __init__(self, readers: Readers, split: bool = False) -> None:
         self.readers = readers
-        self._handlers = readers.table()
+        table = readers.table()
+        if split:
+            tun_fd = readers.out.tun_fd
+            self._threads = [_EpollThread("meshsec-dp-out", {tun_fd: table.pop(tun_fd)}),
+                             _EpollThread("meshsec-dp-in", table)]
+        else:
+            self._threads = [_EpollThread("meshsec-dataplane", table)]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def add(self, fd: int, handler: Callable[[], None]) -> None:
+        """Register an inbound descriptor (the UDP encapsulation socket)."""
+        self._threads[-1].add(fd, handler)
+
+    def stop(self) -> None:
+        for t in self._threads:
+            t.stop()
+
+
+class _EpollThread:
+    """One thread draining a set of descriptors in batches."""
+
+    def __init__(self, name: str, handlers: dict[int, Callable[[], None]]) -> None:
+        self._handlers = handlers
         self._epoll = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._epoll.register(self._wake_r, select.EPOLLIN)
         for fd in self._handlers:
             self._epoll.register(fd, select.EPOLLIN)
         self._stop = False
-        self._thread = threading.Thread(target=self._run, name="meshsec-dataplane", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
