@@ -25,6 +25,8 @@ from meshsec.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 # The controller's default admin socket (meshsec-controller --admin-socket).
 DEFAULT_SOCKET = "/run/meshsec/admin.sock"
+# `meshctl lab up` runs its controller here; used when no controller runs at the default path.
+LAB_SOCKET = "/run/meshsec-lab/admin.sock"
 ENV_CONTROLLER = "MESHSEC_CONTROLLER"
 VALIDATION_TRAILER = "meshsec-validation-errors-bin"
 START_HINT = (
@@ -53,7 +55,7 @@ class Target:
 
     @classmethod
     def parse(cls, raw: str | None) -> Target:
-        value = raw or os.environ.get(ENV_CONTROLLER) or DEFAULT_SOCKET
+        value = raw or os.environ.get(ENV_CONTROLLER) or default_socket()
         if value.startswith("unix://"):
             path = value[len("unix://") :]
         elif value.startswith("unix:"):
@@ -68,6 +70,12 @@ class Target:
 
     def __str__(self) -> str:
         return str(self.socket_path) if self.socket_path is not None else self.address
+
+
+def default_socket() -> str:
+    if not os.path.exists(DEFAULT_SOCKET) and os.path.exists(LAB_SOCKET):
+        return LAB_SOCKET
+    return DEFAULT_SOCKET
 
 
 @dataclass(frozen=True)

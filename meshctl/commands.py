@@ -37,7 +37,7 @@ ACTIONS = {
 }
 
 
-def dispatch(args: argparse.Namespace, client: AdminClient, out: TextIO = sys.stdout) -> int:
+def dispatch(args: argparse.Namespace, client: AdminClient, out: TextIO | None = None) -> int:
     handlers: dict[str, Callable[[argparse.Namespace, AdminClient, TextIO], int]] = {
         "apply": apply,
         "delete": delete,
@@ -47,7 +47,7 @@ def dispatch(args: argparse.Namespace, client: AdminClient, out: TextIO = sys.st
         "events": events,
         "token": token,
     }
-    return handlers[args.command](args, client, out)
+    return handlers[args.command](args, client, out or sys.stdout)
 
 
 def apply(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:

@@ -119,6 +119,7 @@ def render(
 
 
 def print_table(
-    columns: Sequence[Column], rows: Sequence[Sequence[Cell]], stream: TextIO = sys.stdout
+    columns: Sequence[Column], rows: Sequence[Sequence[Cell]], stream: TextIO | None = None
 ) -> None:
-    stream.write(render(columns, rows, colour=use_colour(stream), width=terminal_width(stream)))
+    out = stream or sys.stdout
+    out.write(render(columns, rows, colour=use_colour(out), width=terminal_width(out)))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from meshsec.common.secrets import Secret
 from meshsec.meshctl import manifest
-from meshsec.meshctl.client import AdminClient, Target
+from meshsec.meshctl.client import LAB_SOCKET, AdminClient, Target
 from meshsec.meshctl.convert import struct_to_dict
 from meshsec.meshctl.errors import EXIT_OK, EXIT_USER, MeshctlError, UserError
 from meshsec.meshctl.lab import controller, netns, preflight, proof, standalone, world
@@ -22,12 +22,12 @@ from meshsec.meshctl.lab.plan import World, lab_world
 from meshsec.meshctl.lab.progress import UP_STATES, wait_for_tunnels
 from meshsec.meshctl.lab.state import DATA_DIR, RUN_DIR, STATE_FILE, LabState
 from meshsec.meshctl.lab.strongswan import Charon, PeerTunnel
-from meshsec.meshctl.table import Column, Styled, paint, print_table, use_colour
+from meshsec.meshctl.table import Cell, Column, Styled, paint, print_table, use_colour
 from meshsec.meshctl.topology import to_dot, write_svg
 from meshsec.meshctl.views import STATE_COLOURS, tunnel_ends
 from meshsec.v1 import admin_pb2, common_pb2
 
-ADMIN_SOCKET = RUN_DIR / "admin.sock"
+ADMIN_SOCKET = Path(LAB_SOCKET)
 LOG_DIR = DATA_DIR / "logs"
 TOPOLOGY_SVG = DATA_DIR / "topology.svg"
 REPO_EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "lab-mesh.yaml"
@@ -78,9 +78,8 @@ def down() -> int:
             say(f"could not remove: {problem}")
         return EXIT_USER
     count = len(state.namespaces) if state is not None else 0
-    say(
-        f"lab removed ({count} namespaces, {len(state.processes) if state else 0} processes, host veth, files)"
-    )
+    processes = len(state.processes) if state is not None else 0
+    say(f"lab removed ({count} namespaces, {processes} processes, the host veth, its files)")
     return EXIT_OK
 
 
@@ -90,7 +89,7 @@ def status() -> int:
         say("no lab is running (`meshctl lab up` builds one)")
         return EXIT_USER
     existing = set(netns.namespaces())
-    rows = [
+    rows: list[list[Cell]] = [
         [
             p.name,
             str(p.pid),
@@ -151,9 +150,8 @@ def up(args: argparse.Namespace) -> int:
         with timings.phase(f"applying {args.filename or REPO_EXAMPLE}"):
             response = client.apply([d.resource for d in documents], labels=[d.where for d in documents])
             for result in response.results:
-                say(
-                    f"  {result.kind.lower()}/{result.name} {admin_pb2.ApplyAction.Name(result.action)[13:].lower()}"
-                )
+                action = admin_pb2.ApplyAction.Name(result.action).removeprefix("APPLY_ACTION_").lower()
+                say(f"  {result.kind.lower()}/{result.name} {action}")
         tunnels = client.tunnels()
         if args.no_agents:
             state.phase = "up"
@@ -168,7 +166,7 @@ def up(args: argparse.Namespace) -> int:
         with timings.phase("starting one meshsec-agent per gateway node"):
             start_standalone_agents(plan, state, client, wanted, ext_psk)
         with timings.phase(f"waiting for {len(wanted)} tunnels (up to {args.lab_timeout:.0f}s)"):
-            result = wait_for_tunnels(lambda: labelled(wanted, agent_states(state)), args.lab_timeout)
+            waited = wait_for_tunnels(lambda: labelled(wanted, agent_states(state)), args.lab_timeout)
         with timings.phase("proving traffic between workload hosts"):
             results = [proof.run_probe(p) for p in proof.probes(plan, wanted)]
         write_topology(client)
@@ -179,8 +177,8 @@ def up(args: argparse.Namespace) -> int:
         print()
         print_probes(results)
         print()
-        failed = result.stuck or any(not r.ok for r in results)
-        report(plan, state, result.stuck, wanted, timings)
+        failed = waited.stuck or any(not r.ok for r in results)
+        report(plan, state, waited.stuck, wanted, timings)
         client.close()
         return EXIT_USER if failed else EXIT_OK
     except (RuntimeError, OSError, MeshctlError, netns.CommandFailed, subprocess.SubprocessError) as exc:
@@ -279,9 +277,8 @@ def start_standalone_agents(
     psks = {t.tunnel_id: ext_psk if is_external(t) else Secret(os.urandom(32)) for t in tunnels}
     # The lab picks the data plane itself rather than leaving it to the agent's "auto".
     dataplane = "kernel" if netns.kernel_has_esp(plan.ns(plan.sites[0].gateway_ns)) else "userspace"
-    say(
-        f"  data plane: {dataplane} ({'the kernel has ESP' if dataplane == 'kernel' else 'this kernel has no ESP'})"
-    )
+    why = "the kernel has ESP" if dataplane == "kernel" else "this kernel has no ESP"
+    say(f"  data plane: {dataplane} ({why})")
     configs = standalone.agent_configs(
         tunnels, node_addresses(plan, client), psks, RUN_DIR / "agents", dataplane
     )
@@ -332,7 +329,7 @@ def labelled(
 
 
 def print_tunnels(tunnels: Sequence[admin_pb2.TunnelInfo], agents: Mapping[str, Mapping[str, str]]) -> None:
-    rows = []
+    rows: list[list[Cell]] = []
     for t in tunnels:
         controller_state = common_pb2.TunnelState.Name(t.state).removeprefix("TUNNEL_STATE_")
         agent_state = merged_state(t, agents) if agents else "-"
@@ -358,7 +355,7 @@ def print_tunnels(tunnels: Sequence[admin_pb2.TunnelInfo], agents: Mapping[str, 
 
 
 def print_probes(results: Sequence[proof.ProbeResult]) -> None:
-    rows = []
+    rows: list[list[Cell]] = []
     for r in results:
         p = r.probe
         expect = "reply" if p.expect_reply else "no route (no tunnel by policy)"

@@ -1,9 +1,9 @@
 """The lab's world as data: namespaces, links, addresses and routes, nothing executed here.
 
-    host (root ns) --veth-- inet (underlay router, 198.18.0.0/16) --+-- dc1-gw1 --lan-- dc1-host
-     controller                                                     +-- dc2-gw1 --lan-- dc2-host
-     198.18.0.1                                                     +-- vpc-nat (masquerade) -- vpc-gw1 --lan-- vpc-host
-                                                                    +-- extdc (strongSwan, 198.19.200.1 on lo)
+    host (root ns) --veth-- inet (underlay router) --+-- dc1-gw1 --lan-- dc1-host
+     controller                                      +-- dc2-gw1 --lan-- dc2-host
+     198.18.0.1                                      +-- vpc-nat (masquerade) -- vpc-gw1 --lan-- vpc-host
+                                                     +-- extdc (strongSwan, 198.19.200.1 on lo)
 
 The resource model gives a data-centre node a private address it binds to and a public one peers
 reach it at (a DC edge doing 1:1 NAT, or a cloud elastic IP), so each DC gateway owns its private

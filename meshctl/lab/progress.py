@@ -27,10 +27,11 @@ def wait_for_tunnels(
     poll: Callable[[], Mapping[str, str]],
     timeout: float,
     *,
-    stream: TextIO = sys.stderr,
+    stream: TextIO | None = None,
     interval: float = 0.5,
 ) -> WaitResult:
     """Poll {tunnel label: state} until all are up or ``timeout`` passes."""
+    stream = stream or sys.stderr
     start = time.monotonic()
     tty = bool(getattr(stream, "isatty", lambda: False)())
     colour = use_colour(stream)

@@ -11,7 +11,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,41 +47,76 @@ def _list(values: Sequence[str]) -> str:
     return ",".join(values)
 
 
+def _conf(tree: Mapping[str, object], indent: int = 0) -> list[str]:
+    """strongswan.conf / swanctl.conf syntax: nested ``key { ... }`` sections and ``key = value``."""
+    pad = "  " * indent
+    lines: list[str] = []
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            lines += [f"{pad}{key} {{", *_conf(value, indent + 1), f"{pad}}}"]
+        else:
+            lines.append(f"{pad}{key} = {value}")
+    return lines
+
+
 def swanctl_conf(tunnels: Sequence[PeerTunnel], psk: Secret) -> str:
-    conns, secrets = [], []
+    connections: dict[str, object] = {}
+    secrets: dict[str, object] = {}
     for t in tunnels:
-        start = "start" if t.initiate else "none"
-        esp = f"      esp_proposals = {_list(t.esp_proposals)}\n" if t.esp_proposals else ""
-        conns.append(
-            f"  {t.name} {{\n    version = 2\n    local_addrs = {t.local_addr}\n    remote_addrs = {t.remote_addr}\n"
-            f"    proposals = {_list(t.ike_proposals) or 'default'}\n    rekey_time = {t.rekey_seconds}s\n"
-            f"    keyingtries = 0\n    unique = replace\n"
-            f'    local {{\n      auth = psk\n      id = "{t.local_id}"\n    }}\n'
-            f'    remote {{\n      auth = psk\n      id = "{t.remote_id}"\n    }}\n'
-            f"    children {{\n      net {{\n        local_ts = {_list(t.local_ts)}\n"
-            f"        remote_ts = {_list(t.remote_ts)}\n  {esp}        rekey_time = {t.child_rekey_seconds}s\n"
-            f"        start_action = {start}\n        dpd_action = restart\n      }}\n    }}\n  }}\n"
-        )
+        child: dict[str, object] = {"local_ts": _list(t.local_ts), "remote_ts": _list(t.remote_ts)}
+        if t.esp_proposals:
+            child["esp_proposals"] = _list(t.esp_proposals)
+        child |= {
+            "rekey_time": f"{t.child_rekey_seconds}s",
+            "start_action": "start" if t.initiate else "none",
+            "dpd_action": "restart",
+        }
+        connections[t.name] = {
+            "version": 2,
+            "local_addrs": t.local_addr,
+            "remote_addrs": t.remote_addr,
+            "proposals": _list(t.ike_proposals) or "default",
+            "rekey_time": f"{t.rekey_seconds}s",
+            "keyingtries": 0,
+            "unique": "replace",
+            "local": {"auth": "psk", "id": f'"{t.local_id}"'},
+            "remote": {"auth": "psk", "id": f'"{t.remote_id}"'},
+            "children": {"net": child},
+        }
         # Hex keeps any byte value clear of the config parser's quoting rules.
-        secrets.append(
-            f'  ike-{t.name} {{\n    id-local = "{t.local_id}"\n    id-remote = "{t.remote_id}"\n'
-            f"    secret = 0x{psk.reveal().hex()}\n  }}\n"
-        )
-    return "connections {\n" + "".join(conns) + "}\nsecrets {\n" + "".join(secrets) + "}\n"
+        secrets[f"ike-{t.name}"] = {
+            "id-local": f'"{t.local_id}"',
+            "id-remote": f'"{t.remote_id}"',
+            "secret": "0x" + psk.reveal().hex(),
+        }
+    return "\n".join(_conf({"connections": connections, "secrets": secrets})) + "\n"
 
 
 def strongswan_conf(vici: Path, log: Path) -> str:
-    return (
-        "charon {\n  load_modular = no\n"
-        f"  load = {PLUGINS}\n"
-        "  retransmit_tries = 3\n  retransmit_timeout = 2.0\n"
-        f"  plugins {{\n    vici {{\n      socket = unix://{vici}\n    }}\n  }}\n"
-        f"  filelog {{\n    lab {{\n      path = {log}\n      time_format = %H:%M:%S\n      ike_name = yes\n"
-        "      append = no\n      flush_line = yes\n      default = 1\n      ike = 2\n      cfg = 1\n    }\n  }\n"
-        "  syslog {\n    daemon {\n      default = -1\n    }\n  }\n}\n"
-        "charon-systemd {\n  journal {\n    default = -1\n  }\n}\n"
-        f"swanctl {{\n  socket = unix://{vici}\n}}\n"
-    )
+    filelog = {
+        "path": str(log),
+        "time_format": "%H:%M:%S",
+        "ike_name": "yes",
+        "append": "no",
+        "flush_line": "yes",
+        "default": 1,
+        "ike": 2,
+        "cfg": 1,
+    }
+    tree = {
+        "charon": {
+            "load_modular": "no",
+            "load": PLUGINS,
+            "retransmit_tries": 3,
+            "retransmit_timeout": "2.0",
+            "plugins": {"vici": {"socket": f"unix://{vici}"}},
+            "filelog": {"lab": filelog},
+            "syslog": {"daemon": {"default": -1}},
+        },
+        "charon-systemd": {"journal": {"default": -1}},
+        "swanctl": {"socket": f"unix://{vici}"},
+    }
+    return "\n".join(_conf(tree)) + "\n"
 
 
 class Charon:
