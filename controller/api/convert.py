@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -88,19 +89,22 @@ def doc_to_resource(doc: Mapping[str, Any], resource_version: int) -> common_pb2
 # --- identities and endpoints ----------------------------------------------------------------------
 
 
-def identity(value: str) -> common_pb2.Identity:
+@functools.lru_cache(maxsize=1 << 16)
+def _identity_type(value: str) -> common_pb2.Identity.Type:
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
         if "@" in value:
-            kind = common_pb2.Identity.TYPE_RFC822_ADDR
-        elif "=" in value:
-            kind = common_pb2.Identity.TYPE_DER_ASN1_DN
-        else:
-            kind = common_pb2.Identity.TYPE_FQDN
-        return common_pb2.Identity(type=kind, value=value)
-    kind = common_pb2.Identity.TYPE_IPV4_ADDR if address.version == 4 else common_pb2.Identity.TYPE_IPV6_ADDR
-    return common_pb2.Identity(type=kind, value=value)
+            return common_pb2.Identity.TYPE_RFC822_ADDR
+        if "=" in value:
+            return common_pb2.Identity.TYPE_DER_ASN1_DN
+        return common_pb2.Identity.TYPE_FQDN
+    return common_pb2.Identity.TYPE_IPV4_ADDR if address.version == 4 else common_pb2.Identity.TYPE_IPV6_ADDR
+
+
+def identity(value: str) -> common_pb2.Identity:
+    """IKE identity with its IANA type guessed from the text (cached: every tunnel needs two)."""
+    return common_pb2.Identity(type=_identity_type(value), value=value)
 
 
 def node_endpoints(node: Node) -> list[common_pb2.Endpoint]:

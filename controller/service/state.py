@@ -242,15 +242,17 @@ class MeshState:
             elif kind is Kind.SITE:
                 sites.add(name)
         deltas = self.index.apply(changes, validate=False)
-        affected = set(deltas) | nodes | {n for s in sites for n in self.index.nodes_in_site(s)}
+        # Only a node's own resource or its site's can change its NodeConfig; everyone else here
+        # merely has tunnel changes, so their config is not recomputed (O(affected tunnels) work).
+        reconfigured = nodes | {n for s in sites for n in self.index.nodes_in_site(s)}
         updates = 0
-        for name in sorted(affected):
-            updates += self._update_slice(name, revision, deltas.get(name), started)
+        for name in sorted(set(deltas) | reconfigured):
+            updates += self._update_slice(name, revision, deltas.get(name), started, name in reconfigured)
         self._set_revision(revision)
         if self._on_updates is not None:
             self._on_updates(updates, time.monotonic() - started)
 
-    def _update_slice(self, name: str, revision: int, delta: Any, at: float) -> int:
+    def _update_slice(self, name: str, revision: int, delta: Any, at: float, reconfigured: bool) -> int:
         node = self.index.node(name)
         current = self._slices.get(name)
         if node is None:
@@ -261,7 +263,7 @@ class MeshState:
             return 0
         if current is None:
             current = self._slices[name] = NodeSlice(0, None, deque(maxlen=self._history))
-        config = self._config(node)
+        config = self._config(node) if reconfigured or current.config is None else current.config
         config_changed = config != current.config
         if not delta and not config_changed:
             return 0
