@@ -14,7 +14,11 @@ mkdir -p /run/netns
 # /var/tmp are writable through the overlay, which is tmpfs-backed, so nothing is mounted over them).
 mkdir -p "/lib/modules/$LANE_KVER"
 mount --bind "$LANE_MODULES" "/lib/modules/$LANE_KVER"
-for m in xfrm_user esp4 esp6 ah4 xfrm_interface veth af_packet nf_tables nft_chain_nat; do
+# Crypto modules load (and self-test) on first use, which takes seconds under emulation: load
+# them here so that time is not charged to the first test.
+for m in xfrm_user esp4 esp6 ah4 xfrm_interface veth nf_tables \
+         authenc authencesn cbc aes_generic aesni_intel sha256_generic sha512_generic hmac gcm ghash_generic \
+         seqiv echainiv ctr; do
   modprobe "$m" 2>/dev/null || true
 done
 ip link set lo up

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 MISSING = {errno.EPROTONOSUPPORT, errno.ENOSYS, errno.ENOENT, errno.EOPNOTSUPP}
 _PROBE_MARK = OwnerMark(0, 0x0000_0F00)
+# The first SA of a kind makes the kernel load and self-test modules (esp4, authenc, gcm, ...):
+# seconds on a slow machine, so probes wait longer than normal requests.
+PROBE_TIMEOUT = 120.0
 _SRC, _DST = ipaddress.IPv4Address("127.0.0.1"), ipaddress.IPv4Address("127.0.0.2")
 
 
@@ -107,7 +110,7 @@ async def detect(scratch_netns: str | None) -> Capabilities:
     if scratch_netns is not None:
         await asyncio.to_thread(netns.create, scratch_netns)
     try:
-        sock = XfrmSocket(scratch_netns)
+        sock = XfrmSocket(scratch_netns, timeout=PROBE_TIMEOUT)
         try:
             found: dict[str, bool] = {}
             for probe in _probes():

@@ -39,9 +39,10 @@ class XfrmSocket:
     """One request socket; pyroute2 matches answers to requests by sequence number, so concurrent
     requests from several tasks are fine."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, timeout: float = REQUEST_TIMEOUT) -> None:
         self._netns = netns
         self._sock: Any = None
+        self.timeout = timeout
 
     async def open(self) -> None:
         if self._sock is None:
@@ -76,7 +77,7 @@ class XfrmSocket:
                 data += req.msg.data
                 pending.append((what, req))
             self._sock.send(bytes(data))
-            async with asyncio.timeout(REQUEST_TIMEOUT):
+            async with asyncio.timeout(self.timeout):
                 for what, req in pending:
                     try:
                         async for _ in req.response():
@@ -89,13 +90,13 @@ class XfrmSocket:
     async def _exchange(self, what: str, msg: Any, msg_type: int, flags: int) -> list[Any]:
         await self.open()
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
+            async with asyncio.timeout(self.timeout):
                 answers = await self._sock.nlm_request(msg, msg_type, flags)
                 return [m async for m in answers if m.get("event") != "NLMSG_ERROR"]
         except NetlinkError as exc:
             raise KernelError(what, exc.code) from None
         except TimeoutError:
-            raise DataPlaneError(f"{what}: no answer from the kernel within {REQUEST_TIMEOUT}s") from None
+            raise DataPlaneError(f"{what}: no answer from the kernel within {self.timeout}s") from None
 
 
 class XfrmMulticast:
