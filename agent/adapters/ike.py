@@ -239,6 +239,21 @@ class IkeAdapter:
         record.sa.delete(self.now())
         self._pump()
 
+    def check_liveness(self, record: SaRecord) -> None:
+        """An empty INFORMATIONAL request (RFC 7296 2.4); LivenessChecked follows as an event."""
+        record.sa.check_liveness(self.now())
+        self._pump()
+
+    def drop(self, record: SaRecord) -> None:
+        """Forgets an IKE SA (and removes its CHILD_SAs) without an exchange: for a peer that
+        already forgot it (INITIAL_CONTACT), where a DELETE would only be retransmitted."""
+        record.sa.close_deleted(by_peer=True)
+        self._pump()
+
+    def flush(self) -> None:
+        """Acts on engine output produced by calling an IkeSa directly."""
+        self._pump()
+
     def active(self) -> list[SaRecord]:
         return [r for r in self.records.values() if not r.sa.closed]
 

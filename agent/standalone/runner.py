@@ -8,11 +8,12 @@ import contextlib
 import logging
 import signal
 
-from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
+from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter, SaRecord
 from meshsec.agent.adapters.recording import RecordingDataPlane
 from meshsec.agent.dataplane.api import DataPlane
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.config import IkeConfig
+from meshsec.agent.ike.events import Event, InitialContactReceived
 from meshsec.agent.ike.responder import ResponderSettings
 from meshsec.agent.standalone.config import AgentSettings, StandaloneConfig
 from meshsec.agent.standalone.status import StatusServer
@@ -46,6 +47,7 @@ class Agent:
         self.adapter = IkeAdapter(
             self._lookup,
             dataplane=dataplane,
+            on_event=self._on_event,
             settings=AdapterSettings(
                 bind=agent.bind,
                 ike_port=agent.ike_port,
@@ -54,6 +56,19 @@ class Agent:
             ),
         )
         self.status = StatusServer(agent.status_socket, self.adapter.status)
+
+    def _on_event(self, record: SaRecord, event: Event) -> None:
+        if isinstance(event, InitialContactReceived):
+            # The peer rebooted or lost its state: our older SAs with it are dead (RFC 7296 2.4).
+            asyncio.get_running_loop().call_soon(self._drop_stale, record, event.remote_id)
+
+    def _drop_stale(self, fresh: SaRecord, remote_id: str) -> None:
+        for r in self.adapter.active():
+            est = r.established
+            if r is not fresh and r.name == fresh.name and est is not None and est.remote_id == remote_id:
+                log.info("%s: INITIAL_CONTACT from %s: dropping older IKE SA %s", r.name, remote_id,
+                         r.sa.local_spi.hex())  # fmt: skip
+                self.adapter.drop(r)
 
     def _lookup(self, local: Address, remote: Address) -> list[IkeConfig]:
         return self.config.lookup(local.host, remote.host)

@@ -5,7 +5,9 @@ are refused with the field path; no key material reaches the logs."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +95,23 @@ def test_no_mode_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_restarted_peer_replaces_its_stale_sa_with_initial_contact(lab: Lab) -> None:
+    ha, hb = lab.host("a"), lab.host("b")
+    lab.link(ha, hb, "198.18.70.1/24", "198.18.70.2/24")
+    b = MeshsecAgent(hb, agent_config("198.18.70.2", "198.18.70.1", "b.test", "a.test", "wait")).start()
+    a_cfg = agent_config("198.18.70.1", "198.18.70.2", "a.test", "b.test", "initiate")
+    first = MeshsecAgent(ha, a_cfg, name="first").start()
+    old = first.wait_for(lambda s: first.established("tun"))
+    os.kill(first.proc.pid, signal.SIGKILL)  # a crash: no DELETE reaches b
+    first.proc.wait(timeout=10)
+    second = MeshsecAgent(ha, a_cfg, name="second").start()
+    new = second.wait_for(lambda s: second.established("tun"))
+    assert new["initiator_spi"] != old["initiator_spi"]
+    status = b.wait_for(lambda s: s if len(s["ike_sas"]) == 1 and s["recent"] else None)
+    assert status["ike_sas"][0]["initiator_spi"] == new["initiator_spi"]
+    assert status["recent"][-1]["initiator_spi"] == old["initiator_spi"]
+    assert "INITIAL_CONTACT from a.test: dropping older IKE SA" in b.log_text()
