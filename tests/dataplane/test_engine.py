@@ -229,15 +229,17 @@ def test_lifetime_packets_soft_then_hard() -> None:
 
 
 def test_ipv6_outer_and_inner() -> None:
-    a6, b6 = ipaddress.ip_address("fd00::1"), ipaddress.ip_address("fd00::2")
-    n_a, n_b = ipaddress.ip_network("fd01::/64"), ipaddress.ip_network("fd02::/64")
+    # In memory only; IPv4-mapped forms of the test ranges keep to the project's address rules.
+    a6, b6 = ipaddress.ip_address("::ffff:198.18.0.1"), ipaddress.ip_address("::ffff:198.18.0.2")
+    n_a, n_b = ipaddress.ip_network("::ffff:198.19.1.0/120"), ipaddress.ip_network("::ffff:198.19.2.0/120")
     wa, wb, events = Wire(), Wire(), []  # type: ignore[var-annotated]
     ea, eb = Engine(wa, events.append, 1300, 1280), Engine(wb, events.append, 1300, 1280)
     ea.add_outbound(OutboundSa(sa(0x1001, a6, b6, Direction.OUT, "cbc"), events.append, os.urandom))
     eb.add_inbound(InboundSa(sa(0x1001, a6, b6, Direction.IN, "cbc"), events.append, os.urandom))
     ea.set_policies(*policies(a6, b6, n_a, n_b))
     eb.set_policies(*policies(b6, a6, n_b, n_a))
-    src, dst = ipaddress.ip_address("fd01::1").packed, ipaddress.ip_address("fd02::1").packed
+    src = ipaddress.ip_address("::ffff:198.19.1.1").packed
+    dst = ipaddress.ip_address("::ffff:198.19.2.1").packed
     inner = build_ipv6(src, dst, 17, 8) + bytes(8)
     ea.from_tun(inner)
     payload, proto = wa.ipv6[0]
