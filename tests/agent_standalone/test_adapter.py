@@ -19,6 +19,8 @@ from meshsec.agent.dataplane.api import DataPlaneError, Direction, SecurityAssoc
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.config import ChildConfig, IkeConfig
 from meshsec.agent.ike.events import ChildSaDeleted, Event
+from meshsec.agent.ike.responder import ResponderSettings
+from meshsec.agent.ike.sa import IkeSa
 from meshsec.agent.ike.ts import Ts
 from meshsec.common.secrets import Secret
 from tests.agent_standalone.netns_thread import NetnsLoop
@@ -276,3 +278,51 @@ def test_wildcard_bind_answers_from_the_address_it_was_asked_on(lab: Lab) -> Non
         lb.run(b.close(graceful=False))
         la.close()
         lb.close()
+
+
+def test_ipv6_and_cookies_against_a_bare_engine_initiator(ns_loop: NetnsLoop) -> None:
+    """An engine IkeSa on a plain socket talks IPv6 to a responder adapter bound to [::] that
+    demands a COOKIE for every IKE_SA_INIT (threshold 0): the wildcard v6 socket learns the
+    local address with IPV6_PKTINFO, and the front door's stateless answers go out too."""
+
+    async def scenario() -> tuple[bool, dict[str, int], list[dict[str, Any]], int]:
+        ci, cr = configs()
+        settings = AdapterSettings(bind=("::",), responder=ResponderSettings(cookie_threshold=0))
+        b = IkeAdapter(lambda local, remote: [cr], settings=settings)
+        await b.start()
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.bind(("::1", 0))
+        sock.setblocking(False)
+        me = Address("::1", sock.getsockname()[1])
+        sa = IkeSa(ci, me, Address("::1", 500), initiator=True)
+        try:
+            sa.initiate(loop.time())
+            deadline = loop.time() + 10
+            while not sa.established and loop.time() < deadline:
+                for d in sa.datagrams_to_send():
+                    sock.sendto(d.wire(), (d.remote.host, d.remote.port))
+                try:
+                    data, peer = await asyncio.wait_for(loop.sock_recvfrom(sock, 65535), 0.5)
+                except TimeoutError:
+                    sa.handle_timer(loop.time())
+                    continue
+                if peer[1] == 4500:
+                    data = data[4:]  # non-ESP marker
+                sa.receive(data, me, Address("::1", peer[1]), loop.time())
+            await wait_until(lambda: established(b))
+            return (
+                sa.established,
+                dict(b.responder.stats),
+                (await b.status())["ike_sas"],
+                sa.stats["retransmits"],
+            )
+        finally:
+            sock.close()
+            await b.close(graceful=False)
+
+    ok, front, sas, retransmits = ns_loop.run(scenario())
+    assert ok and retransmits == 0
+    assert front["cookie_sent"] == 1 and front["cookie_accepted"] == 1
+    assert sas[0]["local"] == "[::1]:500" and sas[0]["remote"].startswith("[::1]:")
+    assert sas[0]["nat_local"] is False and sas[0]["nat_remote"] is False

@@ -188,3 +188,21 @@ def test_capture_decodes_as_ikev2(lab: Lab, charons: CharonFactory) -> None:
     assert all(r[5] in ("0x20", "2.0", "32") for r in rows), rows
     assert {r[1].replace(":", "") for r in rows} == {ms_sa["initiator_spi"]}
     assert {r[2].replace(":", "") for r in rows[1:]} == {ms_sa["responder_spi"]}
+
+
+def test_strongswan_honours_meshsec_cookie(lab: Lab, charons: CharonFactory) -> None:
+    """meshsec's responder demands a COOKIE for every IKE_SA_INIT (threshold 0); strongSwan
+    repeats its request with the cookie and the tunnel comes up (RFC 7296 2.6)."""
+    ike, esp, ike_alg, esp_alg = SUITES["gcm-x25519"]
+    pair = build(lab)
+    config = meshsec_config(ike, esp)
+    config["agent"]["responder"] = {"cookie_threshold": 0}
+    agent = MeshsecAgent(pair.ms, config).start()
+    sw = charons.start(pair.sw, [swan_connection(ike, esp)], swan_settings())
+    sw.initiate("peer", "net", timeout=10)
+    sw_sa = sw.wait_for(_swan_established)
+    ms_sa = agent.wait_for(lambda s: agent.established("peer"))
+    _assert_same_sa(ms_sa, sw_sa, ike_alg, esp_alg)
+    front = agent.status()["stats"]["responder"]
+    assert front["cookie_sent"] == 1 and front["cookie_accepted"] == 1
+    assert "received COOKIE notify" in sw.log_text() or "N(COOKIE)" in sw.log_text()
