@@ -81,7 +81,9 @@ class MeshLab:
              "--replica", "ctl"],
             log=self.work / "controller.log",
         )  # fmt: skip
-        wait_for("the controller's admin socket", lambda: self.admin_socket.exists() and self._ping_admin(), 20)
+        wait_for(
+            "the controller's admin socket", lambda: self.admin_socket.exists() and self._ping_admin(), 20
+        )
 
     def kill_controller(self) -> None:
         assert self.ctl is not None
@@ -100,6 +102,8 @@ class MeshLab:
         return channel, admin_pb2_grpc.AdminServiceStub(channel)
 
     def _ping_admin(self) -> bool:
+        if not self.admin_socket.exists():
+            return False
         channel, stub = self.admin()
         with channel:
             stub.List(admin_pb2.ListRequest(kind="Site"), timeout=2)
