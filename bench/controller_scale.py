@@ -43,6 +43,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# Thousands of channels closing at the end would each log a GOAWAY at grpc's default verbosity.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
