@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from meshsec.agent.adapters import udp
@@ -146,7 +146,7 @@ class IkeAdapter:
         self._loop_thread = threading.get_ident()
         self._worker = self._loop.create_task(self._run_work())
         try:
-            for host in self.settings.bind:
+            for host in dict.fromkeys(udp.canonical(h) for h in self.settings.bind):
                 for port in (self.settings.ike_port, NATT_PORT):
                     sock = udp.open_udp_socket(host, port, self.settings.rcvbuf)
                     self._endpoints.append(_Endpoint(sock, Address(host, port)))
@@ -384,7 +384,7 @@ class IkeAdapter:
             log.warning("no socket to send from %s", d.local)
             return
         try:
-            udp.send(ep.sock, d.wire(), d.local, d.remote)
+            udp.send(ep.sock, ep.bound, d.wire(), d.local, d.remote)
         except OSError as exc:
             self.stats["send_errors"] += 1
             log.debug("send %s -> %s: %s", d.local, d.remote, exc)
@@ -621,7 +621,3 @@ def source_address_for(remote_host: str) -> str:
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.connect((remote_host, 9))
         return str(s.getsockname()[0])
-
-
-def bind_addresses(hosts: Sequence[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(hosts))

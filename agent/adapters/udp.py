@@ -26,8 +26,17 @@ class Received:
     remote: Address
 
 
+WILDCARDS = frozenset(("0.0.0.0", "::"))
+
+
+def canonical(host: str) -> str:
+    """The one spelling of an address (so `0:0::0` and `::` compare equal as strings)."""
+    return str(ipaddress.ip_address(host))
+
+
 def is_wildcard(host: str) -> bool:
-    return ipaddress.ip_address(host).is_unspecified
+    """For canonical spellings; a string test because it runs for every datagram."""
+    return host in WILDCARDS
 
 
 def open_udp_socket(host: str, port: int, rcvbuf: int = 0) -> socket.socket:
@@ -35,12 +44,14 @@ def open_udp_socket(host: str, port: int, rcvbuf: int = 0) -> socket.socket:
     IKE_SA_INITs overflow the default, and every lost packet costs a retransmit timeout)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
+    pktinfo = is_wildcard(canonical(host))  # a specific bind knows its address already
     try:
         if family == socket.AF_INET6:
             # Separate v4 and v6 sockets: v4-mapped addresses would confuse NAT detection.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-        else:
+            if pktinfo:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        elif pktinfo:
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         if rcvbuf > 0:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -85,11 +96,10 @@ def _strip_scope(host: str) -> str:
     return host.split("%", 1)[0]
 
 
-def send(sock: socket.socket, data: bytes, local: Address, remote: Address) -> None:
+def send(sock: socket.socket, bound: Address, data: bytes, local: Address, remote: Address) -> None:
     """Sends from `local` (a specific address even on a wildcard-bound socket). Raises
     OSError like sendto; a full send buffer shows as BlockingIOError."""
-    bound_host = sock.getsockname()[0]
-    if not is_wildcard(bound_host) or is_wildcard(local.host):
+    if not is_wildcard(bound.host) or is_wildcard(local.host):
         sock.sendto(data, (remote.host, remote.port))
         return
     if sock.family == socket.AF_INET6:
