@@ -4,14 +4,18 @@ The engine asks for an SPI synchronously, in the middle of building a message; t
 reserves one asynchronously (XFRM_MSG_ALLOCSPI). So each IKE SA keeps a small stock of SPIs
 reserved ahead of time for its addresses, topped up after every use. Only if the stock is empty
 (a reservation still in flight) does the engine get an unreserved random SPI, counted in
-`stats["spi_unreserved"]`; the data plane then still rejects a clash when the SA is added."""
+`stats["spi_unreserved"]`; the data plane then still rejects a clash when the SA is added.
+Reservations older than RESERVATION_TTL are not handed out: the kernel drops a larval SA after
+net.core.xfrm_acq_expires (30 s by default), so an old spare may no longer be reserved."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, deque
+from collections.abc import Callable
 
 from meshsec.agent.adapters.install import ip
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, IpsecProtocol, SaId
@@ -21,6 +25,8 @@ from meshsec.agent.ike.random import Random
 from meshsec.agent.ike.sa import SpiAllocator, random_spi_allocator
 
 log = logging.getLogger(__name__)
+
+RESERVATION_TTL = 20.0
 
 
 def _ipsec(protocol: ProtocolId) -> IpsecProtocol:
@@ -34,15 +40,20 @@ class SpiStock:
         self._owner = owner
         self.local = local
         self.remote = remote
-        self.free: dict[ProtocolId, deque[int]] = {}
+        self.free: dict[ProtocolId, deque[tuple[int, float]]] = {}  # (SPI, reserved at)
         self.closed = False
 
     def take(self, protocol: ProtocolId) -> int:
         """The engine's SpiAllocator."""
         stock = self.free.get(protocol)
         self._owner.top_up(self, protocol)
-        if stock:
-            return stock.popleft()
+        now = self._owner.clock()
+        while stock:
+            spi, reserved_at = stock.popleft()
+            if now - reserved_at < RESERVATION_TTL:
+                return spi
+            self._owner.stats["spi_reservation_expired"] += 1
+            self._owner.release(self, protocol, spi)
         self._owner.stats["spi_unreserved"] += 1
         return self._owner.fallback(protocol)
 
@@ -51,13 +62,16 @@ class SpiStock:
         self.closed = True
         for protocol, spis in self.free.items():
             while spis:
-                self._owner.release(self, protocol, spis.popleft())
+                self._owner.release(self, protocol, spis.popleft()[0])
 
 
 class SpiReserver:
-    def __init__(self, dataplane: DataPlane, rnd: Random, spare: int = 1) -> None:
+    def __init__(
+        self, dataplane: DataPlane, rnd: Random, spare: int = 1, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.dataplane = dataplane
         self.spare = spare
+        self.clock = clock
         self.stats: Counter[str] = Counter()
         self.fallback: SpiAllocator = random_spi_allocator(rnd)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -67,7 +81,8 @@ class SpiReserver:
         st = SpiStock(self, local, remote)
         for protocol in protocols:
             st.free[protocol] = deque()
-            self.top_up(st, protocol)
+            for _ in range(self.spare):
+                self.top_up(st, protocol)
         return st
 
     async def fill(self, st: SpiStock, protocol: ProtocolId, count: int) -> None:
@@ -91,7 +106,7 @@ class SpiReserver:
         if st.closed:
             self.release(st, protocol, spi)
         else:
-            st.free.setdefault(protocol, deque()).append(spi)
+            st.free.setdefault(protocol, deque()).append((spi, self.clock()))
 
     def release(self, st: SpiStock, protocol: ProtocolId, spi: int) -> None:
         sa_id = SaId(ip(st.local.host), spi, _ipsec(protocol))
