@@ -108,7 +108,9 @@ async def enroll(
     if pin is not None and ca_sha256(ca_pem) != pin.lower():
         raise EnrollmentError(f"the CA file does not match the pinned SHA-256 {pin}")
     key = new_key()
-    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    options: list[tuple[str, str | int]] = [("grpc.enable_http_proxy", 0)]
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
     creds = grpc.ssl_channel_credentials(root_certificates=ca_pem)
     async with grpc.aio.secure_channel(bootstrap, creds, options=options) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)

@@ -84,6 +84,7 @@ class Session:
         options: list[tuple[str, str | int]] = [
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.enable_http_proxy", 0),  # the controller is dialled directly, never via a proxy
         ]
         if self.server_name:
             options.append(("grpc.ssl_target_name_override", self.server_name))

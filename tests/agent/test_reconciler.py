@@ -1,0 +1,163 @@
+"""The reconciler driving two real IKE adapters (real engines, UDP on 127.77.0.x) over a
+recording data plane (the one part that is not real: no packets are encrypted here; the
+namespace tests cover that). Proves the duplicate resolution, INITIAL_CONTACT after a restart,
+tunnel removal and replacement on a configuration change."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
+from meshsec.agent.adapters.recording import RecordingDataPlane
+from meshsec.agent.node.reconciler import Reconciler
+from meshsec.v1 import agent_pb2
+from tests.agent.test_desired import tunnel
+
+pytestmark = pytest.mark.timeout(60)
+PORT = 15500
+
+
+@dataclass
+class Side:
+    name: str
+    addr: str
+    dataplane: RecordingDataPlane
+    adapter: IkeAdapter
+    reconciler: Reconciler
+    task: asyncio.Task[None]
+
+    def established(self) -> list[str]:
+        return [r.sa.spi_i.hex() for r in self.adapter.active() if r.sa.established]
+
+    def live_children(self) -> int:
+        return sum(len(r.children) for r in self.adapter.active())
+
+
+def end(
+    tid: str, me: str, peer: str, my_addr: str, peer_addr: str, *, initiator: bool
+) -> agent_pb2.DesiredTunnel:
+    t = tunnel(tid, peer, initiator=initiator)
+    t.local_endpoint.address = my_addr
+    t.remote_endpoints[0].address = peer_addr
+    t.local_id.value, t.remote_id.value = me, peer
+    child = t.children[0]
+    if me == "b":  # the selectors mirrored at the other end
+        child.local_ts[0].cidr, child.remote_ts[0].cidr = child.remote_ts[0].cidr, child.local_ts[0].cidr
+    return t
+
+
+async def start_side(name: str, addr: str, *, restarted: bool = False) -> Side:
+    dp = RecordingDataPlane()
+    await dp.start()
+    holder: list[Reconciler] = []
+    adapter = IkeAdapter(
+        lambda local, remote: holder[0].lookup(local, remote),
+        dataplane=dp,
+        settings=AdapterSettings(bind=(addr,), ike_port=PORT),
+        on_event=lambda record, ev: holder[0].on_event(record, ev),
+    )
+    rec = Reconciler(adapter, responder_grace=1.0)
+    rec.restarted = restarted
+    holder.append(rec)
+    await adapter.start()
+    return Side(name, addr, dp, adapter, rec, asyncio.create_task(rec.run(period=0.2)))
+
+
+async def stop_side(side: Side, graceful: bool = True) -> None:
+    side.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await side.task
+    await side.adapter.close(graceful=graceful, timeout=1.0)
+    side.adapter.close_sockets()
+
+
+async def until(what: str, check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[list[Side]]:
+    sides = [await start_side("a", "127.77.0.1"), await start_side("b", "127.77.0.2")]
+    try:
+        yield sides
+    finally:
+        for s in sides:
+            with contextlib.suppress(Exception):
+                await stop_side(s, graceful=False)
+
+
+def desire(side: Side, *tunnels: agent_pb2.DesiredTunnel) -> None:
+    side.reconciler.set_desired({t.tunnel_id: t for t in tunnels})
+
+
+async def test_both_ends_initiating_converge_on_one_ike_sa(pair: list[Side]) -> None:
+    a, b = pair
+    # Both claim the initiator role (as after a controller flip): both negotiate, one SA stays.
+    desire(a, end("t1", "a", "b", a.addr, b.addr, initiator=True))
+    desire(b, end("t1", "b", "a", b.addr, a.addr, initiator=True))
+    await until(
+        "one IKE SA at each end, the same one",
+        lambda: len(a.established()) == 1 and a.established() == b.established(),
+    )
+    await asyncio.sleep(1.0)  # and it stays that way
+    assert len(a.established()) == 1 and a.established() == b.established()
+    await until(
+        "data planes hold only the live CHILD_SA",
+        lambda: len(a.dataplane.sas) == 2 and len(b.dataplane.sas) == 2,
+    )
+
+
+async def test_removal_and_configuration_change(pair: list[Side]) -> None:
+    a, b = pair
+    ta, tb = (
+        end("t1", "a", "b", a.addr, b.addr, initiator=True),
+        end("t1", "b", "a", b.addr, a.addr, initiator=False),
+    )
+    desire(a, ta)
+    desire(b, tb)
+    await until("established", lambda: len(a.established()) == 1 and a.established() == b.established())
+    first = a.established()
+    # A changed proposal list replaces the IKE SA (at both ends; the peer gets the DELETE).
+    ta.ike_proposals[:] = ["aes128gcm16-prfsha256-x25519", *ta.ike_proposals]
+    tb.ike_proposals[:] = list(ta.ike_proposals)
+    desire(a, ta)
+    desire(b, tb)
+    await until(
+        "replaced",
+        lambda: len(a.established()) == 1 and a.established() != first and a.established() == b.established(),
+    )
+    # Removed at one end: its DELETE tears it down at the other end too, data planes emptied.
+    desire(a)
+    await until("torn down at both ends", lambda: not a.adapter.active() and not b.established())
+    await until(
+        "data planes empty", lambda: not a.dataplane.sas and not b.dataplane.sas and not a.dataplane.policies
+    )
+
+
+async def test_restarted_responder_reconnects_and_peer_drops_stale_sa(pair: list[Side]) -> None:
+    a, b = pair
+    desire(a, end("t1", "a", "b", a.addr, b.addr, initiator=True))
+    desire(b, end("t1", "b", "a", b.addr, a.addr, initiator=False))
+    await until("established", lambda: len(a.established()) == 1 and a.established() == b.established())
+    old = a.established()
+    await stop_side(b, graceful=False)  # b crashes: a still holds the SA, knows nothing
+    assert a.established() == old
+    b2 = await start_side("b", "127.77.0.2", restarted=True)
+    pair[1] = b2
+    desire(b2, end("t1", "b", "a", b2.addr, a.addr, initiator=False))
+    # b2 initiates at once (restart) with INITIAL_CONTACT; a drops the stale SA silently.
+    await until(
+        "new SA, stale one gone",
+        lambda: a.established() == b2.established() and len(a.established()) == 1 and a.established() != old,
+    )
+    await until("a's data plane holds only the new CHILD_SA", lambda: len(a.dataplane.sas) == 2)
+    assert a.live_children() == 1
