@@ -33,6 +33,12 @@ MV_A4 = H("feedfacedeadbeeffeedfacedeadbeefabaddad2")
 MV_T4 = H("5bc94fbc3221a5db94fae95ae7121a47")
 
 
+def body_of(header: bytes, packet: bytes) -> bytes:
+    """A sealed ESP packet starts with the header it was given; the rest is IV || ct || ICV."""
+    assert packet[:8] == header
+    return packet[8:]
+
+
 def _gcm(key: bytes, salt: bytes, esn: bool = False) -> AesGcm16:
     return AesGcm16(Encryption("aes-gcm-16", Secret(key + salt), 128), esn)
 
@@ -51,7 +57,7 @@ def test_gcm_mcgrew_viega(plaintext: bytes, aad: bytes, expected: bytes) -> None
 def test_gcm_esp_iv_is_sequence_number_and_aad_is_spi_seq() -> None:
     t = _gcm(MV_KEY, MV_IV[:4])
     header = H("0000432100000007")
-    sealed = t.seal(header, 7, b"", MV_P[:60])
+    sealed = body_of(header, t.seal(header, 7, b"", MV_P[:60]))
     assert sealed[:8] == (7).to_bytes(8, "big")
     assert sealed[8:] == t._aead.encrypt(MV_IV[:4] + sealed[:8], MV_P[:60], header)
     assert t.open(header, b"", sealed) == MV_P[:60]
@@ -61,7 +67,7 @@ def test_gcm_esn_puts_high_bits_in_aad() -> None:
     t = _gcm(MV_KEY, MV_IV[:4], esn=True)
     header = H("0000432100000007")
     seq = (5 << 32) | 7
-    sealed = t.seal(header, seq, (5).to_bytes(4, "big"), b"abcd")
+    sealed = body_of(header, t.seal(header, seq, (5).to_bytes(4, "big"), b"abcd"))
     aad = H("00004321") + H("00000005") + H("00000007")  # RFC 4106 section 5
     assert sealed[8:] == t._aead.encrypt(MV_IV[:4] + seq.to_bytes(8, "big"), b"abcd", aad)
     assert t.open(header, (4).to_bytes(4, "big"), sealed) is None
@@ -86,7 +92,7 @@ def test_aes_cbc_rfc3602(key: bytes, iv: bytes, plaintext: bytes, ciphertext: by
     r = Cipher(algorithms.AES(key), modes.ECB()).decryptor().update(iv)
     t = AesCbcHmac(Encryption("aes-cbc", Secret(key)), integ, False, lambda n: r * (n // 16))
     header = H("0000100000000001")
-    sealed = t.seal(header, 1, b"", plaintext)
+    sealed = body_of(header, t.seal(header, 1, b"", plaintext))
     assert sealed[:16] == iv
     assert sealed[16:-16] == ciphertext
     # ICV = HMAC-SHA-256-128 over SPI | seq | IV | ciphertext (RFC 4303 section 3.3.2.1)
@@ -96,7 +102,7 @@ def test_aes_cbc_rfc3602(key: bytes, iv: bytes, plaintext: bytes, ciphertext: by
     tampered[20] ^= 1
     assert t.open(header, b"", bytes(tampered)) is None
     # Next packet: a different, unpredictable IV; still decrypts on its own.
-    second = t.seal(header, 2, b"", plaintext)
+    second = body_of(header, t.seal(header, 2, b"", plaintext))
     assert second[:16] != iv
     assert Cipher(algorithms.AES(key), modes.CBC(second[:16])).decryptor().update(second[16:-16]) == plaintext
     assert t.open(header, b"", second) == plaintext

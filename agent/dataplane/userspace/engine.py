@@ -31,6 +31,7 @@ from meshsec.agent.dataplane.userspace.packet import (
     IPPROTO_IPIP,
     IPPROTO_IPV6,
     IPPROTO_NONE,
+    IPPROTO_TCP,
     build_ipv4,
     build_ipv4_raw,
     build_ipv6,
@@ -109,15 +110,13 @@ class Engine:
         n = len(pkt)
         v = pkt[0] >> 4 if n else 0
         if v == 4 and n >= 20:
-            src = pkt[12:16]
-            dst = pkt[16:20]
+            pair = pkt[12:20]
         elif v == 6 and n >= 40:
-            src = pkt[8:24]
-            dst = pkt[24:40]
+            pair = pkt[8:40]
         else:
             self.drops_out[Drop.MALFORMED] += 1
             return
-        cands = self.spd_out.candidates(src, dst)
+        cands = self.spd_out.candidates(pair)
         if not cands:
             self.drops_out[Drop.NO_POLICY] += 1
             return
@@ -125,14 +124,17 @@ class Engine:
             policy = cands[0].policy
         else:
             proto, _, sport, dport = l4_info(pkt)
-            policy = self.spd_out.lookup(src, dst, proto, sport, dport)  # type: ignore[assignment]
-            if policy is None:
+            for entry in cands:
+                if entry.selector.matches_l4(proto, sport, dport):
+                    policy = entry.policy
+                    break
+            else:
                 self.drops_out[Drop.NO_POLICY] += 1
                 return
         tmpl = policy.template
         if policy.action is not PolicyAction.PROTECT or tmpl is None:
             if policy.action is PolicyAction.BYPASS and v == 4:
-                self._send4(pkt, socket.inet_ntop(socket.AF_INET, dst))
+                self._send4(pkt, socket.inet_ntop(socket.AF_INET, pair[4:]))
             else:
                 self.drops_out[Drop.BLOCKED] += 1
             return
@@ -144,7 +146,7 @@ class Engine:
                 self._last_acquire[tmpl.reqid] = self.now
                 self.emit(Acquire(policy.selector, tmpl.reqid))
             return
-        if is_tcp_syn(pkt):
+        if (pkt[9] if v == 4 else pkt[6]) == IPPROTO_TCP and is_tcp_syn(pkt):
             buf = bytearray(pkt)
             if clamp_mss(buf, self.mss4, self.mss6):
                 pkt = bytes(buf)
@@ -157,8 +159,11 @@ class Engine:
         else:
             payload = pkt[40:]
             nh = pkt[6]
-        st.account(n)
+        st.bytes += n
+        st.packets += 1
         st.last_used = self.now
+        if st.bytes >= st.next_bytes or st.packets >= st.next_packets:
+            st.limit_reached()
         try:
             if st.esp is not None:
                 esp = st.esp.seal(payload, nh)
@@ -298,8 +303,11 @@ class Engine:
         if not self._inbound_allowed(st, inner):
             self.drops[Drop.POLICY] += 1
             return
-        st.account(len(inner))
+        st.bytes += len(inner)
+        st.packets += 1
         st.last_used = self.now
+        if st.bytes >= st.next_bytes or st.packets >= st.next_packets:
+            st.limit_reached()
         if is_tcp_syn(inner):
             buf = bytearray(inner)
             clamp_mss(buf, self.mss4, self.mss6)
@@ -309,19 +317,20 @@ class Engine:
     def _inbound_allowed(self, st: InboundSa, inner: bytes) -> bool:
         """RFC 4301 section 5.2 step 4: the decrypted packet must match the SA's selectors."""
         if inner[0] >> 4 == 4:
-            src, dst, version = inner[12:16], inner[16:20], 4
+            pair, half, version = inner[12:20], 4, 4
         else:
-            src, dst, version = inner[8:24], inner[24:40], 6
+            pair, half, version = inner[8:40], 16, 6
         sel = st.selector
         proto = sport = dport = -1
         if sel is not None:
-            if not sel.matches_addresses(version, int.from_bytes(src, "big"), int.from_bytes(dst, "big")):
+            src, dst = int.from_bytes(pair[:half], "big"), int.from_bytes(pair[half:], "big")
+            if not sel.matches_addresses(version, src, dst):
                 return False
             if not sel.any_l4:
                 proto, _, sport, dport = l4_info(inner)
                 if not sel.matches_l4(proto, sport, dport):
                     return False
-        for entry in self.spd_in.candidates(src, dst):
+        for entry in self.spd_in.candidates(pair):
             if not entry.selector.any_l4:
                 if proto < 0:
                     proto, _, sport, dport = l4_info(inner)

@@ -58,7 +58,7 @@ class EspSender:
         header = self._spi + (seq & 0xFFFFFFFF).to_bytes(4, "big")
         seq_hi = (seq >> 32).to_bytes(4, "big") if self.esn else _NO_HI
         plaintext = b"".join((payload, _PAD[:pad_len], bytes((pad_len, next_header))))
-        return header + self.transform.seal(header, seq, seq_hi, plaintext)
+        return self.transform.seal(header, seq, seq_hi, plaintext)
 
 
 class EspReceiver:
@@ -75,12 +75,12 @@ class EspReceiver:
         t = self.transform
         if len(packet) < 8 + t.iv_size + t.icv_size + 4:
             return Drop.MALFORMED
-        seq_low = int.from_bytes(packet[4:8], "big")
-        seq = self.window.infer(seq_low)
+        header = packet[:8]
+        seq = self.window.infer(int.from_bytes(header[4:], "big"))
         if seq < 0:
             return Drop.REPLAY
         seq_hi = (seq >> 32).to_bytes(4, "big") if self.esn else _NO_HI
-        plaintext = t.open(packet[:8], seq_hi, packet[8:])
+        plaintext = t.open(header, seq_hi, packet[8:])
         if plaintext is None:
             return Drop.INTEGRITY
         if not self.window.accept(seq):

@@ -31,9 +31,26 @@ class SaState:
     """Counters and lifetime for one SA, shared by both directions."""
 
     __slots__ = (
-        "_emit", "_hard_bytes", "_hard_packets", "_next_bytes", "_next_packets", "_soft_sent",
-        "bytes", "dead", "dst_b", "dst_s", "encap_dst", "integrity_failed", "ipv6", "last_used", "packets",
-        "replay_dropped", "sa", "selector", "src_b", "tunnel",
+        "_emit",
+        "_hard_bytes",
+        "_hard_packets",
+        "_soft_sent",
+        "bytes",
+        "dead",
+        "dst_b",
+        "dst_s",
+        "encap_dst",
+        "integrity_failed",
+        "ipv6",
+        "last_used",
+        "next_bytes",
+        "next_packets",
+        "packets",
+        "replay_dropped",
+        "sa",
+        "selector",
+        "src_b",
+        "tunnel",
     )
 
     def __init__(self, sa: SecurityAssociation, emit: Emit) -> None:
@@ -58,22 +75,17 @@ class SaState:
         lt = sa.lifetime
         self._hard_bytes = lt.hard_bytes or _UNLIMITED
         self._hard_packets = lt.hard_packets or _UNLIMITED
-        self._next_bytes = lt.soft_bytes or self._hard_bytes
-        self._next_packets = lt.soft_packets or self._hard_packets
+        self.next_bytes = lt.soft_bytes or self._hard_bytes
+        self.next_packets = lt.soft_packets or self._hard_packets
 
-    def account(self, nbytes: int) -> None:
-        self.bytes += nbytes
-        self.packets += 1
-        if self.bytes >= self._next_bytes or self.packets >= self._next_packets:
-            self._limit_reached()
-
-    def _limit_reached(self) -> None:
+    def limit_reached(self) -> None:
+        """Called when a byte or packet threshold is crossed (the engine inlines the check)."""
         if self.bytes >= self._hard_bytes or self.packets >= self._hard_packets:
             self.expire(hard=True)
         else:
             self.expire(hard=False)
-            self._next_bytes = self._hard_bytes
-            self._next_packets = self._hard_packets
+            self.next_bytes = self._hard_bytes
+            self.next_packets = self._hard_packets
 
     def expire(self, hard: bool) -> None:
         if self.dead:

@@ -67,26 +67,28 @@ class Spd:
     def __init__(self, policies: Iterable[Policy]) -> None:
         ordered = sorted(policies, key=lambda p: p.priority)
         self._entries = tuple(SpdEntry(CompiledSelector.compile(p.selector), p) for p in ordered)
-        self._cache: dict[tuple[bytes, bytes], tuple[SpdEntry, ...]] = {}
+        self._cache: dict[bytes, tuple[SpdEntry, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def candidates(self, src: bytes, dst: bytes) -> tuple[SpdEntry, ...]:
-        key = (src, dst)
-        found = self._cache.get(key)
+    def candidates(self, pair: bytes) -> tuple[SpdEntry, ...]:
+        """Policies whose addresses match `pair` = source address || destination address (the
+        contiguous bytes 12..20 of an IPv4 header, 8..40 of an IPv6 one), best first."""
+        found = self._cache.get(pair)
         if found is None:
-            version = 4 if len(src) == 4 else 6
-            s = int.from_bytes(src, "big")
-            d = int.from_bytes(dst, "big")
+            half = len(pair) // 2
+            version = 4 if half == 4 else 6
+            s = int.from_bytes(pair[:half], "big")
+            d = int.from_bytes(pair[half:], "big")
             found = tuple(e for e in self._entries if e.selector.matches_addresses(version, s, d))
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
-            self._cache[key] = found
+            self._cache[pair] = found
         return found
 
     def lookup(self, src: bytes, dst: bytes, protocol: int, sport: int, dport: int) -> Policy | None:
-        for entry in self.candidates(src, dst):
+        for entry in self.candidates(src + dst):
             if entry.selector.matches_l4(protocol, sport, dport):
                 return entry.policy
         return None

@@ -63,7 +63,7 @@ class EspTransform(Protocol):
     icv_size: int
 
     def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
-        """IV || ciphertext || ICV for the padded plaintext."""
+        """The ESP packet: `header` (SPI || sequence) || IV || ciphertext || ICV."""
 
     def open(self, header: bytes, seq_hi: bytes, body: bytes) -> bytes | None:
         """Padded plaintext, or None when the ICV does not verify."""
@@ -96,7 +96,8 @@ class AesGcm16:
 
     def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
         iv = seq.to_bytes(8, "big")
-        return iv + self._aead.encrypt(self._salt + iv, plaintext, self._aad(header, seq_hi))
+        ct = self._aead.encrypt(self._salt + iv, plaintext, self._aad(header, seq_hi))
+        return b"".join((header, iv, ct))
 
     def open(self, header: bytes, seq_hi: bytes, body: bytes) -> bytes | None:
         if len(body) < 8 + 16 + 4:
@@ -159,9 +160,8 @@ class AesCbcHmac:
 
     def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
         body = self._enc.update(self._ivs.take() + plaintext)  # IV || ciphertext, see class doc
-        if self.esn:
-            return body + self._integ.icv(header, body, seq_hi)
-        return body + self._integ.icv(header, body)
+        icv = self._integ.icv(header, body, seq_hi) if self.esn else self._integ.icv(header, body)
+        return b"".join((header, body, icv))
 
     def open(self, header: bytes, seq_hi: bytes, body: bytes) -> bytes | None:
         n = len(body) - 16 - self.icv_size
@@ -187,9 +187,8 @@ class NullHmac:
         self.esn = esn
 
     def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
-        if self.esn:
-            return plaintext + self._integ.icv(header, plaintext, seq_hi)
-        return plaintext + self._integ.icv(header, plaintext)
+        icv = self._integ.icv(header, plaintext, seq_hi) if self.esn else self._integ.icv(header, plaintext)
+        return b"".join((header, plaintext, icv))
 
     def open(self, header: bytes, seq_hi: bytes, body: bytes) -> bytes | None:
         n = len(body) - self.icv_size
