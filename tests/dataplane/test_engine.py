@@ -246,3 +246,22 @@ def test_ipv6_outer_and_inner() -> None:
     assert proto == 50
     eb.from_esp(payload)
     assert wb.tun == [inner]
+
+
+def test_mss_clamped_on_syn_before_sealing_and_on_syn_ack_after_opening() -> None:
+    from tests.dataplane.test_mss import tcp_segment
+
+    p = Pair("gcm")  # engines clamp to MSS 1300 (IPv4)
+    s, d = bytes([198, 19, 1, 1]), bytes([198, 19, 2, 1])
+    syn = tcp_segment(0x02, b"\x02\x04\x05\xb4", s, d)  # MSS 1460
+    p.send(build_ipv4(s, d, 6, len(syn), 1) + syn)
+    delivered = p.wb.tun[-1]
+    assert delivered[40:44] == b"\x02\x04" + (1300).to_bytes(2, "big")
+    # The reverse direction: a SYN-ACK decrypted by A gets clamped before it reaches A's TUN.
+    back_out = OutboundSa(sa(0x2002, B, A, Direction.OUT), p.events.append, os.urandom)
+    back_in = InboundSa(sa(0x2002, B, A, Direction.IN), p.events.append, os.urandom)
+    synack = tcp_segment(0x12, b"\x02\x04\x05\xb4", d, s)
+    esp = back_out.esp.seal(build_ipv4(d, s, 6, len(synack), 2) + synack, 4)  # type: ignore[union-attr]
+    p.a.add_inbound(back_in)
+    p.a.from_esp(esp)
+    assert p.wa.tun[-1][40:44] == b"\x02\x04" + (1300).to_bytes(2, "big")
