@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +34,11 @@ def caller_of(context: AnyContext) -> Caller | None:
     return None
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def issued_at(certificate_pem: bytes) -> datetime.datetime | None:
-    """The certificate's notBefore (None when the TLS layer did not hand us the certificate)."""
+    """The certificate's notBefore (None when the TLS layer did not hand us the certificate).
+
+    Cached: every RPC of a node presents the same certificate until it renews."""
     if not certificate_pem:
         return None
     return x509.load_pem_x509_certificate(certificate_pem).not_valid_before_utc
