@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--no-strongswan", action="store_true", help="leave out the external strongSwan gateway")
     up.add_argument("--no-agents", action="store_true", help="only the namespaces, controller and resources")
+    up.add_argument(
+        "--agents",
+        choices=("auto", "connected", "standalone"),
+        default="auto",
+        help="connected: agents enroll and follow the controller (default when available); "
+        "standalone: interim configs derived from the computed tunnels",
+    )
     up.add_argument("-f", "--filename", help="mesh to apply (default: deploy/examples/lab-mesh.yaml)")
     lsub.add_parser("down", help="remove everything the lab created")
     lsub.add_parser("status", help="what the lab is running, and its tunnels")

@@ -91,7 +91,7 @@ def wait_ready(paths: ControllerPaths, pid: int, timeout: float = 20.0) -> None:
     while time.monotonic() < deadline:
         if not netns.alive(pid):
             raise RuntimeError(
-                f"meshsec-controller exited during start-up; log: {paths.log}\n{_tail(paths.log)}"
+                f"meshsec-controller exited during start-up; log: {paths.log}\n{tail(paths.log)}"
             )
         if paths.admin_socket.exists():
             try:
@@ -104,7 +104,7 @@ def wait_ready(paths: ControllerPaths, pid: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"meshsec-controller not ready after {timeout:.0f}s ({last}); log: {paths.log}")
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:

@@ -42,6 +42,7 @@ class Route:
     ns: str | None
     dst: str
     via: str
+    src: str | None = None  # preferred source for traffic this namespace originates
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,10 @@ def _datacenter(n: int, name: str) -> tuple[Site, list[Link], list[Route], list[
         Link("inet", name, f"198.18.{n}.254/24", gw, "eth0", f"{public}/24"),
         Link(gw, "lan", f"198.19.{n}.1/24", host, "eth0", f"198.19.{n}.10/24"),
     ]
-    routes = [Route(gw, "default", f"198.18.{n}.254"), Route(host, "default", f"198.19.{n}.1")]
+    # The node's own traffic leaves from its private address and is mapped to the public one like
+    # everything else; sending from the public one directly would collide with the mappings of
+    # inbound flows in conntrack and get its source port rewritten.
+    routes = [Route(gw, "default", f"198.18.{n}.254", src=private), Route(host, "default", f"198.19.{n}.1")]
     site = Site(name, "datacenter", gw, gw, host, private, (f"198.19.{n}.10",))
     return site, links, routes, [(gw, f"{private}/32")], StaticNat(gw, "eth0", public, private)
 

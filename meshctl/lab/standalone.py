@@ -117,12 +117,16 @@ def agent_configs(
     return {name: doc for name, doc in configs.items() if doc["connections"]}
 
 
-def write_config(path: Path, document: Mapping[str, Any]) -> None:
-    """0600 from the start: the file holds PSKs."""
+def write_secret(path: Path, text: str) -> None:
+    """Mode 0600 from the moment the file exists (PSKs, bootstrap tokens)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        yaml.safe_dump(dict(document), out, sort_keys=False)
+        out.write(text)
+
+
+def write_config(path: Path, document: Mapping[str, Any]) -> None:
+    write_secret(path, yaml.safe_dump(dict(document), sort_keys=False))
 
 
 def tunnel_states(status: Mapping[str, Any]) -> dict[str, str]:

@@ -32,7 +32,9 @@ def build(world: World, state: LabState) -> None:
         netns.ip(world.ns(short), "addr", "add", cidr, "dev", "lo")
     for route in world.routes:
         ns = world.ns(route.ns) if route.ns is not None else None
-        netns.ip(ns, "route", "replace", route.dst, "via", route.via)
+        netns.ip(
+            ns, "route", "replace", route.dst, "via", route.via, *(("src", route.src) if route.src else ())
+        )
     for dst in world.host_routes:
         # Bound to the lab's own interface: they disappear with it.
         netns.ip(None, "route", "replace", dst, "via", _underlay_gateway(world), "dev", HOST_IF)
