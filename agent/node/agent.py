@@ -141,6 +141,7 @@ class NodeAgent:
             self.adapter.close_sockets()
         if self.status_server is not None:
             await self.status_server.close()
+        self.metrics.close()
         log.info("meshsec agent %s stopped", self.config.node)
 
     # ------------------------------------------------------------------ controller
@@ -208,9 +209,12 @@ class NodeAgent:
     def backend(self) -> agent_pb2.DataplaneBackend:
         if self.dataplane is None:
             return agent_pb2.DATAPLANE_BACKEND_UNSPECIFIED
-        if self.dataplane.capabilities.backend == "kernel":
+        backend = self.dataplane.capabilities.backend
+        if backend == "kernel":
             return agent_pb2.DATAPLANE_BACKEND_KERNEL_XFRM
-        return agent_pb2.DATAPLANE_BACKEND_USERSPACE
+        if backend == "userspace":
+            return agent_pb2.DATAPLANE_BACKEND_USERSPACE
+        return agent_pb2.DATAPLANE_BACKEND_UNSPECIFIED  # `none`: IKE without a data plane
 
     def _node_status(self) -> agent_pb2.NodeStatus:
         caps = self.dataplane.capabilities if self.dataplane else None

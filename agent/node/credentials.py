@@ -33,15 +33,19 @@ class Credentials:
     key_pem: Secret
     certificate_pem: bytes
     ca_pem: bytes
+    received: datetime.datetime  # when the certificate arrived (the file's mtime after a restart)
 
     @property
     def certificate(self) -> x509.Certificate:
         return x509.load_pem_x509_certificate(self.certificate_pem)
 
     def renew_at(self) -> datetime.datetime:
+        """Two thirds into the lifetime, counted from issuance: the controller backdates
+        not_before for clock skew, so a short-lived certificate counted from not_before would
+        be due for renewal the moment it arrives."""
         cert = self.certificate
-        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-        return start + (end - start) * RENEW_FRACTION
+        start = max(cert.not_valid_before_utc, min(self.received, cert.not_valid_after_utc))
+        return start + (cert.not_valid_after_utc - start) * RENEW_FRACTION
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
@@ -81,7 +85,8 @@ def load(state: StateDir) -> Credentials | None:
     key, cert, ca = state.key(), state.read(CERT), state.read(CA)
     if key is None or cert is None or ca is None:
         return None
-    return Credentials(key, cert, ca)
+    mtime = state.file(CERT).stat().st_mtime
+    return Credentials(key, cert, ca, datetime.datetime.fromtimestamp(mtime, datetime.UTC))
 
 
 def store(state: StateDir, key: Secret, response: agent_pb2.EnrollResponse) -> Credentials:
@@ -90,7 +95,12 @@ def store(state: StateDir, key: Secret, response: agent_pb2.EnrollResponse) -> C
     state.write(CERT, response.certificate_pem.encode())
     state.write(CA, response.ca_bundle_pem.encode())
     state.write(KEY, key.reveal())
-    return Credentials(key, response.certificate_pem.encode(), response.ca_bundle_pem.encode())
+    return Credentials(
+        key,
+        response.certificate_pem.encode(),
+        response.ca_bundle_pem.encode(),
+        datetime.datetime.now(datetime.UTC),
+    )
 
 
 async def enroll(

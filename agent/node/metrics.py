@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from meshsec.v1 import agent_pb2, common_pb2
@@ -10,6 +12,7 @@ from meshsec.v1 import agent_pb2, common_pb2
 class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._server: WSGIServer | None = None
         r = self.registry
         self.tunnels = Gauge("meshsec_agent_tunnels", "Desired tunnels by state", ["state"], registry=r)
         self.desired_version = Gauge(
@@ -29,9 +32,18 @@ class AgentMetrics:
         )
 
     def serve(self, address: str) -> int:
+        """Serves /metrics on `address` (HOST:PORT, port 0 picks one); returns the port."""
         host, _, port = address.rpartition(":")
-        server, _thread = start_http_server(int(port), host.strip("[]") or "0.0.0.0", registry=self.registry)
-        return int(server.server_port)
+        self._server, _thread = start_http_server(
+            int(port), host.strip("[]") or "0.0.0.0", registry=self.registry
+        )
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
     def observe(self, tunnels: list[agent_pb2.TunnelStatus]) -> None:
         counts = {name: 0 for name in common_pb2.TunnelState.keys()}  # noqa: SIM118
