@@ -45,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ca-file", type=Path, help="controller CA certificate (needed until enrolled)")
     run.add_argument("--ca-sha256", help="pin: SHA-256 of the CA certificate's DER (hex)")
     run.add_argument("--server-name", help="name to verify in the controller's certificate")
-    run.add_argument("--dataplane", choices=("auto", "userspace", "kernel"), default="auto")
+    run.add_argument(
+        "--dataplane",
+        choices=("auto", "userspace", "kernel", "none"),
+        default="auto",
+        help="none: IKE only, no packet processing (testing)",
+    )
     run.add_argument("--tun-name", default="meshsec0", help="userspace data plane TUN device")
     run.add_argument("--ike-port", type=int, default=500)
     run.add_argument("--address", action="append", default=[], help="endpoint to report (repeatable)")
