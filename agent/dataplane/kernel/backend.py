@@ -79,6 +79,7 @@ class KernelDataPlane:
         self._alloc_reqid = itertools.cycle(range(*_ALLOC_REQIDS))
         self._encap: list[EncapSocketReader] = []
         self.events_dropped = 0
+        self.events_lost_episodes = 0
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -287,18 +288,32 @@ class KernelDataPlane:
     # -- events ----------------------------------------------------------------------------------
 
     async def _pump_events(self) -> None:
-        async for msg in self._mcast.messages():
+        while True:
             try:
-                kind = msg["header"]["type"]
-                if not self.owner.matches(msg):
-                    continue
-                if kind == xm.XFRM_MSG_EXPIRE:
-                    self._events.put_nowait(tr.expire_event(msg))
-                elif kind == xm.XFRM_MSG_ACQUIRE:
-                    self._events.put_nowait(tr.acquire_event(msg))
-            except Exception:  # one undecodable message must not end event delivery
-                self.events_dropped += 1
-                log.exception("dropping undecodable XFRM event")
+                async for msg in self._mcast.messages():
+                    self._deliver(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # E.g. ENOBUFS when the kernel overran the socket: events were lost, so say so
+                # (the agent's periodic reconcile catches up) and listen again on a fresh socket.
+                log.warning("XFRM event socket failed (%s); events may have been lost, re-subscribing", exc)
+                self.events_lost_episodes += 1
+                self._mcast.close()
+                await asyncio.sleep(0.5)
+
+    def _deliver(self, msg: Any) -> None:
+        try:
+            kind = msg["header"]["type"]
+            if not self.owner.matches(msg):
+                return
+            if kind == xm.XFRM_MSG_EXPIRE:
+                self._events.put_nowait(tr.expire_event(msg))
+            elif kind == xm.XFRM_MSG_ACQUIRE:
+                self._events.put_nowait(tr.acquire_event(msg))
+        except Exception:  # one undecodable message must not end event delivery
+            self.events_dropped += 1
+            log.exception("dropping undecodable XFRM event")
 
     async def events(self) -> AsyncIterator[DataPlaneEvent]:
         while True:

@@ -295,8 +295,8 @@ async def test_ensure_policies_batches_and_reports_only_the_failed_ones(dp: Kern
             for i in range(300)]
     # The kernel refuses a transport template whose family differs from the selector's (EINVAL).
     bad = Policy(TrafficSelector(NET2, NET1), Direction.OUT, template=Template(
-        IpsecProtocol.ESP, Mode.TRANSPORT, ipaddress.ip_address("2001:db8::1"),
-        ipaddress.ip_address("2001:db8::2"), 9))
+        IpsecProtocol.ESP, Mode.TRANSPORT, ipaddress.ip_address("::ffff:198.18.0.1"),
+        ipaddress.ip_address("::ffff:198.18.0.2"), 9))
     with pytest.raises(DataPlaneError, match=r"1 of 301 policies failed: policy 198.19.2.0/24.*EINVAL"):
         await dp.ensure_policies([*good[:150], bad, *good[150:]])
     assert len(_xfrm_policies(host)) == 300

@@ -106,7 +106,7 @@ def test_unexpressible_selectors_are_refused_with_the_reason() -> None:
                                            ipaddress.ip_network("198.19.2.0/24"), 6, (1000, 2000)))
     with pytest.raises(DataPlaneError, match="mixes IPv4 and IPv6"):
         tr.selector_fields(TrafficSelector(ipaddress.ip_network("198.19.1.0/24"),
-                                           ipaddress.ip_network("2001:db8::/64")))
+                                           ipaddress.ip_network("::ffff:198.19.2.0/120")))
 
 
 def test_protect_policy_needs_a_template_and_bypass_must_not_have_one() -> None:
