@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import stat
 import urllib.request
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from meshsec.agent.node.agent import NodeAgent, NodeAgentConfig
 from meshsec.agent.node.credentials import EnrollmentError
 from meshsec.agent.node.statedir import CA, CERT, DESIRED, KEY
+from meshsec.agent.standalone.status import format_status
 from meshsec.controller.server import Controller
 from meshsec.controller.store import EmbeddedStore
 from meshsec.v1 import admin_pb2, common_pb2
@@ -117,6 +119,8 @@ async def test_enroll_report_renew_and_metrics(ctl: Controller, tmp_path: Path) 
 
         doc = await a.status()
         assert doc["controller"]["connected"] and doc["tunnels"][0]["state"] == "ESTABLISHED"  # type: ignore[index]
+        table = format_status(json.loads(json.dumps(doc)))  # what `meshsec-agent status` prints
+        assert doc["tunnels"][0]["tunnel_id"] in table  # type: ignore[index]
 
         # Renewal two thirds into the 12 s lifetime, then the watch continues on the new certificate.
         first = serial(state / CERT)
