@@ -11,6 +11,7 @@ both ends' data-plane processes) and writes it into docs/benchmarks.md, section
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -40,6 +41,17 @@ def busy_cores() -> tuple[float, float]:
     return sum(vals) - idle, sum(vals)
 
 
+NICE = -10  # applied to everything under test, both implementations alike
+
+
+def boost(pid: int) -> None:
+    """Raise the scheduling priority of every thread of `pid`, so other work on a shared machine
+    disturbs the measurement less (nice is per thread on Linux)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.setpriority(os.PRIO_PROCESS, int(tid), NICE)
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
@@ -57,9 +69,10 @@ class Result:
 
 
 def iperf(lab: Lab, a: Host, b: Host, seconds: int) -> tuple[float, int]:
-    b.popen(["iperf3", "-s", "-1", "-B", INNER[1]], log=lab.workdir / "iperf-server.log")
+    server = ["nice", "-n", str(NICE), "iperf3", "-s", "-1", "-B", INNER[1]]
+    b.popen(server, log=lab.workdir / "iperf-server.log")
     time.sleep(0.5)
-    argv = ["iperf3", "-c", INNER[1], "-B", INNER[0], "-t", str(seconds), "-J"]
+    argv = ["nice", "-n", str(NICE), "iperf3", "-c", INNER[1], "-B", INNER[0], "-t", str(seconds), "-J"]
     out = a.run(argv, timeout=seconds + 30).stdout
     end = json.loads(out)["end"]
     return end["sum_received"]["bits_per_second"] / 1e6, int(end["sum_sent"].get("retransmits", 0))
@@ -67,6 +80,8 @@ def iperf(lab: Lab, a: Host, b: Host, seconds: int) -> tuple[float, int]:
 
 def measure(name: str, lab: Lab, a: Host, b: Host, pids: list[int], packets: Callable[[], int],
             seconds: int) -> Result:
+    for p in pids:
+        boost(p)
     cpu0 = sum(cpu_seconds(p) for p in pids)
     pk0 = packets()
     busy0, total0 = busy_cores()
@@ -83,7 +98,7 @@ def measure(name: str, lab: Lab, a: Host, b: Host, pids: list[int], packets: Cal
 def meshsec_run(name: str, suite: Suite, loop: str, seconds: int) -> Result:
     with Lab(prefix="ud-", workdir=Path(tempfile.mkdtemp(prefix="ud-bench-"))) as lab:
         t = build_tunnel(lab, suite, loop=loop)
-        assert t.a.ping(INNER[1], src=INNER[0], count=2).ok
+        assert t.a.ping(INNER[1], src=INNER[0], count=2, wait=5).ok
 
         def packets() -> int:
             total = 0
@@ -115,7 +130,7 @@ def libipsec_run(name: str, esp: str, seconds: int) -> Result:
                 )
                 started.append(charons.start(host, [conn]))
             started[0].initiate("bench", "net", timeout=15)
-            assert a.ping(INNER[1], src=INNER[0], count=2).ok
+            assert a.ping(INNER[1], src=INNER[0], count=2, wait=5).ok
 
             def packets() -> int:
                 child = started[0].list_sas()[0].children[0]
@@ -165,6 +180,8 @@ def main() -> None:
                                 Suite("aes-gcm-16", encap=True), "thread", args.seconds),
             lambda: meshsec_run("meshsec userspace, AES-GCM-128, UDP-encap, asyncio loop",
                                 Suite("aes-gcm-16", encap=True), "asyncio", args.seconds),
+            lambda: meshsec_run("meshsec userspace, AES-GCM-128, UDP-encap, split loop",
+                                Suite("aes-gcm-16", encap=True), "split", args.seconds),
             lambda: meshsec_run("meshsec userspace, AES-GCM-128, plain ESP, thread loop",
                                 Suite("aes-gcm-16"), "thread", args.seconds),
             lambda: meshsec_run("meshsec userspace, AES-128-CBC/HMAC-SHA-256, UDP-encap, thread loop",
@@ -177,6 +194,7 @@ def main() -> None:
             lambda: libipsec_run("strongSwan kernel-libipsec, AES-128-CBC/HMAC-SHA-256, UDP-encap",
                                  "aes128-sha256", args.seconds),
         ]
+    load_before = Path("/proc/loadavg").read_text().split()[0]
     results = []
     for run in runs:
         r = run()
@@ -191,7 +209,9 @@ def main() -> None:
         write_doc(
             f"`python bench/dataplane_iperf.py --seconds {args.seconds}` — iperf3 (one TCP stream) from "
             f"{INNER[0]} to {INNER[1]} through a tunnel between two namespaces on one machine "
-            f"({os.cpu_count()} cores, {cpu}, Python {platform.python_version()}). packets/s counts "
+            f"({os.cpu_count()} cores, {cpu}, Python {platform.python_version()}; load average before "
+            f"the run {load_before}). Processes under test (data planes, charons, iperf3) run at nice "
+            f"{NICE}, both implementations alike. packets/s counts "
             "packets through the tunnel in both directions (data and ACKs); CPU is user+system time of "
             "both ends' data-plane processes (meshsec runner / charon with libipsec) divided by those "
             "packets.\n\n" + text + "\n"
