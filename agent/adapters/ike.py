@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import threading
@@ -305,11 +306,35 @@ class IkeAdapter:
             if udp.is_wildcard(local.host):
                 local = self._known_local(data, local)
             sa = self.table.receive(data, local, remote, self.now())
-            if sa is not None and sa not in self.records:
-                self._adopt_responder_sa(sa)
+            if sa is not None:
+                record = self.records.get(sa)
+                if record is None:
+                    self._adopt_responder_sa(sa)
+                elif record.children and self.installer is not None:
+                    self._follow_addresses(record, self.installer)
         except Exception:  # the engine promises this cannot happen; the adapter must not die if it does
             self.stats["adapter_errors"] += 1
             log.exception("unexpected error handling a datagram from %s", remote)
+
+    def _follow_addresses(self, record: SaRecord, installer: ChildInstaller) -> None:
+        """Authenticated traffic from a new address/port moved the IKE SA (RFC 7296 2.23): the
+        CHILD_SAs' outer addresses and ESP-in-UDP ports must follow it."""
+        sa = record.sa
+        for child in record.children.values():
+            if (child.local, child.remote) == (sa.local, sa.remote):
+                continue
+            old_key: ChildKey = (child.local.host, child.event.protocol, child.event.spi_in)
+            child.local, child.remote = sa.local, sa.remote
+            log.info("%s: CHILD_SA %s follows the IKE SA to %s <-> %s", record.name, child.event.name,
+                     sa.local, sa.remote)  # fmt: skip
+            self._queue_work(functools.partial(self._move, installer, old_key, child))
+
+    async def _move(self, installer: ChildInstaller, key: ChildKey, child: ChildRecord) -> None:
+        try:
+            await installer.move(key, child.event, child.local, child.remote)
+        except (DataPlaneError, InstallError) as exc:
+            self.stats["child_move_failed"] += 1
+            log.error("CHILD_SA %s could not follow its IKE SA: %s", child.event.name, exc)
 
     def _known_local(self, data: bytes, local: Address) -> Address:
         """The shared socket may be wildcard-bound: reuse the address the SA already uses."""

@@ -189,6 +189,29 @@ class ChildInstaller:
         self.stats["children_installed"] += 1
         return plan
 
+    async def move(self, key: ChildKey, ev: ChildSaEstablished, local: Address, remote: Address) -> ChildKey:
+        """The IKE SA's addresses changed (a NAT mapping moved, or the peer floated): same hosts
+        means new UDP encapsulation ports, updated in place with counters and sequence numbers
+        kept; other hosts mean other SA ids and templates, so the CHILD_SA is reinstalled."""
+        plan = self.installed.get(key)
+        if plan is None:
+            return key
+        moved = plan_child(ev, local, remote, plan.inbound.reqid)
+        if (moved.inbound.id, moved.outbound.id, moved.policies) == (
+            plan.inbound.id,
+            plan.outbound.id,
+            plan.policies,
+        ):
+            await self.dataplane.update_sa(moved.inbound)
+            await self.dataplane.update_sa(moved.outbound)
+            self.installed[key] = moved
+            self.stats["children_updated"] += 1
+            return key
+        await self.remove(key)
+        await self.install(ev, local, remote)
+        self.stats["children_reinstalled"] += 1
+        return (local.host, ev.protocol, ev.spi_in)
+
     async def remove(self, key: ChildKey) -> bool:
         """Removes what `install` created for `key`; False if nothing was installed."""
         plan = self.installed.pop(key, None)

@@ -18,7 +18,7 @@ from meshsec.agent.adapters.recording import RecordingDataPlane
 from meshsec.agent.dataplane.api import DataPlaneError, Direction, SecurityAssociation
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.config import ChildConfig, IkeConfig
-from meshsec.agent.ike.events import ChildSaDeleted, Event
+from meshsec.agent.ike.events import ChildSaDeleted, Event, LivenessChecked
 from meshsec.agent.ike.responder import ResponderSettings
 from meshsec.agent.ike.sa import IkeSa
 from meshsec.agent.ike.ts import Ts
@@ -280,49 +280,105 @@ def test_wildcard_bind_answers_from_the_address_it_was_asked_on(lab: Lab) -> Non
         lb.close()
 
 
+class BareInitiator:
+    """An engine IkeSa on a plain socket, driven by hand: lets a test choose the source port
+    (a NAT rebinding) or the address family, independently of the adapter under test."""
+
+    def __init__(self, config: IkeConfig, host: str, remote: str) -> None:
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.host = host
+        self.sock = self._socket()
+        self.sa = IkeSa(
+            config, Address(host, self.sock.getsockname()[1]), Address(remote, 500), initiator=True
+        )
+
+    def _socket(self) -> socket.socket:
+        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        sock.bind((self.host, 0))
+        sock.setblocking(False)
+        return sock
+
+    def rebind(self) -> None:
+        """A new source port, as when a NAT drops and recreates the mapping."""
+        self.sock.close()
+        self.sock = self._socket()
+
+    async def run_until(self, done: Callable[[], bool], timeout: float = 10.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not done():
+            if loop.time() > deadline:
+                raise TimeoutError("bare initiator: condition not met")
+            for d in self.sa.datagrams_to_send():
+                self.sock.sendto(d.wire(), (d.remote.host, d.remote.port))
+            try:
+                data, peer = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 65535), 0.2)
+            except TimeoutError:
+                self.sa.handle_timer(loop.time())
+                continue
+            if peer[1] == 4500:
+                data = data[4:]  # non-ESP marker
+            self.sa.receive(data, self.sa.local, Address(peer[0], peer[1]), loop.time())
+
+
 def test_ipv6_and_cookies_against_a_bare_engine_initiator(ns_loop: NetnsLoop) -> None:
     """An engine IkeSa on a plain socket talks IPv6 to a responder adapter bound to [::] that
     demands a COOKIE for every IKE_SA_INIT (threshold 0): the wildcard v6 socket learns the
     local address with IPV6_PKTINFO, and the front door's stateless answers go out too."""
 
-    async def scenario() -> tuple[bool, dict[str, int], list[dict[str, Any]], int]:
+    async def scenario() -> tuple[dict[str, int], list[dict[str, Any]], int]:
         ci, cr = configs()
         settings = AdapterSettings(bind=("::",), responder=ResponderSettings(cookie_threshold=0))
         b = IkeAdapter(lambda local, remote: [cr], settings=settings)
         await b.start()
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        sock.bind(("::1", 0))
-        sock.setblocking(False)
-        me = Address("::1", sock.getsockname()[1])
-        sa = IkeSa(ci, me, Address("::1", 500), initiator=True)
+        peer = BareInitiator(ci, "::1", "::1")
         try:
-            sa.initiate(loop.time())
-            deadline = loop.time() + 10
-            while not sa.established and loop.time() < deadline:
-                for d in sa.datagrams_to_send():
-                    sock.sendto(d.wire(), (d.remote.host, d.remote.port))
-                try:
-                    data, peer = await asyncio.wait_for(loop.sock_recvfrom(sock, 65535), 0.5)
-                except TimeoutError:
-                    sa.handle_timer(loop.time())
-                    continue
-                if peer[1] == 4500:
-                    data = data[4:]  # non-ESP marker
-                sa.receive(data, me, Address("::1", peer[1]), loop.time())
+            peer.sa.initiate(asyncio.get_running_loop().time())
+            await peer.run_until(lambda: peer.sa.established)
             await wait_until(lambda: established(b))
-            return (
-                sa.established,
-                dict(b.responder.stats),
-                (await b.status())["ike_sas"],
-                sa.stats["retransmits"],
-            )
+            return dict(b.responder.stats), (await b.status())["ike_sas"], peer.sa.stats["retransmits"]
         finally:
-            sock.close()
+            peer.sock.close()
             await b.close(graceful=False)
 
-    ok, front, sas, retransmits = ns_loop.run(scenario())
-    assert ok and retransmits == 0
+    front, sas, retransmits = ns_loop.run(scenario())
+    assert retransmits == 0
     assert front["cookie_sent"] == 1 and front["cookie_accepted"] == 1
     assert sas[0]["local"] == "[::1]:500" and sas[0]["remote"].startswith("[::1]:")
     assert sas[0]["nat_local"] is False and sas[0]["nat_remote"] is False
+
+
+def test_child_sas_follow_a_nat_rebinding(ns_loop: NetnsLoop) -> None:
+    """After the peer's NAT mapping changes port, its next authenticated message moves the IKE
+    SA, and the adapter updates both ESP-in-UDP SAs in the data plane to the new port."""
+
+    async def scenario() -> tuple[RecordingDataPlane, int, int]:
+        ci, cr = configs(force_encap=True)
+        dp = RecordingDataPlane()
+        b = IkeAdapter(lambda local, remote: [cr], dataplane=dp, settings=AdapterSettings(bind=(B,)))
+        await b.start()
+        peer = BareInitiator(ci, A, B)
+        try:
+            peer.sa.initiate(asyncio.get_running_loop().time())
+            await peer.run_until(lambda: peer.sa.established)
+            await wait_until(lambda: established(b))
+            await b.settle()
+            first = peer.sock.getsockname()[1]
+            peer.rebind()
+            while peer.sa.next_event() is not None:
+                pass
+            peer.sa.check_liveness(asyncio.get_running_loop().time())
+            await peer.run_until(lambda: isinstance(peer.sa.next_event(), LivenessChecked))
+            await b.settle()
+            return dp, first, peer.sock.getsockname()[1]
+        finally:
+            peer.sock.close()
+            await b.close(graceful=False)
+
+    dp, old_port, new_port = ns_loop.run(scenario())
+    assert old_port != new_port
+    inbound, outbound = _by_direction(dp, Direction.IN), _by_direction(dp, Direction.OUT)
+    assert inbound.encap is not None and outbound.encap is not None
+    assert (inbound.encap.src_port, inbound.encap.dst_port) == (new_port, 4500)
+    assert (outbound.encap.src_port, outbound.encap.dst_port) == (4500, new_port)
+    assert sum(op.startswith("update_sa") for op in dp.log) == 2

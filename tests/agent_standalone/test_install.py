@@ -113,3 +113,26 @@ async def test_installer_shares_policies_and_restores_the_older_template() -> No
     assert await inst.remove((LOCAL.host, ProtocolId.ESP, 0x1001))
     assert dp.sas == {} and dp.policies == {}
     assert not await inst.remove((LOCAL.host, ProtocolId.ESP, 0x1001))
+
+
+async def test_move_updates_ports_in_place_and_reinstalls_for_new_hosts() -> None:
+    dp = RecordingDataPlane()
+    inst = ChildInstaller(dp)
+    ev = event()
+    await inst.install(ev, LOCAL, REMOTE)
+    key = (LOCAL.host, ProtocolId.ESP, ev.spi_in)
+    same = await inst.move(key, ev, LOCAL, Address(REMOTE.host, 31000))
+    assert same == key and inst.stats["children_updated"] == 1
+    assert [op for op in dp.log if op.startswith("update_sa")] == [
+        f"update_sa {ev.spi_in:#010x}",
+        f"update_sa {ev.spi_out:#010x}",
+    ]
+    (outbound,) = [s for s in dp.sas.values() if s.direction is Direction.OUT]
+    assert outbound.encap == UdpEncapsulation(4500, 31000)
+    roamed = await inst.move(key, ev, LOCAL, Address("198.18.60.9", 4500))
+    assert roamed == key and inst.stats["children_reinstalled"] == 1  # our address stayed
+    (outbound,) = [s for s in dp.sas.values() if s.direction is Direction.OUT]
+    assert str(outbound.id.dst) == "198.18.60.9"
+    assert all(p.template is not None and str(p.template.dst) in ("198.18.60.9", LOCAL.host)
+               for p in dp.policies.values())  # fmt: skip
+    assert len(dp.sas) == 2 and len(dp.policies) == 3
