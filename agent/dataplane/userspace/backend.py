@@ -157,12 +157,12 @@ class UserspaceDataPlane:
     # -- SAs --
 
     async def allocate_spi(self, protocol: IpsecProtocol, src: IPAddress, dst: IPAddress) -> int:
-        taken = {spi for (spi, proto) in self._reserved if proto == int(protocol)}
+        # Unique per protocol across all destinations, because inbound lookup is by SPI alone.
         for _ in range(64):
-            spi = _MIN_SPI + secrets.randbelow(0xFFFFFFFF - _MIN_SPI)
-            if spi not in taken:
-                self._reserved[(spi, int(protocol))] = dst
-                return spi
+            key = (_MIN_SPI + secrets.randbelow(0xFFFFFFFF - _MIN_SPI + 1), int(protocol))
+            if key not in self._reserved:
+                self._reserved[key] = dst
+                return key[0]
         raise DataPlaneError("could not find a free SPI in 64 attempts")
 
     async def add_sa(self, sa: SecurityAssociation) -> None:
