@@ -9,7 +9,7 @@ from pathlib import Path
 
 from meshsec.meshctl.errors import UserError
 from meshsec.meshctl.views import state_name
-from meshsec.v1 import admin_pb2
+from meshsec.v1 import admin_pb2, common_pb2
 
 EDGE_COLOURS = {
     "ESTABLISHED": "forestgreen",
@@ -51,7 +51,8 @@ def to_dot(topology: admin_pb2.Topology) -> str:
         lines.append(f"    label={site_label};")
         lines.append('    style="rounded,filled"; fillcolor=aliceblue; color=steelblue;')
         for node in sorted(by_site.get(site_name, []), key=lambda n: n.name):
-            address = node.endpoints[0].address if node.endpoints else ""
+            public = [e.address for e in node.endpoints if e.scope == common_pb2.ADDRESS_SCOPE_PUBLIC]
+            address = (public or [e.address for e in node.endpoints] or [""])[0]
             fill = "honeydew" if node.online else "mistyrose"
             label = f"{node.name}\\n{address}" if address else node.name
             lines.append(f"    {node_id('Node', node.name)} [label={quote(label)}, fillcolor={fill}];")

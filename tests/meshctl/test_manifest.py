@@ -42,7 +42,8 @@ def test_spec_numbers_and_labels_round_trip(tmp_path: Path) -> None:
 def test_every_problem_is_reported_with_its_location(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(
-        "apiVersion: v1\nkind: Node\nmetadata: {name: Bad_Name, labels: {a: [1]}}\nspec: {since: 2024-01-01}\n"
+        "apiVersion: v1\nkind: Node\nmetadata: {name: Bad_Name, labels: {a: [1]}}\n"
+        "spec: {since: 2024-01-01}\n"
         "---\n- not a mapping\n---\napiVersion: meshsec.io/v1alpha1\nkind: Gadget\nmetadata: {name: g}\n"
         "extra: 1\n"
     )

@@ -40,9 +40,16 @@ def tunnel(state: int, *, error: str = "") -> admin_pb2.TunnelInfo:
         tunnel_id="t-1",
         state=state,
         ike_sa=agent_pb2.IkeSaStatus(nat_detected=True, established_at=ts(300)),
-        child_sas=[agent_pb2.ChildSaStatus(spi_in=0xC0FFEE01, spi_out=0x0BADF00D, encryption_algorithm="AES_GCM_16-256",
-                                           bytes_in=512, bytes_out=1024 * 1024 * 3)],
-    )  # fmt: skip
+        child_sas=[
+            agent_pb2.ChildSaStatus(
+                spi_in=0xC0FFEE01,
+                spi_out=0x0BADF00D,
+                encryption_algorithm="AES_GCM_16-256",
+                bytes_in=512,
+                bytes_out=1024 * 1024 * 3,
+            )
+        ],
+    )
     if error:
         status.last_error.CopyFrom(common_pb2.ErrorInfo(reason=error, message="peer did not answer"))
     return admin_pb2.TunnelInfo(
@@ -50,12 +57,21 @@ def tunnel(state: int, *, error: str = "") -> admin_pb2.TunnelInfo:
         policy="dc-mesh",
         state=state,
         ends=[
-            admin_pb2.TunnelEnd(name="dc1-gw1", kind=common_pb2.PEER_KIND_NODE, site="dc1", status=status,
-                                endpoint=common_pb2.Endpoint(address="198.18.101.1")),
-            admin_pb2.TunnelEnd(name="dc2-gw1", kind=common_pb2.PEER_KIND_NODE, site="dc2",
-                                endpoint=common_pb2.Endpoint(address="198.18.2.1")),
+            admin_pb2.TunnelEnd(
+                name="dc1-gw1",
+                kind=common_pb2.PEER_KIND_NODE,
+                site="dc1",
+                status=status,
+                endpoint=common_pb2.Endpoint(address="198.18.101.1"),
+            ),
+            admin_pb2.TunnelEnd(
+                name="dc2-gw1",
+                kind=common_pb2.PEER_KIND_NODE,
+                site="dc2",
+                endpoint=common_pb2.Endpoint(address="198.18.2.1"),
+            ),
         ],
-    )  # fmt: skip
+    )
 
 
 def test_fit_widths_cuts_the_widest_shrinkable_column_first() -> None:
@@ -111,10 +127,13 @@ def test_durations_and_selectors() -> None:
 
 def test_resource_rows_use_spec_and_live_topology() -> None:
     node = common_pb2.Resource(
-        api_version="meshsec.io/v1alpha1", kind="Node",
+        api_version="meshsec.io/v1alpha1",
+        kind="Node",
         metadata=common_pb2.ObjectMeta(name="dc1-gw1", labels={"role": "gateway"}, creation_time=ts(600)),
-        spec=dict_to_struct({"site": "dc1", "endpoints": {"public": ["198.18.1.1"], "private": ["198.18.101.1"]}}),
-    )  # fmt: skip
+        spec=dict_to_struct(
+            {"site": "dc1", "endpoints": {"public": ["198.18.1.1"], "private": ["198.18.101.1"]}}
+        ),
+    )
     live = admin_pb2.Topology(
         nodes=[
             admin_pb2.TopologyNode(
@@ -136,12 +155,26 @@ def test_resource_rows_use_spec_and_live_topology() -> None:
         "0.1.0",
         "role=gateway",
     ]
-    policy = common_pb2.Resource(kind="MeshPolicy", metadata=common_pb2.ObjectMeta(name="dc-mesh"),
-                                 spec=dict_to_struct({"topology": "full-mesh", "scope": "site",
-                                                      "members": {"matchLabels": {"kind": "datacenter"}},
-                                                      "auth": {"method": "certificate"}}))  # fmt: skip
+    policy = common_pb2.Resource(
+        kind="MeshPolicy",
+        metadata=common_pb2.ObjectMeta(name="dc-mesh"),
+        spec=dict_to_struct(
+            {
+                "topology": "full-mesh",
+                "scope": "site",
+                "members": {"matchLabels": {"kind": "datacenter"}},
+                "auth": {"method": "certificate"},
+            }
+        ),
+    )
     assert [str(c) for c in resource_row(POLICY, policy, wide=False)] == [
-        "dc-mesh", "full-mesh", "site", "kind=datacenter", "certificate", "-"]  # fmt: skip
+        "dc-mesh",
+        "full-mesh",
+        "site",
+        "kind=datacenter",
+        "certificate",
+        "-",
+    ]
     site = common_pb2.Resource(
         kind="Site",
         metadata=common_pb2.ObjectMeta(name="dc1"),
@@ -172,31 +205,57 @@ def test_machine_readable_documents_are_stable() -> None:
     item = doc["items"][0]
     assert item["state"] == "TUNNEL_STATE_ESTABLISHED" and item["tunnelId"] == "t-1"
     assert json.loads(json.dumps(doc)) == doc
-    res = common_pb2.Resource(api_version="meshsec.io/v1alpha1", kind="Site",
-                              metadata=common_pb2.ObjectMeta(name="dc1", resource_version="7", generation=2),
-                              spec=dict_to_struct({"prefixes": ["198.19.1.0/24"]}))  # fmt: skip
+    res = common_pb2.Resource(
+        api_version="meshsec.io/v1alpha1",
+        kind="Site",
+        metadata=common_pb2.ObjectMeta(name="dc1", resource_version="7", generation=2),
+        spec=dict_to_struct({"prefixes": ["198.19.1.0/24"]}),
+    )
     single = resource_document([res], single=True)
-    assert single == {"apiVersion": "meshsec.io/v1alpha1", "kind": "Site",
-                      "metadata": {"name": "dc1", "resourceVersion": "7", "generation": 2},
-                      "spec": {"prefixes": ["198.19.1.0/24"]}}  # fmt: skip
+    assert single == {
+        "apiVersion": "meshsec.io/v1alpha1",
+        "kind": "Site",
+        "metadata": {"name": "dc1", "resourceVersion": "7", "generation": 2},
+        "spec": {"prefixes": ["198.19.1.0/24"]},
+    }
     assert yaml.safe_load(yaml.safe_dump(single)) == single
 
 
 def topology() -> admin_pb2.Topology:
     ref = common_pb2.ObjectRef
     return admin_pb2.Topology(
-        sites=[admin_pb2.TopologySite(name="dc1", prefixes=["198.19.1.0/24"]),
-               admin_pb2.TopologySite(name="dc2", prefixes=["198.19.2.0/24"])],
-        nodes=[admin_pb2.TopologyNode(name="dc1-gw1", site="dc1", online=True),
-               admin_pb2.TopologyNode(name="dc2-gw1", site="dc2")],
-        external_gateways=[admin_pb2.TopologyGateway(name="partner", endpoint=common_pb2.Endpoint(
-            address="198.18.200.1"), prefixes=["198.19.200.0/24"])],
-        links=[admin_pb2.TopologyLink(tunnel_id="t-a", policy="dc-mesh", a=ref(kind="Node", name="dc1-gw1"),
-                                      b=ref(kind="Node", name="dc2-gw1"), state=common_pb2.TUNNEL_STATE_ESTABLISHED),
-               admin_pb2.TopologyLink(tunnel_id="t-b", policy="partner", a=ref(kind="Node", name="dc2-gw1"),
-                                      b=ref(kind="ExternalGateway", name="partner"),
-                                      state=common_pb2.TUNNEL_STATE_FAILED)],
-    )  # fmt: skip
+        sites=[
+            admin_pb2.TopologySite(name="dc1", prefixes=["198.19.1.0/24"]),
+            admin_pb2.TopologySite(name="dc2", prefixes=["198.19.2.0/24"]),
+        ],
+        nodes=[
+            admin_pb2.TopologyNode(name="dc1-gw1", site="dc1", online=True),
+            admin_pb2.TopologyNode(name="dc2-gw1", site="dc2"),
+        ],
+        external_gateways=[
+            admin_pb2.TopologyGateway(
+                name="partner",
+                endpoint=common_pb2.Endpoint(address="198.18.200.1"),
+                prefixes=["198.19.200.0/24"],
+            )
+        ],
+        links=[
+            admin_pb2.TopologyLink(
+                tunnel_id="t-a",
+                policy="dc-mesh",
+                a=ref(kind="Node", name="dc1-gw1"),
+                b=ref(kind="Node", name="dc2-gw1"),
+                state=common_pb2.TUNNEL_STATE_ESTABLISHED,
+            ),
+            admin_pb2.TopologyLink(
+                tunnel_id="t-b",
+                policy="partner",
+                a=ref(kind="Node", name="dc2-gw1"),
+                b=ref(kind="ExternalGateway", name="partner"),
+                state=common_pb2.TUNNEL_STATE_FAILED,
+            ),
+        ],
+    )
 
 
 def test_dot_has_site_clusters_and_state_colours() -> None:

@@ -75,8 +75,12 @@ def test_get_formats_and_selectors(controller: Path, capsys: pytest.CaptureFixtu
     assert meshctl(controller, "get", "tunnels", "-o", "json") == 0
     tunnels = json.loads(capsys.readouterr().out)["items"]
     pairs = sorted(tuple(e["name"] for e in t["ends"]) for t in tunnels)
-    assert pairs == [("dc1-gw1", "dc2-gw1"), ("dc1-gw1", "partner-aws"), ("dc1-gw1", "vpc-gw1"),
-                     ("dc2-gw1", "partner-aws")]  # fmt: skip
+    assert pairs == [
+        ("dc1-gw1", "dc2-gw1"),
+        ("dc1-gw1", "partner-aws"),
+        ("dc1-gw1", "vpc-gw1"),
+        ("dc2-gw1", "partner-aws"),
+    ]
     assert all("key" not in json.dumps(t["desired"].get("auth", {})) for t in tunnels)
     assert meshctl(controller, "get", "tunnels", "--policy", "dc-mesh") == 0
     rows = capsys.readouterr().out.splitlines()
