@@ -26,7 +26,7 @@ from meshsec.agent.adapters import udp
 from meshsec.agent.adapters.install import ChildInstaller, ChildKey, InstallError
 from meshsec.agent.adapters.names import algorithm_dict, algorithm_text, protocol_name
 from meshsec.agent.adapters.spi import SpiReserver, SpiStock
-from meshsec.agent.dataplane.api import DataPlane, DataPlaneError
+from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, SaId
 from meshsec.agent.ike import (
     Address,
     ChildSaDeleted,
@@ -254,6 +254,33 @@ class IkeAdapter:
     def flush(self) -> None:
         """Acts on engine output produced by calling an IkeSa directly."""
         self._pump()
+
+    def child_expired(self, sa_id: SaId, hard: bool) -> bool:
+        """A data-plane lifetime ran out for one of our SAs. Hard: that SA is gone, so the
+        CHILD_SA is deleted with the peer too (a half-dead tunnel would blackhole traffic).
+        Soft: the time to rekey, which is not implemented yet. Returns whether it was ours."""
+        if self.installer is None:
+            return False
+        for (host, _, spi_in), plan in self.installer.installed.items():
+            if sa_id not in (plan.inbound.id, plan.outbound.id):
+                continue
+            for record in self.active():
+                child = record.children.get(spi_in)
+                if child is None or child.local.host != host:
+                    continue
+                if hard:
+                    log.info(
+                        "%s: CHILD_SA %s reached its hard lifetime; deleting it",
+                        record.name,
+                        child.event.name,
+                    )
+                    record.sa.delete_child(spi_in, self.now())
+                    self._pump()
+                else:
+                    log.info("%s: CHILD_SA %s reached its soft lifetime (rekeying is not implemented yet)",
+                             record.name, child.event.name)  # fmt: skip
+                return True
+        return False
 
     def active(self) -> list[SaRecord]:
         return [r for r in self.records.values() if not r.sa.closed]

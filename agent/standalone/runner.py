@@ -10,7 +10,7 @@ import signal
 
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter, SaRecord
 from meshsec.agent.adapters.recording import RecordingDataPlane
-from meshsec.agent.dataplane.api import DataPlane
+from meshsec.agent.dataplane.api import DataPlane, SaExpired
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.config import IkeConfig
 from meshsec.agent.ike.events import Event, InitialContactReceived
@@ -56,6 +56,7 @@ class Agent:
             ),
         )
         self.status = StatusServer(agent.status_socket, self.adapter.status)
+        self._events_task: asyncio.Task[None] | None = None
 
     def _on_event(self, record: SaRecord, event: Event) -> None:
         if isinstance(event, InitialContactReceived):
@@ -78,6 +79,7 @@ class Agent:
         try:
             await self.adapter.start()
             await self.status.start()
+            self._events_task = asyncio.get_running_loop().create_task(self._follow_dataplane())
         except BaseException:
             await self.stop()
             raise
@@ -92,7 +94,17 @@ class Agent:
                 local = Address(conn.local_addrs[0], self.config.agent.ike_port) if conn.local_addrs else None
                 await self.adapter.initiate(conn.ike, Address(conn.remote_addrs[0], conn.remote_port), local)
 
+    async def _follow_dataplane(self) -> None:
+        """Lifetime expiries from the data plane; acquires are ignored (no trap policies here)."""
+        async for ev in self.dataplane.events():
+            if isinstance(ev, SaExpired):
+                self.adapter.child_expired(ev.sa, ev.hard)
+
     async def stop(self) -> None:
+        if self._events_task is not None:
+            self._events_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._events_task
         await self.adapter.close(graceful=True)
         with contextlib.suppress(Exception):
             await self.dataplane.close()

@@ -15,7 +15,7 @@ import pytest
 
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter, SaRecord
 from meshsec.agent.adapters.recording import RecordingDataPlane
-from meshsec.agent.dataplane.api import DataPlaneError, Direction, SecurityAssociation
+from meshsec.agent.dataplane.api import DataPlaneError, Direction, SaId, SecurityAssociation
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.config import ChildConfig, IkeConfig
 from meshsec.agent.ike.events import ChildSaDeleted, Event, LivenessChecked
@@ -382,3 +382,37 @@ def test_child_sas_follow_a_nat_rebinding(ns_loop: NetnsLoop) -> None:
     assert (inbound.encap.src_port, inbound.encap.dst_port) == (new_port, 4500)
     assert (outbound.encap.src_port, outbound.encap.dst_port) == (4500, new_port)
     assert sum(op.startswith("update_sa") for op in dp.log) == 2
+
+
+def test_hard_expiry_in_the_dataplane_deletes_the_child_sa_with_the_peer(ns_loop: NetnsLoop) -> None:
+    async def scenario() -> tuple[list[bool], list[Event], RecordingDataPlane, RecordingDataPlane]:
+        ci, cr = configs()
+        dpa, dpb = RecordingDataPlane(), RecordingDataPlane()
+        events_a: list[Event] = []
+        a = IkeAdapter(lambda local, remote: [], dataplane=dpa, settings=AdapterSettings(bind=(A,)),
+                       on_event=lambda rec, ev: events_a.append(ev))  # fmt: skip
+        b = IkeAdapter(lambda local, remote: [cr], dataplane=dpb, settings=AdapterSettings(bind=(B,)))
+        await a.start()
+        await b.start()
+        try:
+            await a.initiate(ci, Address(B, 500))
+            await wait_until(lambda: established(a) and established(b))
+            await b.settle()
+            inbound = _by_direction(dpb, Direction.IN).id
+            unknown = SaId(inbound.dst, inbound.spi ^ 1, inbound.protocol)
+            answers = [b.child_expired(unknown, hard=True), b.child_expired(inbound, hard=False)]
+            soft_left = len(dpb.sas)
+            answers.append(b.child_expired(inbound, hard=True))
+            await wait_until(lambda: any(isinstance(e, ChildSaDeleted) for e in events_a))
+            await a.settle()
+            await b.settle()
+            answers.append(soft_left == 2)
+            return answers, events_a, dpa, dpb
+        finally:
+            await a.close(graceful=False)
+            await b.close(graceful=False)
+
+    answers, events_a, dpa, dpb = ns_loop.run(scenario())
+    assert answers == [False, True, True, True]
+    assert [e.by_peer for e in events_a if isinstance(e, ChildSaDeleted)] == [True]
+    assert dpa.sas == {} and dpb.sas == {}
