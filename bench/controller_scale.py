@@ -4,6 +4,9 @@
     /work/venv/bin/python bench/controller_scale.py [--sizes 1000,5000,10000]
         [--topologies full-mesh,hub-and-spoke] [--joins 5] [--auth certificate|psk] [--write]
 
+--write replaces the table in docs/benchmarks.md, section "Controller" (the prose around it is
+kept as is below the heading's first paragraph).
+
 For each size and topology: the store (embedded, a temp file) is filled with one Site, one
 MeshPolicy and N Nodes, the controller CA is created in it and a client certificate issued per
 node (as enrollment would; this skips N enrollments), then `meshsec-controller` starts as its
@@ -348,6 +351,7 @@ def main() -> None:
     parser.add_argument("--topologies", default="full-mesh,hub-and-spoke")
     parser.add_argument("--joins", type=int, default=5)
     parser.add_argument("--auth", choices=("certificate", "psk"), default="certificate")
+    parser.add_argument("--write", action="store_true", help="put the table into docs/benchmarks.md")
     args = parser.parse_args()
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
@@ -356,6 +360,25 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(table(rows))
+    if args.write:
+        write_table(table(rows))
+
+
+def write_table(text: str) -> None:
+    """Replace the table under "## Controller" in docs/benchmarks.md (append the section if absent)."""
+    path = REPO / "docs" / "benchmarks.md"
+    doc = path.read_text() if path.exists() else "# Benchmarks\n"
+    heading = "## Controller\n"
+    if heading not in doc:
+        doc = doc.rstrip() + "\n\n" + heading + "\n" + text + "\n"
+    else:
+        start = doc.index(heading)
+        end = doc.find("\n## ", start + len(heading))
+        section = doc[start : end if end != -1 else len(doc)]
+        old = re.search(r"^\| nodes \|.*?(?=\n(?!\|)|\Z)", section, re.S | re.M)
+        section = section.replace(old.group(0), text) if old else section.rstrip() + "\n\n" + text + "\n"
+        doc = doc[:start] + section + (doc[end:] if end != -1 else "")
+    path.write_text(doc)
 
 
 if __name__ == "__main__":
