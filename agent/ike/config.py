@@ -16,6 +16,18 @@ class ConfigError(ValueError):
     pass
 
 
+DPD_ACTIONS = ("clear", "restart", "hold")
+
+
+def _check_lifetimes(where: str, rekey: int, life: int, rand: int | None) -> None:
+    if rekey < 0 or life < 0:
+        raise ConfigError(f"{where}: lifetimes must be >= 0")
+    if life and life < rekey:
+        raise ConfigError(f"{where}: life_time must be >= rekey_time")
+    if rand is not None and (rand < 0 or (rekey and rand >= rekey)):
+        raise ConfigError(f"{where}: rand_time must be >= 0 and < rekey_time")
+
+
 @dataclass(frozen=True, slots=True)
 class RetransmitConfig:
     """strongSwan's defaults: timeout * base**n for n = 0..tries, then give up (~165 s)."""
@@ -40,9 +52,17 @@ class ChildConfig:
     proposals: str = "aes256gcm16-x25519,aes128-sha256-x25519"
     protocol: ProtocolId = ProtocolId.ESP
     mode: str = "tunnel"
-    # Lifetimes are carried to the data plane now; rekeying on them is part 2.
+    # Soft (rekey) and hard (delete) lifetimes. Seconds run on the engine's timers; bytes and
+    # packets are counted by the data plane, whose expire events come back via
+    # IkeSa.child_expired. 0 disables a limit. The rekey fires rand_time (default: the gap
+    # to life_time) * a random fraction early, so a mesh does not rekey in lockstep.
     rekey_time: int = 3600
     life_time: int = 3960
+    rand_time: int | None = None
+    rekey_bytes: int = 0
+    life_bytes: int = 0
+    rekey_packets: int = 0
+    life_packets: int = 0
     specs: tuple[ProposalSpec, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -53,8 +73,11 @@ class ChildConfig:
             raise ConfigError(f"{where}: protocol must be ESP or AH")
         if not self.local_ts or not self.remote_ts:
             raise ConfigError(f"{where}: local_ts and remote_ts must not be empty")
-        if self.life_time < self.rekey_time:
-            raise ConfigError(f"{where}: life_time must be >= rekey_time")
+        _check_lifetimes(where, self.rekey_time, self.life_time, self.rand_time)
+        for soft, hard in (("rekey_bytes", "life_bytes"), ("rekey_packets", "life_packets")):
+            s, h = getattr(self, soft), getattr(self, hard)
+            if s < 0 or h < 0 or (s and h and h < s):
+                raise ConfigError(f"{where}: {hard} must be >= {soft} (and both >= 0)")
         try:
             specs = parse_proposals(self.proposals, self.protocol)
         except ValueError as exc:
@@ -76,7 +99,17 @@ class IkeConfig:
     natt_keepalive: float = 20.0
     # Pretend to be behind a NAT (strongSwan's encap=yes) so ESP is always UDP-encapsulated.
     force_encap: bool = False
-    rekey_time: int = 14400  # placeholder until IKE rekeying (part 2)
+    # IKE SA rekeying: new SPIs and keys after rekey_time (minus up to rand_time, default
+    # 10 % of rekey_time); deleted after over_time more if the rekey never succeeds.
+    rekey_time: int = 14400
+    rand_time: int | None = None
+    over_time: int | None = None
+    # Dead peer detection: a liveness check after dpd_delay seconds without any inbound
+    # traffic (0 = off). The peer is declared dead when it stays unanswered for the
+    # retransmit schedule; then dpd_action: "clear" (delete everything), "restart" (a new
+    # IKE SA with the same config, initiator side), "hold" (keep the CHILD_SAs' policies).
+    dpd_delay: float = 0.0
+    dpd_action: str = "clear"
     local_identity: Identity = field(init=False, repr=False, compare=False)
     remote_identity: Identity | None = field(init=False, repr=False, compare=False)
     specs: tuple[ProposalSpec, ...] = field(init=False, repr=False, compare=False)
@@ -100,6 +133,12 @@ class IkeConfig:
             raise ConfigError(f"{where}: duplicate child names {names}")
         if self.natt_keepalive < 0:
             raise ConfigError(f"{where}: natt_keepalive must be >= 0")
+        over = self.over_time if self.over_time is not None else max(1, self.rekey_time // 10)
+        _check_lifetimes(where, self.rekey_time, self.rekey_time + over, self.rand_time)
+        if self.dpd_delay < 0:
+            raise ConfigError(f"{where}: dpd_delay must be >= 0")
+        if self.dpd_action not in DPD_ACTIONS:
+            raise ConfigError(f"{where}: dpd_action must be one of {', '.join(DPD_ACTIONS)}")
 
     def matches_remote(self, ident: Identity) -> bool:
         return self.remote_identity is None or self.remote_identity == ident

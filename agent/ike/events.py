@@ -34,7 +34,13 @@ class IkeSaEstablished:
 class ChildSaEstablished:
     """Everything the data plane needs to install both directions of one CHILD_SA.
 
-    `spi_in` is the SPI peers put on packets to us (we allocated it); `keys_in` decrypts them."""
+    `spi_in` is the SPI peers put on packets to us (we allocated it); `keys_in` decrypts them.
+
+    A rekeyed CHILD_SA names the inbound SPI of the one it `replaces` (install it with the
+    same reqid). With `outbound_active` False, the inbound SA must be live at once but
+    outbound traffic keeps using the old SA until `ChildSaRekeyed` says to switch (the rekey
+    responder waits for the initiator's DELETE of the old SA, so the initiator is known to
+    have installed its new inbound SA)."""
 
     name: str
     spi_in: int
@@ -49,6 +55,40 @@ class ChildSaEstablished:
     udp_encap: bool
     lifetime_soft: int
     lifetime_hard: int
+    replaces: int | None = None
+    outbound_active: bool = True
+    lifetime_soft_bytes: int = 0
+    lifetime_hard_bytes: int = 0
+    lifetime_soft_packets: int = 0
+    lifetime_hard_packets: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSaRekeyed:
+    """Outbound traffic of CHILD_SA `name` moves from `old_spi_in`'s SA pair to `new_spi_in`'s;
+    the old pair stays for inbound stragglers until its own ChildSaDeleted."""
+
+    name: str
+    old_spi_in: int
+    new_spi_in: int
+    protocol: int
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaRekeyed:
+    """This IKE SA was replaced: the new one (our SPI `new_local_spi`, already in the table)
+    carries every CHILD_SA from now on; this one closes with IkeSaDeleted after its DELETE."""
+
+    new_spi_i: bytes
+    new_spi_r: bytes
+    new_local_spi: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDead:
+    """Dead peer detection gave up; `action` is the configured dpd_action."""
+
+    action: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +141,9 @@ Event = (
     | ChildSaEstablished
     | ChildSaFailed
     | ChildSaDeleted
+    | ChildSaRekeyed
+    | IkeSaRekeyed
+    | PeerDead
     | IkeSaDeleted
     | IkeSaFailed
     | InitialContactReceived

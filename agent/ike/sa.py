@@ -27,6 +27,7 @@ from meshsec.agent.ike.constants import (
 from meshsec.agent.ike.crypto import CryptoError, DhFactory, Integ, Prf, SkCipher, default_dh_factory
 from meshsec.agent.ike.events import (
     ChildSaDeleted,
+    ChildSaRekeyed,
     Event,
     IkeSaDeleted,
     IkeSaFailed,
@@ -84,6 +85,13 @@ class OutgoingDatagram:
         return add_non_esp_marker(self.data)
 
 
+class ChildState(Enum):
+    INSTALLED = "installed"
+    REKEYING = "rekeying"  # our CREATE_CHILD_SA with REKEY_SA is queued or in flight
+    REKEYED = "rekeyed"  # a successor exists; this pair only waits for its DELETE
+    DELETING = "deleting"  # our DELETE is queued or in flight
+
+
 @dataclass(slots=True)
 class ChildSa:
     name: str
@@ -97,6 +105,17 @@ class ChildSa:
     keys_in: DirectionKeys
     keys_out: DirectionKeys
     chosen: Chosen
+    state: ChildState = ChildState.INSTALLED
+    rekey_at: float | None = None  # soft lifetime (jittered)
+    expire_at: float | None = None  # hard lifetime
+    replaced_by: int | None = None  # spi_in of the successor
+    # The successor's outbound SA is not in use yet (we answered the rekey; the initiator's
+    # DELETE of this pair tells us it has its new inbound SA).
+    outbound_pending: bool = False
+    # While we answered the peer's rekey of this CHILD_SA and ours was in flight (RFC 7296
+    # 2.8.1): (the peer's new CHILD_SA, the lower nonce of that exchange).
+    peer_rekey: tuple[int, bytes] | None = None
+    rekey_attempts: int = 0
 
 
 @dataclass(slots=True)
@@ -221,6 +240,18 @@ class IkeSa:
 
         self._guard(self._enqueue, ChildDelete(spi_in), now)
 
+    def rekey_child(self, spi_in: int, now: float) -> None:
+        """Rekeys one CHILD_SA now (its soft lifetime does the same on its own)."""
+        self._guard(self._rekey_child, spi_in, now)
+
+    def child_expired(self, spi: int, hard: bool, now: float) -> None:
+        """The data plane reports a byte/packet (or time) limit of the pair with inbound or
+        outbound SPI `spi`: soft rekeys it, hard deletes it."""
+        self._guard(self._child_expired, spi, hard, now)
+
+    def rekeying_ike(self) -> bool:
+        return False
+
     def check_liveness(self, now: float) -> None:
         from meshsec.agent.ike.exchanges.informational import Liveness
 
@@ -247,6 +278,12 @@ class IkeSa:
             deadlines.append(self._last_sent + self.config.natt_keepalive)
         if self._half_open() and self.created_at is not None:
             deadlines.append(self.created_at + HALF_OPEN_TIMEOUT)
+        if self.state is State.ESTABLISHED:
+            for c in self.children.values():
+                if c.rekey_at is not None and c.state is ChildState.INSTALLED:
+                    deadlines.append(c.rekey_at)
+                if c.expire_at is not None and c.state is not ChildState.DELETING:
+                    deadlines.append(c.expire_at)
         return min(deadlines) if deadlines else None
 
     # ------------------------------------------------------------------ helpers for task units
@@ -289,8 +326,15 @@ class IkeSa:
         )
 
     def remove_child(self, child: ChildSa, by_peer: bool) -> None:
-        if self.children.pop(child.spi_in, None) is not None:
-            self.emit(ChildSaDeleted(child.name, child.spi_in, child.spi_out, child.protocol, by_peer))
+        if self.children.pop(child.spi_in, None) is None:
+            return
+        successor = self.children.get(child.replaced_by) if child.replaced_by is not None else None
+        if successor is not None and successor.outbound_pending:
+            # The rekey initiator deleted the old pair (or it expired): it has its new inbound
+            # SA, so our outbound traffic may move over (make-before-break).
+            successor.outbound_pending = False
+            self.emit(ChildSaRekeyed(child.name, child.spi_in, successor.spi_in, child.protocol))
+        self.emit(ChildSaDeleted(child.name, child.spi_in, child.spi_out, child.protocol, by_peer))
 
     # ------------------------------------------------------------------ internals
 
@@ -411,6 +455,8 @@ class IkeSa:
                 a.deadline = now + rt.delay(a.attempt)
                 self.stats["retransmits"] += 1
                 self._emit_datagram(a.packet, now)
+        if self.state is State.ESTABLISHED:
+            self._child_timers(now)
         if (
             self.state is State.ESTABLISHED
             and self.nat_local
@@ -418,6 +464,40 @@ class IkeSa:
             and now >= self._last_sent + self.config.natt_keepalive
         ):
             self._emit_datagram(NATT_KEEPALIVE, now, keepalive=True)
+
+    def _child_timers(self, now: float) -> None:
+        for c in list(self.children.values()):
+            if c.expire_at is not None and now >= c.expire_at and c.state is not ChildState.DELETING:
+                log.info("CHILD_SA %s %08x: hard lifetime reached, deleting", c.name, c.spi_in)
+                self._delete_child_now(c, now)
+            elif c.rekey_at is not None and now >= c.rekey_at and c.state is ChildState.INSTALLED:
+                self._rekey_child(c.spi_in, now)
+
+    def _rekey_child(self, spi_in: int, now: float) -> None:
+        from meshsec.agent.ike.exchanges.child_rekey import ChildRekey, rekey_config
+
+        c = self.children.get(spi_in)
+        if c is None or c.state is not ChildState.INSTALLED or c.config is None:
+            self.stats["rekey_not_possible"] += 1
+            return
+        c.rekey_at = None  # the task owns the retry schedule from here
+        self._enqueue(ChildRekey(spi_in, rekey_config(c)), now)
+
+    def _delete_child_now(self, c: ChildSa, now: float) -> None:
+        from meshsec.agent.ike.exchanges.informational import ChildDelete
+
+        c.state = ChildState.DELETING
+        self._enqueue(ChildDelete(c.spi_in), now)
+
+    def _child_expired(self, spi: int, hard: bool, now: float) -> None:
+        c = self.children.get(spi) or next((x for x in self.children.values() if x.spi_out == spi), None)
+        if c is None:
+            self.stats["expire_unknown_child"] += 1
+            return
+        if hard and c.state is not ChildState.DELETING:
+            self._delete_child_now(c, now)
+        elif not hard and c.state is ChildState.INSTALLED:
+            self._rekey_child(c.spi_in, now)
 
     def _receive(self, datagram: bytes, local: Address, remote: Address, now: float) -> None:
         if self.state is State.CLOSED:

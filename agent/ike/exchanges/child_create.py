@@ -1,5 +1,6 @@
 """CREATE_CHILD_SA for an additional CHILD_SA (RFC 7296 1.3.1), with PFS when the child's
-proposals name DH groups. Rekeying (REKEY_SA, collisions) arrives in part 2 as its own units."""
+proposals name DH groups. Rekeying builds on it (child_rekey.py, ike_rekey.py); this module
+also dispatches a peer's CREATE_CHILD_SA to the right responder."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from meshsec.agent.ike.constants import ExchangeType, NotifyType, PayloadType
 from meshsec.agent.ike.crypto import CryptoError, KeyExchange
 from meshsec.agent.ike.events import ChildSaFailed
 from meshsec.agent.ike.exchanges.child_sa import (
+    ChildAnswer,
     ChildRequest,
+    Succession,
     build_child_request,
     complete_child_initiator,
     respond_child,
@@ -21,7 +24,7 @@ from meshsec.agent.ike.payloads import KePayload, Message, NoncePayload, NotifyP
 from meshsec.agent.ike.task import Outcome
 
 if TYPE_CHECKING:
-    from meshsec.agent.ike.sa import IkeSa
+    from meshsec.agent.ike.sa import ChildSa, IkeSa
 
 MAX_KE_RETRIES = 3
 
@@ -38,8 +41,10 @@ class ChildCreate:
         self._group: int | None = self._groups[0] if self._groups else None
         self._ke: KeyExchange | None = None
         self._retries = 0
+        self._succession = Succession()
+        self.created: ChildSa | None = None
 
-    def build(self, sa: IkeSa, now: float) -> list[Payload]:
+    def build(self, sa: IkeSa, now: float) -> list[Payload] | None:
         self._nonce = sa.rnd.bytes(NONCE_SIZE)
         self._req, pre, body = build_child_request(sa, self.config, pfs=self._group is not None)
         ke: list[Payload] = []
@@ -62,7 +67,7 @@ class ChildCreate:
         if not isinstance(nonce, NoncePayload):
             # Error answers carry no nonce; complete_child_initiator reports the notify.
             if msg.find(PayloadType.SA) is None:
-                complete_child_initiator(sa, self._req, msg, b"", b"")
+                complete_child_initiator(sa, self._req, msg, b"", b"", now=now)
             else:
                 sa.emit(ChildSaFailed(self.config.name, "CREATE_CHILD_SA response lacks Nr"))
             return Outcome.DONE
@@ -76,7 +81,10 @@ class ChildCreate:
             except CryptoError as exc:
                 sa.emit(ChildSaFailed(self.config.name, f"PFS failed: {exc}"))
                 return Outcome.DONE
-        complete_child_initiator(sa, self._req, msg, self._nonce, nonce.data, shared, self._group)
+        self.created = complete_child_initiator(
+            sa, self._req, msg, self._nonce, nonce.data, shared, self._group,
+            now=now, succession=self._succession,
+        )  # fmt: skip
         return Outcome.DONE
 
     def on_timeout(self, sa: IkeSa) -> None:
@@ -84,14 +92,27 @@ class ChildCreate:
 
 
 def respond_create_child(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
-    if msg.notify(NotifyType.REKEY_SA) is not None or msg.find(PayloadType.TSi) is None:
-        # CHILD_SA and IKE SA rekeying are part 2.
-        return [NotifyPayload(NotifyType.NO_ADDITIONAL_SAS)]
+    from meshsec.agent.ike.exchanges.child_rekey import respond_child_rekey
+    from meshsec.agent.ike.exchanges.ike_rekey import respond_ike_rekey
+
+    if msg.find(PayloadType.TSi) is None:
+        return respond_ike_rekey(sa, msg, now)  # no TS: an IKE SA rekey (RFC 7296 1.3.2)
+    if sa.rekeying_ike():
+        # New CHILD_SAs would have to move to the successor IKE SA mid-flight (2.25.2).
+        return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
+    rekey = msg.notify(NotifyType.REKEY_SA)
+    if rekey is not None:
+        return respond_child_rekey(sa, msg, rekey, now)
     nonce = msg.find(PayloadType.NONCE)
     if not isinstance(nonce, NoncePayload):
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     nr = sa.rnd.bytes(NONCE_SIZE)
-    answer = respond_child(sa, msg, nonce.data, nr, pfs_allowed=True)
+    answer = respond_child(sa, msg, nonce.data, nr, now=now, pfs_allowed=True)
+    return child_answer_payloads(answer, nr)
+
+
+def child_answer_payloads(answer: ChildAnswer, nr: bytes) -> list[Payload]:
+    """[N], SA, Nr, [KEr], TSi, TSr (RFC 7296 1.3.1); only the notifies on error."""
     if not answer.body:
         return answer.pre
     ke: list[Payload] = [answer.ke] if answer.ke is not None else []

@@ -4,6 +4,7 @@ optional PFS (a DH exchange in CREATE_CHILD_SA), KEYMAT (2.17) and the ChildSaEs
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ from meshsec.agent.ike.constants import ERROR_NOTIFY_LIMIT, NotifyType, PayloadT
 from meshsec.agent.ike.crypto import CryptoError
 from meshsec.agent.ike.events import Algorithms, ChildSaEstablished, ChildSaFailed
 from meshsec.agent.ike.keys import child_encr_key_size, derive_child_keys
+from meshsec.agent.ike.lifetime import jittered
 from meshsec.agent.ike.payloads import (
     KePayload,
     Message,
@@ -26,7 +28,7 @@ from meshsec.agent.ike.proposals import Chosen, accept_response, select_proposal
 from meshsec.agent.ike.ts import Ts, is_subset, narrow
 
 if TYPE_CHECKING:
-    from meshsec.agent.ike.sa import IkeSa
+    from meshsec.agent.ike.sa import ChildSa, IkeSa
 
 
 @dataclass(slots=True)
@@ -85,9 +87,25 @@ class _Negotiated:
     ts_remote: list[Ts]
 
 
+@dataclass(frozen=True, slots=True)
+class Succession:
+    """How a new CHILD_SA relates to an existing one: the inbound SPI it `replaces` (a rekey)
+    and whether outbound traffic moves to it at once."""
+
+    replaces: int | None = None
+    outbound_active: bool = True
+
+
 def _install(
-    sa: IkeSa, n: _Negotiated, ni: bytes, nr: bytes, exchange_initiator: bool, shared: bytes
-) -> None:
+    sa: IkeSa,
+    n: _Negotiated,
+    ni: bytes,
+    nr: bytes,
+    exchange_initiator: bool,
+    shared: bytes,
+    now: float,
+    succession: Succession,
+) -> ChildSa:
     from meshsec.agent.ike.sa import ChildSa
 
     assert sa.prf is not None and sa.keys is not None
@@ -104,6 +122,9 @@ def _install(
     i2r, r2i = keys.initiator_to_responder, keys.responder_to_initiator
     keys_out, keys_in = (i2r, r2i) if exchange_initiator else (r2i, i2r)
     ts_local, ts_remote = tuple(n.ts_local), tuple(n.ts_remote)
+    cfg = n.config
+    spread = cfg.rand_time if cfg.rand_time is not None else cfg.life_time - cfg.rekey_time
+    soft = jittered(cfg.rekey_time, spread, sa.rnd)
     child = ChildSa(
         n.config.name,
         n.config,
@@ -116,6 +137,9 @@ def _install(
         keys_in,
         keys_out,
         n.chosen,
+        rekey_at=now + soft if soft else None,
+        expire_at=now + cfg.life_time if cfg.life_time else None,
+        outbound_pending=not succession.outbound_active,
     )
     sa.children[n.spi_in] = child
     sa.emit(
@@ -131,10 +155,17 @@ def _install(
             ts_remote,
             _algorithms(n.chosen),
             sa.udp_encap,
-            n.config.rekey_time,
-            n.config.life_time,
+            math.ceil(soft),
+            cfg.life_time,
+            succession.replaces,
+            succession.outbound_active,
+            cfg.rekey_bytes,
+            cfg.life_bytes,
+            cfg.rekey_packets,
+            cfg.life_packets,
         )
     )
+    return child
 
 
 def _notify_name(ntype: int) -> str:
@@ -152,16 +183,19 @@ def complete_child_initiator(
     nr: bytes,
     shared: bytes = b"",
     pfs_group: int | None = None,
-) -> None:
+    *,
+    now: float,
+    succession: Succession | None = None,
+) -> ChildSa | None:
     name = req.config.name
     errors = [n for n in msg.notifies() if n.notify_type < ERROR_NOTIFY_LIMIT]
     if errors:
         sa.emit(ChildSaFailed(name, _notify_name(errors[0].notify_type)))
-        return
+        return None
     sa_p, ts_i, ts_r = msg.find(PayloadType.SA), _ts(msg, PayloadType.TSi), _ts(msg, PayloadType.TSr)
     if not isinstance(sa_p, SaPayload) or ts_i is None or ts_r is None or len(sa_p.proposals) != 1:
         sa.emit(ChildSaFailed(name, "response lacks SA/TSi/TSr"))
-        return
+        return None
     chosen = accept_response(req.offered, sa_p.proposals[0])
     problem = None
     if chosen is None or len(chosen.spi) != 4:
@@ -180,10 +214,10 @@ def complete_child_initiator(
             from meshsec.agent.ike.exchanges.informational import ChildDelete
 
             sa.queue(ChildDelete(req.spi_in, protocol=req.config.protocol))
-        return
+        return None
     spi_out = struct.unpack("!I", chosen.spi)[0]
     negotiated = _Negotiated(req.config, chosen, req.spi_in, spi_out, req.config.mode, ts_i, ts_r)
-    _install(sa, negotiated, ni, nr, True, shared)
+    return _install(sa, negotiated, ni, nr, True, shared, now, succession or Succession())
 
 
 @dataclass(slots=True)
@@ -194,17 +228,29 @@ class ChildAnswer:
     pre: list[Payload]
     body: list[Payload]
     ke: KePayload | None = None
+    child: ChildSa | None = None
 
 
-def respond_child(sa: IkeSa, msg: Message, ni: bytes, nr: bytes, *, pfs_allowed: bool = False) -> ChildAnswer:
-    """Picks the first child config whose proposals, selectors and mode fit."""
+def respond_child(
+    sa: IkeSa,
+    msg: Message,
+    ni: bytes,
+    nr: bytes,
+    *,
+    now: float,
+    pfs_allowed: bool = False,
+    configs: tuple[ChildConfig, ...] | None = None,
+    succession: Succession | None = None,
+) -> ChildAnswer:
+    """Picks the first child config (of `configs`, default the connection's) whose
+    proposals, selectors and mode fit."""
     sa_p, ts_i, ts_r = msg.find(PayloadType.SA), _ts(msg, PayloadType.TSi), _ts(msg, PayloadType.TSr)
     if not isinstance(sa_p, SaPayload) or ts_i is None or ts_r is None:
         return ChildAnswer([NotifyPayload(NotifyType.INVALID_SYNTAX)], [])
     ke = msg.find(PayloadType.KE)
     want_transport = msg.notify(NotifyType.USE_TRANSPORT_MODE) is not None
     error = NotifyType.NO_PROPOSAL_CHOSEN
-    for cfg in sa.config.children:
+    for cfg in sa.config.children if configs is None else configs:
         chosen = select_proposal(
             cfg.specs, sa_p.proposals, prefer_ours=sa.config.prefer_own_proposals, ignore_dh=not pfs_allowed
         )
@@ -239,7 +285,8 @@ def respond_child(sa: IkeSa, msg: Message, ni: bytes, nr: bytes, *, pfs_allowed:
         spi_in = sa.allocate_spi(ProtocolId(chosen.protocol))
         spi_out = struct.unpack("!I", chosen.spi)[0]
         mode = "transport" if transport else "tunnel"
-        _install(sa, _Negotiated(cfg, chosen, spi_in, spi_out, mode, local, remote), ni, nr, False, shared)
+        negotiated = _Negotiated(cfg, chosen, spi_in, spi_out, mode, local, remote)
+        child = _install(sa, negotiated, ni, nr, False, shared, now, succession or Succession())
         pre: list[Payload] = [NotifyPayload(NotifyType.USE_TRANSPORT_MODE)] if transport else []
         dh = chosen.dh if pfs_allowed else None
         answer = Chosen(chosen.number, chosen.protocol, b"", chosen.encr, None, chosen.integ, dh, chosen.esn)
@@ -248,5 +295,5 @@ def respond_child(sa: IkeSa, msg: Message, ni: bytes, nr: bytes, *, pfs_allowed:
             TsPayload(PayloadType.TSi, tuple(t.to_wire() for t in remote)),
             TsPayload(PayloadType.TSr, tuple(t.to_wire() for t in local)),
         ]
-        return ChildAnswer(pre, body, our_ke)
+        return ChildAnswer(pre, body, our_ke, child)
     return ChildAnswer([NotifyPayload(error)], [])

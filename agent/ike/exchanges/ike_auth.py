@@ -118,7 +118,7 @@ class IkeAuth:
         sa.remote_identity = ident
         _established(sa)
         if self._req is not None:
-            complete_child_initiator(sa, self._req, msg, sa.nonce_i, sa.nonce_r)
+            complete_child_initiator(sa, self._req, msg, sa.nonce_i, sa.nonce_r, now=now)
         return Outcome.DONE
 
     def on_timeout(self, sa: IkeSa) -> None:
@@ -178,6 +178,6 @@ def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
     _established(sa)
     payloads: list[Payload] = [own, AuthPayload(AuthMethod.SHARED_KEY_MIC, my_auth)]
     if msg.find(PayloadType.SA) is not None:
-        answer = respond_child(sa, msg, sa.nonce_i, sa.nonce_r)
+        answer = respond_child(sa, msg, sa.nonce_i, sa.nonce_r, now=now)
         payloads += answer.pre + answer.body
     return payloads

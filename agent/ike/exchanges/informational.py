@@ -40,11 +40,15 @@ class ChildDelete:
         self.protocol = protocol
 
     def build(self, sa: IkeSa, now: float) -> list[Payload] | None:
+        from meshsec.agent.ike.sa import ChildState
+
         child = sa.children.get(self.spi_in)
         protocol = child.protocol if child is not None else self.protocol
         if protocol is None:
             sa.stats["delete_unknown_child"] += 1
             return None
+        if child is not None:
+            child.state = ChildState.DELETING  # a rekey request for it now gets TEMPORARY_FAILURE
         # A Delete names the SPI we expect on inbound packets (RFC 7296 3.11).
         return [DeletePayload(protocol, (struct.pack("!I", self.spi_in),))]
 

@@ -1,0 +1,170 @@
+"""CHILD_SA rekeying (RFC 7296 1.3.3, 2.8) with make-before-break and the collision rules of
+2.8.1 and 2.25.1.
+
+Initiator: CREATE_CHILD_SA with N(REKEY_SA) naming our inbound SPI, optional PFS KE. When the
+answer arrives the new pair is installed with outbound traffic switched to it at once (the
+responder installed its new inbound SA before answering), then the old pair is deleted.
+
+Responder: the new inbound SA is announced (and, via the adapter, installed) in the answer;
+outbound traffic stays on the old pair until the initiator's DELETE of it arrives, which
+proves the initiator has its new inbound SA (strongSwan does the same since 5.5).
+
+Collisions: both peers rekey the same CHILD_SA at once. Both answer as usual; whichever
+exchange has the lowest nonce (the lower of its Ni/Nr, compared with the other exchange's)
+created a redundant pair: its initiator deletes that pair, the winner's initiator deletes the
+old one. A rekey request for a pair we are deleting gets TEMPORARY_FAILURE, one for a pair we
+do not know CHILD_SA_NOT_FOUND; a refused rekey is retried after a jittered back-off."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import struct
+from typing import TYPE_CHECKING
+
+from meshsec.agent.ike.config import ChildConfig
+from meshsec.agent.ike.constants import ERROR_NOTIFY_LIMIT, NotifyType, PayloadType, ProtocolId
+from meshsec.agent.ike.events import ChildSaFailed, ChildSaRekeyed
+from meshsec.agent.ike.exchanges.child_create import ChildCreate, child_answer_payloads
+from meshsec.agent.ike.exchanges.child_sa import Succession, respond_child
+from meshsec.agent.ike.exchanges.ike_init import NONCE_SIZE
+from meshsec.agent.ike.lifetime import backoff
+from meshsec.agent.ike.payloads import Message, NoncePayload, NotifyPayload, Payload
+from meshsec.agent.ike.task import Outcome
+
+if TYPE_CHECKING:
+    from meshsec.agent.ike.sa import ChildSa, IkeSa
+
+log = logging.getLogger(__name__)
+
+MAX_REKEY_ATTEMPTS = 8  # then the pair runs into its hard lifetime and is deleted
+
+
+def rekey_config(child: ChildSa) -> ChildConfig:
+    """The request proposes the selectors the pair was narrowed to, so the responder accepts
+    exactly what it already runs."""
+    assert child.config is not None
+    return dataclasses.replace(child.config, local_ts=child.ts_local, remote_ts=child.ts_remote)
+
+
+class ChildRekey(ChildCreate):
+    name = "child_rekey"
+
+    def __init__(self, spi_in: int, config: ChildConfig) -> None:
+        super().__init__(config)
+        self.spi_in = spi_in
+
+    def build(self, sa: IkeSa, now: float) -> list[Payload] | None:
+        from meshsec.agent.ike.sa import ChildState
+
+        old = sa.children.get(self.spi_in)
+        if old is None or old.state not in (ChildState.INSTALLED, ChildState.REKEYING):
+            sa.stats["rekey_skipped"] += 1  # deleted or already replaced meanwhile
+            return None
+        old.state = ChildState.REKEYING
+        payloads = super().build(sa, now)
+        if payloads is None:
+            return None
+        rekey = NotifyPayload(NotifyType.REKEY_SA, b"", old.protocol, struct.pack("!I", self.spi_in))
+        return [rekey, *payloads]
+
+    def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
+        from meshsec.agent.ike.sa import ChildState
+
+        old = sa.children.get(self.spi_in)
+        errors = [n.notify_type for n in msg.notifies() if n.notify_type < ERROR_NOTIFY_LIMIT]
+        created = msg.find(PayloadType.SA) is not None and not errors
+        if old is None:
+            # The pair was deleted while we rekeyed it (a DELETE crossed our request). A new
+            # pair the peer created anyway stands on its own.
+            if created:
+                sa.stats["rekey_of_deleted_child"] += 1
+                self._succession = Succession()
+                return super().process(sa, msg, raw, now)
+            return Outcome.DONE
+        if not created:
+            outcome = super().process(sa, msg, raw, now)  # INVALID_KE requeue or ChildSaFailed
+            if outcome is Outcome.REQUEUE:
+                return outcome
+            self._refused(sa, old, errors, now)
+            return Outcome.DONE
+        lost = False
+        if old.peer_rekey is not None:
+            nonce = msg.find(PayloadType.NONCE)
+            nr = nonce.data if isinstance(nonce, NoncePayload) else b""
+            lost = min(self._nonce, nr) < old.peer_rekey[1]
+            sa.stats["rekey_collision_lost" if lost else "rekey_collision_won"] += 1
+        self._succession = Succession(self.spi_in, outbound_active=not lost)
+        outcome = super().process(sa, msg, raw, now)
+        new = self.created
+        if new is None:
+            self._refused(sa, old, [], now)
+            return outcome
+        from meshsec.agent.ike.exchanges.informational import ChildDelete
+
+        if lost:
+            # Ours is the redundant pair: delete it; the peer deletes the old one, which then
+            # hands outbound traffic to the peer's new pair.
+            assert old.peer_rekey is not None
+            old.state, old.replaced_by = ChildState.REKEYED, old.peer_rekey[0]
+            new.state = ChildState.DELETING
+            sa.queue(ChildDelete(new.spi_in))
+        else:
+            old.state, old.replaced_by = ChildState.REKEYED, new.spi_in
+            sa.emit(ChildSaRekeyed(old.name, old.spi_in, new.spi_in, old.protocol))
+            old.state = ChildState.DELETING
+            sa.queue(ChildDelete(old.spi_in))
+        return outcome
+
+    def _refused(self, sa: IkeSa, old: ChildSa, errors: list[int], now: float) -> None:
+        from meshsec.agent.ike.sa import ChildState
+
+        if old.peer_rekey is not None:
+            # We answered the peer's rekey of this pair: its new pair takes over and the peer
+            # deletes the old one.
+            old.state, old.replaced_by = ChildState.REKEYED, old.peer_rekey[0]
+            return
+        if NotifyType.CHILD_SA_NOT_FOUND in errors:
+            # The peer lost the pair: forget it and negotiate a fresh one.
+            sa.stats["rekey_child_not_found"] += 1
+            sa.remove_child(old, by_peer=True)
+            sa.queue(ChildCreate(old.config or self.config))
+            return
+        old.state = ChildState.INSTALLED
+        old.rekey_attempts += 1
+        if old.rekey_attempts >= MAX_REKEY_ATTEMPTS:
+            log.warning("CHILD_SA %s: giving up rekeying after %d attempts", old.name, old.rekey_attempts)
+            old.rekey_at = None
+            return
+        old.rekey_at = now + backoff(old.rekey_attempts, sa.rnd)
+        sa.stats["rekey_retry_scheduled"] += 1
+
+
+def respond_child_rekey(sa: IkeSa, msg: Message, rekey: NotifyPayload, now: float) -> list[Payload]:
+    from meshsec.agent.ike.sa import ChildState, State
+
+    if rekey.protocol not in (ProtocolId.ESP, ProtocolId.AH) or len(rekey.spi) != 4:
+        return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
+    old = sa.find_child_by_out(rekey.protocol, struct.unpack("!I", rekey.spi)[0])
+    if old is None or old.config is None:
+        sa.stats["rekey_child_not_found"] += 1
+        return [NotifyPayload(NotifyType.CHILD_SA_NOT_FOUND, b"", rekey.protocol, rekey.spi)]
+    if old.state in (ChildState.REKEYED, ChildState.DELETING) or sa.state is not State.ESTABLISHED:
+        sa.stats["rekey_temporary_failure"] += 1
+        return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
+    nonce = msg.find(PayloadType.NONCE)
+    if not isinstance(nonce, NoncePayload):
+        return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
+    nr = sa.rnd.bytes(NONCE_SIZE)
+    answer = respond_child(
+        sa, msg, nonce.data, nr, now=now, pfs_allowed=True, configs=(old.config,),
+        succession=Succession(old.spi_in, outbound_active=False),
+    )  # fmt: skip
+    if answer.child is not None:
+        if old.state is ChildState.REKEYING:
+            old.peer_rekey = (answer.child.spi_in, min(nonce.data, nr))
+        else:
+            old.state, old.replaced_by = ChildState.REKEYED, answer.child.spi_in
+    else:
+        sa.emit(ChildSaFailed(old.name, "peer's rekey could not be accepted"))
+    return child_answer_payloads(answer, nr)
