@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
-from meshsec.agent.dataplane.api import DataPlane, DataPlaneError
+from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, SaExpired
 from meshsec.agent.node import credentials
 from meshsec.agent.node.credentials import Credentials, EnrollmentError
 from meshsec.agent.node.desired import DesiredState, DesiredStore
@@ -77,6 +77,7 @@ class NodeAgent:
         self.metrics_port: int | None = None
         self.recovered = 0  # owned data-plane objects removed at start
         self._tasks: list[asyncio.Task[None]] = []
+        self.controller_task: asyncio.Task[None] | None = None  # ends only on a fatal enrollment error
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -110,10 +111,21 @@ class NodeAgent:
         self._applied(self.desired)
         self._tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
         self._tasks.append(asyncio.create_task(Sweeper(adapter, dataplane).run(), name="sweeper"))
-        self._tasks.append(asyncio.create_task(self._controller(), name="controller"))
+        self._tasks.append(asyncio.create_task(self._dataplane_events(dataplane), name="dataplane-events"))
+        self.controller_task = asyncio.create_task(self._controller(), name="controller")
+        self._tasks.append(self.controller_task)
         log.info("meshsec agent %s up: data plane %s, IKE on %s, status on %s",
                  config.node, dataplane.capabilities.backend,
                  ", ".join(map(str, adapter.endpoints)), socket_path)  # fmt: skip
+
+    async def _dataplane_events(self, dataplane: DataPlane) -> None:
+        assert self.reconciler is not None
+        async for ev in dataplane.events():
+            if isinstance(ev, SaExpired):
+                try:
+                    await self.reconciler.expired(ev)
+                except Exception:
+                    log.exception("handling %s failed", ev)
 
     async def _remove_stale(self, dataplane: DataPlane) -> None:
         owned = await dataplane.list_owned()
@@ -272,7 +284,8 @@ async def run(config: NodeAgentConfig, stop: asyncio.Event | None = None) -> Non
     agent = NodeAgent(config)
     try:
         await agent.start()
-        controller = agent._tasks[-1]
+        controller = agent.controller_task
+        assert controller is not None
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([controller, stopped], return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()

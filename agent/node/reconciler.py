@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meshsec.agent.adapters.ike import IkeAdapter, SaRecord
+from meshsec.agent.dataplane.api import SaExpired, SaId
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.config import IkeConfig
 from meshsec.agent.ike.events import (
@@ -246,13 +247,55 @@ class Reconciler:
             log.warning("%s: cannot initiate to %s: %s", p.tunnel_id, remote, exc)
         self.changed.set()
 
+    async def expired(self, ev: SaExpired) -> None:
+        """A data-plane SA reached a lifetime limit. The engine cannot rekey yet, so the tunnel is
+        replaced make-before-break: at the soft limit the designated initiator negotiates a new
+        IKE SA and duplicate resolution retires the old one once the new one is up; at the hard
+        limit the old IKE SA is deleted (and the tunnel re-established by the usual rules)."""
+        record = self._owner_of(ev.sa)
+        if record is None:
+            return
+        p = self.plans.get(record.name)
+        if ev.hard or p is None:
+            log.info("%s: SA %08x hit its hard lifetime; deleting IKE SA", record.name, ev.sa.spi)
+            if not _deleting(record):
+                self.adapter.delete(record)
+            return
+        if not p.initiator:
+            return  # the designated initiator replaces it; the hard limit is our fallback
+        others = [r for r in self.sas_by_tunnel().get(p.tunnel_id, []) if r is not record]
+        if any(
+            not r.sa.established or (r.established_at or 0) > (record.established_at or 0) for r in others
+        ):
+            return  # a replacement is already under way (both SAs of a CHILD_SA expire together)
+        log.info("%s: SA %08x reached its soft lifetime; negotiating a replacement", p.tunnel_id, ev.sa.spi)
+        rt = self.runtime[p.tunnel_id]
+        rt.next_attempt = 0.0
+        await self._initiate(p, rt, self.clock(), others=True)
+
+    def _owner_of(self, sa_id: SaId) -> SaRecord | None:
+        installer = self.adapter.installer
+        if installer is None:
+            return None
+        for record in self.adapter.active():
+            for child in record.children.values():
+                plan_ = installer.installed.get((child.local.host, child.event.protocol, child.event.spi_in))
+                if plan_ is not None and sa_id in (plan_.inbound.id, plan_.outbound.id):
+                    return record
+        return None
+
     def _resolve_duplicates(self, p: TunnelPlan, records: list[SaRecord]) -> None:
         established = [r for r in records if r.sa.established]
         if len(established) < 2:
             return
-        # Both ends sort the same SAs the same way: SPIs are shared, and "created by the
-        # designated initiator" is `sa.initiator == p.initiator` seen from either end.
-        keep = min(established, key=lambda r: (r.sa.initiator != p.initiator, r.sa.spi_i))
+        # Both ends sort the same SAs the same way: "created by the designated initiator" is
+        # `sa.initiator == p.initiator` seen from either end (this settles simultaneous
+        # initiation); between SAs from the same end the newest wins (a replacement made before
+        # the old one's lifetime ran out, see `expired`); the shared SPIi breaks exact ties.
+        keep = min(
+            established,
+            key=lambda r: (r.sa.initiator != p.initiator, -(r.established_at or 0.0), r.sa.spi_i),
+        )
         for r in established:
             if r is not keep:
                 log.info(

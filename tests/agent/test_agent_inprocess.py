@@ -152,7 +152,8 @@ async def _established(ctl: Controller) -> bool:
 async def test_a_refused_token_stops_the_agent(ctl: Controller, tmp_path: Path) -> None:
     agent = await agent_for(ctl, tmp_path, "nc", "127.77.1.3", "not-a-token")
     try:
-        task = agent._tasks[-1]
+        task = agent.controller_task
+        assert task is not None
         with pytest.raises(EnrollmentError, match="UNAUTHENTICATED"):
             await asyncio.wait_for(task, 15)
         assert not (tmp_path / "nc" / KEY).exists()

@@ -14,6 +14,7 @@ import pytest
 
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
 from meshsec.agent.adapters.recording import RecordingDataPlane
+from meshsec.agent.dataplane.api import Direction, SaExpired
 from meshsec.agent.node.reconciler import Reconciler
 from meshsec.v1 import agent_pb2
 from tests.agent.test_desired import tunnel
@@ -161,3 +162,35 @@ async def test_restarted_responder_reconnects_and_peer_drops_stale_sa(pair: list
     )
     await until("a's data plane holds only the new CHILD_SA", lambda: len(a.dataplane.sas) == 2)
     assert a.live_children() == 1
+
+
+async def test_soft_lifetime_replaces_the_tunnel_before_it_expires(pair: list[Side]) -> None:
+    a, b = pair
+    desire(a, end("t1", "a", "b", a.addr, b.addr, initiator=True))
+    desire(b, end("t1", "b", "a", b.addr, a.addr, initiator=False))
+    await until("established", lambda: len(a.established()) == 1 and a.established() == b.established())
+    old = a.established()
+    (inbound, *_) = (sa_id for sa_id, sa in a.dataplane.sas.items() if sa.direction is Direction.IN)
+    # The data plane's soft-expiry event for the inbound SA (the recording data plane has no
+    # clock, so the event a real backend would raise is handed over directly), twice, as both
+    # SAs of the CHILD_SA expire together.
+    await a.reconciler.expired(SaExpired(inbound, hard=False))
+    await a.reconciler.expired(SaExpired(inbound, hard=False))
+    await until(
+        "one new IKE SA at both ends, the old one retired",
+        lambda: len(a.established()) == 1 and a.established() != old and a.established() == b.established(),
+    )
+    await until(
+        "only the new CHILD_SA in the data planes", lambda: len(a.dataplane.sas) == len(b.dataplane.sas) == 2
+    )
+    assert inbound not in a.dataplane.sas
+    # The responder end does not act on its own soft expiry, a hard expiry deletes the IKE SA.
+    (b_in, *_) = (sa_id for sa_id, sa in b.dataplane.sas.items() if sa.direction is Direction.IN)
+    current = b.established()
+    await b.reconciler.expired(SaExpired(b_in, hard=False))
+    await asyncio.sleep(0.5)
+    assert b.established() == current
+    await b.reconciler.expired(SaExpired(b_in, hard=True))
+    await until(
+        "re-established after the hard expiry", lambda: a.established() == b.established() != current, 20
+    )
