@@ -95,24 +95,51 @@ async def main() -> None:
                    check=True)
 
     owned = await dp.list_owned()
-    assert set(owned.sas) == {sa(spi, Direction.IN).id, out.id} and len(owned.policies) == 2
+    assert set(owned.sas) == {sa(spi, Direction.IN).id, out.id} and len(owned.policies) == 2, owned
     c = await dp.counters(out.id)
     assert c.packets == 0 and c.bytes == 0
 
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    got: list[bytes] = []
-    await dp.attach_encap_socket(udp, lambda msg, local, remote: got.append(msg))
+    # Two UDP 4500-style sockets (as an agent bound to two addresses has): IKE goes to the
+    # receiver with the right local address, ESP leaves from the socket of the SA's source.
+    socks = []
+    got: list[tuple[bytes, tuple[str, int]]] = []
+    for host in ("127.0.0.1", "127.0.0.2"):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((host, 14500))
+        await dp.attach_encap_socket(s, lambda msg, local, remote: got.append((msg, local)))
+        socks.append(s)
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.sendto(b"\0\0\0\0ike-message", udp.getsockname())
-    probe.sendto(b"\xff", udp.getsockname())  # NAT keepalive: ignored
-    probe.sendto(b"\x12\x34\x56\x78" + bytes(40), udp.getsockname())  # ESP with unknown SPI
+    probe.sendto(b"\0\0\0\0ike-1", ("127.0.0.1", 14500))
+    probe.sendto(b"\0\0\0\0ike-2", ("127.0.0.2", 14500))
+    probe.sendto(b"\xff", ("127.0.0.1", 14500))  # NAT keepalive: ignored
+    probe.sendto(b"\x12\x34\x56\x78" + bytes(40), ("127.0.0.2", 14500))  # ESP with unknown SPI
     for _ in range(100):
         await asyncio.sleep(0.02)
-        if got and dp.drop_counters()["unknown_spi"]:
+        if len(got) == 2 and dp.drop_counters()["unknown_spi"]:
             break
-    assert got == [b"ike-message"], got
+    assert sorted(got) == [(b"ike-1", ("127.0.0.1", 14500)), (b"ike-2", ("127.0.0.2", 14500))], got
     assert dp.drop_counters()["unknown_spi"] == 1 and dp.drop_counters()["malformed"] == 0
+
+    subprocess.run(["ip", "addr", "add", "198.19.1.1/32", "dev", "lo"], check=True)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.3", 14501))
+    peer.settimeout(5)
+    lo_a, lo_b = ipaddress.ip_address("127.0.0.2"), ipaddress.ip_address("127.0.0.3")
+    enc = Encryption("aes-gcm-16", Secret(bytes(20)), 128)
+    await dp.add_sa(SecurityAssociation(id=SaId(lo_b, 0x7000, IpsecProtocol.ESP), src=lo_a,
+                                        direction=Direction.OUT, mode=Mode.TUNNEL, reqid=7, encryption=enc,
+                                        encap=UdpEncapsulation(14500, 14501)))
+    sel7 = TrafficSelector(ipaddress.ip_network("198.19.1.1/32"), ipaddress.ip_network("198.19.7.0/24"))
+    await dp.ensure_policy(Policy(sel7, Direction.OUT, template=Template(IpsecProtocol.ESP, Mode.TUNNEL,
+                                                                         lo_a, lo_b, 7)))
+    app = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    app.bind(("198.19.1.1", 0))
+    app.sendto(b"through the tunnel", ("198.19.7.9", 9))
+    esp, sender = await asyncio.to_thread(peer.recvfrom, 4096)
+    assert sender == ("127.0.0.2", 14500) and esp[:4] == (0x7000).to_bytes(4, "big"), (sender, esp[:8])
+    assert b"through the tunnel" not in esp
+    app.close()
+    peer.close()
 
     # Seconds lifetimes fire soft then hard; the hard one removes the SA.
     short = sa(0x6000, Direction.OUT, lifetime=Lifetime(soft_seconds=1, hard_seconds=2))
@@ -133,7 +160,8 @@ async def main() -> None:
     assert [x["dst"] for x in routes()] == ["198.19.99.0/24"], routes()
     await dp.close()
     assert rules() == 0
-    udp.close()
+    for s in socks:
+        s.close()
     probe.close()
     print("OK")
 

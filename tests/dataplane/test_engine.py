@@ -53,7 +53,7 @@ class Wire:
     def send_ipv6(self, payload: bytes, protocol: int, src: bytes, dst: str) -> None:
         self.ipv6.append((payload, protocol))
 
-    def send_udp(self, datagram: bytes, dst: tuple[str, int]) -> None:
+    def send_udp(self, datagram: bytes, dst: tuple[str, int], src: str) -> None:
         self.udp.append(datagram)
 
     def write_tun(self, packet: bytes | bytearray) -> None:

@@ -116,7 +116,7 @@ class UserspaceDataPlane:
             self._output = SocketOutput(self._tun_fd, self.config.bypass_mark)
             mss4, mss6 = mss_for(self.mtu)
             self._engine = Engine(self._output, self._emit_threadsafe, mss4, mss6)
-            self._readers = Readers(self._engine, self._output, lambda msg, addr: None)
+            self._readers = Readers(self._engine, self._output)
             self._routes = TunRoutes(self.tun_name, self.config.route_table, self.config.route_protocol,
                                      self.config.bypass_mark, self.config.rule_priority)
             await self._routes.setup(self.mtu)
@@ -323,6 +323,6 @@ class UserspaceDataPlane:
             raise DataPlaneError("attach_encap_socket: the IKE NAT-T socket must be a UDP socket")
         local = sock.getsockname()[:2]
         self._output.attach_udp(sock)
-        self._readers.deliver_ike = make_ike_delivery(
-            self._loop, ike_receiver, local, threaded=isinstance(self._driver, ThreadDriver))
-        self._driver.add(sock.fileno(), self._readers.read_udp)
+        threaded = isinstance(self._driver, ThreadDriver)
+        deliver = make_ike_delivery(self._loop, ike_receiver, local, threaded=threaded)
+        self._driver.add(sock.fileno(), self._readers.udp_reader(sock, deliver))

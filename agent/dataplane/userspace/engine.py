@@ -49,7 +49,8 @@ class WireOutput(Protocol):
 
     def send_ipv6(self, payload: bytes, protocol: int, src: bytes, dst: str) -> None: ...
 
-    def send_udp(self, datagram: bytes, dst: tuple[str, int]) -> None: ...
+    def send_udp(self, datagram: bytes, dst: tuple[str, int], src: str) -> None:
+        """From the UDP 4500 socket that `src` (the SA's outer source) is bound to."""
 
     def write_tun(self, packet: bytes | bytearray) -> None: ...
 
@@ -168,7 +169,7 @@ class Engine:
             if st.esp is not None:
                 esp = st.esp.seal(payload, nh)
                 if st.encap_dst is not None:
-                    self._send_udp(esp, st.encap_dst)
+                    self._send_udp(esp, st.encap_dst, st.src_s)
                 elif st.ipv6:
                     self._send6(esp, IPPROTO_ESP, st.src_b, st.dst_s)
                 else:
@@ -210,9 +211,9 @@ class Engine:
         except OSError:
             self.drops_out[Drop.SEND_ERROR] += 1
 
-    def _send_udp(self, data: bytes, dst: tuple[str, int]) -> None:
+    def _send_udp(self, data: bytes, dst: tuple[str, int], src: str) -> None:
         try:
-            self.output.send_udp(data, dst)
+            self.output.send_udp(data, dst, src)
         except OSError:
             self.drops_out[Drop.SEND_ERROR] += 1
 

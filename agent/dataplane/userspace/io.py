@@ -34,7 +34,8 @@ class SocketOutput:
     def __init__(self, tun_fd: int, mark: int) -> None:
         self.tun_fd = tun_fd
         self.mark = mark
-        self.udp: socket.socket | None = None
+        self.udp: list[socket.socket] = []  # every attached UDP 4500 socket (e.g. IPv4 and IPv6)
+        self._udp_for: dict[str, socket.socket] = {}  # SA source address -> socket to send from
         self.raw4 = self._raw(socket.AF_INET, socket.IPPROTO_RAW)  # send-only, IP_HDRINCL implied
         self.recv4 = {p: self._raw(socket.AF_INET, p) for p in (IPPROTO_ESP, IPPROTO_AH)}
         self.raw6: dict[int, socket.socket] = {}
@@ -55,7 +56,20 @@ class SocketOutput:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SO_RCVBUF_BYTES)
         sock.setblocking(False)
-        self.udp = sock
+        self.udp.append(sock)
+        self._udp_for.clear()
+
+    def _udp_socket(self, src: str) -> socket.socket:
+        """The socket bound to `src`, else the wildcard socket of its family."""
+        family = socket.AF_INET6 if ":" in src else socket.AF_INET
+        same = [s for s in self.udp if s.family == family]
+        exact = [s for s in same if s.getsockname()[0] == src]
+        wild = [s for s in same if s.getsockname()[0] in ("0.0.0.0", "::")]
+        candidates = exact or wild or same
+        if not candidates:
+            raise OSError(f"no UDP encapsulation socket for {src}")
+        chosen = self._udp_for[src] = candidates[0]
+        return chosen
 
     def send_ipv4(self, packet: bytes, dst: str) -> None:
         self.raw4.sendto(packet, (dst, 0))
@@ -66,10 +80,9 @@ class SocketOutput:
             anc = self._pktinfo[src] = [(socket.IPPROTO_IPV6, IPV6_PKTINFO, src + b"\0\0\0\0")]
         self.raw6[protocol].sendmsg([payload], anc, 0, (dst, 0))
 
-    def send_udp(self, datagram: bytes, dst: tuple[str, int]) -> None:
-        if self.udp is None:
-            raise OSError("no UDP encapsulation socket attached")
-        self.udp.sendto(datagram, dst)
+    def send_udp(self, datagram: bytes, dst: tuple[str, int], src: str) -> None:
+        sock = self._udp_for.get(src) or self._udp_socket(src)
+        sock.sendto(datagram, dst)
 
     def write_tun(self, packet: bytes | bytearray) -> None:
         os.write(self.tun_fd, packet)
@@ -82,12 +95,9 @@ class SocketOutput:
 class Readers:
     """Batch readers for every descriptor; each drains up to BATCH packets, then yields."""
 
-    def __init__(
-        self, engine: Engine, out: SocketOutput, deliver_ike: Callable[[bytes, tuple[str, int]], None]
-    ) -> None:
+    def __init__(self, engine: Engine, out: SocketOutput) -> None:
         self.engine = engine
         self.out = out
-        self.deliver_ike = deliver_ike
         self._buf = bytearray(_BUF)
         self._view = memoryview(self._buf)
         self.internal_errors = 0
@@ -156,31 +166,34 @@ class Readers:
 
         return read
 
-    def read_udp(self) -> None:
+    def udp_reader(
+        self, sock: socket.socket, deliver_ike: Callable[[bytes, tuple[str, int]], None]
+    ) -> Callable[[], None]:
         """RFC 3948 demultiplexing: non-ESP marker -> IKE, 0xFF -> NAT keepalive, else ESP."""
-        sock = self.out.udp
-        if sock is None:
-            return
         engine, view, buf = self.engine, self._view, self._buf
-        engine.now = time.time()
-        for _ in range(BATCH):
-            try:
-                n, addr = sock.recvfrom_into(buf)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            try:
-                if n >= 4 and buf[:4] == _NON_ESP_MARKER:
-                    self.deliver_ike(bytes(buf[4:n]), addr[:2])
-                elif n == 1 and buf[0] == 0xFF:
-                    continue
-                elif n < 8:
-                    engine.drops[Drop.MALFORMED] += 1
-                else:
-                    engine.from_esp(bytes(view[:n]))
-            except Exception:
-                self.internal_errors += 1
+
+        def read() -> None:
+            engine.now = time.time()
+            for _ in range(BATCH):
+                try:
+                    n, addr = sock.recvfrom_into(buf)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    return
+                try:
+                    if n >= 4 and buf[:4] == _NON_ESP_MARKER:
+                        deliver_ike(bytes(buf[4:n]), addr[:2])
+                    elif n == 1 and buf[0] == 0xFF:
+                        continue
+                    elif n < 8:
+                        engine.drops[Drop.MALFORMED] += 1
+                    else:
+                        engine.from_esp(bytes(view[:n]))
+                except Exception:
+                    self.internal_errors += 1
+
+        return read
 
 
 class ThreadDriver:

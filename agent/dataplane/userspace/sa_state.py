@@ -50,6 +50,7 @@ class SaState:
         "sa",
         "selector",
         "src_b",
+        "src_s",
         "tunnel",
     )
 
@@ -62,6 +63,7 @@ class SaState:
         self.src_b = sa.src.packed
         self.dst_b = sa.id.dst.packed
         self.dst_s = str(sa.id.dst)
+        self.src_s = str(sa.src)
         self.tunnel = sa.mode is Mode.TUNNEL
         self.encap_dst = (str(sa.id.dst), sa.encap.dst_port) if sa.encap else None
         self.selector = CompiledSelector.compile(sa.selector) if sa.selector else None
