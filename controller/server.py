@@ -113,6 +113,8 @@ class Controller:
             history=settings.history,
             status_interval_s=settings.status_interval_s,
             on_updates=self.metrics.recomputed,
+            rebase_changes=settings.rebase_changes,
+            rebase_tunnels=settings.rebase_tunnels,
         )
         status = StatusBook(
             self.store, keys.status, events, settings.status_interval_s, self.metrics.acknowledged

@@ -20,6 +20,10 @@ class Settings:
     status_interval_s: int = 30
     history: int = 16  # deltas kept per node for resuming watches
     max_message_bytes: int = 3 * 1024 * 1024  # stay under gRPC's default 4 MiB with headroom
+    # A revision with more changes than this, or a policy/gateway edit, on a mesh with more tunnels
+    # than rebase_tunnels, resnapshots the slices instead of diffing them (MeshState._too_wide).
+    rebase_changes: int = 256
+    rebase_tunnels: int = 200_000
 
 
 @dataclass(frozen=True, slots=True)

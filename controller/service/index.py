@@ -20,8 +20,12 @@ from meshsec.controller.resources.validate import Touched, validate_touched
 class ControllerIndex(MeshIndex):
     def load(self, resources: Iterable[Resource]) -> None:
         """Bulk load into an empty index: indices only, no tunnels computed, no validation."""
-        for resource in resources:
-            self._apply_one(Upsert(resource), None, Touched())
+        self.apply_quietly(Upsert(r) for r in resources)
+
+    def apply_quietly(self, changes: Iterable[Change]) -> None:
+        """Apply a batch (already validated) without computing any tunnel or delta."""
+        for change in changes:
+            self._apply_one(change, None, Touched())
 
     def check(self, changes: Iterable[Change]) -> list[FieldError]:
         """The validation errors the batch would cause; the index is left exactly as it was."""

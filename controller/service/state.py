@@ -94,6 +94,8 @@ class MeshState:
         history: int = 16,
         status_interval_s: int = 30,
         on_updates: Callable[[int, float], None] | None = None,
+        rebase_changes: int = 256,
+        rebase_tunnels: int = 200_000,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -106,6 +108,10 @@ class MeshState:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._on_updates = on_updates  # (number of node updates, seconds spent) per processed revision
+        # Beyond these (changes in one revision, or a policy edit, on a mesh of this many tunnels)
+        # slices are resnapshotted instead of diffed; see `_too_wide`.
+        self._rebase_changes = rebase_changes
+        self._rebase_tunnels = rebase_tunnels
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -241,6 +247,9 @@ class MeshState:
                 nodes.add(name)
             elif kind is Kind.SITE:
                 sites.add(name)
+        if self._too_wide(changes):
+            self._rebase(changes, revision, started)
+            return
         deltas = self.index.apply(changes, validate=False)
         # Only a node's own resource or its site's can change its NodeConfig; everyone else here
         # merely has tunnel changes, so their config is not recomputed (O(affected tunnels) work).
@@ -251,6 +260,47 @@ class MeshState:
         self._set_revision(revision)
         if self._on_updates is not None:
             self._on_updates(updates, time.monotonic() - started)
+
+    def _too_wide(self, changes: list[Change]) -> bool:
+        """Whether computing this batch's deltas would cost more than resending the slices.
+
+        A bulk apply or a policy/gateway edit can touch every tunnel of a large mesh (a full-mesh
+        policy over 10k nodes anchors 50 M tunnels); the deltas would be as big as the slices, and
+        most nodes may not even be connected. The decision depends only on the batch and the
+        resources, so every replica takes the same one and numbers the versions alike.
+        """
+        wide_kinds = (Kind.MESH_POLICY, Kind.EXTERNAL_GATEWAY)
+        if len(changes) <= self._rebase_changes and not any(c.key[0] in wide_kinds for c in changes):
+            return False
+        return self.index.tunnel_count() > self._rebase_tunnels
+
+    def _rebase(self, changes: list[Change], revision: int, started: float) -> None:
+        """Apply without computing deltas: every slice gets version `revision`, its history is
+        dropped, and connected agents are told to take a fresh snapshot."""
+        self.index.apply_quietly(changes)
+        for name in list(self._slices):
+            if self.index.node(name) is None:
+                gone = self._slices.pop(name)
+                for queue in gone.subscribers:
+                    queue.put_nowait(NodeGone())
+        for name in self.index.nodes():
+            node = self.index.node(name)
+            assert node is not None
+            current = self._slices.get(name)
+            subscribers = current.subscribers if current is not None else set()
+            self._slices[name] = NodeSlice(
+                revision, self._config(node), deque(maxlen=self._history), subscribers
+            )
+            for queue in subscribers:
+                queue.put_nowait(Resync())
+        self._set_revision(revision)
+        log.info(
+            "revision %d touched too much of the mesh for deltas; %d slices resnapshotted",
+            revision,
+            len(self._slices),
+        )
+        if self._on_updates is not None:
+            self._on_updates(len(self._slices), time.monotonic() - started)
 
     def _update_slice(self, name: str, revision: int, delta: Any, at: float, reconfigured: bool) -> int:
         node = self.index.node(name)

@@ -37,6 +37,7 @@ async def start_controller(
     election_ttl_s: int = 10,
     history: int = 16,
     cert_lifetime: datetime.timedelta = datetime.timedelta(hours=24),
+    rebase_tunnels: int = 200_000,
 ) -> Controller:
     workdir.mkdir(parents=True, exist_ok=True)
     config = ControllerConfig(
@@ -45,7 +46,9 @@ async def start_controller(
         admin_socket=str(workdir / "admin.sock"),
         metrics="127.0.0.1:0",
         data_dir=workdir,
-        settings=Settings(replica=replica, history=history, node_cert_lifetime=cert_lifetime),
+        settings=Settings(
+            replica=replica, history=history, node_cert_lifetime=cert_lifetime, rebase_tunnels=rebase_tunnels
+        ),
         keys=Keys(prefix),
         election_ttl_s=election_ttl_s,
         leader_period_s=0.5,

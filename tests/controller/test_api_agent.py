@@ -413,3 +413,36 @@ async def test_partial_report_without_baseline_asks_for_a_full_one(ctl: Controll
             timeout=CALL_TIMEOUT,
         )
         assert duplicate.seq == 6
+
+
+async def test_a_change_too_wide_for_deltas_resends_snapshots(tmp_path: Path) -> None:
+    store = await EmbeddedStore.open(tmp_path / "store.log")
+    controller = await start_controller(
+        store, tmp_path / "ctl", rebase_tunnels=0
+    )  # every policy edit is "wide"
+    try:
+        await apply(controller, site("dc1", ["198.19.1.0/24"]), policy("mesh", "full-mesh", "node", {}))
+        a = await join(controller, "dc1", "node-a", "198.18.0.1")
+        await join(controller, "dc1", "node-b", "198.18.0.2")
+        watcher = Watcher(a)
+        async with a.channel(controller) as channel:
+            updates = watcher.updates(channel)
+            first = await next_update(updates)
+            assert first.kind == agent_pb2.UPDATE_KIND_SNAPSHOT
+            await join(controller, "dc1", "node-c", "198.18.0.3")  # a node join is still a delta
+            delta = await next_update(updates)
+            assert delta.kind == agent_pb2.UPDATE_KIND_DELTA
+            await apply(controller, policy("mesh", "full-mesh", "node", {}, mode="transport"))
+            fresh = await next_update(updates)
+            assert fresh.kind == agent_pb2.UPDATE_KIND_SNAPSHOT and fresh.version > delta.version
+            assert sorted(t.peer_name for t in fresh.upserted_tunnels) == ["node-b", "node-c"]
+            assert all(t.children[0].mode == common_pb2.MODE_TRANSPORT for t in fresh.upserted_tunnels)
+            await updates.aclose()
+        # History restarts at the rebase: resuming from before it needs a snapshot too.
+        async with a.channel(controller) as channel:
+            updates = watcher.updates(channel, resume=delta.version)
+            assert (await next_update(updates)).kind == agent_pb2.UPDATE_KIND_SNAPSHOT
+            await updates.aclose()
+    finally:
+        await controller.stop()
+        await store.close()
