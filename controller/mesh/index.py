@@ -232,7 +232,7 @@ class MeshIndex:
         before: _Edges = {}
         anchors: _Anchors = {}
         if pending is not None:
-            anchors = self._anchors(kind, name)
+            anchors = self._anchors(kind, name, new)
             before = self._edges(anchors)
         self._mutate(kind, name, old, new, touched)
         if pending is None:
@@ -267,24 +267,33 @@ class MeshIndex:
 
     # --- anchors and edges -------------------------------------------------------------------------
 
-    def _anchors(self, kind: Kind, name: str) -> _Anchors:
+    def _anchors(self, kind: Kind, name: str, incoming: Resource | None = None) -> _Anchors:
+        """Sources and nodes whose tunnels a change of ``kind/name`` can alter, in the current state.
+
+        Before a change, ``incoming`` is its new version: a spoke-to-spoke policy without transit
+        prefixes is anchored whole if the unit is a member now *or will be*, because the members
+        anchored only afterwards would otherwise look as if they had had no tunnels before.
+        """
         anchors: _Anchors = {}
         if kind is Kind.NODE:
             node = self._nodes.get(name)
-            if node is None:
-                return anchors
             for policy, m in self._members.items():
-                unit = self._unit_of(m, node)
-                if unit is not None:
-                    anchors[(Kind.MESH_POLICY, policy)] = self._all_endpoints(m) if _is_wide(m) else {name}
-            for eg in self._node_externals(node):
+                member = node is not None and self._unit_of(m, node) is not None
+                if _is_wide(m) and (member or self._would_join(m, incoming)):
+                    anchors[(Kind.MESH_POLICY, policy)] = self._all_endpoints(m)
+                elif member:
+                    anchors[(Kind.MESH_POLICY, policy)] = {name}
+            for eg in self._node_externals(node) if node is not None else ():
                 anchors[(Kind.EXTERNAL_GATEWAY, eg)] = {name}
         elif kind is Kind.SITE:
             for policy, m in self._members.items():
-                if m.policy.spec.scope is Scope.SITE and name in m.units:
-                    anchors[(Kind.MESH_POLICY, policy)] = (
-                        self._all_endpoints(m) if _is_wide(m) else set(self._gateways.get(name, ()))
-                    )
+                if m.policy.spec.scope is not Scope.SITE:
+                    continue
+                member = name in m.units
+                if _is_wide(m) and (member or self._would_join(m, incoming)):
+                    anchors[(Kind.MESH_POLICY, policy)] = self._all_endpoints(m)
+                elif member:
+                    anchors[(Kind.MESH_POLICY, policy)] = set(self._gateways.get(name, ()))
             for eg in self._externals_by_site.get(name, ()):
                 anchors[(Kind.EXTERNAL_GATEWAY, eg)] = set(self._gateways.get(name, ()))
         elif kind is Kind.MESH_POLICY:
@@ -296,6 +305,21 @@ class MeshIndex:
                 anchors[(kind, name)] = {g for s in external.spec.sites for g in self._gateways.get(s, ())}
         return anchors
 
+    def _would_join(self, m: Membership, incoming: Resource | None) -> bool:
+        spec = m.policy.spec
+        if isinstance(incoming, Site):
+            return spec.scope is Scope.SITE and spec.members.matches(incoming.metadata.labels)
+        if not isinstance(incoming, Node):
+            return False
+        if spec.scope is Scope.NODE:
+            return spec.members.matches(incoming.metadata.labels)
+        site = self._sites.get(incoming.spec.site)
+        return (
+            site is not None
+            and incoming.spec.site in m.units
+            and site.spec.gateway_selector.matches(incoming.metadata.labels)
+        )
+
     def _edges(self, anchors: _Anchors) -> _Edges:
         out: _Edges = {}
         for (kind, source), nodes in anchors.items():
@@ -303,11 +327,7 @@ class MeshIndex:
                 external = self._externals.get(source)
                 for name in nodes:
                     node = self._nodes.get(name)
-                    if (
-                        external is not None
-                        and node is not None
-                        and name in self._gateways.get(node.spec.site, ())
-                    ):
+                    if external is not None and node is not None and source in self._node_externals(node):
                         t = self._external_edge(external, node)
                         out[(name, t.id)] = t
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from meshsec.common.secrets import Secret
 
 PSK_BYTES = 32

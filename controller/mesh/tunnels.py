@@ -73,9 +73,6 @@ def node_pair(
     tid = tunnel_id(source, a.metadata.name, b.metadata.name)
     a_local, a_remote, a_initiates = _underlay(a, b)
     b_local, b_remote, _ = _underlay(b, a)
-    if spec.mode is Mode.TRANSPORT:
-        # Transport mode protects exactly the IKE endpoints.
-        a_ts, b_ts = _host_strs(a_local), _host_strs(a_remote)
     auth = (
         AuthRef(AuthMethod.PSK, f"{tid}.g{spec.auth.psk_generation}")
         if spec.auth.method is AuthMethod.PSK
@@ -91,6 +88,10 @@ def node_pair(
         rts: tuple[str, ...],
         initiator: bool,
     ) -> Tunnel:
+        if spec.mode is Mode.TRANSPORT:
+            # Transport mode protects exactly the IKE endpoints, as each end sees them (NAT may
+            # make the two views differ, so each end uses its own).
+            lts, rts = _host_strs(lep), _host_strs(rep)
         child = ChildSA(
             policy.metadata.name,
             lts,
@@ -126,7 +127,7 @@ def node_pair(
 
 
 def _host_strs(addresses: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(sorted(str(ip_network(a)) for a in addresses))
+    return prefix_selectors([ip_network(a) for a in addresses])
 
 
 def external_tunnel(eg: ExternalGateway, node: Node, local_ts: tuple[str, ...]) -> Tunnel:

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from ipaddress import ip_network
 
 import yaml
+
 from meshsec.controller.resources.algorithms import ProposalKind
 from meshsec.controller.resources.cloud import PROFILES
 from meshsec.controller.resources.crypto import parse_crypto
