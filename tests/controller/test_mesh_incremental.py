@@ -35,7 +35,9 @@ def site_doc(draw: st.DrawFn) -> dict[str, Any]:
     prefixes = [f"198.19.{i}.0/24"]
     if draw(st.integers(0, 9)) == 0:
         prefixes = ["198.19.0.0/23"]  # overlaps s0/s1 unless it is s0 alone
-    labels = draw(st.fixed_dictionaries({}, optional={"tier": st.sampled_from(["a", "b"]), "hub": st.just("yes")}))
+    labels = draw(
+        st.fixed_dictionaries({}, optional={"tier": st.sampled_from(["a", "b"]), "hub": st.just("yes")})
+    )
     gateways = draw(st.sampled_from([{"role": "gw"}, {}]))
     return site(SITE_NAMES[i], prefixes, labels, gateways)
 
@@ -43,7 +45,9 @@ def site_doc(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def node_doc(draw: st.DrawFn) -> dict[str, Any]:
     i = draw(st.integers(0, len(NODE_NAMES) - 1))
-    labels = draw(st.fixed_dictionaries({}, optional={"tier": st.sampled_from(["a", "b"]), "hub": st.just("yes")}))
+    labels = draw(
+        st.fixed_dictionaries({}, optional={"tier": st.sampled_from(["a", "b"]), "hub": st.just("yes")})
+    )
     if draw(st.integers(0, 3)) > 0:
         labels["role"] = "gw"
     public = [f"198.18.0.{10 + i + draw(st.integers(0, 1)) * 50}"] if draw(st.booleans()) else None
@@ -58,8 +62,15 @@ def policy_doc(draw: st.DrawFn) -> dict[str, Any]:
     name = draw(st.sampled_from(POLICY_NAMES))
     topology = draw(st.sampled_from(["full-mesh", "hub-and-spoke", "partial"]))
     scope = draw(st.sampled_from(["node", "site"]))
-    members = draw(st.sampled_from([{}, {"matchLabels": {"tier": "a"}},
-                                    {"matchExpressions": [{"key": "tier", "operator": "Exists"}]}]))
+    members = draw(
+        st.sampled_from(
+            [
+                {},
+                {"matchLabels": {"tier": "a"}},
+                {"matchExpressions": [{"key": "tier", "operator": "Exists"}]},
+            ]
+        )
+    )
     extra: dict[str, Any] = {}
     if topology == "hub-and-spoke":
         hubs: dict[str, Any] = {"selector": {"matchLabels": {"hub": "yes"}}}
@@ -70,9 +81,14 @@ def policy_doc(draw: st.DrawFn) -> dict[str, Any]:
         extra["hubs"] = hubs
     if topology == "partial":
         names = NODE_NAMES if scope == "node" else SITE_NAMES
-        pairs = draw(st.lists(st.lists(st.sampled_from(names), min_size=2, max_size=2, unique=True), max_size=2))
-        rules = [{"from": {"matchLabels": {"tier": "a"}}, "to": {"matchLabels": {"tier": "b"}}}] \
-            if draw(st.booleans()) or not pairs else []
+        pairs = draw(
+            st.lists(st.lists(st.sampled_from(names), min_size=2, max_size=2, unique=True), max_size=2)
+        )
+        rules = (
+            [{"from": {"matchLabels": {"tier": "a"}}, "to": {"matchLabels": {"tier": "b"}}}]
+            if draw(st.booleans()) or not pairs
+            else []
+        )
         extra["partial"] = {"pairs": pairs, "rules": rules}
     if draw(st.booleans()):
         extra["auth"] = {"method": "psk", "pskGeneration": draw(st.integers(1, 2))}
@@ -114,9 +130,19 @@ BATCH = st.lists(CHANGE, min_size=1, max_size=3, unique_by=lambda c: c.key)
 @st.composite
 def history(draw: st.DrawFn) -> list[list[Upsert | Delete]]:
     """A valid start (every site, a policy, a few nodes) so that meshes exist, then random batches."""
-    base = [Upsert(parse_resource(site(s, [f"198.19.{i}.0/24"], draw(st.sampled_from([{}, {"tier": "a"}]))
-                                       | ({"hub": "yes"} if i == 0 else {}), {"role": "gw"})))
-            for i, s in enumerate(SITE_NAMES)]
+    base = [
+        Upsert(
+            parse_resource(
+                site(
+                    s,
+                    [f"198.19.{i}.0/24"],
+                    draw(st.sampled_from([{}, {"tier": "a"}])) | ({"hub": "yes"} if i == 0 else {}),
+                    {"role": "gw"},
+                )
+            )
+        )
+        for i, s in enumerate(SITE_NAMES)
+    ]
     base.append(Upsert(parse_resource(policy("p0", "full-mesh", draw(st.sampled_from(["node", "site"]))))))
     nodes = draw(st.lists(node_doc(), min_size=2, max_size=6, unique_by=lambda d: d["metadata"]["name"]))
     base += [Upsert(parse_resource(d)) for d in nodes if d["spec"]["site"] != "s9"]
@@ -178,12 +204,16 @@ def test_incremental_matches_from_scratch(history: list[list[Upsert | Delete]]) 
                 tunnels[t.id] = t
         reference = _non_empty(reference_state(would_be))
         assert _non_empty(model) == reference
-        assert _non_empty({n: {t.id: t for t in index.desired_tunnels(n)} for n in index.nodes()}) == reference
+        assert (
+            _non_empty({n: {t.id: t for t in index.desired_tunnels(n)} for n in index.nodes()}) == reference
+        )
         assert index.apply(batch) == {}, "re-applying the same batch must not produce a delta"
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(CHANGE, min_size=1, max_size=12, unique_by=lambda c: c.key), st.randoms(use_true_random=False))
+@given(
+    st.lists(CHANGE, min_size=1, max_size=12, unique_by=lambda c: c.key), st.randoms(use_true_random=False)
+)
 def test_replicas_agree_whatever_the_order(changes: list[Upsert | Delete], rnd: Any) -> None:
     upserts = [c for c in changes if isinstance(c, Upsert)]
     shuffled = list(upserts)
@@ -209,10 +239,18 @@ def test_replicas_agree_whatever_the_order(changes: list[Upsert | Delete], rnd: 
 
 def _full_mesh(n: int) -> MeshIndex:
     index = MeshIndex()
-    docs = [site("s0", ["198.19.0.0/24"]), site("s1", ["198.19.1.0/24"]),
-            policy("mesh", "full-mesh", "node"),
-            policy("hs", "hub-and-spoke", "node", {"matchLabels": {"hs": "yes"}},
-                   hubs={"selector": {"matchLabels": {"hub": "yes"}}})]
+    docs = [
+        site("s0", ["198.19.0.0/24"]),
+        site("s1", ["198.19.1.0/24"]),
+        policy("mesh", "full-mesh", "node"),
+        policy(
+            "hs",
+            "hub-and-spoke",
+            "node",
+            {"matchLabels": {"hs": "yes"}},
+            hubs={"selector": {"matchLabels": {"hub": "yes"}}},
+        ),
+    ]
     docs += [node(f"m{i:04d}", f"s{i % 2}", public=[f"198.18.{i // 250}.{i % 250 + 1}"]) for i in range(n)]
     index.apply(Upsert(r) for r in parsed(*docs))
     return index
@@ -243,8 +281,13 @@ def test_join_touches_each_peer_once_and_builds_only_its_edges(monkeypatch: Any)
 
 def test_spoke_join_touches_only_the_hubs(monkeypatch: Any) -> None:
     index = _full_mesh(0)
-    hubs = [node(f"hub{i}", "s0", public=[f"198.18.5.{i + 1}"], labels={"hs": "yes", "hub": "yes"}) for i in range(2)]
-    spokes = [node(f"spoke{i:03d}", "s1", private=[f"198.18.6.{i + 1}"], labels={"hs": "yes"}) for i in range(200)]
+    hubs = [
+        node(f"hub{i}", "s0", public=[f"198.18.5.{i + 1}"], labels={"hs": "yes", "hub": "yes"})
+        for i in range(2)
+    ]
+    spokes = [
+        node(f"spoke{i:03d}", "s1", private=[f"198.18.6.{i + 1}"], labels={"hs": "yes"}) for i in range(200)
+    ]
     index.apply(Upsert(r) for r in parsed(*hubs, *spokes))
     mesh_policy = index.get(Kind.MESH_POLICY, "mesh")
     assert mesh_policy is not None
@@ -252,6 +295,8 @@ def test_spoke_join_touches_only_the_hubs(monkeypatch: Any) -> None:
     calls = []
     real = index_module.node_pair
     monkeypatch.setattr(index_module, "node_pair", lambda *a: calls.append(1) or real(*a))
-    deltas = index.apply([Upsert(parse_resource(node("spoke999", "s1", private=["198.18.7.1"], labels={"hs": "yes"})))])
+    deltas = index.apply(
+        [Upsert(parse_resource(node("spoke999", "s1", private=["198.18.7.1"], labels={"hs": "yes"})))]
+    )
     assert len(calls) == 2
     assert sorted(deltas) == ["hub0", "hub1", "spoke999"]

@@ -27,34 +27,64 @@ from meshsec.controller.resources.model import (
 API = "meshsec.io/v1alpha1"
 
 
-def site(name: str, prefixes: list[str], labels: dict[str, str] | None = None,
-         gateways: dict[str, str] | None = None) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "Site", "metadata": {"name": name, "labels": labels or {}},
-            "spec": {"prefixes": prefixes, "gatewaySelector": {"matchLabels": gateways or {"role": "gateway"}}}}
+def site(
+    name: str,
+    prefixes: list[str],
+    labels: dict[str, str] | None = None,
+    gateways: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "Site",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {"prefixes": prefixes, "gatewaySelector": {"matchLabels": gateways or {"role": "gateway"}}},
+    }
 
 
-def node(name: str, site_name: str, public: list[str] | None = None, private: list[str] | None = None,
-         labels: dict[str, str] | None = None, ike_id: str | None = None) -> dict[str, Any]:
+def node(
+    name: str,
+    site_name: str,
+    public: list[str] | None = None,
+    private: list[str] | None = None,
+    labels: dict[str, str] | None = None,
+    ike_id: str | None = None,
+) -> dict[str, Any]:
     endpoints: dict[str, Any] = {}
     if public:
         endpoints["public"] = public
     if private:
         endpoints["private"] = private
-    return {"apiVersion": API, "kind": "Node", "metadata": {"name": name, "labels": labels or {}},
-            "spec": {"site": site_name, "endpoints": endpoints, "identity": {"ikeId": ike_id or f"{name}.test"}}}
+    return {
+        "apiVersion": API,
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {"site": site_name, "endpoints": endpoints, "identity": {"ikeId": ike_id or f"{name}.test"}},
+    }
 
 
-def policy(name: str, topology: str, scope: str, members: dict[str, Any] | None = None,
-           **extra: Any) -> dict[str, Any]:
+def policy(
+    name: str, topology: str, scope: str, members: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
     spec: dict[str, Any] = {"topology": topology, "scope": scope, "members": members or {}}
     spec.update(extra)
     return {"apiVersion": API, "kind": "MeshPolicy", "metadata": {"name": name}, "spec": spec}
 
 
-def external(name: str, sites: list[str], prefixes: list[str], profile: str = "aws",
-             address: str = "198.18.200.1", **extra: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {"address": address, "auth": {"pskSecretRef": f"{name}-psk"},
-                            "prefixes": prefixes, "sites": sites, "profile": profile}
+def external(
+    name: str,
+    sites: list[str],
+    prefixes: list[str],
+    profile: str = "aws",
+    address: str = "198.18.200.1",
+    **extra: Any,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "address": address,
+        "auth": {"pskSecretRef": f"{name}-psk"},
+        "prefixes": prefixes,
+        "sites": sites,
+        "profile": profile,
+    }
     spec.update(extra)
     return {"apiVersion": API, "kind": "ExternalGateway", "metadata": {"name": name}, "spec": spec}
 
@@ -93,13 +123,15 @@ def reference_state(resources: Iterable[Resource]) -> dict[str, dict[str, Tunnel
             return list(sites[unit].spec.prefixes)
 
         for i, a in enumerate(members):
-            for b in members[i + 1:]:
+            for b in members[i + 1 :]:
                 if not _connected(p, a, b, hubs, units):
                     continue
                 a_sel, b_sel = prefix_selectors(ts(a)), prefix_selectors(ts(b))
                 if spec.hubs is not None and spec.hubs.spoke_to_spoke and (a in hubs) != (b in hubs):
                     hub, spoke = (a, b) if a in hubs else (b, a)
-                    extra = list(spec.hubs.transit_prefixes) or [x for u in members if u != spoke for x in ts(u)]
+                    extra = list(spec.hubs.transit_prefixes) or [
+                        x for u in members if u != spoke for x in ts(u)
+                    ]
                     hub_sel = prefix_selectors(ts(hub) + extra)
                     a_sel, b_sel = (hub_sel, b_sel) if a == hub else (a_sel, hub_sel)
                 a_nodes = [a] if spec.scope is Scope.NODE else gateways[a]
