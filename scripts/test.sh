@@ -16,5 +16,5 @@ echo "== pytest"
 python -m pytest -q -p no:cacheprovider "$@"
 if [ -x .ci/kernel-lane ]; then
     echo "== kernel lane (qemu, ESP-capable kernel)"
-    bash .ci/kernel-lane --python "$PWD/.venv/bin/python"
+    bash .ci/kernel-lane --venv "$PWD/.venv"
 fi
