@@ -45,7 +45,7 @@ from meshsec.agent.dataplane.kernel import translate as tr
 from meshsec.agent.dataplane.kernel import xfrm_messages as xm
 from meshsec.agent.dataplane.kernel.encap import EncapSocketReader
 from meshsec.agent.dataplane.kernel.translate import OwnerMark
-from meshsec.agent.dataplane.kernel.xfrm_socket import KernelError, XfrmMulticast, XfrmSocket
+from meshsec.agent.dataplane.kernel.xfrm_socket import KernelError, Label, XfrmMulticast, XfrmSocket
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,8 @@ class KernelDataPlane:
 
     async def allocate_spi(self, protocol: IpsecProtocol, src: IPAddress, dst: IPAddress) -> int:
         msg = tr.allocspi_message(protocol, src, dst, next(self._alloc_reqid), self.owner, self.spi_range)
-        answers = await self._call(f"ALLOCSPI {protocol.name} {src} -> {dst}", msg, xm.XFRM_MSG_ALLOCSPI,
-                                   ack=False)
+        answers = await self._call(lambda: f"ALLOCSPI {protocol.name} {src} -> {dst}", msg,
+                                   xm.XFRM_MSG_ALLOCSPI, ack=False)
         if not answers:
             raise DataPlaneError(f"ALLOCSPI {src} -> {dst}: the kernel answered nothing")
         spi = int(answers[0]["id_spi"])
@@ -133,7 +133,9 @@ class KernelDataPlane:
     async def add_sa(self, sa: SecurityAssociation) -> None:
         self._check_supported(sa)
         msg = tr.sa_message(sa, self.owner)
-        what = f"add SA {sa.id.protocol.name} {sa.id.spi:#x} {sa.src} -> {sa.id.dst}"
+        def what() -> str:
+            return f"add SA {sa.id.protocol.name} {sa.id.spi:#x} {sa.src} -> {sa.id.dst}"
+
         if sa.id in self._reserved:
             await self._call(what, msg, xm.XFRM_MSG_UPDSA)
             self._reserved.discard(sa.id)
@@ -146,7 +148,7 @@ class KernelDataPlane:
             # A reservation made before a restart: fill it in; a real SA: refuse.
             existing = await self._get_sa(sa.id)
             if existing is None or not tr.is_larval(existing):
-                raise DataPlaneError(f"{what}: an SA with this SPI is already installed") from None
+                raise DataPlaneError(f"{what()}: an SA with this SPI is already installed") from None
             await self._call(what, msg, xm.XFRM_MSG_UPDSA)
 
     async def update_sa(self, sa: SecurityAssociation) -> None:
@@ -205,7 +207,7 @@ class KernelDataPlane:
         if old_if_id is not None and old_if_id != policy.if_id:
             # if_id is part of the kernel's policy key: replacing means removing the old one.
             await self.delete_policy(policy.selector, policy.direction)
-        await self._call(f"policy {tr.describe(*key)}", tr.policy_message(policy, self.owner),
+        await self._call(lambda: f"policy {tr.describe(*key)}", tr.policy_message(policy, self.owner),
                          xm.XFRM_MSG_UPDPOLICY)
         self._policy_if_ids[key] = policy.if_id
 
@@ -216,12 +218,12 @@ class KernelDataPlane:
             old = self._policy_if_ids.get((policy.selector, policy.direction))
             if old is not None and old != policy.if_id:
                 await self.delete_policy(policy.selector, policy.direction)
-        requests = [(f"policy {tr.describe(p.selector, p.direction)}", tr.policy_message(p, self.owner),
-                     xm.XFRM_MSG_UPDPOLICY) for p in policies]
-        results = await self._sock.batch(requests)
-        failed = [str(err) for err in results if err is not None]
-        for policy, err in zip(policies, results, strict=True):
-            if err is None:
+        codes = await self._sock.batch([(tr.policy_message(p, self.owner), xm.XFRM_MSG_UPDPOLICY)
+                                        for p in policies])
+        failed = [str(KernelError(f"policy {tr.describe(p.selector, p.direction)}", code))
+                  for p, code in zip(policies, codes, strict=True) if code]
+        for policy, code in zip(policies, codes, strict=True):
+            if not code:
                 self._policy_if_ids[(policy.selector, policy.direction)] = policy.if_id
         if failed:
             raise DataPlaneError(f"{len(failed)} of {len(policies)} policies failed: "
@@ -339,12 +341,12 @@ class KernelDataPlane:
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    async def _call(self, what: str, msg: Any, msg_type: int, *, ack: bool = True) -> list[Any]:
+    async def _call(self, what: Label, msg: Any, msg_type: int, *, ack: bool = True) -> list[Any]:
         try:
             return await self._sock.request(what, msg, msg_type, ack=ack)
         except KernelError as exc:
             if exc.errno in (errno.EPROTONOSUPPORT, errno.ENOSYS):
-                raise Unsupported(f"{what}: the kernel lacks this protocol or algorithm ({exc})") from None
+                raise Unsupported(f"the kernel lacks this protocol or algorithm: {exc}") from None
             raise
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from pyroute2.netlink import NETLINK_XFRM, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
@@ -17,6 +17,9 @@ from meshsec.agent.dataplane.kernel import xfrm_messages as xm
 
 log = logging.getLogger(__name__)
 
+# What a request does, for error messages; a callable is only formatted if the request fails.
+Label = str | Callable[[], str]
+
 REQUEST_TIMEOUT = 10.0
 BATCH_SIZE = 256  # requests per sendmsg: well inside the 1 MiB socket buffers, acks included
 
@@ -27,6 +30,10 @@ class KernelError(DataPlaneError):
     def __init__(self, what: str, code: int) -> None:
         self.errno = code
         super().__init__(f"{what}: {errno.errorcode.get(code, str(code))} ({code})")
+
+
+def _text(what: Label) -> str:
+    return what if isinstance(what, str) else what()
 
 
 def _new_socket(netns: str | None, groups: int = 0) -> Any:
@@ -54,49 +61,49 @@ class XfrmSocket:
             self._sock.close()
             self._sock = None
 
-    async def request(self, what: str, msg: Any, msg_type: int, *, ack: bool = True) -> list[Any]:
+    async def request(self, what: Label, msg: Any, msg_type: int, *, ack: bool = True) -> list[Any]:
         """Send one request; returns the answers (none for a plain ack); raises KernelError."""
         flags = NLM_F_REQUEST | (NLM_F_ACK if ack else 0)
         return await self._exchange(what, msg, msg_type, flags)
 
-    async def dump(self, what: str, msg: Any, msg_type: int) -> list[Any]:
+    async def dump(self, what: Label, msg: Any, msg_type: int) -> list[Any]:
         return await self._exchange(what, msg, msg_type, NLM_F_REQUEST | NLM_F_DUMP)
 
-    async def batch(self, requests: Sequence[tuple[str, Any, int]]) -> list[KernelError | None]:
-        """Acked requests sent many to one sendmsg (like `ip -batch`); one result per request, in
-        order: None, or the KernelError for that request alone."""
+    async def batch(self, requests: Sequence[tuple[Any, int]]) -> list[int]:
+        """Acked (message, type) requests sent many to one sendmsg (like `ip -batch`); one errno per
+        request, in order, 0 for success. Callers name failures themselves, so nothing is formatted
+        for the requests that succeed."""
         await self.open()
-        results: list[KernelError | None] = []
+        codes: list[int] = []
         for start in range(0, len(requests), BATCH_SIZE):
-            chunk = requests[start:start + BATCH_SIZE]
             pending = []
             data = bytearray()
-            for what, msg, msg_type in chunk:
+            for msg, msg_type in requests[start:start + BATCH_SIZE]:
                 req = NetlinkRequest(self._sock, msg, msg_type=msg_type, msg_flags=NLM_F_REQUEST | NLM_F_ACK)
                 await req.prepare()
                 data += req.msg.data
-                pending.append((what, req))
+                pending.append(req)
             self._sock.send(bytes(data))
             async with asyncio.timeout(self.timeout):
-                for what, req in pending:
+                for req in pending:
                     try:
                         async for _ in req.response():
                             pass
-                        results.append(None)
+                        codes.append(0)
                     except NetlinkError as exc:
-                        results.append(KernelError(what, exc.code))
-        return results
+                        codes.append(exc.code)
+        return codes
 
-    async def _exchange(self, what: str, msg: Any, msg_type: int, flags: int) -> list[Any]:
+    async def _exchange(self, what: Label, msg: Any, msg_type: int, flags: int) -> list[Any]:
         await self.open()
         try:
             async with asyncio.timeout(self.timeout):
                 answers = await self._sock.nlm_request(msg, msg_type, flags)
                 return [m async for m in answers if m.get("event") != "NLMSG_ERROR"]
         except NetlinkError as exc:
-            raise KernelError(what, exc.code) from None
+            raise KernelError(_text(what), exc.code) from None
         except TimeoutError:
-            raise DataPlaneError(f"{what}: no answer from the kernel within {self.timeout}s") from None
+            raise DataPlaneError(f"{_text(what)}: no answer from the kernel within {self.timeout}s") from None
 
 
 class XfrmMulticast:
