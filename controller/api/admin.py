@@ -7,6 +7,7 @@ listener, where only admin certificates (URI SAN meshsec://admin/<user>) are acc
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import time
@@ -34,6 +35,7 @@ VALIDATION_TRAILER = "meshsec-validation-errors-bin"
 LAST_APPLIED_BY = "meshsec.io/last-applied-by"
 SYSTEM_ANNOTATION_PREFIX = "meshsec.io/"
 DEFAULT_PAGE = 500
+_YIELD_EVERY = 512  # tunnels computed between returns to the event loop in big listings
 
 
 class _Refused(Exception):
@@ -190,6 +192,7 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         except StoreError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
         response = admin_pb2.ApplyResponse()
+        notes: list[tuple[str, str, str, str]] = []
         for p in planned:
             stored = state.doc(p.kind, p.name)
             if request.dry_run or stored is None:
@@ -201,9 +204,10 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
             )
             if not request.dry_run and p.action != admin_pb2.APPLY_ACTION_UNCHANGED:
                 verb = "created" if p.action == admin_pb2.APPLY_ACTION_CREATED else "configured"
-                await self._core.events.emit(
-                    "Applied", p.kind.value, p.name, f"{verb} by {request.field_manager or 'unknown'}"
+                notes.append(
+                    ("Applied", p.kind.value, p.name, f"{verb} by {request.field_manager or 'unknown'}")
                 )
+        await self._core.events.emit_many(notes)
         return response
 
     async def Delete(
@@ -392,7 +396,9 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         await self._admin(context)
         now = time.time()
         infos = []
-        for view in self._tunnel_views(request.node, request.site):
+        for count, view in enumerate(self._tunnel_views(request.node, request.site)):
+            if count % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # a huge listing must not stall agents' streams and leases
             if request.policy and view.tunnel.source.partition("/")[2] != request.policy:
                 continue
             if request.page_token and view.tunnel.id <= request.page_token:
@@ -454,7 +460,9 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
                 )
             )
         if not request.omit_links:
-            for view in self._tunnel_views(site=request.site):
+            for count, view in enumerate(self._tunnel_views(site=request.site)):
+                if count % _YIELD_EVERY == _YIELD_EVERY - 1:
+                    await asyncio.sleep(0)
                 info = self._info(view, now)
                 a, b = view.ends
                 kind_b = "ExternalGateway" if b[1] == common_pb2.PEER_KIND_EXTERNAL_GATEWAY else "Node"

@@ -232,3 +232,25 @@ async def test_topology_and_metrics_reflect_the_mesh(ctl: Controller) -> None:
     assert float(samples["meshsec_controller_tunnels_desired"]) == 3
     assert float(samples["meshsec_controller_leader"]) in (0.0, 1.0)
     assert 'meshsec_controller_store_seconds_count{op="txn"}' in text
+
+
+async def test_bulk_apply_events_have_distinct_increasing_sequences(ctl: Controller) -> None:
+    sites = [site(f"s{i}", [f"198.19.{i}.0/24"]) for i in range(5)]
+    await apply(ctl, *sites)  # five Applied events written in one transaction
+    async with admin_channel(ctl) as channel:
+        call = admin_stub(channel).WatchEvents(admin_pb2.WatchEventsRequest(since_sequence=1, kinds=["Site"]))
+        events = [await call.read() for _ in range(5)]
+        sequences = [e.sequence for e in events]
+        assert sequences == sorted(set(sequences)) and [e.involved.name for e in events] == [
+            f"s{i}" for i in range(5)
+        ]
+        # Resuming after the third replays exactly the last two.
+        tail = admin_stub(channel).WatchEvents(
+            admin_pb2.WatchEventsRequest(since_sequence=sequences[2], kinds=["Site"])
+        )
+        assert [(await tail.read()).involved.name for _ in range(2)] == ["s3", "s4"]
+        await apply(ctl, site("s9", ["198.19.9.0/24"]))  # live, after the replay
+        live = await tail.read()
+        assert live.involved.name == "s9" and live.sequence > sequences[-1]
+        call.cancel()
+        tail.cancel()
