@@ -32,6 +32,7 @@ from meshsec.agent.ike import (
     ChildSaDeleted,
     ChildSaEstablished,
     ChildSaFailed,
+    ChildSaRekeyed,
     DhFactory,
     Event,
     IkeConfig,
@@ -256,9 +257,10 @@ class IkeAdapter:
         self._pump()
 
     def child_expired(self, sa_id: SaId, hard: bool) -> bool:
-        """A data-plane lifetime ran out for one of our SAs. Hard: that SA is gone, so the
-        CHILD_SA is deleted with the peer too (a half-dead tunnel would blackhole traffic).
-        Soft: the time to rekey, which is not implemented yet. Returns whether it was ours."""
+        """A data-plane lifetime (seconds, bytes or packets) ran out for one of our SAs. Soft:
+        the engine rekeys the CHILD_SA; hard: that SA is gone, so the engine deletes the
+        CHILD_SA with the peer too (a half-dead tunnel would blackhole traffic). Returns
+        whether it was ours."""
         if self.installer is None:
             return False
         for (host, _, spi_in), plan in self.installer.installed.items():
@@ -268,17 +270,10 @@ class IkeAdapter:
                 child = record.children.get(spi_in)
                 if child is None or child.local.host != host:
                     continue
-                if hard:
-                    log.info(
-                        "%s: CHILD_SA %s reached its hard lifetime; deleting it",
-                        record.name,
-                        child.event.name,
-                    )
-                    record.sa.delete_child(spi_in, self.now())
-                    self._pump()
-                else:
-                    log.info("%s: CHILD_SA %s reached its soft lifetime (rekeying is not implemented yet)",
-                             record.name, child.event.name)  # fmt: skip
+                log.info("%s: CHILD_SA %s reached its %s lifetime", record.name, child.event.name,
+                         "hard" if hard else "soft")  # fmt: skip
+                record.sa.child_expired(spi_in, hard, self.now())
+                self._pump()
                 return True
         return False
 
@@ -403,19 +398,32 @@ class IkeAdapter:
         if self._closed or self._loop is None:
             return
         try:
-            for d in self.table.datagrams_to_send():
-                self._send(d)
+            out = self.table.datagrams_to_send()
+            queued = self._work.qsize()
             closed: dict[IkeSa, None] = {}
             for sa, ev in self.table.events():
                 self._dispatch(sa, ev)
                 if sa.closed:
                     closed[sa] = None
+            if self._work.qsize() > queued and out:
+                # Make-before-break: an answer may announce an inbound SPI (or tell the peer to
+                # switch, e.g. the DELETE after a rekey) only once the data plane has it.
+                self._queue_work(functools.partial(self._send_later, out))
+            else:
+                for d in out:
+                    self._send(d)
             for sa in closed:  # after all its events: an SA closes with several (CHILD_SAs first)
                 self._forget(sa)
         except Exception:
             self.stats["adapter_errors"] += 1
             log.exception("unexpected error dispatching engine output")
         self._arm_timer()
+
+    async def _send_later(self, out: list[OutgoingDatagram]) -> None:
+        if self._closed:
+            return
+        for d in out:
+            self._send(d)
 
     def _arm_timer(self) -> None:
         assert self._loop is not None
@@ -494,6 +502,14 @@ class IkeAdapter:
                 installer = self.installer
                 key: ChildKey = (sa.local.host, ev.protocol, ev.spi_in)
                 self._queue_work(lambda: self._remove(installer, key))
+        elif isinstance(ev, ChildSaRekeyed):
+            log.info(
+                "%s: CHILD_SA %s REKEYED spi %08x_i -> %08x_i", name, ev.name, ev.old_spi_in, ev.new_spi_in
+            )
+            if self.installer is not None:
+                installer = self.installer
+                new_key: ChildKey = (sa.local.host, ev.protocol, ev.new_spi_in)
+                self._queue_work(lambda: self._activate(installer, new_key))
         elif isinstance(ev, ChildSaFailed):
             log.warning("%s: CHILD_SA %s FAILED: %s", name, ev.name, ev.reason)
         elif isinstance(ev, IkeSaFailed):
@@ -541,8 +557,13 @@ class IkeAdapter:
         ev = child.event
         if ev.spi_in not in record.children:
             return  # deleted again before we got to it
+        reqid = None
+        if ev.replaces is not None:  # a rekey: same reqid as the pair it replaces
+            reqid = self.installer.reqid_of((child.local.host, ev.protocol, ev.replaces))
         try:
-            await self.installer.install(ev, child.local, child.remote)
+            await self.installer.install(
+                ev, child.local, child.remote, reqid=reqid, outbound=ev.outbound_active
+            )
         except (DataPlaneError, InstallError) as exc:
             child.install_error = str(exc)
             self.stats["child_install_failed"] += 1
@@ -552,6 +573,13 @@ class IkeAdapter:
                 self._pump()
             return
         child.installed = True
+
+    async def _activate(self, installer: ChildInstaller, key: ChildKey) -> None:
+        try:
+            await installer.activate(key)
+        except DataPlaneError as exc:
+            self.stats["child_activate_failed"] += 1
+            log.error("could not switch outbound traffic to CHILD_SA %s: %s", key, exc)
 
     async def _remove(self, installer: ChildInstaller, key: ChildKey) -> None:
         try:

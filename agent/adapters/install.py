@@ -167,17 +167,37 @@ class ChildInstaller:
         self.stats: Counter[str] = Counter()
         self._next_reqid = first_reqid
         self._policy_users: dict[tuple[TrafficSelector, Direction], list[Policy]] = {}
+        self._held: dict[ChildKey, SecurityAssociation] = {}  # outbound SAs not yet in use
 
     def next_reqid(self) -> int:
         reqid, self._next_reqid = self._next_reqid, self._next_reqid + 1
         return reqid
 
-    async def install(self, ev: ChildSaEstablished, local: Address, remote: Address) -> ChildPlan:
-        plan = plan_child(ev, local, remote, self.next_reqid())
+    def reqid_of(self, key: ChildKey) -> int | None:
+        plan = self.installed.get(key)
+        return plan.inbound.reqid if plan is not None else None
+
+    async def install(
+        self,
+        ev: ChildSaEstablished,
+        local: Address,
+        remote: Address,
+        *,
+        reqid: int | None = None,
+        outbound: bool = True,
+    ) -> ChildPlan:
+        """A rekeyed CHILD_SA passes the reqid of the pair it replaces: both pairs then match
+        the same policies, inbound packets of either pass the policy check, and the newest
+        outbound SA of the reqid carries traffic. With `outbound` False the outbound SA waits
+        for `activate` (the rekey responder's make-before-break)."""
+        plan = plan_child(ev, local, remote, reqid if reqid is not None else self.next_reqid())
         key = (local.host, ev.protocol, ev.spi_in)
         await self.dataplane.add_sa(plan.inbound)
         try:
-            await self.dataplane.add_sa(plan.outbound)
+            if outbound:
+                await self.dataplane.add_sa(plan.outbound)
+            else:
+                self._held[key] = plan.outbound
             for pol in plan.policies:
                 await self.dataplane.ensure_policy(pol)
                 self._policy_users.setdefault((pol.selector, pol.direction), []).append(pol)
@@ -208,15 +228,25 @@ class ChildInstaller:
             self.stats["children_updated"] += 1
             return key
         await self.remove(key)
-        await self.install(ev, local, remote)
+        await self.install(ev, local, remote, reqid=plan.inbound.reqid)
         self.stats["children_reinstalled"] += 1
         return (local.host, ev.protocol, ev.spi_in)
+
+    async def activate(self, key: ChildKey) -> bool:
+        """Installs a held outbound SA; being the newest of its reqid, it takes the traffic."""
+        sa = self._held.pop(key, None)
+        if sa is None:
+            return False
+        await self.dataplane.add_sa(sa)
+        self.stats["outbound_activated"] += 1
+        return True
 
     async def remove(self, key: ChildKey) -> bool:
         """Removes what `install` created for `key`; False if nothing was installed."""
         plan = self.installed.pop(key, None)
         if plan is None:
             return False
+        held = self._held.pop(key, None) is not None
         for pol in plan.policies:
             ref = (pol.selector, pol.direction)
             users = self._policy_users.get(ref, [])
@@ -228,7 +258,8 @@ class ChildInstaller:
                 await self.dataplane.delete_policy(pol.selector, pol.direction)
             elif was_current:
                 await self.dataplane.ensure_policy(users[-1])
-        await self.dataplane.delete_sa(plan.outbound.id)
+        if not held:
+            await self.dataplane.delete_sa(plan.outbound.id)
         await self.dataplane.delete_sa(plan.inbound.id)
         self.stats["children_removed"] += 1
         return True

@@ -401,9 +401,13 @@ def test_hard_expiry_in_the_dataplane_deletes_the_child_sa_with_the_peer(ns_loop
             inbound = _by_direction(dpb, Direction.IN).id
             unknown = SaId(inbound.dst, inbound.spi ^ 1, inbound.protocol)
             answers = [b.child_expired(unknown, hard=True), b.child_expired(inbound, hard=False)]
+            # Soft: the engine rekeys the CHILD_SA; once the old pair is gone, expire the new one.
+            await wait_until(lambda: len(dpb.sas) == 2 and inbound not in dpb.sas)
+            await a.settle()
             soft_left = len(dpb.sas)
+            inbound = _by_direction(dpb, Direction.IN).id
             answers.append(b.child_expired(inbound, hard=True))
-            await wait_until(lambda: any(isinstance(e, ChildSaDeleted) for e in events_a))
+            await wait_until(lambda: sum(isinstance(e, ChildSaDeleted) for e in events_a) == 2)
             await a.settle()
             await b.settle()
             answers.append(soft_left == 2)
@@ -414,5 +418,5 @@ def test_hard_expiry_in_the_dataplane_deletes_the_child_sa_with_the_peer(ns_loop
 
     answers, events_a, dpa, dpb = ns_loop.run(scenario())
     assert answers == [False, True, True, True]
-    assert [e.by_peer for e in events_a if isinstance(e, ChildSaDeleted)] == [True]
+    assert [e.by_peer for e in events_a if isinstance(e, ChildSaDeleted)] == [True, True]
     assert dpa.sas == {} and dpb.sas == {}
