@@ -18,6 +18,7 @@ import errno
 import itertools
 import logging
 import os
+import secrets
 import socket
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -76,7 +77,10 @@ class KernelDataPlane:
         self._event_task: asyncio.Task[None] | None = None
         self._reserved: set[SaId] = set()
         self._policy_if_ids: dict[tuple[TrafficSelector, Direction], int] = {}
-        self._alloc_reqid = itertools.cycle(range(*_ALLOC_REQIDS))
+        # Random start: a previous process's reservations may still be alive (and reqid-keyed).
+        first = _ALLOC_REQIDS[0] + secrets.randbelow(_ALLOC_REQIDS[1] - _ALLOC_REQIDS[0])
+        self._alloc_reqid = itertools.chain(range(first, _ALLOC_REQIDS[1]),
+                                            itertools.cycle(range(*_ALLOC_REQIDS)))
         self._encap: list[EncapSocketReader] = []
         self.events_dropped = 0
         self.events_lost_episodes = 0
