@@ -38,6 +38,7 @@ async def start_controller(
     history: int = 16,
     cert_lifetime: datetime.timedelta = datetime.timedelta(hours=24),
     rebase_tunnels: int = 200_000,
+    status_interval_s: int = 30,
 ) -> Controller:
     workdir.mkdir(parents=True, exist_ok=True)
     config = ControllerConfig(
@@ -47,7 +48,11 @@ async def start_controller(
         metrics="127.0.0.1:0",
         data_dir=workdir,
         settings=Settings(
-            replica=replica, history=history, node_cert_lifetime=cert_lifetime, rebase_tunnels=rebase_tunnels
+            replica=replica,
+            history=history,
+            node_cert_lifetime=cert_lifetime,
+            rebase_tunnels=rebase_tunnels,
+            status_interval_s=status_interval_s,
         ),
         keys=Keys(prefix),
         election_ttl_s=election_ttl_s,
