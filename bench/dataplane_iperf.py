@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -143,15 +144,24 @@ def libipsec_run(name: str, esp: str, seconds: int) -> Result:
 
 
 def table(results: list[Result]) -> str:
+    """One row per data plane: medians over the repeats (Mbit/s also min-max)."""
     lines = [
-        "| data plane | Mbit/s | packets/s | CPU µs/packet (both ends) | machine busy | TCP retransmits "
-        "| asyncio lag p99 (ms) |",
+        "| data plane | Mbit/s median (min-max) | packets/s | CPU µs/packet (both ends) | machine busy "
+        "| TCP retransmits | asyncio lag p99 (ms) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in results:
-        lines.append(f"| {r.name} | {r.mbits:.0f} | {r.pps:.0f} | {r.cpu_us_per_packet:.1f} "
-                     f"| {r.machine_busy:.0%} | {r.retransmits} "
-                     f"| {'n/a' if r.loop_lag_p99_ms is None else f'{r.loop_lag_p99_ms:.1f}'} |")
+    names = list(dict.fromkeys(r.name for r in results))
+    for name in names:
+        rs = [r for r in results if r.name == name]
+        mb = [r.mbits for r in rs]
+        lags = [r.loop_lag_p99_ms for r in rs if r.loop_lag_p99_ms is not None]
+        lag = f"{statistics.median(lags):.1f}" if lags else "n/a"
+        lines.append(
+            f"| {name} | {statistics.median(mb):.0f} ({min(mb):.0f}-{max(mb):.0f}) "
+            f"| {statistics.median(r.pps for r in rs):.0f} "
+            f"| {statistics.median(r.cpu_us_per_packet for r in rs):.1f} "
+            f"| {statistics.median(r.machine_busy for r in rs):.0%} "
+            f"| {statistics.median(r.retransmits for r in rs):.0f} | {lag} |")
     return "\n".join(lines)
 
 
@@ -170,6 +180,7 @@ def write_doc(text: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per data plane, interleaved")
     ap.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
     ap.add_argument("--only", choices=["meshsec", "libipsec"], default=None)
     args = ap.parse_args()
@@ -196,7 +207,7 @@ def main() -> None:
         ]
     load_before = Path("/proc/loadavg").read_text().split()[0]
     results = []
-    for run in runs:
+    for run in [r for _ in range(args.repeat) for r in runs]:
         r = run()
         print(f"{r.name}: {r.mbits:.0f} Mbit/s, {r.pps:.0f} pkt/s, {r.cpu_us_per_packet:.1f} µs/pkt",
               flush=True)
@@ -207,7 +218,8 @@ def main() -> None:
         cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                     if ln.startswith("model name")), platform.processor())
         write_doc(
-            f"`python bench/dataplane_iperf.py --seconds {args.seconds}` — iperf3 (one TCP stream) from "
+            f"`python bench/dataplane_iperf.py --seconds {args.seconds} --repeat {args.repeat}` — iperf3 "
+            f"(one TCP stream, {args.repeat} interleaved runs per row) from "
             f"{INNER[0]} to {INNER[1]} through a tunnel between two namespaces on one machine "
             f"({os.cpu_count()} cores, {cpu}, Python {platform.python_version()}; load average before "
             f"the run {load_before}). Processes under test (data planes, charons, iperf3) run at nice "
