@@ -12,7 +12,15 @@ from google.protobuf import json_format, struct_pb2
 from meshsec.common.secrets import Secret
 from meshsec.controller.mesh import PeerKind as MeshPeerKind
 from meshsec.controller.mesh import Tunnel
-from meshsec.controller.resources.model import AuthMethod, DpdAction, IpsecProtocol, Mode, Node, StartAction
+from meshsec.controller.resources.model import (
+    AuthMethod,
+    Dpd,
+    DpdAction,
+    IpsecProtocol,
+    Mode,
+    Node,
+    StartAction,
+)
 from meshsec.v1 import agent_pb2, common_pb2
 
 PskLookup = Callable[[str], Secret | None]
@@ -163,54 +171,81 @@ def _lifetimes(seconds: int) -> common_pb2.Lifetimes:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _shared(
+    source: str,
+    peer_kind: MeshPeerKind,
+    ike_proposals: tuple[str, ...],
+    esp_proposals: tuple[str, ...],
+    ike_lifetime_s: int,
+    dpd: Dpd,
+) -> agent_pb2.DesiredTunnel:
+    """What every tunnel of one policy shares, serialized once: a full-mesh join sends N deltas
+    that differ only in the pair, so each copies this and fills in the pair's fields."""
+    return agent_pb2.DesiredTunnel(
+        policy=source.partition("/")[2],
+        peer_kind=(
+            common_pb2.PEER_KIND_NODE
+            if peer_kind is MeshPeerKind.NODE
+            else common_pb2.PEER_KIND_EXTERNAL_GATEWAY
+        ),
+        ike_proposals=list(ike_proposals),
+        esp_proposals=list(esp_proposals),
+        ike_lifetimes=_lifetimes(ike_lifetime_s),
+        dpd=common_pb2.Dpd(
+            interval_seconds=dpd.delay_s, timeout_seconds=dpd.timeout_s, action=_DPD[dpd.action]
+        ),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _child_shared(
+    name: str, mode: Mode, protocol: IpsecProtocol, lifetime_s: int, start: StartAction
+) -> agent_pb2.ChildConfig:
+    return agent_pb2.ChildConfig(
+        name=name,
+        mode=_MODES[mode],
+        protocol=_PROTOCOLS[protocol],
+        lifetimes=_lifetimes(lifetime_s),
+        start_action=_START[start],
+    )
+
+
 def desired_tunnel(
     tunnel: Tunnel, peer_site: str, psk: PskLookup | None, generation: int
 ) -> agent_pb2.DesiredTunnel:
     """`psk` None: the admin view, which carries the auth method but never the key."""
-    auth = agent_pb2.TunnelAuth()
+    out = agent_pb2.DesiredTunnel()
+    out.CopyFrom(
+        _shared(
+            tunnel.source,
+            tunnel.peer_kind,
+            tunnel.ike_proposals,
+            tunnel.children[0].proposals if tunnel.children else (),
+            tunnel.ike_lifetime_s,
+            tunnel.dpd,
+        )
+    )
+    out.tunnel_id = tunnel.id
+    out.peer_name = tunnel.peer
+    out.peer_site = peer_site
+    if tunnel.local_endpoints:
+        out.local_endpoint.address = tunnel.local_endpoints[0]
+    out.remote_endpoints.extend(common_pb2.Endpoint(address=a) for a in tunnel.remote_endpoints)
+    out.local_id.type = _identity_type(tunnel.local_ike_id)
+    out.local_id.value = tunnel.local_ike_id
+    out.remote_id.type = _identity_type(tunnel.remote_ike_id)
+    out.remote_id.value = tunnel.remote_ike_id
     if tunnel.auth.method is AuthMethod.PSK:
         key = psk(tunnel.auth.psk_id) if psk is not None else None
-        auth.psk.key = key.reveal() if key is not None else b""
+        out.auth.psk.key = key.reveal() if key is not None else b""
     else:
-        auth.certificate.SetInParent()
-    children = [
-        agent_pb2.ChildConfig(
-            name=c.name,
-            local_ts=[common_pb2.TrafficSelector(cidr=ts) for ts in c.local_ts],
-            remote_ts=[common_pb2.TrafficSelector(cidr=ts) for ts in c.remote_ts],
-            mode=_MODES[c.mode],
-            protocol=_PROTOCOLS[c.protocol],
-            lifetimes=_lifetimes(c.lifetime_s),
-            start_action=_START[tunnel.start_action],
-        )
-        for c in tunnel.children
-    ]
-    return agent_pb2.DesiredTunnel(
-        tunnel_id=tunnel.id,
-        policy=tunnel.source.partition("/")[2],
-        peer_name=tunnel.peer,
-        peer_kind=(
-            common_pb2.PEER_KIND_NODE
-            if tunnel.peer_kind is MeshPeerKind.NODE
-            else common_pb2.PEER_KIND_EXTERNAL_GATEWAY
-        ),
-        peer_site=peer_site,
-        local_endpoint=common_pb2.Endpoint(address=tunnel.local_endpoints[0])
-        if tunnel.local_endpoints
-        else None,
-        remote_endpoints=[common_pb2.Endpoint(address=a) for a in tunnel.remote_endpoints],
-        local_id=identity(tunnel.local_ike_id),
-        remote_id=identity(tunnel.remote_ike_id),
-        auth=auth,
-        ike_proposals=list(tunnel.ike_proposals),
-        esp_proposals=list(tunnel.children[0].proposals) if tunnel.children else [],
-        children=children,
-        ike_lifetimes=_lifetimes(tunnel.ike_lifetime_s),
-        dpd=common_pb2.Dpd(
-            interval_seconds=tunnel.dpd.delay_s,
-            timeout_seconds=tunnel.dpd.timeout_s,
-            action=_DPD[tunnel.dpd.action],
-        ),
-        initiator=tunnel.initiator,
-        generation=generation,
-    )
+        out.auth.certificate.SetInParent()
+    for c in tunnel.children:
+        child = out.children.add()
+        child.CopyFrom(_child_shared(c.name, c.mode, c.protocol, c.lifetime_s, tunnel.start_action))
+        child.local_ts.extend(common_pb2.TrafficSelector(cidr=ts) for ts in c.local_ts)
+        child.remote_ts.extend(common_pb2.TrafficSelector(cidr=ts) for ts in c.remote_ts)
+    out.initiator = tunnel.initiator
+    out.generation = generation
+    return out
