@@ -126,7 +126,14 @@ def plan_child(ev: ChildSaEstablished, local: Address, remote: Address, reqid: i
     sels = selectors(ev.ts_local, ev.ts_remote)
     if not sels:
         raise InstallError("traffic selectors have no local/remote pair of one address family")
-    lifetime = Lifetime(soft_seconds=ev.lifetime_soft, hard_seconds=ev.lifetime_hard)
+    lifetime = Lifetime(
+        soft_seconds=ev.lifetime_soft,
+        hard_seconds=ev.lifetime_hard,
+        soft_bytes=ev.lifetime_soft_bytes,
+        hard_bytes=ev.lifetime_hard_bytes,
+        soft_packets=ev.lifetime_soft_packets,
+        hard_packets=ev.lifetime_hard_packets,
+    )
     esn = ev.algorithms.esn == EsnId.ESN
     enc_in, integ_in = _transforms(ev, ev.keys_in)
     enc_out, integ_out = _transforms(ev, ev.keys_out)

@@ -48,6 +48,8 @@ def test_tunnel_gcm_with_udp_encapsulation() -> None:
     assert inb.integrity is None and not inb.esn
     assert inb.encap == out.encap == UdpEncapsulation(4500, 4500)
     assert inb.lifetime.soft_seconds == 3600 and inb.lifetime.hard_seconds == 3960
+    limited = plan_child(event(lifetime_soft_bytes=10**9, lifetime_hard_packets=10**7), LOCAL, REMOTE, 7)
+    assert (limited.outbound.lifetime.soft_bytes, limited.outbound.lifetime.hard_packets) == (10**9, 10**7)
     assert inb.mode is Mode.TUNNEL and inb.reqid == out.reqid == 7
     kinds = sorted((p.direction.value, str(p.selector.src), str(p.selector.dst)) for p in plan.policies)
     assert kinds == [
