@@ -44,6 +44,19 @@ class _Refused(Exception):
         self.code = code
 
 
+def _enrolled_at(doc: dict[str, Any]) -> datetime.datetime | None:
+    """When the node last enrolled; None for nodes created by Apply (or an unreadable annotation,
+    which then cannot revoke anything: the node's deletion still does)."""
+    raw = doc.get("metadata", {}).get("annotations", {}).get(ENROLLED_AT)
+    try:
+        return datetime.datetime.fromtimestamp(float(raw), datetime.UTC) if raw is not None else None
+    except (TypeError, ValueError, OverflowError):
+        log.warning(
+            "node %s: unreadable %s annotation %r", doc.get("metadata", {}).get("name"), ENROLLED_AT, raw
+        )
+        return None
+
+
 def _now_rfc3339(now: float) -> str:
     return datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -72,15 +85,13 @@ class AgentApi(agent_pb2_grpc.AgentServiceServicer):
         stored = self._core.state.doc(Kind.NODE, caller.name)
         if stored is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"node {caller.name} does not exist (deleted?)")
-        enrolled = stored.doc.get("metadata", {}).get("annotations", {}).get(ENROLLED_AT)
+        enrolled_at = _enrolled_at(stored.doc)
         issued = issued_at(caller.certificate_pem)
-        if enrolled is not None and issued is not None:
-            enrolled_at = datetime.datetime.fromtimestamp(float(enrolled), datetime.UTC)
-            if issued + _BACKDATE_SLACK < enrolled_at:
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"this certificate predates the latest enrollment of node {caller.name}",
-                )
+        if enrolled_at is not None and issued is not None and issued + _BACKDATE_SLACK < enrolled_at:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this certificate predates the latest enrollment of node {caller.name}",
+            )
         return caller.name
 
     # --- enrollment ----------------------------------------------------------------------------
