@@ -529,5 +529,8 @@ def report(
     say(f"timings: {timings.text()}")
     say(f"agents: {state.mode} meshsec-agent per gateway node (see docs/lab.md); logs in {LOG_DIR}")
     say(f"topology picture: {TOPOLOGY_SVG} (DOT: {TOPOLOGY_SVG.with_suffix('.dot')})")
-    say(f"meshctl talks to the lab's controller at {ADMIN_SOCKET} (MESHSEC_CONTROLLER={ADMIN_SOCKET})")
+    say(
+        f"meshctl uses the lab's controller ({ADMIN_SOCKET}) when none runs at the default socket: "
+        "try `meshctl get tunnels -o wide`, `meshctl describe node dc1-gw1`, `meshctl events`"
+    )
     say("`meshctl lab status` shows it again, `meshctl lab down` removes it")
