@@ -59,8 +59,8 @@ class StatusServer:
                 answer = {"ok": False, "error": 'unknown request; send {"command": "status"}'}
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
+        except (TimeoutError, ConnectionError, ValueError, asyncio.LimitOverrunError):
+            pass  # a slow, vanished or oversized client gets nothing; the server carries on
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
