@@ -67,10 +67,8 @@ def _rekeys_logged(agent: MeshsecAgent) -> int:
     return len(re.findall(r"CHILD_SA net REKEYED", agent.log_text()))
 
 
-@pytest.mark.parametrize(
-    ("role", "rekeyer"),
-    [("initiator", "meshsec"), ("responder", "meshsec"), ("initiator", "strongswan"), ("responder", "strongswan")],
-)
+@pytest.mark.parametrize("rekeyer", ["meshsec", "strongswan"])
+@pytest.mark.parametrize("role", ["initiator", "responder"])
 def test_child_sa_rekey_under_traffic_loses_nothing(lab: Lab, charons: CharonFactory, role: str,
                                                     rekeyer: str) -> None:  # fmt: skip
     ike, esp, _, _ = SUITES["gcm-x25519"]
