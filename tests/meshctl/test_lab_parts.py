@@ -202,3 +202,15 @@ def test_preflight_names_the_debian_package(monkeypatch: pytest.MonkeyPatch) -> 
     assert "`nft`" in info.value.message and info.value.hint == "apt-get install nftables"
     monkeypatch.setattr(preflight, "find", lambda program: None if program == "dot" else "/bin/true")
     assert any("graphviz" in w for w in preflight.check_tools())
+
+
+def test_lab_refuses_to_run_without_root(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meshsec.meshctl.cli import main
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert main(["lab", "up"]) == 1
+    err = capsys.readouterr().err
+    assert "meshctl lab needs root" in err and "sudo meshctl lab up" in err
+    assert main(["lab", "sideways"]) == 2
