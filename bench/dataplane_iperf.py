@@ -165,6 +165,35 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def comparison(results: list[Result]) -> str:
+    """meshsec (thread loop, UDP-encap) against libipsec per algorithm, from the medians."""
+    lines = []
+    for alg in ("AES-GCM-128", "AES-128-CBC/HMAC-SHA-256"):
+        ms = [r.mbits for r in results if r.name == f"meshsec userspace, {alg}, UDP-encap, thread loop"]
+        sw = [r.mbits for r in results if r.name == f"strongSwan kernel-libipsec, {alg}, UDP-encap"]
+        if ms and sw:
+            ratio = statistics.median(ms) / statistics.median(sw)
+            lines.append(f"- {alg}: meshsec userspace reaches {ratio:.0%} of kernel-libipsec's median "
+                         f"throughput ({statistics.median(ms):.0f} vs {statistics.median(sw):.0f} Mbit/s).")
+    return "\n".join(lines)
+
+
+NOTES = """
+Reading it:
+
+- Both tunnels run on the same two cores as iperf3 and everything else on the machine, so the
+  machine is 100% busy in every run and throughput is set by CPU per packet and by how much CPU
+  each implementation gets. libipsec spreads its work over several threads per charon; the
+  meshsec data plane uses one packet thread per end (see docs/dataplane.md for the loop choice).
+- CPU per packet is the steadier figure: with AES-GCM the Python data plane spends about the
+  same CPU per packet as libipsec (C, OpenSSL); AES-CBC + HMAC-SHA-256 costs both about 5 µs more
+  per packet (HMAC-SHA-256 over 1.4 kB is ~2.3 µs per side on this CPU).
+- libipsec's many TCP retransmits come from drops inside it under load; meshsec drops few packets.
+- Shared-machine noise is large (see the min-max spread); rerun on an idle machine for absolute
+  figures.
+"""
+
+
 def write_doc(text: str) -> None:
     path = REPO / "docs" / "benchmarks.md"
     doc = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -214,6 +243,7 @@ def main() -> None:
         results.append(r)
     text = table(results)
     print(text)
+    print(comparison(results))
     if not args.no_write:
         cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                     if ln.startswith("model name")), platform.processor())
@@ -226,7 +256,7 @@ def main() -> None:
             f"{NICE}, both implementations alike. packets/s counts "
             "packets through the tunnel in both directions (data and ACKs); CPU is user+system time of "
             "both ends' data-plane processes (meshsec runner / charon with libipsec) divided by those "
-            "packets.\n\n" + text + "\n"
+            "packets.\n\n" + text + "\n\n" + comparison(results) + "\n" + NOTES
         )
 
 
