@@ -89,10 +89,15 @@ class MeshIndex:
 
     # --- public API ------------------------------------------------------------------------------
 
-    def apply(self, changes: Iterable[Change], *, validate: bool = True) -> dict[str, NodeDelta]:
+    def apply(
+        self, changes: Iterable[Change], *, validate: bool = True, deltas: bool = True
+    ) -> dict[str, NodeDelta]:
         """Applies a batch atomically; returns the non-empty delta of every affected node.
 
         Raises ValidationError (and changes nothing) if the resulting resource set is invalid.
+        ``deltas=False`` is for loading a stored resource set at start-up: a full mesh has N^2
+        tunnel ends, which nobody needs as deltas then (agents fetch `desired_tunnels` on
+        connect); versions are not bumped.
         """
         batch = list(changes)
         seen: set[tuple[Kind, str]] = set()
@@ -105,7 +110,7 @@ class MeshIndex:
             seen.add(change.key)
         if dupes:
             raise ValidationError(dupes)
-        pending: _Pending = {}
+        pending: _Pending | None = {} if deltas else None
         touched = Touched()
         undo: list[Change] = []
         try:
@@ -120,7 +125,7 @@ class MeshIndex:
             for change in reversed(undo):
                 self._apply_one(change, None, Touched())
             raise
-        return self._finish(pending)
+        return self._finish(pending) if pending is not None else {}
 
     def desired_tunnels(self, node: str) -> list[Tunnel]:
         """The node's full desired state, sorted by tunnel id; O(its tunnels)."""

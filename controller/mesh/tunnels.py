@@ -5,6 +5,7 @@ The index decides *which* pairs exist; these functions decide what a pair's tunn
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from ipaddress import collapse_addresses, ip_network
 
@@ -43,7 +44,9 @@ def selectors_to_prefixes(selectors: tuple[str, ...]) -> list[Prefix]:
     return [ip_network(s) for s in selectors]
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _strs(addresses: tuple[Address, ...]) -> tuple[str, ...]:
+    # Formatting addresses dominated the cost of a pair; every node's endpoints repeat per peer.
     return tuple(str(a) for a in addresses)
 
 

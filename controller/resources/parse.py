@@ -161,7 +161,7 @@ def _node_spec(f: Fields, name: str) -> NodeSpec:
     ep = f.sub("endpoints")
     ep.only("public", "private")
     endpoints = Endpoints(ep.addresses("public"), ep.addresses("private"))
-    if not endpoints.public and not endpoints.private:
+    if not ep.raw("public") and not ep.raw("private"):
         f.error("endpoints", "needs at least one public or private address")
     ident = f.sub("identity")
     ident.only("ikeId", "certificateId")
