@@ -25,7 +25,21 @@ BATCH = 256  # packets per descriptor per wakeup; bounds the time other descript
 _BUF = 65536
 _NON_ESP_MARKER = b"\0\0\0\0"
 IPV6_PKTINFO = 50
+SO_RCVBUFFORCE = 33
 SO_RCVBUF_BYTES = 4 << 20
+
+
+def _grow_receive_buffer(sock: socket.socket) -> None:
+    """Bursts overflow the default buffer (net.core.rmem_max is host-wide and small); as root,
+    SO_RCVBUFFORCE goes past that limit. Never shrinks a buffer its owner made bigger."""
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 2 * SO_RCVBUF_BYTES:  # kernel doubles it
+        return
+    for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SO_RCVBUF_BYTES)
+            return
+        except OSError:
+            continue
 
 
 class SocketOutput:
@@ -46,15 +60,13 @@ class SocketOutput:
     def _raw(self, family: int, proto: int) -> socket.socket:
         s = socket.socket(family, socket.SOCK_RAW, proto)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
-        with contextlib.suppress(OSError):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SO_RCVBUF_BYTES)
+        _grow_receive_buffer(s)
         s.setblocking(False)
         return s
 
     def attach_udp(self, sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SO_RCVBUF_BYTES)
+        _grow_receive_buffer(sock)
         sock.setblocking(False)
         self.udp.append(sock)
         self._udp_for.clear()
