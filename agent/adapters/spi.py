@@ -75,6 +75,10 @@ class SpiReserver:
         self.stats: Counter[str] = Counter()
         self.fallback: SpiAllocator = random_spi_allocator(rnd)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Work for one worker task: a task per SPI would cost more than most data planes'
+        # allocate_spi itself, at thousands of SAs per second.
+        self._requests: deque[tuple[SpiStock, ProtocolId, int | None]] = deque()  # int: release
+        self._worker: asyncio.Task[None] | None = None
 
     def stock(self, local: Address, remote: Address, protocols: set[ProtocolId]) -> SpiStock:
         """A new stock for one IKE SA, with `spare` SPIs per protocol being reserved now."""
@@ -91,9 +95,26 @@ class SpiReserver:
             await self._reserve_one(st, protocol)
 
     def top_up(self, st: SpiStock, protocol: ProtocolId) -> None:
-        task = asyncio.get_running_loop().create_task(self._reserve_one(st, protocol))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._request((st, protocol, None))
+
+    def _request(self, item: tuple[SpiStock, ProtocolId, int | None]) -> None:
+        self._requests.append(item)
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+            self._tasks.add(self._worker)
+            self._worker.add_done_callback(self._tasks.discard)
+
+    async def _work(self) -> None:
+        try:
+            while self._requests:
+                st, protocol, spi = self._requests.popleft()
+                if spi is None:
+                    await self._reserve_one(st, protocol)
+                else:
+                    with contextlib.suppress(DataPlaneError):
+                        await self.dataplane.delete_sa(SaId(ip(st.local.host), spi, _ipsec(protocol)))
+        finally:
+            self._worker = None
 
     async def _reserve_one(self, st: SpiStock, protocol: ProtocolId) -> None:
         try:
@@ -109,15 +130,7 @@ class SpiReserver:
             st.free.setdefault(protocol, deque()).append((spi, self.clock()))
 
     def release(self, st: SpiStock, protocol: ProtocolId, spi: int) -> None:
-        sa_id = SaId(ip(st.local.host), spi, _ipsec(protocol))
-
-        async def drop() -> None:
-            with contextlib.suppress(DataPlaneError):
-                await self.dataplane.delete_sa(sa_id)
-
-        task = asyncio.get_running_loop().create_task(drop())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._request((st, protocol, spi))
 
     async def drain(self) -> None:
         """Waits for reservations in flight (tests, shutdown)."""
