@@ -279,6 +279,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--meshsec-dataplane", default="userspace", choices=("userspace", "none"))
     parser.add_argument("--with-none", action="store_true", help="also measure meshsec with dataplane none")
+    parser.add_argument("--write", action="store_true", help="put the results into docs/benchmarks.md")
     args = parser.parse_args()
     if args.cmd == "drive":
         print(json.dumps(asyncio.run(drive(args.count, args.window, args.timeout))))
@@ -286,13 +287,69 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
+    load_before = os.getloadavg()[0]
     results = orchestrate(args)
-    print(
-        f"\nIKE handshakes: PSK, {IKE_PROPOSAL}, ESP {ESP_PROPOSAL} tunnel; {args.count} measured per "
-        f"round after {args.warmup} warm-up, window {args.window}; {os.cpu_count()} cores, shared\n"
+    setup = (
+        f"PSK, {IKE_PROPOSAL}, ESP {ESP_PROPOSAL} tunnel; {args.count} handshakes measured per responder "
+        f"and round after {args.warmup} warm-up ones, {args.window} in flight; {machine()}; "
+        f"load average before the run {load_before:.1f}"
     )
+    print(f"\nIKE handshakes: {setup}\n")
     print(table(results))
+    if args.write:
+        write_section(DOCS, section(args, setup, table(results)))
+        print(f"\nwritten to {DOCS}")
     return 0
+
+
+DOCS = REPO / "docs" / "benchmarks.md"
+SECTION = "## IKE handshakes"
+
+
+def machine() -> str:
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        "unknown CPU",
+    )  # fmt: skip
+    return f"{os.cpu_count()} cores ({model}), Python {sys.version.split()[0]}, both ends on this machine"
+
+
+def section(args: argparse.Namespace, setup: str, results: str) -> str:
+    cmd = "python bench/ike_handshake.py" + (
+        f" --count {args.count} --window {args.window} --warmup {args.warmup} --rounds {args.rounds}"
+        + (" --with-none" if args.with_none else "")
+    )
+    return f"""{SECTION}
+
+`{cmd} --write` (root). {setup}.
+
+One initiator, meshsec's own engine and asyncio adapter in its own namespace, drives the same
+handshakes (IKE_SA_INIT + IKE_AUTH with the first CHILD_SA) against each responder in turn, in
+the same run, each responder in a fresh pair of namespaces: `meshsec-agent --config` (standalone)
+and strongSwan's charon-systemd with kernel-libipsec. Both responders install every CHILD_SA in
+their data plane (meshsec: the userspace data plane; `none` only records it). Rate is completed
+handshakes per second of the initiator's wall time; responder CPU is utime+stime of the whole
+responder process (all threads) from /proc/PID/stat over the measured handshakes; COOKIEs and
+strongSwan's DoS protection are off, so this measures handshakes, not the cookie path.
+
+{results}
+
+Rates depend on the whole machine (the initiator competes with the responder for two cores) and
+vary with other load; CPU per SA is the steadier figure for comparing the responders.
+"""
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replaces the section (up to the next `## ` heading) or appends it."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = old.find(SECTION + "\n")
+    if start < 0:
+        path.write_text(old.rstrip("\n") + "\n\n" + text)
+        return
+    end = old.find("\n## ", start + len(SECTION))
+    rest = old[end + 1 :] if end >= 0 else ""
+    path.write_text(old[:start] + text + ("\n" + rest if rest else ""))
 
 
 if __name__ == "__main__":
