@@ -5,6 +5,8 @@ the recording one, so every SA and policy the hook installs can be inspected."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import socket
 import struct
@@ -73,7 +75,9 @@ def _by_direction(dp: RecordingDataPlane, direction: Direction) -> SecurityAssoc
     return sa
 
 
-def test_establish_install_and_graceful_delete(ns_loop: NetnsLoop) -> None:
+def test_establish_install_and_graceful_delete(ns_loop: NetnsLoop, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+
     async def scenario() -> None:
         ci, cr = configs()
         dpa, dpb = RecordingDataPlane(), RecordingDataPlane()
@@ -117,6 +121,11 @@ def test_establish_install_and_graceful_delete(ns_loop: NetnsLoop) -> None:
                 _by_direction(dpa, Direction.IN).encryption.key
                 == _by_direction(dpb, Direction.OUT).encryption.key
             )  # type: ignore[union-attr]
+            # No key material in status or logs (the logs run at DEBUG here).
+            secrets = {a_out.encryption.key.reveal().hex(), b_in.encryption.key.reveal().hex(), "adapter-psk"}
+            text = json.dumps([await a.status(), await b.status()], default=str) + caplog.text
+            assert "ESTABLISHED" in caplog.text
+            assert not [k for k in secrets if k in text]
 
             await a.close(graceful=True)
             await wait_until(lambda: not b.active())
