@@ -9,8 +9,8 @@ tracing does not slow the timed runs). Usage: python bench/mesh_scale.py [--size
 from __future__ import annotations
 
 import argparse
-import os
 import gc
+import os
 import statistics
 import time
 import tracemalloc
