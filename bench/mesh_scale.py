@@ -130,11 +130,20 @@ def main() -> None:
     for topology in ("full-mesh", "hub-and-spoke"):
         for n in (int(s) for s in args.sizes.split(",")):
             r = run(topology, n, args.hubs, args.joins)
-            print(
-                f"{r['topology']:<14} {r['n']:>6} {r['build_s']:>8.2f} {r['join_ms']:>8.2f} {r['leave_ms']:>8.2f} "
-                f"{r['ends']:>6} {r['us_per_end']:>7.1f} {r['touched']:>13} {r['mem_mb']:>8.1f} {r['list_ms']:>8.2f} {r['list_len']:>8}",
-                flush=True,
-            )
+            cells = [
+                f"{r['topology']:<14}",
+                f"{r['n']:>6}",
+                f"{r['build_s']:>8.2f}",
+                f"{r['join_ms']:>8.2f}",
+                f"{r['leave_ms']:>8.2f}",
+                f"{r['ends']:>6}",
+                f"{r['us_per_end']:>7.1f}",
+                f"{r['touched']:>13}",
+                f"{r['mem_mb']:>8.1f}",
+                f"{r['list_ms']:>8.2f}",
+                f"{r['list_len']:>8}",
+            ]
+            print(" ".join(cells), flush=True)
     print(f"load average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(
         "join/leave: median of --joins runs, validation included; ends: tunnel ends in the deltas of one "

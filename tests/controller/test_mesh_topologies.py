@@ -32,8 +32,16 @@ def _tunnel(index: MeshIndex, name: str, peer: str) -> Tunnel:
 
 
 def _nodes(n: int, **labels_by_index: dict[str, str]) -> list[dict[str, Any]]:
-    return [node(f"n{i}", "dc1" if i % 2 == 0 else "dc2", public=[f"198.18.0.{i + 1}"],
-                 private=[f"198.18.1.{i + 1}"], labels=labels_by_index.get(f"n{i}", {})) for i in range(n)]  # fmt: skip
+    return [
+        node(
+            f"n{i}",
+            "dc1" if i % 2 == 0 else "dc2",
+            public=[f"198.18.0.{i + 1}"],
+            private=[f"198.18.1.{i + 1}"],
+            labels=labels_by_index.get(f"n{i}", {}),
+        )
+        for i in range(n)
+    ]
 
 
 def test_full_mesh_node_scope() -> None:
@@ -76,18 +84,33 @@ def test_hub_and_spoke() -> None:
 
 
 def test_spoke_to_spoke_through_hubs() -> None:
-    index = _index(*_nodes(4, n0={"hub": "yes"}),
-                   policy("hs", "hub-and-spoke", "node",
-                          hubs={"selector": {"matchLabels": {"hub": "yes"}}, "spokeToSpoke": True}))  # fmt: skip
+    index = _index(
+        *_nodes(4, n0={"hub": "yes"}),
+        policy(
+            "hs",
+            "hub-and-spoke",
+            "node",
+            hubs={"selector": {"matchLabels": {"hub": "yes"}}, "spokeToSpoke": True},
+        ),
+    )
     # Without transit prefixes the hub offers each spoke every other member's addresses.
     others = ("198.18.1.1/32", "198.18.1.2/32", "198.18.1.4/32")  # hub n0, spokes n1 and n3
     assert _tunnel(index, "n2", "n0").children[0].remote_ts == others
     assert _tunnel(index, "n0", "n2").children[0].local_ts == others
     assert _tunnel(index, "n2", "n0").children[0].local_ts == ("198.18.1.3/32",)
-    with_transit = _index(*_nodes(4, n0={"hub": "yes"}),
-                          policy("hs", "hub-and-spoke", "node",
-                                 hubs={"selector": {"matchLabels": {"hub": "yes"}}, "spokeToSpoke": True,
-                                       "transitPrefixes": ["198.18.0.0/16"]}))  # fmt: skip
+    with_transit = _index(
+        *_nodes(4, n0={"hub": "yes"}),
+        policy(
+            "hs",
+            "hub-and-spoke",
+            "node",
+            hubs={
+                "selector": {"matchLabels": {"hub": "yes"}},
+                "spokeToSpoke": True,
+                "transitPrefixes": ["198.18.0.0/16"],
+            },
+        ),
+    )
     assert _tunnel(with_transit, "n2", "n0").children[0].remote_ts == ("198.18.0.0/16",)
 
 
@@ -213,7 +236,10 @@ def test_policy_edit_and_delete() -> None:
     deltas = index.apply([Upsert(parse_resource(hs))])
     # Spoke-spoke tunnels go, hub tunnels stay unchanged (same id, same content): no upserts.
     assert {n: (len(d.upserts), len(d.removals)) for n, d in deltas.items()} == {
-        "n1": (0, 2), "n2": (0, 2), "n3": (0, 2)}  # fmt: skip
+        "n1": (0, 2),
+        "n2": (0, 2),
+        "n3": (0, 2),
+    }
     deltas = index.apply([Delete(Kind.MESH_POLICY, "mesh")])
     assert sum(len(d.removals) for d in deltas.values()) == 6
     assert all(index.desired_tunnels(f"n{i}") == [] for i in range(4))

@@ -33,10 +33,16 @@ def test_example_manifest_parses() -> None:
     resources = load_yaml(EXAMPLE.read_text())
     kinds = sorted((r.kind.value, r.metadata.name) for r in resources)
     assert kinds == [
-        ("ExternalGateway", "partner-aws"), ("MeshPolicy", "cloud-attach"), ("MeshPolicy", "dc-mesh"),
-        ("Node", "dc1-gw1"), ("Node", "dc2-gw1"), ("Node", "vpc-gw1"),
-        ("Site", "dc1"), ("Site", "dc2"), ("Site", "vpc"),
-    ]  # fmt: skip
+        ("ExternalGateway", "partner-aws"),
+        ("MeshPolicy", "cloud-attach"),
+        ("MeshPolicy", "dc-mesh"),
+        ("Node", "dc1-gw1"),
+        ("Node", "dc2-gw1"),
+        ("Node", "vpc-gw1"),
+        ("Site", "dc1"),
+        ("Site", "dc2"),
+        ("Site", "vpc"),
+    ]
     eg = next(r for r in resources if isinstance(r, ExternalGateway))
     assert eg.spec.profile is CloudProfileName.AWS
     # The override is canonicalised (prf derived from the integrity algorithm), the rest defaulted.
@@ -132,13 +138,15 @@ def test_errors_name_field_paths() -> None:
 def test_every_problem_of_a_manifest_is_reported_at_once() -> None:
     doc = policy("prod", "hub-and-spoke", "sites", mode="tunel", crypto={"ikeLifetimeSeconds": 10})
     doc["apiVersion"] = "v1"
-    assert errors_of(doc) == sorted([
-        "MeshPolicy/prod: apiVersion: must be meshsec.io/v1alpha1",
-        "MeshPolicy/prod: spec.crypto.ikeLifetimeSeconds: 10 is outside 300..86400",
-        "MeshPolicy/prod: spec.hubs: required for topology hub-and-spoke",
-        "MeshPolicy/prod: spec.mode: must be one of tunnel, transport",
-        "MeshPolicy/prod: spec.scope: must be one of site, node",
-    ])  # fmt: skip
+    assert errors_of(doc) == sorted(
+        [
+            "MeshPolicy/prod: apiVersion: must be meshsec.io/v1alpha1",
+            "MeshPolicy/prod: spec.crypto.ikeLifetimeSeconds: 10 is outside 300..86400",
+            "MeshPolicy/prod: spec.hubs: required for topology hub-and-spoke",
+            "MeshPolicy/prod: spec.mode: must be one of tunnel, transport",
+            "MeshPolicy/prod: spec.scope: must be one of site, node",
+        ]
+    )
 
 
 def test_engine_support_is_separate_from_profile_acceptance() -> None:
@@ -190,10 +198,8 @@ def test_inline_secrets_are_refused_without_echoing_them() -> None:
     doc = external("vgw", ["dc1"], ["198.19.200.0/24"])
     doc["spec"]["auth"] = {"psk": "hunter2-very-secret"}
     errors = errors_of(doc)
-    assert (
-        "ExternalGateway/vgw: spec.auth.psk: inline secrets are not accepted; reference a Secret with pskSecretRef"
-        in errors
-    )
+    refused = "inline secrets are not accepted; reference a Secret with pskSecretRef"
+    assert f"ExternalGateway/vgw: spec.auth.psk: {refused}" in errors
     assert "ExternalGateway/vgw: spec.auth.pskSecretRef: required" in errors
     assert not any("hunter2" in e for e in errors)
 
@@ -215,10 +221,20 @@ def test_structural_policy_errors() -> None:
 
 
 def test_selectors_and_labels() -> None:
-    p = parse_resource(policy("p", "full-mesh", "node", members={
-        "matchLabels": {"env": "prod"},
-        "matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]},
-                             {"key": "drain", "operator": "DoesNotExist"}]}))  # fmt: skip
+    p = parse_resource(
+        policy(
+            "p",
+            "full-mesh",
+            "node",
+            members={
+                "matchLabels": {"env": "prod"},
+                "matchExpressions": [
+                    {"key": "zone", "operator": "In", "values": ["a", "b"]},
+                    {"key": "drain", "operator": "DoesNotExist"},
+                ],
+            },
+        )
+    )
     assert isinstance(p, MeshPolicy)
     sel = p.spec.members
     assert sel.matches({"env": "prod", "zone": "a"})

@@ -44,10 +44,13 @@ def test_example_is_valid() -> None:
 
 def test_overlapping_site_prefixes_are_rejected_and_the_batch_is_atomic() -> None:
     index = _index(*BASE)
-    errors = _rejected(index, [
-        _up(node("gw3", "dc1", public=["198.18.0.3"])),
-        _up(site("dc3", ["198.19.2.128/25"])),
-    ])  # fmt: skip
+    errors = _rejected(
+        index,
+        [
+            _up(node("gw3", "dc1", public=["198.18.0.3"])),
+            _up(site("dc3", ["198.19.2.128/25"])),
+        ],
+    )
     assert errors == [
         "Site/dc3: spec.prefixes: 198.19.2.128/25 overlaps Site/dc2 prefix 198.19.2.0/24",
     ]
@@ -121,13 +124,25 @@ def test_hub_site_without_gateway_leaves_spokes_unreachable() -> None:
 
 
 def test_transit_prefixes_must_cover_every_spoke() -> None:
-    index = _index(site("dc1", ["198.19.1.0/24"], {"hub": "yes"}), site("dc2", ["198.19.2.0/24"]),
-                   site("far", ["198.18.250.0/24"]),
-                   *[node(f"gw{i}", s, public=[f"198.18.0.{i}"], labels={"role": "gateway"})
-                     for i, s in enumerate(["dc1", "dc2", "far"])])  # fmt: skip
-    hs = policy("hs", "hub-and-spoke", "site",
-                hubs={"selector": {"matchLabels": {"hub": "yes"}}, "spokeToSpoke": True,
-                      "transitPrefixes": ["198.19.0.0/16"]})  # fmt: skip
+    index = _index(
+        site("dc1", ["198.19.1.0/24"], {"hub": "yes"}),
+        site("dc2", ["198.19.2.0/24"]),
+        site("far", ["198.18.250.0/24"]),
+        *[
+            node(f"gw{i}", s, public=[f"198.18.0.{i}"], labels={"role": "gateway"})
+            for i, s in enumerate(["dc1", "dc2", "far"])
+        ],
+    )
+    hs = policy(
+        "hs",
+        "hub-and-spoke",
+        "site",
+        hubs={
+            "selector": {"matchLabels": {"hub": "yes"}},
+            "spokeToSpoke": True,
+            "transitPrefixes": ["198.19.0.0/16"],
+        },
+    )
     assert _rejected(index, [_up(hs)]) == [
         "MeshPolicy/hs: spec.hubs.transitPrefixes: do not cover Site/far prefix 198.18.250.0/24; "
         "spoke unreachable from other spokes"
