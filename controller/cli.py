@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import gc
 import logging
 import os
 import signal
@@ -127,6 +128,7 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await controller.start()
+        _tune_gc()
         print(
             f"meshsec-controller {args.replica}: mTLS {args.listen} (port {controller.mtls_port}), "
             f"bootstrap {args.bootstrap_listen} (port {controller.bootstrap_port}), "
@@ -138,6 +140,16 @@ async def _serve(args: argparse.Namespace) -> int:
         await controller.stop()
         await store.close()
     return 0
+
+
+def _tune_gc() -> None:
+    """The controller's heap is mostly long-lived (resources, index, connections) and a join in a
+    large mesh allocates tens of thousands of short-lived objects; with the default thresholds
+    the collector spends as much time rescanning as the join takes (measured on a 10k full mesh).
+    Freeze what start-up loaded and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 async def _create_token(args: argparse.Namespace) -> int:
