@@ -26,6 +26,7 @@ from meshsec.controller.mesh.model import NodeDelta, Tunnel
 from meshsec.controller.mesh.tunnels import (
     external_tunnel,
     host_selectors,
+    node_end,
     node_pair,
     prefix_selectors,
     selectors_to_prefixes,
@@ -132,7 +133,7 @@ class MeshIndex:
         n = self._nodes.get(node)
         if n is None:
             return []
-        out = [pair[0] for m in self._members.values() for pair in self._policy_edges(m, n, frozenset())]
+        out = [t for m in self._members.values() for t in self._local_ends(m, n)]
         out += [self._external_edge(self._externals[e], n) for e in self._node_externals(n)]
         return sorted(out, key=lambda t: t.id)
 
@@ -351,9 +352,10 @@ class MeshIndex:
                 done.add(name)
         return out
 
-    def _policy_edges(
-        self, m: Membership, node: Node, skip: Collection[str]
-    ) -> Iterator[tuple[Tunnel, Tunnel]]:
+    def _peers_of(
+        self, m: Membership, node: Node, skip: Collection[str] = ()
+    ) -> Iterator[tuple[Node, tuple[str, ...], tuple[str, ...]]]:
+        """(peer node, what ``node`` protects towards it, what the peer protects) per tunnel."""
         unit = self._unit_of(m, node)
         if unit is None:
             return
@@ -362,7 +364,17 @@ class MeshIndex:
             theirs = self._selectors(m, peer_unit, unit)
             for peer_name in self._endpoints(m, peer_unit):
                 if peer_name not in skip:
-                    yield node_pair(m.policy, node, self._nodes[peer_name], mine, theirs)
+                    yield self._nodes[peer_name], mine, theirs
+
+    def _policy_edges(
+        self, m: Membership, node: Node, skip: Collection[str]
+    ) -> Iterator[tuple[Tunnel, Tunnel]]:
+        for peer, mine, theirs in self._peers_of(m, node, skip):
+            yield node_pair(m.policy, node, peer, mine, theirs)
+
+    def _local_ends(self, m: Membership, node: Node) -> Iterator[Tunnel]:
+        for peer, mine, theirs in self._peers_of(m, node):
+            yield node_end(m.policy, node, peer, mine, theirs)
 
     def _external_edge(self, external: ExternalGateway, node: Node) -> Tunnel:
         return external_tunnel(external, node, self._site_ts.get(node.spec.site, ()))

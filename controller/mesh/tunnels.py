@@ -71,62 +71,57 @@ def node_pair(
     policy: MeshPolicy, a: Node, b: Node, a_ts: tuple[str, ...], b_ts: tuple[str, ...]
 ) -> tuple[Tunnel, Tunnel]:
     """Both ends of the tunnel between ``a`` and ``b``; ``*_ts`` is what each end protects."""
+    return node_end(policy, a, b, a_ts, b_ts), node_end(policy, b, a, b_ts, a_ts)
+
+
+def node_end(
+    policy: MeshPolicy, local: Node, peer: Node, local_ts: tuple[str, ...], remote_ts: tuple[str, ...]
+) -> Tunnel:
+    """``local``'s end of its tunnel with ``peer``; the two ends always agree (same id and auth,
+    exactly one initiator) because each is derived from the unordered pair alone."""
     spec = policy.spec
     source = f"MeshPolicy/{policy.metadata.name}"
-    tid = tunnel_id(source, a.metadata.name, b.metadata.name)
-    a_local, a_remote, a_initiates = _underlay(a, b)
-    b_local, b_remote, _ = _underlay(b, a)
+    tid = tunnel_id(source, local.metadata.name, peer.metadata.name)
+    lep, rep, initiator = _underlay(local, peer)
     auth = (
         AuthRef(AuthMethod.PSK, f"{tid}.g{spec.auth.psk_generation}")
         if spec.auth.method is AuthMethod.PSK
-        else AuthRef(AuthMethod.CERTIFICATE)
+        else _CERTIFICATE
+    )
+    if spec.mode is Mode.TRANSPORT:
+        # Transport mode protects exactly the IKE endpoints, as each end sees them (NAT may
+        # make the two views differ, so each end uses its own).
+        local_ts, remote_ts = _host_strs(lep), _host_strs(rep)
+    child = ChildSA(
+        policy.metadata.name,
+        local_ts,
+        remote_ts,
+        spec.crypto.esp_proposals,
+        spec.mode,
+        spec.protocol,
+        spec.crypto.child_lifetime_s,
+    )
+    return Tunnel(
+        id=tid,
+        source=source,
+        local_node=local.metadata.name,
+        peer=peer.metadata.name,
+        peer_kind=PeerKind.NODE,
+        local_endpoints=lep,
+        remote_endpoints=rep,
+        local_ike_id=local.spec.identity.ike_id,
+        remote_ike_id=peer.spec.identity.ike_id,
+        auth=auth,
+        ike_proposals=spec.crypto.ike_proposals,
+        ike_lifetime_s=spec.crypto.ike_lifetime_s,
+        dpd=spec.crypto.dpd,
+        initiator=initiator,
+        start_action=spec.start_action if initiator else StartAction.NONE,
+        children=(child,),
     )
 
-    def end(
-        local: Node,
-        peer: Node,
-        lep: tuple[str, ...],
-        rep: tuple[str, ...],
-        lts: tuple[str, ...],
-        rts: tuple[str, ...],
-        initiator: bool,
-    ) -> Tunnel:
-        if spec.mode is Mode.TRANSPORT:
-            # Transport mode protects exactly the IKE endpoints, as each end sees them (NAT may
-            # make the two views differ, so each end uses its own).
-            lts, rts = _host_strs(lep), _host_strs(rep)
-        child = ChildSA(
-            policy.metadata.name,
-            lts,
-            rts,
-            spec.crypto.esp_proposals,
-            spec.mode,
-            spec.protocol,
-            spec.crypto.child_lifetime_s,
-        )
-        return Tunnel(
-            id=tid,
-            source=source,
-            local_node=local.metadata.name,
-            peer=peer.metadata.name,
-            peer_kind=PeerKind.NODE,
-            local_endpoints=lep,
-            remote_endpoints=rep,
-            local_ike_id=local.spec.identity.ike_id,
-            remote_ike_id=peer.spec.identity.ike_id,
-            auth=auth,
-            ike_proposals=spec.crypto.ike_proposals,
-            ike_lifetime_s=spec.crypto.ike_lifetime_s,
-            dpd=spec.crypto.dpd,
-            initiator=initiator,
-            start_action=spec.start_action if initiator else StartAction.NONE,
-            children=(child,),
-        )
 
-    return (
-        end(a, b, a_local, a_remote, a_ts, b_ts, a_initiates),
-        end(b, a, b_local, b_remote, b_ts, a_ts, not a_initiates),
-    )
+_CERTIFICATE = AuthRef(AuthMethod.CERTIFICATE)
 
 
 def _host_strs(addresses: tuple[str, ...]) -> tuple[str, ...]:
