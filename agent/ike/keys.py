@@ -24,6 +24,12 @@ def skeyseed(prf: Prf, ni: bytes, nr: bytes, shared: bytes) -> bytes:
     return prf(ni + nr, shared)
 
 
+def rekey_skeyseed(old_prf: Prf, old_sk_d: bytes, ni: bytes, nr: bytes, shared: bytes) -> bytes:
+    """SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr) for a rekeyed IKE SA (RFC 7296 2.18),
+    with the old IKE SA's PRF; the new SA's keys then come from the new PRF's prf+."""
+    return old_prf(old_sk_d, shared + ni + nr)
+
+
 def derive_ike_keys(
     prf: Prf,
     cipher: SkCipher,
@@ -33,8 +39,11 @@ def derive_ike_keys(
     shared: bytes,
     spi_i: bytes,
     spi_r: bytes,
+    seed: bytes | None = None,
 ) -> IkeKeys:
-    seed = skeyseed(prf, ni, nr, shared)
+    """`seed` replaces the IKE_SA_INIT SKEYSEED (rekeying passes rekey_skeyseed)."""
+    if seed is None:
+        seed = skeyseed(prf, ni, nr, shared)
     a = integ.key_size if integ else 0
     e = cipher.key_size
     p = prf.key_size

@@ -31,10 +31,12 @@ from meshsec.agent.ike.events import (
     Event,
     IkeSaDeleted,
     IkeSaFailed,
+    IkeSaRekeyed,
     PortsChanged,
 )
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.keys import DirectionKeys, IkeKeys
+from meshsec.agent.ike.lifetime import jittered
 from meshsec.agent.ike.natt import NATT_KEEPALIVE, add_non_esp_marker
 from meshsec.agent.ike.parse import ParseError, parse_chain, parse_header
 from meshsec.agent.ike.payloads import (
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 
 SpiAllocator = Callable[[ProtocolId], int]
 HALF_OPEN_TIMEOUT = 30.0  # seconds a responder waits for IKE_AUTH (strongSwan's default)
+REKEYED_GRACE = 30.0  # seconds a replaced IKE SA waits for the peer's DELETE before deleting itself
 
 
 class State(Enum):
@@ -191,8 +194,20 @@ class IkeSa:
         self._events: deque[Event] = deque()
         self._last_sent = 0.0
         # Set by a container (IkeSaTable) that wants to know which SAs have output pending
-        # without scanning all of them.
+        # without scanning all of them, and to learn of successor SAs made by a rekey.
         self.on_pending: Callable[[IkeSa], None] | None = None
+        self.on_new_sa: Callable[[IkeSa], None] | None = None
+        # IKE SA lifecycle (rekey, DPD): see exchanges/ike_rekey.py and docs/ike.md.
+        self.ike_rekey_at: float | None = None
+        self.ike_expire_at: float | None = None
+        self.ike_rekey_attempts = 0
+        self.ike_rekey_task: Task | None = None  # our IKE rekey request in flight
+        self.peer_ike_rekey: tuple[IkeSa, bytes] | None = None  # answered while ours was in flight
+        self.successor: IkeSa | None = None
+        self.spawned = False  # made by an IKE rekey (not by IKE_SA_INIT)
+        self.last_inbound = 0.0  # last authenticated message (or ESP, via traffic_seen)
+        self._dpd_probe_sent = False
+        self._processing = False
 
     # ------------------------------------------------------------------ public API
 
@@ -250,7 +265,50 @@ class IkeSa:
         self._guard(self._child_expired, spi, hard, now)
 
     def rekeying_ike(self) -> bool:
-        return False
+        return self.ike_rekey_task is not None or self.successor is not None
+
+    def rekey(self, now: float) -> None:
+        """Rekeys the IKE SA now (its rekey_time does the same on its own)."""
+        from meshsec.agent.ike.exchanges.ike_rekey import IkeRekey
+
+        self.ike_rekey_at = None
+        self._guard(self._enqueue, IkeRekey(), now)
+
+    def start_lifetime(self, now: float) -> None:
+        """Arms the IKE SA's rekey (jittered) and hard-expiry timers; called when established."""
+        cfg = self.config
+        self.last_inbound = max(self.last_inbound, now)
+        if cfg.rekey_time <= 0:
+            return
+        spread = cfg.rand_time if cfg.rand_time is not None else cfg.rekey_time / 10
+        self.ike_rekey_at = now + jittered(cfg.rekey_time, spread, self.rnd)
+        over = cfg.over_time if cfg.over_time is not None else max(1, cfg.rekey_time // 10)
+        self.ike_expire_at = now + cfg.rekey_time + over
+
+    def hand_over(self, new: IkeSa, now: float) -> None:
+        """Moves CHILD_SAs and queued requests to the successor SA (RFC 7296 2.8)."""
+        if self.successor is not None:
+            return
+        from meshsec.agent.ike.exchanges.informational import IkeDelete
+
+        self.successor = new
+        new.children.update(self.children)
+        self.children.clear()
+        moved = [t for t in self._queue if not isinstance(t, IkeDelete) and t.name != "ike_rekey"]
+        self._queue.clear()
+        new._queue.extend(moved)
+        self.ike_rekey_at = None
+        # A peer that never deletes its old SA must not keep it alive for ever.
+        self.ike_expire_at = now + REKEYED_GRACE
+        self.emit(IkeSaRekeyed(new.spi_i, new.spi_r, new.local_spi))
+        new._kick(now)
+
+    def child_exchange_in_flight(self) -> bool:
+        """Our CREATE_CHILD_SA (not an IKE rekey) is under way, or a CHILD_SA is mid-rekey."""
+        a = self._active
+        if a is not None and a.task.exchange is ExchangeType.CREATE_CHILD_SA and a.task.name != "ike_rekey":
+            return True
+        return any(c.state is ChildState.REKEYING for c in self.children.values())
 
     def check_liveness(self, now: float) -> None:
         from meshsec.agent.ike.exchanges.informational import Liveness
@@ -279,6 +337,9 @@ class IkeSa:
         if self._half_open() and self.created_at is not None:
             deadlines.append(self.created_at + HALF_OPEN_TIMEOUT)
         if self.state is State.ESTABLISHED:
+            for at in (self.ike_rekey_at, self.ike_expire_at):
+                if at is not None:
+                    deadlines.append(at)
             for c in self.children.values():
                 if c.rekey_at is not None and c.state is ChildState.INSTALLED:
                     deadlines.append(c.rekey_at)
@@ -319,6 +380,16 @@ class IkeSa:
         self.local = self.local.with_port(NATT_PORT)
         self.remote = self.remote.with_port(NATT_PORT)
         self.emit(PortsChanged(self.local.port, self.remote.port))
+
+    def find_child(self, spi_in: int) -> tuple[IkeSa, ChildSa] | None:
+        """The CHILD_SA with inbound SPI `spi_in` here or, after an IKE rekey, in a successor."""
+        sa: IkeSa | None = self
+        while sa is not None:
+            child = sa.children.get(spi_in)
+            if child is not None:
+                return sa, child
+            sa = sa.successor
+        return None
 
     def find_child_by_out(self, protocol: int, spi_out: int) -> ChildSa | None:
         return next(
@@ -397,6 +468,8 @@ class IkeSa:
         self.emit(event)
 
     def _kick(self, now: float) -> None:
+        if self._processing:
+            return
         while self._active is None and self._queue and self.state is not State.CLOSED:
             task = self._queue[0]
             needs_keys = task.exchange is not ExchangeType.IKE_SA_INIT
@@ -456,6 +529,8 @@ class IkeSa:
                 self.stats["retransmits"] += 1
                 self._emit_datagram(a.packet, now)
         if self.state is State.ESTABLISHED:
+            self._ike_timers(now)
+        if self.state is State.ESTABLISHED:
             self._child_timers(now)
         if (
             self.state is State.ESTABLISHED
@@ -464,6 +539,16 @@ class IkeSa:
             and now >= self._last_sent + self.config.natt_keepalive
         ):
             self._emit_datagram(NATT_KEEPALIVE, now, keepalive=True)
+
+    def _ike_timers(self, now: float) -> None:
+        if self.ike_expire_at is not None and now >= self.ike_expire_at:
+            self.ike_expire_at = None
+            log.info("IKE SA %s: lifetime over (rekey never succeeded, or replaced); deleting",
+                     self.local_spi.hex())  # fmt: skip
+            self._delete(now)
+            return
+        if self.ike_rekey_at is not None and now >= self.ike_rekey_at and self.successor is None:
+            self.rekey(now)
 
     def _child_timers(self, now: float) -> None:
         for c in list(self.children.values()):
@@ -569,6 +654,8 @@ class IkeSa:
         if is_init and self.created_at is None:
             self.created_at = now
             self.spi_i = header.spi_i
+        if msg is not None:
+            self.last_inbound = now
         handler = _RESPONDERS.get(ExchangeType(header.exchange))
         payloads: list[Payload]
         if error is not None:
@@ -669,8 +756,15 @@ class IkeSa:
             return
         if not is_init:
             self._update_addresses(local, remote)
+        self.last_inbound = now
         self._active = None
-        outcome = a.task.process(self, msg, datagram, now)
+        # While a task handles its response, requests it queues wait for the message ID to
+        # advance (below), so they never reuse the finished exchange's ID.
+        self._processing = True
+        try:
+            outcome = a.task.process(self, msg, datagram, now)
+        finally:
+            self._processing = False
         if self.state is State.CLOSED:
             return
         if outcome is Outcome.RETRY:

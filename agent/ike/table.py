@@ -39,7 +39,11 @@ class IkeSaTable:
     def add(self, sa: IkeSa) -> None:
         self._by_spi[sa.local_spi] = sa
         sa.on_pending = self._mark
+        sa.on_new_sa = self.add  # IKE rekeying makes successor SAs
         self._mark(sa)
+
+    def get(self, local_spi: bytes) -> IkeSa | None:
+        return self._by_spi.get(local_spi)
 
     def _mark(self, sa: IkeSa) -> None:
         self._pending_out[sa] = None

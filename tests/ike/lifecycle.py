@@ -86,6 +86,10 @@ class Agent:
     def sas(self) -> list[IkeSa]:
         return [sa for sa in self.table if not sa.closed]
 
+    def events_sas(self) -> list[IkeSa]:
+        """Every IKE SA that ever produced an event here (closed ones included)."""
+        return list(dict.fromkeys(sa for sa, _ in self.events))
+
     def sa(self) -> IkeSa:
         live = self.sas()
         assert len(live) == 1, live

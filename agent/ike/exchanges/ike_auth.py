@@ -37,12 +37,13 @@ def _id_payload(kind: PayloadType, ident: Identity) -> IdPayload:
     return IdPayload(kind, ident.id_type, ident.data)
 
 
-def _established(sa: IkeSa) -> None:
+def _established(sa: IkeSa, now: float) -> None:
     from meshsec.agent.ike.sa import State
 
     assert sa.chosen is not None and sa.remote_identity is not None
     c = sa.chosen
     sa.state = State.ESTABLISHED
+    sa.start_lifetime(now)
     sa.emit(
         IkeSaEstablished(
             sa.spi_i,
@@ -116,7 +117,7 @@ class IkeAuth:
             sa.fail("responder AUTH payload did not verify (wrong PSK?)")
             return Outcome.DONE
         sa.remote_identity = ident
-        _established(sa)
+        _established(sa, now)
         if self._req is not None:
             complete_child_initiator(sa, self._req, msg, sa.nonce_i, sa.nonce_r, now=now)
         return Outcome.DONE
@@ -175,7 +176,7 @@ def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
     )
     if msg.notify(NotifyType.INITIAL_CONTACT) is not None:
         sa.emit(InitialContactReceived(str(ident)))
-    _established(sa)
+    _established(sa, now)
     payloads: list[Payload] = [own, AuthPayload(AuthMethod.SHARED_KEY_MIC, my_auth)]
     if msg.find(PayloadType.SA) is not None:
         answer = respond_child(sa, msg, sa.nonce_i, sa.nonce_r, now=now)

@@ -63,7 +63,7 @@ def detect_nat(sa: IkeSa, msg: Message, spi_r: bytes, local: Address, remote: Ad
     return True
 
 
-def _setup_keys(sa: IkeSa, chosen: Chosen, shared: bytes) -> None:
+def setup_keys(sa: IkeSa, chosen: Chosen, shared: bytes, seed: bytes | None = None) -> None:
     assert chosen.prf is not None and chosen.encr is not None
     sa.chosen = chosen
     sa.prf = PRFS[chosen.prf]()
@@ -71,7 +71,9 @@ def _setup_keys(sa: IkeSa, chosen: Chosen, shared: bytes) -> None:
     sa.integ = INTEGS[chosen.integ] if chosen.integ else None
     if not sa.cipher.aead and sa.integ is None:
         raise CryptoError("non-AEAD cipher negotiated without integrity")
-    sa.keys = derive_ike_keys(sa.prf, sa.cipher, sa.integ, sa.nonce_i, sa.nonce_r, shared, sa.spi_i, sa.spi_r)
+    sa.keys = derive_ike_keys(
+        sa.prf, sa.cipher, sa.integ, sa.nonce_i, sa.nonce_r, shared, sa.spi_i, sa.spi_r, seed
+    )
     sa.install_protection()
 
 
@@ -146,7 +148,7 @@ class IkeInit:
         sa.spi_r = msg.header.spi_r
         sa.nonce_r = nonce.data
         sa.init_response = raw
-        _setup_keys(sa, chosen, shared)
+        setup_keys(sa, chosen, shared)
         from meshsec.agent.ike.sa import State
 
         sa.state = State.AUTHENTICATING
@@ -211,7 +213,7 @@ def respond_ike_init(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         return reject(NotifyType.INVALID_SYNTAX)
     sa.nonce_i = nonce.data
     sa.nonce_r = sa.rnd.bytes(NONCE_SIZE)
-    _setup_keys(sa, chosen, shared)
+    setup_keys(sa, chosen, shared)
     sa.state = State.AUTHENTICATING
     if detect_nat(sa, msg, bytes(8), sa.local, sa.remote):
         out_nat = nat_notifies(sa, sa.local, sa.remote)

@@ -53,9 +53,10 @@ class ChildDelete:
         return [DeletePayload(protocol, (struct.pack("!I", self.spi_in),))]
 
     def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
-        child = sa.children.get(self.spi_in)
-        if child is not None:
-            sa.remove_child(child, by_peer=False)
+        found = sa.find_child(self.spi_in)  # may have moved to a successor IKE SA meanwhile
+        if found is not None:
+            owner, child = found
+            owner.remove_child(child, by_peer=False)
         return Outcome.DONE
 
     def on_timeout(self, sa: IkeSa) -> None:
@@ -96,9 +97,15 @@ def respond_informational(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         for spi in p.spis:
             if len(spi) != 4:
                 continue
+            owner = sa
             child = sa.find_child_by_out(p.protocol, struct.unpack("!I", spi)[0])
+            if child is None and sa.successor is not None:
+                # Sent before the peer learnt of the IKE rekey: the CHILD_SA lives on in the
+                # successor (RFC 7296 1.4: "or its successor").
+                owner = sa.successor
+                child = owner.find_child_by_out(p.protocol, struct.unpack("!I", spi)[0])
             if child is None:
                 continue  # already gone, e.g. both ends deleted it at once (RFC 7296 1.4.1)
             answer.setdefault(p.protocol, []).append(struct.pack("!I", child.spi_in))
-            sa.remove_child(child, by_peer=True)
+            owner.remove_child(child, by_peer=True)
     return [DeletePayload(proto, tuple(spis)) for proto, spis in answer.items()]
