@@ -40,6 +40,7 @@ from meshsec.agent.ike import (
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRekeyed,
     IkeSaTable,
     InitialContactReceived,
     OutgoingDatagram,
@@ -331,7 +332,8 @@ class IkeAdapter:
             if sa is not None:
                 record = self.records.get(sa)
                 if record is None:
-                    self._adopt_responder_sa(sa)
+                    if not sa.spawned:  # a rekey's successor gets its record via IkeSaRekeyed
+                        self._adopt_responder_sa(sa)
                 elif record.children and self.installer is not None:
                     self._follow_addresses(record, self.installer)
         except Exception:  # the engine promises this cannot happen; the adapter must not die if it does
@@ -467,8 +469,14 @@ class IkeAdapter:
 
     def _dispatch(self, sa: IkeSa, ev: Event) -> None:
         record = self.records.get(sa)
+        if record is None and sa.spawned:
+            return  # the redundant IKE SA of a rekey collision: never carried anything
         if record is None:  # an SA the responder created and closed within one input
             record = self._track(sa)
+        if record.sa is not sa:
+            return  # an IKE SA replaced by a rekey, closing: its successor carries the record
+        if isinstance(ev, IkeSaRekeyed):
+            self._rekeyed(record, sa, ev)
         name = record.name
         spis = _SpiText(sa)
         verbose = log.isEnabledFor(logging.INFO)  # formatting selectors is not free at 1000s of SAs/s
@@ -527,11 +535,21 @@ class IkeAdapter:
                 self.stats["callback_errors"] += 1
                 log.exception("event callback failed")
 
+    def _rekeyed(self, record: SaRecord, old: IkeSa, ev: IkeSaRekeyed) -> None:
+        new = self.table.get(ev.new_local_spi)
+        if new is None:
+            log.error("%s: successor of IKE SA %s not found", record.name, _SpiText(old))
+            return
+        record.sa = new
+        self.records[new] = record
+        self._by_spi[new.local_spi] = new
+        log.info("%s: IKE SA %s REKEYED to %s", record.name, _SpiText(old), _SpiText(new))
+
     def _forget(self, sa: IkeSa) -> None:
         record = self.records.pop(sa, None)
         if self._by_spi.get(sa.local_spi) is sa:
             del self._by_spi[sa.local_spi]
-        if record is not None:
+        if record is not None and record.sa is sa:
             if record.stock is not None:
                 record.stock.release()
             self.history.append(record)
