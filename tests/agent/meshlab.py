@@ -23,7 +23,7 @@ from google.protobuf import struct_pb2
 
 from meshsec.agent.standalone.status import query_status
 from meshsec.v1 import admin_pb2, admin_pb2_grpc, common_pb2
-from tests.harness.netns import Host, Lab, Switch
+from tests.harness.netns import Host, Lab, PingResult, Switch, parse_ping
 
 API = "meshsec.io/v1alpha1"
 CTL_ADDR = "198.18.0.254"
@@ -191,6 +191,22 @@ class MeshLab:
         a, b = int(src[1:]), int(dst[1:])
         result = self.nodes[src].ping(f"198.19.{b}.1", src=f"198.19.{a}.1", count=count, wait=1.0)
         return result.loss_percent == 0
+
+    def ping_all_concurrently(self, seconds: float, interval: float) -> dict[tuple[str, str], PingResult]:
+        """Every ordered pair pings at once for `seconds` (inner address to inner address)."""
+        count = str(int(seconds / interval))
+        procs = {}
+        for a, b in self.pairs():
+            log = self.work / f"ping-{a}-{b}.log"
+            log.unlink(missing_ok=True)
+            argv = ["ping", "-n", "-q", "-c", count, "-i", str(interval), "-W", "1",
+                    "-I", f"198.19.{a[1:]}.1", f"198.19.{b[1:]}.1"]  # fmt: skip
+            procs[(a, b)] = (self.nodes[a].popen(argv, log=log), log)
+        results = {}
+        for pair, (proc, log) in procs.items():
+            proc.wait(seconds + 15)
+            results[pair] = parse_ping(log.read_text())
+        return results
 
     def pairs(self) -> list[tuple[str, str]]:
         names = sorted(self.nodes)

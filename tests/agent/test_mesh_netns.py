@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,8 +25,9 @@ pytestmark = [pytest.mark.netns, pytest.mark.timeout(150)]
 
 
 @pytest.fixture
-def mesh() -> Iterator[MeshLab]:
-    with Lab(prefix="ag-") as lab:
+def mesh(tmp_path: Path) -> Iterator[MeshLab]:
+    # The workdir (controller and agent logs) outlives the lab for a post-mortem of failures.
+    with Lab(prefix="ag-", workdir=tmp_path) as lab:
         m = MeshLab(lab)
         m.start_controller()
         m.mesh_policy()
@@ -102,11 +104,11 @@ def test_headless_restart_recovery_and_graceful_shutdown(mesh: MeshLab) -> None:
     mesh.wait_mesh()
     before = {name: ike_spis(mesh, name) for name in mesh.nodes}
 
-    # Controller gone: traffic keeps flowing without a single lost packet.
+    # Controller gone: 15 s of pings on every pair at once, without a single loss.
     mesh.kill_controller()
-    for a, b in (("n1", "n2"), ("n2", "n3"), ("n3", "n1")):
-        result = mesh.nodes[a].ping(f"198.19.{b[1:]}.1", src=f"198.19.{a[1:]}.1", count=25, interval=0.2)
-        assert result.loss_percent == 0, (a, b, result)
+    results = mesh.ping_all_concurrently(seconds=15.0, interval=0.2)
+    for pair, result in results.items():
+        assert result.transmitted >= 70 and result.loss_percent == 0, (pair, result)
     assert not mesh.status("n1")["controller"]["connected"]
     assert {name: ike_spis(mesh, name) for name in mesh.nodes} == before
 
