@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from meshsec.common.secrets import Secret  # noqa: E402
-from tests.dataplane.sites import INNER, INNER_NET, UNDERLAY, Suite, build_tunnel, make_sites, sa_key  # noqa: E402
+from tests.dataplane.sites import INNER, INNER_NET, UNDERLAY, Suite, build_tunnel, make_sites, ping_ok, sa_key  # noqa: E402
 from tests.harness.netns import Host, Lab  # noqa: E402
 from tests.harness.strongswan import CharonFactory, Child, Connection, Psk  # noqa: E402
 
@@ -99,7 +99,7 @@ def measure(name: str, lab: Lab, a: Host, b: Host, pids: list[int], packets: Cal
 def meshsec_run(name: str, suite: Suite, loop: str, seconds: int) -> Result:
     with Lab(prefix="ud-", workdir=Path(tempfile.mkdtemp(prefix="ud-bench-"))) as lab:
         t = build_tunnel(lab, suite, loop=loop)
-        assert t.a.ping(INNER[1], src=INNER[0], count=2, wait=5).ok
+        assert ping_ok(t.a, INNER[1], INNER[0], 2)
 
         def packets() -> int:
             total = 0
@@ -131,7 +131,7 @@ def libipsec_run(name: str, esp: str, seconds: int) -> Result:
                 )
                 started.append(charons.start(host, [conn]))
             started[0].initiate("bench", "net", timeout=15)
-            assert a.ping(INNER[1], src=INNER[0], count=2, wait=5).ok
+            assert ping_ok(a, INNER[1], INNER[0], 2)
 
             def packets() -> int:
                 child = started[0].list_sas()[0].children[0]

@@ -261,3 +261,14 @@ else:
 def inject(host: Host, kind: str, dst: str, data: bytes) -> None:
     """Send `data` as raw ESP (kind 'esp') or as a UDP datagram to port 4500 (kind 'udp')."""
     host.run([sys.executable, "-c", _INJECT, kind, dst, data.hex()])
+
+
+def ping_ok(host: Host, dst: str, src: str, count: int = 3) -> bool:
+    """All `count` echo replies arrive within 10 s. `-w` (a deadline) rather than the harness's
+    `-W`: after a first reply, `-W` waits only two RTTs for the rest, which a loaded CI machine
+    exceeds now and then."""
+    from tests.harness.netns import parse_ping
+
+    argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.05", "-w", "10", "-I", src, dst]
+    result = parse_ping(host.run(argv, check=False, timeout=20).stdout)
+    return result.ok

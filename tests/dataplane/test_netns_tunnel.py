@@ -16,6 +16,7 @@ from tests.dataplane.sites import (
     classify,
     inject,
     ip_payload,
+    ping_ok,
     sa_key,
     tcp_transfer,
 )
@@ -36,8 +37,8 @@ def test_tunnel_ping_tcp_and_wire_is_encrypted(lab: Lab, name: str) -> None:
     suite = ESP_SUITES[name]
     t = build_tunnel(lab, suite)
     cap = Capture(lab, t.b, t.veth_b)
-    assert t.a.ping(INNER[1], src=INNER[0], count=5, wait=5).ok
-    assert t.b.ping(INNER[0], src=INNER[1], count=2, wait=5).ok
+    assert ping_ok(t.a, INNER[1], INNER[0], 5)
+    assert ping_ok(t.b, INNER[0], INNER[1], 2)
     sent, received = tcp_transfer(lab, t.a, t.b, INNER[0], INNER[1], 2_000_000)
     assert sent == received and sent.startswith("2000000 ")
     frames = cap.stop()
@@ -59,7 +60,7 @@ def test_tunnel_ping_tcp_and_wire_is_encrypted(lab: Lab, name: str) -> None:
 def test_replayed_and_tampered_packets_are_dropped_and_counted(lab: Lab, encap: bool) -> None:
     t = build_tunnel(lab, Suite("aes-gcm-16", encap=encap))
     cap = Capture(lab, t.b, t.veth_b)
-    assert t.a.ping(INNER[1], src=INNER[0], count=3, wait=5).ok
+    assert ping_ok(t.a, INNER[1], INNER[0], 3)
     frames = cap.stop()
     kind = "udp4500" if encap else "esp"
     to_b = [f for f in frames if classify(f) == kind and f[14 + 16 : 14 + 20] == bytes([198, 18, 0, 2])]
@@ -76,7 +77,7 @@ def test_replayed_and_tampered_packets_are_dropped_and_counted(lab: Lab, encap: 
     inject(t.a, "udp" if encap else "esp", UNDERLAY[1], bytes(tampered))
     inject(t.a, "udp" if encap else "esp", UNDERLAY[1], b"\x00\x00\x10\x01" + bytes(3))  # short
     inject(t.a, "udp" if encap else "esp", UNDERLAY[1], b"\x99\x99\x99\x99" + bytes(60))  # unknown SPI
-    assert t.a.ping(INNER[1], src=INNER[0], count=3, wait=5).ok  # traffic continues
+    assert ping_ok(t.a, INNER[1], INNER[0], 3)  # traffic continues
     after = t.dp_b.call("counters", sa=sa_key(t.sa_ab))["counters"]
     assert after["replay_dropped"] - before["replay_dropped"] == 2
     assert after["integrity_failed"] - before["integrity_failed"] == 1
@@ -88,7 +89,7 @@ def test_replayed_and_tampered_packets_are_dropped_and_counted(lab: Lab, encap: 
 def test_transport_mode_esp(lab: Lab) -> None:
     t = build_tunnel(lab, Suite("aes-gcm-16", mode="transport"))
     cap = Capture(lab, t.b, t.veth_b)
-    assert t.a.ping(UNDERLAY[1], src=UNDERLAY[0], count=3, wait=5).ok
+    assert ping_ok(t.a, UNDERLAY[1], UNDERLAY[0], 3)
     sent, received = tcp_transfer(lab, t.a, t.b, UNDERLAY[0], UNDERLAY[1], 300_000)
     assert sent == received
     frames = cap.stop()
@@ -102,7 +103,7 @@ def test_ah(lab: Lab, mode: str) -> None:
     t = build_tunnel(lab, Suite(None, "hmac-sha256", protocol="ah", mode=mode))  # type: ignore[arg-type]
     src, dst = INNER if mode == "tunnel" else UNDERLAY
     cap = Capture(lab, t.b, t.veth_b)
-    assert t.a.ping(dst, src=src, count=3, wait=5).ok
+    assert ping_ok(t.a, dst, src, 3)
     sent, received = tcp_transfer(lab, t.a, t.b, src, dst, 200_000)
     assert sent == received
     frames = cap.stop()
