@@ -257,13 +257,17 @@ def parse_child(node: _Node, name: str) -> ChildConfig:
     mode = node.choice("mode", ("tunnel", "transport"), "tunnel")
     rekey = node.duration("rekey_time", 3600)
     life = node.duration("life_time", rekey * 1.1)
+    rand = node.optional("rand_time")
+    rand_time = None if rand is None else int(node.duration("rand_time", 0))
+    volume = {k: node.get(k, int, 0) for k in ("rekey_bytes", "life_bytes", "rekey_packets", "life_packets")}
     node.check_unknown()
     return _wrap(
         node.path,
         lambda: ChildConfig(
-            name, local_ts, remote_ts, ",".join(proposals), protocol, mode, int(rekey), int(life)
+            name, local_ts, remote_ts, ",".join(proposals), protocol, mode, int(rekey), int(life),
+            rand_time, **volume,
         ),
-    )
+    )  # fmt: skip
 
 
 def _psk(node: _Node, base: Path) -> Secret:
@@ -366,6 +370,13 @@ def parse_connection(node: _Node, name: str, base: Path) -> Connection:
     )
     retransmit.check_unknown()
     remote_port = _port(node, "remote_port", 500)
+    ike_rekey = int(node.duration("rekey_time", 14400))
+    ike_rand = None if node.optional("rand_time") is None else int(node.duration("rand_time", 0))
+    ike_over = None if node.optional("over_time") is None else int(node.duration("over_time", 0))
+    dpd = node.child("dpd")
+    dpd_delay = dpd.duration("delay", 0.0)
+    dpd_action = dpd.choice("action", ("clear", "restart", "hold"), "clear")
+    dpd.check_unknown()
     ike = _wrap(
         node.path,
         lambda: IkeConfig(
@@ -380,6 +391,11 @@ def parse_connection(node: _Node, name: str, base: Path) -> Connection:
             send_initial_contact=node.get("send_initial_contact", bool, True),
             natt_keepalive=node.duration("keepalive", 20.0),
             force_encap=node.get("encap", bool, False),
+            rekey_time=ike_rekey,
+            rand_time=ike_rand,
+            over_time=ike_over,
+            dpd_delay=dpd_delay,
+            dpd_action=dpd_action,
         ),
     )
     node.check_unknown()
