@@ -77,6 +77,7 @@ class ControllerMetrics:
             "meshsec_controller_store_errors", "Store calls that raised", labelnames=["op"], registry=r
         )
         self.is_leader = Gauge("meshsec_controller_leader", "1 while this replica is the leader", registry=r)
+        self._bytes_by_kind = {kind: self.bytes_pushed.labels(kind) for kind in ("snapshot", "delta")}
         self._pending_ack: dict[str, tuple[int, float]] = {}
 
     def bind(
@@ -98,7 +99,7 @@ class ControllerMetrics:
     def pushed(self, node: str, version: int, computed_at: float, size: int, kind: str) -> None:
         now = time.monotonic()
         self.push_seconds.observe(now - computed_at)
-        self.bytes_pushed.labels(kind).inc(size)
+        self._bytes_by_kind[kind].inc(size)
         self._pending_ack[node] = (version, computed_at)
 
     def acknowledged(self, node: str, version: int) -> None:

@@ -231,7 +231,8 @@ def desired_tunnel(
     out.peer_site = peer_site
     if tunnel.local_endpoints:
         out.local_endpoint.address = tunnel.local_endpoints[0]
-    out.remote_endpoints.extend(common_pb2.Endpoint(address=a) for a in tunnel.remote_endpoints)
+    for address in tunnel.remote_endpoints:
+        out.remote_endpoints.add(address=address)
     out.local_id.type = _identity_type(tunnel.local_ike_id)
     out.local_id.value = tunnel.local_ike_id
     out.remote_id.type = _identity_type(tunnel.remote_ike_id)
@@ -244,8 +245,10 @@ def desired_tunnel(
     for c in tunnel.children:
         child = out.children.add()
         child.CopyFrom(_child_shared(c.name, c.mode, c.protocol, c.lifetime_s, tunnel.start_action))
-        child.local_ts.extend(common_pb2.TrafficSelector(cidr=ts) for ts in c.local_ts)
-        child.remote_ts.extend(common_pb2.TrafficSelector(cidr=ts) for ts in c.remote_ts)
+        for ts in c.local_ts:
+            child.local_ts.add(cidr=ts)
+        for ts in c.remote_ts:
+            child.remote_ts.add(cidr=ts)
     out.initiator = tunnel.initiator
     out.generation = generation
     return out
