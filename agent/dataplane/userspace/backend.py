@@ -268,16 +268,20 @@ class UserspaceDataPlane:
             else:
                 self._policies[key] = old
             raise DataPlaneError(f"policy {policy.selector} {policy.direction.value}: {exc}") from exc
-        if policy.direction is Direction.OUT and old is None and policy.action is not PolicyAction.BYPASS:
-            assert self._routes is not None
-            await self._routes.add(policy.selector.dst, policy.selector.src)
+        routes = self._routes
+        assert routes is not None
+        had, needs = _routed(old), _routed(policy)
+        if needs and not had:
+            await routes.add(policy.selector.dst, policy.selector.src)
+        elif had and not needs:
+            await routes.remove(policy.selector.dst)
 
     async def delete_policy(self, selector: TrafficSelector, direction: Direction) -> None:
         old = self._policies.pop((selector, direction), None)
         if old is None:
             return
         self._rebuild_spd()
-        if direction is Direction.OUT and old.action is not PolicyAction.BYPASS and self._routes is not None:
+        if _routed(old) and self._routes is not None:
             await self._routes.remove(selector.dst)
 
     def _rebuild_spd(self) -> None:
@@ -326,3 +330,10 @@ class UserspaceDataPlane:
         threaded = isinstance(self._driver, ThreadDriver)
         deliver = make_ike_delivery(self._loop, ike_receiver, local, threaded=threaded)
         self._driver.add(sock.fileno(), self._readers.udp_reader(sock, deliver))
+
+
+def _routed(policy: Policy | None) -> bool:
+    """Outbound PROTECT/BLOCK policies pull their destination into the TUN; BYPASS does not."""
+    if policy is None or policy.direction is not Direction.OUT:
+        return False
+    return policy.action is not PolicyAction.BYPASS
