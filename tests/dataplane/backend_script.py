@@ -152,8 +152,11 @@ async def main() -> None:
 
     await dp.delete_sa(short.id)  # deleting what is gone is not an error
     await dp.delete_policy(SEL, Direction.FWD)
-    await dp.ensure_policy(Policy(TrafficSelector(SEL.src, ipaddress.ip_network("198.19.3.0/24")),
-                                  Direction.OUT, action=PolicyAction.BLOCK))
+    sel3 = TrafficSelector(SEL.src, ipaddress.ip_network("198.19.3.0/24"))
+    await dp.ensure_policy(Policy(sel3, Direction.OUT, action=PolicyAction.BLOCK))
+    assert "198.19.3.0/24" in [x["dst"] for x in routes()]
+    await dp.ensure_policy(Policy(sel3, Direction.OUT, action=PolicyAction.BYPASS))  # no longer routed
+    assert "198.19.3.0/24" not in [x["dst"] for x in routes()]
     await dp.flush_owned()
     owned = await dp.list_owned()
     assert not owned.sas and not owned.policies
