@@ -252,7 +252,7 @@ def _full_mesh(n: int) -> MeshIndex:
         ),
     ]
     docs += [node(f"m{i:04d}", f"s{i % 2}", public=[f"198.18.{i // 250}.{i % 250 + 1}"]) for i in range(n)]
-    index.apply(Upsert(r) for r in parsed(*docs))
+    index.apply((Upsert(r) for r in parsed(*docs)), deltas=False)
     return index
 
 
@@ -288,7 +288,7 @@ def test_spoke_join_touches_only_the_hubs(monkeypatch: Any) -> None:
     spokes = [
         node(f"spoke{i:03d}", "s1", private=[f"198.18.6.{i + 1}"], labels={"hs": "yes"}) for i in range(200)
     ]
-    index.apply(Upsert(r) for r in parsed(*hubs, *spokes))
+    index.apply((Upsert(r) for r in parsed(*hubs, *spokes)), deltas=False)
     mesh_policy = index.get(Kind.MESH_POLICY, "mesh")
     assert mesh_policy is not None
     index.apply([Delete(Kind.MESH_POLICY, "mesh")])
