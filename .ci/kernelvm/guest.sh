@@ -23,12 +23,13 @@ for m in xfrm_user esp4 esp6 ah4 xfrm_interface veth nf_tables \
 done
 ip link set lo up
 hostname kernel-lane
-echo "lane-guest: kernel $(uname -r), running: $LANE_COMMAND"
+echo "lane-guest: kernel $(uname -r), at $(cut -d' ' -f1 /proc/uptime)s running: $LANE_COMMAND"
 cd "$LANE_CWD" || true
 sh -c "$LANE_COMMAND"
 rc=$?
 echo "$rc" > /lane-results/rc
 sync
+echo "lane-guest: command done at $(cut -d' ' -f1 /proc/uptime)s"
 echo "MESHSEC-LANE-EXIT=$rc"
 umount /lane-results 2>/dev/null
 /bin/busybox poweroff -f
