@@ -303,3 +303,37 @@ async def test_ensure_policies_batches_and_reports_only_the_failed_ones(dp: Kern
     assert set((await dp.list_owned()).policies) == {(p.selector, Direction.OUT) for p in good}
     await dp.ensure_policies(good)  # replacing all is fine
     assert len(_xfrm_policies(host)) == 300
+
+
+def _server_mss(client: Host, server: Host, port: int) -> int:
+    """The MSS a TCP server ends up with for a connection from `client` (it never exceeds what
+    the client's SYN advertised, as it reached the server)."""
+    listener = pr_netns.create_socket(server.ns, socket.AF_INET, socket.SOCK_STREAM)
+    conn = pr_netns.create_socket(client.ns, socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind(("198.19.2.1", port))
+        listener.listen(1)
+        conn.settimeout(5)
+        conn.connect(("198.19.2.1", port))
+        listener.settimeout(5)
+        accepted, _ = listener.accept()
+        with accepted:
+            return int(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
+    finally:
+        conn.close()
+        listener.close()
+
+
+async def test_mss_clamping_limits_forwarded_syns_to_the_route_mtu(lab: Lab) -> None:
+    client, router, server = lab.host("c"), lab.router("r"), lab.host("s")
+    lab.link(client, router, "198.18.1.2/24", "198.18.1.1/24")
+    lab.link(router, server, "198.18.2.1/24", "198.18.2.2/24")
+    server.add_loopback_address("198.19.2.1/32")
+    client.add_route("default", via="198.18.1.1")
+    server.add_route("default", via="198.18.2.1")
+    # The tunnelled prefix's route on the forwarding node carries the tunnel MTU.
+    await mtu.ensure_tunnel_route(router.ns, NET2, 1400, via=ipaddress.ip_address("198.18.2.2"))
+    before = await asyncio.to_thread(_server_mss, client, server, 5001)
+    await mtu.ensure_mss_clamping(router.ns)
+    after = await asyncio.to_thread(_server_mss, client, server, 5002)
+    assert before > 1360 >= after, (before, after)  # 1400 - 40: clamped to the route MTU on the way
