@@ -262,3 +262,49 @@ def test_batch_parse_reports_all_manifests_and_yaml_errors() -> None:
     ]
     with pytest.raises(ValidationError, match="YAML"):
         load_yaml("kind: [unclosed")
+
+
+def test_canonical_manifest_round_trips() -> None:
+    from meshsec.controller.resources.serialize import to_manifest
+
+    resources = load_yaml(EXAMPLE.read_text())
+    resources.append(
+        parse_resource(
+            policy(
+                "p",
+                "partial",
+                "node",
+                {"matchExpressions": [{"key": "z", "operator": "In", "values": ["b", "a"]}]},
+                partial={"pairs": [["b", "a"]], "rules": [{"from": {"matchLabels": {"t": "x"}}, "to": {}}]},
+                auth={"method": "psk", "pskGeneration": 3},
+                mode="transport",
+            )
+        )
+    )
+    resources.append(
+        parse_resource(
+            policy(
+                "h",
+                "hub-and-spoke",
+                "site",
+                protocol="ah",
+                hubs={
+                    "selector": {"matchLabels": {"hub": "yes"}},
+                    "spokeToSpoke": True,
+                    "transitPrefixes": ["10.0.0.0/8"],
+                },
+            )
+        )
+    )
+    with_status = node("n", "dc1", public=["198.18.0.1"])
+    with_status["spec"]["identity"]["certificateId"] = "ab:cd"
+    with_status["status"] = {
+        "phase": "Ready",
+        "observedEndpoints": ["198.18.0.7"],
+        "conditions": [{"type": "Connected", "status": "True", "reason": "Agent"}],
+    }
+    resources.append(parse_resource(with_status))
+    for resource in resources:
+        manifest = to_manifest(resource)
+        assert parse_resource(manifest) == resource
+        assert to_manifest(parse_resource(manifest)) == manifest
