@@ -147,8 +147,8 @@ def main() -> None:
     print(f"load average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(
         "join/leave: median of --joins runs, validation included; ends: tunnel ends in the deltas of one "
-        "join; index MB: memory the index adds for N nodes on top of the parsed resources (no tunnels are stored); list: "
-        "desired_tunnels() of one node."
+        "join; index MB: memory the index adds for N nodes on top of the parsed resources (no tunnels "
+        "are stored); list: desired_tunnels() of one node."
     )
 
 
