@@ -1,0 +1,344 @@
+"""Machine-readable shape of each kind's ``spec`` and ``status``: the single source the CRDs'
+openAPIV3Schema is generated from (`meshsec.controller.operator.crds`).
+
+The parser (`parse.py`) stays the authority on what is valid; this table states the shape
+(field names, types, enums, numeric bounds, required fields) that Kubernetes can check before a
+custom resource is stored. Enum values and lifetime bounds are taken from the model and the
+cloud profiles, not restated. `tests/k8s/test_schema.py` keeps the two from drifting: every
+object's property names must equal the keys the parser accepts at that path, and the examples
+and a set of broken documents must get the same verdict from both.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshsec.controller.resources.cloud import PROFILES
+from meshsec.controller.resources.model import (
+    AuthMethod,
+    CloudProfileName,
+    DpdAction,
+    IpsecProtocol,
+    Kind,
+    Mode,
+    Scope,
+    StartAction,
+    Topology,
+)
+from meshsec.controller.resources.selector import Operator
+
+MAX_INT32 = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class String:
+    description: str = ""
+    enum: tuple[str, ...] = ()
+    # "ip" (IPv4 or IPv6 address), "cidr" or "" (any string).
+    format: str = ""
+    min_length: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Integer:
+    description: str = ""
+    minimum: int | None = None
+    maximum: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Boolean:
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StringMap:
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Array:
+    items: Schema
+    description: str = ""
+    min_items: int = 0
+    max_items: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Object:
+    properties: Mapping[str, Schema]
+    description: str = ""
+    required: tuple[str, ...] = ()
+
+
+Schema = String | Integer | Boolean | StringMap | Array | Object
+
+
+def _values(enum_type: type[enum.Enum]) -> tuple[str, ...]:
+    return tuple(str(m.value) for m in enum_type)
+
+
+def _lifetime_bounds(names: tuple[CloudProfileName, ...], child: bool) -> tuple[int, int]:
+    """The widest range any of these profiles allows; the parser narrows it per profile."""
+    ranges = [PROFILES[n].child_lifetime_range if child else PROFILES[n].ike_lifetime_range for n in names]
+    return min(low for low, _ in ranges), max(high for _, high in ranges)
+
+
+def _selector(description: str) -> Object:
+    return Object(
+        description=description + " (Kubernetes label selector; {} selects everything)",
+        properties={
+            "matchLabels": StringMap(description="labels that must all be equal"),
+            "matchExpressions": Array(
+                items=Object(
+                    properties={
+                        "key": String(description="label key"),
+                        "operator": String(enum=_values(Operator)),
+                        "values": Array(items=String(), description="for In and NotIn; empty otherwise"),
+                    },
+                    required=("key", "operator"),
+                )
+            ),
+        },
+    )
+
+
+def _prefixes(description: str, min_items: int = 0) -> Array:
+    return Array(items=String(format="cidr"), description=description, min_items=min_items)
+
+
+def _crypto(profiles: tuple[CloudProfileName, ...], description: str) -> Object:
+    ike_low, ike_high = _lifetime_bounds(profiles, child=False)
+    child_low, child_high = _lifetime_bounds(profiles, child=True)
+    return Object(
+        description=description,
+        properties={
+            "ikeProposals": Array(
+                items=String(), description="strongSwan-style IKE proposals, e.g. aes256gcm16-prfsha256-x25519"
+            ),
+            "espProposals": Array(
+                items=String(), description="ESP (or AH) proposals; a D-H group in them means PFS"
+            ),
+            "ikeLifetimeSeconds": Integer(minimum=ike_low, maximum=ike_high),
+            "childLifetimeSeconds": Integer(
+                minimum=child_low, maximum=child_high, description="not above ikeLifetimeSeconds"
+            ),
+            "pfs": Boolean(description="must agree with the D-H groups in espProposals"),
+            "dpd": Object(
+                properties={
+                    "delaySeconds": Integer(minimum=1, maximum=3600),
+                    "timeoutSeconds": Integer(minimum=1, maximum=86400, description="at least delaySeconds"),
+                    "action": String(enum=_values(DpdAction)),
+                }
+            ),
+        },
+    )
+
+
+_START_ACTION = String(enum=_values(StartAction), description="for the initiating side")
+
+SITE_SPEC = Object(
+    properties={
+        "prefixes": _prefixes("CIDRs behind the site (host bits zero, no overlaps)", min_items=1),
+        "gatewaySelector": _selector("nodes of this site that are its gateways"),
+    },
+    required=("prefixes", "gatewaySelector"),
+)
+
+NODE_SPEC = Object(
+    properties={
+        "site": String(description="name of the Site the node belongs to"),
+        "endpoints": Object(
+            description="underlay addresses; at least one",
+            properties={
+                "public": Array(items=String(format="ip")),
+                "private": Array(items=String(format="ip")),
+            },
+        ),
+        "identity": Object(
+            properties={
+                "ikeId": String(description="IKE identity; defaults to the node name"),
+                "certificateId": String(description="serial of the certificate the controller CA issued"),
+            }
+        ),
+    },
+    required=("site", "endpoints"),
+)
+
+MESH_POLICY_SPEC = Object(
+    properties={
+        "topology": String(enum=_values(Topology)),
+        "scope": String(enum=_values(Scope), description="node: node to node; site: gateway to gateway"),
+        "members": _selector("Nodes (scope node) or Sites (scope site) in the mesh"),
+        "hubs": Object(
+            description="hub-and-spoke only",
+            properties={
+                "selector": _selector("the members that are hubs"),
+                "spokeToSpoke": Boolean(description="hubs carry spoke-to-spoke traffic"),
+                "transitPrefixes": _prefixes("with spokeToSpoke: supernets spokes reach through hubs"),
+            },
+            required=("selector",),
+        ),
+        "partial": Object(
+            description="partial only: pairs and/or rules",
+            properties={
+                "pairs": Array(items=Array(items=String(), min_items=2, max_items=2)),
+                "rules": Array(
+                    items=Object(
+                        properties={"from": _selector("one side"), "to": _selector("other side")},
+                        required=("from", "to"),
+                    )
+                ),
+            },
+        ),
+        "crypto": _crypto((CloudProfileName.GENERIC,), "defaults: the generic profile"),
+        "auth": Object(
+            properties={
+                "method": String(enum=_values(AuthMethod)),
+                "pskGeneration": Integer(minimum=1, maximum=MAX_INT32, description="bump to rotate PSKs"),
+            }
+        ),
+        "mode": String(enum=_values(Mode), description="transport needs scope node"),
+        "protocol": String(enum=_values(IpsecProtocol)),
+        "startAction": _START_ACTION,
+    },
+    required=("topology", "scope", "members"),
+)
+
+EXTERNAL_GATEWAY_SPEC = Object(
+    properties={
+        "address": String(format="ip"),
+        "ikeId": String(description="defaults to the address"),
+        "auth": Object(
+            properties={"pskSecretRef": String(description="name of the Secret holding the PSK")},
+            required=("pskSecretRef",),
+        ),
+        "prefixes": _prefixes("CIDRs behind the gateway", min_items=1),
+        "sites": Array(items=String(), min_items=1, description="every gateway of these sites connects"),
+        "profile": String(enum=_values(CloudProfileName)),
+        "crypto": _crypto(tuple(CloudProfileName), "overrides, checked against the profile"),
+        "startAction": _START_ACTION,
+    },
+    required=("address", "auth", "prefixes", "sites"),
+)
+
+SPECS: dict[Kind, Object] = {
+    Kind.SITE: SITE_SPEC,
+    Kind.NODE: NODE_SPEC,
+    Kind.MESH_POLICY: MESH_POLICY_SPEC,
+    Kind.EXTERNAL_GATEWAY: EXTERNAL_GATEWAY_SPEC,
+}
+
+# --- status: observed state, written by the controller side, never a mesh input ------------------
+
+CONDITION = Object(
+    properties={
+        "type": String(description="Ready, Synced"),
+        "status": String(enum=("True", "False", "Unknown")),
+        "reason": String(min_length=0, description="CamelCase, e.g. Applied, ValidationFailed"),
+        "message": String(
+            min_length=0, description="for validation failures: every problem as field.path: reason"
+        ),
+        "lastTransitionTime": String(description="RFC 3339"),
+        "observedGeneration": Integer(minimum=0),
+    },
+    required=("type", "status"),
+)
+
+_STATUS_COMMON: dict[str, Schema] = {
+    "observedGeneration": Integer(minimum=0, description="metadata.generation the conditions are about"),
+    "conditions": Array(items=CONDITION),
+    "tunnels": Object(
+        description="tunnels this resource takes part in, as the controller sees them",
+        properties={
+            "desired": Integer(minimum=0),
+            "established": Integer(minimum=0),
+            "failed": Integer(minimum=0),
+        },
+    ),
+}
+
+STATUS: dict[Kind, Object] = {
+    Kind.SITE: Object(properties=_STATUS_COMMON),
+    Kind.NODE: Object(
+        properties={
+            **_STATUS_COMMON,
+            "phase": String(min_length=0, description="Ready once the agent reports"),
+            "observedEndpoints": Array(items=String(format="ip")),
+        }
+    ),
+    Kind.MESH_POLICY: Object(properties=_STATUS_COMMON),
+    Kind.EXTERNAL_GATEWAY: Object(properties=_STATUS_COMMON),
+}
+
+
+# --- rendering -------------------------------------------------------------------------------------
+
+
+def to_openapi(schema: Schema) -> dict[str, Any]:
+    """A structural OpenAPI v3 schema as Kubernetes' apiextensions/v1 accepts it."""
+    out: dict[str, Any] = {}
+    if isinstance(schema, String):
+        out["type"] = "string"
+        if schema.min_length:
+            out["minLength"] = schema.min_length
+        if schema.enum:
+            out["enum"] = list(schema.enum)
+        if schema.format == "cidr":
+            out["format"] = "cidr"
+        elif schema.format == "ip":
+            out["anyOf"] = [{"format": "ipv4"}, {"format": "ipv6"}]
+    elif isinstance(schema, Integer):
+        out["type"] = "integer"
+        if schema.minimum is not None:
+            out["minimum"] = schema.minimum
+        if schema.maximum is not None:
+            out["maximum"] = schema.maximum
+    elif isinstance(schema, Boolean):
+        out["type"] = "boolean"
+    elif isinstance(schema, StringMap):
+        out["type"] = "object"
+        out["additionalProperties"] = {"type": "string"}
+    elif isinstance(schema, Array):
+        out["type"] = "array"
+        out["items"] = to_openapi(schema.items)
+        if schema.min_items:
+            out["minItems"] = schema.min_items
+        if schema.max_items is not None:
+            out["maxItems"] = schema.max_items
+    else:
+        out["type"] = "object"
+        out["properties"] = {name: to_openapi(sub) for name, sub in schema.properties.items()}
+        if schema.required:
+            out["required"] = list(schema.required)
+    if schema.description:
+        out["description"] = schema.description
+    return out
+
+
+def objects(schema: Schema, path: str = "") -> Iterator[tuple[str, Object]]:
+    """Every Object in the tree with its path; list items are written ``path[]``."""
+    if isinstance(schema, Object):
+        yield path, schema
+        for name, sub in schema.properties.items():
+            yield from objects(sub, f"{path}.{name}" if path else name)
+    elif isinstance(schema, Array):
+        yield from objects(schema.items, f"{path}[]")
+
+
+__all__ = [
+    "SPECS",
+    "STATUS",
+    "Array",
+    "Boolean",
+    "Integer",
+    "Object",
+    "Schema",
+    "String",
+    "StringMap",
+    "objects",
+    "to_openapi",
+]
