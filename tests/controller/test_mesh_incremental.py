@@ -18,10 +18,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshsec.controller.mesh import Delete, MeshIndex, Tunnel, Upsert
+from meshsec.controller.mesh import Delete, MeshIndex, PeerKind, Tunnel, Upsert
 from meshsec.controller.mesh import index as index_module
 from meshsec.controller.resources import ValidationError, parse_resource
-from meshsec.controller.resources.model import Kind, Resource, resource_key
+from meshsec.controller.resources.model import Kind, Mode, Resource, resource_key
 from tests.controller.test_mesh_support import external, node, parsed, policy, reference_state, site
 
 SITE_NAMES = ["s0", "s1", "s2"]
@@ -168,6 +168,26 @@ def _from_scratch_errors(resources: list[Resource]) -> list[str]:
     return [str(e) for e in fresh.validate_all()]
 
 
+def _assert_ends_agree(state: dict[str, dict[str, Tunnel]]) -> None:
+    """Both ends of a node-to-node tunnel share id and auth, mirror selectors, and one initiates."""
+    for name, tunnels in state.items():
+        for t in tunnels.values():
+            if t.peer_kind is not PeerKind.NODE:
+                continue
+            other = state[t.peer][t.id]
+            assert (other.peer, other.local_ike_id, other.remote_ike_id) == (
+                name,
+                t.remote_ike_id,
+                t.local_ike_id,
+            )
+            assert other.auth == t.auth and other.initiator != t.initiator
+            if t.children[0].mode is Mode.TUNNEL:
+                assert (other.children[0].local_ts, other.children[0].remote_ts) == (
+                    t.children[0].remote_ts,
+                    t.children[0].local_ts,
+                )
+
+
 def _non_empty(state: dict[str, dict[str, Tunnel]]) -> dict[str, dict[str, Tunnel]]:
     return {n: t for n, t in state.items() if t}
 
@@ -204,6 +224,7 @@ def test_incremental_matches_from_scratch(history: list[list[Upsert | Delete]]) 
                 tunnels[t.id] = t
         reference = _non_empty(reference_state(would_be))
         assert _non_empty(model) == reference
+        _assert_ends_agree(reference)
         assert (
             _non_empty({n: {t.id: t for t in index.desired_tunnels(n)} for n in index.nodes()}) == reference
         )
