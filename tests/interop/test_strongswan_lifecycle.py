@@ -104,3 +104,56 @@ def test_child_sa_rekey_under_traffic_loses_nothing(lab: Lab, charons: CharonFac
     ms = agent.established("peer")
     assert ms is not None and len(ms["child_sas"]) in (1, 2)  # a second only mid-rekey
     assert "FAILED" not in agent.log_text()
+
+
+def _swan_ike(sas: list[IkeSa]) -> IkeSa | None:
+    return next((sa for sa in sas if sa.state == "ESTABLISHED" and _swan_child([sa]) is not None), None)
+
+
+@pytest.mark.parametrize("rekeyer", ["meshsec", "strongswan"])
+@pytest.mark.parametrize("role", ["initiator", "responder"])
+def test_ike_sa_rekey_under_traffic_loses_nothing(lab: Lab, charons: CharonFactory, role: str,
+                                                  rekeyer: str) -> None:  # fmt: skip
+    """The IKE SA gets new SPIs and keys three times while the CHILD_SA (untouched) carries a
+    10 ms ping; meshsec and strongSwan agree on the final SPIs, and the CHILD_SA still rekeys
+    under the newest IKE SA (proving both derived the same SK_d)."""
+    ike, esp, _, _ = SUITES["gcm-x25519"]
+    pair = build(lab)
+    config = _meshsec(role, 300, 330)
+    conn = _with_child_lifetimes(swan_connection(ike, esp), "300s", "330s", "0s")
+    if rekeyer == "meshsec":
+        config["connections"]["peer"]["rekey_time"] = REKEY
+    else:
+        conn = Connection(
+            **{**conn.__dict__, "rekey_time": f"{REKEY}s", "rand_time": "0s", "over_time": "30s"}
+        )
+    if role == "initiator":
+        sw = charons.start(pair.sw, [conn], swan_settings())
+        agent = MeshsecAgent(pair.ms, config).start()
+    else:
+        agent = MeshsecAgent(pair.ms, config).start()
+        sw = charons.start(pair.sw, [conn], swan_settings())
+        sw.initiate("peer", "net", timeout=10)
+    agent.wait_for(lambda s: agent.established("peer"))
+    first = sw.wait_for(_swan_ike)
+    first_child = _swan_child([first])
+
+    ping = pair.ms.ping(SW_INNER, src=MS_INNER, count=PING_COUNT, interval=PING_INTERVAL, wait=1.0)
+
+    log = agent.log_text()
+    assert len(re.findall(r"IKE SA \S+_i \S+_r REKEYED", log)) >= 3, log[-3000:]
+    assert ping.transmitted == PING_COUNT
+    assert ping.received == ping.transmitted, (ping, log[-3000:])
+    last = sw.wait_for(_swan_ike)
+    assert (last.initiator_spi, last.responder_spi) != (first.initiator_spi, first.responder_spi)
+    ms = agent.wait_for(lambda s: agent.established("peer"))
+    assert (ms["initiator_spi"], ms["responder_spi"]) == (last.initiator_spi, last.responder_spi)
+    child = _swan_child([last])
+    assert child is not None and child.spi_in == first_child.spi_in  # moved, not re-created
+    # A CHILD_SA rekey under the newest IKE SA: its KEYMAT comes from the new SK_d.
+    sw.swanctl("--rekey", "--child", "net")
+    rekeyed = sw.wait_for(lambda sas: (c := _swan_child(sas)) is not None and c.spi_in != child.spi_in and c)
+    assert rekeyed
+    again = pair.ms.ping(SW_INNER, src=MS_INNER, count=20, interval=PING_INTERVAL, wait=1.0)
+    assert again.ok, again
+    assert "FAILED" not in agent.log_text()
