@@ -181,16 +181,17 @@ def comparison(results: list[Result]) -> str:
 NOTES = """
 Reading it:
 
-- Both tunnels run on the same two cores as iperf3 and everything else on the machine, so the
-  machine is 100% busy in every run and throughput is set by CPU per packet and by how much CPU
-  each implementation gets. libipsec spreads its work over several threads per charon; the
-  meshsec data plane uses one packet thread per end (see docs/dataplane.md for the loop choice).
-- CPU per packet is the steadier figure: with AES-GCM the Python data plane spends about the
-  same CPU per packet as libipsec (C, OpenSSL); AES-CBC + HMAC-SHA-256 costs both about 5 µs more
-  per packet (HMAC-SHA-256 over 1.4 kB is ~2.3 µs per side on this CPU).
-- libipsec's many TCP retransmits come from drops inside it under load; meshsec drops few packets.
-- Shared-machine noise is large (see the min-max spread); rerun on an idle machine for absolute
-  figures.
+- Both tunnels share the machine's two cores with iperf3 and with whatever else runs there, so
+  every run is CPU-bound, and throughput follows CPU per packet *and* the share of the CPU each
+  implementation gets. libipsec spreads its work over several threads per charon, which wins
+  it a larger share of a contended machine; the meshsec data plane has one packet thread per end
+  (docs/dataplane.md explains that choice). The min-max spread shows how much the other load
+  moved the figures between interleaved runs; rerun on an idle machine for absolute numbers.
+- CPU per packet is the steadier figure: with AES-GCM the Python data plane spends about as much
+  CPU per packet as libipsec (C on OpenSSL). AES-CBC + HMAC-SHA-256 costs more per packet for
+  both (HMAC-SHA-256 over 1.4 kB alone is ~2.3 µs per side on this CPU).
+- libipsec's runs show many TCP retransmits (packets lost on its path under load); meshsec's
+  few, as its sockets have 4 MiB receive buffers.
 """
 
 
