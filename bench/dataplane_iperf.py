@@ -191,7 +191,7 @@ Reading it:
   CPU per packet as libipsec (C on OpenSSL). AES-CBC + HMAC-SHA-256 costs more per packet for
   both (HMAC-SHA-256 over 1.4 kB alone is ~2.3 µs per side on this CPU).
 - libipsec's runs show many TCP retransmits (packets lost on its path under load); meshsec's
-  few, as its sockets have 4 MiB receive buffers.
+  runs few.
 """
 
 
