@@ -32,6 +32,7 @@ from meshsec.agent.ike.events import (
     IkeSaDeleted,
     IkeSaFailed,
     IkeSaRekeyed,
+    PeerDead,
     PortsChanged,
 )
 from meshsec.agent.ike.identity import Identity
@@ -206,7 +207,8 @@ class IkeSa:
         self.successor: IkeSa | None = None
         self.spawned = False  # made by an IKE rekey (not by IKE_SA_INIT)
         self.last_inbound = 0.0  # last authenticated message (or ESP, via traffic_seen)
-        self._dpd_probe_sent = False
+        self.restarts = 0  # > 0: made by dpd_action restart
+        self._origin = (local, remote)
         self._processing = False
 
     # ------------------------------------------------------------------ public API
@@ -337,7 +339,7 @@ class IkeSa:
         if self._half_open() and self.created_at is not None:
             deadlines.append(self.created_at + HALF_OPEN_TIMEOUT)
         if self.state is State.ESTABLISHED:
-            for at in (self.ike_rekey_at, self.ike_expire_at):
+            for at in (self.ike_rekey_at, self.ike_expire_at, self._dpd_due()):
                 if at is not None:
                     deadlines.append(at)
             for c in self.children.values():
@@ -519,10 +521,16 @@ class IkeSa:
             if a.attempt >= rt.tries:
                 self._active = None
                 self.stats["retransmit_limit"] += 1
+                # The peer stayed silent for the whole retransmit schedule: dead (RFC 7296 2.4).
+                dead = a.task.name != "ike_delete" and (self.state is State.ESTABLISHED or self.restarts > 0)
+                if dead:
+                    self.emit(PeerDead(self.config.dpd_action))
                 a.task.on_timeout(self)
                 if not self.closed:
                     self._my_mid += 1
                     self._kick(now)
+                elif dead and self.config.dpd_action == "restart":
+                    self._restart(now)
             else:
                 a.attempt += 1
                 a.deadline = now + rt.delay(a.attempt)
@@ -530,6 +538,7 @@ class IkeSa:
                 self._emit_datagram(a.packet, now)
         if self.state is State.ESTABLISHED:
             self._ike_timers(now)
+            self._dpd_timer(now)
         if self.state is State.ESTABLISHED:
             self._child_timers(now)
         if (
@@ -549,6 +558,46 @@ class IkeSa:
             return
         if self.ike_rekey_at is not None and now >= self.ike_rekey_at and self.successor is None:
             self.rekey(now)
+
+    def _dpd_due(self) -> float | None:
+        if self.config.dpd_delay <= 0 or self.state is not State.ESTABLISHED or self.successor is not None:
+            return None
+        if self._active is not None or self._queue:
+            return None  # a request is under way: its retransmissions test liveness already
+        return self.last_inbound + self.config.dpd_delay
+
+    def _dpd_timer(self, now: float) -> None:
+        from meshsec.agent.ike.exchanges.informational import Liveness
+
+        due = self._dpd_due()
+        if due is not None and now >= due:
+            self.stats["dpd_probes"] += 1
+            self._enqueue(Liveness(dpd=True), now)
+
+    def _restart(self, now: float) -> None:
+        """dpd_action restart: a fresh IKE SA (and its CHILD_SAs) with the same config towards
+        the peer's original address; it keeps restarting while the peer stays away."""
+        if self.on_new_sa is None:
+            return
+        local, remote = self._origin
+        new = IkeSa(
+            self.config, local, remote, initiator=True, rnd=self.rnd, dh_factory=self.dh_factory,
+            allocate_spi=self.allocate_spi, candidates=self.candidates,
+        )  # fmt: skip
+        new.restarts = self.restarts + 1
+        new.on_pending = self.on_pending
+        self.stats["restarted"] += 1
+        log.info("IKE SA %s: restarting connection %s (attempt %d)", self.local_spi.hex(), self.config.name,
+                 new.restarts)  # fmt: skip
+        self.on_new_sa(new)
+        new.initiate(now)
+
+    def traffic_seen(self, now: float) -> None:
+        """Inbound ESP arrived for one of our CHILD_SAs (fed by the adapter from data-plane
+        counters): proof of life that postpones DPD like an IKE message does."""
+        self.last_inbound = max(self.last_inbound, now)
+        if self.on_pending is not None:
+            self.on_pending(self)
 
     def _child_timers(self, now: float) -> None:
         for c in list(self.children.values()):

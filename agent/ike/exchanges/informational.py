@@ -64,19 +64,30 @@ class ChildDelete:
 
 
 class Liveness:
+    """An empty INFORMATIONAL request: on demand (check_liveness, answered by LivenessChecked)
+    or as dead peer detection (`dpd`, silent unless the peer stays away)."""
+
     exchange = ExchangeType.INFORMATIONAL
     name = "liveness"
 
-    def build(self, sa: IkeSa, now: float) -> list[Payload]:
+    def __init__(self, dpd: bool = False) -> None:
+        self.dpd = dpd
+
+    def build(self, sa: IkeSa, now: float) -> list[Payload] | None:
+        if self.dpd and now - sa.last_inbound < sa.config.dpd_delay:
+            return None  # the peer spoke while the probe waited in the queue
         return []
 
     def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
-        sa.emit(LivenessChecked(True))
+        if not self.dpd:
+            sa.emit(LivenessChecked(True))
         return Outcome.DONE
 
     def on_timeout(self, sa: IkeSa) -> None:
-        sa.emit(LivenessChecked(False))
-        sa.fail("liveness check: peer not responding (retransmit limit)")
+        if not self.dpd:
+            sa.emit(LivenessChecked(False))
+        what = "dead peer detection" if self.dpd else "liveness check"
+        sa.fail(f"{what}: peer not responding (retransmit limit)")
 
 
 def respond_informational(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
