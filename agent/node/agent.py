@@ -119,13 +119,10 @@ class NodeAgent:
                  ", ".join(map(str, adapter.endpoints)), socket_path)  # fmt: skip
 
     async def _dataplane_events(self, dataplane: DataPlane) -> None:
-        assert self.reconciler is not None
         async for ev in dataplane.events():
-            if isinstance(ev, SaExpired):
-                try:
-                    await self.reconciler.expired(ev)
-                except Exception:
-                    log.exception("handling %s failed", ev)
+            if isinstance(ev, SaExpired) and self.adapter is not None:
+                # Soft: the engine rekeys the CHILD_SA; hard: it deletes it with the peer.
+                self.adapter.child_expired(ev.sa, ev.hard)
 
     async def _remove_stale(self, dataplane: DataPlane) -> None:
         owned = await dataplane.list_owned()

@@ -10,7 +10,8 @@ it can run at any time and any number of times (after a delta, a timer, an SA cl
   gone or may have lost its state) or at once after a restart of this agent;
 - two established IKE SAs for one tunnel (both ends initiated at once) are resolved the same way
   at both ends: the one created by the designated initiator stays, ties go to the lower SPIi;
-- established SAs are probed (DPD) every `dpd_interval`; a probe that times out fails the SA.
+- rekeying (CHILD_SA and IKE SA) and dead peer detection run inside the engine; an SA cleared
+  by DPD is just an SA that is gone, and the rules above bring the tunnel back.
 
 INITIAL_CONTACT (RFC 7296 2.4) is sent only when we hold no other SA for the tunnel, and a
 received one drops the tunnel's SAs established before the new SA began (the peer lost them).
@@ -25,10 +26,9 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from meshsec.agent.adapters.ike import IkeAdapter, SaRecord
-from meshsec.agent.dataplane.api import SaExpired, SaId
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.config import IkeConfig
 from meshsec.agent.ike.events import (
@@ -38,8 +38,8 @@ from meshsec.agent.ike.events import (
     IkeSaEstablished,
     IkeSaFailed,
     InitialContactReceived,
+    PeerDead,
 )
-from meshsec.agent.ike.sa import IkeSa
 from meshsec.agent.node.translate import TunnelError, TunnelPlan, fingerprint, plan
 from meshsec.v1 import agent_pb2
 
@@ -65,7 +65,6 @@ class TunnelRuntime:
     attempts: int = 0
     next_attempt: float = 0.0
     last_error: LastError | None = None
-    last_dpd: dict[int, float] = field(default_factory=dict)  # id(sa) -> monotonic
 
 
 def _fail_reason(text: str) -> str:
@@ -149,6 +148,10 @@ class Reconciler:
             rt.attempts, rt.last_error = 0, None
         elif isinstance(ev, IkeSaFailed) and rt is not None:
             rt.last_error = LastError(_fail_reason(ev.reason), ev.reason, time.time())
+        elif isinstance(ev, PeerDead) and rt is not None:
+            rt.last_error = LastError(
+                "DPD_TIMEOUT", "dead peer detection: no answer from the peer", time.time()
+            )
         elif isinstance(ev, ChildSaFailed) and rt is not None:
             rt.last_error = LastError(
                 _fail_reason(ev.reason), f"CHILD_SA {ev.name}: {ev.reason}", time.time()
@@ -172,8 +175,7 @@ class Reconciler:
         ]
         for r in stale:
             log.info("%s: INITIAL_CONTACT from the peer; dropping IKE SA %s", r.name, r.sa.local_spi.hex())
-            r.sa.close_deleted(by_peer=True)
-            _flush(self.adapter, r.sa)  # dispatch the CHILD_SA removals to the data plane
+            self.adapter.drop(r)
         if stale:
             self.wake()
 
@@ -193,7 +195,8 @@ class Reconciler:
         """Live SAs grouped by tunnel. A responder SA belongs to a tunnel only once IKE_AUTH
         chose its config (before that, `config` is just the first candidate)."""
         groups: dict[str, list[SaRecord]] = {}
-        for record in self.adapter.active():
+        # During an IKE rekey the adapter lists a record under both SAs until the old one closes.
+        for record in {id(r): r for r in self.adapter.active()}.values():
             sa = record.sa
             if sa.closed or (not sa.initiator and sa.remote_identity is None):
                 continue
@@ -224,7 +227,6 @@ class Reconciler:
             live = [r for r in groups.get(tid, []) if _matches(r, p) and not _deleting(r)]
             if live:
                 rt.since = now
-                self._dpd(p, rt, live, now)
                 continue
             if now < rt.next_attempt:
                 continue
@@ -247,51 +249,14 @@ class Reconciler:
             log.warning("%s: cannot initiate to %s: %s", p.tunnel_id, remote, exc)
         self.changed.set()
 
-    async def expired(self, ev: SaExpired) -> None:
-        """A data-plane SA reached a lifetime limit. The engine cannot rekey yet, so the tunnel is
-        replaced make-before-break: at the soft limit the designated initiator negotiates a new
-        IKE SA and duplicate resolution retires the old one once the new one is up; at the hard
-        limit the old IKE SA is deleted (and the tunnel re-established by the usual rules)."""
-        record = self._owner_of(ev.sa)
-        if record is None:
-            return
-        p = self.plans.get(record.name)
-        if ev.hard or p is None:
-            log.info("%s: SA %08x hit its hard lifetime; deleting IKE SA", record.name, ev.sa.spi)
-            if not _deleting(record):
-                self.adapter.delete(record)
-            return
-        if not p.initiator:
-            return  # the designated initiator replaces it; the hard limit is our fallback
-        others = [r for r in self.sas_by_tunnel().get(p.tunnel_id, []) if r is not record]
-        if any(
-            not r.sa.established or (r.established_at or 0) > (record.established_at or 0) for r in others
-        ):
-            return  # a replacement is already under way (both SAs of a CHILD_SA expire together)
-        log.info("%s: SA %08x reached its soft lifetime; negotiating a replacement", p.tunnel_id, ev.sa.spi)
-        rt = self.runtime[p.tunnel_id]
-        rt.next_attempt = 0.0
-        await self._initiate(p, rt, self.clock(), others=True)
-
-    def _owner_of(self, sa_id: SaId) -> SaRecord | None:
-        installer = self.adapter.installer
-        if installer is None:
-            return None
-        for record in self.adapter.active():
-            for child in record.children.values():
-                plan_ = installer.installed.get((child.local.host, child.event.protocol, child.event.spi_in))
-                if plan_ is not None and sa_id in (plan_.inbound.id, plan_.outbound.id):
-                    return record
-        return None
-
     def _resolve_duplicates(self, p: TunnelPlan, records: list[SaRecord]) -> None:
         established = [r for r in records if r.sa.established]
         if len(established) < 2:
             return
         # Both ends sort the same SAs the same way: "created by the designated initiator" is
         # `sa.initiator == p.initiator` seen from either end (this settles simultaneous
-        # initiation); between SAs from the same end the newest wins (a replacement made before
-        # the old one's lifetime ran out, see `expired`); the shared SPIi breaks exact ties.
+        # initiation); between SAs from the same end the newest wins (after a restart); the
+        # shared SPIi breaks exact ties.
         keep = min(
             established,
             key=lambda r: (r.sa.initiator != p.initiator, -(r.established_at or 0.0), r.sa.spi_i),
@@ -302,29 +267,6 @@ class Reconciler:
                     "%s: duplicate IKE SA %s; keeping %s", p.tunnel_id, r.sa.spi_i.hex(), keep.sa.spi_i.hex()
                 )
                 self.adapter.delete(r)
-
-    def _dpd(self, p: TunnelPlan, rt: TunnelRuntime, live: list[SaRecord], now: float) -> None:
-        keep = {id(r.sa) for r in live}
-        rt.last_dpd = {k: v for k, v in rt.last_dpd.items() if k in keep}
-        for r in live:
-            if not r.sa.established:
-                continue
-            last = rt.last_dpd.setdefault(id(r.sa), now)
-            if now - last >= p.dpd_interval:
-                rt.last_dpd[id(r.sa)] = now
-                r.sa.check_liveness(self.adapter.now())
-                _flush(self.adapter, r.sa)
-
-
-def _flush(adapter: IkeAdapter, sa: IkeSa) -> None:
-    """Lets the adapter act on what `sa` produced after a call the adapter has no method for
-    (a liveness probe, a silent close). The adapter is switching from a global `_pump()` to a
-    per-SA `_drain(sa)`; either works. To be replaced by public adapter methods."""
-    drain = getattr(adapter, "_drain", None)
-    if drain is not None:
-        drain(sa)
-    else:
-        getattr(adapter, "_pump")()  # noqa: B009
 
 
 def _deleting(record: SaRecord) -> bool:

@@ -32,7 +32,6 @@ class TunnelPlan:
     local: str | None  # our address, None: the kernel's source address for the peer
     remotes: tuple[str, ...]  # in preference order
     initiator: bool
-    dpd_interval: float
     start: bool  # any child asks to be started (START_ACTION_START)
     fingerprint: bytes  # the desired tunnel without `generation`: equal means unchanged
 
@@ -68,7 +67,7 @@ def _child(tunnel: agent_pb2.DesiredTunnel, child: agent_pb2.ChildConfig, index:
     protocol = ProtocolId.AH if child.protocol == common_pb2.IPSEC_PROTOCOL_AH else ProtocolId.ESP
     hard = int(child.lifetimes.hard_seconds) or 3960
     soft = min(int(child.lifetimes.soft_seconds) or hard, hard)
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, object] = {"rand_time": _jitter(child.lifetimes, soft)}
     if tunnel.esp_proposals:
         kwargs["proposals"] = ",".join(tunnel.esp_proposals)
     return ChildConfig(
@@ -79,8 +78,33 @@ def _child(tunnel: agent_pb2.DesiredTunnel, child: agent_pb2.ChildConfig, index:
         mode="transport" if child.mode == common_pb2.MODE_TRANSPORT else "tunnel",
         rekey_time=soft,
         life_time=hard,
+        rekey_bytes=int(child.lifetimes.soft_bytes),
+        life_bytes=int(child.lifetimes.hard_bytes),
+        rekey_packets=int(child.lifetimes.soft_packets),
+        life_packets=int(child.lifetimes.hard_packets),
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+def _jitter(lifetimes: common_pb2.Lifetimes, soft: int) -> int | None:
+    """The controller's jitter as the engine's rand_time, which must stay below the soft limit."""
+    if not lifetimes.jitter_seconds:
+        return None
+    return min(int(lifetimes.jitter_seconds), max(soft - 1, 0))
+
+
+def _ike_lifetimes(tunnel: agent_pb2.DesiredTunnel) -> dict[str, object]:
+    """IKE SA rekey at the soft limit, given up (deleted) at the hard one; engine defaults when
+    the controller sent none."""
+    lt = tunnel.ike_lifetimes
+    hard = int(lt.hard_seconds)
+    soft = min(int(lt.soft_seconds) or hard, hard) if hard else int(lt.soft_seconds)
+    if not soft:
+        return {}
+    out: dict[str, object] = {"rekey_time": soft, "rand_time": _jitter(lt, soft)}
+    if hard > soft:
+        out["over_time"] = hard - soft
+    return out
 
 
 def fingerprint(tunnel: agent_pb2.DesiredTunnel) -> bytes:
@@ -98,7 +122,7 @@ def plan(tunnel: agent_pb2.DesiredTunnel) -> TunnelPlan:
         raise TunnelError(f"{where}: no remote endpoints")
     try:
         children = tuple(_child(tunnel, c, i) for i, c in enumerate(tunnel.children))
-        kwargs: dict[str, object] = {}
+        kwargs = _ike_lifetimes(tunnel)
         if tunnel.ike_proposals:
             kwargs["proposals"] = ",".join(tunnel.ike_proposals)
         ike = IkeConfig(
@@ -109,6 +133,10 @@ def plan(tunnel: agent_pb2.DesiredTunnel) -> TunnelPlan:
             children=children,
             retransmit=RETRANSMIT,
             force_encap=tunnel.force_udp_encapsulation,
+            # DPD in the engine; a dead peer's SA is cleared and the reconciler, which owns the
+            # decision to (re)initiate, brings the tunnel back (the `restart` of the API).
+            dpd_delay=float(tunnel.dpd.interval_seconds or 30),
+            dpd_action="clear",
             **kwargs,  # type: ignore[arg-type]
         )
     except ConfigError as exc:
@@ -119,7 +147,6 @@ def plan(tunnel: agent_pb2.DesiredTunnel) -> TunnelPlan:
         local=tunnel.local_endpoint.address or None,
         remotes=tuple(e.address for e in tunnel.remote_endpoints),
         initiator=tunnel.initiator,
-        dpd_interval=float(tunnel.dpd.interval_seconds or 30),
         start=any(c.start_action != common_pb2.START_ACTION_NONE for c in tunnel.children)
         or tunnel.initiator,
         fingerprint=fingerprint(tunnel),
