@@ -44,6 +44,7 @@ from meshsec.agent.ike import (
     IkeSaTable,
     InitialContactReceived,
     OutgoingDatagram,
+    PeerDead,
     Random,
     Responder,
     ResponderSettings,
@@ -526,6 +527,11 @@ class IkeAdapter:
         elif isinstance(ev, IkeSaDeleted):
             record.outcome = "deleted by peer" if ev.by_peer else "deleted"
             log.info("%s: IKE SA %s DELETED%s", name, spis, " by peer" if ev.by_peer else "")
+        elif isinstance(ev, PeerDead):
+            log.warning(
+                "%s: IKE SA %s: peer %s is DEAD (silent for the retransmit schedule), action %s",
+                name, spis, sa.remote, ev.action,
+            )  # fmt: skip
         elif isinstance(ev, InitialContactReceived):
             log.info("%s: INITIAL_CONTACT from %s", name, ev.remote_id)
         if self.on_event is not None:
