@@ -47,11 +47,11 @@ INNER_A, INNER_B = "198.19.1.1", "198.19.2.1"
 ANY4 = ipaddress.ip_network("0.0.0.0/0")
 
 
-def gcm() -> tuple[Encryption, Integrity | None]:
+def gcm() -> tuple[Encryption | None, Integrity | None]:
     return Encryption("aes-gcm-16", Secret(os.urandom(20)), 128), None
 
 
-def cbc_sha256() -> tuple[Encryption, Integrity | None]:
+def cbc_sha256() -> tuple[Encryption | None, Integrity | None]:
     integrity = Integrity("hmac-sha256", Secret(os.urandom(32)), 128)
     return Encryption("aes-cbc", Secret(os.urandom(16))), integrity
 
@@ -100,42 +100,55 @@ async def sites(lab: Lab) -> AsyncIterator[tuple[Site, Site]]:
             await plane.close()
 
 
-def _sa(sa_id: SaId, src: ipaddress.IPv4Address, direction: Direction, reqid: int,
-        suite: tuple[Encryption, Integrity | None], **kw: object) -> SecurityAssociation:
+Suite = tuple[Encryption | None, Integrity | None]
+
+
+def _protocol(suite: Suite) -> IpsecProtocol:
+    return IpsecProtocol.AH if suite[0] is None else IpsecProtocol.ESP
+
+
+def _sa(sa_id: SaId, src: ipaddress.IPv4Address, direction: Direction, reqid: int, suite: Suite,
+        mode: Mode = Mode.TUNNEL, **kw: object) -> SecurityAssociation:
     enc, integ = suite
-    return SecurityAssociation(id=sa_id, src=src, direction=direction, mode=Mode.TUNNEL, reqid=reqid,
+    return SecurityAssociation(id=sa_id, src=src, direction=direction, mode=mode, reqid=reqid,
                                encryption=enc, integrity=integ, **kw)  # type: ignore[arg-type]
 
 
-async def _child_sa_pair(x: Site, y: Site, reqid: int, suite: tuple[Encryption, Integrity | None],
+async def _child_sa_pair(x: Site, y: Site, reqid: int, suite: Suite, mode: Mode = Mode.TUNNEL,
                          **kw: object) -> tuple[SaId, SaId]:
     """x -> y: y reserves the SPI (make-before-break: inbound first), then both sides install it."""
-    spi = await y.dp.allocate_spi(IpsecProtocol.ESP, x.outer, y.outer)
-    sa_id = SaId(y.outer, spi, IpsecProtocol.ESP)
-    await y.dp.add_sa(_sa(sa_id, x.outer, Direction.IN, reqid, suite, **kw))
-    await x.dp.add_sa(_sa(sa_id, x.outer, Direction.OUT, reqid, suite, **kw))
+    protocol = _protocol(suite)
+    spi = await y.dp.allocate_spi(protocol, x.outer, y.outer)
+    sa_id = SaId(y.outer, spi, protocol)
+    await y.dp.add_sa(_sa(sa_id, x.outer, Direction.IN, reqid, suite, mode, **kw))
+    await x.dp.add_sa(_sa(sa_id, x.outer, Direction.OUT, reqid, suite, mode, **kw))
     return sa_id, sa_id
 
 
 async def _policies(x: Site, y: Site, reqid: int, if_id: int = 0, src: ipaddress.IPv4Network | None = None,
-                    dst: ipaddress.IPv4Network | None = None) -> None:
+                    dst: ipaddress.IPv4Network | None = None, protocol: IpsecProtocol = IpsecProtocol.ESP,
+                    mode: Mode = Mode.TUNNEL) -> None:
     out_sel = TrafficSelector(src or x.net, dst or y.net)
     in_sel = TrafficSelector(dst or y.net, src or x.net)
+    tunnel = mode is Mode.TUNNEL
     await x.dp.ensure_policy(Policy(out_sel, Direction.OUT, if_id=if_id, template=Template(
-        IpsecProtocol.ESP, Mode.TUNNEL, x.outer, y.outer, reqid)))
-    for direction in (Direction.IN, Direction.FWD):
+        protocol, mode, x.outer if tunnel else None, y.outer if tunnel else None, reqid)))
+    for direction in (Direction.IN, Direction.FWD) if tunnel else (Direction.IN,):
         await x.dp.ensure_policy(Policy(in_sel, direction, if_id=if_id, template=Template(
-            IpsecProtocol.ESP, Mode.TUNNEL, y.outer, x.outer, reqid)))
+            protocol, mode, y.outer if tunnel else None, x.outer if tunnel else None, reqid)))
 
 
-async def _tunnel(a: Site, b: Site, reqid: int, suite: tuple[Encryption, Integrity | None], *,
-                  if_id: int = 0, encap: UdpEncapsulation | None = None) -> Tunnel:
-    ab, _ = await _child_sa_pair(a, b, reqid, suite, if_id=if_id, encap=encap)
-    ba, _ = await _child_sa_pair(b, a, reqid, suite, if_id=if_id, encap=encap)
-    # Route-based tunnels take wide (0/0) policies bound to the interface: routes pick the traffic.
-    wide = {"src": ANY4, "dst": ANY4} if if_id else {}
-    await _policies(a, b, reqid, if_id=if_id, **wide)
-    await _policies(b, a, reqid, if_id=if_id, **wide)
+async def _tunnel(a: Site, b: Site, reqid: int, suite: Suite, *, if_id: int = 0,
+                  encap: UdpEncapsulation | None = None, mode: Mode = Mode.TUNNEL) -> Tunnel:
+    ab, _ = await _child_sa_pair(a, b, reqid, suite, mode, if_id=if_id, encap=encap)
+    ba, _ = await _child_sa_pair(b, a, reqid, suite, mode, if_id=if_id, encap=encap)
+    selectors: dict[str, ipaddress.IPv4Network] = {}
+    if if_id:  # route-based: wide (0/0) policies bound to the interface; routes pick the traffic
+        selectors = {"src": ANY4, "dst": ANY4}
+    for x, y in ((a, b), (b, a)):
+        if mode is Mode.TRANSPORT:  # host to host, between the outer addresses themselves
+            selectors = {"src": ipaddress.ip_network(x.outer), "dst": ipaddress.ip_network(y.outer)}
+        await _policies(x, y, reqid, if_id=if_id, protocol=_protocol(suite), mode=mode, **selectors)
     return Tunnel(a_out=ab, a_in=ba, b_out=ba, b_in=ab)
 
 
@@ -167,6 +180,27 @@ async def test_ping_through_esp_and_counters_move(sites: tuple[Site, Site], suit
     # Without its SA the peer refuses the traffic: the packets really were ESP.
     await b.dp.delete_sa(t.b_in)
     assert await _ping(a, INNER_B, count=1) == 0
+
+
+def ah_sha512() -> tuple[Encryption | None, Integrity | None]:
+    return None, Integrity("hmac-sha512", Secret(os.urandom(64)), 256)
+
+
+async def test_ah_tunnel_carries_ping(sites: tuple[Site, Site]) -> None:
+    a, b = sites
+    assert a.dp.capabilities.ah, a.dp.capabilities.notes
+    t = await _tunnel(a, b, 17, ah_sha512())
+    assert t.a_out.protocol is IpsecProtocol.AH
+    assert await _ping(a, INNER_B) == 3
+    assert (await b.dp.counters(t.b_in)).packets >= 3 and (await a.dp.counters(t.a_in)).packets >= 3
+
+
+async def test_transport_mode_esp_between_the_outer_addresses(sites: tuple[Site, Site]) -> None:
+    a, b = sites
+    t = await _tunnel(a, b, 18, cbc_sha256(), mode=Mode.TRANSPORT)
+    result = await asyncio.to_thread(a.host.ping, str(B), count=3, interval=0.2, wait=3)
+    assert result.received == 3
+    assert (await b.dp.counters(t.b_in)).packets >= 3 and (await a.dp.counters(t.a_in)).packets >= 3
 
 
 async def test_mismatched_keys_are_dropped_and_counted(sites: tuple[Site, Site]) -> None:
