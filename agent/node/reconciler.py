@@ -26,17 +26,19 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshsec.agent.adapters.ike import IkeAdapter, SaRecord
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.config import IkeConfig
 from meshsec.agent.ike.events import (
     ChildSaFailed,
+    ChildSaRekeyed,
     Event,
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRekeyed,
     InitialContactReceived,
     PeerDead,
 )
@@ -65,6 +67,8 @@ class TunnelRuntime:
     attempts: int = 0
     next_attempt: float = 0.0
     last_error: LastError | None = None
+    last_ike_rekey: float | None = None  # wall clock
+    last_child_rekey: dict[str, float] = field(default_factory=dict)  # child name -> wall clock
 
 
 def _fail_reason(text: str) -> str:
@@ -148,6 +152,10 @@ class Reconciler:
             rt.attempts, rt.last_error = 0, None
         elif isinstance(ev, IkeSaFailed) and rt is not None:
             rt.last_error = LastError(_fail_reason(ev.reason), ev.reason, time.time())
+        elif isinstance(ev, IkeSaRekeyed) and rt is not None:
+            rt.last_ike_rekey = time.time()
+        elif isinstance(ev, ChildSaRekeyed) and rt is not None:
+            rt.last_child_rekey[ev.name] = time.time()
         elif isinstance(ev, PeerDead) and rt is not None:
             rt.last_error = LastError(
                 "DPD_TIMEOUT", "dead peer detection: no answer from the peer", time.time()

@@ -14,6 +14,7 @@ from meshsec.agent.adapters.ike import ChildRecord, IkeAdapter, SaRecord
 from meshsec.agent.dataplane.api import DataPlaneError
 from meshsec.agent.ike.constants import DhId, EncrId, IntegId, PrfId, ProtocolId
 from meshsec.agent.ike.events import Algorithms
+from meshsec.agent.ike.sa import ChildState
 from meshsec.agent.ike.ts import Ts
 from meshsec.agent.node.reconciler import Reconciler
 from meshsec.v1 import agent_pb2, common_pb2
@@ -65,6 +66,17 @@ def selector(ts: Ts) -> common_pb2.TrafficSelector:
     )
 
 
+def _set_time(field: Timestamp, wall: float | None) -> None:
+    ts = timestamp(wall)
+    if ts is not None:
+        field.CopyFrom(ts)
+
+
+def _rekeying(record: SaRecord) -> bool:
+    sa = record.sa
+    return sa.rekeying_ike() or any(c.state is ChildState.REKEYING for c in sa.children.values())
+
+
 class ReportBuilder:
     def __init__(self, reconciler: Reconciler, adapter: IkeAdapter) -> None:
         self.reconciler = reconciler
@@ -103,6 +115,8 @@ class ReportBuilder:
         elif current is None:
             failed = rt is not None and rt.last_error is not None
             status.state = common_pb2.TUNNEL_STATE_FAILED if failed else common_pb2.TUNNEL_STATE_DOWN
+        elif current.sa.established and _rekeying(current):
+            status.state = common_pb2.TUNNEL_STATE_REKEYING
         elif current.sa.established:
             status.state = common_pb2.TUNNEL_STATE_ESTABLISHED
         elif current.sa.state.name == "DELETING":
@@ -112,8 +126,13 @@ class ReportBuilder:
         status.peer_reachable = bool(established)
         if current is not None:
             status.ike_sa.CopyFrom(self._ike_sa(current))
+            _set_time(status.ike_sa.last_rekey_at, rt.last_ike_rekey if rt else None)
             for child in current.children.values():
-                status.child_sas.append(await self._child(child))
+                child_status = await self._child(child)
+                _set_time(
+                    child_status.last_rekey_at, rt.last_child_rekey.get(child.event.name) if rt else None
+                )
+                status.child_sas.append(child_status)
         if rt is not None and rt.last_error is not None and not established:
             err = rt.last_error
             status.last_error.reason = err.reason

@@ -27,7 +27,14 @@ from meshsec.agent.standalone.status import format_status
 from meshsec.controller.server import Controller
 from meshsec.controller.store import EmbeddedStore
 from meshsec.v1 import admin_pb2, common_pb2
-from tests.controller.ctl_harness import admin_channel, admin_stub, apply, create_token, start_controller
+from tests.controller.ctl_harness import (
+    admin_channel,
+    admin_stub,
+    apply,
+    core_of,
+    create_token,
+    start_controller,
+)
 from tests.controller.test_mesh_support import policy, site
 
 pytestmark = pytest.mark.timeout(90)
@@ -51,7 +58,9 @@ async def ctl(tmp_path: Path) -> AsyncIterator[Controller]:
         await store.close()
 
 
-async def agent_for(ctl: Controller, tmp_path: Path, name: str, addr: str, token: str) -> NodeAgent:
+async def agent_for(
+    ctl: Controller, tmp_path: Path, name: str, addr: str, token: str, pin: str | None = None
+) -> NodeAgent:
     token_file = tmp_path / f"{name}.token"
     token_file.write_text(token + "\n")
     config = NodeAgentConfig(
@@ -61,6 +70,7 @@ async def agent_for(ctl: Controller, tmp_path: Path, name: str, addr: str, token
         state_dir=tmp_path / name,
         token_file=token_file,
         ca_file=tmp_path / "ctl" / "ca.pem",
+        ca_sha256=pin,
         server_name="127.0.0.1",
         dataplane="none",
         ike_port=15600,
@@ -102,7 +112,7 @@ async def test_enroll_report_renew_and_metrics(ctl: Controller, tmp_path: Path) 
     try:
         for name, addr, site_name in (("na", "127.77.1.1", "sa"), ("nb", "127.77.1.2", "sb")):
             token = await create_token(ctl, site_name, name, node_labels={"role": "gateway"})
-            agents.append(await agent_for(ctl, tmp_path, name, addr, token))
+            agents.append(await agent_for(ctl, tmp_path, name, addr, token, pin=core_of(ctl).ca.sha256))
         a, _b = agents
         await until(
             "the controller to see the tunnel established by both ends",
@@ -157,6 +167,19 @@ async def test_a_refused_token_stops_the_agent(ctl: Controller, tmp_path: Path) 
         with pytest.raises(EnrollmentError, match="UNAUTHENTICATED"):
             await asyncio.wait_for(task, 15)
         assert not (tmp_path / "nc" / KEY).exists()
+    finally:
+        with contextlib.suppress(Exception):
+            await agent.stop()
+
+
+async def test_a_wrong_ca_pin_refuses_to_enroll(ctl: Controller, tmp_path: Path) -> None:
+    token = await create_token(ctl, "sa", "nd")
+    agent = await agent_for(ctl, tmp_path, "nd", "127.77.1.4", token, pin="00" * 32)
+    try:
+        assert agent.controller_task is not None
+        with pytest.raises(EnrollmentError, match="pinned"):
+            await asyncio.wait_for(agent.controller_task, 15)
+        assert not (tmp_path / "nd" / KEY).exists()
     finally:
         with contextlib.suppress(Exception):
             await agent.stop()

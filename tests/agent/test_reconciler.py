@@ -15,6 +15,7 @@ import pytest
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
 from meshsec.agent.adapters.recording import RecordingDataPlane
 from meshsec.agent.node.reconciler import Reconciler
+from meshsec.agent.node.report import ReportBuilder
 from meshsec.v1 import agent_pb2, common_pb2
 from tests.agent.test_desired import tunnel
 
@@ -198,6 +199,10 @@ async def test_engine_rekeys_are_not_mistaken_for_duplicates(pair: list[Side]) -
         "same SA at both ends",
         lambda: distinct(a) and [x[0] for x in distinct(a)] == [x[0] for x in distinct(b)],
     )
+    # The status report carries the rekey times.
+    (report,) = await ReportBuilder(a.reconciler, a.adapter).tunnels()
+    assert report.ike_sa.last_rekey_at.seconds > 0
+    assert report.child_sas and all(c.last_rekey_at.seconds > 0 for c in report.child_sas)
     # Only the CHILD_SA pairs the engine still holds are in the data plane (old ones removed).
     await until(
         "data planes match the live CHILD_SAs",
