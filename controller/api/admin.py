@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from meshsec.controller.api.agent import ENROLLED_AT
 from meshsec.controller.api.convert import desired_tunnel, doc_to_resource, node_endpoints, resource_to_doc
 from meshsec.controller.api.identity import AnyContext, caller_of
 from meshsec.controller.api.selector import parse_selector
@@ -66,6 +67,9 @@ def _merge(stored: StoredDoc | None, doc: dict[str, Any], field_manager: str, no
     annotations.update(doc["metadata"].get("annotations", {}))
     if field_manager:
         annotations[LAST_APPLIED_BY] = field_manager
+    if stored is None and doc["kind"] == Kind.NODE.value:
+        # A new incarnation of a Node name: certificates issued to an earlier one must not work.
+        annotations.setdefault(ENROLLED_AT, repr(now))
     spec_changed = stored is None or stored.doc.get("spec") != doc["spec"]
     metadata: dict[str, Any] = {
         "name": doc["metadata"]["name"],

@@ -35,7 +35,7 @@ from tests.controller.ctl_harness import (
     join,
     start_controller,
 )
-from tests.controller.test_mesh_support import policy, site
+from tests.controller.test_mesh_support import node, policy, site
 from tests.harness.tls import ThrowawayCA, new_key_and_csr
 
 pytestmark = pytest.mark.timeout(60)
@@ -144,8 +144,8 @@ async def test_reenrollment_invalidates_the_old_certificate(ctl: Controller) -> 
     first = await join(ctl, "dc1", "node-a", "198.18.0.1")
     await asyncio.sleep(1.1)  # a later second than the first certificate's issue time
     second = await join(ctl, "dc1", "node-a", "198.18.0.2", allow_reenroll=True)
-    for node, expected in ((first, grpc.StatusCode.PERMISSION_DENIED), (second, None)):
-        async with node.channel(ctl) as channel:
+    for holder, expected in ((first, grpc.StatusCode.PERMISSION_DENIED), (second, None)):
+        async with holder.channel(ctl) as channel:
             call = agent_pb2_grpc.AgentServiceStub(channel).ReportStatus(
                 agent_pb2.StatusReport(node_name="node-a", agent_instance_id="i", seq=1, full=True),
                 timeout=CALL_TIMEOUT,
@@ -446,3 +446,25 @@ async def test_a_change_too_wide_for_deltas_resends_snapshots(tmp_path: Path) ->
     finally:
         await controller.stop()
         await store.close()
+
+
+async def test_a_deleted_node_recreated_by_apply_does_not_accept_its_old_certificate(ctl: Controller) -> None:
+    old = await join(ctl, "dc1", "node-a", "198.18.0.1")
+    async with admin_channel(ctl) as admin:
+        await admin_stub(admin).Delete(
+            admin_pb2.DeleteRequest(kind="Node", name="node-a"), timeout=CALL_TIMEOUT
+        )
+    async with old.channel(ctl) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await agent_pb2_grpc.AgentServiceStub(channel).ReportStatus(
+                agent_pb2.StatusReport(node_name="node-a", agent_instance_id="i", seq=1), timeout=CALL_TIMEOUT
+            )
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    await asyncio.sleep(1.1)  # the old certificate was issued in an earlier second
+    await apply(ctl, node("node-a", "dc1", private=["198.18.0.1"]))
+    async with old.channel(ctl) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await agent_pb2_grpc.AgentServiceStub(channel).ReportStatus(
+                agent_pb2.StatusReport(node_name="node-a", agent_instance_id="i", seq=1), timeout=CALL_TIMEOUT
+            )
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
