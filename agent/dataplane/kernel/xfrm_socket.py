@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import pyroute2.config
 from pyroute2.netlink import NETLINK_XFRM, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nlsocket import AsyncNetlinkSocket, NetlinkRequest
@@ -16,6 +17,15 @@ from meshsec.agent.dataplane.api import DataPlaneError
 from meshsec.agent.dataplane.kernel import xfrm_messages as xm
 
 log = logging.getLogger(__name__)
+
+# pyroute2 reaches other namespaces through forked helper processes and stops them with SIGTERM.
+# A forked child inherits asyncio's signal wakeup fd, so its SIGTERM would reach the agent's event
+# loop as if the agent itself had been told to stop. Children with default signal handling die
+# quietly instead.
+pyroute2.config.disable_mp_signal = True
+# At DEBUG, pyroute2 logs every netlink message it handles, and XFRM_MSG_NEWSA carries SA keys.
+# Keys never reach a log, whatever level the operator picks.
+logging.getLogger("pyroute2").setLevel(logging.INFO)
 
 # What a request does, for error messages; a callable is only formatted if the request fails.
 Label = str | Callable[[], str]
