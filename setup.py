@@ -30,4 +30,8 @@ def _packages() -> tuple[list[str], dict[str, str]]:
 
 
 packages, package_dir = _packages()
-setup(packages=packages, package_dir=package_dir, package_data={"meshsec.v1": ["*.proto", "*.pyi", "py.typed"]})
+setup(
+    packages=packages,
+    package_dir=package_dir,
+    package_data={"meshsec.v1": ["*.proto", "*.pyi", "py.typed"]},
+)
