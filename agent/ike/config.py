@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from meshsec.agent.ike.certs import Credentials
 from meshsec.agent.ike.constants import ProtocolId
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.proposals import ProposalSpec, parse_proposals
@@ -90,7 +91,7 @@ class IkeConfig:
     name: str
     local_id: str
     remote_id: str  # "%any" accepts every peer identity (responder only)
-    psk: Secret
+    psk: Secret | None  # None with `credentials` (certificate authentication)
     proposals: str = "aes256gcm16-prfsha256-x25519,aes128-sha256-ecp256"
     children: tuple[ChildConfig, ...] = ()
     retransmit: RetransmitConfig = RetransmitConfig()
@@ -110,14 +111,17 @@ class IkeConfig:
     # IKE SA with the same config, initiator side), "hold" (keep the CHILD_SAs' policies).
     dpd_delay: float = 0.0
     dpd_action: str = "clear"
+    # Certificate authentication for both directions (we sign, the peer must present a
+    # certificate chaining to one of credentials.trusted); None means PSK.
+    credentials: Credentials | None = None
     local_identity: Identity = field(init=False, repr=False, compare=False)
     remote_identity: Identity | None = field(init=False, repr=False, compare=False)
     specs: tuple[ProposalSpec, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         where = f"connection {self.name!r}"
-        if not isinstance(self.psk, Secret) or len(self.psk) == 0:
-            raise ConfigError(f"{where}: psk must be a non-empty Secret")
+        if self.credentials is None and (not isinstance(self.psk, Secret) or len(self.psk) == 0):
+            raise ConfigError(f"{where}: psk must be a non-empty Secret (or give credentials)")
         try:
             object.__setattr__(self, "local_identity", Identity.parse(self.local_id))
             remote = None if self.remote_id == "%any" else Identity.parse(self.remote_id)

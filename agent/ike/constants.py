@@ -108,6 +108,9 @@ class AuthMethod(IntEnum):
     RSA_SIG = 1
     SHARED_KEY_MIC = 2
     DSS_SIG = 3
+    ECDSA_SHA256_P256 = 9
+    ECDSA_SHA384_P384 = 10
+    ECDSA_SHA512_P521 = 11
     DIGITAL_SIGNATURE = 14
 
 

@@ -170,6 +170,7 @@ class IkeSa:
         self.stats: Counter[str] = Counter()
         self.children: dict[int, ChildSa] = {}
         self.remote_identity: Identity | None = None
+        self.peer_hashes: frozenset[int] | None = None  # SIGNATURE_HASH_ALGORITHMS (RFC 7427)
         # Set by the IKE_SA_INIT unit; read by IKE_AUTH and CHILD_SA units.
         self.nonce_i = b""
         self.nonce_r = b""
@@ -364,6 +365,16 @@ class IkeSa:
             return
         log.info("IKE SA %s failed: %s", self.local_spi.hex(), reason)
         self._close(IkeSaFailed(reason))
+
+    def notify_and_fail(self, ntype: NotifyType, reason: str, now: float) -> None:
+        """An error found in the peer's answer: one INFORMATIONAL request carrying the notify
+        (not retransmitted: the SA is gone either way), then the SA fails (RFC 7296 2.21.2)."""
+        if self.protection is not None and self.state is not State.CLOSED:
+            flags = HeaderFlag.INITIATOR if self.initiator else 0
+            mid = self._my_mid + (1 if self._processing else 0)
+            header = Header(self.spi_i, self.spi_r, 0, ExchangeType.INFORMATIONAL, flags, mid, 0, IKE_VERSION)
+            self._emit_datagram(self._encode(header, [NotifyPayload(ntype)]), now)
+        self.fail(reason)
 
     def close_deleted(self, by_peer: bool) -> None:
         self._close(IkeSaDeleted(by_peer))

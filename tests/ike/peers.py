@@ -37,13 +37,14 @@ def ike_config(
     name: str = "conn",
     local_id: str = "alice.example",
     remote_id: str = "bob.example",
-    psk: str = "s3cret-psk",
+    psk: str | None = "s3cret-psk",
     children: tuple[ChildConfig, ...] | None = None,
     **kw: object,
 ) -> IkeConfig:
     if children is None:
         children = (child(),)
-    return IkeConfig(name, local_id, remote_id, Secret(psk), children=children, **kw)  # type: ignore[arg-type]
+    secret = Secret(psk) if psk is not None else None
+    return IkeConfig(name, local_id, remote_id, secret, children=children, **kw)  # type: ignore[arg-type]
 
 
 # A datagram filter decides what the network does: return a list of datagrams to deliver.

@@ -1,15 +1,22 @@
-"""IKE_AUTH (RFC 7296 1.2, 2.15): identities, PSK authentication (method 2), INITIAL_CONTACT,
-configuration choice by the peer's identity, and the first CHILD_SA."""
+"""IKE_AUTH (RFC 7296 1.2, 2.15): identities, PSK or certificate authentication (see
+authenticate.py), INITIAL_CONTACT, configuration choice by the peer's identity, and the first
+CHILD_SA."""
 
 from __future__ import annotations
 
-import hmac
 from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.config import ChildConfig, IkeConfig
-from meshsec.agent.ike.constants import AuthMethod, ExchangeType, NotifyType, PayloadType
-from meshsec.agent.ike.crypto import Prf
+from meshsec.agent.ike.constants import ExchangeType, NotifyType, PayloadType
 from meshsec.agent.ike.events import Algorithms, IkeSaEstablished, IkeSaFailed, InitialContactReceived
+from meshsec.agent.ike.exchanges.authenticate import (
+    KEY_PAD,
+    cert_payloads,
+    certreq_payloads,
+    check_peer_auth,
+    own_auth,
+    psk_auth,
+)
 from meshsec.agent.ike.exchanges.child_sa import (
     ChildRequest,
     build_child_request,
@@ -19,18 +26,13 @@ from meshsec.agent.ike.exchanges.child_sa import (
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.payloads import AuthPayload, IdPayload, Message, NotifyPayload, Payload
 from meshsec.agent.ike.proposals import select_proposal
+from meshsec.agent.ike.sigauth import SignatureError
 from meshsec.agent.ike.task import Outcome
 
 if TYPE_CHECKING:
     from meshsec.agent.ike.sa import IkeSa
 
-KEY_PAD = b"Key Pad for IKEv2"
-
-
-def psk_auth(prf: Prf, psk: bytes, real_message: bytes, nonce: bytes, sk_p: bytes, id_body: bytes) -> bytes:
-    """AUTH = prf(prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>) with
-    SignedOctets = RealMessage | Nonce(peer) | prf(SK_p, RestOfIDPayload) (RFC 7296 2.15)."""
-    return prf(prf(psk, KEY_PAD), real_message + nonce + prf(sk_p, id_body))
+__all__ = ["KEY_PAD", "IkeAuth", "psk_auth", "respond_ike_auth"]
 
 
 def _id_payload(kind: PayloadType, ident: Identity) -> IdPayload:
@@ -68,19 +70,25 @@ class IkeAuth:
         self._child = child
         self._req: ChildRequest | None = None
 
-    def build(self, sa: IkeSa, now: float) -> list[Payload]:
+    def build(self, sa: IkeSa, now: float) -> list[Payload] | None:
         assert sa.prf is not None and sa.keys is not None
         cfg = sa.config
         idi = _id_payload(PayloadType.IDi, cfg.local_identity)
-        auth = psk_auth(
-            sa.prf, cfg.psk.reveal(), sa.init_request, sa.nonce_r, sa.keys.sk_pi.reveal(), idi.body_for_auth()
-        )
+        try:
+            auth = own_auth(sa, cfg, sa.init_request, sa.nonce_r, sa.keys.sk_pi.reveal(), idi)
+        except SignatureError as exc:
+            sa.fail(f"cannot authenticate: {exc}")
+            return None
+        # IDi, [CERT+], [N(INITIAL_CONTACT)], [CERTREQ], [IDr], AUTH, SA, TSi, TSr (RFC 7296 1.2)
         payloads: list[Payload] = [idi]
+        if cfg.credentials is not None:
+            payloads += cert_payloads(cfg.credentials)
         if cfg.send_initial_contact:
             payloads.append(NotifyPayload(NotifyType.INITIAL_CONTACT))
+        payloads += certreq_payloads(cfg)
         if cfg.remote_identity is not None:
             payloads.append(_id_payload(PayloadType.IDr, cfg.remote_identity))
-        payloads.append(AuthPayload(AuthMethod.SHARED_KEY_MIC, auth))
+        payloads.append(auth)
         if self._child is not None:
             self._req, pre, body = build_child_request(sa, self._child)
             payloads += pre + body
@@ -105,16 +113,12 @@ class IkeAuth:
         if not sa.config.matches_remote(ident):
             sa.fail(f"responder identity {ident} does not match {sa.config.remote_id}")
             return Outcome.DONE
-        expect = psk_auth(
-            sa.prf,
-            sa.config.psk.reveal(),
-            sa.init_response,
-            sa.nonce_i,
-            sa.keys.sk_pr.reveal(),
-            idr.body_for_auth(),
+        problem = check_peer_auth(
+            sa, sa.config, msg, ident, idr, auth, sa.init_response, sa.nonce_i, sa.keys.sk_pr.reveal()
         )
-        if auth.method != AuthMethod.SHARED_KEY_MIC or not hmac.compare_digest(expect, auth.data):
-            sa.fail("responder AUTH payload did not verify (wrong PSK?)")
+        if problem is not None:
+            # Tell the responder, then give up (RFC 7296 2.21.2).
+            sa.notify_and_fail(NotifyType.AUTHENTICATION_FAILED, problem, now)
             return Outcome.DONE
         sa.remote_identity = ident
         _established(sa, now)
@@ -156,28 +160,28 @@ def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
     if not isinstance(idi, IdPayload) or not isinstance(auth, AuthPayload):
         sa.close_after_response(IkeSaFailed("IKE_AUTH request lacks IDi or AUTH"))
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
-    if auth.method != AuthMethod.SHARED_KEY_MIC:
-        return auth_failed(f"unsupported AUTH method {auth.method}")
     ident = Identity(idi.id_type, idi.data)
     wanted = Identity(idr.id_type, idr.data) if isinstance(idr, IdPayload) else None
     cfg = _pick_config(sa, ident, wanted)
     if cfg is None:
         return auth_failed(f"no connection for peer identity {ident}")
     sa.config = cfg
-    expect = psk_auth(
-        sa.prf, cfg.psk.reveal(), sa.init_request, sa.nonce_r, sa.keys.sk_pi.reveal(), idi.body_for_auth()
+    problem = check_peer_auth(
+        sa, cfg, msg, ident, idi, auth, sa.init_request, sa.nonce_r, sa.keys.sk_pi.reveal()
     )
-    if not hmac.compare_digest(expect, auth.data):
-        return auth_failed(f"AUTH from {ident} did not verify (wrong PSK?)")
-    sa.remote_identity = ident
+    if problem is not None:
+        return auth_failed(problem)
     own = _id_payload(PayloadType.IDr, cfg.local_identity)
-    my_auth = psk_auth(
-        sa.prf, cfg.psk.reveal(), sa.init_response, sa.nonce_i, sa.keys.sk_pr.reveal(), own.body_for_auth()
-    )
+    try:
+        my_auth = own_auth(sa, cfg, sa.init_response, sa.nonce_i, sa.keys.sk_pr.reveal(), own)
+    except SignatureError as exc:
+        return auth_failed(f"cannot authenticate to {ident}: {exc}")
+    sa.remote_identity = ident
     if msg.notify(NotifyType.INITIAL_CONTACT) is not None:
         sa.emit(InitialContactReceived(str(ident)))
     _established(sa, now)
-    payloads: list[Payload] = [own, AuthPayload(AuthMethod.SHARED_KEY_MIC, my_auth)]
+    certs = cert_payloads(cfg.credentials) if cfg.credentials is not None else []
+    payloads: list[Payload] = [own, *certs, my_auth]
     if msg.find(PayloadType.SA) is not None:
         answer = respond_child(sa, msg, sa.nonce_i, sa.nonce_r, now=now)
         payloads += answer.pre + answer.body

@@ -15,6 +15,7 @@ from meshsec.agent.ike.constants import (
     ProtocolId,
 )
 from meshsec.agent.ike.crypto import INTEGS, PRFS, CryptoError, KeyExchange, make_cipher
+from meshsec.agent.ike.exchanges.authenticate import certreq_payloads
 from meshsec.agent.ike.keys import derive_ike_keys
 from meshsec.agent.ike.natt import nat_detection_hash
 from meshsec.agent.ike.payloads import (
@@ -27,6 +28,7 @@ from meshsec.agent.ike.payloads import (
     SaPayload,
 )
 from meshsec.agent.ike.proposals import Chosen, accept_response, select_proposal
+from meshsec.agent.ike.sigauth import hash_notify_data, parse_hash_notify
 from meshsec.agent.ike.task import Outcome
 
 if TYPE_CHECKING:
@@ -47,6 +49,19 @@ def nat_notifies(sa: IkeSa, local: Address, remote: Address) -> list[Payload]:
             NotifyType.NAT_DETECTION_DESTINATION_IP, nat_detection_hash(sa.spi_i, sa.spi_r, remote)
         ),
     ]
+
+
+def signature_notifies(sa: IkeSa) -> list[Payload]:
+    """RFC 7427 hash announcement, sent when certificates may be used on this SA."""
+    if all(cfg.credentials is None for cfg in sa.candidates):
+        return []
+    return [NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, hash_notify_data())]
+
+
+def learn_hashes(sa: IkeSa, msg: Message) -> None:
+    n = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+    if n is not None:
+        sa.peer_hashes = parse_hash_notify(n.data)
 
 
 def detect_nat(sa: IkeSa, msg: Message, spi_r: bytes, local: Address, remote: Address) -> bool:
@@ -106,6 +121,7 @@ class IkeInit:
             NoncePayload(sa.nonce_i),
         ]
         payloads += nat_notifies(sa, sa.local, sa.remote)
+        payloads += signature_notifies(sa)
         return payloads
 
     def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
@@ -147,6 +163,7 @@ class IkeInit:
             return Outcome.DONE
         sa.spi_r = msg.header.spi_r
         sa.nonce_r = nonce.data
+        learn_hashes(sa, msg)
         sa.init_response = raw
         setup_keys(sa, chosen, shared)
         from meshsec.agent.ike.sa import State
@@ -213,6 +230,7 @@ def respond_ike_init(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         return reject(NotifyType.INVALID_SYNTAX)
     sa.nonce_i = nonce.data
     sa.nonce_r = sa.rnd.bytes(NONCE_SIZE)
+    learn_hashes(sa, msg)
     setup_keys(sa, chosen, shared)
     sa.state = State.AUTHENTICATING
     if detect_nat(sa, msg, bytes(8), sa.local, sa.remote):
@@ -227,4 +245,6 @@ def respond_ike_init(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         KePayload(kex.group, kex.public_bytes()),
         NoncePayload(sa.nonce_r),
         *out_nat,
+        *certreq_payloads(sa.config),
+        *signature_notifies(sa),
     ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from meshsec.agent.ike.constants import ExchangeType, ProtocolId
+from meshsec.agent.ike.constants import ExchangeType, NotifyType, ProtocolId
 from meshsec.agent.ike.events import LivenessChecked
 from meshsec.agent.ike.payloads import DeletePayload, Message, Payload
 from meshsec.agent.ike.task import Outcome
@@ -91,10 +91,14 @@ class Liveness:
 
 
 def respond_informational(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
-    from meshsec.agent.ike.events import IkeSaDeleted
+    from meshsec.agent.ike.events import IkeSaDeleted, IkeSaFailed
     from meshsec.agent.ike.sa import State
 
     if sa.state not in (State.ESTABLISHED, State.DELETING):
+        return []
+    if msg.notify(NotifyType.AUTHENTICATION_FAILED) is not None:
+        # The initiator rejected our AUTH after we had answered (RFC 7296 2.21.2).
+        sa.close_after_response(IkeSaFailed("peer reported AUTHENTICATION_FAILED (it rejected our AUTH)"))
         return []
     answer: dict[int, list[bytes]] = {}
     for p in msg.payloads:

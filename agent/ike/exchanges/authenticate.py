@@ -1,0 +1,99 @@
+"""The AUTH payload of IKE_AUTH (RFC 7296 2.15) for both kinds of credentials: a PSK MAC
+(method 2) or a signature with CERT payloads (methods 1, 9-11, 14). Both sides use the same
+two calls; the answer of a failed check is the precise reason for the log and IkeSaFailed."""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from meshsec.agent.ike.certs import CERT_ENCODING_X509_SIGNATURE, Credentials, validate_chain
+from meshsec.agent.ike.config import IkeConfig
+from meshsec.agent.ike.constants import AuthMethod, PayloadType
+from meshsec.agent.ike.crypto import Prf
+from meshsec.agent.ike.identity import Identity
+from meshsec.agent.ike.payloads import AuthPayload, CertPayload, CertReqPayload, IdPayload, Message, Payload
+from meshsec.agent.ike.sigauth import SignatureError, method_name, sign, verify
+
+if TYPE_CHECKING:
+    from meshsec.agent.ike.sa import IkeSa
+
+KEY_PAD = b"Key Pad for IKEv2"
+
+
+def psk_auth(prf: Prf, psk: bytes, real_message: bytes, nonce: bytes, sk_p: bytes, id_body: bytes) -> bytes:
+    """AUTH = prf(prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>) with
+    SignedOctets = RealMessage | Nonce(peer) | prf(SK_p, RestOfIDPayload) (RFC 7296 2.15)."""
+    return prf(prf(psk, KEY_PAD), real_message + nonce + prf(sk_p, id_body))
+
+
+def cert_payloads(creds: Credentials) -> list[Payload]:
+    return [CertPayload(CERT_ENCODING_X509_SIGNATURE, c.public_bytes(Encoding.DER)) for c in creds.chain]
+
+
+def certreq_payloads(cfg: IkeConfig) -> list[Payload]:
+    if cfg.credentials is None:
+        return []
+    return [CertReqPayload(CERT_ENCODING_X509_SIGNATURE, cfg.credentials.certreq_hashes())]
+
+
+def own_auth(
+    sa: IkeSa, cfg: IkeConfig, real_message: bytes, nonce: bytes, sk_p: bytes, own_id: IdPayload
+) -> AuthPayload:
+    """Raises SignatureError if our key cannot sign for this peer (e.g. Ed25519 without RFC 8420)."""
+    assert sa.prf is not None
+    if cfg.credentials is None:
+        assert cfg.psk is not None
+        data = psk_auth(sa.prf, cfg.psk.reveal(), real_message, nonce, sk_p, own_id.body_for_auth())
+        return AuthPayload(AuthMethod.SHARED_KEY_MIC, data)
+    octets = real_message + nonce + sa.prf(sk_p, own_id.body_for_auth())
+    method, data = sign(cfg.credentials, octets, sa.peer_hashes)
+    return AuthPayload(method, data)
+
+
+def check_peer_auth(
+    sa: IkeSa, cfg: IkeConfig, msg: Message, ident: Identity, peer_id: IdPayload, auth: AuthPayload,
+    real_message: bytes, nonce: bytes, sk_p: bytes,
+) -> str | None:  # fmt: skip
+    """None if the peer proved `ident`, else the reason it did not."""
+    assert sa.prf is not None
+    if cfg.credentials is None:
+        if auth.method != AuthMethod.SHARED_KEY_MIC:
+            return f"{ident} used AUTH method {method_name(auth.method)} but we expect a PSK"
+        assert cfg.psk is not None
+        expect = psk_auth(sa.prf, cfg.psk.reveal(), real_message, nonce, sk_p, peer_id.body_for_auth())
+        return (
+            None
+            if hmac.compare_digest(expect, auth.data)
+            else f"AUTH from {ident} did not verify (wrong PSK?)"
+        )
+    if auth.method == AuthMethod.SHARED_KEY_MIC:
+        return f"{ident} authenticated with a PSK but we require a certificate"
+    certs = [p.data for p in msg.payloads if isinstance(p, CertPayload)]
+    if any(p.encoding != CERT_ENCODING_X509_SIGNATURE for p in msg.payloads if isinstance(p, CertPayload)):
+        return f"{ident} sent a CERT encoding other than X.509 signature (4)"
+    verified = validate_chain(certs, cfg.credentials, ident)
+    if isinstance(verified, str):
+        return f"certificate authentication of {ident} failed: {verified}"
+    octets = real_message + nonce + sa.prf(sk_p, peer_id.body_for_auth())
+    problem = verify(verified.key, auth.method, auth.data, octets)
+    if problem is not None:
+        return f"AUTH ({method_name(auth.method)}) from {ident} did not verify: {problem}"
+    return None
+
+
+def peer_sent_certreq(msg: Message) -> bool:
+    return msg.find(PayloadType.CERTREQ) is not None
+
+
+__all__ = [
+    "KEY_PAD",
+    "SignatureError",
+    "cert_payloads",
+    "certreq_payloads",
+    "check_peer_auth",
+    "own_auth",
+    "psk_auth",
+]
