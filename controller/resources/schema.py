@@ -117,7 +117,7 @@ def _crypto(profiles: tuple[CloudProfileName, ...], description: str) -> Object:
         description=description,
         properties={
             "ikeProposals": Array(
-                items=String(), description="strongSwan-style IKE proposals, e.g. aes256gcm16-prfsha256-x25519"
+                items=String(), description="strongSwan-style proposals, e.g. aes256gcm16-prfsha256-x25519"
             ),
             "espProposals": Array(
                 items=String(), description="ESP (or AH) proposals; a D-H group in them means PFS"

@@ -135,7 +135,7 @@ def test_schema_keys_equal_parser_keys(monkeypatch: pytest.MonkeyPatch) -> None:
         for path, keys in parsed.items():
             if not path.startswith("spec"):
                 continue
-            assert path in schema_objects, f"{kind.value}: parser reads {path}, the schema has no object there"
+            assert path in schema_objects, f"{kind.value}: parser reads {path}, schema has no object there"
             assert set(schema_objects[path].properties) == keys, f"{kind.value} {path}"
         # Objects the parser reads without `only` (an ExternalGateway's auth names inline secrets
         # in its refusal) still need their fields used by the documents below.

@@ -1,0 +1,97 @@
+"""``python -m meshsec.controller.operator``: the CRD front end, run beside a controller replica.
+
+It watches Sites, Nodes, MeshPolicies and ExternalGateways (meshsec.io/v1alpha1, cluster-scoped)
+and keeps them applied through the replica's admin socket (docs/kubernetes.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+
+from meshsec.controller.operator.handlers import OperatorConfig, configure, register
+from meshsec.controller.operator.sync import ControllerSync
+
+DEFAULT_ADMIN_SOCKET = "/run/meshsec/admin.sock"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m meshsec.controller.operator", description=__doc__)
+    p.add_argument(
+        "--admin-socket", default=DEFAULT_ADMIN_SOCKET, help="controller admin socket (%(default)s)"
+    )
+    p.add_argument("--resync", type=float, default=30.0, help="re-apply and refresh status every S seconds")
+    p.add_argument("--retry", type=float, default=10.0, help="retry delay while the controller is away")
+    p.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="ClusterKopfPeering name: with several replicas only the one with the highest (random) "
+        "priority acts; without it the operator runs standalone",
+    )
+    p.add_argument(
+        "--liveness", metavar="URL", help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz"
+    )
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    return p
+
+
+def build_registry(
+    sync: ControllerSync, config: OperatorConfig, *, login: Any = None
+) -> kopf.OperatorRegistry:
+    """Handlers for the four kinds; `login` replaces the in-cluster/kubeconfig login (tests)."""
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(login or _login)
+    kopf.on.startup(registry=registry)(_startup)
+    register(registry, sync, config)
+    return registry
+
+
+def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    configure(settings)
+
+
+async def run(args: argparse.Namespace) -> None:
+    sync = ControllerSync.unix(args.admin_socket)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await kopf.operator(
+            registry=build_registry(sync, OperatorConfig(args.resync, args.retry)),
+            clusterwide=True,
+            standalone=args.peering is None,
+            peering_name=args.peering,
+            priority=secrets.randbelow(2**31 - 1) + 1 if args.peering else None,
+            liveness_endpoint=args.liveness,
+            stop_flag=stop,
+        )
+    finally:
+        await sync.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

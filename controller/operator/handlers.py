@@ -1,0 +1,131 @@
+"""kopf handlers: every custom resource of the four kinds is kept applied in the controller.
+
+Level-triggered: create, update, resume and a periodic resync all run the same `reconcile`,
+which sends the whole manifest (Apply is declarative; an unchanged resource writes nothing), so
+a missed event, a restarted operator or a controller that lost its store converge on the next
+pass. The Ready condition says what happened, naming every bad field. Deletion goes through a
+finalizer: the custom resource stays until the controller has let go of the resource (a Site
+that Nodes still use is refused and retried), and only a resource this operator wrote last is
+deleted, so a same-named resource `meshctl` owns survives the deletion of a rejected CR.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from meshsec.controller.operator.conditions import READY, field_problems, join_problems, manifest, with_ready
+from meshsec.controller.operator.crds import GROUP, NAMES, VERSION
+from meshsec.controller.operator.sync import FIELD_MANAGER, ControllerSync, Verdict
+from meshsec.controller.resources import Kind, ValidationError, parse_resource
+
+LAST_APPLIED_BY = "meshsec.io/last-applied-by"
+FINALIZER = "meshsec.io/controller-sync"
+ANNOTATION_PREFIX = "operator.meshsec.io"
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorConfig:
+    resync_seconds: float = 30.0
+    retry_seconds: float = 10.0
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """Our finalizer and annotation names; progress kept in annotations because the CRDs'
+    structural status schema would prune kopf's own status fields."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+
+
+class Reconciler:
+    def __init__(self, kind: Kind, sync: ControllerSync, config: OperatorConfig) -> None:
+        self.kind = kind
+        self.sync = sync
+        self.config = config
+
+    async def reconcile(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        doc = manifest(self.kind, body)
+        name = str(doc["metadata"]["name"])
+        try:
+            parse_resource(doc)
+        except ValidationError as exc:
+            # Not sent: the controller would refuse it the same way, and the status says why now.
+            problems = field_problems(exc.errors, self.kind, name)
+            self._ready(body, patch, "False", "ValidationFailed", join_problems(problems))
+            logger.warning("%s/%s invalid: %s", self.kind.value, name, join_problems(problems))
+            return
+        outcome = await self.sync.apply(doc)
+        if outcome.verdict is Verdict.DONE:
+            self._ready(body, patch, "True", "Applied", f"in the controller ({outcome.action.lower()})")
+        elif outcome.verdict is Verdict.UNAVAILABLE:
+            self._ready(body, patch, "Unknown", "ControllerUnavailable", outcome.message)
+            raise kopf.TemporaryError(outcome.message, delay=self.config.retry_seconds)
+        else:
+            # Often fixed by another resource (a Node before its Site); the resync tries again.
+            self._ready(body, patch, "False", "ValidationFailed", join_problems(outcome.problems))
+            logger.warning("%s/%s refused: %s", self.kind.value, name, join_problems(outcome.problems))
+
+    async def resync(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        await self.reconcile(body=body, patch=patch, logger=logger)
+        if _ready_status(patch, body) != "True":
+            return
+        counts = await self.sync.tunnels(self.kind, str(body.metadata.name))
+        tunnels = {"desired": counts.desired, "established": counts.established, "failed": counts.failed}
+        if body.status.get("tunnels") != tunnels:
+            patch.status["tunnels"] = tunnels
+
+    async def delete(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        name = str(body.metadata.name)
+        stored = await self.sync.get(self.kind, name)
+        if stored is None:
+            return
+        writer = stored.metadata.annotations.get(LAST_APPLIED_BY, "")
+        if writer != FIELD_MANAGER:
+            logger.info("%s/%s was last applied by %r; left in the controller", self.kind.value, name, writer)
+            return
+        outcome = await self.sync.delete(self.kind, name)
+        if outcome.verdict is Verdict.DONE:
+            return
+        reason = "ControllerUnavailable" if outcome.verdict is Verdict.UNAVAILABLE else "DeleteBlocked"
+        self._ready(body, patch, "False", reason, outcome.message)
+        raise kopf.TemporaryError(outcome.message, delay=self.config.retry_seconds)
+
+    def _ready(self, body: kopf.Body, patch: kopf.Patch, status: str, reason: str, message: str) -> None:
+        generation = int(body.metadata.get("generation") or 0)
+        now = datetime.datetime.now(datetime.UTC)
+        conditions = with_ready(body.status.get("conditions"), status, reason, message, generation, now)
+        if conditions != body.status.get("conditions"):
+            patch.status["conditions"] = conditions
+        if body.status.get("observedGeneration") != generation:
+            patch.status["observedGeneration"] = generation
+
+
+def _ready_status(patch: kopf.Patch, body: kopf.Body) -> str:
+    conditions = patch.get("status", {}).get("conditions") or body.status.get("conditions") or []
+    return next((str(c.get("status")) for c in conditions if c.get("type") == READY), "Unknown")
+
+
+def register(registry: kopf.OperatorRegistry, sync: ControllerSync, config: OperatorConfig) -> None:
+    for kind in Kind:
+        plural = NAMES[kind].plural
+        reconciler = Reconciler(kind, sync, config)
+        prefix = kind.value.lower()
+        kopf.on.resume(GROUP, VERSION, plural, registry=registry, id=f"{prefix}-resume")(reconciler.reconcile)
+        kopf.on.create(GROUP, VERSION, plural, registry=registry, id=f"{prefix}-create")(reconciler.reconcile)
+        kopf.on.update(GROUP, VERSION, plural, registry=registry, id=f"{prefix}-update")(reconciler.reconcile)
+        kopf.on.delete(GROUP, VERSION, plural, registry=registry, id=f"{prefix}-delete")(reconciler.delete)
+        kopf.timer(
+            GROUP,
+            VERSION,
+            plural,
+            registry=registry,
+            id=f"{prefix}-resync",
+            interval=config.resync_seconds,
+            initial_delay=min(config.resync_seconds, 5.0),
+        )(reconciler.resync)

@@ -1,0 +1,153 @@
+"""The operator's side of AdminService: apply, delete and count tunnels for one custom resource.
+
+Every call answers with an `Outcome` instead of raising for what the controller refused, so the
+handlers turn it into a status condition; only "controller unreachable" is left to retry.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import grpc
+from google.protobuf import struct_pb2
+
+from meshsec.controller.resources import Kind
+from meshsec.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+
+FIELD_MANAGER = "crd-sync"
+VALIDATION_TRAILER = "meshsec-validation-errors-bin"
+CALL_TIMEOUT = 15.0
+
+
+class Verdict(enum.Enum):
+    DONE = "done"
+    INVALID = "invalid"  # the controller refused the resource itself (field problems)
+    BLOCKED = "blocked"  # refused because of other resources (e.g. a Site still has Nodes)
+    UNAVAILABLE = "unavailable"  # try again later
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    verdict: Verdict
+    message: str = ""
+    # "field.path: reason" for every problem the controller reported about this resource.
+    problems: tuple[str, ...] = ()
+    action: str = ""  # CREATED, CONFIGURED, UNCHANGED for a successful apply
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelCounts:
+    desired: int
+    established: int
+    failed: int
+
+
+_ESTABLISHED = (common_pb2.TUNNEL_STATE_ESTABLISHED, common_pb2.TUNNEL_STATE_REKEYING)
+
+
+class ControllerSync:
+    """AdminService over the controller's admin socket (the operator runs beside the controller)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
+
+    @classmethod
+    def unix(cls, path: str) -> ControllerSync:
+        return cls(f"unix:{path}")
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def apply(self, manifest: Mapping[str, Any]) -> Outcome:
+        request = admin_pb2.ApplyRequest(resources=[_resource(manifest)], field_manager=FIELD_MANAGER)
+        try:
+            response = await self._stub.Apply(request, timeout=CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            return _refusal(exc, (manifest["kind"], manifest["metadata"]["name"]))
+        action = admin_pb2.ApplyAction.Name(response.results[0].action).removeprefix("APPLY_ACTION_")
+        return Outcome(Verdict.DONE, action=action)
+
+    async def delete(self, kind: Kind, name: str) -> Outcome:
+        try:
+            await self._stub.Delete(admin_pb2.DeleteRequest(kind=kind.value, name=name), timeout=CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return Outcome(Verdict.DONE, "already absent")
+            return _refusal(exc, (kind.value, name))
+        return Outcome(Verdict.DONE)
+
+    async def get(self, kind: Kind, name: str) -> common_pb2.Resource | None:
+        try:
+            response = await self._stub.Get(
+                admin_pb2.GetRequest(kind=kind.value, name=name), timeout=CALL_TIMEOUT
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return response.resource
+
+    async def tunnels(self, kind: Kind, name: str) -> TunnelCounts:
+        """Counts over every page of ListTunnels filtered to this resource."""
+        request = _tunnel_filter(kind, name)
+        desired = established = failed = 0
+        while True:
+            response = await self._stub.ListTunnels(request, timeout=CALL_TIMEOUT)
+            for tunnel in response.tunnels:
+                desired += 1
+                established += tunnel.state in _ESTABLISHED
+                failed += tunnel.state == common_pb2.TUNNEL_STATE_FAILED
+            if not response.next_page_token:
+                return TunnelCounts(desired, established, failed)
+            request.page_token = response.next_page_token
+
+
+def _tunnel_filter(kind: Kind, name: str) -> admin_pb2.ListTunnelsRequest:
+    if kind is Kind.NODE:
+        return admin_pb2.ListTunnelsRequest(node=name)
+    if kind is Kind.SITE:
+        return admin_pb2.ListTunnelsRequest(site=name)
+    # A gateway's tunnels carry the gateway as their policy, like a MeshPolicy's.
+    return admin_pb2.ListTunnelsRequest(policy=name)
+
+
+def _resource(manifest: Mapping[str, Any]) -> common_pb2.Resource:
+    meta = manifest["metadata"]
+    out = common_pb2.Resource(api_version=manifest["apiVersion"], kind=manifest["kind"])
+    out.metadata.name = meta["name"]
+    out.metadata.labels.update(meta.get("labels") or {})
+    spec = struct_pb2.Struct()
+    spec.update(manifest.get("spec") or {})
+    out.spec.CopyFrom(spec)
+    return out
+
+
+def _refusal(exc: grpc.aio.AioRpcError, own: tuple[str, str]) -> Outcome:
+    code = exc.code()
+    message = exc.details() or code.name
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        problems = tuple(_problem(e, own) for e in _validation_errors(exc)) or (message,)
+        return Outcome(Verdict.INVALID, message, problems)
+    if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED):
+        return Outcome(Verdict.BLOCKED, message, (message,))
+    return Outcome(Verdict.UNAVAILABLE, f"{code.name}: {message}")
+
+
+def _problem(error: admin_pb2.ValidationError, own: tuple[str, str]) -> str:
+    """``path: reason`` for this resource; problems found on another resource name it."""
+    text = f"{error.path}: {error.message}" if error.path else error.message
+    return text if (error.kind, error.name) == own else f"{error.kind}/{error.name}: {text}"
+
+
+def _validation_errors(exc: grpc.aio.AioRpcError) -> list[admin_pb2.ValidationError]:
+    # grpc.aio gives a Metadata object (pairs when iterated); the stubs type it otherwise.
+    pairs = cast(Iterable[tuple[str, object]], exc.trailing_metadata() or ())
+    for key, value in pairs:
+        if key == VALIDATION_TRAILER and isinstance(value, bytes):
+            return list(admin_pb2.ValidationErrors.FromString(value).errors)
+    return []
