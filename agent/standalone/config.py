@@ -5,6 +5,7 @@ anything invalid with a `ConfigError` naming the offending field by its path, e.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import os
 import re
@@ -16,6 +17,7 @@ from typing import TypeVar
 
 import yaml
 
+from meshsec.agent.ike.certs import CredentialError, Credentials
 from meshsec.agent.ike.config import ChildConfig, IkeConfig, RetransmitConfig
 from meshsec.agent.ike.config import ConfigError as EngineConfigError
 from meshsec.agent.ike.constants import ProtocolId
@@ -27,8 +29,7 @@ from meshsec.common.secrets import Secret
 DEFAULT_STATUS_SOCKET = "/run/meshsec-agent/status.sock"
 DATAPLANES = ("auto", "userspace", "kernel", "none")
 START_ACTIONS = ("initiate", "wait")
-AUTH_METHODS = ("psk",)
-FUTURE_AUTH = ("pubkey",)  # certificates: accepted by the schema, refused until implemented
+AUTH_METHODS = ("psk", "pubkey")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
@@ -323,11 +324,42 @@ def _identity(node: _Node, default: str | None, *, allow_any: bool) -> str:
 
 def _auth(node: _Node) -> str:
     method = node.get("auth", str, "psk")
-    if method in FUTURE_AUTH:
-        raise ConfigError(node.at("auth"), f"{method!r} (certificates) is not supported yet; use psk")
     if method not in AUTH_METHODS:
-        raise ConfigError(node.at("auth"), f"must be psk, not {method!r}")
+        raise ConfigError(node.at("auth"), f"must be psk or pubkey, not {method!r}")
     return method
+
+
+def _read_file(node: _Node, key: str, base: Path) -> bytes:
+    name = node.get(key, str, required=True)
+    path = base / name
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(node.at(key), f"cannot read {path}: {exc.strerror}") from None
+
+
+def _credentials(local: _Node, remote: _Node, base: Path) -> Credentials:
+    """local: cert (our certificate, intermediates may follow in the same PEM), key, method
+    (signature | classic), rsa_pss; remote: cas (the CA certificates we trust)."""
+    cert = _read_file(local, "cert", base)
+    key = Secret(_read_file(local, "key", base))
+    method = local.choice("method", ("signature", "classic"), "signature")
+    rsa_pss = local.get("rsa_pss", bool, False)
+    cas_names = remote.strings("cas")
+    if not cas_names:
+        raise ConfigError(remote.at("cas"), "auth pubkey needs at least one trusted CA file")
+    cas = []
+    for i, name in enumerate(cas_names):
+        path = base / name
+        try:
+            cas.append(path.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"{remote.at('cas')}[{i}]", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return Credentials.load(cert, key, cas, lambda: datetime.datetime.now(datetime.UTC),
+                                method=method, rsa_pss=rsa_pss)  # fmt: skip
+    except CredentialError as exc:
+        raise ConfigError(local.path, str(exc)) from None
 
 
 def parse_connection(node: _Node, name: str, base: Path) -> Connection:
@@ -336,11 +368,13 @@ def parse_connection(node: _Node, name: str, base: Path) -> Connection:
     local, remote = node.child("local"), node.child("remote")
     local_id = _identity(local, local_addrs[0] if local_addrs else None, allow_any=False)
     remote_id = _identity(remote, remote_addrs[0] if remote_addrs else "%any", allow_any=True)
-    _auth(local)
-    _auth(remote)
+    local_auth, remote_auth = _auth(local), _auth(remote)
+    if local_auth != remote_auth:
+        raise ConfigError(remote.at("auth"), f"must equal local auth {local_auth!r} (no mixed auth)")
+    creds = _credentials(local, remote, base) if local_auth == "pubkey" else None
     local.check_unknown()
     remote.check_unknown()
-    psk = _psk(node, base)
+    psk = _psk(node, base) if creds is None else None
     proposals = node.strings("proposals", ("aes256gcm16-prfsha256-x25519",))
     if not proposals:
         raise ConfigError(node.at("proposals"), "needs at least one proposal")
@@ -396,6 +430,7 @@ def parse_connection(node: _Node, name: str, base: Path) -> Connection:
             over_time=ike_over,
             dpd_delay=dpd_delay,
             dpd_action=dpd_action,
+            credentials=creds,
         ),
     )
     node.check_unknown()
