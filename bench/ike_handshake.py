@@ -74,10 +74,13 @@ async def drive(count: int, window: int, timeout: float) -> dict[str, Any]:
     in_flight = asyncio.Semaphore(window)
     finished = 0
 
+    latencies: list[float] = []
+
     def on_event(record: SaRecord, ev: Event) -> None:
         nonlocal finished
         if isinstance(ev, ChildSaEstablished):
             results["ok"] += 1
+            latencies.append(time.time() - record.created)
         elif isinstance(ev, (IkeSaFailed, ChildSaFailed, IkeSaDeleted)):
             results["failed"] += 1
             reason = getattr(ev, "reason", type(ev).__name__)
@@ -113,6 +116,7 @@ async def drive(count: int, window: int, timeout: float) -> dict[str, Any]:
         "initiator_cpu": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
         "reasons": reasons,
         "retransmits": sum(rec.sa.stats["retransmits"] for rec in adapter.records.values()),
+        "latency_ms": [1000 * x for x in sorted(latencies)],
     }
 
 
@@ -129,6 +133,12 @@ class Measured:
     responder_cpu: float
     initiator_cpu: float
     retransmits: int
+    latency_ms: list[float]
+
+    def latency(self, q: float) -> float:
+        """Handshake latency quantile (initiate -> CHILD_SA established), in ms."""
+        lat = self.latency_ms
+        return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
 
     @property
     def rate(self) -> float:
@@ -178,7 +188,7 @@ def measure(name: str, lab: Any, pid: int, count: int, window: int, warmup: int)
     if res["failed"]:
         print(f"  {name}: {res['failed']} failed: {res['reasons']}", file=sys.stderr)
     return Measured(name, count, res["ok"], res["failed"], res["elapsed"], cpu1 - cpu0, res["initiator_cpu"],
-                    res["retransmits"])  # fmt: skip
+                    res["retransmits"], res["latency_ms"])  # fmt: skip
 
 
 def meshsec_responder(lab: Any, dataplane: str, tag: str) -> Any:
@@ -262,8 +272,8 @@ def table(results: list[Measured]) -> str:
         by.setdefault(m.responder, []).append(m)
     lines = [
         "| responder | rounds | SAs ok/attempted | IKE_SA+CHILD_SA per s (median, min-max) "
-        "| responder CPU ms/SA (median, min-max) | initiator CPU ms/SA | retransmits |",
-        "|---|---|---|---|---|---|---|",
+        "| responder CPU ms/SA (median, min-max) | initiator CPU ms/SA | latency ms p50/p99 | retransmits |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, ms in by.items():
         rates = [m.rate for m in ms]
@@ -273,6 +283,8 @@ def table(results: list[Measured]) -> str:
             f"| {statistics.median(rates):.0f} ({min(rates):.0f}-{max(rates):.0f}) "
             f"| {statistics.median(cpu):.2f} ({min(cpu):.2f}-{max(cpu):.2f}) "
             f"| {statistics.median(m.initiator_cpu_per_sa_ms for m in ms):.2f} "
+            f"| {statistics.median(m.latency(0.5) for m in ms):.1f}"
+            f"/{statistics.median(m.latency(0.99) for m in ms):.1f} "
             f"| {sum(m.retransmits for m in ms)} |"
         )
     return "\n".join(lines)
