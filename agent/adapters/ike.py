@@ -1,8 +1,8 @@
 """The asyncio IKE adapter: owns the UDP sockets, feeds the sans-IO engine, runs its timers,
 dispatches its events and drives the data plane.
 
-The engine's IkeSaTable is the single object driven here. After every input (a batch of
-datagrams, a timer, an API call) one `_pump` runs: datagrams go out, events are dispatched, the
+The engine's IkeSaTable is the single object driven here. After every input (a datagram, a
+timer, an API call) one `_pump` runs: datagrams go out, events are dispatched, the
 one loop timer is re-armed for the table's earliest deadline. The table only looks at SAs with
 pending output, so the cost of a datagram does not grow with the number of SAs.
 
@@ -138,7 +138,6 @@ class IkeAdapter:
         self._loop_thread: int | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._pump_scheduled = False
         self._work: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
@@ -291,7 +290,7 @@ class IkeAdapter:
             except OSError as exc:
                 self.stats["receive_errors"] += 1
                 log.debug("receive on %s: %s", ep.bound, exc)
-                return
+                break
             if got is None:
                 break
             self.stats["datagrams_received"] += 1
@@ -306,7 +305,10 @@ class IkeAdapter:
                 self._ike_input(data, got.local, got.remote)
             else:
                 self._ike_input(got.data, got.local, got.remote)
-        self._pump()
+            # Answer each datagram at once: the table only looks at SAs with output, so this is
+            # cheap, while answering a whole batch at its end would add the batch's CPU time to
+            # every handshake's latency.
+            self._pump()
 
     def _from_dataplane(self, msg: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
         """The data plane's IkeReceiver: IKE from the shared 4500 socket, marker removed."""
@@ -317,9 +319,7 @@ class IkeAdapter:
             return
         self.stats["datagrams_received"] += 1
         self._ike_input(bytes(msg), Address(local[0], local[1]), Address(remote[0].split("%")[0], remote[1]))
-        if not self._pump_scheduled:  # one pump for all datagrams the data plane hands over at once
-            self._pump_scheduled = True
-            self._loop.call_soon(self._pump)
+        self._pump()
 
     def _ike_input(self, data: bytes, local: Address, remote: Address) -> None:
         """Never raises: anything wrong with a datagram is counted and it is dropped."""
@@ -397,7 +397,6 @@ class IkeAdapter:
 
     def _pump(self) -> None:
         """Acts on everything the engine produced since the last pump."""
-        self._pump_scheduled = False
         if self._closed or self._loop is None:
             return
         try:
