@@ -249,3 +249,23 @@ def test_notes_tell_how_to_create_the_bootstrap_secret() -> None:
     assert "meshsec-controller token create --site SITE" in notes
     assert "create secret generic meshsec-agent-bootstrap" in notes
     assert f"mesh-meshsec.{NAMESPACE}.svc" in notes
+
+
+def test_image_provides_the_chart_commands() -> None:
+    """deploy/Dockerfile cannot be built here (no container engine); check what it relies on."""
+    import tomllib
+
+    root = CHART.parents[2]
+    dockerfile = (root / "deploy/Dockerfile").read_text()
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            for source in line.split()[1:-1]:
+                assert (root / source).exists(), source
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    r = render()
+    commands = {
+        container(r["Deployment/mesh-meshsec-controller"], "controller")["command"][0],
+        container(r["DaemonSet/mesh-meshsec-agent"], "agent")["command"][0],
+    }
+    assert commands <= set(scripts)
+    assert "kopf" in dockerfile
