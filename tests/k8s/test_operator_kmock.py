@@ -271,6 +271,23 @@ async def test_create_update_delete_reach_the_controller(cluster: Any) -> None:
 
         await eventually("the updated site prefixes", two_prefixes)
 
+        # A label change alone is an update too: selectors read labels. Dropping dc2 from the
+        # policy's members removes the tunnel.
+        await k8s.patch(Kind.SITE, "k8s-dc2", {"metadata": {"labels": {"kind": "retired"}}})
+
+        async def relabelled() -> bool:
+            site = await sync.get(Kind.SITE, "k8s-dc2")
+            return site is not None and dict(site.metadata.labels) == {"kind": "retired"}
+
+        await eventually("the site's new label in the controller", relabelled)
+        assert (await sync.tunnels(Kind.MESH_POLICY, "k8s-dc-mesh")).desired == 0
+        await k8s.patch(Kind.SITE, "k8s-dc2", {"metadata": {"labels": {"kind": "datacenter"}}})
+
+        async def tunnel_back() -> bool:
+            return (await sync.tunnels(Kind.MESH_POLICY, "k8s-dc-mesh")).desired == 1
+
+        await eventually("the tunnel back after relabelling", tunnel_back)
+
         # Delete: the finalizer holds the CR until the controller deleted the resource.
         await k8s.delete(Kind.NODE, "k8s-gw2")
 
