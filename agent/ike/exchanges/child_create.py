@@ -95,12 +95,12 @@ def respond_create_child(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
     from meshsec.agent.ike.exchanges.child_rekey import respond_child_rekey
     from meshsec.agent.ike.exchanges.ike_rekey import respond_ike_rekey
 
-    if msg.find(PayloadType.TSi) is None:
-        return respond_ike_rekey(sa, msg, now)  # no TS: an IKE SA rekey (RFC 7296 1.3.2)
+    rekey = msg.notify(NotifyType.REKEY_SA)
+    if rekey is None and msg.find(PayloadType.TSi) is None:
+        return respond_ike_rekey(sa, msg, now)  # no REKEY_SA, no TS: an IKE SA rekey (RFC 7296 1.3.2)
     if sa.rekeying_ike():
         # New CHILD_SAs would have to move to the successor IKE SA mid-flight (2.25.2).
         return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
-    rekey = msg.notify(NotifyType.REKEY_SA)
     if rekey is not None:
         return respond_child_rekey(sa, msg, rekey, now)
     nonce = msg.find(PayloadType.NONCE)
