@@ -64,3 +64,11 @@ def with_ready(
         "observedGeneration": generation,
     }
     return [c for c in conditions if c.get("type") != READY] + [ready]
+
+
+def node_phase(online: bool, last_seen: str) -> str:
+    """Online: its agent reported within the heartbeat interval; Offline: it did before;
+    Pending: no agent has reported for it yet (not enrolled, or enrolled and not connected)."""
+    if online:
+        return "Online"
+    return "Offline" if last_seen else "Pending"

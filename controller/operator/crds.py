@@ -65,6 +65,7 @@ COLUMNS: dict[Kind, tuple[Column, ...]] = {
         _READY,
         _REASON,
         Column("Phase", ".status.phase"),
+        Column("Last Seen", ".status.lastSeen", "date", priority=1),
         _ESTABLISHED,
         _AGE,
     ),

@@ -17,7 +17,14 @@ from typing import Any
 
 import kopf
 
-from meshsec.controller.operator.conditions import READY, field_problems, join_problems, manifest, with_ready
+from meshsec.controller.operator.conditions import (
+    READY,
+    field_problems,
+    join_problems,
+    manifest,
+    node_phase,
+    with_ready,
+)
 from meshsec.controller.operator.crds import GROUP, NAMES, VERSION
 from meshsec.controller.operator.sync import FIELD_MANAGER, ControllerSync, Verdict
 from meshsec.controller.resources import Kind, ValidationError, parse_resource
@@ -79,6 +86,19 @@ class Reconciler:
         tunnels = {"desired": counts.desired, "established": counts.established, "failed": counts.failed}
         if body.status.get("tunnels") != tunnels:
             patch.status["tunnels"] = tunnels
+        if self.kind is Kind.NODE:
+            await self._node_status(body, patch)
+
+    async def _node_status(self, body: kopf.Body, patch: kopf.Patch) -> None:
+        liveness = await self.sync.node_liveness(str(body.metadata.name))
+        if liveness is None:
+            return
+        wanted = {"phase": node_phase(liveness.online, liveness.last_seen)}
+        if liveness.last_seen:
+            wanted["lastSeen"] = liveness.last_seen
+        for key, value in wanted.items():
+            if body.status.get(key) != value:
+                patch.status[key] = value
 
     async def delete(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
         name = str(body.metadata.name)

@@ -6,7 +6,9 @@ handlers turn it into a status condition; only "controller unreachable" is left 
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -45,16 +47,28 @@ class TunnelCounts:
     failed: int
 
 
+@dataclass(frozen=True, slots=True)
+class NodeLiveness:
+    online: bool  # reported within its heartbeat interval
+    last_seen: str  # RFC 3339, "" if the agent never reported
+
+
 _ESTABLISHED = (common_pb2.TUNNEL_STATE_ESTABLISHED, common_pb2.TUNNEL_STATE_REKEYING)
 
 
 class ControllerSync:
     """AdminService over the controller's admin socket (the operator runs beside the controller)."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, liveness_max_age: float = 5.0) -> None:
         self.target = target
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
+        # One link-free topology read serves every Node's resync within this many seconds, so a
+        # resync round costs one O(nodes) call instead of one per node.
+        self._liveness_max_age = liveness_max_age
+        self._liveness: dict[str, NodeLiveness] = {}
+        self._liveness_at = float("-inf")
+        self._liveness_lock = asyncio.Lock()
 
     @classmethod
     def unix(cls, path: str) -> ControllerSync:
@@ -105,6 +119,22 @@ class ControllerSync:
             if not response.next_page_token:
                 return TunnelCounts(desired, established, failed)
             request.page_token = response.next_page_token
+
+    async def node_liveness(self, name: str) -> NodeLiveness | None:
+        """None when the controller has no such node."""
+        async with self._liveness_lock:
+            if time.monotonic() - self._liveness_at > self._liveness_max_age:
+                topology = await self._stub.GetTopology(
+                    admin_pb2.GetTopologyRequest(omit_links=True), timeout=CALL_TIMEOUT
+                )
+                self._liveness = {
+                    n.name: NodeLiveness(
+                        n.online, n.last_seen.ToJsonString() if n.HasField("last_seen") else ""
+                    )
+                    for n in topology.nodes
+                }
+                self._liveness_at = time.monotonic()
+            return self._liveness.get(name)
 
 
 def _tunnel_filter(kind: Kind, name: str) -> admin_pb2.ListTunnelsRequest:

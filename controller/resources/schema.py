@@ -266,7 +266,11 @@ STATUS: dict[Kind, Object] = {
     Kind.NODE: Object(
         properties={
             **_STATUS_COMMON,
-            "phase": String(min_length=0, description="Ready once the agent reports"),
+            "phase": String(
+                enum=("Pending", "Online", "Offline"),
+                description="Online: its agent reported within the heartbeat interval",
+            ),
+            "lastSeen": String(description="RFC 3339 time of the agent's last accepted report"),
             "observedEndpoints": Array(items=String(format="ip")),
         }
     ),

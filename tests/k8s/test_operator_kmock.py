@@ -412,3 +412,96 @@ async def _status_false(k8s: Cluster, kind: Kind, name: str) -> bool:
 
 async def _absent(k8s: Cluster, kind: Kind, name: str) -> bool:
     return await k8s.get(kind, name) is None
+
+
+async def test_agent_reports_reach_the_custom_resources(cluster: Any, controller: Controller) -> None:
+    """Two nodes enroll and report their tunnel ESTABLISHED to the controller (as agents do);
+    the policy's CR counts it established and the Node CRs turn Online."""
+    from meshsec.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+    from tests.controller.ctl_harness import join
+
+    async with cluster as (k8s, sync):
+        for doc in (
+            SITE,
+            SITE2,
+            _node("k8s-gw1", "k8s-dc1", "198.18.61.1"),
+            _node("k8s-gw2", "k8s-dc2", "198.18.62.1"),
+        ):
+            await k8s.create(doc)
+        await k8s.create(POLICY)
+
+        async def one_tunnel() -> list[Any]:
+            response = await _list_tunnels(controller)
+            return list(response.tunnels)
+
+        (tunnel,) = await eventually("the policy's tunnel", one_tunnel)
+
+        async def pending() -> bool:
+            node = await k8s.get(Kind.NODE, "k8s-gw1")
+            return ((node or {}).get("status") or {}).get("phase") == "Pending"
+
+        await eventually("the node Pending before its agent reports", pending)
+
+        for name, site, peer in (("k8s-gw1", "k8s-dc1", "k8s-gw2"), ("k8s-gw2", "k8s-dc2", "k8s-gw1")):
+            node = await join(
+                controller, site, name, "198.18.100.1", allow_reenroll=True, node_labels={"role": "gateway"}
+            )
+            report = agent_pb2.StatusReport(
+                node_name=name,
+                agent_instance_id=f"{name}-test",
+                seq=1,
+                full=True,
+                tunnels=[
+                    agent_pb2.TunnelStatus(
+                        tunnel_id=tunnel.tunnel_id, peer_name=peer, state=common_pb2.TUNNEL_STATE_ESTABLISHED
+                    )
+                ],
+            )
+            async with node.channel(controller) as channel:
+                await agent_pb2_grpc.AgentServiceStub(channel).ReportStatus(report, timeout=10)
+
+        async def established() -> dict[str, Any] | None:
+            obj = await k8s.get(Kind.MESH_POLICY, "k8s-dc-mesh")
+            tunnels = ((obj or {}).get("status") or {}).get("tunnels") or {}
+            return obj if tunnels.get("established") == 1 else None
+
+        policy = await eventually("established count on the policy", established)
+        assert policy["status"]["tunnels"] == {"desired": 1, "established": 1, "failed": 0}
+
+        async def online() -> dict[str, Any] | None:
+            node = await k8s.get(Kind.NODE, "k8s-gw2")
+            status = (node or {}).get("status") or {}
+            return (
+                status
+                if status.get("phase") == "Online" and status.get("tunnels", {}).get("established")
+                else None
+            )
+
+        status = await eventually("the node Online", online)
+        assert status["lastSeen"].endswith("Z")
+        # Enrollment rewrote the node's endpoints from its facts; the CR is authoritative again.
+        assert (await eventually("CR spec re-applied", lambda: _public_endpoints(sync, "k8s-gw2"))) == [
+            "198.18.62.1"
+        ]
+
+
+async def _list_tunnels(controller: Controller) -> admin_pb2.ListTunnelsResponse:
+    import grpc
+
+    from meshsec.v1 import admin_pb2_grpc
+
+    assert controller.config.admin_socket is not None
+    async with grpc.aio.insecure_channel(f"unix:{controller.config.admin_socket}") as channel:
+        response: admin_pb2.ListTunnelsResponse = await admin_pb2_grpc.AdminServiceStub(channel).ListTunnels(
+            admin_pb2.ListTunnelsRequest(policy="k8s-dc-mesh"), timeout=10
+        )
+        return response
+
+
+async def _public_endpoints(sync: ControllerSync, name: str) -> list[str] | None:
+    node = await sync.get(Kind.NODE, name)
+    if node is None:
+        return None
+    endpoints = node.spec["endpoints"]
+    public = list(endpoints["public"]) if "public" in endpoints else []
+    return public if public == ["198.18.62.1"] else None
