@@ -246,11 +246,19 @@ class MeshIndex:
         for source, nodes in self._anchors(kind, name).items():
             anchors.setdefault(source, set()).update(nodes)
         after = self._edges(anchors)
-        for key in before.keys() | after.keys():
-            node, tid = key
-            slot = pending.setdefault(node, {})
+        # A join has no "before" and a leave no "after": no union of the two key sets is built.
+        for (node, tid), end in after.items():
+            slot = pending.get(node)
+            if slot is None:
+                slot = pending[node] = {}
             previous = slot.get(tid)
-            slot[tid] = (previous[0] if previous else before.get(key), after.get(key))
+            slot[tid] = (previous[0] if previous else before.get((node, tid)), end)
+        for key, end in before.items():
+            if key not in after:
+                node, tid = key
+                slot = pending.setdefault(node, {})
+                previous = slot.get(tid)
+                slot[tid] = (previous[0] if previous else end, None)
 
     def _finish(self, pending: _Pending) -> dict[str, NodeDelta]:
         out: dict[str, NodeDelta] = {}
@@ -359,12 +367,22 @@ class MeshIndex:
         unit = self._unit_of(m, node)
         if unit is None:
             return
+        nodes = self._nodes
+        if not _hub_transit(m) and m.policy.spec.scope is Scope.NODE:
+            # The common case, one node per unit protecting only its own prefixes, without the
+            # per-peer calls of the general case below (a full-mesh join visits every member).
+            mine = self._node_ts.get(unit, ())
+            node_ts = self._node_ts
+            for peer_unit in m.peers(unit):
+                if peer_unit not in skip:
+                    yield nodes[peer_unit], mine, node_ts.get(peer_unit, ())
+            return
         for peer_unit in m.peers(unit):
             mine = self._selectors(m, unit, peer_unit)
             theirs = self._selectors(m, peer_unit, unit)
             for peer_name in self._endpoints(m, peer_unit):
                 if peer_name not in skip:
-                    yield self._nodes[peer_name], mine, theirs
+                    yield nodes[peer_name], mine, theirs
 
     def _policy_edges(
         self, m: Membership, node: Node, skip: Collection[str]
@@ -408,7 +426,7 @@ class MeshIndex:
         talking to a spoke with spokeToSpoke, what that spoke reaches through the hub."""
         own = self._unit_ts(m, unit)
         hubs = m.policy.spec.hubs
-        if hubs is None or not hubs.spoke_to_spoke or unit not in m.hubs or peer_unit in m.hubs:
+        if hubs is None or not _hub_transit(m) or unit not in m.hubs or peer_unit in m.hubs:
             return own
         if hubs.transit_prefixes:
             return prefix_selectors([*selectors_to_prefixes(own), *hubs.transit_prefixes])
@@ -522,6 +540,12 @@ class MeshIndex:
             self._externals[name] = new
             for site in new.spec.sites:
                 self._externals_by_site.setdefault(site, set()).add(name)
+
+
+def _hub_transit(m: Membership) -> bool:
+    """Whether hubs relay spoke-to-spoke traffic, so their selectors towards spokes grow."""
+    hubs = m.policy.spec.hubs
+    return hubs is not None and hubs.spoke_to_spoke
 
 
 def _is_wide(m: Membership) -> bool:

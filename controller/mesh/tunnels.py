@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from dataclasses import dataclass
 from ipaddress import collapse_addresses, ip_network
 
 from meshsec.controller.mesh.model import AuthRef, ChildSA, PeerKind, Tunnel
@@ -50,28 +51,72 @@ def _strs(addresses: tuple[Address, ...]) -> tuple[str, ...]:
     return tuple(str(a) for a in addresses)
 
 
-def _underlay(a: Node, b: Node) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+@dataclass(frozen=True, slots=True)
+class _Reach:
+    """What every tunnel of a node needs from its Node resource, formatted once."""
+
+    name: str
+    ike_id: str
+    site: str
+    inside: tuple[str, ...]  # private, else public: its source addresses; how its own site reaches it
+    outside: tuple[str, ...]  # public, else private: how other sites reach it
+    nat: bool  # no public address: behind NAT
+
+
+# Keyed by id() and checked by identity (the entry holds the Node, so the id cannot be reused
+# while cached): hashing a Node would hash every field, which costs more than building _Reach.
+# Bounded, so memory stays linear in the nodes; an edited node gets a new entry.
+_REACH: dict[int, tuple[Node, _Reach]] = {}
+_REACH_MAX = 1 << 17
+
+
+def _reach(node: Node) -> _Reach:
+    hit = _REACH.get(id(node))
+    if hit is not None and hit[0] is node:
+        return hit[1]
+    ep = node.spec.endpoints
+    reach = _Reach(
+        node.metadata.name,
+        node.spec.identity.ike_id,
+        node.spec.site,
+        _strs(ep.private or ep.public),
+        _strs(ep.public or ep.private),
+        not ep.public,
+    )
+    if len(_REACH) >= _REACH_MAX:
+        _REACH.clear()
+    _REACH[id(node)] = (node, reach)
+    return reach
+
+
+def _underlay(a: _Reach, b: _Reach) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
     """(a's source addresses, b's addresses as seen by a, whether a initiates).
 
     Inside one site nodes talk over private addresses. Across sites a node is reached at its
     public address; one that has none sits behind NAT and must be the initiator (it opens the
     NAT mapping), otherwise the lower node name initiates so exactly one side does.
     """
-    ea, eb = a.spec.endpoints, b.spec.endpoints
-    local = _strs(ea.private or ea.public)
-    if a.spec.site == b.spec.site:
-        return local, _strs(eb.private or eb.public), a.metadata.name < b.metadata.name
-    remote = _strs(eb.public or eb.private)
-    a_nat, b_nat = not ea.public, not eb.public
-    initiates = a.metadata.name < b.metadata.name if a_nat == b_nat else a_nat
-    return local, remote, initiates
+    if a.site == b.site:
+        return a.inside, b.inside, a.name < b.name
+    initiates = a.name < b.name if a.nat == b.nat else a.nat
+    return a.inside, b.outside, initiates
 
 
 def node_pair(
     policy: MeshPolicy, a: Node, b: Node, a_ts: tuple[str, ...], b_ts: tuple[str, ...]
 ) -> tuple[Tunnel, Tunnel]:
-    """Both ends of the tunnel between ``a`` and ``b``; ``*_ts`` is what each end protects."""
-    return node_end(policy, a, b, a_ts, b_ts), node_end(policy, b, a, b_ts, a_ts)
+    """Both ends of the tunnel between ``a`` and ``b``; ``*_ts`` is what each end protects.
+
+    The parts the ends share (id, auth, policy settings) are computed once for the pair.
+    """
+    ra, rb = _reach(a), _reach(b)
+    source = f"MeshPolicy/{policy.metadata.name}"
+    tid = tunnel_id(source, ra.name, rb.name)
+    auth = _auth(policy, tid)
+    return (
+        _end(policy, source, tid, auth, ra, rb, a_ts, b_ts),
+        _end(policy, source, tid, auth, rb, ra, b_ts, a_ts),
+    )
 
 
 def node_end(
@@ -79,15 +124,32 @@ def node_end(
 ) -> Tunnel:
     """``local``'s end of its tunnel with ``peer``; the two ends always agree (same id and auth,
     exactly one initiator) because each is derived from the unordered pair alone."""
-    spec = policy.spec
+    rl, rp = _reach(local), _reach(peer)
     source = f"MeshPolicy/{policy.metadata.name}"
-    tid = tunnel_id(source, local.metadata.name, peer.metadata.name)
+    tid = tunnel_id(source, rl.name, rp.name)
+    return _end(policy, source, tid, _auth(policy, tid), rl, rp, local_ts, remote_ts)
+
+
+def _auth(policy: MeshPolicy, tid: str) -> AuthRef:
+    auth = policy.spec.auth
+    if auth.method is AuthMethod.PSK:
+        return AuthRef(AuthMethod.PSK, f"{tid}.g{auth.psk_generation}")
+    return _CERTIFICATE
+
+
+def _end(
+    policy: MeshPolicy,
+    source: str,
+    tid: str,
+    auth: AuthRef,
+    local: _Reach,
+    peer: _Reach,
+    local_ts: tuple[str, ...],
+    remote_ts: tuple[str, ...],
+) -> Tunnel:
+    spec = policy.spec
+    crypto = spec.crypto
     lep, rep, initiator = _underlay(local, peer)
-    auth = (
-        AuthRef(AuthMethod.PSK, f"{tid}.g{spec.auth.psk_generation}")
-        if spec.auth.method is AuthMethod.PSK
-        else _CERTIFICATE
-    )
     if spec.mode is Mode.TRANSPORT:
         # Transport mode protects exactly the IKE endpoints, as each end sees them (NAT may
         # make the two views differ, so each end uses its own).
@@ -96,34 +158,35 @@ def node_end(
         policy.metadata.name,
         local_ts,
         remote_ts,
-        spec.crypto.esp_proposals,
+        crypto.esp_proposals,
         spec.mode,
         spec.protocol,
-        spec.crypto.child_lifetime_s,
+        crypto.child_lifetime_s,
     )
     return Tunnel(
-        id=tid,
-        source=source,
-        local_node=local.metadata.name,
-        peer=peer.metadata.name,
-        peer_kind=PeerKind.NODE,
-        local_endpoints=lep,
-        remote_endpoints=rep,
-        local_ike_id=local.spec.identity.ike_id,
-        remote_ike_id=peer.spec.identity.ike_id,
-        auth=auth,
-        ike_proposals=spec.crypto.ike_proposals,
-        ike_lifetime_s=spec.crypto.ike_lifetime_s,
-        dpd=spec.crypto.dpd,
-        initiator=initiator,
-        start_action=spec.start_action if initiator else StartAction.NONE,
-        children=(child,),
+        tid,
+        source,
+        local.name,
+        peer.name,
+        PeerKind.NODE,
+        lep,
+        rep,
+        local.ike_id,
+        peer.ike_id,
+        auth,
+        crypto.ike_proposals,
+        crypto.ike_lifetime_s,
+        crypto.dpd,
+        initiator,
+        spec.start_action if initiator else StartAction.NONE,
+        (child,),
     )
 
 
 _CERTIFICATE = AuthRef(AuthMethod.CERTIFICATE)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _host_strs(addresses: tuple[str, ...]) -> tuple[str, ...]:
     return prefix_selectors([ip_network(a) for a in addresses])
 
