@@ -65,6 +65,8 @@ class Array:
     description: str = ""
     min_items: int = 0
     max_items: int | None = None
+    # Items are objects identified by these keys (server-side apply merges them per key).
+    map_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -250,7 +252,7 @@ CONDITION = Object(
 
 _STATUS_COMMON: dict[str, Schema] = {
     "observedGeneration": Integer(minimum=0, description="metadata.generation the conditions are about"),
-    "conditions": Array(items=CONDITION),
+    "conditions": Array(items=CONDITION, map_keys=("type",)),
     "tunnels": Object(
         description="tunnels this resource takes part in, as the controller sees them",
         properties={
@@ -313,6 +315,9 @@ def to_openapi(schema: Schema) -> dict[str, Any]:
             out["minItems"] = schema.min_items
         if schema.max_items is not None:
             out["maxItems"] = schema.max_items
+        if schema.map_keys:
+            out["x-kubernetes-list-type"] = "map"
+            out["x-kubernetes-list-map-keys"] = list(schema.map_keys)
     else:
         out["type"] = "object"
         out["properties"] = {name: to_openapi(sub) for name, sub in schema.properties.items()}

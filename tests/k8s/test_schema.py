@@ -213,3 +213,50 @@ def test_parser_stricter_than_crd_is_still_caught() -> None:
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+_JUNCTOR_ALLOWED = {"format", "pattern", "minLength", "maxLength", "minimum", "maximum", "enum", "required"}
+
+
+def _structural_problems(node: Any, path: str, in_junctor: bool = False) -> Iterator[str]:
+    """The API server's structural-schema rules that our generator could break: a type on every
+    node outside anyOf/allOf/oneOf/not, only value validations inside them, no properties next to
+    additionalProperties, list-map keys that are required scalar properties of the items."""
+    if not isinstance(node, dict):
+        return
+    if in_junctor:
+        extra = set(node) - _JUNCTOR_ALLOWED
+        if extra:
+            yield f"{path}: {sorted(extra)} inside a junctor"
+    elif "type" not in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+        yield f"{path}: no type"
+    if "properties" in node and "additionalProperties" in node:
+        yield f"{path}: properties and additionalProperties together"
+    if node.get("x-kubernetes-list-type") == "map":
+        items = node["items"]
+        for key in node["x-kubernetes-list-map-keys"]:
+            if key not in items.get("required", []) or items["properties"][key]["type"] not in (
+                "string",
+                "integer",
+            ):
+                yield f"{path}: list-map key {key} must be a required scalar"
+    for junctor in ("anyOf", "allOf", "oneOf"):
+        for i, sub in enumerate(node.get(junctor, [])):
+            yield from _structural_problems(sub, f"{path}.{junctor}[{i}]", in_junctor=True)
+    for name, sub in (node.get("properties") or {}).items():
+        yield from _structural_problems(sub, f"{path}.{name}", in_junctor)
+    if isinstance(node.get("items"), dict):
+        yield from _structural_problems(node["items"], f"{path}[]", in_junctor)
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _structural_problems(node["additionalProperties"], f"{path}{{}}", in_junctor)
+
+
+@pytest.mark.parametrize("kind", list(Kind), ids=lambda k: k.value)
+def test_crd_schemas_are_structural(kind: Kind) -> None:
+    schema = crds.crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert list(_structural_problems(schema, kind.value)) == []
+    # The checker does catch a broken node.
+    broken = copy.deepcopy(schema)
+    del broken["properties"]["spec"]["type"]
+    broken["properties"]["status"]["properties"]["conditions"]["items"]["required"] = []
+    assert len(list(_structural_problems(broken, kind.value))) == 2
