@@ -114,6 +114,10 @@ class IkeConfig:
     # Certificate authentication for both directions (we sign, the peer must present a
     # certificate chaining to one of credentials.trusted); None means PSK.
     credentials: Credentials | None = None
+    # RFC 7383: announce IKEV2_FRAGMENTATION_SUPPORTED and split encrypted messages longer
+    # than fragment_size bytes (the IKE message, without IP/UDP headers) when the peer agrees.
+    fragmentation: bool = True
+    fragment_size: int = 1200
     local_identity: Identity = field(init=False, repr=False, compare=False)
     remote_identity: Identity | None = field(init=False, repr=False, compare=False)
     specs: tuple[ProposalSpec, ...] = field(init=False, repr=False, compare=False)
@@ -139,6 +143,8 @@ class IkeConfig:
             raise ConfigError(f"{where}: natt_keepalive must be >= 0")
         over = self.over_time if self.over_time is not None else max(1, self.rekey_time // 10)
         _check_lifetimes(where, self.rekey_time, self.rekey_time + over, self.rand_time)
+        if not 300 <= self.fragment_size <= 65000:
+            raise ConfigError(f"{where}: fragment_size must be 300..65000 bytes")
         if self.dpd_delay < 0:
             raise ConfigError(f"{where}: dpd_delay must be >= 0")
         if self.dpd_action not in DPD_ACTIONS:

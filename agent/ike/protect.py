@@ -32,18 +32,43 @@ class SkProtection:
     def seal(self, header: Header, payloads: Sequence[Payload], rnd: Random) -> bytes:
         inner = build_chain(payloads)
         first = int(payloads[0].payload_type) if payloads else PayloadType.NONE
+        return self._seal(header, PayloadType.SK, first, b"", inner, rnd)
+
+    def overhead(self) -> int:
+        """Bytes an Encrypted Fragment message adds around its share of the inner chain, at most."""
+        tag = self._cipher.icv_size if self._cipher.aead else 0
+        return IKE_HEADER_LEN + 8 + self._cipher.iv_size + self._cipher.block_size() + tag + self._icv
+
+    def seal_fragments(
+        self, header: Header, payloads: Sequence[Payload], rnd: Random, max_len: int
+    ) -> list[bytes]:
+        """RFC 7383: the inner chain split into Encrypted Fragment (SKF) messages of at most
+        `max_len` bytes each; only the first names the first inner payload."""
+        inner = build_chain(payloads)
+        first = int(payloads[0].payload_type) if payloads else PayloadType.NONE
+        room = max(16, max_len - self.overhead())
+        chunks = [inner[i : i + room] for i in range(0, len(inner), room)] or [b""]
+        total = len(chunks)
+        return [
+            self._seal(
+                header, PayloadType.SKF, first if n == 1 else 0, struct.pack("!HH", n, total), chunk, rnd
+            )
+            for n, chunk in enumerate(chunks, 1)
+        ]
+
+    def _seal(self, header: Header, ptype: int, first: int, extra: bytes, inner: bytes, rnd: Random) -> bytes:
         bs = self._cipher.block_size()
         pad = (bs - (len(inner) + 1) % bs) % bs
         plaintext = inner + bytes(pad) + bytes((pad,))
         iv = rnd.bytes(self._cipher.iv_size)
         ct_len = len(plaintext) + (self._cipher.icv_size if self._cipher.aead else 0)
-        sk_len = 4 + len(iv) + ct_len + self._icv
+        sk_len = 4 + len(extra) + len(iv) + ct_len + self._icv
         total = IKE_HEADER_LEN + sk_len
         hdr = build_header(
             Header(
                 header.spi_i,
                 header.spi_r,
-                PayloadType.SK,
+                ptype,
                 header.exchange,
                 header.flags,
                 header.message_id,
@@ -51,31 +76,48 @@ class SkProtection:
                 header.version,
             )
         )
-        sk_hdr = struct.pack("!BBH", first, 0, sk_len)
-        aad = hdr + sk_hdr
+        # AAD: everything before the IV (RFC 5282 for SK; RFC 7383 2.5 adds the fragment fields).
+        aad = hdr + struct.pack("!BBH", first, 0, sk_len) + extra
         ct = self._cipher.encrypt(self._ek, iv, plaintext, aad)
         msg = aad + iv + ct
         if self._icv and self._integ is not None:
             msg += self._integ.sign(self._ak, msg)
         return msg
 
+    def open_fragment(self, data: bytes) -> tuple[int, int, int, bytes]:
+        """One Encrypted Fragment message -> (fragment number, total, first inner payload type,
+        its share of the inner chain). Raises CryptoError if it does not verify."""
+        start = IKE_HEADER_LEN
+        if len(data) < start + 8:
+            raise CryptoError("SKF message too short")
+        first, _, length, number, total = struct.unpack_from("!BBHHH", data, start)
+        if length != len(data) - start or not 1 <= number <= total:
+            raise CryptoError("malformed SKF payload")
+        body = data[start + 8 :]
+        return number, total, first, self._decrypt(data, body, start + 8)
+
     def open(self, data: bytes, sk: EncryptedPayload) -> list[Payload]:
         """Verifies and decrypts; raises CryptoError on a bad ICV/tag/padding and ParseError on a
         malformed inner chain."""
-        body_start = len(data) - len(sk.data)
+        plaintext = self._decrypt(data, sk.data, len(data) - len(sk.data))
+        return parse_chain(sk.first_inner, memoryview(plaintext))
+
+    def _decrypt(self, data: bytes, body: bytes, body_start: int) -> bytes:
+        """`body` (IV, ciphertext, ICV) starts at `body_start` in `data`; returns the plaintext
+        without its padding."""
         iv_size = self._cipher.iv_size
-        if len(sk.data) < iv_size + self._icv + (self._cipher.icv_size if self._cipher.aead else 1):
+        if len(body) < iv_size + self._icv + (self._cipher.icv_size if self._cipher.aead else 1):
             raise CryptoError("SK payload too short")
         if self._icv and self._integ is not None:
             expect = self._integ.sign(self._vk, data[: len(data) - self._icv])
             if not _hmac.compare_digest(expect, data[len(data) - self._icv :]):
                 raise CryptoError("integrity check failed")
-        iv = sk.data[:iv_size]
-        ct = sk.data[iv_size : len(sk.data) - self._icv]
+        iv = body[:iv_size]
+        ct = body[iv_size : len(body) - self._icv]
         plaintext = self._cipher.decrypt(self._dk, iv, ct, data[:body_start])
         if not plaintext:
             raise CryptoError("empty plaintext")
         pad = plaintext[-1]
         if pad + 1 > len(plaintext):
             raise CryptoError("pad length exceeds plaintext")
-        return parse_chain(sk.first_inner, memoryview(plaintext)[: len(plaintext) - pad - 1])
+        return plaintext[: len(plaintext) - pad - 1]

@@ -10,7 +10,7 @@ import logging
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from meshsec.agent.ike.address import Address
@@ -22,6 +22,7 @@ from meshsec.agent.ike.constants import (
     ExchangeType,
     HeaderFlag,
     NotifyType,
+    PayloadType,
     ProtocolId,
 )
 from meshsec.agent.ike.crypto import CryptoError, DhFactory, Integ, Prf, SkCipher, default_dh_factory
@@ -126,9 +127,19 @@ class ChildSa:
 class _Active:
     task: Task
     message_id: int
-    packet: bytes
+    packets: list[bytes]  # more than one when sent as RFC 7383 fragments
     attempt: int
     deadline: float
+
+
+@dataclass(slots=True)
+class _Fragments:
+    total: int
+    first: int = 0
+    parts: dict[int, bytes] = field(default_factory=dict)
+
+
+MAX_FRAGMENTS = 64  # a peer claiming more is not reassembled (memory bound)
 
 
 def random_spi_allocator(rnd: Random) -> SpiAllocator:
@@ -190,7 +201,10 @@ class IkeSa:
         self._my_mid = 0
         self._peer_mid = 0
         self._cached_request = b""
-        self._cached_response: bytes | None = None
+        self._cached_response: list[bytes] | None = None
+        self.frag_peer = False  # both ends announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383)
+        self._fragments: dict[tuple[bool, int], _Fragments] = {}
+        self._reassembled: tuple[Message | None, NotifyPayload | None] | None = None
         self._close_after_response: Event | None = None
         self._out: list[OutgoingDatagram] = []
         self._events: deque[Event] = deque()
@@ -502,11 +516,21 @@ class IkeSa:
             return
         flags = HeaderFlag.INITIATOR if self.initiator else 0
         header = Header(self.spi_i, self.spi_r, 0, task.exchange, flags, self._my_mid, 0, IKE_VERSION)
-        data = self._encode(header, payloads)
+        packets = self._encode_all(header, payloads)
         if task.exchange is ExchangeType.IKE_SA_INIT:
-            self.init_request = data
-        self._active = _Active(task, self._my_mid, data, 0, now + self.config.retransmit.delay(0))
-        self._emit_datagram(data, now)
+            self.init_request = packets[0]
+        self._active = _Active(task, self._my_mid, packets, 0, now + self.config.retransmit.delay(0))
+        for data in packets:
+            self._emit_datagram(data, now)
+
+    def _encode_all(self, header: Header, payloads: list[Payload]) -> list[bytes]:
+        """One datagram, or RFC 7383 fragments when it would exceed fragment_size and both
+        ends support them (never for IKE_SA_INIT)."""
+        data = self._encode(header, payloads)
+        if not self.frag_peer or len(data) <= self.config.fragment_size or self.protection is None:
+            return [data]
+        self.stats["messages_fragmented"] += 1
+        return self.protection.seal_fragments(header, payloads, self.rnd, self.config.fragment_size)
 
     def _encode(self, header: Header, payloads: list[Payload]) -> bytes:
         if header.exchange == ExchangeType.IKE_SA_INIT:
@@ -546,7 +570,8 @@ class IkeSa:
                 a.attempt += 1
                 a.deadline = now + rt.delay(a.attempt)
                 self.stats["retransmits"] += 1
-                self._emit_datagram(a.packet, now)
+                for data in a.packets:
+                    self._emit_datagram(data, now)
         if self.state is State.ESTABLISHED:
             self._ike_timers(now)
             self._dpd_timer(now)
@@ -659,10 +684,16 @@ class IkeSa:
         if header.is_initiator == self.initiator:
             self.stats["dropped_wrong_role"] += 1
             return
-        if header.is_response:
-            self._on_response(datagram, header, local, remote, now)
-        else:
-            self._on_request(datagram, header, local, remote, now)
+        fragment = header.next_payload == PayloadType.SKF and header.exchange != ExchangeType.IKE_SA_INIT
+        if fragment and not self._reassemble(datagram, header, now):
+            return
+        try:
+            if header.is_response:
+                self._on_response(datagram, header, local, remote, now)
+            else:
+                self._on_request(datagram, header, local, remote, now)
+        finally:
+            self._reassembled = None  # unused if the message was dropped for another reason
 
     def _check_spis(self, header: Header, is_init: bool) -> bool:
         if self.spi_i != bytes(8) and header.spi_i != self.spi_i:
@@ -685,7 +716,8 @@ class IkeSa:
         if self._cached_response is not None and mid == self._peer_mid - 1:
             if datagram == self._cached_request:
                 self.stats["duplicate_request_answered"] += 1
-                self._emit_datagram(self._cached_response, now)
+                for data in self._cached_response:
+                    self._emit_datagram(data, now)
             else:
                 self.stats["dropped_old_request"] += 1
             return
@@ -740,6 +772,9 @@ class IkeSa:
         message, or a notify to answer with, or (None, None) for a silent drop."""
         from meshsec.agent.ike.constants import IKE_HEADER_LEN
 
+        if self._reassembled is not None:
+            decoded, self._reassembled = self._reassembled, None
+            return decoded
         try:
             payloads = parse_chain(header.next_payload, memoryview(datagram)[IKE_HEADER_LEN:])
         except ParseError as exc:
@@ -787,13 +822,14 @@ class IkeSa:
             header = Header(
                 self.spi_i, bytes(8), 0, req.exchange, HeaderFlag.RESPONSE, req.message_id, 0, IKE_VERSION
             )
-        data = self._encode(header, payloads)
+        packets = self._encode_all(header, payloads)
         if is_init:
-            self.init_response = data
+            self.init_response = packets[0]
         self._cached_request = raw_request
-        self._cached_response = data
+        self._cached_response = packets
         self._peer_mid = req.message_id + 1
-        self._emit_datagram(data, now)
+        for data in packets:
+            self._emit_datagram(data, now)
         if self._close_after_response is not None:
             event, self._close_after_response = self._close_after_response, None
             self._close(event)
@@ -834,6 +870,59 @@ class IkeSa:
         if outcome is Outcome.REQUEUE:
             self._queue.appendleft(a.task)
         self._kick(now)
+
+    def _reassemble(self, datagram: bytes, header: Header, now: float) -> bool:
+        """Collects RFC 7383 fragments; True when `datagram` completed a message, which
+        _decode then hands out. Each fragment is authenticated before it is kept."""
+        mid, is_response = header.message_id, header.is_response
+        if self.protection is None or not self._check_spis(header, False):
+            self.stats["dropped_fragment"] += 1
+            return False
+        if not is_response and mid == self._peer_mid - 1 and self._cached_response is not None:
+            # A retransmitted request: answer once per retransmission, on its first fragment.
+            try:
+                number, *_ = self.protection.open_fragment(datagram)
+            except CryptoError:
+                self.stats["dropped_integrity"] += 1
+                return False
+            if number == 1:
+                self.stats["duplicate_request_answered"] += 1
+                for data in self._cached_response:
+                    self._emit_datagram(data, now)
+            return False
+        a = self._active
+        expected = a is not None and mid == a.message_id if is_response else mid == self._peer_mid
+        if not expected:
+            self.stats["dropped_bad_message_id"] += 1
+            return False
+        try:
+            number, total, first, chunk = self.protection.open_fragment(datagram)
+        except CryptoError:
+            self.stats["dropped_integrity"] += 1
+            return False
+        if total > MAX_FRAGMENTS:
+            self.stats["dropped_fragment"] += 1
+            return False
+        key = (is_response, mid)
+        buf = self._fragments.get(key)
+        if buf is None or buf.total != total:
+            buf = self._fragments[key] = _Fragments(total)  # a resend may be cut differently
+        if number == 1:
+            buf.first = first
+        buf.parts[number] = chunk
+        self.stats["fragments_received"] += 1
+        if len(buf.parts) < total:
+            return False
+        del self._fragments[key]
+        plaintext = b"".join(buf.parts[n] for n in range(1, total + 1))
+        try:
+            payloads = parse_chain(buf.first, memoryview(plaintext))
+        except ParseError as exc:
+            self.stats["malformed_protected"] += 1
+            self._reassembled = (None, None if is_response else NotifyPayload(exc.notify, exc.data))
+            return not is_response
+        self._reassembled = (Message(header, payloads), None)
+        return True
 
     def _update_addresses(self, local: Address, remote: Address) -> None:
         """Authenticated traffic from a new address/port (NAT mapping or float to 4500)."""

@@ -122,6 +122,8 @@ class IkeInit:
         ]
         payloads += nat_notifies(sa, sa.local, sa.remote)
         payloads += signature_notifies(sa)
+        if sa.config.fragmentation:
+            payloads.append(NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         return payloads
 
     def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
@@ -164,6 +166,9 @@ class IkeInit:
         sa.spi_r = msg.header.spi_r
         sa.nonce_r = nonce.data
         learn_hashes(sa, msg)
+        sa.frag_peer = (
+            sa.config.fragmentation and msg.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+        )
         sa.init_response = raw
         setup_keys(sa, chosen, shared)
         from meshsec.agent.ike.sa import State
@@ -231,6 +236,10 @@ def respond_ike_init(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
     sa.nonce_i = nonce.data
     sa.nonce_r = sa.rnd.bytes(NONCE_SIZE)
     learn_hashes(sa, msg)
+    sa.frag_peer = (
+        sa.config.fragmentation and msg.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+    )
+    frag = [NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)] if sa.frag_peer else []
     setup_keys(sa, chosen, shared)
     sa.state = State.AUTHENTICATING
     if detect_nat(sa, msg, bytes(8), sa.local, sa.remote):
@@ -247,4 +256,5 @@ def respond_ike_init(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         *out_nat,
         *certreq_payloads(sa.config),
         *signature_notifies(sa),
+        *frag,
     ]
