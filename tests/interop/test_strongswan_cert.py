@@ -18,9 +18,12 @@ from tests.interop.meshsec_agent import MeshsecAgent
 from tests.interop.topology import (
     MS_ID,
     MS_INNER,
+    MS_UNDER,
     SUITES,
     SW_ID,
     SW_INNER,
+    SW_UNDER,
+    Pair,
     build,
     meshsec_config,
     swan_connection,
@@ -99,9 +102,9 @@ def _swan(cert: Path, key: Path, ca: Path) -> Connection:
     return Connection(**{**conn.__dict__, "auth": CertAuth(cert, key, ca)})
 
 
-def _start(lab: Lab, charons: CharonFactory, role: str, config: dict[str, Any], swan: Connection
-           ) -> tuple[MeshsecAgent, Any, Any]:  # fmt: skip
-    pair = build(lab)
+def _start(lab: Lab, charons: CharonFactory, role: str, config: dict[str, Any], swan: Connection,
+           pair: Any = None) -> tuple[MeshsecAgent, Any, Any]:  # fmt: skip
+    pair = pair or build(lab)
     if role == "initiator":
         sw = charons.start(pair.sw, [swan], swan_settings())
         agent = MeshsecAgent(pair.ms, config).start()
@@ -183,3 +186,42 @@ def test_expired_meshsec_certificate_is_refused_by_strongswan(lab: Lab, charons:
     assert "peer reported AUTHENTICATION_FAILED" in agent.log_text()
     assert "subject certificate invalid" in sw.log_text(), sw.log_text()[-3000:]
     assert "IKE_AUTH response 1 [ N(AUTH_FAILED) ]" in sw.log_text()
+
+
+DROP_IP_FRAGMENTS = """
+table inet ik2frag {
+    chain pre {
+        type filter hook prerouting priority -450; policy accept;
+        ip frag-off & 0x3fff != 0 counter drop
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("fragmentation", [True, False])
+def test_rsa_certificates_over_a_path_that_drops_ip_fragments(lab: Lab, charons: CharonFactory,
+                                                              fragmentation: bool) -> None:  # fmt: skip
+    """A 1280-byte MTU path that drops IP fragments (as many firewalls do): RSA certificate
+    exchanges only get through as RFC 7383 fragments. With meshsec's fragmentation switched
+    off the same exchange must fail, which shows the path really drops them."""
+    ms, sw_host = lab.host("ms"), lab.host("sw")
+    lab.link(ms, sw_host, f"{MS_UNDER}/24", f"{SW_UNDER}/24", mtu=1280)
+    ms.add_loopback_address(f"{MS_INNER}/32")
+    sw_host.add_loopback_address(f"{SW_INNER}/32")
+    for host in (ms, sw_host):
+        host.nft(DROP_IP_FRAGMENTS)
+    pki = Pki(lab.workdir, "rsa")
+    ms_cert, ms_key = pki.leaf("meshsec", MS_ID)
+    sw_cert, sw_key = pki.leaf("strongswan", SW_ID)
+    config = _meshsec_config("initiator", ms_cert, ms_key, pki.ca_path)
+    config["connections"]["peer"]["fragmentation"] = fragmentation
+    pair = Pair(lab, ms, sw_host)
+    agent, sw, _ = _start(lab, charons, "initiator", config, _swan(sw_cert, sw_key, pki.ca_path), pair)
+    if fragmentation:
+        agent.wait_for(lambda s: agent.established("peer"))
+        sw.wait_for(_swan_established)
+        assert "received fragment #" in sw.log_text()  # strongSwan reassembled ours
+        assert ms.ping(SW_INNER, src=MS_INNER, count=3, interval=0.05).ok
+    else:
+        agent.wait_for(lambda s: "FAILED" in agent.log_text(), timeout=20)
+        assert "IKE_AUTH: peer not responding" in agent.log_text()
