@@ -5,7 +5,7 @@ strongSwan's kernel-libipsec (two charons, PSK), same machine, same algorithms.
 
 Prints a table (Mbit/s, packets/s through the tunnel, CPU microseconds per packet summed over
 both ends' data-plane processes) and writes it into docs/benchmarks.md, section
-"Userspace data plane". Namespaces use the "ud-" prefix and are removed on exit.
+"Userspace data plane". Namespaces use the "up-" prefix and are removed on exit.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ def busy_cores() -> tuple[float, float]:
     return sum(vals) - idle, sum(vals)
 
 
+def load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 NICE = -10  # applied to everything under test, both implementations alike
 
 
@@ -67,6 +71,7 @@ class Result:
     retransmits: int
     machine_busy: float  # fraction of all cores busy during the run
     loop_lag_p99_ms: float | None = None  # asyncio timer lateness in the meshsec process
+    load: float = 0.0  # 1-minute load average at the end of the run (other jobs share the machine)
 
 
 def iperf(lab: Lab, a: Host, b: Host, seconds: int) -> tuple[float, int]:
@@ -93,11 +98,11 @@ def measure(name: str, lab: Lab, a: Host, b: Host, pids: list[int], packets: Cal
     n = packets() - pk0
     cpu = sum(cpu_seconds(p) for p in pids) - cpu0
     return Result(name, mbits, n / elapsed, cpu / max(n, 1) * 1e6, retrans,
-                  (busy1 - busy0) / max(total1 - total0, 1))
+                  (busy1 - busy0) / max(total1 - total0, 1), load=load_average())
 
 
 def meshsec_run(name: str, suite: Suite, loop: str, seconds: int) -> Result:
-    with Lab(prefix="ud-", workdir=Path(tempfile.mkdtemp(prefix="ud-bench-"))) as lab:
+    with Lab(prefix="up-", workdir=Path(tempfile.mkdtemp(prefix="up-bench-"))) as lab:
         t = build_tunnel(lab, suite, loop=loop)
         assert ping_ok(t.a, INNER[1], INNER[0], 2)
 
@@ -115,7 +120,7 @@ def meshsec_run(name: str, suite: Suite, loop: str, seconds: int) -> Result:
 
 
 def libipsec_run(name: str, esp: str, seconds: int) -> Result:
-    with Lab(prefix="ud-", workdir=Path(tempfile.mkdtemp(prefix="ud-bench-"))) as lab:
+    with Lab(prefix="up-", workdir=Path(tempfile.mkdtemp(prefix="up-bench-"))) as lab:
         a, b, _ = make_sites(lab)
         charons = CharonFactory(lab)
         try:
@@ -213,34 +218,33 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per data plane, interleaved")
     ap.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
     ap.add_argument("--only", choices=["meshsec", "libipsec"], default=None)
+    ap.add_argument("--rows", default="", help="';'-separated substrings; run only rows whose name has one")
     args = ap.parse_args()
-    runs: list[Callable[[], Result]] = []
+    gcm, cbc = "AES-GCM-128", "AES-128-CBC/HMAC-SHA-256"
+    rows: list[tuple[str, Callable[[str], Result]]] = []
     if args.only != "libipsec":
-        runs += [
-            lambda: meshsec_run("meshsec userspace, AES-GCM-128, UDP-encap, thread loop",
-                                Suite("aes-gcm-16", encap=True), "thread", args.seconds),
-            lambda: meshsec_run("meshsec userspace, AES-GCM-128, UDP-encap, asyncio loop",
-                                Suite("aes-gcm-16", encap=True), "asyncio", args.seconds),
-            lambda: meshsec_run("meshsec userspace, AES-GCM-128, UDP-encap, split loop",
-                                Suite("aes-gcm-16", encap=True), "split", args.seconds),
-            lambda: meshsec_run("meshsec userspace, AES-GCM-128, plain ESP, thread loop",
-                                Suite("aes-gcm-16"), "thread", args.seconds),
-            lambda: meshsec_run("meshsec userspace, AES-128-CBC/HMAC-SHA-256, UDP-encap, thread loop",
-                                Suite("aes-cbc", "hmac-sha256", encap=True), "thread", args.seconds),
-        ]
+        for alg, suite, loop, enc in (
+            (gcm, Suite("aes-gcm-16", encap=True), "thread", "UDP-encap"),
+            (gcm, Suite("aes-gcm-16", encap=True), "asyncio", "UDP-encap"),
+            (gcm, Suite("aes-gcm-16", encap=True), "split", "UDP-encap"),
+            (gcm, Suite("aes-gcm-16"), "thread", "plain ESP"),
+            (cbc, Suite("aes-cbc", "hmac-sha256", encap=True), "thread", "UDP-encap"),
+        ):
+            rows.append((f"meshsec userspace, {alg}, {enc}, {loop} loop",
+                         lambda name, s=suite, lp=loop: meshsec_run(name, s, lp, args.seconds)))
     if args.only != "meshsec":
-        runs += [
-            lambda: libipsec_run("strongSwan kernel-libipsec, AES-GCM-128, UDP-encap",
-                                 "aes128gcm16", args.seconds),
-            lambda: libipsec_run("strongSwan kernel-libipsec, AES-128-CBC/HMAC-SHA-256, UDP-encap",
-                                 "aes128-sha256", args.seconds),
-        ]
+        for alg, esp in ((gcm, "aes128gcm16"), (cbc, "aes128-sha256")):
+            rows.append((f"strongSwan kernel-libipsec, {alg}, UDP-encap",
+                         lambda name, e=esp: libipsec_run(name, e, args.seconds)))
+    if args.rows:
+        wanted = [w.strip() for w in args.rows.split(";") if w.strip()]
+        rows = [r for r in rows if any(w in r[0] for w in wanted)]
     load_before = Path("/proc/loadavg").read_text().split()[0]
     results = []
-    for run in [r for _ in range(args.repeat) for r in runs]:
-        r = run()
-        print(f"{r.name}: {r.mbits:.0f} Mbit/s, {r.pps:.0f} pkt/s, {r.cpu_us_per_packet:.1f} µs/pkt",
-              flush=True)
+    for name, run in [row for _ in range(args.repeat) for row in rows]:
+        r = run(name)
+        print(f"{r.name}: {r.mbits:.0f} Mbit/s, {r.pps:.0f} pkt/s, {r.cpu_us_per_packet:.1f} µs/pkt, "
+              f"load {r.load:.1f}", flush=True)
         results.append(r)
     text = table(results)
     print(text)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,21 +27,36 @@ BATCH = 256  # packets per descriptor per wakeup; bounds the time other descript
 _BUF = 65536
 _NON_ESP_MARKER = b"\0\0\0\0"
 IPV6_PKTINFO = 50
+SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 SO_RCVBUF_BYTES = 4 << 20
+SO_SNDBUF_BYTES = 4 << 20
+# UDP segmentation offload (Linux 4.18+) and its receive side (5.0+): one sendmsg carries a run of
+# equal-size datagrams that the kernel splits (in the NIC, or not at all when the receiver also
+# asked for GRO, as over veth); one recvmsg returns a run of coalesced datagrams plus their size.
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS of older kernels (newer allow 128)
+GSO_MAX_BYTES = 60000  # below the 64 KiB limit of one UDP datagram, headers included
+_INT = 4
 
 
-def _grow_receive_buffer(sock: socket.socket) -> None:
-    """Bursts overflow the default buffer (net.core.rmem_max is host-wide and small); as root,
-    SO_RCVBUFFORCE goes past that limit. Never shrinks a buffer its owner made bigger."""
-    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 2 * SO_RCVBUF_BYTES:  # kernel doubles it
+def _grow_buffer(sock: socket.socket, forced: int, plain: int, size: int) -> None:
+    """Bursts overflow the default buffers (net.core.rmem_max/wmem_max are host-wide and small);
+    as root, SO_*BUFFORCE goes past that limit. Never shrinks a buffer its owner made bigger."""
+    if sock.getsockopt(socket.SOL_SOCKET, plain) >= 2 * size:  # the kernel doubles what is set
         return
-    for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+    for opt in (forced, plain):
         try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, SO_RCVBUF_BYTES)
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
             return
         except OSError:
             continue
+
+
+def _grow_receive_buffer(sock: socket.socket) -> None:
+    _grow_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, SO_RCVBUF_BYTES)
 
 
 class SocketOutput:
@@ -56,6 +73,15 @@ class SocketOutput:
         with contextlib.suppress(OSError):  # a node without IPv6 still does IPv4
             self.raw6 = {p: self._raw(socket.AF_INET6, p) for p in (IPPROTO_ESP, IPPROTO_AH)}
         self._pktinfo: dict[bytes, list[tuple[int, int, bytes]]] = {}
+        # The pending GSO run: datagrams of one size (the last may be shorter) for one socket and
+        # destination, sent by `flush` at the end of each read batch.
+        self.gso = True
+        self._gso_limit = _BUF  # segment sizes that failed (e.g. above the path MTU) lower this
+        self._run: list[bytes] = []
+        self._run_sock: socket.socket | None = None
+        self._run_dst: tuple[str, int] = ("", 0)
+        self._run_size = 0
+        self._run_bytes = 0
 
     def _raw(self, family: int, proto: int) -> socket.socket:
         s = socket.socket(family, socket.SOCK_RAW, proto)
@@ -67,6 +93,9 @@ class SocketOutput:
     def attach_udp(self, sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
         _grow_receive_buffer(sock)
+        _grow_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, SO_SNDBUF_BYTES)
+        with contextlib.suppress(OSError):  # without GRO every datagram arrives on its own
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         sock.setblocking(False)
         self.udp.append(sock)
         self._udp_for.clear()
@@ -93,8 +122,61 @@ class SocketOutput:
         self.raw6[protocol].sendmsg([payload], anc, 0, (dst, 0))
 
     def send_udp(self, datagram: bytes, dst: tuple[str, int], src: str) -> None:
+        """Queue `datagram` on the pending GSO run; `flush` sends it. A datagram that cannot join
+        the run (other socket or destination, larger, run full) flushes the run first; a shorter
+        one ends it, since only the last segment of a run may be shorter."""
         sock = self._udp_for.get(src) or self._udp_socket(src)
-        sock.sendto(datagram, dst)
+        if not self.gso:
+            sock.sendto(datagram, dst)
+            return
+        n = len(datagram)
+        run = self._run
+        if run and (sock is not self._run_sock or n > self._run_size or dst != self._run_dst
+                    or len(run) >= GSO_MAX_SEGMENTS or self._run_bytes + n > GSO_MAX_BYTES):
+            self.flush()
+        if not run:
+            if n > self._gso_limit:
+                sock.sendto(datagram, dst)
+                return
+            self._run_sock, self._run_dst, self._run_size, self._run_bytes = sock, dst, n, 0
+        run.append(datagram)
+        self._run_bytes += n
+        if n < self._run_size:
+            self.flush()
+
+    def flush(self) -> int:
+        """Send the pending GSO run; returns how many datagrams could not be sent."""
+        run = self._run
+        if not run:
+            return 0
+        sock, dst = self._run_sock, self._run_dst
+        assert sock is not None
+        try:
+            if len(run) == 1:
+                sock.sendto(run[0], dst)
+            else:
+                sock.sendmsg(run, [(SOL_UDP, UDP_SEGMENT, self._run_size.to_bytes(2, sys.byteorder))], 0, dst)
+            return 0
+        except OSError as exc:
+            if len(run) == 1:
+                return 1
+            if exc.errno == errno.EINVAL:
+                self._gso_limit = self._run_size - 1  # e.g. a segment above the path MTU
+            elif exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EIO):
+                self.gso = False
+            return self._send_each(sock, run, dst)
+        finally:
+            run.clear()
+
+    @staticmethod
+    def _send_each(sock: socket.socket, run: list[bytes], dst: tuple[str, int]) -> int:
+        failed = 0
+        for datagram in run:
+            try:
+                sock.sendto(datagram, dst)
+            except OSError:
+                failed += 1
+        return failed
 
     def write_tun(self, packet: bytes | bytearray) -> None:
         os.write(self.tun_fd, packet)
@@ -128,17 +210,24 @@ class Readers:
         engine = self.engine
         engine.now = time.time()
         fd = self.out.tun_fd
-        for _ in range(BATCH):
-            try:
-                pkt = os.read(fd, _BUF)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return  # device gone while closing
-            try:
-                engine.from_tun(pkt)
-            except Exception:  # a bug must cost one packet, not the data plane
-                self.internal_errors += 1
+        from_tun = engine.from_tun
+        read = os.read
+        try:
+            for _ in range(BATCH):
+                try:
+                    pkt = read(fd, _BUF)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    return  # device gone while closing
+                try:
+                    from_tun(pkt)
+                except Exception:  # a bug must cost one packet, not the data plane
+                    self.internal_errors += 1
+        finally:
+            failed = self.out.flush()
+            if failed:
+                engine.drops_out[Drop.SEND_ERROR] += failed
 
     def _reader4(self, sock: socket.socket) -> Callable[[], None]:
         engine, view, buf = self.engine, self._view, self._buf
@@ -181,29 +270,46 @@ class Readers:
     def udp_reader(
         self, sock: socket.socket, deliver_ike: Callable[[bytes, tuple[str, int]], None]
     ) -> Callable[[], None]:
-        """RFC 3948 demultiplexing: non-ESP marker -> IKE, 0xFF -> NAT keepalive, else ESP."""
+        """RFC 3948 demultiplexing: non-ESP marker -> IKE, 0xFF -> NAT keepalive, else ESP. With
+        UDP GRO one receive may hold a run of datagrams of the size the kernel reports."""
         engine, view, buf = self.engine, self._view, self._buf
+        from_esp = engine.from_esp
+        recvmsg_into = sock.recvmsg_into
+        bufs = [buf]
+        anc_size = socket.CMSG_SPACE(_INT)
 
         def read() -> None:
             engine.now = time.time()
-            for _ in range(BATCH):
+            count = 0
+            while count < BATCH:
                 try:
-                    n, addr = sock.recvfrom_into(buf)
+                    n, anc, _, addr = recvmsg_into(bufs, anc_size)
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError:
                     return
-                try:
-                    if n >= 4 and buf[:4] == _NON_ESP_MARKER:
-                        deliver_ike(bytes(buf[4:n]), addr[:2])
-                    elif n == 1 and buf[0] == 0xFF:
-                        continue
-                    elif n < 8:
-                        engine.drops[Drop.MALFORMED] += 1
-                    else:
-                        engine.from_esp(bytes(view[:n]))
-                except Exception:
-                    self.internal_errors += 1
+                size = n
+                for level, kind, data in anc:
+                    if level == SOL_UDP and kind == UDP_GRO and len(data) >= _INT:
+                        size = int.from_bytes(data[:_INT], sys.byteorder) or n
+                start = 0
+                while True:  # once per datagram of a GRO run; at least once (an empty datagram)
+                    end = min(start + size, n)
+                    count += 1
+                    try:
+                        if end - start >= 4 and buf[start:start + 4] == _NON_ESP_MARKER:
+                            deliver_ike(bytes(buf[start + 4:end]), addr[:2])
+                        elif end - start == 1 and buf[start] == 0xFF:
+                            pass  # NAT keepalive
+                        elif end - start < 8:
+                            engine.drops[Drop.MALFORMED] += 1
+                        else:
+                            from_esp(bytes(view[start:end]))
+                    except Exception:
+                        self.internal_errors += 1
+                    if end >= n:
+                        break
+                    start = end
 
         return read
 
