@@ -111,6 +111,10 @@ class IkeConfig:
     # IKE SA with the same config, initiator side), "hold" (keep the CHILD_SAs' policies).
     dpd_delay: float = 0.0
     dpd_action: str = "clear"
+    # Reauthentication (0 = off): after reauth_time (jittered like rekey_time) a complete new
+    # IKE SA with fresh authentication and CHILD_SAs is made; the old one is deleted only once
+    # the new one carries everything (make-before-break, no INITIAL_CONTACT).
+    reauth_time: int = 0
     # Certificate authentication for both directions (we sign, the peer must present a
     # certificate chaining to one of credentials.trusted); None means PSK.
     credentials: Credentials | None = None
@@ -145,6 +149,8 @@ class IkeConfig:
         _check_lifetimes(where, self.rekey_time, self.rekey_time + over, self.rand_time)
         if not 300 <= self.fragment_size <= 65000:
             raise ConfigError(f"{where}: fragment_size must be 300..65000 bytes")
+        if self.reauth_time < 0:
+            raise ConfigError(f"{where}: reauth_time must be >= 0")
         if self.dpd_delay < 0:
             raise ConfigError(f"{where}: dpd_delay must be >= 0")
         if self.dpd_action not in DPD_ACTIONS:

@@ -223,6 +223,8 @@ class IkeSa:
         self.spawned = False  # made by an IKE rekey (not by IKE_SA_INIT)
         self.last_inbound = 0.0  # last authenticated message (or ESP, via traffic_seen)
         self.restarts = 0  # > 0: made by dpd_action restart
+        self.reauth_at: float | None = None
+        self.reauth_of: IkeSa | None = None  # the SA this one replaces once it is complete
         self._origin = (local, remote)
         self._processing = False
 
@@ -295,8 +297,12 @@ class IkeSa:
         """Arms the IKE SA's rekey (jittered) and hard-expiry timers; called when established."""
         cfg = self.config
         self.last_inbound = max(self.last_inbound, now)
+        if cfg.reauth_time > 0 and cfg.rekey_time <= 0:
+            self.reauth_at = now + jittered(cfg.reauth_time, cfg.reauth_time / 10, self.rnd)
         if cfg.rekey_time <= 0:
             return
+        if cfg.reauth_time > 0:
+            self.reauth_at = now + jittered(cfg.reauth_time, cfg.reauth_time / 10, self.rnd)
         spread = cfg.rand_time if cfg.rand_time is not None else cfg.rekey_time / 10
         self.ike_rekey_at = now + jittered(cfg.rekey_time, spread, self.rnd)
         over = cfg.over_time if cfg.over_time is not None else max(1, cfg.rekey_time // 10)
@@ -354,7 +360,7 @@ class IkeSa:
         if self._half_open() and self.created_at is not None:
             deadlines.append(self.created_at + HALF_OPEN_TIMEOUT)
         if self.state is State.ESTABLISHED:
-            for at in (self.ike_rekey_at, self.ike_expire_at, self._dpd_due()):
+            for at in (self.ike_rekey_at, self.ike_expire_at, self._dpd_due(), self.reauth_at):
                 if at is not None:
                     deadlines.append(at)
             for c in self.children.values():
@@ -497,6 +503,13 @@ class IkeSa:
     def _kick(self, now: float) -> None:
         if self._processing:
             return
+        if (
+            self.reauth_of is not None
+            and self.state is State.ESTABLISHED
+            and self._active is None
+            and not self._queue
+        ):
+            self._setup_done(now)
         while self._active is None and self._queue and self.state is not State.CLOSED:
             task = self._queue[0]
             needs_keys = task.exchange is not ExchangeType.IKE_SA_INIT
@@ -594,6 +607,9 @@ class IkeSa:
             return
         if self.ike_rekey_at is not None and now >= self.ike_rekey_at and self.successor is None:
             self.rekey(now)
+        if self.reauth_at is not None and now >= self.reauth_at and self.successor is None:
+            self.reauth_at = None
+            self.reauthenticate(now)
 
     def _dpd_due(self) -> float | None:
         if self.config.dpd_delay <= 0 or self.state is not State.ESTABLISHED or self.successor is not None:
@@ -613,20 +629,42 @@ class IkeSa:
     def _restart(self, now: float) -> None:
         """dpd_action restart: a fresh IKE SA (and its CHILD_SAs) with the same config towards
         the peer's original address; it keeps restarting while the peer stays away."""
-        if self.on_new_sa is None:
+        self._spawn_fresh(now, False)
+
+    def reauthenticate(self, now: float) -> None:
+        """Make-before-break reauthentication: a new IKE SA (IKE_SA_INIT, IKE_AUTH with fresh
+        authentication, all CHILD_SAs) towards the same peer; this SA is deleted once the new
+        one has finished its setup exchanges."""
+        self._guard(self._spawn_fresh, now, True)
+
+    def _spawn_fresh(self, now: float, reauth: bool) -> None:
+        if self.on_new_sa is None or (reauth and self.state is State.CLOSED):
             return
         local, remote = self._origin
         new = IkeSa(
             self.config, local, remote, initiator=True, rnd=self.rnd, dh_factory=self.dh_factory,
             allocate_spi=self.allocate_spi, candidates=self.candidates,
         )  # fmt: skip
-        new.restarts = self.restarts + 1
         new.on_pending = self.on_pending
-        self.stats["restarted"] += 1
-        log.info("IKE SA %s: restarting connection %s (attempt %d)", self.local_spi.hex(), self.config.name,
-                 new.restarts)  # fmt: skip
+        if reauth:
+            new.reauth_of = self
+            self.stats["reauthenticated"] += 1
+            log.info("IKE SA %s: reauthenticating connection %s", self.local_spi.hex(), self.config.name)
+        else:
+            new.restarts = self.restarts + 1
+            self.stats["restarted"] += 1
+            log.info("IKE SA %s: restarting connection %s (attempt %d)", self.local_spi.hex(),
+                     self.config.name, new.restarts)  # fmt: skip
         self.on_new_sa(new)
         new.initiate(now)
+
+    def _setup_done(self, now: float) -> None:
+        """A reauthenticating SA finished IKE_AUTH and its CREATE_CHILD_SAs: the old SA goes."""
+        old, self.reauth_of = self.reauth_of, None
+        if old is not None and not old.closed:
+            log.info("IKE SA %s: reauthenticated as %s; deleting the old SA", old.local_spi.hex(),
+                     self.local_spi.hex())  # fmt: skip
+            old.delete(now)
 
     def traffic_seen(self, now: float) -> None:
         """Inbound ESP arrived for one of our CHILD_SAs (fed by the adapter from data-plane

@@ -83,7 +83,8 @@ class IkeAuth:
         payloads: list[Payload] = [idi]
         if cfg.credentials is not None:
             payloads += cert_payloads(cfg.credentials)
-        if cfg.send_initial_contact:
+        if cfg.send_initial_contact and sa.reauth_of is None:
+            # Not when reauthenticating: the peer must keep the old SAs until we delete them.
             payloads.append(NotifyPayload(NotifyType.INITIAL_CONTACT))
         payloads += certreq_payloads(cfg)
         if cfg.remote_identity is not None:
