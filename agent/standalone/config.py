@@ -425,6 +425,7 @@ def parse_connection(node: _Node, name: str, base: Path) -> Connection:
             send_initial_contact=node.get("send_initial_contact", bool, True),
             natt_keepalive=node.duration("keepalive", 20.0),
             force_encap=node.get("encap", bool, False),
+            reauth_time=int(node.duration("reauth_time", 0)),
             fragmentation=node.get("fragmentation", bool, True),
             fragment_size=node.get("fragment_size", int, 1200),
             rekey_time=ike_rekey,
