@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         "standalone: interim configs derived from the computed tunnels",
     )
     up.add_argument("-f", "--filename", help="mesh to apply (default: deploy/examples/lab-mesh.yaml)")
+    up.add_argument(
+        "--datacenters",
+        type=int,
+        choices=range(2, 5),
+        default=2,
+        metavar="N",
+        help="data-centre sites dc1..dcN, 2 to 4 (default 2; more need -f with their Sites and Nodes)",
+    )
     lsub.add_parser("down", help="remove everything the lab created")
     lsub.add_parser("status", help="what the lab is running, and its tunnels")
     return parser

@@ -120,7 +120,7 @@ def up(args: argparse.Namespace) -> int:
     for warning in preflight.check_tools():
         say(f"note: {warning}")
     with_external = not args.no_strongswan and preflight.strongswan_available()
-    plan = lab_world(with_external=with_external)
+    plan = lab_world(with_external=with_external, datacenters=args.datacenters)
     documents = manifest.load([str(args.filename or REPO_EXAMPLE)])
     check_manifest(plan, documents)
     if LabState.load() is not None or world.leftover_namespaces() or netns.link_exists(None, "msl-host"):
@@ -135,7 +135,7 @@ def up(args: argparse.Namespace) -> int:
     paths = controller.ControllerPaths(DATA_DIR / "controller", ADMIN_SOCKET, LOG_DIR / "controller.log")
     try:
         with timings.phase(
-            f"building {len(plan.namespaces)} namespaces (underlay, 3 sites"
+            f"building {len(plan.namespaces)} namespaces (underlay, {len(plan.sites)} sites"
             f"{', external strongSwan gateway' if with_external else ''})"
         ):
             world.build(plan, state)
@@ -241,14 +241,24 @@ def wait_enrolled(state: LabState, client: AdminClient, nodes: Sequence[str], ti
 
 
 def check_manifest(plan: World, documents: Sequence[manifest.Document]) -> None:
-    """The manifest's nodes must be the lab's gateway namespaces, or no agent could serve them."""
+    """The manifest's nodes must be the lab's gateway namespaces, or no agent could serve them, and
+    every gateway the lab runs needs its Node and Site in the manifest, or it could not enroll."""
     nodes = [d.resource.metadata.name for d in documents if d.resource.kind == "Node"]
     unknown = [n for n in nodes if plan.site_of_node(n) is None]
+    known = ", ".join(s.node for s in plan.sites)
     if unknown:
-        known = ", ".join(s.node for s in plan.sites)
         raise UserError(
             f"the lab has no namespace for node(s) {', '.join(unknown)}",
-            hint=f"the lab's gateway nodes are {known} (see deploy/examples/lab-mesh.yaml)",
+            hint=f"the lab's gateway nodes are {known} (see deploy/examples/lab-mesh.yaml; "
+            "--datacenters N adds dc3..dcN)",
+        )
+    sites = {d.resource.metadata.name for d in documents if d.resource.kind == "Site"}
+    missing = [f"Node {s.node}" for s in plan.sites if s.node not in nodes]
+    missing += [f"Site {s.name}" for s in plan.sites if s.name not in sites]
+    if missing:
+        raise UserError(
+            f"the manifest has no {', '.join(missing)}, which the lab runs a gateway for",
+            hint=f"pass -f with a manifest naming every lab gateway node ({known}), or fewer --datacenters",
         )
 
 

@@ -2,7 +2,8 @@
 
     host (root ns) --veth-- inet (underlay router) --+-- dc1-gw1 --lan-- dc1-host
      controller                                      +-- dc2-gw1 --lan-- dc2-host
-     198.18.0.1                                      +-- vpc-nat (masquerade) -- vpc-gw1 --lan-- vpc-host
+     198.18.0.1                                      +-- (dc3-gw1 --lan-- dc3-host, with datacenters=3)
+                                                     +-- vpc-nat (masquerade) -- vpc-gw1 --lan-- vpc-host
                                                      +-- extdc (strongSwan, 198.19.200.1 on lo)
 
 The resource model gives a data-centre node a private address it binds to and a public one peers
@@ -99,22 +100,36 @@ class World:
         return next((s for s in self.sites if s.node == node), None)
 
 
+MAX_DATACENTERS = 4
+
+
+def datacenter_underlay(n: int) -> int:
+    """The third octet of data centre ``n``'s underlay /24 (198.18.3.0/24 is the VPC's NAT box)."""
+    return n if n < 3 else n + 1
+
+
 def _datacenter(n: int, name: str) -> tuple[Site, list[Link], list[Route], list[tuple[str, str]], StaticNat]:
     gw, host = f"{name}-gw1", f"{name}-host"
-    public, private = f"198.18.{n}.1", f"198.18.{100 + n}.1"
+    u = datacenter_underlay(n)
+    public, private = f"198.18.{u}.1", f"198.18.{100 + n}.1"
     links = [
-        Link("inet", name, f"198.18.{n}.254/24", gw, "eth0", f"{public}/24"),
+        Link("inet", name, f"198.18.{u}.254/24", gw, "eth0", f"{public}/24"),
         Link(gw, "lan", f"198.19.{n}.1/24", host, "eth0", f"198.19.{n}.10/24"),
     ]
     # The node's own traffic leaves from its private address and is mapped to the public one like
     # everything else; sending from the public one directly would collide with the mappings of
     # inbound flows in conntrack and get its source port rewritten.
-    routes = [Route(gw, "default", f"198.18.{n}.254", src=private), Route(host, "default", f"198.19.{n}.1")]
+    routes = [Route(gw, "default", f"198.18.{u}.254", src=private), Route(host, "default", f"198.19.{n}.1")]
     site = Site(name, "datacenter", gw, gw, host, private, (f"198.19.{n}.10",))
     return site, links, routes, [(gw, f"{private}/32")], StaticNat(gw, "eth0", public, private)
 
 
-def lab_world(*, with_external: bool = True) -> World:
+def lab_world(*, with_external: bool = True, datacenters: int = 2) -> World:
+    """``datacenters`` (2 to MAX_DATACENTERS) gateway sites dc1..dcN: dcN routes 198.19.N.0/24 and
+    binds 198.18.(100+N).1; its public address is on the underlay /24 ``datacenter_underlay(N)``."""
+    if not 2 <= datacenters <= MAX_DATACENTERS:
+        raise ValueError(f"datacenters must be 2..{MAX_DATACENTERS}, not {datacenters}")
+    dc_names = [f"dc{n}" for n in range(1, datacenters + 1)]
     links: list[Link] = [
         Link(None, HOST_IF, f"{CONTROLLER_ADDRESS}/24", "inet", "host", f"{UNDERLAY_HOST_SIDE}/24")
     ]
@@ -122,7 +137,7 @@ def lab_world(*, with_external: bool = True) -> World:
     loopbacks: list[tuple[str, str]] = []
     sites: list[Site] = []
     static_nat: list[StaticNat] = []
-    for n, name in ((1, "dc1"), (2, "dc2")):
+    for n, name in enumerate(dc_names, start=1):
         site, site_links, site_routes, site_lo, nat = _datacenter(n, name)
         sites.append(site)
         static_nat.append(nat)
@@ -154,8 +169,10 @@ def lab_world(*, with_external: bool = True) -> World:
             behind_nat=True,
         )
     )
-    namespaces = ["inet", "dc1-gw1", "dc1-host", "dc2-gw1", "dc2-host", "vpc-nat", "vpc-gw1", "vpc-host"]
-    host_routes = ["198.18.1.0/24", "198.18.2.0/24", "198.18.3.0/24"]
+    namespaces = ["inet", *(f"{dc}-{role}" for dc in dc_names for role in ("gw1", "host"))]
+    namespaces += ["vpc-nat", "vpc-gw1", "vpc-host"]
+    host_routes = [f"198.18.{datacenter_underlay(n)}.0/24" for n in range(1, datacenters + 1)]
+    host_routes.append("198.18.3.0/24")
     external = None
     if with_external:
         namespaces.append("extdc")
@@ -166,7 +183,7 @@ def lab_world(*, with_external: bool = True) -> World:
         external = ExternalSite("partner-aws", "extdc", "198.18.200.1", "198.19.200.1")
     return World(
         namespaces=tuple(namespaces),
-        routers=("inet", "dc1-gw1", "dc2-gw1", "vpc-nat", "vpc-gw1"),
+        routers=("inet", *(f"{dc}-gw1" for dc in dc_names), "vpc-nat", "vpc-gw1"),
         links=tuple(links),
         loopbacks=tuple(loopbacks),
         routes=tuple(routes),
