@@ -10,93 +10,35 @@ machine (someone's `meshctl lab up`), the module is skipped rather than tearing 
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from meshsec.meshctl.lab.plan import HOST_IF, PREFIX
-from meshsec.meshctl.lab.state import DATA_DIR, RUN_DIR, STATE_FILE, LabState
+from meshsec.meshctl.lab.state import DATA_DIR, RUN_DIR
+from tests.e2e.lab_driver import (
+    EXAMPLE,
+    UpLab,
+    meshctl,
+    namespaces,
+    ping,
+    running_lab,
+    tunnels,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(400)]
-
-MESHCTL = str(Path(sys.executable).parent / "meshctl")
-EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "lab-mesh.yaml"
-SOCKET = RUN_DIR / "admin.sock"
-
-
-def meshctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MESHSEC_CONTROLLER": str(SOCKET), "NO_COLOR": "1"}
-    return subprocess.run(
-        [MESHCTL, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
-    )
-
-
-def namespaces() -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def host_routes() -> str:
-    return subprocess.run(["ip", "route", "show"], capture_output=True, text=True, check=True).stdout
-
-
-def tunnels() -> dict[str, dict[str, object]]:
-    """{"a <-> b": TunnelInfo as JSON} from the lab's controller."""
-    got = meshctl("get", "tunnels", "-o", "json")
-    assert got.returncode == 0, got.stderr
-    return {" <-> ".join(e["name"] for e in t["ends"]): t for t in json.loads(got.stdout)["items"]}
-
-
-def wait_for(what: str, predicate: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def ping(src_ns: str, dst: str, count: int = 2) -> bool:
-    argv = ["ip", "netns", "exec", src_ns, "ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", dst]
-    return subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0
-
-
-@dataclass
-class UpLab:
-    output: str
-    seconds: float
-    state: LabState
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpLab]:
-    if STATE_FILE.exists() or any(ns.startswith(PREFIX) for ns in namespaces()):
-        pytest.skip("a meshsec lab is already running on this machine; not tearing it down")
-    routes_before = host_routes()
-    start = time.monotonic()
-    up = meshctl("lab", "up", "--timeout", "90", timeout=300)
-    seconds = time.monotonic() - start
-    state = LabState.load()
-    try:
-        assert up.returncode == 0, f"lab up exited {up.returncode}\n{up.stdout}\n{up.stderr}"
-        assert state is not None
-        yield UpLab(up.stdout + up.stderr, seconds, state)
-    finally:
-        if LabState.load() is not None:
-            keep = tmp_path_factory.mktemp("lab-logs")
-            shutil.copytree(DATA_DIR / "logs", keep / "logs", dirs_exist_ok=True)
-            sys.stderr.write(f"\nlab logs kept in {keep}\n")
-            meshctl("lab", "down")
-        assert host_routes() == routes_before
+    with running_lab(["--timeout", "90"], tmp_path_factory.mktemp("lab-logs")) as up:
+        yield up
 
 
 def test_lab_up_proves_traffic_across_every_connected_site_pair(lab: UpLab) -> None:
@@ -110,7 +52,7 @@ def test_lab_up_proves_traffic_across_every_connected_site_pair(lab: UpLab) -> N
     assert all(t["state"] == "TUNNEL_STATE_ESTABLISHED" for t in current.values())
     # The VPC gateway sits behind a masquerading NAT box: its tunnel runs NAT-T.
     vpc = current["dc1-gw1 <-> vpc-gw1"]
-    assert any(e.get("status", {}).get("ikeSa", {}).get("natDetected") for e in vpc["ends"])  # type: ignore[union-attr,attr-defined]
+    assert any(e.get("status", {}).get("ikeSa", {}).get("natDetected") for e in vpc["ends"])
     assert (DATA_DIR / "topology.svg").read_text().lstrip().startswith("<?xml")
     status = meshctl("lab", "status")
     assert status.returncode == 0
@@ -123,7 +65,7 @@ def test_removing_a_policy_under_traffic_touches_only_its_tunnels(lab: UpLab) ->
     VPC becomes unreachable, dc1-dc2 (another policy) keeps its SPIs and loses no packet; applying
     the policy again brings the VPC back."""
     before = tunnels()
-    spis = [e["status"]["childSas"][0]["spiIn"] for e in before["dc1-gw1 <-> dc2-gw1"]["ends"]]  # type: ignore[index]
+    spis = [e["status"]["childSas"][0]["spiIn"] for e in before["dc1-gw1 <-> dc2-gw1"]["ends"]]
     ping_log = RUN_DIR / "e2e-ping.log"
     with open(ping_log, "w") as log:
         pinger = subprocess.Popen(
@@ -168,7 +110,7 @@ def test_removing_a_policy_under_traffic_touches_only_its_tunnels(lab: UpLab) ->
     summary = ping_log.read_text()
     assert " 0% packet loss" in summary, summary[-400:]
     after = tunnels()["dc1-gw1 <-> dc2-gw1"]
-    assert [e["status"]["childSas"][0]["spiIn"] for e in after["ends"]] == spis  # type: ignore[index]
+    assert [e["status"]["childSas"][0]["spiIn"] for e in after["ends"]] == spis
 
 
 def test_lab_down_removes_everything_it_created(lab: UpLab) -> None:
