@@ -194,3 +194,30 @@ def test_dpd_detects_killed_strongswan_and_restarts_when_it_returns(lab: Lab, ch
     back = pair.ms.ping(SW_INNER, src=MS_INNER, count=5, interval=0.05)
     assert back.ok, back
     assert "restarting connection peer" in agent.log_text()
+
+
+def test_reauthentication_with_traffic(lab: Lab, charons: CharonFactory) -> None:
+    """meshsec reauthenticates every ~5 s (a whole new IKE SA and CHILD_SA next to the old
+    ones, then deletes the old): strongSwan ends with exactly one IKE SA, traffic keeps flowing.
+    Unlike rekeying, reauthentication may lose the packets strongSwan sends during one round
+    trip (the IKE_AUTH responder switches to the new CHILD_SA at once), so a few are allowed."""
+    ike, esp, _, _ = SUITES["gcm-x25519"]
+    pair = build(lab)
+    config = _meshsec("initiator", 300, 330)
+    config["connections"]["peer"]["reauth_time"] = REKEY
+    conn = _with_child_lifetimes(swan_connection(ike, esp), "300s", "330s", "0s")
+    sw = charons.start(pair.sw, [conn], swan_settings())
+    agent = MeshsecAgent(pair.ms, config).start()
+    agent.wait_for(lambda s: agent.established("peer"))
+    first = sw.wait_for(_swan_ike)
+
+    ping = pair.ms.ping(SW_INNER, src=MS_INNER, count=PING_COUNT, interval=PING_INTERVAL, wait=1.0)
+
+    log = agent.log_text()
+    assert log.count("reauthenticated as") >= 3, log[-3000:]
+    assert ping.transmitted == PING_COUNT
+    assert ping.transmitted - ping.received <= 6, ping  # at most ~2 per reauthentication
+    sw.wait_for(lambda sas: len([sa for sa in sas if sa.state == "ESTABLISHED"]) == 1, timeout=10)
+    last = sw.wait_for(_swan_ike)
+    assert last.initiator_spi != first.initiator_spi
+    assert "FAILED" not in log
