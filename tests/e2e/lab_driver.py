@@ -99,6 +99,35 @@ def example_document(kind: str, name: str) -> str:
     return docs[0]
 
 
+# dc3 as `--datacenters 3` builds it: subnet 198.19.3.0/24, binds 198.18.103.1, public 198.18.4.1.
+DC3 = """
+apiVersion: meshsec.io/v1alpha1
+kind: Site
+metadata:
+  name: dc3
+  labels: {region: us-east, provider: onprem, kind: datacenter}
+spec:
+  prefixes: [198.19.3.0/24]
+  gatewaySelector: {matchLabels: {role: gateway}}
+---
+apiVersion: meshsec.io/v1alpha1
+kind: Node
+metadata:
+  name: dc3-gw1
+  labels: {role: gateway}
+spec:
+  site: dc3
+  endpoints: {public: [198.18.4.1], private: [198.18.103.1]}
+  identity: {ikeId: dc3-gw1.meshsec.test}
+"""
+
+
+def three_dc_manifest(path: Path) -> Path:
+    """The example mesh plus dc3 (a datacentre, so `dc-mesh` members it), for --datacenters 3."""
+    path.write_text(EXAMPLE.read_text().rstrip("\n") + "\n---" + DC3)
+    return path
+
+
 def agent_tunnels(node: str) -> dict[str, str]:
     """{tunnel id: state} as the node's agent itself reports on its status socket."""
     from meshsec.agent.standalone.status import query_status

@@ -22,8 +22,9 @@ import pytest
 from meshsec.meshctl.lab.plan import HOST_IF, PREFIX
 from meshsec.meshctl.lab.state import DATA_DIR, RUN_DIR
 from tests.e2e.lab_driver import (
-    EXAMPLE,
     UpLab,
+    apply_yaml,
+    example_document,
     meshctl,
     namespaces,
     ping,
@@ -93,11 +94,8 @@ def test_removing_a_policy_under_traffic_touches_only_its_tunnels(lab: UpLab) ->
         wait_for(
             "the VPC to become unreachable", lambda: not ping(f"{PREFIX}dc1-host", "198.19.30.10", 1), 30
         )
-        policy = [doc for doc in EXAMPLE.read_text().split("\n---\n") if "name: cloud-attach" in doc]
-        path = RUN_DIR / "cloud-attach.yaml"
-        path.write_text(policy[0])
-        applied = meshctl("apply", "-f", str(path))
-        assert applied.returncode == 0 and "created" in applied.stdout, applied.stderr
+        applied = apply_yaml(example_document("MeshPolicy", "cloud-attach"), RUN_DIR / "cloud-attach.yaml")
+        assert "meshpolicy/cloud-attach created" in applied
         wait_for(
             "the dc1-vpc tunnel to come back",
             lambda: tunnels().get("dc1-gw1 <-> vpc-gw1", {}).get("state") == "TUNNEL_STATE_ESTABLISHED",

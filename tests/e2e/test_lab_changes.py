@@ -30,7 +30,6 @@ import yaml
 from meshsec.meshctl.lab.plan import PREFIX
 from tests.e2e.lab_driver import (
     ESTABLISHED,
-    EXAMPLE,
     Pingers,
     Tunnel,
     UpLab,
@@ -42,33 +41,12 @@ from tests.e2e.lab_driver import (
     ping,
     running_lab,
     swanctl_sas,
+    three_dc_manifest,
     tunnels,
     wait_for,
 )
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(400)]
-
-# dc3 as `--datacenters 3` builds it: subnet 198.19.3.0/24, binds 198.18.103.1, public 198.18.4.1.
-DC3 = """
-apiVersion: meshsec.io/v1alpha1
-kind: Site
-metadata:
-  name: dc3
-  labels: {region: us-east, provider: onprem, kind: datacenter}
-spec:
-  prefixes: [198.19.3.0/24]
-  gatewaySelector: {matchLabels: {role: gateway}}
----
-apiVersion: meshsec.io/v1alpha1
-kind: Node
-metadata:
-  name: dc3-gw1
-  labels: {role: gateway}
-spec:
-  site: dc3
-  endpoints: {public: [198.18.4.1], private: [198.18.103.1]}
-  identity: {ikeId: dc3-gw1.meshsec.test}
-"""
 
 DC_NODES = {"dc1": "dc1-gw1", "dc2": "dc2-gw1", "dc3": "dc3-gw1"}
 DC_PREFIXES = {"dc1": "198.19.1.0/24", "dc2": "198.19.2.0/24", "dc3": "198.19.3.0/24"}
@@ -80,8 +58,7 @@ EXT_ADDRESS = "198.19.200.1"  # behind the strongSwan gateway
 @pytest.fixture(scope="module")
 def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpLab]:
     work = tmp_path_factory.mktemp("lab3")
-    manifest = work / "lab-3dc.yaml"
-    manifest.write_text(EXAMPLE.read_text().rstrip("\n") + "\n---" + DC3)
+    manifest = three_dc_manifest(work / "lab-3dc.yaml")
     with running_lab(["--datacenters", "3", "-f", str(manifest), "--timeout", "90"], work) as up:
         yield up
 
