@@ -18,8 +18,10 @@ Then a node joins (AdminService.Apply of one Node over the admin socket) `--join
   join->all  time from the Apply call until every affected agent has received its delta
              (full mesh: all N; hub-and-spoke: the hubs), median over the joins
   ctl CPU    controller process CPU (utime+stime from /proc) per join
+  agents CPU this process's CPU per join: the simulated agents receiving their deltas
   bytes      serialized delta bytes received by all agents per join
   RSS        controller resident memory with all agents connected
+  load       1-minute load average at the end of the run (the machine may be shared)
 
 Agents and controller share this machine's cores, so the agents' own CPU competes with the
 controller's. Addresses: node underlay 198.18.0.0/16, site prefix 198.19.0.0/16, loopback only.
@@ -173,6 +175,7 @@ class Agents:
     errors: list[str] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)  # last complete version per agent
     arrived: list[float] = field(default_factory=list)  # when it arrived (monotonic)
+    options: list[tuple[str, int]] = field(default_factory=list)  # grpc channel options
 
 
 async def run_agent(
@@ -187,7 +190,7 @@ async def run_agent(
     key_pem, cert_pem = creds.nodes[i]
     async with gate:
         channel = grpc.aio.secure_channel(
-            target, grpc.ssl_channel_credentials(creds.ca_pem, key_pem, cert_pem)
+            target, grpc.ssl_channel_credentials(creds.ca_pem, key_pem, cert_pem), options=agents.options
         )
         channels.append(channel)
         call = agent_pb2_grpc.AgentServiceStub(channel).WatchDesiredState(
@@ -226,7 +229,7 @@ def _rss_mib(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else 0.0
 
 
-async def one_run(n: int, topology: str, joins: int, auth: str) -> dict[str, object]:
+async def one_run(n: int, topology: str, joins: int, auth: str, bdp_probe: bool) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="ctl-bench-") as tmp:
         work = Path(tmp)
         t0 = time.monotonic()
@@ -263,7 +266,12 @@ async def one_run(n: int, topology: str, joins: int, auth: str) -> dict[str, obj
         try:
             assert proc.stdout is not None
             await asyncio.to_thread(proc.stdout.readline)
-            agents = Agents(total=n, versions=[0] * n, arrived=[0.0] * n)
+            agents = Agents(
+                total=n,
+                versions=[0] * n,
+                arrived=[0.0] * n,
+                options=[] if bdp_probe else [("grpc.http2.bdp_probe", 0)],
+            )
             gate = asyncio.Semaphore(256)
             t0 = time.monotonic()
             tasks = [
@@ -282,7 +290,7 @@ async def one_run(n: int, topology: str, joins: int, auth: str) -> dict[str, obj
             if agents.errors:
                 raise RuntimeError(agents.errors[0])
             rss_connected = _rss_mib(proc.pid)
-            latencies, cpus, sizes = [], [], []
+            latencies, cpus, agent_cpus, sizes = [], [], [], []
             async with grpc.aio.insecure_channel(f"unix:{sock}") as admin:
                 stub = admin_pb2_grpc.AdminServiceStub(admin)
                 for j in range(joins):
@@ -296,6 +304,7 @@ async def one_run(n: int, topology: str, joins: int, auth: str) -> dict[str, obj
                     agents.done.clear()
                     agents.target_version = 1 << 62  # known once Apply returns, see below
                     bytes_before, cpu_before = agents.bytes, _cpu(proc.pid)
+                    agent_cpu_before = time.process_time()
                     started = time.monotonic()
                     applied = await stub.Apply(admin_pb2.ApplyRequest(resources=[resource]), timeout=60)
                     # The join's deltas carry the store revision of the write as their version.
@@ -305,6 +314,7 @@ async def one_run(n: int, topology: str, joins: int, auth: str) -> dict[str, obj
                     if agents.waiting:
                         await asyncio.wait_for(agents.done.wait(), 120)
                     latencies.append(max(agents.arrived[i] for i in affected) - started)
+                    agent_cpus.append(time.process_time() - agent_cpu_before)
                     await asyncio.sleep(0.3)  # let the controller finish writing (CPU accounting)
                     cpus.append(_cpu(proc.pid) - cpu_before)
                     sizes.append(agents.bytes - bytes_before)
@@ -317,8 +327,10 @@ async def one_run(n: int, topology: str, joins: int, auth: str) -> dict[str, obj
                 "join_p50_ms": statistics.median(latencies) * 1000,
                 "join_max_ms": max(latencies) * 1000,
                 "cpu_ms": statistics.median(cpus) * 1000,
+                "agents_cpu_ms": statistics.median(agent_cpus) * 1000,
                 "bytes": statistics.median(sizes),
                 "rss_mib": rss_connected,
+                "load": os.getloadavg()[0],
             }
         finally:
             for task in tasks:
@@ -337,14 +349,15 @@ async def one_run(n: int, topology: str, joins: int, auth: str) -> dict[str, obj
 def table(rows: list[dict[str, object]]) -> str:
     head = (
         "| nodes | topology | affected agents | join->all p50 (ms) | max (ms) | ctl CPU/join (ms) "
-        "| bytes/join | ctl RSS (MiB) | agents connect (s) |"
+        "| agents CPU/join (ms) | bytes/join | ctl RSS (MiB) | agents connect (s) | load |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         lines.append(
             f"| {r['nodes']} | {r['topology']} | {r['affected']} "
             f"| {r['join_p50_ms']:.0f} | {r['join_max_ms']:.0f} "
-            f"| {r['cpu_ms']:.0f} | {r['bytes']:.0f} | {r['rss_mib']:.0f} | {r['connect_s']:.1f} |"
+            f"| {r['cpu_ms']:.0f} | {r['agents_cpu_ms']:.0f} | {r['bytes']:.0f} | {r['rss_mib']:.0f} "
+            f"| {r['connect_s']:.1f} | {r['load']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -357,12 +370,18 @@ def main() -> None:
     parser.add_argument("--topologies", default="full-mesh,hub-and-spoke")
     parser.add_argument("--joins", type=int, default=5)
     parser.add_argument("--auth", choices=("certificate", "psk"), default="certificate")
+    parser.add_argument(
+        "--no-bdp-probe",
+        action="store_true",
+        help="agents' channels without HTTP/2 BDP probing (grpc.http2.bdp_probe=0): without it each "
+        "delta draws a PING the controller must answer, a second write per agent",
+    )
     parser.add_argument("--write", action="store_true", help="put the table into docs/benchmarks.md")
     args = parser.parse_args()
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         for topology in args.topologies.split(","):
-            row = asyncio.run(one_run(n, topology, args.joins, args.auth))
+            row = asyncio.run(one_run(n, topology, args.joins, args.auth, not args.no_bdp_probe))
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(table(rows))

@@ -19,8 +19,9 @@ from typing import Any
 import grpc
 
 from meshsec.common.secrets import Secret
-from meshsec.controller.api.convert import desired_tunnel, doc_to_resource, facts_to_endpoints
+from meshsec.controller.api.convert import doc_to_resource, facts_to_endpoints
 from meshsec.controller.api.identity import AnyContext, caller_of, issued_at
+from meshsec.controller.api.wire import TunnelEncoder, split_update
 from meshsec.controller.ca import CsrError, TokenError, load_csr
 from meshsec.controller.ca.authority import IssuedCertificate
 from meshsec.controller.mesh import PeerKind, Upsert
@@ -65,6 +66,8 @@ class AgentApi(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, core: Core, *, bootstrap: bool) -> None:
         self._core = core
         self._bootstrap = bootstrap
+        self._encoder = TunnelEncoder(core.secrets.psk)
+        self._last_head: tuple[tuple[int, int, bool], bytes] = ((-1, -1, False), b"")
 
     # --- authorization -------------------------------------------------------------------------
 
@@ -240,10 +243,10 @@ class AgentApi(agent_pb2_grpc.AgentServiceServicer):
                 first = [snapshot]
             sent = 0
             for update in first:
-                messages = self._messages(name, update)
+                messages, size = self._messages(update)
                 for message in messages:
                     yield message
-                self._pushed(name, update, messages)
+                self._pushed(name, update, size)
                 sent = update.version
             while True:
                 signal = await queue.get()
@@ -258,46 +261,44 @@ class AgentApi(agent_pb2_grpc.AgentServiceServicer):
                     update = resent
                 else:
                     update = signal
-                messages = self._messages(name, update)
+                messages, size = self._messages(update)
                 for message in messages:
                     yield message
-                self._pushed(name, update, messages)
+                self._pushed(name, update, size)
                 sent = update.version
         finally:
             state.unsubscribe(name, queue)
 
-    def _messages(self, node: str, update: NodeUpdate) -> list[agent_pb2.DesiredStateUpdate]:
-        """The update split into messages under the size limit; `node` config in the first."""
+    def _messages(self, update: NodeUpdate) -> tuple[list[agent_pb2.DesiredStateUpdate], int]:
+        """The update split into messages under the size limit (node config in the first), and
+        their serialized size. Tunnels are encoded from cached parts (`wire.TunnelEncoder`)."""
         core = self._core
         index = core.state.index
-        kind = agent_pb2.UPDATE_KIND_SNAPSHOT if update.snapshot else agent_pb2.UPDATE_KIND_DELTA
+        head = self._head(update.version, 0 if update.snapshot else update.base_version, update.snapshot)
+        first = b""
+        if update.removals or update.config is not None:
+            first = agent_pb2.DesiredStateUpdate(
+                removed_tunnel_ids=update.removals, node=update.config
+            ).SerializeToString()
         generation = 0 if update.snapshot else update.version
-
-        def head() -> agent_pb2.DesiredStateUpdate:
-            return agent_pb2.DesiredStateUpdate(
-                version=update.version, kind=kind, base_version=0 if update.snapshot else update.base_version
-            )
-
-        messages = [head()]
-        if update.config is not None:
-            messages[0].node.CopyFrom(update.config)
-        messages[0].removed_tunnel_ids.extend(update.removals)
-        size = messages[0].ByteSize()
-        limit = core.settings.max_message_bytes
+        encode = self._encoder.encode
+        tunnels = []
         for tunnel in update.upserts:
             peer = index.node(tunnel.peer) if tunnel.peer_kind is PeerKind.NODE else None
-            message = desired_tunnel(tunnel, peer.spec.site if peer else "", core.secrets.psk, generation)
-            tunnel_size = message.ByteSize() + 8
-            if size + tunnel_size > limit and messages[-1].upserted_tunnels:
-                messages[-1].more = True
-                messages.append(head())
-                size = 0
-            messages[-1].upserted_tunnels.append(message)
-            size += tunnel_size
-        return messages
+            tunnels.append(encode(tunnel, peer.spec.site if peer else "", generation))
+        blobs = split_update(head, first, tunnels, core.settings.max_message_bytes)
+        return [agent_pb2.DesiredStateUpdate.FromString(b) for b in blobs], sum(len(b) for b in blobs)
 
-    def _pushed(self, node: str, update: NodeUpdate, messages: list[agent_pb2.DesiredStateUpdate]) -> None:
-        size = sum(m.ByteSize() for m in messages)
+    def _head(self, version: int, base_version: int, snapshot: bool) -> bytes:
+        # One change sends every affected agent the same head (most slices move in lockstep).
+        key = (version, base_version, snapshot)
+        if key != self._last_head[0]:
+            kind = agent_pb2.UPDATE_KIND_SNAPSHOT if snapshot else agent_pb2.UPDATE_KIND_DELTA
+            message = agent_pb2.DesiredStateUpdate(version=version, kind=kind, base_version=base_version)
+            self._last_head = (key, message.SerializeToString())
+        return self._last_head[1]
+
+    def _pushed(self, node: str, update: NodeUpdate, size: int) -> None:
         self._core.metrics.pushed(
             node, update.version, update.at, size, "snapshot" if update.snapshot else "delta"
         )

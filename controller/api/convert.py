@@ -172,7 +172,7 @@ def _lifetimes(seconds: int) -> common_pb2.Lifetimes:
 
 
 @functools.lru_cache(maxsize=4096)
-def _shared(
+def tunnel_template(
     source: str,
     peer_kind: MeshPeerKind,
     ike_proposals: tuple[str, ...],
@@ -199,7 +199,7 @@ def _shared(
 
 
 @functools.lru_cache(maxsize=4096)
-def _child_shared(
+def child_template(
     name: str, mode: Mode, protocol: IpsecProtocol, lifetime_s: int, start: StartAction
 ) -> agent_pb2.ChildConfig:
     return agent_pb2.ChildConfig(
@@ -217,7 +217,7 @@ def desired_tunnel(
     """`psk` None: the admin view, which carries the auth method but never the key."""
     out = agent_pb2.DesiredTunnel()
     out.CopyFrom(
-        _shared(
+        tunnel_template(
             tunnel.source,
             tunnel.peer_kind,
             tunnel.ike_proposals,
@@ -244,7 +244,7 @@ def desired_tunnel(
         out.auth.certificate.SetInParent()
     for c in tunnel.children:
         child = out.children.add()
-        child.CopyFrom(_child_shared(c.name, c.mode, c.protocol, c.lifetime_s, tunnel.start_action))
+        child.CopyFrom(child_template(c.name, c.mode, c.protocol, c.lifetime_s, tunnel.start_action))
         for ts in c.local_ts:
             child.local_ts.add(cidr=ts)
         for ts in c.remote_ts:

@@ -262,9 +262,10 @@ class MeshIndex:
 
     def _finish(self, pending: _Pending) -> dict[str, NodeDelta]:
         out: dict[str, NodeDelta] = {}
+        versions = self._versions
         for node in sorted(pending):
-            upserts = []
-            removals = []
+            upserts: list[Tunnel] = []
+            removals: list[str] = []
             for tid, (old, new) in pending[node].items():
                 if new is None:
                     if old is not None:
@@ -272,11 +273,12 @@ class MeshIndex:
                 elif new != old:
                     upserts.append(new)
             if upserts or removals:
-                base = self._versions.get(node, 0)
-                self._versions[node] = base + 1
-                out[node] = NodeDelta(
-                    node, base, base + 1, tuple(sorted(upserts, key=lambda t: t.id)), tuple(sorted(removals))
-                )
+                if len(upserts) > 1:
+                    upserts.sort(key=_tunnel_id)
+                removals.sort()
+                base = versions.get(node, 0)
+                versions[node] = base + 1
+                out[node] = NodeDelta(node, base, base + 1, tuple(upserts), tuple(removals))
         return out
 
     # --- anchors and edges -------------------------------------------------------------------------
@@ -540,6 +542,10 @@ class MeshIndex:
             self._externals[name] = new
             for site in new.spec.sites:
                 self._externals_by_site.setdefault(site, set()).add(name)
+
+
+def _tunnel_id(t: Tunnel) -> str:
+    return t.id
 
 
 def _hub_transit(m: Membership) -> bool:

@@ -4,15 +4,15 @@ A Tunnel is written from one node's point of view (``local_*`` is that node). Bo
 node-to-node tunnel share its ``id``, which is stable: a digest of the policy and the node pair,
 so any controller replica computes the same id for the same pair.
 
-AuthRef, ChildSA and Tunnel are NamedTuples rather than frozen dataclasses: equally immutable
-(and mypy-checked as such), but a full-mesh join builds two of each per member and a frozen
-dataclass's __init__ (one object.__setattr__ per field) was measured at 5x the cost of a tuple.
+AuthRef, ChildSA, Tunnel and NodeDelta are NamedTuples rather than frozen dataclasses: equally
+immutable (and mypy-checked as such), but a full-mesh join builds two tunnels and a delta per
+member, and a frozen dataclass's __init__ (one object.__setattr__ per field) was measured at 5x
+the cost of a tuple's.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from meshsec.controller.resources.model import AuthMethod, Dpd, IpsecProtocol, Mode, StartAction
@@ -64,8 +64,7 @@ class Tunnel(NamedTuple):
     children: tuple[ChildSA, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class NodeDelta:
+class NodeDelta(NamedTuple):
     """What changed for one node: apply removals, then upserts (replace by id).
 
     ``base_version`` is the version the delta applies to; a receiver at another version must

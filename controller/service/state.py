@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from meshsec.controller.api.convert import node_config
 from meshsec.controller.mesh import Change, Delete, Tunnel, Upsert
@@ -44,9 +44,10 @@ class StoredDoc:
     create_revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class NodeUpdate:
-    """One version of a node's slice: a delta on `base_version`, or the whole slice (snapshot)."""
+class NodeUpdate(NamedTuple):
+    """One version of a node's slice: a delta on `base_version`, or the whole slice (snapshot).
+
+    A NamedTuple, like the mesh's Tunnel: one is built per affected node per change."""
 
     version: int
     base_version: int
@@ -314,7 +315,8 @@ class MeshState:
         if current is None:
             current = self._slices[name] = NodeSlice(0, None, deque(maxlen=self._history))
         config = self._config(node) if reconfigured or current.config is None else current.config
-        config_changed = config != current.config
+        # Identity first: comparing two NodeConfig messages serializes both.
+        config_changed = config is not current.config and config != current.config
         if not delta and not config_changed:
             return 0
         update = NodeUpdate(
