@@ -82,6 +82,13 @@ def ping(src_ns: str, dst: str, count: int = 2) -> bool:
     return subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0
 
 
+def ping_ttls(src_ns: str, dst: str, count: int = 3) -> list[int]:
+    """The TTL of each reply (64 less one per router on the way back); empty when none came."""
+    argv = ["ip", "netns", "exec", src_ns, "ping", "-n", "-c", str(count), "-i", "0.2", "-W", "1", dst]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False).stdout
+    return [int(ttl) for ttl in re.findall(r"icmp_seq=\d+ ttl=(\d+)", out)]
+
+
 def apply_yaml(text: str, path: Path) -> str:
     """Apply one manifest through meshctl; returns its stdout (``<kind>/<name> created|configured``)."""
     path.write_text(text)
@@ -208,8 +215,12 @@ def swanctl_sas() -> list[SwanSa]:
 class PingRun:
     label: str
     transmitted: int
-    answered: frozenset[int]  # icmp_seq values that got a reply
+    replies: dict[int, int]  # icmp_seq -> the reply's TTL (one less per router it crossed)
     log: str
+
+    @property
+    def answered(self) -> frozenset[int]:
+        return frozenset(self.replies)
 
     def lost(self) -> list[int]:
         """Unanswered requests, leaving out the last one (it may have been in flight at the stop)."""
@@ -245,8 +256,8 @@ class Pingers:
                 proc.wait(5)
             text = log.read_text(errors="replace")
             sent = re.search(r"(\d+) packets transmitted", text)
-            answered = frozenset(int(s) for s in re.findall(r"icmp_seq=(\d+) ttl=", text))
-            results[label] = PingRun(label, int(sent[1]) if sent else 0, answered, text)
+            replies = {int(s): int(ttl) for s, ttl in re.findall(r"icmp_seq=(\d+) ttl=(\d+)", text)}
+            results[label] = PingRun(label, int(sent[1]) if sent else 0, replies, text)
         return results
 
 
