@@ -40,16 +40,26 @@ class Tunnel:
     encap: bool
     esp: str
     inner: dict[str, str]  # side name -> inner address
+    rekey: int | None = None  # CHILD_SA rekey_time (s) of the initiator; None: the default hour
 
 
 A, B = Side("a", "198.18.90.1"), Side("b", "198.18.90.2")
-PLAIN = Tunnel("kv-esp", False, "aes256gcm16", {"a": "198.19.90.1", "b": "198.19.90.2"})
+# The checks before the rekey take 2-8 s in the guest; a longer rekey_time only adds waiting.
+PLAIN = Tunnel("kv-esp", False, "aes256gcm16", {"a": "198.19.90.1", "b": "198.19.90.2"}, rekey=20)
 UDP = Tunnel("kv-udp", True, "aes128gcm16", {"a": "198.19.91.1", "b": "198.19.91.2"})
 
 
 @pytest.fixture
 def netns_prefix() -> str:
     return "kv-"
+
+
+def child_config(t: Tunnel, me: Side, peer: Side, initiate: bool) -> dict[str, Any]:
+    child: dict[str, Any] = {"local_ts": [f"{t.inner[me.name]}/32"], "esp_proposals": [t.esp],
+                             "remote_ts": [f"{t.inner[peer.name]}/32"]}
+    if t.rekey is not None and initiate:  # one side only: no rekey collision to resolve
+        child.update(rekey_time=t.rekey, life_time=4 * t.rekey, rand_time=0)
+    return child
 
 
 def agent_config(me: Side, peer: Side, tunnels: tuple[Tunnel, ...], *, initiate: bool) -> dict[str, Any]:
@@ -60,8 +70,7 @@ def agent_config(me: Side, peer: Side, tunnels: tuple[Tunnel, ...], *, initiate:
             "local": {"id": f"{me.name}.{t.name}.test"}, "remote": {"id": f"{peer.name}.{t.name}.test"},
             "psk": PSK, "proposals": ["aes256gcm16-prfsha256-x25519"],
             "start_action": "initiate" if initiate else "wait", "encap": t.encap and initiate,
-            "children": {"net": {"local_ts": [f"{t.inner[me.name]}/32"],
-                                 "remote_ts": [f"{t.inner[peer.name]}/32"], "esp_proposals": [t.esp]}},
+            "children": {"net": child_config(t, me, peer, initiate)},
         }
         for t in tunnels
     }  # fmt: skip
@@ -149,6 +158,14 @@ def spis(child: dict[str, Any]) -> tuple[int, int]:
     return int(child["spi_in"], 16), int(child["spi_out"], 16)
 
 
+def rekeyed(status: Status, name: str, old: tuple[int, int]) -> tuple[int, int] | None:
+    """The CHILD_SA's SPIs once it was rekeyed and the old pair is gone (None before)."""
+    children = [c for sa in status["ike_sas"] if sa["name"] == name for c in sa["child_sas"]]
+    if len(children) != 1 or children[0]["state"] != "INSTALLED" or spis(children[0]) == old:
+        return None
+    return spis(children[0])
+
+
 @pytest.mark.kernelvm
 @pytest.mark.netns
 @pytest.mark.timeout(300)
@@ -160,6 +177,7 @@ def test_agents_pick_the_kernel_and_carry_traffic_through_it(lab: Lab) -> None:
         agent.wait_for(lambda s, agent=agent: all(agent.established(t.name) for t in tunnels), SLOW)
     sa, sb = a.status(), b.status()
     assert sa["dataplane"] == "kernel" and sb["dataplane"] == "kernel", a.log_text()[-3000:]
+    assert "kernel data plane: esp=True" in a.log_text()  # `auto` probed and found ESP
     for t in tunnels:
         ia, ib = ike_sa(sa, t.name), ike_sa(sb, t.name)
         assert (ia["initiator_spi"], ia["responder_spi"]) == (ib["initiator_spi"], ib["responder_spi"])
@@ -200,6 +218,19 @@ def test_agents_pick_the_kernel_and_carry_traffic_through_it(lab: Lab) -> None:
     for t in tunnels:
         counters = child_of(a.status(), t.name)["counters"]
         assert counters["packets_out"] >= 6 and counters["packets_in"] >= 6, counters
+
+    # CHILD_SA rekey through the agent, make-before-break in the kernel: the new pair carries
+    # the traffic, the old pair is gone from both kernels.
+    old = spis(child_of(sa, PLAIN.name))
+    new_a = a.wait_for(lambda s: rekeyed(s, PLAIN.name, old), SLOW)
+    new_b = b.wait_for(lambda s: rekeyed(s, PLAIN.name, old[::-1]), SLOW)
+    assert new_a == new_b[::-1]
+    assert ping(ha, PLAIN, A, B, 3) == 3
+    for host, agent, new in ((ha, a, new_a), (hb, b, new_b)):
+        # The status drops the old pair first; the data plane's removal follows in order.
+        agent.wait_for(lambda s, host=host: not set(old) & {x.spi for x in xfrm_states(host)}, SLOW)
+        states = {s.spi: s for s in xfrm_states(host)}
+        assert all(states[spi].packets >= 3 and states[spi].marked for spi in new)
 
     # SIGTERM: DELETE to the peer, both agents remove everything they installed, nothing else.
     assert a.stop() == 0
