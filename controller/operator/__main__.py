@@ -10,18 +10,22 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import kopf
 
+from meshsec.controller.operator.bootstrap import BootstrapConfig, BootstrapKeeper, KubernetesSecrets
 from meshsec.controller.operator.handlers import OperatorConfig, configure, register
 from meshsec.controller.operator.sync import ControllerSync
 
 DEFAULT_ADMIN_SOCKET = "/run/meshsec/admin.sock"
+DEFAULT_CA_FILE = Path("/var/lib/meshsec/controller/ca.pem")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +44,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--liveness", metavar="URL", help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz"
     )
+    b = p.add_argument_group("agent bootstrap Secret (off unless --bootstrap-site is given)")
+    b.add_argument("--bootstrap-site", help="keep a multi-use bootstrap token for this Site in a Secret")
+    b.add_argument("--bootstrap-secret", default="meshsec-agent-bootstrap", help="Secret name (%(default)s)")
+    b.add_argument(
+        "--bootstrap-namespace",
+        default=os.environ.get("POD_NAMESPACE", ""),
+        help="Secret namespace (default $POD_NAMESPACE)",
+    )
+    b.add_argument("--bootstrap-uses", type=int, default=1000, help="enrollments per token (%(default)s)")
+    b.add_argument("--bootstrap-ttl", type=int, default=86400, help="token lifetime, s (%(default)s)")
+    b.add_argument(
+        "--ca-file", type=Path, default=DEFAULT_CA_FILE, help="the controller's ca.pem (%(default)s)"
+    )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     return p
+
+
+def bootstrap_keeper(args: argparse.Namespace, sync: ControllerSync) -> BootstrapKeeper | None:
+    if not args.bootstrap_site:
+        return None
+    if not args.bootstrap_namespace:
+        raise SystemExit("--bootstrap-site needs --bootstrap-namespace (or $POD_NAMESPACE)")
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    settings = BootstrapConfig(
+        namespace=args.bootstrap_namespace,
+        secret_name=args.bootstrap_secret,
+        site=args.bootstrap_site,
+        ca_file=args.ca_file,
+        uses=args.bootstrap_uses,
+        ttl_seconds=args.bootstrap_ttl,
+    )
+    return BootstrapKeeper(sync, KubernetesSecrets(client.ApiClient()), settings)
 
 
 def build_registry(
@@ -69,6 +108,9 @@ async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    keeper = bootstrap_keeper(args, sync)
+    # Started before kopf: kopf cancels the tasks created while it runs when it stops.
+    keeping = asyncio.create_task(keeper.run(stop)) if keeper is not None else None
     try:
         await kopf.operator(
             registry=build_registry(sync, OperatorConfig(args.resync, args.retry)),
@@ -80,6 +122,9 @@ async def run(args: argparse.Namespace) -> None:
             stop_flag=stop,
         )
     finally:
+        stop.set()
+        if keeping is not None:
+            await keeping
         await sync.close()
 
 

@@ -11,7 +11,9 @@ deleted, so a same-named resource `meshctl` owns survives the deletion of a reje
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,10 +46,39 @@ def configure(settings: kopf.OperatorSettings) -> None:
     """Our finalizer and annotation names; progress kept in annotations because the CRDs'
     structural status schema would prune kopf's own status fields."""
     settings.persistence.finalizer = FINALIZER
+    # A deletion waits for the object's resync timer to exit; kopf's default is to look again
+    # only after 60 s, which would hold every deletion that met a running resync that long.
+    settings.background.cancellation_polling = 2.0
+    settings.background.instant_exit_timeout = 0.1
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
+
+
+class _Gate:
+    """Per object (by uid): one reconcile or delete at a time, and no apply once deletion began.
+
+    kopf runs a timer's pass and the delete handler concurrently, so without this a resync that
+    read the object just before its deletion could re-apply it after the delete removed it.
+    """
+
+    def __init__(self, remember: int = 10_000) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._deleting: OrderedDict[str, None] = OrderedDict()
+        self._remember = remember
+
+    def lock(self, uid: str) -> asyncio.Lock:
+        return self._locks.setdefault(uid, asyncio.Lock())
+
+    def deleting(self, uid: str) -> bool:
+        return uid in self._deleting
+
+    def mark_deleting(self, uid: str) -> None:
+        self._deleting[uid] = None
+        while len(self._deleting) > self._remember:
+            old, _ = self._deleting.popitem(last=False)
+            self._locks.pop(old, None)
 
 
 class Reconciler:
@@ -55,8 +86,16 @@ class Reconciler:
         self.kind = kind
         self.sync = sync
         self.config = config
+        self._gate = _Gate()
 
     async def reconcile(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        uid = str(body.metadata.uid)
+        async with self._gate.lock(uid):
+            if body.metadata.get("deletionTimestamp") or self._gate.deleting(uid):
+                return
+            await self._reconcile(body, patch, logger)
+
+    async def _reconcile(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
         doc = manifest(self.kind, body)
         name = str(doc["metadata"]["name"])
         try:
@@ -80,7 +119,7 @@ class Reconciler:
 
     async def resync(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
         await self.reconcile(body=body, patch=patch, logger=logger)
-        if _ready_status(patch, body) != "True":
+        if _ready_status(patch, body) != "True" or self._gate.deleting(str(body.metadata.uid)):
             return
         counts = await self.sync.tunnels(self.kind, str(body.metadata.name))
         tunnels = {"desired": counts.desired, "established": counts.established, "failed": counts.failed}
@@ -101,6 +140,12 @@ class Reconciler:
                 patch.status[key] = value
 
     async def delete(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        uid = str(body.metadata.uid)
+        async with self._gate.lock(uid):
+            self._gate.mark_deleting(uid)
+            await self._delete(body, patch, logger)
+
+    async def _delete(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
         name = str(body.metadata.name)
         stored = await self.sync.get(self.kind, name)
         if stored is None:

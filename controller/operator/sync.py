@@ -16,6 +16,7 @@ from typing import Any, cast
 import grpc
 from google.protobuf import struct_pb2
 
+from meshsec.common.secrets import Secret
 from meshsec.controller.resources import Kind
 from meshsec.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
@@ -51,6 +52,14 @@ class TunnelCounts:
 class NodeLiveness:
     online: bool  # reported within its heartbeat interval
     last_seen: str  # RFC 3339, "" if the agent never reported
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: Secret
+    token_id: str
+    expires_at: int  # seconds since the epoch
+    ca_sha256: str
 
 
 _ESTABLISHED = (common_pb2.TUNNEL_STATE_ESTABLISHED, common_pb2.TUNNEL_STATE_REKEYING)
@@ -135,6 +144,32 @@ class ControllerSync:
                 }
                 self._liveness_at = time.monotonic()
             return self._liveness.get(name)
+
+    async def create_token(
+        self, site: str, *, uses: int, ttl_seconds: int, node_labels: Mapping[str, str]
+    ) -> IssuedToken:
+        """A bootstrap token bound to a site but to no node name (one serves a whole DaemonSet)."""
+        response = await self._stub.CreateBootstrapToken(
+            admin_pb2.CreateBootstrapTokenRequest(
+                site=site, uses=uses, ttl_seconds=ttl_seconds, node_labels=dict(node_labels)
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        return IssuedToken(
+            Secret(response.token.encode()),
+            response.token_id,
+            response.expires_at.ToSeconds(),
+            response.ca_cert_sha256,
+        )
+
+    async def revoke_token(self, token_id: str) -> None:
+        try:
+            await self._stub.RevokeBootstrapToken(
+                admin_pb2.RevokeBootstrapTokenRequest(token_id=token_id), timeout=CALL_TIMEOUT
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:  # expired and collected already
+                raise
 
 
 def _tunnel_filter(kind: Kind, name: str) -> admin_pb2.ListTunnelsRequest:

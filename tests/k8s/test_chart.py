@@ -72,8 +72,9 @@ def test_lint_strict_has_no_errors() -> None:
         },
         {"metrics": {"enabled": False}, "operator": {"enabled": False}, "agent": {"privileged": True}},
         {"controller": {"enabled": False}, "agent": {"controller": {"address": "198.18.0.1:7443"}}},
+        {"agent": {"bootstrap": {"site": "dc1"}}},
     ],
-    ids=["default", "etcd-ha", "minimal", "agent-only"],
+    ids=["default", "etcd-ha", "minimal", "agent-only", "managed-bootstrap"],
 )
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
 def test_rendered_manifests_validate(values: dict[str, Any], version: str) -> None:
@@ -274,3 +275,32 @@ def test_image_provides_the_chart_commands() -> None:
     }
     assert commands <= set(scripts)
     assert "kopf" in dockerfile
+
+
+def test_operator_keeps_the_bootstrap_secret_when_asked() -> None:
+    assert "Role/mesh-meshsec-bootstrap" not in render()
+    r = render({"agent": {"bootstrap": {"site": "dc1", "uses": 50, "ttlSeconds": 7200}}})
+    deploy = r["Deployment/mesh-meshsec-controller"]
+    op = container(deploy, "operator")
+    args = operator_main.build_parser().parse_args(op["args"])
+    assert (args.bootstrap_site, args.bootstrap_uses, args.bootstrap_ttl) == ("dc1", 50, 7200)
+    assert args.bootstrap_namespace == "$(POD_NAMESPACE)"
+    assert {e["name"]: e for e in op["env"]}["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.namespace"
+    )
+    # The operator reads the ca.pem the controller writes into its data directory.
+    ctl_args = controller_parser().parse_args(container(deploy, "controller")["args"])
+    op_mounts = {m["mountPath"]: m for m in op["volumeMounts"]}
+    data_mount = op_mounts[str(ctl_args.data_dir)]
+    assert data_mount["readOnly"] is True and args.ca_file == ctl_args.data_dir / "ca.pem"
+    # The Secret it writes is the one the agents mount, and its Role allows exactly that.
+    agent = r["DaemonSet/mesh-meshsec-agent"]
+    volumes = {v["name"]: v for v in agent["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["bootstrap"]["secret"]["secretName"] == args.bootstrap_secret
+    role = r["Role/mesh-meshsec-bootstrap"]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    named = next(rule for rule in role["rules"] if rule.get("resourceNames"))
+    assert named["resourceNames"] == [args.bootstrap_secret] and set(named["verbs"]) == {"get", "patch"}
+    binding = r["RoleBinding/mesh-meshsec-bootstrap"]
+    assert binding["subjects"][0]["name"] == deploy["spec"]["template"]["spec"]["serviceAccountName"]
+    assert "keeps that Secret current with a token for Site dc1" in r["NOTES"]

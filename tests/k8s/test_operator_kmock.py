@@ -15,7 +15,6 @@ import itertools
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,9 +22,7 @@ import pytest
 from meshsec.controller.operator.crds import GROUP, NAMES, VERSION
 from meshsec.controller.operator.sync import ControllerSync
 from meshsec.controller.resources import Kind
-from meshsec.controller.server import Controller, ControllerConfig
-from meshsec.controller.service.core import Settings
-from meshsec.controller.store import EmbeddedStore
+from meshsec.controller.server import Controller
 from meshsec.v1 import admin_pb2
 
 kopf = pytest.importorskip("kopf", reason="kopf not installed (k8s extra)")
@@ -34,33 +31,13 @@ kmock_lib = pytest.importorskip("kmock", reason="kmock not installed (k8s test d
 from meshsec.controller.operator.__main__ import build_registry  # noqa: E402
 from meshsec.controller.operator.handlers import OperatorConfig, configure  # noqa: E402
 
-WAIT = 15.0
+WAIT = 60.0  # generous: only a failing test waits this long (the machine may be loaded)
 _versions = itertools.count(1)
 
 
 def _path(kind: Kind, name: str = "") -> str:
     base = f"/apis/{GROUP}/{VERSION}/{NAMES[kind].plural}"
     return f"{base}/{name}" if name else base
-
-
-@pytest.fixture
-async def controller(tmp_path: Path) -> AsyncIterator[Controller]:
-    store = await EmbeddedStore.open(tmp_path / "store.log")
-    config = ControllerConfig(
-        listen="127.0.0.1:0",
-        bootstrap_listen="127.0.0.1:0",
-        admin_socket=str(tmp_path / "admin.sock"),
-        data_dir=tmp_path,
-        settings=Settings(replica="k8s-test"),
-        leader_period_s=0.5,
-    )
-    ctl = Controller(store, config)
-    await ctl.start()
-    try:
-        yield ctl
-    finally:
-        await ctl.stop()
-        await store.close()
 
 
 class Cluster:
