@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from meshsec.meshctl.lab.plan import HOST_IF, PREFIX
+from meshsec.meshctl.lab.preflight import find
 from meshsec.meshctl.lab.state import DATA_DIR, RUN_DIR, STATE_FILE, LabState
 from meshsec.meshctl.lab.strongswan import Charon
 
@@ -169,7 +170,7 @@ def swanctl_sas() -> list[SwanSa]:
     """The external gateway's IKE SAs, asked from charon over the lab's vici socket."""
     vici = Charon("", DATA_DIR / "extdc", RUN_DIR).vici
     out = subprocess.run(
-        ["swanctl", "--list-sas", "--uri", f"unix://{vici}"],
+        [find("swanctl") or "swanctl", "--list-sas", "--uri", f"unix://{vici}"],
         capture_output=True,
         text=True,
         timeout=20,

@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from meshsec.meshctl.lab.plan import PREFIX
+from meshsec.meshctl.lab.preflight import find
 from tests.e2e.lab_driver import (
     ESTABLISHED,
     Pingers,
@@ -362,10 +363,13 @@ def test_vpc_tunnel_crosses_the_masquerade_as_esp_in_udp(lab3: UpLab, tmp_path: 
     assert ends["vpc-gw1"]["ikeSa"]["localEndpoint"]["address"] == "198.18.130.10"
 
     # On the underlay link to the NAT box: ESP only inside UDP/4500, never as IP protocol 50.
+    program = find("tcpdump")
+    if program is None:
+        pytest.skip("tcpdump (Debian package tcpdump) is needed to look at the wire")
     capture = tmp_path / "vpc-link.txt"
     with open(capture, "wb") as out:
         tcpdump = subprocess.Popen(
-            ["ip", "netns", "exec", f"{PREFIX}inet", "tcpdump", "-i", "vpc", "-n", "-l", "-U",
+            ["ip", "netns", "exec", f"{PREFIX}inet", program, "-i", "vpc", "-n", "-l", "-U",
              "ip proto 50 or udp port 4500"],
             stdout=out,
             stderr=subprocess.PIPE,
@@ -379,8 +383,12 @@ def test_vpc_tunnel_crosses_the_masquerade_as_esp_in_udp(lab3: UpLab, tmp_path: 
         assert ping(f"{PREFIX}vpc-host", DC_HOSTS["dc1"], 5)
         time.sleep(0.5)
     finally:
-        os.kill(tcpdump.pid, signal.SIGINT)
-        tcpdump.wait(10)
+        os.kill(tcpdump.pid, signal.SIGINT)  # it flushes what it captured
+        try:
+            tcpdump.wait(10)
+        except subprocess.TimeoutExpired:
+            tcpdump.kill()
+            tcpdump.wait(5)
     lines = capture.read_text().splitlines()
     esp = [line for line in lines if ESP_LINE.search(line)]
     bare = [line for line in esp if "UDP-encap" not in line]
