@@ -94,12 +94,8 @@ async def eventually(what: str, check: Callable[[], Any], timeout: float = WAIT)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
-@contextlib.asynccontextmanager
-async def operator_running(
-    kmock: Any, controller: Controller
-) -> AsyncIterator[tuple[Cluster, ControllerSync]]:
-    """kopf runs in its own thread and event loop, as in its own process: when it stops it cancels
-    every task its loop started meanwhile, which must not include the controller's gRPC tasks."""
+def declare_resources(kmock: Any) -> None:
+    """What the CRDs and kopf's backbone make discoverable in a real cluster."""
     for kind in Kind:
         names = NAMES[kind]
         kmock.resources[f"{GROUP}/{VERSION}/{names.plural}"] = kmock_lib.ResourceInfo(
@@ -115,6 +111,15 @@ async def operator_running(
     kmock.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock_lib.ResourceInfo(
         kind="CustomResourceDefinition", namespaced=False
     )
+
+
+@contextlib.asynccontextmanager
+async def operator_running(
+    kmock: Any, controller: Controller
+) -> AsyncIterator[tuple[Cluster, ControllerSync]]:
+    """kopf runs in its own thread and event loop, as in its own process: when it stops it cancels
+    every task its loop started meanwhile, which must not include the controller's gRPC tasks."""
+    declare_resources(kmock)
     socket = controller.config.admin_socket
     assert socket is not None
     url = str(kmock.url)
