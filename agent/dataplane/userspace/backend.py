@@ -57,6 +57,9 @@ class UserspaceConfig:
     bypass_mark: int = 0x6D73  # SO_MARK on the data plane's own sockets ("ms")
     rule_priority: int = 2730
     loop: str = "thread"  # "thread", "split" (a thread per direction) or "asyncio"
+    # UDP GSO/GRO on the encapsulation socket (io.py); off only to compare, or for a host whose
+    # driver mishandles UDP segmentation offload.
+    udp_offload: bool = True
     random: RandomSource = field(default=os.urandom)
 
     def __post_init__(self) -> None:
@@ -113,7 +116,7 @@ class UserspaceDataPlane:
         self._loop = loop
         self._tun_fd, self.tun_name = open_tun(self.config.tun_name)
         try:
-            self._output = SocketOutput(self._tun_fd, self.config.bypass_mark)
+            self._output = SocketOutput(self._tun_fd, self.config.bypass_mark, self.config.udp_offload)
             mss4, mss6 = mss_for(self.mtu)
             self._engine = Engine(self._output, self._emit_threadsafe, mss4, mss6)
             self._readers = Readers(self._engine, self._output)

@@ -14,6 +14,9 @@ from meshsec.agent.dataplane.userspace.transforms import EspTransform
 
 _PAD = bytes(range(1, 256))
 _NO_HI = b""
+# Padding || pad length || next header for every (pad length, next header) a sender can need,
+# so sealing appends one precomputed trailer instead of building it per packet.
+_TRAILERS = [[_PAD[:pad] + bytes((pad, nh)) for nh in range(256)] for pad in range(16)]
 
 
 class Drop(enum.IntEnum):
@@ -54,33 +57,32 @@ class EspSender:
         if seq > self._limit:
             raise SequenceExhausted
         self.seq = seq
-        pad_len = -(len(payload) + 2) % self._block
         header = self._spi + (seq & 0xFFFFFFFF).to_bytes(4, "big")
         seq_hi = (seq >> 32).to_bytes(4, "big") if self.esn else _NO_HI
-        plaintext = b"".join((payload, _PAD[:pad_len], bytes((pad_len, next_header))))
+        plaintext = bytes(payload) + _TRAILERS[-(len(payload) + 2) % self._block][next_header]
         return self.transform.seal(header, seq, seq_hi, plaintext)
 
 
 class EspReceiver:
-    __slots__ = ("esn", "transform", "window")
+    __slots__ = ("_min_len", "esn", "transform", "window")
 
     def __init__(self, transform: EspTransform, window: ReplayWindow) -> None:
         self.transform = transform
         self.window = window
         self.esn = window.esn
+        self._min_len = 8 + transform.iv_size + transform.icv_size + 4
 
     def open(self, packet: bytes) -> tuple[int, bytes] | Drop:
         """(next header, payload) for a verified packet that starts at its SPI, or the reason
         for dropping it. The replay window moves only after the ICV verified."""
-        t = self.transform
-        if len(packet) < 8 + t.iv_size + t.icv_size + 4:
+        if len(packet) < self._min_len:
             return Drop.MALFORMED
         header = packet[:8]
         seq = self.window.infer(int.from_bytes(header[4:], "big"))
         if seq < 0:
             return Drop.REPLAY
         seq_hi = (seq >> 32).to_bytes(4, "big") if self.esn else _NO_HI
-        plaintext = t.open(header, seq_hi, packet[8:])
+        plaintext = self.transform.open(header, seq_hi, memoryview(packet)[8:])
         if plaintext is None:
             return Drop.INTEGRITY
         if not self.window.accept(seq):

@@ -62,7 +62,7 @@ def _grow_receive_buffer(sock: socket.socket) -> None:
 class SocketOutput:
     """Raw IPv4/IPv6 sockets for plain ESP/AH, the shared UDP socket, and the TUN fd."""
 
-    def __init__(self, tun_fd: int, mark: int) -> None:
+    def __init__(self, tun_fd: int, mark: int, udp_offload: bool = True) -> None:
         self.tun_fd = tun_fd
         self.mark = mark
         self.udp: list[socket.socket] = []  # every attached UDP 4500 socket (e.g. IPv4 and IPv6)
@@ -75,7 +75,8 @@ class SocketOutput:
         self._pktinfo: dict[bytes, list[tuple[int, int, bytes]]] = {}
         # The pending GSO run: datagrams of one size (the last may be shorter) for one socket and
         # destination, sent by `flush` at the end of each read batch.
-        self.gso = True
+        self.gso = udp_offload
+        self.gro = udp_offload
         self._gso_limit = _BUF  # segment sizes that failed (e.g. above the path MTU) lower this
         self._run: list[bytes] = []
         self._run_sock: socket.socket | None = None
@@ -94,8 +95,9 @@ class SocketOutput:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
         _grow_receive_buffer(sock)
         _grow_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, SO_SNDBUF_BYTES)
-        with contextlib.suppress(OSError):  # without GRO every datagram arrives on its own
-            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        if self.gro:
+            with contextlib.suppress(OSError):  # without GRO every datagram arrives on its own
+                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         sock.setblocking(False)
         self.udp.append(sock)
         self._udp_for.clear()

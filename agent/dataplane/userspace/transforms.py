@@ -65,8 +65,9 @@ class EspTransform(Protocol):
     def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
         """The ESP packet: `header` (SPI || sequence) || IV || ciphertext || ICV."""
 
-    def open(self, header: bytes, seq_hi: bytes, body: bytes) -> bytes | None:
-        """Padded plaintext, or None when the ICV does not verify."""
+    def open(self, header: bytes, seq_hi: bytes, body: bytes | memoryview) -> bytes | None:
+        """Padded plaintext, or None when the ICV does not verify. `body` may be a view into the
+        received packet (no copy)."""
 
 
 class AesGcm16:
@@ -88,22 +89,18 @@ class AesGcm16:
         self._salt = key[-4:]
         self.esn = esn
 
-    def _aad(self, header: bytes, seq_hi: bytes) -> bytes:
-        # RFC 4106 section 5: with ESN the AAD is SPI || seq high || seq low.
-        if self.esn:
-            return header[:4] + seq_hi + header[4:8]
-        return header
-
     def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
         iv = seq.to_bytes(8, "big")
-        ct = self._aead.encrypt(self._salt + iv, plaintext, self._aad(header, seq_hi))
-        return b"".join((header, iv, ct))
+        # RFC 4106 section 5: with ESN the AAD is SPI || seq high || seq low, i.e. SPI || the IV.
+        aad = header[:4] + iv if self.esn else header
+        return header + iv + self._aead.encrypt(self._salt + iv, plaintext, aad)
 
-    def open(self, header: bytes, seq_hi: bytes, body: bytes) -> bytes | None:
+    def open(self, header: bytes, seq_hi: bytes, body: bytes | memoryview) -> bytes | None:
         if len(body) < 8 + 16 + 4:
             return None
+        aad = header[:4] + seq_hi + header[4:8] if self.esn else header
         try:
-            return self._aead.decrypt(self._salt + body[:8], body[8:], self._aad(header, seq_hi))
+            return self._aead.decrypt(self._salt + body[:8], body[8:], aad)
         except InvalidTag:
             return None
 
@@ -163,7 +160,7 @@ class AesCbcHmac:
         icv = self._integ.icv(header, body, seq_hi) if self.esn else self._integ.icv(header, body)
         return b"".join((header, body, icv))
 
-    def open(self, header: bytes, seq_hi: bytes, body: bytes) -> bytes | None:
+    def open(self, header: bytes, seq_hi: bytes, body: bytes | memoryview) -> bytes | None:
         n = len(body) - 16 - self.icv_size
         if n < 16 or n % 16:
             return None
@@ -190,7 +187,7 @@ class NullHmac:
         icv = self._integ.icv(header, plaintext, seq_hi) if self.esn else self._integ.icv(header, plaintext)
         return b"".join((header, plaintext, icv))
 
-    def open(self, header: bytes, seq_hi: bytes, body: bytes) -> bytes | None:
+    def open(self, header: bytes, seq_hi: bytes, body: bytes | memoryview) -> bytes | None:
         n = len(body) - self.icv_size
         if n < 4:
             return None
@@ -198,7 +195,7 @@ class NullHmac:
         expected = self._integ.icv(header, signed, seq_hi) if self.esn else self._integ.icv(header, signed)
         if not hmac.compare_digest(expected, body[n:]):
             return None
-        return signed
+        return bytes(signed)
 
 
 def make_esp_transform(
