@@ -224,6 +224,9 @@ class IkeSa:
         self.last_inbound = 0.0  # last authenticated message (or ESP, via traffic_seen)
         self.restarts = 0  # > 0: made by dpd_action restart
         self.reauth_at: float | None = None
+        # We set the connection up (initiated its first IKE SA); only this side reauthenticates,
+        # else both peers would build a new SA each and keep two.
+        self.originator = initiator
         self.reauth_of: IkeSa | None = None  # the SA this one replaces once it is complete
         self._origin = (local, remote)
         self._processing = False
@@ -297,11 +300,11 @@ class IkeSa:
         """Arms the IKE SA's rekey (jittered) and hard-expiry timers; called when established."""
         cfg = self.config
         self.last_inbound = max(self.last_inbound, now)
-        if cfg.reauth_time > 0 and cfg.rekey_time <= 0:
+        if cfg.reauth_time > 0 and cfg.rekey_time <= 0 and self.originator:
             self.reauth_at = now + jittered(cfg.reauth_time, cfg.reauth_time / 10, self.rnd)
         if cfg.rekey_time <= 0:
             return
-        if cfg.reauth_time > 0:
+        if cfg.reauth_time > 0 and self.originator:
             self.reauth_at = now + jittered(cfg.reauth_time, cfg.reauth_time / 10, self.rnd)
         spread = cfg.rand_time if cfg.rand_time is not None else cfg.rekey_time / 10
         self.ike_rekey_at = now + jittered(cfg.rekey_time, spread, self.rnd)
@@ -321,6 +324,7 @@ class IkeSa:
         self._queue.clear()
         new._queue.extend(moved)
         self.ike_rekey_at = None
+        self.reauth_at = None
         # A peer that never deletes its old SA must not keep it alive for ever.
         self.ike_expire_at = now + REKEYED_GRACE
         self.emit(IkeSaRekeyed(new.spi_i, new.spi_r, new.local_spi))

@@ -45,3 +45,17 @@ def test_reauthentication_replaces_the_ike_sa_and_all_children() -> None:
     net.traffic.clear()
     net.advance(5)
     net.assert_no_loss()
+
+
+def test_only_the_side_that_set_the_connection_up_reauthenticates() -> None:
+    a = ike_config(reauth_time=50, rekey_time=20, rand_time=0)
+    b = ike_config(local_id="bob.example", remote_id="alice.example", reauth_time=50,
+                   children=(child(local="198.19.2.0/24", remote="198.19.1.0/24"),))  # fmt: skip
+    net = Net([a], [b])
+    net.a.connect(a, B, net.now)
+    net.settle()
+    net.advance(60)  # IKE rekeys at 20 and 40 s do not hand the reauth duty to anyone else
+    assert sum(sa.stats["reauthenticated"] for sa in net.a.events_sas()) == 1
+    assert sum(sa.stats["reauthenticated"] for sa in net.b.events_sas()) == 0
+    assert len(net.a.sas()) == 1 and len(net.b.sas()) == 1
+    net.assert_mirrored()

@@ -58,6 +58,7 @@ def spawn(
     )  # fmt: skip
     new.spi_i, new.spi_r = spi_i, spi_r
     new.spawned = True
+    new.originator = sa.originator
     new.nonce_i, new.nonce_r = ni, nr
     seed = rekey_skeyseed(sa.prf, sa.keys.sk_d.reveal(), ni, nr, shared)
     setup_keys(new, chosen, shared, seed)
@@ -67,6 +68,7 @@ def spawn(
     new.state = State.ESTABLISHED
     new.last_inbound = now
     new.start_lifetime(now)
+    new.reauth_at = sa.reauth_at  # rekeying keys the SA; it does not postpone reauthentication
     new.on_pending = sa.on_pending
     if sa.on_new_sa is not None:
         new.on_new_sa = sa.on_new_sa
