@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import kopf
 
 from meshsec.controller.operator.conditions import (
@@ -121,12 +122,19 @@ class Reconciler:
         await self.reconcile(body=body, patch=patch, logger=logger)
         if _ready_status(patch, body) != "True" or self._gate.deleting(str(body.metadata.uid)):
             return
-        counts = await self.sync.tunnels(self.kind, str(body.metadata.name))
+        try:
+            counts = await self.sync.tunnels(self.kind, str(body.metadata.name))
+            if self.kind is Kind.NODE:
+                await self._node_status(body, patch)
+        except grpc.aio.AioRpcError as exc:
+            # Observed state only: keep the last one and look again on the next pass.
+            logger.warning(
+                "%s/%s: no tunnel status: %s", self.kind.value, body.metadata.name, exc.code().name
+            )
+            return
         tunnels = {"desired": counts.desired, "established": counts.established, "failed": counts.failed}
         if body.status.get("tunnels") != tunnels:
             patch.status["tunnels"] = tunnels
-        if self.kind is Kind.NODE:
-            await self._node_status(body, patch)
 
     async def _node_status(self, body: kopf.Body, patch: kopf.Patch) -> None:
         liveness = await self.sync.node_liveness(str(body.metadata.name))
@@ -147,14 +155,20 @@ class Reconciler:
 
     async def _delete(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
         name = str(body.metadata.name)
-        stored = await self.sync.get(self.kind, name)
+        try:
+            stored = await self.sync.get(self.kind, name)
+        except grpc.aio.AioRpcError as exc:
+            self._ready(body, patch, "Unknown", "ControllerUnavailable", exc.code().name)
+            raise kopf.TemporaryError(exc.code().name, delay=self.config.retry_seconds) from exc
         if stored is None:
             return
         writer = stored.metadata.annotations.get(LAST_APPLIED_BY, "")
         if writer != FIELD_MANAGER:
             logger.info("%s/%s was last applied by %r; left in the controller", self.kind.value, name, writer)
             return
-        outcome = await self.sync.delete(self.kind, name)
+        # Guarded by the version read: if meshctl wrote it meanwhile the controller answers
+        # ABORTED, and the retry finds meshctl the last writer and leaves it.
+        outcome = await self.sync.delete(self.kind, name, resource_version=stored.metadata.resource_version)
         if outcome.verdict is Verdict.DONE:
             return
         reason = "ControllerUnavailable" if outcome.verdict is Verdict.UNAVAILABLE else "DeleteBlocked"

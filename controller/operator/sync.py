@@ -95,9 +95,11 @@ class ControllerSync:
         action = admin_pb2.ApplyAction.Name(response.results[0].action).removeprefix("APPLY_ACTION_")
         return Outcome(Verdict.DONE, action=action)
 
-    async def delete(self, kind: Kind, name: str) -> Outcome:
+    async def delete(self, kind: Kind, name: str, *, resource_version: str = "") -> Outcome:
+        """`resource_version` (from `get`): refused with ABORTED (BLOCKED) if it changed since."""
+        request = admin_pb2.DeleteRequest(kind=kind.value, name=name, resource_version=resource_version)
         try:
-            await self._stub.Delete(admin_pb2.DeleteRequest(kind=kind.value, name=name), timeout=CALL_TIMEOUT)
+            await self._stub.Delete(request, timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return Outcome(Verdict.DONE, "already absent")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from meshsec.controller.operator.sync import ControllerSync
+from meshsec.controller.operator.sync import ControllerSync, Verdict
 from meshsec.controller.resources import Kind
 from meshsec.controller.server import Controller
 
@@ -72,5 +72,30 @@ async def test_controller_unavailable_is_a_temporary_error(tmp_path: Any) -> Non
         assert info.value.delay == 3
         ready = patch["status"]["conditions"][0]
         assert (ready["status"], ready["reason"]) == ("Unknown", "ControllerUnavailable")
+    finally:
+        await sync.close()
+
+
+async def test_guarded_delete_refuses_a_changed_resource(controller: Controller) -> None:
+    assert controller.config.admin_socket is not None
+    sync = ControllerSync.unix(controller.config.admin_socket)
+    try:
+        reconciler = Reconciler(Kind.SITE, sync, OperatorConfig())
+        await reconciler.reconcile(body=_body(), patch=kopf.Patch(), logger=LOG)
+        read = await sync.get(Kind.SITE, "gate-dc")
+        assert read is not None
+        changed = _body(labels={"owner": "meshctl"})
+        await reconciler.reconcile(
+            body=kopf.Body({**changed, "metadata": {**changed["metadata"], "uid": "uid-9"}}),
+            patch=kopf.Patch(),
+            logger=LOG,
+        )
+        outcome = await sync.delete(Kind.SITE, "gate-dc", resource_version=read.metadata.resource_version)
+        assert outcome.verdict is Verdict.BLOCKED
+        assert await sync.get(Kind.SITE, "gate-dc") is not None
+        current = await sync.get(Kind.SITE, "gate-dc")
+        assert current is not None
+        outcome = await sync.delete(Kind.SITE, "gate-dc", resource_version=current.metadata.resource_version)
+        assert outcome.verdict is Verdict.DONE
     finally:
         await sync.close()
