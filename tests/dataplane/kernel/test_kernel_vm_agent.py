@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
@@ -160,6 +161,17 @@ def spis(child: dict[str, Any]) -> tuple[int, int]:
     return int(child["spi_in"], 16), int(child["spi_out"], 16)
 
 
+def all_established(tunnels: tuple[Tunnel, ...], status: Status) -> bool:
+    """Every connection has its IKE SA ESTABLISHED with its CHILD_SA INSTALLED."""
+    up = {sa["name"] for sa in status["ike_sas"] if sa["state"] == "ESTABLISHED" and sa["child_sas"]
+          and all(c["state"] == "INSTALLED" for c in sa["child_sas"])}  # fmt: skip
+    return up >= {t.name for t in tunnels}
+
+
+def kernel_lacks(host: Host, spis: tuple[int, int], status: Status) -> bool:
+    return not set(spis) & {x.spi for x in xfrm_states(host)}
+
+
 def rekeyed(status: Status, name: str, old: tuple[int, int]) -> tuple[int, int] | None:
     """The CHILD_SA's SPIs once it was rekeyed and the old pair is gone (None before)."""
     children = [c for sa in status["ike_sas"] if sa["name"] == name for c in sa["child_sas"]]
@@ -176,7 +188,7 @@ def test_agents_pick_the_kernel_and_carry_traffic_through_it(lab: Lab) -> None:
     ha, hb = two_sites(lab, tunnels)
     a, b = start_both(ha, hb, tunnels)
     for agent in (a, b):
-        agent.wait_for(lambda s, agent=agent: all(agent.established(t.name) for t in tunnels), SLOW)
+        agent.wait_for(partial(all_established, tunnels), SLOW)
     sa, sb = a.status(), b.status()
     assert sa["dataplane"] == "kernel" and sb["dataplane"] == "kernel", a.log_text()[-3000:]
     assert "kernel data plane: esp=True" in a.log_text()  # `auto` probed and found ESP
@@ -230,7 +242,7 @@ def test_agents_pick_the_kernel_and_carry_traffic_through_it(lab: Lab) -> None:
     assert ping(ha, PLAIN, A, B, 3) == 3
     for host, agent, new in ((ha, a, new_a), (hb, b, new_b)):
         # The status drops the old pair first; the data plane's removal follows in order.
-        agent.wait_for(lambda s, host=host: not set(old) & {x.spi for x in xfrm_states(host)}, SLOW)
+        agent.wait_for(partial(kernel_lacks, host, old), SLOW)
         states = {s.spi: s for s in xfrm_states(host)}
         assert all(states[spi].packets >= 3 and states[spi].marked for spi in new)
 
