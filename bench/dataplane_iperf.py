@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -20,14 +21,16 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from meshsec.common.secrets import Secret  # noqa: E402
+from tests.dataplane import sites  # noqa: E402
 from tests.dataplane.sites import INNER, INNER_NET, UNDERLAY, Suite, build_tunnel, make_sites, ping_ok, sa_key  # noqa: E402
 from tests.harness.netns import Host, Lab  # noqa: E402
 from tests.harness.strongswan import CharonFactory, Child, Connection, Psk  # noqa: E402
@@ -101,8 +104,26 @@ def measure(name: str, lab: Lab, a: Host, b: Host, pids: list[int], packets: Cal
                   (busy1 - busy0) / max(total1 - total0, 1), load=load_average())
 
 
-def meshsec_run(name: str, suite: Suite, loop: str, seconds: int) -> Result:
-    with Lab(prefix="up-", workdir=Path(tempfile.mkdtemp(prefix="up-bench-"))) as lab:
+@contextlib.contextmanager
+def start_config(**extra: Any) -> Iterator[None]:
+    """build_tunnel (tests/dataplane/sites.py) fixes the runner's start config; a benchmark variant
+    adds keys to it (e.g. udp_offload=False) for the tunnels built inside this block."""
+    original = sites.DataPlaneProcess.call
+
+    def call(self: sites.DataPlaneProcess, op: str, **kw: Any) -> dict[str, Any]:
+        if op == "start":
+            kw["config"] = {**kw.get("config", {}), **extra}
+        return original(self, op, **kw)
+
+    sites.DataPlaneProcess.call = call  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        sites.DataPlaneProcess.call = original  # type: ignore[method-assign]
+
+
+def meshsec_run(name: str, suite: Suite, loop: str, seconds: int, **config: Any) -> Result:
+    with Lab(prefix="up-", workdir=Path(tempfile.mkdtemp(prefix="up-bench-"))) as lab, start_config(**config):
         t = build_tunnel(lab, suite, loop=loop)
         assert ping_ok(t.a, INNER[1], INNER[0], 2)
 
@@ -152,8 +173,8 @@ def table(results: list[Result]) -> str:
     """One row per data plane: medians over the repeats (Mbit/s also min-max)."""
     lines = [
         "| data plane | Mbit/s median (min-max) | packets/s | CPU µs/packet (both ends) | machine busy "
-        "| TCP retransmits | asyncio lag p99 (ms) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| TCP retransmits | asyncio lag p99 (ms) | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     names = list(dict.fromkeys(r.name for r in results))
     for name in names:
@@ -166,7 +187,8 @@ def table(results: list[Result]) -> str:
             f"| {statistics.median(r.pps for r in rs):.0f} "
             f"| {statistics.median(r.cpu_us_per_packet for r in rs):.1f} "
             f"| {statistics.median(r.machine_busy for r in rs):.0%} "
-            f"| {statistics.median(r.retransmits for r in rs):.0f} | {lag} |")
+            f"| {statistics.median(r.retransmits for r in rs):.0f} | {lag} "
+            f"| {statistics.median(r.load for r in rs):.1f} |")
     return "\n".join(lines)
 
 
@@ -187,16 +209,14 @@ NOTES = """
 Reading it:
 
 - Both tunnels share the machine's two cores with iperf3 and with whatever else runs there, so
-  every run is CPU-bound, and throughput follows CPU per packet *and* the share of the CPU each
-  implementation gets. libipsec spreads its work over several threads per charon, which wins
-  it a larger share of a contended machine; the meshsec data plane has one packet thread per end
-  (docs/dataplane.md explains that choice). The min-max spread shows how much the other load
-  moved the figures between interleaved runs; rerun on an idle machine for absolute numbers.
-- CPU per packet is the steadier figure: with AES-GCM the Python data plane spends about as much
-  CPU per packet as libipsec (C on OpenSSL). AES-CBC + HMAC-SHA-256 costs more per packet for
-  both (HMAC-SHA-256 over 1.4 kB alone is ~2.3 µs per side on this CPU).
+  every run is CPU-bound, and throughput follows CPU per packet *and* how much CPU, how promptly,
+  each implementation gets (the load average column shows how busy the machine was). The min-max
+  spread shows how much the other load moved the figures between interleaved runs; rerun on an
+  idle machine for absolute numbers. CPU per packet is the steadier figure.
+- "UDP GSO/GRO off" is the same code with `udp_offload=False`, interleaved with the default:
+  the A/B of the syscall batching on the encapsulation socket (docs/dataplane.md).
 - libipsec's runs show many TCP retransmits (packets lost on its path under load); meshsec's
-  runs few.
+  runs fewer.
 """
 
 
@@ -223,19 +243,22 @@ def main() -> None:
     gcm, cbc = "AES-GCM-128", "AES-128-CBC/HMAC-SHA-256"
     rows: list[tuple[str, Callable[[str], Result]]] = []
     if args.only != "libipsec":
-        for alg, suite, loop, enc in (
-            (gcm, Suite("aes-gcm-16", encap=True), "thread", "UDP-encap"),
-            (gcm, Suite("aes-gcm-16", encap=True), "asyncio", "UDP-encap"),
-            (gcm, Suite("aes-gcm-16", encap=True), "split", "UDP-encap"),
-            (gcm, Suite("aes-gcm-16"), "thread", "plain ESP"),
-            (cbc, Suite("aes-cbc", "hmac-sha256", encap=True), "thread", "UDP-encap"),
+        off = {"udp_offload": False}
+        for alg, suite, loop, enc, cfg in (
+            (gcm, Suite("aes-gcm-16", encap=True), "thread", "UDP-encap", {}),
+            (gcm, Suite("aes-gcm-16", encap=True), "thread", "UDP-encap", off),
+            (gcm, Suite("aes-gcm-16", encap=True), "asyncio", "UDP-encap", {}),
+            (gcm, Suite("aes-gcm-16", encap=True), "split", "UDP-encap", {}),
+            (gcm, Suite("aes-gcm-16"), "thread", "plain ESP", {}),
+            (cbc, Suite("aes-cbc", "hmac-sha256", encap=True), "thread", "UDP-encap", {}),
         ):
-            rows.append((f"meshsec userspace, {alg}, {enc}, {loop} loop",
-                         lambda name, s=suite, lp=loop: meshsec_run(name, s, lp, args.seconds)))
+            label = f"meshsec userspace, {alg}, {enc}, {loop} loop" + (", UDP GSO/GRO off" if cfg else "")
+            rows.append((label, functools.partial(meshsec_run, suite=suite, loop=loop, seconds=args.seconds,
+                                                  **cfg)))
     if args.only != "meshsec":
         for alg, esp in ((gcm, "aes128gcm16"), (cbc, "aes128-sha256")):
             rows.append((f"strongSwan kernel-libipsec, {alg}, UDP-encap",
-                         lambda name, e=esp: libipsec_run(name, e, args.seconds)))
+                         functools.partial(libipsec_run, esp=esp, seconds=args.seconds)))
     if args.rows:
         wanted = [w.strip() for w in args.rows.split(";") if w.strip()]
         rows = [r for r in rows if any(w in r[0] for w in wanted)]
