@@ -19,6 +19,7 @@ from pathlib import Path
 
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, SaExpired
+from meshsec.agent.ike.certs import CredentialError
 from meshsec.agent.node import credentials
 from meshsec.agent.node.credentials import Credentials, EnrollmentError
 from meshsec.agent.node.desired import DesiredState, DesiredStore
@@ -29,6 +30,7 @@ from meshsec.agent.node.report import ReportBuilder, timestamp
 from meshsec.agent.node.session import Session
 from meshsec.agent.node.statedir import STATUS_SOCKET, StateDir
 from meshsec.agent.node.sweeper import Sweeper
+from meshsec.agent.node.translate import node_credentials
 from meshsec.agent.standalone.config import AgentSettings
 from meshsec.agent.standalone.runner import make_dataplane
 from meshsec.agent.standalone.status import StatusServer
@@ -78,6 +80,7 @@ class NodeAgent:
         self.recovered = 0  # owned data-plane objects removed at start
         self._tasks: list[asyncio.Task[None]] = []
         self.controller_task: asyncio.Task[None] | None = None  # ends only on a fatal enrollment error
+        self._renewal_asked_for: set[str] = set()  # local IDs an early renewal was asked for
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -102,6 +105,7 @@ class NodeAgent:
         socket_path = config.status_socket or self.state.file(STATUS_SOCKET)
         self.status_server = StatusServer(socket_path, self.status)
         await self.status_server.start()
+        self._use_credentials(credentials.load(self.state))
         if config.metrics:
             self.metrics_port = self.metrics.serve(config.metrics)
         if self.desired.version:
@@ -157,6 +161,7 @@ class NodeAgent:
 
     async def _controller(self) -> None:
         creds = await self._credentials()
+        self._use_credentials(creds)
         assert self.reconciler is not None and self.reports is not None
         reconciler, reports = self.reconciler, self.reports
         self.session = Session(
@@ -173,8 +178,10 @@ class NodeAgent:
             metrics=self.metrics,
             reconciled=lambda: reconciler.reconciled_version,
             server_name=self.config.server_name,
+            on_renewed=self._use_credentials,
         )
         del reports
+        self._renew_for_identity()
         await self.session.run()
 
     async def _credentials(self) -> Credentials:
@@ -212,6 +219,33 @@ class NodeAgent:
         self.reports.peer_names = {tid: t.peer_name for tid, t in desired.tunnels.items()}
         self.reconciler.set_desired(desired.tunnels, desired.version)
         self.metrics.desired_version.set(desired.version)
+        self._renew_for_identity()
+
+    def _use_credentials(self, creds: Credentials | None) -> None:
+        """The node certificate for certificate-auth tunnels (at start, enrollment, renewal)."""
+        if creds is None or self.reconciler is None:
+            return
+        try:
+            engine = node_credentials(creds.certificate_pem, creds.key_pem, creds.ca_pem)
+        except CredentialError as exc:
+            log.error("node credentials in %s unusable for IKE: %s", self.state.path, exc)
+            return
+        log.info("IKE certificate auth uses node certificate serial %x (valid until %s)",
+                 engine.chain[0].serial_number, engine.chain[0].not_valid_after_utc.isoformat())  # fmt: skip
+        self.reconciler.set_credentials(engine)
+        self._renew_for_identity()
+
+    def _renew_for_identity(self) -> None:
+        """The controller names a Node's current IKE ID in the certificates it issues; when the
+        ID changed after enrollment (a Node applied after the agent enrolled), ask once for a
+        certificate that names it."""
+        if self.reconciler is None or self.session is None:
+            return
+        missing = self.reconciler.missing_ids
+        if missing and not missing <= self._renewal_asked_for:
+            self._renewal_asked_for |= missing
+            log.info("node certificate lacks local ID(s) %s; renewing it early", ", ".join(sorted(missing)))
+            self.session.renew_now.set()
 
     # ------------------------------------------------------------------ status
 
@@ -265,11 +299,32 @@ class NodeAgent:
                 "child_sas": [{"name": c.name, "spi_in": f"{c.spi_in:08x}", "spi_out": f"{c.spi_out:08x}",
                                "bytes_in": c.bytes_in, "bytes_out": c.bytes_out} for c in t.child_sas],
                 "last_error": t.last_error.message or None,
+                "auth": self._auth_doc(t.tunnel_id),
             }
             for t in tunnels
         ]  # fmt: skip
         doc["recovered_at_start"] = self.recovered
         return doc
+
+    def _auth_doc(self, tid: str) -> dict[str, object] | None:
+        """How the tunnel's established IKE SA authenticated (else how its next one will): the
+        config the engine ran IKE_AUTH with, which accepts nothing but that method from the peer."""
+        assert self.reconciler is not None
+        live = [r for r in self.reconciler.sas_by_tunnel().get(tid, []) if r.sa.established]
+        planned = self.reconciler.plans.get(tid)
+        config = live[0].sa.config if live else planned.ike if planned is not None else None
+        if config is None:
+            return None
+        if config.credentials is None:
+            return {"method": "psk", "established": bool(live)}
+        leaf = config.credentials.chain[0]
+        return {
+            "method": "certificate",
+            "established": bool(live),
+            "certificate_serial": f"{leaf.serial_number:x}",
+            "certificate_subject": leaf.subject.rfc4514_string(),
+            "trusted_cas": [c.subject.rfc4514_string() for c in config.credentials.trusted],
+        }
 
 
 async def run(config: NodeAgentConfig, stop: asyncio.Event | None = None) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from meshsec.agent.adapters.ike import IkeAdapter, SaRecord
 from meshsec.agent.ike.address import Address
+from meshsec.agent.ike.certs import Credentials
 from meshsec.agent.ike.config import IkeConfig
 from meshsec.agent.ike.events import (
     ChildSaFailed,
@@ -42,7 +43,7 @@ from meshsec.agent.ike.events import (
     InitialContactReceived,
     PeerDead,
 )
-from meshsec.agent.node.translate import TunnelError, TunnelPlan, fingerprint, plan
+from meshsec.agent.node.translate import IdentityNotInCertificate, TunnelError, TunnelPlan, fingerprint, plan
 from meshsec.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,9 @@ class Reconciler:
         self.rng = rng or random.Random()
         self.plans: dict[str, TunnelPlan] = {}
         self.invalid: dict[str, str] = {}  # tunnel_id -> why it cannot run
+        self.credentials: Credentials | None = None  # the node certificate, for certificate auth
+        self.missing_ids: set[str] = set()  # local IDs of tunnels the node certificate does not name
+        self._tunnels: dict[str, agent_pb2.DesiredTunnel] = {}
         self.runtime: dict[str, TunnelRuntime] = {}
         self.restarted = False  # set by the agent when it recovered state: initiate everything now
         self.reconciled_version = 0  # the desired version the last complete pass converged to
@@ -105,22 +109,33 @@ class Reconciler:
 
     # ------------------------------------------------------------------ inputs
 
+    def set_credentials(self, credentials: Credentials) -> None:
+        """A new node certificate (enrollment, renewal): IKE SAs made from now on use it; the
+        established ones stay (see `_matches`)."""
+        self.credentials = credentials
+        self.plans = {tid: p for tid, p in self.plans.items() if p.ike.credentials is None}
+        self.set_desired(self._tunnels, self._pending_version)
+
     def set_desired(self, tunnels: dict[str, agent_pb2.DesiredTunnel], version: int = 0) -> None:
+        self._tunnels = tunnels
         self._pending_version = version
         now = self.clock()
         plans: dict[str, TunnelPlan] = {}
         invalid: dict[str, str] = {}
+        missing: set[str] = set()
         for tid, tunnel in tunnels.items():
             old = self.plans.get(tid)
             if old is not None and old.fingerprint == fingerprint(tunnel):
                 plans[tid] = old
                 continue
             try:
-                plans[tid] = plan(tunnel)
+                plans[tid] = plan(tunnel, self.credentials)
             except TunnelError as exc:
                 invalid[tid] = str(exc)
+                if isinstance(exc, IdentityNotInCertificate):
+                    missing.add(exc.local_id)
                 log.error("%s", exc)
-        self.plans, self.invalid = plans, invalid
+        self.plans, self.invalid, self.missing_ids = plans, invalid, missing
         for tid in list(self.runtime):
             if tid not in plans:
                 del self.runtime[tid]
@@ -150,6 +165,11 @@ class Reconciler:
         rt = self.runtime.get(tid)
         if isinstance(ev, IkeSaEstablished) and rt is not None:
             rt.attempts, rt.last_error = 0, None
+            creds = record.sa.config.credentials
+            if creds is not None:
+                log.info("%s: IKE SA %s authenticated by certificates: ours serial %x, peer %s verified "
+                         "against %d trusted CA(s)", tid, record.sa.local_spi.hex(),
+                         creds.chain[0].serial_number, ev.remote_id, len(creds.trusted))  # fmt: skip
         elif isinstance(ev, IkeSaFailed) and rt is not None:
             rt.last_error = LastError(_fail_reason(ev.reason), ev.reason, time.time())
         elif isinstance(ev, IkeSaRekeyed) and rt is not None:
@@ -286,7 +306,13 @@ def _matches(record: SaRecord, p: TunnelPlan | None) -> bool:
 
 
 def _without_ic(actual: IkeConfig, desired: IkeConfig) -> IkeConfig:
-    """`desired` as we would have initiated it: INITIAL_CONTACT is per attempt, not config."""
-    if actual.send_initial_contact == desired.send_initial_contact:
-        return desired
-    return dataclasses.replace(desired, send_initial_contact=actual.send_initial_contact)
+    """`desired` as we would have initiated it: INITIAL_CONTACT is per attempt, not config, and
+    a renewed node certificate is for the next IKE SAs (an established SA is not torn down for
+    it, only for a change of the CAs it trusts)."""
+    changes: dict[str, object] = {}
+    if actual.send_initial_contact != desired.send_initial_contact:
+        changes["send_initial_contact"] = actual.send_initial_contact
+    ours, wanted = actual.credentials, desired.credentials
+    if ours is not None and wanted is not None and ours is not wanted and ours.trusted == wanted.trusted:
+        changes["credentials"] = ours
+    return dataclasses.replace(desired, **changes) if changes else desired  # type: ignore[arg-type]

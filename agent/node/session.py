@@ -57,6 +57,7 @@ class Session:
         reconciled: Callable[[], int],
         server_name: str | None = None,
         rng: random.Random | None = None,
+        on_renewed: Callable[[Credentials], None] | None = None,
     ) -> None:
         self.address = address
         self.node = node
@@ -71,6 +72,8 @@ class Session:
         self.metrics = metrics
         self.reconciled = reconciled
         self.server_name = server_name
+        self.on_renewed = on_renewed
+        self.renew_now = asyncio.Event()  # renew before renew_at (e.g. the IKE ID changed)
         self.rng = rng or random.Random()
         self.instance_id = uuid.uuid4().hex
         self.seq = 0
@@ -189,10 +192,14 @@ class Session:
     async def _renew_loop(self, channel: grpc.aio.Channel) -> None:
         while True:
             wait = (self.creds.renew_at() - datetime.datetime.now(datetime.UTC)).total_seconds()
-            if wait > 0:
-                await asyncio.sleep(min(wait, 3600.0))
+            if wait > 0 and not self.renew_now.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.renew_now.wait(), min(wait, 3600.0))
                 continue
+            self.renew_now.clear()
             self.creds = await credentials.renew(self.state, channel, self.node)
+            if self.on_renewed is not None:
+                self.on_renewed(self.creds)
             # The channel keeps the old certificate; reconnect so the new one is used.
             raise StreamEnded("certificate renewed; reconnecting with it")
 

@@ -1,16 +1,27 @@
 """DesiredTunnel (what the controller wants) -> IkeConfig (what the IKEv2 engine runs).
 
 Pure functions: the reconciler compares translated configs to decide whether an existing IKE SA
-still matches its tunnel. A tunnel the engine cannot run (certificate auth, an identity type it
-does not speak) is rejected with a `TunnelError` that ends up in the tunnel's `last_error`."""
+still matches its tunnel. A tunnel the engine cannot run (an identity type it does not speak,
+certificate auth before enrollment or with a local ID the node certificate does not name) is
+rejected with a `TunnelError` that ends up in the tunnel's `last_error`.
+
+Certificate auth signs with the node certificate and key from enrollment and trusts the
+controller CA (ca.pem) unless the tunnel names its own bundle; the engine checks the peer's
+chain to that CA and the peer's IKE ID against the peer certificate's subjectAltName."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import ipaddress
 from dataclasses import dataclass
 
+from cryptography import x509
+
+from meshsec.agent.ike.certs import Credentials, describe, id_in_certificate
 from meshsec.agent.ike.config import ChildConfig, ConfigError, IkeConfig, RetransmitConfig
 from meshsec.agent.ike.constants import ProtocolId
+from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.ts import Ts
 from meshsec.common.secrets import Secret
 from meshsec.v1 import agent_pb2, common_pb2
@@ -21,6 +32,25 @@ RETRANSMIT = RetransmitConfig(timeout=2.0, base=1.8, tries=4)
 
 class TunnelError(ValueError):
     """The tunnel cannot be run by this agent; the message says why."""
+
+
+class IdentityNotInCertificate(TunnelError):
+    """Our IKE ID is not in the node certificate: a certificate issued for the current IKE ID
+    (the controller signs the Node's ikeId at renewal) fixes it."""
+
+    def __init__(self, message: str, local_id: str) -> None:
+        super().__init__(message)
+        self.local_id = local_id
+
+
+def wall_clock() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def node_credentials(certificate_pem: bytes, key_pem: Secret, ca_pem: bytes) -> Credentials:
+    """The engine's credentials from the enrollment files: node certificate and key, trusting
+    the controller CA bundle. Raises CredentialError naming what is wrong with them."""
+    return Credentials.load(certificate_pem, key_pem, [ca_pem], wall_clock)
 
 
 @dataclass(frozen=True)
@@ -114,10 +144,44 @@ def fingerprint(tunnel: agent_pb2.DesiredTunnel) -> bytes:
     return copy.SerializeToString(deterministic=True)
 
 
-def plan(tunnel: agent_pb2.DesiredTunnel) -> TunnelPlan:
+def _certificate_auth(
+    tunnel: agent_pb2.DesiredTunnel, node: Credentials | None, local_id: str, where: str
+) -> Credentials:
+    if node is None:
+        raise TunnelError(
+            f"{where}: certificate authentication needs the node certificate (not enrolled yet)"
+        )
+    creds = node
+    bundle = tunnel.auth.certificate.ca_bundle_pem
+    if bundle:
+        try:
+            trusted = tuple(x509.load_pem_x509_certificates(bundle.encode()))
+        except ValueError as exc:
+            raise TunnelError(f"{where}.auth.certificate.ca_bundle_pem: not PEM certificates: {exc}") from exc
+        creds = dataclasses.replace(node, trusted=trusted)
+    try:
+        ident = Identity.parse(local_id)
+    except ValueError as exc:
+        raise TunnelError(f"{where}.local_id: {exc}") from exc
+    if not id_in_certificate(ident, node.chain[0]):
+        raise IdentityNotInCertificate(
+            f"{where}: local ID {local_id} is not in the node certificate "
+            f"'{describe(node.chain[0])}' (subjectAltName); a renewed certificate should name it",
+            local_id,
+        )
+    return creds
+
+
+def plan(tunnel: agent_pb2.DesiredTunnel, node: Credentials | None = None) -> TunnelPlan:
+    """`node`: the node's certificate credentials, needed by tunnels with certificate auth."""
     where = f"tunnel {tunnel.tunnel_id}"
-    if tunnel.auth.WhichOneof("method") != "psk" or not tunnel.auth.psk.key:
-        raise TunnelError(f"{where}: only PSK authentication is supported by this agent")
+    method = tunnel.auth.WhichOneof("method")
+    if method == "psk" and not tunnel.auth.psk.key:
+        raise TunnelError(f"{where}: PSK authentication without a key")
+    if method not in ("psk", "certificate"):
+        raise TunnelError(f"{where}: no authentication method")
+    local_id = identity_text(tunnel.local_id, f"{where}.local_id")
+    creds = _certificate_auth(tunnel, node, local_id, where) if method == "certificate" else None
     if not tunnel.remote_endpoints:
         raise TunnelError(f"{where}: no remote endpoints")
     try:
@@ -127,9 +191,10 @@ def plan(tunnel: agent_pb2.DesiredTunnel) -> TunnelPlan:
             kwargs["proposals"] = ",".join(tunnel.ike_proposals)
         ike = IkeConfig(
             name=tunnel.tunnel_id,
-            local_id=identity_text(tunnel.local_id, f"{where}.local_id"),
+            local_id=local_id,
             remote_id=identity_text(tunnel.remote_id, f"{where}.remote_id"),
-            psk=Secret(tunnel.auth.psk.key),
+            psk=Secret(tunnel.auth.psk.key) if creds is None else None,
+            credentials=creds,
             children=children,
             retransmit=RETRANSMIT,
             force_encap=tunnel.force_udp_encapsulation,

@@ -113,8 +113,8 @@ def test_translation_to_the_engine_config() -> None:
     assert fingerprint(tunnel("t1", psk=b"x" * 32)) != fingerprint(tunnel("t1"))
     cert = tunnel("t1")
     cert.auth.certificate.SetInParent()
-    with pytest.raises(TunnelError, match="only PSK"):
-        plan(cert)
+    with pytest.raises(TunnelError, match="needs the node certificate"):
+        plan(cert)  # certificate auth without the node certificate (tests/agent/test_cert_auth.py)
     bad = tunnel("t1")
     bad.children[0].local_ts[0].cidr = "198.19.1.0/33"
     with pytest.raises(TunnelError, match="t1"):
