@@ -2,7 +2,9 @@
 
 Runs in a throwaway network namespace (kx-bench-<pid>) and prints a table. Policies work on any
 kernel with XFRM; SAs need ESP (`--sas`; run it inside the kernel lane:
-`.ci/kernel-lane -- /work/venv/bin/python bench/xfrm_install.py --sas`).
+`.ci/kernel-lane -- /work/venv/bin/python bench/xfrm_install.py --sas`). The policy rows compare
+policies alone (the plane is built with `route_table=None`); "+ routes" rows add what the agent
+really does for outbound tunnel policies: one route per remote prefix in table 220.
 
     python bench/xfrm_install.py [--count 2000] [--sas] [--concurrency 64]
 """
@@ -31,11 +33,14 @@ from meshsec.agent.dataplane.api import (
     TrafficSelector,
 )
 from meshsec.agent.dataplane.kernel.backend import KernelDataPlane
+from meshsec.agent.dataplane.kernel.mtu import tunnel_mtu
+from meshsec.agent.dataplane.kernel.routes import DEFAULT_ROUTE_TABLE
 from meshsec.common.secrets import Secret
 
 A, B = ipaddress.IPv4Address("198.18.0.1"), ipaddress.IPv4Address("198.18.0.2")
 KEY = "0x" + "11" * 20  # bench-only key material, never used for traffic
 MARK = "mark 0 mask 0x4d530000"
+LINK = "kxb0"  # towards the (absent) peer B, so routes to it have a next hop
 
 
 def _selectors(n: int) -> Iterator[TrafficSelector]:
@@ -62,6 +67,14 @@ def _policy_batch(policies: list[Policy]) -> str:
         f"xfrm policy add src {p.selector.src} dst {p.selector.dst} dir out priority 0 "
         f"tmpl src {A} dst {B} proto esp reqid {p.template.reqid} mode tunnel {MARK}\n"
         for p in policies if p.template is not None)
+
+
+def _route_batch(policies: list[Policy]) -> str:
+    mtu = tunnel_mtu(1500, ipv6_outer=False, udp_encap=True)
+    t = DEFAULT_ROUTE_TABLE
+    return _policy_batch(policies) + "".join(
+        f"route replace {p.selector.dst} via {B} dev {LINK} table {t.table} proto {t.protocol} mtu {mtu}\n"
+        for p in policies)
 
 
 def _sa_batch(sas: list[SecurityAssociation]) -> str:
@@ -91,6 +104,8 @@ def _flush(ns: str) -> None:
     # The bench namespace is ours alone, so flushing all of it is right here (never in the agent).
     subprocess.run(["ip", "-n", ns, "xfrm", "policy", "flush"], check=True)
     subprocess.run(["ip", "-n", ns, "xfrm", "state", "flush"], check=True)
+    subprocess.run(["ip", "-n", ns, "route", "flush", "table", str(DEFAULT_ROUTE_TABLE.table)],
+                   check=False, stderr=subprocess.DEVNULL)  # "table does not exist" before the first route
 
 
 async def _timed(items: list[object], install: Callable[[object], Awaitable[None]],
@@ -110,9 +125,13 @@ async def _timed(items: list[object], install: Callable[[object], Awaitable[None
 async def run(count: int, with_sas: bool, concurrency: int) -> list[tuple[str, str, int, Timing]]:
     ns = f"kx-bench-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
+    for cmd in (f"link add {LINK} mtu 1500 type veth peer name kxb1", f"addr add {A}/24 dev {LINK}",
+                f"link set {LINK} up", "link set kxb1 up", f"rule add table {DEFAULT_ROUTE_TABLE.table} "
+                f"priority {DEFAULT_ROUTE_TABLE.rule_priority}"):
+        subprocess.run(["ip", "-n", ns, *cmd.split()], check=True)
     rows: list[tuple[str, str, int, Timing]] = []
     try:
-        dp = KernelDataPlane(netns=ns, scratch_netns=f"{ns}-probe")
+        dp = KernelDataPlane(netns=ns, scratch_netns=f"{ns}-probe", route_table=None)
         await dp.start()
         try:
             kinds: list[tuple[str, list[object], Callable[[object], Awaitable[None]], str]] = [
@@ -135,6 +154,22 @@ async def run(count: int, with_sas: bool, concurrency: int) -> list[tuple[str, s
                     rows.append((kind, "meshsec ensure_policies", count,
                                  (time.perf_counter() - start, time.process_time() - cpu)))
                     _flush(ns)
+                    rows.append(("+ routes", "ip -batch", count, _ip_batch(ns, _route_batch(items))))  # type: ignore[arg-type]
+                    _flush(ns)
+                    routed = KernelDataPlane(netns=ns, capabilities=dp.capabilities)
+                    await routed.start()
+                    try:
+                        # The routes go through `ip -batch`: count that child's CPU too.
+                        start, cpu = time.perf_counter(), time.process_time() + _child_cpu()
+                        await routed.ensure_policies(items)  # type: ignore[arg-type]
+                        rows.append(("+ routes", "meshsec ensure_policies", count,
+                                     (time.perf_counter() - start,
+                                      time.process_time() + _child_cpu() - cpu)))
+                        if routed.route_errors:
+                            raise SystemExit(f"{routed.route_errors} routes failed")
+                    finally:
+                        await routed.flush_owned()
+                        await routed.close()
         finally:
             await dp.close()
     finally:

@@ -1,8 +1,9 @@
 """The kernel data plane: `DataPlane` on Linux XFRM over netlink.
 
-Modes: route-based (an XFRM interface per tunnel, SAs and policies carry its if_id, routes pick
-the tunnel) where the kernel has xfrm interfaces, policy-based (policies pick the tunnel) otherwise;
-`routing_mode` says which, and SAs/policies with an if_id are refused on kernels without them.
+Modes, per policy: policy-based (no if_id: the selectors pick the tunnel; outbound tunnel policies
+get a route in the agent's table, see routes.py) and route-based (an XFRM interface per tunnel, SAs
+and policies carry its if_id, the caller's routes pick the tunnel), which needs xfrm interfaces:
+SAs/policies with an if_id are refused on kernels without them.
 
 SPI reservations: ALLOCSPI creates a larval SA (no algorithms) that the kernel deletes after
 net.core.xfrm_acq_expires (30 s by default) unless `add_sa` fills it in (UPDSA; NEWSA would fail
@@ -32,7 +33,9 @@ from meshsec.agent.dataplane.api import (
     Direction,
     IkeReceiver,
     IPAddress,
+    IPNetwork,
     IpsecProtocol,
+    Mode,
     OwnedState,
     Policy,
     SaCounters,
@@ -42,9 +45,11 @@ from meshsec.agent.dataplane.api import (
     Unsupported,
 )
 from meshsec.agent.dataplane.kernel import capabilities as caps_probe
+from meshsec.agent.dataplane.kernel import routes as rt
 from meshsec.agent.dataplane.kernel import translate as tr
 from meshsec.agent.dataplane.kernel import xfrm_messages as xm
 from meshsec.agent.dataplane.kernel.encap import EncapSocketReader
+from meshsec.agent.dataplane.kernel.routes import DEFAULT_ROUTE_TABLE, RouteTable, TunnelRoute
 from meshsec.agent.dataplane.kernel.translate import OwnerMark
 from meshsec.agent.dataplane.kernel.xfrm_socket import KernelError, Label, XfrmMulticast, XfrmSocket
 
@@ -63,9 +68,11 @@ class KernelDataPlane:
 
     def __init__(self, *, netns: str | None = None, owner: OwnerMark | None = None,
                  scratch_netns: str | None = None, spi_range: tuple[int, int] = DEFAULT_SPI_RANGE,
-                 capabilities: Capabilities | None = None) -> None:
+                 capabilities: Capabilities | None = None,
+                 route_table: RouteTable | None = DEFAULT_ROUTE_TABLE) -> None:
         """`capabilities`: skip probing and use these (another plane on the same kernel found them;
-        probes are per kernel, not per namespace)."""
+        probes are per kernel, not per namespace). `route_table`: where routes for outbound tunnel
+        policies go; None installs no routes (the caller routes)."""
         self.netns = netns
         self.owner = owner or OwnerMark()
         self.scratch_netns = scratch_netns or f"meshsec-probe-{os.getpid()}"
@@ -77,6 +84,13 @@ class KernelDataPlane:
         self._event_task: asyncio.Task[None] | None = None
         self._reserved: set[SaId] = set()
         self._policy_if_ids: dict[tuple[TrafficSelector, Direction], int] = {}
+        self.route_table = route_table
+        # remote prefix -> the OUT tunnel policies (selectors) that need its route, and what the
+        # installed route was made from (so re-ensuring an unchanged policy costs nothing)
+        self._route_users: dict[IPNetwork, set[TrafficSelector]] = {}
+        self._routes: dict[IPNetwork, TunnelRoute] = {}
+        self._route_based_seen = False
+        self.route_errors = 0
         # Random start: a previous process's reservations may still be alive (and reqid-keyed).
         first = _ALLOC_REQIDS[0] + secrets.randbelow(_ALLOC_REQIDS[1] - _ALLOC_REQIDS[0])
         self._alloc_reqid = itertools.chain(range(first, _ALLOC_REQIDS[1]),
@@ -93,7 +107,9 @@ class KernelDataPlane:
 
     @property
     def routing_mode(self) -> str:
-        return "route" if self._caps.xfrm_interfaces else "policy"
+        """What the installed policies use so far: "route" once a policy with an if_id was
+        installed, "policy" otherwise (route-based needs `capabilities.xfrm_interfaces`)."""
+        return "route" if self._route_based_seen else "policy"
 
     async def detect(self) -> Capabilities:
         """Probe the kernel (once); `start` uses the result."""
@@ -106,9 +122,13 @@ class KernelDataPlane:
         await self._sock.open()
         await self._mcast.open()
         self._event_task = asyncio.create_task(self._pump_events(), name="xfrm-events")
-        log.info("kernel data plane: esp=%s gcm=%s ah=%s xfrm-interfaces=%s mode=%s%s",
-                 self._caps.esp, self._caps.aead_gcm, self._caps.ah, self._caps.xfrm_interfaces,
-                 self.routing_mode, "".join(f"; {n}" for n in self._caps.notes))
+        routes = (f"routes in table {self.route_table.table} (rule priority {self.route_table.rule_priority})"
+                  if self.route_table else "no routes (the caller routes)")
+        log.info("kernel data plane: esp=%s gcm=%s ah=%s xfrm-interfaces=%s; policy-based tunnels, %s; "
+                 "route-based (if_id) %s%s",
+                 self._caps.esp, self._caps.aead_gcm, self._caps.ah, self._caps.xfrm_interfaces, routes,
+                 "available on request" if self._caps.xfrm_interfaces else "unavailable",
+                 "".join(f"; {n}" for n in self._caps.notes))
 
     async def close(self) -> None:
         for reader in self._encap:
@@ -214,6 +234,7 @@ class KernelDataPlane:
         await self._call(lambda: f"policy {tr.describe(*key)}", tr.policy_message(policy, self.owner),
                          xm.XFRM_MSG_UPDPOLICY)
         self._policy_if_ids[key] = policy.if_id
+        await self._update_routes([policy])
 
     async def ensure_policies(self, policies: Sequence[Policy]) -> None:
         """`ensure_policy` for many at once, batched into few netlink writes (start-up, mesh
@@ -226,9 +247,10 @@ class KernelDataPlane:
                                         for p in policies])
         failed = [str(KernelError(f"policy {tr.describe(p.selector, p.direction)}", code))
                   for p, code in zip(policies, codes, strict=True) if code]
-        for policy, code in zip(policies, codes, strict=True):
-            if not code:
-                self._policy_if_ids[(policy.selector, policy.direction)] = policy.if_id
+        installed = [p for p, code in zip(policies, codes, strict=True) if not code]
+        for policy in installed:
+            self._policy_if_ids[(policy.selector, policy.direction)] = policy.if_id
+        await self._update_routes(installed)
         if failed:
             raise DataPlaneError(f"{len(failed)} of {len(policies)} policies failed: "
                                  + "; ".join(failed[:5]))
@@ -237,11 +259,20 @@ class KernelDataPlane:
         key = (selector, direction)
         if_id = self._policy_if_ids.pop(key, None)
         if if_id is None:  # not installed by this process: find it (and its if_id) in the kernel
-            found = [m for m in await self._dump_policies() if tr.policy_key_from(m) == key]
+            dump = await self._dump_policies()
+            found = [m for m in dump if tr.policy_key_from(m) == key]
             if not found:
                 return
             if_id = found[0].get_attr("XFRMA_IF_ID") or 0
+            if direction is Direction.OUT and self.route_table is not None:
+                # A route an earlier process made: ours to remove unless another OUT policy uses it.
+                others = [k for m in dump if (k := tr.policy_key_from(m)) is not None
+                          and k != key and k[1] is Direction.OUT and k[0].dst == selector.dst]
+                self._route_users.setdefault(selector.dst, set()).update(
+                    {selector, *(k[0] for k in others)})
         await self._delete_policy(selector, direction, if_id)
+        if direction is Direction.OUT:
+            await self._release_routes([selector])
 
     async def _delete_policy(self, selector: TrafficSelector, direction: Direction, if_id: int) -> None:
         try:
@@ -290,6 +321,60 @@ class KernelDataPlane:
             await self.delete_sa(tr.sa_id_from(m))
         self._policy_if_ids.clear()
         self._reserved.clear()
+        if self.route_table is not None:
+            await asyncio.to_thread(rt.flush, self.netns, self.route_table)
+        self._route_users.clear()
+        self._routes.clear()
+
+    # -- routes for outbound tunnel policies (policy-based mode) ---------------------------------
+
+    async def _update_routes(self, policies: Sequence[Policy]) -> None:
+        """Routes for the remote prefixes of installed OUT tunnel policies without if_id (route-based
+        tunnels are routed by the caller); a policy that stopped being one releases its route."""
+        if any(p.if_id for p in policies):
+            self._route_based_seen = True
+        if self.route_table is None:
+            return
+        wanted: dict[IPNetwork, TunnelRoute] = {}
+        released: list[TrafficSelector] = []
+        for p in policies:
+            if p.direction is not Direction.OUT:
+                continue
+            t = p.template
+            if p.if_id or t is None or t.mode is not Mode.TUNNEL or t.dst is None:
+                released.append(p.selector)
+                continue
+            self._route_users.setdefault(p.selector.dst, set()).add(p.selector)
+            route = TunnelRoute(p.selector.dst, p.selector.src, t.dst)
+            if self._routes.get(p.selector.dst) != route:
+                wanted[p.selector.dst] = route
+        if released:
+            await self._release_routes(released)
+        if not wanted:
+            return
+        failures = await rt.install(self.netns, self.route_table, list(wanted.values()))
+        for prefix, route in wanted.items():
+            if prefix not in failures:
+                self._routes[prefix] = route
+        for failure in failures.values():
+            # The policy stands (forwarded traffic still matches it); only local senders lack the
+            # route. The next ensure of the policy tries again.
+            self.route_errors += 1
+            log.warning("kernel data plane: %s", failure)
+
+    async def _release_routes(self, selectors: Sequence[TrafficSelector]) -> None:
+        gone: list[IPNetwork] = []
+        for sel in selectors:
+            users = self._route_users.get(sel.dst)
+            if users is None or sel not in users:
+                continue
+            users.discard(sel)
+            if not users:
+                del self._route_users[sel.dst]
+                self._routes.pop(sel.dst, None)
+                gone.append(sel.dst)
+        if gone and self.route_table is not None:
+            await asyncio.to_thread(rt.delete, self.netns, self.route_table, gone)
 
     # -- events ----------------------------------------------------------------------------------
 

@@ -273,11 +273,12 @@ async def test_udp_encapsulated_esp_and_ike_on_the_same_socket(sites: tuple[Site
 
 async def test_route_based_tunnel_over_xfrm_interfaces(sites: tuple[Site, Site]) -> None:
     a, b = sites
-    assert a.dp.capabilities.xfrm_interfaces and a.dp.routing_mode == "route"
+    assert a.dp.capabilities.xfrm_interfaces and a.dp.routing_mode == "policy"
     for site, peer_net in ((a, NET2), (b, NET1)):
         await site.dp.ensure_xfrm_interface("ipsec7", 7, 1400)
         site.host.add_route(str(peer_net), dev="ipsec7", src=INNER_A if site is a else INNER_B)
     t = await _tunnel(a, b, 15, gcm(), if_id=7)
+    assert a.dp.routing_mode == "route"  # once a policy with an if_id is in use
     assert await _ping(a, INNER_B) == 3
     assert (await b.dp.counters(t.b_in)).packets >= 3
     link = b.host.ip("-s", "link", "show", "ipsec7")
