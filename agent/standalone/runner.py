@@ -22,21 +22,19 @@ log = logging.getLogger(__name__)
 
 
 async def make_dataplane(settings: AgentSettings) -> DataPlane:
-    """`auto` takes the kernel's XFRM when the kernel has ESP, the userspace data plane otherwise."""
-    choice = settings.dataplane
-    if choice == "none":
+    """`none` records the calls and programs nothing; otherwise `select_backend` decides (and logs
+    why when `auto` falls back to the userspace data plane)."""
+    if settings.dataplane == "none":
         return RecordingDataPlane()
-    if choice in ("kernel", "auto"):
-        from meshsec.agent.dataplane.kernel.backend import KernelDataPlane
+    # Imported lazily: pyroute2 and the kernel backend are not needed for `none`.
+    from meshsec.agent.dataplane.kernel.selection import select_backend
 
-        kernel = KernelDataPlane()
-        caps = await kernel.detect()
-        if choice == "kernel" or (caps.esp and caps.udp_encapsulation):
-            return kernel
-        log.info("kernel has no usable ESP (%s); using the userspace data plane", "; ".join(caps.notes))
-    from meshsec.agent.dataplane.userspace.backend import UserspaceConfig, UserspaceDataPlane
+    def userspace() -> DataPlane:
+        from meshsec.agent.dataplane.userspace.backend import UserspaceConfig, UserspaceDataPlane
 
-    return UserspaceDataPlane(UserspaceConfig(tun_name=settings.tun_name))
+        return UserspaceDataPlane(UserspaceConfig(tun_name=settings.tun_name))
+
+    return await select_backend(settings.dataplane, userspace_factory=userspace)
 
 
 class Agent:

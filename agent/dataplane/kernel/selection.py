@@ -1,4 +1,6 @@
-"""Which data plane this node gets: the kernel's where ESP works, userspace where it does not."""
+"""Which data plane this node gets: the kernel's where ESP and ESP-in-UDP work, userspace elsewhere.
+
+The one place that decides: the standalone and the node agent both come here."""
 
 from __future__ import annotations
 
@@ -26,8 +28,12 @@ async def select_backend(
     kernel: KernelDataPlane | None = None,
     userspace_factory: Callable[[], DataPlane] = _userspace,
 ) -> DataPlane:
-    """An unstarted backend. "kernel" fails with Unsupported when the kernel lacks ESP; "auto"
-    then falls back to userspace and logs why; the choice is in `capabilities.backend`."""
+    """An unstarted backend; the choice is in `capabilities.backend`.
+
+    "auto" takes the kernel only with what the agent needs from it: ESP, and ESP-in-UDP because
+    the IKE engine floats to port 4500 whenever it detects a NAT; otherwise it falls back to
+    userspace and logs why. "kernel" fails with Unsupported without ESP and warns without
+    ESP-in-UDP (the operator asked for it; tunnels behind a NAT will fail)."""
     if preference not in PREFERENCES:
         raise DataPlaneError(f"data plane preference {preference!r} is not one of {PREFERENCES}")
     if preference == "userspace":
@@ -35,12 +41,16 @@ async def select_backend(
         return userspace_factory()
     backend = kernel or KernelDataPlane()
     caps = await backend.detect()
-    if caps.esp:
-        log.info("data plane: kernel (ESP available; gcm=%s, xfrm interfaces=%s)",
+    missing = [what for what, ok in (("ESP", caps.esp), ("ESP-in-UDP", caps.udp_encapsulation)) if not ok]
+    if not missing:
+        log.info("data plane: kernel (ESP and ESP-in-UDP available; gcm=%s, xfrm interfaces=%s)",
                  caps.aead_gcm, caps.xfrm_interfaces)
         return backend
-    why = "; ".join(caps.notes) or "ESP unavailable"
+    why = f"no {' and no '.join(missing)}" + "".join(f"; {n}" for n in caps.notes)
     if preference == "kernel":
-        raise Unsupported(f"kernel data plane requested but unusable: {why}")
+        if not caps.esp:
+            raise Unsupported(f"kernel data plane requested but unusable: {why}")
+        log.warning("data plane: kernel (configured), but tunnels behind a NAT will fail: %s", why)
+        return backend
     log.warning("data plane: userspace, because the kernel data plane is unusable: %s", why)
     return userspace_factory()

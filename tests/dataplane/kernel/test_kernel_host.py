@@ -14,6 +14,7 @@ from pyroute2 import netns as pr_netns
 
 from meshsec.agent.dataplane.api import (
     Acquire,
+    Capabilities,
     DataPlaneError,
     Direction,
     Encryption,
@@ -276,6 +277,31 @@ async def test_select_backend_falls_back_to_userspace_without_esp(
         await select_backend("kernel", kernel=kernel)
     with pytest.raises(DataPlaneError, match="not one of"):
         await select_backend("fastest")
+
+
+async def test_auto_needs_esp_in_udp_too_and_the_agents_ask_select_backend(
+        lab: Lab, host: Host, caplog: pytest.LogCaptureFixture) -> None:
+    from meshsec.agent.adapters.recording import RecordingDataPlane
+    from meshsec.agent.dataplane.userspace.backend import UserspaceDataPlane
+    from meshsec.agent.standalone.config import AgentSettings
+    from meshsec.agent.standalone.runner import make_dataplane
+
+    # What a kernel with ESP but without ESP-in-UDP reports (injected: this kernel has neither).
+    no_encap = Capabilities(backend="kernel", esp=True, ah=True, aead_gcm=True, udp_encapsulation=False,
+                            notes=("udp_encapsulation: kernel refused a test udp_encapsulation SA",))
+    caplog.set_level(logging.INFO)
+    chosen = await select_backend("auto", kernel=KernelDataPlane(netns=host.ns, capabilities=no_encap))
+    assert isinstance(chosen, UserspaceDataPlane)
+    assert "kernel data plane is unusable: no ESP-in-UDP; udp_encapsulation: kernel refused" in caplog.text
+    forced = KernelDataPlane(netns=host.ns, capabilities=no_encap)
+    assert await select_backend("kernel", kernel=forced) is forced
+    assert "kernel (configured), but tunnels behind a NAT will fail: no ESP-in-UDP" in caplog.text
+
+    # The agents' entry point: `none` records, the rest is select_backend's choice.
+    assert isinstance(await make_dataplane(AgentSettings(dataplane="none")), RecordingDataPlane)
+    userspace = await make_dataplane(AgentSettings(dataplane="userspace", tun_name="kx-tun9"))
+    assert isinstance(userspace, UserspaceDataPlane) and userspace.tun_name == "kx-tun9"
+    # (`auto` through the agent: test_kernel_vm_agent.py, both on this kernel and in the lane.)
 
 
 async def test_route_based_mode_is_refused_where_xfrm_interfaces_are_missing(dp: KernelDataPlane) -> None:
