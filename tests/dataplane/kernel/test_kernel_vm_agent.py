@@ -83,12 +83,11 @@ def agent_config(me: Side, peer: Side, tunnels: tuple[Tunnel, ...], *, initiate:
 def two_sites(lab: Lab, tunnels: tuple[Tunnel, ...]) -> tuple[Host, Host]:
     ha, hb = lab.host(A.name), lab.host(B.name)
     lab.link(ha, hb, f"{A.outer}/24", f"{B.outer}/24")
-    for host, me, peer in ((ha, A, B), (hb, B, A)):
+    for host, me in ((ha, A), (hb, B)):
         for t in tunnels:
+            # No routes to the peer's inner address: both data planes install them (the kernel one
+            # in table 220, with the inner address as source), and the tests below check that.
             host.add_loopback_address(f"{t.inner[me.name]}/32")
-            # The kernel data plane installs no routes (the userspace one does): this one leads
-            # towards the peer with the inner source address, and the XFRM policy encrypts.
-            host.add_route(f"{t.inner[peer.name]}/32", via=peer.outer, src=t.inner[me.name])
     return ha, hb
 
 
@@ -140,6 +139,12 @@ def xfrm_states(host: Host) -> list[XfrmState]:
 def owned_policies(host: Host) -> list[str]:
     blocks = re.split(r"^(?=src )", host.ip("xfrm", "policy"), flags=re.M)
     return [b.splitlines()[0] + " " + b.split("dir ")[1].split()[0] for b in blocks if OWNER_MARK in b]
+
+
+def table_220(host: Host) -> dict[str, str]:
+    """`ip route show table 220` by destination (empty when the table was never created)."""
+    out = host.run(["ip", "route", "show", "table", "220"], check=False).stdout
+    return {line.split()[0]: line for line in out.splitlines() if line.strip()}
 
 
 def ping(host: Host, tunnel: Tunnel, me: Side, peer: Side, count: int) -> int:
@@ -215,7 +220,16 @@ def test_agents_pick_the_kernel_and_carry_traffic_through_it(lab: Lab) -> None:
             assert sa_in.encap == expected_encap and sa_out.encap == expected_encap
         directions = sorted(p.rsplit(" ", 1)[1] for p in owned_policies(host))
         assert directions == ["fwd", "fwd", "in", "in", "out", "out"], owned_policies(host)
+        # The kernel data plane routes each remote selector itself (table 220), towards the peer
+        # with the local inner address as source and the tunnel MTU.
+        routes = table_220(host)
+        for t in tunnels:
+            route = routes[t.inner[peer.name]]
+            assert re.search(rf"via {peer.outer} dev \S+ proto 211 src {t.inner[me.name]} .*mtu 14\d\d",
+                             route), route
 
+    # Without -I: the route's source alone makes the ping match the policy.
+    assert ha.ping(PLAIN.inner[B.name], count=3, interval=0.2, wait=5).received == 3
     for t in tunnels:
         assert ping(ha, t, A, B, 3) == 3, t.name
     before = {h.name: {s.spi: s for s in xfrm_states(h)} for h in (ha, hb)}
@@ -253,6 +267,7 @@ def test_agents_pick_the_kernel_and_carry_traffic_through_it(lab: Lab) -> None:
     for host in (ha, hb):
         assert [s for s in xfrm_states(host) if s.marked] == []
         assert owned_policies(host) == []
+        assert table_220(host) == {}
     for agent in (a, b):
         log = agent.log_text()
         assert PSK not in log and PSK.encode().hex() not in log
@@ -266,6 +281,7 @@ def test_auto_picks_userspace_without_kernel_esp_and_says_why(lab: Lab) -> None:
     a, b = start_both(ha, hb, (PLAIN,))
     a.wait_for(lambda s: a.established(PLAIN.name), SLOW)
     assert a.status()["dataplane"] == "userspace" and b.status()["dataplane"] == "userspace"
-    assert "kernel has no usable ESP" in a.log_text()
+    # One selector decides for every agent (selection.select_backend), and says why.
+    assert "data plane: userspace, because the kernel data plane is unusable: no ESP" in a.log_text()
     assert ping(ha, PLAIN, A, B, 3) == 3
     assert ha.ip("xfrm", "state").strip() == ""  # the kernel was not asked to carry anything
