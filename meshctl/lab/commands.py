@@ -15,7 +15,7 @@ from pathlib import Path
 from meshsec.common.secrets import Secret
 from meshsec.meshctl import manifest
 from meshsec.meshctl.client import LAB_SOCKET, AdminClient, Target
-from meshsec.meshctl.convert import dict_to_struct, struct_to_dict
+from meshsec.meshctl.convert import struct_to_dict
 from meshsec.meshctl.errors import EXIT_OK, EXIT_USER, MeshctlError, UserError
 from meshsec.meshctl.lab import controller, netns, preflight, proof, standalone, world
 from meshsec.meshctl.lab.plan import CONTROLLER_ADDRESS, World, lab_world
@@ -149,7 +149,6 @@ def up(args: argparse.Namespace) -> int:
         client = AdminClient(Target.parse(str(ADMIN_SOCKET)), timeout=10.0)
         mode = "none" if args.no_agents else agent_mode(args.agents)
         if mode == "connected":
-            documents = psk_instead_of_certificates(documents)
             with timings.phase("applying sites and external gateways"):
                 apply(client, [d for d in documents if d.resource.kind not in ("Node", "MeshPolicy")])
             with timings.phase("enrolling one meshsec-agent per gateway node (bootstrap tokens)"):
@@ -200,28 +199,6 @@ def apply(client: AdminClient, documents: Sequence[manifest.Document]) -> None:
     for result in response.results:
         action = admin_pb2.ApplyAction.Name(result.action).removeprefix("APPLY_ACTION_").lower()
         say(f"  {result.kind.lower()}/{result.name} {action}")
-
-
-def psk_instead_of_certificates(documents: Sequence[manifest.Document]) -> list[manifest.Document]:
-    """meshsec-agent cannot authenticate with certificates yet: the lab runs certificate policies
-    with derived PSKs instead, and says so."""
-    out = []
-    for doc in documents:
-        spec = struct_to_dict(doc.resource.spec)
-        auth = spec.get("auth")
-        if (
-            doc.resource.kind == "MeshPolicy"
-            and isinstance(auth, dict)
-            and auth.get("method") == "certificate"
-        ):
-            say(f"  note: MeshPolicy/{doc.resource.metadata.name} asks for certificate auth, which "
-                "meshsec-agent does not implement yet; the lab applies it with auth.method psk")  # fmt: skip
-            resource = common_pb2.Resource()
-            resource.CopyFrom(doc.resource)
-            resource.spec.CopyFrom(dict_to_struct({**spec, "auth": {"method": "psk"}}))
-            doc = manifest.Document(doc.source, resource)
-        out.append(doc)
-    return out
 
 
 def wait_enrolled(state: LabState, client: AdminClient, nodes: Sequence[str], timeout: float) -> None:

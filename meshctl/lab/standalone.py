@@ -4,8 +4,9 @@ Used while ``meshsec-agent`` has no controller-connected mode. The controller co
 tunnel (ends, endpoints, identities, proposals, traffic selectors, who initiates); ListTunnels
 returns each from its first end's point of view, and this module writes that end's connection
 and the mirror image for the other end. Admin responses never carry keys, so the lab picks the
-PSKs itself: a random one per node pair (standing in for certificate auth too, which the
-standalone agent does not have yet) and the external gateway's PSK, which it also gives charon.
+PSKs itself: a random one per node pair (standing in for certificate auth too: these agents
+never enroll, so they have no node certificates) and the external gateway's PSK, which it also
+gives charon.
 """
 
 from __future__ import annotations
