@@ -88,6 +88,9 @@ class Session:
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.enable_http_proxy", 0),  # the controller is dialled directly, never via a proxy
+            # Bandwidth probing makes every delta cost the controller a PING to answer: at 10k
+            # agents that doubled its socket work per join (docs/benchmarks.md, Controller).
+            ("grpc.http2.bdp_probe", 0),
         ]
         if self.server_name:
             options.append(("grpc.ssl_target_name_override", self.server_name))
