@@ -5,11 +5,13 @@ plane: a MeshPolicy with `auth: {method: certificate}` brings the tunnel up (pin
 agents' status shows the IKE SA authenticated by node certificates; a Node's IKE ID changed after
 enrollment makes the agent renew its certificate early and the new IKE SA uses the renewed one;
 a node whose certificate comes from another CA is refused with the reason in last_error.
-Without namespaces: the translation of CertificateAuth into the engine's config.
+Without namespaces: the translation of CertificateAuth into the engine's config, and what a
+renewed certificate changes in the reconciler's plans.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import re
 import signal
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from meshsec.agent.node.reconciler import Reconciler, _without_ic
 from meshsec.agent.node.translate import IdentityNotInCertificate, TunnelError, node_credentials, plan
 from meshsec.common.secrets import Secret
 from meshsec.meshctl.convert import dict_to_struct, struct_to_dict
@@ -135,6 +138,27 @@ def test_certificate_auth_without_a_usable_certificate_is_refused_with_the_reaso
     assert e.value.local_id == "@n1.example"
     with pytest.raises(TunnelError, match="ca_bundle_pem"):
         plan(cert_tunnel(bundle="garbage"), creds)
+
+
+def test_a_renewed_certificate_is_for_new_ike_sas_and_a_missing_id_asks_for_one() -> None:
+    ca = make_ca("test CA")
+    first = node_credentials(*make_node_cert(ca, "n1", ["n1"]), pem(ca[0]))
+    renewed = node_credentials(*make_node_cert(ca, "n1", ["n1"]), pem(ca[0]))
+    # set_credentials/set_desired only plan; the adapter is first used by a reconcile pass.
+    r = Reconciler(None)  # type: ignore[arg-type]
+    r.set_credentials(first)
+    r.set_desired({"t1": cert_tunnel()}, 1)
+    established = r.plans["t1"].ike
+    assert established.credentials is first and not r.missing_ids
+    r.set_credentials(renewed)
+    desired = r.plans["t1"].ike
+    assert desired.credentials is renewed  # the next IKE SA signs with the renewed certificate
+    assert _without_ic(established, desired) == established  # the established SA is kept
+    other = dataclasses.replace(renewed, trusted=(make_ca("other CA")[0],))
+    changed = dataclasses.replace(desired, credentials=other)
+    assert _without_ic(established, changed) != established  # new trust anchors replace it
+    r.set_desired({"t1": cert_tunnel(local="n1.example")}, 2)
+    assert r.missing_ids == {"@n1.example"} and "not in the node certificate" in r.invalid["t1"]
 
 
 # ---------------------------------------------------------------------- namespaces
