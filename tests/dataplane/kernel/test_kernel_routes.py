@@ -25,7 +25,7 @@ from meshsec.agent.dataplane.api import (
 )
 from meshsec.agent.dataplane.kernel import mtu
 from meshsec.agent.dataplane.kernel.backend import KernelDataPlane
-from meshsec.agent.dataplane.kernel.routes import RouteTable
+from meshsec.agent.dataplane.kernel.routes import DEFAULT_ROUTE_TABLE, RouteTable
 from tests.harness.netns import Host, Lab
 
 pytestmark = pytest.mark.netns
@@ -51,9 +51,10 @@ def site(lab: Lab) -> Host:
     return a
 
 
-async def _plane(lab: Lab, site: Host, **kwargs: object) -> KernelDataPlane:
+async def _plane(lab: Lab, site: Host,
+                 route_table: RouteTable | None = DEFAULT_ROUTE_TABLE) -> KernelDataPlane:
     plane = KernelDataPlane(netns=site.ns, scratch_netns=f"{lab.run_prefix}probe",
-                            capabilities=_probed[0] if _probed else None, **kwargs)  # type: ignore[arg-type]
+                            capabilities=_probed[0] if _probed else None, route_table=route_table)
     await plane.start()
     if not _probed:
         _probed.append(plane.capabilities)
