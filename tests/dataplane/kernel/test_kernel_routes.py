@@ -201,3 +201,22 @@ async def test_other_table_or_no_routes_at_all(lab: Lab, site: Host) -> None:
     finally:
         await bare.flush_owned()
         await bare.close()
+
+
+async def test_inner_ipv6_over_ipv4_and_a_refused_route_in_a_batch(dp: KernelDataPlane, site: Host,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    inner6 = TrafficSelector(ipaddress.ip_network("::ffff:198.19.1.0/120"),
+                             ipaddress.ip_network("::ffff:198.19.5.0/120"))
+    # The kernel refuses an IPv6 route over a device without IPv6: the rest of the batch stands.
+    site.sysctl("net.ipv6.conf.to-b.disable_ipv6", "1")
+    await dp.ensure_policies([_out(inner6), _out(TrafficSelector(NET1, NET2), reqid=6)])
+    assert set(_routes(site)) == {str(NET2)} and dp.route_errors == 1
+    assert f"route to {inner6.dst}: IPv6 is disabled on nexthop device" in caplog.text
+    site.sysctl("net.ipv6.conf.to-b.disable_ipv6", "0")
+    await dp.ensure_policy(_out(inner6))
+    out = site.ip("-6", "route", "show", "table", "220")
+    # No `via`: an IPv4 next hop cannot serve an IPv6 route; the XFRM policy picks the peer.
+    assert out.startswith("::ffff:198.19.5.0/120 dev to-b proto 211") and "via" not in out, out
+    await dp.flush_owned()
+    assert site.ip("-6", "route", "show", "table", "220").strip() == ""
