@@ -201,11 +201,11 @@ class Readers:
     def table(self) -> dict[int, Callable[[], None]]:
         t: dict[int, Callable[[], None]] = {self.out.tun_fd: self.read_tun}
         for s in self.out.recv4.values():
-            t[s.fileno()] = self._reader4(s)
+            t[s.fileno()] = self._reader(s, self.engine.from_ipv4_raw)
         if self.out.raw6:
             esp6, ah6 = self.out.raw6[IPPROTO_ESP], self.out.raw6[IPPROTO_AH]
-            t[esp6.fileno()] = self._reader6(esp6, self.engine.from_esp)
-            t[ah6.fileno()] = self._reader6(ah6, self.engine.from_ipv6_ah)
+            t[esp6.fileno()] = self._reader(esp6, self.engine.from_esp)
+            t[ah6.fileno()] = self._reader(ah6, self.engine.from_ipv6_ah)
         return t
 
     def read_tun(self) -> None:
@@ -231,26 +231,7 @@ class Readers:
             if failed:
                 engine.drops_out[Drop.SEND_ERROR] += failed
 
-    def _reader4(self, sock: socket.socket) -> Callable[[], None]:
-        engine, view, buf = self.engine, self._view, self._buf
-
-        def read() -> None:
-            engine.now = time.time()
-            for _ in range(BATCH):
-                try:
-                    n = sock.recv_into(buf)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError:
-                    return
-                try:
-                    engine.from_ipv4_raw(bytes(view[:n]))
-                except Exception:
-                    self.internal_errors += 1
-
-        return read
-
-    def _reader6(self, sock: socket.socket, handle: Callable[[bytes], None]) -> Callable[[], None]:
+    def _reader(self, sock: socket.socket, handle: Callable[[bytes], None]) -> Callable[[], None]:
         engine, view, buf = self.engine, self._view, self._buf
 
         def read() -> None:
