@@ -35,6 +35,9 @@ from meshsec.v1 import agent_pb2, agent_pb2_grpc
 log = logging.getLogger(__name__)
 
 ENROLLED_AT = "meshsec.io/enrolled-at"
+ENROLLED_WITH = "meshsec.io/enrolled-with-token"
+# Set by AdminService.Apply (controller/api/admin.py); here it marks a Node an admin declared.
+_LAST_APPLIED_BY = "meshsec.io/last-applied-by"
 # Leaves are backdated (meshsec.controller.ca.authority); allow for it when comparing issue times.
 _BACKDATE_SLACK = datetime.timedelta(minutes=5, seconds=1)
 
@@ -56,6 +59,36 @@ def _enrolled_at(doc: dict[str, Any]) -> datetime.datetime | None:
             "node %s: unreadable %s annotation %r", doc.get("metadata", {}).get("name"), ENROLLED_AT, raw
         )
         return None
+
+
+def _annotations(doc: dict[str, Any]) -> dict[str, Any]:
+    annotations: dict[str, Any] = doc.get("metadata", {}).get("annotations", {})
+    return annotations
+
+
+def _declared(doc: dict[str, Any]) -> bool:
+    """An admin applied this Node (never enrolled, or applied again since): its spec is the truth."""
+    annotations = _annotations(doc)
+    return ENROLLED_WITH not in annotations or _LAST_APPLIED_BY in annotations
+
+
+def _adopted(
+    doc: dict[str, Any], site: str, token_id: str, labels: dict[str, str], facts: dict[str, str]
+) -> dict[str, Any]:
+    """The declared Node bound to its enrolling agent: spec untouched, the token's labels added
+    where the declaration has none of that key, the agent's facts recorded as annotations."""
+    name = doc["metadata"]["name"]
+    declared_site = doc.get("spec", {}).get("site")
+    if declared_site != site:
+        raise _Refused(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"Node {name} is declared in site {declared_site}, but token {token_id} enrolls into site "
+            f"{site}; create a token for site {declared_site} or change the Node",
+        )
+    metadata = dict(doc["metadata"])
+    metadata["labels"] = {**labels, **metadata.get("labels", {})}
+    metadata["annotations"] = {**metadata.get("annotations", {}), **facts}
+    return {**doc, "metadata": metadata, "status": {**doc.get("status", {}), "phase": "Enrolled"}}
 
 
 def _now_rfc3339(now: float) -> str:
@@ -139,35 +172,40 @@ class AgentApi(agent_pb2_grpc.AgentServiceServicer):
             record, token_kv = await core.tokens.check(token, name, now)
             token_id = record.token_id
             existing = core.state.doc(Kind.NODE, name)
-            if existing is not None and not record.allow_reenroll:
+            enrolled = existing is not None and ENROLLED_WITH in _annotations(existing.doc)
+            if enrolled and not record.allow_reenroll:
                 raise _Refused(
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"node {name} is already enrolled; token {record.token_id} does not allow re-enrollment",
                 )
-            old_meta: dict[str, Any] = existing.doc.get("metadata", {}) if existing else {}
-            doc = {
-                "apiVersion": API_VERSION,
-                "kind": Kind.NODE.value,
-                "metadata": {
-                    "name": name,
-                    "labels": dict(record.labels),
-                    "annotations": {
-                        ENROLLED_AT: repr(now),
-                        "meshsec.io/enrolled-with-token": record.token_id,
-                        "meshsec.io/hostname": request.facts.hostname,
-                        "meshsec.io/agent-version": request.facts.agent_version,
-                    },
-                    "uid": str(uuid.uuid4()),
-                    "generation": int(old_meta.get("generation", 0)) + 1,
-                    "creationTimestamp": _now_rfc3339(now),
-                },
-                "spec": {
-                    "site": record.site,
-                    "endpoints": facts_to_endpoints(request.facts),
-                    "identity": {"ikeId": name},
-                },
-                "status": {"phase": "Enrolled"},
+            facts = {
+                ENROLLED_AT: repr(now),
+                ENROLLED_WITH: record.token_id,
+                "meshsec.io/hostname": request.facts.hostname,
+                "meshsec.io/agent-version": request.facts.agent_version,
             }
+            if existing is not None and _declared(existing.doc):
+                doc = _adopted(existing.doc, record.site, record.token_id, dict(record.labels), facts)
+            else:
+                old_meta: dict[str, Any] = existing.doc.get("metadata", {}) if existing else {}
+                doc = {
+                    "apiVersion": API_VERSION,
+                    "kind": Kind.NODE.value,
+                    "metadata": {
+                        "name": name,
+                        "labels": dict(record.labels),
+                        "annotations": facts,
+                        "uid": str(uuid.uuid4()),
+                        "generation": int(old_meta.get("generation", 0)) + 1,
+                        "creationTimestamp": _now_rfc3339(now),
+                    },
+                    "spec": {
+                        "site": record.site,
+                        "endpoints": facts_to_endpoints(request.facts),
+                        "identity": {"ikeId": name},
+                    },
+                    "status": {"phase": "Enrolled"},
+                }
             resource = parse_resource(doc)
             key = core.tokens.key(record.token_id)
             return WritePlan(
@@ -180,10 +218,11 @@ class AgentApi(agent_pb2_grpc.AgentServiceServicer):
             )
 
         await core.state.commit(build)
+        node = core.state.index.node(name)
         issued = core.ca.sign_node(
             csr,
             name,
-            name,
+            node.spec.identity.ike_id if node is not None else name,
             core.settings.node_cert_lifetime,
             datetime.datetime.fromtimestamp(now, datetime.UTC),
         )

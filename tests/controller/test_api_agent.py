@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshsec.controller.mesh.psk import derive_pair_psk
+from meshsec.controller.resources import Kind
 from meshsec.controller.server import Controller
 from meshsec.controller.store import EmbeddedStore
 from meshsec.v1 import admin_pb2, agent_pb2, agent_pb2_grpc, common_pb2
@@ -468,3 +469,51 @@ async def test_a_deleted_node_recreated_by_apply_does_not_accept_its_old_certifi
                 agent_pb2.StatusReport(node_name="node-a", agent_instance_id="i", seq=1), timeout=CALL_TIMEOUT
             )
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_enrollment_adopts_a_node_declared_in_yaml_and_keeps_its_spec(ctl: Controller) -> None:
+    declared = node("node-a", "dc1", public=["198.18.0.7"], labels={"role": "gateway"}, ike_id="a.example")
+    await apply(ctl, declared)
+    stored_before = core_of(ctl).state.doc(Kind.NODE, "node-a")
+    assert stored_before is not None
+    # A token for another site is refused by name, and the declaration stays as it was.
+    wrong = await create_token(ctl, "dc2", "node-a")
+    _, csr = new_key_and_csr("node-a")
+    async with bootstrap_channel(ctl) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await agent_pb2_grpc.AgentServiceStub(channel).Enroll(
+                agent_pb2.EnrollRequest(
+                    bootstrap_token=wrong, node_name="node-a", csr_pem=csr.decode(), facts=facts("198.18.0.9")
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "declared in site dc1" in (info.value.details() or "")
+    assert "site dc2" in (info.value.details() or "")
+    assert core_of(ctl).state.doc(Kind.NODE, "node-a") == stored_before
+
+    enrolled = await join(ctl, "dc1", "node-a", "198.18.0.9", node_labels={"rack": "r1", "role": "edge"})
+    spec = dict(enrolled.response.node.spec)
+    assert spec["site"] == "dc1"
+    assert list(spec["endpoints"]["public"]) == ["198.18.0.7"]  # the declared endpoint, not the facts'
+    assert "private" not in spec["endpoints"]
+    assert spec["identity"]["ikeId"] == "a.example"
+    meta = enrolled.response.node.metadata
+    assert meta.uid == stored_before.doc["metadata"]["uid"]
+    assert meta.generation == stored_before.doc["metadata"]["generation"]  # the spec did not change
+    assert dict(meta.labels) == {"role": "gateway", "rack": "r1"}  # the declaration wins a clash
+    assert meta.annotations["meshsec.io/hostname"] == "test-host"
+    assert enrolled.response.node.status["phase"] == "Enrolled"
+    # The certificate carries the declared IKE identity and works on the mTLS listener.
+    cert = x509.load_pem_x509_certificate(enrolled.certificate_pem)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "a.example" in sans.get_values_for_type(x509.DNSName)
+    async with enrolled.channel(ctl) as channel:
+        ack = await agent_pb2_grpc.AgentServiceStub(channel).ReportStatus(
+            agent_pb2.StatusReport(node_name="node-a", agent_instance_id="i1", seq=1, full=True),
+            timeout=CALL_TIMEOUT,
+        )
+    assert ack.seq == 1
+    # Once bound, a second enrollment without allow_reenroll is a conflict, as for any enrolled node.
+    again = await create_token(ctl, "dc1", "node-a")
+    assert await _enroll_error(ctl, again, "node-a") == grpc.StatusCode.ALREADY_EXISTS
