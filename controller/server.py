@@ -115,6 +115,7 @@ class Controller:
             on_updates=self.metrics.recomputed,
             rebase_changes=settings.rebase_changes,
             rebase_tunnels=settings.rebase_tunnels,
+            reload_secrets=secrets.reload,
         )
         status = StatusBook(
             self.store, keys.status, events, settings.status_interval_s, self.metrics.acknowledged

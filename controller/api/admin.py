@@ -27,7 +27,8 @@ from meshsec.controller.mesh import Delete as MeshDelete
 from meshsec.controller.resources import FieldError, Kind, ValidationError, parse_resource
 from meshsec.controller.resources.fields import valid_name
 from meshsec.controller.service.core import Core
-from meshsec.controller.service.state import StoredDoc, WritePlan
+from meshsec.controller.service.secrets import psk_problem
+from meshsec.controller.service.state import PSK_SET_AT, StoredDoc, WritePlan
 from meshsec.controller.service.status import merged_state
 from meshsec.controller.store import Delete, Put, StoreError
 from meshsec.v1 import admin_pb2, admin_pb2_grpc, common_pb2
@@ -543,6 +544,102 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         if not request.token_id.isalnum() or not await self._core.tokens.revoke(request.token_id):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no bootstrap token {request.token_id!r}")
         return admin_pb2.RevokeBootstrapTokenResponse()
+
+    # --- secrets -------------------------------------------------------------------------------------
+
+    def _users_of(self, secret: str) -> list[str]:
+        return sorted(
+            eg.metadata.name
+            for eg in self._core.state.index.all_external_gateways()
+            if eg.spec.psk_secret_ref == secret
+        )
+
+    async def _write_secret(self, name: str, value: bytes | None, now: float) -> int:
+        """Write (None: delete) the secret and touch every gateway that uses it, in one revision,
+        so each replica sends those gateways' tunnels again (`MeshState`, PSK_SET_AT)."""
+        state = self._core.state
+        key = f"{state.keys.secrets}{name}"
+
+        async def build() -> WritePlan:
+            ops: list[Put | Delete] = [Put(key, value) if value is not None else Delete(key)]
+            for gateway in self._users_of(name):
+                stored = state.doc(Kind.EXTERNAL_GATEWAY, gateway)
+                if stored is None:
+                    continue
+                meta = dict(stored.doc.get("metadata", {}))
+                meta["annotations"] = {**meta.get("annotations", {}), PSK_SET_AT: repr(now)}
+                ops.append(
+                    Put(
+                        state.keys.resource(Kind.EXTERNAL_GATEWAY, gateway),
+                        json.dumps({**stored.doc, "metadata": meta}).encode(),
+                    )
+                )
+            return WritePlan([], ops)
+
+        revision, _ = await state.commit(build)
+        return revision
+
+    async def PutSecret(
+        self,
+        request: admin_pb2.PutSecretRequest,
+        context: grpc.aio.ServicerContext[admin_pb2.PutSecretRequest, admin_pb2.PutSecretResponse],
+    ) -> admin_pb2.PutSecretResponse:
+        await self._admin(context)
+        if not valid_name(request.name):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"secret name {request.name!r} is not a DNS-1123 name"
+            )
+        problem = psk_problem(request.value)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"secret {request.name}: {problem}")
+        existed = await self._core.state.store.get(f"{self._core.state.keys.secrets}{request.name}")
+        try:
+            revision = await self._write_secret(request.name, request.value, time.time())
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        await self._core.events.emit("SecretSet", "Secret", request.name, f"secret {request.name} set")
+        info = admin_pb2.SecretInfo(
+            name=request.name, used_by=self._users_of(request.name), resource_version=str(revision)
+        )
+        return admin_pb2.PutSecretResponse(secret=info, created=existed is None)
+
+    async def DeleteSecret(
+        self,
+        request: admin_pb2.DeleteSecretRequest,
+        context: grpc.aio.ServicerContext[admin_pb2.DeleteSecretRequest, admin_pb2.DeleteSecretResponse],
+    ) -> admin_pb2.DeleteSecretResponse:
+        await self._admin(context)
+        if not valid_name(request.name) or (
+            await self._core.state.store.get(f"{self._core.state.keys.secrets}{request.name}") is None
+        ):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"secret {request.name!r} not found")
+        try:
+            await self._write_secret(request.name, None, time.time())
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        await self._core.events.emit(
+            "SecretDeleted", "Secret", request.name, f"secret {request.name} deleted"
+        )
+        return admin_pb2.DeleteSecretResponse()
+
+    async def ListSecrets(
+        self,
+        request: admin_pb2.ListSecretsRequest,
+        context: grpc.aio.ServicerContext[admin_pb2.ListSecretsRequest, admin_pb2.ListSecretsResponse],
+    ) -> admin_pb2.ListSecretsResponse:
+        await self._admin(context)
+        prefix = self._core.state.keys.secrets
+        try:
+            listing = await self._core.state.store.range(prefix)
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        response = admin_pb2.ListSecretsResponse()
+        for kv in listing.kvs:  # sorted by key; the values are not read
+            name = kv.key.removeprefix(prefix)
+            response.secrets.add(
+                name=name, used_by=self._users_of(name), resource_version=str(kv.mod_revision)
+            )
+        return response
 
 
 __all__ = ["VALIDATION_TRAILER", "AdminApi"]

@@ -34,7 +34,7 @@ class Keys:
 
     @property
     def secrets(self) -> str:
-        """External gateway PSKs (``secrets/<name>``, raw bytes), written out of band by operators."""
+        """External gateway PSKs (``secrets/<name>``, raw bytes), written by AdminService.PutSecret."""
         return f"{self.prefix}secrets/"
 
     @property

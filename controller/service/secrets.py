@@ -19,6 +19,20 @@ from meshsec.controller.store import CompactedError, Compare, EventType, Put, St
 
 log = logging.getLogger(__name__)
 
+# At least 128 bits for a PSK an operator sets; at most 64 bytes because AWS site-to-site VPN
+# accepts 8-64 characters (the tightest of the cloud profiles; Azure and GCP accept longer).
+MIN_EXTERNAL_PSK = 16
+MAX_EXTERNAL_PSK = 64
+
+
+def psk_problem(value: bytes) -> str | None:
+    """Why `value` is refused as an external gateway PSK (None: acceptable). Never quotes it."""
+    if len(value) < MIN_EXTERNAL_PSK:
+        return f"a PSK must be at least {MIN_EXTERNAL_PSK} bytes (got {len(value)})"
+    if len(value) > MAX_EXTERNAL_PSK:
+        return f"a PSK must be at most {MAX_EXTERNAL_PSK} bytes, the cloud gateways' limit (got {len(value)})"
+    return None
+
 
 class TunnelSecrets:
     def __init__(self, store: Store, keys: Keys) -> None:
@@ -47,6 +61,11 @@ class TunnelSecrets:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    async def reload(self) -> None:
+        """Read every external PSK now (the watch follows later; this catches up at once)."""
+        listing = await self._store.range(self._keys.secrets)
+        self._external = {kv.key.removeprefix(self._keys.secrets): Secret(kv.value) for kv in listing.kvs}
 
     def psk(self, psk_id: str) -> Secret | None:
         """The key a tunnel's AuthRef names; None for an external secret nobody has stored yet."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from meshsec.controller.api.convert import node_config
-from meshsec.controller.mesh import Change, Delete, Tunnel, Upsert
+from meshsec.controller.mesh import Change, Delete, NodeDelta, PeerKind, Tunnel, Upsert
 from meshsec.controller.resources import Kind, Node, ValidationError, parse_resource
 from meshsec.controller.service.index import ControllerIndex
 from meshsec.controller.service.keys import Keys
@@ -36,12 +36,20 @@ from meshsec.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
 
+# Bumped on every ExternalGateway whose PSK is written, in the same transaction as the secret:
+# the tunnels' spec is unchanged, so this is what carries the key change into the revision stream.
+PSK_SET_AT = "meshsec.io/psk-set-at"
+
 
 @dataclass(frozen=True, slots=True)
 class StoredDoc:
     doc: dict[str, Any]
     mod_revision: int
     create_revision: int
+
+
+def _psk_set_at(doc: dict[str, Any]) -> Any:
+    return doc.get("metadata", {}).get("annotations", {}).get(PSK_SET_AT)
 
 
 class NodeUpdate(NamedTuple):
@@ -97,6 +105,7 @@ class MeshState:
         on_updates: Callable[[int, float], None] | None = None,
         rebase_changes: int = 256,
         rebase_tunnels: int = 200_000,
+        reload_secrets: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -113,6 +122,9 @@ class MeshState:
         # slices are resnapshotted instead of diffed; see `_too_wide`.
         self._rebase_changes = rebase_changes
         self._rebase_tunnels = rebase_tunnels
+        # Called before a batch that touches an ExternalGateway is applied, so the PSKs its tunnels
+        # are encoded with are at least as new as the batch (the secrets watch may lag this one).
+        self._reload_secrets = reload_secrets
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -190,6 +202,9 @@ class MeshState:
                     batch = [get.result()]
                     while not queue.empty():
                         batch.append(queue.get_nowait())
+                    gateways = self.keys.resource(Kind.EXTERNAL_GATEWAY, "")
+                    if self._reload_secrets is not None and any(e.key.startswith(gateways) for e in batch):
+                        await self._reload_secrets()
                     self._apply_events(batch)
                     backoff = 0.1
             except CompactedError:
@@ -229,6 +244,7 @@ class MeshState:
         changes: list[Change] = []
         nodes: set[str] = set()
         sites: set[str] = set()
+        rekeyed: set[str] = set()  # ExternalGateways whose PSK was written
         for event in events:
             kind_text, _, name = event.key.removeprefix(self.keys.resources).partition("/")
             try:
@@ -239,6 +255,11 @@ class MeshState:
             if event.type is EventType.PUT:
                 parsed = self._parse(event.key, event.value)
                 if parsed is not None:
+                    old = self.docs.get((kind, name))
+                    if kind is Kind.EXTERNAL_GATEWAY and _psk_set_at(parsed[1]) != (
+                        _psk_set_at(old.doc) if old else None
+                    ):
+                        rekeyed.add(name)
                     self.docs[(kind, name)] = StoredDoc(parsed[1], event.revision, event.create_revision)
                     resource = parsed[2]
             else:
@@ -252,6 +273,8 @@ class MeshState:
             self._rebase(changes, revision, started)
             return
         deltas = self.index.apply(changes, validate=False)
+        for gateway in sorted(rekeyed):
+            self._resend_gateway_tunnels(gateway, deltas)
         # Only a node's own resource or its site's can change its NodeConfig; everyone else here
         # merely has tunnel changes, so their config is not recomputed (O(affected tunnels) work).
         reconfigured = nodes | {n for s in sites for n in self.index.nodes_in_site(s)}
@@ -261,6 +284,31 @@ class MeshState:
         self._set_revision(revision)
         if self._on_updates is not None:
             self._on_updates(updates, time.monotonic() - started)
+
+    def _resend_gateway_tunnels(self, gateway: str, deltas: dict[str, NodeDelta]) -> None:
+        """Add every tunnel to `gateway` to its node's delta: its key changed, nothing else did."""
+        eg = self.index.external_gateway(gateway)
+        if eg is None:
+            return
+        for site in eg.spec.sites:
+            for node in self.index.nodes_in_site(site):
+                mine = [
+                    t
+                    for t in self.index.desired_tunnels(node)
+                    if t.peer_kind is PeerKind.EXTERNAL_GATEWAY and t.peer == gateway
+                ]
+                if not mine:
+                    continue
+                delta = deltas.get(node)
+                upserts = {t.id: t for t in (delta.upserts if delta else ())}
+                upserts.update((t.id, t) for t in mine)
+                deltas[node] = NodeDelta(
+                    node,
+                    delta.base_version if delta else 0,
+                    delta.version if delta else 0,
+                    tuple(sorted(upserts.values(), key=lambda t: t.id)),
+                    delta.removals if delta else (),
+                )
 
     def _too_wide(self, changes: list[Change]) -> bool:
         """Whether computing this batch's deltas would cost more than resending the slices.
@@ -439,11 +487,16 @@ class MeshState:
             self.index.check_or_raise(plan.changes)
             if not plan.ops:
                 return self.revision, plan
+            # A write without resources (a secret nobody uses yet) is still ordered by the guard
+            # but does not bump it: the resource watch would never see that revision, and every
+            # replica waits for the guard's revision before validating.
+            touches = any(op.key.startswith(self.keys.resources) for op in plan.ops)
+            bump = [Put(self.keys.guard, str(guard_revision).encode())] if touches else []
             result = await self.store.txn(
-                [Compare.mod_revision(self.keys.guard, guard_revision), *plan.compares],
-                [*plan.ops, Put(self.keys.guard, str(guard_revision).encode())],
+                [Compare.mod_revision(self.keys.guard, guard_revision), *plan.compares], [*plan.ops, *bump]
             )
             if result.succeeded:
-                await self.wait_for(result.revision)
+                if touches:
+                    await self.wait_for(result.revision)
                 return result.revision, plan
         raise StoreUnavailableError(f"write lost {attempts} races in a row; retry")

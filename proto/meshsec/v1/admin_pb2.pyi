@@ -347,3 +347,49 @@ class TopologyLink(_message.Message):
     b: _common_pb2.ObjectRef
     state: _common_pb2.TunnelState
     def __init__(self, tunnel_id: _Optional[str] = ..., policy: _Optional[str] = ..., a: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., b: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., state: _Optional[_Union[_common_pb2.TunnelState, str]] = ...) -> None: ...
+
+class PutSecretRequest(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: bytes
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class SecretInfo(_message.Message):
+    __slots__ = ("name", "used_by", "resource_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    USED_BY_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    used_by: _containers.RepeatedScalarFieldContainer[str]
+    resource_version: str
+    def __init__(self, name: _Optional[str] = ..., used_by: _Optional[_Iterable[str]] = ..., resource_version: _Optional[str] = ...) -> None: ...
+
+class PutSecretResponse(_message.Message):
+    __slots__ = ("secret", "created")
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    secret: SecretInfo
+    created: bool
+    def __init__(self, secret: _Optional[_Union[SecretInfo, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class DeleteSecretRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteSecretResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSecretsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSecretsResponse(_message.Message):
+    __slots__ = ("secrets",)
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    secrets: _containers.RepeatedCompositeFieldContainer[SecretInfo]
+    def __init__(self, secrets: _Optional[_Iterable[_Union[SecretInfo, _Mapping]]] = ...) -> None: ...

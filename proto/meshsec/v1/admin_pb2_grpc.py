@@ -80,6 +80,21 @@ class AdminServiceStub:
                 request_serializer=meshsec_dot_v1_dot_admin__pb2.GetTopologyRequest.SerializeToString,
                 response_deserializer=meshsec_dot_v1_dot_admin__pb2.Topology.FromString,
                 _registered_method=True)
+        self.PutSecret = channel.unary_unary(
+                '/meshsec.v1.AdminService/PutSecret',
+                request_serializer=meshsec_dot_v1_dot_admin__pb2.PutSecretRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_admin__pb2.PutSecretResponse.FromString,
+                _registered_method=True)
+        self.DeleteSecret = channel.unary_unary(
+                '/meshsec.v1.AdminService/DeleteSecret',
+                request_serializer=meshsec_dot_v1_dot_admin__pb2.DeleteSecretRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_admin__pb2.DeleteSecretResponse.FromString,
+                _registered_method=True)
+        self.ListSecrets = channel.unary_unary(
+                '/meshsec.v1.AdminService/ListSecrets',
+                request_serializer=meshsec_dot_v1_dot_admin__pb2.ListSecretsRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_admin__pb2.ListSecretsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -154,6 +169,30 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutSecret(self, request, context):
+        """Creates or replaces a secret (an ExternalGateway's PSK, named by its spec.auth.pskSecretRef).
+        The value is write-only: no RPC returns it, events only say "secret <name> set". Values shorter
+        than 16 or longer than 64 bytes are INVALID_ARGUMENT. Agents of tunnels to gateways that
+        reference it receive a delta with the new key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSecret(self, request, context):
+        """Deletes a secret (NOT_FOUND if absent). Tunnels to gateways that reference it get an empty key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSecrets(self, request, context):
+        """Secret names and metadata, never values.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +240,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetTopology,
                     request_deserializer=meshsec_dot_v1_dot_admin__pb2.GetTopologyRequest.FromString,
                     response_serializer=meshsec_dot_v1_dot_admin__pb2.Topology.SerializeToString,
+            ),
+            'PutSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutSecret,
+                    request_deserializer=meshsec_dot_v1_dot_admin__pb2.PutSecretRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_admin__pb2.PutSecretResponse.SerializeToString,
+            ),
+            'DeleteSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSecret,
+                    request_deserializer=meshsec_dot_v1_dot_admin__pb2.DeleteSecretRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_admin__pb2.DeleteSecretResponse.SerializeToString,
+            ),
+            'ListSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSecrets,
+                    request_deserializer=meshsec_dot_v1_dot_admin__pb2.ListSecretsRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_admin__pb2.ListSecretsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -447,6 +501,87 @@ class AdminService:
             '/meshsec.v1.AdminService/GetTopology',
             meshsec_dot_v1_dot_admin__pb2.GetTopologyRequest.SerializeToString,
             meshsec_dot_v1_dot_admin__pb2.Topology.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AdminService/PutSecret',
+            meshsec_dot_v1_dot_admin__pb2.PutSecretRequest.SerializeToString,
+            meshsec_dot_v1_dot_admin__pb2.PutSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AdminService/DeleteSecret',
+            meshsec_dot_v1_dot_admin__pb2.DeleteSecretRequest.SerializeToString,
+            meshsec_dot_v1_dot_admin__pb2.DeleteSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AdminService/ListSecrets',
+            meshsec_dot_v1_dot_admin__pb2.ListSecretsRequest.SerializeToString,
+            meshsec_dot_v1_dot_admin__pb2.ListSecretsResponse.FromString,
             options,
             channel_credentials,
             insecure,

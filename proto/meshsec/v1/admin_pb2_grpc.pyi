@@ -27,6 +27,9 @@ class AdminServiceStub:
     CreateBootstrapToken: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.CreateBootstrapTokenRequest, _meshsec_v1_admin_pb2.CreateBootstrapTokenResponse]
     RevokeBootstrapToken: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.RevokeBootstrapTokenRequest, _meshsec_v1_admin_pb2.RevokeBootstrapTokenResponse]
     GetTopology: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.GetTopologyRequest, _meshsec_v1_admin_pb2.Topology]
+    PutSecret: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.PutSecretRequest, _meshsec_v1_admin_pb2.PutSecretResponse]
+    DeleteSecret: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.DeleteSecretRequest, _meshsec_v1_admin_pb2.DeleteSecretResponse]
+    ListSecrets: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ListSecretsRequest, _meshsec_v1_admin_pb2.ListSecretsResponse]
 
 class AdminServiceAsyncStub:
     Apply: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ApplyRequest, _meshsec_v1_admin_pb2.ApplyResponse]
@@ -38,6 +41,9 @@ class AdminServiceAsyncStub:
     CreateBootstrapToken: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.CreateBootstrapTokenRequest, _meshsec_v1_admin_pb2.CreateBootstrapTokenResponse]
     RevokeBootstrapToken: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.RevokeBootstrapTokenRequest, _meshsec_v1_admin_pb2.RevokeBootstrapTokenResponse]
     GetTopology: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.GetTopologyRequest, _meshsec_v1_admin_pb2.Topology]
+    PutSecret: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.PutSecretRequest, _meshsec_v1_admin_pb2.PutSecretResponse]
+    DeleteSecret: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.DeleteSecretRequest, _meshsec_v1_admin_pb2.DeleteSecretResponse]
+    ListSecrets: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ListSecretsRequest, _meshsec_v1_admin_pb2.ListSecretsResponse]
 
 class AdminServiceServicer:
     def Apply(self, request: _meshsec_v1_admin_pb2.ApplyRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.ApplyResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.ApplyResponse]: ...
@@ -49,6 +55,9 @@ class AdminServiceServicer:
     def CreateBootstrapToken(self, request: _meshsec_v1_admin_pb2.CreateBootstrapTokenRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.CreateBootstrapTokenResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.CreateBootstrapTokenResponse]: ...
     def RevokeBootstrapToken(self, request: _meshsec_v1_admin_pb2.RevokeBootstrapTokenRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.RevokeBootstrapTokenResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.RevokeBootstrapTokenResponse]: ...
     def GetTopology(self, request: _meshsec_v1_admin_pb2.GetTopologyRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.Topology | collections.abc.Awaitable[_meshsec_v1_admin_pb2.Topology]: ...
+    def PutSecret(self, request: _meshsec_v1_admin_pb2.PutSecretRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.PutSecretResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.PutSecretResponse]: ...
+    def DeleteSecret(self, request: _meshsec_v1_admin_pb2.DeleteSecretRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.DeleteSecretResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.DeleteSecretResponse]: ...
+    def ListSecrets(self, request: _meshsec_v1_admin_pb2.ListSecretsRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.ListSecretsResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.ListSecretsResponse]: ...
 
 def add_AdminServiceServicer_to_server(
     servicer: AdminServiceServicer, server: grpc.Server | grpc.aio.Server
