@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from meshsec.meshctl import commands
+from meshsec.meshctl import commands, secrets
 from meshsec.meshctl.client import ENV_CONTROLLER, AdminClient, Target, TlsFiles
 from meshsec.meshctl.errors import EXIT_OK, MeshctlError, UsageError
 from meshsec.meshctl.table import paint, use_colour
@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--filename", action="append", metavar="FILE|DIR|-")
     p.add_argument("--ignore-not-found", action="store_true")
 
-    p = sub.add_parser("get", help="list sites, nodes, policies, gateways or tunnels")
-    p.add_argument("kind", metavar="KIND", help="sites|nodes|policies|gateways|tunnels")
+    p = sub.add_parser("get", help="list sites, nodes, policies, gateways, tunnels or secrets")
+    p.add_argument("kind", metavar="KIND", help="sites|nodes|policies|gateways|tunnels|secrets")
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("-o", "--output", choices=OUTPUTS, default="table")
     p.add_argument("-l", "--selector", default="", help="label selector, e.g. region=eu,kind!=vpc")
@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-o", "--output", choices=("text", "json"), default="text")
     t = tsub.add_parser("revoke", help="revoke a token by its id")
     t.add_argument("token_id", metavar="TOKEN_ID")
+
+    secrets.add_parser(sub, _Parser)
 
     p = sub.add_parser("lab", help="the local multi-site lab in network namespaces (root)")
     lsub = p.add_subparsers(dest="lab_command", metavar="ACTION", parser_class=_Parser)

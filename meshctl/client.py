@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import grpc
 
+from meshsec.common.secrets import Secret
 from meshsec.meshctl.errors import (
     MeshctlError,
     Problem,
@@ -187,6 +188,21 @@ class AdminClient:
     def revoke_token(self, token_id: str) -> None:
         request = admin_pb2.RevokeBootstrapTokenRequest(token_id=token_id)
         self._call("revoke token", lambda: self.stub.RevokeBootstrapToken(request, timeout=self.timeout))
+
+    # -- secrets (values go out, never come back) -------------------------------------------------
+
+    def put_secret(self, name: str, value: Secret) -> admin_pb2.PutSecretResponse:
+        request = admin_pb2.PutSecretRequest(name=name, value=value.reveal())
+        return self._call("set secret", lambda: self.stub.PutSecret(request, timeout=self.timeout))
+
+    def delete_secret(self, name: str) -> None:
+        request = admin_pb2.DeleteSecretRequest(name=name)
+        self._call("delete secret", lambda: self.stub.DeleteSecret(request, timeout=self.timeout))
+
+    def list_secrets(self) -> list[admin_pb2.SecretInfo]:
+        request = admin_pb2.ListSecretsRequest()
+        response = self._call("list secrets", lambda: self.stub.ListSecrets(request, timeout=self.timeout))
+        return list(response.secrets)
 
     # -- events -------------------------------------------------------------------------------
 

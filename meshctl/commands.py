@@ -10,7 +10,7 @@ from typing import TextIO
 
 from google.protobuf import timestamp_pb2
 
-from meshsec.meshctl import manifest
+from meshsec.meshctl import manifest, secrets
 from meshsec.meshctl.client import AdminClient
 from meshsec.meshctl.convert import message_to_dict, resource_to_dict
 from meshsec.meshctl.describe import describe_resource, describe_tunnel
@@ -46,6 +46,7 @@ def dispatch(args: argparse.Namespace, client: AdminClient, out: TextIO | None =
         "topology": topology,
         "events": events,
         "token": token,
+        "secret": secrets.secret,
     }
     return handlers[args.command](args, client, out or sys.stdout)
 
@@ -116,6 +117,8 @@ def _topology_or_none(client: AdminClient) -> admin_pb2.Topology | None:
 def get(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
     if is_tunnel(args.kind):
         return get_tunnels(args, client, out)
+    if secrets.is_secret(args.kind):
+        return secrets.get_secrets(args, client, out)
     kind = resource_kind(args.kind)
     if args.names:
         if args.selector:

@@ -151,3 +151,38 @@ def test_unreachable_controller_exits_3_with_a_hint(
     assert main(["--controller", str(dead), "--timeout", "3", "get", "sites"]) == 3
     assert "hint:" in capsys.readouterr().err
     assert main(["--controller", "nohostport", "get", "sites"]) == 2
+
+
+def test_secret_set_from_file_and_env_get_and_delete_never_print_the_value(
+    controller: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert meshctl(controller, "apply", "-f", str(EXAMPLE)) == 0
+    capsys.readouterr()
+    key_file = tmp_path / "psk"
+    key_file.write_bytes(b"from-file-key-0123456789\n")
+    assert meshctl(controller, "secret", "set", "partner-aws-psk", "--from-file", str(key_file)) == 0
+    assert capsys.readouterr().out == "secret partner-aws-psk created (used by partner-aws)\n"
+    monkeypatch.setenv("LAB_PSK", "from-env-key-abcdefghij")
+    assert meshctl(controller, "secret", "set", "partner-aws-psk", "--from-env", "LAB_PSK") == 0
+    assert "replaced" in capsys.readouterr().out
+    # Too short: refused by the controller with its reason; a value on argv is not even accepted.
+    monkeypatch.setenv("SHORT", "short")
+    assert meshctl(controller, "secret", "set", "spare", "--from-env", "SHORT") == 1
+    assert "at least 16 bytes (got 5)" in capsys.readouterr().err
+    assert meshctl(controller, "secret", "set", "spare", "from-argv-key-0123456789") != 0
+    assert "--from-file --from-env is required" in capsys.readouterr().err
+    assert meshctl(controller, "get", "secrets") == 0
+    table = capsys.readouterr().out
+    assert "partner-aws-psk" in table and "partner-aws" in table
+    assert meshctl(controller, "get", "secrets", "-o", "json") == 0
+    listed = capsys.readouterr().out
+    assert json.loads(listed)["secrets"][0]["usedBy"] == ["partner-aws"]
+    assert "from-env-key" not in table + listed and "from-file-key" not in table + listed
+    assert meshctl(controller, "events", "-o", "json", "--name", "partner-aws-psk") == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["message"] for e in events] == ["secret partner-aws-psk set"] * 2
+    assert meshctl(controller, "secret", "delete", "partner-aws-psk") == 0
+    assert meshctl(controller, "secret", "delete", "partner-aws-psk") != 0
+    assert "not found" in capsys.readouterr().err
+    assert meshctl(controller, "get", "secrets") == 0
+    assert capsys.readouterr().out == ""
