@@ -35,6 +35,9 @@ EXPECTED_SERVICES = {
         ("CreateBootstrapToken", False, False),
         ("RevokeBootstrapToken", False, False),
         ("GetTopology", False, False),
+        ("PutSecret", False, False),
+        ("DeleteSecret", False, False),
+        ("ListSecrets", False, False),
     },
 }
 
@@ -110,6 +113,12 @@ def test_secret_material_fields_are_bytes_or_marked_strings() -> None:
     responses = [m for f in FILES for m in f.message_types_by_name.values() if m.name.endswith("Response")]
     leaking = [m.full_name for m in responses if "bootstrap_token" in m.fields_by_name]
     assert leaking == []
+    # Secret values are write-only: the request carries bytes, no response or SecretInfo has a value.
+    assert admin_pb2.PutSecretRequest.DESCRIPTOR.fields_by_name["value"].type == (
+        descriptor.FieldDescriptor.TYPE_BYTES
+    )
+    secret_messages = [*responses, admin_pb2.SecretInfo.DESCRIPTOR]
+    assert [m.full_name for m in secret_messages if "value" in m.fields_by_name] == []
 
 
 def test_spi_fields_have_the_wire_widths() -> None:
