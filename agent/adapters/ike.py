@@ -52,6 +52,7 @@ from meshsec.agent.ike import (
     classify_4500,
     default_dh_factory,
 )
+from meshsec.agent.ike.config import ChildConfig
 from meshsec.agent.ike.constants import IKE_HEADER_LEN, NATT_PORT, ProtocolId
 from meshsec.agent.ike.parse import ParseError, parse_header
 from meshsec.agent.ike.responder import ConfigLookup
@@ -78,6 +79,9 @@ class ChildRecord:
     remote: Address
     installed: bool = False
     install_error: str | None = None
+    # A CHILD_SA the peer made to replace our same-named `holds_for` (a changed configuration):
+    # its outbound SA waits until the old pair is deleted, as for a rekey we answered.
+    holds_for: int | None = None
 
 
 @dataclass(slots=True)
@@ -91,6 +95,7 @@ class SaRecord:
     established_at: float | None = None
     children: dict[int, ChildRecord] = field(default_factory=dict)  # by inbound SPI
     outcome: str | None = None  # set when closed: "deleted", "deleted by peer", "failed: ..."
+    replacing: set[str] = field(default_factory=set)  # children we asked to replace (`replace_child`)
 
     @property
     def name(self) -> str:
@@ -237,6 +242,19 @@ class IkeAdapter:
         sa.initiate(self.now())
         self._pump()
         return record
+
+    def replace_child(self, record: SaRecord, config: ChildConfig) -> None:
+        """A CHILD_SA with a changed configuration (selectors, proposals, mode, lifetimes) on the
+        established IKE SA, make-before-break: the new pair shares the reqid of the same-named
+        one it replaces, so traffic on selectors both have keeps flowing; the caller deletes
+        the old pair once the new one is installed (`ChildRecord.installed`)."""
+        record.replacing.add(config.name)
+        record.sa.create_child(config, self.now())
+        self._pump()
+
+    def delete_child(self, record: SaRecord, spi_in: int) -> None:
+        record.sa.delete_child(spi_in, self.now())
+        self._pump()
 
     def delete(self, record: SaRecord) -> None:
         record.sa.delete(self.now())
@@ -490,6 +508,12 @@ class IkeAdapter:
                 )  # fmt: skip
         elif isinstance(ev, ChildSaEstablished):
             child = ChildRecord(ev, sa.local, sa.remote)
+            if ev.replaces is None and ev.name not in record.replacing:
+                # Not a rekey and not asked for by us: the peer replacing a changed CHILD_SA.
+                child.holds_for = next(
+                    (spi for spi, c in record.children.items() if c.event.name == ev.name), None
+                )
+            record.replacing.discard(ev.name)
             record.children[ev.spi_in] = child
             if verbose:
                 log.info(
@@ -502,6 +526,11 @@ class IkeAdapter:
                 self._queue_work(lambda: self._install(record, child))
         elif isinstance(ev, ChildSaDeleted):
             record.children.pop(ev.spi_in, None)
+            for spi, waiting in record.children.items():
+                if waiting.holds_for == ev.spi_in and self.installer is not None:
+                    waiting.holds_for = None
+                    held: ChildKey = (sa.local.host, ev.protocol, spi)
+                    self._queue_work(functools.partial(self._activate, self.installer, held))
             log.info(
                 "%s: CHILD_SA %s DELETED spi %08x_i %08x_o%s",
                 name, ev.name, ev.spi_in, ev.spi_out, " by peer" if ev.by_peer else "",
@@ -519,6 +548,7 @@ class IkeAdapter:
                 new_key: ChildKey = (sa.local.host, ev.protocol, ev.new_spi_in)
                 self._queue_work(lambda: self._activate(installer, new_key))
         elif isinstance(ev, ChildSaFailed):
+            record.replacing.discard(ev.name)
             log.warning("%s: CHILD_SA %s FAILED: %s", name, ev.name, ev.reason)
         elif isinstance(ev, IkeSaFailed):
             record.outcome = f"failed: {ev.reason}"
@@ -583,10 +613,18 @@ class IkeAdapter:
         reqid = None
         if ev.replaces is not None:  # a rekey: same reqid as the pair it replaces
             reqid = self.installer.reqid_of((child.local.host, ev.protocol, ev.replaces))
-        try:
-            await self.installer.install(
-                ev, child.local, child.remote, reqid=reqid, outbound=ev.outbound_active
+        else:  # a changed configuration: same reqid as the same-named pair it replaces
+            reqid = next(
+                (
+                    self.installer.reqid_of((c.local.host, c.event.protocol, spi))
+                    for spi, c in record.children.items()
+                    if spi != ev.spi_in and c.event.name == ev.name and c.installed
+                ),
+                None,
             )
+        outbound = ev.outbound_active and child.holds_for is None
+        try:
+            await self.installer.install(ev, child.local, child.remote, reqid=reqid, outbound=outbound)
         except (DataPlaneError, InstallError) as exc:
             child.install_error = str(exc)
             self.stats["child_install_failed"] += 1
