@@ -3,7 +3,14 @@
 `reconcile()` looks only at the current state of both sides, never at what happened before, so
 it can run at any time and any number of times (after a delta, a timer, an SA closing, a restart):
 
-- an IKE SA whose tunnel is gone, or whose tunnel changed, is deleted (INFORMATIONAL DELETE);
+- an IKE SA whose tunnel is gone, or whose tunnel's IKE part changed, is deleted (INFORMATIONAL
+  DELETE);
+- a change of the CHILD_SA part only (selectors, ESP proposals, mode, lifetimes) keeps the IKE SA:
+  its config is updated in place and each changed CHILD_SA is replaced make-before-break (a new
+  one by CREATE_CHILD_SA, sharing the old one's reqid in the data plane, then the old one
+  deleted). The designated initiator does that; the other end only if a changed CHILD_SA is
+  still there after `responder_grace` (its peer may have negotiated before it had the change,
+  so its own CHILD_SA still has the old selectors), so the two ends do not both replace it;
 - a tunnel without IKE SA is initiated by its designated initiator (DesiredTunnel.initiator),
   with per-tunnel back-off and jitter, trying the remote endpoints in turn; the other end
   initiates too, but only after `responder_grace` without any SA (the designated initiator may be
@@ -43,6 +50,7 @@ from meshsec.agent.ike.events import (
     InitialContactReceived,
     PeerDead,
 )
+from meshsec.agent.ike.sa import ChildState
 from meshsec.agent.node.translate import IdentityNotInCertificate, TunnelError, TunnelPlan, fingerprint, plan
 from meshsec.v1 import agent_pb2
 
@@ -70,6 +78,8 @@ class TunnelRuntime:
     last_error: LastError | None = None
     last_ike_rekey: float | None = None  # wall clock
     last_child_rekey: dict[str, float] = field(default_factory=dict)  # child name -> wall clock
+    child_stale_since: dict[str, float] = field(default_factory=dict)  # child name -> monotonic
+    child_deletes: set[int] = field(default_factory=set)  # inbound SPIs we asked to delete
 
 
 def _fail_reason(text: str) -> str:
@@ -244,12 +254,19 @@ class Reconciler:
         for tid, records in groups.items():
             p = self.plans.get(tid)
             for record in records:
+                if p is not None and not _deleting(record) and _child_only_change(record, p):
+                    log.info("%s: CHILD_SA configuration changed; keeping IKE SA %s",
+                             tid, record.sa.local_spi.hex())  # fmt: skip
+                    record.sa.config = _without_ic(record.sa.config, p.ike)
                 if not _matches(record, p) and not _deleting(record):
                     why = "no longer desired" if p is None else "configuration changed"
                     log.info("%s: deleting IKE SA %s (%s)", tid, record.sa.local_spi.hex(), why)
                     self.adapter.delete(record)
             if p is not None:
                 self._resolve_duplicates(p, records)
+                for record in records:
+                    if _matches(record, p) and record.sa.established and not record.sa.rekeying_ike():
+                        self._converge_children(p, self.runtime[tid], record, now)
         for tid, p in self.plans.items():
             rt = self.runtime[tid]
             live = [r for r in groups.get(tid, []) if _matches(r, p) and not _deleting(r)]
@@ -277,6 +294,41 @@ class Reconciler:
             log.warning("%s: cannot initiate to %s: %s", p.tunnel_id, remote, exc)
         self.changed.set()
 
+    def _converge_children(self, p: TunnelPlan, rt: TunnelRuntime, record: SaRecord, now: float) -> None:
+        """Replaces CHILD_SAs negotiated with an older config of their name, make-before-break."""
+        sa = record.sa
+        rt.child_deletes &= set(sa.children)
+        for cfg in sa.config.children:
+            mine = [c for c in sa.children.values() if c.name == cfg.name]
+            stale = [c for c in mine if c.config != cfg]
+            if not stale:
+                rt.child_stale_since.pop(cfg.name, None)
+                continue
+            ready = [
+                c
+                for c in mine
+                if c.config == cfg
+                and (cr := record.children.get(c.spi_in)) is not None
+                and cr.installed
+                and cr.holds_for is None
+            ]
+            if ready:  # the new pair carries the traffic: the old one can go
+                for c in stale:
+                    if c.state is ChildState.INSTALLED and c.spi_in not in rt.child_deletes:
+                        log.info("%s: deleting CHILD_SA %s %08x_i, replaced by %08x_i (new configuration)",
+                                 p.tunnel_id, c.name, c.spi_in, ready[-1].spi_in)  # fmt: skip
+                        rt.child_deletes.add(c.spi_in)
+                        self.adapter.delete_child(record, c.spi_in)
+                continue
+            if len(stale) < len(mine) or cfg.name in record.replacing or sa.child_exchange_in_flight():
+                continue  # the new one is on its way (or held until the peer deletes the old one)
+            since = rt.child_stale_since.setdefault(cfg.name, now)
+            if not p.initiator and now - since < self.responder_grace:
+                continue
+            log.info("%s: replacing CHILD_SA %s on IKE SA %s (configuration changed)",
+                     p.tunnel_id, cfg.name, sa.local_spi.hex())  # fmt: skip
+            self.adapter.replace_child(record, cfg)
+
     def _resolve_duplicates(self, p: TunnelPlan, records: list[SaRecord]) -> None:
         established = [r for r in records if r.sa.established]
         if len(established) < 2:
@@ -303,6 +355,19 @@ def _deleting(record: SaRecord) -> bool:
 
 def _matches(record: SaRecord, p: TunnelPlan | None) -> bool:
     return p is not None and record.sa.config == _without_ic(record.sa.config, p.ike)
+
+
+def _child_only_change(record: SaRecord, p: TunnelPlan) -> bool:
+    """The IKE SA can stay: established, and only CHILD_SA settings of the same named children
+    differ (anything else, e.g. the peer, IDs, auth or IKE proposals, needs a new IKE SA)."""
+    actual = record.sa.config
+    desired = _without_ic(actual, p.ike)
+    if actual == desired or not record.sa.established:
+        return False
+    names = sorted(c.name for c in actual.children)
+    return names == sorted(c.name for c in desired.children) and dataclasses.replace(
+        actual, children=()
+    ) == dataclasses.replace(desired, children=())
 
 
 def _without_ic(actual: IkeConfig, desired: IkeConfig) -> IkeConfig:
