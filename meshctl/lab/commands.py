@@ -141,21 +141,20 @@ def up(args: argparse.Namespace) -> int:
             world.build(plan, state)
         ext_psk = Secret(os.urandom(32))
         with timings.phase("starting meshsec-controller (embedded store)"):
-            if plan.external is not None:
-                controller.seed_secret(paths, external_secret_name(documents, plan), ext_psk)
             pid = controller.start(paths)
             state.add_process("controller", pid, None, paths.log)
             controller.wait_ready(paths, pid)
         client = AdminClient(Target.parse(str(ADMIN_SOCKET)), timeout=10.0)
-        mode = "none" if args.no_agents else agent_mode(args.agents)
-        if mode == "connected":
-            with timings.phase("applying sites and external gateways"):
-                apply(client, [d for d in documents if d.resource.kind not in ("Node", "MeshPolicy")])
-            with timings.phase("enrolling one meshsec-agent per gateway node (bootstrap tokens)"):
-                start_connected_agents(plan, state, client, pick_dataplane(plan), documents)
-                wait_enrolled(state, client, [s.node for s in plan.sites], timeout=30.0)
+        if plan.external is not None:
+            with timings.phase("setting the external gateway's PSK (meshctl secret set)"):
+                client.put_secret(external_secret_name(documents, plan), ext_psk)
         with timings.phase(f"applying {args.filename or REPO_EXAMPLE}"):
             apply(client, documents)
+        mode = "none" if args.no_agents else agent_mode(args.agents)
+        if mode == "connected":
+            with timings.phase("enrolling one meshsec-agent per gateway node (bootstrap tokens)"):
+                start_connected_agents(plan, state, client, pick_dataplane(plan))
+                wait_enrolled(state, client, [s.node for s in plan.sites], timeout=30.0)
         tunnels = client.tunnels()
         if mode == "none":
             state.phase = "up"
@@ -206,7 +205,11 @@ def wait_enrolled(state: LabState, client: AdminClient, nodes: Sequence[str], ti
     missing = set(nodes)
     while missing and time.monotonic() < deadline:
         fail_on_dead_process(state)
-        enrolled = {r.metadata.name for r in client.list_resources("Node")}
+        enrolled = {
+            r.metadata.name
+            for r in client.list_resources("Node")
+            if r.status.fields.get("phase", None) is not None and r.status["phase"] == "Enrolled"
+        }
         missing = set(nodes) - enrolled
         if missing:
             time.sleep(0.3)
@@ -324,15 +327,11 @@ def pick_dataplane(plan: World) -> str:
     return dataplane
 
 
-def start_connected_agents(
-    plan: World, state: LabState, client: AdminClient, dataplane: str, documents: Sequence[manifest.Document]
-) -> None:
+def start_connected_agents(plan: World, state: LabState, client: AdminClient, dataplane: str) -> None:
     """One ``meshsec-agent run`` per gateway node, enrolling with a bootstrap token over the
-    bootstrap listener (pinning the CA by the hash the token came with). Enrollment creates the
-    Node; the token carries the manifest's labels for it, and the manifest applied afterwards
-    adds what only the operator knows (the public address of a 1:1 NAT)."""
-    labels = {d.resource.metadata.name: dict(d.resource.metadata.labels) for d in documents
-              if d.resource.kind == "Node"}  # fmt: skip
+    bootstrap listener (pinning the CA by the hash the token came with). Each enrollment adopts
+    the Node the manifest declared: its spec (endpoints, ikeId) stays, the certificate names the
+    ikeId, the agent's facts are recorded."""
     program = agent_program()
     state.mode = "connected"
     controller_ca = DATA_DIR / "controller" / "ca.pem"
@@ -342,7 +341,6 @@ def start_connected_agents(
             site=site.name,
             ttl_seconds=3600,
             uses=1,
-            node_labels=labels.get(site.node, {}),
         )
         token = client.create_token(request)
         workdir = DATA_DIR / "agents" / site.node

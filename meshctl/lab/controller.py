@@ -1,18 +1,16 @@
 """The lab's controller: a real ``meshsec-controller`` on the host with an embedded store.
 
 Agents reach its listeners at 198.18.0.1 over the lab's veth; meshctl reaches its admin socket
-under /run/meshsec-lab. The external gateway's PSK is written into the store before the controller
-starts, the out-of-band way the controller documents for operator secrets (no admin RPC sets it).
+under /run/meshsec-lab. The external gateway's PSK is set through the admin API once it runs
+(`AdminClient.put_secret`, what `meshctl secret set` calls).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshsec.common.secrets import Secret
 from meshsec.meshctl.client import AdminClient, Target
 from meshsec.meshctl.errors import MeshctlError
 from meshsec.meshctl.lab import netns
@@ -36,21 +34,6 @@ class ControllerPaths:
     @property
     def ca_cert(self) -> Path:
         return self.data_dir / "ca.pem"
-
-
-def seed_secret(paths: ControllerPaths, name: str, value: Secret) -> None:
-    """Store an external gateway PSK under the controller's secrets prefix (controller not running)."""
-    from meshsec.controller.server import open_store
-    from meshsec.controller.service.keys import Keys
-
-    async def put() -> None:
-        store = await open_store(f"embedded:{paths.store}")
-        try:
-            await store.put(Keys().secrets + name, value.reveal())
-        finally:
-            await store.close()
-
-    asyncio.run(put())
 
 
 def controller_argv(paths: ControllerPaths, status_interval: int) -> list[str]:
