@@ -9,8 +9,9 @@ it can run at any time and any number of times (after a delta, a timer, an SA cl
   its config is updated in place and each changed CHILD_SA is replaced make-before-break (a new
   one by CREATE_CHILD_SA, sharing the old one's reqid in the data plane, then the old one
   deleted). The designated initiator does that; the other end only if a changed CHILD_SA is
-  still there after `responder_grace` (its peer may have negotiated before it had the change,
-  so its own CHILD_SA still has the old selectors), so the two ends do not both replace it;
+  still there after CHILD_GRACE (its peer negotiated before this end had the change, so the
+  CHILD_SA still has the old selectors); should both ends replace it at once, both keep the
+  same new pair (the one with the lowest SPI) and delete the other;
 - a tunnel without IKE SA is initiated by its designated initiator (DesiredTunnel.initiator),
   with per-tunnel back-off and jitter, trying the remote endpoints in turn; the other end
   initiates too, but only after `responder_grace` without any SA (the designated initiator may be
@@ -58,6 +59,10 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 30.0
+# How long the non-designated end leaves a changed CHILD_SA to its peer: the designated initiator
+# replaces it as soon as it has the change, so waiting longer only means the peer negotiated
+# before this end had the change (its CHILD_SA here still has the old config).
+CHILD_GRACE = 2.0
 
 
 @dataclass
@@ -301,29 +306,34 @@ class Reconciler:
         for cfg in sa.config.children:
             mine = [c for c in sa.children.values() if c.name == cfg.name]
             stale = [c for c in mine if c.config != cfg]
-            if not stale:
-                rt.child_stale_since.pop(cfg.name, None)
-                continue
             ready = [
                 c
                 for c in mine
                 if c.config == cfg
+                and c.state is ChildState.INSTALLED  # not a rekey's loser or predecessor
                 and (cr := record.children.get(c.spi_in)) is not None
                 and cr.installed
                 and cr.holds_for is None
             ]
             if ready:  # the new pair carries the traffic: the old one can go
-                for c in stale:
+                # Both ends replaced it at once: both keep the same pair (its lower SPI is lowest).
+                keep = min(ready, key=lambda c: (min(c.spi_in, c.spi_out), max(c.spi_in, c.spi_out)))
+                doomed = [*stale, *(c for c in ready if c is not keep)]
+                for c in doomed:
                     if c.state is ChildState.INSTALLED and c.spi_in not in rt.child_deletes:
                         log.info("%s: deleting CHILD_SA %s %08x_i, replaced by %08x_i (new configuration)",
-                                 p.tunnel_id, c.name, c.spi_in, ready[-1].spi_in)  # fmt: skip
+                                 p.tunnel_id, c.name, c.spi_in, keep.spi_in)  # fmt: skip
                         rt.child_deletes.add(c.spi_in)
                         self.adapter.delete_child(record, c.spi_in)
+            if not stale:
+                rt.child_stale_since.pop(cfg.name, None)
                 continue
-            if len(stale) < len(mine) or cfg.name in record.replacing or sa.child_exchange_in_flight():
+            if ready or len(stale) < len(mine) or cfg.name in record.replacing:
                 continue  # the new one is on its way (or held until the peer deletes the old one)
+            if sa.child_exchange_in_flight():
+                continue
             since = rt.child_stale_since.setdefault(cfg.name, now)
-            if not p.initiator and now - since < self.responder_grace:
+            if not p.initiator and now - since < min(self.responder_grace, CHILD_GRACE):
                 continue
             log.info("%s: replacing CHILD_SA %s on IKE SA %s (configuration changed)",
                      p.tunnel_id, cfg.name, sa.local_spi.hex())  # fmt: skip

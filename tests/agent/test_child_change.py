@@ -89,9 +89,9 @@ async def pair() -> AsyncIterator[list[Side]]:
                 await stop_side(s, graceful=False)
 
 
-def ends(a: Side, b: Side, second: bool) -> Iterator[tuple[Side, object]]:
+def ends(a: Side, b: Side, second: bool, both: bool = False) -> Iterator[tuple[Side, object]]:
     ta = end("t1", "a", "b", a.addr, b.addr, initiator=True)
-    tb = end("t1", "b", "a", b.addr, a.addr, initiator=False)
+    tb = end("t1", "b", "a", b.addr, a.addr, initiator=both)
     if second:
         ta.children[0].remote_ts.append(common_pb2.TrafficSelector(cidr="198.19.3.0/24"))
         tb.children[0].local_ts.append(common_pb2.TrafficSelector(cidr="198.19.3.0/24"))
@@ -99,8 +99,8 @@ def ends(a: Side, b: Side, second: bool) -> Iterator[tuple[Side, object]]:
     yield b, tb
 
 
-def apply(a: Side, b: Side, *, second: bool, only: Side | None = None) -> None:
-    for side, t in ends(a, b, second):
+def apply(a: Side, b: Side, *, second: bool, only: Side | None = None, both: bool = False) -> None:
+    for side, t in ends(a, b, second, both):
         if only is None or side is only:
             desire(side, t)  # type: ignore[arg-type]
 
@@ -123,12 +123,19 @@ async def established(a: Side, b: Side) -> list[str]:
     return a.established()
 
 
-@pytest.mark.parametrize("lagging_responder", [False, True], ids=["both-ends", "responder-later"])
+@pytest.mark.parametrize(
+    ("lagging_responder", "both"),
+    [(False, False), (True, False), (False, True)],
+    ids=["both-ends", "responder-later", "both-designated"],
+)
 async def test_selectors_grow_without_loss_on_the_kept_prefix(
-    pair: list[Side], lagging_responder: bool
+    pair: list[Side], lagging_responder: bool, both: bool
 ) -> None:
+    """`both`: both ends think they are the designated initiator (as after a controller flip),
+    so both replace the CHILD_SA at once and must agree on the one to keep; deleting the other
+    pair, which one end may be sending on, can lose what is in flight (not counted here)."""
     a, b = pair
-    apply(a, b, second=False)
+    apply(a, b, second=False, both=both)
     ike = await established(a, b)
     first_child = list(a.adapter.active()[0].children)
     flow = Flow(a, b)
@@ -144,14 +151,15 @@ async def test_selectors_grow_without_loss_on_the_kept_prefix(
             assert not second_prefix_works(a, b)
             apply(a, b, second=True, only=b)
         else:
-            apply(a, b, second=True)
+            apply(a, b, second=True, both=both)
         await until("the second prefix works", lambda: second_prefix_works(a, b))
         await until("one CHILD_SA per end, old one removed", lambda: one_child_each(a, b))
         await asyncio.sleep(0.5)  # and nothing else happens
     finally:
         await flow.stop()
     assert flow.samples > 1000
-    assert flow.lost == [], f"{len(flow.lost)} of {flow.samples} samples lost: {sorted(set(flow.lost))}"
+    lost = f"{len(flow.lost)} of {flow.samples} samples lost: {sorted(set(flow.lost))}"
+    assert both or flow.lost == [], lost
     assert a.established() == ike == b.established(), "the IKE SA was replaced"
     assert list(a.adapter.active()[0].children) != first_child
     assert one_child_each(a, b) and second_prefix_works(a, b)
