@@ -19,6 +19,7 @@ import pytest
 
 from meshsec.agent.adapters.recording import RecordingDataPlane
 from meshsec.agent.dataplane.api import Direction
+from meshsec.agent.node import reconciler
 from meshsec.v1 import common_pb2
 from tests.agent.test_reconciler import Side, desire, end, start_side, stop_side, until
 
@@ -129,7 +130,7 @@ async def established(a: Side, b: Side) -> list[str]:
     ids=["both-ends", "responder-later", "both-designated"],
 )
 async def test_selectors_grow_without_loss_on_the_kept_prefix(
-    pair: list[Side], lagging_responder: bool, both: bool
+    pair: list[Side], lagging_responder: bool, both: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`both`: both ends think they are the designated initiator (as after a controller flip),
     so both replace the CHILD_SA at once and must agree on the one to keep; deleting the other
@@ -142,7 +143,10 @@ async def test_selectors_grow_without_loss_on_the_kept_prefix(
     try:
         if lagging_responder:
             # The designated initiator learns of the change first: its new CHILD_SA is narrowed by
-            # b to the old selectors; once b has the change, b replaces it after responder_grace.
+            # b to the old selectors; once b has the change, b replaces it at once (a's was a
+            # replacement, so a is done): no grace period may be needed for that.
+            monkeypatch.setattr(reconciler, "CHILD_GRACE", 600.0)
+            b.reconciler.responder_grace = 600.0
             apply(a, b, second=True, only=a)
             await until(
                 "a replaced its CHILD_SA",
