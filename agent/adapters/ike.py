@@ -82,7 +82,6 @@ class ChildRecord:
     # A CHILD_SA the peer made to replace our same-named `holds_for` (a changed configuration):
     # its outbound SA waits until the old pair is deleted, as for a rekey we answered.
     holds_for: int | None = None
-    peer_replaced: bool = False  # made that way (the peer had a changed configuration)
 
 
 @dataclass(slots=True)
@@ -514,7 +513,6 @@ class IkeAdapter:
                 child.holds_for = next(
                     (spi for spi, c in record.children.items() if c.event.name == ev.name), None
                 )
-                child.peer_replaced = child.holds_for is not None
             record.replacing.discard(ev.name)
             record.children[ev.spi_in] = child
             if verbose:
