@@ -9,8 +9,9 @@ it can run at any time and any number of times (after a delta, a timer, an SA cl
   its config is updated in place and each changed CHILD_SA is replaced make-before-break (a new
   one by CREATE_CHILD_SA, sharing the old one's reqid in the data plane, then the old one
   deleted). The designated initiator does that; the other end only if a changed CHILD_SA is
-  still there after CHILD_GRACE, or at once if the peer made it as a replacement (the peer
-  negotiated before this end had the change, so the CHILD_SA still has the old selectors);
+  still there after CHILD_GRACE (the peer negotiated before this end had the change, so the
+  CHILD_SA still has the old selectors; acting at once would race the peer's own replacement
+  whenever both get the change together, and a duplicate pair costs packets to delete);
   should both ends replace it at once, both keep the same new pair (the one with the lowest
   SPI) and delete the other;
 - a tunnel without IKE SA is initiated by its designated initiator (DesiredTunnel.initiator),
@@ -334,11 +335,7 @@ class Reconciler:
             if sa.child_exchange_in_flight():
                 continue
             since = rt.child_stale_since.setdefault(cfg.name, now)
-            # A CHILD_SA the peer made as a replacement already is its answer to its change.
-            peer_done = any(
-                (cr := record.children.get(c.spi_in)) is not None and cr.peer_replaced for c in stale
-            )
-            if not p.initiator and not peer_done and now - since < min(self.responder_grace, CHILD_GRACE):
+            if not p.initiator and now - since < min(self.responder_grace, CHILD_GRACE):
                 continue
             log.info("%s: replacing CHILD_SA %s on IKE SA %s (configuration changed)",
                      p.tunnel_id, cfg.name, sa.local_spi.hex())  # fmt: skip

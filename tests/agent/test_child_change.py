@@ -19,7 +19,6 @@ import pytest
 
 from meshsec.agent.adapters.recording import RecordingDataPlane
 from meshsec.agent.dataplane.api import Direction
-from meshsec.agent.node import reconciler
 from meshsec.v1 import common_pb2
 from tests.agent.test_reconciler import Side, desire, end, start_side, stop_side, until
 
@@ -130,7 +129,7 @@ async def established(a: Side, b: Side) -> list[str]:
     ids=["both-ends", "responder-later", "both-designated"],
 )
 async def test_selectors_grow_without_loss_on_the_kept_prefix(
-    pair: list[Side], lagging_responder: bool, both: bool, monkeypatch: pytest.MonkeyPatch
+    pair: list[Side], lagging_responder: bool, both: bool
 ) -> None:
     """`both`: both ends think they are the designated initiator (as after a controller flip),
     so both replace the CHILD_SA at once and must agree on the one to keep; deleting the other
@@ -143,10 +142,8 @@ async def test_selectors_grow_without_loss_on_the_kept_prefix(
     try:
         if lagging_responder:
             # The designated initiator learns of the change first: its new CHILD_SA is narrowed by
-            # b to the old selectors; once b has the change, b replaces it at once (a's was a
-            # replacement, so a is done): no grace period may be needed for that.
-            monkeypatch.setattr(reconciler, "CHILD_GRACE", 600.0)
-            b.reconciler.responder_grace = 600.0
+            # b to the old selectors; once b has the change and its CHILD_SA still has the old
+            # config after the grace, b replaces it itself.
             apply(a, b, second=True, only=a)
             await until(
                 "a replaced its CHILD_SA",
@@ -171,6 +168,20 @@ async def test_selectors_grow_without_loss_on_the_kept_prefix(
     for side in (a, b):
         (child,) = side.adapter.active()[0].sa.children.values()
         assert len(child.ts_local) + len(child.ts_remote) == 3
+
+    # And back, at both ends at once: the previous change's CHILD_SAs (made by a replacement)
+    # do not make the non-designated end replace it too (that would be a duplicate to delete).
+    flow = Flow(a, b)
+    try:
+        apply(a, b, second=False, both=both)
+        await until(
+            "the second prefix is gone", lambda: not second_prefix_works(a, b) and one_child_each(a, b)
+        )
+        await asyncio.sleep(0.5)
+    finally:
+        await flow.stop()
+    assert both or flow.lost == [], f"{len(flow.lost)} of {flow.samples} samples lost on the way back"
+    assert a.established() == ike == b.established() and one_child_each(a, b)
 
 
 async def test_ike_change_still_replaces_the_ike_sa(pair: list[Side]) -> None:
