@@ -145,15 +145,6 @@ def hub_settled(spoke_to_spoke: bool) -> bool:
     )
 
 
-def longest_run(seqs: list[int]) -> int:
-    """The most consecutive icmp_seq values in ``seqs`` (sorted)."""
-    best = run = 0
-    for i, seq in enumerate(seqs):
-        run = run + 1 if i and seq == seqs[i - 1] + 1 else 1
-        best = max(best, run)
-    return best
-
-
 def start_pingers(log_dir: Path) -> Pingers:
     """Every DC pair plus dc1-vpc (another policy's tunnel), 10 pings a second each."""
     return Pingers(
@@ -296,10 +287,11 @@ def test_hub_and_spoke_with_spoke_to_spoke_transit_under_traffic(lab3: UpLab, tm
     assert vpc.transmitted >= 30 and vpc.lost() == [], f"dc1-vpc lost {vpc.lost()}\n{vpc.log[-400:]}"
     transit = runs["dc2-dc3"]
     assert {DIRECT_TTL, TRANSIT_TTL} <= set(transit.replies.values()), "dc2-dc3 never went through the hub"
-    # Each selector change replaces the hub tunnels' CHILD_SAs, and today that drops a packet or
-    # two in flight (seen: 1-2 per change); an outage would show as a run of them.
+    # Each selector change replaces the hub tunnels' CHILD_SAs make-before-break on the kept IKE
+    # SA (the new pair shares the old one's reqid, the old one goes once the new one carries
+    # traffic): the hub prefixes both keep lose nothing (measured: 0 in 10 of 10 runs).
     hub_losses = {label: runs[label].lost() for label in ("dc1-dc2", "dc1-dc3")}
-    assert all(len(lost) <= 10 and longest_run(lost) <= 3 for lost in hub_losses.values()), hub_losses
+    assert all(lost == [] for lost in hub_losses.values()), hub_losses
     print(
         f"\nhub-and-spoke with transit and back: {time.monotonic() - started:.1f}s, hub pairs lost "
         f"{ {k: len(v) for k, v in hub_losses.items()} }, dc2-dc3 lost {len(transit.lost())}"
