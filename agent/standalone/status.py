@@ -19,6 +19,9 @@ StatusProvider = Callable[[], Awaitable[dict[str, object]]]
 MAX_REQUEST = 4096
 
 
+REQUEST_TIMEOUT = 30.0
+
+
 class StatusServer:
     def __init__(self, path: Path, provider: StatusProvider) -> None:
         self.path = path
@@ -46,7 +49,9 @@ class StatusServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), 5.0)
+            # Generous: on a stalled event loop (slow emulated machines, a burst of SA installs) a
+            # short limit fires before the already-sent request is read and the client gets nothing.
+            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
             answer: dict[str, object]
             try:
                 request = json.loads(line[:MAX_REQUEST] or b"{}")

@@ -65,7 +65,11 @@ class MeshsecAgent:
     def wait_for(self, predicate: Callable[[Status], T | None], timeout: float = 15.0) -> T:
         deadline = time.monotonic() + timeout
         while True:
-            result = predicate(self.status())
+            try:
+                status = self.status()
+            except (ValueError, TimeoutError):  # a busy agent left the poll unanswered: poll again
+                status = None
+            result = predicate(status) if status is not None else None
             if result:
                 return result
             if time.monotonic() >= deadline:
