@@ -14,8 +14,9 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from meshsec.agent.standalone.config import DEFAULT_STATUS_SOCKET, ConfigError, load_config, world_readable
 from meshsec.common.logging import configure as configure_logging
@@ -61,6 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_until_stopped(
+    agent: Coroutine[Any, Any, None], config_errors: tuple[type[Exception], ...] = ()
+) -> int:
+    """Runs the agent until it returns or Ctrl-C; what stops it from starting becomes an exit code
+    (`config_errors`: the operator must fix the configuration; OSError: a resource is unavailable)."""
+    try:
+        asyncio.run(agent)
+    except KeyboardInterrupt:
+        pass
+    except config_errors as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_UNAVAILABLE
+    return 0
+
+
 def run_connected(args: argparse.Namespace) -> int:
     from meshsec.agent.node.agent import NodeAgentConfig, run
     from meshsec.agent.node.credentials import EnrollmentError
@@ -83,17 +102,7 @@ def run_connected(args: argparse.Namespace) -> int:
         addresses=tuple(args.address),
         responder_grace=args.responder_grace,
     )
-    try:
-        asyncio.run(run(config))
-    except KeyboardInterrupt:
-        pass
-    except EnrollmentError as exc:
-        log.error("%s", exc)
-        return EXIT_CONFIG
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        return EXIT_UNAVAILABLE
-    return 0
+    return run_until_stopped(run(config), config_errors=(EnrollmentError,))
 
 
 def run_standalone(args: argparse.Namespace) -> int:
@@ -110,14 +119,7 @@ def run_standalone(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or config.agent.log_level)
     if world_readable(args.config):
         log.warning("%s is readable by every user and may hold pre-shared keys", args.config)
-    try:
-        asyncio.run(run(config))
-    except KeyboardInterrupt:
-        pass
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        return EXIT_UNAVAILABLE
-    return 0
+    return run_until_stopped(run(config))
 
 
 def show_status(args: argparse.Namespace) -> int:
