@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from meshsec.agent.ike.constants import IKE_HEADER_LEN, KEY_LENGTH_ATTRIBUTE, PayloadType
+from meshsec.agent.ike.constants import IKE_HEADER, IKE_HEADER_LEN, KEY_LENGTH_ATTRIBUTE, PayloadType
 from meshsec.agent.ike.payloads import (
     AuthPayload,
     CertPayload,
@@ -27,11 +27,9 @@ from meshsec.agent.ike.payloads import (
     VendorIdPayload,
 )
 
-_HDR = struct.Struct("!8s8sBBBBII")
-
 
 def build_header(header: Header) -> bytes:
-    return _HDR.pack(
+    return IKE_HEADER.pack(
         header.spi_i,
         header.spi_r,
         header.next_payload,

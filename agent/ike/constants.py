@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import struct
 from enum import IntEnum
 
-IKE_HEADER_LEN = 28
+# SPIi, SPIr, Next Payload, Version, Exchange Type, Flags, Message ID, Length (RFC 7296 3.1)
+IKE_HEADER = struct.Struct("!8s8sBBBBII")
+IKE_HEADER_LEN = IKE_HEADER.size
 IKE_VERSION = 0x20  # major 2, minor 0
 IKE_PORT = 500
 NATT_PORT = 4500
@@ -156,3 +159,11 @@ class NotifyType(IntEnum):
 
 
 ERROR_NOTIFY_LIMIT = 16384
+
+
+def notify_name(notify_type: int) -> str:
+    """The RFC name of a Notify Message Type, or its number for one this implementation lacks."""
+    try:
+        return NotifyType(notify_type).name
+    except ValueError:
+        return f"notify {notify_type}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 
 from meshsec.agent.ike.constants import (
+    IKE_HEADER,
     IKE_HEADER_LEN,
     KEY_LENGTH_ATTRIBUTE,
     NotifyType,
@@ -35,7 +36,6 @@ from meshsec.agent.ike.payloads import (
     VendorIdPayload,
 )
 
-_HDR = struct.Struct("!8s8sBBBBII")
 _GEN = struct.Struct("!BBH")
 _KNOWN = frozenset(int(p) for p in PayloadType if p not in (PayloadType.NONE, PayloadType.SKF))
 
@@ -56,7 +56,7 @@ def _syntax(detail: str) -> ParseError:
 def parse_header(data: bytes) -> Header:
     if len(data) < IKE_HEADER_LEN:
         raise _syntax("shorter than the IKE header")
-    spi_i, spi_r, nxt, version, exch, flags, mid, length = _HDR.unpack_from(data)
+    spi_i, spi_r, nxt, version, exch, flags, mid, length = IKE_HEADER.unpack_from(data)
     if version >> 4 != 2:
         raise ParseError(NotifyType.INVALID_MAJOR_VERSION, f"major version {version >> 4}")
     if length != len(data):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.config import ChildConfig
-from meshsec.agent.ike.constants import ERROR_NOTIFY_LIMIT, NotifyType, PayloadType, ProtocolId
+from meshsec.agent.ike.constants import ERROR_NOTIFY_LIMIT, NotifyType, PayloadType, ProtocolId, notify_name
 from meshsec.agent.ike.crypto import CryptoError
 from meshsec.agent.ike.events import Algorithms, ChildSaEstablished, ChildSaFailed
 from meshsec.agent.ike.keys import child_encr_key_size, derive_child_keys
@@ -168,13 +168,6 @@ def _install(
     return child
 
 
-def _notify_name(ntype: int) -> str:
-    try:
-        return NotifyType(ntype).name
-    except ValueError:
-        return f"notify {ntype}"
-
-
 def complete_child_initiator(
     sa: IkeSa,
     req: ChildRequest,
@@ -190,7 +183,7 @@ def complete_child_initiator(
     name = req.config.name
     errors = [n for n in msg.notifies() if n.notify_type < ERROR_NOTIFY_LIMIT]
     if errors:
-        sa.emit(ChildSaFailed(name, _notify_name(errors[0].notify_type)))
+        sa.emit(ChildSaFailed(name, notify_name(errors[0].notify_type)))
         return None
     sa_p, ts_i, ts_r = msg.find(PayloadType.SA), _ts(msg, PayloadType.TSi), _ts(msg, PayloadType.TSr)
     if not isinstance(sa_p, SaPayload) or ts_i is None or ts_r is None or len(sa_p.proposals) != 1:

@@ -13,6 +13,7 @@ from meshsec.agent.ike.constants import (
     NotifyType,
     PayloadType,
     ProtocolId,
+    notify_name,
 )
 from meshsec.agent.ike.crypto import INTEGS, PRFS, CryptoError, KeyExchange, make_cipher
 from meshsec.agent.ike.exchanges.authenticate import certreq_payloads
@@ -140,7 +141,7 @@ class IkeInit:
             return self._retry_group(sa, invalid_ke)
         errors = [n for n in msg.notifies() if n.notify_type < ERROR_NOTIFY_LIMIT]
         if errors:
-            sa.fail(f"IKE_SA_INIT refused: {_notify_name(errors[0].notify_type)}")
+            sa.fail(f"IKE_SA_INIT refused: {notify_name(errors[0].notify_type)}")
             return Outcome.DONE
         sa_p, ke, nonce = msg.find(PayloadType.SA), msg.find(PayloadType.KE), msg.find(PayloadType.NONCE)
         if (
@@ -193,13 +194,6 @@ class IkeInit:
 
     def on_timeout(self, sa: IkeSa) -> None:
         sa.fail("IKE_SA_INIT: peer not responding (retransmit limit)")
-
-
-def _notify_name(ntype: int) -> str:
-    try:
-        return NotifyType(ntype).name
-    except ValueError:
-        return f"notify {ntype}"
 
 
 def respond_ike_init(sa: IkeSa, msg: Message, now: float) -> list[Payload]:

@@ -18,7 +18,14 @@ import logging
 import struct
 from typing import TYPE_CHECKING
 
-from meshsec.agent.ike.constants import ERROR_NOTIFY_LIMIT, ExchangeType, NotifyType, PayloadType, ProtocolId
+from meshsec.agent.ike.constants import (
+    ERROR_NOTIFY_LIMIT,
+    ExchangeType,
+    NotifyType,
+    PayloadType,
+    ProtocolId,
+    notify_name,
+)
 from meshsec.agent.ike.crypto import CryptoError, KeyExchange
 from meshsec.agent.ike.exchanges.ike_init import NONCE_SIZE, setup_keys
 from meshsec.agent.ike.keys import rekey_skeyseed
@@ -128,7 +135,7 @@ class IkeRekey:
         chosen = None
         shared = b""
         if errors:
-            problem = _notify_name(errors[0])
+            problem = notify_name(errors[0])
         elif (
             not isinstance(sa_p, SaPayload)
             or not isinstance(nonce, NoncePayload)
@@ -180,13 +187,6 @@ class IkeRekey:
     def on_timeout(self, sa: IkeSa) -> None:
         sa.ike_rekey_task = None
         sa.fail("IKE SA rekey: peer not responding (retransmit limit)")
-
-
-def _notify_name(ntype: int) -> str:
-    try:
-        return NotifyType(ntype).name
-    except ValueError:
-        return f"notify {ntype}"
 
 
 def respond_ike_rekey(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
