@@ -47,6 +47,9 @@ _AWS_DH = frozenset(
         "modp2048s256",
     }
 )
+_GCP_DH = frozenset(
+    {"modp1024", "modp1536", "modp2048", "modp3072", "modp4096", "ecp256", "ecp384", "ecp521", "x25519"}
+)
 
 PROFILES: dict[CloudProfileName, CloudProfile] = {
     CloudProfileName.GENERIC: CloudProfile(
@@ -100,39 +103,8 @@ PROFILES: dict[CloudProfileName, CloudProfile] = {
     ),
     CloudProfileName.GCP: CloudProfile(
         CloudProfileName.GCP,
-        ike_algorithms=_AES
-        | _AES192
-        | _SHA
-        | _PRF
-        | frozenset(
-            {
-                "modp1024",
-                "modp1536",
-                "modp2048",
-                "modp3072",
-                "modp4096",
-                "ecp256",
-                "ecp384",
-                "ecp521",
-                "x25519",
-            }
-        ),
-        esp_algorithms=_AES
-        | _AES192
-        | _SHA
-        | frozenset(
-            {
-                "modp1024",
-                "modp1536",
-                "modp2048",
-                "modp3072",
-                "modp4096",
-                "ecp256",
-                "ecp384",
-                "ecp521",
-                "x25519",
-            }
-        ),
+        ike_algorithms=_AES | _AES192 | _SHA | _PRF | _GCP_DH,
+        esp_algorithms=_AES | _AES192 | _SHA | _GCP_DH,
         ike_lifetime_range=(36000, 36000),
         child_lifetime_range=(10800, 10800),
         defaults=CryptoProfile(
