@@ -13,7 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
@@ -27,16 +27,29 @@ class CommandFailed(RuntimeError):
         self.output = output
 
 
-def run(argv: Sequence[str], *, check: bool = True, input: str | None = None, timeout: float = 30.0) -> str:
-    proc = subprocess.run(
+def run_captured(
+    argv: Sequence[str],
+    *,
+    timeout: float = 30.0,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to its end with its output captured as text; ``env`` is added to ours. Stdin is
+    closed unless ``input`` is given, so nothing waits on a terminal. The caller judges the exit."""
+    return subprocess.run(
         list(argv),
         capture_output=True,
         text=True,
         input=input,
         timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
         check=False,
         stdin=None if input is not None else subprocess.DEVNULL,
     )
+
+
+def run(argv: Sequence[str], *, check: bool = True, input: str | None = None, timeout: float = 30.0) -> str:
+    proc = run_captured(argv, input=input, timeout=timeout)
     if check and proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, proc.stderr or proc.stdout)
     return proc.stdout
@@ -140,8 +153,9 @@ def alive(pid: int) -> bool:
     return True
 
 
-def stop(pids: Sequence[int], grace: float = 5.0) -> list[int]:
-    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; returns PIDs that survived."""
+def stop(pids: Sequence[int], grace: float = 5.0, *, alive: Callable[[int], bool] = alive) -> list[int]:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; returns PIDs that survived. ``alive``
+    says when a PID counts as gone (the default: a zombie already does)."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

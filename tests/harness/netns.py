@@ -35,13 +35,14 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-IP = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "ip"
+from meshsec.meshctl.lab.netns import IP, namespace_pids, run_captured, stop
+from meshsec.meshctl.lab.netns import namespaces as list_namespaces
+
 IFNAMSIZ_MAX = 15
 _HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
@@ -72,26 +73,10 @@ def run(
     input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command in the caller's namespace and capture its output as text."""
-    full_env = None if env is None else {**os.environ, **env}
-    proc = subprocess.run(
-        list(argv),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-        input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
-        check=False,
-    )
+    proc = run_captured(argv, timeout=timeout, env=env, input=input)
     if check and proc.returncode != 0:
         raise CommandError(argv, proc.returncode, proc.stdout, proc.stderr)
     return proc
-
-
-def list_namespaces() -> list[str]:
-    out = run([IP, "netns", "list"]).stdout
-    # Lines look like "name" or "name (id: 3)".
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
 def leftover_namespaces(prefix: str) -> list[str]:
@@ -99,12 +84,8 @@ def leftover_namespaces(prefix: str) -> list[str]:
     return [name for name in list_namespaces() if name.startswith(prefix)]
 
 
-def namespace_pids(ns: str) -> list[int]:
-    out = run([IP, "netns", "pids", ns], check=False).stdout
-    return [int(tok) for tok in out.split() if tok.isdigit()]
-
-
-def _pid_alive(pid: int) -> bool:
+def _pid_exists(pid: int) -> bool:
+    """Until its parent reaps it a zombie still exists: teardown waits for the PID to be gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -112,14 +93,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _wait_gone(pids: Sequence[int], deadline: float) -> list[int]:
-    alive = [p for p in pids if _pid_alive(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.02)
-        alive = [p for p in alive if _pid_alive(p)]
-    return alive
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = _KILL_GRACE_SECONDS) -> int | None:
@@ -507,14 +480,7 @@ class Lab:
         # Something started by a test through other means (or a daemon's children) would keep a
         # deleted namespace alive invisibly: kill what is still inside, by PID.
         for ns in self.namespaces():
-            pids = namespace_pids(ns)
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-            for pid in _wait_gone(pids, time.monotonic() + _KILL_GRACE_SECONDS):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            _wait_gone(pids, time.monotonic() + _KILL_GRACE_SECONDS)
+            stop(namespace_pids(ns), grace=_KILL_GRACE_SECONDS, alive=_pid_exists)
         for ns in self.namespaces():
             deleted = run([IP, "netns", "del", ns], check=False)
             if deleted.returncode != 0 and ns in list_namespaces():
