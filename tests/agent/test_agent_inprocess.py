@@ -25,15 +25,13 @@ from meshsec.agent.node.credentials import EnrollmentError
 from meshsec.agent.node.statedir import CA, CERT, DESIRED, KEY
 from meshsec.agent.standalone.status import format_status
 from meshsec.controller.server import Controller
-from meshsec.controller.store import EmbeddedStore
 from meshsec.v1 import admin_pb2, common_pb2
 from tests.controller.ctl_harness import (
     admin_channel,
     admin_stub,
-    apply,
     core_of,
     create_token,
-    start_controller,
+    running_controller,
 )
 from tests.controller.test_mesh_support import policy, site
 
@@ -43,19 +41,14 @@ LIFETIME = datetime.timedelta(seconds=12)
 
 @pytest.fixture
 async def ctl(tmp_path: Path) -> AsyncIterator[Controller]:
-    store = await EmbeddedStore.open(tmp_path / "store.log")
-    controller = await start_controller(store, tmp_path / "ctl", cert_lifetime=LIFETIME)
-    try:
-        await apply(
-            controller,
-            site("sa", ["198.19.1.0/24"]),
-            site("sb", ["198.19.2.0/24"]),
-            policy("mesh", "full-mesh", "site", {}, auth={"method": "psk"}),
-        )
+    async with running_controller(
+        tmp_path,
+        site("sa", ["198.19.1.0/24"]),
+        site("sb", ["198.19.2.0/24"]),
+        policy("mesh", "full-mesh", "site", {}, auth={"method": "psk"}),
+        cert_lifetime=LIFETIME,
+    ) as controller:
         yield controller
-    finally:
-        await controller.stop()
-        await store.close()
 
 
 async def agent_for(

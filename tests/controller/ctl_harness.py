@@ -7,6 +7,7 @@ the certificate the controller CA issued) and opens mTLS channels with it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from meshsec.common.secrets import Secret
 from meshsec.controller.server import Controller, ControllerConfig
 from meshsec.controller.service.core import Core, Settings
 from meshsec.controller.service.keys import Keys
-from meshsec.controller.store import Store
+from meshsec.controller.store import EmbeddedStore, Store
 from meshsec.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, common_pb2
 from tests.harness.tls import new_key_and_csr
 
@@ -61,6 +62,23 @@ async def start_controller(
     controller = Controller(store, config)
     await controller.start()
     return controller
+
+
+@contextlib.asynccontextmanager
+async def running_controller(
+    tmp_path: Path, *docs: dict[str, Any], **options: Any
+) -> AsyncIterator[Controller]:
+    """`start_controller` (with `options`) on a fresh embedded store in `tmp_path`, `docs` applied;
+    on exit the controller stops and the store closes, whatever happened inside."""
+    store = await EmbeddedStore.open(tmp_path / "store.log")
+    controller = await start_controller(store, tmp_path / "ctl", **options)
+    try:
+        if docs:
+            await apply(controller, *docs)
+        yield controller
+    finally:
+        await controller.stop()
+        await store.close()
 
 
 def core_of(controller: Controller) -> Core:

@@ -14,7 +14,6 @@ import pytest
 
 from meshsec.controller.api.admin import VALIDATION_TRAILER
 from meshsec.controller.server import Controller
-from meshsec.controller.store import EmbeddedStore
 from meshsec.v1 import admin_pb2, common_pb2
 from tests.controller.ctl_harness import (
     CALL_TIMEOUT,
@@ -23,7 +22,7 @@ from tests.controller.ctl_harness import (
     apply,
     core_of,
     join,
-    start_controller,
+    running_controller,
     to_resource,
 )
 from tests.controller.test_mesh_support import node, policy, site
@@ -33,13 +32,8 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 async def ctl(tmp_path: Path) -> AsyncIterator[Controller]:
-    store = await EmbeddedStore.open(tmp_path / "store.log")
-    controller = await start_controller(store, tmp_path / "ctl")
-    try:
+    async with running_controller(tmp_path) as controller:
         yield controller
-    finally:
-        await controller.stop()
-        await store.close()
 
 
 def validation_errors(error: grpc.aio.AioRpcError) -> list[admin_pb2.ValidationError]:

@@ -20,7 +20,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from meshsec.controller.mesh.psk import derive_pair_psk
 from meshsec.controller.resources import Kind
 from meshsec.controller.server import Controller
-from meshsec.controller.store import EmbeddedStore
 from meshsec.v1 import admin_pb2, agent_pb2, agent_pb2_grpc, common_pb2
 from tests.controller.ctl_harness import (
     CALL_TIMEOUT,
@@ -34,7 +33,7 @@ from tests.controller.ctl_harness import (
     enroll,
     facts,
     join,
-    start_controller,
+    running_controller,
 )
 from tests.controller.test_mesh_support import node, policy, site
 from tests.harness.tls import ThrowawayCA, new_key_and_csr
@@ -44,19 +43,13 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 async def ctl(tmp_path: Path) -> AsyncIterator[Controller]:
-    store = await EmbeddedStore.open(tmp_path / "store.log")
-    controller = await start_controller(store, tmp_path / "ctl")
-    try:
-        await apply(
-            controller,
-            site("dc1", ["198.19.1.0/24"]),
-            site("dc2", ["198.19.2.0/24"]),
-            policy("mesh", "full-mesh", "node", {}, auth={"method": "psk"}),
-        )
+    async with running_controller(
+        tmp_path,
+        site("dc1", ["198.19.1.0/24"]),
+        site("dc2", ["198.19.2.0/24"]),
+        policy("mesh", "full-mesh", "node", {}, auth={"method": "psk"}),
+    ) as controller:
         yield controller
-    finally:
-        await controller.stop()
-        await store.close()
 
 
 async def next_update(updates: AsyncIterator[agent_pb2.DesiredStateUpdate]) -> agent_pb2.DesiredStateUpdate:
@@ -417,12 +410,12 @@ async def test_partial_report_without_baseline_asks_for_a_full_one(ctl: Controll
 
 
 async def test_a_change_too_wide_for_deltas_resends_snapshots(tmp_path: Path) -> None:
-    store = await EmbeddedStore.open(tmp_path / "store.log")
-    controller = await start_controller(
-        store, tmp_path / "ctl", rebase_tunnels=0
-    )  # every policy edit is "wide"
-    try:
-        await apply(controller, site("dc1", ["198.19.1.0/24"]), policy("mesh", "full-mesh", "node", {}))
+    async with running_controller(
+        tmp_path,
+        site("dc1", ["198.19.1.0/24"]),
+        policy("mesh", "full-mesh", "node", {}),
+        rebase_tunnels=0,  # every policy edit is "wide"
+    ) as controller:
         a = await join(controller, "dc1", "node-a", "198.18.0.1")
         await join(controller, "dc1", "node-b", "198.18.0.2")
         watcher = Watcher(a)
@@ -444,9 +437,6 @@ async def test_a_change_too_wide_for_deltas_resends_snapshots(tmp_path: Path) ->
             updates = watcher.updates(channel, resume=delta.version)
             assert (await next_update(updates)).kind == agent_pb2.UPDATE_KIND_SNAPSHOT
             await updates.aclose()
-    finally:
-        await controller.stop()
-        await store.close()
 
 
 async def test_a_deleted_node_recreated_by_apply_does_not_accept_its_old_certificate(ctl: Controller) -> None:

@@ -11,17 +11,15 @@ import grpc
 import pytest
 
 from meshsec.controller.server import Controller
-from meshsec.controller.store import EmbeddedStore
 from meshsec.v1 import admin_pb2, agent_pb2
 from tests.controller.ctl_harness import (
     CALL_TIMEOUT,
     Watcher,
     admin_channel,
     admin_stub,
-    apply,
     core_of,
     join,
-    start_controller,
+    running_controller,
 )
 from tests.controller.test_mesh_support import external, site
 
@@ -33,18 +31,12 @@ PSK_2 = b"second-psk-abcdefghij"
 
 @pytest.fixture
 async def ctl(tmp_path: Path) -> AsyncIterator[Controller]:
-    store = await EmbeddedStore.open(tmp_path / "store.log")
-    controller = await start_controller(store, tmp_path / "ctl")
-    try:
-        await apply(
-            controller,
-            site("dc1", ["198.19.1.0/24"]),
-            external("vgw", ["dc1"], ["198.19.200.0/24"]),  # uses secret vgw-psk
-        )
+    async with running_controller(
+        tmp_path,
+        site("dc1", ["198.19.1.0/24"]),
+        external("vgw", ["dc1"], ["198.19.200.0/24"]),  # uses secret vgw-psk
+    ) as controller:
         yield controller
-    finally:
-        await controller.stop()
-        await store.close()
 
 
 async def _error(call: object) -> grpc.aio.AioRpcError:
