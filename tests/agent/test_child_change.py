@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from meshsec.agent.adapters.recording import RecordingDataPlane
 from meshsec.agent.dataplane.api import Direction
 from meshsec.v1 import common_pb2
-from tests.agent.test_reconciler import Side, desire, end, start_side, stop_side, until
+from tests.agent.test_reconciler import Side, desire, end, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -76,17 +76,6 @@ class Flow:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-
-
-@pytest.fixture
-async def pair() -> AsyncIterator[list[Side]]:
-    sides = [await start_side("a", "127.77.0.1"), await start_side("b", "127.77.0.2")]
-    try:
-        yield sides
-    finally:
-        for s in sides:
-            with contextlib.suppress(Exception):
-                await stop_side(s, graceful=False)
 
 
 def ends(a: Side, b: Side, second: bool, both: bool = False) -> Iterator[tuple[Side, object]]:

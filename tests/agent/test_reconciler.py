@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
@@ -83,17 +82,6 @@ async def until(what: str, check, timeout: float = 15.0) -> None:  # type: ignor
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def pair() -> AsyncIterator[list[Side]]:
-    sides = [await start_side("a", "127.77.0.1"), await start_side("b", "127.77.0.2")]
-    try:
-        yield sides
-    finally:
-        for s in sides:
-            with contextlib.suppress(Exception):
-                await stop_side(s, graceful=False)
 
 
 def desire(side: Side, *tunnels: agent_pb2.DesiredTunnel) -> None:
