@@ -5,19 +5,20 @@ the recording one, so every SA and policy the hook installs can be inspected."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 
-from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter, SaRecord
+from meshsec.agent.adapters.ike import AdapterSettings, EventCallback, IkeAdapter, SaRecord
 from meshsec.agent.adapters.recording import RecordingDataPlane
-from meshsec.agent.dataplane.api import DataPlaneError, Direction, SaId, SecurityAssociation
+from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, Direction, SaId, SecurityAssociation
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.config import ChildConfig, IkeConfig
 from meshsec.agent.ike.events import ChildSaDeleted, Event, LivenessChecked
@@ -75,17 +76,41 @@ def _by_direction(dp: RecordingDataPlane, direction: Direction) -> SecurityAssoc
     return sa
 
 
+@contextlib.asynccontextmanager
+async def started_pair(
+    responder: IkeConfig,
+    *,
+    dataplane_a: DataPlane | None = None,
+    dataplane_b: DataPlane | None = None,
+    on_event_a: EventCallback | None = None,
+) -> AsyncIterator[tuple[IkeAdapter, IkeAdapter]]:
+    """Adapter `a` on A (initiates, accepts nobody) and `b` on B (answers with `responder`), both
+    started; on exit both close without sending DELETEs."""
+    a = IkeAdapter(
+        lambda local, remote: [],
+        dataplane=dataplane_a,
+        settings=AdapterSettings(bind=(A,)),
+        on_event=on_event_a,
+    )
+    b = IkeAdapter(
+        lambda local, remote: [responder], dataplane=dataplane_b, settings=AdapterSettings(bind=(B,))
+    )
+    await a.start()
+    await b.start()
+    try:
+        yield a, b
+    finally:
+        await a.close(graceful=False)
+        await b.close(graceful=False)
+
+
 def test_establish_install_and_graceful_delete(ns_loop: NetnsLoop, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
 
     async def scenario() -> None:
         ci, cr = configs()
         dpa, dpb = RecordingDataPlane(), RecordingDataPlane()
-        a = IkeAdapter(lambda local, remote: [], dataplane=dpa, settings=AdapterSettings(bind=(A,)))
-        b = IkeAdapter(lambda local, remote: [cr], dataplane=dpb, settings=AdapterSettings(bind=(B,)))
-        await a.start()
-        await b.start()
-        try:
+        async with started_pair(cr, dataplane_a=dpa, dataplane_b=dpb) as (a, b):
             await a.initiate(ci, Address(B, 500))
             await wait_until(lambda: established(a) and established(b))
             await a.settle()
@@ -133,9 +158,6 @@ def test_establish_install_and_graceful_delete(ns_loop: NetnsLoop, caplog: pytes
             assert dpa.sas == {} and dpa.policies == {}
             assert dpb.sas == {} and dpb.policies == {}
             assert [r.outcome for r in b.history] == ["deleted by peer"]
-        finally:
-            await a.close(graceful=False)
-            await b.close(graceful=False)
 
     ns_loop.run(scenario())
 
@@ -159,11 +181,7 @@ def _garbage() -> list[tuple[int, bytes]]:
 def test_malformed_datagrams_are_counted_and_harmless(ns_loop: NetnsLoop) -> None:
     async def scenario() -> dict[str, Any]:
         ci, cr = configs()
-        a = IkeAdapter(lambda local, remote: [], settings=AdapterSettings(bind=(A,)))
-        b = IkeAdapter(lambda local, remote: [cr], settings=AdapterSettings(bind=(B,)))
-        await a.start()
-        await b.start()
-        try:
+        async with started_pair(cr) as (a, b):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.bind((A, 0))
                 for port, data in _garbage():
@@ -176,9 +194,6 @@ def test_malformed_datagrams_are_counted_and_harmless(ns_loop: NetnsLoop) -> Non
                 "table": dict(b.table.stats),
                 "responder": dict(b.responder.stats),
             }
-        finally:
-            await a.close(graceful=False)
-            await b.close(graceful=False)
 
     stats = ns_loop.run(scenario())
     adapter = stats["adapter"]
@@ -193,18 +208,11 @@ def test_malformed_datagrams_are_counted_and_harmless(ns_loop: NetnsLoop) -> Non
 def test_nat_keepalives_and_float_to_4500(ns_loop: NetnsLoop) -> None:
     async def scenario() -> tuple[dict[str, int], dict[str, int], list[dict[str, Any]]]:
         ci, cr = configs(force_encap=True, keepalive=0.2)
-        a = IkeAdapter(lambda local, remote: [], settings=AdapterSettings(bind=(A,)))
-        b = IkeAdapter(lambda local, remote: [cr], settings=AdapterSettings(bind=(B,)))
-        await a.start()
-        await b.start()
-        try:
+        async with started_pair(cr) as (a, b):
             await a.initiate(ci, Address(B, 500))
             await wait_until(lambda: established(a) and established(b))
             await wait_until(lambda: b.stats["natt_keepalives_received"] >= 2, timeout=5)
             return dict(a.stats), dict(b.stats), (await a.status())["ike_sas"]
-        finally:
-            await a.close(graceful=False)
-            await b.close(graceful=False)
 
     a_stats, _b_stats, sas = ns_loop.run(scenario())
     assert a_stats["natt_keepalives_sent"] >= 2
@@ -227,20 +235,14 @@ def test_child_the_dataplane_refuses_is_deleted_on_both_sides(ns_loop: NetnsLoop
         ci, cr = configs()
         dpa, dpb = RecordingDataPlane(), RefusingDataPlane()
         events_a: list[Event] = []
-        a = IkeAdapter(lambda local, remote: [], dataplane=dpa, settings=AdapterSettings(bind=(A,)),
-                       on_event=lambda rec, ev: events_a.append(ev))  # fmt: skip
-        b = IkeAdapter(lambda local, remote: [cr], dataplane=dpb, settings=AdapterSettings(bind=(B,)))
-        await a.start()
-        await b.start()
-        try:
+        async with started_pair(
+            cr, dataplane_a=dpa, dataplane_b=dpb, on_event_a=lambda rec, ev: events_a.append(ev)
+        ) as (a, b):
             await a.initiate(ci, Address(B, 500))
             await wait_until(lambda: any(isinstance(e, ChildSaDeleted) for e in events_a))
             await a.settle()
             await b.settle()
             return events_a, dpa, dpb, b
-        finally:
-            await a.close(graceful=False)
-            await b.close(graceful=False)
 
     events_a, dpa, dpb, b = ns_loop.run(scenario())
     deleted = [e for e in events_a if isinstance(e, ChildSaDeleted)]
@@ -398,12 +400,9 @@ def test_hard_expiry_in_the_dataplane_deletes_the_child_sa_with_the_peer(ns_loop
         ci, cr = configs()
         dpa, dpb = RecordingDataPlane(), RecordingDataPlane()
         events_a: list[Event] = []
-        a = IkeAdapter(lambda local, remote: [], dataplane=dpa, settings=AdapterSettings(bind=(A,)),
-                       on_event=lambda rec, ev: events_a.append(ev))  # fmt: skip
-        b = IkeAdapter(lambda local, remote: [cr], dataplane=dpb, settings=AdapterSettings(bind=(B,)))
-        await a.start()
-        await b.start()
-        try:
+        async with started_pair(
+            cr, dataplane_a=dpa, dataplane_b=dpb, on_event_a=lambda rec, ev: events_a.append(ev)
+        ) as (a, b):
             await a.initiate(ci, Address(B, 500))
             await wait_until(lambda: established(a) and established(b))
             await b.settle()
@@ -421,9 +420,6 @@ def test_hard_expiry_in_the_dataplane_deletes_the_child_sa_with_the_peer(ns_loop
             await b.settle()
             answers.append(soft_left == 2)
             return answers, events_a, dpa, dpb
-        finally:
-            await a.close(graceful=False)
-            await b.close(graceful=False)
 
     answers, events_a, dpa, dpb = ns_loop.run(scenario())
     assert answers == [False, True, True, True]
