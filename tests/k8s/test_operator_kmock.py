@@ -213,16 +213,21 @@ def ready_of(obj: dict[str, Any] | None) -> dict[str, Any] | None:
     return None
 
 
+async def create_two_site_mesh(k8s: Cluster) -> None:
+    """Both sites with one gateway node each, then the policy that meshes them."""
+    for doc in (
+        SITE,
+        SITE2,
+        _node("k8s-gw1", "k8s-dc1", "198.18.61.1"),
+        _node("k8s-gw2", "k8s-dc2", "198.18.62.1"),
+    ):
+        await k8s.create(doc)
+    await k8s.create(POLICY)
+
+
 async def test_create_update_delete_reach_the_controller(cluster: Any) -> None:
     async with cluster as (k8s, sync):
-        for doc in (
-            SITE,
-            SITE2,
-            _node("k8s-gw1", "k8s-dc1", "198.18.61.1"),
-            _node("k8s-gw2", "k8s-dc2", "198.18.62.1"),
-        ):
-            await k8s.create(doc)
-        await k8s.create(POLICY)
+        await create_two_site_mesh(k8s)
 
         stored = await eventually(
             "the policy in the controller", lambda: sync.get(Kind.MESH_POLICY, "k8s-dc-mesh")
@@ -403,14 +408,7 @@ async def test_agent_reports_reach_the_custom_resources(cluster: Any, controller
     from tests.controller.ctl_harness import join
 
     async with cluster as (k8s, sync):
-        for doc in (
-            SITE,
-            SITE2,
-            _node("k8s-gw1", "k8s-dc1", "198.18.61.1"),
-            _node("k8s-gw2", "k8s-dc2", "198.18.62.1"),
-        ):
-            await k8s.create(doc)
-        await k8s.create(POLICY)
+        await create_two_site_mesh(k8s)
 
         async def one_tunnel() -> list[Any]:
             response = await _list_tunnels(controller)
