@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 
 from tests.harness.netns import Host, Lab, PingResult
-from tests.harness.strongswan import Charon, CharonFactory, Child, Connection, IkeSa
+from tests.harness.strongswan import CharonFactory, Child, Connection, IkeSa
 from tests.interop.meshsec_agent import MeshsecAgent
 from tests.interop.topology import (
     MS_INNER,
     SUITES,
     SW_INNER,
-    Pair,
     build,
     meshsec_config,
+    start_both,
     swan_connection,
     swan_settings,
 )
@@ -77,22 +77,6 @@ def _rekeys_logged(agent: MeshsecAgent) -> int:
     return len(re.findall(r"CHILD_SA net REKEYED", agent.log_text()))
 
 
-def _start_both(
-    charons: CharonFactory, pair: Pair, conn: Connection, config: dict[str, Any], role: str
-) -> tuple[Charon, MeshsecAgent]:
-    """strongSwan and meshsec up, the responder first; meshsec in `role`. Returns once meshsec
-    has the IKE SA established."""
-    if role == "initiator":
-        sw = charons.start(pair.sw, [conn], swan_settings())
-        agent = MeshsecAgent(pair.ms, config).start()
-    else:
-        agent = MeshsecAgent(pair.ms, config).start()
-        sw = charons.start(pair.sw, [conn], swan_settings())
-        sw.initiate("peer", "net", timeout=10)
-    agent.wait_for(lambda s: agent.established("peer"))
-    return sw, agent
-
-
 @pytest.mark.parametrize("rekeyer", ["meshsec", "strongswan"])
 @pytest.mark.parametrize("role", ["initiator", "responder"])
 def test_child_sa_rekey_under_traffic_loses_nothing(lab: Lab, charons: CharonFactory, role: str,
@@ -105,7 +89,7 @@ def test_child_sa_rekey_under_traffic_loses_nothing(lab: Lab, charons: CharonFac
     else:
         config = _meshsec(role, 300, 330)
         conn = _with_child_lifetimes(swan_connection(ike, esp), f"{REKEY}s", f"{REKEY + 30}s", "0s")
-    sw, agent = _start_both(charons, pair, conn, config, role)
+    sw, agent = start_both(charons, pair, conn, config, role)
     first = sw.wait_for(_swan_child)
 
     ping = _ping(pair.ms, PING_COUNT)
@@ -146,7 +130,7 @@ def test_ike_sa_rekey_under_traffic_loses_nothing(lab: Lab, charons: CharonFacto
         conn = Connection(
             **{**conn.__dict__, "rekey_time": f"{REKEY}s", "rand_time": "0s", "over_time": "30s"}
         )
-    sw, agent = _start_both(charons, pair, conn, config, role)
+    sw, agent = start_both(charons, pair, conn, config, role)
     first = sw.wait_for(_swan_ike)
     first_child = _swan_child([first])
 

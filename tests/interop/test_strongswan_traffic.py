@@ -19,8 +19,8 @@ from tests.interop.topology import (
     SW_INNER,
     build,
     meshsec_config,
+    start_both,
     swan_connection,
-    swan_settings,
 )
 
 TCP_CHECK = Path(__file__).with_name("tcp_check.py")
@@ -51,14 +51,7 @@ def test_ping_and_tcp_through_tunnel(lab: Lab, charons: CharonFactory, role: str
     pair = build(lab)
     start = "initiate" if role == "initiator" else "wait"
     config = meshsec_config(ike, esp, start_action=start, dataplane="userspace")
-    if role == "initiator":
-        sw = charons.start(pair.sw, [swan_connection(ike, esp)], swan_settings())
-        agent = MeshsecAgent(pair.ms, config).start()
-    else:
-        agent = MeshsecAgent(pair.ms, config).start()
-        sw = charons.start(pair.sw, [swan_connection(ike, esp)], swan_settings())
-        sw.initiate("peer", "net", timeout=10)
-    agent.wait_for(lambda s: agent.established("peer"))
+    sw, agent = start_both(charons, pair, swan_connection(ike, esp), config, role)
     sw.wait_for(_swan_child)
 
     ping = pair.ms.ping(SW_INNER, src=MS_INNER, count=5, interval=0.05)

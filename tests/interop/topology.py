@@ -8,7 +8,8 @@ from typing import Any
 
 from meshsec.common.secrets import Secret
 from tests.harness.netns import Host, Lab
-from tests.harness.strongswan import CharonSettings, Child, Connection, Psk
+from tests.harness.strongswan import Charon, CharonFactory, CharonSettings, Child, Connection, Psk
+from tests.interop.meshsec_agent import MeshsecAgent
 
 MS_UNDER, SW_UNDER = "198.18.40.1", "198.18.40.2"
 MS_INNER, SW_INNER = "198.19.40.1", "198.19.40.2"
@@ -109,3 +110,19 @@ def meshsec_config(
             }
         },
     }
+
+
+def start_both(
+    charons: CharonFactory, pair: Pair, conn: Connection, config: dict[str, Any], role: str
+) -> tuple[Charon, MeshsecAgent]:
+    """strongSwan and meshsec up, the responder first; meshsec in `role`. Returns once meshsec
+    has the IKE SA established."""
+    if role == "initiator":
+        sw = charons.start(pair.sw, [conn], swan_settings())
+        agent = MeshsecAgent(pair.ms, config).start()
+    else:
+        agent = MeshsecAgent(pair.ms, config).start()
+        sw = charons.start(pair.sw, [conn], swan_settings())
+        sw.initiate("peer", "net", timeout=10)
+    agent.wait_for(lambda s: agent.established("peer"))
+    return sw, agent
