@@ -135,13 +135,20 @@ def start_time(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
-def alive(pid: int) -> bool:
+def exists(pid: int) -> bool:
+    """The PID is in the process table (a zombie is, until its parent reaps it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    return True
+
+
+def alive(pid: int) -> bool:
+    if not exists(pid):
+        return False
     # A zombie child of ours is dead for every purpose here.
     with contextlib.suppress(ChildProcessError):
         done, _ = os.waitpid(pid, os.WNOHANG)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from meshsec.meshctl.lab.netns import IP, namespace_pids, run_captured, stop
+from meshsec.meshctl.lab.netns import IP, exists, namespace_pids, run_captured, stop
 from meshsec.meshctl.lab.netns import namespaces as list_namespaces
 
 IFNAMSIZ_MAX = 15
@@ -82,17 +82,6 @@ def run(
 def leftover_namespaces(prefix: str) -> list[str]:
     """Namespaces whose name starts with ``prefix`` (pass a run-specific prefix to be precise)."""
     return [name for name in list_namespaces() if name.startswith(prefix)]
-
-
-def _pid_exists(pid: int) -> bool:
-    """Until its parent reaps it a zombie still exists: teardown waits for the PID to be gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = _KILL_GRACE_SECONDS) -> int | None:
@@ -480,7 +469,8 @@ class Lab:
         # Something started by a test through other means (or a daemon's children) would keep a
         # deleted namespace alive invisibly: kill what is still inside, by PID.
         for ns in self.namespaces():
-            stop(namespace_pids(ns), grace=_KILL_GRACE_SECONDS, alive=_pid_exists)
+            # Until the PID is gone from the process table, not merely a zombie.
+            stop(namespace_pids(ns), grace=_KILL_GRACE_SECONDS, alive=exists)
         for ns in self.namespaces():
             deleted = run([IP, "netns", "del", ns], check=False)
             if deleted.returncode != 0 and ns in list_namespaces():
