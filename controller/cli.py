@@ -11,17 +11,17 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import gc
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
 
 from meshsec.common.secrets import Secret
+from meshsec.controller.heap import HeapKeeper
 from meshsec.controller.server import Controller, ControllerConfig, open_store
 from meshsec.controller.service.core import Settings
 from meshsec.v1 import admin_pb2, admin_pb2_grpc
@@ -126,9 +126,13 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    heap: HeapKeeper | None = None
+    heap_task: asyncio.Task[None] | None = None
     try:
         await controller.start()
-        _tune_gc()
+        heap = HeapKeeper(_changing(controller))
+        heap.start()
+        heap_task = asyncio.create_task(heap.run(), name="heap-keeper")
         print(
             f"meshsec-controller {args.replica}: mTLS {args.listen} (port {controller.mtls_port}), "
             f"bootstrap {args.bootstrap_listen} (port {controller.bootstrap_port}), "
@@ -137,19 +141,28 @@ async def _serve(args: argparse.Namespace) -> int:
         )
         await stop.wait()
     finally:
+        if heap_task is not None:
+            heap_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heap_task
+        if heap is not None:
+            heap.stop()
         await controller.stop()
         await store.close()
     return 0
 
 
-def _tune_gc() -> None:
-    """The controller's heap is mostly long-lived (resources, index, connections) and a join in a
-    large mesh allocates tens of thousands of short-lived objects; with the default thresholds
-    the collector spends as much time rescanning as the join takes (measured on a 10k full mesh).
-    Freeze what start-up loaded and collect the young generation less often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+def _changing(controller: Controller) -> Callable[[], bool]:
+    """Whether the mesh moved since the last call: a full collection waits for a quiet moment."""
+    seen = -1
+
+    def changed() -> bool:
+        nonlocal seen
+        revision = controller.core.state.revision if controller.core is not None else 0
+        moved, seen = revision != seen, revision
+        return moved
+
+    return changed
 
 
 async def _create_token(args: argparse.Namespace) -> int:
