@@ -2,7 +2,8 @@
 """Controller scale: thousands of simulated agents watching their desired state, one node joins.
 
     /work/venv/bin/python bench/controller_scale.py [--sizes 1000,5000,10000]
-        [--topologies full-mesh,hub-and-spoke] [--joins 5] [--auth certificate|psk] [--write]
+        [--topologies full-mesh,hub-and-spoke] [--joins 5] [--auth certificate|psk]
+        [--bdp-probe] [--no-pin] [--write]
 
 --write replaces the table in docs/benchmarks.md, section "Controller" (the prose around it is
 kept as is below the heading's first paragraph).
@@ -23,8 +24,11 @@ Then a node joins (AdminService.Apply of one Node over the admin socket) `--join
   RSS        controller resident memory with all agents connected
   load       1-minute load average at the end of the run (the machine may be shared)
 
-Agents and controller share this machine's cores, so the agents' own CPU competes with the
-controller's. Addresses: node underlay 198.18.0.0/16, site prefix 198.19.0.0/16, loopback only.
+Real agents run on their own hosts; here they share the machine with the controller. With two or
+more CPUs the controller is pinned to CPU 0 and this process (the simulated agents) to the others,
+so neither preempts the other mid-join (`--no-pin` lets the scheduler mix them, as earlier runs
+did: ~40% more wall time per join on 2 cores). Addresses: node underlay 198.18.0.0/16, site
+prefix 198.19.0.0/16, loopback only.
 """
 
 from __future__ import annotations
@@ -229,13 +233,32 @@ def _rss_mib(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else 0.0
 
 
-async def one_run(n: int, topology: str, joins: int, auth: str, bdp_probe: bool) -> dict[str, object]:
+def _cpu_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(controller CPUs, agents CPUs), or (None, None) to leave placement to the scheduler."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, set(cpus[1:])
+
+
+def _pin_this_process(cpus: set[int]) -> None:
+    # Every thread: grpc started its own before this ran, and affinity is per thread.
+    for task in Path("/proc/self/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+async def one_run(
+    n: int, topology: str, joins: int, auth: str, bdp_probe: bool, pin: bool
+) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="ctl-bench-") as tmp:
         work = Path(tmp)
         t0 = time.monotonic()
         creds = await prepare(work / "store.log", n, topology, auth)
         prepared = time.monotonic() - t0
         port, sock = _free_port(), work / "admin.sock"
+        controller_cpus, agent_cpus = _cpu_split(pin)
+        if agent_cpus is not None:
+            _pin_this_process(agent_cpus)
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -260,6 +283,7 @@ async def one_run(n: int, topology: str, joins: int, auth: str, bdp_probe: bool)
             ],
             stdout=subprocess.PIPE,
             text=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, controller_cpus)) if controller_cpus else None,
         )
         channels: list[grpc.aio.Channel] = []
         tasks: list[asyncio.Task[None]] = []
@@ -326,11 +350,13 @@ async def one_run(n: int, topology: str, joins: int, auth: str, bdp_probe: bool)
                 "connect_s": connect_s,
                 "join_p50_ms": statistics.median(latencies) * 1000,
                 "join_max_ms": max(latencies) * 1000,
+                "join_ms": [round(x * 1000) for x in latencies],
                 "cpu_ms": statistics.median(cpus) * 1000,
                 "agents_cpu_ms": statistics.median(agent_cpus) * 1000,
                 "bytes": statistics.median(sizes),
                 "rss_mib": rss_connected,
                 "load": os.getloadavg()[0],
+                "pinned": controller_cpus is not None,
             }
         finally:
             for task in tasks:
@@ -371,17 +397,22 @@ def main() -> None:
     parser.add_argument("--joins", type=int, default=5)
     parser.add_argument("--auth", choices=("certificate", "psk"), default="certificate")
     parser.add_argument(
-        "--no-bdp-probe",
+        "--bdp-probe",
         action="store_true",
-        help="agents' channels without HTTP/2 BDP probing (grpc.http2.bdp_probe=0): without it each "
-        "delta draws a PING the controller must answer, a second write per agent",
+        help="agents' channels with HTTP/2 BDP probing (grpc's default, off in meshsec-agent): each "
+        "delta then draws a PING the controller must answer, a second write per agent",
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin the controller to CPU 0 and the simulated agents to the other CPUs",
     )
     parser.add_argument("--write", action="store_true", help="put the table into docs/benchmarks.md")
     args = parser.parse_args()
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         for topology in args.topologies.split(","):
-            row = asyncio.run(one_run(n, topology, args.joins, args.auth, not args.no_bdp_probe))
+            row = asyncio.run(one_run(n, topology, args.joins, args.auth, args.bdp_probe, not args.no_pin))
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(table(rows))
