@@ -25,7 +25,7 @@ from meshsec.controller.api.selector import parse_selector
 from meshsec.controller.mesh import Change, PeerKind, Tunnel, Upsert
 from meshsec.controller.mesh import Delete as MeshDelete
 from meshsec.controller.resources import FieldError, Kind, ValidationError, parse_resource
-from meshsec.controller.resources.fields import valid_name
+from meshsec.controller.resources.fields import Fields, valid_name
 from meshsec.controller.service.core import Core
 from meshsec.controller.service.secrets import psk_problem
 from meshsec.controller.service.state import PSK_SET_AT, StoredDoc, WritePlan
@@ -515,6 +515,13 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"node_name {request.node_name!r} is not a DNS-1123 name"
             )
+        # Checked here: every Node the token enrolls carries these labels and would be refused.
+        label_errors: list[FieldError] = []
+        Fields({"node_labels": dict(request.node_labels)}, "", label_errors, "BootstrapToken", "").labels(
+            "node_labels"
+        )
+        if label_errors:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(map(str, label_errors)))
         token, record = await self._core.tokens.create(
             site=request.site,
             node_name=request.node_name,
