@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # Bumped on every ExternalGateway whose PSK is written, in the same transaction as the secret:
 # the tunnels' spec is unchanged, so this is what carries the key change into the revision stream.
 PSK_SET_AT = "meshsec.io/psk-set-at"
+# Signals one watch may have pending. A stalled agent (connected, not reading: its stream blocks
+# on flow control) would otherwise keep every update of its slice; past this it gets a Resync.
+MAX_BACKLOG = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,7 @@ class MeshState:
         rebase_changes: int = 256,
         rebase_tunnels: int = 200_000,
         reload_secrets: Callable[[], Awaitable[None]] | None = None,
+        max_backlog: int = MAX_BACKLOG,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -125,6 +129,7 @@ class MeshState:
         # Called before a batch that touches an ExternalGateway is applied, so the PSKs its tunnels
         # are encoded with are at least as new as the batch (the secrets watch may lag this one).
         self._reload_secrets = reload_secrets
+        self._max_backlog = max_backlog
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -341,7 +346,7 @@ class MeshState:
                 revision, self._config(node), deque(maxlen=self._history), subscribers
             )
             for queue in subscribers:
-                queue.put_nowait(Resync())
+                self._signal(queue, Resync())
         self._set_revision(revision)
         log.info(
             "revision %d touched too much of the mesh for deltas; %d slices resnapshotted",
@@ -378,8 +383,16 @@ class MeshState:
         current.version, current.config = revision, config
         current.history.append(update)
         for queue in current.subscribers:
-            queue.put_nowait(update)
+            self._signal(queue, update)
         return 1
+
+    def _signal(self, queue: asyncio.Queue[Signal], signal: NodeUpdate | Resync) -> None:
+        """Queue `signal`; a backlog at the bound is replaced by one Resync (a snapshot then)."""
+        if queue.qsize() >= self._max_backlog:
+            while not queue.empty():
+                queue.get_nowait()
+            signal = Resync()
+        queue.put_nowait(signal)
 
     def _config(self, node: Node) -> agent_pb2.NodeConfig:
         site = self.index.site(node.spec.site)
