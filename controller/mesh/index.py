@@ -193,7 +193,8 @@ class MeshIndex:
         return self._gateways.get(site, set())
 
     def nodes_with_ike_id(self, ike_id: str) -> Collection[str]:
-        return self._ike_ids.get(ike_id, set())
+        """Case-insensitively: agents match FQDN IDs to certificate names that way (RFC 5280)."""
+        return self._ike_ids.get(ike_id.lower(), set())
 
     def externals_of_site(self, site: str) -> Collection[str]:
         return self._externals_by_site.get(site, set())
@@ -455,7 +456,7 @@ class MeshIndex:
         changed_sites: set[str] = set()
         if old is not None:
             _discard(self._nodes_by_site, old.spec.site, name)
-            _discard(self._ike_ids, old.spec.identity.ike_id, name)
+            _discard(self._ike_ids, old.spec.identity.ike_id.lower(), name)
             if _discard(self._gateways, old.spec.site, name):
                 changed_sites.add(old.spec.site)
             del self._nodes[name]
@@ -465,7 +466,7 @@ class MeshIndex:
             self._nodes[name] = new
             self._node_ts[name] = host_selectors(new.traffic_addresses())
             self._nodes_by_site.setdefault(new.spec.site, set()).add(name)
-            self._ike_ids.setdefault(new.spec.identity.ike_id, set()).add(name)
+            self._ike_ids.setdefault(new.spec.identity.ike_id.lower(), set()).add(name)
             site = self._sites.get(new.spec.site)
             if site is not None and site.spec.gateway_selector.matches(new.metadata.labels):
                 self._gateways.setdefault(new.spec.site, set()).add(name)

@@ -115,6 +115,17 @@ def check_node(view: ResourceView, node: Node) -> list[FieldError]:
                 f"{node.spec.identity.ike_id!r} is also the IKE ID of Node/{others[0]}",
             )
         )
+    # A node certificate names the node and its IKE ID (ca.authority.sign_node): one node's name
+    # being another's IKE ID would let the first authenticate as the second.
+    name = node.metadata.name
+    named = node.spec.identity.ike_id.lower()
+    if named != name and view.node(named) is not None:
+        errors.append(
+            _err(node, "spec.identity.ikeId", f"{node.spec.identity.ike_id!r} is the name of Node/{named}")
+        )
+    claimed = sorted(n for n in view.nodes_with_ike_id(name) if n != name)
+    if claimed:
+        errors.append(_err(node, "metadata.name", f"{name!r} is the IKE ID of Node/{claimed[0]}"))
     return errors
 
 
