@@ -395,7 +395,9 @@ class IkeAdapter:
 
     def _track(self, sa: IkeSa) -> SaRecord:
         stock = None
-        if self.spis is not None:
+        # An SA refused within its first datagram never announces an SPI; reserving one anyway
+        # would cost the data plane two requests per unauthenticated packet.
+        if self.spis is not None and not sa.closed:
             protocols = {ProtocolId(c.protocol) for cfg in sa.candidates for c in cfg.children}
             stock = self.spis.stock(sa.local, sa.remote, protocols or {ProtocolId.ESP})
         record = SaRecord(sa, stock, time.time())
