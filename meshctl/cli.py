@@ -16,6 +16,17 @@ from meshsec.meshctl.table import paint, use_colour
 OUTPUTS = ("table", "wide", "json", "yaml")
 
 
+def _uint32(text: str) -> int:
+    """A count for a uint32 request field: refused here, not by protobuf after parsing."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if not 0 <= value < 1 << 32:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and {(1 << 32) - 1}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors raise instead of exiting, so main() reports every failure the same way."""
 
@@ -79,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = tsub.add_parser("create", help="create a token for NODE (printed once)")
     t.add_argument("node", metavar="NODE")
     t.add_argument("--site", required=True)
-    t.add_argument("--ttl", type=int, default=0, help="seconds (default: controller's, 1 h)")
-    t.add_argument("--uses", type=int, default=1)
+    t.add_argument("--ttl", type=_uint32, default=0, help="seconds (default: controller's, 1 h)")
+    t.add_argument("--uses", type=_uint32, default=1)
     t.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--allow-reenroll", action="store_true")
     t.add_argument("-o", "--output", choices=("text", "json"), default="text")
