@@ -30,6 +30,7 @@ from meshsec.agent.dataplane.userspace.engine import Engine
 from meshsec.agent.dataplane.userspace.esp import Drop
 from meshsec.agent.dataplane.userspace.io import (
     AsyncioDriver,
+    IkeHandoff,
     Readers,
     SocketOutput,
     ThreadDriver,
@@ -94,6 +95,7 @@ class UserspaceDataPlane:
         self._reserved: dict[tuple[int, int], IPAddress] = {}  # (spi, proto) -> dst, inbound only
         self._timers: dict[SaId, list[asyncio.TimerHandle]] = {}
         self._policies: dict[tuple[TrafficSelector, Direction], Policy] = {}
+        self._ike_handoffs: list[IkeHandoff] = []
 
     @property
     def capabilities(self) -> Capabilities:
@@ -255,6 +257,7 @@ class UserspaceDataPlane:
         engine = self.engine
         drops = {d.name.lower(): engine.drops[d] + engine.drops_out[d] for d in Drop}
         drops["internal_error"] = self._readers.internal_errors if self._readers else 0
+        drops["ike_backlog"] = sum(h.dropped for h in self._ike_handoffs)
         return drops
 
     # -- policies --
@@ -332,6 +335,8 @@ class UserspaceDataPlane:
         self._output.attach_udp(sock)
         threaded = isinstance(self._driver, ThreadDriver)
         deliver = make_ike_delivery(self._loop, ike_receiver, local, threaded=threaded)
+        if isinstance(deliver, IkeHandoff):
+            self._ike_handoffs.append(deliver)
         self._driver.add(sock.fileno(), self._readers.udp_reader(sock, deliver))
 
 

@@ -390,13 +390,44 @@ class AsyncioDriver:
         self._fds.clear()
 
 
+MAX_IKE_BACKLOG = 1024  # IKE datagrams handed to the event loop and not yet taken by it
+
+
+class IkeHandoff:
+    """IKE datagrams from the packet thread to the event loop. The thread drains the UDP socket
+    much faster than the loop answers IKE, so without a bound a flood behind the non-ESP marker
+    would queue callbacks (up to 64 KiB each) without limit; past MAX_IKE_BACKLOG they are dropped
+    and counted, as the socket buffer drops them when the loop reads the socket itself."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, receiver: IkeReceiver, local: tuple[str, int],
+        limit: int = MAX_IKE_BACKLOG,
+    ) -> None:  # fmt: skip
+        self._loop = loop
+        self._receiver = receiver
+        self._local = local
+        self._limit = limit
+        # One writer each (the packet thread, the loop), so no lock: the backlog is their difference.
+        self._handed = 0
+        self._taken = 0
+        self.dropped = 0
+
+    def __call__(self, msg: bytes, remote: tuple[str, int]) -> None:
+        if self._handed - self._taken >= self._limit:
+            self.dropped += 1
+            return
+        self._handed += 1
+        self._loop.call_soon_threadsafe(self._take, msg, remote)
+
+    def _take(self, msg: bytes, remote: tuple[str, int]) -> None:
+        self._taken += 1
+        self._receiver(msg, self._local, remote)
+
+
 def make_ike_delivery(
     loop: asyncio.AbstractEventLoop, receiver: IkeReceiver, local: tuple[str, int], threaded: bool
 ) -> Callable[[bytes, tuple[str, int]], None]:
-    def from_thread(msg: bytes, remote: tuple[str, int]) -> None:
-        loop.call_soon_threadsafe(receiver, msg, local, remote)
-
     def in_loop(msg: bytes, remote: tuple[str, int]) -> None:
         receiver(msg, local, remote)
 
-    return from_thread if threaded else in_loop
+    return IkeHandoff(loop, receiver, local) if threaded else in_loop
