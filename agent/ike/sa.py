@@ -736,6 +736,8 @@ class IkeSa:
                 self._on_request(datagram, header, local, remote, now)
         finally:
             self._reassembled = None  # unused if the message was dropped for another reason
+            if self._fragments:
+                self._drop_stale_fragments()
 
     def _check_spis(self, header: Header, is_init: bool) -> bool:
         if self.spi_i != bytes(8) and header.spi_i != self.spi_i:
@@ -965,6 +967,15 @@ class IkeSa:
             return not is_response
         self._reassembled = (Message(header, payloads), None)
         return True
+
+    def _drop_stale_fragments(self) -> None:
+        """Partial messages whose ID is no longer the one expected (it was received whole, or
+        our request gave up) can never complete; without this a peer could pile them up."""
+        a = self._active
+        for is_response, mid in list(self._fragments):
+            expected = a is not None and mid == a.message_id if is_response else mid == self._peer_mid
+            if not expected:
+                del self._fragments[(is_response, mid)]
 
     def _update_addresses(self, local: Address, remote: Address) -> None:
         """Authenticated traffic from a new address/port (NAT mapping or float to 4500)."""
