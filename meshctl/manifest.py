@@ -70,7 +70,10 @@ def load(paths: Sequence[str]) -> list[Document]:
     documents: list[Document] = []
     problems: list[Problem] = []
     for path in manifest_files(paths):
-        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+        try:
+            text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: cannot read: {exc}") from None
         docs, found = parse_text(text, "<stdin>" if str(path) == "-" else str(path))
         documents.extend(docs)
         problems.extend(found)
@@ -147,8 +150,8 @@ def to_resource(raw: Any, where: str) -> tuple[common_pb2.Resource | None, list[
     if not isinstance(spec, dict):
         bad("spec", f"must be a mapping, not {_type_name(spec)}")
         spec = {}
-    for path, value in _unsupported_scalars(spec, "spec"):
-        bad(path, f"{_type_name(value)} values are not supported; quote it as a string")
+    for path, reason in _unsupported_scalars(spec, "spec"):
+        bad(path, reason)
     if problems:
         return None, problems
     resource = common_pb2.Resource(
@@ -177,16 +180,20 @@ def _string_map(value: Any, path: str, bad: Any) -> dict[str, str]:
     return out
 
 
-def _unsupported_scalars(value: Any, path: str) -> Iterable[tuple[str, Any]]:
-    """Values a protobuf Struct cannot hold (YAML dates, binary); ``null``, numbers, strings are fine."""
+def _unsupported_scalars(value: Any, path: str) -> Iterable[tuple[str, str]]:
+    """Values a protobuf Struct cannot hold (YAML dates, binary, and keys that are not strings, such
+    as YAML 1.1's ``on:`` read as true); ``null``, numbers, strings are fine."""
     if isinstance(value, Mapping):
         for key, item in value.items():
+            if not isinstance(key, str):
+                yield f"{path}.{key}", f"keys must be strings, not {_type_name(key)}; quote it"
+                continue
             yield from _unsupported_scalars(item, f"{path}.{key}")
     elif isinstance(value, list):
         for i, item in enumerate(value):
             yield from _unsupported_scalars(item, f"{path}[{i}]")
     elif isinstance(value, (datetime.date, bytes)):
-        yield path, value
+        yield path, f"{_type_name(value)} values are not supported; quote it as a string"
 
 
 def _type_name(value: Any) -> str:
