@@ -599,8 +599,8 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         problem = psk_problem(request.value)
         if problem is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"secret {request.name}: {problem}")
-        existed = await self._core.state.store.get(f"{self._core.state.keys.secrets}{request.name}")
         try:
+            existed = await self._core.state.store.get(f"{self._core.state.keys.secrets}{request.name}")
             revision = await self._write_secret(request.name, request.value, time.time())
         except StoreError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
@@ -616,11 +616,11 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         context: grpc.aio.ServicerContext[admin_pb2.DeleteSecretRequest, admin_pb2.DeleteSecretResponse],
     ) -> admin_pb2.DeleteSecretResponse:
         await self._admin(context)
-        if not valid_name(request.name) or (
-            await self._core.state.store.get(f"{self._core.state.keys.secrets}{request.name}") is None
-        ):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"secret {request.name!r} not found")
         try:
+            if not valid_name(request.name) or (
+                await self._core.state.store.get(f"{self._core.state.keys.secrets}{request.name}") is None
+            ):
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"secret {request.name!r} not found")
             await self._write_secret(request.name, None, time.time())
         except StoreError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")

@@ -40,3 +40,19 @@ async def test_a_token_with_invalid_node_labels_is_refused_when_created(tmp_path
         token = await create_token(ctl, "dc1", "node-a", node_labels={"tier": "edge"})
         enrolled = await enroll(ctl, token, "node-a", "198.18.0.1")
         assert dict(enrolled.response.node.metadata.labels) == {"tier": "edge"}
+
+
+async def test_secret_calls_answer_unavailable_when_the_store_is_down(tmp_path: Path) -> None:
+    async with running_controller(tmp_path, site("dc1", ["198.19.1.0/24"])) as ctl:
+        await ctl.store.inner.close()  # the store goes away under a running replica
+        async with admin_channel(ctl) as channel:
+            stub = admin_stub(channel)
+            calls = [
+                stub.PutSecret(admin_pb2.PutSecretRequest(name="aws", value=b"k" * 32), timeout=CALL_TIMEOUT),
+                stub.DeleteSecret(admin_pb2.DeleteSecretRequest(name="aws"), timeout=CALL_TIMEOUT),
+            ]
+            for call in calls:
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await call
+                assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert (failed.value.details() or "").startswith("store: ")
