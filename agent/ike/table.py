@@ -95,6 +95,9 @@ class IkeSaTable:
         # An SA's deadline only moves when it sends something (or closes), which marks it.
         dirty, self._timer_dirty = self._timer_dirty, {}
         for sa in dirty:
+            if sa.closed:  # no timers, and an entry here would outlive _reap (a leak per SA)
+                self._deadline.pop(sa, None)
+                continue
             deadline = sa.next_timer()
             self._deadline[sa] = deadline
             if deadline is not None:
