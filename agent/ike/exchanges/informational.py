@@ -92,7 +92,7 @@ class Liveness:
 
 def respond_informational(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
     from meshsec.agent.ike.events import IkeSaDeleted, IkeSaFailed
-    from meshsec.agent.ike.sa import State
+    from meshsec.agent.ike.sa import ChildState, State
 
     if sa.state not in (State.ESTABLISHED, State.DELETING):
         return []
@@ -121,6 +121,10 @@ def respond_informational(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
                 child = owner.find_child_by_out(p.protocol, struct.unpack("!I", spi)[0])
             if child is None:
                 continue  # already gone, e.g. both ends deleted it at once (RFC 7296 1.4.1)
-            answer.setdefault(p.protocol, []).append(struct.pack("!I", child.spi_in))
+            if child.state is not ChildState.DELETING:
+                # Otherwise this request crosses our own DELETE of the pair, and the response
+                # "MUST NOT include Delete payloads for the deleted SAs" (RFC 7296 1.4.1). (If
+                # ours is only queued, it is dropped; the peer closes the pair with our answer.)
+                answer.setdefault(p.protocol, []).append(struct.pack("!I", child.spi_in))
             owner.remove_child(child, by_peer=True)
     return [DeletePayload(proto, tuple(spis)) for proto, spis in answer.items()]
