@@ -212,7 +212,13 @@ def respond_ike_init(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
     ):
         return reject(NotifyType.INVALID_SYNTAX)
     chosen = None
+    # A mesh node has a candidate per peer, nearly all with the same proposals: trying each
+    # made one unauthenticated IKE_SA_INIT cost O(peers) selections (~100 ms at 10k).
+    tried: set[tuple[str, bool]] = set()
     for cfg in sa.candidates:
+        if (cfg.proposals, cfg.prefer_own_proposals) in tried:
+            continue
+        tried.add((cfg.proposals, cfg.prefer_own_proposals))
         chosen = select_proposal(cfg.specs, sa_p.proposals, prefer_ours=cfg.prefer_own_proposals)
         if chosen is not None:
             sa.config = cfg
