@@ -29,6 +29,7 @@ from meshsec.controller.api.admin import AdminApi
 from meshsec.controller.api.agent import AgentApi
 from meshsec.controller.ca import BootstrapTokens, CertificateAuthority
 from meshsec.controller.metrics import ControllerMetrics, TimedStore
+from meshsec.controller.service.claims import MeshClaims
 from meshsec.controller.service.core import Core, Settings
 from meshsec.controller.service.events import EventLog
 from meshsec.controller.service.keys import Keys
@@ -118,7 +119,12 @@ class Controller:
             reload_secrets=secrets.reload,
         )
         status = StatusBook(
-            self.store, keys.status, events, settings.status_interval_s, self.metrics.acknowledged
+            self.store,
+            keys.status,
+            events,
+            settings.status_interval_s,
+            MeshClaims(state),
+            self.metrics.acknowledged,
         )
         for part in (secrets, state, status):
             await part.start()

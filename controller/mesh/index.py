@@ -30,6 +30,7 @@ from meshsec.controller.mesh.tunnels import (
     node_pair,
     prefix_selectors,
     selectors_to_prefixes,
+    tunnel_id,
 )
 from meshsec.controller.resources.errors import FieldError, ValidationError
 from meshsec.controller.resources.model import (
@@ -136,6 +137,37 @@ class MeshIndex:
         out = [t for m in self._members.values() for t in self._local_ends(m, n)]
         out += [self._external_edge(self._externals[e], n) for e in self._node_externals(n)]
         return sorted(out, key=lambda t: t.id)
+
+    def has_tunnel(self, node: str, tid: str, peer: str) -> bool:
+        """Whether ``tid`` is ``node``'s tunnel to ``peer``, without computing any tunnel.
+
+        An id is a hash of its source and the pair (`tunnel_id`), so recomputing it for each source
+        that pairs the two is exact; that costs O(sources naming the node), not O(its tunnels).
+        """
+        n = self._nodes.get(node)
+        if n is None:
+            return False
+        external = self._externals.get(peer)
+        if (
+            external is not None
+            and peer in self._externals_by_site.get(n.spec.site, ())
+            and node in self._gateways.get(n.spec.site, ())
+            and tid == tunnel_id(f"ExternalGateway/{peer}", node, peer)
+        ):
+            return True
+        p = self._nodes.get(peer)
+        if p is None:
+            return False
+        for name, m in self._members.items():
+            unit, peer_unit = self._unit_of(m, n), self._unit_of(m, p)
+            if (
+                unit is not None
+                and peer_unit is not None
+                and m.has_pair(unit, peer_unit)
+                and tid == tunnel_id(f"MeshPolicy/{name}", node, peer)
+            ):
+                return True
+        return False
 
     def version(self, node: str) -> int:
         """Increments with every non-empty delta; a replica fed the same batches agrees."""

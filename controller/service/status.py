@@ -14,8 +14,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from meshsec.controller.service.events import EventLog
 from meshsec.controller.store import CompactedError, EventType, Store, StoreError
@@ -24,6 +25,17 @@ from meshsec.v1 import agent_pb2, common_pb2
 log = logging.getLogger(__name__)
 
 STALE_AFTER_INTERVALS = 3
+UNKNOWN_WARNING_EVERY_S = 60.0
+
+
+class TunnelClaims(Protocol):
+    """The desired state a report is checked against (`meshsec.controller.service.claims`)."""
+
+    def version(self, node: str) -> int: ...
+
+    def removed_since(self, node: str, version: int) -> Collection[str] | None: ...
+
+    def owns(self, node: str, tunnel_id: str, peer: str) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -35,6 +47,9 @@ class NodeReport:
     tunnels: dict[str, agent_pb2.TunnelStatus] = field(default_factory=dict)
     received_version: int = 0
     reconciled_version: int = 0
+    # The node's slice version at which every id in `tunnels` was checked against its desired
+    # state (0: never). Slice versions are store revisions, alike on every replica, so it is stored.
+    checked_version: int = 0
 
     def encode(self) -> bytes:
         report = agent_pb2.StatusReport(
@@ -47,7 +62,11 @@ class NodeReport:
             reconciled_version=self.reconciled_version,
         )
         return json.dumps(
-            {"at": self.reported_at, "report": base64.b64encode(report.SerializeToString()).decode()}
+            {
+                "at": self.reported_at,
+                "report": base64.b64encode(report.SerializeToString()).decode(),
+                "checked": self.checked_version,
+            }
         ).encode()
 
     @classmethod
@@ -62,6 +81,7 @@ class NodeReport:
             {t.tunnel_id: t for t in report.tunnels},
             report.received_version,
             report.reconciled_version,
+            int(doc.get("checked", 0)),
         )
 
 
@@ -92,11 +112,16 @@ class StatusBook:
         prefix: str,
         events: EventLog,
         interval_s: int,
+        claims: TunnelClaims,
         on_received: Callable[[str, int], None] | None = None,
     ) -> None:
         self._store = store
         self._prefix = prefix
         self._events = events
+        self._claims = claims
+        self.unknown_tunnels = 0  # reported tunnel statuses dropped: not in the node's desired state
+        self._unknown_warned_at = -UNKNOWN_WARNING_EVERY_S
+        self._unknown_unwarned = 0
         self.interval_s = interval_s
         self._on_received = on_received
         self._reports: dict[str, NodeReport] = {}
@@ -134,6 +159,8 @@ class StatusBook:
 
     def forget(self, node: str) -> None:
         self._reports.pop(node, None)
+        self._persisted.pop(node, None)
+        self._lost.discard(node)
 
     async def accept(self, node: str, report: agent_pb2.StatusReport, now: float) -> agent_pb2.StatusAck:
         current = self._reports.get(node)
@@ -152,6 +179,7 @@ class StatusBook:
                 tunnels[t.tunnel_id] = t
             for tid in report.removed_tunnel_ids:
                 tunnels.pop(tid, None)
+        checked = self._drop_unknown(node, current if same_instance else None, tunnels)
         updated = NodeReport(
             report.agent_instance_id,
             report.seq,
@@ -160,6 +188,7 @@ class StatusBook:
             tunnels,
             max(report.received_version, current.received_version if same_instance and current else 0),
             report.reconciled_version,
+            checked,
         )
         self._reports[node] = updated
         if node in self._lost:
@@ -178,6 +207,58 @@ class StatusBook:
         ack.seq = report.seq
         ack.resync_required = resync
         return ack
+
+    def _drop_unknown(
+        self, node: str, previous: NodeReport | None, tunnels: dict[str, agent_pb2.TunnelStatus]
+    ) -> int:
+        """Removes from ``tunnels`` every status for a tunnel ``node`` does not have; returns the
+        slice version they were checked at.
+
+        Only ids not already checked are looked up (`TunnelClaims.owns`, O(policies) each): the
+        previous report's ids stay good while the node's slice version is unchanged, and after a
+        change only those its history removed need a look again. So a steady full mesh costs a
+        dict lookup per reported tunnel, and a change costs one look per changed tunnel.
+        """
+        claims = self._claims
+        version = claims.version(node)
+        known: dict[str, agent_pb2.TunnelStatus] = {}
+        stale: Collection[str] = ()
+        if previous is not None and version and previous.checked_version:
+            since = previous.checked_version
+            removed = () if since == version else claims.removed_since(node, since)
+            if removed is not None:
+                known, stale = previous.tunnels, removed
+        unknown = []
+        for tid, status in tunnels.items():
+            old = known.get(tid)
+            if old is not None and old.peer_name == status.peer_name and tid not in stale:
+                continue
+            if not claims.owns(node, tid, status.peer_name):
+                unknown.append(tid)
+        for tid in unknown:
+            del tunnels[tid]
+        if unknown:
+            self._warn_unknown(node, unknown)
+        return version
+
+    def _warn_unknown(self, node: str, unknown: list[str]) -> None:
+        # Counted always, logged at most once a minute: a node can send thousands per report, and
+        # an honest one still reports a tunnel for a moment after the controller removed it.
+        self.unknown_tunnels += len(unknown)
+        self._unknown_unwarned += len(unknown)
+        now = time.monotonic()
+        if now - self._unknown_warned_at < UNKNOWN_WARNING_EVERY_S:
+            return
+        log.warning(
+            "dropped %d reported tunnel status(es) not in the reporting node's desired state "
+            "(%d in all so far); latest from %s: %s",
+            self._unknown_unwarned,
+            self.unknown_tunnels,
+            node,
+            ", ".join(repr(t) for t in unknown[:5]) + (" ..." if len(unknown) > 5 else ""),
+        )
+        self._unknown_warned_at = now
+        self._unknown_unwarned = 0
 
     async def _emit_transitions(self, node: str, before: NodeReport | None, after: NodeReport) -> None:
         for tid, status in after.tunnels.items():
@@ -243,7 +324,7 @@ class StatusBook:
                         if event.type is EventType.PUT:
                             self._take(node, event.value)
                         else:
-                            self._reports.pop(node, None)
+                            self.forget(node)
             except CompactedError:
                 listing = await self._store.range(self._prefix)
                 for kv in listing.kvs:
