@@ -62,6 +62,14 @@ class NodeAgentConfig:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+def read_token(path: Path) -> Secret:
+    """The bootstrap token: the first line of `path` (a trailing newline or blank lines are fine)."""
+    lines = path.read_bytes().strip().splitlines()
+    if not lines:
+        raise EnrollmentError(f"bootstrap token file {path} is empty")
+    return Secret(lines[0].strip())
+
+
 class NodeAgent:
     def __init__(self, config: NodeAgentConfig) -> None:
         self.config = config
@@ -198,7 +206,7 @@ class NodeAgent:
             raise EnrollmentError(
                 f"{self.state.path} holds no credentials; --bootstrap, --token-file and --ca-file are needed"
             )
-        token = Secret(config.token_file.read_bytes().strip().splitlines()[0])
+        token = read_token(config.token_file)
         caps = self.dataplane.capabilities if self.dataplane else None
         facts = node_facts(list(config.addresses) or local_addresses(), caps)
         try:
