@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
 from meshsec.agent.ike.constants import IdType
-from meshsec.agent.ike.identity import Identity
+from meshsec.agent.ike.identity import Identity, printable
 from meshsec.common.secrets import Secret
 
 CERT_ENCODING_X509_SIGNATURE = 4  # RFC 7296 3.6
@@ -65,7 +65,8 @@ def _load_key(data: bytes) -> SigningKey:
 
 
 def describe(cert: x509.Certificate) -> str:
-    return cert.subject.rfc4514_string() or f"serial {cert.serial_number:x}"
+    # A peer's certificate names its subject freely: shown through `printable` like its ID.
+    return printable(cert.subject.rfc4514_string()) or f"serial {cert.serial_number:x}"
 
 
 @dataclass(frozen=True)

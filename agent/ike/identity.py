@@ -1,4 +1,7 @@
-"""IKE identities (RFC 7296 3.5) with the ID types meshsec uses for PSK authentication."""
+"""IKE identities (RFC 7296 3.5) with the ID types meshsec uses for PSK authentication.
+
+A peer chooses the bytes of its ID freely, so `str(identity)` (logs, status, failure reasons)
+shows them through `printable`; matching compares the raw `Identity` values."""
 
 from __future__ import annotations
 
@@ -6,6 +9,30 @@ import ipaddress
 from dataclasses import dataclass
 
 from meshsec.agent.ike.constants import IdType
+
+
+def printable(text: str) -> str:
+    """`text` safe to show a human: control and other non-printable characters (newlines, ESC,
+    bidi overrides) and undecodable bytes (surrogate escapes) as `\\xNN`/`\\uNNNN`, and the
+    backslash doubled so an escape cannot be forged."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for c in text:
+        code = ord(c)
+        if c == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte kept by the surrogateescape handler
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif c.isprintable():
+            out.append(c)
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,5 +74,5 @@ class Identity:
         if self.id_type == IdType.KEY_ID:
             return "@#" + self.data.hex()
         if self.id_type in (IdType.FQDN, IdType.RFC822_ADDR):
-            return self.data.decode("utf-8", "replace")
+            return printable(self.data.decode("utf-8", "surrogateescape"))
         return f"{self.id_type}:{self.data.hex()}"

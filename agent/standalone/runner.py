@@ -62,9 +62,11 @@ class Agent:
             asyncio.get_running_loop().call_soon(self._drop_stale, record, event.remote_id)
 
     def _drop_stale(self, fresh: SaRecord, remote_id: str) -> None:
+        # Compared raw: `remote_id` is the peer's ID as shown to humans (escaped).
+        peer = fresh.sa.remote_identity
         for r in self.adapter.active():
-            est = r.established
-            if r is not fresh and r.name == fresh.name and est is not None and est.remote_id == remote_id:
+            same = r.name == fresh.name and r.sa.remote_identity == peer
+            if r is not fresh and same and r.established is not None:
                 log.info("%s: INITIAL_CONTACT from %s: dropping older IKE SA %s", r.name, remote_id,
                          r.sa.local_spi.hex())  # fmt: skip
                 self.adapter.drop(r)
