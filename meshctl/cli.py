@@ -11,6 +11,7 @@ from typing import TextIO
 from meshsec.meshctl import commands, secrets
 from meshsec.meshctl.client import ENV_CONTROLLER, AdminClient, Target, TlsFiles
 from meshsec.meshctl.errors import EXIT_OK, MeshctlError, UsageError
+from meshsec.meshctl.printable import printable
 from meshsec.meshctl.table import paint, use_colour
 
 OUTPUTS = ("table", "wide", "json", "yaml")
@@ -145,9 +146,10 @@ def client_for(args: argparse.Namespace) -> AdminClient:
 
 def report(error: MeshctlError, stream: TextIO) -> None:
     colour = use_colour(stream)
-    stream.write(f"{paint('error:', 'red', colour)} {error.message}\n")
+    # Messages carry the controller's error details (and names from its resources).
+    stream.write(f"{paint('error:', 'red', colour)} {printable(error.message, keep_newlines=True)}\n")
     if error.hint:
-        stream.write(f"{paint('hint:', 'yellow', colour)} {error.hint}\n")
+        stream.write(f"{paint('hint:', 'yellow', colour)} {printable(error.hint, keep_newlines=True)}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

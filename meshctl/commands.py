@@ -17,6 +17,7 @@ from meshsec.meshctl.describe import describe_resource, describe_tunnel
 from meshsec.meshctl.errors import EXIT_OK, EXIT_USER, MeshctlError, UsageError, UserError
 from meshsec.meshctl.events import EVENT_COLUMNS, event_json, event_line, event_row
 from meshsec.meshctl.kinds import GATEWAY, NODE, POLICY, SITE, Kind, is_tunnel, resource_kind
+from meshsec.meshctl.printable import printable
 from meshsec.meshctl.table import print_table
 from meshsec.meshctl.topology import to_dot, write_svg
 from meshsec.meshctl.views import (
@@ -70,7 +71,8 @@ def apply(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
         return EXIT_OK
     suffix = " (dry run)" if args.dry_run else ""
     for result in response.results:
-        out.write(f"{result.kind.lower()}/{result.name} {ACTIONS.get(result.action, 'applied')}{suffix}\n")
+        line = f"{result.kind.lower()}/{result.name} {ACTIONS.get(result.action, 'applied')}{suffix}"
+        out.write(printable(line) + "\n")
     return EXIT_OK
 
 
@@ -98,11 +100,11 @@ def delete(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
             if "NOT_FOUND" in error.message or "not found" in error.message.lower():
                 if args.ignore_not_found:
                     continue
-                sys.stderr.write(f"error: {kind_name.lower()}/{name} not found\n")
+                sys.stderr.write(printable(f"error: {kind_name.lower()}/{name} not found") + "\n")
                 status = EXIT_USER
                 continue
             raise
-        out.write(f"{kind_name.lower()}/{name} deleted\n")
+        out.write(printable(f"{kind_name.lower()}/{name} deleted") + "\n")
     return status
 
 
@@ -264,7 +266,7 @@ def events(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
 def token(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
     if args.token_command == "revoke":
         client.revoke_token(args.token_id)
-        out.write(f"token {args.token_id} revoked\n")
+        out.write(printable(f"token {args.token_id} revoked") + "\n")
         return EXIT_OK
     labels: dict[str, str] = {}
     for item in args.label:
@@ -285,10 +287,13 @@ def token(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
     if args.output == "json":
         out.write(dump(message_to_dict(response), "json"))
         return EXIT_OK
-    out.write(f"{response.token}\n")
+    out.write(printable(response.token) + "\n")
     sys.stderr.write(
-        f"token id {response.token_id}, {response.uses} use(s), expires "
-        f"{response.expires_at.ToJsonString()}; pin the controller CA with sha256 {response.ca_cert_sha256}\n"
-        "The token is shown once: give it to the node's agent (meshsec-agent --token ...).\n"
+        printable(
+            f"token id {response.token_id}, {response.uses} use(s), expires "
+            f"{response.expires_at.ToJsonString()}; "
+            f"pin the controller CA with sha256 {response.ca_cert_sha256}"
+        )
+        + "\nThe token is shown once: give it to the node's agent (meshsec-agent --token ...).\n"
     )
     return EXIT_OK

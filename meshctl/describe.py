@@ -10,6 +10,7 @@ import yaml
 
 from meshsec.meshctl.convert import iso, struct_to_dict
 from meshsec.meshctl.events import event_type
+from meshsec.meshctl.printable import printable
 from meshsec.meshctl.table import Column, render
 from meshsec.meshctl.views import (
     backend_name,
@@ -60,7 +61,12 @@ def describe_resource(
     lines += _tunnels_section(tunnels, now)
     lines += _errors_section(tunnels)
     lines += _events_section(events)
-    return "\n".join(lines) + "\n"
+    return _text(lines)
+
+
+def _text(lines: list[str]) -> str:
+    """Every line holds controller-supplied text; a newline inside one is escaped too."""
+    return "".join(printable(line) + "\n" for line in lines)
 
 
 def describe_tunnel(info: admin_pb2.TunnelInfo, *, events: Sequence[admin_pb2.Event]) -> str:
@@ -112,7 +118,7 @@ def describe_tunnel(info: admin_pb2.TunnelInfo, *, events: Sequence[admin_pb2.Ev
                 f"at {iso(status.last_error.at) or '-'}"
             )
     lines += _events_section(events)
-    return "\n".join(lines) + "\n"
+    return _text(lines)
 
 
 def _tunnels_section(tunnels: Sequence[admin_pb2.TunnelInfo], now: datetime | None) -> list[str]:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from meshsec.meshctl.convert import iso, message_to_dict
+from meshsec.meshctl.printable import printable
 from meshsec.meshctl.table import Cell, Column, Styled
 from meshsec.v1 import admin_pb2
 
@@ -39,7 +40,7 @@ def event_row(event: admin_pb2.Event) -> list[Cell]:
 def event_line(event: admin_pb2.Event) -> str:
     """One event as a single line (``events --watch`` prints as they come, no table to align)."""
     cells = [str(c) for c in event_row(event)]
-    return "  ".join(cells)
+    return printable("  ".join(cells))
 
 
 def event_json(event: admin_pb2.Event) -> str:

@@ -16,6 +16,7 @@ from typing import TextIO
 from meshsec.common.secrets import Secret
 from meshsec.meshctl.client import AdminClient
 from meshsec.meshctl.errors import EXIT_OK, UsageError, UserError
+from meshsec.meshctl.printable import printable
 from meshsec.meshctl.table import Column, print_table
 
 SECRET_ALIASES = ("secret", "secrets")
@@ -56,12 +57,12 @@ def read_value(args: argparse.Namespace) -> Secret:
 def secret(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
     if args.secret_command == "delete":
         client.delete_secret(args.name)
-        out.write(f"secret {args.name} deleted\n")
+        out.write(printable(f"secret {args.name} deleted") + "\n")
         return EXIT_OK
     response = client.put_secret(args.name, read_value(args))
     used = ", ".join(response.secret.used_by) or "no ExternalGateway yet"
     verb = "created" if response.created else "replaced"
-    out.write(f"secret {args.name} {verb} (used by {used})\n")
+    out.write(printable(f"secret {args.name} {verb} (used by {used})") + "\n")
     return EXIT_OK
 
 

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from meshsec.meshctl.printable import printable
+
 _COLOURS = {"green": "32", "yellow": "33", "red": "31", "grey": "90", "bold": "1", "cyan": "36"}
 _MIN_WIDTH = 8
 _GAP = "   "
@@ -97,24 +99,28 @@ def render(
     colour: bool = False,
     width: int | None = None,
 ) -> str:
-    headers = [c.header for c in columns]
-    texts = [[str(cell) for cell in row] for row in rows]
+    # Cells come from the controller (hostnames, errors...): escaped before measuring, so the
+    # widths are those of what is printed.
+    headers = [printable(c.header) for c in columns]
+    texts = [[printable(str(cell)) for cell in row] for row in rows]
     natural = [max([len(h)] + [len(r[i]) for r in texts]) for i, h in enumerate(headers)]
     widths = fit_widths(natural, [c.shrink for c in columns], width)
     lines = []
     last = len(columns) - 1
 
-    def line(cells: Sequence[Cell], bold: bool) -> str:
+    def line(cells: Sequence[str], styles: Sequence[str]) -> str:
         parts = []
-        for i, cell in enumerate(cells):
-            text = _cut(str(cell), widths[i])
+        for i, (cell, style) in enumerate(zip(cells, styles, strict=True)):
+            text = _cut(cell, widths[i])
             pad = "" if i == last else " " * (widths[i] - len(text))
-            style = "bold" if bold else (cell.colour if isinstance(cell, Styled) else "")
             parts.append(paint(text, style, colour) + pad)
         return _GAP.join(parts).rstrip()
 
-    lines.append(line(headers, bold=True))
-    lines.extend(line(row, bold=False) for row in rows)
+    lines.append(line(headers, ["bold"] * len(headers)))
+    lines.extend(
+        line(text, [cell.colour if isinstance(cell, Styled) else "" for cell in row])
+        for text, row in zip(texts, rows, strict=True)
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from meshsec.meshctl.errors import UserError
+from meshsec.meshctl.printable import printable
 from meshsec.meshctl.views import state_name
 from meshsec.v1 import admin_pb2, common_pb2
 
@@ -81,7 +82,8 @@ def to_dot(topology: admin_pb2.Topology) -> str:
         a, b = node_id(link.a.kind, link.a.name), node_id(link.b.kind, link.b.name)
         lines.append(f"  {a} -- {b} [{', '.join(attrs)}];")
     lines.append("}")
-    return "\n".join(lines) + "\n"
+    # Names and addresses come from the controller; DOT is often read in a terminal too.
+    return "".join(printable(line) + "\n" for line in lines)
 
 
 def write_svg(dot_source: str, path: Path) -> None:

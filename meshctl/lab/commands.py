@@ -22,6 +22,7 @@ from meshsec.meshctl.lab.plan import CONTROLLER_ADDRESS, World, lab_world
 from meshsec.meshctl.lab.progress import UP_STATES, wait_for_tunnels
 from meshsec.meshctl.lab.state import DATA_DIR, RUN_DIR, STATE_FILE, LabState
 from meshsec.meshctl.lab.strongswan import Charon, PeerTunnel
+from meshsec.meshctl.printable import printable
 from meshsec.meshctl.table import Cell, Column, Styled, paint, print_table, use_colour
 from meshsec.meshctl.topology import to_dot, write_svg
 from meshsec.meshctl.views import STATE_COLOURS, state_name, tunnel_columns, tunnel_ends, tunnel_row
@@ -50,7 +51,7 @@ class Timings:
 
 
 def say(text: str) -> None:
-    sys.stderr.write(f"{paint('lab:', 'cyan', use_colour(sys.stderr))} {text}\n")
+    sys.stderr.write(f"{paint('lab:', 'cyan', use_colour(sys.stderr))} {printable(text)}\n")
     sys.stderr.flush()
 
 
