@@ -234,9 +234,15 @@ class IkeAdapter:
         record = self._track(sa)
         if record.stock is not None and self.spis is not None:
             sa.allocate_spi = record.stock.take
-            for protocol in {ProtocolId(c.protocol) for c in config.children}:
-                needed = sum(c.protocol == protocol for c in config.children)
-                await self.spis.fill(record.stock, protocol, needed)
+            try:
+                for protocol in {ProtocolId(c.protocol) for c in config.children}:
+                    needed = sum(c.protocol == protocol for c in config.children)
+                    await self.spis.fill(record.stock, protocol, needed)
+            except BaseException as exc:
+                # Never started: gone from the records, its reservations given back.
+                record.outcome = f"failed: {exc}"
+                self._forget(sa)
+                raise
         self.table.add(sa)
         log.info("%s: initiating IKE SA %s -> %s", config.name, local, remote)
         sa.initiate(self.now())

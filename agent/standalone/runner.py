@@ -10,15 +10,17 @@ import signal
 
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter, SaRecord
 from meshsec.agent.adapters.recording import RecordingDataPlane
-from meshsec.agent.dataplane.api import DataPlane, SaExpired
+from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, SaExpired
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.config import IkeConfig
 from meshsec.agent.ike.events import Event, InitialContactReceived
 from meshsec.agent.ike.responder import ResponderSettings
-from meshsec.agent.standalone.config import AgentSettings, StandaloneConfig
+from meshsec.agent.standalone.config import AgentSettings, Connection, StandaloneConfig
 from meshsec.agent.standalone.status import StatusServer
 
 log = logging.getLogger(__name__)
+INITIATE_RETRY_FIRST = 2.0
+INITIATE_RETRY_MAX = 60.0
 
 
 async def make_dataplane(settings: AgentSettings) -> DataPlane:
@@ -55,6 +57,7 @@ class Agent:
         )
         self.status = StatusServer(agent.status_socket, self.adapter.status)
         self._events_task: asyncio.Task[None] | None = None
+        self._retries: set[asyncio.Task[None]] = set()
 
     def _on_event(self, record: SaRecord, event: Event) -> None:
         if isinstance(event, InitialContactReceived):
@@ -75,24 +78,52 @@ class Agent:
         return self.config.lookup(local.host, remote.host)
 
     async def start(self) -> None:
-        await self.dataplane.start()
+        """Whatever fails here, `stop()` has run before the exception leaves."""
         try:
+            await self.dataplane.start()
             await self.adapter.start()
             await self.status.start()
             self._events_task = asyncio.get_running_loop().create_task(self._follow_dataplane())
+            log.info(
+                "meshsec agent (standalone) up: %d connection(s), data plane %s, status on %s",
+                len(self.config.connections),
+                self.dataplane.capabilities.backend,
+                self.config.agent.status_socket,
+            )
+            for conn in self.config.connections:
+                if conn.start_action == "initiate" and not await self._initiate(conn):
+                    self._retry(conn)
         except BaseException:
             await self.stop()
             raise
-        log.info(
-            "meshsec agent (standalone) up: %d connection(s), data plane %s, status on %s",
-            len(self.config.connections),
-            self.dataplane.capabilities.backend,
-            self.config.agent.status_socket,
-        )
-        for conn in self.config.connections:
-            if conn.start_action == "initiate":
-                local = Address(conn.local_addrs[0], self.config.agent.ike_port) if conn.local_addrs else None
-                await self.adapter.initiate(conn.ike, Address(conn.remote_addrs[0], conn.remote_port), local)
+
+    async def _initiate(self, conn: Connection) -> bool:
+        """One peer that cannot be reached now (no route: ENETUNREACH from the source address
+        lookup, a data plane refusing an SPI) is that connection's problem, not the agent's."""
+        local = Address(conn.local_addrs[0], self.config.agent.ike_port) if conn.local_addrs else None
+        remote = Address(conn.remote_addrs[0], conn.remote_port)
+        try:
+            await self.adapter.initiate(conn.ike, remote, local)
+        except (OSError, DataPlaneError) as exc:
+            log.warning("%s: cannot initiate to %s: %s", conn.name, remote, exc)
+            return False
+        return True
+
+    def _retry(self, conn: Connection) -> None:
+        """start_action initiate: keep trying, backing off up to INITIATE_RETRY_MAX."""
+
+        async def again() -> None:
+            delay = INITIATE_RETRY_FIRST
+            while True:
+                log.info("%s: retrying to initiate in %.0f s", conn.name, delay)
+                await asyncio.sleep(delay)
+                if await self._initiate(conn):
+                    return
+                delay = min(INITIATE_RETRY_MAX, delay * 2)
+
+        task = asyncio.get_running_loop().create_task(again(), name=f"initiate-{conn.name}")
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
 
     async def _follow_dataplane(self) -> None:
         """Lifetime expiries from the data plane; acquires are ignored (no trap policies here)."""
@@ -101,6 +132,10 @@ class Agent:
                 self.adapter.child_expired(ev.sa, ev.hard)
 
     async def stop(self) -> None:
+        for task in list(self._retries):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._events_task is not None:
             self._events_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -120,7 +155,7 @@ async def run(config: StandaloneConfig, stop: asyncio.Event | None = None) -> No
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     agent = Agent(config, await make_dataplane(config.agent))
-    await agent.start()
+    await agent.start()  # stops the agent itself when it fails
     try:
         await stop.wait()
     finally:
