@@ -90,7 +90,9 @@ class SpiReserver:
         return st
 
     async def fill(self, st: SpiStock, protocol: ProtocolId, count: int) -> None:
-        """Reserves `count` SPIs and waits for them (an initiator does this before it starts)."""
+        """Reserves `count` SPIs and waits for them (an initiator does this before it starts).
+        Not through the worker, so an initiator does not wait behind every queued top-up; a
+        failure other than DataPlaneError (which leaves the stock short) raises here."""
         for _ in range(count):
             await self._reserve_one(st, protocol)
 
@@ -108,11 +110,16 @@ class SpiReserver:
         try:
             while self._requests:
                 st, protocol, spi = self._requests.popleft()
-                if spi is None:
-                    await self._reserve_one(st, protocol)
-                else:
-                    with contextlib.suppress(DataPlaneError):
-                        await self.dataplane.delete_sa(SaId(ip(st.local.host), spi, _ipsec(protocol)))
+                try:
+                    if spi is None:
+                        await self._reserve_one(st, protocol)
+                    else:
+                        with contextlib.suppress(DataPlaneError):
+                            await self.dataplane.delete_sa(SaId(ip(st.local.host), spi, _ipsec(protocol)))
+                except Exception:
+                    # Only this request fails: the ones queued behind it have no other worker.
+                    self.stats["spi_request_errors"] += 1
+                    log.exception("SPI %s failed unexpectedly", "reservation" if spi is None else "release")
         finally:
             self._worker = None
 

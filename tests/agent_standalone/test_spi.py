@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
 from meshsec.agent.adapters.recording import RecordingDataPlane
 from meshsec.agent.adapters.spi import RESERVATION_TTL, SpiReserver
-from meshsec.agent.dataplane.api import IpsecProtocol, SaId
+from meshsec.agent.dataplane.api import IPAddress, IpsecProtocol, SaId
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.constants import ProtocolId
 from meshsec.agent.ike.random import DeterministicRandom
@@ -58,3 +60,47 @@ async def test_release_returns_unused_reservations() -> None:
     stock.release()
     await reserver.drain()
     assert dp.reserved == set()
+
+
+class Faulty(RecordingDataPlane):
+    """Fails the next `fail` reservations and releases with an error nobody planned for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = 0
+
+    def _maybe_fail(self) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError("data plane bug")
+
+    async def allocate_spi(self, protocol: IpsecProtocol, src: IPAddress, dst: IPAddress) -> int:
+        self._maybe_fail()
+        return await super().allocate_spi(protocol, src, dst)
+
+    async def delete_sa(self, sa_id: SaId) -> None:
+        self._maybe_fail()
+        await super().delete_sa(sa_id)
+
+
+async def test_an_unexpected_failure_fails_one_request_and_the_worker_keeps_serving() -> None:
+    dp = Faulty()
+    reserver = SpiReserver(dp, DeterministicRandom("spi"), spare=3, clock=Clock())
+    dp.fail = 1
+    stock = reserver.stock(LOCAL, REMOTE, {ProtocolId.ESP})  # three reservations queued
+    await reserver.drain()
+    assert len(dp.reserved) == 2 and reserver.stats["spi_request_errors"] == 1
+    assert len(stock.free[ProtocolId.ESP]) == 2
+
+    dp.fail = 1  # the first release fails; the other one still reaches the data plane
+    stock.release()
+    await reserver.drain()
+    assert len(dp.reserved) == 1 and reserver.stats["spi_request_errors"] == 2
+
+    # An initiator waiting for its own reservation gets the exception.
+    other = reserver.stock(LOCAL, REMOTE, set())
+    dp.fail = 1
+    with pytest.raises(RuntimeError, match="data plane bug"):
+        await reserver.fill(other, ProtocolId.ESP, 1)
+    await reserver.fill(other, ProtocolId.ESP, 1)
+    assert len(other.free[ProtocolId.ESP]) == 1
