@@ -106,7 +106,7 @@ class NodeAgent:
             settings=AdapterSettings(bind=config.bind, ike_port=config.ike_port),
             on_event=lambda record, ev: reconciler.on_event(record, ev),
         )
-        reconciler = Reconciler(adapter, responder_grace=config.responder_grace)
+        reconciler = Reconciler(adapter, responder_grace=config.responder_grace, metrics=self.metrics)
         self.adapter, self.reconciler = adapter, reconciler
         self.reports = ReportBuilder(reconciler, adapter)
         await adapter.start()

@@ -24,6 +24,12 @@ class AgentMetrics:
         self.reports = Counter("meshsec_agent_status_reports", "Status reports", ["result"], registry=r)
         self.reconnects = Counter("meshsec_agent_watch_reconnects", "Watch stream (re)connects", registry=r)
         self.updates = Counter("meshsec_agent_desired_updates", "Applied updates", ["kind"], registry=r)
+        self.unauthenticated_failures = Counter(
+            "meshsec_agent_ike_unauthenticated_failures",
+            "Responder IKE SAs that failed before the peer authenticated (no tunnel to blame)",
+            ["reason"],
+            registry=r,
+        )
         self.child_bytes = Gauge(
             "meshsec_agent_child_sa_bytes", "Bytes through CHILD_SAs", ["tunnel", "direction"], registry=r
         )

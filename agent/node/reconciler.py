@@ -54,6 +54,7 @@ from meshsec.agent.ike.events import (
     PeerDead,
 )
 from meshsec.agent.ike.sa import ChildState
+from meshsec.agent.node.metrics import AgentMetrics
 from meshsec.agent.node.translate import IdentityNotInCertificate, TunnelError, TunnelPlan, fingerprint, plan
 from meshsec.v1 import agent_pb2
 
@@ -107,8 +108,10 @@ class Reconciler:
         responder_grace: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.adapter = adapter
+        self.metrics = metrics
         self.responder_grace = responder_grace
         self.clock = clock
         self.rng = rng or random.Random()
@@ -178,6 +181,13 @@ class Reconciler:
     # ------------------------------------------------------------------ events from the adapter
 
     def on_event(self, record: SaRecord, ev: Event) -> None:
+        if not record.sa.initiator and record.sa.remote_identity is None:
+            # The peer has not authenticated: `record.name` is only the responder's first
+            # candidate, and anyone can send an IKE_SA_INIT. Blaming that tunnel would let a
+            # spoofer paint errors on healthy tunnels; such an SA never belonged to one.
+            if isinstance(ev, IkeSaFailed) and self.metrics is not None:
+                self.metrics.unauthenticated_failures.labels(_fail_reason(ev.reason)).inc()
+            return
         tid = record.name
         rt = self.runtime.get(tid)
         if isinstance(ev, IkeSaEstablished) and rt is not None:

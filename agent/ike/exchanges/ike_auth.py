@@ -172,12 +172,12 @@ def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
     )
     if problem is not None:
         return auth_failed(problem)
+    sa.remote_identity = ident  # authenticated: a failure from here on is this connection's
     own = _id_payload(PayloadType.IDr, cfg.local_identity)
     try:
         my_auth = own_auth(sa, cfg, sa.init_response, sa.nonce_i, sa.keys.sk_pr.reveal(), own)
     except SignatureError as exc:
         return auth_failed(f"cannot authenticate to {ident}: {exc}")
-    sa.remote_identity = ident
     if msg.notify(NotifyType.INITIAL_CONTACT) is not None:
         sa.emit(InitialContactReceived(str(ident)))
     _established(sa, now)
