@@ -92,11 +92,19 @@ class ControllerMetrics:
         tunnels_desired: Callable[[], float],
         tunnels_established: Callable[[], float],
         agents_connected: Callable[[], float],
+        unknown_tunnel_statuses: Callable[[], float] = lambda: 0,
     ) -> None:
         self.nodes.set_function(nodes)
         self.tunnels_desired.set_function(tunnels_desired)
         self.tunnels_established.set_function(tunnels_established)
         self.agents_connected.set_function(agents_connected)
+        self.registry.register(
+            FunctionCounter(
+                "meshsec_controller_unknown_tunnel_statuses",
+                "Tunnel statuses agents reported for tunnels they do not have (dropped)",
+                unknown_tunnel_statuses,
+            )
+        )
 
     def recomputed(self, updates: int, seconds: float) -> None:
         self.node_updates.inc(updates)
@@ -167,6 +175,16 @@ class LabelledCounters(Collector):
         for value, counter in self._counters.items():
             family.add_metric([value], counter.value)
         yield family
+
+
+class FunctionCounter(Collector):
+    """A counter whose value another component keeps (read when scraped)."""
+
+    def __init__(self, name: str, documentation: str, value: Callable[[], float]) -> None:
+        self._name, self._doc, self._value = name, documentation, value
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(self._name, self._doc, value=self._value())
 
 
 class TimedStore(Store):

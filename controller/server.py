@@ -145,6 +145,7 @@ class Controller:
             state.index.tunnel_count,
             status.established_tunnels,
             state.subscriber_count,
+            lambda: status.unknown_tunnels,
         )
         await self._serve(core)
         if config.metrics:

@@ -226,6 +226,7 @@ async def test_topology_and_metrics_reflect_the_mesh(ctl: Controller) -> None:
     assert float(samples["meshsec_controller_tunnels_desired"]) == 3
     assert float(samples["meshsec_controller_leader"]) in (0.0, 1.0)
     assert 'meshsec_controller_store_seconds_count{op="txn"}' in text
+    assert float(samples["meshsec_controller_unknown_tunnel_statuses_total"]) == 0
 
 
 async def test_bulk_apply_events_have_distinct_increasing_sequences(ctl: Controller) -> None:

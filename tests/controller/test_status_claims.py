@@ -10,6 +10,7 @@ event log; and deleting a node leaves nothing of it in the status book.
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,8 @@ async def test_made_up_tunnel_ids_are_dropped_and_counted(tmp_path: Path) -> Non
         await _report(ctl, a, 1, [_status(real, "node-b"), *bogus])
         assert _stored(ctl, "node-a") == {real}
         assert book.unknown_tunnels == 50
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{ctl.metrics_port}/metrics", timeout=5).read()
+        assert b"meshsec_controller_unknown_tunnel_statuses_total 50.0" in scraped
         # Partial reports cannot grow the stored set either, nor can an id of the right shape for
         # a pair that has no tunnel, or for a policy that does not exist.
         forged = [_status(f"t-more{i}", "node-b") for i in range(50)] + [
