@@ -7,7 +7,12 @@ one loop timer is re-armed for the table's earliest deadline. The table only loo
 pending output, so the cost of a datagram does not grow with the number of SAs.
 
 Data-plane calls are async and run strictly in event order on one worker task, so a CHILD_SA is
-never removed before it was installed."""
+never removed before it was installed.
+
+Inbound ESP is proof of life (RFC 7296 2.4: a liveness check is needed only when nothing came
+from the peer): once half an IKE SA's DPD delay passed without a sign of life its inbound
+CHILD_SA counters are read, and when they moved the engine hears `traffic_seen`, which
+postpones its DPD probe. While traffic flows that is twice per DPD delay, never per packet."""
 
 from __future__ import annotations
 
@@ -62,6 +67,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RCVBUF = 4 * 1024 * 1024
 READ_BATCH = 64  # datagrams per readiness callback, so one busy socket cannot starve the others
 HISTORY = 64  # closed IKE SAs kept for status
+TRAFFIC_SCAN_MAX = 0.5  # seconds: at most this long until a new IKE SA's first counter read is planned
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +88,7 @@ class ChildRecord:
     # A CHILD_SA the peer made to replace our same-named `holds_for` (a changed configuration):
     # its outbound SA waits until the old pair is deleted, as for a rekey we answered.
     holds_for: int | None = None
+    packets_in: int = 0  # inbound packet counter at the last traffic check
 
 
 @dataclass(slots=True)
@@ -96,6 +103,7 @@ class SaRecord:
     children: dict[int, ChildRecord] = field(default_factory=dict)  # by inbound SPI
     outcome: str | None = None  # set when closed: "deleted", "deleted by peer", "failed: ..."
     replacing: set[str] = field(default_factory=set)  # children we asked to replace (`replace_child`)
+    traffic_checked_at: float = float("-inf")  # loop time of the last read of inbound counters
 
     @property
     def name(self) -> str:
@@ -145,6 +153,7 @@ class IkeAdapter:
         self._timer_at: float | None = None
         self._work: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        self._traffic: asyncio.Task[None] | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -153,6 +162,8 @@ class IkeAdapter:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._worker = self._loop.create_task(self._run_work())
+        if self.installer is not None:
+            self._traffic = self._loop.create_task(self._watch_traffic())
         try:
             for host in dict.fromkeys(udp.canonical(h) for h in self.settings.bind):
                 for port in (self.settings.ike_port, NATT_PORT):
@@ -197,10 +208,11 @@ class IkeAdapter:
             if not ep.attached and self._loop is not None:
                 with contextlib.suppress(Exception):
                     self._loop.remove_reader(ep.sock.fileno())
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        for task in (self._traffic, self._worker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for ep in self._endpoints:
             if not ep.attached:
                 ep.sock.close()
@@ -656,6 +668,54 @@ class IkeAdapter:
         except DataPlaneError as exc:
             self.stats["child_remove_failed"] += 1
             log.error("could not remove CHILD_SA %s from the data plane: %s", key, exc)
+
+    # ------------------------------------------------------------------ traffic as liveness
+
+    async def _watch_traffic(self) -> None:
+        while True:
+            try:
+                wait = await self.feed_traffic()
+            except Exception:
+                self.stats["adapter_errors"] += 1
+                log.exception("reading inbound CHILD_SA counters failed")
+                wait = TRAFFIC_SCAN_MAX
+            await asyncio.sleep(wait)
+
+    async def feed_traffic(self) -> float:
+        """Tells each IKE SA with DPD that heard nothing for half its DPD delay (nor was checked
+        in that time) whether inbound packets arrived on any of its CHILD_SAs since the last
+        check. Returns the seconds until the next SA is due."""
+        assert self.installer is not None
+        installer = self.installer
+        now = self.now()
+        next_due = now + TRAFFIC_SCAN_MAX
+        for record in self.active():
+            sa = record.sa
+            delay = sa.config.dpd_delay
+            if delay <= 0 or not sa.established:
+                continue
+            due = max(sa.last_inbound, record.traffic_checked_at) + delay / 2
+            if now < due:
+                next_due = min(next_due, due)
+                continue
+            record.traffic_checked_at = now
+            next_due = min(next_due, now + delay / 2)
+            arrived = False
+            for spi_in, child in list(record.children.items()):
+                plan = installer.installed.get((child.local.host, child.event.protocol, spi_in))
+                if plan is None or not child.installed:
+                    continue
+                try:
+                    packets = (await installer.dataplane.counters(plan.inbound.id)).packets
+                except DataPlaneError:
+                    continue
+                arrived |= packets != child.packets_in
+                child.packets_in = packets
+            if arrived and record.sa is sa and not sa.closed:
+                self.stats["traffic_seen"] += 1
+                sa.traffic_seen(self.now())
+        self._pump()
+        return max(0.05, next_due - self.now())
 
     # ------------------------------------------------------------------ status
 
