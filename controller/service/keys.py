@@ -19,6 +19,12 @@ class Keys:
         return f"{self.resources}{kind.value}/{name}"
 
     @property
+    def numbering(self) -> str:
+        """Written by each replica once it has loaded; in the resources watch so that every replica
+        renumbers its slices at the same revision (`MeshState._renumber`). Not a resource kind."""
+        return f"{self.resources}.numbering"
+
+    @property
     def guard(self) -> str:
         """Bumped by every resource write: a write validated against revision r commits only if
         nothing else was written since (see `MeshState.commit`)."""

@@ -136,6 +136,11 @@ class MeshState:
     async def start(self) -> None:
         await self._load()
         self._tasks.append(asyncio.create_task(self._follow(), name="mesh-state-watch"))
+        # Slices are numbered from the revision this replica loaded at; others that loaded earlier
+        # number by the revisions of later changes. Announcing the load makes every replica
+        # (this one included) move all slices to that write's revision, after which all number
+        # alike and an agent can resume on any of them with a delta.
+        await self.store.put(self.keys.numbering, json.dumps({"loaded_at": self.revision}).encode())
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -151,6 +156,8 @@ class MeshState:
         docs: dict[tuple[Kind, str], StoredDoc] = {}
         resources = []
         for kv in listing.kvs:
+            if kv.key == self.keys.numbering:
+                continue
             parsed = self._parse(kv.key, kv.value)
             if parsed is None:
                 continue
@@ -250,6 +257,9 @@ class MeshState:
         nodes: set[str] = set()
         sites: set[str] = set()
         rekeyed: set[str] = set()  # ExternalGateways whose PSK was written
+        if any(event.key == self.keys.numbering for event in events):
+            self._renumber(revision, started)
+            return
         for event in events:
             kind_text, _, name = event.key.removeprefix(self.keys.resources).partition("/")
             try:
@@ -289,6 +299,19 @@ class MeshState:
         self._set_revision(revision)
         if self._on_updates is not None:
             self._on_updates(updates, time.monotonic() - started)
+
+    def _renumber(self, revision: int, started: float) -> None:
+        """Every slice moves to `revision` with an empty delta (connected agents get it, and an
+        agent a step behind catches up through it): the numbering point all replicas share."""
+        for current in self._slices.values():
+            update = NodeUpdate(revision, current.version, (), (), None, started)
+            current.version = revision
+            current.history.append(update)
+            for queue in current.subscribers:
+                self._signal(queue, update)
+        self._set_revision(revision)
+        if self._on_updates is not None:
+            self._on_updates(len(self._slices), time.monotonic() - started)
 
     def _resend_gateway_tunnels(self, gateway: str, deltas: dict[str, NodeDelta]) -> None:
         """Add every tunnel to `gateway` to its node's delta: its key changed, nothing else did."""
@@ -413,6 +436,12 @@ class MeshState:
         for _, future in ready:
             if not future.done():
                 future.set_result(None)
+
+    async def caught_up(self) -> None:
+        """Return once the index reflects every resource write committed so far on any replica
+        (the guard's revision): a read that follows a write made elsewhere sees it."""
+        guard = await self.store.get(self.keys.guard)
+        await self.wait_for(guard.mod_revision if guard is not None else 0)
 
     async def wait_for(self, revision: int, timeout: float = 10.0) -> None:
         """Return once the index reflects `revision` (read-your-writes on this replica)."""

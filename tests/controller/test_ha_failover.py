@@ -116,3 +116,65 @@ async def test_conflicting_writes_on_two_replicas_cannot_both_commit(
     for controller in replicas:
         await wait_until(lambda c=controller: len(list(core_of(c).state.index.all_sites())) == 3)
     assert core_of(one).state.index.validate_all() == []
+
+
+async def test_a_replica_started_later_numbers_alike_so_agents_fail_over_with_a_delta(
+    etcd_server: EtcdServer, key_prefix: str, tmp_path: Path
+) -> None:
+    stores = [await EtcdStore.connect([etcd_server.endpoint]) for _ in range(2)]
+    first: Controller | None = None
+    later: Controller | None = None
+    try:
+        first = await start_controller(
+            stores[0], tmp_path / "ctl-0", replica="ctl-0", prefix=key_prefix, election_ttl_s=2
+        )
+        await apply(
+            first,
+            site("dc1", ["198.19.1.0/24"]),
+            site("dc2", ["198.19.2.0/24"]),
+            policy("mesh", "full-mesh", "node", {}, auth={"method": "psk"}),
+        )
+        a = await join(first, "dc1", "node-a", "198.18.0.1")
+        await join(first, "dc2", "node-b", "198.18.0.2")
+        watcher = Watcher(a)
+        async with a.channel(first) as channel:
+            updates = watcher.updates(channel)
+            assert (await asyncio.wait_for(updates.__anext__(), 10)).kind == agent_pb2.UPDATE_KIND_SNAPSHOT
+            # node-a's slice changes again, then the mesh moves on without touching it: its
+            # version now lies before the revision the second replica will load at.
+            await join(first, "dc2", "node-c", "198.18.0.3")
+            grown = await asyncio.wait_for(updates.__anext__(), 10)
+            assert [t.peer_name for t in grown.upserted_tunnels] == ["node-c"]
+            await apply(first, site("dc3", ["198.19.3.0/24"]))
+            loaded_after = core_of(first).state.revision
+            assert watcher.version < loaded_after
+
+            later = await start_controller(
+                stores[1], tmp_path / "ctl-1", replica="ctl-1", prefix=key_prefix, election_ttl_s=2
+            )
+            # Its load announcement renumbers every slice on both replicas; the agent hears it.
+            renumbered = await asyncio.wait_for(updates.__anext__(), 10)
+            assert renumbered.kind == agent_pb2.UPDATE_KIND_DELTA and not renumbered.upserted_tunnels
+            assert renumbered.version > loaded_after
+            # The later replica may hear its own announcement after the first one did.
+            await wait_until(lambda: core_of(later).state.version("node-a") == renumbered.version)  # type: ignore[union-attr]
+            await first.stop(resign=False)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await asyncio.wait_for(updates.__anext__(), 10)
+
+        await join(later, "dc2", "node-d", "198.18.0.4")
+        async with a.channel(later) as channel:
+            updates = watcher.updates(channel)
+            resumed = await asyncio.wait_for(updates.__anext__(), 10)
+            assert resumed.kind == agent_pb2.UPDATE_KIND_DELTA, "fail-over fell back to a snapshot"
+            assert resumed.base_version == renumbered.version
+            assert [t.peer_name for t in resumed.upserted_tunnels] == ["node-d"]
+            await updates.aclose()
+        expected = {t.id for t in core_of(later).state.index.desired_tunnels("node-a")}
+        assert set(watcher.tunnels) == expected and len(expected) == 3
+    finally:
+        for controller in (first, later):
+            if controller is not None:
+                await controller.stop()
+        for store in stores:
+            await store.close()
