@@ -509,6 +509,10 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         await self._admin(context)
         if not request.site:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "site is required")
+        try:
+            await self._core.state.caught_up()  # the Site may have been applied on another replica
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
         if self._core.state.index.site(request.site) is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"site: unknown Site/{request.site}")
         if request.node_name and not valid_name(request.node_name):
