@@ -207,8 +207,8 @@ class TimedStore(Store):
     async def get(self, key: str) -> KeyValue | None:
         return await self._timed("get", self.inner.get(key))
 
-    async def range(self, prefix: str) -> RangeResult:
-        return await self._timed("range", self.inner.range(prefix))
+    async def range(self, prefix: str, *, revision: int = 0) -> RangeResult:
+        return await self._timed("range", self.inner.range(prefix, revision=revision))
 
     async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
         return await self._timed("txn", self.inner.txn(compares, ops))

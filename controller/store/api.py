@@ -174,8 +174,11 @@ class Store(abc.ABC):
     async def get(self, key: str) -> KeyValue | None: ...
 
     @abc.abstractmethod
-    async def range(self, prefix: str) -> RangeResult:
-        """Every key starting with `prefix`, sorted by key."""
+    async def range(self, prefix: str, *, revision: int = 0) -> RangeResult:
+        """Every key starting with `prefix`, sorted by key; as of `revision` if given (0: now).
+
+        A past read raises `CompactedError` once that revision is older than the store's history;
+        its result's `revision` is the one asked for."""
 
     @abc.abstractmethod
     async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:

@@ -28,7 +28,12 @@ from meshsec.controller.store.api import (
     Watch,
 )
 from meshsec.controller.store.clock import Clock, MonotonicClock
-from meshsec.controller.store.errors import LeaseNotFoundError, StoreError, StoreUnavailableError
+from meshsec.controller.store.errors import (
+    CompactedError,
+    LeaseNotFoundError,
+    StoreError,
+    StoreUnavailableError,
+)
 from meshsec.controller.store.mvcc import Mvcc, Record
 from meshsec.controller.store.wal import Wal
 
@@ -137,10 +142,24 @@ class EmbeddedStore(Store):
         self._check_open()
         return self._state.kvs.get(key)
 
-    async def range(self, prefix: str) -> RangeResult:
+    async def range(self, prefix: str, *, revision: int = 0) -> RangeResult:
         self._check_open()
-        keys = sorted(key for key in self._state.kvs if key.startswith(prefix))
-        return RangeResult([self._state.kvs[key] for key in keys], self._state.revision)
+        state = self._state if revision in (0, self._state.revision) else self._state_at(revision)
+        keys = sorted(key for key in state.kvs if key.startswith(prefix))
+        return RangeResult([state.kvs[key] for key in keys], state.revision)
+
+    def _state_at(self, revision: int) -> Mvcc:
+        """The keys as they were at `revision`, rebuilt from the base and the log since."""
+        if revision > self._state.revision:
+            raise StoreError(f"revision {revision} is in the future (the store is at {self._state.revision})")
+        past = Mvcc.from_snapshot(self._base)
+        if revision < past.revision:
+            raise CompactedError(revision, past.revision + 1)
+        for record in self._records:
+            if "rev" in record and int(record["rev"]) > revision:
+                break
+            past.apply(record)
+        return past
 
     def watch(self, prefix: str, *, start_revision: int) -> Watch:
         self._check_open()

@@ -263,11 +263,19 @@ class EtcdStore(Store):
         response = await self._call(kv.get(key.encode(), timeout=self._timeout))
         return _kv(response.kvs[0]) if response.kvs else None
 
-    async def range(self, prefix: str) -> RangeResult:
+    async def range(self, prefix: str, *, revision: int = 0) -> RangeResult:
         kv = self._kv
         key, end = _key_range(prefix)
-        response = await self._call(kv.get(key, range_end=end, timeout=self._timeout))
-        return RangeResult([_kv(pb) for pb in response.kvs], int(response.header.revision))
+        try:
+            response = await self._call(kv.get(key, range_end=end, revision=revision, timeout=self._timeout))
+        except StoreError as exc:
+            cause = exc.__cause__
+            detail = cause.details() if isinstance(cause, grpc.aio.AioRpcError) else ""
+            if revision and "compacted" in (detail or ""):
+                raise CompactedError(revision, 0) from exc
+            raise
+        # etcd's header carries the current revision even for a read in the past.
+        return RangeResult([_kv(pb) for pb in response.kvs], revision or int(response.header.revision))
 
     async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
         check_ops(ops)

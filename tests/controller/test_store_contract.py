@@ -72,6 +72,26 @@ async def test_range_is_by_prefix_and_sorted(store_kit: StoreKit) -> None:
     assert listing.revision == max(kv.mod_revision for kv in (await store.range(p)).kvs)
 
 
+async def test_range_in_the_past_sees_the_keys_as_they_were(store_kit: StoreKit) -> None:
+    store, p = store_kit.store, store_kit.prefix
+    first = await store.put(p + "a", b"1")
+    await store.put(p + "b", b"x")
+    middle = await store.put(p + "a", b"2")
+    await store.delete(p + "b")
+    await store.put(p + "c", b"y")
+    then = await store.range(p, revision=first)
+    assert [(kv.key, kv.value, kv.mod_revision) for kv in then.kvs] == [(p + "a", b"1", first)]
+    assert then.revision == first
+    at_middle = await store.range(p, revision=middle)
+    assert [(kv.key, kv.value) for kv in at_middle.kvs] == [(p + "a", b"2"), (p + "b", b"x")]
+    now = await store.range(p)
+    assert [(kv.key, kv.value) for kv in now.kvs] == [(p + "a", b"2"), (p + "c", b"y")]
+    # Compacted away: the same clear error a watch gets.
+    await store.compact(now.revision)
+    with pytest.raises(CompactedError):
+        await store.range(p, revision=first)
+
+
 async def test_put_compare_and_swap(store_kit: StoreKit) -> None:
     store, key = store_kit.store, store_kit.prefix + "doc"
     created = await store.put(key, b"v1", expect_mod_revision=0)
