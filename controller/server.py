@@ -223,6 +223,7 @@ class Controller:
             await core.tokens.collect_garbage(now)
             await core.status.find_lost(now)
             await core.events.prune()
+            await core.state.announce_if_due()
         except StoreError as exc:
             log.warning("leader housekeeping failed: %s", exc)
 

@@ -98,6 +98,9 @@ class WritePlan:
 
 
 class MeshState:
+    ANNOUNCE_AFTER_CHANGES = 500  # revisions with resource changes between numbering announcements
+    REPLAY_TIMEOUT_S = 600
+
     def __init__(
         self,
         store: Store,
@@ -130,17 +133,36 @@ class MeshState:
         # are encoded with are at least as new as the batch (the secrets watch may lag this one).
         self._reload_secrets = reload_secrets
         self._max_backlog = max_backlog
+        self._changes_since_announcement = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._load()
+        """Load and follow the store. Versions must mean the same on every replica and across
+        restarts, so the state is loaded as of the last numbering announcement (when every replica
+        moved every slice to that revision) and the changes since are replayed through the same
+        delta computation; serving starts once the replay has caught up. Without a usable
+        announcement (none yet, or compacted away) this replica loads the present and announces."""
+        replay_to = await self._load(replay=True)
         self._tasks.append(asyncio.create_task(self._follow(), name="mesh-state-watch"))
-        # Slices are numbered from the revision this replica loaded at; others that loaded earlier
-        # number by the revisions of later changes. Announcing the load makes every replica
-        # (this one included) move all slices to that write's revision, after which all number
-        # alike and an agent can resume on any of them with a delta.
+        if replay_to is None:
+            await self.announce()
+            return
+        try:
+            await self.wait_for(replay_to, timeout=self.REPLAY_TIMEOUT_S)
+        except StoreUnavailableError:
+            log.warning(
+                "replay not at revision %d after %d s; serving anyway", replay_to, self.REPLAY_TIMEOUT_S
+            )
+
+    async def announce(self) -> None:
+        """A numbering point: every replica moves all its slices to this write's revision."""
         await self.store.put(self.keys.numbering, json.dumps({"loaded_at": self.revision}).encode())
+
+    async def announce_if_due(self) -> None:
+        """Keep the replay a restart needs short (and inside the store's history)."""
+        if self._changes_since_announcement >= self.ANNOUNCE_AFTER_CHANGES:
+            await self.announce()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -150,8 +172,22 @@ class MeshState:
                 await task
         self._tasks = []
 
-    async def _load(self) -> None:
+    async def _load(self, *, replay: bool) -> int | None:
+        """Build the index; with `replay`, as of the last announcement if the store still has its
+        history, returning the revision the replay must reach (else None: loaded the present)."""
         listing = await self.store.range(self.keys.resources)
+        replay_to: int | None = None
+        announced = next((kv for kv in listing.kvs if kv.key == self.keys.numbering), None)
+        if replay and announced is not None:
+            guard = await self.store.get(self.keys.guard)
+            target = max([kv.mod_revision for kv in listing.kvs] + [guard.mod_revision if guard else 0])
+            try:
+                listing = await self.store.range(self.keys.resources, revision=announced.mod_revision)
+                replay_to = target
+            except CompactedError:
+                log.info(
+                    "numbering announcement at %d compacted away; loading the present", announced.mod_revision
+                )
         index = ControllerIndex()
         docs: dict[tuple[Kind, str], StoredDoc] = {}
         resources = []
@@ -180,7 +216,14 @@ class MeshState:
         for name, s in old.items():
             for queue in s.subscribers:
                 queue.put_nowait(Resync() if name in self._slices else NodeGone())
-        log.info("loaded %d resources at revision %d", len(resources), listing.revision)
+        self._changes_since_announcement = 0
+        log.info(
+            "loaded %d resources at revision %d%s",
+            len(resources),
+            listing.revision,
+            f", replaying to {replay_to}" if replay_to is not None else "",
+        )
+        return replay_to
 
     def _parse(self, key: str, value: bytes) -> tuple[tuple[Kind, str], dict[str, Any], Any] | None:
         kind_text, _, name = key.removeprefix(self.keys.resources).partition("/")
@@ -221,7 +264,8 @@ class MeshState:
                     backoff = 0.1
             except CompactedError:
                 log.warning("watch history compacted past revision %d; reloading", self.revision)
-                await self._load()
+                await self._load(replay=False)
+                await self.announce()  # our numbering restarted: make everyone's restart with it
             except StoreError as exc:
                 log.warning("resource watch failed (%s); resuming from revision %d", exc, self.revision + 1)
                 await asyncio.sleep(backoff)
@@ -259,7 +303,9 @@ class MeshState:
         rekeyed: set[str] = set()  # ExternalGateways whose PSK was written
         if any(event.key == self.keys.numbering for event in events):
             self._renumber(revision, started)
+            self._changes_since_announcement = 0
             return
+        self._changes_since_announcement += 1
         for event in events:
             kind_text, _, name = event.key.removeprefix(self.keys.resources).partition("/")
             try:
