@@ -148,6 +148,8 @@ class MeshState:
         if replay_to is None:
             await self.announce()
             return
+        if replay_to <= self.revision:
+            return
         try:
             await self.wait_for(replay_to, timeout=self.REPLAY_TIMEOUT_S)
         except StoreUnavailableError:
@@ -177,17 +179,24 @@ class MeshState:
         history, returning the revision the replay must reach (else None: loaded the present)."""
         listing = await self.store.range(self.keys.resources)
         replay_to: int | None = None
+        numbered_at = listing.revision
         announced = next((kv for kv in listing.kvs if kv.key == self.keys.numbering), None)
         if replay and announced is not None:
             guard = await self.store.get(self.keys.guard)
             target = max([kv.mod_revision for kv in listing.kvs] + [guard.mod_revision if guard else 0])
-            try:
-                listing = await self.store.range(self.keys.resources, revision=announced.mod_revision)
-                replay_to = target
-            except CompactedError:
-                log.info(
-                    "numbering announcement at %d compacted away; loading the present", announced.mod_revision
-                )
+            if target <= announced.mod_revision:
+                # No resource written since: the present is the state at the announcement, which
+                # may itself be compacted away by other writes (status reports, events).
+                numbered_at = replay_to = announced.mod_revision
+            else:
+                try:
+                    listing = await self.store.range(self.keys.resources, revision=announced.mod_revision)
+                    numbered_at, replay_to = listing.revision, target
+                except CompactedError:
+                    log.info(
+                        "numbering announcement at %d compacted away; loading the present",
+                        announced.mod_revision,
+                    )
         index = ControllerIndex()
         docs: dict[tuple[Kind, str], StoredDoc] = {}
         resources = []
@@ -209,7 +218,7 @@ class MeshState:
         for name in index.nodes():
             node = index.node(name)
             assert node is not None
-            s = NodeSlice(listing.revision, self._config(node), deque(maxlen=self._history))
+            s = NodeSlice(numbered_at, self._config(node), deque(maxlen=self._history))
             if name in old:
                 s.subscribers = old[name].subscribers
             self._slices[name] = s

@@ -86,3 +86,28 @@ async def test_announce_if_due_renumbers_only_after_enough_changes(tmp_path: Pat
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.02)
+
+
+async def test_after_an_announcement_with_nothing_changed_since_history_is_not_needed(tmp_path: Path) -> None:
+    async with running_controller(tmp_path, *MESH) as ctl:
+        a = await join(ctl, "dc1", "node-a", "198.18.0.1")
+        await join(ctl, "dc2", "node-b", "198.18.0.2")
+        watcher = Watcher(a)
+        async with a.channel(ctl) as channel:
+            updates = watcher.updates(channel)
+            assert (await asyncio.wait_for(updates.__anext__(), 10)).kind == agent_pb2.UPDATE_KIND_SNAPSHOT
+            await core_of(ctl).state.announce()
+            renumbered = await asyncio.wait_for(updates.__anext__(), 10)
+            assert renumbered.kind == agent_pb2.UPDATE_KIND_DELTA and not renumbered.upserted_tunnels
+            await updates.aclose()
+    store = await EmbeddedStore.open(tmp_path / "store.log")
+    await store.put("/elsewhere/status", b"later writes that are not resources")
+    await store.compact(store.revision)  # the announcement's revision is no longer readable
+    await store.close()
+    async with running_controller(tmp_path) as ctl:
+        assert core_of(ctl).state.version("node-a") == renumbered.version
+        async with watcher.node.channel(ctl) as channel:
+            updates = watcher.updates(channel)
+            resumed = await asyncio.wait_for(updates.__anext__(), 10)
+            assert resumed.kind == agent_pb2.UPDATE_KIND_DELTA and resumed.base_version == renumbered.version
+            await updates.aclose()
