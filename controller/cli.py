@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+from meshsec.common.cli_args import uint32
 from meshsec.common.secrets import Secret
 from meshsec.controller.heap import HeapKeeper
 from meshsec.controller.server import Controller, ControllerConfig, open_store
@@ -28,17 +29,6 @@ from meshsec.v1 import admin_pb2, admin_pb2_grpc
 
 DEFAULT_DATA_DIR = Path("/var/lib/meshsec/controller")
 DEFAULT_ADMIN_SOCKET = "/run/meshsec/admin.sock"
-
-
-def _uint32(text: str) -> int:
-    """A count for a uint32 request field: refused here, not by protobuf after parsing."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if not 0 <= value < 1 << 32:
-        raise argparse.ArgumentTypeError(f"{value} is not between 0 and {(1 << 32) - 1}")
-    return value
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -105,8 +95,8 @@ def _token_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("node", nargs="?", default="", help="bind the token to this node name (recommended)")
     p.add_argument("--site", required=True, help="site the node joins")
-    p.add_argument("--uses", type=_uint32, default=1, help="enrollments allowed (default 1)")
-    p.add_argument("--ttl", type=_uint32, default=3600, help="lifetime in seconds (default 3600)")
+    p.add_argument("--uses", type=uint32, default=1, help="enrollments allowed (default 1)")
+    p.add_argument("--ttl", type=uint32, default=3600, help="lifetime in seconds (default 3600)")
     p.add_argument("--label", action="append", default=[], help="node label key=value (repeatable)")
     p.add_argument("--allow-reenroll", action="store_true", help="may replace an existing node of that name")
     p.add_argument("--admin-socket", default=DEFAULT_ADMIN_SOCKET, help="default %(default)s")

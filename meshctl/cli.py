@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from meshsec.common.cli_args import uint32
 from meshsec.meshctl import commands, secrets
 from meshsec.meshctl.client import ENV_CONTROLLER, AdminClient, Target, TlsFiles
 from meshsec.meshctl.errors import EXIT_OK, MeshctlError, UsageError
@@ -15,17 +16,6 @@ from meshsec.meshctl.printable import printable
 from meshsec.meshctl.table import paint, use_colour
 
 OUTPUTS = ("table", "wide", "json", "yaml")
-
-
-def _uint32(text: str) -> int:
-    """A count for a uint32 request field: refused here, not by protobuf after parsing."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if not 0 <= value < 1 << 32:
-        raise argparse.ArgumentTypeError(f"{value} is not between 0 and {(1 << 32) - 1}")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = tsub.add_parser("create", help="create a token for NODE (printed once)")
     t.add_argument("node", metavar="NODE")
     t.add_argument("--site", required=True)
-    t.add_argument("--ttl", type=_uint32, default=0, help="seconds (default: controller's, 1 h)")
-    t.add_argument("--uses", type=_uint32, default=1)
+    t.add_argument("--ttl", type=uint32, default=0, help="seconds (default: controller's, 1 h)")
+    t.add_argument("--uses", type=uint32, default=1)
     t.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--allow-reenroll", action="store_true")
     t.add_argument("-o", "--output", choices=("text", "json"), default="text")
