@@ -178,6 +178,15 @@ class AgentApi(agent_pb2_grpc.AgentServiceServicer):
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"node {name} is already enrolled; token {record.token_id} does not allow re-enrollment",
                 )
+            current_site = existing.doc.get("spec", {}).get("site") if existing is not None else None
+            if enrolled and not record.node_name and current_site != record.site:
+                # A token for any name must not move an enrolled node (and its tunnels) elsewhere:
+                # that takes a token bound to the node by name.
+                raise _Refused(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"node {name} is enrolled in site {current_site}; token {record.token_id} enrolls into "
+                    f"site {record.site} and is not bound to node {name}, so it cannot move it",
+                )
             facts = {
                 ENROLLED_AT: repr(now),
                 ENROLLED_WITH: record.token_id,

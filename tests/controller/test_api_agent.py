@@ -134,6 +134,18 @@ async def test_bad_expired_reused_and_misbound_tokens_are_refused(ctl: Controlle
         assert token.partition(".")[2].encode() not in raw
 
 
+async def test_a_token_not_bound_to_the_node_cannot_move_it_to_another_site(ctl: Controller) -> None:
+    await join(ctl, "dc1", "node-a", "198.18.0.1")
+    anyone_in_dc2 = await create_token(ctl, "dc2", allow_reenroll=True)
+    assert await _enroll_error(ctl, anyone_in_dc2, "node-a") == grpc.StatusCode.PERMISSION_DENIED
+    assert core_of(ctl).state.index.node("node-a").spec.site == "dc1"  # type: ignore[union-attr]
+    # Re-enrolling in its own site with such a token, or moving it with a token bound to its name,
+    # is what an admin who issued them asked for.
+    await enroll(ctl, await create_token(ctl, "dc1", allow_reenroll=True), "node-a", "198.18.0.1")
+    await join(ctl, "dc2", "node-a", "198.18.0.1", allow_reenroll=True)
+    assert core_of(ctl).state.index.node("node-a").spec.site == "dc2"  # type: ignore[union-attr]
+
+
 async def test_reenrollment_invalidates_the_old_certificate(ctl: Controller) -> None:
     first = await join(ctl, "dc1", "node-a", "198.18.0.1")
     await asyncio.sleep(1.1)  # a later second than the first certificate's issue time
