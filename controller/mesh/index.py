@@ -25,9 +25,11 @@ from meshsec.controller.mesh.membership import Membership
 from meshsec.controller.mesh.model import NodeDelta, Tunnel
 from meshsec.controller.mesh.tunnels import (
     external_tunnel,
+    gateway_source,
     host_selectors,
     node_end,
     node_pair,
+    policy_source,
     prefix_selectors,
     selectors_to_prefixes,
     tunnel_id,
@@ -147,13 +149,7 @@ class MeshIndex:
         n = self._nodes.get(node)
         if n is None:
             return False
-        external = self._externals.get(peer)
-        if (
-            external is not None
-            and peer in self._externals_by_site.get(n.spec.site, ())
-            and node in self._gateways.get(n.spec.site, ())
-            and tid == tunnel_id(f"ExternalGateway/{peer}", node, peer)
-        ):
+        if peer in self._node_externals(n) and tid == tunnel_id(gateway_source(peer), node, peer):
             return True
         p = self._nodes.get(peer)
         if p is None:
@@ -164,7 +160,7 @@ class MeshIndex:
                 unit is not None
                 and peer_unit is not None
                 and m.has_pair(unit, peer_unit)
-                and tid == tunnel_id(f"MeshPolicy/{name}", node, peer)
+                and tid == tunnel_id(policy_source(name), node, peer)
             ):
                 return True
         return False

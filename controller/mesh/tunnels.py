@@ -24,6 +24,16 @@ from meshsec.controller.resources.model import (
 )
 
 
+def policy_source(policy: str) -> str:
+    """`Tunnel.source` (and the first input of `tunnel_id`) for a MeshPolicy's tunnels."""
+    return f"MeshPolicy/{policy}"
+
+
+def gateway_source(gateway: str) -> str:
+    """`Tunnel.source` (and the first input of `tunnel_id`) for an ExternalGateway's tunnels."""
+    return f"ExternalGateway/{gateway}"
+
+
 def tunnel_id(source: str, a: str, b: str) -> str:
     """Stable across replicas and restarts: depends only on the source resource and the pair."""
     lo, hi = (a, b) if a <= b else (b, a)
@@ -110,7 +120,7 @@ def node_pair(
     The parts the ends share (id, auth, policy settings) are computed once for the pair.
     """
     ra, rb = _reach(a), _reach(b)
-    source = f"MeshPolicy/{policy.metadata.name}"
+    source = policy_source(policy.metadata.name)
     tid = tunnel_id(source, ra.name, rb.name)
     auth = _auth(policy, tid)
     return (
@@ -125,7 +135,7 @@ def node_end(
     """``local``'s end of its tunnel with ``peer``; the two ends always agree (same id and auth,
     exactly one initiator) because each is derived from the unordered pair alone."""
     rl, rp = _reach(local), _reach(peer)
-    source = f"MeshPolicy/{policy.metadata.name}"
+    source = policy_source(policy.metadata.name)
     tid = tunnel_id(source, rl.name, rp.name)
     return _end(policy, source, tid, _auth(policy, tid), rl, rp, local_ts, remote_ts)
 
@@ -195,7 +205,7 @@ def external_tunnel(eg: ExternalGateway, node: Node, local_ts: tuple[str, ...]) 
     """A site gateway's tunnel to a third-party gateway; the gateway side always initiates
     because cloud gateways typically only respond until the first exchange."""
     spec = eg.spec
-    source = f"ExternalGateway/{eg.metadata.name}"
+    source = gateway_source(eg.metadata.name)
     ep = node.spec.endpoints
     child = ChildSA(
         eg.metadata.name,
