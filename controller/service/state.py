@@ -492,11 +492,13 @@ class MeshState:
             if not future.done():
                 future.set_result(None)
 
-    async def caught_up(self) -> None:
+    async def caught_up(self) -> int:
         """Return once the index reflects every resource write committed so far on any replica
-        (the guard's revision): a read that follows a write made elsewhere sees it."""
+        (the guard's revision, returned): a read that follows a write made elsewhere sees it."""
         guard = await self.store.get(self.keys.guard)
-        await self.wait_for(guard.mod_revision if guard is not None else 0)
+        revision = guard.mod_revision if guard is not None else 0
+        await self.wait_for(revision)
+        return revision
 
     async def wait_for(self, revision: int, timeout: float = 10.0) -> None:
         """Return once the index reflects `revision` (read-your-writes on this replica)."""
@@ -577,9 +579,7 @@ class MeshState:
         race, so it sees the latest state; it may raise to refuse the write (ValidationError etc.).
         """
         for _ in range(attempts):
-            guard = await self.store.get(self.keys.guard)
-            guard_revision = guard.mod_revision if guard is not None else 0
-            await self.wait_for(guard_revision)
+            guard_revision = await self.caught_up()
             plan = await build()
             self.index.check_or_raise(plan.changes)
             if not plan.ops:
