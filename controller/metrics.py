@@ -92,7 +92,7 @@ class ControllerMetrics:
         tunnels_desired: Callable[[], float],
         tunnels_established: Callable[[], float],
         agents_connected: Callable[[], float],
-        unknown_tunnel_statuses: Callable[[], float] = lambda: 0,
+        unknown_tunnel_statuses: Callable[[], float],
     ) -> None:
         self.nodes.set_function(nodes)
         self.tunnels_desired.set_function(tunnels_desired)
