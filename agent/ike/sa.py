@@ -300,12 +300,10 @@ class IkeSa:
         """Arms the IKE SA's rekey (jittered) and hard-expiry timers; called when established."""
         cfg = self.config
         self.last_inbound = max(self.last_inbound, now)
-        if cfg.reauth_time > 0 and cfg.rekey_time <= 0 and self.originator:
+        if cfg.reauth_time > 0 and self.originator:
             self.reauth_at = now + jittered(cfg.reauth_time, cfg.reauth_time / 10, self.rnd)
         if cfg.rekey_time <= 0:
             return
-        if cfg.reauth_time > 0 and self.originator:
-            self.reauth_at = now + jittered(cfg.reauth_time, cfg.reauth_time / 10, self.rnd)
         spread = cfg.rand_time if cfg.rand_time is not None else cfg.rekey_time / 10
         self.ike_rekey_at = now + jittered(cfg.rekey_time, spread, self.rnd)
         over = cfg.over_time if cfg.over_time is not None else max(1, cfg.rekey_time // 10)
