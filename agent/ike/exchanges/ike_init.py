@@ -59,10 +59,14 @@ def signature_notifies(sa: IkeSa) -> list[Payload]:
     return [NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, hash_notify_data())]
 
 
-def learn_hashes(sa: IkeSa, msg: Message) -> None:
+def learn_peer_support(sa: IkeSa, msg: Message) -> None:
+    """What the peer's IKE_SA_INIT announced: RFC 7427 hashes, RFC 7383 fragmentation."""
     n = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
     if n is not None:
         sa.peer_hashes = parse_hash_notify(n.data)
+    sa.frag_peer = (
+        sa.config.fragmentation and msg.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+    )
 
 
 def detect_nat(sa: IkeSa, msg: Message, spi_r: bytes, local: Address, remote: Address) -> bool:
@@ -166,10 +170,7 @@ class IkeInit:
             return Outcome.DONE
         sa.spi_r = msg.header.spi_r
         sa.nonce_r = nonce.data
-        learn_hashes(sa, msg)
-        sa.frag_peer = (
-            sa.config.fragmentation and msg.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
-        )
+        learn_peer_support(sa, msg)
         sa.init_response = raw
         setup_keys(sa, chosen, shared)
         from meshsec.agent.ike.sa import State
@@ -235,10 +236,7 @@ def respond_ike_init(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         return reject(NotifyType.INVALID_SYNTAX)
     sa.nonce_i = nonce.data
     sa.nonce_r = sa.rnd.bytes(NONCE_SIZE)
-    learn_hashes(sa, msg)
-    sa.frag_peer = (
-        sa.config.fragmentation and msg.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
-    )
+    learn_peer_support(sa, msg)
     frag = [NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)] if sa.frag_peer else []
     setup_keys(sa, chosen, shared)
     sa.state = State.AUTHENTICATING
