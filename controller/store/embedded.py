@@ -154,7 +154,7 @@ class EmbeddedStore(Store):
             raise StoreError(f"revision {revision} is in the future (the store is at {self._state.revision})")
         past = Mvcc.from_snapshot(self._base)
         if revision < past.revision:
-            raise CompactedError(revision, past.revision + 1)
+            raise CompactedError(revision, past.revision)
         for record in self._records:
             if "rev" in record and int(record["rev"]) > revision:
                 break

@@ -117,6 +117,12 @@ def _translate(exc: BaseException, lease_id: int = 0) -> BaseException:
     return exc
 
 
+def _etcd_detail(exc: StoreError) -> str:
+    """The etcd server's message behind a translated error ("" when it did not come from etcd)."""
+    cause = exc.__cause__
+    return (cause.details() or "") if isinstance(cause, grpc.aio.AioRpcError) else ""
+
+
 class _EtcdWatch(Watch):
     def __init__(self, store: EtcdStore, prefix: str, start_revision: int) -> None:
         self._store = store
@@ -269,9 +275,7 @@ class EtcdStore(Store):
         try:
             response = await self._call(kv.get(key, range_end=end, revision=revision, timeout=self._timeout))
         except StoreError as exc:
-            cause = exc.__cause__
-            detail = cause.details() if isinstance(cause, grpc.aio.AioRpcError) else ""
-            if revision and "compacted" in (detail or ""):
+            if revision and "compacted" in _etcd_detail(exc):
                 raise CompactedError(revision, 0) from exc
             raise
         # etcd's header carries the current revision even for a read in the past.
@@ -301,12 +305,11 @@ class EtcdStore(Store):
         try:
             await self._call(kv.compact(revision, physical=True, timeout=self._timeout))
         except StoreError as exc:
-            cause = exc.__cause__
-            detail = cause.details() if isinstance(cause, grpc.aio.AioRpcError) else ""
-            if "future revision" in (detail or ""):
+            detail = _etcd_detail(exc)
+            if "future revision" in detail:
                 current = await self.range("\0")
                 await self.compact(current.revision)
-            elif "compacted" not in (detail or ""):  # already compacted that far: nothing to do
+            elif "compacted" not in detail:  # already compacted that far: nothing to do
                 raise
 
     async def grant_lease(self, ttl: int) -> Lease:
