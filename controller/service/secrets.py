@@ -52,9 +52,8 @@ class TunnelSecrets:
                 fresh = os.urandom(MIN_MASTER_BYTES)
                 if (await self._store.txn([Compare.absent(key)], [Put(key, fresh)])).succeeded:
                     self._master = Secret(fresh)
-        listing = await self._store.range(self._keys.secrets)
-        self._external = {kv.key.removeprefix(self._keys.secrets): Secret(kv.value) for kv in listing.kvs}
-        self._task = asyncio.create_task(self._follow(listing.revision + 1), name="secrets-watch")
+        revision = await self._load()
+        self._task = asyncio.create_task(self._follow(revision + 1), name="secrets-watch")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -64,8 +63,13 @@ class TunnelSecrets:
 
     async def reload(self) -> None:
         """Read every external PSK now (the watch follows later; this catches up at once)."""
+        await self._load()
+
+    async def _load(self) -> int:
+        """Replace the external PSKs with the store's; returns the revision read."""
         listing = await self._store.range(self._keys.secrets)
         self._external = {kv.key.removeprefix(self._keys.secrets): Secret(kv.value) for kv in listing.kvs}
+        return listing.revision
 
     def psk(self, psk_id: str) -> Secret | None:
         """The key a tunnel's AuthRef names; None for an external secret nobody has stored yet."""
@@ -86,11 +90,7 @@ class TunnelSecrets:
                         else:
                             self._external.pop(name, None)
             except CompactedError:
-                listing = await self._store.range(self._keys.secrets)
-                self._external = {
-                    kv.key.removeprefix(self._keys.secrets): Secret(kv.value) for kv in listing.kvs
-                }
-                start = listing.revision + 1
+                start = await self._load() + 1
             except StoreError as exc:
                 log.warning("secrets watch failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)
