@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
 from meshsec.agent.ike.constants import IdType
@@ -89,15 +90,7 @@ class Credentials:
             raise CredentialError("cas: at least one trusted CA certificate is needed")
         if self.method not in SIGNATURE_METHODS:
             raise CredentialError(f"auth method must be one of {', '.join(SIGNATURE_METHODS)}")
-        ours = (
-            self.chain[0]
-            .public_key()
-            .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        )
-        key = self.key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        if ours != key:
+        if _spki(self.chain[0].public_key()) != _spki(self.key.public_key()):
             raise CredentialError(f"private key does not belong to certificate {describe(self.chain[0])}")
 
     @classmethod
@@ -112,13 +105,13 @@ class Credentials:
 
     def certreq_hashes(self) -> bytes:
         """CERTREQ data: SHA-1 of each trusted CA's SubjectPublicKeyInfo (RFC 7296 3.7)."""
-        return b"".join(hashlib.sha1(_spki(c), usedforsecurity=False).digest() for c in self.trusted)
+        return b"".join(
+            hashlib.sha1(_spki(c.public_key()), usedforsecurity=False).digest() for c in self.trusted
+        )
 
 
-def _spki(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+def _spki(key: CertificatePublicKeyTypes) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @dataclass(frozen=True)
