@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-from meshsec.agent.ike.certs import Credentials, SigningKey, VerifyKey
+from meshsec.agent.ike.certs import Credentials, VerifyKey
 
 
 class HashId(IntEnum):  # IANA "IKEv2 Hash Algorithms" (RFC 7427, RFC 8420)
@@ -36,7 +36,6 @@ class SigMethod(IntEnum):
 
 
 OUR_HASHES = (HashId.SHA2_256, HashId.SHA2_384, HashId.SHA2_512, HashId.IDENTITY)
-SIGNATURE_METHODS = frozenset(int(m) for m in SigMethod)
 
 _HASHES: dict[HashId, type[hashes.HashAlgorithm]] = {
     HashId.SHA1: hashes.SHA1,
@@ -238,10 +237,3 @@ def method_name(method: int) -> str:
     except ValueError:
         return str(method)
 
-
-def signing_key_kind(key: SigningKey) -> str:
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        return f"ECDSA {key.curve.name}"
-    if isinstance(key, rsa.RSAPrivateKey):
-        return f"RSA {key.key_size}"
-    return "Ed25519"

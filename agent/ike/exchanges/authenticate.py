@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from meshsec.agent.ike.certs import CERT_ENCODING_X509_SIGNATURE, Credentials, validate_chain
 from meshsec.agent.ike.config import IkeConfig
-from meshsec.agent.ike.constants import AuthMethod, PayloadType
+from meshsec.agent.ike.constants import AuthMethod
 from meshsec.agent.ike.crypto import Prf
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.payloads import AuthPayload, CertPayload, CertReqPayload, IdPayload, Message, Payload
@@ -82,10 +82,6 @@ def check_peer_auth(
     if problem is not None:
         return f"AUTH ({method_name(auth.method)}) from {ident} did not verify: {problem}"
     return None
-
-
-def peer_sent_certreq(msg: Message) -> bool:
-    return msg.find(PayloadType.CERTREQ) is not None
 
 
 __all__ = [

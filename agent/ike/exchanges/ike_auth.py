@@ -10,12 +10,10 @@ from meshsec.agent.ike.config import ChildConfig, IkeConfig
 from meshsec.agent.ike.constants import ExchangeType, NotifyType, PayloadType
 from meshsec.agent.ike.events import Algorithms, IkeSaEstablished, IkeSaFailed, InitialContactReceived
 from meshsec.agent.ike.exchanges.authenticate import (
-    KEY_PAD,
     cert_payloads,
     certreq_payloads,
     check_peer_auth,
     own_auth,
-    psk_auth,
 )
 from meshsec.agent.ike.exchanges.child_sa import (
     ChildRequest,
@@ -32,7 +30,7 @@ from meshsec.agent.ike.task import Outcome
 if TYPE_CHECKING:
     from meshsec.agent.ike.sa import IkeSa
 
-__all__ = ["KEY_PAD", "IkeAuth", "psk_auth", "respond_ike_auth"]
+__all__ = ["IkeAuth", "respond_ike_auth"]
 
 
 def _id_payload(kind: PayloadType, ident: Identity) -> IdPayload:
