@@ -35,6 +35,11 @@ VerifyKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519Public
 SIGNATURE_METHODS = ("signature", "classic")
 
 
+def wall_clock() -> datetime.datetime:
+    """The real clock for the adapters to inject (the engine never reads it itself)."""
+    return datetime.datetime.now(datetime.UTC)
+
+
 class CredentialError(ValueError):
     pass
 

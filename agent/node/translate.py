@@ -12,13 +12,12 @@ chain to that CA and the peer's IKE ID against the peer certificate's subjectAlt
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
 
-from meshsec.agent.ike.certs import Credentials, describe, id_in_certificate
+from meshsec.agent.ike.certs import Credentials, describe, id_in_certificate, wall_clock
 from meshsec.agent.ike.config import ChildConfig, ConfigError, IkeConfig, RetransmitConfig
 from meshsec.agent.ike.constants import ProtocolId
 from meshsec.agent.ike.identity import Identity
@@ -41,10 +40,6 @@ class IdentityNotInCertificate(TunnelError):
     def __init__(self, message: str, local_id: str) -> None:
         super().__init__(message)
         self.local_id = local_id
-
-
-def wall_clock() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 def node_credentials(certificate_pem: bytes, key_pem: Secret, ca_pem: bytes) -> Credentials:

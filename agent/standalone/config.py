@@ -5,7 +5,6 @@ anything invalid with a `ConfigError` naming the offending field by its path, e.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import os
 import re
@@ -17,7 +16,7 @@ from typing import TypeVar
 
 import yaml
 
-from meshsec.agent.ike.certs import CredentialError, Credentials
+from meshsec.agent.ike.certs import CredentialError, Credentials, wall_clock
 from meshsec.agent.ike.config import ChildConfig, IkeConfig, RetransmitConfig
 from meshsec.agent.ike.config import ConfigError as EngineConfigError
 from meshsec.agent.ike.constants import ProtocolId
@@ -279,11 +278,7 @@ def _psk(node: _Node, base: Path) -> Secret:
     if file is not None:
         if not isinstance(file, str):
             raise ConfigError(node.at("psk_file"), "must be a path")
-        path = base / file
-        try:
-            raw = path.read_bytes().rstrip(b"\r\n")
-        except OSError as exc:
-            raise ConfigError(node.at("psk_file"), f"cannot read {path}: {exc.strerror}") from None
+        raw = _read_path(node.at("psk_file"), base / file).rstrip(b"\r\n")
         return _psk_value(node.at("psk_file"), raw.decode("utf-8", "replace"))
     if not isinstance(text, str):
         raise ConfigError(node.at("psk"), "must be a string (use 0x... for hex)")
@@ -329,13 +324,15 @@ def _auth(node: _Node) -> str:
     return method
 
 
-def _read_file(node: _Node, key: str, base: Path) -> bytes:
-    name = node.get(key, str, required=True)
-    path = base / name
+def _read_path(where: str, path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ConfigError(node.at(key), f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(where, f"cannot read {path}: {exc.strerror}") from None
+
+
+def _read_file(node: _Node, key: str, base: Path) -> bytes:
+    return _read_path(node.at(key), base / node.get(key, str, required=True))
 
 
 def _credentials(local: _Node, remote: _Node, base: Path) -> Credentials:
@@ -348,16 +345,9 @@ def _credentials(local: _Node, remote: _Node, base: Path) -> Credentials:
     cas_names = remote.strings("cas")
     if not cas_names:
         raise ConfigError(remote.at("cas"), "auth pubkey needs at least one trusted CA file")
-    cas = []
-    for i, name in enumerate(cas_names):
-        path = base / name
-        try:
-            cas.append(path.read_bytes())
-        except OSError as exc:
-            raise ConfigError(f"{remote.at('cas')}[{i}]", f"cannot read {path}: {exc.strerror}") from None
+    cas = [_read_path(f"{remote.at('cas')}[{i}]", base / name) for i, name in enumerate(cas_names)]
     try:
-        return Credentials.load(cert, key, cas, lambda: datetime.datetime.now(datetime.UTC),
-                                method=method, rsa_pss=rsa_pss)  # fmt: skip
+        return Credentials.load(cert, key, cas, wall_clock, method=method, rsa_pss=rsa_pss)
     except CredentialError as exc:
         raise ConfigError(local.path, str(exc)) from None
 
