@@ -26,6 +26,7 @@ from meshsec.controller.mesh import Change, PeerKind, Tunnel, Upsert
 from meshsec.controller.mesh import Delete as MeshDelete
 from meshsec.controller.resources import FieldError, Kind, ValidationError, parse_resource
 from meshsec.controller.resources.fields import Fields, valid_name
+from meshsec.controller.resources.model import LAST_APPLIED_BY
 from meshsec.controller.service.core import Core
 from meshsec.controller.service.secrets import psk_problem
 from meshsec.controller.service.state import PSK_SET_AT, StoredDoc, WritePlan
@@ -34,7 +35,6 @@ from meshsec.controller.store import Delete, Put, StoreError
 from meshsec.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 VALIDATION_TRAILER = "meshsec-validation-errors-bin"
-LAST_APPLIED_BY = "meshsec.io/last-applied-by"
 SYSTEM_ANNOTATION_PREFIX = "meshsec.io/"
 DEFAULT_PAGE = 500
 _YIELD_EVERY = 512  # tunnels computed between returns to the event loop in big listings

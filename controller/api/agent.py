@@ -27,6 +27,7 @@ from meshsec.controller.ca.authority import IssuedCertificate
 from meshsec.controller.mesh import PeerKind, Upsert
 from meshsec.controller.resources import API_VERSION, Kind, ValidationError, parse_resource
 from meshsec.controller.resources.fields import valid_name
+from meshsec.controller.resources.model import LAST_APPLIED_BY
 from meshsec.controller.service.core import Core
 from meshsec.controller.service.state import NodeGone, NodeUpdate, Resync, WritePlan
 from meshsec.controller.store import Compare, Put, StoreError
@@ -36,8 +37,6 @@ log = logging.getLogger(__name__)
 
 ENROLLED_AT = "meshsec.io/enrolled-at"
 ENROLLED_WITH = "meshsec.io/enrolled-with-token"
-# Set by AdminService.Apply (controller/api/admin.py); here it marks a Node an admin declared.
-_LAST_APPLIED_BY = "meshsec.io/last-applied-by"
 # Leaves are backdated (meshsec.controller.ca.authority); allow for it when comparing issue times.
 _BACKDATE_SLACK = datetime.timedelta(minutes=5, seconds=1)
 
@@ -69,7 +68,7 @@ def _annotations(doc: dict[str, Any]) -> dict[str, Any]:
 def _declared(doc: dict[str, Any]) -> bool:
     """An admin applied this Node (never enrolled, or applied again since): its spec is the truth."""
     annotations = _annotations(doc)
-    return ENROLLED_WITH not in annotations or _LAST_APPLIED_BY in annotations
+    return ENROLLED_WITH not in annotations or LAST_APPLIED_BY in annotations
 
 
 def _adopted(

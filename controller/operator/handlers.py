@@ -31,8 +31,8 @@ from meshsec.controller.operator.conditions import (
 from meshsec.controller.operator.crds import GROUP, NAMES, VERSION
 from meshsec.controller.operator.sync import FIELD_MANAGER, ControllerSync, Verdict
 from meshsec.controller.resources import Kind, ValidationError, parse_resource
+from meshsec.controller.resources.model import LAST_APPLIED_BY
 
-LAST_APPLIED_BY = "meshsec.io/last-applied-by"
 FINALIZER = "meshsec.io/controller-sync"
 ANNOTATION_PREFIX = "operator.meshsec.io"
 

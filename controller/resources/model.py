@@ -16,6 +16,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from meshsec.controller.resources.selector import LabelSelector
 
 API_VERSION = "meshsec.io/v1alpha1"
+# Set by AdminService.Apply to the request's field manager: who declared the resource last.
+LAST_APPLIED_BY = "meshsec.io/last-applied-by"
 
 Prefix = IPv4Network | IPv6Network
 Address = IPv4Address | IPv6Address
