@@ -7,7 +7,6 @@ visible to every user in `ps`), and nothing meshctl prints ever contains one.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from meshsec.meshctl.client import AdminClient
 from meshsec.meshctl.errors import EXIT_OK, UsageError, UserError
 from meshsec.meshctl.printable import printable
 from meshsec.meshctl.table import Column, print_table
+from meshsec.meshctl.views import dump
 
 SECRET_ALIASES = ("secret", "secrets")
 
@@ -79,12 +79,7 @@ def get_secrets(args: argparse.Namespace, client: AdminClient, out: TextIO) -> i
             {"name": s.name, "usedBy": list(s.used_by), "resourceVersion": s.resource_version}
             for s in secrets
         ]
-        if args.output == "json":
-            out.write(json.dumps({"secrets": items}, indent=2) + "\n")
-        else:
-            import yaml
-
-            out.write(yaml.safe_dump({"secrets": items}, sort_keys=False))
+        out.write(dump({"secrets": items}, args.output))
         return EXIT_OK
     if not secrets:
         sys.stderr.write("No secrets found.\n")
