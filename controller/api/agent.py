@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from cryptography import x509
 
 from meshsec.common.secrets import Secret
 from meshsec.controller.api.convert import doc_to_resource, facts_to_endpoints
@@ -226,17 +227,19 @@ class AgentApi(agent_pb2_grpc.AgentServiceServicer):
             )
 
         await core.state.commit(build)
-        node = core.state.index.node(name)
-        issued = core.ca.sign_node(
-            csr,
-            name,
-            node.spec.identity.ike_id if node is not None else name,
-            core.settings.node_cert_lifetime,
-            datetime.datetime.fromtimestamp(now, datetime.UTC),
-        )
+        issued = self._sign(csr, name, datetime.datetime.fromtimestamp(now, datetime.UTC))
         await core.events.emit("NodeEnrolled", "Node", name, f"enrolled with token {token_id}")
         log.info("enrolled node %s (token %s)", name, token_id)
         return self._response(name, issued)
+
+    def _sign(
+        self, csr: x509.CertificateSigningRequest, name: str, now: datetime.datetime
+    ) -> IssuedCertificate:
+        """The node's certificate, naming it and its current IKE ID (enrollment and renewal alike)."""
+        core = self._core
+        node = core.state.index.node(name)
+        ike_id = node.spec.identity.ike_id if node is not None else name
+        return core.ca.sign_node(csr, name, ike_id, core.settings.node_cert_lifetime, now)
 
     def _response(self, name: str, issued: IssuedCertificate) -> agent_pb2.EnrollResponse:
         response = agent_pb2.EnrollResponse(
@@ -258,11 +261,7 @@ class AgentApi(agent_pb2_grpc.AgentServiceServicer):
             csr = load_csr(request.csr_pem, name)
         except CsrError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        node = self._core.state.index.node(name)
-        ike_id = node.spec.identity.ike_id if node is not None else name
-        issued = self._core.ca.sign_node(
-            csr, name, ike_id, self._core.settings.node_cert_lifetime, datetime.datetime.now(datetime.UTC)
-        )
+        issued = self._sign(csr, name, datetime.datetime.now(datetime.UTC))
         await self._core.events.emit(
             "CertificateRenewed", "Node", name, f"certificate valid until {issued.not_after}"
         )
