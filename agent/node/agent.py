@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
+from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter, SaRecord
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, SaExpired
 from meshsec.agent.ike.certs import CredentialError
 from meshsec.agent.node import credentials
@@ -169,8 +169,9 @@ class NodeAgent:
 
     async def _controller(self) -> None:
         creds = await self._credentials()
-        self._use_credentials(creds)
         assert self.reconciler is not None and self.reports is not None
+        if self.reconciler.credentials is None:  # just enrolled (`start` applied stored ones)
+            self._use_credentials(creds)
         reconciler, reports = self.reconciler, self.reports
         self.session = Session(
             address=self.config.controller,
@@ -299,6 +300,7 @@ class NodeAgent:
             "reconciled_version": self.reconciler.reconciled_version,
             "reports_acknowledged": session.last_ack_seq if session else 0,
         }
+        groups = self.reconciler.sas_by_tunnel()
         doc["tunnels"] = [
             {
                 "tunnel_id": t.tunnel_id,
@@ -307,18 +309,19 @@ class NodeAgent:
                 "child_sas": [{"name": c.name, "spi_in": f"{c.spi_in:08x}", "spi_out": f"{c.spi_out:08x}",
                                "bytes_in": c.bytes_in, "bytes_out": c.bytes_out} for c in t.child_sas],
                 "last_error": t.last_error.message or None,
-                "auth": self._auth_doc(t.tunnel_id),
+                "auth": self._auth_doc(t.tunnel_id, groups.get(t.tunnel_id, [])),
             }
             for t in tunnels
         ]  # fmt: skip
         doc["recovered_at_start"] = self.recovered
         return doc
 
-    def _auth_doc(self, tid: str) -> dict[str, object] | None:
-        """How the tunnel's established IKE SA authenticated (else how its next one will): the
-        config the engine ran IKE_AUTH with, which accepts nothing but that method from the peer."""
+    def _auth_doc(self, tid: str, records: list[SaRecord]) -> dict[str, object] | None:
+        """How the tunnel's established IKE SA (among its `records`) authenticated, else how its
+        next one will: the config the engine ran IKE_AUTH with, which accepts nothing but that
+        method from the peer."""
         assert self.reconciler is not None
-        live = [r for r in self.reconciler.sas_by_tunnel().get(tid, []) if r.sa.established]
+        live = [r for r in records if r.sa.established]
         planned = self.reconciler.plans.get(tid)
         config = live[0].sa.config if live else planned.ike if planned is not None else None
         if config is None:
