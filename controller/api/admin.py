@@ -569,7 +569,7 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         """Write (None: delete) the secret and touch every gateway that uses it, in one revision,
         so each replica sends those gateways' tunnels again (`MeshState`, PSK_SET_AT)."""
         state = self._core.state
-        key = f"{state.keys.secrets}{name}"
+        key = state.keys.secret(name)
 
         async def build() -> WritePlan:
             ops: list[Put | Delete] = [Put(key, value) if value is not None else Delete(key)]
@@ -604,7 +604,7 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         if problem is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"secret {request.name}: {problem}")
         try:
-            existed = await self._core.state.store.get(f"{self._core.state.keys.secrets}{request.name}")
+            existed = await self._core.state.store.get(self._core.state.keys.secret(request.name))
             revision = await self._write_secret(request.name, request.value, time.time())
         except StoreError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
@@ -622,7 +622,7 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         await self._admin(context)
         try:
             if not valid_name(request.name) or (
-                await self._core.state.store.get(f"{self._core.state.keys.secrets}{request.name}") is None
+                await self._core.state.store.get(self._core.state.keys.secret(request.name)) is None
             ):
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"secret {request.name!r} not found")
             await self._write_secret(request.name, None, time.time())

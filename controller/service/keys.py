@@ -43,6 +43,9 @@ class Keys:
         """External gateway PSKs (``secrets/<name>``, raw bytes), written by AdminService.PutSecret."""
         return f"{self.prefix}secrets/"
 
+    def secret(self, name: str) -> str:
+        return f"{self.secrets}{name}"
+
     @property
     def psk_master(self) -> str:
         return f"{self.prefix}ca/psk-master"
