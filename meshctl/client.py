@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import grpc
 
+from meshsec.common.api import VALIDATION_TRAILER
 from meshsec.common.secrets import Secret
 from meshsec.meshctl.errors import (
     MeshctlError,
@@ -29,7 +30,6 @@ DEFAULT_SOCKET = "/run/meshsec/admin.sock"
 # `meshctl lab up` runs its controller here; used when no controller runs at the default path.
 LAB_SOCKET = "/run/meshsec-lab/admin.sock"
 ENV_CONTROLLER = "MESHSEC_CONTROLLER"
-VALIDATION_TRAILER = "meshsec-validation-errors-bin"
 START_HINT = (
     "start it with `meshsec-controller --data-dir /var/lib/meshsec` (or `meshctl lab up` for the local lab), "
     f"or point meshctl at it with --controller / {ENV_CONTROLLER}"

@@ -5,7 +5,6 @@ the mTLS listener with the current certificate, after two thirds of its lifetime
 from __future__ import annotations
 
 import datetime
-import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from meshsec.agent.node.statedir import CA, CERT, KEY, StateDir
+from meshsec.common.pki import ca_sha256
 from meshsec.common.secrets import Secret
 from meshsec.v1 import agent_pb2, agent_pb2_grpc
 
@@ -73,12 +73,6 @@ def make_csr(key_pem: Secret, node: str) -> str:
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def ca_sha256(ca_pem: bytes) -> str:
-    """SHA-256 of the first certificate's DER, as `CreateBootstrapTokenResponse.ca_cert_sha256`."""
-    cert = x509.load_pem_x509_certificate(ca_pem)
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def load(state: StateDir) -> Credentials | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from meshsec.common.api import VALIDATION_TRAILER
 from meshsec.controller.api.agent import ENROLLED_AT
 from meshsec.controller.api.convert import desired_tunnel, doc_to_resource, node_endpoints, resource_to_doc
 from meshsec.controller.api.identity import AnyContext, caller_of
@@ -34,7 +35,6 @@ from meshsec.controller.service.status import merged_state
 from meshsec.controller.store import Delete, Put, StoreError
 from meshsec.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
-VALIDATION_TRAILER = "meshsec-validation-errors-bin"
 SYSTEM_ANNOTATION_PREFIX = "meshsec.io/"
 DEFAULT_PAGE = 500
 _YIELD_EVERY = 512  # tunnels computed between returns to the event loop in big listings

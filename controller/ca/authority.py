@@ -9,7 +9,6 @@ protected only by the store's own access control. The key is held as `Secret` an
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
 import json
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from meshsec.common.pki import certificate_sha256
 from meshsec.common.secrets import Secret
 from meshsec.controller.store import Compare, Put, Store
 
@@ -98,7 +98,7 @@ class CertificateAuthority:
         self.certificate = certificate
         self._key = key
         self.certificate_pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
-        self.sha256 = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+        self.sha256 = certificate_sha256(certificate)
 
     @classmethod
     def create(cls, common_name: str = "meshsec controller CA") -> CertificateAuthority:

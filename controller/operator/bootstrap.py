@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -22,9 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
+from meshsec.common.pki import ca_sha256
 from meshsec.controller.operator.sync import ControllerSync
 
 log = logging.getLogger(__name__)
@@ -77,12 +75,6 @@ def renewal_reason(
     if expires_at - now < ttl_seconds / 3:
         return "the token expires soon"
     return None
-
-
-def ca_sha256(ca_pem: bytes) -> str:
-    """SHA-256 of the DER, as CreateBootstrapTokenResponse.ca_cert_sha256 and the agents pin it."""
-    der = x509.load_pem_x509_certificate(ca_pem).public_bytes(serialization.Encoding.DER)
-    return hashlib.sha256(der).hexdigest()
 
 
 class BootstrapKeeper:

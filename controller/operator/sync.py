@@ -16,12 +16,12 @@ from typing import Any, cast
 import grpc
 from google.protobuf import struct_pb2
 
+from meshsec.common.api import VALIDATION_TRAILER
 from meshsec.common.secrets import Secret
 from meshsec.controller.resources import Kind
 from meshsec.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
 FIELD_MANAGER = "crd-sync"
-VALIDATION_TRAILER = "meshsec-validation-errors-bin"
 CALL_TIMEOUT = 15.0
 
 
