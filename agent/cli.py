@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from meshsec.agent.standalone.config import DEFAULT_STATUS_SOCKET, ConfigError, load_config, world_readable
+from meshsec.common.extras import require as require_extra
 from meshsec.common.logging import configure as configure_logging
+from meshsec.common.version import describe as describe_version
 
 log = logging.getLogger("meshsec.agent")
 
@@ -29,6 +31,7 @@ EXIT_UNAVAILABLE = 3
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshsec-agent", description="meshsec node agent")
+    parser.add_argument("--version", action="version", version=describe_version("meshsec-agent"))
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--config", type=Path, metavar="FILE", help="run standalone from a YAML file")
     parser.add_argument("--check", action="store_true", help="with --config: validate the file and exit")
@@ -141,8 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is not None:
+        if args.command == "run":
+            require_extra("agent", "meshsec-agent run")
         return COMMANDS[args.command](args)
     if args.config is not None:
+        require_extra("agent", "meshsec-agent --config")
         return run_standalone(args)
     parser.error("give --config FILE (standalone mode) or a command such as 'status'")
     return EXIT_CONFIG  # not reached: parser.error exits

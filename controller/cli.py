@@ -21,7 +21,9 @@ from pathlib import Path
 import grpc
 
 from meshsec.common.cli_args import uint32
+from meshsec.common.extras import require as require_extra
 from meshsec.common.secrets import Secret
+from meshsec.common.version import describe as describe_version
 from meshsec.controller.heap import HeapKeeper
 from meshsec.controller.server import Controller, ControllerConfig, open_store
 from meshsec.controller.service.core import Settings
@@ -37,6 +39,7 @@ def _serve_parser() -> argparse.ArgumentParser:
         description="Run one meshsec controller replica. With no options it uses an embedded store in "
         "--data-dir and listens on loopback only. Subcommand: `token create NODE --site SITE`.",
     )
+    p.add_argument("--version", action="version", version=describe_version("meshsec-controller"))
     p.add_argument(
         "--data-dir",
         type=Path,
@@ -206,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:2] == ["token", "create"]:
         return asyncio.run(_create_token(_token_parser().parse_args(argv[2:])))
     args = _serve_parser().parse_args(argv)
+    if (args.store or "").startswith("etcd://"):
+        require_extra("controller", "meshsec-controller --store etcd://")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

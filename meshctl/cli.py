@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from meshsec.common.cli_args import uint32
+from meshsec.common.version import describe as describe_version
 from meshsec.meshctl import commands, secrets
 from meshsec.meshctl.client import ENV_CONTROLLER, AdminClient, Target, TlsFiles
 from meshsec.meshctl.errors import EXIT_OK, MeshctlError, UsageError
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-cert", type=Path, help="admin client certificate for a TCP controller")
     parser.add_argument("--tls-key", type=Path, help="admin client key for a TCP controller")
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds per call (default 15)")
+    parser.add_argument("--version", action="version", version=describe_version("meshctl"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -90,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("token_id", metavar="TOKEN_ID")
 
     secrets.add_parser(sub, _Parser)
+
+    p = sub.add_parser("version", help="meshctl's version and, when reachable, the controller's")
+    p.add_argument("--client", action="store_true", help="only meshctl's own version, no controller call")
+    p.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text")
 
     p = sub.add_parser("lab", help="the local multi-site lab in network namespaces (root)")
     lsub = p.add_subparsers(dest="lab_command", metavar="ACTION", parser_class=_Parser)

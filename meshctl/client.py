@@ -189,6 +189,10 @@ class AdminClient:
         request = admin_pb2.RevokeBootstrapTokenRequest(token_id=token_id)
         self._call("revoke token", lambda: self.stub.RevokeBootstrapToken(request, timeout=self.timeout))
 
+    def version(self) -> admin_pb2.GetVersionResponse:
+        request = admin_pb2.GetVersionRequest()
+        return self._call("get version", lambda: self.stub.GetVersion(request, timeout=self.timeout))
+
     # -- secrets (values go out, never come back) -------------------------------------------------
 
     def put_secret(self, name: str, value: Secret) -> admin_pb2.PutSecretResponse:

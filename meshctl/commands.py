@@ -10,6 +10,7 @@ from typing import TextIO
 
 from google.protobuf import timestamp_pb2
 
+from meshsec.common.version import VERSION
 from meshsec.meshctl import manifest, secrets
 from meshsec.meshctl.client import AdminClient
 from meshsec.meshctl.convert import message_to_dict, resource_to_dict
@@ -48,6 +49,7 @@ def dispatch(args: argparse.Namespace, client: AdminClient, out: TextIO | None =
         "events": events,
         "token": token,
         "secret": secrets.secret,
+        "version": version,
     }
     return handlers[args.command](args, client, out or sys.stdout)
 
@@ -260,6 +262,32 @@ def events(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
     for event in stream:
         out.write(event_line(event) + "\n")
         out.flush()
+    return EXIT_OK
+
+
+def version(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
+    """meshctl's own version, then the controller's (kubectl-style: an unreachable controller is an
+    error after the client version has been printed)."""
+    answer: admin_pb2.GetVersionResponse | None = None
+    failure: MeshctlError | None = None
+    if not args.client:
+        try:
+            answer = client.version()
+        except MeshctlError as error:
+            failure = error
+    if args.output == "text":
+        out.write(f"meshctl:    {VERSION}\n")
+        if answer is not None:
+            replica = f" (replica {printable(answer.replica)})" if answer.replica else ""
+            out.write(f"controller: {printable(answer.version)}{replica}\n")
+    else:
+        document = {"meshctl": VERSION}
+        if answer is not None:
+            document["controller"] = answer.version
+            document["replica"] = answer.replica
+        out.write(dump(document, args.output))
+    if failure is not None:
+        raise failure
     return EXIT_OK
 
 

@@ -9,9 +9,10 @@ import socket
 import subprocess
 
 from meshsec.agent.dataplane.api import Capabilities
+from meshsec.common.version import VERSION
 from meshsec.v1 import agent_pb2, common_pb2
 
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = VERSION
 USERSPACE_ENCRYPTION = ("aes128gcm16", "aes256gcm16", "aes128", "aes256")
 USERSPACE_INTEGRITY = ("sha256", "sha384", "sha512")
 

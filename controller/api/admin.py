@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from meshsec.common.api import VALIDATION_TRAILER
+from meshsec.common.version import VERSION
 from meshsec.controller.api.agent import ENROLLED_AT
 from meshsec.controller.api.convert import desired_tunnel, doc_to_resource, node_endpoints, resource_to_doc
 from meshsec.controller.api.identity import AnyContext, caller_of
@@ -651,6 +652,14 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
                 name=name, used_by=self._users_of(name), resource_version=str(kv.mod_revision)
             )
         return response
+
+    async def GetVersion(
+        self,
+        request: admin_pb2.GetVersionRequest,
+        context: grpc.aio.ServicerContext[admin_pb2.GetVersionRequest, admin_pb2.GetVersionResponse],
+    ) -> admin_pb2.GetVersionResponse:
+        await self._admin(context)
+        return admin_pb2.GetVersionResponse(version=VERSION, replica=self._core.settings.replica)
 
 
 __all__ = ["VALIDATION_TRAILER", "AdminApi"]

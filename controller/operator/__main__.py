@@ -18,11 +18,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import kopf
+from meshsec.common.extras import require
 
-from meshsec.controller.operator.bootstrap import BootstrapConfig, BootstrapKeeper, KubernetesSecrets
-from meshsec.controller.operator.handlers import OperatorConfig, configure, register
-from meshsec.controller.operator.sync import ControllerSync
+# Run as a program: without the operator extra, say which one is missing (exit 2), not ImportError.
+require("operator", "python -m meshsec.controller.operator")
+
+import kopf  # noqa: E402
+
+from meshsec.controller.operator.bootstrap import (  # noqa: E402
+    BootstrapConfig,
+    BootstrapKeeper,
+    KubernetesSecrets,
+)
+from meshsec.controller.operator.handlers import OperatorConfig, configure, register  # noqa: E402
+from meshsec.controller.operator.sync import ControllerSync  # noqa: E402
 
 DEFAULT_ADMIN_SOCKET = "/run/meshsec/admin.sock"
 DEFAULT_CA_FILE = Path("/var/lib/meshsec/controller/ca.pem")

@@ -38,6 +38,7 @@ EXPECTED_SERVICES = {
         ("PutSecret", False, False),
         ("DeleteSecret", False, False),
         ("ListSecrets", False, False),
+        ("GetVersion", False, False),
     },
 }
 

@@ -26,6 +26,7 @@ def _copy_of_repo_proto(tmp_path: Path) -> Path:
     (tmp_path / ".ci").mkdir()
     shutil.copy2(REPO / ".ci" / "gen-proto", tmp_path / ".ci" / "gen-proto")
     shutil.copytree(REPO / "proto", tmp_path / "proto", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(REPO / "pyproject.toml", tmp_path / "pyproject.toml")  # gen-proto reads its pin there
     return tmp_path
 
 

@@ -274,7 +274,9 @@ def test_image_provides_the_chart_commands() -> None:
         container(r["DaemonSet/mesh-meshsec-agent"], "agent")["command"][0],
     }
     assert commands <= set(scripts)
-    assert "kopf" in dockerfile
+    # Every role's packages, from the lock that the operator extra (kopf, kubernetes) is part of.
+    assert "--require-hashes -r requirements/all.txt" in dockerfile
+    assert "--require-hashes -r requirements/build.txt" in dockerfile
 
 
 def test_operator_keeps_the_bootstrap_secret_when_asked() -> None:

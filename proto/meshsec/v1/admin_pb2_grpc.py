@@ -95,6 +95,11 @@ class AdminServiceStub:
                 request_serializer=meshsec_dot_v1_dot_admin__pb2.ListSecretsRequest.SerializeToString,
                 response_deserializer=meshsec_dot_v1_dot_admin__pb2.ListSecretsResponse.FromString,
                 _registered_method=True)
+        self.GetVersion = channel.unary_unary(
+                '/meshsec.v1.AdminService/GetVersion',
+                request_serializer=meshsec_dot_v1_dot_admin__pb2.GetVersionRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_admin__pb2.GetVersionResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -193,6 +198,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetVersion(self, request, context):
+        """The controller's release (`meshctl version`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -255,6 +267,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListSecrets,
                     request_deserializer=meshsec_dot_v1_dot_admin__pb2.ListSecretsRequest.FromString,
                     response_serializer=meshsec_dot_v1_dot_admin__pb2.ListSecretsResponse.SerializeToString,
+            ),
+            'GetVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVersion,
+                    request_deserializer=meshsec_dot_v1_dot_admin__pb2.GetVersionRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_admin__pb2.GetVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -582,6 +599,33 @@ class AdminService:
             '/meshsec.v1.AdminService/ListSecrets',
             meshsec_dot_v1_dot_admin__pb2.ListSecretsRequest.SerializeToString,
             meshsec_dot_v1_dot_admin__pb2.ListSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AdminService/GetVersion',
+            meshsec_dot_v1_dot_admin__pb2.GetVersionRequest.SerializeToString,
+            meshsec_dot_v1_dot_admin__pb2.GetVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,6 +30,7 @@ class AdminServiceStub:
     PutSecret: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.PutSecretRequest, _meshsec_v1_admin_pb2.PutSecretResponse]
     DeleteSecret: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.DeleteSecretRequest, _meshsec_v1_admin_pb2.DeleteSecretResponse]
     ListSecrets: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ListSecretsRequest, _meshsec_v1_admin_pb2.ListSecretsResponse]
+    GetVersion: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.GetVersionRequest, _meshsec_v1_admin_pb2.GetVersionResponse]
 
 class AdminServiceAsyncStub:
     Apply: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ApplyRequest, _meshsec_v1_admin_pb2.ApplyResponse]
@@ -44,6 +45,7 @@ class AdminServiceAsyncStub:
     PutSecret: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.PutSecretRequest, _meshsec_v1_admin_pb2.PutSecretResponse]
     DeleteSecret: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.DeleteSecretRequest, _meshsec_v1_admin_pb2.DeleteSecretResponse]
     ListSecrets: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ListSecretsRequest, _meshsec_v1_admin_pb2.ListSecretsResponse]
+    GetVersion: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.GetVersionRequest, _meshsec_v1_admin_pb2.GetVersionResponse]
 
 class AdminServiceServicer:
     def Apply(self, request: _meshsec_v1_admin_pb2.ApplyRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.ApplyResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.ApplyResponse]: ...
@@ -58,6 +60,7 @@ class AdminServiceServicer:
     def PutSecret(self, request: _meshsec_v1_admin_pb2.PutSecretRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.PutSecretResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.PutSecretResponse]: ...
     def DeleteSecret(self, request: _meshsec_v1_admin_pb2.DeleteSecretRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.DeleteSecretResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.DeleteSecretResponse]: ...
     def ListSecrets(self, request: _meshsec_v1_admin_pb2.ListSecretsRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.ListSecretsResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.ListSecretsResponse]: ...
+    def GetVersion(self, request: _meshsec_v1_admin_pb2.GetVersionRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.GetVersionResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.GetVersionResponse]: ...
 
 def add_AdminServiceServicer_to_server(
     servicer: AdminServiceServicer, server: grpc.Server | grpc.aio.Server
