@@ -27,6 +27,7 @@ from meshsec.common.version import describe as describe_version
 from meshsec.controller.heap import HeapKeeper
 from meshsec.controller.server import Controller, ControllerConfig, open_store
 from meshsec.controller.service.core import Settings
+from meshsec.controller.store import StoreCorruptError
 from meshsec.v1 import admin_pb2, admin_pb2_grpc
 
 DEFAULT_DATA_DIR = Path("/var/lib/meshsec/controller")
@@ -77,6 +78,12 @@ def _serve_parser() -> argparse.ArgumentParser:
         default=[],
         help="extra DNS name or IP for the serving certificate (repeatable)",
     )
+    p.add_argument(
+        "--repair-store",
+        action="store_true",
+        help="start even though the embedded store lost acknowledged records: keep the records that "
+        "verify, save the damaged file beside it (docs/stores.md); without it such a store refuses",
+    )
     p.add_argument("--replica", default=os.uname().nodename, help="this replica's name (default: host name)")
     p.add_argument(
         "--node-cert-hours", type=float, default=24.0, help="node certificate lifetime (default 24)"
@@ -110,7 +117,13 @@ async def _serve(args: argparse.Namespace) -> int:
     passphrase = None
     if args.ca_passphrase_file is not None:
         passphrase = Secret(args.ca_passphrase_file.read_bytes().strip())
-    store = await open_store(args.store or f"embedded:{args.data_dir / 'store.log'}")
+    try:
+        store = await open_store(
+            args.store or f"embedded:{args.data_dir / 'store.log'}", repair=args.repair_store
+        )
+    except StoreCorruptError as exc:
+        print(f"meshsec-controller: store damaged: {exc}", file=sys.stderr)
+        return 3
     config = ControllerConfig(
         listen=args.listen,
         bootstrap_listen=args.bootstrap_listen,

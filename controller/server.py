@@ -42,12 +42,15 @@ from meshsec.v1 import admin_pb2_grpc, agent_pb2_grpc
 log = logging.getLogger(__name__)
 
 
-async def open_store(spec: str) -> Store:
-    """``embedded:/path/store.log`` or ``etcd://host:port[,host:port...]``."""
+async def open_store(spec: str, *, repair: bool = False) -> Store:
+    """``embedded:/path/store.log`` or ``etcd://host:port[,host:port...]``; `repair` lets an
+    embedded log that lost acknowledged records start from what verifies (docs/stores.md)."""
     if spec.startswith("embedded:"):
         path = Path(spec.removeprefix("embedded:"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        return await EmbeddedStore.open(path)
+        return await EmbeddedStore.open(path, repair=repair)
+    if repair:
+        raise ValueError("--repair-store applies to the embedded store only")
     if spec.startswith("etcd://"):
         from meshsec.controller.store.etcd import EtcdStore
 

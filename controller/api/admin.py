@@ -20,7 +20,6 @@ import grpc
 
 from meshsec.common.api import VALIDATION_TRAILER
 from meshsec.common.version import VERSION
-from meshsec.controller.api.agent import ENROLLED_AT
 from meshsec.controller.api.convert import desired_tunnel, doc_to_resource, node_endpoints, resource_to_doc
 from meshsec.controller.api.identity import AnyContext, caller_of
 from meshsec.controller.api.selector import parse_selector
@@ -60,18 +59,50 @@ def _rfc3339(now: float) -> str:
     return datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _reserved_annotation_errors(
+    stored: StoredDoc | None, doc: dict[str, Any], field_manager: str
+) -> list[FieldError]:
+    """`meshsec.io/*` annotations belong to the controller (enrollment, certificates, PSK epochs):
+    a client may send them back unchanged (an exported object re-applied), never set or change
+    one; they decide which certificates a Node accepts."""
+    current = stored.doc.get("metadata", {}).get("annotations", {}) if stored else {}
+    meta = doc["metadata"]
+    errors = []
+    for key, value in sorted(meta.get("annotations", {}).items()):
+        if not key.startswith(SYSTEM_ANNOTATION_PREFIX) or current.get(key) == value:
+            continue
+        if key == LAST_APPLIED_BY and value == field_manager:
+            continue
+        errors.append(
+            FieldError(
+                doc["kind"],
+                meta["name"],
+                f"metadata.annotations[{key}]",
+                f"annotations under {SYSTEM_ANNOTATION_PREFIX} are set by the controller; remove it "
+                + (
+                    "(this object has none of that name)"
+                    if key not in current
+                    else "or send the stored value"
+                ),
+            )
+        )
+    return errors
+
+
 def _merge(stored: StoredDoc | None, doc: dict[str, Any], field_manager: str, now: float) -> dict[str, Any]:
-    """The request's labels, annotations and spec over the stored server-set fields."""
+    """The request's labels, annotations and spec over the stored server-set fields (the request's
+    `meshsec.io/*` annotations, checked equal by `_reserved_annotation_errors`, change nothing)."""
     old_meta: dict[str, Any] = stored.doc.get("metadata", {}) if stored else {}
     annotations = {
-        k: v for k, v in old_meta.get("annotations", {}).items() if k.startswith(SYSTEM_ANNOTATION_PREFIX)
+        k: v
+        for k, v in doc["metadata"].get("annotations", {}).items()
+        if not k.startswith(SYSTEM_ANNOTATION_PREFIX)
     }
-    annotations.update(doc["metadata"].get("annotations", {}))
+    annotations.update(
+        (k, v) for k, v in old_meta.get("annotations", {}).items() if k.startswith(SYSTEM_ANNOTATION_PREFIX)
+    )
     if field_manager:
         annotations[LAST_APPLIED_BY] = field_manager
-    if stored is None and doc["kind"] == Kind.NODE.value:
-        # A new incarnation of a Node name: certificates issued to an earlier one must not work.
-        annotations.setdefault(ENROLLED_AT, repr(now))
     spec_changed = stored is None or stored.doc.get("spec") != doc["spec"]
     metadata: dict[str, Any] = {
         "name": doc["metadata"]["name"],
@@ -164,6 +195,7 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
             planned.clear()
             now = time.time()
             ops: list[Put | Delete] = []
+            reserved: list[FieldError] = []
             for i, resource in parsed:
                 kind, name = resource.kind, resource.metadata.name
                 stored = state.doc(kind, name)
@@ -173,6 +205,7 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
                         grpc.StatusCode.ABORTED,
                         f"{kind.value}/{name} changed since resource_version {wanted}; re-read and retry",
                     )
+                reserved += _reserved_annotation_errors(stored, docs[i], request.field_manager)
                 merged = _merge(stored, docs[i], request.field_manager, now)
                 if stored is None:
                     action = admin_pb2.APPLY_ACTION_CREATED
@@ -186,6 +219,8 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
                 planned.append(_Planned(kind, name, action, merged))
                 if action != admin_pb2.APPLY_ACTION_UNCHANGED:
                     ops.append(Put(state.keys.resource(kind, name), json.dumps(merged).encode()))
+            if reserved:
+                raise ValidationError(reserved)
             changes: list[Change] = [Upsert(r) for _, r in parsed]
             return WritePlan(changes, [] if request.dry_run else ops)
 

@@ -2,8 +2,10 @@
 
 The same servicer class serves both listeners; on the bootstrap listener (server-only TLS) it
 answers nothing but Enroll. Every other RPC acts as the node named in the client certificate
-(docs/api.md, "Authorization rules"); a certificate issued before the node's latest enrollment,
-or for a node that no longer exists, is refused.
+(docs/api.md, "Authorization rules"). A node accepts only the certificates whose serials it
+records (`CERTIFICATE_SERIALS`): enrollment replaces them, renewal keeps the one that renewed and
+adds the new one, deleting the Node drops them, so a deleted and re-created Node accepts nothing
+until it enrolls again.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from cryptography import x509
 
 from meshsec.common.secrets import Secret
 from meshsec.controller.api.convert import doc_to_resource, facts_to_endpoints
-from meshsec.controller.api.identity import AnyContext, caller_of, issued_at
+from meshsec.controller.api.identity import AnyContext, caller_of, issued_at, serial_of
 from meshsec.controller.api.wire import TunnelEncoder, split_update
 from meshsec.controller.ca import CsrError, TokenError, load_csr
 from meshsec.controller.ca.authority import IssuedCertificate
 from meshsec.controller.mesh import PeerKind, Upsert
-from meshsec.controller.resources import API_VERSION, Kind, ValidationError, parse_resource
+from meshsec.controller.resources import API_VERSION, Kind, Node, ValidationError, parse_resource
 from meshsec.controller.resources.fields import valid_name
 from meshsec.controller.resources.model import LAST_APPLIED_BY
 from meshsec.controller.service.core import Core
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 ENROLLED_AT = "meshsec.io/enrolled-at"
 ENROLLED_WITH = "meshsec.io/enrolled-with-token"
+# Serials (hex, comma-separated) of the certificates this Node currently accepts.
+CERTIFICATE_SERIALS = "meshsec.io/certificate-serials"
 # Leaves are backdated (meshsec.controller.ca.authority); allow for it when comparing issue times.
 _BACKDATE_SLACK = datetime.timedelta(minutes=5, seconds=1)
 
@@ -59,6 +63,45 @@ def _enrolled_at(doc: dict[str, Any]) -> datetime.datetime | None:
             "node %s: unreadable %s annotation %r", doc.get("metadata", {}).get("name"), ENROLLED_AT, raw
         )
         return None
+
+
+def _accepted_serials(doc: dict[str, Any]) -> set[int] | None:
+    """The serials this Node accepts; None for a Node enrolled before serials were recorded."""
+    raw = _annotations(doc).get(CERTIFICATE_SERIALS)
+    if raw is None:
+        return None
+    try:
+        return {int(s, 16) for s in str(raw).split(",") if s}
+    except ValueError:
+        log.warning(
+            "node %s: unreadable %s annotation", doc.get("metadata", {}).get("name"), CERTIFICATE_SERIALS
+        )
+        return set()
+
+
+def _serials_text(*serials: int) -> str:
+    return ",".join(f"{s:x}" for s in dict.fromkeys(serials))
+
+
+def _certificate_refusal(doc: dict[str, Any], certificate_pem: bytes) -> str | None:
+    """Why this Node does not accept the certificate, or None if it does."""
+    name = doc.get("metadata", {}).get("name")
+    accepted = _accepted_serials(doc)
+    if accepted is not None:
+        if serial_of(certificate_pem) in accepted:
+            return None
+        return (
+            f"this certificate is not one node {name} accepts (it re-enrolled or renewed since, or was "
+            "deleted and created again); enroll again"
+        )
+    if ENROLLED_WITH not in _annotations(doc):
+        return f"node {name} has not enrolled since it was created; enroll it"
+    # Enrolled by a controller that did not record serials: judged by issue time until it renews.
+    enrolled_at = _enrolled_at(doc)
+    issued = issued_at(certificate_pem)
+    if issued is None or (enrolled_at is not None and issued + _BACKDATE_SLACK < enrolled_at):
+        return f"this certificate predates the latest enrollment of node {name}"
+    return None
 
 
 def _annotations(doc: dict[str, Any]) -> dict[str, Any]:
@@ -121,13 +164,9 @@ class AgentApi(agent_pb2_grpc.AgentServiceServicer):
         stored = self._core.state.doc(Kind.NODE, caller.name)
         if stored is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"node {caller.name} does not exist (deleted?)")
-        enrolled_at = _enrolled_at(stored.doc)
-        issued = issued_at(caller.certificate_pem)
-        if enrolled_at is not None and issued is not None and issued + _BACKDATE_SLACK < enrolled_at:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"this certificate predates the latest enrollment of node {caller.name}",
-            )
+        refusal = _certificate_refusal(stored.doc, caller.certificate_pem)
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         return caller.name
 
     # --- enrollment ----------------------------------------------------------------------------
@@ -166,9 +205,10 @@ class AgentApi(agent_pb2_grpc.AgentServiceServicer):
         csr = load_csr(request.csr_pem, name)
         now = time.time()
         token_id = ""
+        issued: IssuedCertificate | None = None
 
         async def build() -> WritePlan:
-            nonlocal token_id
+            nonlocal token_id, issued
             record, token_kv = await core.tokens.check(token, name, now)
             token_id = record.token_id
             existing = core.state.doc(Kind.NODE, name)
@@ -216,6 +256,11 @@ class AgentApi(agent_pb2_grpc.AgentServiceServicer):
                     "status": {"phase": "Enrolled"},
                 }
             resource = parse_resource(doc)
+            assert isinstance(resource, Node)
+            # Signed here, so the Node records exactly the certificate handed out (and only it).
+            issued = self._sign(csr, name, resource, datetime.datetime.fromtimestamp(now, datetime.UTC))
+            doc["metadata"]["annotations"][CERTIFICATE_SERIALS] = _serials_text(issued.serial)
+            resource = parse_resource(doc)
             key = core.tokens.key(record.token_id)
             return WritePlan(
                 [Upsert(resource)],
@@ -227,17 +272,16 @@ class AgentApi(agent_pb2_grpc.AgentServiceServicer):
             )
 
         await core.state.commit(build)
-        issued = self._sign(csr, name, datetime.datetime.fromtimestamp(now, datetime.UTC))
+        assert issued is not None
         await core.events.emit("NodeEnrolled", "Node", name, f"enrolled with token {token_id}")
         log.info("enrolled node %s (token %s)", name, token_id)
         return self._response(name, issued)
 
     def _sign(
-        self, csr: x509.CertificateSigningRequest, name: str, now: datetime.datetime
+        self, csr: x509.CertificateSigningRequest, name: str, node: Node | None, now: datetime.datetime
     ) -> IssuedCertificate:
-        """The node's certificate, naming it and its current IKE ID (enrollment and renewal alike)."""
+        """The node's certificate, naming it and its IKE ID (enrollment and renewal alike)."""
         core = self._core
-        node = core.state.index.node(name)
         ike_id = node.spec.identity.ike_id if node is not None else name
         return core.ca.sign_node(csr, name, ike_id, core.settings.node_cert_lifetime, now)
 
@@ -261,11 +305,50 @@ class AgentApi(agent_pb2_grpc.AgentServiceServicer):
             csr = load_csr(request.csr_pem, name)
         except CsrError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        issued = self._sign(csr, name, datetime.datetime.now(datetime.UTC))
+        try:
+            issued = await self._renew(csr, name, context)
+        except _Refused as exc:
+            await context.abort(exc.code, str(exc))
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
         await self._core.events.emit(
             "CertificateRenewed", "Node", name, f"certificate valid until {issued.not_after}"
         )
         return self._response(name, issued)
+
+    async def _renew(
+        self, csr: x509.CertificateSigningRequest, name: str, context: AnyContext
+    ) -> IssuedCertificate:
+        """Sign and record the new certificate beside the one that asked: the agent keeps using
+        the old one until it has switched, and a renewal whose answer was lost costs nothing."""
+        state = self._core.state
+        caller = caller_of(context)
+        assert caller is not None  # _node() checked
+        issued: IssuedCertificate | None = None
+
+        async def build() -> WritePlan:
+            nonlocal issued
+            stored = state.doc(Kind.NODE, name)
+            if stored is None:
+                raise _Refused(grpc.StatusCode.NOT_FOUND, f"node {name} does not exist (deleted?)")
+            refusal = _certificate_refusal(stored.doc, caller.certificate_pem)
+            if refusal is not None:  # re-enrolled or re-created while this call waited
+                raise _Refused(grpc.StatusCode.PERMISSION_DENIED, refusal)
+            issued = self._sign(csr, name, state.index.node(name), datetime.datetime.now(datetime.UTC))
+            serial = serial_of(caller.certificate_pem)
+            assert serial is not None  # _certificate_refusal needs the certificate
+            metadata = dict(stored.doc["metadata"])
+            metadata["annotations"] = {
+                **metadata.get("annotations", {}),
+                CERTIFICATE_SERIALS: _serials_text(serial, issued.serial),
+            }
+            doc = {**stored.doc, "metadata": metadata}
+            # The spec is unchanged, so there is nothing to validate against the mesh.
+            return WritePlan([], [Put(state.keys.resource(Kind.NODE, name), json.dumps(doc).encode())])
+
+        await state.commit(build)
+        assert issued is not None
+        return issued
 
     # --- desired state -------------------------------------------------------------------------
 

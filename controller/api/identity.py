@@ -35,10 +35,16 @@ def caller_of(context: AnyContext) -> Caller | None:
 
 
 @functools.lru_cache(maxsize=1 << 14)
-def issued_at(certificate_pem: bytes) -> datetime.datetime | None:
-    """The certificate's notBefore (None when the TLS layer did not hand us the certificate).
+def _certificate(certificate_pem: bytes) -> x509.Certificate:
+    """Parsed once: every RPC of a node presents the same certificate until it renews."""
+    return x509.load_pem_x509_certificate(certificate_pem)
 
-    Cached: every RPC of a node presents the same certificate until it renews."""
-    if not certificate_pem:
-        return None
-    return x509.load_pem_x509_certificate(certificate_pem).not_valid_before_utc
+
+def issued_at(certificate_pem: bytes) -> datetime.datetime | None:
+    """The certificate's notBefore (None when the TLS layer did not hand us the certificate)."""
+    return _certificate(certificate_pem).not_valid_before_utc if certificate_pem else None
+
+
+def serial_of(certificate_pem: bytes) -> int | None:
+    """The certificate's serial number (None when the TLS layer did not hand us the certificate)."""
+    return _certificate(certificate_pem).serial_number if certificate_pem else None

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -42,6 +43,11 @@ PSK_SET_AT = "meshsec.io/psk-set-at"
 # Signals one watch may have pending. A stalled agent (connected, not reading: its stream blocks
 # on flow control) would otherwise keep every update of its slice; past this it gets a Resync.
 MAX_BACKLOG = 1024
+# A commit that loses the guard race to another replica retries this often, pausing a random
+# time up to BASE * 2^n (capped) between tries: about 5 s of contention in all before giving up.
+COMMIT_ATTEMPTS = 20
+COMMIT_BACKOFF_BASE_S = 0.005
+COMMIT_BACKOFF_CAP_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +140,7 @@ class MeshState:
         self._reload_secrets = reload_secrets
         self._max_backlog = max_backlog
         self._changes_since_announcement = 0
+        self._commit_lock = asyncio.Lock()  # local writers take turns; see `commit`
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -571,29 +578,45 @@ class MeshState:
         return sorted(((n, d) for (k, n), d in self.docs.items() if k is kind), key=lambda item: item[0])
 
     async def commit(
-        self, build: Callable[[], Awaitable[WritePlan]], *, attempts: int = 20
+        self, build: Callable[[], Awaitable[WritePlan]], *, attempts: int = COMMIT_ATTEMPTS
     ) -> tuple[int, WritePlan]:
         """Validate and write `build()`'s plan; returns (revision written, plan).
 
         `build` runs against the index at the guard's current revision and again after every lost
         race, so it sees the latest state; it may raise to refuse the write (ValidationError etc.).
+
+        Commits on this replica take turns (one lock), so they never race each other for the
+        guard: only writes from other replicas can make a transaction lose, and those are retried
+        after a jittered, growing pause so that contending replicas fall out of step.
         """
-        for _ in range(attempts):
-            guard_revision = await self.caught_up()
-            plan = await build()
-            self.index.check_or_raise(plan.changes)
-            if not plan.ops:
-                return self.revision, plan
-            # A write without resources (a secret nobody uses yet) is still ordered by the guard
-            # but does not bump it: the resource watch would never see that revision, and every
-            # replica waits for the guard's revision before validating.
-            touches = any(op.key.startswith(self.keys.resources) for op in plan.ops)
-            bump = [Put(self.keys.guard, str(guard_revision).encode())] if touches else []
-            result = await self.store.txn(
-                [Compare.mod_revision(self.keys.guard, guard_revision), *plan.compares], [*plan.ops, *bump]
-            )
-            if result.succeeded:
-                if touches:
-                    await self.wait_for(result.revision)
-                return result.revision, plan
-        raise StoreUnavailableError(f"write lost {attempts} races in a row; retry")
+        async with self._commit_lock:
+            for attempt in range(attempts):
+                if attempt:
+                    await asyncio.sleep(_backoff_s(attempt))
+                guard_revision = await self.caught_up()
+                plan = await build()
+                self.index.check_or_raise(plan.changes)
+                if not plan.ops:
+                    return self.revision, plan
+                # A write without resources (a secret nobody uses yet) is still ordered by the guard
+                # but does not bump it: the resource watch would never see that revision, and every
+                # replica waits for the guard's revision before validating.
+                touches = any(op.key.startswith(self.keys.resources) for op in plan.ops)
+                bump = [Put(self.keys.guard, str(guard_revision).encode())] if touches else []
+                result = await self.store.txn(
+                    [Compare.mod_revision(self.keys.guard, guard_revision), *plan.compares],
+                    [*plan.ops, *bump],
+                )
+                if result.succeeded:
+                    if touches:
+                        await self.wait_for(result.revision)
+                    return result.revision, plan
+        raise StoreUnavailableError(
+            f"write lost {attempts} races in a row against other controller replicas; retry"
+        )
+
+
+def _backoff_s(attempt: int) -> float:
+    """Full jitter over a doubling window (AWS architecture blog, "Exponential Backoff and Jitter")."""
+    window = min(COMMIT_BACKOFF_CAP_S, COMMIT_BACKOFF_BASE_S * 2 ** (attempt - 1))
+    return random.uniform(0, window)

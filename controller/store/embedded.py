@@ -104,17 +104,19 @@ class EmbeddedStore(Store):
         clock: Clock | None = None,
         compact_after_records: int = 10_000,
         retain_revisions: int = 1_000,
+        repair: bool = False,
     ) -> EmbeddedStore:
         """Open (or create) the store in `path`; a torn last record from a crash is dropped.
 
+        A log that lost acknowledged records (or is damaged before its end) raises
+        `StoreCorruptError` naming what is missing; with `repair` it is cut back to the records
+        that verify instead, and a copy of the damaged file is kept (`wal` module docstring).
         The log is compacted once it holds `compact_after_records` records, keeping watch history
         for the last `retain_revisions` revisions.
         """
         wal = Wal(Path(path))
         try:
-            loaded = await asyncio.to_thread(wal.load)
-            if loaded.torn_bytes:
-                log.warning("%s: dropped a torn last record (%d bytes)", path, loaded.torn_bytes)
+            loaded = await asyncio.to_thread(functools.partial(wal.load, repair=repair))
             base = loaded.snapshot if loaded.snapshot is not None else Mvcc().snapshot()
             state = Mvcc.from_snapshot(base)
             for record in loaded.records:

@@ -23,6 +23,7 @@ from meshsec.controller.server import Controller
 from meshsec.v1 import admin_pb2, agent_pb2, agent_pb2_grpc, common_pb2
 from tests.controller.ctl_harness import (
     CALL_TIMEOUT,
+    EnrolledNode,
     Watcher,
     admin_channel,
     admin_stub,
@@ -148,7 +149,6 @@ async def test_a_token_not_bound_to_the_node_cannot_move_it_to_another_site(ctl:
 
 async def test_reenrollment_invalidates_the_old_certificate(ctl: Controller) -> None:
     first = await join(ctl, "dc1", "node-a", "198.18.0.1")
-    await asyncio.sleep(1.1)  # a later second than the first certificate's issue time
     second = await join(ctl, "dc1", "node-a", "198.18.0.2", allow_reenroll=True)
     for holder, expected in ((first, grpc.StatusCode.PERMISSION_DENIED), (second, None)):
         async with holder.channel(ctl) as channel:
@@ -463,7 +463,7 @@ async def test_a_deleted_node_recreated_by_apply_does_not_accept_its_old_certifi
                 agent_pb2.StatusReport(node_name="node-a", agent_instance_id="i", seq=1), timeout=CALL_TIMEOUT
             )
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    await asyncio.sleep(1.1)  # the old certificate was issued in an earlier second
+    # At once: issue times have 1 s resolution, serials tell the incarnations apart.
     await apply(ctl, node("node-a", "dc1", private=["198.18.0.1"]))
     async with old.channel(ctl) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -519,3 +519,92 @@ async def test_enrollment_adopts_a_node_declared_in_yaml_and_keeps_its_spec(ctl:
     # Once bound, a second enrollment without allow_reenroll is a conflict, as for any enrolled node.
     again = await create_token(ctl, "dc1", "node-a")
     assert await _enroll_error(ctl, again, "node-a") == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def _report_code(ctl: Controller, holder: EnrolledNode) -> grpc.StatusCode:
+    async with holder.channel(ctl) as channel:
+        try:
+            await agent_pb2_grpc.AgentServiceStub(channel).ReportStatus(
+                agent_pb2.StatusReport(node_name=holder.name, agent_instance_id="i", seq=1, full=True),
+                timeout=CALL_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def _apply_resource(ctl: Controller, resource: common_pb2.Resource) -> grpc.aio.AioRpcError | None:
+    async with admin_channel(ctl) as channel:
+        try:
+            await admin_stub(channel).Apply(
+                admin_pb2.ApplyRequest(resources=[resource], field_manager="test"), timeout=CALL_TIMEOUT
+            )
+        except grpc.aio.AioRpcError as exc:
+            return exc
+    return None
+
+
+async def _exported(ctl: Controller, name: str) -> common_pb2.Resource:
+    """What `meshctl get -o yaml` hands out, without its resourceVersion."""
+    async with admin_channel(ctl) as channel:
+        got = await admin_stub(channel).Get(
+            admin_pb2.GetRequest(kind="Node", name=name), timeout=CALL_TIMEOUT
+        )
+    got.resource.metadata.resource_version = ""
+    return got.resource
+
+
+async def test_apply_cannot_set_or_change_controller_annotations(ctl: Controller) -> None:
+    first = await join(ctl, "dc1", "node-a", "198.18.0.1")
+    second = await join(ctl, "dc1", "node-a", "198.18.0.2", allow_reenroll=True)
+    forged = await _exported(ctl, "node-a")
+    forged.metadata.annotations["meshsec.io/enrolled-at"] = "0"
+    refused = await _apply_resource(ctl, forged)
+    assert refused is not None and refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "metadata.annotations[meshsec.io/enrolled-at]" in (refused.details() or "")
+    serials = forged.metadata.annotations["meshsec.io/certificate-serials"]
+    del forged.metadata.annotations["meshsec.io/enrolled-at"]
+    forged.metadata.annotations["meshsec.io/certificate-serials"] = (
+        f"{serials},{x509.load_pem_x509_certificate(first.certificate_pem).serial_number:x}"
+    )
+    refused = await _apply_resource(ctl, forged)
+    assert refused is not None and refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await _report_code(ctl, first) == grpc.StatusCode.PERMISSION_DENIED
+    assert await _report_code(ctl, second) == grpc.StatusCode.OK
+
+
+async def test_an_exported_node_reapplies_harmlessly_but_cannot_revive_a_deleted_one(ctl: Controller) -> None:
+    holder = await join(ctl, "dc1", "node-a", "198.18.0.1")
+    export = await _exported(ctl, "node-a")
+    export.metadata.labels["tier"] = "edge"  # an edited export: the admin's fields still apply
+    assert await _apply_resource(ctl, export) is None
+    assert core_of(ctl).state.index.node("node-a").metadata.labels == {"tier": "edge"}  # type: ignore[union-attr]
+    assert await _report_code(ctl, holder) == grpc.StatusCode.OK
+    async with admin_channel(ctl) as admin:
+        await admin_stub(admin).Delete(
+            admin_pb2.DeleteRequest(kind="Node", name="node-a"), timeout=CALL_TIMEOUT
+        )
+    refused = await _apply_resource(ctl, export)  # the old export names the old certificate's serial
+    assert refused is not None and refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await _report_code(ctl, holder) == grpc.StatusCode.NOT_FOUND
+
+
+async def test_renewal_keeps_the_renewing_certificate_until_the_next_renewal(ctl: Controller) -> None:
+    first = await join(ctl, "dc1", "node-a", "198.18.0.1")
+
+    async def renew(holder: EnrolledNode) -> EnrolledNode:
+        key, csr = new_key_and_csr("node-a")
+        async with holder.channel(ctl) as channel:
+            response = await agent_pb2_grpc.AgentServiceStub(channel).RenewCertificate(
+                agent_pb2.RenewCertificateRequest(csr_pem=csr.decode()), timeout=CALL_TIMEOUT
+            )
+        return EnrolledNode("node-a", key, response.certificate_pem.encode(), holder.ca_bundle_pem, response)
+
+    second = await renew(first)
+    assert [await _report_code(ctl, h) for h in (first, second)] == [grpc.StatusCode.OK] * 2
+    third = await renew(second)
+    assert [await _report_code(ctl, h) for h in (first, second, third)] == [
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.OK,
+        grpc.StatusCode.OK,
+    ]

@@ -32,7 +32,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def controller_process(data_dir: Path) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
+def controller_process(data_dir: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
     bootstrap = _free_port()
     sock = data_dir / "admin.sock"
     proc = subprocess.Popen(
@@ -52,6 +52,7 @@ def controller_process(data_dir: Path) -> Iterator[tuple[subprocess.Popen[str], 
             "cli-test",
             "--log-level",
             "WARNING",
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -131,3 +132,87 @@ async def test_token_create_enroll_and_restart(tmp_path: Path) -> None:
         assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
+
+
+def _numbered_site(i: int) -> dict[str, object]:
+    return site(f"s{i:04d}", [f"198.19.{i // 16}.{i % 16 * 16}/28"])
+
+
+async def _sites(sock: Path) -> list[str]:
+    async with grpc.aio.insecure_channel(f"unix:{sock}") as channel:
+        listed = await admin_pb2_grpc.AdminServiceStub(channel).List(
+            admin_pb2.ListRequest(kind="Site", page_size=5000), timeout=CALL_TIMEOUT
+        )
+    return [r.metadata.name for r in listed.resources]
+
+
+async def test_sigkill_during_applies_loses_no_acknowledged_apply(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    acknowledged: set[str] = set()
+    attempted: set[str] = set()
+    with controller_process(data_dir) as (proc, _, sock):
+
+        async def writer(first: int, step: int) -> None:
+            async with grpc.aio.insecure_channel(f"unix:{sock}") as channel:
+                stub = admin_pb2_grpc.AdminServiceStub(channel)
+                for i in range(first, 4096, step):
+                    doc = _numbered_site(i)
+                    attempted.add(f"s{i:04d}")
+                    try:
+                        await stub.Apply(
+                            admin_pb2.ApplyRequest(resources=[to_resource(doc)]), timeout=CALL_TIMEOUT
+                        )
+                    except grpc.aio.AioRpcError:
+                        return  # the controller is gone
+                    acknowledged.add(f"s{i:04d}")
+                    if len(acknowledged) >= 150 and proc.poll() is None:
+                        os.kill(proc.pid, signal.SIGKILL)  # mid-stream: the other writers are in flight
+
+        await asyncio.gather(*(writer(w, 6) for w in range(6)))
+        assert proc.wait(timeout=15) == -signal.SIGKILL
+    with controller_process(data_dir) as (proc, _, sock):
+        present = set(await _sites(sock))
+        assert acknowledged <= present <= attempted
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+
+
+async def test_a_store_that_lost_acknowledged_writes_starts_only_with_repair_store(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with controller_process(data_dir) as (proc, _, sock):
+        async with grpc.aio.insecure_channel(f"unix:{sock}") as channel:
+            for i in range(3):
+                await admin_pb2_grpc.AdminServiceStub(channel).Apply(
+                    admin_pb2.ApplyRequest(resources=[to_resource(_numbered_site(i))]), timeout=CALL_TIMEOUT
+                )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    log = data_dir / "store.log"
+    data = log.read_bytes()
+    log.write_bytes(data[: data.rindex(b"resources/Site/s0002")])  # mid-record: s0002 and all after
+    refused = subprocess.run(
+        [
+            *CLI,
+            "--data-dir",
+            str(data_dir),
+            "--admin-socket",
+            "",
+            "--metrics",
+            "",
+            "--listen",
+            "127.0.0.1:0",
+            "--bootstrap-listen",
+            "127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode == 3
+    assert "acknowledged revisions" in refused.stderr and "--repair-store" in refused.stderr
+    with controller_process(data_dir, "--repair-store") as (proc, _, sock):
+        kept = await _sites(sock)
+        assert kept == ["s0000", "s0001"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    assert list(data_dir.glob("store.log.damaged-*"))

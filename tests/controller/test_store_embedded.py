@@ -98,6 +98,74 @@ async def test_damage_before_the_end_is_refused(tmp_path: Path) -> None:
         assert len((await store.range("/")).kvs) == 3
 
 
+async def test_damage_before_the_end_starts_only_with_repair_from_what_verifies(tmp_path: Path) -> None:
+    path = tmp_path / "s.log"
+    async with await EmbeddedStore.open(path) as store:
+        for i in range(3):
+            await store.put(f"/k{i}", b"v")
+    lines = path.read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b"/k1", b"/kX")
+    damaged = b"\n".join(lines)
+    path.write_bytes(damaged)
+    with pytest.raises(StoreCorruptError, match=r"revisions 4\.\.4 verify but follow the damage"):
+        await EmbeddedStore.open(path)
+    async with await EmbeddedStore.open(path, repair=True) as store:
+        assert [kv.key for kv in (await store.range("/")).kvs] == ["/k0"]
+        await store.put("/k1", b"again")
+    assert [p.read_bytes() for p in tmp_path.glob("s.log.damaged-*")] == [damaged]
+    async with await EmbeddedStore.open(path) as store:  # repaired for good: no flag needed again
+        assert [kv.key for kv in (await store.range("/")).kvs] == ["/k0", "/k1"]
+
+
+async def test_final_record_missing_only_its_newline_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "s.log"
+    async with await EmbeddedStore.open(path) as store:
+        await store.put("/a", b"1")
+        await store.put("/b", b"2")
+    intact = path.read_bytes()
+    path.write_bytes(intact[:-1])
+    async with await EmbeddedStore.open(path) as store:
+        assert [kv.key for kv in (await store.range("/")).kvs] == ["/a", "/b"]
+        assert path.read_bytes() == intact  # the newline put back, so the next append starts clean
+        await store.put("/c", b"3")
+    async with await EmbeddedStore.open(path) as store:
+        assert len((await store.range("/")).kvs) == 3
+
+
+@pytest.mark.parametrize("cut", [400, "last line"])
+async def test_lost_acknowledged_records_refuse_to_open_and_name_the_revisions(
+    tmp_path: Path, cut: int | str
+) -> None:
+    path = tmp_path / "s.log"
+    async with await EmbeddedStore.open(path) as store:
+        for i in range(6):
+            await store.put(f"/site/s{i}", b"x" * 150)
+        last = store.revision
+    intact = path.read_bytes()
+    end = len(intact) - 400 if isinstance(cut, int) else intact.rstrip(b"\n").rfind(b"\n") + 1
+    path.write_bytes(intact[:end])
+    kept = intact[:end].count(b"\n")  # records that survive whole: revisions 2..kept+1
+    with pytest.raises(StoreCorruptError, match=rf"acknowledged revisions {kept + 2}\.\.{last} are missing"):
+        await EmbeddedStore.open(path)
+    assert path.read_bytes() == intact[:end]  # left as found
+    async with await EmbeddedStore.open(path, repair=True) as store:
+        assert store.revision == kept + 1
+        assert [kv.key for kv in (await store.range("/")).kvs] == [f"/site/s{i}" for i in range(kept)]
+
+
+async def test_torn_end_of_a_log_without_acked_mark_cannot_be_judged_and_is_refused(tmp_path: Path) -> None:
+    """A log from before `.acked` existed: nothing says whether its torn end was acknowledged."""
+    path = tmp_path / "s.log"
+    async with await EmbeddedStore.open(path) as store:
+        await store.put("/k", b"kept")
+    (tmp_path / "s.log.acked").unlink()
+    path.write_bytes(path.read_bytes() + b'0123abcd {"rev": 3')
+    with pytest.raises(StoreCorruptError, match=r"no s\.log\.acked"):
+        await EmbeddedStore.open(path)
+    async with await EmbeddedStore.open(path, repair=True) as store:
+        assert (await store.get("/k")) is not None
+
+
 async def test_compaction_keeps_state_and_watchable_history_across_reopen(tmp_path: Path) -> None:
     path = tmp_path / "s.log"
     async with await EmbeddedStore.open(path) as store:
