@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -322,6 +323,18 @@ def token(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
             f"{response.expires_at.ToJsonString()}; "
             f"pin the controller CA with sha256 {response.ca_cert_sha256}"
         )
-        + "\nThe token is shown once: give it to the node's agent (meshsec-agent --token ...).\n"
+        + "\nThe token is shown once. Save it on the node (e.g. in /etc/meshsec/token, mode 0600) and start "
+        + "its agent with:\n  "
+        + printable(shlex.join(agent_enroll_argv(args.node, response.ca_cert_sha256)))
+        + "\n"
     )
     return EXIT_OK
+
+
+def agent_enroll_argv(node: str, ca_sha256: str, token_file: str = "/etc/meshsec/token") -> list[str]:
+    """The agent command line that enrolls `node` with a token (tested against the agent's own
+    argument parser). The controller's listener addresses are placeholders: meshctl only knows
+    the admin endpoint."""
+    return ["meshsec-agent", "run", "--controller", "CONTROLLER:PORT", "--bootstrap", "CONTROLLER:BOOTSTRAP_PORT",
+            "--node", node, "--state-dir", "/var/lib/meshsec", "--token-file", token_file,
+            "--ca-sha256", ca_sha256]
