@@ -335,6 +335,7 @@ def agent_enroll_argv(node: str, ca_sha256: str, token_file: str = "/etc/meshsec
     """The agent command line that enrolls `node` with a token (tested against the agent's own
     argument parser). The controller's listener addresses are placeholders: meshctl only knows
     the admin endpoint."""
-    return ["meshsec-agent", "run", "--controller", "CONTROLLER:PORT", "--bootstrap", "CONTROLLER:BOOTSTRAP_PORT",
-            "--node", node, "--state-dir", "/var/lib/meshsec", "--token-file", token_file,
+    return ["meshsec-agent", "run", "--controller", "CONTROLLER:PORT",
+            "--bootstrap", "CONTROLLER:BOOTSTRAP_PORT", "--node", node,
+            "--state-dir", "/var/lib/meshsec", "--token-file", token_file,
             "--ca-sha256", ca_sha256]

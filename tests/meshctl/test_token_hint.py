@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meshsec.meshctl.commands import agent_enroll_argv
 from meshsec.agent.cli import build_parser
+from meshsec.meshctl.commands import agent_enroll_argv
 
 
 def test_enroll_hint_parses_with_the_agents_own_parser() -> None:
