@@ -1,8 +1,9 @@
 """`meshsec-agent`: the node agent's command line.
 
     meshsec-agent --config FILE        standalone: IKE connections from a YAML file, no controller
-    meshsec-agent status [--socket P]  tables of IKE/CHILD SAs from a running agent (--json: raw)
-    meshsec-agent run --controller ADDR --node NAME --state-dir DIR ...
+    meshsec-agent status [--socket P | --state-dir DIR]
+                                       tables of IKE/CHILD SAs from a running agent (--json: raw)
+    meshsec-agent run --controller ADDR --node NAME [--state-dir DIR] ...
                                        controller-connected (docs/agent.md)
 
 `main` dispatches on the mode flags and commands; each is a function taking the parsed arguments."""
@@ -18,6 +19,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from meshsec.agent.node.statedir import STATUS_SOCKET
 from meshsec.agent.standalone.config import DEFAULT_STATUS_SOCKET, ConfigError, load_config, world_readable
 from meshsec.common.extras import require as require_extra
 from meshsec.common.logging import configure as configure_logging
@@ -27,6 +29,8 @@ log = logging.getLogger("meshsec.agent")
 
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
+# Where `run` keeps its key, certificate, desired state and (by default) its status socket.
+DEFAULT_STATE_DIR = Path("/var/lib/meshsec")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,13 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     status = sub.add_parser("status", help="show the IKE and CHILD SAs of a running agent")
-    status.add_argument("--socket", type=Path, default=Path(DEFAULT_STATUS_SOCKET), help="status socket path")
+    where = status.add_mutually_exclusive_group()
+    where.add_argument("--socket", type=Path, help="status socket path (default: try the standalone socket "
+                       f"{DEFAULT_STATUS_SOCKET}, then {DEFAULT_STATE_DIR}/{STATUS_SOCKET})")
+    where.add_argument("--state-dir", type=Path, help="a `run` agent's state dir: its status.sock")
     status.add_argument("--json", action="store_true", help="print the raw JSON document")
     run = sub.add_parser("run", help="run connected to a controller (docs/agent.md)")
     run.add_argument("--controller", required=True, metavar="HOST:PORT", help="controller mTLS listener")
     run.add_argument("--bootstrap", metavar="HOST:PORT", help="controller bootstrap listener (to enroll)")
     run.add_argument("--node", required=True, help="node name (certificate CN)")
-    run.add_argument("--state-dir", type=Path, required=True, help="key, certificate, last desired state")
+    run.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                     help=f"key, certificate, last desired state (default {DEFAULT_STATE_DIR})")
     run.add_argument("--token-file", type=Path, help="bootstrap token (needed until enrolled)")
     run.add_argument("--ca-file", type=Path, help="controller CA certificate (needed until enrolled)")
     run.add_argument("--ca-sha256", help="pin: SHA-256 of the CA certificate's DER (hex)")
@@ -128,13 +136,24 @@ def run_standalone(args: argparse.Namespace) -> int:
 def show_status(args: argparse.Namespace) -> int:
     from meshsec.agent.standalone.status import format_status, query_status
 
-    try:
-        status = query_status(args.socket)
-    except (OSError, ValueError) as exc:
-        print(f"meshsec-agent status: no agent answering on {args.socket}: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    print(json.dumps(status, indent=2) if args.json else format_status(status))
-    return 0
+    if args.socket is not None:
+        candidates = [args.socket]
+    elif args.state_dir is not None:
+        candidates = [args.state_dir / STATUS_SOCKET]
+    else:  # standalone's socket, then a `run` agent's in the default state dir
+        candidates = [Path(DEFAULT_STATUS_SOCKET), DEFAULT_STATE_DIR / STATUS_SOCKET]
+    tried = []
+    for path in candidates:
+        try:
+            status = query_status(path)
+        except (OSError, ValueError) as exc:
+            tried.append(f"{path}: {exc}")
+            continue
+        print(json.dumps(status, indent=2) if args.json else format_status(status))
+        return 0
+    print("meshsec-agent status: no agent answering; tried " + "; ".join(tried)
+          + " (give --socket PATH or --state-dir DIR)", file=sys.stderr)
+    return EXIT_UNAVAILABLE
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"status": show_status, "run": run_connected}

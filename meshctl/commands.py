@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,10 +11,11 @@ from typing import TextIO
 
 from google.protobuf import timestamp_pb2
 
+from meshsec.common.api import missing_psk_warning
 from meshsec.common.version import VERSION
 from meshsec.meshctl import manifest, secrets
 from meshsec.meshctl.client import AdminClient
-from meshsec.meshctl.convert import message_to_dict, resource_to_dict
+from meshsec.meshctl.convert import message_to_dict, resource_to_dict, struct_to_dict
 from meshsec.meshctl.describe import describe_resource, describe_tunnel
 from meshsec.meshctl.errors import EXIT_OK, EXIT_USER, MeshctlError, UsageError, UserError
 from meshsec.meshctl.events import EVENT_COLUMNS, event_json, event_line, event_row
@@ -66,6 +68,7 @@ def apply(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
                 "name": r.name,
                 "action": ACTIONS.get(r.action, "unknown"),
                 "resource": resource_to_dict(r.resource),
+                "warnings": list(r.warnings),
             }
             for r in response.results
         ]
@@ -75,6 +78,8 @@ def apply(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
     for result in response.results:
         line = f"{result.kind.lower()}/{result.name} {ACTIONS.get(result.action, 'applied')}{suffix}"
         out.write(printable(line) + "\n")
+        for warning in result.warnings:
+            sys.stderr.write(printable(f"warning: {result.kind.lower()}/{result.name}: {warning}") + "\n")
     return EXIT_OK
 
 
@@ -205,9 +210,20 @@ def describe(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
             tunnels=client.tunnels(_tunnel_filter(kind, args.name)),
             events=recent_events(client, name=args.name),
             node=_node_facts(client, kind, args.name),
+            warnings=_warnings(client, resource),
         )
     )
     return EXIT_OK
+
+
+def _warnings(client: AdminClient, resource: common_pb2.Resource) -> list[str]:
+    """An ExternalGateway whose PSK Secret is missing (the controller says so at apply time too)."""
+    if resource.kind != "ExternalGateway":
+        return []
+    ref = struct_to_dict(resource.spec).get("auth", {}).get("pskSecretRef")
+    if not ref or ref in {s.name for s in client.list_secrets()}:
+        return []
+    return [missing_psk_warning(str(ref))]
 
 
 def _tunnel_filter(kind: Kind, name: str) -> admin_pb2.ListTunnelsRequest:
@@ -322,6 +338,19 @@ def token(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
             f"{response.expires_at.ToJsonString()}; "
             f"pin the controller CA with sha256 {response.ca_cert_sha256}"
         )
-        + "\nThe token is shown once: give it to the node's agent (meshsec-agent --token ...).\n"
+        + "\nThe token is shown once. Save it on the node (e.g. in /etc/meshsec/token, mode 0600) and start "
+        + "its agent with:\n  "
+        + printable(shlex.join(agent_enroll_argv(args.node, response.ca_cert_sha256)))
+        + "\n"
     )
     return EXIT_OK
+
+
+def agent_enroll_argv(node: str, ca_sha256: str, token_file: str = "/etc/meshsec/token") -> list[str]:
+    """The agent command line that enrolls `node` with a token (tested against the agent's own
+    argument parser). The controller's listener addresses are placeholders: meshctl only knows
+    the admin endpoint."""
+    return ["meshsec-agent", "run", "--controller", "CONTROLLER:PORT",
+            "--bootstrap", "CONTROLLER:BOOTSTRAP_PORT", "--node", node,
+            "--state-dir", "/var/lib/meshsec", "--token-file", token_file,
+            "--ca-sha256", ca_sha256]

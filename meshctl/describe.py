@@ -38,6 +38,7 @@ def describe_resource(
     events: Sequence[admin_pb2.Event],
     node: admin_pb2.TopologyNode | None = None,
     now: datetime | None = None,
+    warnings: Sequence[str] = (),
 ) -> str:
     meta = resource.metadata
     lines = [
@@ -56,6 +57,7 @@ def describe_resource(
             f"Data plane:   {backend_name(node.dataplane_backend)}",
             f"Agent:        {node.agent_version or '-'}",
         ]
+    lines += [f"Warning:      {w}" for w in warnings]
     lines += _block("Spec", struct_to_dict(resource.spec))
     lines += _block("Status", struct_to_dict(resource.status) if resource.HasField("status") else {})
     lines += _tunnels_section(tunnels, now)

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter, SaRecord
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, SaExpired
+from meshsec.agent.host_checks import IPNetwork, TunnelNeeds, warn_about_host
 from meshsec.agent.ike.certs import CredentialError
 from meshsec.agent.node import credentials
 from meshsec.agent.node.credentials import Credentials, EnrollmentError
@@ -89,6 +92,7 @@ class NodeAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self.controller_task: asyncio.Task[None] | None = None  # ends only on a fatal enrollment error
         self._renewal_asked_for: set[str] = set()  # local IDs an early renewal was asked for
+        self._host_warnings: set[str] = set()  # sysctl problems already logged (agent/host_checks.py)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -229,6 +233,7 @@ class NodeAgent:
         self.reconciler.set_desired(desired.tunnels, desired.version)
         self.metrics.desired_version.set(desired.version)
         self._renew_for_identity()
+        warn_about_host((_host_needs(t) for t in desired.tunnels.values()), self._host_warnings)
 
     def _use_credentials(self, creds: Credentials | None) -> None:
         """The node certificate for certificate-auth tunnels (at start, enrollment, renewal)."""
@@ -336,6 +341,21 @@ class NodeAgent:
             "certificate_subject": leaf.subject.rfc4514_string(),
             "trusted_cas": [c.subject.rfc4514_string() for c in config.credentials.trusted],
         }
+
+
+def _host_needs(tunnel: agent_pb2.DesiredTunnel) -> TunnelNeeds:
+    def nets(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
+        found = []
+        for cidr in cidrs:
+            with contextlib.suppress(ValueError):  # translate.plan reports bad selectors
+                found.append(ipaddress.ip_network(cidr, strict=False))
+        return tuple(found)
+
+    children = tunnel.children
+    peer = tunnel.remote_endpoints[0].address if tunnel.remote_endpoints else None
+    return TunnelNeeds(nets(ts.cidr for c in children for ts in c.local_ts),
+                       nets(ts.cidr for c in children for ts in c.remote_ts),
+                       tunnel.local_endpoint.address or None, peer)
 
 
 async def run(config: NodeAgentConfig, stop: asyncio.Event | None = None) -> None:

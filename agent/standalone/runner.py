@@ -11,6 +11,7 @@ import signal
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter, SaRecord
 from meshsec.agent.adapters.recording import RecordingDataPlane
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, SaExpired
+from meshsec.agent.host_checks import tunnel_needs, warn_about_host
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.config import IkeConfig
 from meshsec.agent.ike.events import Event, InitialContactReceived
@@ -89,6 +90,11 @@ class Agent:
                 len(self.config.connections),
                 self.dataplane.capabilities.backend,
                 self.config.agent.status_socket,
+            )
+            warn_about_host(
+                tunnel_needs(c.ike.children, c.local_addrs[0] if c.local_addrs else None,
+                             c.remote_addrs[0] if c.remote_addrs else None)
+                for c in self.config.connections
             )
             for conn in self.config.connections:
                 if conn.start_action == "initiate" and not await self._initiate(conn):

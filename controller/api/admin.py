@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from meshsec.common.api import VALIDATION_TRAILER
+from meshsec.common.api import VALIDATION_TRAILER, missing_psk_warning
 from meshsec.common.version import VERSION
 from meshsec.controller.api.convert import desired_tunnel, doc_to_resource, node_endpoints, resource_to_doc
 from meshsec.controller.api.identity import AnyContext, caller_of
@@ -241,7 +241,8 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
             else:
                 result = doc_to_resource(stored.doc, stored.mod_revision)
             response.results.append(
-                admin_pb2.ApplyResult(kind=p.kind.value, name=p.name, action=p.action, resource=result)  # type: ignore[arg-type]
+                admin_pb2.ApplyResult(kind=p.kind.value, name=p.name, action=p.action, resource=result,  # type: ignore[arg-type]
+                                      warnings=await self._apply_warnings(p.kind, p.doc))
             )
             if not request.dry_run and p.action != admin_pb2.APPLY_ACTION_UNCHANGED:
                 verb = "created" if p.action == admin_pb2.APPLY_ACTION_CREATED else "configured"
@@ -593,6 +594,19 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.RevokeBootstrapTokenResponse()
 
     # --- secrets -------------------------------------------------------------------------------------
+
+    async def _apply_warnings(self, kind: Kind, doc: dict[str, Any]) -> list[str]:
+        """What an accepted resource still lacks to work (the apply itself succeeds). Read from
+        the store, not the secrets mirror: a Secret set a moment ago counts."""
+        if kind is not Kind.EXTERNAL_GATEWAY:
+            return []
+        ref = str(doc.get("spec", {}).get("auth", {}).get("pskSecretRef", ""))
+        try:
+            if not ref or await self._core.state.store.get(self._core.state.keys.secret(ref)) is not None:
+                return []
+        except StoreError:  # the apply succeeded; the warning is best effort
+            return []
+        return [missing_psk_warning(ref)]
 
     def _users_of(self, secret: str) -> list[str]:
         return sorted(

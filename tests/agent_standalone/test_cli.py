@@ -91,6 +91,42 @@ def test_status_without_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "no agent answering" in capsys.readouterr().err
 
 
+def test_status_finds_a_run_mode_agent_by_its_state_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run` serves status on <state-dir>/status.sock: `status` finds it with --state-dir, and
+    without options in the default state dir after the standalone socket; an error lists both."""
+    import asyncio
+    import threading
+
+    from meshsec.agent import cli
+    from meshsec.agent.standalone.status import StatusServer
+
+    state_dir = tmp_path / "state"
+    monkeypatch.setattr(cli, "DEFAULT_STATE_DIR", state_dir)
+    monkeypatch.setattr(cli, "DEFAULT_STATUS_SOCKET", str(tmp_path / "standalone.sock"))
+    assert main(["status", "--json"]) == 3
+    err = capsys.readouterr().err
+    assert str(tmp_path / "standalone.sock") in err and str(state_dir / "status.sock") in err
+
+    async def provide() -> dict[str, object]:
+        return {"node": "dc1-gw1", "ike_sas": []}
+
+    loop = asyncio.new_event_loop()
+    server = StatusServer(state_dir / "status.sock", provide)
+    loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    try:
+        for argv in (["status", "--json", "--state-dir", str(state_dir)], ["status", "--json"]):
+            assert main(argv) == 0, capsys.readouterr().err
+            assert '"node": "dc1-gw1"' in capsys.readouterr().out
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.run_until_complete(server.close())
+        loop.close()
+
+
 def test_no_mode_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as info:
         main([])

@@ -157,11 +157,19 @@ def test_secret_set_from_file_and_env_get_and_delete_never_print_the_value(
     controller: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert meshctl(controller, "apply", "-f", str(EXAMPLE)) == 0
-    capsys.readouterr()
+    # Accepted, but the gateway's PSK Secret does not exist yet: apply and describe say so.
+    missing = "PSK Secret 'partner-aws-psk' does not exist"
+    assert f"warning: externalgateway/partner-aws: {missing}" in capsys.readouterr().err
+    assert meshctl(controller, "describe", "externalgateway", "partner-aws") == 0
+    assert f"Warning:      {missing}" in capsys.readouterr().out
     key_file = tmp_path / "psk"
     key_file.write_bytes(b"from-file-key-0123456789\n")
     assert meshctl(controller, "secret", "set", "partner-aws-psk", "--from-file", str(key_file)) == 0
     assert capsys.readouterr().out == "secret partner-aws-psk created (used by partner-aws)\n"
+    assert meshctl(controller, "describe", "externalgateway", "partner-aws") == 0
+    assert "Warning:" not in capsys.readouterr().out
+    assert meshctl(controller, "apply", "-f", str(EXAMPLE)) == 0
+    assert "warning:" not in capsys.readouterr().err
     monkeypatch.setenv("LAB_PSK", "from-env-key-abcdefghij")
     assert meshctl(controller, "secret", "set", "partner-aws-psk", "--from-env", "LAB_PSK") == 0
     assert "replaced" in capsys.readouterr().out

@@ -45,6 +45,7 @@ from meshsec.agent.dataplane.api import (
     Unsupported,
 )
 from meshsec.agent.dataplane.kernel import capabilities as caps_probe
+from meshsec.agent.dataplane.kernel import mtu
 from meshsec.agent.dataplane.kernel import routes as rt
 from meshsec.agent.dataplane.kernel import translate as tr
 from meshsec.agent.dataplane.kernel import xfrm_messages as xm
@@ -52,6 +53,7 @@ from meshsec.agent.dataplane.kernel.encap import EncapSocketReader
 from meshsec.agent.dataplane.kernel.routes import DEFAULT_ROUTE_TABLE, RouteTable, TunnelRoute
 from meshsec.agent.dataplane.kernel.translate import OwnerMark
 from meshsec.agent.dataplane.kernel.xfrm_socket import KernelError, Label, XfrmMulticast, XfrmSocket
+from meshsec.agent.dataplane.userspace.mtu import Suite
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +71,11 @@ class KernelDataPlane:
     def __init__(self, *, netns: str | None = None, owner: OwnerMark | None = None,
                  scratch_netns: str | None = None, spi_range: tuple[int, int] = DEFAULT_SPI_RANGE,
                  capabilities: Capabilities | None = None,
-                 route_table: RouteTable | None = DEFAULT_ROUTE_TABLE) -> None:
+                 route_table: RouteTable | None = DEFAULT_ROUTE_TABLE, mss_clamping: bool = True) -> None:
         """`capabilities`: skip probing and use these (another plane on the same kernel found them;
         probes are per kernel, not per namespace). `route_table`: where routes for outbound tunnel
-        policies go; None installs no routes (the caller routes)."""
+        policies go; None installs no routes (the caller routes). `mss_clamping`: keep the nftables
+        table `inet meshsec` (TCP MSS clamped to the route MTU) while an outbound policy exists."""
         self.netns = netns
         self.owner = owner or OwnerMark()
         self.scratch_netns = scratch_netns or f"meshsec-probe-{os.getpid()}"
@@ -89,6 +92,12 @@ class KernelDataPlane:
         # installed route was made from (so re-ensuring an unchanged policy costs nothing)
         self._route_users: dict[IPNetwork, set[TrafficSelector]] = {}
         self._routes: dict[IPNetwork, TunnelRoute] = {}
+        self._route_reqids: dict[IPNetwork, int] = {}
+        # reqid -> the newest outbound SA's id and overhead (transforms, UDP encapsulation)
+        self._out_overhead: dict[int, tuple[SaId, Suite | None, bool]] = {}
+        self.mss_clamping = mss_clamping
+        self._clamping_installed = False
+        self.mss_clamping_errors = 0
         self._route_based_seen = False
         self.route_errors = 0
         # Random start: a previous process's reservations may still be alive (and reqid-keyed).
@@ -163,25 +172,30 @@ class KernelDataPlane:
         if sa.id in self._reserved:
             await self._call(what, msg, xm.XFRM_MSG_UPDSA)
             self._reserved.discard(sa.id)
-            return
-        try:
-            await self._call(what, msg, xm.XFRM_MSG_NEWSA)
-        except KernelError as exc:
-            if exc.errno != errno.EEXIST:
-                raise
-            # A reservation made before a restart: fill it in; a real SA: refuse.
-            existing = await self._get_sa(sa.id)
-            if existing is None or not tr.is_larval(existing):
-                raise DataPlaneError(f"{what()}: an SA with this SPI is already installed") from None
-            await self._call(what, msg, xm.XFRM_MSG_UPDSA)
+        else:
+            try:
+                await self._call(what, msg, xm.XFRM_MSG_NEWSA)
+            except KernelError as exc:
+                if exc.errno != errno.EEXIST:
+                    raise
+                # A reservation made before a restart: fill it in; a real SA: refuse.
+                existing = await self._get_sa(sa.id)
+                if existing is None or not tr.is_larval(existing):
+                    raise DataPlaneError(f"{what()}: an SA with this SPI is already installed") from None
+                await self._call(what, msg, xm.XFRM_MSG_UPDSA)
+        await self._note_outbound(sa)
 
     async def update_sa(self, sa: SecurityAssociation) -> None:
         self._check_supported(sa)
         await self._call(f"update SA {sa.id.spi:#x}", tr.sa_message(sa, self.owner), xm.XFRM_MSG_UPDSA)
         self._reserved.discard(sa.id)
+        await self._note_outbound(sa)
 
     async def delete_sa(self, sa_id: SaId) -> None:
         self._reserved.discard(sa_id)
+        for reqid, (newest, _, _) in list(self._out_overhead.items()):
+            if newest == sa_id:
+                del self._out_overhead[reqid]
         try:
             await self._call(f"delete SA {sa_id.spi:#x}", tr.sa_id_message(sa_id, self.owner),
                              xm.XFRM_MSG_DELSA)
@@ -235,6 +249,7 @@ class KernelDataPlane:
                          xm.XFRM_MSG_UPDPOLICY)
         self._policy_if_ids[key] = policy.if_id
         await self._update_routes([policy])
+        await self._sync_mss_clamping()
 
     async def ensure_policies(self, policies: Sequence[Policy]) -> None:
         """`ensure_policy` for many at once, batched into few netlink writes (start-up, mesh
@@ -251,6 +266,7 @@ class KernelDataPlane:
         for policy in installed:
             self._policy_if_ids[(policy.selector, policy.direction)] = policy.if_id
         await self._update_routes(installed)
+        await self._sync_mss_clamping(reapply=True)
         if failed:
             raise DataPlaneError(f"{len(failed)} of {len(policies)} policies failed: "
                                  + "; ".join(failed[:5]))
@@ -273,6 +289,7 @@ class KernelDataPlane:
         await self._delete_policy(selector, direction, if_id)
         if direction is Direction.OUT:
             await self._release_routes([selector])
+            await self._sync_mss_clamping()
 
     async def _delete_policy(self, selector: TrafficSelector, direction: Direction, if_id: int) -> None:
         try:
@@ -325,6 +342,10 @@ class KernelDataPlane:
             await asyncio.to_thread(rt.flush, self.netns, self.route_table)
         self._route_users.clear()
         self._routes.clear()
+        self._route_reqids.clear()
+        self._out_overhead.clear()
+        if self.mss_clamping:  # also a table an earlier process left behind
+            await self._sync_mss_clamping(reapply=True)
 
     # -- routes for outbound tunnel policies (policy-based mode) ---------------------------------
 
@@ -345,12 +366,41 @@ class KernelDataPlane:
                 released.append(p.selector)
                 continue
             self._route_users.setdefault(p.selector.dst, set()).add(p.selector)
-            route = TunnelRoute(p.selector.dst, p.selector.src, t.dst)
+            self._route_reqids[p.selector.dst] = t.reqid
+            route = self._tunnel_route(p.selector, t.dst, t.reqid)
             if self._routes.get(p.selector.dst) != route:
                 wanted[p.selector.dst] = route
         if released:
             await self._release_routes(released)
-        if not wanted:
+        await self._install_routes(wanted)
+
+    def _tunnel_route(self, selector: TrafficSelector, peer: IPAddress, reqid: int) -> TunnelRoute:
+        """The route's MTU fits the tunnel's outbound SA (its transforms, UDP or not); while no
+        outbound SA of the reqid is known, every negotiable suite in ESP-in-UDP."""
+        known = self._out_overhead.get(reqid)
+        if known is None:
+            return TunnelRoute(selector.dst, selector.src, peer)
+        return TunnelRoute(selector.dst, selector.src, peer, suite=known[1], udp_encap=known[2])
+
+    async def _note_outbound(self, sa: SecurityAssociation) -> None:
+        """Remember an outbound SA's overhead; re-size the routes of its reqid if it changed (a
+        CHILD_SA that moved to UDP encapsulation, a rekey with other transforms)."""
+        if sa.direction is not Direction.OUT or sa.mode is not Mode.TUNNEL:
+            return
+        overhead = (sa.id, mtu.sa_suite(sa), sa.encap is not None)
+        old = self._out_overhead.get(sa.reqid)
+        self._out_overhead[sa.reqid] = overhead
+        if old is not None and old[1:] == overhead[1:]:
+            return
+        wanted = {}
+        for prefix, route in self._routes.items():
+            if self._route_reqids.get(prefix) == sa.reqid:
+                sel = TrafficSelector(route.dst, route.src_selector)
+                wanted[prefix] = self._tunnel_route(sel, route.peer, sa.reqid)
+        await self._install_routes(wanted)
+
+    async def _install_routes(self, wanted: dict[IPNetwork, TunnelRoute]) -> None:
+        if not wanted or self.route_table is None:
             return
         failures = await rt.install(self.netns, self.route_table, list(wanted.values()))
         for prefix, route in wanted.items():
@@ -372,9 +422,36 @@ class KernelDataPlane:
             if not users:
                 del self._route_users[sel.dst]
                 self._routes.pop(sel.dst, None)
+                self._route_reqids.pop(sel.dst, None)
                 gone.append(sel.dst)
         if gone and self.route_table is not None:
             await asyncio.to_thread(rt.delete, self.netns, self.route_table, gone)
+
+    # -- TCP MSS clamping ------------------------------------------------------------------------
+
+    async def _sync_mss_clamping(self, *, reapply: bool = False) -> None:
+        """Level-triggered: the nftables table exists while an outbound policy does (its `rt mtu`
+        rules read each SYN's route, so they need no update per tunnel) and is removed with the
+        last one. `reapply` re-installs it even if this process installed it already (bulk
+        ensures and flushes: someone may have deleted it). A failure is logged and counted and
+        tried again on the next change; the tunnels stand."""
+        if not self.mss_clamping:
+            return
+        wanted = any(d is Direction.OUT for _, d in self._policy_if_ids)
+        if wanted == self._clamping_installed and not reapply:
+            return
+        try:
+            if wanted:
+                await mtu.ensure_mss_clamping(self.netns)
+            else:
+                await mtu.remove_mss_clamping(self.netns)
+        except (OSError, DataPlaneError) as exc:
+            self.mss_clamping_errors += 1
+            self._clamping_installed = not wanted  # unknown: try again next time
+            log.warning("kernel data plane: TCP MSS clamping not %s: %s",
+                        "installed" if wanted else "removed", exc)
+            return
+        self._clamping_installed = wanted
 
     # -- events ----------------------------------------------------------------------------------
 

@@ -1,9 +1,11 @@
 """Path MTU and TCP MSS for kernel-tunnelled traffic, so users do not meet MTU black holes.
 
-Routes to tunnelled prefixes carry an MTU of the underlay MTU minus the worst-case ESP overhead
-(the formula is shared with the userspace data plane). Forwarded TCP SYNs get their MSS clamped
-to that route MTU by an nftables table the agent owns (`inet meshsec`): `rt mtu` reads the MTU of
-the route each SYN takes, so one rule covers every tunnel and follows route changes.
+Routes to tunnelled prefixes carry an MTU of the path MTU minus the ESP overhead of the tunnel's
+negotiated transforms (the worst case of every negotiable suite until its outbound SA is known;
+the formula is shared with the userspace data plane). Forwarded and locally sent TCP SYNs get
+their MSS clamped to that route MTU by an nftables table the agent owns (`inet meshsec`): `rt mtu`
+reads the MTU of the route each SYN takes (for tunnelled packets the XFRM bundle's, which is at
+most the route's), so one rule per hook covers every tunnel and follows route changes.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from meshsec.agent.dataplane.api import DataPlaneError, IPAddress, IPNetwork
+from meshsec.agent.dataplane.api import (
+    DataPlaneError,
+    IPAddress,
+    IPNetwork,
+    IpsecProtocol,
+    SecurityAssociation,
+)
 from meshsec.agent.dataplane.userspace.mtu import WORST_CASE_SUITES, Suite, tun_mtu
 
 NFT_TABLE = "meshsec"
@@ -25,6 +33,10 @@ delete table inet {NFT_TABLE}
 table inet {NFT_TABLE} {{
   chain forward {{
     type filter hook forward priority mangle; policy accept;
+    tcp flags syn / syn,rst tcp option maxseg size set rt mtu
+  }}
+  chain output {{
+    type filter hook output priority mangle; policy accept;
     tcp flags syn / syn,rst tcp option maxseg size set rt mtu
   }}
 }}
@@ -38,6 +50,19 @@ def tunnel_mtu(underlay_mtu: int, *, ipv6_outer: bool, udp_encap: bool,
     if mtu < 576:
         raise DataPlaneError(f"underlay MTU {underlay_mtu} leaves only {mtu} bytes for tunnelled packets")
     return mtu
+
+
+def sa_suite(sa: SecurityAssociation) -> Suite | None:
+    """The overhead-relevant transforms of an SA; None when the MTU formula does not know them
+    (the caller then keeps the worst case)."""
+    protocol = "ah" if sa.id.protocol is IpsecProtocol.AH else "esp"
+    suite = Suite(protocol, sa.encryption.name if sa.encryption else None,
+                  sa.integrity.name if sa.integrity else None)
+    try:
+        tun_mtu(1500, (suite,), ipv6_outer=False, udp_encap=False)
+    except ValueError:
+        return None
+    return suite
 
 
 def _ip(netns: str | None) -> Any:

@@ -5,7 +5,10 @@ host itself sends gets its source address from the route it takes. So for each r
 agent installs a route in a table of its own (default 220, looked up by `from all lookup 220` at
 priority 220, strongSwan's `charon.routing_table`/`routing_table_prio` defaults) that leads towards
 the peer (the next hop to the template's outer destination) with `src` = an address the host owns
-inside the policy's source selector, and the MTU left after the worst-case ESP-in-UDP overhead.
+inside the policy's source selector, and the MTU left of the path MTU (the smaller of the
+interface's MTU and an MTU on the route to the peer: one an administrator set, or a learned PMTU)
+after the ESP overhead of the tunnel's outbound SA (its transforms, UDP encapsulation or not), or
+the worst case of every negotiable suite in ESP-in-UDP while that SA is unknown.
 
 The routes carry the agent's route protocol number (default 211, as the userspace backend's), so
 `flush` removes exactly them by (table, protocol) and nothing an administrator or strongSwan put
@@ -27,6 +30,7 @@ from pyroute2 import IPRoute
 
 from meshsec.agent.dataplane.api import DataPlaneError, IPAddress, IPNetwork
 from meshsec.agent.dataplane.kernel.mtu import tunnel_mtu
+from meshsec.agent.dataplane.userspace.mtu import WORST_CASE_SUITES, Suite
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +52,18 @@ DEFAULT_ROUTE_TABLE = RouteTable()
 
 @dataclass(frozen=True, slots=True)
 class TunnelRoute:
-    """A route to `dst` (a remote selector) for traffic from `src_selector` tunnelled to `peer`."""
+    """A route to `dst` (a remote selector) for traffic from `src_selector` tunnelled to `peer`;
+    its MTU leaves room for `suite` (None: every negotiable suite) and, if `udp_encap`, UDP."""
 
     dst: IPNetwork
     src_selector: IPNetwork
     peer: IPAddress
+    suite: Suite | None = None
+    udp_encap: bool = True
+
+    @property
+    def suites(self) -> tuple[Suite, ...]:
+        return WORST_CASE_SUITES if self.suite is None else (self.suite,)
 
 
 class _Hops:
@@ -64,7 +75,7 @@ class _Hops:
         self._addrs: dict[int, list[IPAddress]] = {}
 
     def hop(self, peer: IPAddress) -> tuple[str, str | None, int] | None:
-        """(interface, gateway or None when the peer is on-link, interface MTU); None: unreachable."""
+        """(interface, gateway or None when the peer is on-link, path MTU); None: unreachable."""
         if peer not in self._hops:
             self._hops[peer] = self._lookup(peer)
         return self._hops[peer]
@@ -78,8 +89,12 @@ class _Hops:
             return None
         oif = int(found[0].get_attr("RTA_OIF"))
         link = self.ipr.link("get", index=oif)[0]
-        return (str(link.get_attr("IFLA_IFNAME")), found[0].get_attr("RTA_GATEWAY"),
-                int(link.get_attr("IFLA_MTU")))
+        path_mtu = int(link.get_attr("IFLA_MTU"))
+        metrics = found[0].get_attr("RTA_METRICS")
+        route_mtu = metrics.get_attr("RTAX_MTU") if metrics is not None else None
+        if route_mtu:  # `ip route ... mtu N` towards the peer, or a PMTU the kernel learned
+            path_mtu = min(path_mtu, int(route_mtu))
+        return str(link.get_attr("IFLA_IFNAME")), found[0].get_attr("RTA_GATEWAY"), path_mtu
 
     def local_in(self, net: IPNetwork) -> IPAddress | None:
         if net.version not in self._addrs:
@@ -127,9 +142,13 @@ def _plan(netns: str | None, where: RouteTable,
             if hop is None:
                 failures[route.dst] = f"route to {route.dst}: no route to the peer {route.peer}"
                 continue
-            ifname, gateway, link_mtu = hop
-            # Worst case: the engine may float to UDP 4500 behind a NAT at any moment.
-            mtu = tunnel_mtu(link_mtu, ipv6_outer=route.peer.version == 6, udp_encap=True)
+            ifname, gateway, path_mtu = hop
+            try:
+                mtu = tunnel_mtu(path_mtu, ipv6_outer=route.peer.version == 6, udp_encap=route.udp_encap,
+                                 suites=route.suites)
+            except DataPlaneError as exc:
+                failures[route.dst] = f"route to {route.dst}: {exc}"
+                continue
             line = f"route replace {route.dst} table {where.table} proto {where.protocol} dev {ifname}"
             if route.dst.version == route.peer.version:
                 line += f" via {gateway or route.peer}"

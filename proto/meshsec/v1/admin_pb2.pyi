@@ -43,16 +43,18 @@ class ApplyRequest(_message.Message):
     def __init__(self, resources: _Optional[_Iterable[_Union[_common_pb2.Resource, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., field_manager: _Optional[str] = ...) -> None: ...
 
 class ApplyResult(_message.Message):
-    __slots__ = ("kind", "name", "action", "resource")
+    __slots__ = ("kind", "name", "action", "resource", "warnings")
     KIND_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     kind: str
     name: str
     action: ApplyAction
     resource: _common_pb2.Resource
-    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., action: _Optional[_Union[ApplyAction, str]] = ..., resource: _Optional[_Union[_common_pb2.Resource, _Mapping]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., action: _Optional[_Union[ApplyAction, str]] = ..., resource: _Optional[_Union[_common_pb2.Resource, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("results",)

@@ -253,7 +253,9 @@ async def test_tunnel_route_mtu_and_mss_clamping_table(lab: Lab, dp: KernelDataP
     await mtu.ensure_mss_clamping(host.ns)
     await mtu.ensure_mss_clamping(host.ns)  # re-installing replaces, never duplicates
     table = host.run(["nft", "list", "table", "inet", "meshsec"]).stdout
-    assert table.count("maxseg size set rt mtu") == 1 and "hook forward" in table
+    # One rule per hook (forwarded and locally sent SYNs), never duplicated.
+    assert table.count("maxseg size set rt mtu") == 2
+    assert "hook forward" in table and "hook output" in table
     await mtu.remove_mss_clamping(host.ns)
     assert "meshsec" not in host.run(["nft", "list", "tables"]).stdout
     await mtu.delete_tunnel_route(host.ns, NET2)

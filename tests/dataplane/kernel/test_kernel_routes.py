@@ -220,3 +220,38 @@ async def test_inner_ipv6_over_ipv4_and_a_refused_route_in_a_batch(dp: KernelDat
     assert out.startswith("::ffff:198.19.5.0/120 dev to-b proto 211") and "via" not in out, out
     await dp.flush_owned()
     assert site.ip("-6", "route", "show", "table", "220").strip() == ""
+
+
+def _clamping_table(host: Host) -> str:
+    proc = host.run(["nft", "list", "table", "inet", mtu.NFT_TABLE], check=False)
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+async def test_mss_clamping_follows_the_out_policies_level_triggered(dp: KernelDataPlane, site: Host) -> None:
+    assert _clamping_table(site) == ""
+    await dp.ensure_policy(Policy(TrafficSelector(NET2, NET1), Direction.IN,
+                                  template=_out(TrafficSelector(NET1, NET2)).template))
+    assert _clamping_table(site) == ""  # inbound policies alone clamp nothing
+    await dp.ensure_policy(_out(TrafficSelector(NET1, NET2)))
+    await dp.ensure_policy(_out(TrafficSelector(NET1, NET3), reqid=6))
+    table = _clamping_table(site)
+    assert table.count("maxseg size set rt mtu") == 2, table  # forward and output, once each
+    # Someone deleted it: the next bulk ensure (a reconcile) puts it back.
+    site.run(["nft", "delete", "table", "inet", mtu.NFT_TABLE])
+    await dp.ensure_policies([_out(TrafficSelector(NET1, NET2))])
+    assert "maxseg size set rt mtu" in _clamping_table(site)
+    await dp.delete_policy(TrafficSelector(NET1, NET2), Direction.OUT)
+    assert _clamping_table(site) != ""  # NET3's tunnel still needs it
+    await dp.delete_policy(TrafficSelector(NET1, NET3), Direction.OUT)
+    assert _clamping_table(site) == "" and dp.mss_clamping_errors == 0
+    # A table an earlier process left behind goes with flush_owned.
+    await mtu.ensure_mss_clamping(site.ns)
+    await dp.flush_owned()
+    assert _clamping_table(site) == ""
+
+
+async def test_route_mtu_follows_the_path_mtu_towards_the_peer(dp: KernelDataPlane, site: Host) -> None:
+    # The link is 1500 but the administrator knows the path to the peer carries only 1400.
+    site.ip("route", "replace", f"{B}/32", "dev", "to-b", "mtu", "1400")
+    await dp.ensure_policy(_out(TrafficSelector(NET1, NET2)))
+    assert _mtu(_routes(site)[str(NET2)]) == mtu.tunnel_mtu(1400, ipv6_outer=False, udp_encap=True)
