@@ -56,6 +56,8 @@ class AgentSettings:
     tun_name: str = "meshsec0"
     cookie_threshold: int = 10
     block_threshold: int = 1000
+    cookie_threshold_per_address: int = 3
+    block_threshold_per_address: int = 5
     log_level: str = "info"
 
 
@@ -218,6 +220,8 @@ def parse_agent(node: _Node) -> AgentSettings:
         tun_name=node.get("tun_name", str, "meshsec0"),
         cookie_threshold=responder.get("cookie_threshold", int, 10),
         block_threshold=responder.get("block_threshold", int, 1000),
+        cookie_threshold_per_address=responder.get("cookie_threshold_per_address", int, 3),
+        block_threshold_per_address=responder.get("block_threshold_per_address", int, 5),
         log_level=node.choice("log_level", LOG_LEVELS, "info"),
     )
     responder.check_unknown()
