@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from meshsec.agent.ike.payloads import Header, NoncePayload, NotifyPayload, Payl
 from meshsec.agent.ike.random import Random, SystemRandom
 from meshsec.agent.ike.sa import IkeSa, OutgoingDatagram, SpiAllocator
 from meshsec.agent.ike.table import IkeSaTable as IkeSaTable  # re-export: it used to live here
+from meshsec.common.errorlog import ExceptionLog
+
+log = logging.getLogger(__name__)
 
 ConfigLookup = Callable[[Address, Address], Sequence[IkeConfig]]
 COOKIE_SECRET_LIFETIME = 120.0
@@ -90,6 +94,7 @@ class Responder:
         self.settings = settings or ResponderSettings()
         self.cookies = CookieJar(self._rnd)
         self.stats: Counter[str] = Counter()
+        self.errors = ExceptionLog(log)  # fed our `now`: the engine reads no clock
         self._out: list[OutgoingDatagram] = []
 
     def datagrams_to_send(self) -> list[OutgoingDatagram]:
@@ -105,8 +110,9 @@ class Responder:
         those from `remote`'s address. Never raises."""
         try:
             return self._accept(bytes(datagram), local, remote, now, half_open, half_open_from_remote)
-        except Exception:  # nothing escapes the front door either
+        except Exception:  # nothing escapes the front door either: a bug costs this datagram
             self.stats["internal_error"] += 1
+            self.errors.report(f"IKE_SA_INIT from {remote.host}", now)
             return None
 
     def _accept(
