@@ -23,6 +23,7 @@ from meshsec.agent.ike.constants import ProtocolId
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.proposals import ProposalError, parse_proposals
 from meshsec.agent.ike.ts import Ts
+from meshsec.common.safeyaml import safe_load
 from meshsec.common.secrets import Secret
 
 DEFAULT_STATUS_SOCKET = "/run/meshsec-agent/status.sock"
@@ -458,7 +459,7 @@ def load_config(path: Path) -> StandaloneConfig:
     except OSError as exc:
         raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)  # bounded: size, depth, alias expansion
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
