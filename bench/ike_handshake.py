@@ -197,7 +197,11 @@ def meshsec_responder(lab: Any, dataplane: str, tag: str) -> Any:
     config = {
         "agent": {
             "bind": [RSP_UNDER], "dataplane": dataplane, "log_level": "warning", "tun_name": f"ms{tag}",
-            "responder": {"cookie_threshold": 1_000_000, "block_threshold": 1_000_000},
+            # One initiator address opens every SA: no COOKIEs, no per-address cap in the benchmark.
+            "responder": {
+                "cookie_threshold": 1_000_000, "block_threshold": 1_000_000,
+                "cookie_threshold_per_address": 1_000_000, "block_threshold_per_address": 1_000_000,
+            },
         },
         "connections": {
             "bench": {

@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
+from meshsec.common.safeyaml import YamlLimitError, safe_load_all
 from meshsec.meshctl.convert import dict_to_struct
-from meshsec.meshctl.errors import Problem, UserError, ValidationFailed
+from meshsec.meshctl.errors import Problem, UsageError, UserError, ValidationFailed
 from meshsec.meshctl.kinds import API_VERSION, APPLY_ORDER, RESOURCE_KINDS
 from meshsec.v1 import common_pb2
 
@@ -87,7 +88,11 @@ def load(paths: Sequence[str]) -> list[Document]:
 
 def parse_text(text: str, filename: str) -> tuple[list[Document], list[Problem]]:
     try:
-        raw_docs = list(yaml.safe_load_all(text))
+        raw_docs = safe_load_all(text)
+    except YamlLimitError as exc:  # hostile or runaway input: refused outright (exit 2)
+        mark = exc.problem_mark
+        where = f"{filename}:{mark.line + 1}" if mark is not None else filename
+        raise UsageError(f"{where}: refused: {exc.problem}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark is not None else filename

@@ -70,9 +70,18 @@ def _load_key(data: bytes) -> SigningKey:
     raise CredentialError(f"private key: {type(key).__name__} is not supported (ECDSA, RSA, Ed25519)")
 
 
+# What cryptography raises for a certificate it loaded but cannot read further (its subject,
+# extensions and signature are parsed lazily): hostile input, not our bug.
+MALFORMED_CERTIFICATE = (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm)
+
+
 def describe(cert: x509.Certificate) -> str:
     # A peer's certificate names its subject freely: shown through `printable` like its ID.
-    return printable(cert.subject.rfc4514_string()) or f"serial {cert.serial_number:x}"
+    try:
+        subject = printable(cert.subject.rfc4514_string())
+    except MALFORMED_CERTIFICATE:
+        subject = ""
+    return subject or f"serial {cert.serial_number:x}"
 
 
 @dataclass(frozen=True)
@@ -126,15 +135,26 @@ class Verified:
 
 
 def validate_chain(certs: Sequence[bytes], creds: Credentials, peer_id: Identity) -> Verified | str:
-    """The peer's leaf certificate with its key, or the precise reason it is not acceptable."""
+    """The peer's leaf certificate with its key, or the precise reason it is not acceptable
+    (a malformed certificate is one: it never raises for what the peer sent)."""
     if not certs:
         return "peer sent no certificate"
     parsed: list[x509.Certificate] = []
     for i, data in enumerate(certs):
         try:
             parsed.append(x509.load_der_x509_certificate(data))
-        except ValueError:
-            return f"peer's certificate #{i + 1} is not valid DER X.509"
+        except MALFORMED_CERTIFICATE:
+            return f"{MALFORMED_PREFIX}#{i + 1} is not valid DER X.509"
+    try:
+        return _validate(parsed, creds, peer_id)
+    except MALFORMED_CERTIFICATE as exc:
+        return f"{MALFORMED_PREFIX}in the chain cannot be read: {type(exc).__name__}: {printable(str(exc))}"
+
+
+MALFORMED_PREFIX = "malformed certificate "
+
+
+def _validate(parsed: list[x509.Certificate], creds: Credentials, peer_id: Identity) -> Verified | str:
     now = creds.clock()
     for cert in parsed:
         if now < cert.not_valid_before_utc:

@@ -1,13 +1,18 @@
 """The responder front door, sans-IO.
 
 `Responder` answers an IKE_SA_INIT that belongs to no SA: it demands a COOKIE (RFC 7296 2.6)
-while too many SAs are half-open, statelessly, and only then creates an IkeSa."""
+while too many SAs are half-open, statelessly, and only then creates an IkeSa.
+
+Half-open SAs are limited in total and per source address (like strongSwan's
+charon.block_threshold / cookie_threshold_ip): one address that answers COOKIEs could otherwise
+hold every slot and lock all other peers out."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import ipaddress
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +27,9 @@ from meshsec.agent.ike.payloads import Header, NoncePayload, NotifyPayload, Payl
 from meshsec.agent.ike.random import Random, SystemRandom
 from meshsec.agent.ike.sa import IkeSa, OutgoingDatagram, SpiAllocator
 from meshsec.agent.ike.table import IkeSaTable as IkeSaTable  # re-export: it used to live here
+from meshsec.common.errorlog import ExceptionLog
+
+log = logging.getLogger(__name__)
 
 ConfigLookup = Callable[[Address, Address], Sequence[IkeConfig]]
 COOKIE_SECRET_LIFETIME = 120.0
@@ -62,6 +70,11 @@ class CookieJar:
 class ResponderSettings:
     cookie_threshold: int = 10  # half-open SAs before COOKIEs are demanded (strongSwan: 10)
     block_threshold: int = 1000  # half-open SAs beyond which new IKE_SA_INITs are dropped
+    # The same per source address (strongSwan: cookie_threshold_ip 3, block_threshold 5). The
+    # address limit counts only after the COOKIE check, so a spoofer cannot use it to lock out
+    # the address it spoofs; it needs a peer that receives our COOKIEs.
+    cookie_threshold_per_address: int = 3
+    block_threshold_per_address: int = 5
 
 
 class Responder:
@@ -81,6 +94,7 @@ class Responder:
         self.settings = settings or ResponderSettings()
         self.cookies = CookieJar(self._rnd)
         self.stats: Counter[str] = Counter()
+        self.errors = ExceptionLog(log)  # fed our `now`: the engine reads no clock
         self._out: list[OutgoingDatagram] = []
 
     def datagrams_to_send(self) -> list[OutgoingDatagram]:
@@ -88,19 +102,23 @@ class Responder:
         return out
 
     def accept(
-        self, datagram: bytes, local: Address, remote: Address, now: float, half_open: int
-    ) -> IkeSa | None:
+        self, datagram: bytes, local: Address, remote: Address, now: float, half_open: int,
+        half_open_from_remote: int = 0,
+    ) -> IkeSa | None:  # fmt: skip
         """Turns a new IKE_SA_INIT request into an IkeSa (already fed with it), or answers
-        with a COOKIE / drops it. Never raises."""
+        with a COOKIE / drops it. `half_open` counts all half-open SAs, `half_open_from_remote`
+        those from `remote`'s address. Never raises."""
         try:
-            return self._accept(bytes(datagram), local, remote, now, half_open)
-        except Exception:  # nothing escapes the front door either
+            return self._accept(bytes(datagram), local, remote, now, half_open, half_open_from_remote)
+        except Exception:  # nothing escapes the front door either: a bug costs this datagram
             self.stats["internal_error"] += 1
+            self.errors.report(f"IKE_SA_INIT from {remote.host}", now)
             return None
 
     def _accept(
-        self, datagram: bytes, local: Address, remote: Address, now: float, half_open: int
-    ) -> IkeSa | None:
+        self, datagram: bytes, local: Address, remote: Address, now: float, half_open: int,
+        from_remote: int,
+    ) -> IkeSa | None:  # fmt: skip
         try:
             header = parse_header(datagram)
         except ParseError:
@@ -127,9 +145,14 @@ class Responder:
             if exc.notify == NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD:
                 self._reply(header, NotifyPayload(exc.notify, exc.data), local, remote)
             return None
-        if half_open >= self.settings.cookie_threshold and not self._cookie_ok(payloads, header, remote, now):
+        settings = self.settings
+        busy = half_open >= settings.cookie_threshold or from_remote >= settings.cookie_threshold_per_address
+        if busy and not self._cookie_ok(payloads, header, remote, now):
             cookie = self._cookie_for(payloads, header, remote)
             self._reply(header, NotifyPayload(NotifyType.COOKIE, cookie), local, remote)
+            return None
+        if from_remote >= settings.block_threshold_per_address:
+            self.stats["dropped_overload_address"] += 1
             return None
         configs = self._lookup(local, remote)
         if not configs:

@@ -57,7 +57,16 @@ class IkeSaTable:
         return len(self._by_spi)
 
     def half_open(self) -> int:
-        return sum(1 for sa in self._by_init.values() if sa.state not in (State.ESTABLISHED, State.CLOSED))
+        return self.half_open_counts(None)[0]
+
+    def half_open_counts(self, host: str | None) -> tuple[int, int]:
+        """Half-open responder SAs: in all, and those whose peer has address `host`."""
+        total = from_host = 0
+        for (_, remote), sa in self._by_init.items():
+            if sa.state not in (State.ESTABLISHED, State.CLOSED):
+                total += 1
+                from_host += remote.host == host
+        return total, from_host
 
     def receive(self, datagram: bytes, local: Address, remote: Address, now: float) -> IkeSa | None:
         """Routes one IKE message; returns the SA that took it (new or existing), if any."""
@@ -74,7 +83,8 @@ class IkeSaTable:
                     if self.responder is None:
                         self.stats["dropped_no_responder"] += 1
                         return None
-                    sa = self.responder.accept(datagram, local, remote, now, self.half_open())
+                    total, from_remote = self.half_open_counts(remote.host)
+                    sa = self.responder.accept(datagram, local, remote, now, total, from_remote)
                     if sa is None:
                         return None
                     self._by_init[key] = sa

@@ -23,6 +23,7 @@ from meshsec.agent.ike.constants import ProtocolId
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.proposals import ProposalError, parse_proposals
 from meshsec.agent.ike.ts import Ts
+from meshsec.common.safeyaml import safe_load
 from meshsec.common.secrets import Secret
 
 DEFAULT_STATUS_SOCKET = "/run/meshsec-agent/status.sock"
@@ -56,6 +57,8 @@ class AgentSettings:
     tun_name: str = "meshsec0"
     cookie_threshold: int = 10
     block_threshold: int = 1000
+    cookie_threshold_per_address: int = 3
+    block_threshold_per_address: int = 5
     log_level: str = "info"
 
 
@@ -218,6 +221,8 @@ def parse_agent(node: _Node) -> AgentSettings:
         tun_name=node.get("tun_name", str, "meshsec0"),
         cookie_threshold=responder.get("cookie_threshold", int, 10),
         block_threshold=responder.get("block_threshold", int, 1000),
+        cookie_threshold_per_address=responder.get("cookie_threshold_per_address", int, 3),
+        block_threshold_per_address=responder.get("block_threshold_per_address", int, 5),
         log_level=node.choice("log_level", LOG_LEVELS, "info"),
     )
     responder.check_unknown()
@@ -454,7 +459,7 @@ def load_config(path: Path) -> StandaloneConfig:
     except OSError as exc:
         raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)  # bounded: size, depth, alias expansion
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""

@@ -53,7 +53,12 @@ class Agent:
                 bind=agent.bind,
                 ike_port=agent.ike_port,
                 rcvbuf=agent.receive_buffer,
-                responder=ResponderSettings(agent.cookie_threshold, agent.block_threshold),
+                responder=ResponderSettings(
+                    cookie_threshold=agent.cookie_threshold,
+                    block_threshold=agent.block_threshold,
+                    cookie_threshold_per_address=agent.cookie_threshold_per_address,
+                    block_threshold_per_address=agent.block_threshold_per_address,
+                ),
             ),
         )
         self.status = StatusServer(agent.status_socket, self.adapter.status)

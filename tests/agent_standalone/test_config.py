@@ -45,6 +45,7 @@ def test_documented_example_parses_as_documented() -> None:
     assert cfg.agent.bind == ("198.18.1.1",)
     assert cfg.agent.dataplane == "auto"
     assert cfg.agent.cookie_threshold == 10 and cfg.agent.block_threshold == 1000
+    assert cfg.agent.cookie_threshold_per_address == 3 and cfg.agent.block_threshold_per_address == 5
     (conn,) = cfg.connections
     ike = conn.ike
     assert conn.name == "site-b" and conn.start_action == "initiate"
@@ -105,6 +106,8 @@ ERRORS = [
     ("agent.bind", ["198.18.1.300"], "agent.bind[0]: '198.18.1.300' is not an IP address"),
     ("agent.ike_port", 70000, "agent.ike_port: 70000 is not a UDP port"),
     ("agent.responder.cookie_threshold", "ten", "agent.responder.cookie_threshold: must be int, not 'ten'"),
+    ("agent.responder.block_threshold_per_address", "5x",
+     "agent.responder.block_threshold_per_address: must be int, not '5x'"),
     ("agent.tun_name", "a-very-long-interface-name", "agent.tun_name: must be 1-15 characters"),
     ("agent.colour", "blue", "agent.colour: unknown setting"),
     (f"{P}.remote_addrs", ["not-an-ip"], f"{P}.remote_addrs[0]: 'not-an-ip' is not an IP address"),

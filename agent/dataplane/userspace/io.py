@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import select
 import socket
@@ -22,6 +23,7 @@ from meshsec.agent.dataplane.api import IkeReceiver
 from meshsec.agent.dataplane.userspace.engine import Engine
 from meshsec.agent.dataplane.userspace.esp import Drop
 from meshsec.agent.dataplane.userspace.packet import IPPROTO_AH, IPPROTO_ESP
+from meshsec.common.errorlog import ExceptionLog
 
 BATCH = 256  # packets per descriptor per wakeup; bounds the time other descriptors wait
 _BUF = 65536
@@ -197,6 +199,8 @@ class Readers:
         self._buf = bytearray(_BUF)
         self._view = memoryview(self._buf)
         self.internal_errors = 0
+        # Readers run in several threads; a racing report at worst logs one extra traceback.
+        self.errors = ExceptionLog(logging.getLogger(__name__))
 
     def table(self) -> dict[int, Callable[[], None]]:
         t: dict[int, Callable[[], None]] = {self.out.tun_fd: self.read_tun}
@@ -226,6 +230,7 @@ class Readers:
                     from_tun(pkt)
                 except Exception:  # a bug must cost one packet, not the data plane
                     self.internal_errors += 1
+                    self.errors.report("packet from the TUN device")
         finally:
             failed = self.out.flush()
             if failed:
@@ -247,6 +252,7 @@ class Readers:
                     handle(bytes(view[:n]))
                 except Exception:
                     self.internal_errors += 1
+                    self.errors.report("packet from a raw socket")
 
         return read
 
@@ -290,6 +296,7 @@ class Readers:
                             from_esp(bytes(view[start:end]))
                     except Exception:
                         self.internal_errors += 1
+                        self.errors.report("datagram from a UDP socket")
                     if end >= n:
                         break
                     start = end

@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from meshsec.agent.ike.certs import CERT_ENCODING_X509_SIGNATURE, Credentials, validate_chain
+from meshsec.agent.ike.certs import (
+    CERT_ENCODING_X509_SIGNATURE,
+    MALFORMED_PREFIX,
+    Credentials,
+    validate_chain,
+)
 from meshsec.agent.ike.config import IkeConfig
 from meshsec.agent.ike.constants import AuthMethod
 from meshsec.agent.ike.crypto import Prf
@@ -76,6 +81,8 @@ def check_peer_auth(
         return f"{ident} sent a CERT encoding other than X.509 signature (4)"
     verified = validate_chain(certs, cfg.credentials, ident)
     if isinstance(verified, str):
+        malformed = verified.startswith(MALFORMED_PREFIX)
+        sa.stats["auth_failed_malformed_certificate" if malformed else "auth_failed_certificate"] += 1
         return f"certificate authentication of {ident} failed: {verified}"
     octets = real_message + nonce + sa.prf(sk_p, peer_id.body_for_auth())
     problem = verify(verified.key, auth.method, auth.data, octets)
