@@ -6,7 +6,8 @@ Listeners (docs/controller.md):
 - bootstrap (``--bootstrap-listen``): server-authenticated TLS, AgentService.Enroll only.
 - admin socket (``--admin-socket``): AdminService on a Unix socket, mode 0600.
 
-Leader-only work (through the store's `LeaderElection`): bootstrap token garbage collection,
+Leader-only work (through the store's `LeaderElection`): bootstrap token and expired admin
+certificate garbage collection,
 NodeLost detection and event retention. Everything else runs on every replica.
 """
 
@@ -27,7 +28,7 @@ import grpc
 from meshsec.common.secrets import Secret
 from meshsec.controller.api.admin import AdminApi
 from meshsec.controller.api.agent import AgentApi
-from meshsec.controller.ca import BootstrapTokens, CertificateAuthority
+from meshsec.controller.ca import AdminCertificates, BootstrapTokens, CertificateAuthority
 from meshsec.controller.metrics import ControllerMetrics, TimedStore
 from meshsec.controller.service.claims import MeshClaims
 from meshsec.controller.service.core import Core, Settings
@@ -138,6 +139,7 @@ class Controller:
             events,
             secrets,
             self.metrics,
+            AdminCertificates(self.store, keys.prefix, ca),
         )
         self.core = core
         self.metrics.bind(
@@ -221,6 +223,7 @@ class Controller:
         now = datetime.datetime.now(datetime.UTC).timestamp()
         try:
             await core.tokens.collect_garbage(now)
+            await core.admins.collect_garbage(now)
             await core.status.find_lost(now)
             await core.events.prune()
             await core.state.announce_if_due()

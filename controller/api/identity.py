@@ -10,6 +10,8 @@ from typing import Any
 import grpc
 from cryptography import x509
 
+from meshsec.controller.ca import certificate_serial
+
 AnyContext = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -42,3 +44,11 @@ def issued_at(certificate_pem: bytes) -> datetime.datetime | None:
     if not certificate_pem:
         return None
     return x509.load_pem_x509_certificate(certificate_pem).not_valid_before_utc
+
+
+@functools.lru_cache(maxsize=1 << 10)
+def serial_of(certificate_pem: bytes) -> str | None:
+    """The certificate's serial as the admin registrations write it (None without a certificate)."""
+    if not certificate_pem:
+        return None
+    return certificate_serial(certificate_pem)
