@@ -3,6 +3,8 @@
 meshsec-controller                                   # embedded store, local listeners
 meshsec-controller --store etcd://127.0.0.1:2379 --listen 0.0.0.0:7443 --replica ctl-a
 meshsec-controller token create node-a --site dc1     # via the admin socket
+meshsec-controller admin issue alice --out DIR [--set-context prod --server ctl:7443]
+meshsec-controller admin list | admin revoke alice | admin revoke --serial SERIAL
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from meshsec.common.version import describe as describe_version
 from meshsec.controller.heap import HeapKeeper
 from meshsec.controller.server import Controller, ControllerConfig, open_store
 from meshsec.controller.service.core import Settings
+from meshsec.meshctl import admins
+from meshsec.meshctl.client import AdminClient, Target
+from meshsec.meshctl.config import MeshConfig
+from meshsec.meshctl.errors import MeshctlError
 from meshsec.v1 import admin_pb2, admin_pb2_grpc
 
 DEFAULT_DATA_DIR = Path("/var/lib/meshsec/controller")
@@ -37,7 +43,8 @@ def _serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="meshsec-controller",
         description="Run one meshsec controller replica. With no options it uses an embedded store in "
-        "--data-dir and listens on loopback only. Subcommand: `token create NODE --site SITE`.",
+        "--data-dir and listens on loopback only. Subcommands: `token create NODE --site SITE`, "
+        "`admin issue|list|revoke` (see `meshsec-controller admin --help`).",
     )
     p.add_argument("--version", action="version", version=describe_version("meshsec-controller"))
     p.add_argument(
@@ -104,6 +111,33 @@ def _token_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-reenroll", action="store_true", help="may replace an existing node of that name")
     p.add_argument("--admin-socket", default=DEFAULT_ADMIN_SOCKET, help="default %(default)s")
     return p
+
+
+def _admin_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meshsec-controller admin",
+        description="Issue, list and revoke admin certificates (for meshctl over mTLS) through the "
+        "local admin socket. The key is made here; --out gets ca.pem, NAME.pem and NAME-key.pem (0600).",
+    )
+    p.add_argument("--admin-socket", default=DEFAULT_ADMIN_SOCKET, help="default %(default)s")
+    admins.add_actions(
+        p,
+        argparse.ArgumentParser,
+        context_help="also write DIR/config, a meshctl config with context CTX naming the files "
+        "beside it (copy DIR and use MESHCONFIG=DIR/config or meshctl --config DIR/config)",
+    )
+    return p
+
+
+def _admin(argv: list[str]) -> int:
+    args = _admin_parser().parse_args(argv)
+    config = MeshConfig.load(args.out / "config") if args.admin_command == "issue" else None
+    try:
+        with AdminClient(Target.parse(f"unix:{args.admin_socket}")) as client:
+            return admins.admin(args, client, sys.stdout, config)
+    except MeshctlError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return error.exit_code
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -206,6 +240,8 @@ async def _create_token(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["admin"]:
+        return _admin(argv[1:])
     if argv[:2] == ["token", "create"]:
         return asyncio.run(_create_token(_token_parser().parse_args(argv[2:])))
     args = _serve_parser().parse_args(argv)
