@@ -27,7 +27,7 @@ from meshsec.common.extras import require as require_extra
 from meshsec.common.secrets import Secret
 from meshsec.common.version import describe as describe_version
 from meshsec.controller.heap import HeapKeeper
-from meshsec.controller.server import Controller, ControllerConfig, open_store
+from meshsec.controller.server import Controller, ControllerConfig, EtcdTlsFiles, open_store
 from meshsec.controller.service.core import Settings
 from meshsec.meshctl import admins
 from meshsec.meshctl.client import AdminClient, Target
@@ -84,6 +84,9 @@ def _serve_parser() -> argparse.ArgumentParser:
         default=[],
         help="extra DNS name or IP for the serving certificate (repeatable)",
     )
+    p.add_argument("--etcd-ca", type=Path, help="CA bundle for etcd's serving certificate (TLS to etcd)")
+    p.add_argument("--etcd-cert", type=Path, help="client certificate for etcd --client-cert-auth")
+    p.add_argument("--etcd-key", type=Path, help="client key for --etcd-cert")
     p.add_argument("--replica", default=os.uname().nodename, help="this replica's name (default: host name)")
     p.add_argument(
         "--node-cert-hours", type=float, default=24.0, help="node certificate lifetime (default 24)"
@@ -144,7 +147,17 @@ async def _serve(args: argparse.Namespace) -> int:
     passphrase = None
     if args.ca_passphrase_file is not None:
         passphrase = Secret(args.ca_passphrase_file.read_bytes().strip())
-    store = await open_store(args.store or f"embedded:{args.data_dir / 'store.log'}")
+    etcd_tls = None
+    if args.etcd_ca is not None:
+        etcd_tls = EtcdTlsFiles(args.etcd_ca, args.etcd_cert, args.etcd_key)
+    elif args.etcd_cert is not None or args.etcd_key is not None:
+        print("error: --etcd-cert/--etcd-key need --etcd-ca", file=sys.stderr)
+        return 2
+    try:
+        store = await open_store(args.store or f"embedded:{args.data_dir / 'store.log'}", etcd_tls)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     config = ControllerConfig(
         listen=args.listen,
         bootstrap_listen=args.bootstrap_listen,

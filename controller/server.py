@@ -43,8 +43,34 @@ from meshsec.v1 import admin_pb2_grpc, agent_pb2_grpc
 log = logging.getLogger(__name__)
 
 
-async def open_store(spec: str) -> Store:
-    """``embedded:/path/store.log`` or ``etcd://host:port[,host:port...]``."""
+@dataclass(frozen=True)
+class EtcdTlsFiles:
+    """TLS to etcd: `ca` verifies etcd's serving certificate; `cert` and `key` (together) are the
+    client certificate etcd's ``--client-cert-auth`` asks for."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    def read(self) -> tuple[bytes, bytes | None, Secret | None]:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--etcd-cert and --etcd-key go together")
+
+        def read(path: Path, what: str) -> bytes:
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot read the etcd {what} {path}: {exc.strerror or exc}") from None
+
+        cert = read(self.cert, "client certificate") if self.cert is not None else None
+        key = Secret(read(self.key, "client key")) if self.key is not None else None
+        return read(self.ca, "CA bundle"), cert, key
+
+
+async def open_store(spec: str, etcd_tls: EtcdTlsFiles | None = None) -> Store:
+    """``embedded:/path/store.log`` or ``etcd://host:port[,host:port...]`` (TLS with `etcd_tls`)."""
+    if etcd_tls is not None and not spec.startswith("etcd://"):
+        raise ValueError("--etcd-ca/--etcd-cert/--etcd-key need --store etcd://...")
     if spec.startswith("embedded:"):
         path = Path(spec.removeprefix("embedded:"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +79,12 @@ async def open_store(spec: str) -> Store:
         from meshsec.controller.store.etcd import EtcdStore
 
         endpoints = [e for e in spec.removeprefix("etcd://").rstrip("/").split(",") if e]
-        return await EtcdStore.connect(endpoints)
+        if etcd_tls is None:
+            return await EtcdStore.connect(endpoints)
+        ca, cert, key = etcd_tls.read()
+        return await EtcdStore.connect(
+            endpoints, ca_cert=ca, cert_chain=cert, cert_key=key.reveal() if key is not None else None
+        )
     raise ValueError(f"--store must be embedded:/path or etcd://host:port, got {spec!r}")
 
 
