@@ -83,7 +83,9 @@ async def test_etcd_restart_under_applies_loses_no_acknowledged_write(
         stored = {kv.key.rsplit("/", 1)[-1] for kv in listing.kvs}
         assert set(acknowledged) <= stored, sorted(set(acknowledged) - stored)
         await wait_until(
-            lambda: {s.metadata.name for s in core_of(controller).state.index.all_sites()} >= set(acknowledged)
+            lambda: (
+                {s.metadata.name for s in core_of(controller).state.index.all_sites()} >= set(acknowledged)
+            )
         )
     finally:
         stop.set()
