@@ -3,6 +3,8 @@
 meshsec-controller                                   # embedded store, local listeners
 meshsec-controller --store etcd://127.0.0.1:2379 --listen 0.0.0.0:7443 --replica ctl-a
 meshsec-controller token create node-a --site dc1     # via the admin socket
+meshsec-controller admin issue alice --out DIR [--set-context prod --server ctl:7443]
+meshsec-controller admin list | admin revoke alice | admin revoke --serial SERIAL
 """
 
 from __future__ import annotations
@@ -25,9 +27,13 @@ from meshsec.common.extras import require as require_extra
 from meshsec.common.secrets import Secret
 from meshsec.common.version import describe as describe_version
 from meshsec.controller.heap import HeapKeeper
-from meshsec.controller.server import Controller, ControllerConfig, open_store
+from meshsec.controller.server import Controller, ControllerConfig, EtcdTlsFiles, open_store
 from meshsec.controller.service.core import Settings
 from meshsec.controller.store import StoreCorruptError
+from meshsec.meshctl import admins
+from meshsec.meshctl.client import AdminClient, Target
+from meshsec.meshctl.config import MeshConfig
+from meshsec.meshctl.errors import MeshctlError
 from meshsec.v1 import admin_pb2, admin_pb2_grpc
 
 DEFAULT_DATA_DIR = Path("/var/lib/meshsec/controller")
@@ -38,7 +44,8 @@ def _serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="meshsec-controller",
         description="Run one meshsec controller replica. With no options it uses an embedded store in "
-        "--data-dir and listens on loopback only. Subcommand: `token create NODE --site SITE`.",
+        "--data-dir and listens on loopback only. Subcommands: `token create NODE --site SITE`, "
+        "`admin issue|list|revoke` (see `meshsec-controller admin --help`).",
     )
     p.add_argument("--version", action="version", version=describe_version("meshsec-controller"))
     p.add_argument(
@@ -84,6 +91,9 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="start even though the embedded store lost acknowledged records: keep the records that "
         "verify, save the damaged file beside it (docs/stores.md); without it such a store refuses",
     )
+    p.add_argument("--etcd-ca", type=Path, help="CA bundle for etcd's serving certificate (TLS to etcd)")
+    p.add_argument("--etcd-cert", type=Path, help="client certificate for etcd --client-cert-auth")
+    p.add_argument("--etcd-key", type=Path, help="client key for --etcd-cert")
     p.add_argument("--replica", default=os.uname().nodename, help="this replica's name (default: host name)")
     p.add_argument(
         "--node-cert-hours", type=float, default=24.0, help="node certificate lifetime (default 24)"
@@ -113,17 +123,53 @@ def _token_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _admin_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meshsec-controller admin",
+        description="Issue, list and revoke admin certificates (for meshctl over mTLS) through the "
+        "local admin socket. The key is made here; --out gets ca.pem, NAME.pem and NAME-key.pem (0600).",
+    )
+    p.add_argument("--admin-socket", default=DEFAULT_ADMIN_SOCKET, help="default %(default)s")
+    admins.add_actions(
+        p,
+        argparse.ArgumentParser,
+        context_help="also write DIR/config, a meshctl config with context CTX naming the files "
+        "beside it (copy DIR and use MESHCONFIG=DIR/config or meshctl --config DIR/config)",
+    )
+    return p
+
+
+def _admin(argv: list[str]) -> int:
+    args = _admin_parser().parse_args(argv)
+    config = MeshConfig.load(args.out / "config") if args.admin_command == "issue" else None
+    try:
+        with AdminClient(Target.parse(f"unix:{args.admin_socket}")) as client:
+            return admins.admin(args, client, sys.stdout, config)
+    except MeshctlError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return error.exit_code
+
+
 async def _serve(args: argparse.Namespace) -> int:
     passphrase = None
     if args.ca_passphrase_file is not None:
         passphrase = Secret(args.ca_passphrase_file.read_bytes().strip())
+    etcd_tls = None
+    if args.etcd_ca is not None:
+        etcd_tls = EtcdTlsFiles(args.etcd_ca, args.etcd_cert, args.etcd_key)
+    elif args.etcd_cert is not None or args.etcd_key is not None:
+        print("error: --etcd-cert/--etcd-key need --etcd-ca", file=sys.stderr)
+        return 2
     try:
         store = await open_store(
-            args.store or f"embedded:{args.data_dir / 'store.log'}", repair=args.repair_store
+            args.store or f"embedded:{args.data_dir / 'store.log'}", etcd_tls, repair=args.repair_store
         )
     except StoreCorruptError as exc:
         print(f"meshsec-controller: store damaged: {exc}", file=sys.stderr)
         return 3
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     config = ControllerConfig(
         listen=args.listen,
         bootstrap_listen=args.bootstrap_listen,
@@ -219,6 +265,8 @@ async def _create_token(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["admin"]:
+        return _admin(argv[1:])
     if argv[:2] == ["token", "create"]:
         return asyncio.run(_create_token(_token_parser().parse_args(argv[2:])))
     args = _serve_parser().parse_args(argv)

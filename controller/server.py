@@ -6,7 +6,8 @@ Listeners (docs/controller.md):
 - bootstrap (``--bootstrap-listen``): server-authenticated TLS, AgentService.Enroll only.
 - admin socket (``--admin-socket``): AdminService on a Unix socket, mode 0600.
 
-Leader-only work (through the store's `LeaderElection`): bootstrap token garbage collection,
+Leader-only work (through the store's `LeaderElection`): bootstrap token and expired admin
+certificate garbage collection,
 NodeLost detection and event retention. Everything else runs on every replica.
 """
 
@@ -27,7 +28,7 @@ import grpc
 from meshsec.common.secrets import Secret
 from meshsec.controller.api.admin import AdminApi
 from meshsec.controller.api.agent import AgentApi
-from meshsec.controller.ca import BootstrapTokens, CertificateAuthority
+from meshsec.controller.ca import AdminCertificates, BootstrapTokens, CertificateAuthority
 from meshsec.controller.metrics import ControllerMetrics, TimedStore
 from meshsec.controller.service.claims import MeshClaims
 from meshsec.controller.service.core import Core, Settings
@@ -42,9 +43,36 @@ from meshsec.v1 import admin_pb2_grpc, agent_pb2_grpc
 log = logging.getLogger(__name__)
 
 
-async def open_store(spec: str, *, repair: bool = False) -> Store:
-    """``embedded:/path/store.log`` or ``etcd://host:port[,host:port...]``; `repair` lets an
-    embedded log that lost acknowledged records start from what verifies (docs/stores.md)."""
+@dataclass(frozen=True)
+class EtcdTlsFiles:
+    """TLS to etcd: `ca` verifies etcd's serving certificate; `cert` and `key` (together) are the
+    client certificate etcd's ``--client-cert-auth`` asks for."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    def read(self) -> tuple[bytes, bytes | None, Secret | None]:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--etcd-cert and --etcd-key go together")
+
+        def read(path: Path, what: str) -> bytes:
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot read the etcd {what} {path}: {exc.strerror or exc}") from None
+
+        cert = read(self.cert, "client certificate") if self.cert is not None else None
+        key = Secret(read(self.key, "client key")) if self.key is not None else None
+        return read(self.ca, "CA bundle"), cert, key
+
+
+async def open_store(spec: str, etcd_tls: EtcdTlsFiles | None = None, *, repair: bool = False) -> Store:
+    """``embedded:/path/store.log`` or ``etcd://host:port[,host:port...]`` (TLS with `etcd_tls`);
+    `repair` lets an embedded log that lost acknowledged records start from what verifies
+    (docs/stores.md)."""
+    if etcd_tls is not None and not spec.startswith("etcd://"):
+        raise ValueError("--etcd-ca/--etcd-cert/--etcd-key need --store etcd://...")
     if spec.startswith("embedded:"):
         path = Path(spec.removeprefix("embedded:"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +83,12 @@ async def open_store(spec: str, *, repair: bool = False) -> Store:
         from meshsec.controller.store.etcd import EtcdStore
 
         endpoints = [e for e in spec.removeprefix("etcd://").rstrip("/").split(",") if e]
-        return await EtcdStore.connect(endpoints)
+        if etcd_tls is None:
+            return await EtcdStore.connect(endpoints)
+        ca, cert, key = etcd_tls.read()
+        return await EtcdStore.connect(
+            endpoints, ca_cert=ca, cert_chain=cert, cert_key=key.reveal() if key is not None else None
+        )
     raise ValueError(f"--store must be embedded:/path or etcd://host:port, got {spec!r}")
 
 
@@ -141,6 +174,7 @@ class Controller:
             events,
             secrets,
             self.metrics,
+            AdminCertificates(self.store, keys.prefix, ca),
         )
         self.core = core
         self.metrics.bind(
@@ -224,6 +258,7 @@ class Controller:
         now = datetime.datetime.now(datetime.UTC).timestamp()
         try:
             await core.tokens.collect_garbage(now)
+            await core.admins.collect_garbage(now)
             await core.status.find_lost(now)
             await core.events.prune()
             await core.state.announce_if_due()

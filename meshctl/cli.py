@@ -10,8 +10,9 @@ from typing import TextIO
 
 from meshsec.common.cli_args import uint32
 from meshsec.common.version import describe as describe_version
-from meshsec.meshctl import commands, secrets
-from meshsec.meshctl.client import ENV_CONTROLLER, AdminClient, Target, TlsFiles
+from meshsec.meshctl import admins, commands, config, config_commands, secrets
+from meshsec.meshctl.client import ENV_CONTROLLER, AdminClient
+from meshsec.meshctl.config import ENV_CONFIG
 from meshsec.meshctl.errors import EXIT_OK, MeshctlError, UsageError
 from meshsec.meshctl.printable import printable
 from meshsec.meshctl.table import paint, use_colour
@@ -36,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-ca", type=Path, help="CA bundle for a TCP controller")
     parser.add_argument("--tls-cert", type=Path, help="admin client certificate for a TCP controller")
     parser.add_argument("--tls-key", type=Path, help="admin client key for a TCP controller")
+    parser.add_argument("--tls-server-name", help="name to check in the controller's serving certificate")
+    parser.add_argument("--context", help="use this context of the meshctl config (see `meshctl config`)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help=f"meshctl config file (default ${ENV_CONFIG}, else ~/.config/meshsec/config)",
+    )
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds per call (default 15)")
     parser.add_argument("--version", action="version", version=describe_version("meshctl"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -92,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("token_id", metavar="TOKEN_ID")
 
     secrets.add_parser(sub, _Parser)
+    admins.add_parser(sub, _Parser)
+    config_commands.add_parser(sub, _Parser)
 
     p = sub.add_parser("version", help="meshctl's version and, when reachable, the controller's")
     p.add_argument("--client", action="store_true", help="only meshctl's own version, no controller call")
@@ -132,12 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def client_for(args: argparse.Namespace) -> AdminClient:
-    tls = None
-    if args.tls_ca or args.tls_cert or args.tls_key:
-        if not (args.tls_ca and args.tls_cert and args.tls_key):
-            raise UsageError("--tls-ca, --tls-cert and --tls-key go together")
-        tls = TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
-    return AdminClient(Target.parse(args.controller), tls=tls, timeout=args.timeout)
+    target, tls = config.connection(args)
+    return AdminClient(target, tls=tls, timeout=args.timeout)
 
 
 def report(error: MeshctlError, stream: TextIO) -> None:
@@ -155,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from meshsec.meshctl.lab.commands import run_lab  # the lab needs root tools; load on demand
 
             return run_lab(args)
+        if args.command == "config":
+            return config_commands.run_config(args, sys.stdout)
         with client_for(args) as client:
             return commands.dispatch(args, client)
     except MeshctlError as error:

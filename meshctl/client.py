@@ -84,6 +84,20 @@ class TlsFiles:
     ca: Path
     cert: Path
     key: Path
+    server_name: str = ""  # the name to check in the serving certificate, when not the address's host
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path, what: str) -> bytes:
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise UsageError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca, "CA bundle"),
+            private_key=read(self.key, "admin key"),
+            certificate_chain=read(self.cert, "admin certificate"),
+        )
 
 
 class AdminClient:
@@ -98,14 +112,11 @@ class AdminClient:
             if tls is None:
                 raise UsageError(
                     f"controller {target.address} is a TCP address: it needs an admin certificate",
-                    hint="pass --tls-ca, --tls-cert and --tls-key, or use the controller's unix socket",
+                    hint="pass --tls-ca, --tls-cert and --tls-key, use a context (`meshctl config "
+                    "set-context`), or the controller's unix socket",
                 )
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=tls.ca.read_bytes(),
-                private_key=tls.key.read_bytes(),
-                certificate_chain=tls.cert.read_bytes(),
-            )
-            self._channel = grpc.secure_channel(target.address, creds)
+            options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+            self._channel = grpc.secure_channel(target.address, tls.credentials(), options=options)
         self.stub = admin_pb2_grpc.AdminServiceStub(self._channel)
 
     def close(self) -> None:
@@ -208,6 +219,31 @@ class AdminClient:
         response = self._call("list secrets", lambda: self.stub.ListSecrets(request, timeout=self.timeout))
         return list(response.secrets)
 
+    # -- admin certificates (the key stays here; only its CSR goes out) -------------------------------
+
+    def issue_admin(
+        self, name: str, csr_pem: str, ttl_seconds: int = 0
+    ) -> admin_pb2.IssueAdminCertificateResponse:
+        request = admin_pb2.IssueAdminCertificateRequest(name=name, csr_pem=csr_pem, ttl_seconds=ttl_seconds)
+        return self._call(
+            "issue admin certificate", lambda: self.stub.IssueAdminCertificate(request, timeout=self.timeout)
+        )
+
+    def list_admins(self) -> list[admin_pb2.AdminCertificate]:
+        request = admin_pb2.ListAdminCertificatesRequest()
+        response = self._call(
+            "list admin certificates", lambda: self.stub.ListAdminCertificates(request, timeout=self.timeout)
+        )
+        return list(response.certificates)
+
+    def revoke_admins(self, *, name: str = "", serial: str = "") -> list[admin_pb2.AdminCertificate]:
+        request = admin_pb2.RevokeAdminCertificatesRequest(name=name, serial=serial)
+        response = self._call(
+            "revoke admin certificate",
+            lambda: self.stub.RevokeAdminCertificates(request, timeout=self.timeout),
+        )
+        return list(response.revoked)
+
     # -- events -------------------------------------------------------------------------------
 
     def events(
@@ -261,6 +297,12 @@ def translate(exc: grpc.RpcError, what: str, target: Target, labels: Sequence[st
         problems = validation_problems(exc.trailing_metadata(), labels)
         if problems:
             return ValidationFailed(problems)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return UserError(
+            f"{what}: {code.name}: {details}",
+            hint="get a new admin certificate: `meshsec-controller admin issue` on the controller host, "
+            "or `meshctl admin issue` by another admin",
+        )
     if code in _USER_CODES:
         return UserError(f"{what}: {details}")
     return ServerError(f"{what}: the controller failed ({code.name}): {details}")

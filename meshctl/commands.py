@@ -13,8 +13,9 @@ from google.protobuf import timestamp_pb2
 
 from meshsec.common.api import missing_psk_warning
 from meshsec.common.version import VERSION
-from meshsec.meshctl import manifest, secrets
+from meshsec.meshctl import admins, manifest, secrets
 from meshsec.meshctl.client import AdminClient
+from meshsec.meshctl.config import MeshConfig, config_path
 from meshsec.meshctl.convert import message_to_dict, resource_to_dict, struct_to_dict
 from meshsec.meshctl.describe import describe_resource, describe_tunnel
 from meshsec.meshctl.errors import EXIT_OK, EXIT_USER, MeshctlError, UsageError, UserError
@@ -52,6 +53,7 @@ def dispatch(args: argparse.Namespace, client: AdminClient, out: TextIO | None =
         "token": token,
         "secret": secrets.secret,
         "version": version,
+        "admin": lambda a, c, o: admins.admin(a, c, o, MeshConfig.load(config_path(a.config))),
     }
     return handlers[args.command](args, client, out or sys.stdout)
 

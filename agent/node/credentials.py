@@ -10,12 +10,9 @@ from dataclasses import dataclass
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from meshsec.agent.node.statedir import CA, CERT, KEY, StateDir
-from meshsec.common.pki import ca_sha256
+from meshsec.common.pki import ca_sha256, make_csr, new_key
 from meshsec.common.secrets import Secret
 from meshsec.v1 import agent_pb2, agent_pb2_grpc
 
@@ -53,26 +50,6 @@ class Credentials:
             private_key=self.key_pem.reveal(),
             certificate_chain=self.certificate_pem,
         )
-
-
-def new_key() -> Secret:
-    key = ec.generate_private_key(ec.SECP256R1())
-    return Secret(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-
-
-def make_csr(key_pem: Secret, node: str) -> str:
-    key = serialization.load_pem_private_key(key_pem.reveal(), password=None)
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def load(state: StateDir) -> Credentials | None:

@@ -1,8 +1,9 @@
 """AdminService: resources (all-or-nothing Apply with field-path errors), tunnels with live
-status, events, bootstrap tokens and the topology.
+status, events, bootstrap tokens, secrets, admin certificates and the topology.
 
 Served on the local Unix socket (file permissions are the access control) and on the mTLS
-listener, where only admin certificates (URI SAN meshsec://admin/<user>) are accepted.
+listener, where only admin certificates (URI SAN meshsec://admin/<user>) whose serial is
+registered and not revoked are accepted, checked on every call.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import grpc
 from meshsec.common.api import VALIDATION_TRAILER, missing_psk_warning
 from meshsec.common.version import VERSION
 from meshsec.controller.api.convert import desired_tunnel, doc_to_resource, node_endpoints, resource_to_doc
-from meshsec.controller.api.identity import AnyContext, caller_of
+from meshsec.controller.api.identity import AnyContext, caller_of, serial_of
 from meshsec.controller.api.selector import parse_selector
+from meshsec.controller.ca import AdminRecord, CsrError, serial_text
 from meshsec.controller.mesh import Change, PeerKind, Tunnel, Upsert
 from meshsec.controller.mesh import Delete as MeshDelete
 from meshsec.controller.resources import FieldError, Kind, ValidationError, parse_resource
@@ -137,9 +139,11 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         self._core = core
         self._local = local  # Unix socket: the file's permissions already decided who may call
 
-    async def _admin(self, context: AnyContext) -> None:
+    async def _admin(self, context: AnyContext) -> str:
+        """Who is calling ("local" on the Unix socket, else "admin/<name>"), or abort: on the mTLS
+        listener only an admin certificate whose serial is registered and not revoked may call."""
         if self._local:
-            return
+            return "local"
         caller = caller_of(context)
         if caller is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "an admin certificate is required")
@@ -147,6 +151,26 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"{caller.kind} certificates may not administer"
             )
+        serial = serial_of(caller.certificate_pem)
+        if serial is None:  # fail closed: the TLS layer did not hand over the certificate
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the admin certificate could not be read")
+        try:
+            record = await self._core.admins.lookup(serial_text(serial))
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        if record is None or record.name != caller.name:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"admin certificate {serial} of {caller.name} is not registered with this controller "
+                "(issue one with `meshsec-controller admin issue`)",
+            )
+        if record.revoked_at is not None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"admin certificate {serial} of {caller.name} was revoked at {_rfc3339(record.revoked_at)} "
+                f"by {record.revoked_by}",
+            )
+        return f"admin/{caller.name}"
 
     async def _fail_validation(self, context: AnyContext, errors: list[tuple[int, FieldError]]) -> None:
         pb = admin_pb2.ValidationErrors(
@@ -709,6 +733,103 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.GetVersionResponse:
         await self._admin(context)
         return admin_pb2.GetVersionResponse(version=VERSION, replica=self._core.settings.replica)
+
+    # --- admin certificates ------------------------------------------------------------------------
+
+    async def IssueAdminCertificate(
+        self,
+        request: admin_pb2.IssueAdminCertificateRequest,
+        context: grpc.aio.ServicerContext[
+            admin_pb2.IssueAdminCertificateRequest, admin_pb2.IssueAdminCertificateResponse
+        ],
+    ) -> admin_pb2.IssueAdminCertificateResponse:
+        issuer = await self._admin(context)
+        if not valid_name(request.name):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"admin name {request.name!r} is not a DNS-1123 name"
+            )
+        try:
+            issued, record = await self._core.admins.issue(
+                request.name,
+                request.csr_pem,
+                request.ttl_seconds,
+                issuer,
+                datetime.datetime.now(datetime.UTC),
+            )
+        except CsrError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        await self._core.events.emit(
+            "AdminCertificateIssued",
+            "Admin",
+            record.name,
+            f"admin certificate {record.serial} for {record.name} issued by {issuer}, "
+            f"valid until {_rfc3339(record.not_after)}",
+        )
+        return admin_pb2.IssueAdminCertificateResponse(
+            certificate=_admin_certificate(record),
+            certificate_pem=issued.certificate_pem,
+            ca_certificate_pem=self._core.ca.certificate_pem,
+        )
+
+    async def ListAdminCertificates(
+        self,
+        request: admin_pb2.ListAdminCertificatesRequest,
+        context: grpc.aio.ServicerContext[
+            admin_pb2.ListAdminCertificatesRequest, admin_pb2.ListAdminCertificatesResponse
+        ],
+    ) -> admin_pb2.ListAdminCertificatesResponse:
+        await self._admin(context)
+        try:
+            records = await self._core.admins.all()
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        return admin_pb2.ListAdminCertificatesResponse(certificates=[_admin_certificate(r) for r in records])
+
+    async def RevokeAdminCertificates(
+        self,
+        request: admin_pb2.RevokeAdminCertificatesRequest,
+        context: grpc.aio.ServicerContext[
+            admin_pb2.RevokeAdminCertificatesRequest, admin_pb2.RevokeAdminCertificatesResponse
+        ],
+    ) -> admin_pb2.RevokeAdminCertificatesResponse:
+        revoker = await self._admin(context)
+        if bool(request.name) == bool(request.serial):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of name and serial")
+        serial = request.serial.lower().removeprefix("0x").lstrip("0") or request.serial
+        try:
+            revoked = await self._core.admins.revoke(
+                name=request.name, serial=serial if request.serial else "", by=revoker, now=time.time()
+            )
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        if not revoked:
+            what = f"serial {request.serial}" if request.serial else f"name {request.name} (unrevoked)"
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no admin certificate with {what}")
+        await self._core.events.emit_many(
+            [
+                (
+                    "AdminCertificateRevoked",
+                    "Admin",
+                    r.name,
+                    f"admin certificate {r.serial} of {r.name} revoked by {revoker}",
+                )
+                for r in revoked
+            ]
+        )
+        return admin_pb2.RevokeAdminCertificatesResponse(revoked=[_admin_certificate(r) for r in revoked])
+
+
+def _admin_certificate(record: AdminRecord) -> admin_pb2.AdminCertificate:
+    pb = admin_pb2.AdminCertificate(
+        name=record.name, serial=record.serial, issued_by=record.issued_by, revoked_by=record.revoked_by
+    )
+    pb.not_before.FromNanoseconds(int(record.not_before * 1e9))
+    pb.not_after.FromNanoseconds(int(record.not_after * 1e9))
+    if record.revoked_at is not None:
+        pb.revoked_at.FromNanoseconds(int(record.revoked_at * 1e9))
+    return pb
 
 
 __all__ = ["VALIDATION_TRAILER", "AdminApi"]

@@ -1,5 +1,7 @@
-"""The controller CA (node and server certificates) and bootstrap tokens for enrollment."""
+"""The controller CA (node, server and admin certificates), admin certificate registrations and
+bootstrap tokens for enrollment."""
 
+from meshsec.controller.ca.admins import AdminCertificates, AdminRecord, certificate_serial, serial_text
 from meshsec.controller.ca.authority import (
     CertificateAuthority,
     CsrError,
@@ -10,6 +12,8 @@ from meshsec.controller.ca.authority import (
 from meshsec.controller.ca.tokens import BootstrapTokens, TokenError, TokenRecord
 
 __all__ = [
+    "AdminCertificates",
+    "AdminRecord",
     "BootstrapTokens",
     "CertificateAuthority",
     "CsrError",
@@ -17,5 +21,7 @@ __all__ = [
     "ServerCredentials",
     "TokenError",
     "TokenRecord",
+    "certificate_serial",
     "load_csr",
+    "serial_text",
 ]

@@ -46,6 +46,15 @@ class ServerCredentials:
     key_pem: Secret
 
 
+def _issued(cert: x509.Certificate) -> IssuedCertificate:
+    return IssuedCertificate(
+        cert.public_bytes(serialization.Encoding.PEM).decode(),
+        cert.serial_number,
+        cert.not_valid_before_utc,
+        cert.not_valid_after_utc,
+    )
+
+
 def _key_usage(*, ca: bool) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=True,
@@ -214,12 +223,7 @@ class CertificateAuthority:
             lifetime,
             now,
         )
-        return IssuedCertificate(
-            cert.public_bytes(serialization.Encoding.PEM).decode(),
-            cert.serial_number,
-            cert.not_valid_before_utc,
-            cert.not_valid_after_utc,
-        )
+        return _issued(cert)
 
     def _key_and_cert(
         self,
@@ -244,13 +248,23 @@ class CertificateAuthority:
         sans = [_host_name(h) for h in dict.fromkeys(hosts)]
         return self._key_and_cert(hosts[0], sans, [ExtendedKeyUsageOID.SERVER_AUTH], lifetime)
 
-    def admin_credentials(
-        self, user: str, lifetime: datetime.timedelta = datetime.timedelta(days=1)
-    ) -> ServerCredentials:
-        """A client certificate for an administrator on the mTLS listener."""
-        return self._key_and_cert(
-            user,
+    def sign_admin(
+        self,
+        csr: x509.CertificateSigningRequest,
+        user: str,
+        lifetime: datetime.timedelta,
+        now: datetime.datetime,
+    ) -> IssuedCertificate:
+        """A client certificate for an administrator on the mTLS listener (URI SAN
+        meshsec://admin/<user>). Only registered serials are accepted there (`AdminCertificates`)."""
+        key = csr.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)  # load_csr checked
+        cert = self._leaf(
+            _name(user),
+            key,
             [x509.UniformResourceIdentifier(f"meshsec://admin/{user}")],
             [ExtendedKeyUsageOID.CLIENT_AUTH],
             lifetime,
+            now,
         )
+        return _issued(cert)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 
-from meshsec.controller.ca import BootstrapTokens, CertificateAuthority
+from meshsec.controller.ca import AdminCertificates, BootstrapTokens, CertificateAuthority
 from meshsec.controller.metrics import ControllerMetrics
 from meshsec.controller.service.events import EventLog
 from meshsec.controller.service.secrets import TunnelSecrets
@@ -36,3 +36,4 @@ class Core:
     events: EventLog
     secrets: TunnelSecrets
     metrics: ControllerMetrics
+    admins: AdminCertificates

@@ -39,6 +39,9 @@ EXPECTED_SERVICES = {
         ("DeleteSecret", False, False),
         ("ListSecrets", False, False),
         ("GetVersion", False, False),
+        ("IssueAdminCertificate", False, False),
+        ("ListAdminCertificates", False, False),
+        ("RevokeAdminCertificates", False, False),
     },
 }
 

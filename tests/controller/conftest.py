@@ -1,5 +1,5 @@
-"""Store fixtures: a session-wide real etcd, a unique key prefix per test, and `store_kit`, which
-runs a test once against the embedded store and once against etcd."""
+"""Store fixtures: session-wide real etcds (plain, and TLS with client-cert auth), a unique key
+prefix per test, and `store_kit`, which runs a test against the embedded store, etcd and TLS etcd."""
 
 from __future__ import annotations
 
@@ -13,13 +13,38 @@ import pytest
 
 from meshsec.controller.store import EmbeddedStore, ManualClock, Store
 from meshsec.controller.store.etcd import EtcdStore
-from tests.harness.etcd import EtcdServer
+from tests.harness.etcd import EtcdServer, EtcdTls
+from tests.harness.tls import ThrowawayCA
+
+
+@dataclass(frozen=True)
+class EtcdTlsKit:
+    """A TLS etcd requiring client certificates, and the material a client needs for it."""
+
+    server: EtcdServer
+    ca_pem: bytes
+    client_cert_pem: bytes
+    client_key_pem: bytes
+
+    def connect_args(self) -> dict[str, bytes]:
+        return {"ca_cert": self.ca_pem, "cert_chain": self.client_cert_pem, "cert_key": self.client_key_pem}
 
 
 @pytest.fixture(scope="session")
 def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     with EtcdServer.start(tmp_path_factory.mktemp("etcd")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def etcd_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdTlsKit]:
+    ca = ThrowawayCA("etcd test CA")
+    # etcd's own gRPC gateway dials the server with its serving certificate: clientAuth as well.
+    served = ca.issue("127.0.0.1", ip_addresses=("127.0.0.1",), server=True, client=True)
+    client = ca.issue("meshsec-controller", client=True)
+    tls = EtcdTls(ca.cert_pem, served.cert_pem, served.key_pem.reveal())
+    with EtcdServer.start(tmp_path_factory.mktemp("etcd-tls"), tls=tls) as server:
+        yield EtcdTlsKit(server, ca.cert_pem, client.cert_pem, client.key_pem.reveal())
 
 
 @pytest.fixture
@@ -37,6 +62,7 @@ class StoreKit:
     store: Store
     clock: ManualClock | None = None  # embedded only: lease time moves when the test says so
     _etcd: EtcdServer | None = None
+    _etcd_args: dict[str, bytes] = field(default_factory=dict)  # TLS material for EtcdStore.connect
     _path: Path | None = None
     _extra: list[Store] = field(default_factory=list)
 
@@ -50,7 +76,7 @@ class StoreKit:
         """The store as another controller replica sees it (embedded: one process, same instance)."""
         if self._etcd is None:
             return self.store
-        other = await EtcdStore.connect([self._etcd.endpoint])
+        other = await EtcdStore.connect([self._etcd.endpoint], **self._etcd_args)
         self._extra.append(other)
         return other
 
@@ -63,7 +89,7 @@ class StoreKit:
 
     async def _open(self) -> Store:
         if self._etcd is not None:
-            return await EtcdStore.connect([self._etcd.endpoint])
+            return await EtcdStore.connect([self._etcd.endpoint], **self._etcd_args)
         assert self._path is not None
         return await EmbeddedStore.open(self._path, clock=self.clock)
 
@@ -72,13 +98,24 @@ class StoreKit:
             await store.close()
 
 
-@pytest.fixture(params=["embedded", pytest.param("etcd", marks=pytest.mark.etcd)])
+@pytest.fixture(
+    params=[
+        "embedded",
+        pytest.param("etcd", marks=pytest.mark.etcd),
+        pytest.param("etcd-tls", marks=pytest.mark.etcd),
+    ]
+)
 async def store_kit(
     request: pytest.FixtureRequest, tmp_path: Path, key_prefix: str
 ) -> AsyncIterator[StoreKit]:
     if request.param == "etcd":
         server: EtcdServer = request.getfixturevalue("etcd_server")
         kit = StoreKit("etcd", key_prefix, await EtcdStore.connect([server.endpoint]), _etcd=server)
+    elif request.param == "etcd-tls":
+        secured: EtcdTlsKit = request.getfixturevalue("etcd_tls")
+        args = secured.connect_args()
+        store = await EtcdStore.connect([secured.server.endpoint], **args)
+        kit = StoreKit("etcd", key_prefix, store, _etcd=secured.server, _etcd_args=args)
     else:
         clock = ManualClock()
         path = tmp_path / "store.log"

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
+from meshsec.common.pki import make_csr, new_key
 from meshsec.common.secrets import Secret
 from meshsec.controller.server import Controller, ControllerConfig
 from meshsec.controller.service.core import Core, Settings
@@ -97,6 +98,20 @@ def admin_channel(controller: Controller) -> grpc.aio.Channel:
 
 def admin_stub(channel: grpc.aio.Channel) -> Any:
     return admin_pb2_grpc.AdminServiceStub(channel)
+
+
+async def admin_mtls_channel(controller: Controller, user: str) -> grpc.aio.Channel:
+    """An mTLS channel with a freshly issued (registered) admin certificate for `user`."""
+    key = new_key()
+    issued, _ = await core_of(controller).admins.issue(
+        user, make_csr(key, user), 3600, "test", datetime.datetime.now(datetime.UTC)
+    )
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=ca_pem(controller),
+        private_key=key.reveal(),
+        certificate_chain=issued.certificate_pem.encode(),
+    )
+    return grpc.aio.secure_channel(f"127.0.0.1:{controller.mtls_port}", creds)
 
 
 def bootstrap_channel(controller: Controller) -> grpc.aio.Channel:

@@ -18,9 +18,9 @@ from meshsec.v1 import admin_pb2, common_pb2
 from tests.controller.ctl_harness import (
     CALL_TIMEOUT,
     admin_channel,
+    admin_mtls_channel,
     admin_stub,
     apply,
-    core_of,
     join,
     running_controller,
     to_resource,
@@ -177,13 +177,7 @@ async def test_list_by_label_selector_with_pages(ctl: Controller) -> None:
 
 
 async def test_admin_certificate_works_on_mtls_and_events_replay(ctl: Controller) -> None:
-    creds = core_of(ctl).ca.admin_credentials("alice")
-    channel_creds = grpc.ssl_channel_credentials(
-        root_certificates=core_of(ctl).ca.certificate_pem.encode(),
-        private_key=creds.key_pem.reveal(),
-        certificate_chain=creds.certificate_pem,
-    )
-    async with grpc.aio.secure_channel(f"127.0.0.1:{ctl.mtls_port}", channel_creds) as channel:
+    async with await admin_mtls_channel(ctl, "alice") as channel:
         stub = admin_stub(channel)
         await stub.Apply(
             admin_pb2.ApplyRequest(

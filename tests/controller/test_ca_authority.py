@@ -81,7 +81,13 @@ def test_server_and_admin_credentials() -> None:
     assert list(server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
         ExtendedKeyUsageOID.SERVER_AUTH
     ]
-    admin = x509.load_pem_x509_certificate(ca.admin_credentials("alice").certificate_pem)
+    _, csr = new_key_and_csr("alice")
+    issued = ca.sign_admin(load_csr(csr.decode(), "alice"), "alice", datetime.timedelta(days=30), NOW)
+    admin = x509.load_pem_x509_certificate(issued.certificate_pem.encode())
+    assert admin.not_valid_after_utc - NOW == datetime.timedelta(days=30)
+    assert list(admin.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH
+    ]
     assert admin.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.UniformResourceIdentifier
     ) == ["meshsec://admin/alice"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,9 +24,21 @@ def _controller_program() -> str:
     return str(beside) if beside.exists() else "meshsec-controller"
 
 
+@dataclass(frozen=True)
+class ControllerProcess:
+    socket: Path  # the admin socket
+    mtls: str  # 127.0.0.1:<port> of the mTLS listener
+
+
 @pytest.fixture
-def controller() -> Iterator[Path]:
-    """Starts ``meshsec-controller`` and yields its admin socket; stopped by PID afterwards."""
+def controller(controller_process: ControllerProcess) -> Path:
+    """The admin socket of a running ``meshsec-controller``."""
+    return controller_process.socket
+
+
+@pytest.fixture
+def controller_process() -> Iterator[ControllerProcess]:
+    """Starts ``meshsec-controller`` (listeners on 127.0.0.1, ephemeral ports); stopped by PID afterwards."""
     # A short directory: AF_UNIX paths are limited to 108 bytes.
     workdir = Path(tempfile.mkdtemp(prefix="msl-ctl-"))
     socket = workdir / "admin.sock"
@@ -51,7 +65,8 @@ def controller() -> Iterator[Path]:
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"meshsec-controller exited {proc.returncode}: {log.read_text()}")
-            if socket.exists():
+            port = re.search(r"mTLS \S+ \(port (\d+)\)", log.read_text())
+            if socket.exists() and port:
                 try:
                     with AdminClient(Target.parse(str(socket)), timeout=2) as client:
                         client.list_resources("Site")
@@ -61,7 +76,7 @@ def controller() -> Iterator[Path]:
             if time.monotonic() > deadline:
                 pytest.fail(f"meshsec-controller not ready: {log.read_text()}")
             time.sleep(0.1)
-        yield socket
+        yield ControllerProcess(socket, f"127.0.0.1:{port.group(1)}")
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)

@@ -407,3 +407,65 @@ class GetVersionResponse(_message.Message):
     version: str
     replica: str
     def __init__(self, version: _Optional[str] = ..., replica: _Optional[str] = ...) -> None: ...
+
+class AdminCertificate(_message.Message):
+    __slots__ = ("name", "serial", "not_before", "not_after", "issued_by", "revoked_at", "revoked_by")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_BY_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    serial: str
+    not_before: _timestamp_pb2.Timestamp
+    not_after: _timestamp_pb2.Timestamp
+    issued_by: str
+    revoked_at: _timestamp_pb2.Timestamp
+    revoked_by: str
+    def __init__(self, name: _Optional[str] = ..., serial: _Optional[str] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., issued_by: _Optional[str] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_by: _Optional[str] = ...) -> None: ...
+
+class IssueAdminCertificateRequest(_message.Message):
+    __slots__ = ("name", "csr_pem", "ttl_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    csr_pem: str
+    ttl_seconds: int
+    def __init__(self, name: _Optional[str] = ..., csr_pem: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class IssueAdminCertificateResponse(_message.Message):
+    __slots__ = ("certificate", "certificate_pem", "ca_certificate_pem")
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    certificate: AdminCertificate
+    certificate_pem: str
+    ca_certificate_pem: str
+    def __init__(self, certificate: _Optional[_Union[AdminCertificate, _Mapping]] = ..., certificate_pem: _Optional[str] = ..., ca_certificate_pem: _Optional[str] = ...) -> None: ...
+
+class ListAdminCertificatesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListAdminCertificatesResponse(_message.Message):
+    __slots__ = ("certificates",)
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    certificates: _containers.RepeatedCompositeFieldContainer[AdminCertificate]
+    def __init__(self, certificates: _Optional[_Iterable[_Union[AdminCertificate, _Mapping]]] = ...) -> None: ...
+
+class RevokeAdminCertificatesRequest(_message.Message):
+    __slots__ = ("name", "serial")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    serial: str
+    def __init__(self, name: _Optional[str] = ..., serial: _Optional[str] = ...) -> None: ...
+
+class RevokeAdminCertificatesResponse(_message.Message):
+    __slots__ = ("revoked",)
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    revoked: _containers.RepeatedCompositeFieldContainer[AdminCertificate]
+    def __init__(self, revoked: _Optional[_Iterable[_Union[AdminCertificate, _Mapping]]] = ...) -> None: ...

@@ -100,6 +100,21 @@ class AdminServiceStub:
                 request_serializer=meshsec_dot_v1_dot_admin__pb2.GetVersionRequest.SerializeToString,
                 response_deserializer=meshsec_dot_v1_dot_admin__pb2.GetVersionResponse.FromString,
                 _registered_method=True)
+        self.IssueAdminCertificate = channel.unary_unary(
+                '/meshsec.v1.AdminService/IssueAdminCertificate',
+                request_serializer=meshsec_dot_v1_dot_admin__pb2.IssueAdminCertificateRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_admin__pb2.IssueAdminCertificateResponse.FromString,
+                _registered_method=True)
+        self.ListAdminCertificates = channel.unary_unary(
+                '/meshsec.v1.AdminService/ListAdminCertificates',
+                request_serializer=meshsec_dot_v1_dot_admin__pb2.ListAdminCertificatesRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_admin__pb2.ListAdminCertificatesResponse.FromString,
+                _registered_method=True)
+        self.RevokeAdminCertificates = channel.unary_unary(
+                '/meshsec.v1.AdminService/RevokeAdminCertificates',
+                request_serializer=meshsec_dot_v1_dot_admin__pb2.RevokeAdminCertificatesRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_admin__pb2.RevokeAdminCertificatesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -205,6 +220,31 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueAdminCertificate(self, request, context):
+        """Signs a client certificate for an administrator (`meshsec-controller admin issue`,
+        `meshctl admin issue`) from a CSR whose key stays with the caller, and registers its serial.
+        On the mTLS listener every AdminService call checks the caller's serial against these
+        registrations: an unregistered or revoked certificate is UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdminCertificates(self, request, context):
+        """Registered admin certificates (current, expired until collected, revoked), never keys.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAdminCertificates(self, request, context):
+        """Revokes one admin certificate by serial, or every certificate of a name. Takes effect on the
+        next call on every replica (the registration lives in the store).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -272,6 +312,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetVersion,
                     request_deserializer=meshsec_dot_v1_dot_admin__pb2.GetVersionRequest.FromString,
                     response_serializer=meshsec_dot_v1_dot_admin__pb2.GetVersionResponse.SerializeToString,
+            ),
+            'IssueAdminCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueAdminCertificate,
+                    request_deserializer=meshsec_dot_v1_dot_admin__pb2.IssueAdminCertificateRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_admin__pb2.IssueAdminCertificateResponse.SerializeToString,
+            ),
+            'ListAdminCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdminCertificates,
+                    request_deserializer=meshsec_dot_v1_dot_admin__pb2.ListAdminCertificatesRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_admin__pb2.ListAdminCertificatesResponse.SerializeToString,
+            ),
+            'RevokeAdminCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAdminCertificates,
+                    request_deserializer=meshsec_dot_v1_dot_admin__pb2.RevokeAdminCertificatesRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_admin__pb2.RevokeAdminCertificatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -626,6 +681,87 @@ class AdminService:
             '/meshsec.v1.AdminService/GetVersion',
             meshsec_dot_v1_dot_admin__pb2.GetVersionRequest.SerializeToString,
             meshsec_dot_v1_dot_admin__pb2.GetVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueAdminCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AdminService/IssueAdminCertificate',
+            meshsec_dot_v1_dot_admin__pb2.IssueAdminCertificateRequest.SerializeToString,
+            meshsec_dot_v1_dot_admin__pb2.IssueAdminCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdminCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AdminService/ListAdminCertificates',
+            meshsec_dot_v1_dot_admin__pb2.ListAdminCertificatesRequest.SerializeToString,
+            meshsec_dot_v1_dot_admin__pb2.ListAdminCertificatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAdminCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AdminService/RevokeAdminCertificates',
+            meshsec_dot_v1_dot_admin__pb2.RevokeAdminCertificatesRequest.SerializeToString,
+            meshsec_dot_v1_dot_admin__pb2.RevokeAdminCertificatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,6 +31,9 @@ class AdminServiceStub:
     DeleteSecret: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.DeleteSecretRequest, _meshsec_v1_admin_pb2.DeleteSecretResponse]
     ListSecrets: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ListSecretsRequest, _meshsec_v1_admin_pb2.ListSecretsResponse]
     GetVersion: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.GetVersionRequest, _meshsec_v1_admin_pb2.GetVersionResponse]
+    IssueAdminCertificate: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.IssueAdminCertificateRequest, _meshsec_v1_admin_pb2.IssueAdminCertificateResponse]
+    ListAdminCertificates: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ListAdminCertificatesRequest, _meshsec_v1_admin_pb2.ListAdminCertificatesResponse]
+    RevokeAdminCertificates: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.RevokeAdminCertificatesRequest, _meshsec_v1_admin_pb2.RevokeAdminCertificatesResponse]
 
 class AdminServiceAsyncStub:
     Apply: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ApplyRequest, _meshsec_v1_admin_pb2.ApplyResponse]
@@ -46,6 +49,9 @@ class AdminServiceAsyncStub:
     DeleteSecret: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.DeleteSecretRequest, _meshsec_v1_admin_pb2.DeleteSecretResponse]
     ListSecrets: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ListSecretsRequest, _meshsec_v1_admin_pb2.ListSecretsResponse]
     GetVersion: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.GetVersionRequest, _meshsec_v1_admin_pb2.GetVersionResponse]
+    IssueAdminCertificate: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.IssueAdminCertificateRequest, _meshsec_v1_admin_pb2.IssueAdminCertificateResponse]
+    ListAdminCertificates: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ListAdminCertificatesRequest, _meshsec_v1_admin_pb2.ListAdminCertificatesResponse]
+    RevokeAdminCertificates: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.RevokeAdminCertificatesRequest, _meshsec_v1_admin_pb2.RevokeAdminCertificatesResponse]
 
 class AdminServiceServicer:
     def Apply(self, request: _meshsec_v1_admin_pb2.ApplyRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.ApplyResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.ApplyResponse]: ...
@@ -61,6 +67,9 @@ class AdminServiceServicer:
     def DeleteSecret(self, request: _meshsec_v1_admin_pb2.DeleteSecretRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.DeleteSecretResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.DeleteSecretResponse]: ...
     def ListSecrets(self, request: _meshsec_v1_admin_pb2.ListSecretsRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.ListSecretsResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.ListSecretsResponse]: ...
     def GetVersion(self, request: _meshsec_v1_admin_pb2.GetVersionRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.GetVersionResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.GetVersionResponse]: ...
+    def IssueAdminCertificate(self, request: _meshsec_v1_admin_pb2.IssueAdminCertificateRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.IssueAdminCertificateResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.IssueAdminCertificateResponse]: ...
+    def ListAdminCertificates(self, request: _meshsec_v1_admin_pb2.ListAdminCertificatesRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.ListAdminCertificatesResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.ListAdminCertificatesResponse]: ...
+    def RevokeAdminCertificates(self, request: _meshsec_v1_admin_pb2.RevokeAdminCertificatesRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.RevokeAdminCertificatesResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.RevokeAdminCertificatesResponse]: ...
 
 def add_AdminServiceServicer_to_server(
     servicer: AdminServiceServicer, server: grpc.Server | grpc.aio.Server
