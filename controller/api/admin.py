@@ -151,11 +151,12 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"{caller.kind} certificates may not administer"
             )
-        serial = serial_of(caller.certificate_pem)
-        if serial is None:  # fail closed: the TLS layer did not hand over the certificate
+        number = serial_of(caller.certificate_pem)
+        if number is None:  # fail closed: the TLS layer did not hand over the certificate
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the admin certificate could not be read")
+        serial = serial_text(number)
         try:
-            record = await self._core.admins.lookup(serial_text(serial))
+            record = await self._core.admins.lookup(serial)
         except StoreError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
         if record is None or record.name != caller.name:
