@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from meshsec.controller.resources.errors import FieldError
 from meshsec.controller.resources.model import Address, Prefix
+from meshsec.controller.resources.overlap import prefix_order
 from meshsec.controller.resources.selector import LabelSelector, Operator, Requirement
 
 _E = TypeVar("_E", bound=Enum)
@@ -126,7 +127,7 @@ class Fields:
                 out.append(ip_network(str(item), strict=True))
             except ValueError as exc:
                 self._error_at(path, f"invalid CIDR {item!r}: {exc}")
-        return tuple(sorted(set(out), key=_prefix_order))
+        return tuple(sorted(set(out), key=prefix_order))
 
     def addresses(self, key: str) -> tuple[Address, ...]:
         out: list[Address] = []
@@ -215,7 +216,3 @@ def parse_address(text: str) -> Address | None:
         return ip_address(text)
     except ValueError:
         return None
-
-
-def _prefix_order(prefix: Prefix) -> tuple[int, int, int]:
-    return prefix.version, int(prefix.network_address), prefix.prefixlen
