@@ -19,6 +19,8 @@ from meshsec.controller.resources.selector import LabelSelector, Operator, Requi
 
 _E = TypeVar("_E", bound=Enum)
 
+MAX_LABEL_VALUE = 63  # characters, as Kubernetes (docs/resources.md, "Limits")
+
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
@@ -193,7 +195,9 @@ class Fields:
             path = _join(self.at(key), str(k))
             if not isinstance(k, str) or not valid_label_key(k):
                 self._error_at(path, "invalid label key")
-            elif not isinstance(v, str) or (v and not _LABEL_NAME.match(v)) or len(v) > 63:
+            elif isinstance(v, str) and len(v) > MAX_LABEL_VALUE:
+                self._error_at(path, f"label value of {len(v)} characters; at most {MAX_LABEL_VALUE}")
+            elif not isinstance(v, str) or (v and not _LABEL_NAME.match(v)):
                 self._error_at(path, f"invalid label value {v!r}")
             else:
                 out[k] = v
