@@ -25,9 +25,11 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 
+from meshsec.common.api import MAX_MESSAGE_BYTES
 from meshsec.common.secrets import Secret
 from meshsec.controller.api.admin import AdminApi
 from meshsec.controller.api.agent import AgentApi
+from meshsec.controller.api.decoding import add_servicer
 from meshsec.controller.ca import AdminCertificates, BootstrapTokens, CertificateAuthority
 from meshsec.controller.metrics import ControllerMetrics, TimedStore
 from meshsec.controller.service.claims import MeshClaims
@@ -41,6 +43,10 @@ from meshsec.controller.store import EmbeddedStore, LeaderElection, Store, Store
 from meshsec.v1 import admin_pb2_grpc, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+# The request size every listener accepts: gRPC's default, stated so that it stays the one meshctl
+# sends and receives (MAX_MESSAGE_BYTES); responses are kept under it (Settings.max_message_bytes).
+SERVER_OPTIONS = (("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),)
 
 
 @dataclass(frozen=True)
@@ -204,15 +210,17 @@ class Controller:
         creds = core.ca.server_credentials([n for n in names if n and n not in ("0.0.0.0", "::")])
         key_and_chain = [(creds.key_pem.reveal(), creds.certificate_pem)]
         root = core.ca.certificate_pem.encode()
-        mtls = grpc.aio.server()
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentApi(core, bootstrap=False), mtls)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminApi(core, local=False), mtls)
+        mtls = grpc.aio.server(options=SERVER_OPTIONS)
+        add_servicer(agent_pb2_grpc.add_AgentServiceServicer_to_server, AgentApi(core, bootstrap=False), mtls)
+        add_servicer(admin_pb2_grpc.add_AdminServiceServicer_to_server, AdminApi(core, local=False), mtls)
         self.mtls_port = mtls.add_secure_port(
             config.listen,
             grpc.ssl_server_credentials(key_and_chain, root_certificates=root, require_client_auth=True),
         )
-        bootstrap = grpc.aio.server()
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentApi(core, bootstrap=True), bootstrap)
+        bootstrap = grpc.aio.server(options=SERVER_OPTIONS)
+        add_servicer(
+            agent_pb2_grpc.add_AgentServiceServicer_to_server, AgentApi(core, bootstrap=True), bootstrap
+        )
         self.bootstrap_port = bootstrap.add_secure_port(
             config.bootstrap_listen, grpc.ssl_server_credentials(key_and_chain)
         )
@@ -222,8 +230,8 @@ class Controller:
             path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            local = grpc.aio.server()
-            admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminApi(core, local=True), local)
+            local = grpc.aio.server(options=SERVER_OPTIONS)
+            add_servicer(admin_pb2_grpc.add_AdminServiceServicer_to_server, AdminApi(core, local=True), local)
             # Created under a 0077 umask so there is no moment in which others could connect.
             old_umask = os.umask(0o077)
             try:

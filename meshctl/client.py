@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import grpc
 
-from meshsec.common.api import VALIDATION_TRAILER
+from meshsec.common.api import MAX_MESSAGE_BYTES, VALIDATION_TRAILER
 from meshsec.common.secrets import Secret
 from meshsec.meshctl.errors import (
     MeshctlError,
@@ -45,6 +45,11 @@ _USER_CODES = {
     grpc.StatusCode.OUT_OF_RANGE,
 }
 T = TypeVar("T")
+# The controller accepts requests up to this size and keeps every response under it.
+CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,7 @@ class AdminClient:
         self.target = target
         self.timeout = timeout
         if target.socket_path is not None:
-            self._channel = grpc.insecure_channel(target.address)
+            self._channel = grpc.insecure_channel(target.address, options=CHANNEL_OPTIONS)
         else:
             if tls is None:
                 raise UsageError(
@@ -115,7 +120,9 @@ class AdminClient:
                     hint="pass --tls-ca, --tls-cert and --tls-key, use a context (`meshctl config "
                     "set-context`), or the controller's unix socket",
                 )
-            options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+            options: list[tuple[str, int | str]] = [*CHANNEL_OPTIONS]
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
             self._channel = grpc.secure_channel(target.address, tls.credentials(), options=options)
         self.stub = admin_pb2_grpc.AdminServiceStub(self._channel)
 
@@ -315,10 +322,13 @@ def validation_problems(metadata: object, labels: Sequence[str] = ()) -> list[Pr
     if not raw or not isinstance(raw[0], bytes):
         return []
     problems = []
-    for e in admin_pb2.ValidationErrors.FromString(raw[0]).errors:
+    listed = admin_pb2.ValidationErrors.FromString(raw[0])
+    for e in listed.errors:
         if e.index < len(labels):
             where = labels[e.index]
         else:
             where = f"{e.kind}/{e.name}" if e.name else f"{e.kind} (resource {e.index + 1})"
         problems.append(Problem(where, e.path, e.message))
+    if problems and listed.omitted:
+        problems.append(Problem("...", "", f"{listed.omitted} more problem(s) not listed"))
     return problems

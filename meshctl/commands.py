@@ -64,12 +64,13 @@ def apply(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
         [d.resource for d in documents], dry_run=args.dry_run, labels=[d.where for d in documents]
     )
     if args.output != "text":
+        # Past the controller's response budget a result carries no resource (`meshctl get` it).
         results = [
             {
                 "kind": r.kind,
                 "name": r.name,
                 "action": ACTIONS.get(r.action, "unknown"),
-                "resource": resource_to_dict(r.resource),
+                **({"resource": resource_to_dict(r.resource)} if r.HasField("resource") else {}),
                 "warnings": list(r.warnings),
             }
             for r in response.results

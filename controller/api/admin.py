@@ -21,14 +21,22 @@ import grpc
 
 from meshsec.common.api import VALIDATION_TRAILER, missing_psk_warning
 from meshsec.common.version import VERSION
-from meshsec.controller.api.convert import desired_tunnel, doc_to_resource, node_endpoints, resource_to_doc
+from meshsec.controller.api.convert import (
+    NonFiniteNumber,
+    desired_tunnel,
+    doc_to_resource,
+    node_endpoints,
+    resource_to_doc,
+)
 from meshsec.controller.api.identity import AnyContext, caller_of, serial_of
 from meshsec.controller.api.selector import parse_selector
 from meshsec.controller.ca import AdminRecord, CsrError, serial_text
 from meshsec.controller.mesh import Change, PeerKind, Tunnel, Upsert
 from meshsec.controller.mesh import Delete as MeshDelete
-from meshsec.controller.resources import FieldError, Kind, ValidationError, parse_resource
+from meshsec.controller.resources import FieldError, Kind, Resource, ValidationError, parse_resource
+from meshsec.controller.resources.errors import clip
 from meshsec.controller.resources.fields import Fields, valid_name
+from meshsec.controller.resources.limits import annotation_problems, resource_size_problem
 from meshsec.controller.resources.model import LAST_APPLIED_BY
 from meshsec.controller.service.core import Core
 from meshsec.controller.service.secrets import psk_problem
@@ -40,6 +48,11 @@ from meshsec.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 SYSTEM_ANNOTATION_PREFIX = "meshsec.io/"
 DEFAULT_PAGE = 500
 _YIELD_EVERY = 512  # tunnels computed between returns to the event loop in big listings
+# A refused Apply's status travels in trailing metadata, which gRPC caps (8 KiB soft, 16 KiB hard
+# by default; past the soft limit calls fail at random). The status message (percent-encoded, up
+# to 3 bytes per character) and the serialized ValidationErrors (base64, 4/3) stay well inside it.
+_DETAILS_CHARS = 512
+_TRAILER_BYTES = 3 * 1024
 
 
 class _Refused(Exception):
@@ -91,6 +104,61 @@ def _reserved_annotation_errors(
     return errors
 
 
+def _read_request(
+    request: admin_pb2.ApplyRequest,
+) -> tuple[list[dict[str, Any]], list[tuple[int, Resource]], list[tuple[int, FieldError]]]:
+    """Each resource's document and parsed form, and every problem with its index. Reads only the
+    request, so Apply runs it in a worker thread: a 4 MiB request must not stall the event loop."""
+    docs: list[dict[str, Any]] = []
+    parsed: list[tuple[int, Resource]] = []
+    problems: list[tuple[int, FieldError]] = []
+    for i, pb in enumerate(request.resources):
+        kind, name = pb.kind or "Resource", pb.metadata.name
+        doc: dict[str, Any] = {}
+        too_big = resource_size_problem(kind, name, pb.ByteSize())
+        if too_big is not None:
+            problems.append((i, too_big))
+        else:
+            try:
+                doc = resource_to_doc(pb)
+            except NonFiniteNumber as exc:
+                problems.append(
+                    (i, FieldError(kind, name, exc.path, f"must be a finite number, not {exc.value}"))
+                )
+        docs.append(doc)
+        if not doc:
+            continue
+        found = annotation_problems(kind, name, doc["metadata"].get("annotations", {}))
+        try:
+            resource = parse_resource(doc)
+        except ValidationError as exc:
+            found += exc.errors
+        if found:
+            problems += [(i, e) for e in found]
+        else:
+            parsed.append((i, resource))
+    return docs, parsed, problems
+
+
+def _validation_status(errors: list[tuple[int, FieldError]]) -> tuple[str, bytes]:
+    """The status message and the ValidationErrors trailer of a refused write, within their
+    budgets: as many errors as fit, the rest counted in `omitted`."""
+    listed = admin_pb2.ValidationErrors()
+    size = 0
+    for i, e in errors:
+        item = admin_pb2.ValidationError(kind=e.kind, name=e.name, index=i, path=e.path, message=e.reason)
+        cost = item.ByteSize() + 4  # tag and length prefix
+        if size + cost > _TRAILER_BYTES:
+            listed.omitted = len(errors) - len(listed.errors)
+            break
+        listed.errors.append(item)
+        size += cost
+    first = str(errors[0][1])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    details = clip(first.encode("ascii", "backslashreplace").decode(), _DETAILS_CHARS - len(more)) + more
+    return details, listed.SerializeToString()
+
+
 def _merge(stored: StoredDoc | None, doc: dict[str, Any], field_manager: str, now: float) -> dict[str, Any]:
     """The request's labels, annotations and spec over the stored server-set fields (the request's
     `meshsec.io/*` annotations, checked equal by `_reserved_annotation_errors`, change nothing)."""
@@ -118,6 +186,23 @@ def _merge(stored: StoredDoc | None, doc: dict[str, Any], field_manager: str, no
     if stored is not None and stored.doc.get("status"):
         merged["status"] = stored.doc["status"]
     return merged
+
+
+class _Page:
+    """A list page ends at `count` items or before `max_bytes`, but always holds one item."""
+
+    def __init__(self, count: int, max_bytes: int) -> None:
+        self._left = count
+        self._max_bytes = max_bytes
+        self._bytes = 0
+
+    def admits(self, item_bytes: int) -> bool:
+        cost = item_bytes + 8  # tag and length prefix
+        if self._left == 0 or (self._bytes and self._bytes + cost > self._max_bytes):
+            return False
+        self._left -= 1
+        self._bytes += cost
+        return True
 
 
 @dataclass(slots=True)
@@ -174,12 +259,7 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         return f"admin/{caller.name}"
 
     async def _fail_validation(self, context: AnyContext, errors: list[tuple[int, FieldError]]) -> None:
-        pb = admin_pb2.ValidationErrors(
-            errors=[
-                admin_pb2.ValidationError(kind=e.kind, name=e.name, index=i, path=e.path, message=e.reason)
-                for i, e in errors
-            ]
-        )
+        details, trailer = _validation_status(errors)
         first = errors[0][1]
         await self._core.events.emit(
             "ValidationFailed",
@@ -188,8 +268,8 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
             f"{len(errors)} problem(s), first: {first}",
             warning=True,
         )
-        context.set_trailing_metadata(((VALIDATION_TRAILER, pb.SerializeToString()),))
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(first))
+        context.set_trailing_metadata(((VALIDATION_TRAILER, trailer),))
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
 
     # --- resources -----------------------------------------------------------------------------
 
@@ -199,18 +279,10 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         context: grpc.aio.ServicerContext[admin_pb2.ApplyRequest, admin_pb2.ApplyResponse],
     ) -> admin_pb2.ApplyResponse:
         await self._admin(context)
-        docs = [resource_to_doc(r) for r in request.resources]
+        docs, parsed, problems = await asyncio.to_thread(_read_request, request)
         where: dict[tuple[str, str], int] = {}
-        problems: list[tuple[int, FieldError]] = []
-        parsed = []
-        for i, doc in enumerate(docs):
-            try:
-                resource = parse_resource(doc)
-            except ValidationError as exc:
-                problems += [(i, e) for e in exc.errors]
-                continue
+        for i, resource in parsed:
             where.setdefault((resource.kind.value, resource.metadata.name), i)
-            parsed.append((i, resource))
         if problems:
             await self._fail_validation(context, problems)
         planned: list[_Planned] = []
@@ -257,24 +329,43 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
             await self._fail_validation(context, [(where.get((e.kind, e.name), 0), e) for e in exc.errors])
         except StoreError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
-        response = admin_pb2.ApplyResponse()
+        warnings = [await self._apply_warnings(p.kind, p.doc) for p in planned]
+        response = self._apply_response(planned, warnings, request.dry_run)
         notes: list[tuple[str, str, str, str]] = []
         for p in planned:
-            stored = state.doc(p.kind, p.name)
-            if request.dry_run or stored is None:
-                result = doc_to_resource(p.doc, stored.mod_revision if stored else 0)
-            else:
-                result = doc_to_resource(stored.doc, stored.mod_revision)
-            response.results.append(
-                admin_pb2.ApplyResult(kind=p.kind.value, name=p.name, action=p.action, resource=result,  # type: ignore[arg-type]
-                                      warnings=await self._apply_warnings(p.kind, p.doc))
-            )
             if not request.dry_run and p.action != admin_pb2.APPLY_ACTION_UNCHANGED:
                 verb = "created" if p.action == admin_pb2.APPLY_ACTION_CREATED else "configured"
                 notes.append(
                     ("Applied", p.kind.value, p.name, f"{verb} by {request.field_manager or 'unknown'}")
                 )
         await self._core.events.emit_many(notes)
+        return response
+
+    def _apply_response(
+        self, planned: list[_Planned], warnings: list[list[str]], dry_run: bool
+    ) -> admin_pb2.ApplyResponse:
+        """Every result's kind, name, action and warnings, and the resources as stored for as many
+        results, in order, as the size budget allows. The summaries alone are smaller than the
+        request that was accepted, so the response fits in the message size every client takes."""
+        state = self._core.state
+        response = admin_pb2.ApplyResponse(
+            results=[
+                admin_pb2.ApplyResult(kind=p.kind.value, name=p.name, action=p.action, warnings=w)  # type: ignore[arg-type]
+                for p, w in zip(planned, warnings, strict=True)
+            ]
+        )
+        size = response.ByteSize()
+        for p, result in zip(planned, response.results, strict=True):
+            stored = state.doc(p.kind, p.name)
+            if dry_run or stored is None:
+                resource = doc_to_resource(p.doc, stored.mod_revision if stored else 0)
+            else:
+                resource = doc_to_resource(stored.doc, stored.mod_revision)
+            cost = resource.ByteSize() + 8  # its tag and length, and the result's longer prefix
+            if size + cost > self._core.settings.max_message_bytes:
+                break  # the rest go without: a client re-reads them with Get
+            result.resource.CopyFrom(resource)
+            size += cost
         return response
 
     async def Delete(
@@ -346,15 +437,17 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         size = request.page_size or DEFAULT_PAGE
         response = admin_pb2.ListResponse()
+        page = _Page(size, self._core.settings.max_message_bytes)
         for name, stored in self._core.state.docs_of(kind):
             if request.page_token and name <= request.page_token:
                 continue
             if not selector.matches(stored.doc.get("metadata", {}).get("labels", {})):
                 continue
-            if len(response.resources) == size:
+            resource = doc_to_resource(stored.doc, stored.mod_revision)
+            if not page.admits(resource.ByteSize()):
                 response.next_page_token = response.resources[-1].metadata.name
                 break
-            response.resources.append(doc_to_resource(stored.doc, stored.mod_revision))
+            response.resources.append(resource)
         return response
 
     # --- tunnels and topology --------------------------------------------------------------------
@@ -475,10 +568,13 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
                 continue
             infos.append(info)
         infos.sort(key=lambda i: i.tunnel_id)
-        size = request.page_size or DEFAULT_PAGE
-        response = admin_pb2.ListTunnelsResponse(tunnels=infos[:size])
-        if len(infos) > size:
-            response.next_page_token = infos[size - 1].tunnel_id
+        response = admin_pb2.ListTunnelsResponse()
+        page = _Page(request.page_size or DEFAULT_PAGE, self._core.settings.max_message_bytes)
+        for info in infos:
+            if not page.admits(info.ByteSize()):
+                response.next_page_token = response.tunnels[-1].tunnel_id
+                break
+            response.tunnels.append(info)
         return response
 
     async def GetTopology(

@@ -29,7 +29,14 @@ from meshsec.controller.ca import CsrError, TokenError, load_csr
 from meshsec.controller.ca.authority import IssuedCertificate
 from meshsec.controller.mesh import PeerKind, Upsert
 from meshsec.controller.resources import API_VERSION, Kind, Node, ValidationError, parse_resource
+from meshsec.controller.resources.errors import clip
 from meshsec.controller.resources.fields import valid_name
+from meshsec.controller.resources.limits import (
+    MAX_AGENT_VERSION,
+    MAX_FACT_ADDRESSES,
+    MAX_HOSTNAME,
+    MAX_KERNEL_VERSION,
+)
 from meshsec.controller.resources.model import LAST_APPLIED_BY
 from meshsec.controller.service.core import Core
 from meshsec.controller.service.state import NodeGone, NodeUpdate, Resync, WritePlan
@@ -134,6 +141,20 @@ def _adopted(
     return {**doc, "metadata": metadata, "status": {**doc.get("status", {}), "phase": "Enrolled"}}
 
 
+def _facts_problem(facts: agent_pb2.NodeFacts) -> str | None:
+    """Any bootstrap-token holder sends these, and they are stored with the Node: bounded."""
+    for field, value, limit in (
+        ("hostname", facts.hostname, MAX_HOSTNAME),
+        ("agent_version", facts.agent_version, MAX_AGENT_VERSION),
+        ("kernel_version", facts.kernel_version, MAX_KERNEL_VERSION),
+    ):
+        if len(value) > limit:
+            return f"facts.{field} has {len(value)} characters; at most {limit}"
+    if len(facts.addresses) > MAX_FACT_ADDRESSES:
+        return f"facts.addresses lists {len(facts.addresses)} addresses; at most {MAX_FACT_ADDRESSES}"
+    return None
+
+
 def _now_rfc3339(now: float) -> str:
     return datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -201,7 +222,12 @@ class AgentApi(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.EnrollResponse:
         core = self._core
         if not valid_name(name):
-            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"node_name {name!r} is not a DNS-1123 name")
+            raise _Refused(
+                grpc.StatusCode.INVALID_ARGUMENT, f"node_name {clip(name, 64)!r} is not a DNS-1123 name"
+            )
+        problem = _facts_problem(request.facts)
+        if problem is not None:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"enrollment rejected: {problem}")
         csr = load_csr(request.csr_pem, name)
         now = time.time()
         token_id = ""

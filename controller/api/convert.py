@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from meshsec.common.secrets import Secret
 from meshsec.controller.mesh import PeerKind as MeshPeerKind
@@ -45,24 +46,61 @@ _DPD = {
 # --- resource documents ----------------------------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
-    """Struct numbers are doubles; whole numbers go back to int so "1" validates as an integer."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+class NonFiniteNumber(ValueError):
+    """A Struct number that is inf or nan: JSON has no such value, so no manifest can hold one."""
+
+    def __init__(self, value: float, path: str = "") -> None:
+        super().__init__(f"{path or 'value'}: {value} is not a finite number")
+        self.value = value
+        self.path = path
+
+    def under(self, key: str | int) -> NonFiniteNumber:
+        """The same error one level up: `key` is where this value sits in its parent."""
+        head = f"[{key}]" if isinstance(key, int) else key
+        rest = self.path
+        path = head if not rest else head + rest if rest.startswith("[") else f"{head}.{rest}"
+        return NonFiniteNumber(self.value, path)
+
+
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise NonFiniteNumber(number)
+        # Struct numbers are doubles; whole numbers go back to int so "1" validates as an integer.
+        return int(number) if number.is_integer() else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        out = []
+        for i, item in enumerate(value.list_value.values):
+            try:
+                out.append(_value(item))
+            except NonFiniteNumber as exc:
+                raise exc.under(i) from None
+        return out
+    return None
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    result: dict[str, Any] = _plain(json_format.MessageToDict(struct))
-    return result
+    """The Struct as plain JSON values; raises NonFiniteNumber (with its path) for inf and nan."""
+    out: dict[str, Any] = {}
+    for key, item in struct.fields.items():
+        try:
+            out[key] = _value(item)
+        except NonFiniteNumber as exc:
+            raise exc.under(key) from None
+    return out
 
 
 def resource_to_doc(resource: common_pb2.Resource) -> dict[str, Any]:
-    """The manifest as a user wrote it (status dropped: it is controller-owned)."""
+    """The manifest as a user wrote it (status dropped: it is controller-owned); NonFiniteNumber
+    (path from the resource's root, "spec....") for an inf or nan in the spec."""
     meta = resource.metadata
     metadata: dict[str, Any] = {"name": meta.name}
     if meta.labels:
@@ -73,8 +111,15 @@ def resource_to_doc(resource: common_pb2.Resource) -> dict[str, Any]:
         "apiVersion": resource.api_version,
         "kind": resource.kind,
         "metadata": metadata,
-        "spec": struct_to_dict(resource.spec),
+        "spec": _spec(resource.spec),
     }
+
+
+def _spec(spec: struct_pb2.Struct) -> dict[str, Any]:
+    try:
+        return struct_to_dict(spec)
+    except NonFiniteNumber as exc:
+        raise exc.under("spec") from None
 
 
 def doc_to_resource(doc: Mapping[str, Any], resource_version: int) -> common_pb2.Resource:

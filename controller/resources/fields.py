@@ -14,9 +14,12 @@ from typing import TypeVar
 
 from meshsec.controller.resources.errors import FieldError
 from meshsec.controller.resources.model import Address, Prefix
+from meshsec.controller.resources.overlap import prefix_order
 from meshsec.controller.resources.selector import LabelSelector, Operator, Requirement
 
 _E = TypeVar("_E", bound=Enum)
+
+MAX_LABEL_VALUE = 63  # characters, as Kubernetes (docs/resources.md, "Limits")
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -126,7 +129,7 @@ class Fields:
                 out.append(ip_network(str(item), strict=True))
             except ValueError as exc:
                 self._error_at(path, f"invalid CIDR {item!r}: {exc}")
-        return tuple(sorted(set(out), key=_prefix_order))
+        return tuple(sorted(set(out), key=prefix_order))
 
     def addresses(self, key: str) -> tuple[Address, ...]:
         out: list[Address] = []
@@ -192,7 +195,9 @@ class Fields:
             path = _join(self.at(key), str(k))
             if not isinstance(k, str) or not valid_label_key(k):
                 self._error_at(path, "invalid label key")
-            elif not isinstance(v, str) or (v and not _LABEL_NAME.match(v)) or len(v) > 63:
+            elif isinstance(v, str) and len(v) > MAX_LABEL_VALUE:
+                self._error_at(path, f"label value of {len(v)} characters; at most {MAX_LABEL_VALUE}")
+            elif not isinstance(v, str) or (v and not _LABEL_NAME.match(v)):
                 self._error_at(path, f"invalid label value {v!r}")
             else:
                 out[k] = v
@@ -215,7 +220,3 @@ def parse_address(text: str) -> Address | None:
         return ip_address(text)
     except ValueError:
         return None
-
-
-def _prefix_order(prefix: Prefix) -> tuple[int, int, int]:
-    return prefix.version, int(prefix.network_address), prefix.prefixlen

@@ -42,6 +42,7 @@ from meshsec.controller.resources.model import (
     Status,
     Topology,
 )
+from meshsec.controller.resources.overlap import nested_pairs
 
 _KINDS = {k.value: k for k in Kind}
 
@@ -148,10 +149,8 @@ def _node_status(f: Fields) -> NodeStatus:
 def _site_spec(f: Fields) -> SiteSpec:
     f.only("prefixes", "gatewaySelector")
     prefixes = f.prefixes("prefixes", required=True)
-    for i, a in enumerate(prefixes):
-        for b in prefixes[i + 1 :]:
-            if a.version == b.version and a.overlaps(b):
-                f.error("prefixes", f"{a} overlaps {b}")
+    for a, b in nested_pairs(prefixes):
+        f.error("prefixes", f"{a} overlaps {b}")
     return SiteSpec(prefixes, f.selector("gatewaySelector"))
 
 

@@ -2,7 +2,8 @@
 
 An event's sequence is the store revision that created it (times 1024, plus its position when
 one transaction wrote several), which increases across the whole controller cluster.
-Retention is by age and count; the leader prunes (`prune`).
+Retention is by age and count; the leader prunes (`prune`). Each event's fields are cut to a
+fixed size, so retention bounds the bytes as well.
 """
 
 from __future__ import annotations
@@ -14,12 +15,17 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Collection
 
+from meshsec.controller.resources.errors import clip
 from meshsec.controller.store import CompactedError, EventType, KeyValue, Put, Store, StoreError
 from meshsec.v1 import admin_pb2, common_pb2
 
 log = logging.getLogger(__name__)
 
 _EVENTS_PER_TXN = 500
+# An event repeats at most this much of what it is about (a refused Apply's problem, a name):
+# events are kept in the store and replayed to every watcher, so their size must not follow input.
+MAX_MESSAGE_CHARS = 1024
+MAX_NAME_CHARS = 253
 
 
 def _event(raw: bytes, sequence: int) -> admin_pb2.Event:
@@ -73,9 +79,9 @@ class EventLog:
                 "time_ns": now,
                 "type": admin_pb2.EVENT_TYPE_WARNING if warning else admin_pb2.EVENT_TYPE_NORMAL,
                 "reason": reason,
-                "kind": kind,
-                "name": name,
-                "message": message,
+                "kind": clip(kind, MAX_NAME_CHARS),
+                "name": clip(name, MAX_NAME_CHARS),
+                "message": clip(message, MAX_MESSAGE_CHARS),
                 "source": source or self._source,
             }
             # Keys sort in write order within a transaction: that order numbers them (see _sequence).

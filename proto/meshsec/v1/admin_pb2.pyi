@@ -77,10 +77,12 @@ class ValidationError(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., index: _Optional[int] = ..., path: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ValidationErrors(_message.Message):
-    __slots__ = ("errors",)
+    __slots__ = ("errors", "omitted")
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    OMITTED_FIELD_NUMBER: _ClassVar[int]
     errors: _containers.RepeatedCompositeFieldContainer[ValidationError]
-    def __init__(self, errors: _Optional[_Iterable[_Union[ValidationError, _Mapping]]] = ...) -> None: ...
+    omitted: int
+    def __init__(self, errors: _Optional[_Iterable[_Union[ValidationError, _Mapping]]] = ..., omitted: _Optional[int] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("kind", "name", "resource_version", "dry_run")
