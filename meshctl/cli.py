@@ -10,7 +10,7 @@ from typing import TextIO
 
 from meshsec.common.cli_args import uint32
 from meshsec.common.version import describe as describe_version
-from meshsec.meshctl import admins, commands, config, config_commands, secrets
+from meshsec.meshctl import admins, commands, completion, config, config_commands, day2, secrets
 from meshsec.meshctl.client import ENV_CONTROLLER, AdminClient
 from meshsec.meshctl.config import ENV_CONFIG
 from meshsec.meshctl.errors import EXIT_OK, MeshctlError, UsageError
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", default="", help="tunnels: only those touching this site")
     p.add_argument("--policy", default="", help="tunnels: only those from this policy")
     p.add_argument("--state", default="", help="tunnels: established|connecting|failed|down|...")
+    day2.add_watch_arguments(p)
 
     p = sub.add_parser("describe", help="one object in detail: status, tunnels, recent events, last errors")
     p.add_argument("kind", metavar="KIND")
@@ -102,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     secrets.add_parser(sub, _Parser)
     admins.add_parser(sub, _Parser)
     config_commands.add_parser(sub, _Parser)
+    day2.add_parsers(sub, _Parser)
+    completion.add_parser(sub, _Parser)
 
     p = sub.add_parser("version", help="meshctl's version and, when reachable, the controller's")
     p.add_argument("--client", action="store_true", help="only meshctl's own version, no controller call")
@@ -156,7 +159,10 @@ def report(error: MeshctlError, stream: TextIO) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command == "completion":  # needs no controller
+            return completion.completion(args, parser, sys.stdout)
         if args.command == "lab":
             from meshsec.meshctl.lab.commands import run_lab  # the lab needs root tools; load on demand
 

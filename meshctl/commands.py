@@ -13,7 +13,7 @@ from google.protobuf import timestamp_pb2
 
 from meshsec.common.api import missing_psk_warning
 from meshsec.common.version import VERSION
-from meshsec.meshctl import admins, manifest, secrets
+from meshsec.meshctl import admins, day2, manifest, secrets
 from meshsec.meshctl.client import AdminClient
 from meshsec.meshctl.config import MeshConfig, config_path
 from meshsec.meshctl.convert import message_to_dict, resource_to_dict, struct_to_dict
@@ -22,7 +22,7 @@ from meshsec.meshctl.errors import EXIT_OK, EXIT_USER, MeshctlError, UsageError,
 from meshsec.meshctl.events import EVENT_COLUMNS, event_json, event_line, event_row
 from meshsec.meshctl.kinds import GATEWAY, NODE, POLICY, SITE, Kind, is_tunnel, resource_kind
 from meshsec.meshctl.printable import printable
-from meshsec.meshctl.table import print_table
+from meshsec.meshctl.table import Cell, Column, print_table
 from meshsec.meshctl.topology import to_dot, write_svg
 from meshsec.meshctl.views import (
     dump,
@@ -54,6 +54,8 @@ def dispatch(args: argparse.Namespace, client: AdminClient, out: TextIO | None =
         "secret": secrets.secret,
         "version": version,
         "admin": lambda a, c, o: admins.admin(a, c, o, MeshConfig.load(config_path(a.config))),
+        "diagnose": day2.diagnose,
+        "wait": day2.wait,
     }
     return handlers[args.command](args, client, out or sys.stdout)
 
@@ -127,17 +129,14 @@ def _topology_or_none(client: AdminClient) -> admin_pb2.Topology | None:
 
 
 def get(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
+    if getattr(args, "watch", False):
+        return get_watch(args, client, out)
     if is_tunnel(args.kind):
         return get_tunnels(args, client, out)
     if secrets.is_secret(args.kind):
         return secrets.get_secrets(args, client, out)
     kind = resource_kind(args.kind)
-    if args.names:
-        if args.selector:
-            raise UsageError("a label selector cannot be combined with names")
-        resources = [client.get(kind.name, name) for name in args.names]
-    else:
-        resources = client.list_resources(kind.name, args.selector)
+    resources = _resources(args, client, kind)
     if args.output in ("json", "yaml"):
         out.write(dump(resource_document(resources, single=len(args.names) == 1), args.output))
         return EXIT_OK
@@ -151,6 +150,42 @@ def get(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _resources(args: argparse.Namespace, client: AdminClient, kind: Kind) -> list[common_pb2.Resource]:
+    if args.names:
+        if args.selector:
+            raise UsageError("a label selector cannot be combined with names")
+        return [client.get(kind.name, name) for name in args.names]
+    return client.list_resources(kind.name, args.selector)
+
+
+def get_watch(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
+    if args.output not in ("table", "wide"):
+        raise UsageError(
+            "--watch prints tables (-o table or wide)", hint="`meshctl events -w -o json` for scripts"
+        )
+    wide = args.output == "wide"
+    if is_tunnel(args.kind):
+
+        def snapshot() -> tuple[list[Column], dict[str, list[Cell]]]:
+            rows = {t.tunnel_id: tunnel_row(t, wide=wide) for t in _tunnels(args, client)}
+            return tunnel_columns(wide), rows
+
+    else:
+        if secrets.is_secret(args.kind):
+            raise UsageError("secrets cannot be watched")
+        kind = resource_kind(args.kind)
+
+        def snapshot() -> tuple[list[Column], dict[str, list[Cell]]]:
+            live = _topology_or_none(client) if kind in (SITE, NODE) else None
+            rows = {
+                r.metadata.name: resource_row(kind, r, wide=wide, topology=live)
+                for r in _resources(args, client, kind)
+            }
+            return resource_columns(kind, wide), rows
+
+    return day2.watch(snapshot, out, interval=args.interval, timeout=args.watch_timeout)
+
+
 def tunnel_state(text: str) -> common_pb2.TunnelState:
     if not text:
         return common_pb2.TUNNEL_STATE_UNSPECIFIED
@@ -162,6 +197,19 @@ def tunnel_state(text: str) -> common_pb2.TunnelState:
 
 
 def get_tunnels(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
+    tunnels = _tunnels(args, client)
+    if args.output in ("json", "yaml"):
+        out.write(dump(tunnel_document(tunnels, single=len(args.names) == 1), args.output))
+        return EXIT_OK
+    if not tunnels:
+        sys.stderr.write("No tunnels found.\n")
+        return EXIT_OK
+    wide = args.output == "wide"
+    print_table(tunnel_columns(wide), [tunnel_row(t, wide=wide) for t in tunnels], out)
+    return EXIT_OK
+
+
+def _tunnels(args: argparse.Namespace, client: AdminClient) -> list[admin_pb2.TunnelInfo]:
     if args.selector:
         raise UsageError("tunnels have no labels; filter with --node, --site, --policy or --state")
     request = admin_pb2.ListTunnelsRequest(
@@ -177,15 +225,7 @@ def get_tunnels(args: argparse.Namespace, client: AdminClient, out: TextIO) -> i
                 hint="`meshctl get tunnels -o wide` lists tunnel ids",
             )
         tunnels = [t for t in tunnels if t.tunnel_id in wanted]
-    if args.output in ("json", "yaml"):
-        out.write(dump(tunnel_document(tunnels, single=len(args.names) == 1), args.output))
-        return EXIT_OK
-    if not tunnels:
-        sys.stderr.write("No tunnels found.\n")
-        return EXIT_OK
-    wide = args.output == "wide"
-    print_table(tunnel_columns(wide), [tunnel_row(t, wide=wide) for t in tunnels], out)
-    return EXIT_OK
+    return tunnels
 
 
 def recent_events(client: AdminClient, *, name: str = "", kinds: Sequence[str] = ()) -> list[admin_pb2.Event]:

@@ -194,6 +194,8 @@ class Capabilities:
     udp_encapsulation: bool
     xfrm_interfaces: bool = False
     notes: tuple[str, ...] = ()
+    # The underlay MTU tunnelled packets are sized for; 0: each route's interface MTU (kernel).
+    path_mtu: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -282,6 +282,10 @@ class NodeAgent:
         started = timestamp(self.started_at)
         assert started is not None
         status.started_at.CopyFrom(started)
+        if caps is not None:
+            status.dataplane_path_mtu = caps.path_mtu
+        if self.session is not None:
+            status.certificate_not_after.FromDatetime(self.session.creds.certificate.not_valid_after_utc)
         return status
 
     async def _tunnel_statuses(self) -> list[agent_pb2.TunnelStatus]:

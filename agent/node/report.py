@@ -16,6 +16,7 @@ from meshsec.agent.ike.constants import DhId, EncrId, IntegId, PrfId, ProtocolId
 from meshsec.agent.ike.events import Algorithms
 from meshsec.agent.ike.sa import ChildState
 from meshsec.agent.ike.ts import Ts
+from meshsec.agent.node.pathmtu import PathMtu
 from meshsec.agent.node.reconciler import Reconciler
 from meshsec.v1 import agent_pb2, common_pb2
 
@@ -84,13 +85,18 @@ class ReportBuilder:
         self.peer_names: dict[str, str] = {}  # tunnel_id -> DesiredTunnel.peer_name
         self._last: dict[str, bytes] = {}  # tunnel_id -> status without updated_at
         self._updated: dict[str, float] = {}
+        self.path_mtu = PathMtu()
 
     async def tunnels(self) -> list[agent_pb2.TunnelStatus]:
         groups = self.reconciler.sas_by_tunnel()
         out = []
         ids = sorted(set(self.reconciler.plans) | set(self.reconciler.invalid))
-        for tid in ids:
-            status = await self._tunnel(tid, groups.get(tid, []))
+        statuses = [await self._tunnel(tid, groups.get(tid, [])) for tid in ids]
+        peers = {s.tunnel_id: self._peer_address(s) for s in statuses}
+        mtus = await self.path_mtu.lookup(a for a in peers.values() if a)
+        for status in statuses:
+            tid = status.tunnel_id
+            status.path_mtu = mtus.get(peers[tid], 0)
             key = status.SerializeToString(deterministic=True)
             if self._last.get(tid) != key:
                 self._last[tid] = key
@@ -103,6 +109,13 @@ class ReportBuilder:
             self._last.pop(gone, None)
             self._updated.pop(gone, None)
         return out
+
+    def _peer_address(self, status: agent_pb2.TunnelStatus) -> str:
+        """The endpoint in use, else the first one the tunnel would try."""
+        if status.ike_sa.remote_endpoint.address:
+            return status.ike_sa.remote_endpoint.address
+        plan = self.reconciler.plans.get(status.tunnel_id)
+        return plan.remotes[0] if plan is not None and plan.remotes else ""
 
     async def _tunnel(self, tid: str, records: list[SaRecord]) -> agent_pb2.TunnelStatus:
         rec = self.reconciler

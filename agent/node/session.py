@@ -178,6 +178,7 @@ class Session:
             received_version=self.received_version,
             reconciled_version=self.reconciled(),
         )
+        report.sent_at.GetCurrentTime()
         try:
             ack = await stub.ReportStatus(report, timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError:

@@ -611,6 +611,9 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
                 if report.node is not None:
                     item.dataplane_backend = report.node.dataplane_backend
                     item.agent_version = report.node.facts.agent_version
+                    item.status.CopyFrom(report.node)
+                if report.sent_at is not None:
+                    item.agent_clock.FromNanoseconds(int(report.sent_at * 1e9))
             topology.nodes.append(item)
         for eg in index.all_external_gateways():
             if request.site and request.site not in eg.spec.sites:

@@ -50,6 +50,8 @@ class NodeReport:
     # The node's slice version at which every id in `tunnels` was checked against its desired
     # state (0: never). Slice versions are store revisions, alike on every replica, so it is stored.
     checked_version: int = 0
+    # The agent's clock when it sent the report (StatusReport.sent_at), seconds; None: not sent.
+    sent_at: float | None = None
 
     def encode(self) -> bytes:
         report = agent_pb2.StatusReport(
@@ -61,6 +63,8 @@ class NodeReport:
             received_version=self.received_version,
             reconciled_version=self.reconciled_version,
         )
+        if self.sent_at is not None:
+            report.sent_at.FromNanoseconds(int(self.sent_at * 1e9))
         return json.dumps(
             {
                 "at": self.reported_at,
@@ -82,7 +86,12 @@ class NodeReport:
             report.received_version,
             report.reconciled_version,
             int(doc.get("checked", 0)),
+            _sent_at(report),
         )
+
+
+def _sent_at(report: agent_pb2.StatusReport) -> float | None:
+    return report.sent_at.ToNanoseconds() / 1e9 if report.HasField("sent_at") else None
 
 
 def _state_key(status: agent_pb2.TunnelStatus | None) -> int:
@@ -189,6 +198,7 @@ class StatusBook:
             max(report.received_version, current.received_version if same_instance and current else 0),
             report.reconciled_version,
             checked,
+            _sent_at(report),
         )
         self._reports[node] = updated
         if node in self._lost:

@@ -70,7 +70,7 @@ class MeshLab:
     def admin_socket(self) -> Path:
         return self.ctl_dir / "admin.sock"
 
-    def start_controller(self) -> None:
+    def start_controller(self, *extra: str) -> None:
         self.ctl_dir.mkdir(exist_ok=True)
         with self._suppress_missing():
             self.admin_socket.unlink()
@@ -78,7 +78,7 @@ class MeshLab:
             [str(BIN / "meshsec-controller"), "--data-dir", str(self.ctl_dir),
              "--listen", f"{CTL_ADDR}:7443", "--bootstrap-listen", f"{CTL_ADDR}:7444",
              "--admin-socket", str(self.admin_socket), "--metrics", "", "--status-interval", "5",
-             "--replica", "ctl"],
+             "--replica", "ctl", *extra],
             log=self.work / "controller.log",
         )  # fmt: skip
         wait_for(
@@ -143,7 +143,7 @@ class MeshLab:
 
     # ------------------------------------------------------------------ nodes and agents
 
-    def add_node(self, n: int) -> str:
+    def add_node(self, n: int, before_agent: Callable[[Host], None] | None = None) -> str:
         name = f"n{n}"
         self.apply(
             resource("Site", f"s{n}", {"prefixes": [f"198.19.{n}.0/24"],
@@ -157,6 +157,8 @@ class MeshLab:
         token_file = self.work / f"{name}.token"
         token_file.write_text(self.token(name, f"s{n}") + "\n")
         os.chmod(token_file, 0o600)
+        if before_agent is not None:
+            before_agent(host)
         self.start_agent(name)
         return name
 

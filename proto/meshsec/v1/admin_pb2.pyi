@@ -311,7 +311,7 @@ class TopologySite(_message.Message):
     def __init__(self, name: _Optional[str] = ..., prefixes: _Optional[_Iterable[str]] = ..., gateways: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class TopologyNode(_message.Message):
-    __slots__ = ("name", "site", "endpoints", "online", "last_seen", "dataplane_backend", "agent_version")
+    __slots__ = ("name", "site", "endpoints", "online", "last_seen", "dataplane_backend", "agent_version", "status", "agent_clock")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
@@ -319,6 +319,8 @@ class TopologyNode(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     DATAPLANE_BACKEND_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_CLOCK_FIELD_NUMBER: _ClassVar[int]
     name: str
     site: str
     endpoints: _containers.RepeatedCompositeFieldContainer[_common_pb2.Endpoint]
@@ -326,7 +328,9 @@ class TopologyNode(_message.Message):
     last_seen: _timestamp_pb2.Timestamp
     dataplane_backend: _agent_pb2.DataplaneBackend
     agent_version: str
-    def __init__(self, name: _Optional[str] = ..., site: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[_common_pb2.Endpoint, _Mapping]]] = ..., online: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataplane_backend: _Optional[_Union[_agent_pb2.DataplaneBackend, str]] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    status: _agent_pb2.NodeStatus
+    agent_clock: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., site: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[_common_pb2.Endpoint, _Mapping]]] = ..., online: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataplane_backend: _Optional[_Union[_agent_pb2.DataplaneBackend, str]] = ..., agent_version: _Optional[str] = ..., status: _Optional[_Union[_agent_pb2.NodeStatus, _Mapping]] = ..., agent_clock: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TopologyGateway(_message.Message):
     __slots__ = ("name", "endpoint", "prefixes")

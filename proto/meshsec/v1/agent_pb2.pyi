@@ -227,7 +227,7 @@ class ChildConfig(_message.Message):
     def __init__(self, name: _Optional[str] = ..., local_ts: _Optional[_Iterable[_Union[_common_pb2.TrafficSelector, _Mapping]]] = ..., remote_ts: _Optional[_Iterable[_Union[_common_pb2.TrafficSelector, _Mapping]]] = ..., mode: _Optional[_Union[_common_pb2.Mode, str]] = ..., protocol: _Optional[_Union[_common_pb2.IpsecProtocol, str]] = ..., lifetimes: _Optional[_Union[_common_pb2.Lifetimes, _Mapping]] = ..., start_action: _Optional[_Union[_common_pb2.StartAction, str]] = ...) -> None: ...
 
 class StatusReport(_message.Message):
-    __slots__ = ("node_name", "agent_instance_id", "seq", "full", "node", "tunnels", "removed_tunnel_ids", "received_version", "reconciled_version")
+    __slots__ = ("node_name", "agent_instance_id", "seq", "full", "node", "tunnels", "removed_tunnel_ids", "received_version", "reconciled_version", "sent_at")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +237,7 @@ class StatusReport(_message.Message):
     REMOVED_TUNNEL_IDS_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_VERSION_FIELD_NUMBER: _ClassVar[int]
     RECONCILED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     agent_instance_id: str
     seq: int
@@ -246,22 +247,27 @@ class StatusReport(_message.Message):
     removed_tunnel_ids: _containers.RepeatedScalarFieldContainer[str]
     received_version: int
     reconciled_version: int
-    def __init__(self, node_name: _Optional[str] = ..., agent_instance_id: _Optional[str] = ..., seq: _Optional[int] = ..., full: _Optional[bool] = ..., node: _Optional[_Union[NodeStatus, _Mapping]] = ..., tunnels: _Optional[_Iterable[_Union[TunnelStatus, _Mapping]]] = ..., removed_tunnel_ids: _Optional[_Iterable[str]] = ..., received_version: _Optional[int] = ..., reconciled_version: _Optional[int] = ...) -> None: ...
+    sent_at: _timestamp_pb2.Timestamp
+    def __init__(self, node_name: _Optional[str] = ..., agent_instance_id: _Optional[str] = ..., seq: _Optional[int] = ..., full: _Optional[bool] = ..., node: _Optional[_Union[NodeStatus, _Mapping]] = ..., tunnels: _Optional[_Iterable[_Union[TunnelStatus, _Mapping]]] = ..., removed_tunnel_ids: _Optional[_Iterable[str]] = ..., received_version: _Optional[int] = ..., reconciled_version: _Optional[int] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("dataplane_backend", "facts", "nat_addresses", "started_at")
+    __slots__ = ("dataplane_backend", "facts", "nat_addresses", "started_at", "certificate_not_after", "dataplane_path_mtu")
     DATAPLANE_BACKEND_FIELD_NUMBER: _ClassVar[int]
     FACTS_FIELD_NUMBER: _ClassVar[int]
     NAT_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    DATAPLANE_PATH_MTU_FIELD_NUMBER: _ClassVar[int]
     dataplane_backend: DataplaneBackend
     facts: NodeFacts
     nat_addresses: _containers.RepeatedCompositeFieldContainer[_common_pb2.Endpoint]
     started_at: _timestamp_pb2.Timestamp
-    def __init__(self, dataplane_backend: _Optional[_Union[DataplaneBackend, str]] = ..., facts: _Optional[_Union[NodeFacts, _Mapping]] = ..., nat_addresses: _Optional[_Iterable[_Union[_common_pb2.Endpoint, _Mapping]]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    certificate_not_after: _timestamp_pb2.Timestamp
+    dataplane_path_mtu: int
+    def __init__(self, dataplane_backend: _Optional[_Union[DataplaneBackend, str]] = ..., facts: _Optional[_Union[NodeFacts, _Mapping]] = ..., nat_addresses: _Optional[_Iterable[_Union[_common_pb2.Endpoint, _Mapping]]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., certificate_not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataplane_path_mtu: _Optional[int] = ...) -> None: ...
 
 class TunnelStatus(_message.Message):
-    __slots__ = ("tunnel_id", "peer_name", "state", "ike_sa", "child_sas", "last_error", "peer_reachable", "updated_at")
+    __slots__ = ("tunnel_id", "peer_name", "state", "ike_sa", "child_sas", "last_error", "peer_reachable", "updated_at", "path_mtu")
     TUNNEL_ID_FIELD_NUMBER: _ClassVar[int]
     PEER_NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -270,6 +276,7 @@ class TunnelStatus(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     PEER_REACHABLE_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    PATH_MTU_FIELD_NUMBER: _ClassVar[int]
     tunnel_id: str
     peer_name: str
     state: _common_pb2.TunnelState
@@ -278,7 +285,8 @@ class TunnelStatus(_message.Message):
     last_error: _common_pb2.ErrorInfo
     peer_reachable: bool
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, tunnel_id: _Optional[str] = ..., peer_name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TunnelState, str]] = ..., ike_sa: _Optional[_Union[IkeSaStatus, _Mapping]] = ..., child_sas: _Optional[_Iterable[_Union[ChildSaStatus, _Mapping]]] = ..., last_error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., peer_reachable: _Optional[bool] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    path_mtu: int
+    def __init__(self, tunnel_id: _Optional[str] = ..., peer_name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TunnelState, str]] = ..., ike_sa: _Optional[_Union[IkeSaStatus, _Mapping]] = ..., child_sas: _Optional[_Iterable[_Union[ChildSaStatus, _Mapping]]] = ..., last_error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., peer_reachable: _Optional[bool] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., path_mtu: _Optional[int] = ...) -> None: ...
 
 class IkeSaStatus(_message.Message):
     __slots__ = ("spi_initiator", "spi_responder", "initiator", "local_endpoint", "remote_endpoint", "nat_detected", "encryption_algorithm", "integrity_algorithm", "prf_algorithm", "dh_group", "established_at", "last_rekey_at")
