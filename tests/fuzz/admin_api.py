@@ -36,6 +36,7 @@ METHODS: tuple[tuple[str, type[Message]], ...] = (
     ("PutSecret", admin_pb2.PutSecretRequest),
     ("DeleteSecret", admin_pb2.DeleteSecretRequest),
     ("ListSecrets", admin_pb2.ListSecretsRequest),
+    ("GetVersion", admin_pb2.GetVersionRequest),
 )
 MAX_LEN = 4096
 
@@ -124,3 +125,4 @@ def seeds() -> Iterator[tuple[str, bytes]]:
     yield seed("PutSecret", admin_pb2.PutSecretRequest(name="mesh-psk", value=b"0123456789abcdef" * 2))
     yield seed("DeleteSecret", admin_pb2.DeleteSecretRequest(name="mesh-psk"))
     yield seed("ListSecrets", admin_pb2.ListSecretsRequest())
+    yield seed("GetVersion", admin_pb2.GetVersionRequest())
