@@ -23,7 +23,8 @@ def make() -> Callable[[bytes], None]:
         except ValidationError:
             return
         except RecursionError:
-            # TODO(issue 18 item 5, fixed on another branch): YAML nesting depth is not limited yet.
+            # TODO(issue 18, meshctl YAML depth/alias limits; fixed on another branch): nesting depth
+            # is not limited yet, so deep YAML recurses until Python stops it. Remove once merged.
             return
         for node in index.nodes():
             index.desired_tunnels(node)
