@@ -37,6 +37,9 @@ METHODS: tuple[tuple[str, type[Message]], ...] = (
     ("DeleteSecret", admin_pb2.DeleteSecretRequest),
     ("ListSecrets", admin_pb2.ListSecretsRequest),
     ("GetVersion", admin_pb2.GetVersionRequest),
+    ("IssueAdminCertificate", admin_pb2.IssueAdminCertificateRequest),
+    ("ListAdminCertificates", admin_pb2.ListAdminCertificatesRequest),
+    ("RevokeAdminCertificates", admin_pb2.RevokeAdminCertificatesRequest),
 )
 MAX_LEN = 4096
 
@@ -126,3 +129,4 @@ def seeds() -> Iterator[tuple[str, bytes]]:
     yield seed("DeleteSecret", admin_pb2.DeleteSecretRequest(name="mesh-psk"))
     yield seed("ListSecrets", admin_pb2.ListSecretsRequest())
     yield seed("GetVersion", admin_pb2.GetVersionRequest())
+    yield seed("ListAdminCertificates", admin_pb2.ListAdminCertificatesRequest())
