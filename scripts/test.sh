@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: install, check generated code, lint, type-check, test,
-# then the kernel lane (ESP on a real kernel under qemu).
+# a bounded fuzz pass (docs/reliability.md), then the kernel lane (ESP on a real kernel under qemu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -14,6 +14,8 @@ echo "== mypy (strict)"
 PYTHON="$PWD/.venv/bin/python" bash .ci/typecheck
 echo "== pytest"
 python -m pytest -q -p no:cacheprovider "$@"
+echo "== fuzz (bounded)"
+bash .ci/fuzz --seconds "${MESHSEC_FUZZ_SECONDS:-20}"
 if [ -x .ci/kernel-lane ]; then
     echo "== kernel lane (qemu, ESP-capable kernel)"
     bash .ci/kernel-lane --venv "$PWD/.venv"

@@ -30,8 +30,12 @@ class SkProtection:
         self._icv = 0 if cipher.aead else (integ.icv_size if integ else 0)
 
     def seal(self, header: Header, payloads: Sequence[Payload], rnd: Random) -> bytes:
-        inner = build_chain(payloads)
         first = int(payloads[0].payload_type) if payloads else PayloadType.NONE
+        return self.seal_encoded(header, first, build_chain(payloads), rnd)
+
+    def seal_encoded(self, header: Header, first: int, inner: bytes, rnd: Random) -> bytes:
+        """An SK message around an already encoded inner chain whose first payload is `first`
+        (tests and fuzzers seal chains the builder would refuse to produce)."""
         return self._seal(header, PayloadType.SK, first, b"", inner, rnd)
 
     def overhead(self) -> int:

@@ -132,17 +132,9 @@ def test_authenticated_malformed_inner_payload_gets_invalid_syntax() -> None:
 
 
 def _seal_raw(sa: IkeSa, hdr: Header, first: int, inner: bytes) -> bytes:
-    """Seals arbitrary inner bytes (the builder cannot produce malformed payloads) by swapping
-    the chain encoder SkProtection uses for this one call."""
-    from meshsec.agent.ike import protect
-
+    """Seals arbitrary inner bytes (the builder cannot produce malformed payloads)."""
     assert sa.protection is not None
-    original = protect.build_chain
-    try:
-        protect.build_chain = lambda payloads, trailing=0: inner  # type: ignore[assignment]
-        return sa.protection.seal(hdr, [UnknownPayload(first, False, b"")], sa.rnd)
-    finally:
-        protect.build_chain = original
+    return sa.protection.seal_encoded(hdr, first, inner, sa.rnd)
 
 
 def test_init_with_unknown_critical_payload_is_answered_statelessly() -> None:
