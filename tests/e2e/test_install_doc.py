@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -137,7 +138,7 @@ def _wheelhouse(where: Path, cache: Path) -> Path:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     for role in ("controller", "agent"):
         lock = REPO / "requirements" / f"{role}.txt"
-        argv = [str(REPO / ".venv" / "bin" / "python"), "-m", "pip", "download", "-q", "--cache-dir", str(cache),
+        argv = [sys.executable, "-m", "pip", "download", "-q", "--cache-dir", str(cache),
                 "--require-hashes", "-r", str(lock), "-d", str(where)]  # fmt: skip
         result = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env, check=False)
         assert result.returncode == 0, result.stderr
