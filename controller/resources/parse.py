@@ -7,6 +7,7 @@ from ipaddress import ip_network
 
 import yaml
 
+from meshsec.common import safeyaml
 from meshsec.controller.resources.algorithms import ProposalKind
 from meshsec.controller.resources.cloud import PROFILES
 from meshsec.controller.resources.crypto import parse_crypto
@@ -71,9 +72,11 @@ def parse_resources(docs: Iterable[object]) -> list[Resource]:
 
 
 def load_yaml(text: str) -> list[Resource]:
-    """Parses a multi-document YAML stream (``meshctl apply -f``); empty documents are skipped."""
+    """Parses a multi-document YAML stream (``meshctl apply -f``); empty documents are skipped.
+    Size, nesting and alias expansion are bounded (common/safeyaml.py), so hostile YAML is a
+    validation error, not a RecursionError or a hang."""
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in safeyaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         raise ValidationError([FieldError("YAML", "", "", str(exc).replace("\n", " "))]) from exc
     return parse_resources(docs)

@@ -308,3 +308,18 @@ def test_canonical_manifest_round_trips() -> None:
         manifest = to_manifest(resource)
         assert parse_resource(manifest) == resource
         assert to_manifest(parse_resource(manifest)) == manifest
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: " + "[" * 20_000 + "]" * 20_000,  # nesting Python's recursion limit cannot follow
+        "a: &x [*x]",  # an alias inside its own anchor
+        'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+        + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)),
+    ],
+    ids=["deep", "self-alias", "billion-laughs"],
+)
+def test_hostile_yaml_is_a_validation_error(text: str) -> None:
+    with pytest.raises(ValidationError, match="YAML"):
+        load_yaml(text)

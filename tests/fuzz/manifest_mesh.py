@@ -22,10 +22,6 @@ def make() -> Callable[[bytes], None]:
             index.apply([Upsert(r) for r in resources])
         except ValidationError:
             return
-        except RecursionError:
-            # TODO(issue 18, meshctl YAML depth/alias limits; fixed on another branch): nesting depth
-            # is not limited yet, so deep YAML recurses until Python stops it. Remove once merged.
-            return
         for node in index.nodes():
             index.desired_tunnels(node)
 
