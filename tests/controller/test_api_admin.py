@@ -22,6 +22,7 @@ from tests.controller.ctl_harness import (
     admin_mtls_channel,
     admin_stub,
     apply,
+    core_of,
     join,
     running_controller,
     to_resource,
