@@ -22,6 +22,7 @@ from typing import Any
 from meshsec.agent.node.statedir import STATUS_SOCKET
 from meshsec.agent.standalone.config import DEFAULT_STATUS_SOCKET, ConfigError, load_config, world_readable
 from meshsec.common.extras import require as require_extra
+from meshsec.common.logging import add_log_format_argument
 from meshsec.common.logging import configure as configure_logging
 from meshsec.common.version import describe as describe_version
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--config", type=Path, metavar="FILE", help="run standalone from a YAML file")
     parser.add_argument("--check", action="store_true", help="with --config: validate the file and exit")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
+    add_log_format_argument(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     status = sub.add_parser("status", help="show the IKE and CHILD SAs of a running agent")
     where = status.add_mutually_exclusive_group()
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics here")
     run.add_argument("--responder-grace", type=float, default=10.0, help=argparse.SUPPRESS)
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    add_log_format_argument(run)
     return parser
 
 
@@ -95,7 +98,7 @@ def run_connected(args: argparse.Namespace) -> int:
     from meshsec.agent.node.agent import NodeAgentConfig, run
     from meshsec.agent.node.credentials import EnrollmentError
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, log_format=args.log_format)
     config = NodeAgentConfig(
         controller=args.controller,
         node=args.node,
@@ -127,7 +130,7 @@ def run_standalone(args: argparse.Namespace) -> int:
     if args.check:
         print(f"{args.config}: OK ({len(config.connections)} connection(s))")
         return 0
-    configure_logging(args.log_level or config.agent.log_level)
+    configure_logging(args.log_level or config.agent.log_level, log_format=args.log_format)
     if world_readable(args.config):
         log.warning("%s is readable by every user and may hold pre-shared keys", args.config)
     return run_until_stopped(run(config))

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import logging
 import os
 import signal
 import sys
@@ -24,6 +23,8 @@ import grpc
 
 from meshsec.common.cli_args import uint32
 from meshsec.common.extras import require as require_extra
+from meshsec.common.logging import add_log_format_argument
+from meshsec.common.logging import configure as configure_logging
 from meshsec.common.secrets import Secret
 from meshsec.common.version import describe as describe_version
 from meshsec.controller.heap import HeapKeeper
@@ -105,6 +106,7 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="encrypt the CA key in the store with the passphrase in this file",
     )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    add_log_format_argument(p)
     return p
 
 
@@ -272,9 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _serve_parser().parse_args(argv)
     if (args.store or "").startswith("etcd://"):
         require_extra("controller", "meshsec-controller --store etcd://")
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level, log_format=args.log_format)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(_serve(args))
     return 130

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from meshsec.common.metrics import register_build_info
 from meshsec.controller.store import Lease, RangeResult, Store, TxnResult, Watch
 from meshsec.controller.store.api import Compare, KeyValue, Op
 
@@ -29,7 +30,18 @@ class ControllerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        register_build_info(r)
         self.nodes = Gauge("meshsec_controller_nodes", "Node resources known to this replica", registry=r)
+        self.nodes_online = Gauge(
+            "meshsec_controller_nodes_online",
+            "Node resources whose agent reported within the heartbeat window (Online)",
+            registry=r,
+        )
+        self.ca_expiry = Gauge(
+            "meshsec_controller_ca_certificate_expiry_timestamp_seconds",
+            "notAfter of the controller CA certificate, unix seconds",
+            registry=r,
+        )
         self.tunnels_desired = Gauge(
             "meshsec_controller_tunnels_desired", "Tunnels the mesh computation asks for", registry=r
         )
@@ -89,12 +101,14 @@ class ControllerMetrics:
     def bind(
         self,
         nodes: Callable[[], float],
+        nodes_online: Callable[[], float],
         tunnels_desired: Callable[[], float],
         tunnels_established: Callable[[], float],
         agents_connected: Callable[[], float],
         unknown_tunnel_statuses: Callable[[], float],
     ) -> None:
         self.nodes.set_function(nodes)
+        self.nodes_online.set_function(nodes_online)
         self.tunnels_desired.set_function(tunnels_desired)
         self.tunnels_established.set_function(tunnels_established)
         self.agents_connected.set_function(agents_connected)

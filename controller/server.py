@@ -19,6 +19,7 @@ import datetime
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
@@ -183,8 +184,10 @@ class Controller:
             AdminCertificates(self.store, keys.prefix, ca),
         )
         self.core = core
+        self.metrics.ca_expiry.set(ca.certificate.not_valid_after_utc.timestamp())
         self.metrics.bind(
             lambda: len(state.index.nodes()),
+            lambda: status.online_count(state.index.nodes(), time.time()),
             state.index.tunnel_count,
             status.established_tunnels,
             state.subscriber_count,

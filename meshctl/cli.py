@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TextIO
 
 from meshsec.common.cli_args import uint32
+from meshsec.common.logging import add_log_format_argument
+from meshsec.common.logging import configure as configure_logging
 from meshsec.common.version import describe as describe_version
 from meshsec.meshctl import admins, commands, completion, config, config_commands, day2, secrets
 from meshsec.meshctl.client import ENV_CONTROLLER, AdminClient
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds per call (default 15)")
     parser.add_argument("--version", action="version", version=describe_version("meshctl"))
+    add_log_format_argument(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -163,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "completion":  # needs no controller
             return completion.completion(args, parser, sys.stdout)
+        configure_logging("WARNING", log_format=args.log_format)  # diagnostics of the libraries used
         if args.command == "lab":
             from meshsec.meshctl.lab.commands import run_lab  # the lab needs root tools; load on demand
 

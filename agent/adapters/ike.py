@@ -644,7 +644,9 @@ class IkeAdapter:
             )
         outbound = ev.outbound_active and child.holds_for is None
         try:
-            await self.installer.install(ev, child.local, child.remote, reqid=reqid, outbound=outbound)
+            await self.installer.install(
+                ev, child.local, child.remote, reqid=reqid, outbound=outbound, tunnel=record.name
+            )
         except (DataPlaneError, InstallError) as exc:
             child.install_error = str(exc)
             self.stats["child_install_failed"] += 1
@@ -782,20 +784,14 @@ class IkeAdapter:
 
     async def _counters(self, child: ChildRecord) -> dict[str, int] | None:
         assert self.installer is not None
-        key = (child.local.host, child.event.protocol, child.event.spi_in)
-        plan = self.installer.installed.get(key)
-        if plan is None:
-            return None
-        try:
-            cin = await self.installer.dataplane.counters(plan.inbound.id)
-            cout = await self.installer.dataplane.counters(plan.outbound.id)
-        except DataPlaneError:
+        traffic = await self.installer.counters((child.local.host, child.event.protocol, child.event.spi_in))
+        if traffic is None:
             return None
         return {
-            "bytes_in": cin.bytes,
-            "packets_in": cin.packets,
-            "bytes_out": cout.bytes,
-            "packets_out": cout.packets,
+            "bytes_in": traffic.bytes_in,
+            "packets_in": traffic.packets_in,
+            "bytes_out": traffic.bytes_out,
+            "packets_out": traffic.packets_out,
         }
 
 

@@ -11,8 +11,10 @@ import ipaddress
 from collections import Counter
 from dataclasses import dataclass
 
+from meshsec.agent.adapters.traffic import Traffic, TrafficLedger, TrafficOwner
 from meshsec.agent.dataplane.api import (
     DataPlane,
+    DataPlaneError,
     Direction,
     Encryption,
     Integrity,
@@ -175,6 +177,7 @@ class ChildInstaller:
         self._next_reqid = first_reqid
         self._policy_users: dict[tuple[TrafficSelector, Direction], list[Policy]] = {}
         self._held: dict[ChildKey, SecurityAssociation] = {}  # outbound SAs not yet in use
+        self.traffic = TrafficLedger()
 
     def next_reqid(self) -> int:
         reqid, self._next_reqid = self._next_reqid, self._next_reqid + 1
@@ -192,11 +195,13 @@ class ChildInstaller:
         *,
         reqid: int | None = None,
         outbound: bool = True,
+        tunnel: str = "",
     ) -> ChildPlan:
         """A rekeyed CHILD_SA passes the reqid of the pair it replaces: both pairs then match
         the same policies, inbound packets of either pass the policy check, and the newest
         outbound SA of the reqid carries traffic. With `outbound` False the outbound SA waits
-        for `activate` (the rekey responder's make-before-break)."""
+        for `activate` (the rekey responder's make-before-break). Its traffic counts toward
+        (`tunnel`, CHILD_SA name) in `traffic`."""
         plan = plan_child(ev, local, remote, reqid if reqid is not None else self.next_reqid())
         key = (local.host, ev.protocol, ev.spi_in)
         await self.dataplane.add_sa(plan.inbound)
@@ -213,6 +218,7 @@ class ChildInstaller:
             await self.remove(key)
             raise
         self.installed[key] = plan
+        self.traffic.installed(key, (tunnel, ev.name))
         self.stats["children_installed"] += 1
         return plan
 
@@ -234,8 +240,9 @@ class ChildInstaller:
             self.installed[key] = moved
             self.stats["children_updated"] += 1
             return key
+        owner = self.traffic.owner(key)
         await self.remove(key)
-        await self.install(ev, local, remote, reqid=plan.inbound.reqid)
+        await self.install(ev, local, remote, reqid=plan.inbound.reqid, tunnel=owner[0] if owner else "")
         self.stats["children_reinstalled"] += 1
         return (local.host, ev.protocol, ev.spi_in)
 
@@ -250,9 +257,12 @@ class ChildInstaller:
 
     async def remove(self, key: ChildKey) -> bool:
         """Removes what `install` created for `key`; False if nothing was installed."""
-        plan = self.installed.pop(key, None)
+        plan = self.installed.get(key)
         if plan is None:
             return False
+        final = await self.counters(key)
+        del self.installed[key]
+        self.traffic.removed(key, final)
         held = self._held.pop(key, None) is not None
         for pol in plan.policies:
             ref = (pol.selector, pol.direction)
@@ -270,3 +280,24 @@ class ChildInstaller:
         await self.dataplane.delete_sa(plan.inbound.id)
         self.stats["children_removed"] += 1
         return True
+
+    async def counters(self, key: ChildKey) -> Traffic | None:
+        """The pair's counters now (a held outbound SA has carried nothing); None if it is not
+        installed or the data plane cannot read it (e.g. it dropped the SA at its hard lifetime)."""
+        plan = self.installed.get(key)
+        if plan is None:
+            return None
+        try:
+            cin = await self.dataplane.counters(plan.inbound.id)
+            held = key in self._held
+            cout = None if held else await self.dataplane.counters(plan.outbound.id)
+        except DataPlaneError:
+            return None
+        traffic = Traffic(cin.bytes, cin.packets, cout.bytes if cout else 0, cout.packets if cout else 0)
+        self.traffic.read(key, traffic)
+        return traffic
+
+    async def traffic_totals(self) -> dict[TrafficOwner, Traffic]:
+        """Bytes and packets per (tunnel, CHILD_SA name), retired pairs included (monotonic)."""
+        readings = [(key, await self.counters(key)) for key in list(self.installed)]
+        return self.traffic.totals(readings)

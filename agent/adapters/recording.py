@@ -34,6 +34,7 @@ class RecordingDataPlane:
         self.policies: dict[tuple[TrafficSelector, Direction], Policy] = {}
         self.reserved: set[SaId] = set()
         self.log: list[str] = []  # operation names in order, no key material
+        self.counted: dict[SaId, SaCounters] = {}  # what `counters` reports (tests set it); else 0
 
     @property
     def capabilities(self) -> Capabilities:
@@ -76,6 +77,7 @@ class RecordingDataPlane:
 
     async def delete_sa(self, sa_id: SaId) -> None:
         self.sas.pop(sa_id, None)
+        self.counted.pop(sa_id, None)
         self.reserved.discard(sa_id)
         self.log.append(f"delete_sa {sa_id.spi:#010x}")
 
@@ -91,7 +93,7 @@ class RecordingDataPlane:
     async def counters(self, sa_id: SaId) -> SaCounters:
         if sa_id not in self.sas:
             raise DataPlaneError(f"SA {sa_id} is not installed")
-        return SaCounters(bytes=0, packets=0)
+        return self.counted.get(sa_id, SaCounters(bytes=0, packets=0))
 
     async def list_owned(self) -> OwnedState:
         return OwnedState(tuple(self.sas), tuple(self.policies))

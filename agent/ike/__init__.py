@@ -20,6 +20,7 @@ from meshsec.agent.ike.events import (
     LivenessChecked,
     PeerDead,
     PortsChanged,
+    RekeyFailed,
 )
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.keys import DirectionKeys
@@ -60,6 +61,7 @@ __all__ = [
     "PeerDead",
     "PortsChanged",
     "Random",
+    "RekeyFailed",
     "Responder",
     "ResponderSettings",
     "RetransmitConfig",

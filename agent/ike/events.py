@@ -98,6 +98,17 @@ class ChildSaFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class RekeyFailed:
+    """A rekey of ours was refused or timed out, or the peer's could not be accepted.
+    `sa` is "ike" or "child"; `name` the CHILD_SA's name (the connection's for "ike"). The SA
+    stays until its retries run out (then its hard lifetime or the timeout ends it)."""
+
+    sa: str
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChildSaDeleted:
     name: str
     spi_in: int
@@ -142,6 +153,7 @@ Event = (
     | ChildSaFailed
     | ChildSaDeleted
     | ChildSaRekeyed
+    | RekeyFailed
     | IkeSaRekeyed
     | PeerDead
     | IkeSaDeleted

@@ -246,6 +246,7 @@ class NodeAgent:
             return
         log.info("IKE certificate auth uses node certificate serial %x (valid until %s)",
                  engine.chain[0].serial_number, engine.chain[0].not_valid_after_utc.isoformat())  # fmt: skip
+        self.metrics.certificate_expiry.set(engine.chain[0].not_valid_after_utc.timestamp())
         self.reconciler.set_credentials(engine)
         self._renew_for_identity()
 
@@ -291,7 +292,12 @@ class NodeAgent:
     async def _tunnel_statuses(self) -> list[agent_pb2.TunnelStatus]:
         assert self.reports is not None
         tunnels = await self.reports.tunnels()
-        self.metrics.observe(tunnels)
+        installer = self.adapter.installer if self.adapter is not None else None
+        traffic = None
+        if installer is not None:
+            installer.traffic.retain({t.tunnel_id for t in tunnels})
+            traffic = await installer.traffic_totals()
+        self.metrics.observe(tunnels, traffic)
         return tunnels
 
     async def status(self) -> dict[str, object]:

@@ -52,9 +52,10 @@ from meshsec.agent.ike.events import (
     IkeSaRekeyed,
     InitialContactReceived,
     PeerDead,
+    RekeyFailed,
 )
 from meshsec.agent.ike.sa import ChildState
-from meshsec.agent.node.metrics import AgentMetrics
+from meshsec.agent.node.metrics import NOTIFY_FAILURES, AgentMetrics
 from meshsec.agent.node.translate import IdentityNotInCertificate, TunnelError, TunnelPlan, fingerprint, plan
 from meshsec.v1 import agent_pb2
 
@@ -92,9 +93,11 @@ class TunnelRuntime:
 
 def _fail_reason(text: str) -> str:
     upper = text.upper()
-    for known in ("AUTHENTICATION_FAILED", "NO_PROPOSAL_CHOSEN", "TS_UNACCEPTABLE", "INVALID_KE_PAYLOAD"):
+    for known in NOTIFY_FAILURES:
         if known in upper:
             return known
+    if "dead peer detection" in text:
+        return "DPD_TIMEOUT"
     if "timeout" in text.lower() or "retransmi" in text.lower():
         return "TIMEOUT"
     return "IKE_FAILED"
@@ -156,6 +159,8 @@ class Reconciler:
                     missing.add(exc.local_id)
                 log.error("%s", exc)
         self.plans, self.invalid, self.missing_ids = plans, invalid, missing
+        if self.metrics is not None:
+            self.metrics.retain(tunnels.keys())
         for tid in list(self.runtime):
             if tid not in plans:
                 del self.runtime[tid]
@@ -198,7 +203,14 @@ class Reconciler:
                          "against %d trusted CA(s)", tid, record.sa.local_spi.hex(),
                          creds.chain[0].serial_number, ev.remote_id, len(creds.trusted))  # fmt: skip
         elif isinstance(ev, IkeSaFailed) and rt is not None:
-            rt.last_error = LastError(_fail_reason(ev.reason), ev.reason, time.time())
+            reason = _fail_reason(ev.reason)
+            rt.last_error = LastError(reason, ev.reason, time.time())
+            if self.metrics is not None and reason != "DPD_TIMEOUT":  # that one: dpd_failures
+                self.metrics.ike_failures.inc(tid, reason)
+        elif isinstance(ev, RekeyFailed) and rt is not None:
+            log.warning("%s: %s rekey of %s failed: %s", tid, ev.sa.upper(), ev.name, ev.reason)
+            if self.metrics is not None:
+                self.metrics.rekey_failures.inc(tid, ev.sa)
         elif isinstance(ev, IkeSaRekeyed) and rt is not None:
             rt.last_ike_rekey = time.time()
         elif isinstance(ev, ChildSaRekeyed) and rt is not None:
@@ -207,6 +219,8 @@ class Reconciler:
             rt.last_error = LastError(
                 "DPD_TIMEOUT", "dead peer detection: no answer from the peer", time.time()
             )
+            if self.metrics is not None:
+                self.metrics.dpd_failures.inc(tid)
         elif isinstance(ev, ChildSaFailed) and rt is not None:
             rt.last_error = LastError(
                 _fail_reason(ev.reason), f"CHILD_SA {ev.name}: {ev.reason}", time.time()
@@ -308,6 +322,8 @@ class Reconciler:
             await self.adapter.initiate(config, Address(remote, self.adapter.settings.ike_port), local)
         except OSError as exc:
             rt.last_error = LastError("PEER_UNREACHABLE", f"initiate to {remote}: {exc}", time.time())
+            if self.metrics is not None:
+                self.metrics.ike_failures.inc(p.tunnel_id, "PEER_UNREACHABLE")
             log.warning("%s: cannot initiate to %s: %s", p.tunnel_id, remote, exc)
         self.changed.set()
 

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from meshsec.agent.adapters.ike import ChildRecord, IkeAdapter, SaRecord
-from meshsec.agent.dataplane.api import DataPlaneError
 from meshsec.agent.ike.constants import DhId, EncrId, IntegId, PrfId, ProtocolId
 from meshsec.agent.ike.events import Algorithms
 from meshsec.agent.ike.sa import ChildState
@@ -194,14 +193,8 @@ class ReportBuilder:
             udp_encapsulated=ev.udp_encap,
         )
         installer = self.adapter.installer
-        plan = installer.installed.get((child.local.host, ev.protocol, ev.spi_in)) if installer else None
-        if installer is not None and plan is not None:
-            try:
-                cin = await installer.dataplane.counters(plan.inbound.id)
-                cout = await installer.dataplane.counters(plan.outbound.id)
-            except DataPlaneError:
-                pass
-            else:
-                out.bytes_in, out.packets_in = cin.bytes, cin.packets
-                out.bytes_out, out.packets_out = cout.bytes, cout.packets
+        traffic = await installer.counters((child.local.host, ev.protocol, ev.spi_in)) if installer else None
+        if traffic is not None:
+            out.bytes_in, out.packets_in = traffic.bytes_in, traffic.packets_in
+            out.bytes_out, out.packets_out = traffic.bytes_out, traffic.packets_out
         return out

@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -156,6 +156,10 @@ class StatusBook:
     def stale(self, node: str, now: float) -> bool:
         report = self._reports.get(node)
         return report is None or now - report.reported_at > STALE_AFTER_INTERVALS * self.interval_s
+
+    def online_count(self, nodes: Iterable[str], now: float) -> int:
+        """How many of `nodes` reported within the heartbeat window (`now`: wall clock)."""
+        return sum(not self.stale(node, now) for node in nodes)
 
     def established_tunnels(self) -> int:
         ids = {

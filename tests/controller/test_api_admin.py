@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from meshsec.common.version import VERSION
 from meshsec.controller.api.admin import VALIDATION_TRAILER
 from meshsec.controller.server import Controller
 from meshsec.v1 import admin_pb2, common_pb2
@@ -21,6 +22,7 @@ from tests.controller.ctl_harness import (
     admin_mtls_channel,
     admin_stub,
     apply,
+    core_of,
     join,
     running_controller,
     to_resource,
@@ -221,6 +223,10 @@ async def test_topology_and_metrics_reflect_the_mesh(ctl: Controller) -> None:
     assert float(samples["meshsec_controller_leader"]) in (0.0, 1.0)
     assert 'meshsec_controller_store_seconds_count{op="txn"}' in text
     assert float(samples["meshsec_controller_unknown_tunnel_statuses_total"]) == 0
+    assert float(samples["meshsec_controller_nodes_online"]) == 0  # none reported yet
+    ca_not_after = core_of(ctl).ca.certificate.not_valid_after_utc.timestamp()
+    assert float(samples["meshsec_controller_ca_certificate_expiry_timestamp_seconds"]) == ca_not_after
+    assert f'meshsec_build_info{{version="{VERSION}"}} 1.0' in text
 
 
 async def test_bulk_apply_events_have_distinct_increasing_sequences(ctl: Controller) -> None:

@@ -122,6 +122,7 @@ async def test_made_up_tunnel_ids_are_dropped_and_counted(tmp_path: Path) -> Non
         assert book.unknown_tunnels == 50
         scraped = urllib.request.urlopen(f"http://127.0.0.1:{ctl.metrics_port}/metrics", timeout=5).read()
         assert b"meshsec_controller_unknown_tunnel_statuses_total 50.0" in scraped
+        assert b"meshsec_controller_nodes_online 1.0" in scraped  # node-b never reported
         # Partial reports cannot grow the stored set either, nor can an id of the right shape for
         # a pair that has no tunnel, or for a policy that does not exist.
         forged = [_status(f"t-more{i}", "node-b") for i in range(50)] + [

@@ -11,6 +11,7 @@ from meshsec.agent.ike.events import (
     ChildSaRekeyed,
     IkeSaDeleted,
     IkeSaFailed,
+    RekeyFailed,
 )
 from meshsec.agent.ike.parse import parse_header
 from meshsec.agent.ike.sa import ChildState
@@ -153,6 +154,7 @@ def test_rekey_crossing_a_delete() -> None:
     assert net.b.sa().stats["rekey_temporary_failure"] + net.b.sa().stats["rekey_child_not_found"] == 1
     net.advance(120)
     assert net.a.sa().children == {} and net.a.sa().stats["rekey_retry_scheduled"] == 0
+    assert net.a.of_type(RekeyFailed) == []  # TEMPORARY_FAILURE is part of the crossing, not a failure
 
 
 def test_rekey_of_a_pair_the_peer_lost_creates_a_fresh_one() -> None:
@@ -176,6 +178,10 @@ def test_refused_rekey_retries_with_backoff_then_hard_lifetime_deletes() -> None
     net.advance(61)
     sa = net.a.sa()
     assert sa.stats["rekey_retry_scheduled"] >= 3
+    # Every refusal is reported (the agent's rekey failure counter), none as an IKE SA failure.
+    refusals = net.a.of_type(RekeyFailed)
+    assert len(refusals) == sa.stats["rekey_retry_scheduled"]  # the hard lifetime ends it first
+    assert {(r.sa, r.name, r.reason) for r in refusals} == {("child", "net", "NO_PROPOSAL_CHOSEN")}
     assert sa.children == {} and net.b.sa().children == {}
     assert net.b.sa().stats["rekey_temporary_failure"] == 0  # refused by proposal, not by state
     assert net.a.dp.installed_pairs() == 0 and net.b.dp.installed_pairs() == 0

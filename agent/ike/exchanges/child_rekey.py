@@ -23,8 +23,8 @@ import struct
 from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.config import ChildConfig
-from meshsec.agent.ike.constants import ERROR_NOTIFY_LIMIT, NotifyType, PayloadType, ProtocolId
-from meshsec.agent.ike.events import ChildSaFailed, ChildSaRekeyed
+from meshsec.agent.ike.constants import ERROR_NOTIFY_LIMIT, NotifyType, PayloadType, ProtocolId, notify_name
+from meshsec.agent.ike.events import ChildSaFailed, ChildSaRekeyed, RekeyFailed
 from meshsec.agent.ike.exchanges.child_create import ChildCreate, child_answer_payloads
 from meshsec.agent.ike.exchanges.child_sa import Succession, respond_child
 from meshsec.agent.ike.exchanges.ike_init import NONCE_SIZE
@@ -116,6 +116,11 @@ class ChildRekey(ChildCreate):
             sa.queue(ChildDelete(old.spi_in))
         return outcome
 
+    def on_timeout(self, sa: IkeSa) -> None:
+        old = sa.children.get(self.spi_in)
+        sa.emit(RekeyFailed("child", old.name if old else self.config.name, "peer not responding"))
+        super().on_timeout(sa)
+
     def _refused(self, sa: IkeSa, old: ChildSa, errors: list[int], now: float) -> None:
         from meshsec.agent.ike.sa import ChildState
 
@@ -124,6 +129,9 @@ class ChildRekey(ChildCreate):
             # deletes the old one.
             old.state, old.replaced_by = ChildState.REKEYED, old.peer_rekey[0]
             return
+        if NotifyType.TEMPORARY_FAILURE not in errors:  # a collision's answer, retried as planned
+            reason = notify_name(errors[0]) if errors else "invalid response"
+            sa.emit(RekeyFailed("child", old.name, reason))
         if NotifyType.CHILD_SA_NOT_FOUND in errors:
             # The peer lost the pair: forget it and negotiate a fresh one.
             sa.stats["rekey_child_not_found"] += 1
@@ -167,4 +175,5 @@ def respond_child_rekey(sa: IkeSa, msg: Message, rekey: NotifyPayload, now: floa
             old.state, old.replaced_by = ChildState.REKEYED, answer.child.spi_in
     else:
         sa.emit(ChildSaFailed(old.name, "peer's rekey could not be accepted"))
+        sa.emit(RekeyFailed("child", old.name, "peer's rekey could not be accepted"))
     return child_answer_payloads(answer, nr)

@@ -27,6 +27,7 @@ from meshsec.agent.ike.constants import (
     notify_name,
 )
 from meshsec.agent.ike.crypto import CryptoError, KeyExchange
+from meshsec.agent.ike.events import RekeyFailed
 from meshsec.agent.ike.exchanges.ike_init import NONCE_SIZE, setup_keys
 from meshsec.agent.ike.keys import rekey_skeyseed
 from meshsec.agent.ike.lifetime import backoff
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from meshsec.agent.ike.sa import IkeSa
 
 log = logging.getLogger(__name__)
+TEMPORARY_FAILURE = notify_name(NotifyType.TEMPORARY_FAILURE)
 
 MAX_KE_RETRIES = 3
 
@@ -178,6 +180,8 @@ class IkeRekey:
             # We answered the peer's rekey: its new SA takes over and the peer deletes this one.
             sa.hand_over(sa.peer_ike_rekey[0], now)
             return
+        if problem != TEMPORARY_FAILURE:  # that one is part of a collision, retried as planned
+            sa.emit(RekeyFailed("ike", sa.config.name, problem))
         sa.ike_rekey_attempts += 1
         delay = backoff(sa.ike_rekey_attempts, sa.rnd)
         sa.ike_rekey_at = now + delay
@@ -186,6 +190,7 @@ class IkeRekey:
 
     def on_timeout(self, sa: IkeSa) -> None:
         sa.ike_rekey_task = None
+        sa.emit(RekeyFailed("ike", sa.config.name, "peer not responding (retransmit limit)"))
         sa.fail("IKE SA rekey: peer not responding (retransmit limit)")
 
 
