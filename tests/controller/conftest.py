@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from meshsec.controller.server import Controller
 from meshsec.controller.store import EmbeddedStore, ManualClock, Store
 from meshsec.controller.store.etcd import EtcdStore
+from tests.controller.ctl_harness import start_controller, wait_until
 from tests.harness.etcd import EtcdServer, EtcdTls
 from tests.harness.tls import ThrowawayCA
 
@@ -124,3 +126,26 @@ async def store_kit(
         yield kit
     finally:
         await kit.close()
+
+
+@pytest.fixture
+async def replicas(
+    etcd_server: EtcdServer, key_prefix: str, tmp_path: Path
+) -> AsyncIterator[tuple[Controller, Controller]]:
+    """Two controller replicas on the session's etcd, started and with a leader elected."""
+    stores = [await EtcdStore.connect([etcd_server.endpoint]) for _ in range(2)]
+    started: list[Controller] = []
+    try:
+        for i, store in enumerate(stores):
+            started.append(
+                await start_controller(
+                    store, tmp_path / f"ctl-{i}", replica=f"ctl-{i}", prefix=key_prefix, election_ttl_s=2
+                )
+            )
+        await wait_until(lambda: any(c.is_leader for c in started))
+        yield started[0], started[1]
+    finally:
+        for controller in started:
+            await controller.stop()
+        for store in stores:
+            await store.close()

@@ -7,9 +7,11 @@ the certificate the controller CA issued) and opens mTLS channels with it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,15 @@ from tests.harness.tls import new_key_and_csr
 
 CALL_TIMEOUT = 10.0
 VALIDATION_TRAILER = "meshsec-validation-errors-bin"
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Polls `predicate` on the event loop until it holds; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
 
 
 async def start_controller(

@@ -10,7 +10,6 @@ converge on exactly the surviving replica's desired state.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,15 @@ import pytest
 
 from meshsec.controller.server import Controller
 from meshsec.controller.store.etcd import EtcdStore
-from tests.controller.ctl_harness import EnrolledNode, Watcher, apply, core_of, join, start_controller
+from tests.controller.ctl_harness import (
+    EnrolledNode,
+    Watcher,
+    apply,
+    core_of,
+    join,
+    start_controller,
+    wait_until,
+)
 from tests.controller.test_mesh_support import policy, site
 from tests.harness.etcd import EtcdServer
 
@@ -31,14 +38,6 @@ def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
     """A server of this test's own, since the test restarts it."""
     with EtcdServer.start(tmp_path) as server:
         yield server
-
-
-async def wait_until(predicate: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 async def test_etcd_restart_under_applies_loses_no_acknowledged_write(
@@ -94,65 +93,51 @@ async def test_etcd_restart_under_applies_loses_no_acknowledged_write(
 
 
 async def test_replica_dying_mid_fan_out_leaves_every_agent_converged_on_the_survivor(
-    etcd_server: EtcdServer, key_prefix: str, tmp_path: Path
+    replicas: tuple[Controller, Controller],
 ) -> None:
-    stores = [await EtcdStore.connect([etcd_server.endpoint]) for _ in range(2)]
-    started: list[Controller] = []
-    try:
-        for i, store in enumerate(stores):
-            started.append(
-                await start_controller(
-                    store, tmp_path / f"ctl-{i}", replica=f"ctl-{i}", prefix=key_prefix, election_ttl_s=2
-                )
-            )
-        dying, survivor = started
-        await apply(
-            dying,
-            site("dc1", ["198.19.1.0/24"]),
-            site("dc2", ["198.19.2.0/24"]),
-            policy("mesh", "full-mesh", "node", {}, auth={"method": "psk"}),
+    dying, survivor = replicas
+    await apply(
+        dying,
+        site("dc1", ["198.19.1.0/24"]),
+        site("dc2", ["198.19.2.0/24"]),
+        policy("mesh", "full-mesh", "node", {}, auth={"method": "psk"}),
+    )
+    nodes: list[EnrolledNode] = []
+    for i in range(24):
+        nodes.append(await join(dying, f"dc{1 + i % 2}", f"node-{i}", f"198.18.1.{i + 1}"))
+    watchers = [Watcher(n) for n in nodes]
+    channels = [n.channel(dying) for n in nodes]
+    streams = [w.updates(c) for w, c in zip(watchers, channels, strict=True)]
+    for stream in streams:
+        await asyncio.wait_for(stream.__anext__(), 15)  # the snapshot
+
+    async def follow(stream: object) -> None:
+        try:
+            async for _ in stream:  # type: ignore[attr-defined]
+                pass
+        except grpc.aio.AioRpcError:
+            pass  # the replica went away
+
+    followers = [asyncio.create_task(follow(s)) for s in streams]
+    # A change that reaches every agent, then the replica dies while it is pushing it.
+    joined = await join(dying, "dc1", "node-new", "198.18.1.200")
+    await dying.stop(resign=False)
+    await asyncio.wait_for(asyncio.gather(*followers), 30)
+    for channel in channels:
+        await channel.close()
+
+    everyone = [*watchers, Watcher(joined)]
+    await wait_until(
+        lambda: all(
+            core_of(survivor).state.version(w.node.name) >= core_of(survivor).state.version("node-0")
+            for w in everyone
         )
-        nodes: list[EnrolledNode] = []
-        for i in range(24):
-            nodes.append(await join(dying, f"dc{1 + i % 2}", f"node-{i}", f"198.18.1.{i + 1}"))
-        watchers = [Watcher(n) for n in nodes]
-        channels = [n.channel(dying) for n in nodes]
-        streams = [w.updates(c) for w, c in zip(watchers, channels, strict=True)]
-        for stream in streams:
-            await asyncio.wait_for(stream.__anext__(), 15)  # the snapshot
-
-        async def follow(stream: object) -> None:
-            try:
-                async for _ in stream:  # type: ignore[attr-defined]
-                    pass
-            except grpc.aio.AioRpcError:
-                pass  # the replica went away
-
-        followers = [asyncio.create_task(follow(s)) for s in streams]
-        # A change that reaches every agent, then the replica dies while it is pushing it.
-        joined = await join(dying, "dc1", "node-new", "198.18.1.200")
-        await dying.stop(resign=False)
-        await asyncio.wait_for(asyncio.gather(*followers), 30)
-        for channel in channels:
-            await channel.close()
-
-        everyone = [*watchers, Watcher(joined)]
-        await wait_until(
-            lambda: all(
-                core_of(survivor).state.version(w.node.name) >= core_of(survivor).state.version("node-0")
-                for w in everyone
-            )
-        )
-        for watcher in everyone:
-            async with watcher.node.channel(survivor) as channel:
-                stream = watcher.updates(channel)
-                await asyncio.wait_for(stream.__anext__(), 15)
-                await stream.aclose()
-            expected = {t.id for t in core_of(survivor).state.index.desired_tunnels(watcher.node.name)}
-            assert set(watcher.tunnels) == expected, watcher.node.name
-            assert len(expected) == len(everyone) - 1  # a full mesh among all 25 nodes
-    finally:
-        for controller in started:
-            await controller.stop()
-        for store in stores:
-            await store.close()
+    )
+    for watcher in everyone:
+        async with watcher.node.channel(survivor) as channel:
+            stream = watcher.updates(channel)
+            await asyncio.wait_for(stream.__anext__(), 15)
+            await stream.aclose()
+        expected = {t.id for t in core_of(survivor).state.index.desired_tunnels(watcher.node.name)}
+        assert set(watcher.tunnels) == expected, watcher.node.name
+        assert len(expected) == len(everyone) - 1  # a full mesh among all 25 nodes

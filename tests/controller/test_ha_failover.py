@@ -5,8 +5,6 @@ and writes accepted by either replica without ever committing a combination that
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -15,41 +13,11 @@ import pytest
 from meshsec.controller.server import Controller
 from meshsec.controller.store.etcd import EtcdStore
 from meshsec.v1 import agent_pb2
-from tests.controller.ctl_harness import Watcher, apply, core_of, join, start_controller
+from tests.controller.ctl_harness import Watcher, apply, core_of, join, start_controller, wait_until
 from tests.controller.test_mesh_support import policy, site
 from tests.harness.etcd import EtcdServer
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(90)]
-
-
-async def wait_until(predicate: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def replicas(
-    etcd_server: EtcdServer, key_prefix: str, tmp_path: Path
-) -> AsyncIterator[tuple[Controller, Controller]]:
-    stores = [await EtcdStore.connect([etcd_server.endpoint]) for _ in range(2)]
-    started: list[Controller] = []
-    try:
-        for i, store in enumerate(stores):
-            started.append(
-                await start_controller(
-                    store, tmp_path / f"ctl-{i}", replica=f"ctl-{i}", prefix=key_prefix, election_ttl_s=2
-                )
-            )
-        await wait_until(lambda: any(c.is_leader for c in started))
-        yield started[0], started[1]
-    finally:
-        for controller in started:
-            await controller.stop()
-        for store in stores:
-            await store.close()
 
 
 async def test_leader_dies_the_other_takes_over_and_agents_resume(
