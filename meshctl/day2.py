@@ -18,6 +18,7 @@ from meshsec.meshctl import diagnose as diag
 from meshsec.meshctl.client import AdminClient
 from meshsec.meshctl.errors import EXIT_OK, EXIT_USER, MeshctlError, UsageError, UserError
 from meshsec.meshctl.printable import printable
+from meshsec.meshctl.probe import probe_findings
 from meshsec.meshctl.table import Cell, Column, Styled, print_table, render, use_colour
 from meshsec.meshctl.views import dump, state_name
 from meshsec.v1 import admin_pb2
@@ -47,6 +48,23 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     p.add_argument("node", nargs="?", metavar="NODE", help="only this node and its tunnels")
     p.add_argument("--tunnel", metavar="ID", help="only this tunnel and its ends")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="with NODE, run on the node: send one IKE_SA_INIT to each peer endpoint and "
+        "DF-set pings for the path MTU",
+    )
+    p.add_argument(
+        "--probe-from",
+        metavar="ADDRESS",
+        help="source address of the probes (default: the node's endpoint of each tunnel)",
+    )
+    p.add_argument(
+        "--probe-timeout",
+        type=duration_arg,
+        default=2.0,
+        help="how long to wait for each IKE answer (default 2s)",
+    )
 
     p = sub.add_parser("wait", help="wait until tunnels meet a condition (kubectl wait style)")
     p.add_argument("targets", nargs="*", metavar="tunnel/ID")
@@ -105,6 +123,15 @@ def diagnose(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
     # Proposals are compared against the reverse tunnel, which a node filter may have left out.
     everything = client.tunnels() if args.node or args.tunnel else tunnels
     findings = diag.diagnose(tunnels, topology, nodes, all_tunnels=everything)
+    if args.probe or args.probe_from:
+        if not args.node:
+            raise UsageError("--probe needs a NODE", hint="meshctl diagnose NODE --probe, run on NODE")
+        findings = diag.ordered(
+            findings
+            + probe_findings(
+                tunnels, topology, args.node, probe_from=args.probe_from, wait_s=args.probe_timeout
+            )
+        )
     if args.output == "json":
         out.write(dump(diag.document(findings), "json"))
     elif findings:

@@ -82,7 +82,12 @@ def diagnose(
         found += tunnel_findings(info, by_name, when)
     in_scope = {f"tunnel/{t.tunnel_id}" for t in tunnels}
     found += [f for f in proposal_findings(all_tunnels or tunnels, topology) if f.object in in_scope]
-    return sorted(found, key=lambda f: (_SEVERITY_ORDER[f.severity], f.object, f.code))
+    return ordered(found)
+
+
+def ordered(findings: Iterable[Finding]) -> list[Finding]:
+    """Worst first, then by object and code."""
+    return sorted(findings, key=lambda f: (_SEVERITY_ORDER[f.severity], f.object, f.code))
 
 
 # -- nodes ------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ class PathMtu:
         due = sorted(a for a in wanted if now - self._known.get(a, (-self.ttl_s - 1, 0))[0] > self.ttl_s)
         if due and not self._failed:
             try:
-                found = await asyncio.to_thread(_lookup_all, due)
+                found = await asyncio.to_thread(route_mtus, due)
             except ImportError:  # no pyroute2 on this host: path MTU stays unknown
                 log.info("pyroute2 is not installed; path MTU is not reported")
                 self._failed = True
@@ -44,7 +44,8 @@ class PathMtu:
         return {a: self._known.get(a, (0.0, 0))[1] for a in wanted}
 
 
-def _lookup_all(addresses: list[str]) -> dict[str, int]:
+def route_mtus(addresses: list[str]) -> dict[str, int]:
+    """address -> MTU from the routing table now (0: unknown); needs pyroute2."""
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:

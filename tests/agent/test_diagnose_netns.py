@@ -4,7 +4,8 @@ Planted faults, each found by diagnose from what the agents report: UDP 500/4500
 nftables at n3 (PEER_UNREACHABLE), n1's underlay MTU lowered to 1400 below the 1500 its data plane
 is sized for (PATH_MTU), node certificates issued for 30 minutes (CERTIFICATE_EXPIRING), and two
 ExternalGateways pointing n1 and n2 at each other with disjoint proposals (PROPOSAL_MISMATCH from
-the desired state, NO_PROPOSAL_CHOSEN from the agents).
+the desired state, NO_PROPOSAL_CHOSEN from the agents). The first two are also found by
+`diagnose n1 --probe` run in n1's namespace (PEER_UNREACHABLE_PROBE, PATH_MTU_PROBE).
 """
 
 from __future__ import annotations
@@ -132,6 +133,25 @@ def test_diagnose_finds_each_planted_fault(mesh: MeshLab) -> None:
     mtu = wait_for("PATH_MTU on n1", lambda: has(mesh, "PATH_MTU", "n1", where="is 1400, below the 1500"), 40)
     assert mtu[0]["severity"] == "error"
     assert not has(mesh, "PATH_MTU", "n2", where=": n2: ")  # n2 kept its 1500
+
+    # The same two faults found by probing from n1 itself: an IKE_SA_INIT per peer, DF pings.
+    run = n1.run([str(BIN / "meshctl"), "--controller", f"unix:{mesh.admin_socket}", "diagnose", "n1",
+                  "--probe", "-o", "json"], check=False, timeout=90)  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    probed = json.loads(run.stdout)["findings"]
+    to_n2, to_n3 = tunnel_between(mesh, "n1", "n2"), tunnel_between(mesh, "n1", "n3")
+    silent = [f for f in probed if f["code"] == "PEER_UNREACHABLE_PROBE"]
+    assert [(f["object"], f["message"]) for f in silent] == [
+        (f"tunnel/{to_n3}", "no IKE answer from 198.18.0.3:500 in 2 s")
+    ]
+    assert "check UDP 500/4500 firewalls between 198.18.0.1 and 198.18.0.3" in silent[0]["action"]
+    sizes = {f["object"]: f for f in probed if f["code"] == "PATH_MTU_PROBE"}
+    assert set(sizes) == {f"tunnel/{to_n2}", f"tunnel/{to_n3}"}
+    assert "passes is 1400, below the 1500" in sizes[f"tunnel/{to_n2}"]["message"]
+    assert sizes[f"tunnel/{to_n2}"]["severity"] == "error"
+    # From a host that is not n1 (the test's own namespace), the probes say where to run them.
+    away = meshctl(mesh, "diagnose", "n1", "--probe", "-o", "json")
+    assert {f["code"] for f in json.loads(away.stdout)["findings"]} & {"PROBE_SKIPPED"}
 
     # Two gateways sending n1 and n2 at each other with nothing in common.
     channel, stub = mesh.admin()
