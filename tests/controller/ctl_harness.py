@@ -93,6 +93,20 @@ async def running_controller(
         await store.close()
 
 
+async def retained_events(controller: Controller, kinds: tuple[str, ...] = ()) -> list[admin_pb2.Event]:
+    """The controller's retained events (of `kinds`, or all): the replay is over once nothing
+    arrives for a second."""
+    out: list[admin_pb2.Event] = []
+    async with admin_channel(controller) as channel:
+        call = admin_stub(channel).WatchEvents(admin_pb2.WatchEventsRequest(since_sequence=1, kinds=kinds))
+        try:
+            while True:
+                out.append(await asyncio.wait_for(call.read(), 1.0))
+        except TimeoutError:
+            call.cancel()
+    return out
+
+
 def core_of(controller: Controller) -> Core:
     assert controller.core is not None
     return controller.core

@@ -25,6 +25,7 @@ from tests.controller.ctl_harness import (
     bootstrap_channel,
     create_token,
     facts,
+    retained_events,
     running_controller,
     to_resource,
 )
@@ -60,18 +61,6 @@ def _trailer(error: grpc.aio.AioRpcError) -> admin_pb2.ValidationErrors:
     return admin_pb2.ValidationErrors.FromString(raw[0])
 
 
-async def _events(controller: Controller) -> list[admin_pb2.Event]:
-    out: list[admin_pb2.Event] = []
-    async with admin_channel(controller) as channel:
-        call = admin_stub(channel).WatchEvents(admin_pb2.WatchEventsRequest(since_sequence=1))
-        try:
-            while True:
-                out.append(await asyncio.wait_for(call.read(), 1.0))
-        except TimeoutError:
-            call.cancel()
-    return out
-
-
 async def test_a_huge_bad_label_is_refused_with_its_validation_error_and_not_stored(ctl: Controller) -> None:
     bad = to_resource(site("dc1", ["198.19.1.0/24"]))
     bad.metadata.labels["region"] = "x" * (600 * 1024)
@@ -89,7 +78,7 @@ async def test_a_huge_bad_label_is_refused_with_its_validation_error_and_not_sto
     error = await _refused(ctl, huge)
     [problem] = _trailer(error).errors
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 1048576 (1 MiB)" in problem.message
-    refusals = [e for e in await _events(ctl) if e.reason == "ValidationFailed"]
+    refusals = [e for e in await retained_events(ctl) if e.reason == "ValidationFailed"]
     assert len(refusals) == 2 and all(len(e.message) <= MAX_MESSAGE_CHARS + 64 for e in refusals)
 
 

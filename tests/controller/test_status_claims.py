@@ -28,6 +28,7 @@ from tests.controller.ctl_harness import (
     apply,
     core_of,
     join,
+    retained_events,
     running_controller,
 )
 from tests.controller.test_mesh_incremental import HISTORY, NODE_NAMES, POLICY_NAMES
@@ -89,19 +90,6 @@ def _stored(ctl: Controller, name: str) -> set[str]:
     return set(report.tunnels)
 
 
-async def _tunnel_events(ctl: Controller) -> list[admin_pb2.Event]:
-    """The retained Tunnel events: the replay is over once nothing arrives for a moment."""
-    out = []
-    async with admin_channel(ctl) as admin:
-        call = admin_stub(admin).WatchEvents(admin_pb2.WatchEventsRequest(since_sequence=1, kinds=["Tunnel"]))
-        try:
-            while True:
-                out.append(await asyncio.wait_for(call.read(), 1.0))
-        except TimeoutError:
-            call.cancel()
-    return out
-
-
 MESH = (
     site("dc1", ["198.19.1.0/24"]),
     site("dc2", ["198.19.2.0/24"]),
@@ -140,7 +128,7 @@ async def test_made_up_tunnel_ids_are_dropped_and_counted(tmp_path: Path) -> Non
         assert _stored(ctl, "node-a") == set()
         assert book.unknown_tunnels == 103
         assert book.established_tunnels() == 0
-        events = await _tunnel_events(ctl)
+        events = await retained_events(ctl, ("Tunnel",))
         assert [(e.reason, e.involved.name) for e in events] == [("TunnelEstablished", real)]
 
 
