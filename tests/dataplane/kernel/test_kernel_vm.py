@@ -12,7 +12,7 @@ import os
 import re
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from pyroute2 import netns as pr_netns
@@ -65,6 +65,10 @@ class Site:
     dp: KernelDataPlane
     outer: ipaddress.IPv4Address
     net: ipaddress.IPv4Network
+    # Sockets lent to the data plane (attach_encap_socket): closed only after it stopped, as the
+    # agent does; closing one under its reader lets a later pipe reuse the fd the loop still
+    # watches, and the teardown's nft subprocess then waits forever for its output.
+    lent: list[socket.socket] = field(default_factory=list)
 
 
 @dataclass
@@ -84,6 +88,7 @@ async def sites(lab: Lab) -> AsyncIterator[tuple[Site, Site]]:
     a.add_route(str(NET2), via=str(B), src=INNER_A)
     b.add_route(str(NET1), via=str(A), src=INNER_B)
     started: list[KernelDataPlane] = []
+    sites: tuple[Site, ...] = ()
     try:
         for h in (a, b):
             # Probing is slow under emulation and per kernel, so the session's first probe is reused.
@@ -93,11 +98,15 @@ async def sites(lab: Lab) -> AsyncIterator[tuple[Site, Site]]:
             _PROBED[:] = [plane.capabilities]
             started.append(plane)
         planes = started
-        yield Site(a, planes[0], A, NET1), Site(b, planes[1], B, NET2)
+        sites = (Site(a, planes[0], A, NET1), Site(b, planes[1], B, NET2))
+        yield sites
     finally:
         for plane in started:
             await plane.flush_owned()
             await plane.close()
+        for site in sites:
+            for sock in site.lent:
+                sock.close()
 
 
 Suite = tuple[Encryption | None, Integrity | None]
@@ -253,22 +262,19 @@ async def test_udp_encapsulated_esp_and_ike_on_the_same_socket(sites: tuple[Site
     a, b = sites
     socks = []
     got: asyncio.Queue[bytes] = asyncio.Queue()
-    try:
-        for site in (a, b):
-            sock = await asyncio.to_thread(pr_netns.create_socket, site.host.ns, socket.AF_INET,
-                                           socket.SOCK_DGRAM)
-            sock.bind((str(site.outer), 4500))
-            socks.append(sock)
-            await site.dp.attach_encap_socket(sock, lambda m, local, remote: got.put_nowait(m))
-        t = await _tunnel(a, b, 14, cbc_sha256(), encap=UdpEncapsulation(4500, 4500))
-        assert await _ping(a, INNER_B) == 3
-        assert (await b.dp.counters(t.b_in)).packets >= 3
-        ike = bytes(range(64))
-        socks[0].sendto(b"\0\0\0\0" + ike, (str(B), 4500))
-        assert await asyncio.wait_for(got.get(), 20) == ike
-    finally:
-        for sock in socks:
-            sock.close()
+    for site in (a, b):
+        sock = await asyncio.to_thread(pr_netns.create_socket, site.host.ns, socket.AF_INET,
+                                       socket.SOCK_DGRAM)
+        site.lent.append(sock)  # closed by the fixture after the data plane
+        sock.bind((str(site.outer), 4500))
+        socks.append(sock)
+        await site.dp.attach_encap_socket(sock, lambda m, local, remote: got.put_nowait(m))
+    t = await _tunnel(a, b, 14, cbc_sha256(), encap=UdpEncapsulation(4500, 4500))
+    assert await _ping(a, INNER_B) == 3
+    assert (await b.dp.counters(t.b_in)).packets >= 3
+    ike = bytes(range(64))
+    socks[0].sendto(b"\0\0\0\0" + ike, (str(B), 4500))
+    assert await asyncio.wait_for(got.get(), 20) == ike
 
 
 async def test_route_based_tunnel_over_xfrm_interfaces(sites: tuple[Site, Site]) -> None:
