@@ -60,6 +60,11 @@ def _install(role: str, dist: dict[str, Path], where: Path) -> Path:
     return where / "bin"
 
 
+def _import_all(bin_dir: Path, cwd: Path, *packages: str) -> str:
+    """Imports every module of `packages` with the venv's Python in isolated mode (not the source tree)."""
+    return _ok([str(bin_dir / "python"), "-I", str(IMPORT_ALL), *packages], cwd)
+
+
 def test_wheel_with_every_role_runs_all_commands_and_imports_everything(
     dist: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -70,18 +75,14 @@ def test_wheel_with_every_role_runs_all_commands_and_imports_everything(
     }
     assert versions == {name: f"{name} {VERSION}" for name in versions}
     assert _ok([str(bin_dir / "meshctl"), "version", "--client"], tmp_path).split() == ["meshctl:", VERSION]
-    report = _ok(
-        [
-            str(bin_dir / "python"),
-            "-I",
-            str(IMPORT_ALL),
-            "meshsec.common",
-            "meshsec.v1",
-            "meshsec.agent",
-            "meshsec.controller",
-            "meshsec.meshctl",
-        ],
+    report = _import_all(
+        bin_dir,
         tmp_path,
+        "meshsec.common",
+        "meshsec.v1",
+        "meshsec.agent",
+        "meshsec.controller",
+        "meshsec.meshctl",
     )
     assert "imported" in report
     # The generated API ships with its type stubs and marker (package_data).
@@ -94,18 +95,14 @@ def test_wheel_with_every_role_runs_all_commands_and_imports_everything(
 def test_agent_role_alone(dist: dict[str, Path], tmp_path: Path) -> None:
     bin_dir = _install("agent", dist, tmp_path / "venv")
     assert _ok([str(bin_dir / "meshsec-agent"), "--version"], tmp_path).strip() == f"meshsec-agent {VERSION}"
-    _ok(
-        [
-            str(bin_dir / "python"),
-            "-I",
-            str(IMPORT_ALL),
-            "meshsec.common",
-            "meshsec.v1",
-            "meshsec.agent",
-            "meshsec.meshctl",
-            "--skip=meshsec.meshctl.lab",
-        ],
+    _import_all(
+        bin_dir,
         tmp_path,
+        "meshsec.common",
+        "meshsec.v1",
+        "meshsec.agent",
+        "meshsec.meshctl",
+        "--skip=meshsec.meshctl.lab",
     )
     # What the agent host lacks is refused with the extra to install, not an ImportError.
     refused = _run([str(bin_dir / "python"), "-I", "-m", "meshsec.controller.operator", "--help"], tmp_path)
@@ -119,19 +116,15 @@ def test_controller_role_alone(dist: dict[str, Path], tmp_path: Path) -> None:
     bin_dir = _install("controller", dist, tmp_path / "venv")
     out = _ok([str(bin_dir / "meshsec-controller"), "--version"], tmp_path)
     assert out.strip() == f"meshsec-controller {VERSION}"
-    _ok(
-        [
-            str(bin_dir / "python"),
-            "-I",
-            str(IMPORT_ALL),
-            "meshsec.common",
-            "meshsec.v1",
-            "meshsec.controller",
-            "meshsec.meshctl",
-            "--skip=meshsec.controller.operator",
-            "--skip=meshsec.meshctl.lab",
-        ],
+    _import_all(
+        bin_dir,
         tmp_path,
+        "meshsec.common",
+        "meshsec.v1",
+        "meshsec.controller",
+        "meshsec.meshctl",
+        "--skip=meshsec.controller.operator",
+        "--skip=meshsec.meshctl.lab",
     )
     refused = _run(
         [
