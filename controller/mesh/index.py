@@ -492,7 +492,9 @@ class MeshIndex:
         if new is not None:
             touched.nodes.add(name)
             self._nodes[name] = new
-            self._node_ts[name] = host_selectors(new.traffic_addresses())
+            # Its addresses, then what it routes (podCIDRs); transport mode uses the endpoints.
+            routed = prefix_selectors(new.spec.prefixes)
+            self._node_ts[name] = host_selectors(new.traffic_addresses()) + routed
             self._nodes_by_site.setdefault(new.spec.site, set()).add(name)
             self._ike_ids.setdefault(new.spec.identity.ike_id.lower(), set()).add(name)
             site = self._sites.get(new.spec.site)

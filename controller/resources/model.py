@@ -92,6 +92,9 @@ class NodeSpec:
     site: str
     endpoints: Endpoints
     identity: NodeIdentity
+    # What the node routes besides its own addresses (a Kubernetes node's podCIDRs): node-scope
+    # tunnel-mode policies carry them as its traffic selectors.
+    prefixes: tuple[Prefix, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

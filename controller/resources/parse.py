@@ -158,8 +158,11 @@ def _site_spec(f: Fields) -> SiteSpec:
 
 
 def _node_spec(f: Fields, name: str) -> NodeSpec:
-    f.only("site", "endpoints", "identity")
+    f.only("site", "endpoints", "identity", "prefixes")
     site = f.string("site")
+    prefixes = f.prefixes("prefixes")
+    for a, b in nested_pairs(prefixes):
+        f.error("prefixes", f"{a} overlaps {b}")
     ep = f.sub("endpoints")
     ep.only("public", "private")
     endpoints = Endpoints(ep.addresses("public"), ep.addresses("private"))
@@ -168,7 +171,7 @@ def _node_spec(f: Fields, name: str) -> NodeSpec:
     ident = f.sub("identity")
     ident.only("ikeId", "certificateId")
     cert = ident.string("certificateId", "") or None
-    return NodeSpec(site, endpoints, NodeIdentity(ident.string("ikeId", name or "-"), cert))
+    return NodeSpec(site, endpoints, NodeIdentity(ident.string("ikeId", name or "-"), cert), prefixes)
 
 
 def _policy_spec(f: Fields) -> MeshPolicySpec:

@@ -166,6 +166,7 @@ NODE_SPEC = Object(
                 "certificateId": String(description="serial of the certificate the controller CA issued"),
             }
         ),
+        "prefixes": _prefixes("CIDRs the node routes (e.g. its podCIDRs): node-scope tunnel-mode selectors"),
     },
     required=("site", "endpoints"),
 )

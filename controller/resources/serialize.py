@@ -44,6 +44,8 @@ def to_manifest(resource: Resource) -> dict[str, Any]:
         if spec.identity.certificate_id:
             identity["certificateId"] = spec.identity.certificate_id
         out["spec"] = {"site": spec.site, "endpoints": endpoints, "identity": identity}
+        if spec.prefixes:
+            out["spec"]["prefixes"] = [str(p) for p in spec.prefixes]
         status = _status(Status(resource.status.conditions))
         if resource.status.phase:
             status["phase"] = resource.status.phase
