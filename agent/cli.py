@@ -5,6 +5,8 @@
                                        tables of IKE/CHILD SAs from a running agent (--json: raw)
     meshsec-agent run --controller ADDR --node NAME [--state-dir DIR] ...
                                        controller-connected (docs/agent.md)
+    meshsec-agent health [--live | --ready] [--socket P | --state-dir DIR]
+                                       exit 0 (healthy) or 1, one line saying why (probes)
 
 `main` dispatches on the mode flags and commands; each is a function taking the parsed arguments."""
 
@@ -49,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
                        f"{DEFAULT_STATUS_SOCKET}, then {DEFAULT_STATE_DIR}/{STATUS_SOCKET})")
     where.add_argument("--state-dir", type=Path, help="a `run` agent's state dir: its status.sock")
     status.add_argument("--json", action="store_true", help="print the raw JSON document")
+    health = sub.add_parser("health", help="exit 0 if a running agent is live (or ready), else 1")
+    probe = health.add_mutually_exclusive_group()
+    probe.add_argument("--live", action="store_true", help="the agent answers on its status socket (default)")
+    probe.add_argument("--ready", action="store_true",
+                       help="also enrolled, desired state received and applied by a running data plane")
+    where = health.add_mutually_exclusive_group()
+    where.add_argument("--socket", type=Path, help="status socket path")
+    where.add_argument("--state-dir", type=Path, help="a `run` agent's state dir: its status.sock")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (5)")
     run = sub.add_parser("run", help="run connected to a controller (docs/agent.md)")
     run.add_argument("--controller", required=True, metavar="HOST:PORT", help="controller mTLS listener")
     run.add_argument("--bootstrap", metavar="HOST:PORT", help="controller bootstrap listener (to enroll)")
@@ -136,15 +147,43 @@ def run_standalone(args: argparse.Namespace) -> int:
     return run_until_stopped(run(config))
 
 
+def _sockets(args: argparse.Namespace) -> list[Path]:
+    if args.socket is not None:
+        return [args.socket]
+    if args.state_dir is not None:
+        return [args.state_dir / STATUS_SOCKET]
+    # standalone's socket, then a `run` agent's in the default state dir
+    return [Path(DEFAULT_STATUS_SOCKET), DEFAULT_STATE_DIR / STATUS_SOCKET]
+
+
+def check_health(args: argparse.Namespace) -> int:
+    """One line on stdout, exit 0 or 1: what an exec probe needs (hostNetwork pods: no port)."""
+    from meshsec.agent.standalone.status import query_status
+
+    tried = []
+    for path in _sockets(args):
+        try:
+            answer = query_status(path, timeout=args.timeout, command="health")
+        except (OSError, ValueError) as exc:
+            tried.append(f"{path}: {exc}")
+            continue
+        if not answer.get("ok"):
+            print(f"unhealthy: {path} answered {answer.get('error') or 'not ok'}")
+            return 1
+        if not args.ready:
+            print(f"live: the agent answers on {path}")
+            return 0
+        ready = answer.get("ready") is True
+        print(f"{'ready' if ready else 'not ready'}: {answer.get('reason') or '-'}")
+        return 0 if ready else 1
+    print("not live: no agent answering; tried " + "; ".join(tried))
+    return 1
+
+
 def show_status(args: argparse.Namespace) -> int:
     from meshsec.agent.standalone.status import format_status, query_status
 
-    if args.socket is not None:
-        candidates = [args.socket]
-    elif args.state_dir is not None:
-        candidates = [args.state_dir / STATUS_SOCKET]
-    else:  # standalone's socket, then a `run` agent's in the default state dir
-        candidates = [Path(DEFAULT_STATUS_SOCKET), DEFAULT_STATE_DIR / STATUS_SOCKET]
+    candidates = _sockets(args)
     tried = []
     for path in candidates:
         try:
@@ -159,7 +198,11 @@ def show_status(args: argparse.Namespace) -> int:
     return EXIT_UNAVAILABLE
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"status": show_status, "run": run_connected}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "status": show_status,
+    "health": check_health,
+    "run": run_connected,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

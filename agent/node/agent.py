@@ -30,7 +30,7 @@ from meshsec.agent.node.facts import local_addresses, node_facts
 from meshsec.agent.node.metrics import AgentMetrics
 from meshsec.agent.node.reconciler import Reconciler
 from meshsec.agent.node.report import ReportBuilder, timestamp
-from meshsec.agent.node.session import Session
+from meshsec.agent.node.session import IdentityLost, Session
 from meshsec.agent.node.statedir import STATUS_SOCKET, StateDir
 from meshsec.agent.node.sweeper import Sweeper
 from meshsec.agent.node.translate import node_credentials
@@ -115,7 +115,7 @@ class NodeAgent:
         self.reports = ReportBuilder(reconciler, adapter)
         await adapter.start()
         socket_path = config.status_socket or self.state.file(STATUS_SOCKET)
-        self.status_server = StatusServer(socket_path, self.status)
+        self.status_server = StatusServer(socket_path, self.status, self.health)
         await self.status_server.start()
         self._use_credentials(credentials.load(self.state))
         if config.metrics:
@@ -172,9 +172,24 @@ class NodeAgent:
     # ------------------------------------------------------------------ controller
 
     async def _controller(self) -> None:
-        creds = await self._credentials()
+        fresh = False
+        while True:
+            try:
+                await self._session(fresh)
+                return
+            except IdentityLost as exc:
+                if self.config.token_file is None:
+                    raise EnrollmentError(f"the controller no longer accepts this node's certificate ({exc}) "
+                                          "and no --token-file is given to enroll again") from exc
+                log.warning("the controller no longer accepts this node's certificate (%s); enrolling again",
+                            exc)  # fmt: skip
+                self.session, fresh = None, True
+
+    async def _session(self, fresh: bool) -> None:
+        """`fresh`: enroll even though the state dir holds credentials (they were refused)."""
+        creds = await self._credentials(fresh)
         assert self.reconciler is not None and self.reports is not None
-        if self.reconciler.credentials is None:  # just enrolled (`start` applied stored ones)
+        if self.reconciler.credentials is None or fresh:  # just enrolled (`start` applied stored ones)
             self._use_credentials(creds)
         reconciler, reports = self.reconciler, self.reports
         self.session = Session(
@@ -197,8 +212,8 @@ class NodeAgent:
         self._renew_for_identity()
         await self.session.run()
 
-    async def _credentials(self) -> Credentials:
-        creds = credentials.load(self.state)
+    async def _credentials(self, fresh: bool = False) -> Credentials:
+        creds = None if fresh else credentials.load(self.state)
         attempt = 0
         while creds is None:
             creds = await self._enroll_once(attempt)
@@ -212,9 +227,9 @@ class NodeAgent:
                 f"{self.state.path} holds no credentials; --bootstrap, --token-file and --ca-file are needed"
             )
         token = read_token(config.token_file)
-        caps = self.dataplane.capabilities if self.dataplane else None
-        facts = node_facts(list(config.addresses) or local_addresses(), caps)
         try:
+            caps = self.dataplane.capabilities if self.dataplane else None
+            facts = node_facts(list(config.addresses) or local_addresses(), caps)
             return await credentials.enroll(
                 self.state, config.bootstrap, config.node, token, config.ca_file.read_bytes(), facts,
                 pin=config.ca_sha256, server_name=config.server_name,
@@ -299,6 +314,39 @@ class NodeAgent:
             traffic = await installer.traffic_totals()
         self.metrics.observe(tunnels, traffic)
         return tunnels
+
+    def health(self) -> dict[str, object]:
+        """Ready: enrolled, a desired state received (now or persisted from an earlier run) and
+        the data plane running with that state applied. A controller that is away does not make
+        the agent unready: its tunnels keep working on the last state."""
+        session, reconciler = self.session, self.reconciler
+        desired, applied = self.desired.version, reconciler.reconciled_version if reconciler else 0
+        connected = bool(session and session.connected)
+        doc: dict[str, object] = {
+            "enrolled": session is not None,
+            "controller_connected": connected,
+            "desired_version": desired,
+            "reconciled_version": applied,
+            "dataplane": self.dataplane.capabilities.backend if self.dataplane else None,
+        }
+        if session is None:
+            reason = "not enrolled yet"
+        elif not desired:
+            reason = "no desired state from the controller yet" + (
+                "" if connected else f" (controller: {session.last_error or 'connecting'})"
+            )
+        elif self.dataplane is None or reconciler is None:
+            reason = "data plane not started"
+        elif applied < desired:
+            reason = f"applying desired state {desired} (applied {applied})"
+        else:
+            doc["ready"] = True
+            away = "connected" if connected else "away"
+            doc["reason"] = f"desired state {desired} applied; controller {away}"
+            return doc
+        doc["ready"] = False
+        doc["reason"] = reason
+        return doc
 
     async def status(self) -> dict[str, object]:
         """The status socket's document: the adapter's SA tables plus the controller view."""

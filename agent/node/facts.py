@@ -17,22 +17,47 @@ USERSPACE_ENCRYPTION = ("aes128gcm16", "aes256gcm16", "aes128", "aes256")
 USERSPACE_INTEGRITY = ("sha256", "sha384", "sha512")
 
 
+# Interfaces whose addresses are never underlay endpoints: container and CNI bridges, veth
+# ends, overlay and tunnel devices, kube-proxy's IPVS dummy (it holds every ClusterIP), and our
+# own TUN. On a Kubernetes node the operator declares the endpoints from the Node's addresses;
+# these are only what the agent reports when nothing declared them.
+VIRTUAL_INTERFACE_PREFIXES = (
+    "cni", "docker", "kube-ipvs", "kube-bridge", "veth", "flannel", "cilium_", "lxc", "vxlan",
+    "geneve", "genev_sys", "tunl", "cali", "weave", "br-", "virbr", "nodelocaldns", "meshsec",
+)  # fmt: skip
+
+
+def virtual_interface(name: str) -> bool:
+    return name.startswith(VIRTUAL_INTERFACE_PREFIXES)
+
+
 def local_addresses() -> list[str]:
-    """Global-scope addresses on interfaces other than loopback (`lo` holds inner /32s, which
-    are traffic addresses, not IKE endpoints)."""
-    out = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, check=False).stdout
+    """Global-scope addresses on physical-looking interfaces: not loopback (`lo` holds inner
+    /32s, which are traffic addresses, not IKE endpoints), not `VIRTUAL_INTERFACE_PREFIXES`.
+    Empty, never an exception, when `ip` is missing or says nothing readable."""
+    try:
+        out = subprocess.run(
+            ["ip", "-j", "addr", "show"], capture_output=True, text=True, check=False, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
     try:
         links = json.loads(out or "[]")
     except ValueError:
         return []
     found: list[str] = []
-    for link in links:
+    for link in links if isinstance(links, list) else []:
         if link.get("ifname") == "lo" or "LOOPBACK" in link.get("flags", []):
+            continue
+        if virtual_interface(str(link.get("ifname", ""))):
             continue
         for info in link.get("addr_info", []):
             if info.get("scope") != "global":
                 continue
-            addr = ipaddress.ip_address(info["local"])
+            try:
+                addr = ipaddress.ip_address(info["local"])
+            except (KeyError, ValueError):
+                continue
             if not (addr.is_loopback or addr.is_link_local):
                 found.append(str(addr))
     return found

@@ -39,6 +39,19 @@ class StreamEnded(Exception):
     """The connection has to be re-established (stream closed by the server, new certificate)."""
 
 
+class IdentityLost(Exception):
+    """The controller no longer accepts this agent's certificate: its Node was deleted and
+    declared again (a Kubernetes Node re-created under its name), or re-enrolled elsewhere.
+    Reconnecting cannot help; only a new enrollment can."""
+
+
+def identity_lost(exc: grpc.aio.AioRpcError) -> bool:
+    # PERMISSION_DENIED also answers a certificate for another node name (a configuration
+    # error, which a new enrollment would not fix); the controller's refusals of a certificate
+    # its Node stopped accepting all say to enroll (controller/api/agent.py).
+    return exc.code() == grpc.StatusCode.PERMISSION_DENIED and "enroll" in (exc.details() or "")
+
+
 class Session:
     def __init__(
         self,
@@ -105,6 +118,9 @@ class Session:
                 async with self.channel() as channel:
                     await self._connected(channel)
             except (grpc.aio.AioRpcError, VersionGap, StreamEnded, OSError) as exc:
+                if isinstance(exc, grpc.aio.AioRpcError) and identity_lost(exc):
+                    self.last_error = _describe(exc)
+                    raise IdentityLost(self.last_error) from exc
                 self.last_error = _describe(exc)
                 log.warning("controller %s: %s; reconnecting", self.address, self.last_error)
             finally:

@@ -1,7 +1,9 @@
 """Status on a local Unix socket: one JSON request line in, one JSON document out.
 
-Request: `{"command": "status"}`. The socket is created mode 0600 (status names peers and SPIs,
-never keys); `meshsec-agent status` reads it and prints tables."""
+Request: `{"command": "status"}`, or `{"command": "health"}` (a small document saying whether
+the agent is ready, for `meshsec-agent health`, the probes of the Kubernetes DaemonSet). The
+socket is created mode 0600 (status names peers and SPIs, never keys); `meshsec-agent status`
+reads it and prints tables."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 StatusProvider = Callable[[], Awaitable[dict[str, object]]]
+# {"ready": bool, "reason": str, ...}: cheap, answered on every probe.
+HealthProvider = Callable[[], dict[str, object]]
 MAX_REQUEST = 4096
 
 
@@ -23,9 +27,10 @@ REQUEST_TIMEOUT = 30.0
 
 
 class StatusServer:
-    def __init__(self, path: Path, provider: StatusProvider) -> None:
+    def __init__(self, path: Path, provider: StatusProvider, health: HealthProvider | None = None) -> None:
         self.path = path
         self.provider = provider
+        self.health = health
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -60,8 +65,13 @@ class StatusServer:
                 command = None
             if command == "status":
                 answer = {"ok": True, "time": time.time(), **(await self.provider())}
+            elif command == "health":
+                # Answering at all is liveness; an agent without a health view (standalone) is
+                # ready once it answers.
+                health = self.health() if self.health is not None else {"ready": True, "reason": "answering"}
+                answer = {"ok": True, "live": True, **health}
             else:
-                answer = {"ok": False, "error": 'unknown request; send {"command": "status"}'}
+                answer = {"ok": False, "error": 'unknown request; send {"command": "status"} or "health"'}
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (TimeoutError, ConnectionError, ValueError, asyncio.LimitOverrunError):
@@ -81,12 +91,13 @@ def _listening(path: Path) -> bool:
         return True
 
 
-def query_status(path: Path, timeout: float = 5.0) -> dict[str, Any]:
-    """Blocking client for the CLI and tests. Raises OSError if no agent listens there."""
+def query_status(path: Path, timeout: float = 5.0, command: str = "status") -> dict[str, Any]:
+    """Blocking client for the CLI and tests. Raises OSError if no agent listens there (or it
+    does not answer within `timeout`), ValueError for an answer that is not a JSON object."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(str(path))
-        s.sendall(b'{"command": "status"}\n')
+        s.sendall(json.dumps({"command": command}).encode() + b"\n")
         chunks = []
         while chunk := s.recv(65536):
             chunks.append(chunk)

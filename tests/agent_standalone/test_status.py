@@ -85,13 +85,16 @@ async def test_server_survives_hostile_clients_and_is_private(sock_path: Path) -
         w.write(b"not json\n")
         assert json.loads(await r.read()) == {
             "ok": False,
-            "error": 'unknown request; send {"command": "status"}',
+            "error": 'unknown request; send {"command": "status"} or "health"',
         }
         w.close()
         r, w = await asyncio.open_unix_connection(str(sock_path))
         w.close()
         answer = await asyncio.to_thread(query_status, sock_path)
         assert answer["ok"] is True and answer["marker"] == 42
+        # Standalone has no health view: answering is both live and ready.
+        health = await asyncio.to_thread(query_status, sock_path, command="health")
+        assert health == {"ok": True, "live": True, "ready": True, "reason": "answering"}
         # A second agent on the same socket is refused instead of stealing it.
         with pytest.raises(RuntimeError, match="already serves status"):
             await StatusServer(sock_path, provider).start()
