@@ -1,7 +1,8 @@
 """``python -m meshsec.controller.operator``: the CRD front end, run beside a controller replica.
 
 It watches Sites, Nodes, MeshPolicies and ExternalGateways (meshsec.io/v1alpha1, cluster-scoped)
-and keeps them applied through the replica's admin socket (docs/kubernetes.md).
+and keeps them applied through the replica's admin socket (docs/kubernetes.md). With
+``--cluster-site`` it also keeps the cluster itself as a Site, one meshsec Node per core Node.
 """
 
 from __future__ import annotations
@@ -30,7 +31,19 @@ from meshsec.controller.operator.bootstrap import (  # noqa: E402
     BootstrapKeeper,
     KubernetesSecrets,
 )
-from meshsec.controller.operator.handlers import OperatorConfig, configure, register  # noqa: E402
+from meshsec.controller.operator.cluster import (  # noqa: E402
+    DEFAULT_GATEWAY_LABEL,
+    ClusterConfig,
+    parse_cidrs,
+    parse_gateway_label,
+)
+from meshsec.controller.operator.handlers import (  # noqa: E402
+    OperatorConfig,
+    configure,
+    register,
+    register_nodes,
+)
+from meshsec.controller.operator.nodes import KubernetesNodes, NodeSweeper  # noqa: E402
 from meshsec.controller.operator.sync import ControllerSync  # noqa: E402
 
 DEFAULT_ADMIN_SOCKET = "/run/meshsec/admin.sock"
@@ -66,8 +79,63 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--ca-file", type=Path, default=DEFAULT_CA_FILE, help="the controller's ca.pem (%(default)s)"
     )
+    c = p.add_argument_group("the cluster as a Site (off unless --cluster-site is given)")
+    c.add_argument("--cluster-site", help="Site name of this cluster: one meshsec Node per core Node")
+    c.add_argument(
+        "--service-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="the cluster's service CIDR(s), added to the Site's prefixes (repeatable, or comma-separated)",
+    )
+    c.add_argument(
+        "--gateway-label",
+        default=DEFAULT_GATEWAY_LABEL,
+        metavar="KEY[=VALUE]",
+        help="core Nodes with this label are the Site's gateways (%(default)s)",
+    )
+    c.add_argument(
+        "--cluster-site-label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of the cluster's Site, for site-scope policy members (repeatable)",
+    )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     return p
+
+
+def kube_api_client() -> Any:
+    """In-cluster service account, else the kubeconfig."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+def cluster_config(args: argparse.Namespace) -> ClusterConfig | None:
+    if not args.cluster_site:
+        return None
+    try:
+        labels = dict(_pair(text) for text in args.cluster_site_label)
+        return ClusterConfig(
+            site=args.cluster_site,
+            service_cidrs=parse_cidrs(args.service_cidr),
+            gateway_label=parse_gateway_label(args.gateway_label),
+            site_labels=labels,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"python -m meshsec.controller.operator: {exc}") from None
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--cluster-site-label {text!r}: give KEY=VALUE")
+    return key, value
 
 
 def bootstrap_keeper(args: argparse.Namespace, sync: ControllerSync) -> BootstrapKeeper | None:
@@ -75,12 +143,6 @@ def bootstrap_keeper(args: argparse.Namespace, sync: ControllerSync) -> Bootstra
         return None
     if not args.bootstrap_namespace:
         raise SystemExit("--bootstrap-site needs --bootstrap-namespace (or $POD_NAMESPACE)")
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
     settings = BootstrapConfig(
         namespace=args.bootstrap_namespace,
         secret_name=args.bootstrap_secret,
@@ -89,17 +151,24 @@ def bootstrap_keeper(args: argparse.Namespace, sync: ControllerSync) -> Bootstra
         uses=args.bootstrap_uses,
         ttl_seconds=args.bootstrap_ttl,
     )
-    return BootstrapKeeper(sync, KubernetesSecrets(client.ApiClient()), settings)
+    return BootstrapKeeper(sync, KubernetesSecrets(kube_api_client()), settings)
 
 
 def build_registry(
-    sync: ControllerSync, config: OperatorConfig, *, login: Any = None
+    sync: ControllerSync,
+    config: OperatorConfig,
+    *,
+    login: Any = None,
+    sweeper: NodeSweeper | None = None,
 ) -> kopf.OperatorRegistry:
-    """Handlers for the four kinds; `login` replaces the in-cluster/kubeconfig login (tests)."""
+    """Handlers for the four kinds (and core Node events waking `sweeper`); `login` replaces
+    the in-cluster/kubeconfig login (tests)."""
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(login or _login)
     kopf.on.startup(registry=registry)(_startup)
     register(registry, sync, config)
+    if sweeper is not None:
+        register_nodes(registry, sweeper)
     return registry
 
 
@@ -118,11 +187,18 @@ async def run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     keeper = bootstrap_keeper(args, sync)
+    cluster = cluster_config(args)
+    sweeper = (
+        NodeSweeper(sync, KubernetesNodes(kube_api_client()), cluster, args.resync)
+        if cluster is not None
+        else None
+    )
     # Started before kopf: kopf cancels the tasks created while it runs when it stops.
     keeping = asyncio.create_task(keeper.run(stop)) if keeper is not None else None
+    sweeping = asyncio.create_task(sweeper.run(stop)) if sweeper is not None else None
     try:
         await kopf.operator(
-            registry=build_registry(sync, OperatorConfig(args.resync, args.retry)),
+            registry=build_registry(sync, OperatorConfig(args.resync, args.retry), sweeper=sweeper),
             clusterwide=True,
             standalone=args.peering is None,
             peering_name=args.peering,
@@ -132,8 +208,9 @@ async def run(args: argparse.Namespace) -> None:
         )
     finally:
         stop.set()
-        if keeping is not None:
-            await keeping
+        for task in (keeping, sweeping):
+            if task is not None:
+                await task
         await sync.close()
 
 

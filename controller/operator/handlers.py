@@ -29,6 +29,7 @@ from meshsec.controller.operator.conditions import (
     with_ready,
 )
 from meshsec.controller.operator.crds import GROUP, NAMES, VERSION
+from meshsec.controller.operator.nodes import NodeSweeper
 from meshsec.controller.operator.sync import FIELD_MANAGER, ControllerSync, Verdict
 from meshsec.controller.resources import Kind, ValidationError, parse_resource
 from meshsec.controller.resources.model import LAST_APPLIED_BY
@@ -188,6 +189,15 @@ class Reconciler:
 def _ready_status(patch: kopf.Patch, body: kopf.Body) -> str:
     conditions = patch.get("status", {}).get("conditions") or body.status.get("conditions") or []
     return next((str(c.get("status")) for c in conditions if c.get("type") == READY), "Unknown")
+
+
+def register_nodes(registry: kopf.OperatorRegistry, sweeper: NodeSweeper) -> None:
+    """Any event on a core Node wakes the sweeper (which lists them all: level-triggered)."""
+
+    def node_event(**_: Any) -> None:
+        sweeper.poke()
+
+    kopf.on.event("", "v1", "nodes", registry=registry, id="core-node-event")(node_event)
 
 
 def register(registry: kopf.OperatorRegistry, sync: ControllerSync, config: OperatorConfig) -> None:

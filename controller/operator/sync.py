@@ -86,8 +86,8 @@ class ControllerSync:
     async def close(self) -> None:
         await self._channel.close(None)
 
-    async def apply(self, manifest: Mapping[str, Any]) -> Outcome:
-        request = admin_pb2.ApplyRequest(resources=[_resource(manifest)], field_manager=FIELD_MANAGER)
+    async def apply(self, manifest: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER) -> Outcome:
+        request = admin_pb2.ApplyRequest(resources=[_resource(manifest)], field_manager=field_manager)
         try:
             response = await self._stub.Apply(request, timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
@@ -116,6 +116,17 @@ class ControllerSync:
                 return None
             raise
         return response.resource
+
+    async def list(self, kind: Kind, label_selector: str = "") -> list[common_pb2.Resource]:
+        """Every resource of `kind` (all pages) matching `label_selector`."""
+        request = admin_pb2.ListRequest(kind=kind.value, label_selector=label_selector)
+        found: list[common_pb2.Resource] = []
+        while True:
+            response = await self._stub.List(request, timeout=CALL_TIMEOUT)
+            found.extend(response.resources)
+            if not response.next_page_token:
+                return found
+            request.page_token = response.next_page_token
 
     async def tunnels(self, kind: Kind, name: str) -> TunnelCounts:
         """Counts over every page of ListTunnels filtered to this resource."""
@@ -188,6 +199,7 @@ def _resource(manifest: Mapping[str, Any]) -> common_pb2.Resource:
     out = common_pb2.Resource(api_version=manifest["apiVersion"], kind=manifest["kind"])
     out.metadata.name = meta["name"]
     out.metadata.labels.update(meta.get("labels") or {})
+    out.metadata.annotations.update(meta.get("annotations") or {})
     spec = struct_pb2.Struct()
     spec.update(manifest.get("spec") or {})
     out.spec.CopyFrom(spec)
