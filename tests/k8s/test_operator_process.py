@@ -1,6 +1,7 @@
 """`python -m meshsec.controller.operator` as its own process, the way the chart runs it: kopf
 logs in through a kubeconfig (pointing at kmock), talks to a real controller over its admin
-socket, serves its liveness probe, and stops cleanly on SIGTERM."""
+socket, keeps the cluster's Site and a meshsec Node per core Node (`--cluster-site`), serves its
+liveness probe, and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from meshsec.controller.server import Controller
 pytest.importorskip("kopf", reason="kopf not installed (k8s extra)")
 kmock_lib = pytest.importorskip("kmock", reason="kmock not installed (k8s test dependency)")
 
+from tests.k8s.test_cluster_sites import CoreNodes, core_node  # noqa: E402
 from tests.k8s.test_operator_kmock import SITE, Cluster, declare_resources, eventually, ready_of  # noqa: E402
 
 
@@ -35,6 +37,8 @@ def _free_port() -> int:
 
 async def test_operator_process(kmock: Any, controller: Controller, tmp_path: Path) -> None:
     declare_resources(kmock)
+    nodes = CoreNodes(kmock)
+    await nodes.create(core_node("proc-n1", internal="198.18.35.1", pod_cidrs=("198.19.35.0/24",)))
     kmock.resources["v1/events"] = kmock_lib.ResourceInfo(kind="Event", namespaced=True)
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
@@ -56,6 +60,10 @@ async def test_operator_process(kmock: Any, controller: Controller, tmp_path: Pa
         "1",
         "--liveness",
         f"http://127.0.0.1:{port}/healthz",
+        "--cluster-site",
+        "k8s-proc",
+        "--service-cidr",
+        "198.19.236.0/22",
         env={**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -71,6 +79,19 @@ async def test_operator_process(kmock: Any, controller: Controller, tmp_path: Pa
             return bool(condition and condition["status"] == "True")
 
         await eventually("Ready on the Site CR", ready)
+        assert await eventually("the core Node's meshsec Node", lambda: sync.get(Kind.NODE, "proc-n1"))
+        cluster_site = await sync.get(Kind.SITE, "k8s-proc")
+        assert cluster_site is not None
+        assert [p.string_value for p in cluster_site.spec.fields["prefixes"].list_value.values] == [
+            "198.19.35.0/24",
+            "198.19.236.0/22",
+        ]
+        await nodes.delete("proc-n1")
+
+        async def gone() -> bool:
+            return await sync.get(Kind.NODE, "proc-n1") is None
+
+        await eventually("the deleted core Node's meshsec Node to go", gone)
 
         async def alive() -> bool:
             try:
