@@ -40,7 +40,9 @@ _INTEG = {
     IntegId.HMAC_SHA2_384_192: ("hmac-sha384", 192),
     IntegId.HMAC_SHA2_512_256: ("hmac-sha512", 256),
 }
-GCM_ICV_BITS = 128
+# Both AEADs negotiate only their 16-byte-ICV variant (ENCR_AES_GCM_16, RFC 7634 section 2).
+AEAD_ICV_BITS = 128
+_AEAD_NAMES = {EncrId.AES_GCM_16: "aes-gcm-16", EncrId.CHACHA20_POLY1305: "chacha20-poly1305"}
 
 
 class InstallError(ValueError):
@@ -96,8 +98,8 @@ def _transforms(ev: ChildSaEstablished, keys: DirectionKeys) -> tuple[Encryption
     alg = ev.algorithms
     enc: Encryption | None = None
     integ: Integrity | None = None
-    if alg.encr == EncrId.AES_GCM_16:
-        enc = Encryption("aes-gcm-16", keys.encr, GCM_ICV_BITS)
+    if alg.encr in _AEAD_NAMES:
+        enc = Encryption(_AEAD_NAMES[EncrId(alg.encr)], keys.encr, AEAD_ICV_BITS)
     elif alg.encr == EncrId.AES_CBC:
         enc = Encryption("aes-cbc", keys.encr)
     elif alg.encr is not None:

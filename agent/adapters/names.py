@@ -6,7 +6,11 @@ from __future__ import annotations
 from meshsec.agent.ike.constants import DhId, EncrId, EsnId, IntegId, PrfId, ProtocolId
 from meshsec.agent.ike.events import Algorithms
 
-ENCR_NAMES: dict[int, str] = {EncrId.AES_CBC: "AES_CBC", EncrId.AES_GCM_16: "AES_GCM_16"}
+ENCR_NAMES: dict[int, str] = {
+    EncrId.AES_CBC: "AES_CBC",
+    EncrId.AES_GCM_16: "AES_GCM_16",
+    EncrId.CHACHA20_POLY1305: "CHACHA20_POLY1305",
+}
 INTEG_NAMES: dict[int, str] = {
     IntegId.HMAC_SHA2_256_128: "HMAC_SHA2_256_128",
     IntegId.HMAC_SHA2_384_192: "HMAC_SHA2_384_192",

@@ -64,11 +64,12 @@ class PolicyAction(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Encryption:
-    """`name` is one of: aes-gcm-16 (RFC 4106, key includes the 4-byte salt), aes-cbc, null."""
+    """`name` is one of: aes-gcm-16 (RFC 4106, key includes the 4-byte salt), chacha20-poly1305
+    (RFC 7634, 32-byte key and the 4-byte salt), aes-cbc, null."""
 
     name: str
     key: Secret
-    icv_bits: int = 0  # for AEAD only (128 for GCM-16)
+    icv_bits: int = 0  # for AEAD only (128 for GCM-16 and ChaCha20-Poly1305)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +193,7 @@ class Capabilities:
     ah: bool
     aead_gcm: bool
     udp_encapsulation: bool
+    aead_chacha20poly1305: bool = False
     xfrm_interfaces: bool = False
     notes: tuple[str, ...] = ()
     # The underlay MTU tunnelled packets are sized for; 0: each route's interface MTU (kernel).

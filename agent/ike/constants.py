@@ -65,6 +65,13 @@ class TransformType(IntEnum):
 class EncrId(IntEnum):
     AES_CBC = 12
     AES_GCM_16 = 20
+    CHACHA20_POLY1305 = 28  # RFC 7634: an AEAD with a fixed 256-bit key, no Key Length attribute
+
+
+# Combined-mode ciphers (RFC 5282, RFC 7634): no INTEG transform, and each takes a 4-byte salt
+# from the keying material after its key.
+AEAD_ENCR = frozenset({EncrId.AES_GCM_16, EncrId.CHACHA20_POLY1305})
+AEAD_SALT_LEN = 4
 
 
 class PrfId(IntEnum):

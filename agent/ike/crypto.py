@@ -1,5 +1,6 @@
 """Cryptographic transforms of RFC 7296 on top of `cryptography`: PRF and prf+ (2.13), integrity,
-the SK payload ciphers (AES-CBC with HMAC, AES-GCM per RFC 5282) and the DH groups."""
+the SK payload ciphers (AES-CBC with HMAC, AES-GCM per RFC 5282, ChaCha20-Poly1305 per RFC 7634)
+and the DH groups."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric import dh, ec, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.utils import CryptographyDeprecationWarning
 
-from meshsec.agent.ike.constants import DhId, EncrId, IntegId, PrfId
+from meshsec.agent.ike.constants import AEAD_SALT_LEN, DhId, EncrId, IntegId, PrfId
 from meshsec.agent.ike.random import Random
 
 
@@ -120,30 +121,57 @@ class AesCbc:
         return dec.update(ciphertext) + dec.finalize()
 
 
-class AesGcm16:
-    """RFC 5282: key = AES key | 4-byte salt, explicit 8-byte IV, 16-byte ICV."""
+class _SaltedAead:
+    """RFC 5282 / RFC 7634 section 4: key = cipher key | 4-byte salt, nonce = salt | explicit
+    8-byte IV, 16-byte ICV; the AAD is everything before the IV (IKE header and SK header)."""
 
     aead = True
     iv_size = 8
     icv_size = 16
+    key_size: int
+    _name: str
 
-    def __init__(self, key_bits: int) -> None:
-        self.key_size = key_bits // 8 + 4
+    def _cipher(self, key: bytes) -> AESGCM | ChaCha20Poly1305:
+        raise NotImplementedError
 
     def block_size(self) -> int:
-        return 1  # RFC 5282 3: no alignment needed; we send only the Pad Length byte
+        return 1  # RFC 5282 3 / RFC 7634 4: no alignment needed; we send only the Pad Length byte
 
     def encrypt(self, key: bytes, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        return AESGCM(key[:-4]).encrypt(key[-4:] + iv, plaintext, aad)
+        return self._cipher(key[:-AEAD_SALT_LEN]).encrypt(key[-AEAD_SALT_LEN:] + iv, plaintext, aad)
 
     def decrypt(self, key: bytes, iv: bytes, ciphertext: bytes, aad: bytes) -> bytes:
         try:
-            return AESGCM(key[:-4]).decrypt(key[-4:] + iv, ciphertext, aad)
+            return self._cipher(key[:-AEAD_SALT_LEN]).decrypt(key[-AEAD_SALT_LEN:] + iv, ciphertext, aad)
         except InvalidTag as exc:
-            raise CryptoError("GCM tag mismatch") from exc
+            raise CryptoError(f"{self._name} tag mismatch") from exc
+
+
+class AesGcm16(_SaltedAead):
+    _name = "GCM"
+
+    def __init__(self, key_bits: int) -> None:
+        self.key_size = key_bits // 8 + AEAD_SALT_LEN
+
+    def _cipher(self, key: bytes) -> AESGCM:
+        return AESGCM(key)
+
+
+class ChaCha20Poly1305Aead(_SaltedAead):
+    """RFC 7634: a 256-bit key, so the transform carries no Key Length attribute."""
+
+    _name = "ChaCha20-Poly1305"
+    key_size = 32 + AEAD_SALT_LEN
+
+    def _cipher(self, key: bytes) -> ChaCha20Poly1305:
+        return ChaCha20Poly1305(key)
 
 
 def make_cipher(encr_id: int, key_bits: int | None) -> SkCipher:
+    if encr_id == EncrId.CHACHA20_POLY1305:
+        if key_bits is not None:
+            raise ValueError("ChaCha20-Poly1305 takes no Key Length attribute (RFC 7634 section 4)")
+        return ChaCha20Poly1305Aead()
     if key_bits not in (128, 192, 256):
         raise ValueError(f"unsupported AES key length {key_bits}")
     if encr_id == EncrId.AES_CBC:

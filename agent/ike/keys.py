@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshsec.agent.ike.constants import AEAD_ENCR, AEAD_SALT_LEN, EncrId
 from meshsec.agent.ike.crypto import INTEGS, Integ, Prf, SkCipher
 from meshsec.common.secrets import Secret
 
@@ -93,9 +94,10 @@ def derive_child_keys(
 
 
 def child_encr_key_size(encr_id: int | None, key_bits: int | None) -> int:
-    """Bytes of ESP encryption keying material; GCM adds its 4-byte salt (RFC 4106 8.1)."""
+    """Bytes of ESP encryption keying material; the AEADs add their 4-byte salt (RFC 4106 8.1,
+    RFC 7634 section 2), and ChaCha20-Poly1305's key is always 256 bits."""
+    if encr_id == EncrId.CHACHA20_POLY1305:
+        key_bits = 256
     if encr_id is None or key_bits is None:
         return 0
-    from meshsec.agent.ike.constants import EncrId
-
-    return key_bits // 8 + (4 if encr_id == EncrId.AES_GCM_16 else 0)
+    return key_bits // 8 + (AEAD_SALT_LEN if encr_id in AEAD_ENCR else 0)

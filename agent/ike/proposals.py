@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from meshsec.agent.ike.constants import (
+    AEAD_ENCR,
     DhId,
     EncrId,
     EsnId,
@@ -26,6 +27,8 @@ for _bits in (128, 192, 256):
     _ENCR[f"aes{_bits}"] = Transform(TransformType.ENCR, EncrId.AES_CBC, _bits)
     for _alias in ("gcm16", "gcm128"):
         _ENCR[f"aes{_bits}{_alias}"] = Transform(TransformType.ENCR, EncrId.AES_GCM_16, _bits)
+# RFC 7634: one fixed key size, so no Key Length attribute.
+_ENCR["chacha20poly1305"] = Transform(TransformType.ENCR, EncrId.CHACHA20_POLY1305)
 _INTEG = {
     "sha256": IntegId.HMAC_SHA2_256_128,
     "sha2_256": IntegId.HMAC_SHA2_256_128,
@@ -98,7 +101,7 @@ def _parse_one(text: str, protocol: ProtocolId) -> ProposalSpec:
             esn.append(_ESN[token])
         else:
             raise ProposalError(f"unknown algorithm {token!r} in proposal {text!r}")
-    aead = [t for t in encr if t.id == EncrId.AES_GCM_16]
+    aead = [t for t in encr if t.id in AEAD_ENCR]
     if aead and len(aead) != len(encr):
         raise ProposalError(f"proposal {text!r} mixes AEAD and non-AEAD ciphers")
     if aead and integ:

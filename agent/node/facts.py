@@ -13,7 +13,7 @@ from meshsec.common.version import VERSION
 from meshsec.v1 import agent_pb2, common_pb2
 
 AGENT_VERSION = VERSION
-USERSPACE_ENCRYPTION = ("aes128gcm16", "aes256gcm16", "aes128", "aes256")
+USERSPACE_ENCRYPTION = ("aes128gcm16", "aes256gcm16", "chacha20poly1305", "aes128", "aes256")
 USERSPACE_INTEGRITY = ("sha256", "sha384", "sha512")
 
 
@@ -29,6 +29,17 @@ VIRTUAL_INTERFACE_PREFIXES = (
 
 def virtual_interface(name: str) -> bool:
     return name.startswith(VIRTUAL_INTERFACE_PREFIXES)
+
+
+def encryption_names(caps: Capabilities) -> list[str]:
+    """The ESP ciphers the chosen backend runs: a kernel without an AEAD's template (probed by
+    the backend) does not get to advertise it."""
+    missing = set()
+    if not caps.aead_gcm:
+        missing |= {"aes128gcm16", "aes256gcm16"}
+    if not caps.aead_chacha20poly1305:
+        missing.add("chacha20poly1305")
+    return [name for name in USERSPACE_ENCRYPTION if name not in missing]
 
 
 def local_addresses() -> list[str]:
@@ -81,7 +92,7 @@ def node_facts(
         c.protocols.append(common_pb2.IPSEC_PROTOCOL_ESP)
         if caps.ah:
             c.protocols.append(common_pb2.IPSEC_PROTOCOL_AH)
-        c.encryption_algorithms.extend(USERSPACE_ENCRYPTION)
+        c.encryption_algorithms.extend(encryption_names(caps))
         c.integrity_algorithms.extend(USERSPACE_INTEGRITY)
         c.udp_encapsulation = caps.udp_encapsulation
     return facts

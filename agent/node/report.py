@@ -31,6 +31,8 @@ _DH: dict[int, str] = {DhId.CURVE25519: "x25519", DhId.ECP_256: "ecp256", DhId.E
 
 
 def encryption_name(alg: Algorithms) -> str:
+    if alg.encr == EncrId.CHACHA20_POLY1305:
+        return "chacha20poly1305"
     bits = alg.encr_key_bits or 128
     if alg.encr == EncrId.AES_GCM_16:
         return f"aes{bits}gcm16"

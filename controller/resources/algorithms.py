@@ -39,6 +39,7 @@ TRANSFORMS: dict[str, Transform] = _table(
     Transform("aes256", _E, True),
     Transform("aes128gcm16", _E, True, aead=True),
     Transform("aes256gcm16", _E, True, aead=True),
+    Transform("chacha20poly1305", _E, True, aead=True),  # RFC 7634
     Transform("aes192", _E, False),
     Transform("aes192gcm16", _E, False, aead=True),
     Transform("sha256", _I, True),

@@ -29,6 +29,8 @@ class CloudProfile:
 
 _AES = frozenset({"aes128", "aes256", "aes128gcm16", "aes256gcm16"})
 _AES192 = frozenset({"aes192", "aes192gcm16"})
+# RFC 7634; none of the cloud gateways below offers it, so only the generic profile accepts it.
+_CHACHA = frozenset({"chacha20poly1305"})
 _SHA = frozenset({"sha1", "sha256", "sha384", "sha512"})
 _PRF = frozenset({"prfsha1", "prfsha256", "prfsha384", "prfsha512"})
 _AWS_DH = frozenset(
@@ -56,11 +58,13 @@ PROFILES: dict[CloudProfileName, CloudProfile] = {
         CloudProfileName.GENERIC,
         ike_algorithms=_AES
         | _AES192
+        | _CHACHA
         | _SHA
         | _PRF
         | frozenset({"x25519", "ecp256", "ecp384", "modp2048", "modp3072"}),
         esp_algorithms=_AES
         | _AES192
+        | _CHACHA
         | _SHA
         | frozenset({"x25519", "ecp256", "ecp384", "modp2048", "modp3072"}),
         ike_lifetime_range=(300, 86400),

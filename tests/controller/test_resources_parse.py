@@ -85,6 +85,8 @@ def test_policy_defaults() -> None:
         ("aes256-sha256", ProposalKind.ESP, "aes256-sha256"),
         ("aes128gcm16-modp3072", ProposalKind.ESP, "aes128gcm16-modp3072"),
         ("sha512", ProposalKind.AH, "sha512"),
+        ("x25519-prfsha256-chacha20poly1305", ProposalKind.IKE, "chacha20poly1305-prfsha256-x25519"),
+        ("chacha20poly1305", ProposalKind.ESP, "chacha20poly1305"),
     ],
 )
 def test_proposal_canonical_form(text: str, kind: ProposalKind, canonical: str) -> None:
@@ -102,6 +104,8 @@ def test_proposal_canonical_form(text: str, kind: ProposalKind, canonical: str) 
         ("aes256-sha256", ProposalKind.AH, "AH proposal"),
         ("aes999-sha256", ProposalKind.ESP, "unknown algorithm 'aes999'"),
         ("aes256-aes128-sha256", ProposalKind.ESP, "more than one encryption"),
+        ("chacha20poly1305-sha256", ProposalKind.ESP, "AEAD chacha20poly1305 must not be combined"),
+        ("chacha20poly1305-x25519", ProposalKind.IKE, "needs an explicit prf"),
     ],
 )
 def test_proposal_rules(text: str, kind: ProposalKind, reason: str) -> None:
@@ -159,6 +163,17 @@ def test_engine_support_is_separate_from_profile_acceptance() -> None:
     )
     assert errors_of(aws_x25519) == [
         "ExternalGateway/vgw: spec.crypto.ikeProposals[0]: x25519 not accepted by the aws profile"
+    ]
+    # RFC 7634 ChaCha20-Poly1305: meshsec agents run it, the cloud gateways do not offer it.
+    chacha = {"ikeProposals": ["chacha20poly1305-prfsha256-x25519"],
+              "espProposals": ["chacha20poly1305-x25519"]}
+    mesh = parse_resource(policy("prod", "full-mesh", "node", crypto=chacha))
+    assert isinstance(mesh, MeshPolicy)
+    assert mesh.spec.crypto.ike_proposals == ("chacha20poly1305-prfsha256-x25519",)
+    assert mesh.spec.crypto.esp_proposals == ("chacha20poly1305-x25519",)
+    assert errors_of(external("vgw", ["dc1"], ["198.19.200.0/24"], profile="gcp", crypto=chacha)) == [
+        "ExternalGateway/vgw: spec.crypto.espProposals[0]: chacha20poly1305 not accepted by the gcp profile",
+        "ExternalGateway/vgw: spec.crypto.ikeProposals[0]: chacha20poly1305 not accepted by the gcp profile",
     ]
     aws_long = external("vgw", ["dc1"], ["198.19.200.0/24"], crypto={"ikeLifetimeSeconds": 30000})
     assert errors_of(aws_long) == [

@@ -45,9 +45,10 @@ def _ms_counters(agent: MeshsecAgent) -> dict[str, int]:
     return dict(counters)
 
 
+@pytest.mark.parametrize("suite", ["gcm-x25519", "chapoly-x25519"])
 @pytest.mark.parametrize("role", ["initiator", "responder"])
-def test_ping_and_tcp_through_tunnel(lab: Lab, charons: CharonFactory, role: str) -> None:
-    ike, esp, _, _ = SUITES["gcm-x25519"]
+def test_ping_and_tcp_through_tunnel(lab: Lab, charons: CharonFactory, role: str, suite: str) -> None:
+    ike, esp, _, _ = SUITES[suite]
     pair = build(lab)
     start = "initiate" if role == "initiator" else "wait"
     config = meshsec_config(ike, esp, start_action=start, dataplane="userspace")

@@ -29,6 +29,13 @@ SUITES = {
         },
         {"encr_alg": "AES_GCM_16", "encr_keysize": 256},
     ),
+    # RFC 7634: no Key Length attribute, so neither side reports a key size.
+    "chapoly-x25519": (
+        "chacha20poly1305-prfsha256-x25519",
+        "chacha20poly1305",
+        {"encr_alg": "CHACHA20_POLY1305", "prf_alg": "PRF_HMAC_SHA2_256", "dh_group": "CURVE_25519"},
+        {"encr_alg": "CHACHA20_POLY1305"},
+    ),
     "cbc-ecp256": (
         "aes128-sha256-ecp256",
         "aes128-sha256",

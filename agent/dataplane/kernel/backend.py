@@ -133,9 +133,10 @@ class KernelDataPlane:
         self._event_task = asyncio.create_task(self._pump_events(), name="xfrm-events")
         routes = (f"routes in table {self.route_table.table} (rule priority {self.route_table.rule_priority})"
                   if self.route_table else "no routes (the caller routes)")
-        log.info("kernel data plane: esp=%s gcm=%s ah=%s xfrm-interfaces=%s; policy-based tunnels, %s; "
-                 "route-based (if_id) %s%s",
-                 self._caps.esp, self._caps.aead_gcm, self._caps.ah, self._caps.xfrm_interfaces, routes,
+        log.info("kernel data plane: esp=%s gcm=%s chacha20poly1305=%s ah=%s xfrm-interfaces=%s; "
+                 "policy-based tunnels, %s; route-based (if_id) %s%s",
+                 self._caps.esp, self._caps.aead_gcm, self._caps.aead_chacha20poly1305, self._caps.ah,
+                 self._caps.xfrm_interfaces, routes,
                  "available on request" if self._caps.xfrm_interfaces else "unavailable",
                  "".join(f"; {n}" for n in self._caps.notes))
 
@@ -230,6 +231,10 @@ class KernelDataPlane:
             raise Unsupported(f"this kernel has no AH: cannot install AH SA {sa.id.spi:#x}")
         if sa.encryption is not None and sa.encryption.name == "aes-gcm-16" and not caps.aead_gcm:
             raise Unsupported(f"this kernel has no rfc4106(gcm(aes)): cannot install SA {sa.id.spi:#x}")
+        if (sa.encryption is not None and sa.encryption.name == "chacha20-poly1305"
+                and not caps.aead_chacha20poly1305):
+            raise Unsupported("this kernel has no rfc7539esp(chacha20,poly1305) "
+                              f"(CONFIG_CRYPTO_CHACHA20POLY1305): cannot install SA {sa.id.spi:#x}")
         if sa.if_id and not caps.xfrm_interfaces:
             raise Unsupported(f"SA {sa.id.spi:#x} has if_id {sa.if_id} but this kernel has no "
                               "xfrm interfaces")

@@ -70,6 +70,8 @@ def _probes() -> list[_Probe]:
     return [
         _Probe("esp", _probe_sa(IpsecProtocol.ESP, cbc, sha)),
         _Probe("aead_gcm", _probe_sa(IpsecProtocol.ESP, Encryption("aes-gcm-16", key(20), 128), None)),
+        _Probe("aead_chacha20poly1305",
+               _probe_sa(IpsecProtocol.ESP, Encryption("chacha20-poly1305", key(36), 128), None)),
         _Probe("ah", _probe_sa(IpsecProtocol.AH, None, sha)),
         _Probe("udp_encapsulation", _probe_sa(IpsecProtocol.ESP, cbc, sha, UdpEncapsulation(4500, 4500))),
     ]
@@ -133,6 +135,7 @@ async def detect(scratch_netns: str | None) -> Capabilities:
         esp=found["esp"],
         ah=found["ah"],
         aead_gcm=found["aead_gcm"],
+        aead_chacha20poly1305=found["aead_chacha20poly1305"],
         udp_encapsulation=found["udp_encapsulation"],
         xfrm_interfaces=why_if is None,
         notes=tuple(notes),

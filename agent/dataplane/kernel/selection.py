@@ -43,8 +43,8 @@ async def select_backend(
     caps = await backend.detect()
     missing = [what for what, ok in (("ESP", caps.esp), ("ESP-in-UDP", caps.udp_encapsulation)) if not ok]
     if not missing:
-        log.info("data plane: kernel (ESP and ESP-in-UDP available; gcm=%s, xfrm interfaces=%s)",
-                 caps.aead_gcm, caps.xfrm_interfaces)
+        log.info("data plane: kernel (ESP and ESP-in-UDP available; gcm=%s, chacha20poly1305=%s, "
+                 "xfrm interfaces=%s)", caps.aead_gcm, caps.aead_chacha20poly1305, caps.xfrm_interfaces)
         return backend
     why = f"no {' and no '.join(missing)}" + "".join(f"; {n}" for n in caps.notes)
     if preference == "kernel":

@@ -65,8 +65,11 @@ class OwnerMark:
         return mark is not None and mark["v"] == self.value and mark["m"] == self.mask
 
 
-# RFC 4106: the 4-byte salt follows the AES key; the kernel takes both as one key.
-_AEAD = {"aes-gcm-16": "rfc4106(gcm(aes))"}
+# RFC 4106 / RFC 7634: the 4-byte salt follows the cipher key; the kernel takes both as one key
+# (rfc7539esp is the kernel's RFC 7634 template: 8-byte IV, salt at the end of the 36-byte key).
+_AEAD = {"aes-gcm-16": "rfc4106(gcm(aes))", "chacha20-poly1305": "rfc7539esp(chacha20,poly1305)"}
+# ICV lengths the kernel accepts per template; RFC 7634 defines only the 16-byte tag.
+_AEAD_ICV_BITS = {"aes-gcm-16": (64, 96, 128), "chacha20-poly1305": (128,)}
 _CRYPT = {"aes-cbc": "cbc(aes)", "null": "ecb(cipher_null)"}
 # RFC 4868 truncations are the normal ones; others are refused rather than silently installed.
 _AUTH = {"hmac-sha256": ("hmac(sha256)", 128), "hmac-sha384": ("hmac(sha384)", 192),
@@ -180,8 +183,9 @@ def _encryption_attr(enc: Encryption, integ: Integrity | None, spi: int) -> list
         if integ is not None:
             raise DataPlaneError(f"SA {spi:#x}: AEAD {enc.name} takes no separate integrity algorithm")
         icv = enc.icv_bits or 128
-        if icv not in (64, 96, 128):
-            raise DataPlaneError(f"SA {spi:#x}: {enc.name} ICV of {icv} bits is not 64, 96 or 128")
+        if icv not in _AEAD_ICV_BITS[enc.name]:
+            allowed = ", ".join(str(b) for b in _AEAD_ICV_BITS[enc.name])
+            raise DataPlaneError(f"SA {spi:#x}: {enc.name} ICV of {icv} bits is not one of {allowed}")
         return ["XFRMA_ALG_AEAD", {"alg_name": _AEAD[enc.name].encode(), "alg_key_len": len(key) * 8,
                                    "alg_icv_len": icv, "alg_key": key}]
     if enc.name in _CRYPT:

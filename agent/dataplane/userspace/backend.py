@@ -101,7 +101,7 @@ class UserspaceDataPlane:
     def capabilities(self) -> Capabilities:
         return Capabilities(
             backend="userspace", esp=True, ah=True, aead_gcm=True, udp_encapsulation=True,
-            path_mtu=self.config.path_mtu,
+            aead_chacha20poly1305=True, path_mtu=self.config.path_mtu,
             notes=(f"TUN {self.tun_name} MTU {self.mtu}", "AH: no IPv4 options / IPv6 extension headers",
                    "inbound SPIs are unique per protocol across all destinations"),
         )

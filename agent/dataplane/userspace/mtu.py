@@ -6,8 +6,8 @@ inner packet m that fits satisfies  H + 8 + IV + ceil((m + 2) / B) * B + ICV <= 
 
     m = floor((PMTU - H - 8 - IV - ICV) / B) * B - 2        (H = outer IP [+ UDP])
 
-with B the cipher block size (16 for AES-CBC) or 4 for GCM/NULL. AH adds H + 12 + ICV, padded to
-4 bytes (IPv4) or 8 bytes (IPv6). TCP MSS is the MTU minus 40 (IPv4) or 60 (IPv6).
+with B the cipher block size (16 for AES-CBC) or 4 for GCM/ChaCha20-Poly1305/NULL. AH adds
+H + 12 + ICV, padded to 4 bytes (IPv4) or 8 bytes (IPv6). TCP MSS is the MTU minus 40 (IPv4) or 60 (IPv6).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from meshsec.agent.dataplane.userspace.ah import ah_length
 
-_IV = {"aes-gcm-16": 8, "aes-cbc": 16, "null": 0}
-_BLOCK = {"aes-gcm-16": 4, "aes-cbc": 16, "null": 4}
+_IV = {"aes-gcm-16": 8, "chacha20-poly1305": 8, "aes-cbc": 16, "null": 0}
+_BLOCK = {"aes-gcm-16": 4, "chacha20-poly1305": 4, "aes-cbc": 16, "null": 4}
+_AEAD_ICV = {"aes-gcm-16": 16, "chacha20-poly1305": 16}
 _ICV = {"hmac-sha256": 16, "hmac-sha384": 24, "hmac-sha512": 32}
 
 
@@ -42,7 +43,7 @@ def inner_mtu(path_mtu: int, suite: Suite, ipv6_outer: bool, udp_encap: bool) ->
     enc = suite.encryption or ""
     if enc not in _IV:
         raise ValueError(f"unknown encryption algorithm {enc!r} in MTU suite")
-    icv = 16 if enc == "aes-gcm-16" else _ICV.get(suite.integrity or "", -1)
+    icv = _AEAD_ICV.get(enc) or _ICV.get(suite.integrity or "", -1)
     if icv < 0:
         raise ValueError(f"{enc} suite needs an HMAC integrity algorithm, got {suite.integrity!r}")
     block = _BLOCK[enc]

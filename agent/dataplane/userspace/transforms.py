@@ -1,9 +1,10 @@
-"""ESP/AH cryptographic transforms: AES-GCM-16 (RFC 4106), AES-CBC (RFC 3602) with
-HMAC-SHA2 (RFC 4868), and NULL encryption with HMAC (RFC 2410), all precomputed per SA.
+"""ESP/AH cryptographic transforms: AES-GCM-16 (RFC 4106), ChaCha20-Poly1305 (RFC 7634), AES-CBC
+(RFC 3602) with HMAC-SHA2 (RFC 4868), and NULL encryption with HMAC (RFC 2410), all precomputed
+per SA.
 
 A transform turns (ESP header, plaintext) into IV || ciphertext || ICV and back. The high-order
-ESN bits (RFC 4304) are passed in by the caller because both the GCM AAD (RFC 4106 section 5) and
-the HMAC input (RFC 4303 section 3.3.2.1) include them without sending them.
+ESN bits (RFC 4304) are passed in by the caller because both the AEAD AAD (RFC 4106 section 5,
+RFC 7634 section 2.1) and the HMAC input (RFC 4303 section 3.3.2.1) include them without sending them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from meshsec.agent.dataplane.api import Encryption, Integrity, Unsupported
 
@@ -70,24 +71,32 @@ class EspTransform(Protocol):
         received packet (no copy)."""
 
 
-class AesGcm16:
-    """RFC 4106: key = AES key || 4-byte salt; nonce = salt || 8-byte explicit IV. The explicit IV is
-    the 64-bit sequence number, which the SA never repeats, so a nonce is never reused."""
+class _SaltedAead:
+    """RFC 4106 / RFC 7634: key = cipher key || 4-byte salt; nonce = salt || 8-byte explicit IV.
+    The explicit IV is the 64-bit sequence number, which the SA never repeats, so a nonce is never
+    reused. The subclass names the algorithm and builds the AEAD from the key without the salt."""
 
     iv_size = 8
     block_size = 4
     icv_size = 16
+    name: str
+    key_sizes: tuple[int, ...]  # without the salt
     __slots__ = ("_aead", "_salt", "esn")
 
     def __init__(self, encryption: Encryption, esn: bool) -> None:
         key = encryption.key.reveal()
-        if len(key) not in (20, 28, 36):
-            raise ValueError(f"aes-gcm-16: key must be 16/24/32 bytes plus a 4-byte salt, got {len(key)}")
+        if len(key) - 4 not in self.key_sizes:
+            sizes = "/".join(str(n) for n in self.key_sizes)
+            raise ValueError(f"{self.name}: key must be {sizes} bytes plus a 4-byte salt, got {len(key)}")
         if encryption.icv_bits not in (0, 128):
-            raise Unsupported(f"aes-gcm: only a 128-bit ICV is supported, got {encryption.icv_bits}")
-        self._aead = AESGCM(key[:-4])
+            raise Unsupported(f"{self.name}: only a 128-bit ICV is supported, got {encryption.icv_bits}")
+        self._aead = self._make(key[:-4])
         self._salt = key[-4:]
         self.esn = esn
+
+    @staticmethod
+    def _make(key: bytes) -> AESGCM | ChaCha20Poly1305:
+        raise NotImplementedError
 
     def seal(self, header: bytes, seq: int, seq_hi: bytes, plaintext: bytes) -> bytes:
         iv = seq.to_bytes(8, "big")
@@ -103,6 +112,29 @@ class AesGcm16:
             return self._aead.decrypt(self._salt + body[:8], body[8:], aad)
         except InvalidTag:
             return None
+
+
+class AesGcm16(_SaltedAead):
+    name = "aes-gcm-16"
+    key_sizes = (16, 24, 32)
+    __slots__ = ()
+
+    @staticmethod
+    def _make(key: bytes) -> AESGCM:
+        return AESGCM(key)
+
+
+class ChaCha20Poly1305Esp(_SaltedAead):
+    """RFC 7634 section 2: the same nonce, AAD and ICV rules as GCM with a 256-bit key. Block
+    size 4: a stream cipher needs no padding beyond ESP's 4-byte alignment (section 2)."""
+
+    name = "chacha20-poly1305"
+    key_sizes = (32,)
+    __slots__ = ()
+
+    @staticmethod
+    def _make(key: bytes) -> ChaCha20Poly1305:
+        return ChaCha20Poly1305(key)
 
 
 class _IvPool:
@@ -198,16 +230,21 @@ class NullHmac:
         return bytes(signed)
 
 
+_AEADS: dict[str, type[_SaltedAead]] = {"aes-gcm-16": AesGcm16, "chacha20-poly1305": ChaCha20Poly1305Esp}
+
+
 def make_esp_transform(
     encryption: Encryption | None, integrity: Integrity | None, esn: bool, random: RandomSource = os.urandom
 ) -> EspTransform:
     """The transform for an SA's algorithms; raises ValueError/Unsupported naming the bad field."""
     if encryption is None:
         raise ValueError("ESP SA needs an encryption algorithm (use 'null' for integrity-only ESP)")
-    if encryption.name == "aes-gcm-16":
+    aead = _AEADS.get(encryption.name)
+    if aead is not None:
         if integrity is not None:
-            raise ValueError("aes-gcm-16 is an AEAD: the SA must not carry a separate integrity algorithm")
-        return AesGcm16(encryption, esn)
+            raise ValueError(
+                f"{encryption.name} is an AEAD: the SA must not carry a separate integrity algorithm")
+        return aead(encryption, esn)
     if encryption.name in ("aes-cbc", "null"):
         if integrity is None:
             raise ValueError(f"{encryption.name} needs an integrity algorithm")

@@ -85,8 +85,25 @@ def test_cbc_hmac_sa_uses_truncated_auth_and_refuses_non_rfc_truncation() -> Non
                           integrity=Integrity("hmac-sha256", Secret(b"i" * 32), 96)), OWNER)
     with pytest.raises(DataPlaneError, match="needs an integrity"):
         tr.sa_message(_sa(encryption=Encryption("aes-cbc", Secret(b"k" * 16))), OWNER)
-    with pytest.raises(Unsupported, match="chacha"):
-        tr.sa_message(_sa(encryption=Encryption("chacha20", Secret(b"k" * 36))), OWNER)
+    with pytest.raises(Unsupported, match="'camellia-cbc' is not one of"):
+        tr.sa_message(_sa(encryption=Encryption("camellia-cbc", Secret(b"k" * 16))), OWNER)
+
+
+def test_chacha20poly1305_sa_is_the_rfc7539esp_aead_with_its_salt_and_a_16_byte_icv() -> None:
+    key = bytes(range(36))  # 32-byte key, then the 4-byte salt (RFC 7634 section 2)
+    msg = tr.sa_message(_sa(encryption=Encryption("chacha20-poly1305", Secret(key), 128)), OWNER)
+    msg.encode()
+    back = xm.xfrm_usersa_info(bytes(msg.data))
+    back.decode()
+    aead = back.get_attr("XFRMA_ALG_AEAD")
+    assert aead["alg_name"].rstrip(b"\0") == b"rfc7539esp(chacha20,poly1305)"
+    assert aead["alg_key_len"] == 288 and aead["alg_icv_len"] == 128 and aead["alg_key"] == key
+    assert back.get_attr("XFRMA_ALG_AUTH_TRUNC") is None and back.get_attr("XFRMA_ALG_CRYPT") is None
+    with pytest.raises(DataPlaneError, match="ICV of 96 bits is not one of 128"):
+        tr.sa_message(_sa(encryption=Encryption("chacha20-poly1305", Secret(key), 96)), OWNER)
+    with pytest.raises(DataPlaneError, match="no separate integrity"):
+        tr.sa_message(_sa(encryption=Encryption("chacha20-poly1305", Secret(key), 128),
+                          integrity=Integrity("hmac-sha256", Secret(b"i" * 32), 128)), OWNER)
 
 
 def test_selector_ports_become_port_masks_and_back() -> None:

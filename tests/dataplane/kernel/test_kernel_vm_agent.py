@@ -43,12 +43,16 @@ class Tunnel:
     esp: str
     inner: dict[str, str]  # side name -> inner address
     rekey: int | None = None  # CHILD_SA rekey_time (s) of the initiator; None: the default hour
+    ike: str = "aes256gcm16-prfsha256-x25519"
 
 
 A, B = Side("a", "198.18.90.1"), Side("b", "198.18.90.2")
 # The checks before the rekey take 2-8 s in the guest; a longer rekey_time only adds waiting.
 PLAIN = Tunnel("kv-esp", False, "aes256gcm16", {"a": "198.19.90.1", "b": "198.19.90.2"}, rekey=20)
-UDP = Tunnel("kv-udp", True, "aes128gcm16", {"a": "198.19.91.1", "b": "198.19.91.2"})
+# RFC 7634 end to end: IKE and ESP with ChaCha20-Poly1305, the kernel's rfc7539esp template.
+UDP = Tunnel("kv-udp", True, "chacha20poly1305", {"a": "198.19.91.1", "b": "198.19.91.2"},
+             ike="chacha20poly1305-prfsha256-x25519")
+KERNEL_AEAD = {"aes256gcm16": "rfc4106(gcm(aes))", "chacha20poly1305": "rfc7539esp(chacha20,poly1305)"}
 
 
 @pytest.fixture
@@ -70,7 +74,7 @@ def agent_config(me: Side, peer: Side, tunnels: tuple[Tunnel, ...], *, initiate:
             "local_addrs": [me.outer], "remote_addrs": [peer.outer],
             # Distinct identities per connection: they tell the responder which connection is meant.
             "local": {"id": f"{me.name}.{t.name}.test"}, "remote": {"id": f"{peer.name}.{t.name}.test"},
-            "psk": PSK, "proposals": ["aes256gcm16-prfsha256-x25519"],
+            "psk": PSK, "proposals": [t.ike],
             "start_action": "initiate" if initiate else "wait", "encap": t.encap and initiate,
             "children": {"net": child_config(t, me, peer, initiate)},
         }
@@ -112,15 +116,18 @@ class XfrmState:
     encap: str | None  # "espinudp sport 4500 dport 4500" or None
     bytes: int
     packets: int
+    aead: str | None  # the AEAD's kernel name (its key is never kept)
 
 
 _KEY_LINE = re.compile(r"^\s*(aead|enc|auth|auth-trunc|comp)\s")
+_AEAD_NAME = re.compile(r"^\s*aead (\S+) ", re.M)
 
 
 def xfrm_states(host: Host) -> list[XfrmState]:
-    """`ip -s xfrm state`, key lines dropped before anything else sees the text."""
+    """`ip -s xfrm state`, key lines cut to their algorithm name before anything else sees them."""
     lines = host.ip("-s", "xfrm", "state").splitlines()
-    text = "\n".join(line for line in lines if not _KEY_LINE.match(line))
+    # Key lines become their first two words ("aead rfc4106(gcm(aes))"): the key never survives.
+    text = "\n".join(" ".join(line.split()[:2]) + " " if _KEY_LINE.match(line) else line for line in lines)
     states = []
     for block in re.split(r"^(?=src )", text, flags=re.M):
         head = re.match(r"src (\S+) dst (\S+)", block)
@@ -130,9 +137,10 @@ def xfrm_states(host: Host) -> list[XfrmState]:
         encap = re.search(r"encap type (\S+ sport \d+ dport \d+)", block)
         current = re.search(r"lifetime current:\s*\n\s*(\d+)\(bytes\), (\d+)\(packets\)", block)
         assert current is not None, f"no lifetime counters for SA {spi.group(1)}"
+        aead = _AEAD_NAME.search(block)
         states.append(XfrmState(int(spi.group(1), 16), head.group(1), head.group(2), OWNER_MARK in block,
                                 encap.group(1) if encap else None, int(current.group(1)),
-                                int(current.group(2))))  # fmt: skip
+                                int(current.group(2)), aead.group(1) if aead else None))  # fmt: skip
     return states
 
 
@@ -200,6 +208,8 @@ def test_agents_pick_the_kernel_and_carry_traffic_through_it(lab: Lab) -> None:
     for t in tunnels:
         ia, ib = ike_sa(sa, t.name), ike_sa(sb, t.name)
         assert (ia["initiator_spi"], ia["responder_spi"]) == (ib["initiator_spi"], ib["responder_spi"])
+        ike_encr = "CHACHA20_POLY1305" if t.ike.startswith("chacha20poly1305") else "AES_GCM_16"
+        assert ia["encr_alg"] == ib["encr_alg"] == ike_encr, (ia, ib)
         # Without a NAT the engine keeps IKE on 500 and ESP plain; forced encap floats both to 4500.
         port = "4500" if t.encap else "500"
         assert ia["local"] == f"{A.outer}:{port}" and ia["remote"] == f"{B.outer}:{port}"
@@ -218,6 +228,7 @@ def test_agents_pick_the_kernel_and_carry_traffic_through_it(lab: Lab) -> None:
             assert sa_in.marked and sa_out.marked
             expected_encap = "espinudp sport 4500 dport 4500" if t.encap else None
             assert sa_in.encap == expected_encap and sa_out.encap == expected_encap
+            assert sa_in.aead == sa_out.aead == KERNEL_AEAD[t.esp], (t.name, sa_in, sa_out)
         directions = sorted(p.rsplit(" ", 1)[1] for p in owned_policies(host))
         assert directions == ["fwd", "fwd", "in", "in", "out", "out"], owned_policies(host)
         # The kernel data plane routes each remote selector itself (table 220), towards the peer
