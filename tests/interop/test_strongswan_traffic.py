@@ -1,5 +1,6 @@
 """Traffic through a tunnel between meshsec's userspace data plane (ESP-in-UDP over TUN) and
-strongSwan's kernel-libipsec: ping and TCP, meshsec in both roles (issue 4's interop check).
+strongSwan's kernel-libipsec: ping and TCP, meshsec in both roles (issue 4's interop check), with
+AES-GCM and with ChaCha20-Poly1305 (RFC 7634).
 Both ends' packet counters must move, so the traffic provably went through the CHILD_SA."""
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _ms_counters(agent: MeshsecAgent) -> dict[str, int]:
 @pytest.mark.parametrize("suite", ["gcm-x25519", "chapoly-x25519"])
 @pytest.mark.parametrize("role", ["initiator", "responder"])
 def test_ping_and_tcp_through_tunnel(lab: Lab, charons: CharonFactory, role: str, suite: str) -> None:
-    ike, esp, _, _ = SUITES[suite]
+    ike, esp, _, esp_alg = SUITES[suite]
     pair = build(lab)
     start = "initiate" if role == "initiator" else "wait"
     config = meshsec_config(ike, esp, start_action=start, dataplane="userspace")
@@ -71,6 +72,7 @@ def test_ping_and_tcp_through_tunnel(lab: Lab, charons: CharonFactory, role: str
 
     ms = _ms_counters(agent)
     sw_child = sw.wait_for(_swan_child)
+    assert sw_child.encr_alg == esp_alg["encr_alg"]  # the suite really is the one negotiated
     # 10 echo requests/replies plus >2 MiB of TCP in both directions' counters.
     assert ms["packets_out"] >= 10 and ms["packets_in"] >= 10
     assert ms["bytes_out"] >= TCP_BYTES
