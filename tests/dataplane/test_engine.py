@@ -74,8 +74,9 @@ def sa(
     ipsec = IpsecProtocol.AH if proto == "ah" else IpsecProtocol.ESP
     common = dict(id=SaId(dst, spi, ipsec), src=src, direction=direction,  # type: ignore[arg-type]
                   mode=kw.pop("mode", Mode.TUNNEL), reqid=int(kw.pop("reqid", 1)))  # type: ignore[call-overload]
-    if proto == "gcm":
-        enc = Encryption("aes-gcm-16", Secret(key), 128)
+    if proto in ("gcm", "chacha"):
+        enc = (Encryption("aes-gcm-16", Secret(key), 128) if proto == "gcm"
+               else Encryption("chacha20-poly1305", Secret(key + key[:16]), 128))
         return SecurityAssociation(**common, encryption=enc, **kw)  # type: ignore[arg-type]
     integ = Integrity("hmac-sha256", Secret(key + key[:12]), 128)
     if proto == "ah":
@@ -116,7 +117,7 @@ class Pair:
         self.wa.udp.clear()
 
 
-@pytest.mark.parametrize("proto", ["gcm", "cbc", "ah"])
+@pytest.mark.parametrize("proto", ["gcm", "chacha", "cbc", "ah"])
 def test_tunnel_roundtrip_and_counters(proto: str) -> None:
     p = Pair(proto)
     pkt = icmp_packet("198.19.1.1", "198.19.2.1")
