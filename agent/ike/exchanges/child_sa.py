@@ -9,10 +9,13 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from meshsec.agent.ike.child import ChildSa
 from meshsec.agent.ike.config import ChildConfig
 from meshsec.agent.ike.constants import ERROR_NOTIFY_LIMIT, NotifyType, PayloadType, ProtocolId, notify_name
 from meshsec.agent.ike.crypto import CryptoError
 from meshsec.agent.ike.events import Algorithms, ChildSaEstablished, ChildSaFailed
+from meshsec.agent.ike.exchanges.informational import ChildDelete
+from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.keys import child_encr_key_size, derive_child_keys
 from meshsec.agent.ike.lifetime import jittered
 from meshsec.agent.ike.payloads import (
@@ -28,7 +31,7 @@ from meshsec.agent.ike.proposals import Chosen, accept_response, select_proposal
 from meshsec.agent.ike.ts import Ts, is_subset, narrow
 
 if TYPE_CHECKING:
-    from meshsec.agent.ike.sa import ChildSa, IkeSa
+    from meshsec.agent.ike.sa import IkeSa
 
 
 @dataclass(slots=True)
@@ -106,8 +109,6 @@ def _install(
     now: float,
     succession: Succession,
 ) -> ChildSa:
-    from meshsec.agent.ike.sa import ChildSa
-
     assert sa.prf is not None and sa.keys is not None
     encr = n.chosen.encr
     keys = derive_child_keys(
@@ -183,11 +184,15 @@ def complete_child_initiator(
     name = req.config.name
     errors = [n for n in msg.notifies() if n.notify_type < ERROR_NOTIFY_LIMIT]
     if errors:
-        sa.emit(ChildSaFailed(name, notify_name(errors[0].notify_type)))
+        sa.emit(
+            ChildSaFailed(
+                name, notify_name(errors[0].notify_type), FailureReason.from_notify(errors[0].notify_type)
+            )
+        )
         return None
     sa_p, ts_i, ts_r = msg.find(PayloadType.SA), _ts(msg, PayloadType.TSi), _ts(msg, PayloadType.TSr)
     if not isinstance(sa_p, SaPayload) or ts_i is None or ts_r is None or len(sa_p.proposals) != 1:
-        sa.emit(ChildSaFailed(name, "response lacks SA/TSi/TSr"))
+        sa.emit(ChildSaFailed(name, "response lacks SA/TSi/TSr", FailureReason.INVALID_RESPONSE))
         return None
     chosen = accept_response(req.offered, sa_p.proposals[0])
     problem = None
@@ -201,11 +206,9 @@ def complete_child_initiator(
     if problem is None and transport != (req.config.mode == "transport"):
         problem = "responder did not accept the requested mode"
     if problem is not None or chosen is None:
-        sa.emit(ChildSaFailed(name, problem or "invalid response"))
+        sa.emit(ChildSaFailed(name, problem or "invalid response", FailureReason.INVALID_RESPONSE))
         if chosen is not None and len(chosen.spi) == 4:
             # The responder installed it; ask it to remove its half (RFC 7296 1.4.1).
-            from meshsec.agent.ike.exchanges.informational import ChildDelete
-
             sa.queue(ChildDelete(req.spi_in, protocol=req.config.protocol))
         return None
     spi_out = struct.unpack("!I", chosen.spi)[0]
