@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshsec.agent.ike.constants import EncrId
 from meshsec.agent.ike.crypto import INTEGS, Integ, Prf, SkCipher
 from meshsec.common.secrets import Secret
 
@@ -96,6 +97,4 @@ def child_encr_key_size(encr_id: int | None, key_bits: int | None) -> int:
     """Bytes of ESP encryption keying material; GCM adds its 4-byte salt (RFC 4106 8.1)."""
     if encr_id is None or key_bits is None:
         return 0
-    from meshsec.agent.ike.constants import EncrId
-
     return key_bits // 8 + (4 if encr_id == EncrId.AES_GCM_16 else 0)

@@ -53,6 +53,7 @@ from meshsec.agent.ike.random import Random, SystemRandom
 from meshsec.agent.ike.states import EXCHANGE_RULES, IKE_TRANSITIONS, ChildState, State, check
 from meshsec.agent.ike.task import Task
 from meshsec.agent.ike.task_manager import TaskManager
+from meshsec.common.errorlog import ExceptionLog
 
 __all__ = [
     "ChildSa",
@@ -65,6 +66,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# One traceback per distinct bug and minute for all SAs: a bug any peer can trigger must not
+# flood the log.
+ERRORS = ExceptionLog(log)
 
 SpiAllocator = Callable[[ProtocolId], int]
 HALF_OPEN_TIMEOUT = 30.0  # seconds a responder waits for IKE_AUTH (strongSwan's default)
@@ -209,31 +213,31 @@ class IkeSa:
     def initiate(self, now: float) -> None:
         """Starts IKE_SA_INIT and IKE_AUTH with the first child; further children follow as
         CREATE_CHILD_SA exchanges."""
-        self._guard(self._initiate, now)
+        self._guard(now, self._initiate, now)
 
     def receive(self, datagram: bytes, local: Address, remote: Address, now: float) -> None:
         """One IKE message (without non-ESP marker). Never raises (outside strict mode): bad
         input is counted in `stats` and dropped or answered with the error notify the RFC
         prescribes."""
-        self._guard(self._receive, bytes(datagram), local, remote, now)
+        self._guard(now, self._receive, bytes(datagram), local, remote, now)
 
     def handle_timer(self, now: float) -> None:
-        self._guard(self._handle_timer, now)
+        self._guard(now, self._handle_timer, now)
 
     def create_child(self, config: ChildConfig, now: float) -> None:
-        self._guard(self._enqueue, ChildCreate(config), now)
+        self._guard(now, self._enqueue, ChildCreate(config), now)
 
     def delete_child(self, spi_in: int, now: float) -> None:
-        self._guard(self._enqueue, ChildDelete(spi_in), now)
+        self._guard(now, self._enqueue, ChildDelete(spi_in), now)
 
     def rekey_child(self, spi_in: int, now: float) -> None:
         """Rekeys one CHILD_SA now (its soft lifetime does the same on its own)."""
-        self._guard(self._rekey_child, spi_in, now)
+        self._guard(now, self._rekey_child, spi_in, now)
 
     def child_expired(self, spi: int, hard: bool, now: float) -> None:
         """The data plane reports a byte/packet (or time) limit of the pair with inbound or
         outbound SPI `spi`: soft rekeys it, hard deletes it."""
-        self._guard(self._child_expired, spi, hard, now)
+        self._guard(now, self._child_expired, spi, hard, now)
 
     def rekeying_ike(self) -> bool:
         return self.ike_rekey_task is not None or self.successor is not None
@@ -241,20 +245,20 @@ class IkeSa:
     def rekey(self, now: float) -> None:
         """Rekeys the IKE SA now (its rekey_time does the same on its own)."""
         self.ike_rekey_at = None
-        self._guard(self._enqueue, IkeRekey(), now)
+        self._guard(now, self._enqueue, IkeRekey(), now)
 
     def check_liveness(self, now: float) -> None:
-        self._guard(self._enqueue, Liveness(), now)
+        self._guard(now, self._enqueue, Liveness(), now)
 
     def delete(self, now: float) -> None:
         """Deletes the IKE SA (and with it every CHILD_SA) with an INFORMATIONAL exchange."""
-        self._guard(self._delete, now)
+        self._guard(now, self._delete, now)
 
     def reauthenticate(self, now: float) -> None:
         """Make-before-break reauthentication: a new IKE SA (IKE_SA_INIT, IKE_AUTH with fresh
         authentication, all CHILD_SAs) towards the same peer; this SA is deleted once the new
         one has finished its setup exchanges."""
-        self._guard(self._spawn_fresh, now, True)
+        self._guard(now, self._spawn_fresh, now, True)
 
     def traffic_seen(self, now: float) -> None:
         """Inbound ESP arrived for one of our CHILD_SAs (fed by the adapter from data-plane
@@ -458,19 +462,19 @@ class IkeSa:
         if self.on_pending is not None:
             self.on_pending(self)
 
-    def _guard(self, fn: Callable[..., None], *args: object) -> None:
+    def _guard(self, now: float, fn: Callable[..., None], *args: object) -> None:
         try:
             fn(*args)
         except Exception as exc:
             if strict.enabled:
                 raise
+            self.stats["internal_error"] += 1
+            ERRORS.report(f"IKE SA {self.local_spi.hex()} failed closed", now)
             self._fail_closed(exc)
 
     def _fail_closed(self, exc: Exception) -> None:
         """A bug of ours: this SA ends now, cleanly (every CHILD_SA reported deleted so the data
         plane drops it, IkeSaFailed INTERNAL_ERROR), rather than half changed."""
-        self.stats["internal_error"] += 1
-        log.error("IKE SA %s: internal error, failing it closed", self.local_spi.hex(), exc_info=exc)
         if self._state is State.CLOSED:
             return
         self._close_after_response = None
