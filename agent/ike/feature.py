@@ -53,6 +53,22 @@ class Feature:
         """Responder: append this feature's payloads to our answer."""
 
 
+class Announcement(Feature):
+    """A capability both ends announce in the same exchange: what the peer announced is learnt
+    the same way from its request (responder) and its response (initiator)."""
+
+    def learn(self, sa: IkeSa, msg: Message) -> None:
+        raise NotImplementedError
+
+    def process_response(self, sa: IkeSa, msg: Message, raw: bytes) -> Outcome | Refusal | None:
+        self.learn(sa, msg)
+        return None
+
+    def process_request(self, sa: IkeSa, msg: Message) -> Refusal | None:
+        self.learn(sa, msg)
+        return None
+
+
 def build_request(features: list[Feature], sa: IkeSa) -> list[Payload]:
     out: list[Payload] = []
     for f in features:

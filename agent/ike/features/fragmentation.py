@@ -6,32 +6,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.constants import NotifyType
-from meshsec.agent.ike.feature import Feature, Refusal
+from meshsec.agent.ike.feature import Announcement
 from meshsec.agent.ike.payloads import Message, NotifyPayload, Payload
-from meshsec.agent.ike.task import Outcome
 
 if TYPE_CHECKING:
     from meshsec.agent.ike.sa import IkeSa
 
 
-def _learn(sa: IkeSa, msg: Message) -> None:
-    sa.frag_peer = (
-        sa.config.fragmentation and msg.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
-    )
-
-
-class Fragmentation(Feature):
+class Fragmentation(Announcement):
     def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
         if sa.config.fragmentation:
             out.append(NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
 
-    def process_response(self, sa: IkeSa, msg: Message, raw: bytes) -> Outcome | Refusal | None:
-        _learn(sa, msg)
-        return None
-
-    def process_request(self, sa: IkeSa, msg: Message) -> Refusal | None:
-        _learn(sa, msg)
-        return None
+    def learn(self, sa: IkeSa, msg: Message) -> None:
+        announced = msg.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+        sa.frag_peer = sa.config.fragmentation and announced
 
     def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
         if sa.frag_peer:

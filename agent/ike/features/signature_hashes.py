@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.constants import NotifyType
-from meshsec.agent.ike.feature import Feature, Refusal
+from meshsec.agent.ike.feature import Announcement
 from meshsec.agent.ike.payloads import Message, NotifyPayload, Payload
 from meshsec.agent.ike.sigauth import hash_notify_data, parse_hash_notify
-from meshsec.agent.ike.task import Outcome
 
 if TYPE_CHECKING:
     from meshsec.agent.ike.sa import IkeSa
@@ -21,23 +20,14 @@ def signature_notifies(sa: IkeSa) -> list[Payload]:
     return [NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, hash_notify_data())]
 
 
-def _learn(sa: IkeSa, msg: Message) -> None:
-    n = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
-    if n is not None:
-        sa.peer_hashes = parse_hash_notify(n.data)
-
-
-class SignatureHashes(Feature):
+class SignatureHashes(Announcement):
     def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
         out += signature_notifies(sa)
 
-    def process_response(self, sa: IkeSa, msg: Message, raw: bytes) -> Outcome | Refusal | None:
-        _learn(sa, msg)
-        return None
-
-    def process_request(self, sa: IkeSa, msg: Message) -> Refusal | None:
-        _learn(sa, msg)
-        return None
+    def learn(self, sa: IkeSa, msg: Message) -> None:
+        n = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+        if n is not None:
+            sa.peer_hashes = parse_hash_notify(n.data)
 
     def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
         out += signature_notifies(sa)
