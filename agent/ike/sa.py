@@ -36,6 +36,7 @@ from meshsec.agent.ike.events import (
 )
 from meshsec.agent.ike.exchanges.child_create import ChildCreate
 from meshsec.agent.ike.exchanges.child_rekey import ChildRekey, rekey_config
+from meshsec.agent.ike.exchanges.child_replace import ChildReplace
 from meshsec.agent.ike.exchanges.ike_auth import IkeAuth
 from meshsec.agent.ike.exchanges.ike_init import IkeInit
 from meshsec.agent.ike.exchanges.ike_rekey import IkeRekey
@@ -233,6 +234,13 @@ class IkeSa:
     def rekey_child(self, spi_in: int, now: float) -> None:
         """Rekeys one CHILD_SA now (its soft lifetime does the same on its own)."""
         self._guard(now, self._rekey_child, spi_in, now)
+
+    def replace_child(self, spi_in: int, config: ChildConfig, now: float) -> None:
+        """Replaces the CHILD_SA with inbound SPI `spi_in` by a new one negotiated with `config`
+        (a changed configuration, or after it failed to install), make-before-break: the new
+        pair's ChildSaEstablished names it in `replaces`, ChildSaRekeyed moves outbound
+        traffic, then the old pair is deleted. Refused: ChildSaFailed, the old pair stays."""
+        self._guard(now, self._replace_child, spi_in, config, now)
 
     def child_expired(self, spi: int, hard: bool, now: float) -> None:
         """The data plane reports a byte/packet (or time) limit of the pair with inbound or
@@ -639,6 +647,13 @@ class IkeSa:
             return
         c.rekey_at = None  # the task owns the retry schedule from here
         self._enqueue(ChildRekey(spi_in, rekey_config(c)), now)
+
+    def _replace_child(self, spi_in: int, config: ChildConfig, now: float) -> None:
+        c = self.children.get(spi_in)
+        if c is None or c.state is not ChildState.INSTALLED:
+            self.stats["replace_not_possible"] += 1
+            return
+        self._enqueue(ChildReplace(spi_in, config), now)
 
     def _delete_child_now(self, c: ChildSa, now: float) -> None:
         c.move_to(ChildState.DELETING)

@@ -1,6 +1,6 @@
 """CREATE_CHILD_SA for an additional CHILD_SA (RFC 7296 1.3.1), with PFS when the child's
 proposals name DH groups. Rekeying builds on it (child_rekey.py, ike_rekey.py); this module
-answers the peer's request for a new CHILD_SA (create_child_sa.py dispatches)."""
+child_answer_payloads lays out the responder's answer."""
 
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ from meshsec.agent.ike.exchanges.child_sa import (
     Succession,
     build_child_request,
     complete_child_initiator,
-    respond_child,
 )
 from meshsec.agent.ike.failures import FailureReason
-from meshsec.agent.ike.payloads import KePayload, Message, NoncePayload, NotifyPayload, Payload
+from meshsec.agent.ike.payloads import KePayload, Message, NoncePayload, Payload
 from meshsec.agent.ike.task import Outcome, Task
 
 if TYPE_CHECKING:
@@ -93,16 +92,6 @@ class ChildCreate(Task):
 
     def on_timeout(self, sa: IkeSa) -> None:
         sa.fail("CREATE_CHILD_SA: peer not responding (retransmit limit)", FailureReason.TIMEOUT)
-
-
-def respond_create_child(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
-    """A new CHILD_SA (RFC 7296 1.3.1)."""
-    nonce = msg.find(PayloadType.NONCE)
-    if not isinstance(nonce, NoncePayload):
-        return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
-    nr = sa.rnd.bytes(NONCE_SIZE)
-    answer = respond_child(sa, msg, nonce.data, nr, now=now, pfs_allowed=True)
-    return child_answer_payloads(answer, nr)
 
 
 def child_answer_payloads(answer: ChildAnswer, nr: bytes) -> list[Payload]:

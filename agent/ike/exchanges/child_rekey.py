@@ -33,7 +33,13 @@ from meshsec.agent.ike.constants import (
 )
 from meshsec.agent.ike.events import ChildSaFailed, ChildSaRekeyed, RekeyFailed
 from meshsec.agent.ike.exchanges.child_create import ChildCreate, child_answer_payloads
-from meshsec.agent.ike.exchanges.child_sa import ChildAnswer, Succession, respond_child
+from meshsec.agent.ike.exchanges.child_sa import (
+    ChildAnswer,
+    Succession,
+    respond_child,
+    succeeded_by_peer,
+    supersede,
+)
 from meshsec.agent.ike.exchanges.informational import ChildDelete
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.lifetime import backoff
@@ -72,8 +78,11 @@ class ChildRekey(ChildCreate):
         payloads = super().build(sa, now)
         if payloads is None:
             return None
-        rekey = NotifyPayload(NotifyType.REKEY_SA, b"", old.protocol, struct.pack("!I", self.spi_in))
-        return [rekey, *payloads]
+        return [*self.announce(old), *payloads]
+
+    def announce(self, old: ChildSa) -> list[Payload]:
+        """What tells the responder which pair this replaces: N(REKEY_SA) with its SPI."""
+        return [NotifyPayload(NotifyType.REKEY_SA, b"", old.protocol, struct.pack("!I", self.spi_in))]
 
     def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
         old = sa.children.get(self.spi_in)
@@ -109,12 +118,12 @@ class ChildRekey(ChildCreate):
             # Ours is the redundant pair: delete it; the peer deletes the old one, which then
             # hands outbound traffic to the peer's new pair.
             assert old.peer_rekey is not None
-            _replaced(old, old.peer_rekey[0])
+            supersede(old, old.peer_rekey[0])
             new.move_to(ChildState.DELETING)
             sa.queue(ChildDelete(new.spi_in))
         else:
             deleting = old.state is ChildState.DELETING  # our DELETE of it is already queued
-            _replaced(old, new.spi_in)
+            supersede(old, new.spi_in)
             sa.emit(ChildSaRekeyed(old.name, old.spi_in, new.spi_in, old.protocol))
             if not deleting:
                 old.move_to(ChildState.DELETING)
@@ -134,7 +143,7 @@ class ChildRekey(ChildCreate):
         if old.peer_rekey is not None:
             # We answered the peer's rekey of this pair: its new pair takes over and the peer
             # deletes the old one.
-            _replaced(old, old.peer_rekey[0])
+            supersede(old, old.peer_rekey[0])
             return
         if NotifyType.TEMPORARY_FAILURE not in errors:  # a collision's answer, retried as planned
             reason = notify_name(errors[0]) if errors else "invalid response"
@@ -156,13 +165,6 @@ class ChildRekey(ChildCreate):
             return
         old.rekey_at = now + backoff(old.rekey_attempts, sa.rnd)
         sa.stats["rekey_retry_scheduled"] += 1
-
-
-def _replaced(old: ChildSa, successor: int) -> None:
-    """`successor` (an inbound SPI) takes over from `old`, which only waits for its DELETE."""
-    old.replaced_by = successor
-    if old.state is not ChildState.DELETING:
-        old.move_to(ChildState.REKEYED)
 
 
 def answer_code(answer: ChildAnswer) -> FailureReason:
@@ -194,10 +196,7 @@ def respond_child_rekey(sa: IkeSa, msg: Message, rekey: NotifyPayload, now: floa
         succession=Succession(old.spi_in, outbound_active=False),
     )  # fmt: skip
     if answer.child is not None:
-        if old.state is ChildState.REKEYING:
-            old.peer_rekey = (answer.child.spi_in, min(nonce.data, nr))
-        else:
-            _replaced(old, answer.child.spi_in)
+        succeeded_by_peer(old, answer.child.spi_in, min(nonce.data, nr))
     else:
         code = answer_code(answer)
         sa.emit(ChildSaFailed(old.name, "peer's rekey could not be accepted", code))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ from meshsec.agent.ike.payloads import (
     TsPayload,
 )
 from meshsec.agent.ike.proposals import Chosen, accept_response, select_proposal
+from meshsec.agent.ike.states import ChildState
 from meshsec.agent.ike.ts import Ts, is_subset, narrow
 
 if TYPE_CHECKING:
@@ -97,6 +99,23 @@ class Succession:
 
     replaces: int | None = None
     outbound_active: bool = True
+
+
+def supersede(old: ChildSa, successor: int) -> None:
+    """`successor` (an inbound SPI) takes over from `old`, which only waits for its DELETE."""
+    old.replaced_by = successor
+    if old.state is not ChildState.DELETING:
+        old.move_to(ChildState.REKEYED)
+
+
+def succeeded_by_peer(old: ChildSa, new_spi_in: int, low_nonce: bytes) -> None:
+    """We answered the peer's request for a pair that takes over from `old` (a rekey or a
+    replacement). If ours for `old` is in flight too, the lower nonce decides when our answer
+    arrives (RFC 7296 2.8.1); else the new pair takes over once the peer deletes `old`."""
+    if old.state is ChildState.REKEYING:
+        old.peer_rekey = (new_spi_in, low_nonce)
+    else:
+        supersede(old, new_spi_in)
 
 
 def _install(
@@ -236,10 +255,10 @@ def respond_child(
     now: float,
     pfs_allowed: bool = False,
     configs: tuple[ChildConfig, ...] | None = None,
-    succession: Succession | None = None,
+    succession: Succession | Callable[[ChildConfig], Succession] | None = None,
 ) -> ChildAnswer:
     """Picks the first child config (of `configs`, default the connection's) whose
-    proposals, selectors and mode fit."""
+    proposals, selectors and mode fit. `succession` may depend on the config chosen."""
     sa_p, ts_i, ts_r = msg.find(PayloadType.SA), _ts(msg, PayloadType.TSi), _ts(msg, PayloadType.TSr)
     if not isinstance(sa_p, SaPayload) or ts_i is None or ts_r is None:
         return ChildAnswer([NotifyPayload(NotifyType.INVALID_SYNTAX)], [])
@@ -282,7 +301,8 @@ def respond_child(
         spi_out = struct.unpack("!I", chosen.spi)[0]
         mode = "transport" if transport else "tunnel"
         negotiated = _Negotiated(cfg, chosen, spi_in, spi_out, mode, local, remote)
-        child = _install(sa, negotiated, ni, nr, False, shared, now, succession or Succession())
+        follows = succession(cfg) if callable(succession) else succession or Succession()
+        child = _install(sa, negotiated, ni, nr, False, shared, now, follows)
         pre: list[Payload] = [NotifyPayload(NotifyType.USE_TRANSPORT_MODE)] if transport else []
         dh = chosen.dh if pfs_allowed else None
         answer = Chosen(chosen.number, chosen.protocol, b"", chosen.encr, None, chosen.integ, dh, chosen.esn)

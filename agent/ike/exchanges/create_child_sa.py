@@ -1,13 +1,14 @@
-"""The peer's CREATE_CHILD_SA request (RFC 7296 1.3): a new CHILD_SA, a CHILD_SA rekey
-(N(REKEY_SA)) or an IKE SA rekey (no TS payloads), each answered by its own module."""
+"""The peer's CREATE_CHILD_SA request (RFC 7296 1.3): a new CHILD_SA (or the replacement of
+a same-named one), a CHILD_SA rekey (N(REKEY_SA)) or an IKE SA rekey (no TS payloads), each
+answered by its own module."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.constants import NotifyType, PayloadType
-from meshsec.agent.ike.exchanges.child_create import respond_create_child
 from meshsec.agent.ike.exchanges.child_rekey import respond_child_rekey
+from meshsec.agent.ike.exchanges.child_replace import respond_new_child
 from meshsec.agent.ike.exchanges.ike_rekey import respond_ike_rekey
 from meshsec.agent.ike.payloads import Message, NotifyPayload, Payload
 
@@ -24,4 +25,4 @@ def respond_create_child_sa(sa: IkeSa, msg: Message, now: float) -> list[Payload
         return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
     if rekey is not None:
         return respond_child_rekey(sa, msg, rekey, now)
-    return respond_create_child(sa, msg, now)
+    return respond_new_child(sa, msg, now)
