@@ -8,6 +8,10 @@
   ``<netns_prefix><run token>-<host>``. Override the ``netns_prefix`` fixture in your own
   conftest.py (or test module) to use the prefix you were given.
 - ``charons``: starts strongSwan instances in lab hosts and stops them before the lab goes away.
+- Every test runs the IKE engine in strict mode (``meshsec.agent.ike.strict``, and
+  ``MESHSEC_STRICT=1`` for the processes a test starts): an unexpected exception inside the
+  engine is raised instead of failing the SA closed, so no test passes on a swallowed bug. A test
+  of the fail-closed path itself asks for the ``not_strict`` fixture.
 """
 
 from __future__ import annotations
@@ -76,6 +80,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if reason is not None:
                 item.add_marker(pytest.mark.skip(reason=reason))
                 break
+
+
+@pytest.fixture(autouse=True)
+def _ike_strict(monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshsec.agent.ike import strict
+
+    monkeypatch.setattr(strict, "enabled", True)
+    monkeypatch.setenv("MESHSEC_STRICT", "1")
+
+
+@pytest.fixture
+def not_strict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests of the fail-closed path: engine bugs are counted and contained, not raised."""
+    from meshsec.agent.ike import strict
+
+    monkeypatch.setattr(strict, "enabled", False)
+    monkeypatch.delenv("MESHSEC_STRICT", raising=False)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from meshsec.agent.ike.events import (
     PortsChanged,
     RekeyFailed,
 )
+from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.keys import DirectionKeys
 from meshsec.agent.ike.natt import NATT_KEEPALIVE, NON_ESP_MARKER, add_non_esp_marker, classify_4500
@@ -46,6 +47,7 @@ __all__ = [
     "DhFactory",
     "DirectionKeys",
     "Event",
+    "FailureReason",
     "Identity",
     "IkeConfig",
     "IkeSa",

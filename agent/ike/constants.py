@@ -166,6 +166,7 @@ class NotifyType(IntEnum):
 
 
 ERROR_NOTIFY_LIMIT = 16384
+NONCE_SIZE = 32  # bytes of our nonces (RFC 7296 2.10: at least half the PRF key size)
 
 
 def notify_name(notify_type: int) -> str:

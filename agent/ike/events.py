@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.keys import DirectionKeys
 from meshsec.agent.ike.ts import Ts
 
@@ -93,8 +94,11 @@ class PeerDead:
 
 @dataclass(frozen=True, slots=True)
 class ChildSaFailed:
+    """CHILD_SA `name` could not be set up (or replaced); `reason` is the text for logs."""
+
     name: str
     reason: str
+    code: FailureReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,7 @@ class RekeyFailed:
     sa: str
     name: str
     reason: str
+    code: FailureReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +129,11 @@ class IkeSaDeleted:
 
 @dataclass(frozen=True, slots=True)
 class IkeSaFailed:
+    """The IKE SA is closed: with it every CHILD_SA (each reported by ChildSaDeleted first).
+    INTERNAL_ERROR means the engine failed it closed after a bug of ours."""
+
     reason: str
+    code: FailureReason
 
 
 @dataclass(frozen=True, slots=True)

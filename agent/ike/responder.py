@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from meshsec.agent.ike import strict
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.build import build_message
 from meshsec.agent.ike.config import IkeConfig
@@ -107,10 +108,12 @@ class Responder:
     ) -> IkeSa | None:  # fmt: skip
         """Turns a new IKE_SA_INIT request into an IkeSa (already fed with it), or answers
         with a COOKIE / drops it. `half_open` counts all half-open SAs, `half_open_from_remote`
-        those from `remote`'s address. Never raises."""
+        those from `remote`'s address. Never raises (outside strict mode, see strict.py)."""
         try:
             return self._accept(bytes(datagram), local, remote, now, half_open, half_open_from_remote)
         except Exception:  # nothing escapes the front door either: a bug costs this datagram
+            if strict.enabled:
+                raise
             self.stats["internal_error"] += 1
             self.errors.report(f"IKE_SA_INIT from {remote.host}", now)
             return None

@@ -236,4 +236,3 @@ def method_name(method: int) -> str:
         return SigMethod(method).name
     except ValueError:
         return str(method)
-

@@ -19,6 +19,7 @@ from meshsec.agent.ike.events import (
     LivenessChecked,
     PortsChanged,
 )
+from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.parse import parse_header
 from meshsec.agent.ike.responder import ResponderSettings
 from meshsec.agent.ike.sa import OutgoingDatagram, State
@@ -258,7 +259,9 @@ def test_ts_unacceptable_keeps_ike_sa() -> None:
     p = Pair(ike_config(children=(ic,)), [responder_config()])
     p.connect()
     assert of_type(p.events_i, IkeSaEstablished)
-    assert of_type(p.events_i, ChildSaFailed) == [ChildSaFailed("net", "TS_UNACCEPTABLE")]
+    assert of_type(p.events_i, ChildSaFailed) == [
+        ChildSaFailed("net", "TS_UNACCEPTABLE", FailureReason.TS_UNACCEPTABLE)
+    ]
     assert p.initiator.established and not p.responder.children
 
 
@@ -509,5 +512,7 @@ def test_pfs_invalid_ke_retry() -> None:
 
 def test_pfs_mismatch_fails_only_the_child() -> None:
     p = _pfs_pair("aes128gcm16-ecp256", "aes128gcm16")
-    assert of_type(p.events_i, ChildSaFailed) == [ChildSaFailed("pfs", "NO_PROPOSAL_CHOSEN")]
+    assert of_type(p.events_i, ChildSaFailed) == [
+        ChildSaFailed("pfs", "NO_PROPOSAL_CHOSEN", FailureReason.NO_PROPOSAL_CHOSEN)
+    ]
     assert p.initiator.established and len(p.initiator.children) == 1

@@ -16,7 +16,15 @@ def _request(sender: IkeSa, receiver: IkeSa, size: int) -> tuple[list[bytes], by
     fragments and whole."""
     assert sender.protection is not None
     flags = 0x08 if sender.initiator else 0
-    header = Header(sender.spi_i, sender.spi_r, 0, ExchangeType.INFORMATIONAL, flags, receiver._peer_mid, 0)
+    header = Header(
+        sender.spi_i,
+        sender.spi_r,
+        0,
+        ExchangeType.INFORMATIONAL,
+        flags,
+        receiver.tasks.expected_request_id,
+        0,
+    )
     payloads = [VendorIdPayload(bytes(size))]
     fragments = sender.protection.seal_fragments(header, payloads, sender.rnd, 400)
     return fragments, sender.protection.seal(header, payloads, sender.rnd)
@@ -35,7 +43,7 @@ def test_partial_fragments_of_a_request_answered_whole_are_not_kept() -> None:
         initiator.receive(whole, initiator.local, initiator.remote, p.now)
         assert len(initiator.datagrams_to_send()) == 1  # answered
     assert initiator.stats["fragments_received"] > 20
-    assert initiator._fragments == {}
+    assert initiator.tasks.fragments_pending == 0
     assert initiator.stats["internal_error"] == 0
 
 
@@ -47,4 +55,4 @@ def test_fragments_of_the_expected_request_still_reassemble() -> None:
     for data in fragments:
         initiator.receive(data, initiator.local, initiator.remote, p.now)
     assert len(initiator.datagrams_to_send()) == 1
-    assert initiator._fragments == {} and initiator.stats["malformed_protected"] == 0
+    assert initiator.tasks.fragments_pending == 0 and initiator.stats["malformed_protected"] == 0

@@ -30,6 +30,7 @@ def _broken_lookup(local: Address, remote: Address) -> list[object]:
     raise KeyError("a bug in the config lookup")
 
 
+@pytest.mark.usefixtures("not_strict")
 def test_front_door_logs_each_distinct_bug_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
     responder = Responder(_broken_lookup, rnd=DeterministicRandom("r"))  # type: ignore[arg-type]
     caplog.set_level(logging.ERROR, logger="meshsec.agent.ike.responder")

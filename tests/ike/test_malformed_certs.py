@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from meshsec.agent.ike.certs import CERT_ENCODING_X509_SIGNATURE, Credentials
 from meshsec.agent.ike.events import IkeSaFailed
-from meshsec.agent.ike.exchanges import ike_auth
+from meshsec.agent.ike.features import certificates
 from meshsec.agent.ike.payloads import CertPayload, Payload
 from meshsec.agent.ike.sa import OutgoingDatagram
 
@@ -48,12 +48,12 @@ def test_malformed_peer_certificate_is_a_clean_authentication_failure(
     a_creds = credentials([a_cert], a_key, [ca.cert])
     bad = mangle(a_cert.public_bytes(Encoding.DER))
     assert bad != a_cert.public_bytes(Encoding.DER)
-    real = ike_auth.cert_payloads
+    real = certificates.cert_payloads
 
     def sent_certs(creds: Credentials) -> list[Payload]:  # the initiator sends the mangled DER
         return [CertPayload(CERT_ENCODING_X509_SIGNATURE, bad)] if creds is a_creds else real(creds)
 
-    monkeypatch.setattr(ike_auth, "cert_payloads", sent_certs)
+    monkeypatch.setattr(certificates, "cert_payloads", sent_certs)
     a = ike_config(local_id=A_ID, remote_id=B_ID, psk=None, credentials=a_creds)  # type: ignore[arg-type]
     b = ike_config(local_id=B_ID, remote_id=A_ID, psk=None,  # type: ignore[arg-type]
                    credentials=credentials([b_cert], b_key, [ca.cert]),

@@ -78,7 +78,7 @@ def test_malformed_rekey_requests_get_the_right_notify(case: str) -> None:
     # The responder's IKE SA and CHILD_SA are untouched; the initiator's next request (ID
     # moved past the injected one) still works.
     assert len(p.responder.children) == 1 and p.responder.successor is None
-    p.initiator._my_mid += 1  # the injected request used the initiator's next message ID
+    p.initiator.tasks._my_mid += 1  # the injected request used the initiator's next message ID
     assert_still_alive(p)
 
 
@@ -89,5 +89,5 @@ def test_rekey_request_with_valid_spi_but_no_nonce() -> None:
                     p.responder.local, p.initiator.local, p.now)  # fmt: skip
     answer = responder_answer(p)
     assert [n.notify_type for n in answer if isinstance(n, NotifyPayload)] == [NotifyType.INVALID_SYNTAX]
-    p.initiator._my_mid += 1
+    p.initiator.tasks._my_mid += 1
     assert_still_alive(p)

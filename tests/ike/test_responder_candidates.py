@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshsec.agent.ike.exchanges import ike_init
+from meshsec.agent.ike.features import key_exchange
 from meshsec.agent.ike.payloads import Proposal
 from meshsec.agent.ike.proposals import Chosen, ProposalSpec, select_proposal
 from meshsec.agent.ike.random import DeterministicRandom
@@ -28,7 +28,7 @@ def selections(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         calls.append(1)
         return select_proposal(ours, theirs, **kw)
 
-    monkeypatch.setattr(ike_init, "select_proposal", counted)
+    monkeypatch.setattr(key_exchange, "select_proposal", counted)
     return calls
 
 

@@ -7,19 +7,16 @@ from __future__ import annotations
 import hmac
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.serialization import Encoding
-
 from meshsec.agent.ike.certs import (
     CERT_ENCODING_X509_SIGNATURE,
     MALFORMED_PREFIX,
-    Credentials,
     validate_chain,
 )
 from meshsec.agent.ike.config import IkeConfig
 from meshsec.agent.ike.constants import AuthMethod
 from meshsec.agent.ike.crypto import Prf
 from meshsec.agent.ike.identity import Identity
-from meshsec.agent.ike.payloads import AuthPayload, CertPayload, CertReqPayload, IdPayload, Message, Payload
+from meshsec.agent.ike.payloads import AuthPayload, CertPayload, IdPayload, Message
 from meshsec.agent.ike.sigauth import SignatureError, method_name, sign, verify
 
 if TYPE_CHECKING:
@@ -32,16 +29,6 @@ def psk_auth(prf: Prf, psk: bytes, real_message: bytes, nonce: bytes, sk_p: byte
     """AUTH = prf(prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>) with
     SignedOctets = RealMessage | Nonce(peer) | prf(SK_p, RestOfIDPayload) (RFC 7296 2.15)."""
     return prf(prf(psk, KEY_PAD), real_message + nonce + prf(sk_p, id_body))
-
-
-def cert_payloads(creds: Credentials) -> list[Payload]:
-    return [CertPayload(CERT_ENCODING_X509_SIGNATURE, c.public_bytes(Encoding.DER)) for c in creds.chain]
-
-
-def certreq_payloads(cfg: IkeConfig) -> list[Payload]:
-    if cfg.credentials is None:
-        return []
-    return [CertReqPayload(CERT_ENCODING_X509_SIGNATURE, cfg.credentials.certreq_hashes())]
 
 
 def own_auth(
@@ -94,8 +81,6 @@ def check_peer_auth(
 __all__ = [
     "KEY_PAD",
     "SignatureError",
-    "cert_payloads",
-    "certreq_payloads",
     "check_peer_auth",
     "own_auth",
     "psk_auth",

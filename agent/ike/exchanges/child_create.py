@@ -1,6 +1,6 @@
 """CREATE_CHILD_SA for an additional CHILD_SA (RFC 7296 1.3.1), with PFS when the child's
 proposals name DH groups. Rekeying builds on it (child_rekey.py, ike_rekey.py); this module
-also dispatches a peer's CREATE_CHILD_SA to the right responder."""
+child_answer_payloads lays out the responder's answer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.config import ChildConfig
-from meshsec.agent.ike.constants import ExchangeType, NotifyType, PayloadType
+from meshsec.agent.ike.constants import NONCE_SIZE, ExchangeType, NotifyType, PayloadType
 from meshsec.agent.ike.crypto import CryptoError, KeyExchange
 from meshsec.agent.ike.events import ChildSaFailed
 from meshsec.agent.ike.exchanges.child_sa import (
@@ -17,21 +17,20 @@ from meshsec.agent.ike.exchanges.child_sa import (
     Succession,
     build_child_request,
     complete_child_initiator,
-    respond_child,
 )
-from meshsec.agent.ike.exchanges.ike_init import NONCE_SIZE
-from meshsec.agent.ike.payloads import KePayload, Message, NoncePayload, NotifyPayload, Payload
-from meshsec.agent.ike.task import Outcome
+from meshsec.agent.ike.failures import FailureReason
+from meshsec.agent.ike.payloads import KePayload, Message, NoncePayload, Payload
+from meshsec.agent.ike.task import Outcome, Task
 
 if TYPE_CHECKING:
-    from meshsec.agent.ike.sa import ChildSa, IkeSa
+    from meshsec.agent.ike.child import ChildSa
+    from meshsec.agent.ike.sa import IkeSa
 
 MAX_KE_RETRIES = 3
 
 
-class ChildCreate:
+class ChildCreate(Task):
     exchange = ExchangeType.CREATE_CHILD_SA
-    name = "child_create"
 
     def __init__(self, config: ChildConfig) -> None:
         self.config = config
@@ -69,7 +68,11 @@ class ChildCreate:
             if msg.find(PayloadType.SA) is None:
                 complete_child_initiator(sa, self._req, msg, b"", b"", now=now)
             else:
-                sa.emit(ChildSaFailed(self.config.name, "CREATE_CHILD_SA response lacks Nr"))
+                sa.emit(
+                    ChildSaFailed(
+                        self.config.name, "CREATE_CHILD_SA response lacks Nr", FailureReason.INVALID_RESPONSE
+                    )
+                )
             return Outcome.DONE
         shared = b""
         if self._ke is not None and msg.find(PayloadType.SA) is not None:
@@ -79,7 +82,7 @@ class ChildCreate:
                     raise CryptoError("response lacks the KE payload of the negotiated group")
                 shared = self._ke.shared_secret(ke.data)
             except CryptoError as exc:
-                sa.emit(ChildSaFailed(self.config.name, f"PFS failed: {exc}"))
+                sa.emit(ChildSaFailed(self.config.name, f"PFS failed: {exc}", FailureReason.INVALID_RESPONSE))
                 return Outcome.DONE
         self.created = complete_child_initiator(
             sa, self._req, msg, self._nonce, nonce.data, shared, self._group,
@@ -88,27 +91,7 @@ class ChildCreate:
         return Outcome.DONE
 
     def on_timeout(self, sa: IkeSa) -> None:
-        sa.fail("CREATE_CHILD_SA: peer not responding (retransmit limit)")
-
-
-def respond_create_child(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
-    from meshsec.agent.ike.exchanges.child_rekey import respond_child_rekey
-    from meshsec.agent.ike.exchanges.ike_rekey import respond_ike_rekey
-
-    rekey = msg.notify(NotifyType.REKEY_SA)
-    if rekey is None and msg.find(PayloadType.TSi) is None:
-        return respond_ike_rekey(sa, msg, now)  # no REKEY_SA, no TS: an IKE SA rekey (RFC 7296 1.3.2)
-    if sa.rekeying_ike():
-        # New CHILD_SAs would have to move to the successor IKE SA mid-flight (2.25.2).
-        return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
-    if rekey is not None:
-        return respond_child_rekey(sa, msg, rekey, now)
-    nonce = msg.find(PayloadType.NONCE)
-    if not isinstance(nonce, NoncePayload):
-        return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
-    nr = sa.rnd.bytes(NONCE_SIZE)
-    answer = respond_child(sa, msg, nonce.data, nr, now=now, pfs_allowed=True)
-    return child_answer_payloads(answer, nr)
+        sa.fail("CREATE_CHILD_SA: peer not responding (retransmit limit)", FailureReason.TIMEOUT)
 
 
 def child_answer_payloads(answer: ChildAnswer, nr: bytes) -> list[Payload]:

@@ -23,17 +23,33 @@ import struct
 from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.config import ChildConfig
-from meshsec.agent.ike.constants import ERROR_NOTIFY_LIMIT, NotifyType, PayloadType, ProtocolId, notify_name
+from meshsec.agent.ike.constants import (
+    ERROR_NOTIFY_LIMIT,
+    NONCE_SIZE,
+    NotifyType,
+    PayloadType,
+    ProtocolId,
+    notify_name,
+)
 from meshsec.agent.ike.events import ChildSaFailed, ChildSaRekeyed, RekeyFailed
 from meshsec.agent.ike.exchanges.child_create import ChildCreate, child_answer_payloads
-from meshsec.agent.ike.exchanges.child_sa import Succession, respond_child
-from meshsec.agent.ike.exchanges.ike_init import NONCE_SIZE
+from meshsec.agent.ike.exchanges.child_sa import (
+    ChildAnswer,
+    Succession,
+    respond_child,
+    succeeded_by_peer,
+    supersede,
+)
+from meshsec.agent.ike.exchanges.informational import ChildDelete
+from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.lifetime import backoff
 from meshsec.agent.ike.payloads import Message, NoncePayload, NotifyPayload, Payload
+from meshsec.agent.ike.states import ChildState, State
 from meshsec.agent.ike.task import Outcome
 
 if TYPE_CHECKING:
-    from meshsec.agent.ike.sa import ChildSa, IkeSa
+    from meshsec.agent.ike.child import ChildSa
+    from meshsec.agent.ike.sa import IkeSa
 
 log = logging.getLogger(__name__)
 
@@ -48,29 +64,27 @@ def rekey_config(child: ChildSa) -> ChildConfig:
 
 
 class ChildRekey(ChildCreate):
-    name = "child_rekey"
-
     def __init__(self, spi_in: int, config: ChildConfig) -> None:
         super().__init__(config)
         self.spi_in = spi_in
 
     def build(self, sa: IkeSa, now: float) -> list[Payload] | None:
-        from meshsec.agent.ike.sa import ChildState
-
         old = sa.children.get(self.spi_in)
         if old is None or old.state not in (ChildState.INSTALLED, ChildState.REKEYING):
             sa.stats["rekey_skipped"] += 1  # deleted or already replaced meanwhile
             return None
-        old.state = ChildState.REKEYING
+        if old.state is ChildState.INSTALLED:
+            old.move_to(ChildState.REKEYING)
         payloads = super().build(sa, now)
         if payloads is None:
             return None
-        rekey = NotifyPayload(NotifyType.REKEY_SA, b"", old.protocol, struct.pack("!I", self.spi_in))
-        return [rekey, *payloads]
+        return [*self.announce(old), *payloads]
+
+    def announce(self, old: ChildSa) -> list[Payload]:
+        """What tells the responder which pair this replaces: N(REKEY_SA) with its SPI."""
+        return [NotifyPayload(NotifyType.REKEY_SA, b"", old.protocol, struct.pack("!I", self.spi_in))]
 
     def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
-        from meshsec.agent.ike.sa import ChildState
-
         old = sa.children.get(self.spi_in)
         errors = [n.notify_type for n in msg.notifies() if n.notify_type < ERROR_NOTIFY_LIMIT]
         created = msg.find(PayloadType.SA) is not None and not errors
@@ -100,45 +114,50 @@ class ChildRekey(ChildCreate):
         if new is None:
             self._refused(sa, old, [], now)
             return outcome
-        from meshsec.agent.ike.exchanges.informational import ChildDelete
-
         if lost:
             # Ours is the redundant pair: delete it; the peer deletes the old one, which then
             # hands outbound traffic to the peer's new pair.
             assert old.peer_rekey is not None
-            old.state, old.replaced_by = ChildState.REKEYED, old.peer_rekey[0]
-            new.state = ChildState.DELETING
+            supersede(old, old.peer_rekey[0])
+            new.move_to(ChildState.DELETING)
             sa.queue(ChildDelete(new.spi_in))
         else:
-            old.state, old.replaced_by = ChildState.REKEYED, new.spi_in
+            deleting = old.state is ChildState.DELETING  # our DELETE of it is already queued
+            supersede(old, new.spi_in)
             sa.emit(ChildSaRekeyed(old.name, old.spi_in, new.spi_in, old.protocol))
-            old.state = ChildState.DELETING
-            sa.queue(ChildDelete(old.spi_in))
+            if not deleting:
+                old.move_to(ChildState.DELETING)
+                sa.queue(ChildDelete(old.spi_in))
         return outcome
 
     def on_timeout(self, sa: IkeSa) -> None:
         old = sa.children.get(self.spi_in)
-        sa.emit(RekeyFailed("child", old.name if old else self.config.name, "peer not responding"))
+        sa.emit(
+            RekeyFailed(
+                "child", old.name if old else self.config.name, "peer not responding", FailureReason.TIMEOUT
+            )
+        )
         super().on_timeout(sa)
 
     def _refused(self, sa: IkeSa, old: ChildSa, errors: list[int], now: float) -> None:
-        from meshsec.agent.ike.sa import ChildState
-
         if old.peer_rekey is not None:
             # We answered the peer's rekey of this pair: its new pair takes over and the peer
             # deletes the old one.
-            old.state, old.replaced_by = ChildState.REKEYED, old.peer_rekey[0]
+            supersede(old, old.peer_rekey[0])
             return
         if NotifyType.TEMPORARY_FAILURE not in errors:  # a collision's answer, retried as planned
             reason = notify_name(errors[0]) if errors else "invalid response"
-            sa.emit(RekeyFailed("child", old.name, reason))
+            code = FailureReason.from_notify(errors[0]) if errors else FailureReason.INVALID_RESPONSE
+            sa.emit(RekeyFailed("child", old.name, reason, code))
         if NotifyType.CHILD_SA_NOT_FOUND in errors:
             # The peer lost the pair: forget it and negotiate a fresh one.
             sa.stats["rekey_child_not_found"] += 1
             sa.remove_child(old, by_peer=True)
             sa.queue(ChildCreate(old.config or self.config))
             return
-        old.state = ChildState.INSTALLED
+        if old.state is not ChildState.REKEYING:
+            return  # deleted meanwhile (hard lifetime, or the adapter asked): no retry
+        old.move_to(ChildState.INSTALLED)
         old.rekey_attempts += 1
         if old.rekey_attempts >= MAX_REKEY_ATTEMPTS:
             log.warning("CHILD_SA %s: giving up rekeying after %d attempts", old.name, old.rekey_attempts)
@@ -148,9 +167,17 @@ class ChildRekey(ChildCreate):
         sa.stats["rekey_retry_scheduled"] += 1
 
 
-def respond_child_rekey(sa: IkeSa, msg: Message, rekey: NotifyPayload, now: float) -> list[Payload]:
-    from meshsec.agent.ike.sa import ChildState, State
+def answer_code(answer: ChildAnswer) -> FailureReason:
+    """The reason for a CHILD_SA we refused: the error notify we answered with."""
+    errors = [
+        p.notify_type
+        for p in answer.pre
+        if isinstance(p, NotifyPayload) and p.notify_type < ERROR_NOTIFY_LIMIT
+    ]
+    return FailureReason.from_notify(errors[0]) if errors else FailureReason.INVALID_SYNTAX
 
+
+def respond_child_rekey(sa: IkeSa, msg: Message, rekey: NotifyPayload, now: float) -> list[Payload]:
     if rekey.protocol not in (ProtocolId.ESP, ProtocolId.AH) or len(rekey.spi) != 4:
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     old = sa.find_child_by_out(rekey.protocol, struct.unpack("!I", rekey.spi)[0])
@@ -169,11 +196,9 @@ def respond_child_rekey(sa: IkeSa, msg: Message, rekey: NotifyPayload, now: floa
         succession=Succession(old.spi_in, outbound_active=False),
     )  # fmt: skip
     if answer.child is not None:
-        if old.state is ChildState.REKEYING:
-            old.peer_rekey = (answer.child.spi_in, min(nonce.data, nr))
-        else:
-            old.state, old.replaced_by = ChildState.REKEYED, answer.child.spi_in
+        succeeded_by_peer(old, answer.child.spi_in, min(nonce.data, nr))
     else:
-        sa.emit(ChildSaFailed(old.name, "peer's rekey could not be accepted"))
-        sa.emit(RekeyFailed("child", old.name, "peer's rekey could not be accepted"))
+        code = answer_code(answer)
+        sa.emit(ChildSaFailed(old.name, "peer's rekey could not be accepted", code))
+        sa.emit(RekeyFailed("child", old.name, "peer's rekey could not be accepted", code))
     return child_answer_payloads(answer, nr)

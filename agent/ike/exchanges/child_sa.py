@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from meshsec.agent.ike.child import ChildSa
 from meshsec.agent.ike.config import ChildConfig
 from meshsec.agent.ike.constants import ERROR_NOTIFY_LIMIT, NotifyType, PayloadType, ProtocolId, notify_name
 from meshsec.agent.ike.crypto import CryptoError
 from meshsec.agent.ike.events import Algorithms, ChildSaEstablished, ChildSaFailed
+from meshsec.agent.ike.exchanges.informational import ChildDelete
+from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.keys import child_encr_key_size, derive_child_keys
 from meshsec.agent.ike.lifetime import jittered
 from meshsec.agent.ike.payloads import (
@@ -25,10 +29,11 @@ from meshsec.agent.ike.payloads import (
     TsPayload,
 )
 from meshsec.agent.ike.proposals import Chosen, accept_response, select_proposal
+from meshsec.agent.ike.states import ChildState
 from meshsec.agent.ike.ts import Ts, is_subset, narrow
 
 if TYPE_CHECKING:
-    from meshsec.agent.ike.sa import ChildSa, IkeSa
+    from meshsec.agent.ike.sa import IkeSa
 
 
 @dataclass(slots=True)
@@ -96,6 +101,23 @@ class Succession:
     outbound_active: bool = True
 
 
+def supersede(old: ChildSa, successor: int) -> None:
+    """`successor` (an inbound SPI) takes over from `old`, which only waits for its DELETE."""
+    old.replaced_by = successor
+    if old.state is not ChildState.DELETING:
+        old.move_to(ChildState.REKEYED)
+
+
+def succeeded_by_peer(old: ChildSa, new_spi_in: int, low_nonce: bytes) -> None:
+    """We answered the peer's request for a pair that takes over from `old` (a rekey or a
+    replacement). If ours for `old` is in flight too, the lower nonce decides when our answer
+    arrives (RFC 7296 2.8.1); else the new pair takes over once the peer deletes `old`."""
+    if old.state is ChildState.REKEYING:
+        old.peer_rekey = (new_spi_in, low_nonce)
+    else:
+        supersede(old, new_spi_in)
+
+
 def _install(
     sa: IkeSa,
     n: _Negotiated,
@@ -106,8 +128,6 @@ def _install(
     now: float,
     succession: Succession,
 ) -> ChildSa:
-    from meshsec.agent.ike.sa import ChildSa
-
     assert sa.prf is not None and sa.keys is not None
     encr = n.chosen.encr
     keys = derive_child_keys(
@@ -183,11 +203,15 @@ def complete_child_initiator(
     name = req.config.name
     errors = [n for n in msg.notifies() if n.notify_type < ERROR_NOTIFY_LIMIT]
     if errors:
-        sa.emit(ChildSaFailed(name, notify_name(errors[0].notify_type)))
+        sa.emit(
+            ChildSaFailed(
+                name, notify_name(errors[0].notify_type), FailureReason.from_notify(errors[0].notify_type)
+            )
+        )
         return None
     sa_p, ts_i, ts_r = msg.find(PayloadType.SA), _ts(msg, PayloadType.TSi), _ts(msg, PayloadType.TSr)
     if not isinstance(sa_p, SaPayload) or ts_i is None or ts_r is None or len(sa_p.proposals) != 1:
-        sa.emit(ChildSaFailed(name, "response lacks SA/TSi/TSr"))
+        sa.emit(ChildSaFailed(name, "response lacks SA/TSi/TSr", FailureReason.INVALID_RESPONSE))
         return None
     chosen = accept_response(req.offered, sa_p.proposals[0])
     problem = None
@@ -201,11 +225,9 @@ def complete_child_initiator(
     if problem is None and transport != (req.config.mode == "transport"):
         problem = "responder did not accept the requested mode"
     if problem is not None or chosen is None:
-        sa.emit(ChildSaFailed(name, problem or "invalid response"))
+        sa.emit(ChildSaFailed(name, problem or "invalid response", FailureReason.INVALID_RESPONSE))
         if chosen is not None and len(chosen.spi) == 4:
             # The responder installed it; ask it to remove its half (RFC 7296 1.4.1).
-            from meshsec.agent.ike.exchanges.informational import ChildDelete
-
             sa.queue(ChildDelete(req.spi_in, protocol=req.config.protocol))
         return None
     spi_out = struct.unpack("!I", chosen.spi)[0]
@@ -233,10 +255,10 @@ def respond_child(
     now: float,
     pfs_allowed: bool = False,
     configs: tuple[ChildConfig, ...] | None = None,
-    succession: Succession | None = None,
+    succession: Succession | Callable[[ChildConfig], Succession] | None = None,
 ) -> ChildAnswer:
     """Picks the first child config (of `configs`, default the connection's) whose
-    proposals, selectors and mode fit."""
+    proposals, selectors and mode fit. `succession` may depend on the config chosen."""
     sa_p, ts_i, ts_r = msg.find(PayloadType.SA), _ts(msg, PayloadType.TSi), _ts(msg, PayloadType.TSr)
     if not isinstance(sa_p, SaPayload) or ts_i is None or ts_r is None:
         return ChildAnswer([NotifyPayload(NotifyType.INVALID_SYNTAX)], [])
@@ -279,7 +301,8 @@ def respond_child(
         spi_out = struct.unpack("!I", chosen.spi)[0]
         mode = "transport" if transport else "tunnel"
         negotiated = _Negotiated(cfg, chosen, spi_in, spi_out, mode, local, remote)
-        child = _install(sa, negotiated, ni, nr, False, shared, now, succession or Succession())
+        follows = succession(cfg) if callable(succession) else succession or Succession()
+        child = _install(sa, negotiated, ni, nr, False, shared, now, follows)
         pre: list[Payload] = [NotifyPayload(NotifyType.USE_TRANSPORT_MODE)] if transport else []
         dh = chosen.dh if pfs_allowed else None
         answer = Chosen(chosen.number, chosen.protocol, b"", chosen.encr, None, chosen.integ, dh, chosen.esn)

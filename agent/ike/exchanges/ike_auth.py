@@ -1,6 +1,6 @@
 """IKE_AUTH (RFC 7296 1.2, 2.15): identities, PSK or certificate authentication (see
-authenticate.py), INITIAL_CONTACT, configuration choice by the peer's identity, and the first
-CHILD_SA."""
+authenticate.py), configuration choice by the peer's identity, the features listed in
+features/compose.py (certificates, INITIAL_CONTACT) and the first CHILD_SA."""
 
 from __future__ import annotations
 
@@ -8,24 +8,30 @@ from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.config import ChildConfig, IkeConfig
 from meshsec.agent.ike.constants import ExchangeType, NotifyType, PayloadType
-from meshsec.agent.ike.events import Algorithms, IkeSaEstablished, IkeSaFailed, InitialContactReceived
-from meshsec.agent.ike.exchanges.authenticate import (
-    cert_payloads,
-    certreq_payloads,
-    check_peer_auth,
-    own_auth,
-)
+from meshsec.agent.ike.events import Algorithms, IkeSaEstablished, IkeSaFailed
+from meshsec.agent.ike.exchanges.authenticate import check_peer_auth, own_auth
 from meshsec.agent.ike.exchanges.child_sa import (
     ChildRequest,
     build_child_request,
     complete_child_initiator,
     respond_child,
 )
+from meshsec.agent.ike.failures import FailureReason
+from meshsec.agent.ike.feature import (
+    Feature,
+    Refusal,
+    build_request,
+    build_response,
+    process_request,
+    process_response,
+)
+from meshsec.agent.ike.features.compose import ike_auth_features
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.payloads import AuthPayload, IdPayload, Message, NotifyPayload, Payload
 from meshsec.agent.ike.proposals import select_proposal
 from meshsec.agent.ike.sigauth import SignatureError
-from meshsec.agent.ike.task import Outcome
+from meshsec.agent.ike.states import State
+from meshsec.agent.ike.task import Outcome, Task
 
 if TYPE_CHECKING:
     from meshsec.agent.ike.sa import IkeSa
@@ -38,11 +44,9 @@ def _id_payload(kind: PayloadType, ident: Identity) -> IdPayload:
 
 
 def _established(sa: IkeSa, now: float) -> None:
-    from meshsec.agent.ike.sa import State
-
     assert sa.chosen is not None and sa.remote_identity is not None
     c = sa.chosen
-    sa.state = State.ESTABLISHED
+    sa.move_to(State.ESTABLISHED)
     sa.start_lifetime(now)
     sa.emit(
         IkeSaEstablished(
@@ -60,13 +64,13 @@ def _established(sa: IkeSa, now: float) -> None:
     )
 
 
-class IkeAuth:
+class IkeAuth(Task):
     exchange = ExchangeType.IKE_AUTH
-    name = "ike_auth"
 
     def __init__(self, child: ChildConfig | None) -> None:
         self._child = child
         self._req: ChildRequest | None = None
+        self.features: list[Feature] = ike_auth_features()
 
     def build(self, sa: IkeSa, now: float) -> list[Payload] | None:
         assert sa.prf is not None and sa.keys is not None
@@ -75,16 +79,10 @@ class IkeAuth:
         try:
             auth = own_auth(sa, cfg, sa.init_request, sa.nonce_r, sa.keys.sk_pi.reveal(), idi)
         except SignatureError as exc:
-            sa.fail(f"cannot authenticate: {exc}")
+            sa.fail(f"cannot authenticate: {exc}", FailureReason.LOCAL_CREDENTIALS)
             return None
-        # IDi, [CERT+], [N(INITIAL_CONTACT)], [CERTREQ], [IDr], AUTH, SA, TSi, TSr (RFC 7296 1.2)
-        payloads: list[Payload] = [idi]
-        if cfg.credentials is not None:
-            payloads += cert_payloads(cfg.credentials)
-        if cfg.send_initial_contact and sa.reauth_of is None:
-            # Not when reauthenticating: the peer must keep the old SAs until we delete them.
-            payloads.append(NotifyPayload(NotifyType.INITIAL_CONTACT))
-        payloads += certreq_payloads(cfg)
+        # IDi, [CERT+], [CERTREQ], [N(INITIAL_CONTACT)], [IDr], AUTH, SA, TSi, TSr (RFC 7296 1.2)
+        payloads: list[Payload] = [idi, *build_request(self.features, sa)]
         if cfg.remote_identity is not None:
             payloads.append(_id_payload(PayloadType.IDr, cfg.remote_identity))
         payloads.append(auth)
@@ -96,7 +94,7 @@ class IkeAuth:
     def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
         assert sa.prf is not None and sa.keys is not None
         if msg.notify(NotifyType.AUTHENTICATION_FAILED) is not None:
-            sa.fail("peer reported AUTHENTICATION_FAILED")
+            sa.fail("peer reported AUTHENTICATION_FAILED", FailureReason.AUTHENTICATION_FAILED)
             return Outcome.DONE
         idr, auth = msg.find(PayloadType.IDr), msg.find(PayloadType.AUTH)
         if not isinstance(idr, IdPayload) or not isinstance(auth, AuthPayload):
@@ -106,11 +104,17 @@ class IkeAuth:
                 if errors and errors[0].notify_type in NotifyType._value2member_map_
                 else "IDr/AUTH missing"
             )
-            sa.fail(f"IKE_AUTH failed: {what}")
+            code = (
+                FailureReason.from_notify(errors[0].notify_type) if errors else FailureReason.INVALID_RESPONSE
+            )
+            sa.fail(f"IKE_AUTH failed: {what}", code)
             return Outcome.DONE
         ident = Identity(idr.id_type, idr.data)
         if not sa.config.matches_remote(ident):
-            sa.fail(f"responder identity {ident} does not match {sa.config.remote_id}")
+            sa.fail(
+                f"responder identity {ident} does not match {sa.config.remote_id}",
+                FailureReason.AUTHENTICATION_FAILED,
+            )
             return Outcome.DONE
         problem = check_peer_auth(
             sa, sa.config, msg, ident, idr, auth, sa.init_response, sa.nonce_i, sa.keys.sk_pr.reveal()
@@ -120,13 +124,17 @@ class IkeAuth:
             sa.notify_and_fail(NotifyType.AUTHENTICATION_FAILED, problem, now)
             return Outcome.DONE
         sa.remote_identity = ident
+        verdict = process_response(self.features, sa, msg, raw)
+        if isinstance(verdict, Refusal):
+            sa.fail(verdict.reason, verdict.code)
+            return Outcome.DONE
         _established(sa, now)
         if self._req is not None:
             complete_child_initiator(sa, self._req, msg, sa.nonce_i, sa.nonce_r, now=now)
         return Outcome.DONE
 
     def on_timeout(self, sa: IkeSa) -> None:
-        sa.fail("IKE_AUTH: peer not responding (retransmit limit)")
+        sa.fail("IKE_AUTH: peer not responding (retransmit limit)", FailureReason.TIMEOUT)
 
 
 def _pick_config(sa: IkeSa, idi: Identity, idr: Identity | None) -> IkeConfig | None:
@@ -147,17 +155,18 @@ def _pick_config(sa: IkeSa, idi: Identity, idr: Identity | None) -> IkeConfig | 
 
 def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
     assert sa.prf is not None and sa.keys is not None
-    from meshsec.agent.ike.sa import State
 
     def auth_failed(reason: str) -> list[Payload]:
-        sa.close_after_response(IkeSaFailed(reason))
+        sa.close_after_response(IkeSaFailed(reason, FailureReason.AUTHENTICATION_FAILED))
         return [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)]
 
     if sa.state is not State.AUTHENTICATING:
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     idi, auth, idr = msg.find(PayloadType.IDi), msg.find(PayloadType.AUTH), msg.find(PayloadType.IDr)
     if not isinstance(idi, IdPayload) or not isinstance(auth, AuthPayload):
-        sa.close_after_response(IkeSaFailed("IKE_AUTH request lacks IDi or AUTH"))
+        sa.close_after_response(
+            IkeSaFailed("IKE_AUTH request lacks IDi or AUTH", FailureReason.INVALID_SYNTAX)
+        )
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     ident = Identity(idi.id_type, idi.data)
     wanted = Identity(idr.id_type, idr.data) if isinstance(idr, IdPayload) else None
@@ -176,11 +185,13 @@ def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         my_auth = own_auth(sa, cfg, sa.init_response, sa.nonce_i, sa.keys.sk_pr.reveal(), own)
     except SignatureError as exc:
         return auth_failed(f"cannot authenticate to {ident}: {exc}")
-    if msg.notify(NotifyType.INITIAL_CONTACT) is not None:
-        sa.emit(InitialContactReceived(str(ident)))
+    features = ike_auth_features()
+    refusal = process_request(features, sa, msg)
+    if refusal is not None:
+        sa.close_after_response(IkeSaFailed(refusal.reason, refusal.code))
+        return [refusal.notify] if refusal.notify is not None else []
     _established(sa, now)
-    certs = cert_payloads(cfg.credentials) if cfg.credentials is not None else []
-    payloads: list[Payload] = [own, *certs, my_auth]
+    payloads: list[Payload] = [own, *build_response(features, sa, []), my_auth]
     if msg.find(PayloadType.SA) is not None:
         answer = respond_child(sa, msg, sa.nonce_i, sa.nonce_r, now=now)
         payloads += answer.pre + answer.body

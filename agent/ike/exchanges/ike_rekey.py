@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.constants import (
     ERROR_NOTIFY_LIMIT,
+    NONCE_SIZE,
     ExchangeType,
     NotifyType,
     PayloadType,
@@ -28,7 +29,8 @@ from meshsec.agent.ike.constants import (
 )
 from meshsec.agent.ike.crypto import CryptoError, KeyExchange
 from meshsec.agent.ike.events import RekeyFailed
-from meshsec.agent.ike.exchanges.ike_init import NONCE_SIZE, setup_keys
+from meshsec.agent.ike.failures import FailureReason
+from meshsec.agent.ike.features.key_exchange import setup_keys
 from meshsec.agent.ike.keys import rekey_skeyseed
 from meshsec.agent.ike.lifetime import backoff
 from meshsec.agent.ike.payloads import (
@@ -41,13 +43,13 @@ from meshsec.agent.ike.payloads import (
     SaPayload,
 )
 from meshsec.agent.ike.proposals import Chosen, accept_response, select_proposal
-from meshsec.agent.ike.task import Outcome
+from meshsec.agent.ike.states import State
+from meshsec.agent.ike.task import Outcome, Task
 
 if TYPE_CHECKING:
     from meshsec.agent.ike.sa import IkeSa
 
 log = logging.getLogger(__name__)
-TEMPORARY_FAILURE = notify_name(NotifyType.TEMPORARY_FAILURE)
 
 MAX_KE_RETRIES = 3
 
@@ -58,13 +60,8 @@ def spawn(
 ) -> IkeSa:  # fmt: skip
     """The successor IKE SA, established, with keys from the rekey exchange; registered with
     the container (table) at once so the peer's first message on it is routed."""
-    from meshsec.agent.ike.sa import IkeSa, State
-
     assert sa.prf is not None and sa.keys is not None
-    new = IkeSa(
-        sa.config, sa.local, sa.remote, initiator=initiator, rnd=sa.rnd, dh_factory=sa.dh_factory,
-        allocate_spi=sa.allocate_spi, candidates=sa.candidates,
-    )  # fmt: skip
+    new = sa.sibling(initiator=initiator)
     new.spi_i, new.spi_r = spi_i, spi_r
     new.spawned = True
     new.originator = sa.originator
@@ -74,13 +71,11 @@ def spawn(
     new.remote_identity = sa.remote_identity
     new.nat_local, new.nat_remote = sa.nat_local, sa.nat_remote
     new.created_at = now
-    new.state = State.ESTABLISHED
+    new.move_to(State.ESTABLISHED)
     new.last_inbound = now
     new.start_lifetime(now)
     new.reauth_at = sa.reauth_at  # rekeying keys the SA; it does not postpone reauthentication
-    new.on_pending = sa.on_pending
     if sa.on_new_sa is not None:
-        new.on_new_sa = sa.on_new_sa
         sa.on_new_sa(new)
     return new
 
@@ -89,9 +84,9 @@ def _lower(a: bytes, b: bytes) -> bytes:
     return min(a, b)
 
 
-class IkeRekey:
+class IkeRekey(Task):
     exchange = ExchangeType.CREATE_CHILD_SA
-    name = "ike_rekey"
+    survives_ike_rekey = False  # the successor has its own lifetime
 
     def __init__(self) -> None:
         self._spi = b""
@@ -102,8 +97,6 @@ class IkeRekey:
         self._retries = 0
 
     def build(self, sa: IkeSa, now: float) -> list[Payload] | None:
-        from meshsec.agent.ike.sa import State
-
         if sa.state is not State.ESTABLISHED or sa.successor is not None:
             sa.stats["ike_rekey_skipped"] += 1
             return None
@@ -157,7 +150,8 @@ class IkeRekey:
             except CryptoError as exc:
                 problem = f"invalid KE: {exc}"
         if problem is not None or chosen is None or not isinstance(nonce, NoncePayload):
-            self._refused(sa, problem or "invalid response", now)
+            code = FailureReason.from_notify(errors[0]) if errors else FailureReason.INVALID_RESPONSE
+            self._refused(sa, problem or "invalid response", code, now)
             return Outcome.DONE
         new = spawn(sa, initiator=True, spi_i=self._spi, spi_r=chosen.spi, ni=self._nonce, nr=nonce.data,
                     chosen=chosen, shared=shared, now=now)  # fmt: skip
@@ -175,13 +169,13 @@ class IkeRekey:
         sa.delete(now)
         return Outcome.DONE
 
-    def _refused(self, sa: IkeSa, problem: str, now: float) -> None:
+    def _refused(self, sa: IkeSa, problem: str, code: FailureReason, now: float) -> None:
         if sa.peer_ike_rekey is not None:
             # We answered the peer's rekey: its new SA takes over and the peer deletes this one.
             sa.hand_over(sa.peer_ike_rekey[0], now)
             return
-        if problem != TEMPORARY_FAILURE:  # that one is part of a collision, retried as planned
-            sa.emit(RekeyFailed("ike", sa.config.name, problem))
+        if code is not FailureReason.TEMPORARY_FAILURE:  # that one is part of a collision, retried as planned
+            sa.emit(RekeyFailed("ike", sa.config.name, problem, code))
         sa.ike_rekey_attempts += 1
         delay = backoff(sa.ike_rekey_attempts, sa.rnd)
         sa.ike_rekey_at = now + delay
@@ -190,13 +184,15 @@ class IkeRekey:
 
     def on_timeout(self, sa: IkeSa) -> None:
         sa.ike_rekey_task = None
-        sa.emit(RekeyFailed("ike", sa.config.name, "peer not responding (retransmit limit)"))
-        sa.fail("IKE SA rekey: peer not responding (retransmit limit)")
+        sa.emit(
+            RekeyFailed(
+                "ike", sa.config.name, "peer not responding (retransmit limit)", FailureReason.TIMEOUT
+            )
+        )
+        sa.fail("IKE SA rekey: peer not responding (retransmit limit)", FailureReason.TIMEOUT)
 
 
 def respond_ike_rekey(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
-    from meshsec.agent.ike.sa import State
-
     def temporary(why: str) -> list[Payload]:
         sa.stats["ike_rekey_temporary_failure"] += 1
         log.info("IKE SA %s: peer's rekey refused for now: %s", sa.local_spi.hex(), why)

@@ -7,17 +7,20 @@ import struct
 from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.constants import ExchangeType, NotifyType, ProtocolId
-from meshsec.agent.ike.events import LivenessChecked
+from meshsec.agent.ike.events import IkeSaDeleted, IkeSaFailed, LivenessChecked
+from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.payloads import DeletePayload, Message, Payload
-from meshsec.agent.ike.task import Outcome
+from meshsec.agent.ike.states import ChildState, State
+from meshsec.agent.ike.task import Outcome, Task
 
 if TYPE_CHECKING:
     from meshsec.agent.ike.sa import IkeSa
 
 
-class IkeDelete:
+class IkeDelete(Task):
     exchange = ExchangeType.INFORMATIONAL
-    name = "ike_delete"
+    survives_ike_rekey = False  # the successor is not being deleted
+    timeout_means_dead = False  # the SA goes either way
 
     def build(self, sa: IkeSa, now: float) -> list[Payload]:
         return [DeletePayload(ProtocolId.IKE, ())]
@@ -31,24 +34,21 @@ class IkeDelete:
         sa.close_deleted(by_peer=False)
 
 
-class ChildDelete:
+class ChildDelete(Task):
     exchange = ExchangeType.INFORMATIONAL
-    name = "child_delete"
 
     def __init__(self, spi_in: int, protocol: int | None = None) -> None:
         self.spi_in = spi_in
         self.protocol = protocol
 
     def build(self, sa: IkeSa, now: float) -> list[Payload] | None:
-        from meshsec.agent.ike.sa import ChildState
-
         child = sa.children.get(self.spi_in)
         protocol = child.protocol if child is not None else self.protocol
         if protocol is None:
             sa.stats["delete_unknown_child"] += 1
             return None
-        if child is not None:
-            child.state = ChildState.DELETING  # a rekey request for it now gets TEMPORARY_FAILURE
+        if child is not None and child.state is not ChildState.DELETING:
+            child.move_to(ChildState.DELETING)  # a rekey request for it now gets TEMPORARY_FAILURE
         # A Delete names the SPI we expect on inbound packets (RFC 7296 3.11).
         return [DeletePayload(protocol, (struct.pack("!I", self.spi_in),))]
 
@@ -60,15 +60,14 @@ class ChildDelete:
         return Outcome.DONE
 
     def on_timeout(self, sa: IkeSa) -> None:
-        sa.fail("CHILD_SA delete: peer not responding (retransmit limit)")
+        sa.fail("CHILD_SA delete: peer not responding (retransmit limit)", FailureReason.TIMEOUT)
 
 
-class Liveness:
+class Liveness(Task):
     """An empty INFORMATIONAL request: on demand (check_liveness, answered by LivenessChecked)
     or as dead peer detection (`dpd`, silent unless the peer stays away)."""
 
     exchange = ExchangeType.INFORMATIONAL
-    name = "liveness"
 
     def __init__(self, dpd: bool = False) -> None:
         self.dpd = dpd
@@ -87,18 +86,23 @@ class Liveness:
         if not self.dpd:
             sa.emit(LivenessChecked(False))
         what = "dead peer detection" if self.dpd else "liveness check"
-        sa.fail(f"{what}: peer not responding (retransmit limit)")
+        sa.fail(
+            f"{what}: peer not responding (retransmit limit)",
+            FailureReason.DPD_TIMEOUT if self.dpd else FailureReason.TIMEOUT,
+        )
 
 
 def respond_informational(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
-    from meshsec.agent.ike.events import IkeSaDeleted, IkeSaFailed
-    from meshsec.agent.ike.sa import ChildState, State
-
     if sa.state not in (State.ESTABLISHED, State.DELETING):
         return []
     if msg.notify(NotifyType.AUTHENTICATION_FAILED) is not None:
         # The initiator rejected our AUTH after we had answered (RFC 7296 2.21.2).
-        sa.close_after_response(IkeSaFailed("peer reported AUTHENTICATION_FAILED (it rejected our AUTH)"))
+        sa.close_after_response(
+            IkeSaFailed(
+                "peer reported AUTHENTICATION_FAILED (it rejected our AUTH)",
+                FailureReason.AUTHENTICATION_FAILED,
+            )
+        )
         return []
     answer: dict[int, list[bytes]] = {}
     for p in msg.payloads:
