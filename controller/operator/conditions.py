@@ -1,14 +1,23 @@
-"""Status for a custom resource: the controller manifest it maps to and its Ready condition."""
+"""Status for a custom resource: the controller manifest it maps to and its conditions.
+
+``Applied``: the controller holds the resource as written (or why not). ``Ready``: applied and
+every tunnel it should have is established (a Node: its agent is online, too); ``Degraded``:
+applied, and some tunnel failed or the Node's agent went offline. A resource that is not
+applied carries the reason of ``Applied`` in ``Ready`` as well, so ``kubectl get`` shows it.
+The counts come from the controller's tunnel status (what the agents reported)."""
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from meshsec.controller.resources import FieldError, Kind
 
+APPLIED = "Applied"
 READY = "Ready"
+DEGRADED = "Degraded"
 # Kubernetes caps a condition message at 32768 bytes; a long error list is cut well before that.
 MAX_MESSAGE = 4000
 
@@ -42,28 +51,63 @@ def join_problems(problems: Sequence[str]) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 20] + f" ... ({len(problems)} problems)"
 
 
-def with_ready(
+@dataclass(frozen=True, slots=True)
+class Condition:
+    type: str
+    status: str  # True, False, Unknown
+    reason: str
+    message: str
+
+
+def tunnel_conditions(desired: int, established: int, failed: int, phase: str = "") -> tuple[Condition, ...]:
+    """Ready and Degraded of an applied resource from its tunnel counts (and, for a Node, its
+    `node_phase`): established/desired in both messages."""
+    pending = desired - established - failed
+    counts = f"{established}/{desired} tunnels established"
+    if failed:
+        counts += f", {failed} failed"
+    if pending > 0:
+        counts += f", {pending} not up yet"
+    if phase and phase != "Online":
+        why = "its agent has not reported yet" if phase == "Pending" else "its agent stopped reporting"
+        reason = "AgentPending" if phase == "Pending" else "AgentOffline"
+        ready = Condition(READY, "False", reason, f"{why}; {counts}")
+    elif established >= desired:
+        ready = Condition(READY, "True", "TunnelsEstablished" if desired else "NoTunnels", counts)
+    else:
+        ready = Condition(READY, "False", "TunnelsNotEstablished", counts)
+    if failed:
+        degraded = Condition(DEGRADED, "True", "TunnelsFailed", counts)
+    elif phase == "Offline":
+        degraded = Condition(DEGRADED, "True", "AgentOffline", f"its agent stopped reporting; {counts}")
+    else:
+        degraded = Condition(DEGRADED, "False", "NoFailures", counts)
+    return ready, degraded
+
+
+def with_condition(
     previous: object,
-    status: str,
-    reason: str,
-    message: str,
+    condition: Condition,
     generation: int,
     now: datetime.datetime,
 ) -> list[dict[str, Any]]:
-    """The conditions list with Ready replaced; its lastTransitionTime moves only when its status
-    does, so a resync that finds nothing new leaves the object as it was."""
+    """The conditions list with one of that type replaced; its lastTransitionTime moves only when
+    its status does, so a resync that finds nothing new leaves the object as it was."""
     conditions = [dict(c) for c in previous if isinstance(c, Mapping)] if isinstance(previous, list) else []
-    old = next((c for c in conditions if c.get("type") == READY), None)
+    status, reason, message = condition.status, condition.reason, condition.message
+    old = next((c for c in conditions if c.get("type") == condition.type), None)
     since = old.get("lastTransitionTime") if old and old.get("status") == status else None
     ready = {
-        "type": READY,
+        "type": condition.type,
         "status": status,
         "reason": reason,
         "message": message,
         "lastTransitionTime": since or now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "observedGeneration": generation,
     }
-    return [c for c in conditions if c.get("type") != READY] + [ready]
+    if old is not None:
+        return [ready if c is old else c for c in conditions]
+    return [*conditions, ready]
 
 
 def node_phase(online: bool, last_seen: str) -> str:

@@ -3,7 +3,8 @@
 Level-triggered: create, update, resume and a periodic resync all run the same `reconcile`,
 which sends the whole manifest (Apply is declarative; an unchanged resource writes nothing), so
 a missed event, a restarted operator or a controller that lost its store converge on the next
-pass. The Ready condition says what happened, naming every bad field. Deletion goes through a
+pass. The Applied condition says what happened, naming every bad field; Ready and Degraded
+what the agents reported about the resource's tunnels (`conditions`). Deletion goes through a
 finalizer: the custom resource stays until the controller has let go of the resource (a Site
 that Nodes still use is refused and retried), and only a resource this operator wrote last is
 deleted, so a same-named resource `meshctl` owns survives the deletion of a rejected CR.
@@ -21,12 +22,15 @@ import grpc
 import kopf
 
 from meshsec.controller.operator.conditions import (
+    APPLIED,
     READY,
+    Condition,
     field_problems,
     join_problems,
     manifest,
     node_phase,
-    with_ready,
+    tunnel_conditions,
+    with_condition,
 )
 from meshsec.controller.operator.crds import GROUP, NAMES, VERSION
 from meshsec.controller.operator.nodes import NodeSweeper
@@ -105,48 +109,56 @@ class Reconciler:
         except ValidationError as exc:
             # Not sent: the controller would refuse it the same way, and the status says why now.
             problems = field_problems(exc.errors, self.kind, name)
-            self._ready(body, patch, "False", "ValidationFailed", join_problems(problems))
+            self._applied(body, patch, "False", "ValidationFailed", join_problems(problems))
             logger.warning("%s/%s invalid: %s", self.kind.value, name, join_problems(problems))
             return
         outcome = await self.sync.apply(doc)
         if outcome.verdict is Verdict.DONE:
-            self._ready(body, patch, "True", "Applied", f"in the controller ({outcome.action.lower()})")
+            self._applied(body, patch, "True", "Applied", f"in the controller ({outcome.action.lower()})")
+            await self._observe(body, patch, logger)
         elif outcome.verdict is Verdict.UNAVAILABLE:
-            self._ready(body, patch, "Unknown", "ControllerUnavailable", outcome.message)
+            self._applied(body, patch, "Unknown", "ControllerUnavailable", outcome.message)
             raise kopf.TemporaryError(outcome.message, delay=self.config.retry_seconds)
         else:
             # Often fixed by another resource (a Node before its Site); the resync tries again.
-            self._ready(body, patch, "False", "ValidationFailed", join_problems(outcome.problems))
+            self._applied(body, patch, "False", "ValidationFailed", join_problems(outcome.problems))
             logger.warning("%s/%s refused: %s", self.kind.value, name, join_problems(outcome.problems))
 
     async def resync(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
         await self.reconcile(body=body, patch=patch, logger=logger)
-        if _ready_status(patch, body) != "True" or self._gate.deleting(str(body.metadata.uid)):
-            return
+
+    async def _observe(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
+        """Tunnel counts, Ready and Degraded (and a Node's phase) from the controller's tunnel
+        status; when that cannot be read, Ready is Unknown rather than a stale True."""
         try:
             counts = await self.sync.tunnels(self.kind, str(body.metadata.name))
-            if self.kind is Kind.NODE:
-                await self._node_status(body, patch)
+            phase = await self._node_status(body, patch) if self.kind is Kind.NODE else ""
         except grpc.aio.AioRpcError as exc:
-            # Observed state only: keep the last one and look again on the next pass.
             logger.warning(
                 "%s/%s: no tunnel status: %s", self.kind.value, body.metadata.name, exc.code().name
             )
+            message = f"no tunnel status from the controller: {exc.code().name}"
+            self._condition(body, patch, Condition(READY, "Unknown", "TunnelStatusUnavailable", message))
             return
         tunnels = {"desired": counts.desired, "established": counts.established, "failed": counts.failed}
         if body.status.get("tunnels") != tunnels:
             patch.status["tunnels"] = tunnels
+        for condition in tunnel_conditions(counts.desired, counts.established, counts.failed, phase):
+            self._condition(body, patch, condition)
 
-    async def _node_status(self, body: kopf.Body, patch: kopf.Patch) -> None:
+    async def _node_status(self, body: kopf.Body, patch: kopf.Patch) -> str:
+        """The Node's phase (also written to status.phase); Pending for a node not in the
+        controller's topology yet."""
         liveness = await self.sync.node_liveness(str(body.metadata.name))
         if liveness is None:
-            return
+            return "Pending"
         wanted = {"phase": node_phase(liveness.online, liveness.last_seen)}
         if liveness.last_seen:
             wanted["lastSeen"] = liveness.last_seen
         for key, value in wanted.items():
             if body.status.get(key) != value:
                 patch.status[key] = value
+        return wanted["phase"]
 
     async def delete(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
         uid = str(body.metadata.uid)
@@ -159,7 +171,7 @@ class Reconciler:
         try:
             stored = await self.sync.get(self.kind, name)
         except grpc.aio.AioRpcError as exc:
-            self._ready(body, patch, "Unknown", "ControllerUnavailable", exc.code().name)
+            self._applied(body, patch, "Unknown", "ControllerUnavailable", exc.code().name)
             raise kopf.TemporaryError(exc.code().name, delay=self.config.retry_seconds) from exc
         if stored is None:
             return
@@ -173,22 +185,23 @@ class Reconciler:
         if outcome.verdict is Verdict.DONE:
             return
         reason = "ControllerUnavailable" if outcome.verdict is Verdict.UNAVAILABLE else "DeleteBlocked"
-        self._ready(body, patch, "False", reason, outcome.message)
+        self._applied(body, patch, "False", reason, outcome.message)
         raise kopf.TemporaryError(outcome.message, delay=self.config.retry_seconds)
 
-    def _ready(self, body: kopf.Body, patch: kopf.Patch, status: str, reason: str, message: str) -> None:
+    def _applied(self, body: kopf.Body, patch: kopf.Patch, status: str, reason: str, message: str) -> None:
+        self._condition(body, patch, Condition(APPLIED, status, reason, message))
+        if status != "True":  # Ready says the same, so `kubectl get` (the Ready column) shows it
+            self._condition(body, patch, Condition(READY, status, reason, message))
+
+    def _condition(self, body: kopf.Body, patch: kopf.Patch, condition: Condition) -> None:
         generation = int(body.metadata.get("generation") or 0)
         now = datetime.datetime.now(datetime.UTC)
-        conditions = with_ready(body.status.get("conditions"), status, reason, message, generation, now)
+        current = patch.get("status", {}).get("conditions") or body.status.get("conditions")
+        conditions = with_condition(current, condition, generation, now)
         if conditions != body.status.get("conditions"):
             patch.status["conditions"] = conditions
         if body.status.get("observedGeneration") != generation:
             patch.status["observedGeneration"] = generation
-
-
-def _ready_status(patch: kopf.Patch, body: kopf.Body) -> str:
-    conditions = patch.get("status", {}).get("conditions") or body.status.get("conditions") or []
-    return next((str(c.get("status")) for c in conditions if c.get("type") == READY), "Unknown")
 
 
 def register_nodes(registry: kopf.OperatorRegistry, sweeper: NodeSweeper) -> None:

@@ -10,15 +10,23 @@ import pytest
 
 from meshsec.controller.operator.conditions import (
     MAX_MESSAGE,
+    Condition,
     field_problems,
     join_problems,
     manifest,
-    with_ready,
+    tunnel_conditions,
+    with_condition,
 )
 from meshsec.controller.resources import FieldError, Kind, ValidationError, parse_resource
 
 T0 = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
 T1 = T0 + datetime.timedelta(minutes=5)
+
+
+def with_ready(
+    previous: object, status: str, reason: str, message: str, generation: int, now: datetime.datetime
+) -> list[dict[str, object]]:
+    return with_condition(previous, Condition("Ready", status, reason, message), generation, now)
 
 
 def test_manifest_keeps_identity_labels_and_spec_only() -> None:
@@ -73,6 +81,45 @@ def test_other_conditions_are_kept() -> None:
     other = {"type": "Custom", "status": "True"}
     out = with_ready([other, "junk"], "True", "Applied", "", 1, T0)
     assert out[0] == other and out[1]["type"] == "Ready" and len(out) == 2
+    # Replaced where it stands: another condition after it keeps its place.
+    applied = with_condition(out, Condition("Applied", "True", "Applied", ""), 1, T0)
+    again = with_ready(applied, "False", "TunnelsNotEstablished", "0/1 tunnels established", 1, T1)
+    assert [c["type"] for c in again] == ["Custom", "Ready", "Applied"]
+
+
+def _pairs(*conditions: Condition) -> list[tuple[str, str, str, str]]:
+    return [(c.type, c.status, c.reason, c.message) for c in conditions]
+
+
+def test_ready_and_degraded_from_tunnel_counts() -> None:
+    assert _pairs(*tunnel_conditions(3, 3, 0)) == [
+        ("Ready", "True", "TunnelsEstablished", "3/3 tunnels established"),
+        ("Degraded", "False", "NoFailures", "3/3 tunnels established"),
+    ]
+    assert _pairs(*tunnel_conditions(0, 0, 0)) == [
+        ("Ready", "True", "NoTunnels", "0/0 tunnels established"),
+        ("Degraded", "False", "NoFailures", "0/0 tunnels established"),
+    ]
+    assert _pairs(*tunnel_conditions(3, 1, 0)) == [
+        ("Ready", "False", "TunnelsNotEstablished", "1/3 tunnels established, 2 not up yet"),
+        ("Degraded", "False", "NoFailures", "1/3 tunnels established, 2 not up yet"),
+    ]
+    counts = "1/4 tunnels established, 2 failed, 1 not up yet"
+    assert _pairs(*tunnel_conditions(4, 1, 2)) == [
+        ("Ready", "False", "TunnelsNotEstablished", counts),
+        ("Degraded", "True", "TunnelsFailed", counts),
+    ]
+    # A Node: its agent must be online as well.
+    assert _pairs(*tunnel_conditions(1, 1, 0, "Online"))[0][1] == "True"
+    assert _pairs(*tunnel_conditions(0, 0, 0, "Pending")) == [
+        ("Ready", "False", "AgentPending", "its agent has not reported yet; 0/0 tunnels established"),
+        ("Degraded", "False", "NoFailures", "0/0 tunnels established"),
+    ]
+    offline = "its agent stopped reporting; 1/1 tunnels established"
+    assert _pairs(*tunnel_conditions(1, 1, 0, "Offline")) == [
+        ("Ready", "False", "AgentOffline", offline),
+        ("Degraded", "True", "AgentOffline", offline),
+    ]
 
 
 def test_problems_name_the_field_or_the_other_resource() -> None:

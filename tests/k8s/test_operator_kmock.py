@@ -1,6 +1,7 @@
 """The kopf operator against kmock (an in-memory Kubernetes API) and a real in-process controller
 on an embedded store: custom resources created, updated and deleted in "Kubernetes" reach the
-controller through its admin socket; refusals come back as Ready conditions naming the field.
+controller through its admin socket; refusals come back as Applied (and Ready) conditions naming
+the field; Ready and Degraded count the tunnels the agents reported.
 
 kmock is not a faithful API server (docs/kubernetes.md): it assigns no uid/resourceVersion, so
 the test supplies them, and it validates nothing, which lets invalid objects reach the operator
@@ -206,9 +207,10 @@ POLICY = {
 }
 
 
-def ready_of(obj: dict[str, Any] | None) -> dict[str, Any] | None:
+def ready_of(obj: dict[str, Any] | None, kind: str = "Ready") -> dict[str, Any] | None:
+    """The condition of type `kind` (Ready, Applied, Degraded)."""
     for condition in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Ready":
+        if condition.get("type") == kind:
             return dict(condition)
     return None
 
@@ -236,17 +238,25 @@ async def test_create_update_delete_reach_the_controller(cluster: Any) -> None:
         for kind, name in ((Kind.SITE, "k8s-dc1"), (Kind.NODE, "k8s-gw1"), (Kind.NODE, "k8s-gw2")):
             assert await eventually(f"{kind.value}/{name}", lambda k=kind, n=name: sync.get(k, n))
 
-        async def ready_policy() -> dict[str, Any] | None:
+        async def applied_policy() -> dict[str, Any] | None:
             obj = await k8s.get(Kind.MESH_POLICY, "k8s-dc-mesh")
-            ready = ready_of(obj)
+            applied = ready_of(obj, "Applied")
             tunnels = ((obj or {}).get("status") or {}).get("tunnels")
             # Counted on each resync: the nodes may reach the controller after the policy.
-            return obj if ready and ready["status"] == "True" and tunnels and tunnels["desired"] else None
+            return obj if applied and applied["status"] == "True" and tunnels and tunnels["desired"] else None
 
-        policy = await eventually("Ready and tunnel counts on the policy", ready_policy)
-        assert ready_of(policy)["reason"] == "Applied"  # type: ignore[index]
-        # One gateway per site, two sites: one tunnel, not established (no agents run here).
+        policy = await eventually("Applied and tunnel counts on the policy", applied_policy)
+        # One gateway per site, two sites: one tunnel, not established (no agents run here), so
+        # applied but not Ready; nothing failed, so not Degraded either.
         assert policy["status"]["tunnels"] == {"desired": 1, "established": 0, "failed": 0}
+        ready, degraded = ready_of(policy), ready_of(policy, "Degraded")
+        assert ready is not None and degraded is not None
+        assert (ready["status"], ready["reason"], ready["message"]) == (
+            "False",
+            "TunnelsNotEstablished",
+            "0/1 tunnels established, 1 not up yet",
+        )
+        assert (degraded["status"], degraded["reason"]) == ("False", "NoFailures")
         assert policy["status"]["observedGeneration"] == 1
 
         # Update: the spec change reaches the controller.
@@ -315,7 +325,7 @@ async def test_invalid_resource_gets_a_condition_naming_the_field(cluster: Any) 
         )
 
         async def applied() -> bool:
-            ready = ready_of(await k8s.get(Kind.MESH_POLICY, "k8s-bad"))
+            ready = ready_of(await k8s.get(Kind.MESH_POLICY, "k8s-bad"), "Applied")
             return (
                 bool(ready and ready["status"] == "True")
                 and await sync.get(Kind.MESH_POLICY, "k8s-bad") is not None
@@ -397,6 +407,13 @@ async def _status_false(k8s: Cluster, kind: Kind, name: str) -> bool:
     return bool(ready and ready["status"] == "False")
 
 
+async def _condition(
+    k8s: Cluster, kind: Kind, name: str, status: str, of: str = "Ready"
+) -> dict[str, Any] | None:
+    condition = ready_of(await k8s.get(kind, name), of)
+    return condition if condition and condition["status"] == status else None
+
+
 async def _absent(k8s: Cluster, kind: Kind, name: str) -> bool:
     return await k8s.get(kind, name) is None
 
@@ -447,6 +464,10 @@ async def test_agent_reports_reach_the_custom_resources(cluster: Any, controller
 
         policy = await eventually("established count on the policy", established)
         assert policy["status"]["tunnels"] == {"desired": 1, "established": 1, "failed": 0}
+        ready = await eventually(
+            "the policy Ready", lambda: _condition(k8s, Kind.MESH_POLICY, "k8s-dc-mesh", "True")
+        )
+        assert (ready["reason"], ready["message"]) == ("TunnelsEstablished", "1/1 tunnels established")
 
         async def online() -> dict[str, Any] | None:
             node = await k8s.get(Kind.NODE, "k8s-gw2")
@@ -459,6 +480,31 @@ async def test_agent_reports_reach_the_custom_resources(cluster: Any, controller
 
         status = await eventually("the node Online", online)
         assert status["lastSeen"].endswith("Z")
+        node_ready = await eventually("the node Ready", lambda: _condition(k8s, Kind.NODE, "k8s-gw2", "True"))
+        assert node_ready["message"] == "1/1 tunnels established"
+
+        # One end reports the tunnel FAILED: the policy is no longer Ready, and Degraded.
+        failed = agent_pb2.StatusReport(
+            node_name="k8s-gw2",
+            agent_instance_id="k8s-gw2-test",
+            seq=2,
+            full=True,
+            tunnels=[
+                agent_pb2.TunnelStatus(
+                    tunnel_id=tunnel.tunnel_id, peer_name="k8s-gw1", state=common_pb2.TUNNEL_STATE_FAILED
+                )
+            ],
+        )
+        async with node.channel(controller) as channel:
+            await agent_pb2_grpc.AgentServiceStub(channel).ReportStatus(failed, timeout=10)
+        degraded = await eventually(
+            "the policy Degraded",
+            lambda: _condition(k8s, Kind.MESH_POLICY, "k8s-dc-mesh", "True", "Degraded"),
+        )
+        assert degraded["reason"] == "TunnelsFailed"
+        ready = ready_of(await k8s.get(Kind.MESH_POLICY, "k8s-dc-mesh"))
+        assert ready is not None and ready["status"] == "False"
+        assert "failed" in ready["message"]
         # Enrollment rewrote the node's endpoints from its facts; the CR is authoritative again.
         assert (await eventually("CR spec re-applied", lambda: _public_endpoints(sync, "k8s-gw2"))) == [
             "198.18.62.1"

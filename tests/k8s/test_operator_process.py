@@ -75,10 +75,10 @@ async def test_operator_process(kmock: Any, controller: Controller, tmp_path: Pa
         assert await eventually("the Site in the controller", lambda: sync.get(Kind.SITE, "k8s-dc1"))
 
         async def ready() -> bool:
-            condition = ready_of(await k8s.get(Kind.SITE, "k8s-dc1"))
+            condition = ready_of(await k8s.get(Kind.SITE, "k8s-dc1"), "Applied")
             return bool(condition and condition["status"] == "True")
 
-        await eventually("Ready on the Site CR", ready)
+        await eventually("Applied on the Site CR", ready)
         assert await eventually("the core Node's meshsec Node", lambda: sync.get(Kind.NODE, "proc-n1"))
         cluster_site = await sync.get(Kind.SITE, "k8s-proc")
         assert cluster_site is not None
