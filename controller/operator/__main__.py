@@ -44,6 +44,7 @@ from meshsec.controller.operator.handlers import (  # noqa: E402
     register_nodes,
 )
 from meshsec.controller.operator.nodes import KubernetesNodes, NodeSweeper  # noqa: E402
+from meshsec.controller.operator.psk import PskSync  # noqa: E402
 from meshsec.controller.operator.sync import ControllerSync  # noqa: E402
 
 DEFAULT_ADMIN_SOCKET = "/run/meshsec/admin.sock"
@@ -78,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bootstrap-ttl", type=int, default=86400, help="token lifetime, s (%(default)s)")
     b.add_argument(
         "--ca-file", type=Path, default=DEFAULT_CA_FILE, help="the controller's ca.pem (%(default)s)"
+    )
+    p.add_argument(
+        "--secret-namespace",
+        default=os.environ.get("POD_NAMESPACE", ""),
+        help="namespace of the Secrets ExternalGateway spec.auth.secretKeyRef may name (default "
+        "$POD_NAMESPACE; empty: secretKeyRef is refused)",
     )
     c = p.add_argument_group("the cluster as a Site (off unless --cluster-site is given)")
     c.add_argument("--cluster-site", help="Site name of this cluster: one meshsec Node per core Node")
@@ -160,13 +167,14 @@ def build_registry(
     *,
     login: Any = None,
     sweeper: NodeSweeper | None = None,
+    psk: PskSync | None = None,
 ) -> kopf.OperatorRegistry:
-    """Handlers for the four kinds (and core Node events waking `sweeper`); `login` replaces
-    the in-cluster/kubeconfig login (tests)."""
+    """Handlers for the four kinds (and core Node events waking `sweeper`; ExternalGateway PSKs
+    from Secrets through `psk`); `login` replaces the in-cluster/kubeconfig login (tests)."""
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(login or _login)
     kopf.on.startup(registry=registry)(_startup)
-    register(registry, sync, config)
+    register(registry, sync, config, psk)
     if sweeper is not None:
         register_nodes(registry, sweeper)
     return registry
@@ -193,12 +201,19 @@ async def run(args: argparse.Namespace) -> None:
         if cluster is not None
         else None
     )
+    psk = (
+        PskSync(sync, KubernetesSecrets(kube_api_client()), args.secret_namespace)
+        if args.secret_namespace
+        else None
+    )
     # Started before kopf: kopf cancels the tasks created while it runs when it stops.
     keeping = asyncio.create_task(keeper.run(stop)) if keeper is not None else None
     sweeping = asyncio.create_task(sweeper.run(stop)) if sweeper is not None else None
     try:
         await kopf.operator(
-            registry=build_registry(sync, OperatorConfig(args.resync, args.retry), sweeper=sweeper),
+            registry=build_registry(
+                sync, OperatorConfig(args.resync, args.retry), sweeper=sweeper, psk=psk
+            ),
             clusterwide=True,
             standalone=args.peering is None,
             peering_name=args.peering,

@@ -178,6 +178,22 @@ class KubernetesSecrets:
         meta = secret.metadata
         return dict((meta.annotations if meta is not None else None) or {})
 
+    async def data(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        """The Secret's data, decoded (`psk.SecretReader`); None when it does not exist."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            secret = await asyncio.to_thread(self._api.read_namespaced_secret, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        out: dict[str, bytes] = {}
+        for key, value in (secret.data or {}).items():
+            with contextlib.suppress(ValueError, TypeError):  # not base64: the API server never sends it
+                out[str(key)] = base64.b64decode(value, validate=True)
+        return out
+
     async def write(
         self, namespace: str, name: str, data: Mapping[str, bytes], annotations: Mapping[str, str]
     ) -> None:

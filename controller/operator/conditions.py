@@ -16,6 +16,8 @@ from typing import Any
 from meshsec.controller.resources import FieldError, Kind
 
 APPLIED = "Applied"
+# ExternalGateway spec.auth.secretKeyRef: Kubernetes-only, where the PSK lives (operator/psk.py).
+SECRET_KEY_REF = "secretKeyRef"
 READY = "Ready"
 DEGRADED = "Degraded"
 # Kubernetes caps a condition message at 32768 bytes; a long error list is cut well before that.
@@ -26,11 +28,16 @@ def manifest(kind: Kind, body: Mapping[str, Any]) -> dict[str, Any]:
     """What the controller gets: identity, labels and spec. Kubernetes' own metadata (uid,
     annotations, finalizers) and status stay in the cluster."""
     meta = body.get("metadata") or {}
+    spec = dict(body.get("spec") or {})
+    if kind is Kind.EXTERNAL_GATEWAY:
+        auth = spec.get("auth")
+        if isinstance(auth, Mapping) and SECRET_KEY_REF in auth:
+            spec["auth"] = {k: v for k, v in auth.items() if k != SECRET_KEY_REF}
     out: dict[str, Any] = {
         "apiVersion": body.get("apiVersion"),
         "kind": kind.value,
         "metadata": {"name": meta.get("name")},
-        "spec": dict(body.get("spec") or {}),
+        "spec": spec,
     }
     if meta.get("labels"):
         out["metadata"]["labels"] = dict(meta["labels"])

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from meshsec.controller.operator.conditions import SECRET_KEY_REF
 from meshsec.controller.resources.model import API_VERSION, Kind
 from meshsec.controller.resources.schema import SPECS, STATUS, to_openapi
 
@@ -89,8 +90,23 @@ COLUMNS: dict[Kind, tuple[Column, ...]] = {
 }
 
 
+# Kubernetes-only (the operator reads the Secret and drops this before the controller sees it).
+SECRET_KEY_REF_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "a Secret in the operator's namespace holding the PSK; copied into pskSecretRef",
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "key": {"type": "string", "minLength": 1, "description": "default psk"},
+    },
+    "required": ["name"],
+}
+
+
 def crd(kind: Kind) -> dict[str, Any]:
     names = NAMES[kind]
+    spec = to_openapi(SPECS[kind])
+    if kind is Kind.EXTERNAL_GATEWAY:
+        spec["properties"]["auth"]["properties"][SECRET_KEY_REF] = SECRET_KEY_REF_SCHEMA
     schema = {
         "type": "object",
         "required": ["spec"],
@@ -98,7 +114,7 @@ def crd(kind: Kind) -> dict[str, Any]:
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
-            "spec": to_openapi(SPECS[kind]),
+            "spec": spec,
             "status": to_openapi(STATUS[kind]),
         },
     }

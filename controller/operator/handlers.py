@@ -13,6 +13,7 @@ deleted, so a same-named resource `meshctl` owns survives the deletion of a reje
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from meshsec.controller.operator.conditions import (
 )
 from meshsec.controller.operator.crds import GROUP, NAMES, VERSION
 from meshsec.controller.operator.nodes import NodeSweeper
+from meshsec.controller.operator.psk import SECRET_SYNCED, PskSync, key_ref
 from meshsec.controller.operator.sync import FIELD_MANAGER, ControllerSync, Verdict
 from meshsec.controller.resources import Kind, ValidationError, parse_resource
 from meshsec.controller.resources.model import LAST_APPLIED_BY
@@ -88,10 +90,14 @@ class _Gate:
 
 
 class Reconciler:
-    def __init__(self, kind: Kind, sync: ControllerSync, config: OperatorConfig) -> None:
+    def __init__(
+        self, kind: Kind, sync: ControllerSync, config: OperatorConfig, psk: PskSync | None = None
+    ) -> None:
         self.kind = kind
         self.sync = sync
         self.config = config
+        # ExternalGateways only: PSKs from Kubernetes Secrets (None: secretKeyRef is refused).
+        self.psk = psk
         self._gate = _Gate()
 
     async def reconcile(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
@@ -112,6 +118,8 @@ class Reconciler:
             self._applied(body, patch, "False", "ValidationFailed", join_problems(problems))
             logger.warning("%s/%s invalid: %s", self.kind.value, name, join_problems(problems))
             return
+        if self.kind is Kind.EXTERNAL_GATEWAY and not await self._sync_psk(body, patch, doc):
+            return
         outcome = await self.sync.apply(doc)
         if outcome.verdict is Verdict.DONE:
             self._applied(body, patch, "True", "Applied", f"in the controller ({outcome.action.lower()})")
@@ -123,6 +131,28 @@ class Reconciler:
             # Often fixed by another resource (a Node before its Site); the resync tries again.
             self._applied(body, patch, "False", "ValidationFailed", join_problems(outcome.problems))
             logger.warning("%s/%s refused: %s", self.kind.value, name, join_problems(outcome.problems))
+
+    async def _sync_psk(self, body: kopf.Body, patch: kopf.Patch, doc: dict[str, Any]) -> bool:
+        """The PSK from the Secret `spec.auth.secretKeyRef` names into the controller secret the
+        gateway uses, before the gateway is applied; False: the reference itself is invalid."""
+        try:
+            ref = key_ref(body.spec)
+        except ValueError as exc:
+            self._applied(body, patch, "False", "ValidationFailed", str(exc))
+            return False
+        if ref is None:
+            return True
+        target = str(doc["spec"]["auth"]["pskSecretRef"])
+        if self.psk is None:
+            why = "the operator runs without --secret-namespace"
+            condition = Condition(SECRET_SYNCED, "False", "NoSecretNamespace", why)
+        else:
+            try:
+                condition = await self.psk.sync_one(target, ref)
+            except Exception as exc:  # the Kubernetes API away: say so, keep the last value
+                condition = Condition(SECRET_SYNCED, "Unknown", "SecretUnreadable", type(exc).__name__)
+        self._condition(body, patch, condition)
+        return True
 
     async def resync(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
         await self.reconcile(body=body, patch=patch, logger=logger)
@@ -183,10 +213,23 @@ class Reconciler:
         # ABORTED, and the retry finds meshctl the last writer and leaves it.
         outcome = await self.sync.delete(self.kind, name, resource_version=stored.metadata.resource_version)
         if outcome.verdict is Verdict.DONE:
+            await self._release_psk(body, logger)
             return
         reason = "ControllerUnavailable" if outcome.verdict is Verdict.UNAVAILABLE else "DeleteBlocked"
         self._applied(body, patch, "False", reason, outcome.message)
         raise kopf.TemporaryError(outcome.message, delay=self.config.retry_seconds)
+
+    async def _release_psk(self, body: kopf.Body, logger: kopf.Logger) -> None:
+        if self.kind is not Kind.EXTERNAL_GATEWAY or self.psk is None:
+            return
+        with contextlib.suppress(ValueError):
+            if key_ref(body.spec) is None:
+                return
+            target = str(body.spec.get("auth", {}).get("pskSecretRef", ""))
+            try:
+                await self.psk.release(target)
+            except grpc.aio.AioRpcError as exc:  # left behind; `meshctl secret delete` removes it
+                logger.warning("controller secret %s not deleted: %s", target, exc.code().name)
 
     def _applied(self, body: kopf.Body, patch: kopf.Patch, status: str, reason: str, message: str) -> None:
         self._condition(body, patch, Condition(APPLIED, status, reason, message))
@@ -213,10 +256,12 @@ def register_nodes(registry: kopf.OperatorRegistry, sweeper: NodeSweeper) -> Non
     kopf.on.event("", "v1", "nodes", registry=registry, id="core-node-event")(node_event)
 
 
-def register(registry: kopf.OperatorRegistry, sync: ControllerSync, config: OperatorConfig) -> None:
+def register(
+    registry: kopf.OperatorRegistry, sync: ControllerSync, config: OperatorConfig, psk: PskSync | None = None
+) -> None:
     for kind in Kind:
         plural = NAMES[kind].plural
-        reconciler = Reconciler(kind, sync, config)
+        reconciler = Reconciler(kind, sync, config, psk if kind is Kind.EXTERNAL_GATEWAY else None)
         prefix = kind.value.lower()
         kopf.on.resume(GROUP, VERSION, plural, registry=registry, id=f"{prefix}-resume")(reconciler.reconcile)
         kopf.on.create(GROUP, VERSION, plural, registry=registry, id=f"{prefix}-create")(reconciler.reconcile)

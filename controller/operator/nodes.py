@@ -41,7 +41,7 @@ LIST_PAGE = 500
 
 
 class NodeSource(Protocol):
-    async def list(self) -> list[dict[str, Any]]:
+    async def list_nodes(self) -> list[dict[str, Any]]:
         """Every core Node, as the API server returns it."""
 
 
@@ -76,7 +76,7 @@ class NodeSweeper:
 
     async def sweep(self) -> SweepReport:
         report = SweepReport()
-        nodes = await self.source.list()
+        nodes = await self.source.list_nodes()
         site = site_manifest(nodes, self.config)
         outcome = await self.sync.apply(site, field_manager=NODE_MANAGER)
         if outcome.verdict is not Verdict.DONE:
@@ -84,7 +84,7 @@ class NodeSweeper:
             log.warning("cluster site %s not applied: %s", self.config.site, outcome.message)
         elif outcome.action != "UNCHANGED":
             report.applied.append(f"Site/{self.config.site}")
-        stored = {r.metadata.name: r for r in await self.sync.list(Kind.NODE)}
+        stored = {r.metadata.name: r for r in await self.sync.list_resources(Kind.NODE)}
         wanted: set[str] = set()
         for node in nodes:
             derived = derive_node(node, self.config)
@@ -166,7 +166,7 @@ class KubernetesNodes:
 
         self._api = client.CoreV1Api(api_client)
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list_nodes(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         token = ""
         while True:

@@ -117,7 +117,7 @@ class ControllerSync:
             raise
         return response.resource
 
-    async def list(self, kind: Kind, label_selector: str = "") -> list[common_pb2.Resource]:
+    async def list_resources(self, kind: Kind, label_selector: str = "") -> list[common_pb2.Resource]:
         """Every resource of `kind` (all pages) matching `label_selector`."""
         request = admin_pb2.ListRequest(kind=kind.value, label_selector=label_selector)
         found: list[common_pb2.Resource] = []
@@ -174,6 +174,24 @@ class ControllerSync:
             response.expires_at.ToSeconds(),
             response.ca_cert_sha256,
         )
+
+    async def put_secret(self, name: str, value: Secret) -> None:
+        """An ExternalGateway PSK; the value goes out and never comes back."""
+        await self._stub.PutSecret(
+            admin_pb2.PutSecretRequest(name=name, value=value.reveal()), timeout=CALL_TIMEOUT
+        )
+
+    async def delete_secret(self, name: str) -> None:
+        try:
+            await self._stub.DeleteSecret(admin_pb2.DeleteSecretRequest(name=name), timeout=CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+
+    async def secret_users(self, name: str) -> list[str] | None:
+        """The ExternalGateways using controller secret `name`; None when there is no such secret."""
+        response = await self._stub.ListSecrets(admin_pb2.ListSecretsRequest(), timeout=CALL_TIMEOUT)
+        return next((list(s.used_by) for s in response.secrets if s.name == name), None)
 
     async def revoke_token(self, token_id: str) -> None:
         try:
