@@ -166,28 +166,29 @@ class KubernetesSecrets:
 
         self._api = client.CoreV1Api(api_client)
 
-    async def annotations(self, namespace: str, name: str) -> dict[str, str] | None:
+    async def _read(self, namespace: str, name: str) -> Any:
+        """The V1Secret, None when it does not exist."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            secret = await asyncio.to_thread(self._api.read_namespaced_secret, name, namespace)
+            return await asyncio.to_thread(self._api.read_namespaced_secret, name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
+
+    async def annotations(self, namespace: str, name: str) -> dict[str, str] | None:
+        secret = await self._read(namespace, name)
+        if secret is None:
+            return None
         meta = secret.metadata
         return dict((meta.annotations if meta is not None else None) or {})
 
     async def data(self, namespace: str, name: str) -> dict[str, bytes] | None:
         """The Secret's data, decoded (`psk.SecretReader`); None when it does not exist."""
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            secret = await asyncio.to_thread(self._api.read_namespaced_secret, name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        secret = await self._read(namespace, name)
+        if secret is None:
+            return None
         out: dict[str, bytes] = {}
         for key, value in (secret.data or {}).items():
             with contextlib.suppress(ValueError, TypeError):  # not base64: the API server never sends it

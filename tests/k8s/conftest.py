@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from meshsec.controller.operator.sync import ControllerSync
 from meshsec.controller.server import Controller, ControllerConfig
 from meshsec.controller.service.core import Settings
 from meshsec.controller.store import EmbeddedStore
@@ -30,3 +31,14 @@ async def controller(tmp_path: Path) -> AsyncIterator[Controller]:
     finally:
         await ctl.stop()
         await store.close()
+
+
+@pytest.fixture
+async def sync(ctl: Controller) -> AsyncIterator[ControllerSync]:
+    """The operator's admin client to `ctl` (a test module's controller fixture)."""
+    assert ctl.config.admin_socket is not None
+    client = ControllerSync.unix(ctl.config.admin_socket)
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -163,16 +163,6 @@ async def ctl(tmp_path: Path) -> AsyncIterator[Controller]:
         yield controller
 
 
-@pytest.fixture
-async def sync(ctl: Controller) -> AsyncIterator[ControllerSync]:
-    assert ctl.config.admin_socket is not None
-    client = ControllerSync.unix(ctl.config.admin_socket)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
 async def stored(sync: ControllerSync, kind: Kind, name: str) -> dict[str, Any] | None:
     resource = await sync.get(kind, name)
     if resource is None:

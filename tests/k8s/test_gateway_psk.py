@@ -38,16 +38,6 @@ async def ctl(tmp_path: Path) -> AsyncIterator[Controller]:
         yield controller
 
 
-@pytest.fixture
-async def sync(ctl: Controller) -> AsyncIterator[ControllerSync]:
-    assert ctl.config.admin_socket is not None
-    client = ControllerSync.unix(ctl.config.admin_socket)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
 class Secrets:
     def __init__(self, kmock: Any) -> None:
         self.kmock = kmock
