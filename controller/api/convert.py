@@ -13,6 +13,7 @@ from google.protobuf import struct_pb2
 from meshsec.common.secrets import Secret
 from meshsec.controller.mesh import PeerKind as MeshPeerKind
 from meshsec.controller.mesh import Tunnel
+from meshsec.controller.mesh.routes import SiteRoute
 from meshsec.controller.resources.model import (
     AuthMethod,
     Dpd,
@@ -190,7 +191,12 @@ def facts_to_endpoints(facts: agent_pb2.NodeFacts) -> dict[str, list[str]]:
 
 
 def node_config(
-    node: Node, uid: str, site_prefixes: tuple[str, ...], gateway: bool, status_interval_s: int
+    node: Node,
+    uid: str,
+    site_prefixes: tuple[str, ...],
+    gateway: bool,
+    status_interval_s: int,
+    routes: tuple[SiteRoute, ...] = (),
 ) -> agent_pb2.NodeConfig:
     config = agent_pb2.NodeConfig(
         node_name=node.metadata.name,
@@ -203,6 +209,9 @@ def node_config(
         status_interval_seconds=status_interval_s,
     )
     config.labels.update(node.metadata.labels)
+    config.routes.extend(
+        agent_pb2.SiteRoute(destination=r.destination, via=r.via, gateway=r.gateway) for r in routes
+    )
     return config
 
 

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 from meshsec.controller.api.convert import node_config
 from meshsec.controller.mesh import Change, Delete, NodeDelta, PeerKind, Tunnel, Upsert
+from meshsec.controller.mesh.routes import SiteRoute, site_reach, site_routes
 from meshsec.controller.resources import Kind, Node, ValidationError, parse_resource
 from meshsec.controller.service.index import ControllerIndex
 from meshsec.controller.service.keys import Keys
@@ -128,6 +129,8 @@ class MeshState:
         self._history = history
         self._status_interval_s = status_interval_s
         self._slices: dict[str, NodeSlice] = {}
+        # Per site: the routes of its non-gateway nodes and the tunnel ids they come from.
+        self._site_routes: dict[str, tuple[tuple[SiteRoute, ...], frozenset[str]]] = {}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._on_updates = on_updates  # (number of node updates, seconds spent) per processed revision
@@ -219,6 +222,7 @@ class MeshState:
                 resources.append(resource)
         index.load(resources)
         self.index, self.docs = index, docs
+        self._site_routes = {}
         self._set_revision(listing.revision)
         old = self._slices
         self._slices = {}
@@ -316,6 +320,8 @@ class MeshState:
         changes: list[Change] = []
         nodes: set[str] = set()
         sites: set[str] = set()
+        gateway_sites: set[str] = set()  # sites whose routes may have moved
+        gateways_before: dict[str, set[str]] = {}  # of the sites changed Nodes were or are in
         rekeyed: set[str] = set()  # ExternalGateways whose PSK was written
         if any(event.key == self.keys.numbering for event in events):
             self._renumber(revision, started)
@@ -344,6 +350,12 @@ class MeshState:
             changes.append(Upsert(resource) if resource is not None else Delete(kind, name))
             if kind is Kind.NODE:
                 nodes.add(name)
+                before = self.index.node(name)  # the index still holds the old one
+                if before is not None and name in self.index.gateways_of(before.spec.site):
+                    gateway_sites.add(before.spec.site)  # a gateway moved or went
+                for site in (before.spec.site if before else None, _site_of(resource)):
+                    if site and site not in gateways_before:
+                        gateways_before[site] = set(self.index.gateways_of(site))
             elif kind is Kind.SITE:
                 sites.add(name)
         if self._too_wide(changes):
@@ -354,7 +366,15 @@ class MeshState:
             self._resend_gateway_tunnels(gateway, deltas)
         # Only a node's own resource or its site's can change its NodeConfig; everyone else here
         # merely has tunnel changes, so their config is not recomputed (O(affected tunnels) work).
-        reconfigured = nodes | {n for s in sites for n in self.index.nodes_in_site(s)}
+        # A site's routes follow its gateways and their tunnels; where they moved, every node of
+        # the site is reconfigured (rare: a gateway or a site-scope policy changed).
+        gateway_sites.update(s for s, g in gateways_before.items() if set(self.index.gateways_of(s)) != g)
+        for name, delta in deltas.items():
+            site = _site_of(self.index.node(name))
+            if site and name in self.index.gateways_of(site) and self._moves_routes(site, delta):
+                gateway_sites.add(site)
+        routed = self._rerouted(sites | gateway_sites)
+        reconfigured = nodes | {n for s in sites | routed for n in self.index.nodes_in_site(s)}
         updates = 0
         for name in sorted(set(deltas) | reconfigured):
             updates += self._update_slice(name, revision, deltas.get(name), started, name in reconfigured)
@@ -417,6 +437,7 @@ class MeshState:
         """Apply without computing deltas: every slice gets version `revision`, its history is
         dropped, and connected agents are told to take a fresh snapshot."""
         self.index.apply_quietly(changes)
+        self._site_routes = {}
         for name in list(self._slices):
             if self.index.node(name) is None:
                 gone = self._slices.pop(name)
@@ -483,13 +504,41 @@ class MeshState:
         site = self.index.site(node.spec.site)
         stored = self.docs.get((Kind.NODE, node.metadata.name))
         uid = stored.doc.get("metadata", {}).get("uid", "") if stored else ""
+        gateway = node.metadata.name in self.index.gateways_of(node.spec.site)
         return node_config(
             node,
             uid,
             tuple(str(p) for p in site.spec.prefixes) if site else (),
-            node.metadata.name in self.index.gateways_of(node.spec.site),
+            gateway,
             self._status_interval_s,
+            () if gateway else self._routes_of(node.spec.site),
         )
+
+    def _routes_of(self, site: str) -> tuple[SiteRoute, ...]:
+        known = self._site_routes.get(site)
+        if known is None:
+            index = self.index
+            known = site_routes(index.gateways_of(site), index.node, index.desired_tunnels, index.policy)
+            self._site_routes[site] = known
+        return known[0]
+
+    def _moves_routes(self, site: str, delta: NodeDelta) -> bool:
+        """Whether a gateway's delta touches a tunnel the site's routes come (or would come) from:
+        a node-scope mesh's churn on the gateway recomputes nothing."""
+        sources = self._site_routes.get(site, ((), frozenset()))[1]
+        if any(tid in sources for tid in delta.removals):
+            return True
+        return any(site_reach(t, self.index.policy) for t in delta.upserts)
+
+    def _rerouted(self, sites: Iterable[str]) -> set[str]:
+        """Of these sites, those whose routes changed (mesh/routes.py): all their nodes need a
+        new NodeConfig. Recomputed only for sites whose gateways or gateway tunnels changed."""
+        changed = set()
+        for site in sites:
+            before = self._site_routes.pop(site, None)
+            if self._routes_of(site) != (before[0] if before else ()):
+                changed.add(site)
+        return changed
 
     def _set_revision(self, revision: int) -> None:
         self.revision = max(self.revision, revision)
@@ -620,3 +669,7 @@ def _backoff_s(attempt: int) -> float:
     """Full jitter over a doubling window (AWS architecture blog, "Exponential Backoff and Jitter")."""
     window = min(COMMIT_BACKOFF_CAP_S, COMMIT_BACKOFF_BASE_S * 2 ** (attempt - 1))
     return random.uniform(0, window)
+
+
+def _site_of(resource: object) -> str | None:
+    return resource.spec.site if isinstance(resource, Node) else None

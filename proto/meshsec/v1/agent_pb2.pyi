@@ -120,7 +120,7 @@ class DesiredStateUpdate(_message.Message):
     def __init__(self, version: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., base_version: _Optional[int] = ..., node: _Optional[_Union[NodeConfig, _Mapping]] = ..., upserted_tunnels: _Optional[_Iterable[_Union[DesiredTunnel, _Mapping]]] = ..., removed_tunnel_ids: _Optional[_Iterable[str]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class NodeConfig(_message.Message):
-    __slots__ = ("node_name", "site", "node_uid", "labels", "local_endpoints", "site_prefixes", "site_gateway", "local_id", "status_interval_seconds")
+    __slots__ = ("node_name", "site", "node_uid", "labels", "local_endpoints", "site_prefixes", "site_gateway", "local_id", "status_interval_seconds", "routes")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,7 @@ class NodeConfig(_message.Message):
     SITE_GATEWAY_FIELD_NUMBER: _ClassVar[int]
     LOCAL_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     site: str
     node_uid: str
@@ -146,7 +147,18 @@ class NodeConfig(_message.Message):
     site_gateway: bool
     local_id: _common_pb2.Identity
     status_interval_seconds: int
-    def __init__(self, node_name: _Optional[str] = ..., site: _Optional[str] = ..., node_uid: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., local_endpoints: _Optional[_Iterable[_Union[_common_pb2.Endpoint, _Mapping]]] = ..., site_prefixes: _Optional[_Iterable[str]] = ..., site_gateway: _Optional[bool] = ..., local_id: _Optional[_Union[_common_pb2.Identity, _Mapping]] = ..., status_interval_seconds: _Optional[int] = ...) -> None: ...
+    routes: _containers.RepeatedCompositeFieldContainer[SiteRoute]
+    def __init__(self, node_name: _Optional[str] = ..., site: _Optional[str] = ..., node_uid: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., local_endpoints: _Optional[_Iterable[_Union[_common_pb2.Endpoint, _Mapping]]] = ..., site_prefixes: _Optional[_Iterable[str]] = ..., site_gateway: _Optional[bool] = ..., local_id: _Optional[_Union[_common_pb2.Identity, _Mapping]] = ..., status_interval_seconds: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[SiteRoute, _Mapping]]] = ...) -> None: ...
+
+class SiteRoute(_message.Message):
+    __slots__ = ("destination", "via", "gateway")
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    VIA_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    destination: str
+    via: str
+    gateway: str
+    def __init__(self, destination: _Optional[str] = ..., via: _Optional[str] = ..., gateway: _Optional[str] = ...) -> None: ...
 
 class DesiredTunnel(_message.Message):
     __slots__ = ("tunnel_id", "policy", "peer_name", "peer_kind", "peer_site", "local_endpoint", "remote_endpoints", "local_id", "remote_id", "auth", "ike_proposals", "esp_proposals", "children", "ike_lifetimes", "dpd", "initiator", "force_udp_encapsulation", "generation")
