@@ -30,6 +30,7 @@ from meshsec.agent.node.facts import local_addresses, node_facts
 from meshsec.agent.node.metrics import AgentMetrics
 from meshsec.agent.node.reconciler import Reconciler
 from meshsec.agent.node.report import ReportBuilder, timestamp
+from meshsec.agent.node.routes import SiteRoutes, routes_of
 from meshsec.agent.node.session import IdentityLost, Session
 from meshsec.agent.node.statedir import STATUS_SOCKET, StateDir
 from meshsec.agent.node.sweeper import Sweeper
@@ -87,6 +88,7 @@ class NodeAgent:
         self.reports: ReportBuilder | None = None
         self.session: Session | None = None
         self.status_server: StatusServer | None = None
+        self.routes: SiteRoutes | None = None  # none with the `none` data plane (IKE-only tests)
         self.metrics_port: int | None = None
         self.recovered = 0  # owned data-plane objects removed at start
         self._tasks: list[asyncio.Task[None]] = []
@@ -104,6 +106,9 @@ class NodeAgent:
         self.dataplane = dataplane
         await dataplane.start()
         await self._remove_stale(dataplane)
+        if dataplane.capabilities.backend != "none":
+            self.routes = SiteRoutes()
+            await self.routes.flush()  # what an earlier run of this agent left
         adapter = IkeAdapter(
             lambda local, remote: reconciler.lookup(local, remote),
             dataplane=dataplane,
@@ -126,6 +131,8 @@ class NodeAgent:
             reconciler.restarted = True
         self._applied(self.desired)
         self._tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
+        if self.routes is not None:
+            self._tasks.append(asyncio.create_task(self.routes.run(), name="site-routes"))
         self._tasks.append(asyncio.create_task(Sweeper(adapter, dataplane).run(), name="sweeper"))
         self._tasks.append(asyncio.create_task(self._dataplane_events(dataplane), name="dataplane-events"))
         self.controller_task = asyncio.create_task(self._controller(), name="controller")
@@ -155,6 +162,8 @@ class NodeAgent:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        if self.routes is not None:
+            await self.routes.flush()
         if self.adapter is not None:
             await self.adapter.close(graceful=True)
         if self.dataplane is not None:
@@ -246,6 +255,8 @@ class NodeAgent:
         assert self.reconciler is not None and self.reports is not None
         self.reports.peer_names = {tid: t.peer_name for tid, t in desired.tunnels.items()}
         self.reconciler.set_desired(desired.tunnels, desired.version)
+        if self.routes is not None:
+            self.routes.want(routes_of(desired.node))
         self.metrics.desired_version.set(desired.version)
         self._renew_for_identity()
         warn_about_host((_host_needs(t) for t in desired.tunnels.values()), self._host_warnings)
@@ -377,6 +388,7 @@ class NodeAgent:
             for t in tunnels
         ]  # fmt: skip
         doc["recovered_at_start"] = self.recovered
+        doc["site_routes"] = self.routes.describe() if self.routes is not None else []
         return doc
 
     def _auth_doc(self, tid: str, records: list[SaRecord]) -> dict[str, object] | None:
