@@ -2,11 +2,12 @@
 
 Level-triggered like the CR handlers: every pass lists the core Nodes, applies the Site
 (`cluster.site_manifest`) and each Node (`cluster.derive_node`) with the field manager
-``k8s-nodes``, and deletes the meshsec Nodes of the cluster's site that no core Node backs any
-more (those this sweeper wrote, and those an agent created by enrolling; a Node ``meshctl`` or a
-CR declared is left alone). A core Node deleted and created again under its name (its uid
-changed) is a new identity: its meshsec Node is deleted first, which drops the certificate serials
-it accepted and its tunnels, then applied afresh and awaits a new enrollment. A watch on core
+``k8s-nodes``, and deletes the meshsec Nodes of the cluster's site it wrote that no core Node
+backs any more (a Node ``meshctl`` or a CR declared, or one an agent enrolled without a core Node
+of its name, is left alone: a mistyped ``--cluster-site`` must not empty an existing site). A
+core Node deleted and created again under its name (its uid changed) is a new identity: its
+meshsec Node is deleted first, which drops the certificate serials it accepted and its tunnels,
+then applied afresh and awaits a new enrollment. A watch on core
 Nodes wakes the sweeper early; the interval catches whatever a watch missed.
 """
 
@@ -22,7 +23,6 @@ from typing import Any, Protocol
 
 import grpc
 
-from meshsec.controller.api.agent import ENROLLED_WITH
 from meshsec.controller.operator.cluster import (
     NODE_UID,
     ClusterConfig,
@@ -109,11 +109,10 @@ class NodeSweeper:
         return report
 
     def _ours(self, resource: common_pb2.Resource) -> bool:
-        """A Node of the cluster's site that this sweeper wrote or an agent enrolled into it."""
-        if _stored_site(resource) != self.config.site:
-            return False
+        """A Node of the cluster's site that this sweeper declared last (an agent that enrolled
+        first is declared on the next pass, when its core Node exists)."""
         writer = resource.metadata.annotations.get(LAST_APPLIED_BY, "")
-        return writer == NODE_MANAGER or (not writer and ENROLLED_WITH in resource.metadata.annotations)
+        return _stored_site(resource) == self.config.site and writer == NODE_MANAGER
 
     def _replaced(self, resource: common_pb2.Resource, uid: str) -> bool:
         recorded = resource.metadata.annotations.get(NODE_UID, "")

@@ -278,11 +278,14 @@ async def test_delete_removes_and_recreate_reenrolls_a_real_agent(
         a = await stored(sync, Kind.NODE, "re-a")
         assert a is not None and a["spec"]["endpoints"] == {"private": ["127.78.1.1"]}  # declared, kept
 
+        # An agent enrolled into the site with no core Node of its name: not the sweeper's either.
+        await enroll(ctl, token, "re-stray", "198.18.33.8")
         await k8s.delete("re-a")
         report = await sweeper.sweep()
         assert report.deleted == ["re-a"]
         assert await sync.get(Kind.NODE, "re-a") is None
         assert await sync.get(Kind.NODE, "re-manual") is not None
+        assert await sync.get(Kind.NODE, "re-stray") is not None
         assert (await sync.tunnels(Kind.NODE, "re-b")).desired == 0
         site = await stored(sync, Kind.SITE, SITE)
         assert site is not None and "198.19.51.0/24" not in site["spec"]["prefixes"]
