@@ -33,6 +33,7 @@ from meshsec.controller.api.agent import AgentApi
 from meshsec.controller.api.decoding import add_servicer
 from meshsec.controller.ca import AdminCertificates, BootstrapTokens, CertificateAuthority
 from meshsec.controller.metrics import ControllerMetrics, TimedStore
+from meshsec.controller.remoteaccess.leases import LeaseAllocator
 from meshsec.controller.service.claims import MeshClaims
 from meshsec.controller.service.core import Core, Settings
 from meshsec.controller.service.events import EventLog
@@ -182,6 +183,7 @@ class Controller:
             secrets,
             self.metrics,
             AdminCertificates(self.store, keys.prefix, ca),
+            LeaseAllocator(self.store, keys),
         )
         self.core = core
         self.metrics.ca_expiry.set(ca.certificate.not_valid_after_utc.timestamp())

@@ -36,10 +36,13 @@ from meshsec.controller.mesh.tunnels import (
 )
 from meshsec.controller.resources.errors import FieldError, ValidationError
 from meshsec.controller.resources.model import (
+    REMOTE_ACCESS_KINDS,
     ExternalGateway,
     Kind,
     MeshPolicy,
     Node,
+    RemoteAccessPool,
+    RemoteAccessUser,
     Resource,
     Scope,
     Site,
@@ -90,6 +93,11 @@ class MeshIndex:
         self._node_ts: dict[str, tuple[str, ...]] = {}
         self._site_ts: dict[str, tuple[str, ...]] = {}
         self._versions: dict[str, int] = {}
+        # Remote access: kept and validated here, never a source of mesh tunnels.
+        self._pools: dict[str, RemoteAccessPool] = {}
+        self._users: dict[str, RemoteAccessUser] = {}
+        self._users_by_pool: dict[str, set[str]] = {}
+        self._user_identities: dict[str, set[str]] = {}
 
     # --- public API ------------------------------------------------------------------------------
 
@@ -178,6 +186,8 @@ class MeshIndex:
             *self._nodes.values(),
             *self._policies.values(),
             *self._externals.values(),
+            *self._pools.values(),
+            *self._users.values(),
         ]
         return sorted(out, key=lambda r: (r.kind.value, r.metadata.name))
 
@@ -238,11 +248,40 @@ class MeshIndex:
     def policies_naming(self, unit: str) -> Collection[str]:
         return self._policies_naming.get(unit, set())
 
+    def pool(self, name: str) -> RemoteAccessPool | None:
+        return self._pools.get(name)
+
+    def user(self, name: str) -> RemoteAccessUser | None:
+        return self._users.get(name)
+
+    def all_pools(self) -> Iterable[RemoteAccessPool]:
+        return self._pools.values()
+
+    def all_users(self) -> Iterable[RemoteAccessUser]:
+        return self._users.values()
+
+    def users_of_pool(self, pool: str) -> Collection[str]:
+        return self._users_by_pool.get(pool, set())
+
+    def users_with_identity(self, identity: str) -> Collection[str]:
+        return self._user_identities.get(identity.lower(), set())
+
     # --- one change ------------------------------------------------------------------------------
 
     def _table(
         self, kind: Kind
-    ) -> dict[str, Site] | dict[str, Node] | dict[str, MeshPolicy] | dict[str, ExternalGateway]:
+    ) -> (
+        dict[str, Site]
+        | dict[str, Node]
+        | dict[str, MeshPolicy]
+        | dict[str, ExternalGateway]
+        | dict[str, RemoteAccessPool]
+        | dict[str, RemoteAccessUser]
+    ):
+        if kind is Kind.REMOTE_ACCESS_POOL:
+            return self._pools
+        if kind is Kind.REMOTE_ACCESS_USER:
+            return self._users
         if kind is Kind.SITE:
             return self._sites
         if kind is Kind.NODE:
@@ -260,6 +299,9 @@ class MeshIndex:
         old = self.get(kind, name)
         new = change.resource if isinstance(change, Upsert) else None
         if old is None and new is None:
+            return
+        if kind in REMOTE_ACCESS_KINDS:
+            self._set_remote_access(kind, name, old, new, touched)
             return
         if old is not None and new is not None and old.metadata == new.metadata and old.spec == new.spec:
             self._table(kind)[name] = new  # type: ignore[assignment]  # status only: no mesh input changed
@@ -573,6 +615,30 @@ class MeshIndex:
             self._externals[name] = new
             for site in new.spec.sites:
                 self._externals_by_site.setdefault(site, set()).add(name)
+
+
+    def _set_remote_access(
+        self, kind: Kind, name: str, old: Resource | None, new: Resource | None, touched: Touched
+    ) -> None:
+        if new is None:
+            touched.removed.add((kind, name))
+        if kind is Kind.REMOTE_ACCESS_POOL:
+            if new is None:
+                del self._pools[name]
+            else:
+                assert isinstance(new, RemoteAccessPool)
+                self._pools[name] = new
+            touched.pools.add(name)
+            return
+        if isinstance(old, RemoteAccessUser):
+            _discard(self._users_by_pool, old.spec.pool, name)
+            _discard(self._user_identities, old.spec.identity.lower(), name)
+            del self._users[name]
+        if isinstance(new, RemoteAccessUser):
+            self._users[name] = new
+            self._users_by_pool.setdefault(new.spec.pool, set()).add(name)
+            self._user_identities.setdefault(new.spec.identity.lower(), set()).add(name)
+            touched.users.add(name)
 
 
 def _tunnel_id(t: Tunnel) -> str:

@@ -1,4 +1,4 @@
-"""CustomResourceDefinitions for the four kinds, generated from `meshsec.controller.resources.schema`.
+"""CustomResourceDefinitions for every kind, generated from `meshsec.controller.resources.schema`.
 
 ``python -m meshsec.controller.operator.crds --write DIR`` writes one YAML file per kind (the Helm
 chart's ``crds/``; `deploy/gen-crds` does this); ``--check DIR`` exits 1 naming every file that
@@ -49,6 +49,8 @@ NAMES: dict[Kind, Names] = {
     Kind.NODE: Names("nodes", "node", ("msnode",)),
     Kind.MESH_POLICY: Names("meshpolicies", "meshpolicy", ("mpol",)),
     Kind.EXTERNAL_GATEWAY: Names("externalgateways", "externalgateway", ("extgw",)),
+    Kind.REMOTE_ACCESS_POOL: Names("remoteaccesspools", "remoteaccesspool", ("rapool",)),
+    Kind.REMOTE_ACCESS_USER: Names("remoteaccessusers", "remoteaccessuser", ("rauser",)),
 }
 
 _READY = Column("Ready", '.status.conditions[?(@.type=="Ready")].status')
@@ -85,6 +87,21 @@ COLUMNS: dict[Kind, tuple[Column, ...]] = {
         _READY,
         _REASON,
         _ESTABLISHED,
+        _AGE,
+    ),
+    Kind.REMOTE_ACCESS_POOL: (
+        Column("Addresses", ".spec.addresses"),
+        Column("Routes", ".spec.routes.mode"),
+        _READY,
+        _REASON,
+        _AGE,
+    ),
+    Kind.REMOTE_ACCESS_USER: (
+        Column("Identity", ".spec.identity"),
+        Column("Pool", ".spec.pool"),
+        Column("Auth", ".spec.auth.method"),
+        _READY,
+        _REASON,
         _AGE,
     ),
 }

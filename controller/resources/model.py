@@ -1,4 +1,5 @@
-"""Typed resources: Site, Node, MeshPolicy and ExternalGateway (apiVersion meshsec.io/v1alpha1).
+"""Typed resources: Site, Node, MeshPolicy, ExternalGateway and the remote-access kinds
+RemoteAccessPool and RemoteAccessUser (apiVersion meshsec.io/v1alpha1).
 
 These dataclasses are the parsed, defaulted and field-checked form of the YAML that
 ``meshctl apply -f`` and the CRDs carry; `meshsec.controller.resources.parse` builds them and
@@ -28,6 +29,12 @@ class Kind(enum.Enum):
     NODE = "Node"
     MESH_POLICY = "MeshPolicy"
     EXTERNAL_GATEWAY = "ExternalGateway"
+    REMOTE_ACCESS_POOL = "RemoteAccessPool"
+    REMOTE_ACCESS_USER = "RemoteAccessUser"
+
+
+# Kinds that never produce mesh tunnels: the mesh index keeps and validates them, nothing more.
+REMOTE_ACCESS_KINDS = frozenset({Kind.REMOTE_ACCESS_POOL, Kind.REMOTE_ACCESS_USER})
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +268,83 @@ class ExternalGateway:
     kind = Kind.EXTERNAL_GATEWAY
 
 
-Resource = Site | Node | MeshPolicy | ExternalGateway
+# --- remote access (docs/remote-access.md) ------------------------------------------------------
+
+
+class RouteMode(enum.Enum):
+    SPLIT = "split"  # only spec.routes.prefixes go through the tunnel
+    FULL = "full"  # everything (0.0.0.0/0 and ::/0)
+
+
+class RemoteAuthMethod(enum.Enum):
+    CERTIFICATE = "certificate"  # IKE certificate auth with a device certificate from the controller CA
+    EAP_TLS = "eap-tls"  # the same device certificate, inside EAP (clients that only do EAP)
+    EAP_MSCHAPV2 = "eap-mschapv2"  # username and password; the controller keeps the NT hash only
+
+
+class Platform(enum.Enum):
+    APPLE = "apple"  # .mobileconfig (iOS, macOS)
+    ANDROID = "android"  # strongSwan app .sswan
+    WINDOWS = "windows"  # PowerShell Add-VpnConnection script
+    LINUX = "linux"  # swanctl.conf
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRoutes:
+    mode: RouteMode
+    prefixes: tuple[Prefix, ...] = ()  # split mode only
+
+    def selectors(self) -> tuple[Prefix, ...]:
+        """What the client's remote traffic selectors (and INTERNAL_IP*_SUBNET) cover."""
+        if self.mode is RouteMode.FULL:
+            return (IPv4Network("0.0.0.0/0"), IPv6Network("::/0"))
+        return self.prefixes
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAccessPoolSpec:
+    # At most one range per address family; clients get one address of each range.
+    addresses: tuple[Prefix, ...]
+    dns: tuple[Address, ...]
+    routes: PoolRoutes
+    # Nodes (by label) that terminate this pool's clients.
+    gateways: LabelSelector
+    auth_methods: tuple[RemoteAuthMethod, ...]
+    crypto: CryptoProfile
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAccessPool:
+    metadata: ObjectMeta
+    spec: RemoteAccessPoolSpec
+    status: Status = Status()
+    kind = Kind.REMOTE_ACCESS_POOL
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    name: str
+    platform: Platform
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAccessUserSpec:
+    # The EAP identity and the certificates' rfc822Name (e.g. alice@example.com).
+    identity: str
+    pool: str
+    auth_method: RemoteAuthMethod
+    devices: tuple[Device, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAccessUser:
+    metadata: ObjectMeta
+    spec: RemoteAccessUserSpec
+    status: Status = Status()
+    kind = Kind.REMOTE_ACCESS_USER
+
+
+Resource = Site | Node | MeshPolicy | ExternalGateway | RemoteAccessPool | RemoteAccessUser
 
 
 def resource_key(resource: Resource) -> tuple[Kind, str]:

@@ -35,6 +35,8 @@ from meshsec.controller.resources.model import (
     PairRule,
     PartialSpec,
     PolicyAuth,
+    RemoteAccessPool,
+    RemoteAccessUser,
     Resource,
     Scope,
     Site,
@@ -44,6 +46,7 @@ from meshsec.controller.resources.model import (
     Topology,
 )
 from meshsec.controller.resources.overlap import nested_pairs
+from meshsec.controller.resources.parse_remote import pool_spec, user_spec
 
 _KINDS = {k.value: k for k in Kind}
 
@@ -107,6 +110,10 @@ def _parse(doc: object, errors: list[FieldError]) -> Resource | None:
         return Node(metadata, _node_spec(spec, metadata.name), _node_status(status))
     if kind is Kind.MESH_POLICY:
         return MeshPolicy(metadata, _policy_spec(spec), _status(status))
+    if kind is Kind.REMOTE_ACCESS_POOL:
+        return RemoteAccessPool(metadata, pool_spec(spec), _status(status))
+    if kind is Kind.REMOTE_ACCESS_USER:
+        return RemoteAccessUser(metadata, user_spec(spec, metadata.name), _status(status))
     return ExternalGateway(metadata, _external_spec(spec), _status(status))
 
 

@@ -24,6 +24,9 @@ from meshsec.controller.resources.model import (
     IpsecProtocol,
     Kind,
     Mode,
+    Platform,
+    RemoteAuthMethod,
+    RouteMode,
     Scope,
     StartAction,
     Topology,
@@ -228,11 +231,61 @@ EXTERNAL_GATEWAY_SPEC = Object(
     required=("address", "auth", "prefixes", "sites"),
 )
 
+REMOTE_ACCESS_POOL_SPEC = Object(
+    properties={
+        "addresses": Array(
+            items=String(format="cidr"),
+            min_items=1,
+            max_items=2,
+            description="client address ranges: at most one IPv4 (/16../30) and one IPv6 (/112../126)",
+        ),
+        "dns": Array(items=String(format="ip"), description="DNS servers handed to clients"),
+        "routes": Object(
+            properties={
+                "mode": String(enum=_values(RouteMode), description="split: only prefixes; full: everything"),
+                "prefixes": _prefixes("split mode: what goes through the tunnel"),
+            }
+        ),
+        "gateways": _selector("Nodes that terminate this pool's clients"),
+        "auth": Object(
+            properties={
+                "methods": Array(
+                    items=String(enum=_values(RemoteAuthMethod)), description="allowed; default certificate"
+                )
+            }
+        ),
+        "crypto": _crypto((CloudProfileName.GENERIC,), "defaults: what phones and laptops offer natively"),
+    },
+    required=("addresses", "gateways"),
+)
+
+REMOTE_ACCESS_USER_SPEC = Object(
+    properties={
+        "identity": String(description="EAP identity and certificate e-mail; defaults to the name"),
+        "pool": String(description="name of the RemoteAccessPool"),
+        "auth": Object(
+            properties={"method": String(enum=_values(RemoteAuthMethod))},
+            description="the password (eap-mschapv2) is set with meshctl, never here",
+        ),
+        "devices": Array(
+            items=Object(
+                properties={"name": String(), "platform": String(enum=_values(Platform))},
+                required=("name", "platform"),
+            ),
+            map_keys=("name",),
+            description="one client profile and certificate per device",
+        ),
+    },
+    required=("pool",),
+)
+
 SPECS: dict[Kind, Object] = {
     Kind.SITE: SITE_SPEC,
     Kind.NODE: NODE_SPEC,
     Kind.MESH_POLICY: MESH_POLICY_SPEC,
     Kind.EXTERNAL_GATEWAY: EXTERNAL_GATEWAY_SPEC,
+    Kind.REMOTE_ACCESS_POOL: REMOTE_ACCESS_POOL_SPEC,
+    Kind.REMOTE_ACCESS_USER: REMOTE_ACCESS_USER_SPEC,
 }
 
 # --- status: observed state, written by the controller side, never a mesh input ------------------
@@ -279,6 +332,8 @@ STATUS: dict[Kind, Object] = {
     ),
     Kind.MESH_POLICY: Object(properties=_STATUS_COMMON),
     Kind.EXTERNAL_GATEWAY: Object(properties=_STATUS_COMMON),
+    Kind.REMOTE_ACCESS_POOL: Object(properties=_STATUS_COMMON),
+    Kind.REMOTE_ACCESS_USER: Object(properties=_STATUS_COMMON),
 }
 
 

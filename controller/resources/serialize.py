@@ -15,6 +15,8 @@ from meshsec.controller.resources.model import (
     ExternalGateway,
     MeshPolicy,
     Node,
+    RemoteAccessPool,
+    RemoteAccessUser,
     Resource,
     Site,
     Status,
@@ -53,6 +55,12 @@ def to_manifest(resource: Resource) -> dict[str, Any]:
             status["observedEndpoints"] = [str(a) for a in resource.status.observed_endpoints]
     elif isinstance(resource, MeshPolicy):
         out["spec"] = _policy_spec(resource)
+        status = _status(resource.status)
+    elif isinstance(resource, RemoteAccessPool):
+        out["spec"] = _pool_spec(resource)
+        status = _status(resource.status)
+    elif isinstance(resource, RemoteAccessUser):
+        out["spec"] = _user_spec(resource)
         status = _status(resource.status)
     else:
         out["spec"] = _external_spec(resource)
@@ -128,6 +136,33 @@ def _external_spec(eg: ExternalGateway) -> dict[str, Any]:
         "profile": spec.profile.value,
         "crypto": _crypto(spec.crypto),
         "startAction": spec.start_action.value,
+    }
+
+
+def _pool_spec(pool: RemoteAccessPool) -> dict[str, Any]:
+    spec = pool.spec
+    routes: dict[str, Any] = {"mode": spec.routes.mode.value}
+    if spec.routes.prefixes:
+        routes["prefixes"] = [str(p) for p in spec.routes.prefixes]
+    out: dict[str, Any] = {
+        "addresses": [str(p) for p in spec.addresses],
+        "routes": routes,
+        "gateways": _selector(spec.gateways),
+        "auth": {"methods": [m.value for m in spec.auth_methods]},
+        "crypto": _crypto(spec.crypto),
+    }
+    if spec.dns:
+        out["dns"] = [str(a) for a in spec.dns]
+    return out
+
+
+def _user_spec(user: RemoteAccessUser) -> dict[str, Any]:
+    spec = user.spec
+    return {
+        "identity": spec.identity,
+        "pool": spec.pool,
+        "auth": {"method": spec.auth_method.value},
+        "devices": [{"name": d.name, "platform": d.platform.value} for d in spec.devices],
     }
 
 

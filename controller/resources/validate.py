@@ -26,9 +26,15 @@ from meshsec.controller.resources.model import (
     Topology,
 )
 from meshsec.controller.resources.overlap import PrefixOwners, first_overlaps
+from meshsec.controller.resources.validate_remote import (
+    RemoteAccessView,
+    check_pools,
+    check_removed_pool,
+    check_user,
+)
 
 
-class ResourceView(Protocol):
+class ResourceView(RemoteAccessView, Protocol):
     def site(self, name: str) -> Site | None: ...
     def node(self, name: str) -> Node | None: ...
     def policy(self, name: str) -> MeshPolicy | None: ...
@@ -56,6 +62,8 @@ class Touched:
     external_gateways: set[str] = field(default_factory=set)
     removed: set[tuple[Kind, str]] = field(default_factory=set)
     policy_units: dict[str, set[str] | None] = field(default_factory=dict)
+    pools: set[str] = field(default_factory=set)
+    users: set[str] = field(default_factory=set)
 
     def touch_policy(self, policy: str, unit: str | None) -> None:
         if policy in self.policy_units and self.policy_units[policy] is None:
@@ -89,6 +97,27 @@ def validate_touched(view: ResourceView, touched: Touched) -> list[FieldError]:
         policy = view.policy(name)
         if policy is not None:
             errors += check_policy(view, policy, units)
+    errors += _check_remote_access(view, touched)
+    return errors
+
+
+def _check_remote_access(view: ResourceView, touched: Touched) -> list[FieldError]:
+    errors: list[FieldError] = []
+    # A Site or ExternalGateway that moved its prefixes may now overlap a pool: recheck them all
+    # (pools are few; their overlap check is one sorted pass).
+    moved = touched.sites or touched.external_gateways
+    pools = {p.metadata.name for p in view.all_pools()} if moved else set()
+    errors += check_pools(view, pools | touched.pools)
+    # A pool that changed its auth methods may no longer allow its users' method (a deleted one
+    # is reported once, by check_removed_pool).
+    users = touched.users | {u for p in touched.pools if view.pool(p) for u in view.users_of_pool(p)}
+    for name in sorted(users):
+        user = view.user(name)
+        if user is not None:
+            errors += check_user(view, user)
+    for kind, name in sorted(touched.removed, key=lambda k: (k[0].value, k[1])):
+        if kind is Kind.REMOTE_ACCESS_POOL:
+            errors += check_removed_pool(view, name)
     return errors
 
 
@@ -98,6 +127,8 @@ def validate_all(view: ResourceView) -> list[FieldError]:
         sites={s.metadata.name for s in view.all_sites()},
         external_gateways={e.metadata.name for e in view.all_external_gateways()},
         policy_units=dict.fromkeys((p.metadata.name for p in view.all_policies()), None),
+        pools={p.metadata.name for p in view.all_pools()},
+        users={u.metadata.name for u in view.all_users()},
     )
     return validate_touched(view, touched)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from meshsec.controller.ca import AdminCertificates, BootstrapTokens, CertificateAuthority
 from meshsec.controller.metrics import ControllerMetrics
+from meshsec.controller.remoteaccess.leases import LeaseAllocator
 from meshsec.controller.service.events import EventLog
 from meshsec.controller.service.secrets import TunnelSecrets
 from meshsec.controller.service.state import MeshState
@@ -37,3 +38,4 @@ class Core:
     secrets: TunnelSecrets
     metrics: ControllerMetrics
     admins: AdminCertificates
+    leases: LeaseAllocator

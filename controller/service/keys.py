@@ -51,5 +51,10 @@ class Keys:
         return f"{self.prefix}ca/psk-master"
 
     @property
+    def remote_access(self) -> str:
+        """Leases and credentials of remote-access clients (controller/remoteaccess/)."""
+        return f"{self.prefix}remote-access/"
+
+    @property
     def election(self) -> str:
         return f"{self.prefix}election/"
