@@ -33,6 +33,7 @@ from meshsec.controller.api.agent import AgentApi
 from meshsec.controller.api.decoding import add_servicer
 from meshsec.controller.ca import AdminCertificates, BootstrapTokens, CertificateAuthority
 from meshsec.controller.metrics import ControllerMetrics, TimedStore
+from meshsec.controller.remoteaccess.credentials import RemoteAccessCredentials
 from meshsec.controller.remoteaccess.leases import LeaseAllocator
 from meshsec.controller.service.claims import MeshClaims
 from meshsec.controller.service.core import Core, Settings
@@ -184,6 +185,7 @@ class Controller:
             self.metrics,
             AdminCertificates(self.store, keys.prefix, ca),
             LeaseAllocator(self.store, keys),
+            RemoteAccessCredentials(self.store, keys, ca),
         )
         self.core = core
         self.metrics.ca_expiry.set(ca.certificate.not_valid_after_utc.timestamp())

@@ -27,11 +27,19 @@ POLICY = Kind("MeshPolicy", "policies", ("policy", "policies", "meshpolicy", "me
 GATEWAY = Kind(
     "ExternalGateway", "gateways", ("gateway", "gateways", "externalgateway", "externalgateways", "eg")
 )
-RESOURCE_KINDS: tuple[Kind, ...] = (SITE, NODE, POLICY, GATEWAY)
+POOL = Kind(
+    "RemoteAccessPool", "pools", ("pool", "pools", "rapool", "remoteaccesspool", "remoteaccesspools")
+)
+USER = Kind(
+    "RemoteAccessUser", "users", ("user", "users", "rauser", "remoteaccessuser", "remoteaccessusers")
+)
+RESOURCE_KINDS: tuple[Kind, ...] = (SITE, NODE, POLICY, GATEWAY, POOL, USER)
+REMOTE_ACCESS_KINDS = (POOL, USER)
 # Applied in this order and deleted in reverse, so references point at things that exist.
 APPLY_ORDER = {kind.name: i for i, kind in enumerate(RESOURCE_KINDS)}
 
 TUNNEL_ALIASES = ("tunnel", "tunnels", "tun")
+LEASE_ALIASES = ("lease", "leases")
 
 
 def resource_kind(typed: str) -> Kind:
@@ -40,7 +48,7 @@ def resource_kind(typed: str) -> Kind:
         if lowered == kind.name.lower() or lowered in kind.aliases:
             return kind
     known = ", ".join(k.plural for k in RESOURCE_KINDS)
-    raise UsageError(f"unknown resource kind {typed!r}", hint=f"known kinds: {known}, tunnels")
+    raise UsageError(f"unknown resource kind {typed!r}", hint=f"known kinds: {known}, tunnels, leases")
 
 
 def kind_by_api_name(name: str) -> Kind | None:
@@ -49,3 +57,7 @@ def kind_by_api_name(name: str) -> Kind | None:
 
 def is_tunnel(typed: str) -> bool:
     return typed.lower() in TUNNEL_ALIASES
+
+
+def is_lease(typed: str) -> bool:
+    return typed.lower() in LEASE_ALIASES

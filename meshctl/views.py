@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from meshsec.meshctl.convert import message_to_dict, resource_to_dict, struct_to_dict, timestamp
-from meshsec.meshctl.kinds import GATEWAY, NODE, POLICY, SITE, Kind
+from meshsec.meshctl.kinds import GATEWAY, NODE, POLICY, POOL, SITE, USER, Kind
 from meshsec.meshctl.table import Cell, Column, Styled
 from meshsec.v1 import admin_pb2, agent_pb2, common_pb2
 
@@ -103,6 +103,17 @@ def labels_text(labels: Mapping[str, str]) -> str:
 # -- resources --------------------------------------------------------------------------------
 
 
+def _pool_row(spec: Mapping[str, Any], name: str, created: str, ike: str, wide: bool) -> list[Cell]:
+    routes = spec.get("routes") if isinstance(spec.get("routes"), Mapping) else {}
+    auth = spec.get("auth") if isinstance(spec.get("auth"), Mapping) else {}
+    assert isinstance(routes, Mapping) and isinstance(auth, Mapping)
+    mode = str(routes.get("mode", "-"))
+    routed = f"split:{joined(routes.get('prefixes'))}" if mode == "split" else mode
+    gateways = selector_text(spec.get("gateways"))
+    row: list[Cell] = [name, joined(spec.get("addresses")), routed, gateways, created]
+    return row + ([joined(spec.get("dns")), joined(auth.get("methods")), ike] if wide else [])
+
+
 def resource_columns(kind: Kind, wide: bool) -> list[Column]:
     base: dict[str, list[Column]] = {
         SITE.name: [Column("NAME", False), Column("PREFIXES"), Column("GATEWAYS"), Column("AGE", False)],
@@ -129,12 +140,29 @@ def resource_columns(kind: Kind, wide: bool) -> list[Column]:
             Column("SITES"),
             Column("AGE", False),
         ],
+        POOL.name: [
+            Column("NAME", False),
+            Column("ADDRESSES"),
+            Column("ROUTES"),
+            Column("GATEWAYS"),
+            Column("AGE", False),
+        ],
+        USER.name: [
+            Column("NAME", False),
+            Column("IDENTITY"),
+            Column("POOL", False),
+            Column("AUTH", False),
+            Column("DEVICES"),
+            Column("AGE", False),
+        ],
     }
     extra: dict[str, list[Column]] = {
         SITE.name: [Column("SELECTOR"), Column("LABELS")],
         NODE.name: [Column("AGENT"), Column("LABELS")],
         POLICY.name: [Column("HUBS"), Column("IKE")],
         GATEWAY.name: [Column("PROFILE", False), Column("IKE")],
+        POOL.name: [Column("DNS"), Column("AUTH"), Column("IKE")],
+        USER.name: [Column("LABELS")],
     }
     return base[kind.name] + (extra[kind.name] if wide else [])
 
@@ -188,6 +216,22 @@ def resource_row(
             created,
         ]
         return row + ([selector_text(hubs.get("selector")) if hubs else "-", ike] if wide else [])
+    if kind == POOL:
+        return _pool_row(spec, name, created, ike, wide)
+    if kind == USER:
+        auth = spec.get("auth") if isinstance(spec.get("auth"), Mapping) else {}
+        assert isinstance(auth, Mapping)
+        listed = [d for d in spec.get("devices") or [] if isinstance(d, Mapping)]
+        devices = [f"{d.get('name')}({d.get('platform')})" for d in listed]
+        row = [
+            name,
+            str(spec.get("identity", "-")),
+            str(spec.get("pool", "-")),
+            str(auth.get("method", "-")),
+            ",".join(devices) or "-",
+            created,
+        ]
+        return row + ([labels] if wide else [])
     row = [
         name,
         str(spec.get("address", "-")),

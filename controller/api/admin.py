@@ -29,6 +29,7 @@ from meshsec.controller.api.convert import (
     resource_to_doc,
 )
 from meshsec.controller.api.identity import AnyContext, caller_of, serial_of
+from meshsec.controller.api.remote_access import RemoteAccessRpcs
 from meshsec.controller.api.selector import parse_selector
 from meshsec.controller.ca import AdminRecord, CsrError, serial_text
 from meshsec.controller.mesh import Change, PeerKind, Tunnel, Upsert
@@ -219,7 +220,7 @@ class _TunnelView:
     ends: list[tuple[str, common_pb2.PeerKind, str, str]]  # (name, PeerKind, site, endpoint address)
 
 
-class AdminApi(admin_pb2_grpc.AdminServiceServicer):
+class AdminApi(RemoteAccessRpcs, admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, core: Core, *, local: bool) -> None:
         self._core = core
         self._local = local  # Unix socket: the file's permissions already decided who may call
@@ -391,6 +392,9 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
             ops: list[Put | Delete] = [Delete(state.keys.resource(kind, request.name))]
             if kind is Kind.NODE:
                 ops.append(Delete(f"{state.keys.status}{request.name}"))
+            if kind is Kind.REMOTE_ACCESS_USER:
+                ops += self._core.credentials.forget_ops(request.name)
+                ops += await self._core.leases.release_ops(request.name)
             return WritePlan([MeshDelete(kind, request.name)], [] if request.dry_run else ops)
 
         try:

@@ -268,3 +268,28 @@ class CertificateAuthority:
             now,
         )
         return _issued(cert)
+
+    def sign_device(
+        self,
+        csr: x509.CertificateSigningRequest,
+        user: str,
+        device: str,
+        identity: str,
+        lifetime: datetime.timedelta,
+        now: datetime.datetime,
+    ) -> IssuedCertificate:
+        """A remote-access device certificate: rfc822Name (or DNS name) the user's identity, which
+        is the IKE/EAP identity the gateway matches, and a meshsec://remote-access/ URI that neither
+        the agent nor the admin API accepts as a caller (`identity.caller_of`)."""
+        key = csr.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)  # load_csr checked
+        named: x509.GeneralName = x509.RFC822Name(identity) if "@" in identity else _host_name(identity)
+        cert = self._leaf(
+            _name(f"{device}.{user}"),
+            key,
+            [named, x509.UniformResourceIdentifier(f"meshsec://remote-access/{user}/{device}")],
+            [ExtendedKeyUsageOID.CLIENT_AUTH],
+            lifetime,
+            now,
+        )
+        return _issued(cert)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from meshsec.controller.ca import AdminCertificates, BootstrapTokens, CertificateAuthority
 from meshsec.controller.metrics import ControllerMetrics
+from meshsec.controller.remoteaccess.credentials import RemoteAccessCredentials
 from meshsec.controller.remoteaccess.leases import LeaseAllocator
 from meshsec.controller.service.events import EventLog
 from meshsec.controller.service.secrets import TunnelSecrets
@@ -39,3 +40,4 @@ class Core:
     metrics: ControllerMetrics
     admins: AdminCertificates
     leases: LeaseAllocator
+    credentials: RemoteAccessCredentials

@@ -271,7 +271,8 @@ def test_batch_parse_reports_all_manifests_and_yaml_errors() -> None:
     with pytest.raises(ValidationError) as info:
         parse_resources([site("a", ["nope"]), {"kind": "Gadget", "metadata": {"name": "x"}}, "text"])
     assert [str(e) for e in info.value.errors] == [
-        "Gadget/x: kind: must be one of Site, Node, MeshPolicy, ExternalGateway, RemoteAccessPool, RemoteAccessUser",
+        "Gadget/x: kind: must be one of Site, Node, MeshPolicy, ExternalGateway, RemoteAccessPool, "
+        "RemoteAccessUser",
         "Resource: must be a mapping, got str",
         "Site/a: spec.prefixes[0]: invalid CIDR 'nope': 'nope' does not appear to be an IPv4 or IPv6 network",
     ]

@@ -475,3 +475,67 @@ class RevokeAdminCertificatesResponse(_message.Message):
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     revoked: _containers.RepeatedCompositeFieldContainer[AdminCertificate]
     def __init__(self, revoked: _Optional[_Iterable[_Union[AdminCertificate, _Mapping]]] = ...) -> None: ...
+
+class SetRemoteAccessPasswordRequest(_message.Message):
+    __slots__ = ("user", "password")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    password: str
+    def __init__(self, user: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+
+class SetRemoteAccessPasswordResponse(_message.Message):
+    __slots__ = ("created",)
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    created: bool
+    def __init__(self, created: _Optional[bool] = ...) -> None: ...
+
+class RemoteAccessLease(_message.Message):
+    __slots__ = ("pool", "user", "device", "addresses", "gateway", "connected_since")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_SINCE_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    user: str
+    device: str
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    gateway: str
+    connected_since: _timestamp_pb2.Timestamp
+    def __init__(self, pool: _Optional[str] = ..., user: _Optional[str] = ..., device: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., gateway: _Optional[str] = ..., connected_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListRemoteAccessLeasesRequest(_message.Message):
+    __slots__ = ("user",)
+    USER_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    def __init__(self, user: _Optional[str] = ...) -> None: ...
+
+class ListRemoteAccessLeasesResponse(_message.Message):
+    __slots__ = ("leases",)
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    leases: _containers.RepeatedCompositeFieldContainer[RemoteAccessLease]
+    def __init__(self, leases: _Optional[_Iterable[_Union[RemoteAccessLease, _Mapping]]] = ...) -> None: ...
+
+class IssueDeviceCertificateRequest(_message.Message):
+    __slots__ = ("user", "device", "csr_pem", "ttl_seconds")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    device: str
+    csr_pem: str
+    ttl_seconds: int
+    def __init__(self, user: _Optional[str] = ..., device: _Optional[str] = ..., csr_pem: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class IssueDeviceCertificateResponse(_message.Message):
+    __slots__ = ("certificate_pem", "ca_certificate_pem", "serial")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: str
+    ca_certificate_pem: str
+    serial: str
+    def __init__(self, certificate_pem: _Optional[str] = ..., ca_certificate_pem: _Optional[str] = ..., serial: _Optional[str] = ...) -> None: ...

@@ -115,6 +115,21 @@ class AdminServiceStub:
                 request_serializer=meshsec_dot_v1_dot_admin__pb2.RevokeAdminCertificatesRequest.SerializeToString,
                 response_deserializer=meshsec_dot_v1_dot_admin__pb2.RevokeAdminCertificatesResponse.FromString,
                 _registered_method=True)
+        self.SetRemoteAccessPassword = channel.unary_unary(
+                '/meshsec.v1.AdminService/SetRemoteAccessPassword',
+                request_serializer=meshsec_dot_v1_dot_admin__pb2.SetRemoteAccessPasswordRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_admin__pb2.SetRemoteAccessPasswordResponse.FromString,
+                _registered_method=True)
+        self.ListRemoteAccessLeases = channel.unary_unary(
+                '/meshsec.v1.AdminService/ListRemoteAccessLeases',
+                request_serializer=meshsec_dot_v1_dot_admin__pb2.ListRemoteAccessLeasesRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_admin__pb2.ListRemoteAccessLeasesResponse.FromString,
+                _registered_method=True)
+        self.IssueDeviceCertificate = channel.unary_unary(
+                '/meshsec.v1.AdminService/IssueDeviceCertificate',
+                request_serializer=meshsec_dot_v1_dot_admin__pb2.IssueDeviceCertificateRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_admin__pb2.IssueDeviceCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -245,6 +260,33 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetRemoteAccessPassword(self, request, context):
+        """Remote access (docs/remote-access.md).
+        Sets the EAP-MSCHAPv2 password of a RemoteAccessUser whose spec.auth.method is eap-mschapv2
+        (else FAILED_PRECONDITION; NOT_FOUND without such a user). The controller keeps only the NT
+        hash, which is all MSCHAPv2 needs; no RPC returns it, events say "password set".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRemoteAccessLeases(self, request, context):
+        """The leases the controller handed out (observed state), ordered by user and device.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssueDeviceCertificate(self, request, context):
+        """Signs a device certificate (rfc822Name = the user's identity) from a CSR whose key stays with
+        the caller: meshctl puts key and certificate into the client profile and nowhere else. The
+        device must be listed in the user's spec.devices and the user's method be certificate or
+        eap-tls (else FAILED_PRECONDITION). The serial is registered for revocation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -327,6 +369,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeAdminCertificates,
                     request_deserializer=meshsec_dot_v1_dot_admin__pb2.RevokeAdminCertificatesRequest.FromString,
                     response_serializer=meshsec_dot_v1_dot_admin__pb2.RevokeAdminCertificatesResponse.SerializeToString,
+            ),
+            'SetRemoteAccessPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRemoteAccessPassword,
+                    request_deserializer=meshsec_dot_v1_dot_admin__pb2.SetRemoteAccessPasswordRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_admin__pb2.SetRemoteAccessPasswordResponse.SerializeToString,
+            ),
+            'ListRemoteAccessLeases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRemoteAccessLeases,
+                    request_deserializer=meshsec_dot_v1_dot_admin__pb2.ListRemoteAccessLeasesRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_admin__pb2.ListRemoteAccessLeasesResponse.SerializeToString,
+            ),
+            'IssueDeviceCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueDeviceCertificate,
+                    request_deserializer=meshsec_dot_v1_dot_admin__pb2.IssueDeviceCertificateRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_admin__pb2.IssueDeviceCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -762,6 +819,87 @@ class AdminService:
             '/meshsec.v1.AdminService/RevokeAdminCertificates',
             meshsec_dot_v1_dot_admin__pb2.RevokeAdminCertificatesRequest.SerializeToString,
             meshsec_dot_v1_dot_admin__pb2.RevokeAdminCertificatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRemoteAccessPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AdminService/SetRemoteAccessPassword',
+            meshsec_dot_v1_dot_admin__pb2.SetRemoteAccessPasswordRequest.SerializeToString,
+            meshsec_dot_v1_dot_admin__pb2.SetRemoteAccessPasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRemoteAccessLeases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AdminService/ListRemoteAccessLeases',
+            meshsec_dot_v1_dot_admin__pb2.ListRemoteAccessLeasesRequest.SerializeToString,
+            meshsec_dot_v1_dot_admin__pb2.ListRemoteAccessLeasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueDeviceCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AdminService/IssueDeviceCertificate',
+            meshsec_dot_v1_dot_admin__pb2.IssueDeviceCertificateRequest.SerializeToString,
+            meshsec_dot_v1_dot_admin__pb2.IssueDeviceCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

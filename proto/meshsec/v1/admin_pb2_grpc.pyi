@@ -34,6 +34,9 @@ class AdminServiceStub:
     IssueAdminCertificate: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.IssueAdminCertificateRequest, _meshsec_v1_admin_pb2.IssueAdminCertificateResponse]
     ListAdminCertificates: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ListAdminCertificatesRequest, _meshsec_v1_admin_pb2.ListAdminCertificatesResponse]
     RevokeAdminCertificates: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.RevokeAdminCertificatesRequest, _meshsec_v1_admin_pb2.RevokeAdminCertificatesResponse]
+    SetRemoteAccessPassword: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.SetRemoteAccessPasswordRequest, _meshsec_v1_admin_pb2.SetRemoteAccessPasswordResponse]
+    ListRemoteAccessLeases: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ListRemoteAccessLeasesRequest, _meshsec_v1_admin_pb2.ListRemoteAccessLeasesResponse]
+    IssueDeviceCertificate: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.IssueDeviceCertificateRequest, _meshsec_v1_admin_pb2.IssueDeviceCertificateResponse]
 
 class AdminServiceAsyncStub:
     Apply: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ApplyRequest, _meshsec_v1_admin_pb2.ApplyResponse]
@@ -52,6 +55,9 @@ class AdminServiceAsyncStub:
     IssueAdminCertificate: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.IssueAdminCertificateRequest, _meshsec_v1_admin_pb2.IssueAdminCertificateResponse]
     ListAdminCertificates: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ListAdminCertificatesRequest, _meshsec_v1_admin_pb2.ListAdminCertificatesResponse]
     RevokeAdminCertificates: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.RevokeAdminCertificatesRequest, _meshsec_v1_admin_pb2.RevokeAdminCertificatesResponse]
+    SetRemoteAccessPassword: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.SetRemoteAccessPasswordRequest, _meshsec_v1_admin_pb2.SetRemoteAccessPasswordResponse]
+    ListRemoteAccessLeases: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ListRemoteAccessLeasesRequest, _meshsec_v1_admin_pb2.ListRemoteAccessLeasesResponse]
+    IssueDeviceCertificate: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.IssueDeviceCertificateRequest, _meshsec_v1_admin_pb2.IssueDeviceCertificateResponse]
 
 class AdminServiceServicer:
     def Apply(self, request: _meshsec_v1_admin_pb2.ApplyRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.ApplyResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.ApplyResponse]: ...
@@ -70,6 +76,9 @@ class AdminServiceServicer:
     def IssueAdminCertificate(self, request: _meshsec_v1_admin_pb2.IssueAdminCertificateRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.IssueAdminCertificateResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.IssueAdminCertificateResponse]: ...
     def ListAdminCertificates(self, request: _meshsec_v1_admin_pb2.ListAdminCertificatesRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.ListAdminCertificatesResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.ListAdminCertificatesResponse]: ...
     def RevokeAdminCertificates(self, request: _meshsec_v1_admin_pb2.RevokeAdminCertificatesRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.RevokeAdminCertificatesResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.RevokeAdminCertificatesResponse]: ...
+    def SetRemoteAccessPassword(self, request: _meshsec_v1_admin_pb2.SetRemoteAccessPasswordRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.SetRemoteAccessPasswordResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.SetRemoteAccessPasswordResponse]: ...
+    def ListRemoteAccessLeases(self, request: _meshsec_v1_admin_pb2.ListRemoteAccessLeasesRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.ListRemoteAccessLeasesResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.ListRemoteAccessLeasesResponse]: ...
+    def IssueDeviceCertificate(self, request: _meshsec_v1_admin_pb2.IssueDeviceCertificateRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.IssueDeviceCertificateResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.IssueDeviceCertificateResponse]: ...
 
 def add_AdminServiceServicer_to_server(
     servicer: AdminServiceServicer, server: grpc.Server | grpc.aio.Server

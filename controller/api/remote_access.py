@@ -1,0 +1,139 @@
+"""AdminService's remote-access RPCs: passwords (stored as NT hashes), leases, device certificates.
+
+A mixin of `AdminApi`, which supplies `_core` and `_admin` (the caller check every RPC makes).
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime
+import time
+
+import grpc
+
+from meshsec.controller.api.identity import AnyContext
+from meshsec.controller.ca import CsrError
+from meshsec.controller.remoteaccess.credentials import password_problem
+from meshsec.controller.resources.model import RemoteAccessUser, RemoteAuthMethod
+from meshsec.controller.service.core import Core
+from meshsec.controller.store import StoreError
+from meshsec.v1 import admin_pb2
+
+_CERTIFICATE_METHODS = (RemoteAuthMethod.CERTIFICATE, RemoteAuthMethod.EAP_TLS)
+
+
+class RemoteAccessRpcs(abc.ABC):
+    _core: Core
+
+    @abc.abstractmethod
+    async def _admin(self, context: AnyContext) -> str: ...
+
+    async def _user(self, context: AnyContext, name: str) -> RemoteAccessUser:
+        try:
+            await self._core.state.caught_up()
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        user = self._core.state.index.user(name)
+        if user is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"RemoteAccessUser/{name} not found")
+        assert user is not None
+        return user
+
+    async def SetRemoteAccessPassword(
+        self,
+        request: admin_pb2.SetRemoteAccessPasswordRequest,
+        context: grpc.aio.ServicerContext[
+            admin_pb2.SetRemoteAccessPasswordRequest, admin_pb2.SetRemoteAccessPasswordResponse
+        ],
+    ) -> admin_pb2.SetRemoteAccessPasswordResponse:
+        caller = await self._admin(context)
+        user = await self._user(context, request.user)
+        if user.spec.auth_method is not RemoteAuthMethod.EAP_MSCHAPV2:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"RemoteAccessUser/{request.user} authenticates with {user.spec.auth_method.value}; "
+                "only eap-mschapv2 users have a password",
+            )
+        problem = password_problem(request.password)
+        if problem is not None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"RemoteAccessUser/{request.user}: {problem}"
+            )
+        try:
+            created = await self._core.credentials.set_password(request.user, request.password, time.time())
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        await self._core.events.emit(
+            "PasswordSet", user.kind.value, request.user, f"password of {request.user} set by {caller}"
+        )
+        return admin_pb2.SetRemoteAccessPasswordResponse(created=created)
+
+    async def ListRemoteAccessLeases(
+        self,
+        request: admin_pb2.ListRemoteAccessLeasesRequest,
+        context: grpc.aio.ServicerContext[
+            admin_pb2.ListRemoteAccessLeasesRequest, admin_pb2.ListRemoteAccessLeasesResponse
+        ],
+    ) -> admin_pb2.ListRemoteAccessLeasesResponse:
+        await self._admin(context)
+        try:
+            leases = await self._core.leases.leases(request.user)
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        response = admin_pb2.ListRemoteAccessLeasesResponse()
+        for lease in leases:
+            pb = response.leases.add(
+                pool=lease.pool,
+                user=lease.user,
+                device=lease.device,
+                addresses=[str(a) for a in lease.addresses],
+                gateway=lease.gateway,
+            )
+            pb.connected_since.FromNanoseconds(int(lease.connected_since * 1e9))
+        return response
+
+    async def IssueDeviceCertificate(
+        self,
+        request: admin_pb2.IssueDeviceCertificateRequest,
+        context: grpc.aio.ServicerContext[
+            admin_pb2.IssueDeviceCertificateRequest, admin_pb2.IssueDeviceCertificateResponse
+        ],
+    ) -> admin_pb2.IssueDeviceCertificateResponse:
+        caller = await self._admin(context)
+        user = await self._user(context, request.user)
+        if user.spec.auth_method not in _CERTIFICATE_METHODS:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"RemoteAccessUser/{request.user} authenticates with {user.spec.auth_method.value}; "
+                "device certificates are for certificate and eap-tls users",
+            )
+        if request.device not in {d.name for d in user.spec.devices}:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"RemoteAccessUser/{request.user} lists no device {request.device!r} in spec.devices",
+            )
+        try:
+            issued = await self._core.credentials.issue_device_certificate(
+                request.user,
+                request.device,
+                user.spec.identity,
+                request.csr_pem,
+                request.ttl_seconds,
+                datetime.datetime.now(datetime.UTC),
+            )
+        except CsrError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        serial = format(issued.serial, "x")
+        await self._core.events.emit(
+            "DeviceCertificateIssued",
+            user.kind.value,
+            request.user,
+            f"certificate {serial} for device {request.device} of {request.user} issued by {caller}",
+        )
+        return admin_pb2.IssueDeviceCertificateResponse(
+            certificate_pem=issued.certificate_pem,
+            ca_certificate_pem=self._core.ca.certificate_pem,
+            serial=serial,
+        )
