@@ -12,7 +12,16 @@ from meshsec.common.cli_args import uint32
 from meshsec.common.logging import add_log_format_argument
 from meshsec.common.logging import configure as configure_logging
 from meshsec.common.version import describe as describe_version
-from meshsec.meshctl import admins, commands, completion, config, config_commands, day2, secrets
+from meshsec.meshctl import (
+    admins,
+    commands,
+    completion,
+    config,
+    config_commands,
+    day2,
+    remote_access,
+    secrets,
+)
 from meshsec.meshctl.client import ENV_CONTROLLER, AdminClient
 from meshsec.meshctl.config import ENV_CONFIG
 from meshsec.meshctl.errors import EXIT_OK, MeshctlError, UsageError
@@ -63,8 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--filename", action="append", metavar="FILE|DIR|-")
     p.add_argument("--ignore-not-found", action="store_true")
 
-    p = sub.add_parser("get", help="list sites, nodes, policies, gateways, tunnels or secrets")
-    p.add_argument("kind", metavar="KIND", help="sites|nodes|policies|gateways|tunnels|secrets")
+    p = sub.add_parser(
+        "get", help="list sites, nodes, policies, gateways, pools, users, tunnels, leases or secrets"
+    )
+    p.add_argument(
+        "kind", metavar="KIND", help="sites|nodes|policies|gateways|pools|users|tunnels|leases|secrets"
+    )
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("-o", "--output", choices=OUTPUTS, default="table")
     p.add_argument("-l", "--selector", default="", help="label selector, e.g. region=eu,kind!=vpc")
@@ -104,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("token_id", metavar="TOKEN_ID")
 
     secrets.add_parser(sub, _Parser)
+    remote_access.add_parser(sub, _Parser)
     admins.add_parser(sub, _Parser)
     config_commands.add_parser(sub, _Parser)
     day2.add_parsers(sub, _Parser)

@@ -226,6 +226,41 @@ class AdminClient:
         response = self._call("list secrets", lambda: self.stub.ListSecrets(request, timeout=self.timeout))
         return list(response.secrets)
 
+    # -- remote access -------------------------------------------------------------------------------
+
+    def set_remote_access_password(
+        self, user: str, password: str
+    ) -> admin_pb2.SetRemoteAccessPasswordResponse:
+        request = admin_pb2.SetRemoteAccessPasswordRequest(user=user, password=password)
+        return self._call(
+            "set password", lambda: self.stub.SetRemoteAccessPassword(request, timeout=self.timeout)
+        )
+
+    def leases(self, user: str = "") -> list[admin_pb2.RemoteAccessLease]:
+        request = admin_pb2.ListRemoteAccessLeasesRequest(user=user)
+        response = self._call(
+            "list leases", lambda: self.stub.ListRemoteAccessLeases(request, timeout=self.timeout)
+        )
+        return list(response.leases)
+
+    def issue_device_certificate(
+        self, user: str, device: str, csr_pem: str, ttl_seconds: int = 0
+    ) -> admin_pb2.IssueDeviceCertificateResponse:
+        request = admin_pb2.IssueDeviceCertificateRequest(
+            user=user, device=device, csr_pem=csr_pem, ttl_seconds=ttl_seconds
+        )
+        return self._call(
+            "issue device certificate",
+            lambda: self.stub.IssueDeviceCertificate(request, timeout=self.timeout),
+        )
+
+    def remote_access_profile(self, user: str, device: str) -> admin_pb2.RemoteAccessProfile:
+        request = admin_pb2.GetRemoteAccessProfileRequest(user=user, device=device)
+        return self._call(
+            "get remote-access profile",
+            lambda: self.stub.GetRemoteAccessProfile(request, timeout=self.timeout),
+        )
+
     # -- admin certificates (the key stays here; only its CSR goes out) -------------------------------
 
     def issue_admin(

@@ -13,14 +13,25 @@ from google.protobuf import timestamp_pb2
 
 from meshsec.common.api import missing_psk_warning
 from meshsec.common.version import VERSION
-from meshsec.meshctl import admins, day2, manifest, secrets
+from meshsec.meshctl import admins, day2, manifest, remote_access, secrets
 from meshsec.meshctl.client import AdminClient
 from meshsec.meshctl.config import MeshConfig, config_path
 from meshsec.meshctl.convert import message_to_dict, resource_to_dict, struct_to_dict
 from meshsec.meshctl.describe import describe_resource, describe_tunnel
 from meshsec.meshctl.errors import EXIT_OK, EXIT_USER, MeshctlError, UsageError, UserError
 from meshsec.meshctl.events import EVENT_COLUMNS, event_json, event_line, event_row
-from meshsec.meshctl.kinds import GATEWAY, NODE, POLICY, SITE, Kind, is_tunnel, resource_kind
+from meshsec.meshctl.kinds import (
+    GATEWAY,
+    NODE,
+    POLICY,
+    REMOTE_ACCESS_KINDS,
+    SITE,
+    USER,
+    Kind,
+    is_lease,
+    is_tunnel,
+    resource_kind,
+)
 from meshsec.meshctl.printable import printable
 from meshsec.meshctl.table import Cell, Column, print_table
 from meshsec.meshctl.topology import to_dot, write_svg
@@ -52,6 +63,7 @@ def dispatch(args: argparse.Namespace, client: AdminClient, out: TextIO | None =
         "events": events,
         "token": token,
         "secret": secrets.secret,
+        "remote-access": remote_access.remote_access,
         "version": version,
         "admin": lambda a, c, o: admins.admin(a, c, o, MeshConfig.load(config_path(a.config))),
         "diagnose": day2.diagnose,
@@ -135,6 +147,8 @@ def get(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
         return get_tunnels(args, client, out)
     if secrets.is_secret(args.kind):
         return secrets.get_secrets(args, client, out)
+    if is_lease(args.kind):
+        return remote_access.get_leases(args, client, out)
     kind = resource_kind(args.kind)
     resources = _resources(args, client, kind)
     if args.output in ("json", "yaml"):
@@ -247,6 +261,17 @@ def describe(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
         return EXIT_OK
     kind = resource_kind(args.kind)
     resource = client.get(kind.name, args.name)
+    if kind in REMOTE_ACCESS_KINDS:
+        leases = client.leases(args.name) if kind == USER else []
+        out.write(
+            describe_resource(
+                resource,
+                tunnels=[],
+                events=recent_events(client, name=args.name),
+                extra=remote_access.lease_lines(leases) if kind == USER else (),
+            )
+        )
+        return EXIT_OK
     out.write(
         describe_resource(
             resource,

@@ -39,6 +39,7 @@ def describe_resource(
     node: admin_pb2.TopologyNode | None = None,
     now: datetime | None = None,
     warnings: Sequence[str] = (),
+    extra: Sequence[str] = (),
 ) -> str:
     meta = resource.metadata
     lines = [
@@ -60,8 +61,10 @@ def describe_resource(
     lines += [f"Warning:      {w}" for w in warnings]
     lines += _block("Spec", struct_to_dict(resource.spec))
     lines += _block("Status", struct_to_dict(resource.status) if resource.HasField("status") else {})
-    lines += _tunnels_section(tunnels, now)
-    lines += _errors_section(tunnels)
+    lines += list(extra)
+    if resource.kind not in ("RemoteAccessPool", "RemoteAccessUser"):  # these have no tunnels
+        lines += _tunnels_section(tunnels, now)
+        lines += _errors_section(tunnels)
     lines += _events_section(events)
     return _text(lines)
 

@@ -137,3 +137,46 @@ class RemoteAccessRpcs(abc.ABC):
             ca_certificate_pem=self._core.ca.certificate_pem,
             serial=serial,
         )
+
+    async def GetRemoteAccessProfile(
+        self,
+        request: admin_pb2.GetRemoteAccessProfileRequest,
+        context: grpc.aio.ServicerContext[
+            admin_pb2.GetRemoteAccessProfileRequest, admin_pb2.RemoteAccessProfile
+        ],
+    ) -> admin_pb2.RemoteAccessProfile:
+        await self._admin(context)
+        user = await self._user(context, request.user)
+        device = next((d for d in user.spec.devices if d.name == request.device), None)
+        if device is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"RemoteAccessUser/{request.user} lists no device {request.device!r} in spec.devices",
+            )
+        assert device is not None
+        index = self._core.state.index
+        pool = index.pool(user.spec.pool)
+        assert pool is not None  # validation keeps a user's pool in existence
+        spec = pool.spec
+        profile = admin_pb2.RemoteAccessProfile(
+            pool=pool.metadata.name,
+            identity=user.spec.identity,
+            auth_method=user.spec.auth_method.value,
+            platform=device.platform.value,
+            ike_proposals=list(spec.crypto.ike_proposals),
+            esp_proposals=list(spec.crypto.esp_proposals),
+            ike_lifetime_seconds=spec.crypto.ike_lifetime_s,
+            child_lifetime_seconds=spec.crypto.child_lifetime_s,
+            routes=[str(p) for p in spec.routes.selectors()],
+            dns=[str(a) for a in spec.dns],
+            ca_certificate_pem=self._core.ca.certificate_pem,
+        )
+        for node in sorted(index.all_nodes(), key=lambda n: n.metadata.name):
+            if spec.gateways.matches(node.metadata.labels):
+                endpoints = node.spec.endpoints
+                profile.gateways.add(
+                    name=node.metadata.name,
+                    addresses=[str(a) for a in (*endpoints.public, *endpoints.private)],
+                    ike_id=node.spec.identity.ike_id,
+                )
+        return profile

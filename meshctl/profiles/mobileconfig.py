@@ -11,31 +11,27 @@ from __future__ import annotations
 import plistlib
 from typing import Any
 
+from cryptography.x509.oid import NameOID
+
 from meshsec.meshctl.profiles.model import ProfileInput
-from meshsec.meshctl.profiles.proposals import (
-    APPLE_ENCRYPTION,
-    APPLE_INTEGRITY,
-    _integrity_of,
-    dh_number,
-    for_apple,
-)
+from meshsec.meshctl.profiles.proposals import APPLE_ENCRYPTION, APPLE_INTEGRITY, DH_NUMBERS, for_apple
 
 
 def render(p: ProfileInput) -> bytes:
     chosen = for_apple(p.ike_proposals, p.esp_proposals)
-    ike_integrity = _integrity_of(chosen.ike)
+    ike_integrity = chosen.ike.integrity_or_prf()
     assert chosen.ike.encryption is not None and ike_integrity is not None and chosen.ike.dh is not None
     ike_params = {
         "EncryptionAlgorithm": APPLE_ENCRYPTION[chosen.ike.encryption],
         "IntegrityAlgorithm": APPLE_INTEGRITY[ike_integrity],
-        "DiffieHellmanGroup": dh_number(chosen.ike.dh),
+        "DiffieHellmanGroup": DH_NUMBERS[chosen.ike.dh],
         "LifeTimeInMinutes": max(p.ike_lifetime_s // 60, 10),
     }
     assert chosen.esp.encryption is not None
     child_params = {
         "EncryptionAlgorithm": APPLE_ENCRYPTION[chosen.esp.encryption],
         "IntegrityAlgorithm": APPLE_INTEGRITY[chosen.esp.integrity or ike_integrity],
-        "DiffieHellmanGroup": dh_number(chosen.esp.dh or chosen.ike.dh),
+        "DiffieHellmanGroup": DH_NUMBERS[chosen.esp.dh or chosen.ike.dh],
         "LifeTimeInMinutes": max(p.child_lifetime_s // 60, 10),
     }
     ca_uuid, cert_uuid, vpn_uuid = p.uuid("ca"), p.uuid("cert"), p.uuid("vpn")
@@ -97,8 +93,6 @@ def render(p: ProfileInput) -> bytes:
 
 
 def _common_name(p: ProfileInput) -> str:
-    from cryptography.x509.oid import NameOID
-
     names = p.ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else ""
 

@@ -15,7 +15,6 @@ from meshsec.meshctl.profiles.proposals import (
     WINDOWS_ESP_AUTH,
     WINDOWS_INTEGRITY,
     WINDOWS_PFS,
-    _integrity_of,
     for_windows,
 )
 
@@ -28,7 +27,7 @@ def quote(text: str) -> str:
 def render(p: ProfileInput) -> bytes:
     chosen = for_windows(p.ike_proposals, p.esp_proposals)
     ike, esp = chosen.ike, chosen.esp
-    integrity = _integrity_of(ike)
+    integrity = ike.integrity_or_prf()
     assert ike.encryption and integrity and ike.dh and esp.encryption
     name = quote(p.name)
     lines = [

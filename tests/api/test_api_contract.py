@@ -42,6 +42,10 @@ EXPECTED_SERVICES = {
         ("IssueAdminCertificate", False, False),
         ("ListAdminCertificates", False, False),
         ("RevokeAdminCertificates", False, False),
+        ("SetRemoteAccessPassword", False, False),
+        ("ListRemoteAccessLeases", False, False),
+        ("IssueDeviceCertificate", False, False),
+        ("GetRemoteAccessProfile", False, False),
     },
 }
 

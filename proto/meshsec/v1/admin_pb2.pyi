@@ -539,3 +539,49 @@ class IssueDeviceCertificateResponse(_message.Message):
     ca_certificate_pem: str
     serial: str
     def __init__(self, certificate_pem: _Optional[str] = ..., ca_certificate_pem: _Optional[str] = ..., serial: _Optional[str] = ...) -> None: ...
+
+class GetRemoteAccessProfileRequest(_message.Message):
+    __slots__ = ("user", "device")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    device: str
+    def __init__(self, user: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+
+class RemoteAccessGateway(_message.Message):
+    __slots__ = ("name", "addresses", "ike_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    IKE_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    ike_id: str
+    def __init__(self, name: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., ike_id: _Optional[str] = ...) -> None: ...
+
+class RemoteAccessProfile(_message.Message):
+    __slots__ = ("pool", "identity", "auth_method", "platform", "ike_proposals", "esp_proposals", "ike_lifetime_seconds", "child_lifetime_seconds", "routes", "dns", "gateways", "ca_certificate_pem")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    AUTH_METHOD_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    IKE_PROPOSALS_FIELD_NUMBER: _ClassVar[int]
+    ESP_PROPOSALS_FIELD_NUMBER: _ClassVar[int]
+    IKE_LIFETIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CHILD_LIFETIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    DNS_FIELD_NUMBER: _ClassVar[int]
+    GATEWAYS_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    identity: str
+    auth_method: str
+    platform: str
+    ike_proposals: _containers.RepeatedScalarFieldContainer[str]
+    esp_proposals: _containers.RepeatedScalarFieldContainer[str]
+    ike_lifetime_seconds: int
+    child_lifetime_seconds: int
+    routes: _containers.RepeatedScalarFieldContainer[str]
+    dns: _containers.RepeatedScalarFieldContainer[str]
+    gateways: _containers.RepeatedCompositeFieldContainer[RemoteAccessGateway]
+    ca_certificate_pem: str
+    def __init__(self, pool: _Optional[str] = ..., identity: _Optional[str] = ..., auth_method: _Optional[str] = ..., platform: _Optional[str] = ..., ike_proposals: _Optional[_Iterable[str]] = ..., esp_proposals: _Optional[_Iterable[str]] = ..., ike_lifetime_seconds: _Optional[int] = ..., child_lifetime_seconds: _Optional[int] = ..., routes: _Optional[_Iterable[str]] = ..., dns: _Optional[_Iterable[str]] = ..., gateways: _Optional[_Iterable[_Union[RemoteAccessGateway, _Mapping]]] = ..., ca_certificate_pem: _Optional[str] = ...) -> None: ...

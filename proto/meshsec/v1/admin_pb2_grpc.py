@@ -130,6 +130,11 @@ class AdminServiceStub:
                 request_serializer=meshsec_dot_v1_dot_admin__pb2.IssueDeviceCertificateRequest.SerializeToString,
                 response_deserializer=meshsec_dot_v1_dot_admin__pb2.IssueDeviceCertificateResponse.FromString,
                 _registered_method=True)
+        self.GetRemoteAccessProfile = channel.unary_unary(
+                '/meshsec.v1.AdminService/GetRemoteAccessProfile',
+                request_serializer=meshsec_dot_v1_dot_admin__pb2.GetRemoteAccessProfileRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_admin__pb2.RemoteAccessProfile.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -287,6 +292,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRemoteAccessProfile(self, request, context):
+        """What a client profile of one device is made from (`meshctl remote-access profile`): the
+        pool's defaulted crypto, routes and DNS, its gateway Nodes' endpoints and IKE identities, and
+        the controller CA the device checks gateways with. No secrets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -384,6 +398,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.IssueDeviceCertificate,
                     request_deserializer=meshsec_dot_v1_dot_admin__pb2.IssueDeviceCertificateRequest.FromString,
                     response_serializer=meshsec_dot_v1_dot_admin__pb2.IssueDeviceCertificateResponse.SerializeToString,
+            ),
+            'GetRemoteAccessProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRemoteAccessProfile,
+                    request_deserializer=meshsec_dot_v1_dot_admin__pb2.GetRemoteAccessProfileRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_admin__pb2.RemoteAccessProfile.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -900,6 +919,33 @@ class AdminService:
             '/meshsec.v1.AdminService/IssueDeviceCertificate',
             meshsec_dot_v1_dot_admin__pb2.IssueDeviceCertificateRequest.SerializeToString,
             meshsec_dot_v1_dot_admin__pb2.IssueDeviceCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRemoteAccessProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AdminService/GetRemoteAccessProfile',
+            meshsec_dot_v1_dot_admin__pb2.GetRemoteAccessProfileRequest.SerializeToString,
+            meshsec_dot_v1_dot_admin__pb2.RemoteAccessProfile.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,7 @@ class AdminServiceStub:
     SetRemoteAccessPassword: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.SetRemoteAccessPasswordRequest, _meshsec_v1_admin_pb2.SetRemoteAccessPasswordResponse]
     ListRemoteAccessLeases: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ListRemoteAccessLeasesRequest, _meshsec_v1_admin_pb2.ListRemoteAccessLeasesResponse]
     IssueDeviceCertificate: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.IssueDeviceCertificateRequest, _meshsec_v1_admin_pb2.IssueDeviceCertificateResponse]
+    GetRemoteAccessProfile: grpc.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.GetRemoteAccessProfileRequest, _meshsec_v1_admin_pb2.RemoteAccessProfile]
 
 class AdminServiceAsyncStub:
     Apply: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ApplyRequest, _meshsec_v1_admin_pb2.ApplyResponse]
@@ -58,6 +59,7 @@ class AdminServiceAsyncStub:
     SetRemoteAccessPassword: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.SetRemoteAccessPasswordRequest, _meshsec_v1_admin_pb2.SetRemoteAccessPasswordResponse]
     ListRemoteAccessLeases: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.ListRemoteAccessLeasesRequest, _meshsec_v1_admin_pb2.ListRemoteAccessLeasesResponse]
     IssueDeviceCertificate: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.IssueDeviceCertificateRequest, _meshsec_v1_admin_pb2.IssueDeviceCertificateResponse]
+    GetRemoteAccessProfile: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_admin_pb2.GetRemoteAccessProfileRequest, _meshsec_v1_admin_pb2.RemoteAccessProfile]
 
 class AdminServiceServicer:
     def Apply(self, request: _meshsec_v1_admin_pb2.ApplyRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.ApplyResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.ApplyResponse]: ...
@@ -79,6 +81,7 @@ class AdminServiceServicer:
     def SetRemoteAccessPassword(self, request: _meshsec_v1_admin_pb2.SetRemoteAccessPasswordRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.SetRemoteAccessPasswordResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.SetRemoteAccessPasswordResponse]: ...
     def ListRemoteAccessLeases(self, request: _meshsec_v1_admin_pb2.ListRemoteAccessLeasesRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.ListRemoteAccessLeasesResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.ListRemoteAccessLeasesResponse]: ...
     def IssueDeviceCertificate(self, request: _meshsec_v1_admin_pb2.IssueDeviceCertificateRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.IssueDeviceCertificateResponse | collections.abc.Awaitable[_meshsec_v1_admin_pb2.IssueDeviceCertificateResponse]: ...
+    def GetRemoteAccessProfile(self, request: _meshsec_v1_admin_pb2.GetRemoteAccessProfileRequest, context: _ServicerContext) -> _meshsec_v1_admin_pb2.RemoteAccessProfile | collections.abc.Awaitable[_meshsec_v1_admin_pb2.RemoteAccessProfile]: ...
 
 def add_AdminServiceServicer_to_server(
     servicer: AdminServiceServicer, server: grpc.Server | grpc.aio.Server
