@@ -5,6 +5,7 @@ deleting a user takes its password and leases with it."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tests.controller.ctl_harness import (
     CALL_TIMEOUT,
     admin_channel,
     admin_stub,
+    apply,
     ca_pem,
     core_of,
     retained_events,
@@ -174,3 +176,34 @@ async def test_leases_are_listed_and_go_with_their_user(ctl: Controller) -> None
     assert await core.credentials.nt_hash("alice") is None
     taken = await core.state.store.range(f"{core.state.keys.remote_access}addresses/")
     assert [json.loads(kv.value)["user"] for kv in taken.kvs] == ["bob"]
+
+
+async def test_deleted_users_and_devices_put_their_certificates_on_the_revocation_list(
+    ctl: Controller,
+) -> None:
+    core = core_of(ctl)
+
+    def exists(user_name: str, device: str) -> bool:
+        found = core.state.index.user(user_name)
+        return found is not None and device in {d.name for d in found.spec.devices}
+
+    async with admin_channel(ctl) as channel:
+        admin = admin_stub(channel)
+
+        async def issue(device: str) -> str:
+            request = admin_pb2.IssueDeviceCertificateRequest(
+                user="bob", device=device, csr_pem=make_csr(new_key(), f"{device}.bob")
+            )
+            return str((await admin.IssueDeviceCertificate(request, timeout=CALL_TIMEOUT)).serial)
+
+        devices = [{"name": "laptop", "platform": "linux"}, {"name": "phone", "platform": "android"}]
+        await apply(ctl, user("bob", auth={"method": "certificate"}, devices=devices))
+        laptop, phone = await issue("laptop"), await issue("phone")
+        assert await core.credentials.revoked(exists, time.time()) == []
+        # Dropping a device from the user revokes that device's certificate only.
+        await apply(ctl, user("bob", auth={"method": "certificate"}, devices=devices[1:]))
+        assert [c.serial for c in await core.credentials.revoked(exists, time.time())] == [laptop]
+        await admin.Delete(admin_pb2.DeleteRequest(kind="RemoteAccessUser", name="bob"), timeout=CALL_TIMEOUT)
+    assert sorted(c.serial for c in await core.credentials.revoked(exists, time.time())) == sorted(
+        [laptop, phone]
+    )
