@@ -138,9 +138,19 @@ def run_standalone(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"meshsec-agent: invalid configuration {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    ra_names = ", ".join(c.name for c in config.remote_access)
     if args.check:
-        print(f"{args.config}: OK ({len(config.connections)} connection(s))")
+        extra = f", remote-access {ra_names}: checked, not served yet" if ra_names else ""
+        print(f"{args.config}: OK ({len(config.connections)} connection(s){extra})")
         return 0
+    if ra_names:
+        # Fail closed: running without the road-warrior connections would look like it works.
+        print(
+            f"meshsec-agent: {ra_names}: remote-access connections (pools, EAP) are not served by this "
+            "agent's IKE engine yet (docs/remote-access.md); remove them to run the others",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
     configure_logging(args.log_level or config.agent.log_level, log_format=args.log_format)
     if world_readable(args.config):
         log.warning("%s is readable by every user and may hold pre-shared keys", args.config)

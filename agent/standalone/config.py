@@ -10,9 +10,9 @@ import os
 import re
 import stat
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import yaml
 
@@ -34,6 +34,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+if TYPE_CHECKING:
+    from meshsec.agent.standalone.remote_access import EapUser, Pool, RemoteAccessConnection
 
 T = TypeVar("T")
 
@@ -87,6 +90,10 @@ class Connection:
 class StandaloneConfig:
     agent: AgentSettings
     connections: tuple[Connection, ...]
+    # Road warriors (agent/standalone/remote_access.py): parsed and checked, not served yet.
+    pools: Mapping[str, Pool] = field(default_factory=dict)
+    eap_users: Mapping[str, EapUser] = field(default_factory=dict)
+    remote_access: tuple[RemoteAccessConnection, ...] = ()
 
     def lookup(self, local: str, remote: str) -> list[IkeConfig]:
         return [c.ike for c in self.connections if c.accepts(local, remote)]
@@ -437,20 +444,28 @@ def parse_connection(node: _Node, name: str, base: Path) -> Connection:
 
 def parse_config(data: object, base: Path = Path(".")) -> StandaloneConfig:
     """`base` resolves relative file names (psk_file)."""
+    from meshsec.agent.standalone import remote_access as ra
+
     root = _Node(data if data is not None else {}, "")
     agent = parse_agent(root.child("agent"))
+    pools = ra.parse_pools(root.child("pools"))
+    eap_users = ra.parse_secrets(root.child("secrets"), base)
     conns_node = root.child("connections")
-    if not conns_node.data:
-        raise ConfigError("connections", "needs at least one connection")
     connections = []
+    remote_access = []
     for conn_name in conns_node.data:
         cname = str(conn_name)
         if not _NAME.match(cname):
             raise ConfigError(conns_node.at(cname), "names are [A-Za-z0-9_.-], up to 64 characters")
-        connections.append(parse_connection(conns_node.child(cname), cname, base))
+        if ra.is_remote_access(conns_node.data[conn_name]):
+            remote_access.append(ra.parse_connection(conns_node.child(cname), cname, base, pools))
+        else:
+            connections.append(parse_connection(conns_node.child(cname), cname, base))
     conns_node.check_unknown()
     root.check_unknown()
-    return StandaloneConfig(agent, tuple(connections))
+    if not connections and not remote_access:
+        raise ConfigError("connections", "needs at least one connection")
+    return StandaloneConfig(agent, tuple(connections), pools, eap_users, tuple(remote_access))
 
 
 def load_config(path: Path) -> StandaloneConfig:
