@@ -20,6 +20,7 @@ APT_PACKAGES=(
     iproute2 iputils-ping nftables iptables tcpdump tshark iperf3 graphviz
     charon-systemd strongswan-swanctl strongswan-pki libcharon-extra-plugins
     libstrongswan-standard-plugins libstrongswan-extra-plugins
+    libcharon-extauth-plugins
     etcd-server
     qemu-system-x86 busybox-static cpio kmod
 )

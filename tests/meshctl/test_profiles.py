@@ -25,7 +25,7 @@ from meshsec.controller.ca.authority import CertificateAuthority, load_csr
 from meshsec.meshctl.profiles import mobileconfig, sswan, swanctl, windows
 from meshsec.meshctl.profiles.model import DeviceCredentials, ProfileError, ProfileInput
 from tests.harness.netns import Lab
-from tests.harness.strongswan import CharonFactory, CharonSettings
+from tests.harness.strongswan import CharonFactory, CharonSettings, SwanctlError
 
 PASSPHRASE = Secret(b"correct horse battery staple")
 NOW = datetime.datetime.now(datetime.UTC)
@@ -384,3 +384,118 @@ def test_generated_swanctl_conf_connects_to_a_strongswan_gateway(
     assert "CPRP(ADDR DNS)" in log and "processing INTERNAL_IP4_DNS attribute" in log
     leases = gateway.swanctl("--list-pools", "--leases").stdout
     assert vip in leases and "alice@example.test" in leases
+
+
+EAP_GATEWAY_CONF = """\
+connections {
+    ra {
+        version = 2
+        local_addrs = 198.18.170.1
+        pools = ra-v4
+        proposals = aes256gcm16-prfsha384-ecp384
+        local {
+            auth = pubkey
+            certs = gw.pem
+            id = gw.example.test
+        }
+        remote {
+            auth = eap-mschapv2
+            eap_id = %any
+        }
+        children {
+            ra {
+                local_ts = 198.19.170.0/24
+                esp_proposals = aes256gcm16-ecp384
+            }
+        }
+    }
+}
+pools {
+    ra-v4 {
+        addrs = 198.19.171.0/28
+    }
+}
+secrets {
+    eap-alice {
+        id = alice@example.test
+        secret = "@SECRET@"
+    }
+}
+"""
+
+EAP_PLUGINS = (
+    *CharonSettings().plugins[:-3],
+    "eap-identity",
+    "eap-mschapv2",
+    "md4",
+    "des",
+    *CharonSettings().plugins[-3:],
+)
+
+
+def _eap_pair(
+    pki: dict[str, Any], lab: Lab, charons: CharonFactory, gateway_secret: str, client_secret: str
+) -> Any:
+    gw, rw = lab.host("gw"), lab.host("rw")
+    lab.link(gw, rw, "198.18.170.1/24", "198.18.170.2/24")
+    gw.add_loopback_address("198.19.170.1/32")
+    settings = CharonSettings(plugins=tuple(p for p in EAP_PLUGINS if p in _installed_plugins()))
+    gateway = charons.start(gw, [], settings)
+    _write_tree(
+        gateway.swanctl_dir,
+        {
+            "swanctl.conf": EAP_GATEWAY_CONF.replace("@SECRET@", gateway_secret).encode(),
+            "x509/gw.pem": pki["gw_cert"],
+            "private/gw.pem": pki["gw_key"],
+        },
+    )
+    gateway.swanctl("--load-all", "--noprompt")
+    client = charons.start(rw, [], settings)
+    files = swanctl.render(_input(pki, "eap-mschapv2", name="meshsec-staff"))
+    conf = files["swanctl.conf"].decode()
+    assert "# secret = <your password>" in conf  # the profile never carries the password
+    files["swanctl.conf"] = conf.replace("# secret = <your password>", f'secret = "{client_secret}"').encode()
+    _write_tree(client.swanctl_dir, files)
+    client.swanctl("--load-all", "--noprompt")
+    return gateway, client
+
+
+def _installed_plugins() -> set[str]:
+    return {
+        p.name.removeprefix("libstrongswan-").removesuffix(".so")
+        for p in Path("/usr/lib/ipsec/plugins").glob("*.so")
+    }
+
+
+@pytest.mark.netns
+@pytest.mark.strongswan
+@pytest.mark.timeout(90)
+def test_generated_eap_mschapv2_profile_connects(
+    pki: dict[str, Any], lab: Lab, charons: CharonFactory
+) -> None:
+    if "eap-mschapv2" not in _installed_plugins():
+        pytest.skip("strongSwan's eap-mschapv2 plugin (Debian libcharon-extauth-plugins) is not installed")
+    gateway, client = _eap_pair(pki, lab, charons, "alice-password", "alice-password")
+    client.initiate("meshsec-staff", "meshsec-staff", timeout=20)
+    sa = client.list_sas_raw()[0]["meshsec-staff"]
+    assert sa["state"] == "ESTABLISHED" and sa["local-vips"][0].startswith("198.19.171.")
+    assert "EAP method EAP_MSCHAPV2 succeeded, MSK established" in client.log_text()
+    assert "assigning virtual IP" in gateway.log_text()
+
+
+@pytest.mark.netns
+@pytest.mark.strongswan
+@pytest.mark.timeout(90)
+def test_generated_eap_mschapv2_profile_with_a_wrong_password_fails_cleanly(
+    pki: dict[str, Any], lab: Lab, charons: CharonFactory
+) -> None:
+    if "eap-mschapv2" not in _installed_plugins():
+        pytest.skip("strongSwan's eap-mschapv2 plugin (Debian libcharon-extauth-plugins) is not installed")
+    gateway, client = _eap_pair(pki, lab, charons, "alice-password", "not-alices-password")
+    with pytest.raises(SwanctlError):
+        client.initiate("meshsec-staff", "meshsec-staff", timeout=10)
+    assert client.list_sas_raw() == []
+    assert "EAP-MS-CHAPv2 verification failed" in gateway.log_text()
+    assert "AUTH_FAILED" in client.log_text()
+    leases = gateway.swanctl("--list-pools", "--leases").stdout
+    assert "198.19.171." not in leases.split("\n", 1)[1], leases
