@@ -22,6 +22,7 @@ import grpc
 from cryptography import x509
 
 from meshsec.common.secrets import Secret
+from meshsec.controller.api.agent_remote_access import AgentRemoteAccessRpcs
 from meshsec.controller.api.convert import doc_to_resource, facts_to_endpoints
 from meshsec.controller.api.identity import AnyContext, caller_of, issued_at, serial_of
 from meshsec.controller.api.wire import TunnelEncoder, split_update
@@ -159,7 +160,7 @@ def _now_rfc3339(now: float) -> str:
     return datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class AgentApi(agent_pb2_grpc.AgentServiceServicer):
+class AgentApi(AgentRemoteAccessRpcs, agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, core: Core, *, bootstrap: bool) -> None:
         self._core = core
         self._bootstrap = bootstrap

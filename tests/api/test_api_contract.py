@@ -24,6 +24,9 @@ EXPECTED_SERVICES = {
         ("RenewCertificate", False, False),
         ("WatchDesiredState", False, True),
         ("ReportStatus", False, False),
+        ("AllocateLease", False, False),
+        ("ReleaseLease", False, False),
+        ("ListRevokedCertificates", False, False),
     },
     "meshsec.v1.AdminService": {
         ("Apply", False, False),

@@ -375,3 +375,55 @@ class StatusAck(_message.Message):
     resync_required: bool
     next_report_seconds: int
     def __init__(self, seq: _Optional[int] = ..., resync_required: _Optional[bool] = ..., next_report_seconds: _Optional[int] = ...) -> None: ...
+
+class AllocateLeaseRequest(_message.Message):
+    __slots__ = ("node", "identity", "device")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    identity: str
+    device: str
+    def __init__(self, node: _Optional[str] = ..., identity: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+
+class AllocateLeaseResponse(_message.Message):
+    __slots__ = ("user", "pool", "addresses", "dns", "routes")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    DNS_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    pool: str
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    dns: _containers.RepeatedScalarFieldContainer[str]
+    routes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user: _Optional[str] = ..., pool: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., dns: _Optional[_Iterable[str]] = ..., routes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReleaseLeaseRequest(_message.Message):
+    __slots__ = ("node", "identity", "device")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    identity: str
+    device: str
+    def __init__(self, node: _Optional[str] = ..., identity: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+
+class ReleaseLeaseResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: _Optional[bool] = ...) -> None: ...
+
+class ListRevokedCertificatesRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class ListRevokedCertificatesResponse(_message.Message):
+    __slots__ = ("serials",)
+    SERIALS_FIELD_NUMBER: _ClassVar[int]
+    serials: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, serials: _Optional[_Iterable[str]] = ...) -> None: ...

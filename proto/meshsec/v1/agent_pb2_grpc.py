@@ -55,6 +55,21 @@ class AgentServiceStub:
                 request_serializer=meshsec_dot_v1_dot_agent__pb2.StatusReport.SerializeToString,
                 response_deserializer=meshsec_dot_v1_dot_agent__pb2.StatusAck.FromString,
                 _registered_method=True)
+        self.AllocateLease = channel.unary_unary(
+                '/meshsec.v1.AgentService/AllocateLease',
+                request_serializer=meshsec_dot_v1_dot_agent__pb2.AllocateLeaseRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_agent__pb2.AllocateLeaseResponse.FromString,
+                _registered_method=True)
+        self.ReleaseLease = channel.unary_unary(
+                '/meshsec.v1.AgentService/ReleaseLease',
+                request_serializer=meshsec_dot_v1_dot_agent__pb2.ReleaseLeaseRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_agent__pb2.ReleaseLeaseResponse.FromString,
+                _registered_method=True)
+        self.ListRevokedCertificates = channel.unary_unary(
+                '/meshsec.v1.AgentService/ListRevokedCertificates',
+                request_serializer=meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -102,6 +117,31 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AllocateLease(self, request, context):
+        """Remote access (docs/remote-access.md). A gateway Node asks for a road warrior's addresses once
+        it has authenticated the client, and gives them back when the client leaves. The caller must
+        be a Node the user's pool selects as gateway (PERMISSION_DENIED otherwise); an unknown identity
+        or a certificate device not in the user's spec.devices is NOT_FOUND; a full pool is
+        RESOURCE_EXHAUSTED with the reason. Asking again for the same device returns the same
+        addresses (a reconnect, a gateway restart, roaming to another gateway).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRevokedCertificates(self, request, context):
+        """Serials of remote-access device certificates the gateway must refuse from now on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +164,21 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ReportStatus,
                     request_deserializer=meshsec_dot_v1_dot_agent__pb2.StatusReport.FromString,
                     response_serializer=meshsec_dot_v1_dot_agent__pb2.StatusAck.SerializeToString,
+            ),
+            'AllocateLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.AllocateLease,
+                    request_deserializer=meshsec_dot_v1_dot_agent__pb2.AllocateLeaseRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_agent__pb2.AllocateLeaseResponse.SerializeToString,
+            ),
+            'ReleaseLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLease,
+                    request_deserializer=meshsec_dot_v1_dot_agent__pb2.ReleaseLeaseRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_agent__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'ListRevokedCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevokedCertificates,
+                    request_deserializer=meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -235,6 +290,87 @@ class AgentService:
             '/meshsec.v1.AgentService/ReportStatus',
             meshsec_dot_v1_dot_agent__pb2.StatusReport.SerializeToString,
             meshsec_dot_v1_dot_agent__pb2.StatusAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AllocateLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AgentService/AllocateLease',
+            meshsec_dot_v1_dot_agent__pb2.AllocateLeaseRequest.SerializeToString,
+            meshsec_dot_v1_dot_agent__pb2.AllocateLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AgentService/ReleaseLease',
+            meshsec_dot_v1_dot_agent__pb2.ReleaseLeaseRequest.SerializeToString,
+            meshsec_dot_v1_dot_agent__pb2.ReleaseLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevokedCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AgentService/ListRevokedCertificates',
+            meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesRequest.SerializeToString,
+            meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

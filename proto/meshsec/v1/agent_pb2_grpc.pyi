@@ -22,18 +22,27 @@ class AgentServiceStub:
     RenewCertificate: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.RenewCertificateRequest, _meshsec_v1_agent_pb2.EnrollResponse]
     WatchDesiredState: grpc.UnaryStreamMultiCallable[_meshsec_v1_agent_pb2.WatchRequest, _meshsec_v1_agent_pb2.DesiredStateUpdate]
     ReportStatus: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.StatusReport, _meshsec_v1_agent_pb2.StatusAck]
+    AllocateLease: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.AllocateLeaseRequest, _meshsec_v1_agent_pb2.AllocateLeaseResponse]
+    ReleaseLease: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ReleaseLeaseRequest, _meshsec_v1_agent_pb2.ReleaseLeaseResponse]
+    ListRevokedCertificates: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ListRevokedCertificatesRequest, _meshsec_v1_agent_pb2.ListRevokedCertificatesResponse]
 
 class AgentServiceAsyncStub:
     Enroll: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.EnrollRequest, _meshsec_v1_agent_pb2.EnrollResponse]
     RenewCertificate: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.RenewCertificateRequest, _meshsec_v1_agent_pb2.EnrollResponse]
     WatchDesiredState: grpc.aio.UnaryStreamMultiCallable[_meshsec_v1_agent_pb2.WatchRequest, _meshsec_v1_agent_pb2.DesiredStateUpdate]
     ReportStatus: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.StatusReport, _meshsec_v1_agent_pb2.StatusAck]
+    AllocateLease: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.AllocateLeaseRequest, _meshsec_v1_agent_pb2.AllocateLeaseResponse]
+    ReleaseLease: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ReleaseLeaseRequest, _meshsec_v1_agent_pb2.ReleaseLeaseResponse]
+    ListRevokedCertificates: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ListRevokedCertificatesRequest, _meshsec_v1_agent_pb2.ListRevokedCertificatesResponse]
 
 class AgentServiceServicer:
     def Enroll(self, request: _meshsec_v1_agent_pb2.EnrollRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.EnrollResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.EnrollResponse]: ...
     def RenewCertificate(self, request: _meshsec_v1_agent_pb2.RenewCertificateRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.EnrollResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.EnrollResponse]: ...
     def WatchDesiredState(self, request: _meshsec_v1_agent_pb2.WatchRequest, context: _ServicerContext) -> collections.abc.Iterator[_meshsec_v1_agent_pb2.DesiredStateUpdate] | collections.abc.AsyncIterator[_meshsec_v1_agent_pb2.DesiredStateUpdate]: ...
     def ReportStatus(self, request: _meshsec_v1_agent_pb2.StatusReport, context: _ServicerContext) -> _meshsec_v1_agent_pb2.StatusAck | collections.abc.Awaitable[_meshsec_v1_agent_pb2.StatusAck]: ...
+    def AllocateLease(self, request: _meshsec_v1_agent_pb2.AllocateLeaseRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.AllocateLeaseResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.AllocateLeaseResponse]: ...
+    def ReleaseLease(self, request: _meshsec_v1_agent_pb2.ReleaseLeaseRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.ReleaseLeaseResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.ReleaseLeaseResponse]: ...
+    def ListRevokedCertificates(self, request: _meshsec_v1_agent_pb2.ListRevokedCertificatesRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.ListRevokedCertificatesResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.ListRevokedCertificatesResponse]: ...
 
 def add_AgentServiceServicer_to_server(
     servicer: AgentServiceServicer, server: grpc.Server | grpc.aio.Server

@@ -1,0 +1,151 @@
+"""AgentService's remote-access RPCs: gateways take and give back road warriors' leases and read
+the revocation list. A mixin of `AgentApi`, which supplies `_core` and `_node` (the caller check).
+
+The events are the controller's view of connects, disconnects and refusals (reasons
+RemoteAccessConnected, RemoteAccessDisconnected, RemoteAccessRefused; kind RemoteAccessUser).
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+
+import grpc
+
+from meshsec.controller.api.identity import AnyContext
+from meshsec.controller.remoteaccess.leases import PoolExhaustedError
+from meshsec.controller.resources.model import RemoteAccessPool, RemoteAccessUser, RemoteAuthMethod
+from meshsec.controller.service.core import Core
+from meshsec.controller.store import StoreError
+from meshsec.v1 import agent_pb2
+
+_CERTIFICATE_METHODS = (RemoteAuthMethod.CERTIFICATE, RemoteAuthMethod.EAP_TLS)
+MAX_SESSION_NAME = 64
+
+
+class AgentRemoteAccessRpcs(abc.ABC):
+    _core: Core
+
+    @abc.abstractmethod
+    async def _node(self, context: AnyContext, requested: str) -> str: ...
+
+    async def _client(
+        self, context: AnyContext, node: str, identity: str, device: str
+    ) -> tuple[RemoteAccessUser, RemoteAccessPool]:
+        """The user behind `identity` and its pool, if `node` may serve it; aborts otherwise."""
+        state = self._core.state
+        try:
+            await state.caught_up()
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        names = sorted(state.index.users_with_identity(identity))
+        user = state.index.user(names[0]) if names else None
+        if user is None:
+            await self._refuse(
+                context, grpc.StatusCode.NOT_FOUND, "", f"no RemoteAccessUser with identity {identity!r}"
+            )
+        assert user is not None
+        pool = state.index.pool(user.spec.pool)
+        assert pool is not None  # validation keeps a user's pool in existence
+        gateway = state.index.node(node)
+        if gateway is None or not pool.spec.gateways.matches(gateway.metadata.labels):
+            await self._refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                user.metadata.name,
+                f"node {node} is not a gateway of RemoteAccessPool/{pool.metadata.name}",
+            )
+        certificate = user.spec.auth_method in _CERTIFICATE_METHODS
+        if certificate and device not in {d.name for d in user.spec.devices}:
+            await self._refuse(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                user.metadata.name,
+                f"RemoteAccessUser/{user.metadata.name} has no device {device!r}",
+            )
+        if not device or len(device) > MAX_SESSION_NAME or "/" in device:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device: 1-64 characters without '/'")
+        return user, pool
+
+    async def _refuse(self, context: AnyContext, code: grpc.StatusCode, user: str, reason: str) -> None:
+        if user:
+            await self._core.events.emit(
+                "RemoteAccessRefused", "RemoteAccessUser", user, reason, warning=True
+            )
+        await context.abort(code, reason)
+
+    async def AllocateLease(
+        self,
+        request: agent_pb2.AllocateLeaseRequest,
+        context: grpc.aio.ServicerContext[agent_pb2.AllocateLeaseRequest, agent_pb2.AllocateLeaseResponse],
+    ) -> agent_pb2.AllocateLeaseResponse:
+        node = await self._node(context, request.node)
+        user, pool = await self._client(context, node, request.identity, request.device)
+        name = user.metadata.name
+        try:
+            lease = await self._core.leases.allocate(pool, name, request.device, node, time.time())
+        except PoolExhaustedError as exc:
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, name, str(exc))
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        addresses = [str(a) for a in lease.addresses]
+        await self._core.events.emit(
+            "RemoteAccessConnected",
+            "RemoteAccessUser",
+            name,
+            f"{name} ({request.device}) on {node} with {', '.join(addresses)}",
+            source=f"agent/{node}",
+        )
+        return agent_pb2.AllocateLeaseResponse(
+            user=name,
+            pool=pool.metadata.name,
+            addresses=addresses,
+            dns=[str(a) for a in pool.spec.dns],
+            routes=[str(p) for p in pool.spec.routes.selectors()],
+        )
+
+    async def ReleaseLease(
+        self,
+        request: agent_pb2.ReleaseLeaseRequest,
+        context: grpc.aio.ServicerContext[agent_pb2.ReleaseLeaseRequest, agent_pb2.ReleaseLeaseResponse],
+    ) -> agent_pb2.ReleaseLeaseResponse:
+        node = await self._node(context, request.node)
+        user, _ = await self._client(context, node, request.identity, request.device)
+        name = user.metadata.name
+        try:
+            held = next((x for x in await self._core.leases.leases(name) if x.device == request.device), None)
+            if held is not None and held.gateway != node:
+                # The client roamed to another gateway, which holds it now: not ours to release.
+                return agent_pb2.ReleaseLeaseResponse(released=False)
+            released = await self._core.leases.release(name, request.device)
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        if released is not None:
+            await self._core.events.emit(
+                "RemoteAccessDisconnected",
+                "RemoteAccessUser",
+                name,
+                f"{name} ({request.device}) left {node}",
+                source=f"agent/{node}",
+            )
+        return agent_pb2.ReleaseLeaseResponse(released=released is not None)
+
+    async def ListRevokedCertificates(
+        self,
+        request: agent_pb2.ListRevokedCertificatesRequest,
+        context: grpc.aio.ServicerContext[
+            agent_pb2.ListRevokedCertificatesRequest, agent_pb2.ListRevokedCertificatesResponse
+        ],
+    ) -> agent_pb2.ListRevokedCertificatesResponse:
+        await self._node(context, request.node)
+        index = self._core.state.index
+
+        def exists(user: str, device: str) -> bool:
+            found = index.user(user)
+            return found is not None and device in {d.name for d in found.spec.devices}
+
+        try:
+            revoked = await self._core.credentials.revoked(exists, time.time())
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        return agent_pb2.ListRevokedCertificatesResponse(serials=sorted(c.serial for c in revoked))

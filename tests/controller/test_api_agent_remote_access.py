@@ -1,0 +1,125 @@
+"""AgentService remote-access RPCs with enrolled nodes on a running controller: only gateways of
+a user's pool get leases, a reconnect keeps the address, a full pool refuses with its reason,
+releases and refusals are events, and gateways read the revocation list."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from meshsec.common.pki import make_csr, new_key
+from meshsec.controller.server import Controller
+from meshsec.v1 import admin_pb2, agent_pb2, agent_pb2_grpc
+from tests.controller.ctl_harness import (
+    CALL_TIMEOUT,
+    EnrolledNode,
+    admin_channel,
+    admin_stub,
+    apply,
+    join,
+    retained_events,
+    running_controller,
+)
+from tests.controller.test_mesh_support import site
+from tests.controller.test_remote_access_resources import pool, user
+
+pytestmark = pytest.mark.timeout(60)
+
+BOB_DEVICES = [{"name": "laptop", "platform": "linux"}, {"name": "phone", "platform": "android"}]
+
+
+@pytest.fixture
+async def ctl(tmp_path: Path) -> AsyncIterator[Controller]:
+    async with running_controller(
+        tmp_path,
+        site("dc1", ["198.19.1.0/24"]),
+        pool(addresses=["198.19.200.0/30"]),  # two addresses
+        user("alice"),  # eap-mschapv2
+        user("bob", auth={"method": "certificate"}, devices=BOB_DEVICES),
+    ) as controller:
+        yield controller
+
+
+async def _call(node: EnrolledNode, ctl: Controller, method: str, request: Any) -> Any:
+    async with node.channel(ctl) as channel:
+        return await getattr(agent_pb2_grpc.AgentServiceStub(channel), method)(request, timeout=CALL_TIMEOUT)
+
+
+async def _refused(node: EnrolledNode, ctl: Controller, method: str, request: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _call(node, ctl, method, request)
+    return info.value
+
+
+async def test_gateways_allocate_and_release_leases(ctl: Controller) -> None:
+    gw = await join(ctl, "dc1", "gw1", "198.18.1.1", node_labels={"role": "ra"})
+    other = await join(ctl, "dc1", "n2", "198.18.1.2")
+    alice = agent_pb2.AllocateLeaseRequest(identity="ALICE@example.test", device="eap-1")
+    first = await _call(gw, ctl, "AllocateLease", alice)
+    assert first.user == "alice" and first.pool == "staff"
+    assert first.addresses[0] in ("198.19.200.1", "198.19.200.2")
+    assert list(first.dns) == ["198.19.0.53"] and list(first.routes) == ["198.19.0.0/20"]
+    assert (await _call(gw, ctl, "AllocateLease", alice)).addresses == first.addresses  # a reconnect
+
+    denied = await _refused(other, ctl, "AllocateLease", alice)
+    assert denied.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert denied.details() == "node n2 is not a gateway of RemoteAccessPool/staff"
+    unknown = await _refused(
+        gw, ctl, "AllocateLease", agent_pb2.AllocateLeaseRequest(identity="eve@x", device="d")
+    )
+    assert unknown.code() is grpc.StatusCode.NOT_FOUND
+    tablet = agent_pb2.AllocateLeaseRequest(identity="bob@example.test", device="tablet")
+    assert (
+        await _refused(gw, ctl, "AllocateLease", tablet)
+    ).details() == "RemoteAccessUser/bob has no device 'tablet'"
+
+    bob = agent_pb2.AllocateLeaseRequest(identity="bob@example.test", device="laptop")
+    await _call(gw, ctl, "AllocateLease", bob)
+    full = await _refused(
+        gw, ctl, "AllocateLease", agent_pb2.AllocateLeaseRequest(identity="bob@example.test", device="phone")
+    )
+    assert full.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert full.details() == (
+        "pool staff: all 2 addresses of 198.19.200.0/30 are leased; release a lease or enlarge the pool"
+    )
+    release = agent_pb2.ReleaseLeaseRequest(identity="alice@example.test", device="eap-1")
+    assert (await _call(gw, ctl, "ReleaseLease", release)).released
+    assert not (await _call(gw, ctl, "ReleaseLease", release)).released
+    assert (
+        await _call(
+            gw,
+            ctl,
+            "AllocateLease",
+            agent_pb2.AllocateLeaseRequest(identity="bob@example.test", device="phone"),
+        )
+    ).addresses
+
+    events = [
+        (e.reason, e.involved.name, e.message) for e in await retained_events(ctl, ("RemoteAccessUser",))
+    ]
+    assert ("RemoteAccessConnected", "alice", f"alice (eap-1) on gw1 with {first.addresses[0]}") in events
+    assert ("RemoteAccessDisconnected", "alice", "alice (eap-1) left gw1") in events
+    assert ("RemoteAccessRefused", "alice", "node n2 is not a gateway of RemoteAccessPool/staff") in events
+    assert any(
+        r == "RemoteAccessRefused" and m.startswith("pool staff: all 2 addresses") for r, _, m in events
+    )
+
+
+async def test_gateways_read_the_revocation_list(ctl: Controller) -> None:
+    gw = await join(ctl, "dc1", "gw1", "198.18.1.1", node_labels={"role": "ra"})
+    async with admin_channel(ctl) as channel:
+        issued = await admin_stub(channel).IssueDeviceCertificate(
+            admin_pb2.IssueDeviceCertificateRequest(
+                user="bob", device="laptop", csr_pem=make_csr(new_key(), "laptop.bob")
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+    listed = await _call(gw, ctl, "ListRevokedCertificates", agent_pb2.ListRevokedCertificatesRequest())
+    assert list(listed.serials) == []
+    await apply(ctl, user("bob", auth={"method": "certificate"}, devices=BOB_DEVICES[1:]))
+    listed = await _call(gw, ctl, "ListRevokedCertificates", agent_pb2.ListRevokedCertificatesRequest())
+    assert list(listed.serials) == [issued.serial]
