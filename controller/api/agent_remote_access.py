@@ -14,12 +14,15 @@ import grpc
 
 from meshsec.controller.api.identity import AnyContext
 from meshsec.controller.remoteaccess.leases import PoolExhaustedError
-from meshsec.controller.resources.model import RemoteAccessPool, RemoteAccessUser, RemoteAuthMethod
+from meshsec.controller.resources.model import (
+    CERTIFICATE_METHODS,
+    RemoteAccessPool,
+    RemoteAccessUser,
+)
 from meshsec.controller.service.core import Core
 from meshsec.controller.store import StoreError
 from meshsec.v1 import agent_pb2
 
-_CERTIFICATE_METHODS = (RemoteAuthMethod.CERTIFICATE, RemoteAuthMethod.EAP_TLS)
 MAX_SESSION_NAME = 64
 
 
@@ -55,7 +58,7 @@ class AgentRemoteAccessRpcs(abc.ABC):
                 user.metadata.name,
                 f"node {node} is not a gateway of RemoteAccessPool/{pool.metadata.name}",
             )
-        certificate = user.spec.auth_method in _CERTIFICATE_METHODS
+        certificate = user.spec.auth_method in CERTIFICATE_METHODS
         if certificate and device not in {d.name for d in user.spec.devices}:
             await self._refuse(
                 context,
@@ -138,14 +141,8 @@ class AgentRemoteAccessRpcs(abc.ABC):
         ],
     ) -> agent_pb2.ListRevokedCertificatesResponse:
         await self._node(context, request.node)
-        index = self._core.state.index
-
-        def exists(user: str, device: str) -> bool:
-            found = index.user(user)
-            return found is not None and device in {d.name for d in found.spec.devices}
-
         try:
-            revoked = await self._core.credentials.revoked(exists, time.time())
+            revoked = await self._core.credentials.revoked(self._core.state.index.has_device, time.time())
         except StoreError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
         return agent_pb2.ListRevokedCertificatesResponse(serials=sorted(c.serial for c in revoked))

@@ -14,12 +14,10 @@ import grpc
 from meshsec.controller.api.identity import AnyContext
 from meshsec.controller.ca import CsrError
 from meshsec.controller.remoteaccess.credentials import password_problem
-from meshsec.controller.resources.model import RemoteAccessUser, RemoteAuthMethod
+from meshsec.controller.resources.model import CERTIFICATE_METHODS, RemoteAccessUser, RemoteAuthMethod
 from meshsec.controller.service.core import Core
 from meshsec.controller.store import StoreError
 from meshsec.v1 import admin_pb2
-
-_CERTIFICATE_METHODS = (RemoteAuthMethod.CERTIFICATE, RemoteAuthMethod.EAP_TLS)
 
 
 class RemoteAccessRpcs(abc.ABC):
@@ -101,7 +99,7 @@ class RemoteAccessRpcs(abc.ABC):
     ) -> admin_pb2.IssueDeviceCertificateResponse:
         caller = await self._admin(context)
         user = await self._user(context, request.user)
-        if user.spec.auth_method not in _CERTIFICATE_METHODS:
+        if user.spec.auth_method not in CERTIFICATE_METHODS:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"RemoteAccessUser/{request.user} authenticates with {user.spec.auth_method.value}; "

@@ -266,6 +266,11 @@ class MeshIndex:
     def users_with_identity(self, identity: str) -> Collection[str]:
         return self._user_identities.get(identity.lower(), set())
 
+    def has_device(self, user: str, device: str) -> bool:
+        """Whether `device` is (still) in RemoteAccessUser `user`'s spec.devices."""
+        found = self._users.get(user)
+        return found is not None and any(d.name == device for d in found.spec.devices)
+
     # --- one change ------------------------------------------------------------------------------
 
     def _table(

@@ -282,6 +282,10 @@ class RemoteAuthMethod(enum.Enum):
     EAP_MSCHAPV2 = "eap-mschapv2"  # username and password; the controller keeps the NT hash only
 
 
+# The methods that authenticate with a device certificate from the controller CA.
+CERTIFICATE_METHODS = frozenset({RemoteAuthMethod.CERTIFICATE, RemoteAuthMethod.EAP_TLS})
+
+
 class Platform(enum.Enum):
     APPLE = "apple"  # .mobileconfig (iOS, macOS)
     ANDROID = "android"  # strongSwan app .sswan

@@ -182,10 +182,7 @@ async def test_deleted_users_and_devices_put_their_certificates_on_the_revocatio
     ctl: Controller,
 ) -> None:
     core = core_of(ctl)
-
-    def exists(user_name: str, device: str) -> bool:
-        found = core.state.index.user(user_name)
-        return found is not None and device in {d.name for d in found.spec.devices}
+    exists = core.state.index.has_device
 
     async with admin_channel(ctl) as channel:
         admin = admin_stub(channel)

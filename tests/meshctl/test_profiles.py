@@ -25,7 +25,7 @@ from meshsec.controller.ca.authority import CertificateAuthority, load_csr
 from meshsec.meshctl.profiles import mobileconfig, sswan, swanctl, windows
 from meshsec.meshctl.profiles.model import DeviceCredentials, ProfileError, ProfileInput
 from tests.harness.netns import Lab
-from tests.harness.strongswan import CharonFactory, CharonSettings, SwanctlError
+from tests.harness.strongswan import Charon, CharonFactory, CharonSettings, SwanctlError
 
 PASSPHRASE = Secret(b"correct horse battery staple")
 NOW = datetime.datetime.now(datetime.UTC)
@@ -326,8 +326,7 @@ connections {
             id = gw.example.test
         }
         remote {
-            auth = pubkey
-            cacerts = ca.pem
+            @REMOTE@
         }
         children {
             ra {
@@ -343,7 +342,48 @@ pools {
         dns = 198.19.170.53
     }
 }
+@SECRETS@
 """
+CERT_REMOTE = "auth = pubkey\n            cacerts = ca.pem"
+EAP_REMOTE = "auth = eap-mschapv2\n            eap_id = %any"
+EAP_SECRETS = (
+    'secrets {\n    eap-alice {\n        id = alice@example.test\n        secret = "@SECRET@"\n    }\n}'
+)
+EAP_PLUGINS = ("eap-identity", "eap-mschapv2")
+
+
+def _installed_plugins() -> set[str]:
+    return {
+        p.name.removeprefix("libstrongswan-").removesuffix(".so")
+        for p in Path("/usr/lib/ipsec/plugins").glob("*.so")
+    }
+
+
+def _pair(
+    pki: dict[str, Any], lab: Lab, charons: CharonFactory, auth: str, remote: str, secrets: str = ""
+) -> tuple[Charon, Charon]:
+    """A strongSwan gateway (gw) and a road warrior (rw) loaded with the generated profile."""
+    gw, rw = lab.host("gw"), lab.host("rw")
+    lab.link(gw, rw, "198.18.170.1/24", "198.18.170.2/24")
+    gw.add_loopback_address("198.19.170.1/32")
+    base = CharonSettings().plugins
+    extra = EAP_PLUGINS if auth == "eap-mschapv2" else ()
+    settings = CharonSettings(plugins=(*base[:-3], *extra, *base[-3:]))
+    gateway = charons.start(gw, [], settings)
+    conf = GATEWAY_CONF.replace("@REMOTE@", remote).replace("@SECRETS@", secrets)
+    _write_tree(
+        gateway.swanctl_dir,
+        {
+            "swanctl.conf": conf.encode(),
+            "x509/gw.pem": pki["gw_cert"],
+            "private/gw.pem": pki["gw_key"],
+            "x509ca/ca.pem": pki["ca"].certificate_pem.encode(),
+        },
+    )
+    gateway.swanctl("--load-all", "--noprompt")
+    client = charons.start(rw, [], settings)
+    _write_tree(client.swanctl_dir, swanctl.render(_input(pki, auth, name="meshsec-staff")))
+    return gateway, client
 
 
 @pytest.mark.netns
@@ -353,22 +393,8 @@ def test_generated_swanctl_conf_connects_to_a_strongswan_gateway(
     pki: dict[str, Any], lab: Lab, charons: CharonFactory
 ) -> None:
     """Checks the profile, not our gateway: a strongSwan gateway hands out the virtual IP here."""
-    gw, rw = lab.host("gw"), lab.host("rw")
-    lab.link(gw, rw, "198.18.170.1/24", "198.18.170.2/24")
-    gw.add_loopback_address("198.19.170.1/32")
-    gateway = charons.start(gw, [])
-    _write_tree(
-        gateway.swanctl_dir,
-        {
-            "swanctl.conf": GATEWAY_CONF.encode(),
-            "x509/gw.pem": pki["gw_cert"],
-            "private/gw.pem": pki["gw_key"],
-            "x509ca/ca.pem": pki["ca"].certificate_pem.encode(),
-        },
-    )
-    gateway.swanctl("--load-all", "--noprompt")
-    client = charons.start(rw, [])
-    _write_tree(client.swanctl_dir, swanctl.render(_input(pki, name="meshsec-staff")))
+    gateway, client = _pair(pki, lab, charons, "certificate", CERT_REMOTE)
+    rw = client.host
     client.swanctl("--load-all", "--noprompt")
     client.initiate("meshsec-staff", "meshsec-staff", timeout=20)
     sa = client.list_sas_raw()[0]["meshsec-staff"]
@@ -386,85 +412,18 @@ def test_generated_swanctl_conf_connects_to_a_strongswan_gateway(
     assert vip in leases and "alice@example.test" in leases
 
 
-EAP_GATEWAY_CONF = """\
-connections {
-    ra {
-        version = 2
-        local_addrs = 198.18.170.1
-        pools = ra-v4
-        proposals = aes256gcm16-prfsha384-ecp384
-        local {
-            auth = pubkey
-            certs = gw.pem
-            id = gw.example.test
-        }
-        remote {
-            auth = eap-mschapv2
-            eap_id = %any
-        }
-        children {
-            ra {
-                local_ts = 198.19.170.0/24
-                esp_proposals = aes256gcm16-ecp384
-            }
-        }
-    }
-}
-pools {
-    ra-v4 {
-        addrs = 198.19.171.0/28
-    }
-}
-secrets {
-    eap-alice {
-        id = alice@example.test
-        secret = "@SECRET@"
-    }
-}
-"""
-
-EAP_PLUGINS = (
-    *CharonSettings().plugins[:-3],
-    "eap-identity",
-    "eap-mschapv2",
-    "md4",
-    "des",
-    *CharonSettings().plugins[-3:],
-)
-
-
 def _eap_pair(
     pki: dict[str, Any], lab: Lab, charons: CharonFactory, gateway_secret: str, client_secret: str
-) -> Any:
-    gw, rw = lab.host("gw"), lab.host("rw")
-    lab.link(gw, rw, "198.18.170.1/24", "198.18.170.2/24")
-    gw.add_loopback_address("198.19.170.1/32")
-    settings = CharonSettings(plugins=tuple(p for p in EAP_PLUGINS if p in _installed_plugins()))
-    gateway = charons.start(gw, [], settings)
-    _write_tree(
-        gateway.swanctl_dir,
-        {
-            "swanctl.conf": EAP_GATEWAY_CONF.replace("@SECRET@", gateway_secret).encode(),
-            "x509/gw.pem": pki["gw_cert"],
-            "private/gw.pem": pki["gw_key"],
-        },
+) -> tuple[Charon, Charon]:
+    gateway, client = _pair(
+        pki, lab, charons, "eap-mschapv2", EAP_REMOTE, EAP_SECRETS.replace("@SECRET@", gateway_secret)
     )
-    gateway.swanctl("--load-all", "--noprompt")
-    client = charons.start(rw, [], settings)
-    files = swanctl.render(_input(pki, "eap-mschapv2", name="meshsec-staff"))
-    conf = files["swanctl.conf"].decode()
+    path = client.swanctl_dir / "swanctl.conf"
+    conf = path.read_text()
     assert "# secret = <your password>" in conf  # the profile never carries the password
-    files["swanctl.conf"] = conf.replace("# secret = <your password>", f'secret = "{client_secret}"').encode()
-    _write_tree(client.swanctl_dir, files)
+    path.write_text(conf.replace("# secret = <your password>", f'secret = "{client_secret}"'))
     client.swanctl("--load-all", "--noprompt")
     return gateway, client
-
-
-def _installed_plugins() -> set[str]:
-    return {
-        p.name.removeprefix("libstrongswan-").removesuffix(".so")
-        for p in Path("/usr/lib/ipsec/plugins").glob("*.so")
-    }
 
 
 @pytest.mark.netns
