@@ -237,11 +237,18 @@ class AdminClient:
         )
 
     def leases(self, user: str = "") -> list[admin_pb2.RemoteAccessLease]:
-        request = admin_pb2.ListRemoteAccessLeasesRequest(user=user)
-        response = self._call(
-            "list leases", lambda: self.stub.ListRemoteAccessLeases(request, timeout=self.timeout)
-        )
-        return list(response.leases)
+        found: list[admin_pb2.RemoteAccessLease] = []
+        token = ""
+        while True:
+            request = admin_pb2.ListRemoteAccessLeasesRequest(user=user, page_token=token)
+            page = self._call(
+                "list leases",
+                functools.partial(self.stub.ListRemoteAccessLeases, request, timeout=self.timeout),
+            )
+            found.extend(page.leases)
+            token = page.next_page_token
+            if not token:
+                return found
 
     def issue_device_certificate(
         self, user: str, device: str, csr_pem: str, ttl_seconds: int = 0

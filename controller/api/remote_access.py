@@ -19,6 +19,9 @@ from meshsec.controller.service.core import Core
 from meshsec.controller.store import StoreError
 from meshsec.v1 import admin_pb2
 
+DEFAULT_LEASE_PAGE = 500
+MAX_LEASE_PAGE = 5000
+
 
 class RemoteAccessRpcs(abc.ABC):
     _core: Core
@@ -74,12 +77,18 @@ class RemoteAccessRpcs(abc.ABC):
         ],
     ) -> admin_pb2.ListRemoteAccessLeasesResponse:
         await self._admin(context)
+        size = min(request.page_size or DEFAULT_LEASE_PAGE, MAX_LEASE_PAGE)
         try:
             leases = await self._core.leases.leases(request.user)
         except StoreError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        # A token is the last "user/device" of the previous page: the listing is ordered by it.
+        after = [x for x in leases if f"{x.user}/{x.device}" > request.page_token]
+        page, rest = after[:size], after[size:]
         response = admin_pb2.ListRemoteAccessLeasesResponse()
-        for lease in leases:
+        if rest:
+            response.next_page_token = f"{page[-1].user}/{page[-1].device}"
+        for lease in page:
             pb = response.leases.add(
                 pool=lease.pool,
                 user=lease.user,

@@ -166,6 +166,15 @@ async def test_leases_are_listed_and_go_with_their_user(ctl: Controller) -> None
         ]
         assert list(listed.leases[0].addresses) == [str(alice.addresses[0])]
         assert listed.leases[0].connected_since.seconds == 1700000000
+        first = await admin.ListRemoteAccessLeases(
+            admin_pb2.ListRemoteAccessLeasesRequest(page_size=1), timeout=CALL_TIMEOUT
+        )
+        assert [x.user for x in first.leases] == ["alice"] and first.next_page_token == "alice/phone"
+        second = await admin.ListRemoteAccessLeases(
+            admin_pb2.ListRemoteAccessLeasesRequest(page_size=1, page_token=first.next_page_token),
+            timeout=CALL_TIMEOUT,
+        )
+        assert [x.user for x in second.leases] == ["bob"] and second.next_page_token == ""
         await admin.Delete(
             admin_pb2.DeleteRequest(kind="RemoteAccessUser", name="alice"), timeout=CALL_TIMEOUT
         )

@@ -507,16 +507,22 @@ class RemoteAccessLease(_message.Message):
     def __init__(self, pool: _Optional[str] = ..., user: _Optional[str] = ..., device: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., gateway: _Optional[str] = ..., connected_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListRemoteAccessLeasesRequest(_message.Message):
-    __slots__ = ("user",)
+    __slots__ = ("user", "page_size", "page_token")
     USER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     user: str
-    def __init__(self, user: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, user: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListRemoteAccessLeasesResponse(_message.Message):
-    __slots__ = ("leases",)
+    __slots__ = ("leases", "next_page_token")
     LEASES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     leases: _containers.RepeatedCompositeFieldContainer[RemoteAccessLease]
-    def __init__(self, leases: _Optional[_Iterable[_Union[RemoteAccessLease, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, leases: _Optional[_Iterable[_Union[RemoteAccessLease, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class IssueDeviceCertificateRequest(_message.Message):
     __slots__ = ("user", "device", "csr_pem", "ttl_seconds")
