@@ -83,6 +83,14 @@ async def test_psk_from_a_secret_is_synced_rotated_and_released(
     kmock: Any, ctl: Controller, sync: ControllerSync, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    # An operator run earlier in the session (kopf) may leave the operator's loggers disabled or
+    # not propagating; this test reads their lines, so it turns them back on for itself.
+    operator_log = logging.getLogger("meshsec.controller.operator")
+    for logger in (operator_log, *(logging.getLogger(n) for n in logging.root.manager.loggerDict
+                                   if n.startswith(operator_log.name + "."))):
+        logger.disabled = False
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
     secrets = Secrets(kmock)
     reconciler = Reconciler(
         Kind.EXTERNAL_GATEWAY, sync, OperatorConfig(), PskSync(sync, secrets.client, NAMESPACE)
