@@ -1,0 +1,100 @@
+"""The adapter's decisions, pure and without sockets: which reqid a new CHILD_SA shares and
+whether its outbound SA waits (succession.py), which CHILD_SAs follow a moved IKE SA
+(follow.py), when inbound counters are read as proof of life (liveness.py), and the status
+document (status.py)."""
+
+from __future__ import annotations
+
+from meshsec.agent.adapters import follow, liveness, succession
+from meshsec.agent.adapters.install import ChildKey
+from meshsec.agent.adapters.records import ChildRecord, SaRecord
+from meshsec.agent.adapters.status import child_status, closed_status, sa_status
+from meshsec.agent.ike import Address, IkeConfig, IkeSa
+from meshsec.agent.ike.config import ChildConfig
+from meshsec.agent.ike.random import DeterministicRandom
+from meshsec.agent.ike.ts import Ts
+from meshsec.common.secrets import Secret
+from tests.agent_standalone.test_install import event
+
+LOCAL, REMOTE = Address("198.18.60.1", 500), Address("198.18.60.2", 500)
+
+
+def child(spi_in: int, *, name: str = "net", installed: bool = True, **kw: object) -> ChildRecord:
+    return ChildRecord(event(spi_in=spi_in, name=name, **kw), LOCAL, REMOTE, installed=installed)
+
+
+def test_a_rekey_shares_its_predecessors_reqid() -> None:
+    old = child(0xC1)
+    new = child(0xC2, replaces=0xC1)
+    reqids: dict[ChildKey, int] = {old.key: 7}
+    assert succession.shared_reqid(new, {0xC1: old, 0xC2: new}, reqids.get) == 7
+
+
+def test_a_changed_configuration_shares_the_installed_same_named_pairs_reqid() -> None:
+    old, other = child(0xC1), child(0xC3, name="other")
+    new = child(0xC2, installed=False)
+    reqids: dict[ChildKey, int] = {old.key: 7, other.key: 9}
+    children = {0xC3: other, 0xC1: old, 0xC2: new}
+    assert succession.shared_reqid(new, children, reqids.get) == 7
+    old.installed = False  # nothing installed to share with: a fresh reqid
+    assert succession.shared_reqid(new, children, reqids.get) is None
+
+
+def test_a_replacement_the_peer_made_waits_for_the_old_pairs_delete() -> None:
+    old = child(0xC1)
+    ours = event(spi_in=0xC2)
+    assert succession.held_for(ours, {0xC1: old}, replacing=()) == 0xC1  # the peer's replacement
+    assert succession.held_for(ours, {0xC1: old}, replacing=("net",)) is None  # we asked for it
+    assert (
+        succession.held_for(event(spi_in=0xC2, replaces=0xC1), {0xC1: old}, replacing=()) is None
+    )  # a rekey
+    assert succession.held_for(event(spi_in=0xC2, name="new"), {0xC1: old}, replacing=()) is None
+    held = child(0xC2)
+    held.holds_for = 0xC1
+    assert succession.released_by(0xC1, {0xC2: held, 0xC3: child(0xC3)}) == [0xC2]
+    assert succession.released_by(0xC9, {0xC2: held}) == []
+
+
+def test_children_left_behind_by_a_moved_ike_sa() -> None:
+    here, moved = child(0xC1), child(0xC2)
+    floated = Address(REMOTE.host, 4500)
+    moves = follow.left_behind([here, moved], LOCAL, REMOTE)
+    assert moves == []
+    moves = follow.left_behind([here, moved], LOCAL.with_port(4500), floated)
+    assert [m.old_key for m in moves] == [here.key, moved.key]
+    assert moves[0].child is here
+
+
+def test_inbound_counters_are_read_after_half_the_dpd_delay_of_silence() -> None:
+    assert liveness.check_due(0, last_inbound=5.0, checked_at=0.0) is None  # no DPD: never
+    assert liveness.check_due(10, last_inbound=5.0, checked_at=0.0) == 10.0
+    assert liveness.check_due(10, last_inbound=5.0, checked_at=8.0) == 13.0  # checked since
+    assert liveness.next_scan(100.0, []) == liveness.SCAN_MAX
+    assert liveness.next_scan(100.0, [100.25, 103.0]) == 0.25
+    assert liveness.next_scan(100.0, [90.0]) == liveness.SCAN_MIN  # overdue: soon, not in a spin
+    assert liveness.moved(3, 4) and liveness.moved(4, 0) and not liveness.moved(4, 4)
+
+
+def test_status_of_an_sa_its_children_and_a_closed_one() -> None:
+    config = IkeConfig("conn", "a.test", "b.test", Secret("psk"),
+                       children=(ChildConfig("net", (Ts.from_cidr("198.19.60.0/24"),),
+                                             (Ts.from_cidr("198.19.61.0/24"),)),))  # fmt: skip
+    sa = IkeSa(config, LOCAL, REMOTE, initiator=True, rnd=DeterministicRandom("status"))
+    record = SaRecord(sa, None, created=12.0, handle=1)
+    installing = child(0xC1, installed=False)
+    record.children[0xC1] = installing
+    counters = {"bytes_in": 1, "packets_in": 1, "bytes_out": 2, "packets_out": 2}
+    doc = sa_status(record, {0xC1: counters}, dataplane=True)
+    assert (doc["name"], doc["state"], doc["initiator"], doc["local"]) == (
+        "conn",
+        "CREATED",
+        True,
+        str(LOCAL),
+    )
+    (c,) = doc["child_sas"]  # type: ignore[misc]
+    assert (c["state"], c["spi_in"], c["counters"]) == ("INSTALLING", "000000c1", counters)
+    assert child_status(installing, None, dataplane=False)["state"] == "INSTALLED"  # nothing to install into
+    record.outcome = "failed: internal error"
+    closed = closed_status(record)
+    assert closed["outcome"] == "failed: internal error" and closed["initiator_spi"] == sa.spi_i.hex()
+    assert "redacted" not in str(doc) and "keys_in" not in str(doc)  # no key material in status
