@@ -7,7 +7,8 @@ from __future__ import annotations
 from meshsec.agent.adapters.ike import IkeAdapter
 from meshsec.agent.adapters.records import SaRecord
 from meshsec.agent.ike import Address, ChildConfig, IkeConfig, State
-from meshsec.agent.ike.sa import ChildSa, ChildState
+from meshsec.agent.ike.child import ChildSa
+from meshsec.agent.ike.states import ChildState
 from meshsec.agent.node.ike_port import ChildPhase, ChildTraffic, ChildView, SaHandle, SaPhase, SaView
 
 _SA_PHASE = {

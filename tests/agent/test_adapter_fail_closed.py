@@ -13,10 +13,9 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from meshsec.agent.adapters import failclosed
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter, SaRecord
 from meshsec.agent.adapters.recording import RecordingDataPlane
-from meshsec.agent.ike import Address, ChildSaDeleted, Event, IkeConfig, LivenessChecked
+from meshsec.agent.ike import Address, ChildSaDeleted, Event, IkeConfig, LivenessChecked, strict
 from meshsec.agent.ike.config import ChildConfig
 from meshsec.agent.ike.ts import Ts
 from meshsec.common.secrets import Secret
@@ -86,7 +85,7 @@ def dataplane(adapter: IkeAdapter) -> RecordingDataPlane:
 async def test_an_unexpected_error_fails_only_the_sa_it_hit(
     caplog: pytest.LogCaptureFixture, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(failclosed, "_strict", False)  # what a production agent does
+    monkeypatch.setattr(strict, "enabled", False)  # what a production agent does
     caplog.set_level(logging.INFO)
     initiator = config("a", "b", "198.19.70.1/32", "198.19.70.2/32")
     # The bug strikes on the answer to a liveness check, with the CHILD_SA installed.
@@ -113,7 +112,7 @@ async def test_an_unexpected_error_fails_only_the_sa_it_hit(
 
 
 async def test_in_strict_mode_the_error_is_raised_after_the_clean_up(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(failclosed, "_strict", True)
+    monkeypatch.setattr(strict, "enabled", True)
     initiator = config("a", "b", "198.19.70.1/32", "198.19.70.2/32")
     callback = Callback(lambda ev: isinstance(ev, ChildSaDeleted))
     async with adapters(callback) as (a, _):

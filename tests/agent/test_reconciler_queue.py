@@ -10,8 +10,15 @@ import random
 
 import pytest
 
-from meshsec.agent.adapters import failclosed
-from meshsec.agent.ike import Algorithms, ChildSaFailed, IkeSaEstablished, IkeSaFailed, InitialContactReceived
+from meshsec.agent.ike import (
+    Algorithms,
+    ChildSaFailed,
+    FailureReason,
+    IkeSaEstablished,
+    IkeSaFailed,
+    InitialContactReceived,
+    strict,
+)
 from meshsec.agent.node.ike_port import ChildPhase, SaPhase
 from meshsec.agent.node.reconciler import BACKOFF_MAX, BACKOFF_MIN, CHILD_GRACE, Reconciler
 from meshsec.agent.node.workqueue import WorkQueue
@@ -161,7 +168,7 @@ async def test_the_other_end_replaces_a_changed_child_only_after_the_grace(
 async def test_one_tunnels_exception_requeues_only_that_tunnel_with_back_off(
     ike: FakeRuntime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(failclosed, "_strict", False)  # the point here is what happens without strict mode
+    monkeypatch.setattr(strict, "enabled", False)  # the point here is what happens without strict mode
     r = reconciler(ike, clock)
     ike.fail_initiate["t1"] = RuntimeError("a bug")
     desire(r, tunnel("t1"), tunnel("t2"), version=5)
@@ -187,7 +194,7 @@ async def test_one_tunnels_exception_requeues_only_that_tunnel_with_back_off(
 async def test_in_strict_mode_a_tunnels_exception_is_raised(
     ike: FakeRuntime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(failclosed, "_strict", True)
+    monkeypatch.setattr(strict, "enabled", True)
     r = reconciler(ike, clock)
     ike.fail_initiate["t1"] = RuntimeError("a bug")
     desire(r, tunnel("t1"))
@@ -231,13 +238,17 @@ async def test_events_go_to_their_tunnel_and_unauthenticated_ones_to_none(
     await r.process()
     spoofed = ike.add(r.plans["t1"].ike, initiator=False, authenticated=False, phase=SaPhase.CONNECTING)
     r.changed.clear()
-    r.on_event(spoofed.view(), IkeSaFailed("NO_PROPOSAL_CHOSEN notify sent"))
+    r.on_event(
+        spoofed.view(), IkeSaFailed("NO_PROPOSAL_CHOSEN notify sent", FailureReason.NO_PROPOSAL_CHOSEN)
+    )
     assert r.runtime["t1"].last_error is None and not r.changed.is_set()
     sa = ike.add(r.plans["t1"].ike)
-    r.on_event(sa.view(), ChildSaFailed("mesh", "peer sent TS_UNACCEPTABLE"))
+    r.on_event(
+        sa.view(), ChildSaFailed("mesh", "the peer refused the selectors", FailureReason.TS_UNACCEPTABLE)
+    )
     error = r.runtime["t1"].last_error
     assert error is not None and error.reason == "TS_UNACCEPTABLE"
-    r.on_event(sa.view(), IkeSaFailed("no answer after 5 retransmits"))
+    r.on_event(sa.view(), IkeSaFailed("no answer", FailureReason.TIMEOUT))
     error = r.runtime["t1"].last_error
     assert error is not None and error.reason == "TIMEOUT" and "t1" in r.queue
 

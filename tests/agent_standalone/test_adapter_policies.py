@@ -5,13 +5,14 @@ document (status.py)."""
 
 from __future__ import annotations
 
-from meshsec.agent.adapters import follow, liveness, succession
+from meshsec.agent.adapters import follow, liveness, runtime, succession
 from meshsec.agent.adapters.install import ChildKey
 from meshsec.agent.adapters.records import ChildRecord, SaRecord
 from meshsec.agent.adapters.status import child_status, closed_status, sa_status
-from meshsec.agent.ike import Address, IkeConfig, IkeSa
+from meshsec.agent.ike import Address, IkeConfig, IkeSa, State
 from meshsec.agent.ike.config import ChildConfig
 from meshsec.agent.ike.random import DeterministicRandom
+from meshsec.agent.ike.states import ChildState
 from meshsec.agent.ike.ts import Ts
 from meshsec.common.secrets import Secret
 from tests.agent_standalone.test_install import event
@@ -98,3 +99,9 @@ def test_status_of_an_sa_its_children_and_a_closed_one() -> None:
     closed = closed_status(record)
     assert closed["outcome"] == "failed: internal error" and closed["initiator_spi"] == sa.spi_i.hex()
     assert "redacted" not in str(doc) and "keys_in" not in str(doc)  # no key material in status
+
+
+def test_every_engine_state_has_a_phase_in_the_reconcilers_view() -> None:
+    # A state the engine adds must be placed in the view (ike_port.py) before it can appear.
+    assert set(runtime._SA_PHASE) == set(State)
+    assert set(runtime._CHILD_PHASE) == set(ChildState)
