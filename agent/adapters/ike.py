@@ -30,9 +30,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from meshsec.agent.adapters import follow, liveness, succession, udp
+from meshsec.agent.adapters.eventlog import SpiText, log_event
 from meshsec.agent.adapters.failclosed import strict
 from meshsec.agent.adapters.install import ChildInstaller, ChildKey, InstallError
-from meshsec.agent.adapters.names import algorithm_text, protocol_name
 from meshsec.agent.adapters.records import ChildRecord, SaRecord
 from meshsec.agent.adapters.spi import SpiReserver
 from meshsec.agent.adapters.status import closed_status, counters_doc, sa_status
@@ -52,9 +52,7 @@ from meshsec.agent.ike import (
     IkeSaFailed,
     IkeSaRekeyed,
     IkeSaTable,
-    InitialContactReceived,
     OutgoingDatagram,
-    PeerDead,
     Random,
     Responder,
     ResponderSettings,
@@ -515,7 +513,7 @@ class IkeAdapter:
         record = self.records.get(sa)
         self._failed[sa] = record if record is not None and record.sa is sa else None
         log.exception("%s: unexpected error %s; failing IKE SA %s closed",
-                      record.name if record else sa.config.name, where, _SpiText(sa))  # fmt: skip
+                      record.name if record else sa.config.name, where, SpiText(sa))  # fmt: skip
         if record is not None and record.sa is sa:  # (not the old SA of an IKE rekey: its successor's)
             record.outcome = FAILED_CLOSED
             if self.installer is not None:
@@ -547,37 +545,18 @@ class IkeAdapter:
             return  # an IKE SA replaced by a rekey, closing: its successor carries the record
         if isinstance(ev, IkeSaRekeyed):
             self._rekeyed(record, sa, ev)
-        name = record.name
-        spis = _SpiText(sa)
-        verbose = log.isEnabledFor(logging.INFO)  # formatting selectors is not free at 1000s of SAs/s
+        log_event(record.name, sa, ev)
         if isinstance(ev, IkeSaEstablished):
             record.established, record.established_at = ev, time.time()
-            if verbose:
-                log.info(
-                    "%s: IKE SA %s ESTABLISHED %s %s <-> %s %s [%s]%s",
-                    name, spis, sa.local, ev.local_id, sa.remote, ev.remote_id,
-                    algorithm_text(ev.algorithms), " udp-encap" if ev.udp_encap else "",
-                )  # fmt: skip
         elif isinstance(ev, ChildSaEstablished):
             child = ChildRecord(ev, sa.local, sa.remote)
             child.holds_for = succession.held_for(ev, record.children, record.replacing)
             record.replacing.discard(ev.name)
             record.children[ev.spi_in] = child
-            if verbose:
-                log.info(
-                    "%s: CHILD_SA %s INSTALLED %s %s spi %08x_i %08x_o %s === %s [%s]",
-                    name, ev.name, protocol_name(ev.protocol), ev.mode, ev.spi_in, ev.spi_out,
-                    ",".join(map(str, ev.ts_local)), ",".join(map(str, ev.ts_remote)),
-                    algorithm_text(ev.algorithms),
-                )  # fmt: skip
             if self.installer is not None:
                 self._queue_work(record, functools.partial(self._install, record, child))
         elif isinstance(ev, ChildSaDeleted):
             record.children.pop(ev.spi_in, None)
-            log.info(
-                "%s: CHILD_SA %s DELETED spi %08x_i %08x_o%s",
-                name, ev.name, ev.spi_in, ev.spi_out, " by peer" if ev.by_peer else "",
-            )  # fmt: skip
             if self.installer is not None:
                 installer = self.installer
                 for spi in succession.released_by(ev.spi_in, record.children):
@@ -587,28 +566,15 @@ class IkeAdapter:
                 key: ChildKey = (sa.local.host, ev.protocol, ev.spi_in)
                 self._queue_work(record, functools.partial(self._remove, installer, key))
         elif isinstance(ev, ChildSaRekeyed):
-            log.info(
-                "%s: CHILD_SA %s REKEYED spi %08x_i -> %08x_i", name, ev.name, ev.old_spi_in, ev.new_spi_in
-            )
             if self.installer is not None:
                 new_key: ChildKey = (sa.local.host, ev.protocol, ev.new_spi_in)
                 self._queue_work(record, functools.partial(self._activate, self.installer, new_key))
         elif isinstance(ev, ChildSaFailed):
             record.replacing.discard(ev.name)
-            log.warning("%s: CHILD_SA %s FAILED: %s", name, ev.name, ev.reason)
         elif isinstance(ev, IkeSaFailed):
             record.outcome = f"failed: {ev.reason}"
-            log.warning("%s: IKE SA %s FAILED: %s", name, spis, ev.reason)
         elif isinstance(ev, IkeSaDeleted):
             record.outcome = "deleted by peer" if ev.by_peer else "deleted"
-            log.info("%s: IKE SA %s DELETED%s", name, spis, " by peer" if ev.by_peer else "")
-        elif isinstance(ev, PeerDead):
-            log.warning(
-                "%s: IKE SA %s: peer %s is DEAD (silent for the retransmit schedule), action %s",
-                name, spis, sa.remote, ev.action,
-            )  # fmt: skip
-        elif isinstance(ev, InitialContactReceived):
-            log.info("%s: INITIAL_CONTACT from %s", name, ev.remote_id)
         if self.on_event is not None:
             self.on_event(record, ev)  # an exception fails this SA closed (`_pump`)
 
@@ -627,12 +593,12 @@ class IkeAdapter:
     def _rekeyed(self, record: SaRecord, old: IkeSa, ev: IkeSaRekeyed) -> None:
         new = self.table.get(ev.new_local_spi)
         if new is None:
-            log.error("%s: successor of IKE SA %s not found", record.name, _SpiText(old))
+            log.error("%s: successor of IKE SA %s not found", record.name, SpiText(old))
             return
         record.sa = new
         self.records[new] = record
         self._by_spi[new.local_spi] = new
-        log.info("%s: IKE SA %s REKEYED to %s", record.name, _SpiText(old), _SpiText(new))
+        log.info("%s: IKE SA %s REKEYED to %s", record.name, SpiText(old), SpiText(new))
 
     def _forget(self, sa: IkeSa) -> None:
         record = self.records.pop(sa, None)
@@ -795,18 +761,6 @@ class IkeAdapter:
             for spi, c in list(record.children.items())
             if c.installed
         }
-
-
-class _SpiText:
-    """`<SPIi>_i <SPIr>_r`, formatted only if a log line is actually emitted."""
-
-    __slots__ = ("sa",)
-
-    def __init__(self, sa: IkeSa) -> None:
-        self.sa = sa
-
-    def __str__(self) -> str:
-        return f"{self.sa.spi_i.hex()}_i {self.sa.spi_r.hex()}_r"
 
 
 def source_address_for(remote_host: str) -> str:
