@@ -73,6 +73,19 @@ async def adapters(callback: Callback) -> AsyncIterator[tuple[IkeAdapter, IkeAda
             x.close_sockets()
 
 
+INITIATOR = config("a", "b", "198.19.70.1/32", "198.19.70.2/32")
+
+
+async def establish(a: IkeAdapter) -> SaRecord:
+    """A new IKE SA from `a`, its CHILD_SA installed in `a`'s data plane."""
+    await a.initiate(INITIATOR, Address(B, PORT), Address(A, PORT))
+    await until("established", lambda: established(a))
+    await a.settle()
+    assert len(dataplane(a).sas) == 2 and dataplane(a).policies
+    (record,) = established(a)
+    return record
+
+
 def established(adapter: IkeAdapter) -> list[SaRecord]:
     return [r for r in adapter.active() if r.sa.established and any(c.installed for c in r.children.values())]
 
@@ -87,16 +100,10 @@ async def test_an_unexpected_error_fails_only_the_sa_it_hit(
 ) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(strict, "enabled", False)  # what a production agent does
     caplog.set_level(logging.INFO)
-    initiator = config("a", "b", "198.19.70.1/32", "198.19.70.2/32")
     # The bug strikes on the answer to a liveness check, with the CHILD_SA installed.
     callback = Callback(lambda ev: isinstance(ev, LivenessChecked))
     async with adapters(callback) as (a, _):
-        await a.initiate(initiator, Address(B, PORT), Address(A, PORT))
-        await until("established", lambda: established(a))
-        await a.settle()
-        assert len(dataplane(a).sas) == 2 and dataplane(a).policies
-        (record,) = established(a)
-        a.check_liveness(record)
+        a.check_liveness(await establish(a))
         await until("the SA failed closed", lambda: a.stats["sa_failed_closed"] == 1 and not a.active())
         await a.settle()
         assert not dataplane(a).sas and not dataplane(a).policies
@@ -104,23 +111,15 @@ async def test_an_unexpected_error_fails_only_the_sa_it_hit(
         logged = [r for r in caplog.records if r.name == "meshsec.agent.adapters.ike" and r.exc_info]
         assert len(logged) == 1 and logged[0].exc_info is not None and logged[0].exc_info[0] is Bug
         assert "failing IKE SA" in logged[0].getMessage()
-        # The adapter goes on: the next IKE SA works and is installed.
-        await a.initiate(initiator, Address(B, PORT), Address(A, PORT))
-        await until("a new SA", lambda: established(a))
-        await a.settle()
-        assert len(dataplane(a).sas) == 2 and a.stats["sa_failed_closed"] == 1
+        await establish(a)  # the adapter goes on: the next IKE SA works and is installed
+        assert a.stats["sa_failed_closed"] == 1
 
 
 async def test_in_strict_mode_the_error_is_raised_after_the_clean_up(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(strict, "enabled", True)
-    initiator = config("a", "b", "198.19.70.1/32", "198.19.70.2/32")
     callback = Callback(lambda ev: isinstance(ev, ChildSaDeleted))
     async with adapters(callback) as (a, _):
-        await a.initiate(initiator, Address(B, PORT), Address(A, PORT))
-        await until("established", lambda: established(a))
-        await a.settle()
-        assert len(dataplane(a).sas) == 2
-        (record,) = established(a)
+        record = await establish(a)
         with pytest.raises(Bug):
             a.drop(record)  # its CHILD_SA's deletion reaches the bug
         await a.settle()
