@@ -85,7 +85,8 @@ class AdapterRuntime:
         await self.adapter.initiate(config, remote, local)
 
     def delete(self, sa: SaHandle) -> None:
-        if (record := self._live(sa)) is not None:
+        record = self._live(sa)
+        if record is not None and record.sa.state is not State.DELETING:
             self.adapter.delete(record)
 
     def drop(self, sa: SaHandle) -> None:
@@ -93,11 +94,14 @@ class AdapterRuntime:
             self.adapter.drop(record)
 
     def delete_child(self, sa: SaHandle, spi_in: int) -> None:
-        if (record := self._live(sa)) is not None:
+        record = self._live(sa)
+        child = record.sa.children.get(spi_in) if record is not None else None
+        if record is not None and child is not None and child.state is ChildState.INSTALLED:
             self.adapter.delete_child(record, spi_in)
 
     def replace_child(self, sa: SaHandle, config: ChildConfig) -> None:
-        if (record := self._live(sa)) is not None:
+        record = self._live(sa)
+        if record is not None and config.name not in record.replacing:
             self.adapter.replace_child(record, config)
 
     def reconfigure(self, sa: SaHandle, config: IkeConfig) -> None:

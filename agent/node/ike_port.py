@@ -78,7 +78,10 @@ class ChildTraffic:
 
 
 class IkeRuntime(Protocol):
-    """What the reconciler (and the status report) may ask of the IKE side."""
+    """What the reconciler (and the status report) may ask of the IKE side. Commands are
+    idempotent intents checked against the live state: one that no longer applies (the SA
+    gone or already deleting, the CHILD_SA no longer active, a replacement already on its way)
+    does nothing, so a command from a slightly old view is safe."""
 
     @property
     def ike_port(self) -> int: ...

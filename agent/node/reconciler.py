@@ -305,20 +305,18 @@ class Reconciler:
             for rt in self.runtime.values():
                 rt.skip_grace = True
             self.restarted = False
-        groups: dict[str, list[SaView]] | None = None
+        # One snapshot for the batch: an SA that moved on meanwhile (an initiation awaits) is
+        # safe, as the runtime ignores a command that no longer applies, and its event requeues
+        # the tunnel.
+        groups = self.sas_by_tunnel()
         for tid in due:
-            if groups is None:  # one snapshot, taken again after an await let the SAs move
-                groups = self.sas_by_tunnel()
             try:
-                after, awaited = await self.reconcile_tunnel(tid, groups.get(tid, []))
+                after = await self.reconcile_tunnel(tid, groups.get(tid, []))
             except Exception as exc:
                 self._failed(tid, exc)
                 if strict():
                     raise
-                groups = None
                 continue
-            if awaited:
-                groups = None
             self.queue.forget(tid)
             self._unreconciled.discard(tid)
             if after is not None:
@@ -352,10 +350,9 @@ class Reconciler:
 
     # ------------------------------------------------------------------ one tunnel
 
-    async def reconcile_tunnel(self, tid: str, sas: list[SaView]) -> tuple[float | None, bool]:
+    async def reconcile_tunnel(self, tid: str, sas: list[SaView]) -> float | None:
         """One step of `tid` toward its plan, given the views of its live SAs. Returns the
-        seconds until it wants another look (None: when something happens) and whether it
-        awaited (the views of other tunnels may have moved meanwhile)."""
+        seconds until it wants another look (None: when something happens)."""
         now = self.clock()
         p = self.plans.get(tid)
         current: list[SaView] = []
@@ -372,7 +369,7 @@ class Reconciler:
                 sa = dataclasses.replace(sa, phase=SaPhase.DELETING)
             current.append(sa)
         if p is None:
-            return None, False
+            return None
         rt = self.runtime[tid]
         keep, losers = duplicates_to_delete(current, p.initiator)
         for loser in losers:
@@ -390,14 +387,14 @@ class Reconciler:
         skip_grace, rt.skip_grace = rt.skip_grace, False
         if any(matches(s, p) and s.phase is not SaPhase.DELETING for s in current):
             rt.since = now
-            return (min(waits) if waits else None), False
+            return min(waits) if waits else None
         if now < rt.next_attempt:
-            return rt.next_attempt - now, False
+            return rt.next_attempt - now
         grace_left = rt.since + self.responder_grace - now
         if not p.initiator and not skip_grace and grace_left > 0:
-            return grace_left, False
+            return grace_left
         await self._initiate(p, rt, now, others=bool(current))
-        return max(0.0, rt.next_attempt - now), True
+        return rt.next_attempt - now
 
     async def _initiate(self, p: TunnelPlan, rt: TunnelRuntime, now: float, *, others: bool) -> None:
         remote = p.remotes[rt.attempts % len(p.remotes)]

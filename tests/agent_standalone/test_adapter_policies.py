@@ -6,7 +6,9 @@ document (status.py)."""
 from __future__ import annotations
 
 from meshsec.agent.adapters import follow, liveness, runtime, succession
+from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
 from meshsec.agent.adapters.install import ChildKey
+from meshsec.agent.adapters.recording import RecordingDataPlane
 from meshsec.agent.adapters.records import ChildRecord, SaRecord
 from meshsec.agent.adapters.status import child_status, closed_status, sa_status
 from meshsec.agent.ike import Address, IkeConfig, IkeSa, State
@@ -14,6 +16,7 @@ from meshsec.agent.ike.config import ChildConfig
 from meshsec.agent.ike.random import DeterministicRandom
 from meshsec.agent.ike.states import ChildState
 from meshsec.agent.ike.ts import Ts
+from meshsec.agent.node.ike_port import SaPhase
 from meshsec.common.secrets import Secret
 from tests.agent_standalone.test_install import event
 
@@ -76,10 +79,13 @@ def test_inbound_counters_are_read_after_half_the_dpd_delay_of_silence() -> None
     assert liveness.moved(3, 4) and liveness.moved(4, 0) and not liveness.moved(4, 4)
 
 
+def status_config() -> IkeConfig:
+    net = ChildConfig("net", (Ts.from_cidr("198.19.60.0/24"),), (Ts.from_cidr("198.19.61.0/24"),))
+    return IkeConfig("conn", "a.test", "b.test", Secret("psk"), children=(net,))
+
+
 def test_status_of_an_sa_its_children_and_a_closed_one() -> None:
-    config = IkeConfig("conn", "a.test", "b.test", Secret("psk"),
-                       children=(ChildConfig("net", (Ts.from_cidr("198.19.60.0/24"),),
-                                             (Ts.from_cidr("198.19.61.0/24"),)),))  # fmt: skip
+    config = status_config()
     sa = IkeSa(config, LOCAL, REMOTE, initiator=True, rnd=DeterministicRandom("status"))
     record = SaRecord(sa, None, created=12.0, handle=1)
     installing = child(0xC1, installed=False)
@@ -105,3 +111,32 @@ def test_every_engine_state_has_a_phase_in_the_reconcilers_view() -> None:
     # A state the engine adds must be placed in the view (ike_port.py) before it can appear.
     assert set(runtime._SA_PHASE) == set(State)
     assert set(runtime._CHILD_PHASE) == set(ChildState)
+
+
+async def test_the_runtime_views_an_sa_and_ignores_commands_that_no_longer_apply() -> None:
+    """A real adapter and engine without sockets: the initiation's datagram has nowhere to go,
+    so the IKE SA stays CONNECTING until the reconciler's DELETE; commands for a handle whose
+    SA is gone do nothing."""
+    adapter = IkeAdapter(
+        lambda local, remote: [], dataplane=RecordingDataPlane(), settings=AdapterSettings(bind=())
+    )
+    await adapter.start()
+    try:
+        ike = runtime.AdapterRuntime(adapter)
+        await ike.initiate(status_config(), REMOTE, LOCAL)
+        (view,) = ike.sas()
+        assert (view.tunnel, view.phase, view.authenticated, view.children) == (
+            "conn",
+            SaPhase.CONNECTING,
+            True,
+            (),
+        )
+        assert adapter.stats["dropped_no_socket"] == 1
+        ike.delete(view.handle)  # not established: forgotten at once
+        assert ike.sas() == []
+        for stale in (ike.delete, ike.drop, lambda h: ike.delete_child(h, 0xC1)):
+            stale(view.handle)
+        assert await ike.child_traffic(view.handle, 0xC1) is None
+        assert [r.outcome for r in adapter.history] == ["deleted"]
+    finally:
+        await adapter.close(graceful=False)
