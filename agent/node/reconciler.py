@@ -294,9 +294,14 @@ class Reconciler:
     async def process(self) -> None:
         """Reconciles the tunnels that are due; one tunnel's exception requeues only it."""
         now = self.clock()
+        # One snapshot for the batch: an SA that moved on meanwhile (an initiation awaits) is
+        # safe, as the runtime ignores a command that no longer applies, and its event requeues
+        # the tunnel.
+        groups: dict[str, list[SaView]] | None = None
         if now >= self._resync_at:
             self._resync_at = now + self.resync
-            for tid in self._keys():
+            groups = self.sas_by_tunnel()
+            for tid in set(self.plans) | set(groups):
                 self.queue.add(tid, now)
         due = self.queue.pop_due(now)
         if not due:
@@ -305,10 +310,8 @@ class Reconciler:
             for rt in self.runtime.values():
                 rt.skip_grace = True
             self.restarted = False
-        # One snapshot for the batch: an SA that moved on meanwhile (an initiation awaits) is
-        # safe, as the runtime ignores a command that no longer applies, and its event requeues
-        # the tunnel.
-        groups = self.sas_by_tunnel()
+        if groups is None:
+            groups = self.sas_by_tunnel()
         for tid in due:
             try:
                 after = await self.reconcile_tunnel(tid, groups.get(tid, []))
