@@ -392,6 +392,7 @@ class NodeAgent:
         ]  # fmt: skip
         doc["recovered_at_start"] = self.recovered
         doc["site_routes"] = self.routes.describe() if self.routes is not None else []
+        doc["reconciler"] = {"stats": dict(self.reconciler.stats), "queued": len(self.reconciler.queue)}
         return doc
 
     def _auth_doc(self, tid: str, sas: list[SaView]) -> dict[str, object] | None:
