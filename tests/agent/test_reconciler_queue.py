@@ -6,6 +6,7 @@ again. The real engines and sockets are in test_reconciler.py and test_child_cha
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 
 import pytest
@@ -19,8 +20,10 @@ from meshsec.agent.ike import (
     InitialContactReceived,
     strict,
 )
+from meshsec.agent.node.convergence import child_steps
 from meshsec.agent.node.ike_port import ChildPhase, SaPhase
 from meshsec.agent.node.reconciler import BACKOFF_MAX, BACKOFF_MIN, CHILD_GRACE, Reconciler
+from meshsec.agent.node.translate import plan
 from meshsec.agent.node.workqueue import WorkQueue
 from meshsec.v1 import agent_pb2
 from tests.agent.fake_runtime import FakeClock, FakeRuntime
@@ -289,3 +292,21 @@ def test_the_work_queue_keeps_a_key_once_at_its_earliest_time() -> None:
     assert [q.failed("b", now=0.0) for _ in range(4)] == [1.0, 2.0, 4.0, 4.0]  # capped
     q.forget("b")
     assert q.failed("b", now=0.0) == 1.0
+
+
+def test_when_both_ends_replaced_a_child_both_keep_the_pair_with_the_lowest_spi(ike: FakeRuntime) -> None:
+    t = tunnel("t1")
+    config = plan(t, None).ike
+    sa = ike.add(config)
+    (old,) = sa.children
+    t.children[0].remote_ts[0].cidr = "198.19.3.0/24"
+    new_config = plan(t, None).ike
+    sa.config = new_config
+    ours, theirs = ike.child(new_config.children[0]), ike.child(new_config.children[0])
+    theirs = dataclasses.replace(theirs, spi_in=0x10, spi_out=0x11)  # the lowest SPI of all
+    sa.children += [ours, theirs]
+    steps = child_steps(sa.view(), designated=True, stale_since={}, deleting=set(), now=0.0, grace=2.0)
+    assert [(d.spi_in, k.spi_in) for d, k in steps.delete] == [(old.spi_in, 0x10), (ours.spi_in, 0x10)]
+    assert steps.replace == [] and steps.wait is None
+    steps = child_steps(sa.view(), designated=True, stale_since={}, deleting={old.spi_in}, now=0.0, grace=2.0)
+    assert [d.spi_in for d, _ in steps.delete] == [ours.spi_in]  # a DELETE asked for already is not repeated
