@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from meshsec.agent.adapters import follow, liveness, succession, udp
+from meshsec.agent.adapters.endpoints import Endpoint, Endpoints, bind_plan, pick
 from meshsec.agent.adapters.eventlog import SpiText, log_event
 from meshsec.agent.adapters.failclosed import strict
 from meshsec.agent.adapters.install import ChildInstaller, ChildKey, InstallError
@@ -87,13 +88,6 @@ EventCallback = Callable[[SaRecord, Event], None]
 Job = Callable[[], Awaitable[None]]
 
 
-@dataclass(slots=True)
-class _Endpoint:
-    sock: socket.socket
-    bound: Address
-    attached: bool = False  # 4500 handed to the data plane, which reads it
-
-
 class IkeAdapter:
     def __init__(
         self,
@@ -125,7 +119,7 @@ class IkeAdapter:
         # Failed closed, until their closing events are through (the record, for the callback).
         self._failed: dict[IkeSa, SaRecord | None] = {}
         self._handles = 0
-        self._endpoints: list[_Endpoint] = []
+        self._endpoints = Endpoints()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -144,27 +138,17 @@ class IkeAdapter:
         if self.installer is not None:
             self._traffic = self._loop.create_task(self._watch_traffic())
         try:
-            for host in dict.fromkeys(udp.canonical(h) for h in self.settings.bind):
-                for port in (self.settings.ike_port, NATT_PORT):
-                    sock = udp.open_udp_socket(host, port, self.settings.rcvbuf)
-                    self._endpoints.append(_Endpoint(sock, Address(host, port)))
-            share = self.dataplane is not None and self.dataplane.capabilities.udp_encapsulation
-            for ep in self._endpoints:
-                if ep.bound.port == NATT_PORT and share:
-                    assert self.dataplane is not None
-                    # ESP-in-UDP shares the port with IKE (RFC 3948); the data plane reads it.
-                    await self.dataplane.attach_encap_socket(ep.sock, self._from_dataplane)
-                    ep.attached = True
-                else:
-                    self._loop.add_reader(ep.sock.fileno(), self._readable, ep)
+            addresses = bind_plan(self.settings.bind, self.settings.ike_port)
+            await self._endpoints.open(addresses, self.settings.rcvbuf, self._loop, self._readable,
+                                       self.dataplane, self._from_dataplane)  # fmt: skip
         except BaseException:
             await self.close(graceful=False)
             raise
-        log.info("IKE listening on %s", ", ".join(str(ep.bound) for ep in self._endpoints))
+        log.info("IKE listening on %s", ", ".join(map(str, self.endpoints)))
 
     @property
     def endpoints(self) -> list[Address]:
-        return [ep.bound for ep in self._endpoints]
+        return [ep.bound for ep in self._endpoints.all]
 
     async def close(self, graceful: bool = True, timeout: float = 3.0) -> None:
         """With `graceful`, deletes every established IKE SA first (INFORMATIONAL DELETE) and
@@ -183,24 +167,19 @@ class IkeAdapter:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        for ep in self._endpoints:
-            if not ep.attached and self._loop is not None:
-                with contextlib.suppress(Exception):
-                    self._loop.remove_reader(ep.sock.fileno())
+        if self._loop is not None:
+            self._endpoints.stop_reading(self._loop)
         for task in (self._traffic, self._worker):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        for ep in self._endpoints:
-            if not ep.attached:
-                ep.sock.close()
+        self._endpoints.close_unattached()
         self._raise_strict_failure()
 
     def close_sockets(self) -> None:
         """Closes also the sockets lent to the data plane (call after the data plane stopped)."""
-        for ep in self._endpoints:
-            ep.sock.close()
+        self._endpoints.close_all()
 
     async def _drain_work(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -310,7 +289,7 @@ class IkeAdapter:
 
     # ------------------------------------------------------------------ input
 
-    def _readable(self, ep: _Endpoint) -> None:
+    def _readable(self, ep: Endpoint) -> None:
         for _ in range(READ_BATCH):
             try:
                 got = udp.receive(ep.sock, ep.bound)
@@ -468,7 +447,7 @@ class IkeAdapter:
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _send(self, d: OutgoingDatagram) -> None:
-        ep = self._endpoint_for(d.local)
+        ep = pick(self._endpoints.all, d.local)
         if ep is None:
             self.stats["dropped_no_socket"] += 1
             log.warning("no socket to send from %s", d.local)
@@ -480,18 +459,6 @@ class IkeAdapter:
             log.debug("send %s -> %s: %s", d.local, d.remote, exc)
             return
         self.stats["natt_keepalives_sent" if d.keepalive else "datagrams_sent"] += 1
-
-    def _endpoint_for(self, local: Address) -> _Endpoint | None:
-        v6 = ":" in local.host
-        wildcard = None
-        for ep in self._endpoints:
-            if ep.bound.port != local.port or (":" in ep.bound.host) != v6:
-                continue
-            if ep.bound.host == local.host:
-                return ep
-            if udp.is_wildcard(ep.bound.host):
-                wildcard = ep
-        return wildcard
 
     # ------------------------------------------------------------------ failing closed
 

@@ -5,7 +5,10 @@ document (status.py)."""
 
 from __future__ import annotations
 
-from meshsec.agent.adapters import follow, liveness, runtime, succession
+import contextlib
+import socket
+
+from meshsec.agent.adapters import endpoints, follow, liveness, runtime, succession
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
 from meshsec.agent.adapters.install import ChildKey
 from meshsec.agent.adapters.recording import RecordingDataPlane
@@ -140,3 +143,19 @@ async def test_the_runtime_views_an_sa_and_ignores_commands_that_no_longer_apply
         assert [r.outcome for r in adapter.history] == ["deleted"]
     finally:
         await adapter.close(graceful=False)
+
+
+def test_a_datagram_leaves_by_the_socket_bound_to_its_address_else_a_wildcard_one() -> None:
+    assert endpoints.bind_plan(["0.0.0.0", "0:0::0", "::"], 500) == [
+        Address("0.0.0.0", 500), Address("0.0.0.0", 4500), Address("::", 500), Address("::", 4500)
+    ]  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) for _ in range(3)]
+        exact = endpoints.Endpoint(sockets[0], Address("198.18.60.1", 4500))
+        wild = endpoints.Endpoint(sockets[1], Address("0.0.0.0", 4500))
+        ike = endpoints.Endpoint(sockets[2], Address("0.0.0.0", 500))
+        all_ = [wild, exact, ike]
+        assert endpoints.pick(all_, Address("198.18.60.1", 4500)) is exact
+        assert endpoints.pick(all_, Address("198.18.60.9", 4500)) is wild
+        assert endpoints.pick(all_, Address("198.18.60.1", 500)) is ike
+        assert endpoints.pick(all_, Address("2001:db8::1", 500)) is None  # no IPv6 socket
