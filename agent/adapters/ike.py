@@ -7,10 +7,12 @@ one loop timer is re-armed for the table's earliest deadline. The table only loo
 pending output, so the cost of a datagram does not grow with the number of SAs.
 
 Data-plane calls are async and run strictly in event order on one worker task, so a CHILD_SA is
-never removed before it was installed. The decisions about them live in small pure modules:
-which reqid a new CHILD_SA shares and whether its outbound SA waits (succession.py), which
-CHILD_SAs follow a moved IKE SA (follow.py), when inbound counters are read as proof of life
-(liveness.py), the status document (status.py).
+never removed before it was installed; which pair a new CHILD_SA succeeds (and so its reqid,
+and whether its outbound SA waits) is the engine's word (`replaces`, `outbound_active`,
+ChildSaRekeyed). The adapter's own decisions live in small pure modules: which CHILD_SAs
+follow a moved IKE SA (follow.py), when inbound counters are read as proof of life
+(liveness.py), which socket a datagram leaves by (endpoints.py), the status document
+(status.py).
 
 Fail closed: an unexpected exception while handling one IKE SA fails that SA (its data-plane
 state removed, one log line with the traceback, counted as `sa_failed_closed`) and the adapter
@@ -29,7 +31,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
-from meshsec.agent.adapters import follow, liveness, succession, udp
+from meshsec.agent.adapters import follow, liveness, udp
 from meshsec.agent.adapters.endpoints import Endpoint, Endpoints, bind_plan, pick
 from meshsec.agent.adapters.eventlog import SpiText, log_event
 from meshsec.agent.adapters.failclosed import strict
@@ -226,13 +228,13 @@ class IkeAdapter:
         self._pump()
         return record
 
-    def replace_child(self, record: SaRecord, config: ChildConfig) -> None:
-        """A CHILD_SA with a changed configuration (selectors, proposals, mode, lifetimes) on the
-        established IKE SA, make-before-break: the new pair shares the reqid of the same-named
-        one it replaces, so traffic on selectors both have keeps flowing; the caller deletes
-        the old pair once the new one is installed (`ChildRecord.installed`)."""
+    def replace_child(self, record: SaRecord, spi_in: int, config: ChildConfig) -> None:
+        """Replaces CHILD_SA `spi_in` by one with a changed configuration (selectors, proposals,
+        mode, lifetimes) on the established IKE SA, make-before-break, by the engine's rules
+        for a rekey: the new pair `replaces` it (same reqid, so traffic on selectors both have
+        keeps flowing), outbound moves with ChildSaRekeyed, the old pair is deleted."""
         record.replacing.add(config.name)
-        record.sa.create_child(config, self.now())
+        record.sa.replace_child(spi_in, config, self.now())
         self._pump()
 
     def reconfigure(self, record: SaRecord, config: IkeConfig) -> None:
@@ -517,7 +519,6 @@ class IkeAdapter:
             record.established, record.established_at = ev, time.time()
         elif isinstance(ev, ChildSaEstablished):
             child = ChildRecord(ev, sa.local, sa.remote)
-            child.holds_for = succession.held_for(ev, record.children, record.replacing)
             record.replacing.discard(ev.name)
             record.children[ev.spi_in] = child
             if self.installer is not None:
@@ -525,14 +526,11 @@ class IkeAdapter:
         elif isinstance(ev, ChildSaDeleted):
             record.children.pop(ev.spi_in, None)
             if self.installer is not None:
-                installer = self.installer
-                for spi in succession.released_by(ev.spi_in, record.children):
-                    record.children[spi].holds_for = None
-                    held: ChildKey = (sa.local.host, ev.protocol, spi)
-                    self._queue_work(record, functools.partial(self._activate, installer, held))
                 key: ChildKey = (sa.local.host, ev.protocol, ev.spi_in)
-                self._queue_work(record, functools.partial(self._remove, installer, key))
+                self._queue_work(record, functools.partial(self._remove, self.installer, key))
         elif isinstance(ev, ChildSaRekeyed):
+            if (successor := record.children.get(ev.new_spi_in)) is not None:
+                successor.outbound_live = True
             if self.installer is not None:
                 new_key: ChildKey = (sa.local.host, ev.protocol, ev.new_spi_in)
                 self._queue_work(record, functools.partial(self._activate, self.installer, new_key))
@@ -608,11 +606,12 @@ class IkeAdapter:
         ev = child.event
         if ev.spi_in not in record.children:
             return  # deleted again before we got to it
-        reqid = succession.shared_reqid(child, record.children, self.installer.reqid_of)
-        outbound = ev.outbound_active and child.holds_for is None
+        # A rekey or a replacement shares the reqid of the pair it `replaces`: both then match
+        # the same policies and traffic keeps flowing while outbound moves over.
+        reqid = self.installer.reqid_of((child.local.host, ev.protocol, ev.replaces)) if ev.replaces else None
         try:
             await self.installer.install(
-                ev, child.local, child.remote, reqid=reqid, outbound=outbound, tunnel=record.name
+                ev, child.local, child.remote, reqid=reqid, outbound=ev.outbound_active, tunnel=record.name
             )
         except (DataPlaneError, InstallError) as exc:
             child.install_error = str(exc)
@@ -623,6 +622,7 @@ class IkeAdapter:
                 self._pump()
             return
         child.installed = True
+        child.outbound_live = child.outbound_live or ev.outbound_active
 
     async def _activate(self, installer: ChildInstaller, key: ChildKey) -> None:
         try:

@@ -17,9 +17,9 @@ class ChildRecord:
     remote: Address
     installed: bool = False
     install_error: str | None = None
-    # A CHILD_SA the peer made to replace our same-named `holds_for` (a changed configuration):
-    # its outbound SA waits until the old pair is deleted, as for a rekey we answered.
-    holds_for: int | None = None
+    # Its outbound SA carries traffic: at once, or (the successor of a rekey or replacement
+    # we answered) from the engine's ChildSaRekeyed on.
+    outbound_live: bool = False
     packets_in: int = 0  # inbound packet counter at the last traffic check
 
     @property

@@ -61,7 +61,7 @@ def _child_view(record: SaRecord, child: ChildSa) -> ChildView:
         name=child.name,
         config=child.config,
         phase=_CHILD_PHASE[child.state],
-        ready=known is not None and known.installed and known.holds_for is None,
+        ready=known is not None and known.installed and known.outbound_live,
         event=known.event if known is not None else None,
     )
 
@@ -99,10 +99,13 @@ class AdapterRuntime:
         if record is not None and child is not None and child.state is ChildState.INSTALLED:
             self.adapter.delete_child(record, spi_in)
 
-    def replace_child(self, sa: SaHandle, config: ChildConfig) -> None:
+    def replace_child(self, sa: SaHandle, spi_in: int, config: ChildConfig) -> None:
         record = self._live(sa)
-        if record is not None and config.name not in record.replacing:
-            self.adapter.replace_child(record, config)
+        child = record.sa.children.get(spi_in) if record is not None else None
+        if record is None or child is None or child.state is not ChildState.INSTALLED:
+            return
+        if config.name not in record.replacing:
+            self.adapter.replace_child(record, spi_in, config)
 
     def reconfigure(self, sa: SaHandle, config: IkeConfig) -> None:
         if (record := self._live(sa)) is not None:

@@ -65,8 +65,8 @@ def duplicates_to_delete(
 class ChildSteps:
     """What to do about the CHILD_SAs of one established IKE SA."""
 
-    delete: list[tuple[ChildView, ChildView]] = field(default_factory=list)  # (doomed, kept)
-    replace: list[ChildConfig] = field(default_factory=list)
+    delete: list[tuple[ChildView, ChildView]] = field(default_factory=list)  # (stale, its successor)
+    replace: list[tuple[ChildView, ChildConfig]] = field(default_factory=list)  # (stale, new config)
     wait: float | None = None  # seconds until a held-back replacement is due
 
 
@@ -79,30 +79,29 @@ def child_steps(
     now: float,
     grace: float,
 ) -> ChildSteps:
-    """CHILD_SAs negotiated with an older config of their name are replaced make-before-break:
-    a new one is asked for, and the old one deleted once the new one carries traffic. The
-    designated initiator does that at once, the other end only after `grace` (the peer
+    """A CHILD_SA negotiated with an older config of its name is replaced (the engine's
+    `replace_child`: make-before-break, the old pair deleted once the new one carries traffic).
+    The designated initiator asks at once, the other end only after `grace` (the peer
     negotiated before this end had the change; acting at once would race the peer's own
-    replacement). Should both ends replace it at once, both keep the pair with the lowest SPI.
+    replacement, and crossing replacements are the engine's 2.8.1 collision). A stale pair
+    that still carries traffic next to a current one the engine did not link to it is deleted.
     `stale_since` (name -> when first seen stale) is updated; `deleting`: inbound SPIs whose
     DELETE we asked for already."""
     steps = ChildSteps()
     in_flight = sa.child_exchange_in_flight
     for cfg in sa.config.children:
-        mine = [c for c in sa.children if c.name == cfg.name]
+        mine = [c for c in sa.children if c.name == cfg.name and c.phase is not ChildPhase.RETIRING]
         stale = [c for c in mine if c.config != cfg]
-        # Not a rekey's loser or predecessor, installed and carrying outbound traffic.
-        ready = [c for c in mine if c.config == cfg and c.phase is ChildPhase.ACTIVE and c.ready]
-        if ready:  # the new pair carries the traffic: the old one can go
-            keep = min(ready, key=lambda c: (min(c.spi_in, c.spi_out), max(c.spi_in, c.spi_out)))
-            doomed = [*stale, *(c for c in ready if c is not keep)]
+        current = [c for c in mine if c.config == cfg]
+        ready = [c for c in current if c.phase is ChildPhase.ACTIVE and c.ready]
+        if ready:
             steps.delete += [
-                (c, keep) for c in doomed if c.phase is ChildPhase.ACTIVE and c.spi_in not in deleting
+                (c, ready[0]) for c in stale if c.phase is ChildPhase.ACTIVE and c.spi_in not in deleting
             ]
         if not stale:
             stale_since.pop(cfg.name, None)
             continue
-        if ready or len(stale) < len(mine) or cfg.name in sa.replacing:
+        if current or cfg.name in sa.replacing:
             continue  # the new one is on its way (or held until the peer deletes the old one)
         if in_flight:  # one CREATE_CHILD_SA at a time; the next pass asks for the next one
             continue
@@ -111,6 +110,8 @@ def child_steps(
             due = since + grace - now
             steps.wait = due if steps.wait is None else min(steps.wait, due)
             continue
-        steps.replace.append(cfg)
-        in_flight = True
+        active = [c for c in stale if c.phase is ChildPhase.ACTIVE]
+        if active:
+            steps.replace.append((active[0], cfg))
+            in_flight = True
     return steps

@@ -33,7 +33,7 @@ class ChildView:
     name: str
     config: ChildConfig | None  # what it was negotiated with
     phase: ChildPhase
-    # Installed in the data plane with outbound traffic on it: a replacement is complete.
+    # Installed in the data plane with outbound traffic on it.
     ready: bool
     event: ChildSaEstablished | None = None  # its negotiated parameters, for status
 
@@ -104,8 +104,9 @@ class IkeRuntime(Protocol):
 
     def delete_child(self, sa: SaHandle, spi_in: int) -> None: ...
 
-    def replace_child(self, sa: SaHandle, config: ChildConfig) -> None:
-        """A new CHILD_SA for `config`, make-before-break with the same-named one."""
+    def replace_child(self, sa: SaHandle, spi_in: int, config: ChildConfig) -> None:
+        """CHILD_SA `spi_in` replaced by one negotiated with `config`, make-before-break (the
+        engine moves traffic over and deletes the old pair)."""
         ...
 
     def reconfigure(self, sa: SaHandle, config: IkeConfig) -> None:

@@ -10,14 +10,14 @@ an exception in one tunnel requeues only that tunnel, with back-off. The rules (
 - an IKE SA whose tunnel is gone, or whose tunnel's IKE part changed, is deleted (INFORMATIONAL
   DELETE);
 - a change of the CHILD_SA part only (selectors, ESP proposals, mode, lifetimes) keeps the IKE SA:
-  the runtime takes the new config, and each changed CHILD_SA is replaced make-before-break (a
-  new one by CREATE_CHILD_SA, sharing the old one's reqid in the data plane, then the old one
-  deleted). The designated initiator does that; the other end only if a changed CHILD_SA is
-  still there after CHILD_GRACE (the peer negotiated before this end had the change, so the
-  CHILD_SA still has the old selectors; acting at once would race the peer's own replacement
-  whenever both get the change together, and a duplicate pair costs packets to delete);
-  should both ends replace it at once, both keep the same new pair (the one with the lowest
-  SPI) and delete the other;
+  the runtime takes the new config, and each changed CHILD_SA is replaced by the engine's
+  `replace_child`, make-before-break (a new one by CREATE_CHILD_SA, sharing the old one's reqid
+  in the data plane; outbound moves over, then the engine deletes the old one). The designated
+  initiator asks for that; the other end only if a changed CHILD_SA is still there after
+  CHILD_GRACE (the peer negotiated before this end had the change, so the CHILD_SA still has
+  the old selectors; acting at once would race the peer's own replacement whenever both get
+  the change together). Should both ends replace it at once, the engine settles the collision
+  (RFC 7296 2.8.1);
 - a tunnel without IKE SA is initiated by its designated initiator (DesiredTunnel.initiator),
   with per-tunnel back-off and jitter, trying the remote endpoints in turn; the other end
   initiates too, but only after `responder_grace` without any SA (the designated initiator may be
@@ -417,7 +417,7 @@ class Reconciler:
         self.changed.set()
 
     def _converge_children(self, p: TunnelPlan, rt: TunnelRuntime, sa: SaView, now: float) -> float | None:
-        """Replaces CHILD_SAs negotiated with an older config of their name, make-before-break;
+        """Replaces CHILD_SAs negotiated with an older config of their name (convergence.py);
         returns the seconds until a held-back replacement is due."""
         rt.child_deletes &= {c.spi_in for c in sa.children}
         steps = child_steps(
@@ -433,8 +433,8 @@ class Reconciler:
                      p.tunnel_id, doomed.name, doomed.spi_in, kept.spi_in)  # fmt: skip
             rt.child_deletes.add(doomed.spi_in)
             self.ike.delete_child(sa.handle, doomed.spi_in)
-        for cfg in steps.replace:
-            log.info("%s: replacing CHILD_SA %s on IKE SA %s (configuration changed)",
-                     p.tunnel_id, cfg.name, sa.local_spi.hex())  # fmt: skip
-            self.ike.replace_child(sa.handle, cfg)
+        for stale, cfg in steps.replace:
+            log.info("%s: replacing CHILD_SA %s %08x_i on IKE SA %s (configuration changed)",
+                     p.tunnel_id, cfg.name, stale.spi_in, sa.local_spi.hex())  # fmt: skip
+            self.ike.replace_child(sa.handle, stale.spi_in, cfg)
         return steps.wait

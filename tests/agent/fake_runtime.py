@@ -1,7 +1,8 @@
 """A fake IKE runtime (agent/node/ike_port.py's `IkeRuntime`) and a fake clock, for reconciler
 tests without sockets, engines or sleeps. The fake holds SAs as plain records the test puts in
 and moves along; every command the reconciler issues is recorded in `calls` and applied the
-way the real adapter would (a DELETE moves the SA to DELETING, a replacement adds a CHILD_SA)."""
+way the real adapter would (a DELETE moves the SA to DELETING, a replacement is on its way
+until the test completes it with `finish_replacement`)."""
 
 from __future__ import annotations
 
@@ -105,8 +106,8 @@ class FakeRuntime:
         s.children = [dataclasses.replace(c, phase=ChildPhase.RETIRING) if c.spi_in == spi_in else c
                       for c in s.children]  # fmt: skip
 
-    def replace_child(self, sa: SaHandle, config: ChildConfig) -> None:
-        self.calls.append(("replace_child", sa, config.name))
+    def replace_child(self, sa: SaHandle, spi_in: int, config: ChildConfig) -> None:
+        self.calls.append(("replace_child", sa, spi_in, config.name))
         s = self.live[sa]
         s.replacing.add(config.name)
         s.child_exchange_in_flight = True
@@ -120,9 +121,13 @@ class FakeRuntime:
 
     # ------------------------------------------------------------------ the test moves SAs along
 
-    def finish_replacement(self, sa: FakeSa, config: ChildConfig) -> ChildView:
-        """The CREATE_CHILD_SA for `config` completed and the new pair is installed."""
+    def finish_replacement(self, sa: FakeSa, old: ChildView, config: ChildConfig) -> ChildView:
+        """The engine's replacement of `old` completed: the new pair is installed and carries
+        traffic, the old one is being deleted."""
         new = self.child(config)
+        sa.children = [
+            dataclasses.replace(c, phase=ChildPhase.RETIRING) if c == old else c for c in sa.children
+        ]
         sa.children.append(new)
         sa.replacing.discard(config.name)
         sa.child_exchange_in_flight = False

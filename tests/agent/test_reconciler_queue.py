@@ -128,7 +128,7 @@ async def test_duplicate_sas_keep_the_designated_initiators(ike: FakeRuntime, cl
     assert theirs.phase is SaPhase.ESTABLISHED
 
 
-async def test_a_child_only_change_replaces_the_child_make_before_break(
+async def test_a_child_only_change_replaces_the_child_and_keeps_the_ike_sa(
     ike: FakeRuntime, clock: FakeClock
 ) -> None:
     t = tunnel("t1")
@@ -139,16 +139,35 @@ async def test_a_child_only_change_replaces_the_child_make_before_break(
     t.children[0].remote_ts[0].cidr = "198.19.3.0/24"
     desire(r, t, version=2)
     await r.process()
-    assert ike.calls == [("reconfigure", sa.handle), ("replace_child", sa.handle, "mesh")]
+    assert ike.calls == [("reconfigure", sa.handle), ("replace_child", sa.handle, old.spi_in, "mesh")]
     await r.reconcile()
-    assert ike.calls.count(("replace_child", sa.handle, "mesh")) == 1  # on its way: not asked again
-    new = ike.finish_replacement(sa, sa.config.children[0])
+    assert len(ike.calls) == 2  # on its way: not asked again, and the IKE SA stays
+    ike.finish_replacement(sa, old, sa.config.children[0])
     await r.reconcile()
-    assert ike.calls[-1] == ("delete_child", sa.handle, old.spi_in)
+    assert len(ike.calls) == 2  # the engine deletes the old pair: nothing left to do
+    assert r.reconciled_version == 2
+
+
+async def test_a_stale_pair_the_engine_did_not_link_is_deleted_once_a_current_one_carries_traffic(
+    ike: FakeRuntime, clock: FakeClock
+) -> None:
+    t = tunnel("t1")
+    r = reconciler(ike, clock)
+    desire(r, t)
+    sa = ike.add(r.plans["t1"].ike)
+    (old,) = sa.children
+    t.children[0].remote_ts[0].cidr = "198.19.3.0/24"
+    desire(r, t, version=2)
+    sa.config = r.plans["t1"].ike
+    current = ike.child(sa.config.children[0], ready=False)  # installing, outbound not live yet
+    sa.children.append(current)
+    await r.process()
+    assert ike.calls == []  # neither replaced again nor deleted while the new pair is not ready
+    sa.children[-1] = dataclasses.replace(current, ready=True)
+    await r.reconcile()
+    assert ike.calls == [("delete_child", sa.handle, old.spi_in)]
     await r.reconcile()
     assert ike.calls.count(("delete_child", sa.handle, old.spi_in)) == 1
-    assert [c.phase for c in sa.children] == [ChildPhase.RETIRING, ChildPhase.ACTIVE]
-    assert sa.children[1] == new
 
 
 async def test_the_other_end_replaces_a_changed_child_only_after_the_grace(
@@ -165,7 +184,7 @@ async def test_the_other_end_replaces_a_changed_child_only_after_the_grace(
     assert r.queue.next_due() == pytest.approx(clock() + CHILD_GRACE)  # requeued for the grace's end
     clock.advance(CHILD_GRACE)
     await r.process()
-    assert ike.calls[-1] == ("replace_child", sa.handle, "mesh")
+    assert ike.calls[-1] == ("replace_child", sa.handle, sa.children[0].spi_in, "mesh")
 
 
 async def test_one_tunnels_exception_requeues_only_that_tunnel_with_back_off(
@@ -294,19 +313,15 @@ def test_the_work_queue_keeps_a_key_once_at_its_earliest_time() -> None:
     assert q.failed("b", now=0.0) == 1.0
 
 
-def test_when_both_ends_replaced_a_child_both_keep_the_pair_with_the_lowest_spi(ike: FakeRuntime) -> None:
+def test_crossing_replacements_are_left_to_the_engine(ike: FakeRuntime) -> None:
+    """Two current pairs of one name (both ends replaced at once): the engine's collision
+    rules delete the loser; the reconciler deleting one too could hit the winner."""
     t = tunnel("t1")
-    config = plan(t, None).ike
-    sa = ike.add(config)
+    sa = ike.add(plan(t, None).ike)
     (old,) = sa.children
     t.children[0].remote_ts[0].cidr = "198.19.3.0/24"
-    new_config = plan(t, None).ike
-    sa.config = new_config
-    ours, theirs = ike.child(new_config.children[0]), ike.child(new_config.children[0])
-    theirs = dataclasses.replace(theirs, spi_in=0x10, spi_out=0x11)  # the lowest SPI of all
-    sa.children += [ours, theirs]
+    sa.config = plan(t, None).ike
+    ours, theirs = ike.child(sa.config.children[0]), ike.child(sa.config.children[0])
+    sa.children = [dataclasses.replace(old, phase=ChildPhase.RETIRING), ours, theirs]
     steps = child_steps(sa.view(), designated=True, stale_since={}, deleting=set(), now=0.0, grace=2.0)
-    assert [(d.spi_in, k.spi_in) for d, k in steps.delete] == [(old.spi_in, 0x10), (ours.spi_in, 0x10)]
-    assert steps.replace == [] and steps.wait is None
-    steps = child_steps(sa.view(), designated=True, stale_since={}, deleting={old.spi_in}, now=0.0, grace=2.0)
-    assert [d.spi_in for d, _ in steps.delete] == [ours.spi_in]  # a DELETE asked for already is not repeated
+    assert steps.delete == [] and steps.replace == [] and steps.wait is None

@@ -1,16 +1,15 @@
-"""The adapter's decisions, pure and without sockets: which reqid a new CHILD_SA shares and
-whether its outbound SA waits (succession.py), which CHILD_SAs follow a moved IKE SA
-(follow.py), when inbound counters are read as proof of life (liveness.py), and the status
-document (status.py)."""
+"""The adapter's decisions, pure and without sockets: which CHILD_SAs follow a moved IKE SA
+(follow.py), when inbound counters are read as proof of life (liveness.py), which socket a
+datagram leaves by (endpoints.py), the status document (status.py), and the runtime's view
+of a real adapter (runtime.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 
-from meshsec.agent.adapters import endpoints, follow, liveness, runtime, succession
+from meshsec.agent.adapters import endpoints, follow, liveness, runtime
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
-from meshsec.agent.adapters.install import ChildKey
 from meshsec.agent.adapters.recording import RecordingDataPlane
 from meshsec.agent.adapters.records import ChildRecord, SaRecord
 from meshsec.agent.adapters.status import child_status, closed_status, sa_status
@@ -28,38 +27,6 @@ LOCAL, REMOTE = Address("198.18.60.1", 500), Address("198.18.60.2", 500)
 
 def child(spi_in: int, *, name: str = "net", installed: bool = True, **kw: object) -> ChildRecord:
     return ChildRecord(event(spi_in=spi_in, name=name, **kw), LOCAL, REMOTE, installed=installed)
-
-
-def test_a_rekey_shares_its_predecessors_reqid() -> None:
-    old = child(0xC1)
-    new = child(0xC2, replaces=0xC1)
-    reqids: dict[ChildKey, int] = {old.key: 7}
-    assert succession.shared_reqid(new, {0xC1: old, 0xC2: new}, reqids.get) == 7
-
-
-def test_a_changed_configuration_shares_the_installed_same_named_pairs_reqid() -> None:
-    old, other = child(0xC1), child(0xC3, name="other")
-    new = child(0xC2, installed=False)
-    reqids: dict[ChildKey, int] = {old.key: 7, other.key: 9}
-    children = {0xC3: other, 0xC1: old, 0xC2: new}
-    assert succession.shared_reqid(new, children, reqids.get) == 7
-    old.installed = False  # nothing installed to share with: a fresh reqid
-    assert succession.shared_reqid(new, children, reqids.get) is None
-
-
-def test_a_replacement_the_peer_made_waits_for_the_old_pairs_delete() -> None:
-    old = child(0xC1)
-    ours = event(spi_in=0xC2)
-    assert succession.held_for(ours, {0xC1: old}, replacing=()) == 0xC1  # the peer's replacement
-    assert succession.held_for(ours, {0xC1: old}, replacing=("net",)) is None  # we asked for it
-    assert (
-        succession.held_for(event(spi_in=0xC2, replaces=0xC1), {0xC1: old}, replacing=()) is None
-    )  # a rekey
-    assert succession.held_for(event(spi_in=0xC2, name="new"), {0xC1: old}, replacing=()) is None
-    held = child(0xC2)
-    held.holds_for = 0xC1
-    assert succession.released_by(0xC1, {0xC2: held, 0xC3: child(0xC3)}) == [0xC2]
-    assert succession.released_by(0xC9, {0xC2: held}) == []
 
 
 def test_children_left_behind_by_a_moved_ike_sa() -> None:
