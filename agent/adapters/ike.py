@@ -7,12 +7,16 @@ one loop timer is re-armed for the table's earliest deadline. The table only loo
 pending output, so the cost of a datagram does not grow with the number of SAs.
 
 Data-plane calls are async and run strictly in event order on one worker task, so a CHILD_SA is
-never removed before it was installed.
+never removed before it was installed; which pair a new CHILD_SA succeeds (and so its reqid,
+and whether its outbound SA waits) is the engine's word (`replaces`, `outbound_active`,
+ChildSaRekeyed). The adapter's own decisions live in small pure modules: which CHILD_SAs
+follow a moved IKE SA (follow.py), when inbound counters are read as proof of life
+(liveness.py), which socket a datagram leaves by (endpoints.py), the status document
+(status.py).
 
-Inbound ESP is proof of life (RFC 7296 2.4: a liveness check is needed only when nothing came
-from the peer): once half an IKE SA's DPD delay passed without a sign of life its inbound
-CHILD_SA counters are read, and when they moved the engine hears `traffic_seen`, which
-postpones its DPD probe. While traffic flows that is twice per DPD delay, never per packet."""
+Fail closed: an unexpected exception while handling one IKE SA fails that SA (its data-plane
+state removed, one log line with the traceback, counted as `sa_failed_closed`) and the adapter
+goes on; in strict mode (failclosed.py) it is raised too."""
 
 from __future__ import annotations
 
@@ -24,13 +28,17 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
-from meshsec.agent.adapters import udp
+from meshsec.agent.adapters import follow, liveness, udp
+from meshsec.agent.adapters.endpoints import Endpoint, Endpoints, bind_plan, pick
+from meshsec.agent.adapters.eventlog import SpiText, log_event
+from meshsec.agent.adapters.failclosed import strict
 from meshsec.agent.adapters.install import ChildInstaller, ChildKey, InstallError
-from meshsec.agent.adapters.names import algorithm_dict, algorithm_text, protocol_name
-from meshsec.agent.adapters.spi import SpiReserver, SpiStock
+from meshsec.agent.adapters.records import ChildRecord, SaRecord
+from meshsec.agent.adapters.spi import SpiReserver
+from meshsec.agent.adapters.status import closed_status, counters_doc, sa_status
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, SaId
 from meshsec.agent.ike import (
     Address,
@@ -47,9 +55,7 @@ from meshsec.agent.ike import (
     IkeSaFailed,
     IkeSaRekeyed,
     IkeSaTable,
-    InitialContactReceived,
     OutgoingDatagram,
-    PeerDead,
     Random,
     Responder,
     ResponderSettings,
@@ -62,12 +68,14 @@ from meshsec.agent.ike.constants import IKE_HEADER_LEN, NATT_PORT, ProtocolId
 from meshsec.agent.ike.parse import ParseError, parse_header
 from meshsec.agent.ike.responder import ConfigLookup
 
+__all__ = ["AdapterSettings", "ChildRecord", "EventCallback", "IkeAdapter", "SaRecord", "source_address_for"]
+
 log = logging.getLogger(__name__)
 
 DEFAULT_RCVBUF = 4 * 1024 * 1024
 READ_BATCH = 64  # datagrams per readiness callback, so one busy socket cannot starve the others
 HISTORY = 64  # closed IKE SAs kept for status
-TRAFFIC_SCAN_MAX = 0.5  # seconds: at most this long until a new IKE SA's first counter read is planned
+FAILED_CLOSED = "failed: internal error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,46 +86,8 @@ class AdapterSettings:
     responder: ResponderSettings = field(default_factory=ResponderSettings)
 
 
-@dataclass(slots=True)
-class ChildRecord:
-    event: ChildSaEstablished
-    local: Address
-    remote: Address
-    installed: bool = False
-    install_error: str | None = None
-    # A CHILD_SA the peer made to replace our same-named `holds_for` (a changed configuration):
-    # its outbound SA waits until the old pair is deleted, as for a rekey we answered.
-    holds_for: int | None = None
-    packets_in: int = 0  # inbound packet counter at the last traffic check
-
-
-@dataclass(slots=True)
-class SaRecord:
-    """What the adapter knows about one IKE SA beyond the engine object: for status and logs."""
-
-    sa: IkeSa
-    stock: SpiStock | None
-    created: float  # wall clock, for display
-    established: IkeSaEstablished | None = None
-    established_at: float | None = None
-    children: dict[int, ChildRecord] = field(default_factory=dict)  # by inbound SPI
-    outcome: str | None = None  # set when closed: "deleted", "deleted by peer", "failed: ..."
-    replacing: set[str] = field(default_factory=set)  # children we asked to replace (`replace_child`)
-    traffic_checked_at: float = float("-inf")  # loop time of the last read of inbound counters
-
-    @property
-    def name(self) -> str:
-        return self.sa.config.name
-
-
 EventCallback = Callable[[SaRecord, Event], None]
-
-
-@dataclass(slots=True)
-class _Endpoint:
-    sock: socket.socket
-    bound: Address
-    attached: bool = False  # 4500 handed to the data plane, which reads it
+Job = Callable[[], Awaitable[None]]
 
 
 class IkeAdapter:
@@ -142,16 +112,21 @@ class IkeAdapter:
         self.table = IkeSaTable(self.responder)
         self.stats: Counter[str] = Counter()
         self.records: dict[IkeSa, SaRecord] = {}
+        self.by_handle: dict[int, SaRecord] = {}
         self.history: deque[SaRecord] = deque(maxlen=HISTORY)
         self.installer = ChildInstaller(dataplane) if dataplane is not None else None
         self.spis = SpiReserver(dataplane, self.rnd) if dataplane is not None else None
+        self.strict_failure: BaseException | None = None  # raised in a task in strict mode
         self._by_spi: dict[bytes, IkeSa] = {}
-        self._endpoints: list[_Endpoint] = []
+        # Failed closed, until their closing events are through (the record, for the callback).
+        self._failed: dict[IkeSa, SaRecord | None] = {}
+        self._handles = 0
+        self._endpoints = Endpoints()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._work: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        self._work: asyncio.Queue[tuple[SaRecord | None, Job]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._traffic: asyncio.Task[None] | None = None
         self._closed = False
@@ -165,27 +140,17 @@ class IkeAdapter:
         if self.installer is not None:
             self._traffic = self._loop.create_task(self._watch_traffic())
         try:
-            for host in dict.fromkeys(udp.canonical(h) for h in self.settings.bind):
-                for port in (self.settings.ike_port, NATT_PORT):
-                    sock = udp.open_udp_socket(host, port, self.settings.rcvbuf)
-                    self._endpoints.append(_Endpoint(sock, Address(host, port)))
-            share = self.dataplane is not None and self.dataplane.capabilities.udp_encapsulation
-            for ep in self._endpoints:
-                if ep.bound.port == NATT_PORT and share:
-                    assert self.dataplane is not None
-                    # ESP-in-UDP shares the port with IKE (RFC 3948); the data plane reads it.
-                    await self.dataplane.attach_encap_socket(ep.sock, self._from_dataplane)
-                    ep.attached = True
-                else:
-                    self._loop.add_reader(ep.sock.fileno(), self._readable, ep)
+            addresses = bind_plan(self.settings.bind, self.settings.ike_port)
+            await self._endpoints.open(addresses, self.settings.rcvbuf, self._loop, self._readable,
+                                       self.dataplane, self._from_dataplane)  # fmt: skip
         except BaseException:
             await self.close(graceful=False)
             raise
-        log.info("IKE listening on %s", ", ".join(str(ep.bound) for ep in self._endpoints))
+        log.info("IKE listening on %s", ", ".join(map(str, self.endpoints)))
 
     @property
     def endpoints(self) -> list[Address]:
-        return [ep.bound for ep in self._endpoints]
+        return [ep.bound for ep in self._endpoints.all]
 
     async def close(self, graceful: bool = True, timeout: float = 3.0) -> None:
         """With `graceful`, deletes every established IKE SA first (INFORMATIONAL DELETE) and
@@ -204,23 +169,19 @@ class IkeAdapter:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        for ep in self._endpoints:
-            if not ep.attached and self._loop is not None:
-                with contextlib.suppress(Exception):
-                    self._loop.remove_reader(ep.sock.fileno())
+        if self._loop is not None:
+            self._endpoints.stop_reading(self._loop)
         for task in (self._traffic, self._worker):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        for ep in self._endpoints:
-            if not ep.attached:
-                ep.sock.close()
+        self._endpoints.close_unattached()
+        self._raise_strict_failure()
 
     def close_sockets(self) -> None:
         """Closes also the sockets lent to the data plane (call after the data plane stopped)."""
-        for ep in self._endpoints:
-            ep.sock.close()
+        self._endpoints.close_all()
 
     async def _drain_work(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -231,6 +192,12 @@ class IkeAdapter:
     async def settle(self, timeout: float = 5.0) -> None:
         """Waits until queued data-plane work is done (tests and status use it)."""
         await self._drain_work(timeout)
+        self._raise_strict_failure()
+
+    def _raise_strict_failure(self) -> None:
+        failure, self.strict_failure = self.strict_failure, None
+        if failure is not None:
+            raise failure
 
     # ------------------------------------------------------------------ API
 
@@ -261,14 +228,19 @@ class IkeAdapter:
         self._pump()
         return record
 
-    def replace_child(self, record: SaRecord, config: ChildConfig) -> None:
-        """A CHILD_SA with a changed configuration (selectors, proposals, mode, lifetimes) on the
-        established IKE SA, make-before-break: the new pair shares the reqid of the same-named
-        one it replaces, so traffic on selectors both have keeps flowing; the caller deletes
-        the old pair once the new one is installed (`ChildRecord.installed`)."""
+    def replace_child(self, record: SaRecord, spi_in: int, config: ChildConfig) -> None:
+        """Replaces CHILD_SA `spi_in` by one with a changed configuration (selectors, proposals,
+        mode, lifetimes) on the established IKE SA, make-before-break, by the engine's rules
+        for a rekey: the new pair `replaces` it (same reqid, so traffic on selectors both have
+        keeps flowing), outbound moves with ChildSaRekeyed, the old pair is deleted."""
         record.replacing.add(config.name)
-        record.sa.create_child(config, self.now())
+        record.sa.replace_child(spi_in, config, self.now())
         self._pump()
+
+    def reconfigure(self, record: SaRecord, config: IkeConfig) -> None:
+        """A config differing from the SA's only in CHILD_SA settings: the IKE SA stays, and
+        later CHILD_SAs (replacements, rekeys) are made from it."""
+        record.sa.config = config
 
     def delete_child(self, record: SaRecord, spi_in: int) -> None:
         record.sa.delete_child(spi_in, self.now())
@@ -315,11 +287,11 @@ class IkeAdapter:
         return False
 
     def active(self) -> list[SaRecord]:
-        return [r for r in self.records.values() if not r.sa.closed]
+        return [r for r in self.records.values() if not r.sa.closed and r.sa not in self._failed]
 
     # ------------------------------------------------------------------ input
 
-    def _readable(self, ep: _Endpoint) -> None:
+    def _readable(self, ep: Endpoint) -> None:
         for _ in range(READ_BATCH):
             try:
                 got = udp.receive(ep.sock, ep.bound)
@@ -358,7 +330,9 @@ class IkeAdapter:
         self._pump()
 
     def _ike_input(self, data: bytes, local: Address, remote: Address) -> None:
-        """Never raises: anything wrong with a datagram is counted and it is dropped."""
+        """Anything wrong with a datagram is counted and it is dropped; an error of ours fails
+        the IKE SA it reached."""
+        sa: IkeSa | None = None
         try:
             if len(data) < IKE_HEADER_LEN:
                 self.stats["dropped_short"] += 1
@@ -373,38 +347,30 @@ class IkeAdapter:
                         self._adopt_responder_sa(sa)
                 elif record.children and self.installer is not None:
                     self._follow_addresses(record, self.installer)
-        except Exception:  # the engine promises this cannot happen; the adapter must not die if it does
-            self.stats["adapter_errors"] += 1
-            log.exception("unexpected error handling a datagram from %s", remote)
+        except Exception:
+            self._unexpected(sa or self._sa_for(data), f"handling a datagram from {remote}")
 
     def _follow_addresses(self, record: SaRecord, installer: ChildInstaller) -> None:
-        """Authenticated traffic from a new address/port moved the IKE SA (RFC 7296 2.23): the
-        CHILD_SAs' outer addresses and ESP-in-UDP ports must follow it."""
         sa = record.sa
-        for child in record.children.values():
-            if (child.local, child.remote) == (sa.local, sa.remote):
-                continue
-            old_key: ChildKey = (child.local.host, child.event.protocol, child.event.spi_in)
+        for move in follow.left_behind(record.children.values(), sa.local, sa.remote):
+            child = move.child
             child.local, child.remote = sa.local, sa.remote
             log.info("%s: CHILD_SA %s follows the IKE SA to %s <-> %s", record.name, child.event.name,
                      sa.local, sa.remote)  # fmt: skip
-            self._queue_work(functools.partial(self._move, installer, old_key, child))
-
-    async def _move(self, installer: ChildInstaller, key: ChildKey, child: ChildRecord) -> None:
-        try:
-            await installer.move(key, child.event, child.local, child.remote)
-        except (DataPlaneError, InstallError) as exc:
-            self.stats["child_move_failed"] += 1
-            log.error("CHILD_SA %s could not follow its IKE SA: %s", child.event.name, exc)
+            self._queue_work(record, functools.partial(self._move, installer, move.old_key, child))
 
     def _known_local(self, data: bytes, local: Address) -> Address:
         """The shared socket may be wildcard-bound: reuse the address the SA already uses."""
+        sa = self._sa_for(data)
+        return Address(sa.local.host, local.port) if sa is not None else local
+
+    def _sa_for(self, data: bytes) -> IkeSa | None:
+        """The IKE SA an IKE message names by our SPI, if we hold it."""
         try:
             header = parse_header(data)
         except ParseError:
-            return local
-        sa = self._by_spi.get(header.spi_r if header.is_initiator else header.spi_i)
-        return Address(sa.local.host, local.port) if sa is not None else local
+            return None
+        return self._by_spi.get(header.spi_r if header.is_initiator else header.spi_i)
 
     def _adopt_responder_sa(self, sa: IkeSa) -> None:
         record = self._track(sa)
@@ -418,8 +384,10 @@ class IkeAdapter:
         if self.spis is not None and not sa.closed:
             protocols = {ProtocolId(c.protocol) for cfg in sa.candidates for c in cfg.children}
             stock = self.spis.stock(sa.local, sa.remote, protocols or {ProtocolId.ESP})
-        record = SaRecord(sa, stock, time.time())
+        self._handles += 1
+        record = SaRecord(sa, stock, time.time(), handle=self._handles)
         self.records[sa] = record
+        self.by_handle[record.handle] = record
         self._by_spi[sa.local_spi] = sa
         return record
 
@@ -429,8 +397,7 @@ class IkeAdapter:
         try:
             self.table.handle_timers(self.now())
         except Exception:
-            self.stats["adapter_errors"] += 1
-            log.exception("unexpected error in IKE timers")
+            self._unexpected(None, "in IKE timers")
         self._pump()
 
     def _pump(self) -> None:
@@ -439,24 +406,28 @@ class IkeAdapter:
             return
         try:
             out = self.table.datagrams_to_send()
-            queued = self._work.qsize()
-            closed: dict[IkeSa, None] = {}
-            for sa, ev in self.table.events():
-                self._dispatch(sa, ev)
-                if sa.closed:
-                    closed[sa] = None
-            if self._work.qsize() > queued and out:
-                # Make-before-break: an answer may announce an inbound SPI (or tell the peer to
-                # switch, e.g. the DELETE after a rekey) only once the data plane has it.
-                self._queue_work(functools.partial(self._send_later, out))
-            else:
-                for d in out:
-                    self._send(d)
-            for sa in closed:  # after all its events: an SA closes with several (CHILD_SAs first)
-                self._forget(sa)
+            events = self.table.events()
         except Exception:
-            self.stats["adapter_errors"] += 1
-            log.exception("unexpected error dispatching engine output")
+            out, events = [], []
+            self._unexpected(None, "draining engine output")
+        queued = self._work.qsize()
+        closed: dict[IkeSa, None] = {}
+        for sa, ev in events:
+            try:
+                self._dispatch(sa, ev)
+            except Exception:
+                self._unexpected(sa, f"handling its {type(ev).__name__}")
+            if sa.closed:
+                closed[sa] = None
+        if self._work.qsize() > queued and out:
+            # Make-before-break: an answer may announce an inbound SPI (or tell the peer to
+            # switch, e.g. the DELETE after a rekey) only once the data plane has it.
+            self._queue_work(None, functools.partial(self._send_later, out))
+        else:
+            for d in out:
+                self._send(d)
+        for sa in closed:  # after all its events: an SA closes with several (CHILD_SAs first)
+            self._forget(sa)
         self._arm_timer()
 
     async def _send_later(self, out: list[OutgoingDatagram]) -> None:
@@ -478,7 +449,7 @@ class IkeAdapter:
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _send(self, d: OutgoingDatagram) -> None:
-        ep = self._endpoint_for(d.local)
+        ep = pick(self._endpoints.all, d.local)
         if ep is None:
             self.stats["dropped_no_socket"] += 1
             log.warning("no socket to send from %s", d.local)
@@ -491,21 +462,49 @@ class IkeAdapter:
             return
         self.stats["natt_keepalives_sent" if d.keepalive else "datagrams_sent"] += 1
 
-    def _endpoint_for(self, local: Address) -> _Endpoint | None:
-        v6 = ":" in local.host
-        wildcard = None
-        for ep in self._endpoints:
-            if ep.bound.port != local.port or (":" in ep.bound.host) != v6:
-                continue
-            if ep.bound.host == local.host:
-                return ep
-            if udp.is_wildcard(ep.bound.host):
-                wildcard = ep
-        return wildcard
+    # ------------------------------------------------------------------ failing closed
+
+    def _unexpected(self, sa: IkeSa | None, where: str) -> None:
+        """Call from an `except` block: a bug of ours (the engine promises not to raise). It
+        fails the IKE SA it hit, if any; in strict mode it is raised again."""
+        if sa is None:
+            self.stats["adapter_errors"] += 1
+            log.exception("unexpected error %s", where)
+        elif sa not in self._failed:
+            self._fail_closed(sa, where)
+        else:
+            self.stats["adapter_errors"] += 1  # already failed and logged once
+        if strict():
+            raise
+
+    def _fail_closed(self, sa: IkeSa, where: str) -> None:
+        self.stats["sa_failed_closed"] += 1
+        record = self.records.get(sa)
+        self._failed[sa] = record if record is not None and record.sa is sa else None
+        log.exception("%s: unexpected error %s; failing IKE SA %s closed",
+                      record.name if record else sa.config.name, where, SpiText(sa))  # fmt: skip
+        if record is not None and record.sa is sa:  # (not the old SA of an IKE rekey: its successor's)
+            record.outcome = FAILED_CLOSED
+            if self.installer is not None:
+                installer = self.installer
+                for child in record.children.values():
+                    self._queue_work(None, functools.partial(self._remove, installer, child.key))
+            record.children.clear()
+        try:  # the engine drops it (its CHILD_SA events find nothing left to remove)
+            if not sa.closed:
+                sa.close_deleted(by_peer=False)
+        except Exception:  # the engine itself is broken here: forget the SA without it
+            self.stats["close_failed"] += 1
+            self._forget(sa)
+        if self._loop is not None:
+            self._loop.call_soon(self._pump)  # its closing events
 
     # ------------------------------------------------------------------ events
 
     def _dispatch(self, sa: IkeSa, ev: Event) -> None:
+        if sa in self._failed:
+            self._closing_after_failure(sa, ev)
+            return
         record = self.records.get(sa)
         if record is None and sa.spawned:
             return  # the redundant IKE SA of a rekey collision: never carried anything
@@ -515,137 +514,104 @@ class IkeAdapter:
             return  # an IKE SA replaced by a rekey, closing: its successor carries the record
         if isinstance(ev, IkeSaRekeyed):
             self._rekeyed(record, sa, ev)
-        name = record.name
-        spis = _SpiText(sa)
-        verbose = log.isEnabledFor(logging.INFO)  # formatting selectors is not free at 1000s of SAs/s
+        log_event(record.name, sa, ev)
         if isinstance(ev, IkeSaEstablished):
             record.established, record.established_at = ev, time.time()
-            if verbose:
-                log.info(
-                    "%s: IKE SA %s ESTABLISHED %s %s <-> %s %s [%s]%s",
-                    name, spis, sa.local, ev.local_id, sa.remote, ev.remote_id,
-                    algorithm_text(ev.algorithms), " udp-encap" if ev.udp_encap else "",
-                )  # fmt: skip
         elif isinstance(ev, ChildSaEstablished):
             child = ChildRecord(ev, sa.local, sa.remote)
-            if ev.replaces is None and ev.name not in record.replacing:
-                # Not a rekey and not asked for by us: the peer replacing a changed CHILD_SA.
-                child.holds_for = next(
-                    (spi for spi, c in record.children.items() if c.event.name == ev.name), None
-                )
             record.replacing.discard(ev.name)
             record.children[ev.spi_in] = child
-            if verbose:
-                log.info(
-                    "%s: CHILD_SA %s INSTALLED %s %s spi %08x_i %08x_o %s === %s [%s]",
-                    name, ev.name, protocol_name(ev.protocol), ev.mode, ev.spi_in, ev.spi_out,
-                    ",".join(map(str, ev.ts_local)), ",".join(map(str, ev.ts_remote)),
-                    algorithm_text(ev.algorithms),
-                )  # fmt: skip
             if self.installer is not None:
-                self._queue_work(lambda: self._install(record, child))
+                self._queue_work(record, functools.partial(self._install, record, child))
         elif isinstance(ev, ChildSaDeleted):
             record.children.pop(ev.spi_in, None)
-            for spi, waiting in record.children.items():
-                if waiting.holds_for == ev.spi_in and self.installer is not None:
-                    waiting.holds_for = None
-                    held: ChildKey = (sa.local.host, ev.protocol, spi)
-                    self._queue_work(functools.partial(self._activate, self.installer, held))
-            log.info(
-                "%s: CHILD_SA %s DELETED spi %08x_i %08x_o%s",
-                name, ev.name, ev.spi_in, ev.spi_out, " by peer" if ev.by_peer else "",
-            )  # fmt: skip
             if self.installer is not None:
-                installer = self.installer
                 key: ChildKey = (sa.local.host, ev.protocol, ev.spi_in)
-                self._queue_work(lambda: self._remove(installer, key))
+                self._queue_work(record, functools.partial(self._remove, self.installer, key))
         elif isinstance(ev, ChildSaRekeyed):
-            log.info(
-                "%s: CHILD_SA %s REKEYED spi %08x_i -> %08x_i", name, ev.name, ev.old_spi_in, ev.new_spi_in
-            )
+            if (successor := record.children.get(ev.new_spi_in)) is not None:
+                successor.outbound_live = True
             if self.installer is not None:
-                installer = self.installer
                 new_key: ChildKey = (sa.local.host, ev.protocol, ev.new_spi_in)
-                self._queue_work(lambda: self._activate(installer, new_key))
+                self._queue_work(record, functools.partial(self._activate, self.installer, new_key))
         elif isinstance(ev, ChildSaFailed):
             record.replacing.discard(ev.name)
-            log.warning("%s: CHILD_SA %s FAILED: %s", name, ev.name, ev.reason)
         elif isinstance(ev, IkeSaFailed):
             record.outcome = f"failed: {ev.reason}"
-            log.warning("%s: IKE SA %s FAILED: %s", name, spis, ev.reason)
         elif isinstance(ev, IkeSaDeleted):
             record.outcome = "deleted by peer" if ev.by_peer else "deleted"
-            log.info("%s: IKE SA %s DELETED%s", name, spis, " by peer" if ev.by_peer else "")
-        elif isinstance(ev, PeerDead):
-            log.warning(
-                "%s: IKE SA %s: peer %s is DEAD (silent for the retransmit schedule), action %s",
-                name, spis, sa.remote, ev.action,
-            )  # fmt: skip
-        elif isinstance(ev, InitialContactReceived):
-            log.info("%s: INITIAL_CONTACT from %s", name, ev.remote_id)
         if self.on_event is not None:
+            self.on_event(record, ev)  # an exception fails this SA closed (`_pump`)
+
+    def _closing_after_failure(self, sa: IkeSa, ev: Event) -> None:
+        """The events of an SA failed closed: its data-plane state is gone already; the
+        callback hears that it closed (a reconciler then looks at its tunnel again)."""
+        if not isinstance(ev, IkeSaDeleted | IkeSaFailed):
+            return
+        record = self._failed.pop(sa)
+        if record is not None and self.on_event is not None:
             try:
                 self.on_event(record, ev)
-            except Exception:
-                self.stats["callback_errors"] += 1
-                log.exception("event callback failed")
+            except Exception:  # the SA is failed already; this is the same bug again
+                self.stats["adapter_errors"] += 1
 
     def _rekeyed(self, record: SaRecord, old: IkeSa, ev: IkeSaRekeyed) -> None:
         new = self.table.get(ev.new_local_spi)
         if new is None:
-            log.error("%s: successor of IKE SA %s not found", record.name, _SpiText(old))
+            log.error("%s: successor of IKE SA %s not found", record.name, SpiText(old))
             return
         record.sa = new
         self.records[new] = record
         self._by_spi[new.local_spi] = new
-        log.info("%s: IKE SA %s REKEYED to %s", record.name, _SpiText(old), _SpiText(new))
+        log.info("%s: IKE SA %s REKEYED to %s", record.name, SpiText(old), SpiText(new))
 
     def _forget(self, sa: IkeSa) -> None:
         record = self.records.pop(sa, None)
         if self._by_spi.get(sa.local_spi) is sa:
             del self._by_spi[sa.local_spi]
         if record is not None and record.sa is sa:
+            self.by_handle.pop(record.handle, None)
             if record.stock is not None:
                 record.stock.release()
             self.history.append(record)
 
     # ------------------------------------------------------------------ data plane work
 
-    def _queue_work(self, job: Callable[[], Awaitable[None]]) -> None:
-        self._work.put_nowait(job)
+    def _queue_work(self, record: SaRecord | None, job: Job) -> None:
+        """`record`: the IKE SA a failure of the job fails closed (None: no single one)."""
+        self._work.put_nowait((record, job))
 
     async def _run_work(self) -> None:
         while True:
-            job = await self._work.get()
+            record, job = await self._work.get()
             try:
                 await job()
             except Exception:
-                self.stats["dataplane_errors"] += 1
-                log.exception("data-plane job failed")
+                with self._strict_in_task():
+                    self._unexpected(record.sa if record else None, "in a data-plane job")
             finally:
                 self._work.task_done()
+
+    @contextlib.contextmanager
+    def _strict_in_task(self) -> Iterator[None]:
+        """In strict mode a background task keeps running: the failure waits for `settle` or
+        `close`, which raise it."""
+        try:
+            yield
+        except Exception as exc:
+            self.strict_failure = self.strict_failure or exc
 
     async def _install(self, record: SaRecord, child: ChildRecord) -> None:
         assert self.installer is not None
         ev = child.event
         if ev.spi_in not in record.children:
             return  # deleted again before we got to it
-        reqid = None
-        if ev.replaces is not None:  # a rekey: same reqid as the pair it replaces
-            reqid = self.installer.reqid_of((child.local.host, ev.protocol, ev.replaces))
-        else:  # a changed configuration: same reqid as the same-named pair it replaces
-            reqid = next(
-                (
-                    self.installer.reqid_of((c.local.host, c.event.protocol, spi))
-                    for spi, c in record.children.items()
-                    if spi != ev.spi_in and c.event.name == ev.name and c.installed
-                ),
-                None,
-            )
-        outbound = ev.outbound_active and child.holds_for is None
+        # A rekey or a replacement shares the reqid of the pair it `replaces`: both then match
+        # the same policies and traffic keeps flowing while outbound moves over.
+        reqid = self.installer.reqid_of((child.local.host, ev.protocol, ev.replaces)) if ev.replaces else None
         try:
             await self.installer.install(
-                ev, child.local, child.remote, reqid=reqid, outbound=outbound, tunnel=record.name
+                ev, child.local, child.remote, reqid=reqid, outbound=ev.outbound_active, tunnel=record.name
             )
         except (DataPlaneError, InstallError) as exc:
             child.install_error = str(exc)
@@ -656,6 +622,7 @@ class IkeAdapter:
                 self._pump()
             return
         child.installed = True
+        child.outbound_live = child.outbound_live or ev.outbound_active
 
     async def _activate(self, installer: ChildInstaller, key: ChildKey) -> None:
         try:
@@ -671,62 +638,77 @@ class IkeAdapter:
             self.stats["child_remove_failed"] += 1
             log.error("could not remove CHILD_SA %s from the data plane: %s", key, exc)
 
+    async def _move(self, installer: ChildInstaller, key: ChildKey, child: ChildRecord) -> None:
+        try:
+            await installer.move(key, child.event, child.local, child.remote)
+        except (DataPlaneError, InstallError) as exc:
+            self.stats["child_move_failed"] += 1
+            log.error("CHILD_SA %s could not follow its IKE SA: %s", child.event.name, exc)
+
     # ------------------------------------------------------------------ traffic as liveness
 
     async def _watch_traffic(self) -> None:
         while True:
+            wait = liveness.SCAN_MAX
             try:
                 wait = await self.feed_traffic()
             except Exception:
-                self.stats["adapter_errors"] += 1
-                log.exception("reading inbound CHILD_SA counters failed")
-                wait = TRAFFIC_SCAN_MAX
+                with self._strict_in_task():
+                    self._unexpected(None, "reading inbound CHILD_SA counters")
             await asyncio.sleep(wait)
 
     async def feed_traffic(self) -> float:
         """Tells each IKE SA with DPD that heard nothing for half its DPD delay (nor was checked
         in that time) whether inbound packets arrived on any of its CHILD_SAs since the last
-        check. Returns the seconds until the next SA is due."""
-        assert self.installer is not None
-        installer = self.installer
+        check (liveness.py). Returns the seconds until the next SA is due."""
         now = self.now()
-        next_due = now + TRAFFIC_SCAN_MAX
+        due: list[float] = []
         for record in self.active():
             sa = record.sa
-            delay = sa.config.dpd_delay
-            if delay <= 0 or not sa.established:
+            at = liveness.check_due(sa.config.dpd_delay, sa.last_inbound, record.traffic_checked_at)
+            if at is None or not sa.established:
                 continue
-            due = max(sa.last_inbound, record.traffic_checked_at) + delay / 2
-            if now < due:
-                next_due = min(next_due, due)
+            if now < at:
+                due.append(at)
                 continue
             record.traffic_checked_at = now
-            next_due = min(next_due, now + delay / 2)
-            arrived = False
-            for spi_in, child in list(record.children.items()):
-                plan = installer.installed.get((child.local.host, child.event.protocol, spi_in))
-                if plan is None or not child.installed:
-                    continue
-                try:
-                    packets = (await installer.dataplane.counters(plan.inbound.id)).packets
-                except DataPlaneError:
-                    continue
-                arrived |= packets != child.packets_in
-                child.packets_in = packets
+            due.append(now + sa.config.dpd_delay / 2)
+            try:
+                arrived = await self._inbound_moved(record)
+            except Exception:
+                self._unexpected(sa, "reading its inbound counters")
+                continue
             if arrived and record.sa is sa and not sa.closed:
                 self.stats["traffic_seen"] += 1
                 sa.traffic_seen(self.now())
         self._pump()
-        return max(0.05, next_due - self.now())
+        return liveness.next_scan(self.now(), due)
+
+    async def _inbound_moved(self, record: SaRecord) -> bool:
+        """Whether an inbound packet counter of the SA's installed CHILD_SAs moved."""
+        assert self.installer is not None
+        arrived = False
+        for child in list(record.children.values()):
+            plan = self.installer.installed.get(child.key)
+            if plan is None or not child.installed:
+                continue
+            try:
+                packets = (await self.installer.dataplane.counters(plan.inbound.id)).packets
+            except DataPlaneError:
+                continue
+            arrived |= liveness.moved(child.packets_in, packets)
+            child.packets_in = packets
+        return arrived
 
     # ------------------------------------------------------------------ status
 
     async def status(self) -> dict[str, object]:
         """A JSON-ready snapshot: IKE SAs with their CHILD_SAs and counters, recent failures."""
-        sas = [await self._sa_status(r) for r in self.active()]
+        dataplane = self.installer is not None
+        sas = [sa_status(r, await self._counters(r), dataplane=dataplane) for r in self.active()]
         return {
             "ike_sas": sas,
-            "recent": [_closed_status(r) for r in self.history],
+            "recent": [closed_status(r) for r in self.history],
             "stats": {
                 "adapter": dict(self.stats),
                 "responder": dict(self.responder.stats),
@@ -738,86 +720,14 @@ class IkeAdapter:
             "listening": [str(a) for a in self.endpoints],
         }
 
-    async def _sa_status(self, record: SaRecord) -> dict[str, object]:
-        sa = record.sa
-        est = record.established
-        children = []
-        for child in record.children.values():
-            ev = child.event
-            counters: dict[str, int] | None = None
-            if self.installer is not None and child.installed:
-                counters = await self._counters(child)
-            children.append(
-                {
-                    "name": ev.name,
-                    "state": "INSTALLED" if child.installed or self.installer is None else "INSTALLING",
-                    "install_error": child.install_error,
-                    "protocol": protocol_name(ev.protocol),
-                    "mode": ev.mode.upper(),
-                    "spi_in": f"{ev.spi_in:08x}",
-                    "spi_out": f"{ev.spi_out:08x}",
-                    "udp_encap": ev.udp_encap,
-                    "local_ts": [str(t) for t in ev.ts_local],
-                    "remote_ts": [str(t) for t in ev.ts_remote],
-                    **algorithm_dict(ev.algorithms),
-                    "counters": counters,
-                }
-            )
+    async def _counters(self, record: SaRecord) -> dict[int, dict[str, int] | None]:
+        if self.installer is None:
+            return {}
         return {
-            "name": record.name,
-            "state": sa.state.name,
-            "initiator": sa.initiator,
-            "local": str(sa.local),
-            "remote": str(sa.remote),
-            "local_id": est.local_id if est else str(sa.config.local_identity),
-            "remote_id": est.remote_id if est else None,
-            "initiator_spi": sa.spi_i.hex(),
-            "responder_spi": sa.spi_r.hex(),
-            "nat_local": sa.nat_local,
-            "nat_remote": sa.nat_remote,
-            **(algorithm_dict(est.algorithms) if est else {}),
-            "created": record.created,
-            "established": record.established_at,
-            "engine_stats": dict(sa.stats),
-            "child_sas": children,
+            spi: counters_doc(await self.installer.counters(c.key))
+            for spi, c in list(record.children.items())
+            if c.installed
         }
-
-    async def _counters(self, child: ChildRecord) -> dict[str, int] | None:
-        assert self.installer is not None
-        traffic = await self.installer.counters((child.local.host, child.event.protocol, child.event.spi_in))
-        if traffic is None:
-            return None
-        return {
-            "bytes_in": traffic.bytes_in,
-            "packets_in": traffic.packets_in,
-            "bytes_out": traffic.bytes_out,
-            "packets_out": traffic.packets_out,
-        }
-
-
-class _SpiText:
-    """`<SPIi>_i <SPIr>_r`, formatted only if a log line is actually emitted."""
-
-    __slots__ = ("sa",)
-
-    def __init__(self, sa: IkeSa) -> None:
-        self.sa = sa
-
-    def __str__(self) -> str:
-        return f"{self.sa.spi_i.hex()}_i {self.sa.spi_r.hex()}_r"
-
-
-def _closed_status(record: SaRecord) -> dict[str, object]:
-    sa = record.sa
-    return {
-        "name": record.name,
-        "initiator": sa.initiator,
-        "remote": str(sa.remote),
-        "initiator_spi": sa.spi_i.hex(),
-        "responder_spi": sa.spi_r.hex(),
-        "outcome": record.outcome,
-        "created": record.created,
-    }
 
 
 def source_address_for(remote_host: str) -> str:

@@ -19,7 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter, SaRecord
+from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
+from meshsec.agent.adapters.runtime import AdapterRuntime, view_of
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, SaExpired
 from meshsec.agent.host_checks import IPNetwork, TunnelNeeds, warn_about_host
 from meshsec.agent.ike.certs import CredentialError
@@ -27,6 +28,7 @@ from meshsec.agent.node import credentials
 from meshsec.agent.node.credentials import Credentials, EnrollmentError
 from meshsec.agent.node.desired import DesiredState, DesiredStore
 from meshsec.agent.node.facts import local_addresses, node_facts
+from meshsec.agent.node.ike_port import SaView
 from meshsec.agent.node.metrics import AgentMetrics
 from meshsec.agent.node.reconciler import Reconciler
 from meshsec.agent.node.report import ReportBuilder, timestamp
@@ -113,11 +115,12 @@ class NodeAgent:
             lambda local, remote: reconciler.lookup(local, remote),
             dataplane=dataplane,
             settings=AdapterSettings(bind=config.bind, ike_port=config.ike_port),
-            on_event=lambda record, ev: reconciler.on_event(record, ev),
+            on_event=lambda record, ev: reconciler.on_event(view_of(record), ev),
         )
-        reconciler = Reconciler(adapter, responder_grace=config.responder_grace, metrics=self.metrics)
+        reconciler = Reconciler(AdapterRuntime(adapter), responder_grace=config.responder_grace,
+                                metrics=self.metrics)  # fmt: skip
         self.adapter, self.reconciler = adapter, reconciler
-        self.reports = ReportBuilder(reconciler, adapter)
+        self.reports = ReportBuilder(reconciler)
         await adapter.start()
         socket_path = config.status_socket or self.state.file(STATUS_SOCKET)
         self.status_server = StatusServer(socket_path, self.status, self.health)
@@ -389,16 +392,17 @@ class NodeAgent:
         ]  # fmt: skip
         doc["recovered_at_start"] = self.recovered
         doc["site_routes"] = self.routes.describe() if self.routes is not None else []
+        doc["reconciler"] = {"stats": dict(self.reconciler.stats), "queued": len(self.reconciler.queue)}
         return doc
 
-    def _auth_doc(self, tid: str, records: list[SaRecord]) -> dict[str, object] | None:
-        """How the tunnel's established IKE SA (among its `records`) authenticated, else how its
+    def _auth_doc(self, tid: str, sas: list[SaView]) -> dict[str, object] | None:
+        """How the tunnel's established IKE SA (among its `sas`) authenticated, else how its
         next one will: the config the engine ran IKE_AUTH with, which accepts nothing but that
         method from the peer."""
         assert self.reconciler is not None
-        live = [r for r in records if r.sa.established]
+        live = [s for s in sas if s.is_established]
         planned = self.reconciler.plans.get(tid)
-        config = live[0].sa.config if live else planned.ike if planned is not None else None
+        config = live[0].config if live else planned.ike if planned is not None else None
         if config is None:
             return None
         if config.credentials is None:

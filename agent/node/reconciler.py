@@ -1,19 +1,23 @@
-"""The level-triggered reconciler: desired tunnels vs the IKE SAs in the adapter's table.
+"""The level-triggered reconciler: desired tunnels vs the live IKE SAs, one tunnel at a time.
 
-`reconcile()` looks only at the current state of both sides, never at what happened before, so
-it can run at any time and any number of times (after a delta, a timer, an SA closing, a restart):
+Each tunnel is a key in a work queue (workqueue.py, as in controller-runtime): events, a new
+desired state and a periodic resync put keys in; `reconcile_tunnel` looks only at the current
+state of that tunnel (its plan and the runtime's views of its SAs, ike_port.py), never at what
+happened before, makes one idempotent step and says when to look again. So it can run at any
+time and any number of times (after a delta, a timer, an SA closing, a restart or a crash), and
+an exception in one tunnel requeues only that tunnel, with back-off. The rules (convergence.py):
 
 - an IKE SA whose tunnel is gone, or whose tunnel's IKE part changed, is deleted (INFORMATIONAL
   DELETE);
 - a change of the CHILD_SA part only (selectors, ESP proposals, mode, lifetimes) keeps the IKE SA:
-  its config is updated in place and each changed CHILD_SA is replaced make-before-break (a new
-  one by CREATE_CHILD_SA, sharing the old one's reqid in the data plane, then the old one
-  deleted). The designated initiator does that; the other end only if a changed CHILD_SA is
-  still there after CHILD_GRACE (the peer negotiated before this end had the change, so the
-  CHILD_SA still has the old selectors; acting at once would race the peer's own replacement
-  whenever both get the change together, and a duplicate pair costs packets to delete);
-  should both ends replace it at once, both keep the same new pair (the one with the lowest
-  SPI) and delete the other;
+  the runtime takes the new config, and each changed CHILD_SA is replaced by the engine's
+  `replace_child`, make-before-break (a new one by CREATE_CHILD_SA, sharing the old one's reqid
+  in the data plane; outbound moves over, then the engine deletes the old one). The designated
+  initiator asks for that; the other end only if a changed CHILD_SA is still there after
+  CHILD_GRACE (the peer negotiated before this end had the change, so the CHILD_SA still has
+  the old selectors; acting at once would race the peer's own replacement whenever both get
+  the change together). Should both ends replace it at once, the engine settles the collision
+  (RFC 7296 2.8.1);
 - a tunnel without IKE SA is initiated by its designated initiator (DesiredTunnel.initiator),
   with per-tunnel back-off and jitter, trying the remote endpoints in turn; the other end
   initiates too, but only after `responder_grace` without any SA (the designated initiator may be
@@ -35,17 +39,17 @@ import dataclasses
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from meshsec.agent.adapters.ike import IkeAdapter, SaRecord
-from meshsec.agent.ike.address import Address
-from meshsec.agent.ike.certs import Credentials
-from meshsec.agent.ike.config import IkeConfig
-from meshsec.agent.ike.events import (
+from meshsec.agent.adapters.failclosed import strict
+from meshsec.agent.ike import (
+    Address,
     ChildSaFailed,
     ChildSaRekeyed,
     Event,
+    IkeConfig,
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
@@ -54,9 +58,19 @@ from meshsec.agent.ike.events import (
     PeerDead,
     RekeyFailed,
 )
-from meshsec.agent.ike.sa import ChildState
-from meshsec.agent.node.metrics import NOTIFY_FAILURES, AgentMetrics
+from meshsec.agent.ike.certs import Credentials
+from meshsec.agent.node.convergence import (
+    child_only_change,
+    child_steps,
+    duplicates_to_delete,
+    matches,
+    without_ic,
+)
+from meshsec.agent.node.failure_reasons import failure_reason
+from meshsec.agent.node.ike_port import IkeRuntime, SaPhase, SaView
+from meshsec.agent.node.metrics import AgentMetrics
 from meshsec.agent.node.translate import IdentityNotInCertificate, TunnelError, TunnelPlan, fingerprint, plan
+from meshsec.agent.node.workqueue import WorkQueue
 from meshsec.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
@@ -67,6 +81,8 @@ BACKOFF_MAX = 30.0
 # replaces it as soon as it has the change, so waiting longer only means the peer negotiated
 # before this end had the change (its CHILD_SA here still has the old config).
 CHILD_GRACE = 2.0
+RESYNC = 1.0  # seconds: every tunnel is looked at this often even without an event
+MIN_REQUEUE = 0.05  # seconds: the soonest a tunnel asks to be looked at again
 
 
 @dataclass
@@ -81,43 +97,34 @@ class TunnelRuntime:
     """What the reconciler remembers per tunnel between passes (not needed for correctness
     after a restart: everything here rebuilds from the SA table)."""
 
-    since: float  # monotonic: when the tunnel was last without any SA (for the responder grace)
+    since: float  # clock: when the tunnel was last without any SA (for the responder grace)
     attempts: int = 0
     next_attempt: float = 0.0
     last_error: LastError | None = None
     last_ike_rekey: float | None = None  # wall clock
     last_child_rekey: dict[str, float] = field(default_factory=dict)  # child name -> wall clock
-    child_stale_since: dict[str, float] = field(default_factory=dict)  # child name -> monotonic
+    child_stale_since: dict[str, float] = field(default_factory=dict)  # child name -> clock
     child_deletes: set[int] = field(default_factory=set)  # inbound SPIs we asked to delete
-
-
-def _fail_reason(text: str) -> str:
-    upper = text.upper()
-    for known in NOTIFY_FAILURES:
-        if known in upper:
-            return known
-    if "dead peer detection" in text:
-        return "DPD_TIMEOUT"
-    if "timeout" in text.lower() or "retransmi" in text.lower():
-        return "TIMEOUT"
-    return "IKE_FAILED"
+    skip_grace: bool = False  # this agent restarted: initiate at once, without responder grace
 
 
 class Reconciler:
     def __init__(
         self,
-        adapter: IkeAdapter,
+        ike: IkeRuntime,
         *,
         responder_grace: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         metrics: AgentMetrics | None = None,
+        resync: float = RESYNC,
     ) -> None:
-        self.adapter = adapter
+        self.ike = ike
         self.metrics = metrics
         self.responder_grace = responder_grace
         self.clock = clock
         self.rng = rng or random.Random()
+        self.resync = resync
         self.plans: dict[str, TunnelPlan] = {}
         self.invalid: dict[str, str] = {}  # tunnel_id -> why it cannot run
         self.credentials: Credentials | None = None  # the node certificate, for certificate auth
@@ -125,8 +132,12 @@ class Reconciler:
         self._tunnels: dict[str, agent_pb2.DesiredTunnel] = {}
         self.runtime: dict[str, TunnelRuntime] = {}
         self.restarted = False  # set by the agent when it recovered state: initiate everything now
-        self.reconciled_version = 0  # the desired version the last complete pass converged to
+        self.reconciled_version = 0  # the desired version every tunnel was reconciled to
+        self.queue: WorkQueue[str] = WorkQueue()
+        self.stats: Counter[str] = Counter()
         self._pending_version = 0
+        self._unreconciled: set[str] = set()  # keys not reconciled since the pending version came
+        self._resync_at = float("-inf")
         self.changed = asyncio.Event()  # something a status report should show
         self._wake = asyncio.Event()
 
@@ -134,7 +145,7 @@ class Reconciler:
 
     def set_credentials(self, credentials: Credentials) -> None:
         """A new node certificate (enrollment, renewal): IKE SAs made from now on use it; the
-        established ones stay (see `_matches`)."""
+        established ones stay (see `convergence.without_ic`)."""
         self.credentials = credentials
         self.plans = {tid: p for tid, p in self.plans.items() if p.ike.credentials is None}
         self.set_desired(self._tunnels, self._pending_version)
@@ -158,6 +169,8 @@ class Reconciler:
                 if isinstance(exc, IdentityNotInCertificate):
                     missing.add(exc.local_id)
                 log.error("%s", exc)
+        # The tunnels to look at: every one desired now or before (whose SAs may have to go).
+        keys = set(plans) | set(invalid) | set(self.plans)
         self.plans, self.invalid, self.missing_ids = plans, invalid, missing
         if self.metrics is not None:
             self.metrics.retain(tunnels.keys())
@@ -165,14 +178,21 @@ class Reconciler:
             if tid not in plans:
                 del self.runtime[tid]
         for tid in plans:
-            self.runtime.setdefault(tid, TunnelRuntime(since=now))
+            self.runtime.setdefault(tid, TunnelRuntime(since=now, skip_grace=self.restarted))
         for tid, why in invalid.items():
             self.runtime.setdefault(tid, TunnelRuntime(since=now)).last_error = LastError(
                 "UNSUPPORTED", why, time.time()
             )
-        self.wake()
+        self._unreconciled = keys
+        for tid in keys:
+            self.queue.add(tid, now)
+        self._wake.set()
 
-    def wake(self) -> None:
+    def wake(self, tunnel: str | None = None) -> None:
+        """Looks at `tunnel` (every tunnel: None) as soon as possible."""
+        now = self.clock()
+        for tid in self._keys() if tunnel is None else (tunnel,):
+            self.queue.add(tid, now)
         self._wake.set()
 
     def lookup(self, local: Address, remote: Address) -> list[IkeConfig]:
@@ -183,27 +203,27 @@ class Reconciler:
         others = [p.ike for p in self.plans.values() if remote.host not in p.remotes]
         return by_addr + others
 
-    # ------------------------------------------------------------------ events from the adapter
+    # ------------------------------------------------------------------ events from the runtime
 
-    def on_event(self, record: SaRecord, ev: Event) -> None:
-        if not record.sa.initiator and record.sa.remote_identity is None:
-            # The peer has not authenticated: `record.name` is only the responder's first
+    def on_event(self, sa: SaView, ev: Event) -> None:
+        if not sa.authenticated:
+            # The peer has not authenticated: `sa.tunnel` is only the responder's first
             # candidate, and anyone can send an IKE_SA_INIT. Blaming that tunnel would let a
             # spoofer paint errors on healthy tunnels; such an SA never belonged to one.
             if isinstance(ev, IkeSaFailed) and self.metrics is not None:
-                self.metrics.unauthenticated_failures.labels(_fail_reason(ev.reason)).inc()
+                self.metrics.unauthenticated_failures.labels(failure_reason(ev)).inc()
             return
-        tid = record.name
+        tid = sa.tunnel
         rt = self.runtime.get(tid)
         if isinstance(ev, IkeSaEstablished) and rt is not None:
             rt.attempts, rt.last_error = 0, None
-            creds = record.sa.config.credentials
+            creds = sa.config.credentials
             if creds is not None:
                 log.info("%s: IKE SA %s authenticated by certificates: ours serial %x, peer %s verified "
-                         "against %d trusted CA(s)", tid, record.sa.local_spi.hex(),
+                         "against %d trusted CA(s)", tid, sa.local_spi.hex(),
                          creds.chain[0].serial_number, ev.remote_id, len(creds.trusted))  # fmt: skip
         elif isinstance(ev, IkeSaFailed) and rt is not None:
-            reason = _fail_reason(ev.reason)
+            reason = failure_reason(ev)
             rt.last_error = LastError(reason, ev.reason, time.time())
             if self.metrics is not None and reason != "DPD_TIMEOUT":  # that one: dpd_failures
                 self.metrics.ike_failures.inc(tid, reason)
@@ -222,94 +242,162 @@ class Reconciler:
             if self.metrics is not None:
                 self.metrics.dpd_failures.inc(tid)
         elif isinstance(ev, ChildSaFailed) and rt is not None:
-            rt.last_error = LastError(
-                _fail_reason(ev.reason), f"CHILD_SA {ev.name}: {ev.reason}", time.time()
-            )
+            rt.last_error = LastError(failure_reason(ev), f"CHILD_SA {ev.name}: {ev.reason}", time.time())
         elif isinstance(ev, InitialContactReceived):
-            asyncio.get_running_loop().call_soon(self._initial_contact, record)
-        if isinstance(ev, IkeSaEstablished | IkeSaFailed | IkeSaDeleted):
-            self.wake()
+            asyncio.get_running_loop().call_soon(self._initial_contact, sa)
+        if isinstance(ev, IkeSaEstablished | IkeSaFailed | IkeSaDeleted | InitialContactReceived):
+            self.wake(tid)
         self.changed.set()
 
-    def _initial_contact(self, fresh: SaRecord) -> None:
+    def _initial_contact(self, fresh: SaView) -> None:
         """The peer forgot every SA with us: drop the ones established before `fresh` began,
-        without a DELETE (the peer would not know the SPIs)."""
+        without a DELETE (the peer would not know the SPIs). Called on the loop's next turn,
+        not from within the engine's event dispatch."""
         stale = [
-            r
-            for r in self.adapter.active()
-            if r is not fresh
-            and r.name == fresh.name
-            and r.established_at is not None
-            and r.established_at < fresh.created
+            s
+            for s in self.ike.sas()
+            if s.handle != fresh.handle
+            and s.tunnel == fresh.tunnel
+            and s.established_at is not None
+            and s.established_at < fresh.created
         ]
-        for r in stale:
-            log.info("%s: INITIAL_CONTACT from the peer; dropping IKE SA %s", r.name, r.sa.local_spi.hex())
-            self.adapter.drop(r)
+        for s in stale:
+            log.info("%s: INITIAL_CONTACT from the peer; dropping IKE SA %s", s.tunnel, s.local_spi.hex())
+            self.ike.drop(s.handle)
         if stale:
-            self.wake()
+            self.wake(fresh.tunnel)
 
     # ------------------------------------------------------------------ the loop
 
-    async def run(self, period: float = 1.0) -> None:
+    async def run(self, period: float | None = None) -> None:
+        """Processes the queue for ever. `period`: the resync interval (default `resync`)."""
+        if period is not None:
+            self.resync = period
         while True:
-            try:
-                await self.reconcile()
-            except Exception:
-                log.exception("reconcile pass failed; retrying")
             self._wake.clear()
+            try:
+                await self.process()
+            except Exception:
+                if strict():
+                    raise
+                log.exception("reconciler pass failed; retrying")
+            due = self.queue.next_due()
+            wait = max(0.0, min(self._resync_at, due if due is not None else float("inf")) - self.clock())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), period)
-
-    def sas_by_tunnel(self) -> dict[str, list[SaRecord]]:
-        """Live SAs grouped by tunnel. A responder SA belongs to a tunnel only once IKE_AUTH
-        chose its config (before that, `config` is just the first candidate)."""
-        groups: dict[str, list[SaRecord]] = {}
-        # During an IKE rekey the adapter lists a record under both SAs until the old one closes.
-        for record in {id(r): r for r in self.adapter.active()}.values():
-            sa = record.sa
-            if sa.closed or (not sa.initiator and sa.remote_identity is None):
-                continue
-            groups.setdefault(record.name, []).append(record)
-        return groups
+                await asyncio.wait_for(self._wake.wait(), wait)
 
     async def reconcile(self) -> None:
-        version = self._pending_version
-        await self._reconcile()
-        if self.reconciled_version != version:
-            self.reconciled_version = version
+        """Reconciles every tunnel now (tests, and whoever wants one full pass)."""
+        self.wake()
+        await self.process()
+
+    async def process(self) -> None:
+        """Reconciles the tunnels that are due; one tunnel's exception requeues only it."""
+        now = self.clock()
+        # One snapshot for the batch: an SA that moved on meanwhile (an initiation awaits) is
+        # safe, as the runtime ignores a command that no longer applies, and its event requeues
+        # the tunnel.
+        groups: dict[str, list[SaView]] | None = None
+        if now >= self._resync_at:
+            self._resync_at = now + self.resync
+            groups = self.sas_by_tunnel()
+            for tid in set(self.plans) | set(groups):
+                self.queue.add(tid, now)
+        due = self.queue.pop_due(now)
+        if not due:
+            return
+        if self.restarted:  # the SAs behind this agent's earlier run are gone
+            for rt in self.runtime.values():
+                rt.skip_grace = True
+            self.restarted = False
+        if groups is None:
+            groups = self.sas_by_tunnel()
+        for tid in due:
+            try:
+                after = await self.reconcile_tunnel(tid, groups.get(tid, []))
+            except Exception as exc:
+                self._failed(tid, exc)
+                if strict():
+                    raise
+                continue
+            self.queue.forget(tid)
+            self._unreconciled.discard(tid)
+            if after is not None:
+                self.queue.add_after(tid, max(MIN_REQUEUE, after), self.clock())
+        if not self._unreconciled and self.reconciled_version != self._pending_version:
+            self.reconciled_version = self._pending_version
             self.changed.set()
 
-    async def _reconcile(self) -> None:
+    def _failed(self, tid: str, exc: Exception) -> None:
+        self.stats["reconcile_errors"] += 1
+        delay = self.queue.failed(tid, self.clock())
+        log.exception("%s: reconcile failed; retrying in %.1f s", tid, delay)
+        rt = self.runtime.get(tid)
+        if rt is not None:
+            message = f"reconcile failed: {type(exc).__name__}"
+            rt.last_error = LastError("INTERNAL_ERROR", message, time.time())
+            self.changed.set()
+
+    def _keys(self) -> set[str]:
+        """Every tunnel to look at: the desired ones and those some live SA belongs to."""
+        return set(self.plans) | set(self.sas_by_tunnel())
+
+    def sas_by_tunnel(self) -> dict[str, list[SaView]]:
+        """Live SAs grouped by tunnel. A responder SA belongs to a tunnel only once IKE_AUTH
+        chose its config (before that, `config` is just the first candidate)."""
+        groups: dict[str, list[SaView]] = {}
+        for sa in self.ike.sas():
+            if sa.authenticated:
+                groups.setdefault(sa.tunnel, []).append(sa)
+        return groups
+
+    # ------------------------------------------------------------------ one tunnel
+
+    async def reconcile_tunnel(self, tid: str, sas: list[SaView]) -> float | None:
+        """One step of `tid` toward its plan, given the views of its live SAs. Returns the
+        seconds until it wants another look (None: when something happens)."""
         now = self.clock()
-        groups = self.sas_by_tunnel()
-        for tid, records in groups.items():
-            p = self.plans.get(tid)
-            for record in records:
-                if p is not None and not _deleting(record) and _child_only_change(record, p):
-                    log.info("%s: CHILD_SA configuration changed; keeping IKE SA %s",
-                             tid, record.sa.local_spi.hex())  # fmt: skip
-                    record.sa.config = _without_ic(record.sa.config, p.ike)
-                if not _matches(record, p) and not _deleting(record):
-                    why = "no longer desired" if p is None else "configuration changed"
-                    log.info("%s: deleting IKE SA %s (%s)", tid, record.sa.local_spi.hex(), why)
-                    self.adapter.delete(record)
-            if p is not None:
-                self._resolve_duplicates(p, records)
-                for record in records:
-                    if _matches(record, p) and record.sa.established and not record.sa.rekeying_ike():
-                        self._converge_children(p, self.runtime[tid], record, now)
-        for tid, p in self.plans.items():
-            rt = self.runtime[tid]
-            live = [r for r in groups.get(tid, []) if _matches(r, p) and not _deleting(r)]
-            if live:
-                rt.since = now
-                continue
-            if now < rt.next_attempt:
-                continue
-            if not p.initiator and not self.restarted and now - rt.since < self.responder_grace:
-                continue
-            await self._initiate(p, rt, now, others=bool(groups.get(tid)))
-        self.restarted = False
+        p = self.plans.get(tid)
+        current: list[SaView] = []
+        for sa in sas:
+            if p is not None and sa.phase is not SaPhase.DELETING and child_only_change(sa, p):
+                log.info("%s: CHILD_SA configuration changed; keeping IKE SA %s", tid, sa.local_spi.hex())
+                config = without_ic(sa.config, p.ike)
+                self.ike.reconfigure(sa.handle, config)
+                sa = dataclasses.replace(sa, config=config)
+            if not matches(sa, p) and sa.phase is not SaPhase.DELETING:
+                why = "no longer desired" if p is None else "configuration changed"
+                log.info("%s: deleting IKE SA %s (%s)", tid, sa.local_spi.hex(), why)
+                self.ike.delete(sa.handle)
+                sa = dataclasses.replace(sa, phase=SaPhase.DELETING)
+            current.append(sa)
+        if p is None:
+            return None
+        rt = self.runtime[tid]
+        keep, losers = duplicates_to_delete(current, p.initiator)
+        for loser in losers:
+            assert keep is not None
+            log.info("%s: duplicate IKE SA %s; keeping %s", tid, loser.spi_i.hex(), keep.spi_i.hex())
+            self.ike.delete(loser.handle)
+        gone = {s.handle for s in losers}
+        current = [dataclasses.replace(s, phase=SaPhase.DELETING) if s.handle in gone else s for s in current]
+        waits: list[float] = []
+        for sa in current:
+            if matches(sa, p) and sa.is_established and not sa.rekeying_ike:
+                wait = self._converge_children(p, rt, sa, now)
+                if wait is not None:
+                    waits.append(wait)
+        skip_grace, rt.skip_grace = rt.skip_grace, False
+        if any(matches(s, p) and s.phase is not SaPhase.DELETING for s in current):
+            rt.since = now
+            return min(waits) if waits else None
+        if now < rt.next_attempt:
+            return rt.next_attempt - now
+        grace_left = rt.since + self.responder_grace - now
+        if not p.initiator and not skip_grace and grace_left > 0:
+            return grace_left
+        await self._initiate(p, rt, now, others=bool(current))
+        return rt.next_attempt - now
 
     async def _initiate(self, p: TunnelPlan, rt: TunnelRuntime, now: float, *, others: bool) -> None:
         remote = p.remotes[rt.attempts % len(p.remotes)]
@@ -317,9 +405,10 @@ class Reconciler:
         rt.next_attempt = now + delay * (0.5 + self.rng.random())
         rt.attempts += 1
         config = p.ike if not others else dataclasses.replace(p.ike, send_initial_contact=False)
-        local = Address(p.local, self.adapter.settings.ike_port) if p.local else None
+        port = self.ike.ike_port
+        local = Address(p.local, port) if p.local else None
         try:
-            await self.adapter.initiate(config, Address(remote, self.adapter.settings.ike_port), local)
+            await self.ike.initiate(config, Address(remote, port), local)
         except OSError as exc:
             rt.last_error = LastError("PEER_UNREACHABLE", f"initiate to {remote}: {exc}", time.time())
             if self.metrics is not None:
@@ -327,95 +416,25 @@ class Reconciler:
             log.warning("%s: cannot initiate to %s: %s", p.tunnel_id, remote, exc)
         self.changed.set()
 
-    def _converge_children(self, p: TunnelPlan, rt: TunnelRuntime, record: SaRecord, now: float) -> None:
-        """Replaces CHILD_SAs negotiated with an older config of their name, make-before-break."""
-        sa = record.sa
-        rt.child_deletes &= set(sa.children)
-        for cfg in sa.config.children:
-            mine = [c for c in sa.children.values() if c.name == cfg.name]
-            stale = [c for c in mine if c.config != cfg]
-            ready = [
-                c
-                for c in mine
-                if c.config == cfg
-                and c.state is ChildState.INSTALLED  # not a rekey's loser or predecessor
-                and (cr := record.children.get(c.spi_in)) is not None
-                and cr.installed
-                and cr.holds_for is None
-            ]
-            if ready:  # the new pair carries the traffic: the old one can go
-                # Both ends replaced it at once: both keep the same pair (its lower SPI is lowest).
-                keep = min(ready, key=lambda c: (min(c.spi_in, c.spi_out), max(c.spi_in, c.spi_out)))
-                doomed = [*stale, *(c for c in ready if c is not keep)]
-                for c in doomed:
-                    if c.state is ChildState.INSTALLED and c.spi_in not in rt.child_deletes:
-                        log.info("%s: deleting CHILD_SA %s %08x_i, replaced by %08x_i (new configuration)",
-                                 p.tunnel_id, c.name, c.spi_in, keep.spi_in)  # fmt: skip
-                        rt.child_deletes.add(c.spi_in)
-                        self.adapter.delete_child(record, c.spi_in)
-            if not stale:
-                rt.child_stale_since.pop(cfg.name, None)
-                continue
-            if ready or len(stale) < len(mine) or cfg.name in record.replacing:
-                continue  # the new one is on its way (or held until the peer deletes the old one)
-            if sa.child_exchange_in_flight():
-                continue
-            since = rt.child_stale_since.setdefault(cfg.name, now)
-            if not p.initiator and now - since < min(self.responder_grace, CHILD_GRACE):
-                continue
-            log.info("%s: replacing CHILD_SA %s on IKE SA %s (configuration changed)",
-                     p.tunnel_id, cfg.name, sa.local_spi.hex())  # fmt: skip
-            self.adapter.replace_child(record, cfg)
-
-    def _resolve_duplicates(self, p: TunnelPlan, records: list[SaRecord]) -> None:
-        established = [r for r in records if r.sa.established]
-        if len(established) < 2:
-            return
-        # Both ends sort the same SAs the same way: "created by the designated initiator" is
-        # `sa.initiator == p.initiator` seen from either end (this settles simultaneous
-        # initiation); between SAs from the same end the newest wins (after a restart); the
-        # shared SPIi breaks exact ties.
-        keep = min(
-            established,
-            key=lambda r: (r.sa.initiator != p.initiator, -(r.established_at or 0.0), r.sa.spi_i),
+    def _converge_children(self, p: TunnelPlan, rt: TunnelRuntime, sa: SaView, now: float) -> float | None:
+        """Replaces CHILD_SAs negotiated with an older config of their name (convergence.py);
+        returns the seconds until a held-back replacement is due."""
+        rt.child_deletes &= {c.spi_in for c in sa.children}
+        steps = child_steps(
+            sa,
+            designated=p.initiator,
+            stale_since=rt.child_stale_since,
+            deleting=rt.child_deletes,
+            now=now,
+            grace=min(self.responder_grace, CHILD_GRACE),
         )
-        for r in established:
-            if r is not keep:
-                log.info(
-                    "%s: duplicate IKE SA %s; keeping %s", p.tunnel_id, r.sa.spi_i.hex(), keep.sa.spi_i.hex()
-                )
-                self.adapter.delete(r)
-
-
-def _deleting(record: SaRecord) -> bool:
-    return record.sa.state.name == "DELETING"
-
-
-def _matches(record: SaRecord, p: TunnelPlan | None) -> bool:
-    return p is not None and record.sa.config == _without_ic(record.sa.config, p.ike)
-
-
-def _child_only_change(record: SaRecord, p: TunnelPlan) -> bool:
-    """The IKE SA can stay: established, and only CHILD_SA settings of the same named children
-    differ (anything else, e.g. the peer, IDs, auth or IKE proposals, needs a new IKE SA)."""
-    actual = record.sa.config
-    desired = _without_ic(actual, p.ike)
-    if actual == desired or not record.sa.established:
-        return False
-    names = sorted(c.name for c in actual.children)
-    return names == sorted(c.name for c in desired.children) and dataclasses.replace(
-        actual, children=()
-    ) == dataclasses.replace(desired, children=())
-
-
-def _without_ic(actual: IkeConfig, desired: IkeConfig) -> IkeConfig:
-    """`desired` as we would have initiated it: INITIAL_CONTACT is per attempt, not config, and
-    a renewed node certificate is for the next IKE SAs (an established SA is not torn down for
-    it, only for a change of the CAs it trusts)."""
-    changes: dict[str, object] = {}
-    if actual.send_initial_contact != desired.send_initial_contact:
-        changes["send_initial_contact"] = actual.send_initial_contact
-    ours, wanted = actual.credentials, desired.credentials
-    if ours is not None and wanted is not None and ours is not wanted and ours.trusted == wanted.trusted:
-        changes["credentials"] = ours
-    return dataclasses.replace(desired, **changes) if changes else desired  # type: ignore[arg-type]
+        for doomed, kept in steps.delete:
+            log.info("%s: deleting CHILD_SA %s %08x_i, replaced by %08x_i (new configuration)",
+                     p.tunnel_id, doomed.name, doomed.spi_in, kept.spi_in)  # fmt: skip
+            rt.child_deletes.add(doomed.spi_in)
+            self.ike.delete_child(sa.handle, doomed.spi_in)
+        for stale, cfg in steps.replace:
+            log.info("%s: replacing CHILD_SA %s %08x_i on IKE SA %s (configuration changed)",
+                     p.tunnel_id, cfg.name, stale.spi_in, sa.local_spi.hex())  # fmt: skip
+            self.ike.replace_child(sa.handle, stale.spi_in, cfg)
+        return steps.wait

@@ -1,6 +1,6 @@
-"""Builds `StatusReport`s (docs/api.md, "Status reports") from the reconciler's tunnels, the
-adapter's SA records and the data plane's counters. Algorithms are spelled in proposal notation
-("aes256gcm16", "prfsha384", "ecp384") like the desired state spells them."""
+"""Builds `StatusReport`s (docs/api.md, "Status reports") from the reconciler's tunnels and the
+IKE runtime's views of their SAs and CHILD_SA counters (ike_port.py). Algorithms are spelled in
+proposal notation ("aes256gcm16", "prfsha384", "ecp384") like the desired state spells them."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ from collections.abc import Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from meshsec.agent.adapters.ike import ChildRecord, IkeAdapter, SaRecord
+from meshsec.agent.ike import Algorithms, ChildSaEstablished, Ts
 from meshsec.agent.ike.constants import DhId, EncrId, IntegId, PrfId, ProtocolId
-from meshsec.agent.ike.events import Algorithms
-from meshsec.agent.ike.sa import ChildState
-from meshsec.agent.ike.ts import Ts
+from meshsec.agent.node.ike_port import SaPhase, SaView
 from meshsec.agent.node.pathmtu import PathMtu
 from meshsec.agent.node.reconciler import Reconciler
 from meshsec.v1 import agent_pb2, common_pb2
@@ -74,15 +72,9 @@ def _set_time(field: Timestamp, wall: float | None) -> None:
         field.CopyFrom(ts)
 
 
-def _rekeying(record: SaRecord) -> bool:
-    sa = record.sa
-    return sa.rekeying_ike() or any(c.state is ChildState.REKEYING for c in sa.children.values())
-
-
 class ReportBuilder:
-    def __init__(self, reconciler: Reconciler, adapter: IkeAdapter) -> None:
+    def __init__(self, reconciler: Reconciler) -> None:
         self.reconciler = reconciler
-        self.adapter = adapter
         self.peer_names: dict[str, str] = {}  # tunnel_id -> DesiredTunnel.peer_name
         self._last: dict[str, bytes] = {}  # tunnel_id -> status without updated_at
         self._updated: dict[str, float] = {}
@@ -118,22 +110,22 @@ class ReportBuilder:
         plan = self.reconciler.plans.get(status.tunnel_id)
         return plan.remotes[0] if plan is not None and plan.remotes else ""
 
-    async def _tunnel(self, tid: str, records: list[SaRecord]) -> agent_pb2.TunnelStatus:
+    async def _tunnel(self, tid: str, sas: list[SaView]) -> agent_pb2.TunnelStatus:
         rec = self.reconciler
         rt = rec.runtime.get(tid)
         status = agent_pb2.TunnelStatus(tunnel_id=tid, peer_name=self.peer_names.get(tid, ""))
-        established = [r for r in records if r.sa.established]
-        current = established[0] if established else (records[0] if records else None)
+        established = [s for s in sas if s.is_established]
+        current = established[0] if established else (sas[0] if sas else None)
         if tid in rec.invalid:
             status.state = common_pb2.TUNNEL_STATE_FAILED
         elif current is None:
             failed = rt is not None and rt.last_error is not None
             status.state = common_pb2.TUNNEL_STATE_FAILED if failed else common_pb2.TUNNEL_STATE_DOWN
-        elif current.sa.established and _rekeying(current):
+        elif current.is_established and current.rekeying:
             status.state = common_pb2.TUNNEL_STATE_REKEYING
-        elif current.sa.established:
+        elif current.is_established:
             status.state = common_pb2.TUNNEL_STATE_ESTABLISHED
-        elif current.sa.state.name == "DELETING":
+        elif current.phase is SaPhase.DELETING:
             status.state = common_pb2.TUNNEL_STATE_DELETING
         else:
             status.state = common_pb2.TUNNEL_STATE_CONNECTING
@@ -141,11 +133,11 @@ class ReportBuilder:
         if current is not None:
             status.ike_sa.CopyFrom(self._ike_sa(current))
             _set_time(status.ike_sa.last_rekey_at, rt.last_ike_rekey if rt else None)
-            for child in current.children.values():
-                child_status = await self._child(child)
-                _set_time(
-                    child_status.last_rekey_at, rt.last_child_rekey.get(child.event.name) if rt else None
-                )
+            for child in current.children:
+                if child.event is None:  # not announced yet
+                    continue
+                child_status = await self._child(current, child.event)
+                _set_time(child_status.last_rekey_at, rt.last_child_rekey.get(child.name) if rt else None)
                 status.child_sas.append(child_status)
         if rt is not None and rt.last_error is not None and not established:
             err = rt.last_error
@@ -156,29 +148,27 @@ class ReportBuilder:
             status.last_error.at.CopyFrom(at)
         return status
 
-    def _ike_sa(self, record: SaRecord) -> agent_pb2.IkeSaStatus:
-        sa = record.sa
+    def _ike_sa(self, sa: SaView) -> agent_pb2.IkeSaStatus:
         out = agent_pb2.IkeSaStatus(
             spi_initiator=int.from_bytes(sa.spi_i, "big"),
             spi_responder=int.from_bytes(sa.spi_r, "big"),
             initiator=sa.initiator,
             local_endpoint=endpoint(sa.local.host, sa.local.port),
             remote_endpoint=endpoint(sa.remote.host, sa.remote.port),
-            nat_detected=sa.nat_local or sa.nat_remote,
+            nat_detected=sa.nat_detected,
         )
-        if record.established is not None:
-            alg = record.established.algorithms
+        if sa.established is not None:
+            alg = sa.established.algorithms
             out.encryption_algorithm = encryption_name(alg)
             out.integrity_algorithm = _name(_INTEG, alg.integ)
             out.prf_algorithm = _name(_PRF, alg.prf)
             out.dh_group = _name(_DH, alg.dh)
-            at = timestamp(record.established_at)
+            at = timestamp(sa.established_at)
             if at is not None:
                 out.established_at.CopyFrom(at)
         return out
 
-    async def _child(self, child: ChildRecord) -> agent_pb2.ChildSaStatus:
-        ev = child.event
+    async def _child(self, sa: SaView, ev: ChildSaEstablished) -> agent_pb2.ChildSaStatus:
         out = agent_pb2.ChildSaStatus(
             name=ev.name,
             spi_in=ev.spi_in,
@@ -194,8 +184,7 @@ class ReportBuilder:
             remote_ts=[selector(t) for t in ev.ts_remote],
             udp_encapsulated=ev.udp_encap,
         )
-        installer = self.adapter.installer
-        traffic = await installer.counters((child.local.host, ev.protocol, ev.spi_in)) if installer else None
+        traffic = await self.reconciler.ike.child_traffic(sa.handle, ev.spi_in)
         if traffic is not None:
             out.bytes_in, out.packets_in = traffic.bytes_in, traffic.packets_in
             out.bytes_out, out.packets_out = traffic.bytes_out, traffic.packets_out

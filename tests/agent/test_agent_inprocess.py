@@ -122,6 +122,7 @@ async def test_enroll_report_renew_and_metrics(ctl: Controller, tmp_path: Path) 
 
         doc = await a.status()
         assert doc["controller"]["connected"] and doc["tunnels"][0]["state"] == "ESTABLISHED"  # type: ignore[index]
+        assert doc["reconciler"]["stats"].get("reconcile_errors", 0) == 0  # type: ignore[index]
         table = format_status(json.loads(json.dumps(doc)))  # what `meshsec-agent status` prints
         assert doc["tunnels"][0]["tunnel_id"] in table  # type: ignore[index]
 

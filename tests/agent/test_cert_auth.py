@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from meshsec.agent.node.reconciler import Reconciler, _without_ic
+from meshsec.agent.node.convergence import without_ic
+from meshsec.agent.node.reconciler import Reconciler
 from meshsec.agent.node.translate import IdentityNotInCertificate, TunnelError, node_credentials, plan
 from meshsec.common.secrets import Secret
 from meshsec.meshctl.convert import dict_to_struct, struct_to_dict
@@ -153,10 +154,10 @@ def test_a_renewed_certificate_is_for_new_ike_sas_and_a_missing_id_asks_for_one(
     r.set_credentials(renewed)
     desired = r.plans["t1"].ike
     assert desired.credentials is renewed  # the next IKE SA signs with the renewed certificate
-    assert _without_ic(established, desired) == established  # the established SA is kept
+    assert without_ic(established, desired) == established  # the established SA is kept
     other = dataclasses.replace(renewed, trusted=(make_ca("other CA")[0],))
     changed = dataclasses.replace(desired, credentials=other)
-    assert _without_ic(established, changed) != established  # new trust anchors replace it
+    assert without_ic(established, changed) != established  # new trust anchors replace it
     r.set_desired({"t1": cert_tunnel(local="n1.example")}, 2)
     assert r.missing_ids == {"@n1.example"} and "not in the node certificate" in r.invalid["t1"]
 

@@ -13,6 +13,7 @@ import pytest
 
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
 from meshsec.agent.adapters.recording import RecordingDataPlane
+from meshsec.agent.adapters.runtime import AdapterRuntime, view_of
 from meshsec.agent.node.reconciler import Reconciler
 from meshsec.agent.node.report import ReportBuilder
 from meshsec.v1 import agent_pb2, common_pb2
@@ -59,9 +60,9 @@ async def start_side(name: str, addr: str, *, restarted: bool = False) -> Side:
         lambda local, remote: holder[0].lookup(local, remote),
         dataplane=dp,
         settings=AdapterSettings(bind=(addr,), ike_port=PORT),
-        on_event=lambda record, ev: holder[0].on_event(record, ev),
+        on_event=lambda record, ev: holder[0].on_event(view_of(record), ev),
     )
-    rec = Reconciler(adapter, responder_grace=1.0)
+    rec = Reconciler(AdapterRuntime(adapter), responder_grace=1.0)
     rec.restarted = restarted
     holder.append(rec)
     await adapter.start()
@@ -188,7 +189,7 @@ async def test_engine_rekeys_are_not_mistaken_for_duplicates(pair: list[Side]) -
         lambda: distinct(a) and [x[0] for x in distinct(a)] == [x[0] for x in distinct(b)],
     )
     # The status report carries the rekey times.
-    (report,) = await ReportBuilder(a.reconciler, a.adapter).tunnels()
+    (report,) = await ReportBuilder(a.reconciler).tunnels()
     assert report.ike_sa.last_rekey_at.seconds > 0
     assert report.child_sas and all(c.last_rekey_at.seconds > 0 for c in report.child_sas)
     # Only the CHILD_SA pairs the engine still holds are in the data plane (old ones removed).

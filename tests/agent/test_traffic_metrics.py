@@ -20,7 +20,7 @@ def installed_pair(side: Side) -> tuple[object, object]:
 
 
 async def scrape(side: Side, metrics: AgentMetrics) -> dict[tuple[str, str], float]:
-    tunnels = await ReportBuilder(side.reconciler, side.adapter).tunnels()
+    tunnels = await ReportBuilder(side.reconciler).tunnels()
     installer = side.adapter.installer
     assert installer is not None
     installer.traffic.retain({t.tunnel_id for t in tunnels})
