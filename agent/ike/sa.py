@@ -44,13 +44,13 @@ from meshsec.agent.ike.exchanges.informational import ChildDelete, IkeDelete, Li
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.keys import IkeKeys
-from meshsec.agent.ike.lifetime import jittered
 from meshsec.agent.ike.natt import NATT_KEEPALIVE, add_non_esp_marker
 from meshsec.agent.ike.parse import ParseError, parse_header
 from meshsec.agent.ike.payloads import Header, NotifyPayload
 from meshsec.agent.ike.proposals import Chosen
 from meshsec.agent.ike.protect import SkProtection
 from meshsec.agent.ike.random import Random, SystemRandom
+from meshsec.agent.ike.sa_lifetime import IkeLifetime
 from meshsec.agent.ike.states import EXCHANGE_RULES, IKE_TRANSITIONS, ChildState, State, check
 from meshsec.agent.ike.task import Task
 from meshsec.agent.ike.task_manager import TaskManager
@@ -73,7 +73,6 @@ ERRORS = ExceptionLog(log)
 
 SpiAllocator = Callable[[ProtocolId], int]
 HALF_OPEN_TIMEOUT = 30.0  # seconds a responder waits for IKE_AUTH (strongSwan's default)
-REKEYED_GRACE = 30.0  # seconds a replaced IKE SA waits for the peer's DELETE before deleting itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,17 +159,14 @@ class IkeSa:
         # without scanning all of them, and to learn of successor SAs made by a rekey.
         self.on_pending: Callable[[IkeSa], None] | None = None
         self.on_new_sa: Callable[[IkeSa], None] | None = None
-        # IKE SA lifecycle (rekey, DPD): see exchanges/ike_rekey.py and docs/ike.md.
-        self.ike_rekey_at: float | None = None
-        self.ike_expire_at: float | None = None
-        self.ike_rekey_attempts = 0
+        # IKE SA lifecycle (rekey, DPD, reauthentication): sa_lifetime.py, docs/ike.md.
+        self.lifetime = IkeLifetime(self)
         self.ike_rekey_task: Task | None = None  # our IKE rekey request in flight
         self.peer_ike_rekey: tuple[IkeSa, bytes] | None = None  # answered while ours was in flight
         self.successor: IkeSa | None = None
         self.spawned = False  # made by an IKE rekey (not by IKE_SA_INIT)
         self.last_inbound = 0.0  # last authenticated message (or ESP, via traffic_seen)
         self.restarts = 0  # > 0: made by dpd_action restart
-        self.reauth_at: float | None = None
         # We set the connection up (initiated its first IKE SA); only this side reauthenticates,
         # else both peers would build a new SA each and keep two.
         self.originator = initiator
@@ -252,8 +248,12 @@ class IkeSa:
 
     def rekey(self, now: float) -> None:
         """Rekeys the IKE SA now (its rekey_time does the same on its own)."""
-        self.ike_rekey_at = None
+        self.lifetime.rekey_at = None
         self._guard(now, self._enqueue, IkeRekey(), now)
+
+    def start_task(self, task: Task, now: float) -> None:
+        """Queues `task` (an exchange of ours) and starts it when the window is free."""
+        self._guard(now, self._enqueue, task, now)
 
     def check_liveness(self, now: float) -> None:
         self._guard(now, self._enqueue, Liveness(), now)
@@ -293,9 +293,7 @@ class IkeSa:
         if self._half_open() and self.created_at is not None:
             deadlines.append(self.created_at + HALF_OPEN_TIMEOUT)
         if self._state is State.ESTABLISHED:
-            for at in (self.ike_rekey_at, self.ike_expire_at, self._dpd_due(), self.reauth_at):
-                if at is not None:
-                    deadlines.append(at)
+            deadlines += self.lifetime.deadlines()
             for c in self.children.values():
                 if c.rekey_at is not None and c.state is ChildState.INSTALLED:
                     deadlines.append(c.rekey_at)
@@ -304,19 +302,6 @@ class IkeSa:
         return min(deadlines) if deadlines else None
 
     # ------------------------------------------------------------------ for tasks and features
-
-    def start_lifetime(self, now: float) -> None:
-        """Arms the IKE SA's rekey (jittered) and hard-expiry timers; called when established."""
-        cfg = self.config
-        self.last_inbound = max(self.last_inbound, now)
-        if cfg.reauth_time > 0 and self.originator:
-            self.reauth_at = now + jittered(cfg.reauth_time, cfg.reauth_time / 10, self.rnd)
-        if cfg.rekey_time <= 0:
-            return
-        spread = cfg.rand_time if cfg.rand_time is not None else cfg.rekey_time / 10
-        self.ike_rekey_at = now + jittered(cfg.rekey_time, spread, self.rnd)
-        over = cfg.over_time if cfg.over_time is not None else max(1, cfg.rekey_time // 10)
-        self.ike_expire_at = now + cfg.rekey_time + over
 
     def sibling(
         self, *, initiator: bool, local: Address | None = None, remote: Address | None = None
@@ -339,10 +324,7 @@ class IkeSa:
         new.children.update(self.children)
         self.children.clear()
         new.tasks.adopt(self.tasks.take_over())
-        self.ike_rekey_at = None
-        self.reauth_at = None
-        # A peer that never deletes its old SA must not keep it alive for ever.
-        self.ike_expire_at = now + REKEYED_GRACE
+        self.lifetime.replaced(now)
         self.emit(IkeSaRekeyed(new.spi_i, new.spi_r, new.local_spi))
         new.kick(now)
 
@@ -565,8 +547,7 @@ class IkeSa:
             return
         self.tasks.on_timer(now)
         if self._state is State.ESTABLISHED:
-            self._ike_timers(now)
-            self._dpd_timer(now)
+            self.lifetime.on_timer(now)
         if self._state is State.ESTABLISHED:
             self._child_timers(now)
         if (
@@ -576,33 +557,6 @@ class IkeSa:
             and now >= self._last_sent + self.config.natt_keepalive
         ):
             self.send_datagram(NATT_KEEPALIVE, now, keepalive=True)
-
-    def _ike_timers(self, now: float) -> None:
-        if self.ike_expire_at is not None and now >= self.ike_expire_at:
-            self.ike_expire_at = None
-            log.info("IKE SA %s: lifetime over (rekey never succeeded, or replaced); deleting",
-                     self.local_spi.hex())  # fmt: skip
-            self._delete(now)
-            return
-        if self.ike_rekey_at is not None and now >= self.ike_rekey_at and self.successor is None:
-            self.ike_rekey_at = None
-            self._enqueue(IkeRekey(), now)
-        if self.reauth_at is not None and now >= self.reauth_at and self.successor is None:
-            self.reauth_at = None
-            self._spawn_fresh(now, True)
-
-    def _dpd_due(self) -> float | None:
-        if self.config.dpd_delay <= 0 or self._state is not State.ESTABLISHED or self.successor is not None:
-            return None
-        if self.tasks.busy:
-            return None  # a request is under way: its retransmissions test liveness already
-        return self.last_inbound + self.config.dpd_delay
-
-    def _dpd_timer(self, now: float) -> None:
-        due = self._dpd_due()
-        if due is not None and now >= due:
-            self.stats["dpd_probes"] += 1
-            self._enqueue(Liveness(dpd=True), now)
 
     def _spawn_fresh(self, now: float, reauth: bool) -> None:
         """A fresh IKE SA with the same config towards the peer's original address: a

@@ -115,6 +115,12 @@ class Net:
     def peer(self, agent: Agent) -> Agent:
         return self.b if agent is self.a else self.a
 
+    def reseed(self, seed: int) -> None:
+        """Fresh random streams for both agents (nonces, SPIs): collision tests try several, so
+        that both outcomes of a nonce comparison occur."""
+        self.a.rnd.__init__(f"a-{seed}")  # type: ignore[misc]
+        self.b.rnd.__init__(f"b-{seed}")  # type: ignore[misc]
+
     def _collect(self) -> None:
         for agent, direction in ((self.a, "a->b"), (self.b, "b->a")):
             for d in agent.table.datagrams_to_send():

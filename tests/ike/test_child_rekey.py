@@ -122,8 +122,7 @@ def test_simultaneous_rekey_lowest_nonce_loses_both_outcomes() -> None:
     winners = set()
     for seed in range(8):
         net = connected(a_child={"rekey_time": 1000}, b_child={"rekey_time": 1000})
-        net.a.rnd.__init__(f"a-{seed}")  # type: ignore[misc]
-        net.b.rnd.__init__(f"b-{seed}")  # type: ignore[misc]
+        net.reseed(seed)
         _both_rekey_at_once(net)
         sa_a, sa_b = net.a.sa(), net.b.sa()
         won = [side for side, sa in (("a", sa_a), ("b", sa_b)) if sa.stats["rekey_collision_won"]]

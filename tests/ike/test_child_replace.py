@@ -73,8 +73,7 @@ def test_both_ends_replace_at_once_one_pair_survives() -> None:
     winners = set()
     for seed in range(8):
         net = connected()
-        net.a.rnd.__init__(f"a-{seed}")  # type: ignore[misc]
-        net.b.rnd.__init__(f"b-{seed}")  # type: ignore[misc]
+        net.reseed(seed)
         _replace_on_a(net)
         (b_old,) = net.b.sa().children.values()
         assert b_old.config is not None
@@ -100,8 +99,7 @@ def test_replacement_crossing_the_peers_rekey() -> None:
     outcomes = set()
     for seed in range(8):
         net = connected(a_child={"rekey_time": 1000}, b_child={"rekey_time": 1000})
-        net.a.rnd.__init__(f"a-{seed}")  # type: ignore[misc]
-        net.b.rnd.__init__(f"b-{seed}")  # type: ignore[misc]
+        net.reseed(seed)
         _replace_on_a(net)
         (b_old,) = net.b.sa().children.values()
         net.b.sa().rekey_child(b_old.spi_in, net.now)

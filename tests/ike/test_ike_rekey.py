@@ -98,8 +98,7 @@ def test_simultaneous_ike_rekey_lowest_nonce_loses_both_outcomes() -> None:
     outcomes = set()
     for seed in range(8):
         net = connected()
-        net.a.rnd.__init__(f"a-{seed}")  # type: ignore[misc]
-        net.b.rnd.__init__(f"b-{seed}")  # type: ignore[misc]
+        net.reseed(seed)
         children_a = set(net.a.sa().children)
         net.a.sa().rekey(net.now)
         net.b.sa().rekey(net.now)

@@ -47,7 +47,7 @@ def _established(sa: IkeSa, now: float) -> None:
     assert sa.chosen is not None and sa.remote_identity is not None
     c = sa.chosen
     sa.move_to(State.ESTABLISHED)
-    sa.start_lifetime(now)
+    sa.lifetime.start(now)
     sa.emit(
         IkeSaEstablished(
             sa.spi_i,

@@ -32,7 +32,6 @@ from meshsec.agent.ike.events import RekeyFailed
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.features.key_exchange import setup_keys
 from meshsec.agent.ike.keys import rekey_skeyseed
-from meshsec.agent.ike.lifetime import backoff
 from meshsec.agent.ike.payloads import (
     KePayload,
     Message,
@@ -73,8 +72,10 @@ def spawn(
     new.created_at = now
     new.move_to(State.ESTABLISHED)
     new.last_inbound = now
-    new.start_lifetime(now)
-    new.reauth_at = sa.reauth_at  # rekeying keys the SA; it does not postpone reauthentication
+    new.lifetime.start(now)
+    new.lifetime.reauth_at = (
+        sa.lifetime.reauth_at
+    )  # rekeying keys the SA; it does not postpone reauthentication
     if sa.on_new_sa is not None:
         sa.on_new_sa(new)
     return new
@@ -176,9 +177,7 @@ class IkeRekey(Task):
             return
         if code is not FailureReason.TEMPORARY_FAILURE:  # that one is part of a collision, retried as planned
             sa.emit(RekeyFailed("ike", sa.config.name, problem, code))
-        sa.ike_rekey_attempts += 1
-        delay = backoff(sa.ike_rekey_attempts, sa.rnd)
-        sa.ike_rekey_at = now + delay
+        delay = sa.lifetime.retry_rekey(now)
         sa.stats["ike_rekey_retry_scheduled"] += 1
         log.info("IKE SA %s: rekey refused (%s); retrying in %.1f s", sa.local_spi.hex(), problem, delay)
 
