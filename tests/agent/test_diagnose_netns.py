@@ -77,6 +77,9 @@ def test_watch_and_wait_follow_a_tunnel_coming_up(mesh: MeshLab) -> None:
             [str(BIN / "meshctl"), "--controller", f"unix:{mesh.admin_socket}", "get", "tunnels", "-w",
              "--timeout", "120s", "--interval", "0.5"],
             stdout=out, stderr=subprocess.STDOUT,
+            # A runner started in the background has SIGINT ignored, and a child inherits that:
+            # the watch must see the Ctrl-C this test sends whatever launched pytest.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
     try:
         wait_for("the watch's header", lambda: "TUNNEL" in log.read_text(), 20)

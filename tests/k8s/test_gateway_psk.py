@@ -80,17 +80,21 @@ async def _stored(ctl: Controller) -> bytes | None:
 
 
 async def test_psk_from_a_secret_is_synced_rotated_and_released(
-    kmock: Any, ctl: Controller, sync: ControllerSync, caplog: pytest.LogCaptureFixture
+    kmock: Any,
+    ctl: Controller,
+    sync: ControllerSync,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    # An operator run earlier in the session (kopf) may leave the operator's loggers disabled or
-    # not propagating; this test reads their lines, so it turns them back on for itself.
+    # Code run earlier in the session (kopf, the CLIs' log set-up) may leave the operator's
+    # loggers or their ancestors disabled, above INFO or not propagating to the root handler
+    # caplog reads: this test reads their lines, so it hands them caplog's handler directly.
     operator_log = logging.getLogger("meshsec.controller.operator")
-    for logger in (operator_log, *(logging.getLogger(n) for n in logging.root.manager.loggerDict
-                                   if n.startswith(operator_log.name + "."))):
-        logger.disabled = False
-        logger.propagate = True
-        logger.setLevel(logging.NOTSET)
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith(operator_log.name)]:
+        monkeypatch.setattr(logging.getLogger(name), "disabled", False)
+    monkeypatch.setattr(operator_log, "handlers", [*operator_log.handlers, caplog.handler])
+    monkeypatch.setattr(operator_log, "level", logging.DEBUG)
     secrets = Secrets(kmock)
     reconciler = Reconciler(
         Kind.EXTERNAL_GATEWAY, sync, OperatorConfig(), PskSync(sync, secrets.client, NAMESPACE)
