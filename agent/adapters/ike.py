@@ -84,6 +84,7 @@ class AdapterSettings:
     ike_port: int = 500
     rcvbuf: int = DEFAULT_RCVBUF
     responder: ResponderSettings = field(default_factory=ResponderSettings)
+    first_reqid: int = 1  # a restarted agent starts above the reqids of the SAs it adopted
 
 
 EventCallback = Callable[[SaRecord, Event], None]
@@ -114,7 +115,8 @@ class IkeAdapter:
         self.records: dict[IkeSa, SaRecord] = {}
         self.by_handle: dict[int, SaRecord] = {}
         self.history: deque[SaRecord] = deque(maxlen=HISTORY)
-        self.installer = ChildInstaller(dataplane) if dataplane is not None else None
+        first_reqid = self.settings.first_reqid
+        self.installer = ChildInstaller(dataplane, first_reqid) if dataplane is not None else None
         self.spis = SpiReserver(dataplane, self.rnd) if dataplane is not None else None
         self.strict_failure: BaseException | None = None  # raised in a task in strict mode
         self._by_spi: dict[bytes, IkeSa] = {}
