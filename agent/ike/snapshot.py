@@ -23,7 +23,8 @@ from typing import Any
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.child import ChildSa
 from meshsec.agent.ike.config import IkeConfig
-from meshsec.agent.ike.crypto import INTEGS, PRFS, make_cipher
+from meshsec.agent.ike.crypto import CryptoError
+from meshsec.agent.ike.features.key_exchange import use_transforms
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.keys import DirectionKeys, IkeKeys
 from meshsec.agent.ike.payloads import Transform
@@ -95,7 +96,7 @@ def from_dict(doc: dict[str, Any], config: IkeConfig, now: float, elapsed: float
                             f"{', '.join(map(str, sorted(READABLE)))}")  # fmt: skip
     try:
         return _restore(doc, config, now, max(0.0, elapsed), rnd, allocate_spi)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, CryptoError) as exc:
         raise SnapshotError(f"IKE SA snapshot is malformed ({type(exc).__name__}: {_safe(exc)})") from None
 
 
@@ -114,15 +115,7 @@ def _restore(doc: dict[str, Any], config: IkeConfig, now: float, elapsed: float,
     if len(sa.spi_i) != 8 or len(sa.spi_r) != 8:
         raise ValueError("IKE SPIs must be 8 bytes")
     sa.nonce_i, sa.nonce_r = bytes.fromhex(doc["nonce_i"]), bytes.fromhex(doc["nonce_r"])
-    chosen = _chosen_from(doc["chosen"])
-    if chosen.prf is None or chosen.encr is None:
-        raise ValueError("the IKE proposal lacks a PRF or an encryption transform")
-    sa.chosen = chosen
-    sa.prf = PRFS[chosen.prf]()
-    sa.cipher = make_cipher(chosen.encr.id, chosen.encr.key_length)
-    sa.integ = INTEGS[chosen.integ] if chosen.integ else None
-    if not sa.cipher.aead and sa.integ is None:
-        raise ValueError("non-AEAD cipher without integrity")
+    use_transforms(sa, _chosen_from(doc["chosen"]))
     sa.keys = IkeKeys(**{k: Secret(bytes.fromhex(doc["keys"][k])) for k in _IKE_KEYS})
     sa.install_protection()
     ident = doc["remote_identity"]

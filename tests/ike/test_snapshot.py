@@ -12,21 +12,15 @@ import pytest
 from meshsec.agent.ike.events import ChildSaRekeyed, IkeSaDeleted, IkeSaEstablished, IkeSaFailed, IkeSaRekeyed
 from meshsec.agent.ike.snapshot import SnapshotError, from_dict, to_dict
 
-from .lifecycle import A, Agent, B, Net
-from .test_child_rekey import configs
+from .lifecycle import A, Agent, Net
+from .test_ike_rekey import connected
 
 DOWN = 3.0  # seconds the agent is away
 
 
 def _net() -> Net:
-    a_cfg, _ = configs({"rekey_time": 30, "life_time": 60, "rand_time": 0}, None, rekey_time=120, rand_time=0)
-    _, b_cfg = configs(None, {"rekey_time": 1000, "life_time": 1100}, dpd_delay=10.0, rekey_time=1000)
-    net = Net([a_cfg], [b_cfg])
-    net.a.connect(a_cfg, B, net.now)
-    net.settle()
-    net.assert_mirrored()
-    net.traffic.clear()
-    return net
+    """A rekeys the IKE SA at +120 s; B probes A after 10 s of silence."""
+    return connected({"rekey_time": 120, "rand_time": 0}, {"dpd_delay": 10.0, "rekey_time": 1000})
 
 
 def _restart_a(net: Net) -> dict[str, object]:
@@ -58,8 +52,10 @@ def test_a_restored_ike_sa_goes_on_and_the_peer_notices_nothing() -> None:
             new.ike_rekey_at, new.children[old_child.spi_in].rekey_at) == before  # fmt: skip
     assert new.remote_identity == old.remote_identity and new.keys == old.keys
 
-    net.advance(40)  # B probes every 10 s of silence; A's CHILD_SA rekey is due at +30 s
+    net.advance(40)  # B probes every 10 s of silence
     assert peer.stats["dpd_probes"] >= 3 and not net.b.of_type(IkeSaFailed)
+    new.rekey_child(old_child.spi_in, net.now)  # new child keys from the restored SK_d
+    net.advance(2)
     (rekeyed,) = net.a.of_type(ChildSaRekeyed)
     assert rekeyed.old_spi_in == old_child.spi_in
     assert new.next_request_id > before[2]  # the rekey and the DPD answers continued the IDs
