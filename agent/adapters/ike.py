@@ -154,15 +154,19 @@ class IkeAdapter:
     def endpoints(self) -> list[Address]:
         return [ep.bound for ep in self._endpoints.all]
 
-    async def close(self, graceful: bool = True, timeout: float = 3.0) -> None:
-        """With `graceful`, deletes every established IKE SA first (INFORMATIONAL DELETE) and
-        waits up to `timeout` for the peers' answers and the data-plane cleanup."""
+    async def close(self, graceful: bool = True, timeout: float = 3.0,
+                    only: Callable[[SaRecord], bool] | None = None) -> None:  # fmt: skip
+        """With `graceful`, deletes every established IKE SA first (INFORMATIONAL DELETE), or
+        those `only` picks, and waits up to `timeout` for the peers' answers and the data-plane
+        cleanup."""
         if self._closed:
             return
         if graceful and self._loop is not None:
             now = self.now()
             for sa in list(self.table):
-                sa.delete(now)
+                record = self.records.get(sa)
+                if only is None or (record is not None and only(record)):
+                    sa.delete(now)
             self._pump()
             deadline = time.monotonic() + timeout
             while any(not sa.closed for sa in self.table) and time.monotonic() < deadline:

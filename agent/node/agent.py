@@ -2,9 +2,11 @@
 controller session, status socket and metrics, and their order at start and stop.
 
 Two kinds of stop (docs/agent.md, "Restart and leave"):
-- restart (the default for SIGTERM/SIGINT, and what a crash or kill -9 amounts to): no DELETE
-  is sent, the data plane is left as it is (the kernel's SAs, policies and routes keep
-  forwarding while the agent is away) and the state dir keeps everything the next start needs;
+- restart (the default for SIGTERM/SIGINT, and what a crash or kill -9 amounts to): the data
+  plane is left as it is (the kernel's SAs, policies and routes keep forwarding while the agent
+  is away), the state dir keeps everything the next start needs, and no DELETE is sent, except
+  (SIGTERM only) for tunnels whose peer is the designated initiator: the next process may not
+  reach it to replace the IKE SA;
 - leave (`meshsec-agent drain`, or SIGTERM with --leave-on-stop): INFORMATIONAL DELETE for
   every IKE SA, the data-plane state removed, the IKE SA state file removed.
 
@@ -182,6 +184,13 @@ class NodeAgent:
                      "CHILD_SAs replace them", len(owned.sas), len(owned.policies))  # fmt: skip
         self._first_reqid = owned.max_reqid + 1
 
+    def _unreachable_after_restart(self, record: SaRecord) -> bool:
+        """A restart keeps IKE SAs the next process replaces by initiating (INITIAL_CONTACT makes
+        the peer drop the old one); where the peer is the designated initiator, the next process
+        may not reach it, and only a DELETE makes it come back at once instead of after its DPD."""
+        plan = self.reconciler.plans.get(record.name) if self.reconciler is not None else None
+        return plan is not None and not plan.initiator
+
     async def stop(self, leave: bool = False) -> None:
         """`leave`: delete the SAs, tell the peers, remove the IKE state file (leaving the mesh);
         else a restart: peers hear nothing and the data plane keeps forwarding."""
@@ -194,7 +203,10 @@ class NodeAgent:
         if self.routes is not None and leave:  # a restart leaves them routing
             await self.routes.flush()
         if self.adapter is not None:
-            await self.adapter.close(graceful=leave)
+            if leave:
+                await self.adapter.close(graceful=True)
+            else:
+                await self.adapter.close(graceful=True, only=self._unreachable_after_restart)
         if self.dataplane is not None:
             if leave:
                 with contextlib.suppress(DataPlaneError):
@@ -210,7 +222,7 @@ class NodeAgent:
         self.metrics.close()
         log.info("meshsec agent %s stopped (%s)", self.config.node,
                  "left the mesh: SAs deleted, peers told" if leave
-                 else "restart: data plane left forwarding, peers not told")  # fmt: skip
+                 else "restart: data plane left forwarding, only peers that initiate told")  # fmt: skip
 
     # ------------------------------------------------------------------ controller
 

@@ -35,7 +35,7 @@ PING_DIR = RUN_DIR / "restart-pings"
 class Restarted:
     node: str
     stopped_in: float  # SIGTERM to exit
-    back_in: float  # start of the new process to its status socket answering ready
+    back_in: float  # start of the new process to it being ready with its tunnels up (its view)
     tunnels_in: float  # start of the new process to every lab tunnel up again
 
 
@@ -88,13 +88,18 @@ def _until(check: Callable[[], bool], since: float, timeout: float, what: str, l
 
 
 def agent_ready(node: str) -> bool:
+    """Ready (desired state applied) and every tunnel up in the agent's own view: the
+    controller's may still be the one from before the restart."""
     from meshsec.agent.standalone.status import query_status
 
+    sock = RUN_DIR / "agents" / f"{node}.sock"
     try:
-        answer = query_status(RUN_DIR / "agents" / f"{node}.sock", timeout=2.0, command="health")
+        if query_status(sock, timeout=2.0, command="health").get("ready") is not True:
+            return False
+        tunnels = query_status(sock, timeout=5.0).get("tunnels") or []
     except (OSError, ValueError):
         return False
-    return answer.get("ready") is True
+    return bool(tunnels) and all(t.get("state") in UP_STATES for t in tunnels)
 
 
 def all_tunnels_up(client: AdminClient, wanted: set[str]) -> bool:
