@@ -74,11 +74,11 @@ def to_dict(sa: IkeSa, now: float) -> dict[str, Any]:
         "peer_mid": tm._peer_mid,
         "cached_request": tm._cached_request.hex(),
         "cached_response": [p.hex() for p in cached] if cached is not None else None,
-        "ike_rekey_attempts": sa.ike_rekey_attempts,
+        "ike_rekey_attempts": sa.lifetime.rekey_attempts,
         # Deadlines and ages relative to `now`: the engine's clock means nothing to the next process.
-        "ike_rekey_in": _rel(sa.ike_rekey_at, now),
-        "ike_expire_in": _rel(sa.ike_expire_at, now),
-        "reauth_in": _rel(sa.reauth_at, now),
+        "ike_rekey_in": _rel(sa.lifetime.rekey_at, now),
+        "ike_expire_in": _rel(sa.lifetime.expire_at, now),
+        "reauth_in": _rel(sa.lifetime.reauth_at, now),
         "created_ago": None if sa.created_at is None else now - sa.created_at,
         "inbound_ago": now - sa.last_inbound,
         "sent_ago": now - sa._last_sent,
@@ -129,9 +129,9 @@ def _restore(doc: dict[str, Any], config: IkeConfig, now: float, elapsed: float,
     cached = doc["cached_response"]
     tm._cached_request = bytes.fromhex(doc["cached_request"])
     tm._cached_response = None if cached is None else [bytes.fromhex(p) for p in cached]
-    sa.ike_rekey_attempts = int(doc["ike_rekey_attempts"])
-    sa.ike_rekey_at, sa.ike_expire_at = at(doc["ike_rekey_in"]), at(doc["ike_expire_in"])
-    sa.reauth_at = at(doc["reauth_in"])
+    sa.lifetime.rekey_attempts = int(doc["ike_rekey_attempts"])
+    sa.lifetime.rekey_at, sa.lifetime.expire_at = at(doc["ike_rekey_in"]), at(doc["ike_expire_in"])
+    sa.lifetime.reauth_at = at(doc["reauth_in"])
     created = doc["created_ago"]
     sa.created_at = None if created is None else now - float(created) - elapsed
     sa.last_inbound = now - float(doc["inbound_ago"]) - elapsed

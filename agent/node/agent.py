@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
+from meshsec.agent.adapters.records import SaRecord
 from meshsec.agent.adapters.runtime import AdapterRuntime, view_of
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, SaExpired
 from meshsec.agent.host_checks import IPNetwork, TunnelNeeds, warn_about_host

@@ -44,12 +44,12 @@ def test_a_restored_ike_sa_goes_on_and_the_peer_notices_nothing() -> None:
     peer = net.b.sa()
     (old_child,) = old.children.values()
     before = (old.spi_i, old.spi_r, old.next_request_id, old.tasks.expected_request_id,
-              old.ike_rekey_at, old_child.rekey_at)  # fmt: skip
+              old.lifetime.rekey_at, old_child.rekey_at)  # fmt: skip
     _restart_a(net)
     new = net.a.sa()
     assert new is not old
     assert (new.spi_i, new.spi_r, new.next_request_id, new.tasks.expected_request_id,
-            new.ike_rekey_at, new.children[old_child.spi_in].rekey_at) == before  # fmt: skip
+            new.lifetime.rekey_at, new.children[old_child.spi_in].rekey_at) == before  # fmt: skip
     assert new.remote_identity == old.remote_identity and new.keys == old.keys
 
     net.advance(40)  # B probes every 10 s of silence
