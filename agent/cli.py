@@ -7,6 +7,9 @@
                                        controller-connected (docs/agent.md)
     meshsec-agent health [--live | --ready] [--socket P | --state-dir DIR]
                                        exit 0 (healthy) or 1, one line saying why (probes)
+    meshsec-agent drain [--socket P | --state-dir DIR]
+                                       a `run` agent leaves the mesh (DELETE to its peers, SAs
+                                       removed) and exits; a plain SIGTERM is a restart instead
 
 `main` dispatches on the mode flags and commands; each is a function taking the parsed arguments."""
 
@@ -60,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--socket", type=Path, help="status socket path")
     where.add_argument("--state-dir", type=Path, help="a `run` agent's state dir: its status.sock")
     health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (5)")
+    drain = sub.add_parser("drain", help="a running `run` agent leaves the mesh and exits (node removal)")
+    where = drain.add_mutually_exclusive_group()
+    where.add_argument("--socket", type=Path, help="status socket path")
+    where.add_argument("--state-dir", type=Path, help="a `run` agent's state dir: its status.sock")
+    drain.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (5)")
     run = sub.add_parser("run", help="run connected to a controller (docs/agent.md)")
     run.add_argument("--controller", required=True, metavar="HOST:PORT", help="controller mTLS listener")
     run.add_argument("--bootstrap", metavar="HOST:PORT", help="controller bootstrap listener (to enroll)")
@@ -81,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", action="append", default=[], help="endpoint to report (repeatable)")
     run.add_argument("--status-socket", type=Path, help="default: <state-dir>/status.sock")
     run.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics here")
+    run.add_argument("--leave-on-stop", action="store_true",
+                     help="SIGTERM/SIGINT leave the mesh (DELETE, SAs removed) instead of restarting "
+                          "(the default: no DELETE, the data plane keeps forwarding)")
     run.add_argument("--responder-grace", type=float, default=10.0, help=argparse.SUPPRESS)
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     add_log_format_argument(run)
@@ -126,6 +137,7 @@ def run_connected(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         addresses=tuple(args.address),
         responder_grace=args.responder_grace,
+        leave_on_stop=args.leave_on_stop,
     )
     return run_until_stopped(run(config), config_errors=(EnrollmentError,))
 
@@ -190,6 +202,23 @@ def check_health(args: argparse.Namespace) -> int:
     return 1
 
 
+def drain_agent(args: argparse.Namespace) -> int:
+    """Asks the agent to leave; returns once it accepted (it then deletes its SAs and exits)."""
+    from meshsec.agent.standalone.status import query_status
+
+    path = args.socket if args.socket is not None else (args.state_dir or DEFAULT_STATE_DIR) / STATUS_SOCKET
+    try:
+        answer = query_status(path, timeout=args.timeout, command="drain")
+    except (OSError, ValueError) as exc:
+        print(f"meshsec-agent drain: no agent answering on {path}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if not answer.get("draining"):
+        print(f"meshsec-agent drain: {path} refused: {answer.get('error') or answer}", file=sys.stderr)
+        return 1
+    print(f"draining: the agent on {path} is leaving the mesh")
+    return 0
+
+
 def show_status(args: argparse.Namespace) -> int:
     from meshsec.agent.standalone.status import format_status, query_status
 
@@ -212,6 +241,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": show_status,
     "health": check_health,
     "run": run_connected,
+    "drain": drain_agent,
 }
 
 

@@ -84,6 +84,7 @@ class AdapterSettings:
     ike_port: int = 500
     rcvbuf: int = DEFAULT_RCVBUF
     responder: ResponderSettings = field(default_factory=ResponderSettings)
+    first_reqid: int = 1  # a restarted agent starts above the reqids of the SAs it adopted
 
 
 EventCallback = Callable[[SaRecord, Event], None]
@@ -114,7 +115,8 @@ class IkeAdapter:
         self.records: dict[IkeSa, SaRecord] = {}
         self.by_handle: dict[int, SaRecord] = {}
         self.history: deque[SaRecord] = deque(maxlen=HISTORY)
-        self.installer = ChildInstaller(dataplane) if dataplane is not None else None
+        first_reqid = self.settings.first_reqid
+        self.installer = ChildInstaller(dataplane, first_reqid) if dataplane is not None else None
         self.spis = SpiReserver(dataplane, self.rnd) if dataplane is not None else None
         self.strict_failure: BaseException | None = None  # raised in a task in strict mode
         self._by_spi: dict[bytes, IkeSa] = {}
@@ -152,15 +154,19 @@ class IkeAdapter:
     def endpoints(self) -> list[Address]:
         return [ep.bound for ep in self._endpoints.all]
 
-    async def close(self, graceful: bool = True, timeout: float = 3.0) -> None:
-        """With `graceful`, deletes every established IKE SA first (INFORMATIONAL DELETE) and
-        waits up to `timeout` for the peers' answers and the data-plane cleanup."""
+    async def close(self, graceful: bool = True, timeout: float = 3.0,
+                    only: Callable[[SaRecord], bool] | None = None) -> None:  # fmt: skip
+        """With `graceful`, deletes every established IKE SA first (INFORMATIONAL DELETE), or
+        those `only` picks, and waits up to `timeout` for the peers' answers and the data-plane
+        cleanup."""
         if self._closed:
             return
         if graceful and self._loop is not None:
             now = self.now()
             for sa in list(self.table):
-                sa.delete(now)
+                record = self.records.get(sa)
+                if only is None or (record is not None and only(record)):
+                    sa.delete(now)
             self._pump()
             deadline = time.monotonic() + timeout
             while any(not sa.closed for sa in self.table) and time.monotonic() < deadline:

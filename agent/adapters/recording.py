@@ -98,6 +98,10 @@ class RecordingDataPlane:
     async def list_owned(self) -> OwnedState:
         return OwnedState(tuple(self.sas), tuple(self.policies))
 
+    async def adopt(self) -> OwnedState:
+        self.log.append("adopt")
+        return await self.list_owned()
+
     async def flush_owned(self) -> None:
         self.sas.clear()
         self.policies.clear()

@@ -204,6 +204,7 @@ class Capabilities:
 class OwnedState:
     sas: tuple[SaId, ...]
     policies: tuple[tuple[TrafficSelector, Direction], ...]
+    max_reqid: int = 0  # the highest reqid of those SAs (a restarted agent allocates above it)
 
 
 IkeReceiver = Callable[[bytes, tuple[str, int], tuple[str, int]], None]
@@ -244,6 +245,12 @@ class DataPlane(Protocol):
 
     async def flush_owned(self) -> None:
         """Remove every SA and policy this agent owns, and nothing else."""
+
+    async def adopt(self) -> OwnedState:
+        """A restarted agent takes over what its earlier run left installed (a restart stop leaves
+        the data plane forwarding): the backend rebuilds its own bookkeeping for it (routes of the
+        outbound tunnel policies, MSS clamping), removes what is stale beside it (routes no owned
+        policy needs) and returns what it holds. Nothing is removed that a policy or SA uses."""
 
     def events(self) -> AsyncIterator[DataPlaneEvent]:
         """Lifetime expiry and acquire events; one consumer."""

@@ -1,11 +1,21 @@
 """The controller-connected agent process: state dir, data plane, IKE adapter, reconciler,
 controller session, status socket and metrics, and their order at start and stop.
 
+Two kinds of stop (docs/agent.md, "Restart and leave"):
+- restart (the default for SIGTERM/SIGINT, and what a crash or kill -9 amounts to): the data
+  plane is left as it is (the kernel's SAs, policies and routes keep forwarding while the agent
+  is away), the state dir keeps everything the next start needs, and no DELETE is sent, except
+  (SIGTERM only) for tunnels whose peer is the designated initiator: the next process may not
+  reach it to replace the IKE SA;
+- leave (`meshsec-agent drain`, or SIGTERM with --leave-on-stop): INFORMATIONAL DELETE for
+  every IKE SA, the data-plane state removed, the IKE SA state file removed.
+
 Start: load the persisted desired state (headless start works without the controller), start
-the data plane and remove whatever it still holds from an earlier run of this agent (owned state
-only; after a crash the IKE SAs behind it are gone, so it is stale by definition), start IKE,
-reconcile, then connect to the controller (enrolling first if there are no credentials).
-Stop (SIGTERM/SIGINT): INFORMATIONAL DELETE for every IKE SA, data-plane state removed."""
+the data plane and adopt what it still holds from an earlier run of this agent (owned state only)
+when a persisted desired state says what it was for, else remove it as stale; start IKE,
+reconcile, then connect to the controller (enrolling first if there are no credentials). The new
+IKE SAs replace the adopted CHILD_SAs make-before-break: the adopted SAs forward until the new
+ones are installed, and the sweeper removes them once no live CHILD_SA accounts for them."""
 
 from __future__ import annotations
 
@@ -20,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
+from meshsec.agent.adapters.records import SaRecord
 from meshsec.agent.adapters.runtime import AdapterRuntime, view_of
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, SaExpired
 from meshsec.agent.host_checks import IPNetwork, TunnelNeeds, warn_about_host
@@ -65,6 +76,7 @@ class NodeAgentConfig:
     metrics: str | None = None
     addresses: tuple[str, ...] = ()  # reported endpoints; empty: the host's global addresses
     responder_grace: float = 10.0
+    leave_on_stop: bool = False  # SIGTERM/SIGINT leaves the mesh instead of restarting
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -93,6 +105,9 @@ class NodeAgent:
         self.routes: SiteRoutes | None = None  # none with the `none` data plane (IKE-only tests)
         self.metrics_port: int | None = None
         self.recovered = 0  # owned data-plane objects removed at start
+        self.adopted = 0  # owned data-plane objects adopted at start (left forwarding by a restart)
+        self.drain_requested = asyncio.Event()  # `meshsec-agent drain`: leave the mesh and exit
+        self._first_reqid = 1  # above every adopted reqid, so no new CHILD_SA shares an old one's
         self._tasks: list[asyncio.Task[None]] = []
         self.controller_task: asyncio.Task[None] | None = None  # ends only on a fatal enrollment error
         self._renewal_asked_for: set[str] = set()  # local IDs an early renewal was asked for
@@ -107,14 +122,15 @@ class NodeAgent:
         dataplane = await make_dataplane(AgentSettings(dataplane=config.dataplane, tun_name=config.tun_name))
         self.dataplane = dataplane
         await dataplane.start()
-        await self._remove_stale(dataplane)
+        await self._adopt_or_remove(dataplane)
         if dataplane.capabilities.backend != "none":
             self.routes = SiteRoutes()
             await self.routes.flush()  # what an earlier run of this agent left
         adapter = IkeAdapter(
             lambda local, remote: reconciler.lookup(local, remote),
             dataplane=dataplane,
-            settings=AdapterSettings(bind=config.bind, ike_port=config.ike_port),
+            settings=AdapterSettings(bind=config.bind, ike_port=config.ike_port,
+                                     first_reqid=self._first_reqid),
             on_event=lambda record, ev: reconciler.on_event(view_of(record), ev),
         )
         reconciler = Reconciler(AdapterRuntime(adapter), responder_grace=config.responder_grace,
@@ -123,7 +139,8 @@ class NodeAgent:
         self.reports = ReportBuilder(reconciler)
         await adapter.start()
         socket_path = config.status_socket or self.state.file(STATUS_SOCKET)
-        self.status_server = StatusServer(socket_path, self.status, self.health)
+        self.status_server = StatusServer(socket_path, self.status, self.health,
+                                          drain=self.drain_requested.set)
         await self.status_server.start()
         self._use_credentials(credentials.load(self.state))
         if config.metrics:
@@ -150,36 +167,63 @@ class NodeAgent:
                 # Soft: the engine rekeys the CHILD_SA; hard: it deletes it with the peer.
                 self.adapter.child_expired(ev.sa, ev.hard)
 
-    async def _remove_stale(self, dataplane: DataPlane) -> None:
-        owned = await dataplane.list_owned()
-        self.recovered = len(owned.sas) + len(owned.policies)
-        if self.recovered:
-            log.info("removing %d SA(s) and %d policy(ies) left by an earlier run",
-                     len(owned.sas), len(owned.policies))  # fmt: skip
-            await dataplane.flush_owned()
+    async def _adopt_or_remove(self, dataplane: DataPlane) -> None:
+        """What an earlier run left: adopted while a persisted desired state says what it was for
+        (a restart), removed otherwise (nothing to match it against: stale by definition)."""
+        if not self.desired.version:
+            owned = await dataplane.list_owned()
+            self.recovered = len(owned.sas) + len(owned.policies)
+            if self.recovered:
+                log.info("removing %d SA(s) and %d policy(ies) left by an earlier run (no persisted "
+                         "desired state to match them)", len(owned.sas), len(owned.policies))  # fmt: skip
+                await dataplane.flush_owned()
+            return
+        owned = await dataplane.adopt()
+        self.adopted = len(owned.sas) + len(owned.policies)
+        if self.adopted:
+            log.info("adopted %d SA(s) and %d policy(ies) of an earlier run: they forward until new "
+                     "CHILD_SAs replace them", len(owned.sas), len(owned.policies))  # fmt: skip
+        self._first_reqid = owned.max_reqid + 1
 
-    async def stop(self) -> None:
+    def _unreachable_after_restart(self, record: SaRecord) -> bool:
+        """A restart keeps IKE SAs the next process replaces by initiating (INITIAL_CONTACT makes
+        the peer drop the old one); where the peer is the designated initiator, the next process
+        may not reach it, and only a DELETE makes it come back at once instead of after its DPD."""
+        plan = self.reconciler.plans.get(record.name) if self.reconciler is not None else None
+        return plan is not None and not plan.initiator
+
+    async def stop(self, leave: bool = False) -> None:
+        """`leave`: delete the SAs, tell the peers, remove the IKE state file (leaving the mesh);
+        else a restart: peers hear nothing and the data plane keeps forwarding."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
-        if self.routes is not None:
+        if self.routes is not None and leave:  # a restart leaves them routing
             await self.routes.flush()
         if self.adapter is not None:
-            await self.adapter.close(graceful=True)
+            if leave:
+                await self.adapter.close(graceful=True)
+            else:
+                await self.adapter.close(graceful=True, only=self._unreachable_after_restart)
         if self.dataplane is not None:
-            with contextlib.suppress(DataPlaneError):
-                await self.dataplane.flush_owned()
+            if leave:
+                with contextlib.suppress(DataPlaneError):
+                    await self.dataplane.flush_owned()
             with contextlib.suppress(Exception):
                 await self.dataplane.close()
+        if leave:
+            self.state.remove_ike_state()
         if self.adapter is not None:
             self.adapter.close_sockets()
         if self.status_server is not None:
             await self.status_server.close()
         self.metrics.close()
-        log.info("meshsec agent %s stopped", self.config.node)
+        log.info("meshsec agent %s stopped (%s)", self.config.node,
+                 "left the mesh: SAs deleted, peers told" if leave
+                 else "restart: data plane left forwarding, only peers that initiate told")  # fmt: skip
 
     # ------------------------------------------------------------------ controller
 
@@ -393,6 +437,7 @@ class NodeAgent:
         doc["recovered_at_start"] = self.recovered
         doc["site_routes"] = self.routes.describe() if self.routes is not None else []
         doc["reconciler"] = {"stats": dict(self.reconciler.stats), "queued": len(self.reconciler.queue)}
+        doc["adopted_at_start"] = self.adopted
         return doc
 
     def _auth_doc(self, tid: str, sas: list[SaView]) -> dict[str, object] | None:
@@ -433,20 +478,25 @@ def _host_needs(tunnel: agent_pb2.DesiredTunnel) -> TunnelNeeds:
 
 
 async def run(config: NodeAgentConfig, stop: asyncio.Event | None = None) -> None:
+    """Until `stop` (SIGTERM/SIGINT: a restart unless `config.leave_on_stop`), a drain request
+    (leave) or a fatal controller error (a restart: the tunnels keep working meanwhile)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     agent = NodeAgent(config)
+    leave = False
     try:
         await agent.start()
         controller = agent.controller_task
         assert controller is not None
-        stopped = asyncio.create_task(stop.wait())
-        await asyncio.wait([controller, stopped], return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
+        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(agent.drain_requested.wait())]
+        await asyncio.wait([controller, *waits], return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        leave = agent.drain_requested.is_set() or (stop.is_set() and config.leave_on_stop)
         if controller.done() and not controller.cancelled() and controller.exception() is not None:
             raise controller.exception()  # type: ignore[misc]
     finally:
-        await agent.stop()
+        await agent.stop(leave=leave)

@@ -2,12 +2,22 @@
 
 Every file is written whole (temporary file, fsync, rename) with mode 0600, so a crash never
 leaves half a certificate behind and nothing in it is readable by other users: the key and the
-persisted desired state (which holds pair PSKs) are secrets."""
+persisted desired state (which holds pair PSKs) are secrets.
+
+`ike-sas.json` carries what a restarted agent needs to resume its IKE SAs (the engine's
+snapshots, which hold SK_* keys): a versioned envelope, written only when its content changed,
+removed when the node leaves the mesh (`meshsec-agent drain`). Reading it never raises: a missing,
+corrupt, stale or unknown-version file is a `ResumeState` with no SAs and the reason, so the agent
+falls back to make-before-break and says why."""
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from meshsec.common.secrets import Secret
 
@@ -16,11 +26,32 @@ CERT = "node.crt"
 CA = "ca.pem"
 DESIRED = "desired.pb"
 STATUS_SOCKET = "status.sock"
+IKE_STATE = "ike-sas.json"
+IKE_STATE_FORMAT = "meshsec-ike-state"
+IKE_STATE_VERSION = 1
+# Versions this build reads (an upgrade reads the previous one; a downgrade falls back).
+IKE_STATE_READABLE = frozenset({1})
+# Older than this, every IKE SA in it is past DPD at any peer we know of: resuming would only
+# answer for SAs the peers already dropped.
+IKE_STATE_MAX_AGE = 3600.0
+MAX_IKE_STATE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """What `load_ike_state` found: the SA snapshots to resume, or none and why (the reason names
+    the file and the problem, never its content)."""
+
+    sas: tuple[dict[str, Any], ...]
+    problem: str | None = None
+    version: int | None = None
+    written_at: float | None = None
 
 
 class StateDir:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._last_ike_body: str | None = None  # what save_ike_state last wrote
 
     def prepare(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -52,9 +83,63 @@ class StateDir:
         except FileNotFoundError:
             return None
 
+    def remove(self, name: str) -> bool:
+        try:
+            self.file(name).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def enrolled(self) -> bool:
         return all(self.file(n).exists() for n in (KEY, CERT, CA))
 
     def key(self) -> Secret | None:
         data = self.read(KEY)
         return Secret(data) if data is not None else None
+
+    # ------------------------------------------------------------------ IKE SAs to resume
+
+    def save_ike_state(self, sas: list[dict[str, Any]], now: float | None = None) -> bool:
+        """Writes the snapshots if they differ from what the file holds; returns whether it wrote.
+        `written_at` is outside the comparison, so an unchanged state is never rewritten."""
+        body = json.dumps(sas, sort_keys=True, separators=(",", ":"))
+        if body == self._last_ike_body:
+            return False
+        doc = {"format": IKE_STATE_FORMAT, "version": IKE_STATE_VERSION,
+               "written_at": time.time() if now is None else now, "sas": sas}  # fmt: skip
+        self.write(IKE_STATE, json.dumps(doc, sort_keys=True).encode())
+        self._last_ike_body = body
+        return True
+
+    def load_ike_state(self, now: float | None = None, max_age: float = IKE_STATE_MAX_AGE) -> ResumeState:
+        path = self.file(IKE_STATE)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return ResumeState((), f"no {IKE_STATE} in {self.path} (first start, or the node left the mesh)")
+        if size > MAX_IKE_STATE_BYTES:
+            return ResumeState((), f"{path} is {size} bytes, over the {MAX_IKE_STATE_BYTES} limit")
+        try:
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            return ResumeState((), f"{path} is unreadable or not JSON ({type(exc).__name__})")
+        if not isinstance(doc, dict) or doc.get("format") != IKE_STATE_FORMAT:
+            return ResumeState((), f"{path} is not a {IKE_STATE_FORMAT} file")
+        version, written, sas = doc.get("version"), doc.get("written_at"), doc.get("sas")
+        if not isinstance(version, int) or version not in IKE_STATE_READABLE:
+            readable = ", ".join(map(str, sorted(IKE_STATE_READABLE)))
+            return ResumeState((), f"{path} has state version {version!r}; this build reads {readable}",
+                               version if isinstance(version, int) else None)  # fmt: skip
+        if not isinstance(written, int | float) or not isinstance(sas, list) \
+                or not all(isinstance(s, dict) for s in sas):  # fmt: skip
+            return ResumeState((), f"{path} (version {version}) is malformed", version)
+        age = (time.time() if now is None else now) - written
+        if age > max_age:
+            return ResumeState((), f"{path} is stale (written {age:.0f} s ago, limit {max_age:.0f} s)",
+                               version, float(written))  # fmt: skip
+        return ResumeState(tuple(sas), None, version, float(written))
+
+    def remove_ike_state(self) -> bool:
+        """On leaving the mesh: the keys in it must not outlive the SAs they belonged to."""
+        self._last_ike_body = None
+        return self.remove(IKE_STATE)

@@ -1,7 +1,8 @@
 """Status on a local Unix socket: one JSON request line in, one JSON document out.
 
-Request: `{"command": "status"}`, or `{"command": "health"}` (a small document saying whether
-the agent is ready, for `meshsec-agent health`, the probes of the Kubernetes DaemonSet). The
+Request: `{"command": "status"}`, `{"command": "health"}` (a small document saying whether
+the agent is ready, for `meshsec-agent health`, the probes of the Kubernetes DaemonSet), or
+`{"command": "drain"}` (agents that offer it: leave the mesh and exit, `meshsec-agent drain`). The
 socket is created mode 0600 (status names peers and SPIs, never keys); `meshsec-agent status`
 reads it and prints tables."""
 
@@ -20,6 +21,8 @@ from typing import Any
 StatusProvider = Callable[[], Awaitable[dict[str, object]]]
 # {"ready": bool, "reason": str, ...}: cheap, answered on every probe.
 HealthProvider = Callable[[], dict[str, object]]
+# Asks the agent to leave the mesh (delete its SAs, tell its peers) and exit; returns at once.
+DrainHandler = Callable[[], None]
 MAX_REQUEST = 4096
 
 
@@ -27,10 +30,12 @@ REQUEST_TIMEOUT = 30.0
 
 
 class StatusServer:
-    def __init__(self, path: Path, provider: StatusProvider, health: HealthProvider | None = None) -> None:
+    def __init__(self, path: Path, provider: StatusProvider, health: HealthProvider | None = None,
+                 drain: DrainHandler | None = None) -> None:
         self.path = path
         self.provider = provider
         self.health = health
+        self.drain = drain
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -70,8 +75,12 @@ class StatusServer:
                 # ready once it answers.
                 health = self.health() if self.health is not None else {"ready": True, "reason": "answering"}
                 answer = {"ok": True, "live": True, **health}
+            elif command == "drain" and self.drain is not None:
+                self.drain()
+                answer = {"ok": True, "draining": True}
             else:
-                answer = {"ok": False, "error": 'unknown request; send {"command": "status"} or "health"'}
+                known = '"status", "health"' + (' or "drain"' if self.drain is not None else "")
+                answer = {"ok": False, "error": f'unknown request; send {{"command": ...}} with {known}'}
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (TimeoutError, ConnectionError, ValueError, asyncio.LimitOverrunError):

@@ -1,4 +1,4 @@
-"""``meshctl lab up|down|status``: the local multi-site lab, end to end."""
+"""``meshctl lab up|down|status|restart``: the local multi-site lab, end to end."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from meshsec.meshctl import manifest
 from meshsec.meshctl.client import LAB_SOCKET, AdminClient, Target
 from meshsec.meshctl.convert import struct_to_dict
 from meshsec.meshctl.errors import EXIT_OK, EXIT_USER, MeshctlError, UserError
-from meshsec.meshctl.lab import controller, netns, preflight, proof, standalone, world
+from meshsec.meshctl.lab import controller, netns, preflight, proof, restart, standalone, world
 from meshsec.meshctl.lab.plan import CONTROLLER_ADDRESS, World, lab_world
 from meshsec.meshctl.lab.progress import UP_STATES, wait_for_tunnels
 from meshsec.meshctl.lab.state import DATA_DIR, RUN_DIR, STATE_FILE, LabState
@@ -61,6 +61,8 @@ def run_lab(args: argparse.Namespace) -> int:
         return down()
     if args.lab_command == "status":
         return status()
+    if args.lab_command == "restart":
+        return restart_agents(args)
     return up(args)
 
 
@@ -114,6 +116,29 @@ def status() -> int:
     return EXIT_OK
 
 
+def restart_agents(args: argparse.Namespace) -> int:
+    """Exit 0 only if every pair lost nothing (the target: a restart is no outage)."""
+    state = LabState.load()
+    nodes = restart.agent_nodes(state) if state is not None and args.all else list(args.nodes)
+    if not nodes:
+        raise UserError("name the NODE(s) to restart, or --all")
+    with AdminClient(Target.parse(str(ADMIN_SOCKET)), timeout=10.0) as client:
+        try:
+            done, losses = restart.restart(nodes, client, say, timeout=args.lab_timeout)
+        except RuntimeError as exc:
+            raise UserError(f"lab restart failed: {exc}", hint=f"logs are in {LOG_DIR}") from exc
+    rows: list[list[Cell]] = [
+        [f"{p.src_site} -> {p.dst}", str(p.sent), str(p.received),
+         Styled(str(p.lost), "green" if p.lost == 0 else "red")]
+        for p in losses
+    ]  # fmt: skip
+    print_table([Column("PAIR"), Column("SENT"), Column("RECEIVED"), Column("LOST")], rows)
+    lost = sum(p.lost for p in losses)
+    say(f"{len(done)} agent restart(s); {lost} packet(s) lost over {len(losses)} pinging pair(s) "
+        f"(10 ms interval)")  # fmt: skip
+    return EXIT_OK if lost == 0 else EXIT_USER
+
+
 # -- up -----------------------------------------------------------------------------------------
 
 
@@ -129,7 +154,8 @@ def up(args: argparse.Namespace) -> int:
         if down() != EXIT_OK:
             raise UserError("the previous lab could not be removed completely", hint="see the messages above")
     timings = Timings()
-    state = LabState(files=[str(RUN_DIR), str(DATA_DIR)])
+    state = LabState(files=[str(RUN_DIR), str(DATA_DIR)], datacenters=args.datacenters,
+                     external=with_external)
     for directory in (RUN_DIR, DATA_DIR, LOG_DIR):
         directory.mkdir(parents=True, exist_ok=True)
     state.save()
@@ -356,7 +382,7 @@ def start_connected_agents(plan: World, state: LabState, client: AdminClient, da
                 "--status-socket", str(RUN_DIR / "agents" / f"{site.node}.sock")]  # fmt: skip
         log = LOG_DIR / f"{site.node}.log"
         pid = netns.popen(plan.ns(site.gateway_ns), argv, log)
-        state.add_process(f"agent/{site.node}", pid, plan.ns(site.gateway_ns), log)
+        state.add_process(f"agent/{site.node}", pid, plan.ns(site.gateway_ns), log, argv)
 
 
 def start_standalone_agents(

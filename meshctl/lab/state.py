@@ -26,6 +26,7 @@ class Process:
     start: int | None  # /proc start time, to recognise the same process later
     ns: str | None
     log: str
+    argv: list[str] = field(default_factory=list)  # how it was started (`lab restart` starts it again)
 
     def is_ours(self) -> bool:
         return netns.alive(self.pid) and netns.start_time(self.pid) == self.start
@@ -39,6 +40,8 @@ class LabState:
     files: list[str] = field(default_factory=list)  # directories/files to remove on down
     phase: str = "building"  # building -> up
     mode: str = ""  # how agents were run: "controller" or "standalone"
+    datacenters: int = 2  # the plan `up` built (`lab restart` pings its pairs)
+    external: bool = False
 
     def save(self, path: Path = STATE_FILE) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,8 +62,9 @@ class LabState:
         processes = [Process(**p) for p in raw.pop("processes", [])]
         return cls(processes=processes, **raw)
 
-    def add_process(self, name: str, pid: int, ns: str | None, log: Path) -> Process:
-        proc = Process(name, pid, netns.start_time(pid), ns, str(log))
+    def add_process(self, name: str, pid: int, ns: str | None, log: Path,
+                    argv: list[str] | None = None) -> Process:  # fmt: skip
+        proc = Process(name, pid, netns.start_time(pid), ns, str(log), list(argv or []))
         self.processes.append(proc)
         self.save()
         return proc

@@ -186,6 +186,12 @@ class MeshLab:
         proc.send_signal(sig)
         return proc.wait(15)
 
+    def drain_agent(self, name: str) -> int:
+        """`meshsec-agent drain`: the agent leaves the mesh and exits; returns its exit status."""
+        subprocess.run([str(BIN / "meshsec-agent"), "drain", "--state-dir", str(self.state_dir(name))],
+                       check=True, capture_output=True, timeout=15)  # fmt: skip
+        return self.agents.pop(name).wait(15)
+
     def status(self, name: str) -> dict[str, Any]:
         return query_status(self.status_socket(name))
 

@@ -5,7 +5,8 @@ tunnels (ping between every pair of inner addresses), status reaching the contro
 joining later without touching unrelated tunnels (their SPIs stay), a removed node's tunnels
 torn down everywhere, headless operation (controller killed: traffic keeps flowing, an agent
 restarts from its persisted state), restart recovery after kill -9 (tunnels back, no stale
-CHILD_SA left on it or its peers) and graceful shutdown (peers learn of it by DELETE, not DPD).
+CHILD_SA left on it or its peers), a SIGTERM being a restart (the peers hear nothing: no DELETE)
+and draining leaving the mesh (peers learn of it by DELETE, not DPD; the IKE state file goes).
 """
 
 from __future__ import annotations
@@ -94,11 +95,20 @@ def ike_spis(m: MeshLab, name: str) -> dict[str, str]:
     return {peers.get(sa["name"], sa["name"]): sa["initiator_spi"] for sa in doc["ike_sas"]}
 
 
+def designated_initiators(m: MeshLab) -> dict[frozenset[str], str]:
+    """{the two node names: the one that initiates their tunnel} (the controller's choice)."""
+    found = {}
+    for t in m.tunnels():
+        a, b = (e.name for e in t.ends)
+        found[frozenset((a, b))] = a if t.desired.initiator else b
+    return found
+
+
 def connected(m: MeshLab, name: str) -> bool:
     return bool(m.status(name)["controller"]["connected"])
 
 
-def test_headless_restart_recovery_and_graceful_shutdown(mesh: MeshLab) -> None:
+def test_headless_restart_recovery_sigterm_restart_and_drain(mesh: MeshLab) -> None:
     for n in (1, 2, 3):
         mesh.add_node(n)
     mesh.wait_mesh()
@@ -134,11 +144,31 @@ def test_headless_restart_recovery_and_graceful_shutdown(mesh: MeshLab) -> None:
     )
     wait_for("3 established tunnels in the controller", lambda: len(established_ids(mesh)) == 3, 20)
 
-    # Graceful shutdown: the peers drop their IKE SA with n3 at once (DELETE), not after DPD;
+    # SIGTERM is a restart (a DaemonSet rollout): n3 sends no DELETE where it is the designated
+    # initiator (its next process replaces those IKE SAs), so those peers keep theirs; a peer that
+    # initiates gets a DELETE, so it comes back at once. The state dir keeps what the next start needs.
+    kept = {name: ike_spis(mesh, name)["n3"] for name in ("n1", "n2")}
+    initiates = designated_initiators(mesh)
+    assert mesh.stop_agent("n3") == 0
+    assert "restart: data plane left forwarding, only peers that initiate told" in (
+        mesh.work / "n3.log").read_text()  # fmt: skip
+    for name in ("n1", "n2"):
+        if initiates[frozenset((name, "n3"))] == "n3":
+            assert ike_spis(mesh, name)["n3"] == kept[name], name
+        else:
+            dropped = lambda name=name: ike_spis(mesh, name).get("n3") != kept[name]  # noqa: E731
+            wait_for(f"{name} got n3's DELETE", dropped, 5)
+    mesh.start_agent("n3")
+    wait_for("n3 back", lambda: mesh.ping("n3", "n1", count=1) and mesh.ping("n2", "n3", count=1), 30)
+    wait_for("no stale SA after n3's restart", lambda: assert_no_stale(mesh) is None, 15)
+
+    # Drain (node removal): the peers drop their IKE SA with n3 at once (DELETE), not after DPD;
     # the tunnel stays desired, so the initiator end may already be trying to reconnect.
+    mesh.state_dir("n3").joinpath("ike-sas.json").write_text("{}")  # whatever is there goes
     old = {name: ike_spis(mesh, name)["n3"] for name in ("n1", "n2")}
     t0 = time.monotonic()
-    assert mesh.stop_agent("n3") == 0
+    assert mesh.drain_agent("n3") == 0
+    assert not mesh.state_dir("n3").joinpath("ike-sas.json").exists()
     for name in ("n1", "n2"):
         wait_for(
             f"{name} dropped its IKE SA with n3",

@@ -85,7 +85,7 @@ async def test_server_survives_hostile_clients_and_is_private(sock_path: Path) -
         w.write(b"not json\n")
         assert json.loads(await r.read()) == {
             "ok": False,
-            "error": 'unknown request; send {"command": "status"} or "health"',
+            "error": 'unknown request; send {"command": ...} with "status", "health"',
         }
         w.close()
         r, w = await asyncio.open_unix_connection(str(sock_path))
@@ -95,6 +95,9 @@ async def test_server_survives_hostile_clients_and_is_private(sock_path: Path) -
         # Standalone has no health view: answering is both live and ready.
         health = await asyncio.to_thread(query_status, sock_path, command="health")
         assert health == {"ok": True, "live": True, "ready": True, "reason": "answering"}
+        # Without a drain handler (standalone), "drain" is an unknown request: nothing leaves.
+        refused = await asyncio.to_thread(query_status, sock_path, command="drain")
+        assert refused["ok"] is False and "drain" not in refused["error"]
         # A second agent on the same socket is refused instead of stealing it.
         with pytest.raises(RuntimeError, match="already serves status"):
             await StatusServer(sock_path, provider).start()
@@ -117,5 +120,21 @@ async def test_stale_socket_is_replaced(sock_path: Path) -> None:
     await server.start()
     try:
         assert (await asyncio.to_thread(query_status, sock_path))["ok"] is True
+    finally:
+        await server.close()
+
+
+async def test_drain_request_reaches_the_handler_once_per_request(sock_path: Path) -> None:
+    async def provider() -> dict[str, object]:
+        return {}
+
+    asked: list[float] = []
+    server = StatusServer(sock_path, provider, drain=lambda: asked.append(1.0))
+    await server.start()
+    try:
+        assert (await asyncio.to_thread(query_status, sock_path))["ok"] is True
+        assert asked == []  # status and health never drain
+        answer = await asyncio.to_thread(query_status, sock_path, command="drain")
+        assert answer == {"ok": True, "draining": True} and asked == [1.0]
     finally:
         await server.close()

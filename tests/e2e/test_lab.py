@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from meshsec.meshctl.lab.plan import HOST_IF, PREFIX
-from meshsec.meshctl.lab.state import DATA_DIR, RUN_DIR
+from meshsec.meshctl.lab.state import DATA_DIR, RUN_DIR, LabState
 from tests.e2e.lab_driver import (
     UpLab,
     apply_yaml,
@@ -109,6 +109,32 @@ def test_removing_a_policy_under_traffic_touches_only_its_tunnels(lab: UpLab) ->
     assert " 0% packet loss" in summary, summary[-400:]
     after = tunnels()["dc1-gw1 <-> dc2-gw1"]
     assert [e["status"]["childSas"][0]["spiIn"] for e in after["ends"]] == spis
+
+
+def test_lab_restart_restarts_an_agent_like_a_rollout_and_reports_loss_per_pair(lab: UpLab) -> None:
+    """`meshctl lab restart dc2-gw1` (peers dc1 and strongSwan): a new agent process (SIGTERM
+    was a restart, its log says so), ready with every tunnel up again, and a row of packets lost
+    per pinging pair; the exit status is 0 exactly when no pair lost a packet."""
+    before = LabState.load()
+    assert before is not None
+    old = before.process("agent/dc2-gw1")
+    assert old is not None and old.argv
+    done = meshctl("lab", "restart", "dc2-gw1", timeout=180)
+    out = done.stdout + done.stderr
+    assert "restarting agent dc2-gw1" in out and "every tunnel up" in out, out
+    rows = [line.split() for line in done.stdout.splitlines() if " -> " in line]
+    assert {(r[0], r[2]) for r in rows} >= {("dc1", "198.19.2.10"), ("dc2", "198.19.1.10")}, done.stdout
+    lost = [int(r[-1]) for r in rows]
+    assert all(int(r[-3]) > 0 for r in rows)  # every pair pinged throughout
+    assert done.returncode == (0 if sum(lost) == 0 else 1), out
+    after = LabState.load()
+    assert after is not None
+    new = after.process("agent/dc2-gw1")
+    assert new is not None and new.pid != old.pid and new.is_ours() and new.argv == old.argv
+    assert "restart: data plane left forwarding, only peers that initiate told" in Path(old.log).read_text()
+    established = lambda: all(t["state"] == "TUNNEL_STATE_ESTABLISHED" for t in tunnels().values())  # noqa: E731
+    wait_for("every tunnel ESTABLISHED in the controller", established, 30)
+    sys.stderr.write(f"\nlab restart dc2-gw1: {sum(lost)} lost over {len(rows)} pairs\n{out}")
 
 
 def test_lab_down_removes_everything_it_created(lab: UpLab) -> None:

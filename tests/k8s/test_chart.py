@@ -145,6 +145,9 @@ def test_agent_daemonset() -> None:
     args = agent_parser().parse_args(c["command"][1:] + c["args"])
     assert args.node == "$(NODE_NAME)"
     assert args.dataplane == "auto"
+    assert args.leave_on_stop is False  # a rollout's SIGTERM is a restart: no DELETE, SAs stay
+    leaving = container(render({"agent": {"leaveOnStop": True}})["DaemonSet/mesh-meshsec-agent"], "agent")
+    assert agent_parser().parse_args(leaving["command"][1:] + leaving["args"]).leave_on_stop is True
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["tun"]["hostPath"] == {"path": "/dev/net/tun", "type": "CharDevice"}
     assert volumes["state"]["hostPath"]["path"] == "/var/lib/meshsec/agent"

@@ -333,6 +333,40 @@ class KernelDataPlane:
         policies = tuple(k for m in await self._dump_policies() if (k := tr.policy_key_from(m)) is not None)
         return OwnedState(sas=sas, policies=policies)
 
+    async def adopt(self) -> OwnedState:
+        """After a restart stop: the SAs, policies and routes of the earlier run keep forwarding;
+        this process takes over their bookkeeping (policy if_ids, which OUT policies use which
+        route, MSS clamping) and removes only the routes in its table that no owned OUT tunnel
+        policy needs. SAs and policies stay until CHILD_SAs replace them (the agent's sweeper
+        removes those no live CHILD_SA accounts for)."""
+        sa_msgs, policy_msgs = await self._dump_sas(), await self._dump_policies()
+        policies: list[tuple[TrafficSelector, Direction]] = []
+        for m in policy_msgs:
+            key = tr.policy_key_from(m)
+            if key is None:
+                continue
+            policies.append(key)
+            if_id = m.get_attr("XFRMA_IF_ID") or 0
+            self._policy_if_ids[key] = if_id
+            templates = m.templates()
+            tunnel = bool(templates) and templates[0]["mode"] == xm.XFRM_MODE_TUNNEL
+            if key[1] is Direction.OUT and not if_id and tunnel:
+                self._route_users.setdefault(key[0].dst, set()).add(key[0])
+                self._route_reqids[key[0].dst] = templates[0]["reqid"]
+            if if_id:
+                self._route_based_seen = True
+        if self.route_table is not None:
+            stale = await asyncio.to_thread(rt.prefixes, self.netns, self.route_table)
+            gone = [p for p in stale if p not in self._route_users]
+            if gone:
+                log.info("kernel data plane: removing %d route(s) no adopted policy needs", len(gone))
+                await asyncio.to_thread(rt.delete, self.netns, self.route_table, gone)
+        await self._sync_mss_clamping(reapply=True)
+        # Reservations (ALLOCSPI) use private reqids; only installed SAs' count.
+        reqids = [m["reqid"] for m in sa_msgs if m["reqid"] < _ALLOC_REQIDS[0]]
+        return OwnedState(sas=tuple(tr.sa_id_from(m) for m in sa_msgs), policies=tuple(policies),
+                          max_reqid=max(reqids, default=0))
+
     async def flush_owned(self) -> None:
         # Policies first, so no packet meets a policy whose SA was just removed and triggers ACQUIRE.
         for m in await self._dump_policies():

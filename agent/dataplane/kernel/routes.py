@@ -165,18 +165,31 @@ def delete(netns: str | None, where: RouteTable, prefixes: list[IPNetwork]) -> N
             _delete(ipr, where, str(prefix), _FAMILIES[prefix.version])
 
 
+def prefixes(netns: str | None, where: RouteTable) -> list[IPNetwork]:
+    """The destinations of every route with our table and protocol."""
+    with IPRoute(netns=netns) as ipr:
+        return [ipaddress.ip_network(dst) for dst, _ in _ours(ipr, where)]
+
+
 def flush(netns: str | None, where: RouteTable) -> int:
     """Remove every route with our table and protocol, nothing else; returns how many."""
     removed = 0
     with IPRoute(netns=netns) as ipr:
-        for family in _FAMILIES.values():
-            for route in ipr.get_routes(family=family, table=where.table):
-                if route["proto"] != where.protocol or route.get_attr("RTA_TABLE") != where.table:
-                    continue
-                dst = route.get_attr("RTA_DST") or ("::" if family == socket.AF_INET6 else "0.0.0.0")
-                _delete(ipr, where, f"{dst}/{route['dst_len']}", family)
-                removed += 1
+        for dst, family in _ours(ipr, where):
+            _delete(ipr, where, dst, family)
+            removed += 1
     return removed
+
+
+def _ours(ipr: Any, where: RouteTable) -> list[tuple[str, int]]:
+    found: list[tuple[str, int]] = []
+    for family in _FAMILIES.values():
+        for route in ipr.get_routes(family=family, table=where.table):
+            if route["proto"] != where.protocol or route.get_attr("RTA_TABLE") != where.table:
+                continue
+            dst = route.get_attr("RTA_DST") or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+            found.append((f"{dst}/{route['dst_len']}", family))
+    return found
 
 
 def _delete(ipr: Any, where: RouteTable, dst: str, family: int) -> None:

@@ -302,6 +302,10 @@ class UserspaceDataPlane:
     async def list_owned(self) -> OwnedState:
         return OwnedState(sas=tuple(self._sas), policies=tuple(self._policies))
 
+    async def adopt(self) -> OwnedState:
+        # In-process, the packet path dies with the agent: a new one holds nothing to adopt.
+        return await self.list_owned()
+
     async def flush_owned(self) -> None:
         for sa_id in list(self._sas):
             await self.delete_sa(sa_id)

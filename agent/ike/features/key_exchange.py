@@ -33,17 +33,24 @@ MAX_KE_RETRIES = 5
 def setup_keys(sa: IkeSa, chosen: Chosen, shared: bytes, seed: bytes | None = None) -> None:
     """Derives SK_* from the nonces, SPIs and `shared` (or the rekey's `seed`) and installs the
     SK protection; also used by the IKE rekey for the successor SA."""
-    assert chosen.prf is not None and chosen.encr is not None
+    use_transforms(sa, chosen)
+    assert sa.prf is not None and sa.cipher is not None
+    sa.keys = derive_ike_keys(
+        sa.prf, sa.cipher, sa.integ, sa.nonce_i, sa.nonce_r, shared, sa.spi_i, sa.spi_r, seed
+    )
+    sa.install_protection()
+
+
+def use_transforms(sa: IkeSa, chosen: Chosen) -> None:
+    """The PRF, cipher and integrity of the negotiated (or restored, snapshot.py) proposal."""
+    if chosen.prf is None or chosen.encr is None:
+        raise CryptoError("IKE proposal without a PRF or an encryption transform")
     sa.chosen = chosen
     sa.prf = PRFS[chosen.prf]()
     sa.cipher = make_cipher(chosen.encr.id, chosen.encr.key_length)
     sa.integ = INTEGS[chosen.integ] if chosen.integ else None
     if not sa.cipher.aead and sa.integ is None:
         raise CryptoError("non-AEAD cipher negotiated without integrity")
-    sa.keys = derive_ike_keys(
-        sa.prf, sa.cipher, sa.integ, sa.nonce_i, sa.nonce_r, shared, sa.spi_i, sa.spi_r, seed
-    )
-    sa.install_protection()
 
 
 def _answer(chosen: Chosen) -> Chosen:

@@ -365,3 +365,40 @@ async def test_mss_clamping_limits_forwarded_syns_to_the_route_mtu(lab: Lab) -> 
     await mtu.ensure_mss_clamping(router.ns)
     after = await asyncio.to_thread(_server_mss, client, server, 5002)
     assert before > 1360 >= after, (before, after)  # 1400 - 40: clamped to the route MTU on the way
+
+
+async def test_a_restarted_plane_adopts_policies_and_routes_and_removes_only_stale_routes(
+    lab: Lab, host: Host
+) -> None:
+    """A restart stop leaves policies and routes in place; the next process adopts them (its
+    bookkeeping follows: deleting an adopted policy releases its route), removes a route of our
+    table that no policy needs, and allocates reqids above none of the SPI reservations'."""
+    peer = lab.host("b")
+    lab.link(host, peer, f"{A}/24", f"{B}/24")
+    net3 = ipaddress.ip_network("198.19.3.0/24")
+    sel3 = TrafficSelector(NET1, net3)
+    first = KernelDataPlane(netns=host.ns, scratch_netns=f"{lab.run_prefix}probe")
+    await first.start()
+    await first.ensure_policy(_out_policy(reqid=7))
+    await first.ensure_policy(Policy(sel3, Direction.OUT, template=Template(IpsecProtocol.ESP, Mode.TUNNEL,
+                                                                            A, B, 8), priority=10))
+    await first.allocate_spi(IpsecProtocol.ESP, B, A)  # a reservation: private reqid, not counted
+    host.ip("route", "add", "198.19.9.0/24", "via", str(B), "table", "220", "proto", "211")
+    await first.close()  # a restart: nothing removed
+    assert {p["dst"] for p in _xfrm_policies(host)} == {str(NET2), str(net3)}
+
+    fresh = KernelDataPlane(netns=host.ns, capabilities=first.capabilities)
+    await fresh.start()
+    try:
+        owned = await fresh.adopt()
+        assert set(owned.policies) == {(SEL, Direction.OUT), (sel3, Direction.OUT)}
+        assert owned.max_reqid == 0 and len(owned.sas) == 1  # the reservation, for the sweeper
+        routes = {r["dst"] for r in _ip_json(host, "route", "show", "table", "220")}
+        assert routes == {str(NET2), str(net3)}  # the stale 198.19.9.0/24 is gone, the others stand
+        assert "meshsec" in host.run(["nft", "list", "tables"]).stdout  # clamping kept for OUT policies
+        await fresh.delete_policy(SEL, Direction.OUT)
+        assert {r["dst"] for r in _ip_json(host, "route", "show", "table", "220")} == {str(net3)}
+    finally:
+        await fresh.flush_owned()
+        await fresh.close()
+    assert _xfrm_policies(host) == [] and _ip_json(host, "route", "show", "table", "220") == []
