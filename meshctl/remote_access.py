@@ -26,6 +26,7 @@ from meshsec.meshctl.errors import EXIT_OK, UsageError, UserError
 from meshsec.meshctl.printable import printable
 from meshsec.meshctl.profiles import mobileconfig, sswan, swanctl, windows
 from meshsec.meshctl.profiles.model import DeviceCredentials, ProfileError, ProfileInput
+from meshsec.meshctl.secrets import add_value_source, read_value_source
 from meshsec.meshctl.table import Column, print_table
 from meshsec.meshctl.views import dump
 from meshsec.v1 import admin_pb2
@@ -41,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction, parser_class: type[argparse.Argu
     rsub.required = True
     s = rsub.add_parser("set-password", help="set the EAP-MSCHAPv2 password of USER (kept as NT hash)")
     s.add_argument("user", metavar="USER")
-    _source(s, "password", required=True)
+    add_value_source(s, "password", required=True, what="the password")
     s = rsub.add_parser("profile", help="render the client profile of USER's DEVICE")
     s.add_argument("user", metavar="USER")
     s.add_argument("device", metavar="DEVICE")
@@ -52,37 +53,15 @@ def add_parser(sub: argparse._SubParsersAction, parser_class: type[argparse.Argu
     )
     s.add_argument("--server-id", default="", help="the gateway's IKE identity (default: its Node's ikeId)")
     s.add_argument("--ttl", type=int, default=0, metavar="SECONDS", help="device certificate lifetime")
-    _source(s, "passphrase", required=False, what="the PKCS#12 passphrase (mobileconfig, sswan, windows)")
-
-
-def _source(p: argparse.ArgumentParser, dest: str, *, required: bool, what: str = "") -> None:
-    group = p.add_mutually_exclusive_group(required=required)
-    group.add_argument(
-        f"--{dest}-file",
-        dest=f"{dest}_file",
-        type=Path,
-        metavar="FILE",
-        help=f"read {what or dest} from FILE",
-    )
-    group.add_argument(
-        f"--{dest}-env", dest=f"{dest}_env", metavar="VAR", help=f"read {what or dest} from VAR"
+    add_value_source(
+        s, "passphrase", required=False, what="the PKCS#12 passphrase (mobileconfig, sswan, windows)"
     )
 
 
-def _read(args: argparse.Namespace, dest: str) -> Secret | None:
-    env, path = getattr(args, f"{dest}_env"), getattr(args, f"{dest}_file")
-    if env is not None:
-        raw = os.environb.get(env.encode())
-        if raw is None:
-            raise UsageError(f"environment variable {env} is not set")
-        return Secret(raw)
-    if path is None:
-        return None
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return Secret(data.rstrip(b"\r\n"))
+def _read(args: argparse.Namespace, prefix: str) -> Secret | None:
+    value = read_value_source(args, prefix)
+    # A password or passphrase is text typed by a person: no line ending is ever part of it.
+    return None if value is None else Secret(value.reveal().rstrip(b"\r\n"))
 
 
 def remote_access(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:

@@ -28,30 +28,51 @@ def add_parser(sub: argparse._SubParsersAction, parser_class: type[argparse.Argu
     ssub.required = True
     s = ssub.add_parser("set", help="create or replace secret NAME (16-64 bytes)")
     s.add_argument("name", metavar="NAME")
-    source = s.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--from-file",
-        type=Path,
-        metavar="FILE",
-        help="read the value from FILE (a trailing newline is dropped)",
-    )
-    source.add_argument("--from-env", metavar="VAR", help="read the value from environment variable VAR")
+    add_value_source(s, "from", required=True, what="the value")
     s = ssub.add_parser("delete", help="delete secret NAME")
     s.add_argument("name", metavar="NAME")
 
 
-def read_value(args: argparse.Namespace) -> Secret:
-    if args.from_env is not None:
-        raw = os.environb.get(args.from_env.encode())
+def add_value_source(p: argparse.ArgumentParser, prefix: str, *, required: bool, what: str) -> None:
+    """`--PREFIX-file FILE | --PREFIX-env VAR`: where a secret value is read from (never argv)."""
+    group = p.add_mutually_exclusive_group(required=required)
+    group.add_argument(
+        f"--{prefix}-file",
+        dest=f"{prefix}_file",
+        type=Path,
+        metavar="FILE",
+        help=f"read {what} from FILE (a trailing newline is dropped)",
+    )
+    group.add_argument(
+        f"--{prefix}-env",
+        dest=f"{prefix}_env",
+        metavar="VAR",
+        help=f"read {what} from environment variable VAR",
+    )
+
+
+def read_value_source(args: argparse.Namespace, prefix: str) -> Secret | None:
+    """The value `add_value_source(..., prefix)` points at; None when neither flag was given."""
+    env, path = getattr(args, f"{prefix}_env"), getattr(args, f"{prefix}_file")
+    if env is not None:
+        raw = os.environb.get(env.encode())
         if raw is None:
-            raise UsageError(f"environment variable {args.from_env} is not set")
+            raise UsageError(f"environment variable {env} is not set")
         return Secret(raw)
+    if path is None:
+        return None
     try:
-        data = args.from_file.read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
-        raise UserError(f"cannot read {args.from_file}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     # `echo key > file` adds a newline nobody means as part of the key.
     return Secret(data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data)
+
+
+def read_value(args: argparse.Namespace) -> Secret:
+    value = read_value_source(args, "from")
+    assert value is not None  # the group is required
+    return value
 
 
 def secret(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
@@ -93,4 +114,12 @@ def is_secret(typed: str) -> bool:
     return typed.lower() in SECRET_ALIASES
 
 
-__all__ = ["add_parser", "get_secrets", "is_secret", "read_value", "secret"]
+__all__ = [
+    "add_parser",
+    "add_value_source",
+    "get_secrets",
+    "is_secret",
+    "read_value",
+    "read_value_source",
+    "secret",
+]
