@@ -18,6 +18,8 @@ class ExchangeType(IntEnum):
     IKE_AUTH = 35
     CREATE_CHILD_SA = 36
     INFORMATIONAL = 37
+    IKE_INTERMEDIATE = 43  # RFC 9242
+    IKE_FOLLOWUP_KE = 44  # RFC 9370 2.2.2
 
 
 class HeaderFlag(IntEnum):
@@ -60,6 +62,17 @@ class TransformType(IntEnum):
     INTEG = 3
     DH = 4
     ESN = 5
+    # RFC 9370 2.2.1: Additional Key Exchange 1..7, each negotiated like the D-H transform.
+    ADDKE1 = 6
+    ADDKE2 = 7
+    ADDKE3 = 8
+    ADDKE4 = 9
+    ADDKE5 = 10
+    ADDKE6 = 11
+    ADDKE7 = 12
+
+
+ADDKE_TYPES = tuple(TransformType(t) for t in range(TransformType.ADDKE1, TransformType.ADDKE7 + 1))
 
 
 class EncrId(IntEnum):
@@ -94,6 +107,11 @@ class DhId(IntEnum):
     ECP_256 = 19
     ECP_384 = 20
     CURVE25519 = 31
+    # Key Exchange Method registry (draft-ietf-ipsecme-ikev2-mlkem): KEMs, not D-H groups, but
+    # the same number space; usable as the D-H transform or as an additional key exchange.
+    ML_KEM_512 = 35
+    ML_KEM_768 = 36
+    ML_KEM_1024 = 37
 
 
 class EsnId(IntEnum):
@@ -148,6 +166,7 @@ class NotifyType(IntEnum):
     INVALID_SELECTORS = 39
     TEMPORARY_FAILURE = 43
     CHILD_SA_NOT_FOUND = 44
+    STATE_NOT_FOUND = 47  # RFC 9370 2.2.4: IKE_FOLLOWUP_KE for a state the responder dropped
     # Status (>= 16384): unknown ones are ignored (RFC 7296 3.10.1).
     INITIAL_CONTACT = 16384
     SET_WINDOW_SIZE = 16385
@@ -163,6 +182,8 @@ class NotifyType(IntEnum):
     NON_FIRST_FRAGMENTS_ALSO = 16395
     IKEV2_FRAGMENTATION_SUPPORTED = 16430
     SIGNATURE_HASH_ALGORITHMS = 16431
+    INTERMEDIATE_EXCHANGE_SUPPORTED = 16438  # RFC 9242 3
+    ADDITIONAL_KEY_EXCHANGE = 16441  # RFC 9370 2.2.4: links IKE_FOLLOWUP_KE to its exchange
 
 
 ERROR_NOTIFY_LIMIT = 16384

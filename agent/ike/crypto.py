@@ -323,4 +323,8 @@ def default_dh_factory(group: int, rnd: Random) -> KeyExchange:
     if group in _MODP:
         # A 512-bit exponent exceeds twice the ~128-bit strength of these groups (RFC 3526 8).
         return ModpExchange(group, int.from_bytes(rnd.bytes(64), "big") | 1)
+    if group in (DhId.ML_KEM_512, DhId.ML_KEM_768, DhId.ML_KEM_1024):
+        from meshsec.agent.ike.kem import SEED_SIZE, MlKemExchange  # kem imports this module
+
+        return MlKemExchange(group, rnd.bytes(SEED_SIZE))
     raise ValueError(f"unsupported DH group {group}")

@@ -1,4 +1,5 @@
-"""Key derivation of RFC 7296 2.14 (IKE SA) and 2.17 (CHILD_SA KEYMAT)."""
+"""Key derivation of RFC 7296 2.14 (IKE SA) and 2.17 (CHILD_SA KEYMAT), with the additional key
+exchanges of RFC 9370 2.2.2 (IKE_INTERMEDIATE) and 2.2.4 (CREATE_CHILD_SA + IKE_FOLLOWUP_KE)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,19 @@ def skeyseed(prf: Prf, ni: bytes, nr: bytes, shared: bytes) -> bytes:
     return prf(ni + nr, shared)
 
 
-def rekey_skeyseed(old_prf: Prf, old_sk_d: bytes, ni: bytes, nr: bytes, shared: bytes) -> bytes:
+def rekey_skeyseed(
+    old_prf: Prf, old_sk_d: bytes, ni: bytes, nr: bytes, shared: bytes, additional: tuple[bytes, ...] = ()
+) -> bytes:
     """SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr) for a rekeyed IKE SA (RFC 7296 2.18),
-    with the old IKE SA's PRF; the new SA's keys then come from the new PRF's prf+."""
-    return old_prf(old_sk_d, shared + ni + nr)
+    with the old IKE SA's PRF; the new SA's keys then come from the new PRF's prf+. With
+    additional key exchanges: prf(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n)) (RFC 9370 2.2.4)."""
+    return old_prf(old_sk_d, shared + ni + nr + b"".join(additional))
+
+
+def additional_skeyseed(prf: Prf, sk_d_previous: bytes, shared: bytes, ni: bytes, nr: bytes) -> bytes:
+    """SKEYSEED(n) = prf(SK_d(n-1), SK(n) | Ni | Nr) after the n-th IKE_INTERMEDIATE key exchange
+    (RFC 9370 2.2.2); Ni and Nr stay those of IKE_SA_INIT."""
+    return prf(sk_d_previous, shared + ni + nr)
 
 
 def derive_ike_keys(
@@ -58,6 +68,23 @@ def derive_ike_keys(
     return IkeKeys(*parts)
 
 
+def update_ike_keys(
+    prf: Prf,
+    cipher: SkCipher,
+    integ: Integ | None,
+    previous: IkeKeys,
+    shared: bytes,
+    ni: bytes,
+    nr: bytes,
+    spi_i: bytes,
+    spi_r: bytes,
+) -> IkeKeys:
+    """All seven SK_*(n) = prf+(SKEYSEED(n), Ni | Nr | SPIi | SPIr) after an IKE_INTERMEDIATE key
+    exchange (RFC 9370 2.2.2): the next exchange is protected with them."""
+    seed = additional_skeyseed(prf, previous.sk_d.reveal(), shared, ni, nr)
+    return derive_ike_keys(prf, cipher, integ, ni, nr, shared, spi_i, spi_r, seed=seed)
+
+
 @dataclass(frozen=True, slots=True)
 class DirectionKeys:
     encr: Secret  # empty for AH; for AES-GCM it includes the 4-byte salt (RFC 4106 8.1)
@@ -78,12 +105,14 @@ def derive_child_keys(
     encr_size: int,
     integ_id: int | None,
     shared: bytes = b"",
+    additional: tuple[bytes, ...] = (),
 ) -> ChildKeys:
     """KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr); keys for initiator->responder come first,
-    each direction's encryption key before its integrity key (RFC 7296 2.17)."""
+    each direction's encryption key before its integrity key (RFC 7296 2.17). Additional key
+    exchanges follow the nonces: prf+(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n)) (RFC 9370 2.2.4)."""
     integ_size = INTEGS[integ_id].key_size if integ_id else 0
     per_dir = encr_size + integ_size
-    km = prf.plus(sk_d, shared + ni + nr, 2 * per_dir)
+    km = prf.plus(sk_d, shared + ni + nr + b"".join(additional), 2 * per_dir)
 
     def cut(base: int) -> DirectionKeys:
         return DirectionKeys(

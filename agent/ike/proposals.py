@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from meshsec.agent.ike.constants import (
+    ADDKE_TYPES,
     AEAD_ENCR,
     DhId,
     EncrId,
@@ -55,7 +56,13 @@ _DH = {
     "ecp384": DhId.ECP_384,
     "modp2048": DhId.MODP_2048,
     "modp3072": DhId.MODP_3072,
+    "mlkem512": DhId.ML_KEM_512,
+    "mlkem768": DhId.ML_KEM_768,
+    "mlkem1024": DhId.ML_KEM_1024,
 }
+# RFC 9370 additional key exchanges, strongSwan's "ke1_mlkem768" ... "ke7_..."; "ke1_none"
+# makes that additional exchange optional.
+_ADDKE_METHODS = {**_DH, "none": DhId.NONE}
 _ESN = {"esn": EsnId.ESN, "noesn": EsnId.NO_ESN}
 
 
@@ -68,11 +75,23 @@ class ProposalSpec:
     text: str = field(default="", compare=False)
 
     def to_proposal(self, number: int, spi: bytes, *, without_dh: bool = False) -> Proposal:
-        ts = tuple(t for t in self.transforms if not (without_dh and t.type == TransformType.DH))
+        ts = tuple(t for t in self.transforms if not (without_dh and _is_key_exchange(t.type)))
         return Proposal(number, self.protocol, spi, ts)
 
     def dh_groups(self) -> list[int]:
         return [t.id for t in self.transforms if t.type == TransformType.DH]
+
+    def additional_key_exchanges(self) -> dict[int, list[int]]:
+        """Per ADDKE transform type, the methods in preference order (0 = NONE, optional)."""
+        out: dict[int, list[int]] = {}
+        for t in self.transforms:
+            if t.type in ADDKE_TYPES:
+                out.setdefault(t.type, []).append(t.id)
+        return out
+
+
+def _is_key_exchange(ttype: int) -> bool:
+    return ttype == TransformType.DH or ttype in ADDKE_TYPES
 
 
 def parse_proposals(text: str, protocol: ProtocolId) -> tuple[ProposalSpec, ...]:
@@ -88,7 +107,10 @@ def _parse_one(text: str, protocol: ProtocolId) -> ProposalSpec:
     prf: list[int] = []
     dh: list[int] = []
     esn: list[int] = []
+    addke: dict[int, list[int]] = {}
     for token in text.lower().split("-"):
+        if _parse_addke(token, text, addke):
+            continue
         if token in _ENCR:
             encr.append(_ENCR[token])
         elif token in _INTEG:
@@ -127,14 +149,44 @@ def _parse_one(text: str, protocol: ProtocolId) -> ProposalSpec:
         if not aead and not integ:
             raise ProposalError(f"{protocol.name} proposal {text!r} needs integrity (unless AEAD)")
         esn = esn or [EsnId.NO_ESN]
+    if addke and not dh:
+        raise ProposalError(f"proposal {text!r}: additional key exchanges need a key exchange method")
     transforms = (
         list(encr)
         + [Transform(TransformType.PRF, i) for i in prf]
         + [Transform(TransformType.INTEG, i) for i in integ]
         + [Transform(TransformType.DH, i) for i in dh]
+        + [Transform(TransformType(tt), i) for tt in sorted(addke) for i in addke[tt]]
         + [Transform(TransformType.ESN, i) for i in esn]
     )
     return ProposalSpec(protocol, tuple(transforms), text)
+
+
+def _parse_addke(token: str, text: str, addke: dict[int, list[int]]) -> bool:
+    """Adds a "keN_method" token to `addke`; False if the token is not of that form."""
+    head, sep, method = token.partition("_")
+    if not sep or len(head) != 3 or not head.startswith("ke") or not head[2].isdigit():
+        return False
+    n = int(head[2])
+    if not 1 <= n <= len(ADDKE_TYPES):
+        raise ProposalError(f"{token!r} in proposal {text!r}: additional key exchanges are ke1..ke7")
+    if method not in _ADDKE_METHODS:
+        raise ProposalError(f"unknown key exchange method {method!r} in {token!r} of proposal {text!r}")
+    addke.setdefault(TransformType.ADDKE1 + n - 1, []).append(_ADDKE_METHODS[method])
+    return True
+
+
+_METHOD_NAMES: dict[int, str] = {int(v): k for k, v in reversed(_ADDKE_METHODS.items())}
+
+
+def method_name(method: int) -> str:
+    """The proposal token of a key exchange method ("x25519", "mlkem768")."""
+    return _METHOD_NAMES.get(method, f"ke{method}")
+
+
+def additional_ke_text(addke: tuple[tuple[int, int], ...]) -> str:
+    """strongSwan spelling of negotiated additional key exchanges: "ke1_mlkem768-ke2_..."."""
+    return "-".join(f"ke{tt - TransformType.ADDKE1 + 1}_{method_name(m)}" for tt, m in addke)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +201,8 @@ class Chosen:
     integ: int | None
     dh: int | None
     esn: int | None
+    # RFC 9370: (ADDKE transform type, method) in type order; a NONE choice is left out.
+    addke: tuple[tuple[int, int], ...] = ()
 
     def as_proposal(self, spi: bytes) -> Proposal:
         ts = [t for t in (self.encr,) if t is not None]
@@ -160,6 +214,7 @@ class Chosen:
         ):
             if tid is not None:
                 ts.append(Transform(ttype, tid))
+        ts += [Transform(TransformType(tt), m) for tt, m in self.addke]
         return Proposal(self.number, self.protocol, spi, tuple(ts))
 
 
@@ -168,11 +223,15 @@ def _normalised(ts: tuple[Transform, ...], ignore_dh: bool) -> dict[int, list[Tr
     for t in ts:
         if t.type == TransformType.INTEG and t.id == IntegId.NONE:
             continue  # "no integrity" alongside an AEAD cipher equals leaving INTEG out
-        if ignore_dh and t.type == TransformType.DH:
+        if ignore_dh and _is_key_exchange(t.type):
             continue
         if t.type == TransformType.DH and t.id == DhId.NONE:
             continue
         by_type.setdefault(t.type, []).append(t)
+    if not ignore_dh:
+        # An ADDKE type that one side leaves out matches the other's NONE (RFC 9370 2.2.1).
+        for tt in ADDKE_TYPES:
+            by_type.setdefault(tt, [Transform(tt, DhId.NONE)])
     return by_type
 
 
@@ -204,6 +263,7 @@ def _match(ours: ProposalSpec, theirs: Proposal, prefer_ours: bool, ignore_dh: b
         tid(TransformType.INTEG),
         tid(TransformType.DH),
         tid(TransformType.ESN),
+        tuple((tt, t.id) for tt, t in sorted(pick.items()) if tt in ADDKE_TYPES and t.id != DhId.NONE),
     )
 
 
@@ -243,5 +303,6 @@ def accept_response(offered: tuple[Proposal, ...], answer: Proposal) -> Chosen |
                 chosen.integ,
                 chosen.dh,
                 chosen.esn,
+                chosen.addke,
             )
     return None
