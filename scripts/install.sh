@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything meshsec's lab and test suite need on Debian 12, as root:
 # system packages (strongSwan as a real peer, etcd, iproute2, capture and benchmark tools, qemu for
-# the kernel lane) and a virtualenv at .venv holding exactly the lock file requirements/dev.txt
+# the kernel lane), strongSwan 6.1 with ML-KEM in a cached Debian unstable chroot
+# (scripts/strongswan-pq-peer.sh) and a virtualenv at .venv holding exactly the lock file requirements/dev.txt
 # (pinned, with hashes) plus meshsec itself, editable.
 # Safe to re-run: apt skips what is there, and the virtualenv is rebuilt only when the lock or the
 # Python changed since it was built (its .lock-stamp says which), so it never keeps a package the
@@ -21,7 +22,7 @@ APT_PACKAGES=(
     charon-systemd strongswan-swanctl strongswan-pki libcharon-extra-plugins
     libstrongswan-standard-plugins libstrongswan-extra-plugins
     libcharon-extauth-plugins
-    etcd-server
+    etcd-server mmdebstrap
     qemu-system-x86 busybox-static cpio kmod
 )
 missing=()
@@ -34,6 +35,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# strongSwan 6.1 (ML-KEM) as a second interop peer, in a cached Debian unstable chroot.
+bash scripts/strongswan-pq-peer.sh
 
 PYTHON=${PYTHON:-python3}
 lock=requirements/${MESHSEC_LOCK:-dev}.txt

@@ -126,4 +126,3 @@ class MlKemExchange:
             return bytes(self._private.decapsulate(ciphertext))
         except ValueError as exc:
             raise CryptoError(f"{self._params.name} ciphertext is invalid") from exc
-

@@ -26,10 +26,17 @@ SWANCTL_DIR; nothing under /etc is read.  charon-systemd runs as ``setsid ip net
 charon-systemd`` and is stopped by PID (SIGTERM, then SIGKILL).  libipsec forces NAT-T, so
 IKE_AUTH and ESP use UDP 4500, and a CHILD_SA only installs if the host owns an address inside
 its local traffic selector (put inner /32s on ``lo``).
+
+``charons.start(host, [conn], root=pq_root())`` runs strongSwan 6.1 (ML-KEM, IKE_INTERMEDIATE,
+RFC 9370 ``ke1_mlkem768`` proposals) from the Debian unstable chroot that
+scripts/strongswan-pq-peer.sh builds: its configs, vici socket and log live under the chroot's
+/run, charon and swanctl run through ``chroot``, and proc and /dev are mounted into the chroot
+while any instance of it runs (libipsec needs /dev/net/tun).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import socket
@@ -46,6 +53,7 @@ from tests.harness.netns import CommandError, Host, Lab, run, stop_process
 
 CHARON = "/usr/sbin/charon-systemd"
 SWANCTL = "/usr/sbin/swanctl"
+PQ_PEER_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "strongswan-pq-peer.sh"
 
 DEFAULT_PLUGINS = (
     "random", "nonce", "openssl", "pem", "pkcs1", "pkcs8", "x509", "pubkey", "revocation",
@@ -420,6 +428,7 @@ class IkeSa:
     integ_alg: str | None
     prf_alg: str
     dh_group: str
+    additional_ke: tuple[str, ...]  # strongSwan 6: "ake1".."ake7", e.g. ("ML_KEM_768",)
     nat_local: bool
     nat_remote: bool
     children: tuple[ChildSa, ...]
@@ -430,6 +439,7 @@ class IkeSa:
 
 
 T = TypeVar("T")
+
 
 def _s(tree: ViciTree, key: str, default: str = "") -> str:
     value = tree.get(key, default)
@@ -504,6 +514,7 @@ def ike_sa_from_raw(name: str, raw: ViciTree) -> IkeSa:
         integ_alg=_opt_s(raw, "integ-alg"),
         prf_alg=_s(raw, "prf-alg"),
         dh_group=_s(raw, "dh-group"),
+        additional_ke=tuple(_s(raw, f"ake{n}") for n in range(1, 8) if _opt_s(raw, f"ake{n}")),
         nat_local=_s(raw, "nat-local") == "yes",
         nat_remote=_s(raw, "nat-remote") == "yes",
         children=tuple(child_sa_from_raw(c) for c in _sub(raw, "child-sas").values() if isinstance(c, dict)),
@@ -521,6 +532,40 @@ def parse_list_sas(text: str) -> list[IkeSa]:
     return sas
 
 
+# -- the strongSwan 6.1 chroot -------------------------------------------------------------------
+
+
+@functools.cache
+def pq_root() -> Path | None:
+    """The built strongSwan 6.1 chroot, or None if scripts/install.sh has not built it."""
+    found = subprocess.run(
+        ["bash", str(PQ_PEER_SCRIPT), "--root"], capture_output=True, text=True, check=False
+    )
+    return Path(found.stdout.strip()) if found.returncode == 0 else None
+
+
+_chroot_users: dict[Path, int] = {}
+
+
+def _enter_chroot(root: Path) -> None:
+    """Mounts proc and /dev into `root` for its first running charon."""
+    if _chroot_users.get(root, 0) == 0:
+        run(["mount", "-t", "proc", "proc", str(root / "proc")])
+        try:
+            run(["mount", "--bind", "/dev", str(root / "dev")])
+        except CommandError:
+            run(["umount", str(root / "proc")])
+            raise
+    _chroot_users[root] = _chroot_users.get(root, 0) + 1
+
+
+def _leave_chroot(root: Path) -> None:
+    _chroot_users[root] -= 1
+    if _chroot_users[root] == 0:
+        run(["umount", str(root / "dev")])
+        run(["umount", str(root / "proc")])
+
+
 # -- a running instance --------------------------------------------------------------------------
 
 
@@ -533,18 +578,28 @@ class Charon:
         connections: Sequence[Connection],
         settings: CharonSettings | None = None,
         confdir: Path | None = None,
+        root: Path | None = None,
     ) -> None:
         self.host = host
         self.connections = list(connections)
         self.settings = settings or CharonSettings()
+        self.root = root  # a chroot holding another strongSwan (see pq_root), or the host's own
+        if root is not None:
+            # Everything charon reads or writes must be inside the chroot.
+            confdir = confdir or Path(
+                tempfile.mkdtemp(prefix=f"{host.lab.run_prefix}{host.name}-", dir=root / "run")
+            )
         self.confdir = confdir or host.lab.workdir / f"strongswan-{host.name}"
         self.swanctl_dir = self.confdir / "swanctl"
         self.conf_path = self.confdir / "strongswan.conf"
         self.log_path = self.confdir / "charon.log"
         # AF_UNIX paths are limited to 108 bytes and test tmp dirs can be long: keep the socket short.
-        self._sockdir = Path(tempfile.mkdtemp(prefix=f"{host.lab.run_prefix}vici-"))
+        self._sockdir = Path(
+            tempfile.mkdtemp(prefix=f"{host.lab.run_prefix}vici-", dir=None if root is None else root / "run")
+        )
         self.vici_socket = self._sockdir / "charon.vici"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._in_chroot = False
         host.lab.on_close(self.stop)  # the lab has killed charon by then; this removes the socket dir
 
     def __repr__(self) -> str:
@@ -554,14 +609,26 @@ class Charon:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
+    def _seen(self, path: Path) -> Path:
+        """`path` as charon and swanctl see it (inside the chroot, if any)."""
+        return path if self.root is None else Path("/") / path.relative_to(self.root)
+
+    def _argv(self, program: str, *args: str) -> list[str]:
+        return [program, *args] if self.root is None else ["chroot", str(self.root), program, *args]
+
     @property
     def env(self) -> dict[str, str]:
-        return {"STRONGSWAN_CONF": str(self.conf_path), "SWANCTL_DIR": str(self.swanctl_dir)}
+        return {
+            "STRONGSWAN_CONF": str(self._seen(self.conf_path)),
+            "SWANCTL_DIR": str(self._seen(self.swanctl_dir)),
+        }
 
     def write_config(self) -> None:
         for sub in ("x509", "x509ca", "private"):
             (self.swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
-        self.conf_path.write_text(strongswan_conf(self.settings, self.vici_socket, self.log_path))
+        self.conf_path.write_text(
+            strongswan_conf(self.settings, self._seen(self.vici_socket), self._seen(self.log_path))
+        )
         for conn in self.connections:
             if isinstance(conn.auth, CertAuth):
                 shutil.copyfile(conn.auth.cert, self.swanctl_dir / "x509" / f"{conn.name}.pem")
@@ -573,7 +640,10 @@ class Charon:
         if self.proc is not None:
             raise RuntimeError(f"{self!r} already started")
         self.write_config()
-        self.proc = self.host.popen([CHARON], env=self.env, log=self.confdir / "charon.stdout")
+        if self.root is not None and not self._in_chroot:
+            _enter_chroot(self.root)
+            self._in_chroot = True
+        self.proc = self.host.popen(self._argv(CHARON), env=self.env, log=self.confdir / "charon.stdout")
         self._wait_for_vici(timeout)
         self.load_all()
         return self
@@ -603,7 +673,7 @@ class Charon:
     ) -> subprocess.CompletedProcess[str]:
         """Run swanctl against this instance (vici is a UNIX socket, so no namespace is needed)."""
         try:
-            return run([SWANCTL, *args], env=self.env, timeout=timeout, check=check)
+            return run(self._argv(SWANCTL, *args), env=self.env, timeout=timeout, check=check)
         except CommandError as exc:
             raise SwanctlError(
                 exc.argv, exc.returncode, exc.stdout, exc.stderr + f"\ncharon log: {self.log_path}"
@@ -656,6 +726,15 @@ class Charon:
         """SIGTERM by PID, SIGKILL after a grace period; removes the socket dir. Idempotent."""
         code = stop_process(self.proc) if self.proc is not None else None
         shutil.rmtree(self._sockdir, ignore_errors=True)
+        if self.root is not None and self.confdir.exists():
+            # Keep the log with the test's other files, not in the shared chroot.
+            if self.log_path.exists():
+                shutil.copyfile(self.log_path, self.host.lab.workdir / f"strongswan-{self.host.name}.log")
+            shutil.rmtree(self.confdir, ignore_errors=True)
+        if self._in_chroot:
+            assert self.root is not None
+            self._in_chroot = False
+            _leave_chroot(self.root)
         return code
 
 
@@ -672,8 +751,9 @@ class CharonFactory:
         connections: Sequence[Connection],
         settings: CharonSettings | None = None,
         timeout: float = 10.0,
+        root: Path | None = None,
     ) -> Charon:
-        charon = Charon(host, connections, settings)
+        charon = Charon(host, connections, settings, root=root)
         self.instances.append(charon)  # before start(): a half-started charon is stopped too
         return charon.start(timeout)
 
@@ -704,6 +784,7 @@ __all__ = [
     "SwanctlError",
     "parse_list_sas",
     "parse_pretty",
+    "pq_root",
     "render_conf",
     "strongswan_conf",
     "swanctl_conf",
