@@ -5,11 +5,16 @@ The names are strongSwan's, because operators already know them; the RFC 7296 tr
 (ENCR, INTEG, PRF, D-H) are what each name resolves to. Every name the cloud profiles can accept is
 known here, but only the names the meshsec IKE engine implements are ``agent_supported``: a
 proposal that both ends of a meshsec tunnel must run has to stick to those.
+
+RFC 9370 additional key exchanges use strongSwan's ``keN_method`` tokens (N = 1..7), e.g.
+``aes256gcm16-prfsha256-x25519-ke1_mlkem768``: a hybrid of X25519 and ML-KEM-768, the second key
+exchange run in IKE_INTERMEDIATE (and in IKE_FOLLOWUP_KE on rekeys).
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 
@@ -67,7 +72,16 @@ TRANSFORMS: dict[str, Transform] = _table(
     Transform("modp2048s224", _D, False),
     Transform("modp2048s256", _D, False),
     Transform("ecp521", _D, False),
+    # ML-KEM (FIPS 203), Key Exchange Methods 35-37. The agent's `cryptography` has no ML-KEM-512.
+    Transform("mlkem512", _D, False),
+    Transform("mlkem768", _D, True),
+    Transform("mlkem1024", _D, True),
 )
+
+# Whether meshsec agents run additional key exchanges (IKE_INTERMEDIATE, IKE_FOLLOWUP_KE).
+AGENT_ADDITIONAL_KE = False
+ADDITIONAL_KE_SLOTS = 7
+_ADDKE_TOKEN = re.compile(r"^ke([0-9]+)_([a-z0-9]+)$")
 
 # IANA D-H group numbers, the form cloud consoles use.
 DH_GROUP_NUMBERS: dict[str, int] = {
@@ -86,6 +100,9 @@ DH_GROUP_NUMBERS: dict[str, int] = {
     "modp2048s224": 23,
     "modp2048s256": 24,
     "x25519": 31,
+    "mlkem512": 35,
+    "mlkem768": 36,
+    "mlkem1024": 37,
 }
 
 
@@ -104,9 +121,12 @@ class Proposal:
     integrity: str | None
     prf: str | None
     dh: str | None
+    # RFC 9370: (N, method) per additional key exchange N, in order.
+    additional: tuple[tuple[int, str], ...] = ()
 
     def names(self) -> tuple[str, ...]:
-        return tuple(n for n in (self.encryption, self.integrity, self.prf, self.dh) if n is not None)
+        base = tuple(n for n in (self.encryption, self.integrity, self.prf, self.dh) if n is not None)
+        return base + tuple(m for _, m in self.additional)
 
 
 class ProposalError(ValueError):
@@ -124,7 +144,10 @@ def parse_proposal(text: str, kind: ProposalKind) -> Proposal:
     if not text or text != text.strip():
         raise ProposalError(f"{text!r}: empty or padded proposal")
     slots: dict[TransformType, str] = {}
+    additional: dict[int, str] = {}
     for name in text.split("-"):
+        if _additional_ke(text, name, additional):
+            continue
         transform = TRANSFORMS.get(name)
         if transform is None:
             raise ProposalError(f"{text!r}: unknown algorithm {name!r}")
@@ -160,9 +183,36 @@ def parse_proposal(text: str, kind: ProposalKind) -> Proposal:
                 raise ProposalError(f"{text!r}: AEAD {encr} must not be combined with an integrity algorithm")
             if not aead and integ is None:
                 raise ProposalError(f"{text!r}: non-AEAD ESP proposal needs an integrity algorithm")
-    canonical = "-".join(n for n in (encr, integ, prf, dh) if n is not None)
-    return Proposal(canonical, encr, integ, prf, dh)
+    if additional and dh is None:
+        raise ProposalError(f"{text!r}: additional key exchanges (ke1_...) need a dh group first")
+    ordered = tuple(sorted(additional.items()))
+    canonical = "-".join(
+        [n for n in (encr, integ, prf, dh) if n is not None] + [f"ke{k}_{m}" for k, m in ordered]
+    )
+    return Proposal(canonical, encr, integ, prf, dh, ordered)
+
+
+def _additional_ke(text: str, token: str, into: dict[int, str]) -> bool:
+    """Records a ``keN_method`` token; False if ``token`` is not one."""
+    match = _ADDKE_TOKEN.match(token)
+    if match is None:
+        return False
+    slot, method = int(match.group(1)), match.group(2)
+    if not 1 <= slot <= ADDITIONAL_KE_SLOTS:
+        raise ProposalError(f"{text!r}: {token!r}: additional key exchanges are ke1 .. ke7")
+    if method == "none":
+        # Canonical proposals name one method per exchange; an optional one is a second proposal.
+        raise ProposalError(f"{text!r}: {token!r}: list a second proposal without ke{slot}_ instead")
+    if method not in TRANSFORMS or TRANSFORMS[method].type is not _D:
+        raise ProposalError(f"{text!r}: {token!r}: unknown key exchange method {method!r}")
+    if slot in into:
+        raise ProposalError(f"{text!r}: more than one method for additional key exchange ke{slot}")
+    into[slot] = method
+    return True
 
 
 def unsupported_by_agents(proposal: Proposal) -> tuple[str, ...]:
-    return tuple(n for n in proposal.names() if not TRANSFORMS[n].agent_supported)
+    missing = tuple(n for n in proposal.names() if not TRANSFORMS[n].agent_supported)
+    if proposal.additional and not AGENT_ADDITIONAL_KE:
+        missing += tuple(f"ke{k}_{m}" for k, m in proposal.additional)
+    return missing

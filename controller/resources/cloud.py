@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshsec.controller.resources.algorithms import AGENT_ADDITIONAL_KE
 from meshsec.controller.resources.model import CloudProfileName, CryptoProfile, Dpd
 
 
@@ -53,6 +54,8 @@ _GCP_DH = frozenset(
     {"modp1024", "modp1536", "modp2048", "modp3072", "modp4096", "ecp256", "ecp384", "ecp521", "x25519"}
 )
 
+_MLKEM = frozenset({"mlkem512", "mlkem768", "mlkem1024"})
+
 PROFILES: dict[CloudProfileName, CloudProfile] = {
     CloudProfileName.GENERIC: CloudProfile(
         CloudProfileName.GENERIC,
@@ -61,11 +64,13 @@ PROFILES: dict[CloudProfileName, CloudProfile] = {
         | _CHACHA
         | _SHA
         | _PRF
+        | _MLKEM
         | frozenset({"x25519", "ecp256", "ecp384", "modp2048", "modp3072"}),
         esp_algorithms=_AES
         | _AES192
         | _CHACHA
         | _SHA
+        | _MLKEM
         | frozenset({"x25519", "ecp256", "ecp384", "modp2048", "modp3072"}),
         ike_lifetime_range=(300, 86400),
         child_lifetime_range=(300, 86400),
@@ -116,3 +121,16 @@ PROFILES: dict[CloudProfileName, CloudProfile] = {
         ),
     ),
 }
+
+# Agent-to-agent meshes (MeshPolicy) default to the hybrid X25519 + ML-KEM-768 key exchange for the
+# IKE SA and its rekeys (RFC 9370), with PFS in CHILD_SA rekeys the same way; external gateways keep
+# their profile's classical defaults, which is what the clouds and third-party peers accept.
+_HYBRID = CryptoProfile(
+    ("aes256gcm16-prfsha256-x25519-ke1_mlkem768",),
+    ("aes256gcm16-x25519-ke1_mlkem768",),
+    14400,
+    3600,
+    True,
+    Dpd(),
+)
+MESH_DEFAULTS: CryptoProfile = _HYBRID if AGENT_ADDITIONAL_KE else PROFILES[CloudProfileName.GENERIC].defaults

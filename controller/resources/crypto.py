@@ -23,11 +23,14 @@ CRYPTO_FIELDS = (
 )
 
 
-def parse_crypto(f: Fields, profile: CloudProfile, child_kind: ProposalKind) -> CryptoProfile:
-    """Fills what ``f`` leaves out from ``profile.defaults``; everything given is checked against
-    the profile (what the peer accepts) and against what meshsec agents implement."""
+def parse_crypto(
+    f: Fields, profile: CloudProfile, child_kind: ProposalKind, defaults: CryptoProfile | None = None
+) -> CryptoProfile:
+    """Fills what ``f`` leaves out from ``defaults`` (``profile.defaults`` unless given); everything
+    given is checked against the profile (what the peer accepts) and against what meshsec agents
+    implement."""
     f.only(*CRYPTO_FIELDS)
-    defaults = profile.defaults
+    defaults = defaults or profile.defaults
     pfs = f.boolean("pfs", defaults.pfs)
 
     ike = _proposals(f, "ikeProposals", ProposalKind.IKE, profile, profile.ike_algorithms)
@@ -45,7 +48,7 @@ def parse_crypto(f: Fields, profile: CloudProfile, child_kind: ProposalKind) -> 
                 )
         child_texts = tuple(p.text for p in child)
     else:
-        child_texts = _default_child(defaults, child_kind, pfs, ike[0].dh)
+        child_texts = _default_child(defaults, child_kind, pfs, ike[0])
 
     low, high = profile.ike_lifetime_range
     ike_lifetime = f.integer("ikeLifetimeSeconds", _clamp(defaults.ike_lifetime_s, low, high), low, high)
@@ -89,18 +92,16 @@ def _proposals(
     return out
 
 
-def _default_child(
-    defaults: CryptoProfile, kind: ProposalKind, pfs: bool, ike_dh: str | None
-) -> tuple[str, ...]:
-    if kind is ProposalKind.AH:
-        base = "sha256"
-    else:
-        base = parse_proposal(defaults.esp_proposals[0], ProposalKind.ESP).encryption or "aes256gcm16"
-    dh = None
-    if pfs:
-        dh = parse_proposal(defaults.esp_proposals[0], kind).dh if kind is ProposalKind.ESP else None
-        dh = dh or ike_dh
-    return (f"{base}-{dh}" if dh else base,)
+def _default_child(defaults: CryptoProfile, kind: ProposalKind, pfs: bool, ike: Proposal) -> tuple[str, ...]:
+    default = parse_proposal(defaults.esp_proposals[0], ProposalKind.ESP)
+    base = "sha256" if kind is ProposalKind.AH else default.encryption or "aes256gcm16"
+    if not pfs:
+        return (base,)
+    # PFS runs the defaults' key exchanges, or else the IKE SA's (additional ones included).
+    kex = default if kind is ProposalKind.ESP and default.dh else ike
+    if kex.dh is None:
+        return (base,)
+    return ("-".join([base, kex.dh] + [f"ke{k}_{m}" for k, m in kex.additional]),)
 
 
 def _dpd(f: Fields, defaults: Dpd) -> Dpd:

@@ -9,7 +9,7 @@ import yaml
 
 from meshsec.common import safeyaml
 from meshsec.controller.resources.algorithms import ProposalKind
-from meshsec.controller.resources.cloud import PROFILES
+from meshsec.controller.resources.cloud import MESH_DEFAULTS, PROFILES
 from meshsec.controller.resources.crypto import parse_crypto
 from meshsec.controller.resources.errors import FieldError, ValidationError
 from meshsec.controller.resources.fields import Fields, valid_name
@@ -212,7 +212,7 @@ def _policy_spec(f: Fields) -> MeshPolicySpec:
         topology=topology,
         scope=scope,
         members=f.selector("members"),
-        crypto=parse_crypto(f.sub("crypto"), PROFILES[CloudProfileName.GENERIC], child_kind),
+        crypto=parse_crypto(f.sub("crypto"), PROFILES[CloudProfileName.GENERIC], child_kind, MESH_DEFAULTS),
         auth=PolicyAuth(
             auth.enum("method", AuthMethod, AuthMethod.CERTIFICATE),
             auth.integer("pskGeneration", 1, 1, 2**31 - 1),

@@ -122,10 +122,13 @@ def _crypto(profiles: tuple[CloudProfileName, ...], description: str) -> Object:
         description=description,
         properties={
             "ikeProposals": Array(
-                items=String(), description="strongSwan-style proposals, e.g. aes256gcm16-prfsha256-x25519"
+                items=String(),
+                description="strongSwan-style proposals, e.g. aes256gcm16-prfsha256-x25519; ke1_..ke7_"
+                " add RFC 9370 key exchanges, e.g. aes256gcm16-prfsha256-x25519-ke1_mlkem768",
             ),
             "espProposals": Array(
-                items=String(), description="ESP (or AH) proposals; a D-H group in them means PFS"
+                items=String(),
+                description="ESP (or AH) proposals; a D-H group in them means PFS, ke1_mlkem768 a hybrid PFS",
             ),
             "ikeLifetimeSeconds": Integer(minimum=ike_low, maximum=ike_high),
             "childLifetimeSeconds": Integer(
