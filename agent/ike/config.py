@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from meshsec.agent.ike.certs import Credentials
 from meshsec.agent.ike.constants import ProtocolId
 from meshsec.agent.ike.identity import Identity
+from meshsec.agent.ike.kem import ML_KEM, UnsupportedKem, check_supported
 from meshsec.agent.ike.proposals import ProposalSpec, parse_proposals
 from meshsec.agent.ike.ts import Ts
 from meshsec.common.secrets import Secret
@@ -83,7 +84,29 @@ class ChildConfig:
             specs = parse_proposals(self.proposals, self.protocol)
         except ValueError as exc:
             raise ConfigError(f"{where}: proposals: {exc}") from exc
+        check_key_exchanges(where, specs)
         object.__setattr__(self, "specs", specs)
+
+
+# Whether the exchanges run RFC 9370 additional key exchanges (IKE_INTERMEDIATE, IKE_FOLLOWUP_KE).
+ADDITIONAL_KE_IMPLEMENTED = False
+
+
+def check_key_exchanges(where: str, specs: tuple[ProposalSpec, ...]) -> None:
+    """Refuses, by name, key exchange methods this process cannot run: ML-KEM needs a
+    `cryptography`/OpenSSL that has it, and additional key exchanges need the engine's support."""
+    for spec in specs:
+        addke = spec.additional_key_exchanges()
+        if addke and not ADDITIONAL_KE_IMPLEMENTED:
+            raise ConfigError(
+                f"{where}: proposal {spec.text!r}: additional key exchanges are not implemented yet"
+            )
+        for method in {*spec.dh_groups(), *(m for ms in addke.values() for m in ms)}:
+            if method in ML_KEM:
+                try:
+                    check_supported(method)
+                except UnsupportedKem as exc:
+                    raise ConfigError(f"{where}: proposal {spec.text!r}: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +163,7 @@ class IkeConfig:
             object.__setattr__(self, "specs", parse_proposals(self.proposals, ProtocolId.IKE))
         except ValueError as exc:
             raise ConfigError(f"{where}: proposals: {exc}") from exc
+        check_key_exchanges(where, self.specs)
         names = [c.name for c in self.children]
         if len(set(names)) != len(names):
             raise ConfigError(f"{where}: duplicate child names {names}")

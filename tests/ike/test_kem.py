@@ -17,10 +17,12 @@ from typing import Any
 
 import pytest
 
+from meshsec.agent.ike.config import ADDITIONAL_KE_IMPLEMENTED, ConfigError
 from meshsec.agent.ike.constants import DhId
 from meshsec.agent.ike.crypto import CryptoError, default_dh_factory
 from meshsec.agent.ike.kem import ML_KEM, MlKemExchange, UnsupportedKem, check_supported, supported_methods
 from meshsec.agent.ike.random import DeterministicRandom
+from tests.ike.peers import ike_config
 
 _VECTORS: dict[str, Any] = json.loads((Path(__file__).parent / "data" / "mlkem_acvp.json").read_text())
 _BY_NAME = {p.name: p.method for p in ML_KEM.values()}
@@ -121,3 +123,11 @@ def test_mlkem_512_fails_with_a_clear_error_when_the_backend_lacks_it() -> None:
 
 def test_768_and_1024_are_supported_here() -> None:
     assert {DhId.ML_KEM_768, DhId.ML_KEM_1024} <= set(supported_methods())
+
+
+def test_config_refuses_what_this_process_cannot_run() -> None:
+    with pytest.raises(ConfigError, match="ML-KEM-512 is not offered"):
+        ike_config(proposals="aes256gcm16-prfsha256-mlkem512")
+    if not ADDITIONAL_KE_IMPLEMENTED:
+        with pytest.raises(ConfigError, match="additional key exchanges are not implemented yet"):
+            ike_config(proposals="aes256gcm16-prfsha256-x25519-ke1_mlkem768")
