@@ -9,6 +9,11 @@ the same window of concurrent handshakes against each responder in turn, in the 
             every CHILD_SA (and with `--meshsec-dataplane none` only records it)
   strongSwan charon-systemd 5.9.8 with kernel-libipsec, which installs every CHILD_SA too
 
+With --hybrid, two more rows run the post-quantum hybrid aes256gcm16-prfsha256-x25519-ke1_mlkem768
+(X25519 in IKE_SA_INIT, ML-KEM-768 in IKE_INTERMEDIATE, RFC 9370) against meshsec and against
+strongSwan 6.1 from the Debian unstable chroot of scripts/strongswan-pq-peer.sh; the classical
+rows stay.
+
 Responder CPU is utime+stime of the responder process from /proc/PID/stat (all its threads)
 across the measured handshakes, after a warm-up batch; rate is completed handshakes per second
 of wall time at the initiator. Both ends share this machine's cores, so the initiator's own
@@ -38,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 IKE_PROPOSAL = "aes256gcm16-prfsha256-x25519"
+HYBRID_PROPOSAL = "aes256gcm16-prfsha256-x25519-ke1_mlkem768"
 ESP_PROPOSAL = "aes256gcm16"
 INI_UNDER, RSP_UNDER = "198.18.80.1", "198.18.80.2"
 INI_INNER, RSP_INNER = "198.19.80.1", "198.19.80.2"
@@ -52,7 +58,7 @@ NICE = -10
 # ------------------------------------------------------------------ the initiator (in its namespace)
 
 
-async def drive(count: int, window: int, timeout: float) -> dict[str, Any]:
+async def drive(count: int, window: int, timeout: float, proposal: str = IKE_PROPOSAL) -> dict[str, Any]:
     """Runs `count` handshakes with at most `window` in flight; returns counts and timings."""
     from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter, SaRecord
     from meshsec.agent.ike.address import Address
@@ -62,7 +68,7 @@ async def drive(count: int, window: int, timeout: float) -> dict[str, Any]:
     from meshsec.common.secrets import Secret
 
     config = IkeConfig(
-        "bench", INI_ID, RSP_ID, Secret(PSK), IKE_PROPOSAL,
+        "bench", INI_ID, RSP_ID, Secret(PSK), proposal,
         children=(ChildConfig("net", (Ts.from_cidr(f"{INI_INNER}/32"),), (Ts.from_cidr(f"{RSP_INNER}/32"),),
                               ESP_PROPOSAL),),
         retransmit=RetransmitConfig(timeout=2.0, base=1.5, tries=3),
@@ -159,9 +165,10 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def run_driver(host: Any, count: int, window: int, timeout: float) -> dict[str, Any]:
+def run_driver(host: Any, count: int, window: int, timeout: float, proposal: str) -> dict[str, Any]:
     argv = ["nice", "-n", str(NICE), sys.executable, str(Path(__file__).resolve()), "drive",
-            "--count", str(count), "--window", str(window), "--timeout", str(timeout)]  # fmt: skip
+            "--count", str(count), "--window", str(window), "--timeout", str(timeout),
+            "--ike-proposal", proposal]  # fmt: skip
     proc = host.run(argv, timeout=timeout + 60, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"initiator failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -175,14 +182,14 @@ def renice(pid: int) -> None:
         os.setpriority(os.PRIO_PROCESS, int(tid), NICE)
 
 
-def measure(name: str, lab: Any, pid: int, count: int, window: int, warmup: int) -> Measured:
+def measure(name: str, lab: Any, pid: int, count: int, window: int, warmup: int, proposal: str) -> Measured:
     ini = lab.hosts["ini"]
     renice(pid)
     if warmup:
-        run_driver(ini, warmup, window, 60)
+        run_driver(ini, warmup, window, 60, proposal)
     time.sleep(0.3)
     cpu0 = process_cpu(pid)
-    res = run_driver(ini, count, window, 120)
+    res = run_driver(ini, count, window, 120, proposal)
     time.sleep(0.3)  # let the responder finish installing the last CHILD_SAs
     cpu1 = process_cpu(pid)
     if res["failed"]:
@@ -191,7 +198,7 @@ def measure(name: str, lab: Any, pid: int, count: int, window: int, warmup: int)
                     res["retransmits"], res["latency_ms"])  # fmt: skip
 
 
-def meshsec_responder(lab: Any, dataplane: str, tag: str) -> Any:
+def meshsec_responder(lab: Any, dataplane: str, tag: str, proposal: str) -> Any:
     from tests.interop.meshsec_agent import MeshsecAgent
 
     config = {
@@ -207,7 +214,7 @@ def meshsec_responder(lab: Any, dataplane: str, tag: str) -> Any:
             "bench": {
                 "local_addrs": [RSP_UNDER], "remote_addrs": [INI_UNDER],
                 "local": {"id": RSP_ID}, "remote": {"id": INI_ID}, "psk": PSK,
-                "proposals": [IKE_PROPOSAL], "start_action": "wait",
+                "proposals": [proposal], "start_action": "wait",
                 "children": {"net": {"local_ts": [f"{RSP_INNER}/32"], "remote_ts": [f"{INI_INNER}/32"],
                                      "esp_proposals": [ESP_PROPOSAL]}},
             }
@@ -216,13 +223,13 @@ def meshsec_responder(lab: Any, dataplane: str, tag: str) -> Any:
     return MeshsecAgent(lab.hosts["rsp"], config, name=f"meshsec-{tag}").start()
 
 
-def strongswan_responder(lab: Any) -> Any:
+def strongswan_responder(lab: Any, proposal: str, root: Path | None = None) -> Any:
     from meshsec.common.secrets import Secret
     from tests.harness.strongswan import Charon, CharonSettings, Child, Connection, Psk
 
     conn = Connection(
         name="bench", local_addrs=(RSP_UNDER,), remote_addrs=(INI_UNDER,), local_id=RSP_ID, remote_id=INI_ID,
-        auth=Psk(Secret(PSK)), proposals=(IKE_PROPOSAL,), unique="never",
+        auth=Psk(Secret(PSK)), proposals=(proposal,), unique="never",
         children=(Child("net", local_ts=(f"{RSP_INNER}/32",), remote_ts=(f"{INI_INNER}/32",),
                         esp_proposals=(ESP_PROPOSAL,)),),
     )  # fmt: skip
@@ -230,34 +237,44 @@ def strongswan_responder(lab: Any) -> Any:
         dos_protection=False, ikesa_table_size=4096, init_limit_half_open=0,
         log_levels={"default": 0, "ike": 0, "cfg": 0, "knl": 0, "net": 0, "esp": 0},
     )  # fmt: skip
-    return Charon(lab.hosts["rsp"], [conn], settings).start()
+    return Charon(lab.hosts["rsp"], [conn], settings, root=root).start()
 
 
 def orchestrate(args: argparse.Namespace) -> list[Measured]:
     from tests.harness.netns import Lab
+    from tests.harness.strongswan import pq_root
 
+    rows = [("meshsec", IKE_PROPOSAL), ("meshsec-none", IKE_PROPOSAL), ("strongswan", IKE_PROPOSAL)]
+    root = None
+    if args.hybrid:
+        root = pq_root()
+        if root is None:
+            raise SystemExit("--hybrid needs the strongSwan 6.1 chroot: run scripts/install.sh")
+        rows += [("meshsec", HYBRID_PROPOSAL), ("strongswan61", HYBRID_PROPOSAL)]
     results: list[Measured] = []
     for rnd in range(args.rounds):
         # A fresh lab per round and responder: no responder carries the previous one's SAs.
-        for kind in ("meshsec", "meshsec-none", "strongswan"):
+        for kind, proposal in rows:
             if kind == "meshsec-none" and not args.with_none:
                 continue
+            suite = "x25519+ML-KEM-768" if proposal == HYBRID_PROPOSAL else "x25519"
             with Lab(prefix="io-") as lab:
                 ini, rsp = lab.host("ini"), lab.host("rsp")
                 lab.link(ini, rsp, f"{INI_UNDER}/24", f"{RSP_UNDER}/24")
                 ini.add_loopback_address(f"{INI_INNER}/32")
                 rsp.add_loopback_address(f"{RSP_INNER}/32")
-                if kind == "strongswan":
-                    charon = strongswan_responder(lab)
-                    pid, label = charon.pid, "strongSwan 5.9.8 (libipsec)"
+                if kind.startswith("strongswan"):
+                    charon = strongswan_responder(lab, proposal, root if kind == "strongswan61" else None)
+                    version = "6.1" if kind == "strongswan61" else "5.9.8"
+                    pid, label = charon.pid, f"strongSwan {version} (libipsec), {suite}"
                 else:
                     dataplane = "none" if kind == "meshsec-none" else args.meshsec_dataplane
-                    agent = meshsec_responder(lab, dataplane, str(rnd))
-                    pid, label = agent.proc.pid, f"meshsec ({dataplane} data plane)"
+                    agent = meshsec_responder(lab, dataplane, str(rnd), proposal)
+                    pid, label = agent.proc.pid, f"meshsec ({dataplane} data plane), {suite}"
                 try:
-                    m = measure(label, lab, pid, args.count, args.window, args.warmup)
+                    m = measure(label, lab, pid, args.count, args.window, args.warmup, proposal)
                 finally:
-                    if kind == "strongswan":
+                    if kind.startswith("strongswan"):
                         charon.stop()
                     else:
                         agent.stop()
@@ -303,16 +320,20 @@ def main() -> int:
     d.add_argument("--count", type=int, required=True)
     d.add_argument("--window", type=int, required=True)
     d.add_argument("--timeout", type=float, default=120)
+    d.add_argument("--ike-proposal", default=IKE_PROPOSAL)
     parser.add_argument("--count", type=int, default=500, help="measured handshakes per responder and round")
     parser.add_argument("--window", type=int, default=32, help="handshakes in flight at once")
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--meshsec-dataplane", default="userspace", choices=("userspace", "none"))
     parser.add_argument("--with-none", action="store_true", help="also measure meshsec with dataplane none")
+    parser.add_argument(
+        "--hybrid", action="store_true", help="add x25519+ML-KEM-768 rows (meshsec, strongSwan 6.1)"
+    )
     parser.add_argument("--write", action="store_true", help="put the results into docs/benchmarks.md")
     args = parser.parse_args()
     if args.cmd == "drive":
-        print(json.dumps(asyncio.run(drive(args.count, args.window, args.timeout))))
+        print(json.dumps(asyncio.run(drive(args.count, args.window, args.timeout, args.ike_proposal))))
         return 0
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -349,6 +370,7 @@ def section(args: argparse.Namespace, setup: str, results: str) -> str:
     cmd = "python bench/ike_handshake.py" + (
         f" --count {args.count} --window {args.window} --warmup {args.warmup} --rounds {args.rounds}"
         + (" --with-none" if args.with_none else "")
+        + (" --hybrid" if args.hybrid else "")
     )
     return f"""{SECTION}
 
