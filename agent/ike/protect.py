@@ -103,8 +103,12 @@ class SkProtection:
     def open(self, data: bytes, sk: EncryptedPayload) -> list[Payload]:
         """Verifies and decrypts; raises CryptoError on a bad ICV/tag/padding and ParseError on a
         malformed inner chain."""
+        return self.open_plain(data, sk)[0]
+
+    def open_plain(self, data: bytes, sk: EncryptedPayload) -> tuple[list[Payload], bytes]:
+        """`open`, also returning the inner chain's bytes (IKE_INTERMEDIATE's IntAuth covers them)."""
         plaintext = self._decrypt(data, sk.data, len(data) - len(sk.data))
-        return parse_chain(sk.first_inner, memoryview(plaintext))
+        return parse_chain(sk.first_inner, memoryview(plaintext)), plaintext
 
     def _decrypt(self, data: bytes, body: bytes, body_start: int) -> bytes:
         """`body` (IV, ciphertext, ICV) starts at `body_start` in `data`; returns the plaintext
