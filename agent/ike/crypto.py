@@ -18,12 +18,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.utils import CryptographyDeprecationWarning
 
 from meshsec.agent.ike.constants import AEAD_SALT_LEN, DhId, EncrId, IntegId, PrfId
+from meshsec.agent.ike.errors import CryptoError as CryptoError  # re-exported
+from meshsec.agent.ike.kem import SEED_SIZE, MlKemExchange
 from meshsec.agent.ike.random import Random
-
-
-class CryptoError(Exception):
-    """Authentication tag mismatch, bad padding or an invalid peer public value."""
-
 
 # ---------------------------------------------------------------- PRF
 
@@ -324,7 +321,5 @@ def default_dh_factory(group: int, rnd: Random) -> KeyExchange:
         # A 512-bit exponent exceeds twice the ~128-bit strength of these groups (RFC 3526 8).
         return ModpExchange(group, int.from_bytes(rnd.bytes(64), "big") | 1)
     if group in (DhId.ML_KEM_512, DhId.ML_KEM_768, DhId.ML_KEM_1024):
-        from meshsec.agent.ike.kem import SEED_SIZE, MlKemExchange  # kem imports this module
-
         return MlKemExchange(group, rnd.bytes(SEED_SIZE))
     raise ValueError(f"unsupported DH group {group}")

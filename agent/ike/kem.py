@@ -18,7 +18,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import mlkem
 
 from meshsec.agent.ike.constants import DhId
-from meshsec.agent.ike.crypto import CryptoError
+from meshsec.agent.ike.errors import CryptoError
 
 SEED_SIZE = 64  # d | z of ML-KEM.KeyGen_internal (FIPS 203 algorithm 16)
 
