@@ -27,6 +27,9 @@ DH_NAMES: dict[int, str] = {
     DhId.ECP_256: "ECP_256",
     DhId.ECP_384: "ECP_384",
     DhId.CURVE25519: "CURVE_25519",
+    DhId.ML_KEM_512: "ML_KEM_512",
+    DhId.ML_KEM_768: "ML_KEM_768",
+    DhId.ML_KEM_1024: "ML_KEM_1024",
 }
 PROTOCOL_NAMES: dict[int, str] = {ProtocolId.ESP: "ESP", ProtocolId.AH: "AH", ProtocolId.IKE: "IKE"}
 
@@ -46,6 +49,8 @@ def algorithm_dict(alg: Algorithms) -> dict[str, str | int | bool | None]:
         "prf_alg": _name(PRF_NAMES, alg.prf, "PRF"),
         "dh_group": _name(DH_NAMES, alg.dh, "DH"),
         "esn": None if alg.esn is None else alg.esn == EsnId.ESN,
+        # strongSwan's vici names them ake1..ake7.
+        **{f"ake{n}": _name(DH_NAMES, m, "KE") for n, m in enumerate(alg.additional_ke, 1)},
     }
     return {k: v for k, v in out.items() if v is not None}
 
@@ -57,6 +62,7 @@ def algorithm_text(alg: Algorithms) -> str:
     if "encr_alg" in d:
         parts.append(f"{d['encr_alg']}-{d['encr_keysize']}" if "encr_keysize" in d else str(d["encr_alg"]))
     parts += [str(d[k]) for k in ("integ_alg", "prf_alg", "dh_group") if k in d]
+    parts += [f"KE{n}_{d[f'ake{n}']}" for n in range(1, 8) if f"ake{n}" in d]
     return "/".join(parts)
 
 

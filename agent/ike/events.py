@@ -17,6 +17,7 @@ class Algorithms:
     prf: int | None = None
     dh: int | None = None
     esn: int | None = None
+    additional_ke: tuple[int, ...] = ()  # RFC 9370 ADDKE1.. methods, in order
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,9 +68,10 @@ class AdditionalExchanges:
     def finished(self) -> bool:
         return not self.pending
 
-    def auth_octets(self, ike_auth_mid: int) -> bytes:
-        """Appended to both InitiatorSignedOctets and ResponderSignedOctets."""
-        return intauth_octets(self.intauth_i, self.intauth_r, ike_auth_mid)
+    def auth_octets(self) -> bytes:
+        """Appended to both InitiatorSignedOctets and ResponderSignedOctets; IKE_AUTH's message
+        ID follows IKE_SA_INIT (0) and the IKE_INTERMEDIATE exchanges (1..n)."""
+        return intauth_octets(self.intauth_i, self.intauth_r, 1 + len(self.done))
 
     # ------------------------------------------------------------------ initiator
 

@@ -191,6 +191,10 @@ class Header:
 class Message:
     header: Header
     payloads: list[Payload]
+    # The decrypted inner chain as received and its first payload type (IKE_INTERMEDIATE's
+    # IntAuth covers these bytes); empty for unencrypted messages.
+    inner: bytes = b""
+    inner_first: int = 0
 
     def find(self, ptype: PayloadType) -> Payload | None:
         for p in self.payloads:

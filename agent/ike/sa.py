@@ -43,6 +43,7 @@ from meshsec.agent.ike.exchanges.ike_rekey import IkeRekey
 from meshsec.agent.ike.exchanges.informational import ChildDelete, IkeDelete, Liveness
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.identity import Identity
+from meshsec.agent.ike.intermediate import AdditionalExchanges
 from meshsec.agent.ike.keys import IkeKeys
 from meshsec.agent.ike.natt import NATT_KEEPALIVE, add_non_esp_marker
 from meshsec.agent.ike.parse import ParseError, parse_header
@@ -147,6 +148,12 @@ class IkeSa:
         self.integ: Integ | None = None
         self.keys: IkeKeys | None = None
         self.protection: SkProtection | None = None
+        # RFC 9370 additional key exchanges of this SA's IKE_INTERMEDIATE exchanges, if any;
+        # the responder re-keys after sealing each answer (after_response) and keeps the keys
+        # before that to recognise a retransmitted fragmented request (previous_protection).
+        self.additional: AdditionalExchanges | None = None
+        self.after_response: Callable[[], None] | None = None
+        self.previous_protection: SkProtection | None = None
         self.nat_local = False  # we are behind a NAT (we send keepalives)
         self.nat_remote = False  # the peer is behind a NAT (or pretends to be, like libipsec)
         self.frag_peer = False  # both ends announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383)

@@ -89,6 +89,10 @@ EXCHANGE_RULES: dict[ExchangeType, ExchangeRules] = {
     ExchangeType.IKE_AUTH: ExchangeRules(
         frozenset({State.AUTHENTICATING}), frozenset(_ALIVE), from_original_initiator=True
     ),
+    # RFC 9242: between IKE_SA_INIT and IKE_AUTH, requested by the initiator only.
+    ExchangeType.IKE_INTERMEDIATE: ExchangeRules(
+        frozenset({State.AUTHENTICATING}), frozenset({State.AUTHENTICATING}), from_original_initiator=True
+    ),
     ExchangeType.CREATE_CHILD_SA: ExchangeRules(_OPEN, _OPEN),
     ExchangeType.INFORMATIONAL: ExchangeRules(_OPEN, _OPEN),
 }

@@ -277,6 +277,10 @@ class TaskManager:
                 sa.spi_i, bytes(8), 0, req.exchange, HeaderFlag.RESPONSE, req.message_id, 0, IKE_VERSION
             )
         packets = self.encode_all(header, payloads)
+        if sa.after_response is not None:
+            # Keys that take over once this answer is sealed (IKE_INTERMEDIATE, RFC 9370 2.2.2).
+            install, sa.after_response = sa.after_response, None
+            install()
         if is_init:
             sa.init_response = packets[0]
         self._cached_request = raw_request
@@ -351,7 +355,7 @@ class TaskManager:
             sa.stats["dropped_unprotected"] += 1
             return None, None
         try:
-            inner = sa.protection.open(datagram, sk)
+            inner, plain = sa.protection.open_plain(datagram, sk)
         except CryptoError:
             sa.stats["dropped_integrity"] += 1
             return None, None
@@ -362,6 +366,7 @@ class TaskManager:
                 return None, None
             return None, NotifyPayload(exc.notify, exc.data)
         msg.payloads = payloads[:-1] + inner
+        msg.inner, msg.inner_first = plain, sk.first_inner
         return msg, None
 
     def encode_all(self, header: Header, payloads: list[Payload]) -> list[bytes]:
@@ -369,7 +374,12 @@ class TaskManager:
         ends support them (never for IKE_SA_INIT)."""
         sa = self._sa
         data = self.encode(header, payloads)
-        if not sa.frag_peer or len(data) <= sa.config.fragment_size or sa.protection is None:
+        if (
+            not sa.frag_peer
+            or len(data) <= sa.config.fragment_size
+            or sa.protection is None
+            or header.exchange == ExchangeType.IKE_SA_INIT  # unencrypted, so never fragmented (2.5)
+        ):
             return [data]
         sa.stats["messages_fragmented"] += 1
         return sa.protection.seal_fragments(header, payloads, sa.rnd, sa.config.fragment_size)
@@ -393,9 +403,8 @@ class TaskManager:
             return False
         if not is_response and mid == self._peer_mid - 1 and self._cached_response is not None:
             # A retransmitted request: answer once per retransmission, on its first fragment.
-            try:
-                number, *_ = sa.protection.open_fragment(datagram)
-            except CryptoError:
+            number = self._fragment_number(datagram)
+            if number is None:
                 sa.stats["dropped_integrity"] += 1
                 return False
             if number == 1:
@@ -432,8 +441,21 @@ class TaskManager:
             sa.stats["malformed_protected"] += 1
             self._reassembled = (None, None if is_response else NotifyPayload(exc.notify, exc.data))
             return not is_response
-        self._reassembled = (Message(header, payloads), None)
+        self._reassembled = (Message(header, payloads, plaintext, buf.first), None)
         return True
+
+    def _fragment_number(self, datagram: bytes) -> int | None:
+        """The number of a verified fragment of the peer's last request; it may have been sealed
+        with the keys an IKE_INTERMEDIATE answer has since replaced (previous_protection)."""
+        for protection in (self._sa.protection, self._sa.previous_protection):
+            if protection is None:
+                continue
+            try:
+                number, *_ = protection.open_fragment(datagram)
+            except CryptoError:
+                continue
+            return number
+        return None
 
     def _expected(self, is_response: bool, mid: int) -> bool:
         if is_response:

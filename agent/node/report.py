@@ -25,7 +25,8 @@ _PRF: dict[int, str] = {
     PrfId.HMAC_SHA2_512: "prfsha512",
 }
 _DH: dict[int, str] = {DhId.CURVE25519: "x25519", DhId.ECP_256: "ecp256", DhId.ECP_384: "ecp384",
-       DhId.MODP_2048: "modp2048", DhId.MODP_3072: "modp3072"}  # fmt: skip
+       DhId.MODP_2048: "modp2048", DhId.MODP_3072: "modp3072", DhId.ML_KEM_768: "mlkem768",
+       DhId.ML_KEM_1024: "mlkem1024"}  # fmt: skip
 
 
 def encryption_name(alg: Algorithms) -> str:

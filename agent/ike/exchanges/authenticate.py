@@ -25,10 +25,17 @@ if TYPE_CHECKING:
 KEY_PAD = b"Key Pad for IKEv2"
 
 
-def psk_auth(prf: Prf, psk: bytes, real_message: bytes, nonce: bytes, sk_p: bytes, id_body: bytes) -> bytes:
+def psk_auth(
+    prf: Prf, psk: bytes, real_message: bytes, nonce: bytes, sk_p: bytes, id_body: bytes, intauth: bytes = b""
+) -> bytes:
     """AUTH = prf(prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>) with
-    SignedOctets = RealMessage | Nonce(peer) | prf(SK_p, RestOfIDPayload) (RFC 7296 2.15)."""
-    return prf(prf(psk, KEY_PAD), real_message + nonce + prf(sk_p, id_body))
+    SignedOctets = RealMessage | Nonce(peer) | prf(SK_p, RestOfIDPayload) (RFC 7296 2.15), then
+    IntAuth after IKE_INTERMEDIATE exchanges (RFC 9242 3.3.2)."""
+    return prf(prf(psk, KEY_PAD), real_message + nonce + prf(sk_p, id_body) + intauth)
+
+
+def _intauth(sa: IkeSa) -> bytes:
+    return sa.additional.auth_octets() if sa.additional is not None else b""
 
 
 def own_auth(
@@ -38,9 +45,11 @@ def own_auth(
     assert sa.prf is not None
     if cfg.credentials is None:
         assert cfg.psk is not None
-        data = psk_auth(sa.prf, cfg.psk.reveal(), real_message, nonce, sk_p, own_id.body_for_auth())
+        data = psk_auth(
+            sa.prf, cfg.psk.reveal(), real_message, nonce, sk_p, own_id.body_for_auth(), _intauth(sa)
+        )
         return AuthPayload(AuthMethod.SHARED_KEY_MIC, data)
-    octets = real_message + nonce + sa.prf(sk_p, own_id.body_for_auth())
+    octets = real_message + nonce + sa.prf(sk_p, own_id.body_for_auth()) + _intauth(sa)
     method, data = sign(cfg.credentials, octets, sa.peer_hashes)
     return AuthPayload(method, data)
 
@@ -55,7 +64,9 @@ def check_peer_auth(
         if auth.method != AuthMethod.SHARED_KEY_MIC:
             return f"{ident} used AUTH method {method_name(auth.method)} but we expect a PSK"
         assert cfg.psk is not None
-        expect = psk_auth(sa.prf, cfg.psk.reveal(), real_message, nonce, sk_p, peer_id.body_for_auth())
+        expect = psk_auth(
+            sa.prf, cfg.psk.reveal(), real_message, nonce, sk_p, peer_id.body_for_auth(), _intauth(sa)
+        )
         return (
             None
             if hmac.compare_digest(expect, auth.data)
@@ -71,7 +82,7 @@ def check_peer_auth(
         malformed = verified.startswith(MALFORMED_PREFIX)
         sa.stats["auth_failed_malformed_certificate" if malformed else "auth_failed_certificate"] += 1
         return f"certificate authentication of {ident} failed: {verified}"
-    octets = real_message + nonce + sa.prf(sk_p, peer_id.body_for_auth())
+    octets = real_message + nonce + sa.prf(sk_p, peer_id.body_for_auth()) + _intauth(sa)
     problem = verify(verified.key, auth.method, auth.data, octets)
     if problem is not None:
         return f"AUTH ({method_name(auth.method)}) from {ident} did not verify: {problem}"

@@ -10,6 +10,7 @@ from meshsec.agent.ike.constants import ExchangeType
 from meshsec.agent.ike.exchanges.create_child_sa import respond_create_child_sa
 from meshsec.agent.ike.exchanges.ike_auth import respond_ike_auth
 from meshsec.agent.ike.exchanges.ike_init import respond_ike_init
+from meshsec.agent.ike.exchanges.ike_intermediate import respond_ike_intermediate
 from meshsec.agent.ike.exchanges.informational import respond_informational
 from meshsec.agent.ike.payloads import Message, Payload
 
@@ -20,6 +21,7 @@ ResponderFn = Callable[["IkeSa", Message, float], list[Payload]]
 
 RESPONDERS: dict[ExchangeType, ResponderFn] = {
     ExchangeType.IKE_SA_INIT: respond_ike_init,
+    ExchangeType.IKE_INTERMEDIATE: respond_ike_intermediate,
     ExchangeType.IKE_AUTH: respond_ike_auth,
     ExchangeType.CREATE_CHILD_SA: respond_create_child_sa,
     ExchangeType.INFORMATIONAL: respond_informational,

@@ -56,7 +56,12 @@ def _established(sa: IkeSa, now: float) -> None:
             str(sa.config.local_identity),
             str(sa.remote_identity),
             Algorithms(
-                c.encr.id if c.encr else None, c.encr.key_length if c.encr else None, c.integ, c.prf, c.dh
+                c.encr.id if c.encr else None,
+                c.encr.key_length if c.encr else None,
+                c.integ,
+                c.prf,
+                c.dh,
+                additional_ke=tuple(method for _, method in c.addke),
             ),
             sa.udp_encap,
             sa.config.name,
@@ -166,6 +171,13 @@ def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
     if not isinstance(idi, IdPayload) or not isinstance(auth, AuthPayload):
         sa.close_after_response(
             IkeSaFailed("IKE_AUTH request lacks IDi or AUTH", FailureReason.INVALID_SYNTAX)
+        )
+        return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
+    if sa.additional is not None and not sa.additional.finished:
+        sa.close_after_response(
+            IkeSaFailed(
+                "IKE_AUTH before the negotiated additional key exchanges", FailureReason.INVALID_SYNTAX
+            )
         )
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     ident = Identity(idi.id_type, idi.data)

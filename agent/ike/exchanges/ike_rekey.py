@@ -144,6 +144,8 @@ class IkeRekey(Task):
             problem = "responder chose a proposal we did not offer"
         elif len(chosen.spi) != 8 or chosen.dh != self._group or ke.group != self._group:
             problem = "responder's SPI or DH group does not fit"
+        elif chosen.addke:
+            problem = "responder chose additional key exchanges (IKE_FOLLOWUP_KE is not implemented yet)"
         else:
             assert self._ke is not None
             try:
@@ -210,6 +212,10 @@ def respond_ike_rekey(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     chosen = select_proposal(sa.config.specs, sa_p.proposals, prefer_ours=sa.config.prefer_own_proposals)
     if chosen is None or chosen.protocol != ProtocolId.IKE or len(chosen.spi) != 8:
+        return [NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN)]
+    if chosen.addke:
+        # RFC 9370 2.2.4 needs IKE_FOLLOWUP_KE after this exchange, which we do not run yet.
+        sa.stats["ike_rekey_addke_refused"] += 1
         return [NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN)]
     if chosen.dh != ke.group:
         assert chosen.dh is not None

@@ -8,6 +8,7 @@ from meshsec.agent.ike.features.certificates import AuthCertificates, InitCertif
 from meshsec.agent.ike.features.cookie import Cookie
 from meshsec.agent.ike.features.fragmentation import Fragmentation
 from meshsec.agent.ike.features.initial_contact import InitialContact
+from meshsec.agent.ike.features.intermediate import IntermediateExchange
 from meshsec.agent.ike.features.key_exchange import InitialKeyExchange
 from meshsec.agent.ike.features.nat_detection import NatDetection
 from meshsec.agent.ike.features.signature_hashes import SignatureHashes
@@ -19,6 +20,7 @@ def ike_sa_init_features() -> list[Feature]:
     return [
         Cookie(),
         InitialKeyExchange(),
+        IntermediateExchange(),
         NatDetection(),
         InitCertificates(),
         SignatureHashes(),

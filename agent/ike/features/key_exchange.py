@@ -55,7 +55,17 @@ def use_transforms(sa: IkeSa, chosen: Chosen) -> None:
 
 def _answer(chosen: Chosen) -> Chosen:
     """The proposal as the responder returns it (no SPI in IKE_SA_INIT, no ESN)."""
-    return Chosen(chosen.number, chosen.protocol, b"", chosen.encr, chosen.prf, chosen.integ, chosen.dh, None)
+    return Chosen(
+        chosen.number,
+        chosen.protocol,
+        b"",
+        chosen.encr,
+        chosen.prf,
+        chosen.integ,
+        chosen.dh,
+        None,
+        chosen.addke,
+    )
 
 
 class InitialKeyExchange(Feature):
