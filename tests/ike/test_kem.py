@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 
-from meshsec.agent.ike.config import ADDITIONAL_KE_IMPLEMENTED, ConfigError
+from meshsec.agent.ike.config import ADDITIONAL_KE_IMPLEMENTED, ADDITIONAL_KE_IN_CREATE_CHILD_SA, ConfigError
 from meshsec.agent.ike.constants import DhId
 from meshsec.agent.ike.crypto import CryptoError, default_dh_factory
+from meshsec.agent.ike.events import ChildSaEstablished, IkeSaEstablished
 from meshsec.agent.ike.kem import ML_KEM, MlKemExchange, UnsupportedKem, check_supported, supported_methods
 from meshsec.agent.ike.random import DeterministicRandom
-from tests.ike.peers import ike_config
+from tests.ike.peers import Pair, child, ike_config, of_type, responder_config
 
 _VECTORS: dict[str, Any] = json.loads((Path(__file__).parent / "data" / "mlkem_acvp.json").read_text())
 _BY_NAME = {p.name: p.method for p in ML_KEM.values()}
@@ -125,9 +126,26 @@ def test_768_and_1024_are_supported_here() -> None:
     assert {DhId.ML_KEM_768, DhId.ML_KEM_1024} <= set(supported_methods())
 
 
+@pytest.mark.parametrize("method", ["mlkem768", "mlkem1024"])
+def test_mlkem_as_the_ike_sa_init_key_exchange_establishes(method: str) -> None:
+    # The exchange code calls public_bytes/shared_secret in DH order; ML-KEM takes its role from
+    # that order (initiator: ek then decapsulate, responder: encapsulate then ciphertext).
+    proposal = f"aes256gcm16-prfsha256-{method}"
+    p = Pair(ike_config(proposals=proposal), [responder_config(proposals=proposal)])
+    p.connect()
+    (est_i,) = of_type(p.events_i, IkeSaEstablished)
+    (est_r,) = of_type(p.events_r, IkeSaEstablished)
+    assert est_i.algorithms.dh == est_r.algorithms.dh == _BY_NAME[f"ML-KEM-{method[5:]}"]
+    assert len(of_type(p.events_i, ChildSaEstablished)) == 1
+
+
 def test_config_refuses_what_this_process_cannot_run() -> None:
     with pytest.raises(ConfigError, match="ML-KEM-512 is not offered"):
         ike_config(proposals="aes256gcm16-prfsha256-mlkem512")
-    if not ADDITIONAL_KE_IMPLEMENTED:
-        with pytest.raises(ConfigError, match="additional key exchanges are not implemented yet"):
-            ike_config(proposals="aes256gcm16-prfsha256-x25519-ke1_mlkem768")
+    assert ADDITIONAL_KE_IMPLEMENTED  # in IKE_INTERMEDIATE, for a new IKE SA
+    ike_config(proposals="aes256gcm16-prfsha256-x25519-ke1_mlkem768")
+    if not ADDITIONAL_KE_IN_CREATE_CHILD_SA:
+        with pytest.raises(
+            ConfigError, match=r"CREATE_CHILD_SA \+ IKE_FOLLOWUP_KE\) are not implemented yet"
+        ):
+            ike_config(children=(child(proposals="aes256gcm16-x25519-ke1_mlkem768"),))
