@@ -11,6 +11,7 @@ role from the first call and refuses any order that does not fit it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,9 +56,11 @@ def _key_classes(params: MlKemParams) -> tuple[Any, Any]:
     return private, public
 
 
+@functools.cache
 def check_supported(method: int) -> MlKemParams:
     """Raises UnsupportedKem, with the reason, unless this process can run `method` (the
-    cryptography wheel and the OpenSSL it runs on both have to provide ML-KEM)."""
+    cryptography wheel and the OpenSSL it runs on both have to provide ML-KEM). The answer cannot
+    change while the process runs, and the probe costs a key generation: it is asked once."""
     params = ML_KEM.get(method)
     if params is None:
         raise UnsupportedKem(f"key exchange method {method} is not an ML-KEM parameter set")

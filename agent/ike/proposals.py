@@ -228,11 +228,14 @@ def _normalised(ts: tuple[Transform, ...], ignore_dh: bool) -> dict[int, list[Tr
         if t.type == TransformType.DH and t.id == DhId.NONE:
             continue
         by_type.setdefault(t.type, []).append(t)
-    if not ignore_dh:
-        # An ADDKE type that one side leaves out matches the other's NONE (RFC 9370 2.2.1).
-        for tt in ADDKE_TYPES:
-            by_type.setdefault(tt, [Transform(tt, DhId.NONE)])
     return by_type
+
+
+def _fill_addke(a: dict[int, list[Transform]], b: dict[int, list[Transform]]) -> None:
+    """An ADDKE type that one side leaves out matches the other's NONE (RFC 9370 2.2.1)."""
+    for tt in set(a).symmetric_difference(b).intersection(ADDKE_TYPES):
+        a.setdefault(tt, [Transform(tt, DhId.NONE)])
+        b.setdefault(tt, [Transform(tt, DhId.NONE)])
 
 
 def _match(ours: ProposalSpec, theirs: Proposal, prefer_ours: bool, ignore_dh: bool) -> Chosen | None:
@@ -240,6 +243,8 @@ def _match(ours: ProposalSpec, theirs: Proposal, prefer_ours: bool, ignore_dh: b
         return None
     a = _normalised(ours.transforms, ignore_dh)
     b = _normalised(theirs.transforms, ignore_dh)
+    if not ignore_dh:
+        _fill_addke(a, b)
     if set(a) != set(b):
         return None
     pick: dict[int, Transform] = {}
