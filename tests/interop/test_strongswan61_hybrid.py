@@ -13,7 +13,7 @@ import pytest
 
 from meshsec.common.secrets import Secret
 from tests.harness.netns import Lab
-from tests.harness.strongswan import CharonFactory, Child, Connection, IkeSa, Psk, pq_root
+from tests.harness.strongswan import CharonFactory, Child, Connection, IkeSa, Psk
 from tests.interop.meshsec_agent import MeshsecAgent
 from tests.interop.topology import (
     MS_ID,
@@ -36,14 +36,6 @@ HYBRIDS = {
     "ecp384-mlkem1024": ("aes256gcm16-prfsha384-ecp384-ke1_mlkem1024", "ECP_384", "ML_KEM_1024"),
 }
 CLASSIC = "aes256gcm16-prfsha256-x25519"
-
-
-@pytest.fixture
-def root() -> Path:
-    found = pq_root()
-    if found is None:
-        pytest.fail("the strongSwan 6.1 chroot is not built: run scripts/install.sh")
-    return found
 
 
 def _swan(proposals: tuple[str, ...]) -> Connection:

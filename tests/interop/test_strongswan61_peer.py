@@ -19,7 +19,6 @@ from tests.harness.strongswan import (
     IkeSa,
     Psk,
     SwanctlError,
-    pq_root,
 )
 from tests.interop.topology import (
     MS_ID,
@@ -37,14 +36,6 @@ pytestmark = [pytest.mark.netns, pytest.mark.strongswan, pytest.mark.timeout(120
 
 HYBRID = "aes256gcm16-prfsha256-x25519-ke1_mlkem768"
 CLASSIC = "aes256gcm16-prfsha256-x25519"
-
-
-@pytest.fixture
-def root() -> Path:
-    found = pq_root()
-    if found is None:
-        pytest.fail("the strongSwan 6.1 chroot is not built: run scripts/install.sh")
-    return found
 
 
 def _conn(proposals: tuple[str, ...], *, here: str, there: str) -> Connection:
