@@ -173,6 +173,7 @@ def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
             IkeSaFailed("IKE_AUTH request lacks IDi or AUTH", FailureReason.INVALID_SYNTAX)
         )
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
+    sa.previous_protection = None  # IKE_INTERMEDIATE requests cannot come again after this one
     if sa.additional is not None and not sa.additional.finished:
         sa.close_after_response(
             IkeSaFailed(

@@ -31,7 +31,9 @@ def _rekey(
     assert sa.prf is not None and sa.cipher is not None and sa.keys is not None
     ctx = SaContext(sa.prf, sa.cipher, sa.integ, sa.nonce_i, sa.nonce_r, sa.spi_i, sa.spi_r)
     sa.keys = add.complete(ctx, sa.keys, shared, mid, request, response)
-    sa.previous_protection = sa.protection
+    if not sa.initiator:
+        # A retransmission of the request we just answered still comes under the old keys.
+        sa.previous_protection = sa.protection
     sa.install_protection()
 
 
