@@ -108,3 +108,30 @@ def test_hybrid_with_classical_fallback_against_598(lab: Lab, charons: CharonFac
     ms_sa = agent.wait_for(lambda s: agent.established("peer"))
     assert ms_sa["dh_group"] == "CURVE_25519" and "ake1" not in ms_sa
     assert sw.wait_for(_swan_child_up).additional_ke == ()
+
+
+def test_strongswan61_ike_rekey_with_mlkem_is_refused_and_the_sa_keeps_working(
+    lab: Lab, charons: CharonFactory, root: Path
+) -> None:
+    """IKE_FOLLOWUP_KE (RFC 9370 2.2.4) is not implemented yet: the rekey fails closed, by name
+    (NO_PROPOSAL_CHOSEN to the peer), and the existing SA carries on; it is not re-keyed
+    without its additional key exchange."""
+    proposal = HYBRIDS["x25519-mlkem768"][0]
+    pair = build(lab)
+    agent = MeshsecAgent(pair.ms, _config([proposal], "wait")).start()
+    sw = charons.start(pair.sw, [_swan((proposal,))], swan_settings(), root=root)
+    sw.initiate("peer", "net", timeout=15)
+    first = sw.wait_for(_swan_child_up)
+    sw.swanctl("--rekey", "--ike", "peer")
+    sw.wait_for(lambda sas: "IKE_SA rekeying failed" in sw.log_text() or None)
+    assert "received NO_PROPOSAL_CHOSEN" in sw.log_text()
+    ping = pair.ms.ping(SW_INNER, src=MS_INNER, count=5, interval=0.05)
+    assert ping.ok, ping.output
+    (sa,) = sw.list_sas()
+    assert (sa.initiator_spi, sa.responder_spi, sa.state) == (
+        first.initiator_spi,
+        first.responder_spi,
+        "ESTABLISHED",
+    )
+    ms = agent.established("peer")
+    assert ms is not None and ms["responder_spi"] == first.responder_spi
