@@ -38,6 +38,7 @@ from meshsec.agent.ike.exchanges.child_create import ChildCreate
 from meshsec.agent.ike.exchanges.child_rekey import ChildRekey, rekey_config
 from meshsec.agent.ike.exchanges.child_replace import ChildReplace
 from meshsec.agent.ike.exchanges.ike_auth import IkeAuth
+from meshsec.agent.ike.exchanges.ike_followup import PendingFollowup
 from meshsec.agent.ike.exchanges.ike_init import IkeInit
 from meshsec.agent.ike.exchanges.ike_rekey import IkeRekey
 from meshsec.agent.ike.exchanges.informational import ChildDelete, IkeDelete, Liveness
@@ -154,6 +155,7 @@ class IkeSa:
         self.additional: AdditionalExchanges | None = None
         self.after_response: Callable[[], None] | None = None
         self.previous_protection: SkProtection | None = None
+        self.followup: PendingFollowup | None = None  # the peer's rekey awaiting IKE_FOLLOWUP_KE
         self.nat_local = False  # we are behind a NAT (we send keepalives)
         self.nat_remote = False  # the peer is behind a NAT (or pretends to be, like libipsec)
         self.frag_peer = False  # both ends announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383)

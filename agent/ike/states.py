@@ -95,4 +95,5 @@ EXCHANGE_RULES: dict[ExchangeType, ExchangeRules] = {
     ),
     ExchangeType.CREATE_CHILD_SA: ExchangeRules(_OPEN, _OPEN),
     ExchangeType.INFORMATIONAL: ExchangeRules(_OPEN, _OPEN),
+    ExchangeType.IKE_FOLLOWUP_KE: ExchangeRules(_OPEN, _OPEN),  # RFC 9370 2.2.4
 }

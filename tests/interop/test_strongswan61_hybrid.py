@@ -6,6 +6,7 @@ falls back to it, exactly as configured."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -110,28 +111,50 @@ def test_hybrid_with_classical_fallback_against_598(lab: Lab, charons: CharonFac
     assert sw.wait_for(_swan_child_up).additional_ke == ()
 
 
-def test_strongswan61_ike_rekey_with_mlkem_is_refused_and_the_sa_keeps_working(
-    lab: Lab, charons: CharonFactory, root: Path
+PING_COUNT = 1000  # 10 s of pings every 10 ms: at least two IKE rekeys at a 3 s rekey time
+REKEY = 3
+
+
+@pytest.mark.parametrize("rekeyer", ["meshsec", "strongswan"])
+@pytest.mark.parametrize("role", ["initiator", "responder"])
+def test_hybrid_ike_rekey_with_followup_ke_under_traffic_loses_nothing(
+    lab: Lab, charons: CharonFactory, root: Path, role: str, rekeyer: str
 ) -> None:
-    """IKE_FOLLOWUP_KE (RFC 9370 2.2.4) is not implemented yet: the rekey fails closed, by name
-    (NO_PROPOSAL_CHOSEN to the peer), and the existing SA carries on; it is not re-keyed
-    without its additional key exchange."""
+    """The IKE SA is rekeyed with X25519 in CREATE_CHILD_SA and ML-KEM-768 in IKE_FOLLOWUP_KE
+    (RFC 9370 2.2.4) while a 10 ms ping runs through the CHILD_SA: nothing lost, both ends agree
+    on the newest SPIs, and a CHILD_SA rekey under the newest IKE SA works (same SK_d)."""
     proposal = HYBRIDS["x25519-mlkem768"][0]
     pair = build(lab)
-    agent = MeshsecAgent(pair.ms, _config([proposal], "wait")).start()
-    sw = charons.start(pair.sw, [_swan((proposal,))], swan_settings(), root=root)
-    sw.initiate("peer", "net", timeout=15)
+    config = _config([proposal], "initiate" if role == "initiator" else "wait")
+    conn = _swan((proposal,))
+    if rekeyer == "meshsec":
+        config["connections"]["peer"]["rekey_time"] = REKEY
+    else:
+        conn = Connection(
+            **{**conn.__dict__, "rekey_time": f"{REKEY}s", "rand_time": "0s", "over_time": "30s"}
+        )
+    if role == "initiator":
+        sw = charons.start(pair.sw, [conn], swan_settings(), root=root)
+        agent = MeshsecAgent(pair.ms, config).start()
+    else:
+        agent = MeshsecAgent(pair.ms, config).start()
+        sw = charons.start(pair.sw, [conn], swan_settings(), root=root)
+        sw.initiate("peer", "net", timeout=15)
+    agent.wait_for(lambda s: agent.established("peer"))
     first = sw.wait_for(_swan_child_up)
-    sw.swanctl("--rekey", "--ike", "peer")
-    sw.wait_for(lambda sas: "IKE_SA rekeying failed" in sw.log_text() or None)
-    assert "received NO_PROPOSAL_CHOSEN" in sw.log_text()
-    ping = pair.ms.ping(SW_INNER, src=MS_INNER, count=5, interval=0.05)
-    assert ping.ok, ping.output
-    (sa,) = sw.list_sas()
-    assert (sa.initiator_spi, sa.responder_spi, sa.state) == (
-        first.initiator_spi,
-        first.responder_spi,
-        "ESTABLISHED",
-    )
-    ms = agent.established("peer")
-    assert ms is not None and ms["responder_spi"] == first.responder_spi
+    ping = pair.ms.ping(SW_INNER, src=MS_INNER, count=PING_COUNT, interval=0.01, wait=2.0)
+    log = agent.log_text()
+    assert len(re.findall(r"IKE SA \S+_i \S+_r REKEYED", log)) >= 2, log[-3000:]
+    assert "IKE_FOLLOWUP_KE" in sw.log_text()
+    assert ping.transmitted == PING_COUNT and ping.received == ping.transmitted, (ping, log[-3000:])
+    last = sw.wait_for(_swan_child_up)
+    assert (last.initiator_spi, last.responder_spi) != (first.initiator_spi, first.responder_spi)
+    assert last.additional_ke == ("ML_KEM_768",)
+    ms = agent.wait_for(lambda s: agent.established("peer"))
+    assert (ms["initiator_spi"], ms["responder_spi"]) == (last.initiator_spi, last.responder_spi)
+    sw.swanctl("--rekey", "--child", "net")
+    old_child = last.child("net")
+    assert old_child is not None
+    sw.wait_for(lambda sas: (sa := _swan_child_up(sas)) and sa.child("net").spi_in != old_child.spi_in)  # type: ignore[union-attr]
+    assert pair.ms.ping(SW_INNER, src=MS_INNER, count=20, interval=0.05).ok
+    assert "FAILED" not in agent.log_text()

@@ -11,6 +11,7 @@ from meshsec.agent.ike.exchanges.create_child_sa import respond_create_child_sa
 from meshsec.agent.ike.exchanges.ike_auth import respond_ike_auth
 from meshsec.agent.ike.exchanges.ike_init import respond_ike_init
 from meshsec.agent.ike.exchanges.ike_intermediate import respond_ike_intermediate
+from meshsec.agent.ike.exchanges.ike_rekey import respond_ike_followup_ke
 from meshsec.agent.ike.exchanges.informational import respond_informational
 from meshsec.agent.ike.payloads import Message, Payload
 
@@ -25,4 +26,5 @@ RESPONDERS: dict[ExchangeType, ResponderFn] = {
     ExchangeType.IKE_AUTH: respond_ike_auth,
     ExchangeType.CREATE_CHILD_SA: respond_create_child_sa,
     ExchangeType.INFORMATIONAL: respond_informational,
+    ExchangeType.IKE_FOLLOWUP_KE: respond_ike_followup_ke,
 }

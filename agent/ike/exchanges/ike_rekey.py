@@ -29,6 +29,7 @@ from meshsec.agent.ike.constants import (
 )
 from meshsec.agent.ike.crypto import CryptoError, KeyExchange
 from meshsec.agent.ike.events import RekeyFailed
+from meshsec.agent.ike.exchanges.ike_followup import FOLLOWUP_TIMEOUT, IkeFollowupKe, PendingFollowup
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.features.key_exchange import setup_keys
 from meshsec.agent.ike.keys import rekey_skeyseed
@@ -55,7 +56,7 @@ MAX_KE_RETRIES = 3
 
 def spawn(
     sa: IkeSa, *, initiator: bool, spi_i: bytes, spi_r: bytes, ni: bytes, nr: bytes, chosen: Chosen,
-    shared: bytes, now: float,
+    shared: bytes, now: float, additional: tuple[bytes, ...] = (),
 ) -> IkeSa:  # fmt: skip
     """The successor IKE SA, established, with keys from the rekey exchange; registered with
     the container (table) at once so the peer's first message on it is routed."""
@@ -65,7 +66,8 @@ def spawn(
     new.spawned = True
     new.originator = sa.originator
     new.nonce_i, new.nonce_r = ni, nr
-    seed = rekey_skeyseed(sa.prf, sa.keys.sk_d.reveal(), ni, nr, shared)
+    # With additional key exchanges (IKE_FOLLOWUP_KE): prf(SK_d, SK(0) | Ni | Nr | SK(1) | ...).
+    seed = rekey_skeyseed(sa.prf, sa.keys.sk_d.reveal(), ni, nr, shared, additional)
     setup_keys(new, chosen, shared, seed)
     new.remote_identity = sa.remote_identity
     new.nat_local, new.nat_remote = sa.nat_local, sa.nat_remote
@@ -96,6 +98,11 @@ class IkeRekey(Task):
         self._ke: KeyExchange | None = None
         self._offered: tuple[Proposal, ...] = ()
         self._retries = 0
+        # With additional key exchanges, what IKE_FOLLOWUP_KE (ike_followup.py) completes.
+        self.chosen: Chosen | None = None
+        self.nonce_r = b""
+        self.secrets: list[bytes] = []  # SK(0), SK(1), ...
+        self.remaining: list[tuple[int, int]] = []
 
     def build(self, sa: IkeSa, now: float) -> list[Payload] | None:
         if sa.state is not State.ESTABLISHED or sa.successor is not None:
@@ -144,8 +151,8 @@ class IkeRekey(Task):
             problem = "responder chose a proposal we did not offer"
         elif len(chosen.spi) != 8 or chosen.dh != self._group or ke.group != self._group:
             problem = "responder's SPI or DH group does not fit"
-        elif chosen.addke:
-            problem = "responder chose additional key exchanges (IKE_FOLLOWUP_KE is not implemented yet)"
+        elif chosen.addke and msg.notify(NotifyType.ADDITIONAL_KEY_EXCHANGE) is None:
+            problem = "responder chose additional key exchanges but sent no ADDITIONAL_KEY_EXCHANGE"
         else:
             assert self._ke is not None
             try:
@@ -156,21 +163,39 @@ class IkeRekey(Task):
             code = FailureReason.from_notify(errors[0]) if errors else FailureReason.INVALID_RESPONSE
             self._refused(sa, problem or "invalid response", code, now)
             return Outcome.DONE
-        new = spawn(sa, initiator=True, spi_i=self._spi, spi_r=chosen.spi, ni=self._nonce, nr=nonce.data,
-                    chosen=chosen, shared=shared, now=now)  # fmt: skip
+        if chosen.addke:
+            link = msg.notify(NotifyType.ADDITIONAL_KEY_EXCHANGE)
+            assert link is not None
+            self.chosen, self.nonce_r, self.secrets = chosen, nonce.data, [shared]
+            self.remaining = list(chosen.addke)
+            sa.ike_rekey_task = self  # still in progress: a crossing rekey is a collision
+            sa.tasks.queue_first([IkeFollowupKe(self, link.data)])
+            return Outcome.DONE
+        self.finish(sa, chosen, nonce.data, [shared], now)
+        return Outcome.DONE
+
+    def finish(self, sa: IkeSa, chosen: Chosen, nonce_r: bytes, secrets: list[bytes], now: float) -> None:
+        """All key exchanges done: the successor SA, and the collision rules."""
+        sa.ike_rekey_task = None
+        new = spawn(sa, initiator=True, spi_i=self._spi, spi_r=chosen.spi, ni=self._nonce, nr=nonce_r,
+                    chosen=chosen, shared=secrets[0], additional=tuple(secrets[1:]), now=now)  # fmt: skip
+        nonce_data = nonce_r
         if sa.peer_ike_rekey is not None:
             other, other_low = sa.peer_ike_rekey
-            if _lower(self._nonce, nonce.data) < other_low:
+            if _lower(self._nonce, nonce_data) < other_low:
                 # Ours is redundant: the peer's new SA takes over, the peer deletes the old one.
                 sa.stats["ike_rekey_collision_lost"] += 1
                 sa.hand_over(other, now)
                 new.delete(now)
-                return Outcome.DONE
+                return
             sa.stats["ike_rekey_collision_won"] += 1
             # The peer deletes its redundant SA (the one we answered for).
         sa.hand_over(new, now)
         sa.delete(now)
-        return Outcome.DONE
+
+    def refused(self, sa: IkeSa, problem: str, code: FailureReason, now: float) -> None:
+        sa.ike_rekey_task = None
+        self._refused(sa, problem, code, now)
 
     def _refused(self, sa: IkeSa, problem: str, code: FailureReason, now: float) -> None:
         if sa.peer_ike_rekey is not None:
@@ -203,6 +228,9 @@ def respond_ike_rekey(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         return temporary("this IKE SA is being deleted or already replaced")
     if sa.child_exchange_in_flight():
         return temporary("a CHILD_SA exchange of ours is half done")
+    if sa.followup is not None and not sa.followup.expired(now):
+        return temporary("the peer's previous rekey still has IKE_FOLLOWUP_KE exchanges to run")
+    sa.followup = None
     sa_p, nonce, ke = msg.find(PayloadType.SA), msg.find(PayloadType.NONCE), msg.find(PayloadType.KE)
     if (
         not isinstance(sa_p, SaPayload)
@@ -212,10 +240,6 @@ def respond_ike_rekey(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     chosen = select_proposal(sa.config.specs, sa_p.proposals, prefer_ours=sa.config.prefer_own_proposals)
     if chosen is None or chosen.protocol != ProtocolId.IKE or len(chosen.spi) != 8:
-        return [NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN)]
-    if chosen.addke:
-        # RFC 9370 2.2.4 needs IKE_FOLLOWUP_KE after this exchange, which we do not run yet.
-        sa.stats["ike_rekey_addke_refused"] += 1
         return [NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN)]
     if chosen.dh != ke.group:
         assert chosen.dh is not None
@@ -227,17 +251,70 @@ def respond_ike_rekey(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     nr = sa.rnd.bytes(NONCE_SIZE)
     spi_r = sa.rnd.bytes(8)
-    new = spawn(sa, initiator=False, spi_i=chosen.spi, spi_r=spi_r, ni=nonce.data, nr=nr, chosen=chosen,
-                shared=shared, now=now)  # fmt: skip
-    if sa.ike_rekey_task is not None:
-        sa.peer_ike_rekey = (new, _lower(nonce.data, nr))  # decided when our answer arrives
-    else:
-        sa.hand_over(new, now)  # the old SA only waits for the initiator's DELETE now
     answer = Chosen(
-        chosen.number, chosen.protocol, b"", chosen.encr, chosen.prf, chosen.integ, chosen.dh, None
+        chosen.number,
+        chosen.protocol,
+        b"",
+        chosen.encr,
+        chosen.prf,
+        chosen.integ,
+        chosen.dh,
+        None,
+        chosen.addke,
     )
-    return [
+    out: list[Payload] = [
         SaPayload((answer.as_proposal(spi_r),)),
         NoncePayload(nr),
         KePayload(kex.group, kex.public_bytes()),
     ]
+    if chosen.addke:
+        # RFC 9370 2.2.4: the new SA exists once the IKE_FOLLOWUP_KE exchanges are done.
+        sa.followup = PendingFollowup(sa.rnd.bytes(8), chosen, nonce.data, nr, spi_r, [shared],
+                                      list(chosen.addke), now + FOLLOWUP_TIMEOUT)  # fmt: skip
+        return [*out, NotifyPayload(NotifyType.ADDITIONAL_KEY_EXCHANGE, sa.followup.link)]
+    adopt_peer_rekey(sa, chosen, nonce.data, nr, spi_r, [shared], now)
+    return out
+
+
+def adopt_peer_rekey(
+    sa: IkeSa, chosen: Chosen, ni: bytes, nr: bytes, spi_r: bytes, secrets: list[bytes], now: float
+) -> None:
+    """The peer's rekey is complete: its successor SA, kept aside if ours is in flight."""
+    new = spawn(sa, initiator=False, spi_i=chosen.spi, spi_r=spi_r, ni=ni, nr=nr, chosen=chosen,
+                shared=secrets[0], additional=tuple(secrets[1:]), now=now)  # fmt: skip
+    if sa.ike_rekey_task is not None:
+        sa.peer_ike_rekey = (new, _lower(ni, nr))  # decided when our answer arrives
+    else:
+        sa.hand_over(new, now)  # the old SA only waits for the initiator's DELETE now
+
+
+def respond_ike_followup_ke(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
+    """The peer's next additional key exchange of its rekey (RFC 9370 2.2.4)."""
+    pending = sa.followup
+    link = msg.notify(NotifyType.ADDITIONAL_KEY_EXCHANGE)
+    if pending is None or link is None or link.data != pending.link or pending.expired(now):
+        sa.followup = None
+        sa.stats["followup_state_not_found"] += 1
+        return [NotifyPayload(NotifyType.STATE_NOT_FOUND)]
+    method = pending.remaining[0][1]
+    ke = msg.find(PayloadType.KE)
+    if not isinstance(ke, KePayload) or ke.group != method:
+        sa.followup = None
+        return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
+    try:
+        kex = sa.dh_factory(method, sa.rnd)
+        pending.secrets.append(kex.shared_secret(ke.data))
+    except (CryptoError, ValueError):
+        sa.followup = None
+        return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
+    pending.remaining.pop(0)
+    out: list[Payload] = [KePayload(method, kex.public_bytes())]
+    if pending.remaining:
+        pending.link = sa.rnd.bytes(8)
+        pending.deadline = now + FOLLOWUP_TIMEOUT
+        return [*out, NotifyPayload(NotifyType.ADDITIONAL_KEY_EXCHANGE, pending.link)]
+    sa.followup = None
+    adopt_peer_rekey(
+        sa, pending.chosen, pending.nonce_i, pending.nonce_r, pending.spi_r, pending.secrets, now
+    )
+    return out
