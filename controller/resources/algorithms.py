@@ -78,8 +78,10 @@ TRANSFORMS: dict[str, Transform] = _table(
     Transform("mlkem1024", _D, True),
 )
 
-# Whether meshsec agents run additional key exchanges (IKE_INTERMEDIATE, IKE_FOLLOWUP_KE).
-AGENT_ADDITIONAL_KE = False
+# Whether meshsec agents run additional key exchanges for IKE SAs (IKE_INTERMEDIATE, and
+# IKE_FOLLOWUP_KE in their rekeys), and for CHILD_SAs (PFS: IKE_FOLLOWUP_KE after CREATE_CHILD_SA).
+AGENT_ADDITIONAL_KE = True
+AGENT_ADDITIONAL_KE_CHILD = False
 ADDITIONAL_KE_SLOTS = 7
 _ADDKE_TOKEN = re.compile(r"^ke([0-9]+)_([a-z0-9]+)$")
 
@@ -211,8 +213,9 @@ def _additional_ke(text: str, token: str, into: dict[int, str]) -> bool:
     return True
 
 
-def unsupported_by_agents(proposal: Proposal) -> tuple[str, ...]:
+def unsupported_by_agents(proposal: Proposal, kind: ProposalKind = ProposalKind.IKE) -> tuple[str, ...]:
     missing = tuple(n for n in proposal.names() if not TRANSFORMS[n].agent_supported)
-    if proposal.additional and not AGENT_ADDITIONAL_KE:
+    supported = AGENT_ADDITIONAL_KE if kind is ProposalKind.IKE else AGENT_ADDITIONAL_KE_CHILD
+    if proposal.additional and not supported:
         missing += tuple(f"ke{k}_{m}" for k, m in proposal.additional)
     return missing

@@ -72,15 +72,19 @@ def test_mlkem512_is_known_but_not_run_by_agents() -> None:
 def test_agent_support_of_additional_key_exchanges_follows_the_engine() -> None:
     missing = unsupported_by_agents(parse_proposal(HYBRID, ProposalKind.IKE))
     assert (missing == ()) is algorithms.AGENT_ADDITIONAL_KE
-    doc = policy("prod", "full-mesh", "node", crypto={"ikeProposals": [HYBRID]})
-    if algorithms.AGENT_ADDITIONAL_KE:
-        p = parse_resource(doc)
-        assert isinstance(p, MeshPolicy) and p.spec.crypto.ike_proposals == (HYBRID,)
-        # PFS in CHILD_SA rekeys follows the IKE SA's key exchanges when espProposals is left out.
-        assert p.spec.crypto.esp_proposals == ("aes256gcm16-x25519-ke1_mlkem768",)
-    else:
-        assert _errors(doc) == [
-            "MeshPolicy/prod: spec.crypto.ikeProposals[0]: ke1_mlkem768: not supported by meshsec agents yet"
+    assert algorithms.AGENT_ADDITIONAL_KE  # IKE_INTERMEDIATE, and IKE_FOLLOWUP_KE in IKE rekeys
+    p = parse_resource(policy("prod", "full-mesh", "node", crypto={"ikeProposals": [HYBRID]}))
+    assert isinstance(p, MeshPolicy) and p.spec.crypto.ike_proposals == (HYBRID,)
+    # PFS in CHILD_SA rekeys follows the IKE SA's key exchanges when espProposals is left out,
+    # the additional ones only where agents run them for CHILD_SAs.
+    child = (
+        "aes256gcm16-x25519-ke1_mlkem768" if algorithms.AGENT_ADDITIONAL_KE_CHILD else "aes256gcm16-x25519"
+    )
+    assert p.spec.crypto.esp_proposals == (child,)
+    esp = policy("prod", "full-mesh", "node", crypto={"espProposals": ["aes256gcm16-x25519-ke1_mlkem768"]})
+    if not algorithms.AGENT_ADDITIONAL_KE_CHILD:
+        assert _errors(esp) == [
+            "MeshPolicy/prod: spec.crypto.espProposals[0]: ke1_mlkem768: not supported by meshsec agents yet"
         ]
 
 
@@ -94,11 +98,11 @@ def test_meshes_default_to_hybrid_once_agents_run_it() -> None:
 
 
 def test_the_hybrid_mesh_defaults_are_well_formed() -> None:
-    # Whatever the switch says today, the defaults it switches to must parse and be complete.
     for text in cloud._HYBRID.ike_proposals:
         assert parse_proposal(text, ProposalKind.IKE).additional == ((1, "mlkem768"),)
     for text in cloud._HYBRID.esp_proposals:
-        assert parse_proposal(text, ProposalKind.ESP).additional == ((1, "mlkem768"),)
+        esp = parse_proposal(text, ProposalKind.ESP)
+        assert not unsupported_by_agents(esp, ProposalKind.ESP) and esp.dh == "x25519"
 
 
 @pytest.mark.parametrize("profile", ["aws", "azure", "gcp"])

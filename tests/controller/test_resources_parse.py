@@ -66,7 +66,8 @@ def test_policy_defaults() -> None:
     p = parse_resource(policy("prod", "full-mesh", "node"))
     assert isinstance(p, MeshPolicy)
     assert p.spec.topology is Topology.FULL_MESH and p.spec.scope is Scope.NODE
-    assert p.spec.crypto.ike_proposals == ("aes256gcm16-prfsha256-x25519",)
+    # Agent-to-agent meshes default to the post-quantum hybrid (tests/controller/test_pq_proposals.py).
+    assert p.spec.crypto.ike_proposals == ("aes256gcm16-prfsha256-x25519-ke1_mlkem768",)
     assert p.spec.crypto.esp_proposals == ("aes256gcm16-x25519",)
     no_pfs = parse_resource(policy("prod", "full-mesh", "node", crypto={"pfs": False}))
     assert isinstance(no_pfs, MeshPolicy)

@@ -147,7 +147,8 @@ def test_hybrid_ike_rekey_with_followup_ke_under_traffic_loses_nothing(
     assert len(re.findall(r"IKE SA \S+_i \S+_r REKEYED", log)) >= 2, log[-3000:]
     assert "IKE_FOLLOWUP_KE" in sw.log_text()
     assert ping.transmitted == PING_COUNT and ping.received == ping.transmitted, (ping, log[-3000:])
-    last = sw.wait_for(_swan_child_up)
+    # Rekeys go on every 3 s (and may cross the CHILD_SA rekey below): wait generously.
+    last = sw.wait_for(_swan_child_up, timeout=30)
     assert (last.initiator_spi, last.responder_spi) != (first.initiator_spi, first.responder_spi)
     assert last.additional_ke == ("ML_KEM_768",)
     ms = agent.wait_for(lambda s: agent.established("peer"))
@@ -155,6 +156,9 @@ def test_hybrid_ike_rekey_with_followup_ke_under_traffic_loses_nothing(
     sw.swanctl("--rekey", "--child", "net")
     old_child = last.child("net")
     assert old_child is not None
-    sw.wait_for(lambda sas: (sa := _swan_child_up(sas)) and sa.child("net").spi_in != old_child.spi_in)  # type: ignore[union-attr]
+    sw.wait_for(
+        lambda sas: (sa := _swan_child_up(sas)) and sa.child("net").spi_in != old_child.spi_in,  # type: ignore[union-attr]
+        timeout=30,
+    )
     assert pair.ms.ping(SW_INNER, src=MS_INNER, count=20, interval=0.05).ok
     assert "FAILED" not in agent.log_text()
