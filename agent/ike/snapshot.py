@@ -35,8 +35,10 @@ from meshsec.agent.ike.states import ChildState, State
 from meshsec.agent.ike.ts import Ts
 from meshsec.common.secrets import Secret
 
-SNAPSHOT_VERSION = 1
-READABLE = frozenset({1})
+# 2: a chosen transform set carries its RFC 9370 additional key exchanges ("addke"); a version-1
+# document has none.
+SNAPSHOT_VERSION = 2
+READABLE = frozenset({1, 2})
 _IKE_KEYS = ("sk_d", "sk_ai", "sk_ar", "sk_ei", "sk_er", "sk_pi", "sk_pr")
 
 
@@ -160,6 +162,8 @@ def _check_quiescent(sa: IkeSa) -> None:
         why = "an exchange is in flight or queued"
     elif sa.rekeying_ike() or sa.peer_ike_rekey is not None or sa.reauth_of is not None:
         why = "an IKE SA rekey or reauthentication is under way"
+    elif sa.followup is not None:
+        why = "the peer's IKE SA rekey waits for its IKE_FOLLOWUP_KE exchanges"
     elif sa.chosen is None or sa.keys is None:
         why = "it has no keys"
     else:
@@ -205,7 +209,8 @@ def _identity(i: Identity | None) -> list[Any] | None:
 def _chosen(c: Chosen) -> dict[str, Any]:
     encr = None if c.encr is None else [c.encr.type, c.encr.id, c.encr.key_length]
     return {"number": c.number, "protocol": c.protocol, "spi": c.spi.hex(), "encr": encr,
-            "prf": c.prf, "integ": c.integ, "dh": c.dh, "esn": c.esn}  # fmt: skip
+            "prf": c.prf, "integ": c.integ, "dh": c.dh, "esn": c.esn,
+            "addke": [[ttype, method] for ttype, method in c.addke]}  # fmt: skip
 
 
 def _opt_int(v: Any) -> int | None:
@@ -215,8 +220,9 @@ def _opt_int(v: Any) -> int | None:
 def _chosen_from(d: dict[str, Any]) -> Chosen:
     e = d["encr"]
     encr = None if e is None else Transform(int(e[0]), int(e[1]), _opt_int(e[2]))
-    ints = [_opt_int(d[k]) for k in ("prf", "integ", "dh", "esn")]
-    return Chosen(int(d["number"]), int(d["protocol"]), bytes.fromhex(d["spi"]), encr, *ints)
+    addke = tuple((int(ttype), int(method)) for ttype, method in d.get("addke", ()))
+    return Chosen(int(d["number"]), int(d["protocol"]), bytes.fromhex(d["spi"]), encr, _opt_int(d["prf"]),
+                  _opt_int(d["integ"]), _opt_int(d["dh"]), _opt_int(d["esn"]), addke)  # fmt: skip
 
 
 def _ts(t: Ts) -> list[Any]:

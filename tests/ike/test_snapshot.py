@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from meshsec.agent.ike.constants import DhId, TransformType
 from meshsec.agent.ike.events import ChildSaRekeyed, IkeSaDeleted, IkeSaEstablished, IkeSaFailed, IkeSaRekeyed
 from meshsec.agent.ike.snapshot import SnapshotError, from_dict, to_dict
 
@@ -112,8 +113,8 @@ def test_unknown_versions_and_malformed_documents_are_refused_without_quoting_ke
     sa = net.a.sa()
     doc = to_dict(sa, net.now)
     cfg = net.a.configs[0]
-    with pytest.raises(SnapshotError, match="version 2; this build reads 1"):
-        from_dict({**doc, "version": 2}, cfg, net.now, 0)
+    with pytest.raises(SnapshotError, match="version 3; this build reads 1, 2"):
+        from_dict({**doc, "version": 3}, cfg, net.now, 0)
     secret = doc["keys"]["sk_d"]  # type: ignore[index]
     broken = {**doc, "keys": {**doc["keys"], "sk_ei": "zz" + secret}}  # type: ignore[dict-item]
     with pytest.raises(SnapshotError) as caught:
@@ -122,3 +123,25 @@ def test_unknown_versions_and_malformed_documents_are_refused_without_quoting_ke
     missing = {k: v for k, v in doc.items() if k != "my_mid"}
     with pytest.raises(SnapshotError, match="malformed"):
         from_dict(missing, cfg, net.now, 0)
+
+
+def test_a_hybrid_sa_keeps_its_additional_key_exchanges_and_a_version_1_document_has_none() -> None:
+    hybrid = {"proposals": "aes256gcm16-prfsha256-x25519-ke1_mlkem768"}
+    net = connected({**hybrid, "rekey_time": 120, "rand_time": 0}, {**hybrid, "rekey_time": 1000})
+    sa = net.a.sa()
+    assert sa.chosen is not None and sa.chosen.addke == ((TransformType.ADDKE1, DhId.ML_KEM_768),)
+    doc = json.loads(json.dumps(to_dict(sa, net.now)))
+    cfg = net.a.configs[0]
+    assert from_dict(doc, cfg, net.now, 0).chosen == sa.chosen
+    v1 = {**doc, "version": 1, "chosen": {k: v for k, v in doc["chosen"].items() if k != "addke"}}
+    restored = from_dict(v1, cfg, net.now, 0).chosen
+    assert restored is not None and restored.addke == () and restored.dh == sa.chosen.dh
+
+
+def test_the_peers_rekey_waiting_for_ike_followup_ke_cannot_be_captured() -> None:
+    hybrid = {"proposals": "aes256gcm16-prfsha256-x25519-ke1_mlkem768"}
+    net = connected(hybrid, hybrid)
+    net.a.sa().rekey(net.now)
+    net.deliver_one()  # B answers the CREATE_CHILD_SA and waits for IKE_FOLLOWUP_KE
+    with pytest.raises(SnapshotError, match="IKE_FOLLOWUP_KE"):
+        to_dict(net.b.sa(), net.now)
