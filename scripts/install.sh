@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything meshsec's lab and test suite need on Debian 12, as root:
 # system packages (strongSwan as a real peer, etcd, iproute2, capture and benchmark tools, qemu for
-# the kernel lane), strongSwan 6.1 with ML-KEM in a cached Debian unstable chroot
-# (scripts/strongswan-pq-peer.sh) and a virtualenv at .venv holding exactly the lock file requirements/dev.txt
-# (pinned, with hashes) plus meshsec itself, editable.
+# the kernel lane, mmdebstrap and podman with runc to build and run the image offline),
+# strongSwan 6.1 with ML-KEM in a cached Debian unstable chroot (scripts/strongswan-pq-peer.sh) and
+# a virtualenv at .venv holding exactly the lock file requirements/dev.txt (pinned, with hashes) plus
+# meshsec itself, editable.
 # Safe to re-run: apt skips what is there, and the virtualenv is rebuilt only when the lock or the
 # Python changed since it was built (its .lock-stamp says which), so it never keeps a package the
 # lock no longer names.
@@ -22,8 +23,9 @@ APT_PACKAGES=(
     charon-systemd strongswan-swanctl strongswan-pki libcharon-extra-plugins
     libstrongswan-standard-plugins libstrongswan-extra-plugins
     libcharon-extauth-plugins
-    etcd-server mmdebstrap
+    etcd-server
     qemu-system-x86 busybox-static cpio kmod
+    mmdebstrap podman runc
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

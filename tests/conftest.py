@@ -2,7 +2,7 @@
 
 - The repo root goes on ``sys.path`` so ``from tests.harness.netns import Lab`` works from any test
   folder, whatever the working directory or import mode.
-- Tests marked ``netns``, ``strongswan`` or ``etcd`` are skipped with a clear reason when the
+- Tests marked ``netns``, ``strongswan``, ``etcd`` or ``podman`` are skipped with a clear reason when the
   machine cannot run them (probed once per session, only if such a test was collected).
 - ``lab``: a fresh ``tests.harness.netns.Lab`` torn down after the test, with namespaces named
   ``<netns_prefix><run token>-<host>``. Override the ``netns_prefix`` fixture in your own
@@ -30,6 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from tests.harness.containers import podman_missing  # noqa: E402
 from tests.harness.netns import Lab  # noqa: E402
 from tests.harness.strongswan import CHARON, SWANCTL, CharonFactory  # noqa: E402
 
@@ -68,7 +69,12 @@ def _etcd_missing() -> str | None:
     return None
 
 
-_PROBES = {"netns": _netns_missing, "strongswan": _strongswan_missing, "etcd": _etcd_missing}
+_PROBES = {
+    "netns": _netns_missing,
+    "strongswan": _strongswan_missing,
+    "etcd": _etcd_missing,
+    "podman": podman_missing,
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

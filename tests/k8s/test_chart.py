@@ -261,7 +261,8 @@ def test_notes_tell_how_to_create_the_bootstrap_secret() -> None:
 
 
 def test_image_provides_the_chart_commands() -> None:
-    """deploy/Dockerfile cannot be built here (no container engine); check what it relies on."""
+    """deploy/Dockerfile needs a registry (tests/e2e/test_image.py runs the offline build of the
+    same image); check what the Dockerfile relies on."""
     import tomllib
 
     root = CHART.parents[2]

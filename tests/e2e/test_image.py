@@ -1,0 +1,135 @@
+"""The meshsec image (scripts/build-image.sh), run for real with podman: it holds every Debian
+package deploy/image/packages.txt names and every program the agent executes; the controller runs
+from it as its unprivileged user; two agent containers, each in its own node namespace, enroll with
+bootstrap tokens and bring up a tunnel (userspace ESP over TUN) that carries a ping between the
+sites' addresses.
+
+Namespace prefix ``mi-``; underlay 198.18.64.0/24, site addresses 198.19.64.0/24 and 198.19.65.0/24.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.container_mesh import (
+    ESTABLISHED,
+    logs_on_failure,
+    start_agent,
+    start_controller,
+    token_for,
+    wait_for,
+)
+from tests.harness.containers import Containers, meshsec_image, run_once
+from tests.harness.netns import Lab
+from tests.release.test_image_recipe import executed_programs, image_packages
+
+pytestmark = [pytest.mark.podman, pytest.mark.netns, pytest.mark.slow]
+
+CONTROLLER = "198.18.64.1"
+NODES = {  # node: (underlay address, site, site prefix, the node's own address in it)
+    "mi-a": ("198.18.64.11", "site-a", "198.19.64.0/24", "198.19.64.1"),
+    "mi-b": ("198.18.64.12", "site-b", "198.19.65.0/24", "198.19.65.1"),
+}
+
+
+def manifest() -> str:
+    docs = []
+    for node, (underlay, site, prefix, _) in NODES.items():
+        docs.append(f"""apiVersion: meshsec.io/v1alpha1
+kind: Site
+metadata: {{name: {site}, labels: {{kind: image-test}}}}
+spec: {{prefixes: [{prefix}], gatewaySelector: {{matchLabels: {{role: gateway}}}}}}
+---
+apiVersion: meshsec.io/v1alpha1
+kind: Node
+metadata: {{name: {node}, labels: {{role: gateway}}}}
+spec:
+  site: {site}
+  endpoints: {{public: [{underlay}]}}
+  identity: {{ikeId: {node}.meshsec.test}}
+""")
+    docs.append("""apiVersion: meshsec.io/v1alpha1
+kind: MeshPolicy
+metadata: {name: image-mesh}
+spec:
+  topology: full-mesh
+  scope: site
+  members: {matchLabels: {kind: image-test}}
+  crypto: {ikeProposals: [aes256gcm16-prfsha256-x25519], espProposals: [aes256gcm16-x25519]}
+  auth: {method: certificate}
+""")
+    return "---\n".join(docs)
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    start = time.monotonic()
+    ref = meshsec_image()
+    print(f"\nimage {ref} ready in {time.monotonic() - start:.1f} s")
+    return ref
+
+
+@pytest.fixture
+def netns_prefix() -> str:
+    return "mi-"
+
+
+@pytest.fixture
+def pods(lab: Lab, tmp_path: Path) -> Iterator[Containers]:
+    containers = Containers(tmp_path / "containers", lab=lab, prefix="mi")
+    yield containers
+    containers.close()
+
+
+def test_image_holds_the_packages_and_programs(image: str) -> None:
+    listed = run_once(image, ["dpkg-query", "--show", "--showformat", "${Package}\\n"]).split()
+    assert set(image_packages()) <= set(listed), set(image_packages()) - set(listed)
+    programs = sorted(executed_programs())
+    assert {"ip", "nft"} <= set(programs), programs  # the scan finds what the agent is known to run
+    found = run_once(image, ["sh", "-c", 'for p in "$@"; do command -v "$p" || echo "missing $p"; done',
+                             "sh", *programs, "meshsec-agent", "meshsec-controller", "meshctl"])
+    assert "missing" not in found, found
+    user = run_once(image, ["id", "-u"])
+    assert user.strip() == "10001"  # the controller and operator never run as root by default
+
+
+def test_two_agent_containers_enroll_and_carry_a_ping(image: str, lab: Lab, pods: Containers,
+                                                      tmp_path: Path) -> None:
+    started = time.monotonic()
+    underlay = lab.switch("sw")
+    ctl_host = lab.host("ctl")
+    underlay.attach(ctl_host, f"{CONTROLLER}/24")
+    ctl = start_controller(pods, image, ctl_host, CONTROLLER, tmp_path)
+    ctl.apply(manifest())
+    agents = {}
+    for node, (underlay_address, site, _, inner) in NODES.items():
+        host = lab.host(node)
+        underlay.attach(host, f"{underlay_address}/24")
+        host.add_loopback_address(f"{inner}/32")
+        token = token_for(ctl, node, site)
+        agents[node] = (host, start_agent(pods, image, host, node, underlay_address, ctl, token.token,
+                                          token.ca_cert_sha256, tmp_path))
+    print(f"controller and agents started in {time.monotonic() - started:.1f} s")
+
+    def enrolled() -> bool:
+        return all((n.get("status") or {}).get("phase") == "Enrolled" for n in ctl.nodes().values())
+
+    wait_for("both agents to enroll", enrolled, timeout=60, on_timeout=lambda: logs_on_failure(pods))
+    wait_for("the tunnel to be established",
+             lambda: ctl.tunnels().get("mi-a <-> mi-b", {}).get("state") == ESTABLISHED,
+             timeout=90, on_timeout=lambda: logs_on_failure(pods))
+    print(f"tunnel established {time.monotonic() - started:.1f} s after the start")
+    host_a = agents["mi-a"][0]
+    src, dst = NODES["mi-a"][3], NODES["mi-b"][3]
+    wait_for(f"a ping {src} -> {dst} through the tunnel",
+             lambda: host_a.ping(dst, src=src, count=2, wait=1).ok, timeout=30,
+             on_timeout=lambda: logs_on_failure(pods))
+    # The controller saw traffic-carrying SAs from both ends: their reports name CHILD_SAs.
+    tunnel = ctl.tunnels()["mi-a <-> mi-b"]
+    assert all((end.get("status") or {}).get("childSas") for end in tunnel["ends"]), tunnel
+    for _, agent in agents.values():
+        assert agent.running()
