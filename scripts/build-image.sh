@@ -139,8 +139,9 @@ RUN /opt/meshsec/bin/python /wheels/$pip_wheel/pip install -q --no-index --no-de
 USER 10001
 LABEL org.opencontainers.image.version="$version" io.meshsec.inputs="$image_key"
 CONTAINERFILE
-# runc and cgroupfs: crun fails on this host's hybrid cgroups (docs/containers.md); no network.
-podman --runtime runc --cgroup-manager cgroupfs build --quiet --network none \
+# runc and cgroupfs: crun fails on this host's hybrid cgroups (docs/image.md); no network. No layer
+# cache: it would reuse an older RUN layer, since the mounted wheel is not part of its key.
+podman --runtime runc --cgroup-manager cgroupfs build --quiet --no-cache --network none \
     --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 \
     --volume "$work/wheels:/wheels:ro" -t "$ref" -f "$work/Containerfile" "$work" >/dev/null
 say "meshsec layer built in $((SECONDS - t)) s"

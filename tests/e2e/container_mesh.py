@@ -21,8 +21,11 @@ from typing import Any
 
 import pytest
 
+from meshsec.agent.node.statedir import STATUS_SOCKET
+from meshsec.agent.standalone.status import query_status
 from meshsec.meshctl.client import AdminClient, Target
 from meshsec.meshctl.lab.controller import BOOTSTRAP_PORT, MTLS_PORT, ControllerPaths
+from meshsec.meshctl.lab.standalone import tunnel_states
 from meshsec.v1 import admin_pb2
 from tests.harness.containers import Container, Containers
 from tests.harness.netns import Host, Switch
@@ -32,6 +35,8 @@ UID = 10001  # the image's meshsec user, which the controller runs as
 ESTABLISHED = "TUNNEL_STATE_ESTABLISHED"
 AGENT_CAPS = ("NET_ADMIN", "NET_RAW")
 TUN = "/dev/net/tun"
+AGENT_STATE = "/var/lib/meshsec/agent"  # where the chart's DaemonSet keeps them
+AGENT_BOOTSTRAP = "/etc/meshsec/bootstrap"
 
 
 def wait_for(what: str, predicate: Callable[[], object], timeout: float, interval: float = 0.5,
@@ -125,23 +130,44 @@ def token_for(ctl: ControllerContainer, node: str, site: str) -> admin_pb2.Creat
         )
 
 
-def start_agent(pods: Containers, image: str, host: Host, node: str, address: str,
-                ctl: ControllerContainer, token: str, ca_sha256: str, workdir: Path) -> Container:
-    """meshsec-agent run in ``host``'s namespace, enrolling with ``token`` (CA pinned by hash)."""
-    state = owned_dir(workdir / f"agent-{node}")
-    (state / "token").write_text(token + "\n")
-    (state / "token").chmod(0o600)
-    (state / "ca.pem").write_bytes(ctl.paths.ca_cert.read_bytes())
+def write_bootstrap(directory: Path, token: str, ca_pem: bytes) -> Path:
+    """The files the chart mounts from the bootstrap Secret: ``token`` and ``ca.pem``."""
+    owned_dir(directory)
+    (directory / "token").write_text(token + "\n")
+    (directory / "token").chmod(0o600)
+    (directory / "ca.pem").write_bytes(ca_pem)
+    return directory
+
+
+def start_agent(pods: Containers, image: str, host: Host, node: str, ctl: ControllerContainer,
+                bootstrap: Path, state: Path, ca_sha256: str, address: str | None = None) -> Container:
+    """``meshsec-agent run`` in ``host``'s namespace as the chart's DaemonSet runs it: the bootstrap
+    Secret's files mounted (token, CA pinned by hash), state on a host directory."""
+    owned_dir(state)
     return pods.run(
         f"agent-{node}", image,
         ["meshsec-agent", "run", "--node", node,
          "--controller", f"{ctl.address}:{MTLS_PORT}", "--bootstrap", f"{ctl.address}:{BOOTSTRAP_PORT}",
-         "--state-dir", "/var/lib/meshsec", "--token-file", "/var/lib/meshsec/token",
-         "--ca-file", "/var/lib/meshsec/ca.pem", "--ca-sha256", ca_sha256,
-         "--dataplane", "userspace", "--address", address],
+         "--state-dir", AGENT_STATE, "--token-file", f"{AGENT_BOOTSTRAP}/token",
+         "--ca-file", f"{AGENT_BOOTSTRAP}/ca.pem", "--ca-sha256", ca_sha256,
+         "--dataplane", "userspace", *(["--address", address] if address else [])],
         netns=host.ns, user="0", caps=AGENT_CAPS, devices=[TUN],
-        volumes=[(state, "/var/lib/meshsec")],
+        volumes=[(state, AGENT_STATE), (bootstrap, f"{AGENT_BOOTSTRAP}:ro")],
     )  # fmt: skip
+
+
+def agent_tunnels(state: Path) -> dict[str, str]:
+    """{tunnel id: state} as the agent itself reports on its status socket (in its state dir)."""
+    try:
+        return tunnel_states(query_status(state / STATUS_SOCKET, timeout=3.0))
+    except (OSError, ValueError):
+        return {}
+
+
+def agent_ready(agent: Container) -> str:
+    """The DaemonSet's readiness probe, run in the agent's container: "" when ready, else why not."""
+    probe = agent.exec(["meshsec-agent", "health", "--ready", "--state-dir", AGENT_STATE], check=False)
+    return "" if probe.returncode == 0 else f"exit {probe.returncode}: {probe.stdout}{probe.stderr}"
 
 
 def underlay_host(switch: Switch, host: Host, cidr: str) -> Host:

@@ -9,6 +9,9 @@ Namespace prefix ``mi-``; underlay 198.18.64.0/24, site addresses 198.19.64.0/24
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +20,15 @@ import pytest
 
 from tests.e2e.container_mesh import (
     ESTABLISHED,
+    agent_ready,
     logs_on_failure,
     start_agent,
     start_controller,
     token_for,
     wait_for,
+    write_bootstrap,
 )
-from tests.harness.containers import Containers, meshsec_image, run_once
+from tests.harness.containers import REPO_ROOT, Containers, meshsec_image, run_once
 from tests.harness.netns import Lab
 from tests.release.test_image_recipe import executed_programs, image_packages
 
@@ -97,6 +102,26 @@ def test_image_holds_the_packages_and_programs(image: str) -> None:
     assert user.strip() == "10001"  # the controller and operator never run as root by default
 
 
+def test_image_holds_this_tree(image: str) -> None:
+    """Every module of meshsec in the image is the one in this checkout (no stale layer or wheel)."""
+    script = (
+        "import hashlib, json, pathlib, meshsec\n"
+        "root = pathlib.Path(meshsec.__path__[0])\n"
+        "print(json.dumps({str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()"
+        " for p in root.rglob('*.py')}))\n"
+    )
+    inside = json.loads(run_once(image, ["python3", "-c", script]))
+    roots = next(node.value for node in ast.parse((REPO_ROOT / "setup.py").read_text()).body
+                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "ROOTS")
+    here = {}
+    for package, folder in ast.literal_eval(roots).items():
+        base = REPO_ROOT / folder
+        for path in base.rglob("*.py"):
+            key = str(Path(*package.split(".")[1:], path.relative_to(base)))
+            here[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert inside == here
+
+
 def test_two_agent_containers_enroll_and_carry_a_ping(image: str, lab: Lab, pods: Containers,
                                                       tmp_path: Path) -> None:
     started = time.monotonic()
@@ -111,8 +136,11 @@ def test_two_agent_containers_enroll_and_carry_a_ping(image: str, lab: Lab, pods
         underlay.attach(host, f"{underlay_address}/24")
         host.add_loopback_address(f"{inner}/32")
         token = token_for(ctl, node, site)
-        agents[node] = (host, start_agent(pods, image, host, node, underlay_address, ctl, token.token,
-                                          token.ca_cert_sha256, tmp_path))
+        ca_pem = ctl.paths.ca_cert.read_bytes()
+        bootstrap = write_bootstrap(tmp_path / f"bootstrap-{node}", token.token, ca_pem)
+        agent = start_agent(pods, image, host, node, ctl, bootstrap, tmp_path / f"state-{node}",
+                            token.ca_cert_sha256, address=underlay_address)
+        agents[node] = (host, agent)
     print(f"controller and agents started in {time.monotonic() - started:.1f} s")
 
     def enrolled() -> bool:
@@ -133,3 +161,4 @@ def test_two_agent_containers_enroll_and_carry_a_ping(image: str, lab: Lab, pods
     assert all((end.get("status") or {}).get("childSas") for end in tunnel["ends"]), tunnel
     for _, agent in agents.values():
         assert agent.running()
+        assert agent_ready(agent) == ""  # the DaemonSet's readiness probe agrees
