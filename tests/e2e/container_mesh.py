@@ -84,10 +84,14 @@ class ControllerContainer:
         items = json.loads(self.meshctl("get", "tunnels", "-o", "json"))["items"]
         return {" <-> ".join(e["name"] for e in t["ends"]): t for t in items}
 
+    def resources(self, kind: str) -> dict[str, dict[str, Any]]:
+        """{name: resource as JSON} of ``kind`` (sites, nodes, policies)."""
+        items = json.loads(self.meshctl("get", kind, "-o", "json"))["items"]
+        return {r["metadata"]["name"]: r for r in items}
+
     def nodes(self) -> dict[str, dict[str, Any]]:
-        """{name: Node resource as JSON} (status.phase says Enrolled once an agent enrolled)."""
-        items = json.loads(self.meshctl("get", "nodes", "-o", "json"))["items"]
-        return {n["metadata"]["name"]: n for n in items}
+        """(status.phase says Enrolled once an agent enrolled)"""
+        return self.resources("nodes")
 
     def ready(self) -> bool:
         if not self.container.running():

@@ -1,0 +1,305 @@
+"""Two Kubernetes clusters meshed by meshsec, with real containers of the meshsec image.
+
+- The controller runs in its own namespace. Each cluster has its own API server (kmock, the only
+  one these machines have) and its own operator container (`--cluster-site`, host network to reach
+  kmock, the controller's admin socket mounted, the bootstrap Secret kept in its cluster).
+- Each cluster holds two core Nodes with addresses, labels and podCIDRs. The ``meshsec.io/gateway``
+  label picks one gateway per cluster. Each node is a network namespace with its own agent container
+  (`--network ns:`, NET_ADMIN/NET_RAW, /dev/net/tun: the host kernel has no ESP). The agents enroll
+  with the token the operator wrote to its cluster's Secret, as the chart's DaemonSet does.
+- One site-scope MeshPolicy meshes the two clusters' Sites. Then the test checks, in order:
+  1. the tunnel between the gateways comes up, and a ping from an address in one cluster's pod
+     CIDR reaches one in the other's, from the gateway and from a worker routed through it;
+  2. deleting a gateway's core Node removes its meshsec Node and its tunnel, in the controller and
+     in the other gateway's agent;
+  3. creating that core Node again (new uid) makes its agent enroll again with a new certificate,
+     and the tunnel and the ping come back.
+
+Namespace prefix ``mk-``. Underlay 198.18.72.0/24; pod CIDRs 198.19.72-73.0/24 (east) and
+198.19.82-83.0/24 (west).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshsec.agent.node.statedir import CERT
+from tests.e2e.container_mesh import (
+    ESTABLISHED,
+    UID,
+    ControllerContainer,
+    agent_ready,
+    agent_tunnels,
+    logs_on_failure,
+    start_agent,
+    start_controller,
+    wait_for,
+    write_bootstrap,
+)
+from tests.harness.containers import Container, Containers, meshsec_image
+from tests.harness.kube import KubeApi, KubeApis
+from tests.harness.netns import Host, Lab, Switch
+
+pytestmark = [pytest.mark.podman, pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(280)]
+kmock_lib = pytest.importorskip("kmock", reason="kmock not installed (k8s test dependency)")
+
+CONTROLLER = "198.18.72.1"
+NAMESPACE = "meshsec"
+SECRET = "meshsec-agent-bootstrap"
+GATEWAY_LABEL = "meshsec.io/gateway"
+MESH_LABEL = "mesh=k8s-e2e"  # the clusters' Sites carry it; the policy selects it
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    cluster: str
+    underlay: str
+    pod_cidr: str
+    gateway: bool
+
+    @property
+    def pod_address(self) -> str:
+        """The first address of its pod CIDR, on the node's loopback (a pod standing in)."""
+        return self.pod_cidr.replace(".0/24", ".1")
+
+
+NODES = [
+    NodeSpec("east-gw", "east", "198.18.72.11", "198.19.72.0/24", gateway=True),
+    NodeSpec("east-w1", "east", "198.18.72.12", "198.19.73.0/24", gateway=False),
+    NodeSpec("west-gw", "west", "198.18.72.21", "198.19.82.0/24", gateway=True),
+    NodeSpec("west-w1", "west", "198.18.72.22", "198.19.83.0/24", gateway=False),
+]
+BY_NAME = {n.name: n for n in NODES}
+TUNNEL = "east-gw <-> west-gw"
+
+POLICY = """apiVersion: meshsec.io/v1alpha1
+kind: MeshPolicy
+metadata: {name: clusters}
+spec:
+  topology: full-mesh
+  scope: site
+  members: {matchLabels: {mesh: k8s-e2e}}
+  crypto: {ikeProposals: [aes256gcm16-prfsha256-x25519], espProposals: [aes256gcm16-x25519]}
+  auth: {method: certificate}
+"""
+
+
+def core_node(node: NodeSpec) -> dict[str, Any]:
+    """A core Node as a kubelet registers it (plus the gateway label an admin puts on)."""
+    labels = {"kubernetes.io/hostname": node.name, "topology.kubernetes.io/zone": f"{node.cluster}-a"}
+    if node.gateway:
+        labels[GATEWAY_LABEL] = "true"
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": node.name, "uid": str(uuid.uuid4()), "labels": labels},
+        "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
+        "status": {"addresses": [{"type": "Hostname", "address": node.name},
+                                 {"type": "InternalIP", "address": node.underlay}]},
+    }  # fmt: skip
+
+
+def declare_cluster(api: KubeApi) -> None:
+    """What a real cluster serves and the operator reads: the CRDs, core Nodes, Secrets, Events."""
+    from tests.k8s.test_operator_kmock import declare_resources
+
+    declare_resources(api.emulator)
+    api.declare("v1/nodes", kind="Node")
+    api.declare("v1/secrets", kind="Secret", namespaced=True)
+    api.declare("v1/events", kind="Event", namespaced=True)
+
+
+def start_operator(pods: Containers, image: str, cluster: str, api: KubeApi, ctl: ControllerContainer,
+                   workdir: Path) -> Container:
+    """The operator as the chart's controller sidecar runs it, as the image's user, for ``cluster``."""
+    kubeconfig = api.kubeconfig(workdir / f"{cluster}.kubeconfig")
+    return pods.run(
+        f"operator-{cluster}", image,
+        ["python3", "-m", "meshsec.controller.operator", "--admin-socket", "/run/meshsec/admin.sock",
+         "--resync", "2", "--cluster-site", cluster, "--cluster-site-label", MESH_LABEL,
+         "--gateway-label", f"{GATEWAY_LABEL}=true",
+         "--bootstrap-site", cluster, "--bootstrap-namespace", NAMESPACE, "--bootstrap-secret", SECRET,
+         "--ca-file", "/var/lib/meshsec/controller/ca.pem"],
+        host_network=True, user=str(UID),
+        env={"KUBECONFIG": "/etc/meshsec/kubeconfig", "HOME": "/tmp"},
+        volumes=[(ctl.paths.admin_socket.parent, "/run/meshsec"),
+                 (ctl.paths.data_dir, "/var/lib/meshsec/controller:ro"),
+                 (kubeconfig, "/etc/meshsec/kubeconfig:ro")],
+    )  # fmt: skip
+
+
+def bootstrap_secret(api: KubeApi) -> tuple[str, bytes, str] | None:
+    """(token, ca.pem, CA hash) from the cluster's bootstrap Secret, once the operator wrote it."""
+    secret = api.get(f"/api/v1/namespaces/{NAMESPACE}/secrets/{SECRET}")
+    if not secret or "token" not in (secret.get("data") or {}):
+        return None
+    data = secret["data"]
+    ca_hash = (secret.get("metadata") or {}).get("annotations", {}).get("meshsec.io/ca-sha256", "")
+    return base64.b64decode(data["token"]).decode(), base64.b64decode(data["ca.pem"]), ca_hash
+
+
+class Clusters:
+    """The whole world of this test, with what its assertions need at hand."""
+
+    def __init__(self, lab: Lab, pods: Containers, image: str, apis: KubeApis, workdir: Path) -> None:
+        self.lab, self.pods, self.image, self.apis, self.workdir = lab, pods, image, apis, workdir
+        self.hosts: dict[str, Host] = {}
+        self.agents: dict[str, Container] = {}
+        self.uids: dict[str, str] = {}
+        underlay = lab.switch("sw")
+        ctl_host = lab.host("ctl")
+        underlay.attach(ctl_host, f"{CONTROLLER}/24")
+        self.ctl = start_controller(pods, image, ctl_host, CONTROLLER, workdir)
+        self.ctl.apply(POLICY)
+        for node in NODES:
+            self.hosts[node.name] = self._node_host(underlay, node)
+        self.operators = {}
+        for cluster in ("east", "west"):
+            declare_cluster(apis[cluster])
+            self.operators[cluster] = start_operator(pods, image, cluster, apis[cluster], self.ctl, workdir)
+
+    def _node_host(self, underlay: Switch, node: NodeSpec) -> Host:
+        """The node's namespace: underlay address, its "pod" address, the cluster network (what a
+        CNI does): workers reach the other cluster through their gateway, gateways their workers."""
+        host = self.lab.host(node.name)
+        underlay.attach(host, f"{node.underlay}/24")
+        host.add_loopback_address(f"{node.pod_address}/32")
+        peers = [n for n in NODES if n.cluster == node.cluster and n is not node]
+        if node.gateway:
+            host.enable_forwarding()
+            for peer in peers:
+                host.add_route(peer.pod_cidr, via=peer.underlay)
+        else:
+            (gateway,) = [p for p in peers if p.gateway]
+            for other in NODES:
+                if other.cluster != node.cluster:
+                    host.add_route(other.pod_cidr, via=gateway.underlay)
+        return host
+
+    def create_node(self, node: NodeSpec) -> None:
+        doc = core_node(node)
+        self.uids[node.name] = doc["metadata"]["uid"]
+        self.apis[node.cluster].create("/api/v1/nodes", doc)
+
+    def delete_node(self, node: NodeSpec) -> None:
+        self.apis[node.cluster].delete(f"/api/v1/nodes/{node.name}")
+
+    def state(self, node: NodeSpec) -> Path:
+        return self.workdir / f"state-{node.name}"
+
+    def start_agents(self) -> None:
+        for cluster in ("east", "west"):
+            secret: list[tuple[str, bytes, str]] = []
+
+            def written(cluster: str = cluster, secret: list[tuple[str, bytes, str]] = secret) -> bool:
+                got = bootstrap_secret(self.apis[cluster])
+                secret[:] = [got] if got else []
+                return got is not None
+
+            wait_for(f"the {cluster} operator to write the bootstrap Secret", written, timeout=60,
+                     on_timeout=self.logs)
+            token, ca_pem, ca_hash = secret[0]
+            bootstrap = write_bootstrap(self.workdir / f"bootstrap-{cluster}", token, ca_pem)
+            for node in (n for n in NODES if n.cluster == cluster):
+                self.agents[node.name] = start_agent(self.pods, self.image, self.hosts[node.name],
+                                                     node.name, self.ctl, bootstrap, self.state(node),
+                                                     ca_hash)
+
+    def logs(self) -> str:
+        return logs_on_failure(self.pods)
+
+    def tunnel_state(self) -> str:
+        return str(self.ctl.tunnels().get(TUNNEL, {}).get("state", "absent"))
+
+    def ping(self, src: NodeSpec, dst: NodeSpec) -> bool:
+        return self.hosts[src.name].ping(dst.pod_address, src=src.pod_address, count=2, wait=1).ok
+
+
+@pytest.fixture
+def netns_prefix() -> str:
+    return "mk-"
+
+
+@pytest.fixture
+def world(lab: Lab, tmp_path: Path) -> Iterator[Clusters]:
+    image = meshsec_image()
+    with KubeApis(["east", "west"]) as apis:
+        pods = Containers(tmp_path / "containers", lab=lab, prefix="mk")
+        try:
+            yield Clusters(lab, pods, image, apis, tmp_path)
+        finally:
+            pods.close()  # before the API servers go, so the operators' last words are logged
+
+
+def test_two_clusters_mesh_and_follow_their_nodes(world: Clusters) -> None:
+    started = time.monotonic()
+
+    def phase(what: str) -> None:
+        print(f"{time.monotonic() - started:6.1f} s  {what}")
+
+    east_gw, east_w1, west_gw, west_w1 = (BY_NAME[n] for n in ("east-gw", "east-w1", "west-gw", "west-w1"))
+    for node in NODES:
+        world.create_node(node)
+    phase("controller and operators started, core Nodes created")
+
+    def declared() -> bool:
+        nodes = world.ctl.nodes()
+        return all(n.name in nodes for n in NODES) and {"east", "west"} <= set(world.ctl.resources("sites"))
+
+    wait_for("the operators to declare every core Node", declared, timeout=60, on_timeout=world.logs)
+    node = world.ctl.nodes()["east-gw"]
+    assert node["spec"]["site"] == "east"
+    assert node["spec"]["endpoints"] == {"private": ["198.18.72.11"]}
+    assert node["spec"]["prefixes"] == ["198.19.72.0/24"]
+    assert node["metadata"]["labels"]["topology.kubernetes.io/zone"] == "east-a"
+    world.start_agents()
+    phase("agents started with the bootstrap Secrets' tokens")
+
+    wait_for("every agent to be ready (the DaemonSet's probe)",
+             lambda: all(agent_ready(a) == "" for a in world.agents.values()), timeout=90,
+             on_timeout=world.logs)  # fmt: skip
+    wait_for(f"{TUNNEL} established", lambda: world.tunnel_state() == ESTABLISHED, timeout=60,
+             on_timeout=world.logs)
+    phase("gateways' tunnel established")
+    assert set(world.ctl.tunnels()) == {TUNNEL}  # site scope: only the gateways have tunnels
+    wait_for("gateway pod address -> the other cluster's gateway pod address",
+             lambda: world.ping(east_gw, west_gw), timeout=30, on_timeout=world.logs)
+    wait_for("worker pod address -> the other cluster's worker pod address",
+             lambda: world.ping(east_w1, west_w1), timeout=30, on_timeout=world.logs)
+    phase("pings across the clusters")
+
+    first_cert = (world.state(west_gw) / CERT).read_bytes()
+    world.delete_node(west_gw)
+    wait_for("west-gw to leave the mesh", lambda: "west-gw" not in world.ctl.nodes(), timeout=30,
+             on_timeout=world.logs)
+    wait_for(f"{TUNNEL} gone from the controller and from east-gw's agent",
+             lambda: world.tunnel_state() == "absent" and not agent_tunnels(world.state(east_gw)),
+             timeout=60, on_timeout=world.logs)  # fmt: skip
+    assert not world.ping(east_gw, west_gw)
+    phase("deleted west-gw: its node and tunnel are gone everywhere")
+
+    world.create_node(west_gw)
+    wait_for("west-gw's agent to enroll again (a new certificate)",
+             lambda: (world.state(west_gw) / CERT).read_bytes() != first_cert, timeout=90,
+             on_timeout=world.logs)  # fmt: skip
+    node = world.ctl.nodes()["west-gw"]
+    assert node["metadata"]["annotations"]["kubernetes.meshsec.io/node-uid"] == world.uids["west-gw"]
+    assert (node.get("status") or {}).get("phase") == "Enrolled"
+    wait_for(f"{TUNNEL} established again", lambda: world.tunnel_state() == ESTABLISHED, timeout=90,
+             on_timeout=world.logs)
+    wait_for("the ping across the clusters again", lambda: world.ping(east_w1, west_w1), timeout=30,
+             on_timeout=world.logs)
+    phase("re-created west-gw: re-enrolled, tunnel and ping back")
+    for name, container in world.agents.items():
+        assert container.running(), name
+    for name, operator in world.operators.items():
+        assert operator.running(), name
