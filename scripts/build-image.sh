@@ -23,6 +23,9 @@ PYTHON=${PYTHON:-$PWD/.venv/bin/python}
 cache=${MESHSEC_IMAGE_CACHE:-/var/cache/meshsec}
 rebuild=${MESHSEC_IMAGE_REBUILD:-0}
 mkdir -p "$cache"
+# One build at a time per cache (parallel test runs share it and podman's store).
+exec 9>"$cache/.lock"
+flock 9
 # shellcheck source=../deploy/image/debian.conf
 . deploy/image/debian.conf
 
@@ -91,8 +94,9 @@ if [ "$rebuild" = 1 ] || [ ! -f "$wheels/.complete" ]; then
 fi
 
 # 3. The dependency image: rootfs + venv with the locked wheels + user, imported with the shared
-#    configuration (cached in podman's store, keyed by the rootfs, the lock and this script).
-base_ref=localhost/meshsec/meshsec-deps:$({ printf '%s\n' "$base_key" "$wheels_key"; cat "$0"; } | hash_of)
+#    configuration (cached in podman's store, keyed by the rootfs, the lock and that recipe).
+base_ref=localhost/meshsec/meshsec-deps:$({ printf '%s\n' "$base_key" "$wheels_key"
+    cat deploy/image/install-deps.sh deploy/image/config.dockerfile; } | hash_of)
 work=$(mktemp -d /var/tmp/meshsec-image.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/wheels"
@@ -104,18 +108,10 @@ if [ "$rebuild" = 1 ] || ! podman image exists "$base_ref"; then
     tar -C "$root" -xf "$rootfs"
     mkdir -p "$root/tmp/wheels"
     cp "$wheels"/*.whl requirements/all.txt "$root/tmp/wheels/"
-    # pip runs from its wheel (which pip supports), so the image has no pip; nothing from the
-    # host's environment (PIP_* settings, indexes) reaches the chroot, and nothing is fetched.
-    chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root /bin/sh -euc "
-        python3 -m venv --without-pip /opt/meshsec
-        /opt/meshsec/bin/python /tmp/wheels/$pip_wheel/pip install -q --no-index \
-            --find-links /tmp/wheels --require-hashes -r /tmp/wheels/all.txt
-        useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
-            --shell /usr/sbin/nologin meshsec
-        mkdir -p /var/lib/meshsec /run/meshsec
-        chown 10001:10001 /var/lib/meshsec /run/meshsec
-        rm -rf /tmp/wheels /root/.cache
-    "
+    cp deploy/image/install-deps.sh "$root/tmp/wheels/"
+    # Nothing from the host's environment (PIP_* settings, indexes) reaches the chroot.
+    chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+        /bin/sh /tmp/wheels/install-deps.sh "$pip_wheel"
     changes=()
     while IFS= read -r line; do
         changes+=(--change "$line")

@@ -50,6 +50,19 @@ def wait_for(what: str, predicate: Callable[[], object], timeout: float, interva
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{detail}")
 
 
+class Phases:
+    """Prints how long each phase of a test took, past pytest's capture, so CI logs show it."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], test: str) -> None:
+        self.capsys = capsys
+        self.test = test
+        self.started = time.monotonic()
+
+    def __call__(self, what: str) -> None:
+        with self.capsys.disabled():
+            print(f"\n  {self.test}: {time.monotonic() - self.started:6.1f} s  {what}", end="")
+
+
 def owned_dir(path: Path, uid: int = 0) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     os.chown(path, uid, uid)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 
 from tests.e2e.container_mesh import (
     ESTABLISHED,
+    Phases,
     agent_ready,
     logs_on_failure,
     start_agent,
@@ -72,10 +72,7 @@ spec:
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    start = time.monotonic()
-    ref = meshsec_image()
-    print(f"\nimage {ref} ready in {time.monotonic() - start:.1f} s")
-    return ref
+    return meshsec_image()
 
 
 @pytest.fixture
@@ -123,8 +120,9 @@ def test_image_holds_this_tree(image: str) -> None:
 
 
 def test_two_agent_containers_enroll_and_carry_a_ping(image: str, lab: Lab, pods: Containers,
-                                                      tmp_path: Path) -> None:
-    started = time.monotonic()
+                                                      tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    phase = Phases(capsys, "image smoke")
     underlay = lab.switch("sw")
     ctl_host = lab.host("ctl")
     underlay.attach(ctl_host, f"{CONTROLLER}/24")
@@ -141,7 +139,7 @@ def test_two_agent_containers_enroll_and_carry_a_ping(image: str, lab: Lab, pods
         agent = start_agent(pods, image, host, node, ctl, bootstrap, tmp_path / f"state-{node}",
                             token.ca_cert_sha256, address=underlay_address)
         agents[node] = (host, agent)
-    print(f"controller and agents started in {time.monotonic() - started:.1f} s")
+    phase("controller and agents started")
 
     def enrolled() -> bool:
         return all((n.get("status") or {}).get("phase") == "Enrolled" for n in ctl.nodes().values())
@@ -150,12 +148,13 @@ def test_two_agent_containers_enroll_and_carry_a_ping(image: str, lab: Lab, pods
     wait_for("the tunnel to be established",
              lambda: ctl.tunnels().get("mi-a <-> mi-b", {}).get("state") == ESTABLISHED,
              timeout=90, on_timeout=lambda: logs_on_failure(pods))
-    print(f"tunnel established {time.monotonic() - started:.1f} s after the start")
+    phase("tunnel established")
     host_a = agents["mi-a"][0]
     src, dst = NODES["mi-a"][3], NODES["mi-b"][3]
     wait_for(f"a ping {src} -> {dst} through the tunnel",
              lambda: host_a.ping(dst, src=src, count=2, wait=1).ok, timeout=30,
              on_timeout=lambda: logs_on_failure(pods))
+    phase("ping through the tunnel")
     # The controller saw traffic-carrying SAs from both ends: their reports name CHILD_SAs.
     tunnel = ctl.tunnels()["mi-a <-> mi-b"]
     assert all((end.get("status") or {}).get("childSas") for end in tunnel["ends"]), tunnel

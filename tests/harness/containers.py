@@ -163,17 +163,22 @@ class Containers:
         self.started.append(container)
         return container
 
-    def remove(self, container: Container) -> None:
-        """Save its output, then remove it (stopping it first)."""
-        with contextlib.suppress(OSError):
-            container.log.parent.mkdir(parents=True, exist_ok=True)
-            container.log.write_text(container.logs())
+    def remove(self, *containers: Container) -> None:
+        """Save their output, then remove them (stopped together: one grace period for all)."""
+        for container in containers:
+            with contextlib.suppress(CommandError, subprocess.SubprocessError, OSError, IndexError):
+                self._save_log(container)
+        podman("rm", "--force", "--time", "3", *(c.id for c in containers), check=False, timeout=60)
+        for container in containers:
+            self.started.remove(container)
+
+    def _save_log(self, container: Container) -> None:
+        container.log.parent.mkdir(parents=True, exist_ok=True)
+        container.log.write_text(container.logs())
         status, code = container.state()
         if status != "running" and code != 0:
             tail = "\n".join(container.log.read_text(errors="replace").splitlines()[-20:])
-            sys.stderr.write(f"\ncontainer {container.name} exited {code}; log {container.log}:\n{tail}\n")
-        podman("rm", "--force", "--time", "3", container.id, check=False, timeout=60)
-        self.started.remove(container)
+            sys.stderr.write(f"\ncontainer {container.name} exited {code}; {container.log}:\n{tail}\n")
 
     def leftovers(self) -> list[str]:
         """IDs of this run's containers still known to podman."""
@@ -185,11 +190,11 @@ class Containers:
             return
         self._closed = True
         errors: list[str] = []
-        for container in reversed(list(self.started)):
-            try:
-                self.remove(container)
-            except (CommandError, subprocess.SubprocessError, OSError, IndexError, ValueError) as exc:
-                errors.append(f"{container.name}: {exc}")
+        try:
+            if self.started:
+                self.remove(*reversed(self.started))
+        except (CommandError, subprocess.SubprocessError, OSError) as exc:
+            errors.append(str(exc))
         left = self.leftovers()
         if left:
             errors.append(f"containers left behind: {left}")

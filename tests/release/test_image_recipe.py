@@ -104,6 +104,16 @@ def test_both_recipes_configure_the_image_alike() -> None:
     assert "deploy/image/config.dockerfile" in BUILD_SCRIPT.read_text()
 
 
+def test_both_recipes_create_the_same_user_and_directories() -> None:
+    recipe = (IMAGE_DIR / "install-deps.sh").read_text().replace("\\\n", " ")
+    wanted = [" ".join(line.split()) for line in recipe.splitlines()
+              if line.split()[:1] in (["useradd"], ["mkdir"], ["chown"])]
+    assert len(wanted) == 3, wanted
+    stage = " ".join(" ".join(runtime_stage()).split())
+    for command in wanted:
+        assert command in stage, command
+
+
 def test_both_recipes_start_from_one_debian() -> None:
     conf = debian_conf()
     match = re.search(r"^ARG DEBIAN_IMAGE=debian:(\w+)-(\d{8})-slim$", DOCKERFILE.read_text(), re.M)
