@@ -153,3 +153,13 @@ def test_program_scan_reads_argv_forms() -> None:
         "subprocess.run(cmd)\n"
     )
     assert set(_programs_in(ast.parse(code))) == {"tc", "ethtool", "bridge"}
+
+
+def test_a_fresh_machine_gets_the_image_tools() -> None:
+    """scripts/install.sh (what CI and a new developer run) installs what building and running the
+    image needs: the build script's and the container harness's tools."""
+    install = (ROOT / "scripts" / "install.sh").read_text()
+    block = re.search(r"^APT_PACKAGES=\((.*?)^\)", install, re.M | re.S)
+    assert block is not None
+    packages = set(block[1].split())
+    assert {"mmdebstrap", "podman", "runc"} <= packages
