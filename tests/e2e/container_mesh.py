@@ -39,6 +39,20 @@ AGENT_STATE = "/var/lib/meshsec/agent"  # where the chart's DaemonSet keeps them
 AGENT_BOOTSTRAP = "/etc/meshsec/bootstrap"
 
 
+def site_mesh(name: str, label: str, value: str) -> str:
+    """A full mesh of the Sites labelled ``label=value``, certificates, one modern suite."""
+    return f"""apiVersion: meshsec.io/v1alpha1
+kind: MeshPolicy
+metadata: {{name: {name}}}
+spec:
+  topology: full-mesh
+  scope: site
+  members: {{matchLabels: {{{label}: {value}}}}}
+  crypto: {{ikeProposals: [aes256gcm16-prfsha256-x25519], espProposals: [aes256gcm16-x25519]}}
+  auth: {{method: certificate}}
+"""
+
+
 def wait_for(what: str, predicate: Callable[[], object], timeout: float, interval: float = 0.5,
              on_timeout: Callable[[], str] | None = None) -> None:
     deadline = time.monotonic() + timeout

@@ -22,6 +22,7 @@ from tests.e2e.container_mesh import (
     Phases,
     agent_ready,
     logs_on_failure,
+    site_mesh,
     start_agent,
     start_controller,
     token_for,
@@ -57,16 +58,7 @@ spec:
   endpoints: {{public: [{underlay}]}}
   identity: {{ikeId: {node}.meshsec.test}}
 """)
-    docs.append("""apiVersion: meshsec.io/v1alpha1
-kind: MeshPolicy
-metadata: {name: image-mesh}
-spec:
-  topology: full-mesh
-  scope: site
-  members: {matchLabels: {kind: image-test}}
-  crypto: {ikeProposals: [aes256gcm16-prfsha256-x25519], espProposals: [aes256gcm16-x25519]}
-  auth: {method: certificate}
-""")
+    docs.append(site_mesh("image-mesh", "kind", "image-test"))
     return "---\n".join(docs)
 
 

@@ -8,8 +8,9 @@
   (`--network ns:`, NET_ADMIN/NET_RAW, /dev/net/tun: the host kernel has no ESP). The agents enroll
   with the token the operator wrote to its cluster's Secret, as the chart's DaemonSet does.
 - One site-scope MeshPolicy meshes the two clusters' Sites. Then the test checks, in order:
-  1. the tunnel between the gateways comes up, and a ping from an address in one cluster's pod
-     CIDR reaches one in the other's, from the gateway and from a worker routed through it;
+  1. the tunnel between the gateways comes up; the workers' agents route the other cluster's pod
+     CIDRs through their gateway; a ping from an address in one cluster's pod CIDR reaches one in
+     the other's, gateway to gateway and worker to worker;
   2. deleting a gateway's core Node removes its meshsec Node and its tunnel, in the controller and
      in the other gateway's agent;
   3. creating that core Node again (new uid) makes its agent enroll again with a new certificate,
@@ -39,6 +40,7 @@ from tests.e2e.container_mesh import (
     agent_ready,
     agent_tunnels,
     logs_on_failure,
+    site_mesh,
     start_agent,
     start_controller,
     wait_for,
@@ -81,16 +83,7 @@ NODES = [
 BY_NAME = {n.name: n for n in NODES}
 TUNNEL = "east-gw <-> west-gw"
 
-POLICY = """apiVersion: meshsec.io/v1alpha1
-kind: MeshPolicy
-metadata: {name: clusters}
-spec:
-  topology: full-mesh
-  scope: site
-  members: {matchLabels: {mesh: k8s-e2e}}
-  crypto: {ikeProposals: [aes256gcm16-prfsha256-x25519], espProposals: [aes256gcm16-x25519]}
-  auth: {method: certificate}
-"""
+POLICY = site_mesh("clusters", *MESH_LABEL.split("="))
 
 
 def core_node(node: NodeSpec) -> dict[str, Any]:
@@ -169,22 +162,23 @@ class Clusters:
             self.operators[cluster] = start_operator(pods, image, cluster, apis[cluster], self.ctl, workdir)
 
     def _node_host(self, underlay: Switch, node: NodeSpec) -> Host:
-        """The node's namespace: underlay address, its "pod" address, the cluster network (what a
-        CNI does): workers reach the other cluster through their gateway, gateways their workers."""
+        """The node's namespace: underlay address, its "pod" address and, on a gateway, what the
+        cluster's CNI gives it (forwarding, routes to its workers' pod CIDRs). A worker's routes to
+        the other cluster are the agent's own (NodeConfig.routes, via its gateway)."""
         host = self.lab.host(node.name)
         underlay.attach(host, f"{node.underlay}/24")
         host.add_loopback_address(f"{node.pod_address}/32")
-        peers = [n for n in NODES if n.cluster == node.cluster and n is not node]
         if node.gateway:
             host.enable_forwarding()
-            for peer in peers:
-                host.add_route(peer.pod_cidr, via=peer.underlay)
-        else:
-            (gateway,) = [p for p in peers if p.gateway]
-            for other in NODES:
-                if other.cluster != node.cluster:
-                    host.add_route(other.pod_cidr, via=gateway.underlay)
+            for peer in NODES:
+                if peer.cluster == node.cluster and peer is not node:
+                    host.add_route(peer.pod_cidr, via=peer.underlay)
         return host
+
+    def agent_routes(self, node: NodeSpec) -> set[tuple[str, str]]:
+        """(destination, next hop) of the routes the node's agent installed (route protocol 241)."""
+        out = self.hosts[node.name].ip("route", "show", "proto", "241")
+        return {(f[0], f[f.index("via") + 1]) for line in out.splitlines() if "via" in (f := line.split())}
 
     def create_node(self, node: NodeSpec) -> None:
         doc = core_node(node)
@@ -271,6 +265,10 @@ def test_two_clusters_mesh_and_follow_their_nodes(
              on_timeout=world.logs)
     phase("gateways' tunnel established")
     assert set(world.ctl.tunnels()) == {TUNNEL}  # site scope: only the gateways have tunnels
+    west_prefixes = {n.pod_cidr for n in NODES if n.cluster == "west"}
+    wait_for("east-w1's agent to route the west cluster through east-gw",
+             lambda: world.agent_routes(east_w1) == {(p, east_gw.underlay) for p in west_prefixes},
+             timeout=30, on_timeout=world.logs)  # fmt: skip
     wait_for("gateway pod address -> the other cluster's gateway pod address",
              lambda: world.ping(east_gw, west_gw), timeout=30, on_timeout=world.logs)
     wait_for("worker pod address -> the other cluster's worker pod address",
@@ -284,8 +282,10 @@ def test_two_clusters_mesh_and_follow_their_nodes(
     wait_for(f"{TUNNEL} gone from the controller and from east-gw's agent",
              lambda: world.tunnel_state() == "absent" and not agent_tunnels(world.state(east_gw)),
              timeout=60, on_timeout=world.logs)  # fmt: skip
+    wait_for("east-w1's routes to the west cluster gone", lambda: not world.agent_routes(east_w1),
+             timeout=30, on_timeout=world.logs)
     assert not world.ping(east_gw, west_gw)
-    phase("deleted west-gw: its node and tunnel are gone everywhere")
+    phase("deleted west-gw: its node, its tunnel and the routes through it are gone everywhere")
 
     world.create_node(west_gw)
     wait_for("west-gw's agent to enroll again (a new certificate)",
