@@ -305,6 +305,9 @@ class Reconciler:
                 self.queue.add(tid, now)
         due = self.queue.pop_due(now)
         if not due:
+            # A desired state with no tunnels (a site's non-gateway node, whose only desired
+            # state is its routes) queues nothing, yet it is applied: say so, or it never is.
+            self._note_reconciled()
             return
         if self.restarted:  # the SAs behind this agent's earlier run are gone
             for rt in self.runtime.values():
@@ -324,6 +327,10 @@ class Reconciler:
             self._unreconciled.discard(tid)
             if after is not None:
                 self.queue.add_after(tid, max(MIN_REQUEUE, after), self.clock())
+        self._note_reconciled()
+
+    def _note_reconciled(self) -> None:
+        """The pending version is reconciled once every tunnel it names (or named) was looked at."""
         if not self._unreconciled and self.reconciled_version != self._pending_version:
             self.reconciled_version = self._pending_version
             self.changed.set()

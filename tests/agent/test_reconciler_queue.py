@@ -117,6 +117,21 @@ async def test_an_sa_of_a_removed_or_changed_tunnel_is_deleted_once(
     assert [c[1] for c in initiations(ike)] == ["t2"]  # the changed tunnel comes back
 
 
+async def test_a_desired_state_without_tunnels_is_reconciled(ike: FakeRuntime, clock: FakeClock) -> None:
+    """A site's non-gateway node gets desired states with routes and no tunnels: each counts as
+    applied (its readiness probe waits for that), and so does the one that removes the last tunnel."""
+    r = reconciler(ike, clock)
+    desire(r, version=3)
+    await r.process()
+    assert r.reconciled_version == 3
+    desire(r, tunnel("t1"), version=4)
+    await r.process()
+    assert r.reconciled_version == 4
+    desire(r, version=5)
+    await r.process()
+    assert r.reconciled_version == 5
+
+
 async def test_duplicate_sas_keep_the_designated_initiators(ike: FakeRuntime, clock: FakeClock) -> None:
     r = reconciler(ike, clock)
     desire(r, tunnel("t1", initiator=False))
