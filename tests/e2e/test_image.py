@@ -30,7 +30,7 @@ from tests.e2e.container_mesh import (
     write_bootstrap,
 )
 from tests.harness.containers import REPO_ROOT, Containers, meshsec_image, run_once
-from tests.harness.netns import Lab
+from tests.harness.netns import Lab, list_namespaces
 from tests.release.test_image_recipe import executed_programs, image_packages
 
 pytestmark = [pytest.mark.podman, pytest.mark.netns, pytest.mark.slow]
@@ -153,3 +153,19 @@ def test_two_agent_containers_enroll_and_carry_a_ping(image: str, lab: Lab, pods
     for _, agent in agents.values():
         assert agent.running()
         assert agent_ready(agent) == ""  # the DaemonSet's readiness probe agrees
+
+
+def test_a_failing_test_leaves_no_container_and_no_namespace(image: str, tmp_path: Path) -> None:
+    """The harness's promise to every container test: whatever fails, the containers go (by ID,
+    before their namespaces) and so do the namespaces."""
+    failing = pytest.raises(RuntimeError, match="a test failing mid-way")
+    with failing, Lab(prefix="mi-", workdir=tmp_path) as lab:
+        pods = Containers(tmp_path / "containers", lab=lab, prefix="mi")
+        host = lab.host("doomed")
+        sleeper = pods.run("sleeper", image, ["sleep", "600"], netns=host.ns)
+        assert sleeper.running()
+        assert pods.leftovers() == [sleeper.id]
+        raise RuntimeError("a test failing mid-way")
+    assert pods.leftovers() == []
+    assert host.ns not in list_namespaces()
+    assert (tmp_path / "containers" / "sleeper.log").exists()  # its output was kept for the reader
