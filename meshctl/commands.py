@@ -74,6 +74,8 @@ def dispatch(args: argparse.Namespace, client: AdminClient, out: TextIO | None =
 
 def apply(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
     documents = manifest.load(args.filename)
+    for notice in manifest.notices(documents):
+        sys.stderr.write(printable(f"note: {notice}") + "\n")
     response = client.apply(
         [d.resource for d in documents], dry_run=args.dry_run, labels=[d.where for d in documents]
     )

@@ -27,7 +27,7 @@ from meshsec.controller.resources.schema import SPECS, Object, objects
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (comes with kubernetes-validate) missing")
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_DIR = ROOT / "deploy/helm/meshsec/crds"
+CRD_DIR = ROOT / "deploy/helm/meshsec/templates/crds"
 EXAMPLES = sorted((ROOT / "deploy/examples").glob("*.yaml"))
 MAXIMAL = Path(__file__).with_name("maximal.yaml")
 
@@ -57,7 +57,7 @@ def _format_checker() -> Any:
 
 def crd_errors(doc: dict[str, Any]) -> list[tuple[str, str]]:
     """(path, message) for every violation of the kind's CRD schema, as the API server checks it."""
-    kind = Kind(doc["kind"])
+    kind = crds.kind_of(doc["kind"])
     schema = crds.crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     validator = jsonschema.Draft4Validator(schema, format_checker=_format_checker())
     out = []
@@ -154,7 +154,7 @@ def test_schema_keys_equal_parser_keys(monkeypatch: pytest.MonkeyPatch) -> None:
             assert set(schema_objects[path].properties) == keys, f"{kind.value} {path}"
         # Objects the parser reads without `only` (an ExternalGateway's auth names inline secrets
         # in its refusal) still need their fields used by the documents below.
-        present = {p for d in docs if d["kind"] == kind.value for p in _key_paths(d["spec"], "spec")}
+        present = {p for d in docs if crds.kind_of(d["kind"]) is kind for p in _key_paths(d["spec"], "spec")}
         for path, obj in schema_objects.items():
             for name in obj.properties:
                 assert f"{path}.{name}" in present, f"{kind.value}: maximal.yaml never uses {path}.{name}"

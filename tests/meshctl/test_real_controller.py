@@ -66,7 +66,7 @@ def test_get_formats_and_selectors(controller: Path, capsys: pytest.CaptureFixtu
     assert doc["kind"] == "List" and [i["metadata"]["name"] for i in doc["items"]] == ["dc1", "dc2"]
     assert meshctl(controller, "get", "node", "vpc-gw1", "-o", "yaml") == 0
     node = yaml.safe_load(capsys.readouterr().out)
-    assert node["kind"] == "Node" and node["spec"]["endpoints"] == {"private": ["198.18.130.10"]}
+    assert node["kind"] == "MeshNode" and node["spec"]["endpoints"] == {"private": ["198.18.130.10"]}
     assert meshctl(controller, "get", "nodes") == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:4] == ["NAME", "SITE", "ENDPOINTS", "ONLINE"] and len(table) == 4
