@@ -60,6 +60,7 @@ BROKEN: list[tuple[str, dict[str, object], str]] = [
     ("max-site", {f"{_EXPR}.values": _DELETE}, f"{_EXPR}.values"),
     ("max-site", {f"{_EXPR}.operator": "Exists"}, f"{_EXPR}.values"),
     ("max-node", {"spec.endpoints": {}}, "spec.endpoints"),
+    ("max-node", {"spec.prefixes[0]": "198.19.10.7/24"}, "spec.prefixes[0]"),
     ("max-node", {"spec.endpoints": {"public": [], "private": []}}, "spec.endpoints"),
     ("max-hub", {"spec.hubs": _DELETE}, "spec.hubs"),
     ("max-hub", {"spec.topology": "full-mesh"}, "spec.hubs"),
