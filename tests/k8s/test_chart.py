@@ -525,3 +525,19 @@ def test_upgrade_from_0_1_keeps_every_stored_field(old_file: Path) -> None:
         assert old["metadata"]["name"] == crds.LEGACY_NODE_CRD
         docs = (ROOT / "docs/kubernetes.md").read_text()
         assert f"kubectl get {crds.LEGACY_NODE_CRD} -o yaml" in docs
+
+
+def test_operator_reads_gateway_secrets_in_its_own_namespace() -> None:
+    r = render()
+    role = r["Role/mesh-meshsec-gateway-secrets"]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    deploy = r["Deployment/mesh-meshsec-controller"]
+    binding = r["RoleBinding/mesh-meshsec-gateway-secrets"]
+    assert binding["subjects"][0]["name"] == deploy["spec"]["template"]["spec"]["serviceAccountName"]
+    op = container(deploy, "operator")
+    # The operator's --secret-namespace defaults to $POD_NAMESPACE: this release's namespace.
+    env = {e["name"]: e for e in op["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert not any(a.startswith("--secret-namespace") for a in op["args"])
+    assert "Role/mesh-meshsec-gateway-secrets" not in render({"operator": {"gatewaySecrets": False}})
