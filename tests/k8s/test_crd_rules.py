@@ -165,3 +165,25 @@ def test_shims_follow_kubernetes_cidr_semantics() -> None:
     assert not cel.evaluate("cidr('::/0').containsCIDR(cidr(self))", "198.19.0.0/16")
     # An unknown function is an evaluation error, which counts as a refusal: no silent pass.
     assert not cel.evaluate("quantity(self).isGreaterThan(quantity('1'))", "2")
+
+
+def _schema_at(schema: dict[str, Any], path: str) -> dict[str, Any]:
+    node = schema
+    for part in [p for p in path.split(".") if p]:
+        name, lists = part.rstrip("[]"), part.count("[]")
+        node = node["properties"][name]
+        for _ in range(lists):
+            node = node["items"]
+    return node
+
+
+@pytest.mark.parametrize("kind", list(Kind), ids=lambda k: k.value)
+def test_every_field_path_names_a_field_of_the_schema(kind: Kind) -> None:
+    """The API server refuses a CRD whose rule's fieldPath names no field below the rule."""
+    schema = schema_of(kind)
+    for path, rule in cel.rules_in(schema):
+        here = _schema_at(schema, path)
+        if "fieldPath" in rule:
+            assert rule["fieldPath"].startswith(".")
+            _schema_at(here, rule["fieldPath"])  # KeyError if it names nothing
+        assert rule["message"] and "\n" not in rule["message"]
