@@ -79,6 +79,8 @@ def kind_of(text: str) -> Kind:
             return kind
     raise ValueError(f"not a meshsec kind: {text!r}")
 
+# Applied: the controller holds the resource as declared; Ready: its tunnels are established.
+_APPLIED = Column("Applied", '.status.conditions[?(@.type=="Applied")].status')
 _READY = Column("Ready", '.status.conditions[?(@.type=="Ready")].status')
 _REASON = Column("Reason", '.status.conditions[?(@.type=="Ready")].reason', priority=1)
 _ESTABLISHED = Column("Established", ".status.tunnels.established", "integer")
@@ -86,11 +88,20 @@ _DESIRED = Column("Desired", ".status.tunnels.desired", "integer")
 _AGE = Column("Age", ".metadata.creationTimestamp", "date")
 
 COLUMNS: dict[Kind, tuple[Column, ...]] = {
-    Kind.SITE: (Column("Prefixes", ".spec.prefixes"), _READY, _REASON, _DESIRED, _ESTABLISHED, _AGE),
+    Kind.SITE: (
+        Column("Prefixes", ".spec.prefixes"),
+        _APPLIED,
+        _READY,
+        _REASON,
+        _DESIRED,
+        _ESTABLISHED,
+        _AGE,
+    ),
     Kind.NODE: (
         Column("Site", ".spec.site"),
         Column("Public", ".spec.endpoints.public"),
         Column("Private", ".spec.endpoints.private", priority=1),
+        _APPLIED,
         _READY,
         _REASON,
         Column("Phase", ".status.phase"),
@@ -101,6 +112,7 @@ COLUMNS: dict[Kind, tuple[Column, ...]] = {
     Kind.MESH_POLICY: (
         Column("Topology", ".spec.topology"),
         Column("Scope", ".spec.scope"),
+        _APPLIED,
         _READY,
         _REASON,
         _DESIRED,
@@ -110,6 +122,7 @@ COLUMNS: dict[Kind, tuple[Column, ...]] = {
     Kind.EXTERNAL_GATEWAY: (
         Column("Address", ".spec.address"),
         Column("Profile", ".spec.profile"),
+        _APPLIED,
         _READY,
         _REASON,
         _ESTABLISHED,
