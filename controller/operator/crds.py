@@ -131,6 +131,7 @@ COLUMNS: dict[Kind, tuple[Column, ...]] = {
     Kind.REMOTE_ACCESS_POOL: (
         Column("Addresses", ".spec.addresses"),
         Column("Routes", ".spec.routes.mode"),
+        _APPLIED,
         _READY,
         _REASON,
         _AGE,
@@ -139,6 +140,7 @@ COLUMNS: dict[Kind, tuple[Column, ...]] = {
         Column("Identity", ".spec.identity"),
         Column("Pool", ".spec.pool"),
         Column("Auth", ".spec.auth.method"),
+        _APPLIED,
         _READY,
         _REASON,
         _AGE,

@@ -34,6 +34,7 @@ from meshsec.controller.resources.model import (
     StartAction,
     Topology,
 )
+from meshsec.controller.resources.parse_remote import MAX_POOL_PREFIX_BITS, MIN_POOL_PREFIX_BITS
 from meshsec.controller.resources.selector import Operator
 
 MAX_INT32 = 2**31 - 1
@@ -391,20 +392,65 @@ EXTERNAL_GATEWAY_SPEC = Object(
     rules=_lifetime_rules("crypto", tuple(CloudProfileName)),
 )
 
+
+def _pool_size_rule() -> Rule:
+    """parse_remote.pool_spec: a range holds at most 2^MAX_POOL_PREFIX_BITS addresses and more
+    than 2^MIN_POOL_PREFIX_BITS (a colon marks IPv6, as `format: cidr` leaves no other kind)."""
+    bounds = {bits: (bits - MAX_POOL_PREFIX_BITS, bits - MIN_POOL_PREFIX_BITS - 1) for bits in (32, 128)}
+    length = "cidr(self).prefixLength()"
+
+    def within(bits: int) -> str:
+        low, high = bounds[bits]
+        return f"({low} <= {length} && {length} <= {high})"
+
+    return Rule(
+        f"!isCIDR(self) || (self.contains(':') ? {within(128)} : {within(32)})",
+        f"IPv4 ranges are /{bounds[32][0]} to /{bounds[32][1]}, IPv6 /{bounds[128][0]} to /{bounds[128][1]}",
+    )
+
+
+_FULL = RouteMode.FULL.value
+
 REMOTE_ACCESS_POOL_SPEC = Object(
     properties={
         "addresses": Array(
-            items=String(format="cidr"),
+            items=String(format="cidr", rules=(_HOST_BITS, _pool_size_rule())),
             min_items=1,
             max_items=2,
             description="client address ranges: at most one IPv4 (/16../30) and one IPv6 (/112../126)",
+            rules=(
+                Rule(
+                    "size(self) < 2 || self[0].contains(':') != self[1].contains(':')",
+                    "at most one IPv4 and one IPv6 range per pool",
+                ),
+            ),
         ),
         "dns": Array(items=String(format="ip"), description="DNS servers handed to clients"),
         "routes": Object(
             properties={
                 "mode": String(enum=_values(RouteMode), description="split: only prefixes; full: everything"),
-                "prefixes": _prefixes("split mode: what goes through the tunnel"),
-            }
+                "prefixes": Array(
+                    items=String(
+                        format="cidr",
+                        rules=(
+                            _HOST_BITS,
+                            Rule(
+                                "!isCIDR(self) || cidr(self).prefixLength() > 0",
+                                "a /0 is a full tunnel; say mode: full",
+                            ),
+                        ),
+                    ),
+                    description="split mode: what goes through the tunnel",
+                    max_items=MAX_PREFIXES,
+                ),
+            },
+            rules=(
+                Rule(
+                    f"!has(self.mode) || self.mode != {_FULL!r} || !{_nonempty('prefixes')}",
+                    "mode full routes everything; leave prefixes out",
+                    ".prefixes",
+                ),
+            ),
         ),
         "gateways": _selector("Nodes that terminate this pool's clients"),
         "auth": Object(
@@ -417,6 +463,15 @@ REMOTE_ACCESS_POOL_SPEC = Object(
         "crypto": _crypto((CloudProfileName.GENERIC,), "defaults: what phones and laptops offer natively"),
     },
     required=("addresses", "gateways"),
+    rules=(
+        # Split is the default mode, and a pool without routes is split with nothing to route.
+        Rule(
+            f"has(self.routes) && ((has(self.routes.mode) && self.routes.mode == {_FULL!r})"
+            " || (has(self.routes.prefixes) && size(self.routes.prefixes) > 0))",
+            "split routes need at least one prefix (or mode: full)",
+            ".routes",
+        ),
+    ),
 )
 
 REMOTE_ACCESS_USER_SPEC = Object(

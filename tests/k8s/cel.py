@@ -61,11 +61,21 @@ def _masked(c: Cidr) -> Cidr:
     return Cidr(str(c.network))
 
 
+def _prefix_length(c: Cidr) -> Any:
+    return celtypes.IntType(c.bits)
+
+
 def _contains_cidr(a: Cidr, b: Cidr) -> Any:
     return celtypes.BoolType(a.network.version == b.network.version and b.network.subnet_of(a.network))
 
 
-FUNCTIONS = {"isCIDR": is_cidr, "cidr": Cidr, "masked": _masked, "containsCIDR": _contains_cidr}
+FUNCTIONS = {
+    "isCIDR": is_cidr,
+    "cidr": Cidr,
+    "masked": _masked,
+    "containsCIDR": _contains_cidr,
+    "prefixLength": _prefix_length,
+}
 
 
 @cache

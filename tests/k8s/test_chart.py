@@ -521,10 +521,15 @@ def test_upgrade_from_0_1_keeps_every_stored_field(old_file: Path) -> None:
         if path not in new_types or new_types[path][0] != kind_[0] or not new_types[path][1] <= kind_[1]
     }
     assert changed == {}  # no field gone, no type changed, nothing newly required
+    docs = (ROOT / "docs/kubernetes.md").read_text()
     if kind is Kind.NODE:
         assert old["metadata"]["name"] == crds.LEGACY_NODE_CRD
-        docs = (ROOT / "docs/kubernetes.md").read_text()
         assert f"kubectl get {crds.LEGACY_NODE_CRD} -o yaml" in docs
+    else:
+        # The documented hand-over of each CRD to the release before the first `helm upgrade`.
+        handed_over = re.search(r"for crd in ([^;]*); do", docs)
+        assert handed_over is not None
+        assert old["metadata"]["name"] in handed_over.group(1).split()
 
 
 def test_operator_reads_gateway_secrets_in_its_own_namespace() -> None:

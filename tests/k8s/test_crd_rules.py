@@ -50,6 +50,7 @@ def _changed(name: str, changes: dict[str, object]) -> dict[str, Any]:
 _EXPR = "spec.gatewaySelector.matchExpressions[0]"
 _MEMBERS = "spec.members.matchExpressions[0]"
 _TO = "spec.partial.rules[0].to.matchExpressions[0]"
+_POOL_GATEWAYS = "spec.gateways.matchExpressions[0]"
 # (document, changes, where a rule reports it): the parser refuses each, the schema's types and
 # bounds do not, a CEL rule does.
 BROKEN: list[tuple[str, dict[str, object], str]] = [
@@ -105,6 +106,19 @@ BROKEN: list[tuple[str, dict[str, object], str]] = [
         "spec.crypto.childLifetimeSeconds",
     ),
     ("max-gw", {"spec.profile": "gcp"}, "spec.crypto.ikeLifetimeSeconds"),
+    ("max-pool", {"spec.addresses[0]": "198.19.240.1/24"}, "spec.addresses[0]"),
+    ("max-pool", {"spec.addresses[0]": "198.18.0.0/15"}, "spec.addresses[0]"),
+    ("max-pool", {"spec.addresses[0]": "198.19.240.0/31"}, "spec.addresses[0]"),
+    ("max-pool", {"spec.addresses[1]": "2001:db8:240::/104"}, "spec.addresses[1]"),
+    ("max-pool", {"spec.addresses": ["198.19.240.0/24", "198.19.241.0/24"]}, "spec.addresses"),
+    ("max-pool", {"spec.routes.mode": "full"}, "spec.routes.prefixes"),
+    ("max-pool", {"spec.routes": _DELETE}, "spec.routes"),
+    ("max-pool", {"spec.routes.prefixes": []}, "spec.routes"),
+    ("max-pool", {"spec.routes.prefixes[0]": "0.0.0.0/0"}, "spec.routes.prefixes[0]"),
+    ("max-pool", {f"{_POOL_GATEWAYS}.values": []}, f"{_POOL_GATEWAYS}.values"),
+    ("max-pool", {f"{_POOL_GATEWAYS}.operator": "Exists"}, f"{_POOL_GATEWAYS}.values"),
+    ("max-pool", {"spec.crypto.dpd.timeoutSeconds": 10}, "spec.crypto.dpd.timeoutSeconds"),
+    ("max-pool", {"spec.crypto.childLifetimeSeconds": 20000}, "spec.crypto.childLifetimeSeconds"),
     (
         "max-gw",
         {"spec.profile": "gcp", "spec.crypto.ikeLifetimeSeconds": 36000},
@@ -163,6 +177,8 @@ def test_shims_follow_kubernetes_cidr_semantics() -> None:
     assert cel.evaluate("cidr('198.19.0.0/16').containsCIDR(cidr(self))", "198.19.7.0/24")
     assert not cel.evaluate("cidr('198.19.7.0/24').containsCIDR(cidr(self))", "198.19.0.0/16")
     assert not cel.evaluate("cidr('::/0').containsCIDR(cidr(self))", "198.19.0.0/16")
+    assert cel.evaluate("cidr(self).prefixLength() == 20", "198.19.16.0/20")
+    assert cel.evaluate("cidr(self).prefixLength() == 0", "0.0.0.0/0")
     # An unknown function is an evaluation error, which counts as a refusal: no silent pass.
     assert not cel.evaluate("quantity(self).isGreaterThan(quantity('1'))", "2")
 
