@@ -73,7 +73,7 @@ def dispatch(args: argparse.Namespace, client: AdminClient, out: TextIO | None =
 
 
 def apply(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
-    documents = manifest.load(args.filename)
+    documents = _load_noting(args.filename)
     response = client.apply(
         [d.resource for d in documents], dry_run=args.dry_run, labels=[d.where for d in documents]
     )
@@ -100,6 +100,14 @@ def apply(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _load_noting(paths: list[str]) -> list[manifest.Document]:
+    """The manifests, with their notices (a deprecated kind name) on stderr."""
+    documents = manifest.load(paths)
+    for notice in manifest.notices(documents):
+        sys.stderr.write(printable(f"note: {notice}") + "\n")
+    return documents
+
+
 def delete(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
     targets: list[tuple[str, str]] = []
     if args.filename:
@@ -107,7 +115,7 @@ def delete(args: argparse.Namespace, client: AdminClient, out: TextIO) -> int:
             raise UsageError("give either -f FILE or KIND NAME, not both")
         targets = [
             (d.resource.kind, d.resource.metadata.name)
-            for d in manifest.deletion_order(manifest.load(args.filename))
+            for d in manifest.deletion_order(_load_noting(args.filename))
         ]
     else:
         if not args.kind or not args.names:

@@ -13,6 +13,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
+from meshsec.meshctl.kinds import manifest_kind
 from meshsec.v1 import common_pb2
 
 
@@ -67,7 +68,8 @@ def resource_to_dict(resource: common_pb2.Resource) -> dict[str, Any]:
         metadata["creationTimestamp"] = iso(meta.creation_time)
     out: dict[str, Any] = {
         "apiVersion": resource.api_version,
-        "kind": resource.kind,
+        # The manifest's name for it (MeshNode for a Node), so the output applies as it is.
+        "kind": manifest_kind(resource.kind),
         "metadata": metadata,
         "spec": struct_to_dict(resource.spec),
     }

@@ -20,7 +20,13 @@ import yaml
 from meshsec.common.safeyaml import YamlLimitError, safe_load_all
 from meshsec.meshctl.convert import dict_to_struct
 from meshsec.meshctl.errors import Problem, UsageError, UserError, ValidationFailed
-from meshsec.meshctl.kinds import API_VERSION, APPLY_ORDER, RESOURCE_KINDS
+from meshsec.meshctl.kinds import (
+    API_VERSION,
+    APPLY_ORDER,
+    RESOURCE_KINDS,
+    deprecation_notice,
+    kind_by_manifest_name,
+)
 from meshsec.v1 import common_pb2
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -40,7 +46,8 @@ _TOP_KEYS = {"apiVersion", "kind", "metadata", "spec", "status"}
 @dataclass(frozen=True)
 class Document:
     source: str  # "lab.yaml: document 2"
-    resource: common_pb2.Resource
+    resource: common_pb2.Resource  # kind as the API names it
+    notice: str = ""  # e.g. a deprecated kind name
 
     @property
     def where(self) -> str:
@@ -113,7 +120,7 @@ def parse_text(text: str, filename: str) -> tuple[list[Document], list[Problem]]
             resource, found = to_resource(item, where)
             problems.extend(found)
             if resource is not None:
-                documents.append(Document(where, resource))
+                documents.append(Document(where, resource, _notice(item)))
     return documents, problems
 
 
@@ -132,10 +139,10 @@ def to_resource(raw: Any, where: str) -> tuple[common_pb2.Resource | None, list[
     api_version = raw.get("apiVersion")
     if api_version != API_VERSION:
         bad("apiVersion", f"must be {API_VERSION!r}, got {api_version!r}")
-    kind = raw.get("kind")
-    known = [k.name for k in RESOURCE_KINDS]
-    if kind not in known:
-        bad("kind", f"must be one of {', '.join(known)}, got {kind!r}")
+    kind = kind_by_manifest_name(raw.get("kind"))
+    if kind is None:
+        known = ", ".join(k.manifest for k in RESOURCE_KINDS)
+        bad("kind", f"must be one of {known}, got {raw.get('kind')!r}")
     metadata = raw.get("metadata")
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
@@ -159,15 +166,31 @@ def to_resource(raw: Any, where: str) -> tuple[common_pb2.Resource | None, list[
         bad(path, reason)
     if problems:
         return None, problems
+    assert kind is not None  # a problem otherwise
     resource = common_pb2.Resource(
         api_version=str(api_version),
-        kind=str(kind),
+        kind=kind.name,
         metadata=common_pb2.ObjectMeta(
             name=str(name), labels=labels, annotations=annotations, resource_version=resource_version
         ),
         spec=dict_to_struct(spec),
     )
     return resource, []
+
+
+def _notice(raw: dict[str, Any]) -> str:
+    kind = kind_by_manifest_name(raw.get("kind"))
+    deprecated = kind is not None and kind.deprecated_name and raw.get("kind") == kind.deprecated_name
+    return deprecation_notice(kind) if kind is not None and deprecated else ""
+
+
+def notices(documents: Sequence[Document]) -> list[str]:
+    """One line per file and notice (a file of fifty old-style Nodes says it once)."""
+    seen: dict[tuple[str, str], None] = {}
+    for d in documents:
+        if d.notice:
+            seen[(d.source.rsplit(": document", 1)[0], d.notice)] = None
+    return [f"{source}: {notice}" for source, notice in seen]
 
 
 def _string_map(value: Any, path: str, bad: Any) -> dict[str, str]:

@@ -39,6 +39,7 @@ from meshsec.controller.resources.errors import clip
 from meshsec.controller.resources.fields import Fields, valid_name
 from meshsec.controller.resources.limits import annotation_problems, resource_size_problem
 from meshsec.controller.resources.model import LAST_APPLIED_BY
+from meshsec.controller.resources.parse import canonical_kind
 from meshsec.controller.service.core import Core
 from meshsec.controller.service.secrets import psk_problem
 from meshsec.controller.service.state import PSK_SET_AT, StoredDoc, WritePlan
@@ -183,7 +184,8 @@ def _merge(stored: StoredDoc | None, doc: dict[str, Any], field_manager: str, no
         "generation": int(old_meta.get("generation", 0)) + (1 if spec_changed else 0),
         "creationTimestamp": old_meta.get("creationTimestamp") or _rfc3339(now),
     }
-    merged = {"apiVersion": doc["apiVersion"], "kind": doc["kind"], "metadata": metadata, "spec": doc["spec"]}
+    kind = canonical_kind(doc["kind"])  # stored as the API names it, whatever the manifest said
+    merged = {"apiVersion": doc["apiVersion"], "kind": kind, "metadata": metadata, "spec": doc["spec"]}
     if stored is not None and stored.doc.get("status"):
         merged["status"] = stored.doc["status"]
     return merged

@@ -169,7 +169,7 @@ def build_registry(
     sweeper: NodeSweeper | None = None,
     psk: PskSync | None = None,
 ) -> kopf.OperatorRegistry:
-    """Handlers for the four kinds (and core Node events waking `sweeper`; ExternalGateway PSKs
+    """Handlers for every meshsec kind (and core Node events waking `sweeper`; ExternalGateway PSKs
     from Secrets through `psk`); `login` replaces the in-cluster/kubeconfig login (tests)."""
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(login or _login)

@@ -1,4 +1,4 @@
-"""kopf handlers: every custom resource of the four kinds is kept applied in the controller.
+"""kopf handlers: every meshsec custom resource is kept applied in the controller.
 
 Level-triggered: create, update, resume and a periodic resync all run the same `reconcile`,
 which sends the whole manifest (Apply is declarative; an unchanged resource writes nothing), so

@@ -49,6 +49,15 @@ from meshsec.controller.resources.overlap import nested_pairs
 from meshsec.controller.resources.parse_remote import pool_spec, user_spec
 
 _KINDS = {k.value: k for k in Kind}
+# The CRD's name for a Node (a CRD of kind "Node" shadowed the core kind), so one manifest serves
+# `kubectl apply` and `meshctl apply`. The API, the store and events keep "Node".
+KIND_ALIASES = {"MeshNode": Kind.NODE}
+
+
+def canonical_kind(text: str) -> str:
+    """The API's name for a manifest's kind (unknown names unchanged, for the error)."""
+    alias = KIND_ALIASES.get(text)
+    return alias.value if alias is not None else text
 
 
 def parse_resource(doc: object) -> Resource:
@@ -90,7 +99,7 @@ def _parse(doc: object, errors: list[FieldError]) -> Resource | None:
         errors.append(FieldError("Resource", "", "", f"must be a mapping, got {type(doc).__name__}"))
         return None
     kind_text = doc.get("kind")
-    kind = _KINDS.get(kind_text) if isinstance(kind_text, str) else None
+    kind = (_KINDS.get(kind_text) or KIND_ALIASES.get(kind_text)) if isinstance(kind_text, str) else None
     meta = doc.get("metadata")
     name = meta.get("name") if isinstance(meta, Mapping) else None
     name_text = name if isinstance(name, str) else ""

@@ -340,3 +340,20 @@ def test_canonical_manifest_round_trips() -> None:
 def test_hostile_yaml_is_a_validation_error(text: str) -> None:
     with pytest.raises(ValidationError, match="YAML"):
         load_yaml(text)
+
+
+def test_meshnode_is_another_name_for_node() -> None:
+    """The CRD's kind name parses as the API's Node and is stored under that name."""
+    from meshsec.controller.resources.model import Kind
+    from meshsec.controller.resources.parse import canonical_kind
+    from meshsec.controller.resources.serialize import to_manifest
+
+    doc = {
+        "apiVersion": "meshsec.io/v1alpha1",
+        "kind": "MeshNode",
+        "metadata": {"name": "gw1"},
+        "spec": {"site": "dc1", "endpoints": {"public": ["198.18.1.1"]}},
+    }
+    node = parse_resource(doc)
+    assert node.kind is Kind.NODE and to_manifest(node)["kind"] == "Node"
+    assert canonical_kind("MeshNode") == "Node" and canonical_kind("Gadget") == "Gadget"

@@ -23,8 +23,28 @@ kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not 
 operator_main = pytest.importorskip("meshsec.controller.operator.__main__", reason="kopf not installed")
 
 CHART = Path(__file__).resolve().parents[2] / "deploy/helm/meshsec"
-KUBE_VERSIONS = ("1.25.0", "1.37.0")  # Chart.yaml's kubeVersion floor, the newest schemas bundled
+KUBE_VERSIONS = ("1.31.0", "1.37.0")  # Chart.yaml's kubeVersion floor, the newest schemas bundled
 NAMESPACE = "meshsec-system"
+ROOT = CHART.parents[2]
+# Custom resources: checked against their own CRDs (kopf's) or below (the Prometheus Operator's).
+CUSTOM_GROUPS = ("kopf.dev/", "monitoring.coreos.com/")
+EVERYTHING: dict[str, Any] = {
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "prometheusRule": {"enabled": True},
+    },
+    "cluster": {"site": "cluster", "serviceCIDRs": ["198.19.240.0/20"], "siteLabels": {"kind": "k8s"}},
+    "controller": {"priorityClassName": "system-cluster-critical", "extraArgs": ["--log-format=json"]},
+    "agent": {
+        "bootstrap": {"site": "cluster"},
+        "metricsAddress": "127.0.0.1",
+        "extraArgs": ["--address=198.18.0.7"],
+        "extraEnv": [{"name": "TZ", "value": "UTC"}],
+        "extraVolumes": [{"name": "extra", "emptyDir": {}}],
+        "extraVolumeMounts": [{"name": "extra", "mountPath": "/extra"}],
+        "nodeSelector": {"meshsec.io/agent": "true"},
+    },
+}
 
 
 def render(values: dict[str, Any] | None = None, name: str = "mesh") -> dict[str, Any]:
@@ -73,8 +93,9 @@ def test_lint_strict_has_no_errors() -> None:
         {"metrics": {"enabled": False}, "operator": {"enabled": False}, "agent": {"privileged": True}},
         {"controller": {"enabled": False}, "agent": {"controller": {"address": "198.18.0.1:7443"}}},
         {"agent": {"bootstrap": {"site": "dc1"}}},
+        EVERYTHING,
     ],
-    ids=["default", "etcd-ha", "minimal", "agent-only", "managed-bootstrap"],
+    ids=["default", "etcd-ha", "minimal", "agent-only", "managed-bootstrap", "everything"],
 )
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
 def test_rendered_manifests_validate(values: dict[str, Any], version: str) -> None:
@@ -82,8 +103,8 @@ def test_rendered_manifests_validate(values: dict[str, Any], version: str) -> No
     kinds = set()
     for obj in objects(rendered):
         kinds.add(obj["kind"])
-        if obj["apiVersion"] == "kopf.dev/v1":
-            continue  # a custom resource: checked against its CRD below
+        if obj["apiVersion"].startswith(CUSTOM_GROUPS):
+            continue  # a custom resource: checked against its CRD (kopf's) or in test_monitoring
         kv.validate(obj, version, strict=True)
     assert "CustomResourceDefinition" in kinds
 
@@ -310,3 +331,219 @@ def test_operator_keeps_the_bootstrap_secret_when_asked() -> None:
     binding = r["RoleBinding/mesh-meshsec-bootstrap"]
     assert binding["subjects"][0]["name"] == deploy["spec"]["template"]["spec"]["serviceAccountName"]
     assert "keeps that Secret current with a token for Site dc1" in r["NOTES"]
+
+
+def _agent_args(rendered: dict[str, Any]) -> Any:
+    c = container(rendered["DaemonSet/mesh-meshsec-agent"], "agent")
+    return agent_parser().parse_args(c["command"][1:] + c["args"])
+
+
+def _has_command(parser: Any, name: str) -> bool:
+    return any(name in getattr(a, "choices", None) or () for a in parser._subparsers._group_actions)
+
+
+def test_agent_metrics_listen_on_the_node_address_not_everywhere() -> None:
+    r = render()
+    c = container(r["DaemonSet/mesh-meshsec-agent"], "agent")
+    env = {e["name"]: e for e in c["env"]}
+    assert env["HOST_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    assert _agent_args(r).metrics == "$(HOST_IP):9444"  # Kubernetes expands $(HOST_IP)
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9444, "protocol": "TCP"}]
+    local = render({"agent": {"metricsAddress": "127.0.0.1"}})
+    assert _agent_args(local).metrics == "127.0.0.1:9444"
+    assert _agent_args(render({"agent": {"metricsAddress": "fd00::7"}})).metrics == "fd00::7:9444"
+    assert _agent_args(render({"agent": {"metricsPort": 0}})).metrics is None
+    with pytest.raises(Exception, match=re.escape("/agent/metricsAddress")):
+        render({"agent": {"metricsAddress": "public"}})
+
+
+def test_agent_probes_run_the_health_command() -> None:
+    r = render()
+    c = container(r["DaemonSet/mesh-meshsec-agent"], "agent")
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    live, ready = c["livenessProbe"], c["readinessProbe"]
+    assert live["exec"]["command"][:3] == ["meshsec-agent", "health", "--live"]
+    assert ready["exec"]["command"][:3] == ["meshsec-agent", "health", "--ready"]
+    assert (live["periodSeconds"], live["failureThreshold"], ready["periodSeconds"]) == (20, 3, 10)
+    parser = agent_parser()
+    if not _has_command(parser, "health"):
+        pytest.skip("meshsec-agent has no health command yet (h14-sites adds it)")
+    for probe in (live, ready):
+        args = parser.parse_args(probe["exec"]["command"][1:])
+        assert str(args.state_dir) == mounts["state"] == str(_agent_args(r).state_dir)
+    assert "livenessProbe" not in container(
+        render({"agent": {"probes": {"enabled": False}}})["DaemonSet/mesh-meshsec-agent"], "agent"
+    )
+
+
+def test_extra_values_reach_each_container_and_pod() -> None:
+    r = render(EVERYTHING)
+    agent = r["DaemonSet/mesh-meshsec-agent"]
+    pod = agent["spec"]["template"]["spec"]
+    c = container(agent, "agent")
+    assert _agent_args(r).address == ["198.18.0.7"]
+    assert {"name": "TZ", "value": "UTC"} in c["env"]
+    assert {"name": "extra", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "extra", "mountPath": "/extra"} in c["volumeMounts"]
+    assert pod["nodeSelector"] == {"meshsec.io/agent": "true"}
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["priorityClassName"] == "system-node-critical"
+    deploy = r["Deployment/mesh-meshsec-controller"]
+    dpod = deploy["spec"]["template"]["spec"]
+    assert dpod["priorityClassName"] == "system-cluster-critical"
+    assert dpod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert controller_parser().parse_args(container(deploy, "controller")["args"]).log_format == "json"
+    op = render(
+        {
+            "operator": {
+                "extraArgs": ["--log-level=DEBUG"],
+                "extraEnv": [{"name": "TZ", "value": "UTC"}],
+                "extraVolumes": [{"name": "ca", "configMap": {"name": "ca"}}],
+                "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ca"}],
+            }
+        }
+    )["Deployment/mesh-meshsec-controller"]
+    oc = container(op, "operator")
+    assert operator_main.build_parser().parse_args(oc["args"]).log_level == "DEBUG"  # the last one wins
+    assert {"name": "TZ", "value": "UTC"} in oc["env"]
+    assert {"name": "ca", "configMap": {"name": "ca"}} in op["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "ca", "mountPath": "/etc/ca"} in oc["volumeMounts"]
+    with pytest.raises(Exception, match=re.escape("/agent/extraVolumeMounts/0")):
+        render({"agent": {"extraVolumeMounts": [{"name": "x"}]}})
+
+
+def test_monitoring_objects_select_what_serves_metrics() -> None:
+    r = render(
+        {
+            "metrics": {
+                "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}, "interval": "15s"},
+                "podMonitor": {"enabled": True},
+                "prometheusRule": {"enabled": True},
+            }
+        }
+    )
+    sm = r["ServiceMonitor/mesh-meshsec-controller"]
+    svc = r["Service/mesh-meshsec"]
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] in {p["name"] for p in svc["spec"]["ports"]}
+    assert sm["spec"]["endpoints"][0]["interval"] == "15s"
+    pm = r["PodMonitor/mesh-meshsec-agent"]
+    agent = r["DaemonSet/mesh-meshsec-agent"]
+    labels = agent["spec"]["template"]["metadata"]["labels"]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    ports = {p["name"] for p in container(agent, "agent")["ports"]}
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] in ports
+    rules = r["PrometheusRule/mesh-meshsec"]["spec"]
+    alerts = yaml.safe_load((ROOT / "deploy/monitoring/meshsec-alerts.yaml").read_text())
+    assert rules["groups"] == alerts["groups"]  # the alert texts' {{ $labels }} reach Prometheus as written
+    copy = CHART / "files/meshsec-alerts.yaml"
+    assert copy.read_text() == (ROOT / "deploy/monitoring/meshsec-alerts.yaml").read_text(), (
+        f"cp deploy/monitoring/meshsec-alerts.yaml {copy.relative_to(ROOT)}"
+    )
+    assert not [k for k in render() if k.startswith(("ServiceMonitor/", "PodMonitor/", "PrometheusRule/"))]
+    with pytest.raises(Exception, match=re.escape("needs agent.metricsAddress=hostIP")):
+        render({"metrics": {"podMonitor": {"enabled": True}}, "agent": {"metricsAddress": "127.0.0.1"}})
+
+
+def test_cluster_mode_flags_and_rbac() -> None:
+    plain = render()["ClusterRole/mesh-meshsec-operator"]
+    assert not [rule for rule in plain["rules"] if "nodes" in rule["resources"] and rule["apiGroups"] == [""]]
+    r = render(EVERYTHING)
+    role = r["ClusterRole/mesh-meshsec-operator"]
+    core = next(rule for rule in role["rules"] if rule["apiGroups"] == [""] and "nodes" in rule["resources"])
+    assert set(core["verbs"]) == {"get", "list", "watch"}
+    args = container(r["Deployment/mesh-meshsec-controller"], "operator")["args"]
+    assert "--cluster-site=cluster" in args and "--service-cidr=198.19.240.0/20" in args
+    assert "--gateway-label=meshsec.io/gateway=true" in args and "--cluster-site-label=kind=k8s" in args
+    parser = operator_main.build_parser()
+    if not any("--cluster-site" in a.option_strings for a in parser._actions):
+        pytest.skip("the operator has no --cluster-site yet (h14-sites adds it)")
+    parsed = vars(parser.parse_args(args))
+    assert parsed["cluster_site"] == "cluster"
+
+
+def test_crds_are_templates_that_helm_upgrades_and_keeps() -> None:
+    with helm.Chart.load(str(CHART)) as chart:
+        files = chart.render({}, name="mesh", namespace=NAMESPACE, is_install=False)
+        in_crds_dir = [yaml.safe_load(i.get("data") or i.get("content") or "") for i in chart.crds]
+    templated = [
+        doc
+        for path, text in files.items()
+        if "/templates/crds/" in path
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+    assert sorted(d["metadata"]["name"] for d in templated) == sorted(
+        f"{crds.NAMES[k].plural}.{crds.GROUP}" for k in Kind
+    )
+    assert all(d["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep" for d in templated)
+    # Only kopf's static peering CRD stays in crds/ (its ClusterKopfPeering must be known before
+    # the templates are checked against the API server).
+    assert [d["metadata"]["name"] for d in in_crds_dir] == ["clusterkopfpeerings.kopf.dev"]
+    assert not [k for k in render({"crds": {"install": False}}) if k.endswith(f".{crds.GROUP}")]
+    assert crds.stale(CHART / "templates/crds") == []
+
+
+OLD_CRDS = Path(__file__).with_name("crds-0.1.0")
+
+
+def _property_types(
+    schema: dict[str, Any], path: str = ""
+) -> Iterator[tuple[str, tuple[str, frozenset[str]]]]:
+    """(path, (type, required fields)) of every schema node."""
+    yield path, (schema.get("type", ""), frozenset(schema.get("required", ())))
+    for name, sub in (schema.get("properties") or {}).items():
+        yield from _property_types(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        yield from _property_types(schema["items"], f"{path}[]")
+
+
+@pytest.mark.parametrize("old_file", sorted(OLD_CRDS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_upgrade_from_0_1_keeps_every_stored_field(old_file: Path) -> None:
+    """The 0.1.0 chart's CRDs (its crds/ files) against this chart's: same group, version, scope
+    and storage version, and every field an object stored under the old schema has is still there
+    with the same type and no field is newly required, so `helm upgrade` (which now applies the
+    CRDs) strands nothing. The Node
+    CRD became MeshNode: its objects move by the step docs/kubernetes.md gives."""
+    old = yaml.safe_load(old_file.read_text())
+    kind = crds.kind_of(old["spec"]["names"]["kind"])
+    new = render()[f"CustomResourceDefinition/{crds.NAMES[kind].plural}.{crds.GROUP}"]
+    for key in ("group", "scope"):
+        assert new["spec"][key] == old["spec"][key]
+    (old_version,) = old["spec"]["versions"]
+    (new_version,) = new["spec"]["versions"]
+    assert (new_version["name"], new_version["storage"]) == (old_version["name"], True)
+    old_types = dict(_property_types(old_version["schema"]["openAPIV3Schema"]))
+    new_types = dict(_property_types(new_version["schema"]["openAPIV3Schema"]))
+    changed = {
+        path: (kind_, new_types.get(path))
+        for path, kind_ in old_types.items()
+        if path not in new_types or new_types[path][0] != kind_[0] or not new_types[path][1] <= kind_[1]
+    }
+    assert changed == {}  # no field gone, no type changed, nothing newly required
+    docs = (ROOT / "docs/kubernetes.md").read_text()
+    if kind is Kind.NODE:
+        assert old["metadata"]["name"] == crds.LEGACY_NODE_CRD
+        assert f"kubectl get {crds.LEGACY_NODE_CRD} -o yaml" in docs
+    else:
+        # The documented hand-over of each CRD to the release before the first `helm upgrade`.
+        handed_over = re.search(r"for crd in ([^;]*); do", docs)
+        assert handed_over is not None
+        assert old["metadata"]["name"] in handed_over.group(1).split()
+
+
+def test_operator_reads_gateway_secrets_in_its_own_namespace() -> None:
+    r = render()
+    role = r["Role/mesh-meshsec-gateway-secrets"]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    deploy = r["Deployment/mesh-meshsec-controller"]
+    binding = r["RoleBinding/mesh-meshsec-gateway-secrets"]
+    assert binding["subjects"][0]["name"] == deploy["spec"]["template"]["spec"]["serviceAccountName"]
+    op = container(deploy, "operator")
+    # The operator's --secret-namespace defaults to $POD_NAMESPACE: this release's namespace.
+    env = {e["name"]: e for e in op["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert not any(a.startswith("--secret-namespace") for a in op["args"])
+    assert "Role/mesh-meshsec-gateway-secrets" not in render({"operator": {"gatewaySecrets": False}})

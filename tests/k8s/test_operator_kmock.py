@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from meshsec.controller.operator.crds import GROUP, NAMES, VERSION
+from meshsec.controller.operator.crds import GROUP, NAMES, VERSION, kind_of
 from meshsec.controller.operator.sync import ControllerSync
 from meshsec.controller.resources import Kind
 from meshsec.controller.server import Controller
@@ -50,7 +50,7 @@ class Cluster:
     async def create(self, doc: dict[str, Any]) -> None:
         doc = {**doc, "metadata": {**doc["metadata"], "uid": str(uuid.uuid4()), "generation": 1}}
         doc["metadata"]["resourceVersion"] = str(next(_versions))
-        kind = Kind(doc["kind"])
+        kind = kind_of(doc["kind"])
         response = await self.kmock.post(_path(kind), json=doc)
         assert response.status < 300, await response.text()
 
@@ -100,7 +100,7 @@ def declare_resources(kmock: Any) -> None:
     for kind in Kind:
         names = NAMES[kind]
         kmock.resources[f"{GROUP}/{VERSION}/{names.plural}"] = kmock_lib.ResourceInfo(
-            kind=kind.value,
+            kind=names.kind,
             singular=names.singular,
             namespaced=False,
             shortnames=set(names.short_names),
@@ -188,7 +188,7 @@ SITE2 = {
 def _node(name: str, site: str, public: str) -> dict[str, Any]:
     return {
         "apiVersion": "meshsec.io/v1alpha1",
-        "kind": "Node",
+        "kind": "MeshNode",  # the CRD's kind; the operator applies it as the controller's Node
         "metadata": {"name": name, "labels": {"role": "gateway"}},
         "spec": {"site": site, "endpoints": {"public": [public]}},
     }

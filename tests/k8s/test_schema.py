@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from meshsec.controller.operator import crds
+from meshsec.controller.operator.conditions import manifest
 from meshsec.controller.resources import Kind, ValidationError, parse_resource
 from meshsec.controller.resources.fields import Fields
 from meshsec.controller.resources.schema import SPECS, Object, objects
@@ -27,7 +28,7 @@ from meshsec.controller.resources.schema import SPECS, Object, objects
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (comes with kubernetes-validate) missing")
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_DIR = ROOT / "deploy/helm/meshsec/crds"
+CRD_DIR = ROOT / "deploy/helm/meshsec/templates/crds"
 EXAMPLES = sorted((ROOT / "deploy/examples").glob("*.yaml"))
 MAXIMAL = Path(__file__).with_name("maximal.yaml")
 
@@ -57,7 +58,7 @@ def _format_checker() -> Any:
 
 def crd_errors(doc: dict[str, Any]) -> list[tuple[str, str]]:
     """(path, message) for every violation of the kind's CRD schema, as the API server checks it."""
-    kind = Kind(doc["kind"])
+    kind = crds.kind_of(doc["kind"])
     schema = crds.crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     validator = jsonschema.Draft4Validator(schema, format_checker=_format_checker())
     out = []
@@ -68,8 +69,10 @@ def crd_errors(doc: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def parser_errors(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """The parser's verdict on what the operator sends for this custom resource (its kind as the
+    controller names it, without Kubernetes-only fields such as an ExternalGateway's secretKeyRef)."""
     try:
-        parse_resource(doc)
+        parse_resource(manifest(crds.kind_of(doc["kind"]), doc))
     except ValidationError as exc:
         return [(e.path, e.reason) for e in exc.errors]
     return []
@@ -154,7 +157,7 @@ def test_schema_keys_equal_parser_keys(monkeypatch: pytest.MonkeyPatch) -> None:
             assert set(schema_objects[path].properties) == keys, f"{kind.value} {path}"
         # Objects the parser reads without `only` (an ExternalGateway's auth names inline secrets
         # in its refusal) still need their fields used by the documents below.
-        present = {p for d in docs if d["kind"] == kind.value for p in _key_paths(d["spec"], "spec")}
+        present = {p for d in docs if crds.kind_of(d["kind"]) is kind for p in _key_paths(d["spec"], "spec")}
         for path, obj in schema_objects.items():
             for name in obj.properties:
                 assert f"{path}.{name}" in present, f"{kind.value}: maximal.yaml never uses {path}.{name}"
@@ -275,3 +278,17 @@ def test_crd_schemas_are_structural(kind: Kind) -> None:
     del broken["properties"]["spec"]["type"]
     broken["properties"]["status"]["properties"]["conditions"]["items"]["required"] = []
     assert len(list(_structural_problems(broken, kind.value))) == 2
+
+
+@pytest.mark.parametrize("kind", list(Kind), ids=lambda k: k.value)
+def test_printer_columns_read_conditions_the_operator_writes(kind: Kind) -> None:
+    from meshsec.controller.operator.conditions import APPLIED, READY
+
+    (version,) = crds.crd(kind)["spec"]["versions"]
+    shown = {
+        m.group(1)
+        for c in version["additionalPrinterColumns"]
+        for m in [re.search(r'@\.type=="(\w+)"', c["jsonPath"])]
+        if m
+    }
+    assert shown == {APPLIED, READY}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from meshsec.meshctl import manifest
 from meshsec.meshctl.convert import resource_to_dict
@@ -57,7 +58,8 @@ def test_every_problem_is_reported_with_its_location(tmp_path: Path) -> None:
     assert f"{where}: spec.since: date values are not supported" in text
     assert f"{path}: document 2: a resource must be a mapping, not a list" in text
     assert (
-        f"{path}: document 3 (Gadget/g): kind: must be one of Site, Node, MeshPolicy, ExternalGateway" in text
+        f"{path}: document 3 (Gadget/g): kind: must be one of Site, MeshNode, MeshPolicy, ExternalGateway"
+        in text
     )
     assert f"{path}: document 3 (Gadget/g): extra: unknown field" in text
     assert info.value.exit_code == 1
@@ -102,3 +104,29 @@ def test_deletion_order_puts_sites_last() -> None:
     kinds = [d.resource.kind for d in docs]
     assert kinds[-3:] == ["Site", "Site", "Site"]
     assert kinds.index("Node") > kinds.index("MeshPolicy")
+
+
+NODE_DOC = """\
+apiVersion: meshsec.io/v1alpha1
+kind: {kind}
+metadata: {{name: gw{i}}}
+spec: {{site: dc9, endpoints: {{public: [198.18.9.{i}]}}}}
+"""
+
+
+def test_meshnode_is_the_manifest_kind_and_node_a_deprecated_alias(tmp_path: Path) -> None:
+    """MeshNode (the CRD's kind) and the old Node load alike, as the API's Node; only Node gets a
+    deprecation notice, once per file; output says MeshNode, so it applies again unchanged."""
+    new, old = tmp_path / "new.yaml", tmp_path / "old.yaml"
+    new.write_text(NODE_DOC.format(kind="MeshNode", i=1))
+    old.write_text(NODE_DOC.format(kind="Node", i=2) + "---\n" + NODE_DOC.format(kind="Node", i=3))
+    docs = manifest.load([str(new), str(old)])
+    assert [d.resource.kind for d in docs] == ["Node", "Node", "Node"]
+    assert [bool(d.notice) for d in docs] == [False, True, True]
+    (notice,) = manifest.notices(docs)
+    assert notice.startswith(f"{old}: kind Node is deprecated") and "write kind MeshNode" in notice
+    assert resource_to_dict(docs[0].resource)["kind"] == "MeshNode"
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump(resource_to_dict(docs[1].resource)))
+    (reloaded,) = manifest.load([str(again)])
+    assert reloaded.resource == docs[1].resource and not reloaded.notice

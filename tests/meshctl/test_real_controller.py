@@ -66,7 +66,7 @@ def test_get_formats_and_selectors(controller: Path, capsys: pytest.CaptureFixtu
     assert doc["kind"] == "List" and [i["metadata"]["name"] for i in doc["items"]] == ["dc1", "dc2"]
     assert meshctl(controller, "get", "node", "vpc-gw1", "-o", "yaml") == 0
     node = yaml.safe_load(capsys.readouterr().out)
-    assert node["kind"] == "Node" and node["spec"]["endpoints"] == {"private": ["198.18.130.10"]}
+    assert node["kind"] == "MeshNode" and node["spec"]["endpoints"] == {"private": ["198.18.130.10"]}
     assert meshctl(controller, "get", "nodes") == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:4] == ["NAME", "SITE", "ENDPOINTS", "ONLINE"] and len(table) == 4
@@ -194,3 +194,31 @@ def test_secret_set_from_file_and_env_get_and_delete_never_print_the_value(
     assert "not found" in capsys.readouterr().err
     assert meshctl(controller, "get", "secrets") == 0
     assert capsys.readouterr().out == ""
+
+
+def test_old_node_kind_applies_and_deletes_with_a_notice(
+    controller: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kind: Node` (chart 0.1's CRD kind) still works against a real controller, with a note on
+    stderr; what `get -o yaml` prints (kind MeshNode) applies back without one."""
+    assert meshctl(controller, "apply", "-f", str(EXAMPLE)) == 0
+    capsys.readouterr()
+    old = controller.parent / "old-node.yaml"
+    old.write_text(
+        "apiVersion: meshsec.io/v1alpha1\nkind: Node\nmetadata: {name: old-gw}\n"
+        "spec: {site: dc1, endpoints: {public: [198.18.1.77]}}\n"
+    )
+    assert meshctl(controller, "apply", "-f", str(old)) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "node/old-gw created"
+    assert f"note: {old}: kind Node is deprecated in manifests: write kind MeshNode" in captured.err
+    assert meshctl(controller, "get", "node", "old-gw", "-o", "yaml") == 0
+    again = controller.parent / "again.yaml"
+    again.write_text(capsys.readouterr().out)
+    assert yaml.safe_load(again.read_text())["kind"] == "MeshNode"
+    assert meshctl(controller, "apply", "-f", str(again)) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "node/old-gw unchanged" and "deprecated" not in captured.err
+    assert meshctl(controller, "delete", "-f", str(old)) == 0
+    assert "kind Node is deprecated" in capsys.readouterr().err
+    assert meshctl(controller, "get", "node", "old-gw") == 1
