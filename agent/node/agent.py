@@ -139,7 +139,8 @@ class NodeAgent:
         )
         reconciler = Reconciler(AdapterRuntime(adapter), responder_grace=config.responder_grace,
                                 metrics=self.metrics)  # fmt: skip
-        adapter.journal = Journal(self.state.save_ike_state)
+        if self._resumable():  # else the CHILD_SAs end with this process: nothing to resume on
+            adapter.journal = Journal(self.state.save_ike_state)
         self.adapter, self.reconciler = adapter, reconciler
         self.reports = ReportBuilder(reconciler)
         await adapter.start()
@@ -199,10 +200,11 @@ class NodeAgent:
         gone) is replaced make-before-break by the reconciler, without INITIAL_CONTACT where this
         end is the designated initiator; one log line says why, never what the file holds."""
         started = time.monotonic()
-        if not self.desired.version:  # a first start, or nothing to match the file against
+        if not self.desired.version or not self._resumable():
             if self.state.remove_ike_state():
-                log.info("removed %s: no persisted desired state says what its IKE SAs were for",
-                         self.state.file("ike-sas.json"))  # fmt: skip
+                why = ("no persisted desired state says what its IKE SAs were for" if not self.desired.version
+                       else f"the {dataplane.capabilities.backend} data plane did not outlive the last agent")
+                log.info("removed %s: %s", self.state.file("ike-sas.json"), why)  # fmt: skip
             return
         loaded = self.state.load_ike_state()
         restarted = set(reconciler.plans)
@@ -238,6 +240,12 @@ class NodeAgent:
                  self.state.path, loaded.version, time.time() - (loaded.written_at or 0.0),
                  len(restarted - resumed_tunnels))  # fmt: skip
 
+    def _resumable(self) -> bool:
+        """Whether the next process can resume the IKE SAs: only on a data plane that keeps their
+        CHILD_SAs while no agent runs (or with none at all, IKE only)."""
+        caps = self.dataplane.capabilities if self.dataplane is not None else None
+        return caps is None or caps.backend == "none" or caps.outlives_agent
+
     def _unreachable_after_restart(self, record: SaRecord) -> bool:
         """A restart keeps IKE SAs the next process replaces by initiating (INITIAL_CONTACT makes
         the peer drop the old one); where the peer is the designated initiator, the next process
@@ -266,8 +274,14 @@ class NodeAgent:
                 # Let exchanges in flight finish so every SA can be resumed, then save them all
                 # with fresh deadlines; an SA that still cannot be captured is told (as before)
                 # only where the next process may not reach its peer.
-                unsaved = {r.handle for r in await self.adapter.quiesce(RESTART_QUIESCE)}
-                self.adapter.persist_now()
+                if self._resumable():
+                    unsaved = {r.handle for r in await self.adapter.quiesce(RESTART_QUIESCE)}
+                    self.adapter.persist_now()
+                else:  # the CHILD_SAs go with this process: nothing to resume them on
+                    unsaved = {r.handle for r in self.adapter.active()}
+                    if journal is not None:
+                        journal.enabled = False
+                    self.state.remove_ike_state()
                 await self.adapter.close(graceful=True, only=lambda r: r.handle in unsaved
                                          and self._unreachable_after_restart(r))  # fmt: skip
                 if journal is not None:
