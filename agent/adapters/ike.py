@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from meshsec.agent.adapters import follow, liveness, udp
@@ -37,6 +37,7 @@ from meshsec.agent.adapters.eventlog import SpiText, log_event
 from meshsec.agent.adapters.failclosed import strict
 from meshsec.agent.adapters.install import ChildInstaller, ChildKey, InstallError
 from meshsec.agent.adapters.records import ChildRecord, SaRecord
+from meshsec.agent.adapters.resume import ChildBinding, Journal, child_record, ike_event
 from meshsec.agent.adapters.spi import SpiReserver
 from meshsec.agent.adapters.status import closed_status, counters_doc, sa_status
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, SaId
@@ -132,6 +133,8 @@ class IkeAdapter:
         self._worker: asyncio.Task[None] | None = None
         self._traffic: asyncio.Task[None] | None = None
         self._closed = False
+        # The IKE state file's entries (agent/adapters/resume.py); None: nothing is persisted.
+        self.journal: Journal | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -292,6 +295,62 @@ class IkeAdapter:
                 return True
         return False
 
+    def resume(self, sa: IkeSa, bindings: list[ChildBinding], entry: dict[str, object]) -> SaRecord:
+        """Takes up an IKE SA an earlier run of this agent persisted (resume.restore rebuilt it
+        and checked its CHILD_SAs are in the data plane): tracked, its CHILD_SAs bound to what the
+        data plane holds, its timers running. Nothing is sent: the peer notices nothing."""
+        sa.dh_factory = self.dh_factory
+        record = self._track(sa)
+        if record.stock is not None:
+            sa.allocate_spi = record.stock.take
+        now = self.now()
+        record.established = ike_event(sa)
+        age = now - sa.created_at if sa.created_at is not None else 0.0
+        record.established_at = time.time() - age  # the newest-wins rule for duplicates needs it
+        by_spi = {b.spi_in: b for b in bindings}
+        for spi_in, child in sa.children.items():
+            binding = by_spi[spi_in]
+            known = child_record(sa, child, binding)
+            record.children[spi_in] = known
+            if self.installer is not None:
+                self.installer.bind(known.event, binding.local, binding.remote, binding.reqid,
+                                    tunnel=record.name)  # fmt: skip
+        self.table.add(sa)
+        if self.journal is not None:
+            self.journal.seed(sa, dict(entry))
+        self.stats["ike_sas_resumed"] += 1
+        self._pump()
+        return record
+
+    async def quiesce(self, timeout: float) -> list[SaRecord]:
+        """Waits up to `timeout` until every established IKE SA has an entry in the journal
+        (no exchange in flight, its CHILD_SAs installed); returns those that still have none."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._persist(record.sa for record in self.active())
+            missing = [r for r in self.active() if r.sa.established and
+                       (self.journal is None or not self.journal.holds(r.sa))]  # fmt: skip
+            if not missing or time.monotonic() >= deadline or self.journal is None:
+                return missing
+            await asyncio.sleep(0.02)
+
+    def _persist(self, extra: Iterable[IkeSa] = (), *, force: bool = False) -> None:
+        """Brings the IKE state file up to date with the SAs touched since the last call (before
+        any answer they produced goes out, so a crash never leaves the peer ahead of the file)."""
+        touched = self.table.take_touched()
+        journal = self.journal
+        if journal is None or self._loop is None:
+            return
+        try:
+            journal.refresh([*touched, *extra], self.records, self.installer, self.now(), force=force)
+        except OSError as exc:
+            self.stats["ike_state_write_failed"] += 1
+            log.error("cannot write the IKE state file: %s (a restart now falls back to new IKE SAs)", exc)
+
+    def persist_now(self) -> None:
+        """A final save (a restart stop): every SA recaptured, deadlines relative to now."""
+        self._persist([r.sa for r in self.active()], force=True)
+
     def active(self) -> list[SaRecord]:
         return [r for r in self.records.values() if not r.sa.closed and r.sa not in self._failed]
 
@@ -425,6 +484,7 @@ class IkeAdapter:
                 self._unexpected(sa, f"handling its {type(ev).__name__}")
             if sa.closed:
                 closed[sa] = None
+        self._persist(closed)
         if self._work.qsize() > queued and out:
             # Make-before-break: an answer may announce an inbound SPI (or tell the peer to
             # switch, e.g. the DELETE after a rekey) only once the data plane has it.
@@ -596,6 +656,8 @@ class IkeAdapter:
                 with self._strict_in_task():
                     self._unexpected(record.sa if record else None, "in a data-plane job")
             finally:
+                if record is not None and not self._closed:  # what it installed, moved or removed
+                    self._persist([record.sa])
                 self._work.task_done()
 
     @contextlib.contextmanager

@@ -224,6 +224,20 @@ class ChildInstaller:
         self.stats["children_installed"] += 1
         return plan
 
+    def bind(self, ev: ChildSaEstablished, local: Address, remote: Address, reqid: int, *,
+             tunnel: str = "") -> ChildPlan:  # fmt: skip
+        """Takes up a CHILD_SA an earlier run of this agent installed (a resumed IKE SA's; the
+        data plane kept it): remembered as if `install` had put it there, without touching the
+        data plane, so it is removed, moved and counted like any other."""
+        plan = plan_child(ev, local, remote, reqid)
+        key = (local.host, ev.protocol, ev.spi_in)
+        for pol in plan.policies:
+            self._policy_users.setdefault((pol.selector, pol.direction), []).append(pol)
+        self.installed[key] = plan
+        self.traffic.installed(key, (tunnel, ev.name))
+        self.stats["children_resumed"] += 1
+        return plan
+
     async def move(self, key: ChildKey, ev: ChildSaEstablished, local: Address, remote: Address) -> ChildKey:
         """The IKE SA's addresses changed (a NAT mapping moved, or the peer floated): same hosts
         means new UDP encapsulation ports, updated in place with counters and sequence numbers

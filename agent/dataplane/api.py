@@ -198,6 +198,9 @@ class Capabilities:
     notes: tuple[str, ...] = ()
     # The underlay MTU tunnelled packets are sized for; 0: each route's interface MTU (kernel).
     path_mtu: int = 0
+    # Its SAs and policies keep forwarding while no agent runs (the kernel's; a data-plane
+    # process of its own): a restarted agent resumes its IKE SAs on them instead of replacing them.
+    outlives_agent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

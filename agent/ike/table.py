@@ -35,6 +35,9 @@ class IkeSaTable:
         self._deadline: dict[IkeSa, float | None] = {}
         self._timer_dirty: dict[IkeSa, None] = {}
         self._seq = 0
+        # SAs that took input, ran a timer or produced output since `take_touched`: only their
+        # persisted snapshots can have changed (the agent's IKE state file, agent/adapters/resume.py).
+        self._touched: dict[IkeSa, None] = {}
 
     def add(self, sa: IkeSa) -> None:
         self._by_spi[sa.local_spi] = sa
@@ -46,6 +49,7 @@ class IkeSaTable:
         return self._by_spi.get(local_spi)
 
     def _mark(self, sa: IkeSa) -> None:
+        self._touched[sa] = None
         self._pending_out[sa] = None
         self._pending_events[sa] = None
         self._timer_dirty[sa] = None
@@ -99,6 +103,7 @@ class IkeSaTable:
             self.stats["dropped_unknown_spi"] += 1
             return None
         sa.receive(datagram, local, remote, now)
+        self._touched[sa] = None
         return sa
 
     def _refresh_timers(self) -> None:
@@ -134,6 +139,13 @@ class IkeSaTable:
             self._deadline[sa] = None
             sa.handle_timer(now)
             self._timer_dirty[sa] = None
+            self._touched[sa] = None
+
+    def take_touched(self) -> list[IkeSa]:
+        """The SAs touched since the last call (a closed SA is forgotten here when its events are
+        drained: whoever persists snapshots drops it on those events)."""
+        touched, self._touched = self._touched, {}
+        return list(touched)
 
     def next_timer(self) -> float | None:
         self._refresh_timers()
@@ -163,6 +175,7 @@ class IkeSaTable:
             if key is not None and self._by_init.get(key) is sa:
                 del self._by_init[key]
         if sa.closed:
+            self._touched.pop(sa, None)  # the adapter learns of a closed SA from its events
             self._deadline.pop(sa, None)
             if self._by_spi.get(sa.local_spi) is sa:
                 del self._by_spi[sa.local_spi]

@@ -31,8 +31,9 @@ from pathlib import Path
 
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
 from meshsec.agent.adapters.records import SaRecord
+from meshsec.agent.adapters.resume import Journal, ResumeRefused, restore
 from meshsec.agent.adapters.runtime import AdapterRuntime, view_of
-from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, SaExpired
+from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, OwnedState, SaExpired
 from meshsec.agent.host_checks import IPNetwork, TunnelNeeds, warn_about_host
 from meshsec.agent.ike.certs import CredentialError
 from meshsec.agent.node import credentials
@@ -56,6 +57,7 @@ from meshsec.v1 import agent_pb2, common_pb2
 
 log = logging.getLogger(__name__)
 ENROLL_RETRY_MAX = 30.0
+RESTART_QUIESCE = 2.0  # seconds a restart stop waits for exchanges in flight, so their SAs resume
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ class NodeAgent:
         self.adopted = 0  # owned data-plane objects adopted at start (left forwarding by a restart)
         self.drain_requested = asyncio.Event()  # `meshsec-agent drain`: leave the mesh and exit
         self._first_reqid = 1  # above every adopted reqid, so no new CHILD_SA shares an old one's
+        self._owned: OwnedState | None = None  # what adopt() found (resumed IKE SAs bind to it)
+        self.resume: dict[str, object] = {}  # how the start went on from the IKE state file (status)
         self._tasks: list[asyncio.Task[None]] = []
         self.controller_task: asyncio.Task[None] | None = None  # ends only on a fatal enrollment error
         self._renewal_asked_for: set[str] = set()  # local IDs an early renewal was asked for
@@ -135,6 +139,8 @@ class NodeAgent:
         )
         reconciler = Reconciler(AdapterRuntime(adapter), responder_grace=config.responder_grace,
                                 metrics=self.metrics)  # fmt: skip
+        if self._resumable():  # else the CHILD_SAs end with this process: nothing to resume on
+            adapter.journal = Journal(self.state.save_ike_state)
         self.adapter, self.reconciler = adapter, reconciler
         self.reports = ReportBuilder(reconciler)
         await adapter.start()
@@ -150,6 +156,7 @@ class NodeAgent:
                      self.desired.version, len(self.desired.tunnels), self.state.path)  # fmt: skip
             reconciler.restarted = True
         self._applied(self.desired)
+        self._resume_ike_sas(adapter, reconciler, dataplane)
         self._tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
         if self.routes is not None:
             self._tasks.append(asyncio.create_task(self.routes.run(), name="site-routes"))
@@ -179,11 +186,65 @@ class NodeAgent:
                 await dataplane.flush_owned()
             return
         owned = await dataplane.adopt()
+        self._owned = owned
         self.adopted = len(owned.sas) + len(owned.policies)
         if self.adopted:
             log.info("adopted %d SA(s) and %d policy(ies) of an earlier run: they forward until new "
                      "CHILD_SAs replace them", len(owned.sas), len(owned.policies))  # fmt: skip
         self._first_reqid = owned.max_reqid + 1
+
+    def _resume_ike_sas(self, adapter: IkeAdapter, reconciler: Reconciler, dataplane: DataPlane) -> None:
+        """Goes on with the IKE SAs the state file holds (a restart): each bound to the CHILD_SAs
+        the data plane kept, so the peers notice nothing. A tunnel whose SA cannot be resumed
+        (file missing, corrupt, stale, of an unknown version; SA expired, tunnel changed, CHILD_SA
+        gone) is replaced make-before-break by the reconciler, without INITIAL_CONTACT where this
+        end is the designated initiator; one log line says why, never what the file holds."""
+        started = time.monotonic()
+        if not self.desired.version or not self._resumable():
+            if self.state.remove_ike_state():
+                why = ("no persisted desired state says what its IKE SAs were for" if not self.desired.version
+                       else f"the {dataplane.capabilities.backend} data plane did not outlive the last agent")
+                log.info("removed %s: %s", self.state.file("ike-sas.json"), why)  # fmt: skip
+            return
+        loaded = self.state.load_ike_state()
+        restarted = set(reconciler.plans)
+        self.resume = {"resumed": 0, "fallback": 0, "problem": loaded.problem}
+        if loaded.problem is not None:
+            log.warning("no IKE SA resumed: %s; make-before-break: new IKE SAs replace the adopted "
+                        "CHILD_SAs", loaded.problem)  # fmt: skip
+            reconciler.without_initial_contact |= restarted
+            return
+        owned = None if dataplane.capabilities.backend == "none" else self._owned or OwnedState((), ())
+        resumed_tunnels: set[str] = set()
+        fallback = 0
+        for entry in loaded.sas:
+            tunnel = str(entry.get("tunnel"))
+            plan = reconciler.plans.get(tunnel)
+            try:
+                if plan is None:
+                    raise ResumeRefused("its tunnel is no longer desired")
+                sa, bindings = restore(entry, plan.ike, adapter.now(), time.time(), owned, rnd=adapter.rnd)
+            except ResumeRefused as exc:
+                fallback += 1
+                log.warning("%s: IKE SA not resumed (%s); make-before-break: a new IKE SA replaces it",
+                            tunnel, exc)  # fmt: skip
+                continue
+            adapter.resume(sa, bindings, entry)
+            resumed_tunnels.add(tunnel)
+        reconciler.without_initial_contact |= restarted - resumed_tunnels
+        adapter.persist_now()  # the file now holds what this process holds, nothing else
+        self.resume.update(resumed=len(resumed_tunnels), fallback=fallback,
+                           seconds=round(time.monotonic() - started, 4))  # fmt: skip
+        log.info("resumed %d IKE SA(s) of %d in %s (state version %s, written %.1f s ago); %d tunnel(s) "
+                 "without one get a new IKE SA make-before-break", len(resumed_tunnels), len(loaded.sas),
+                 self.state.path, loaded.version, time.time() - (loaded.written_at or 0.0),
+                 len(restarted - resumed_tunnels))  # fmt: skip
+
+    def _resumable(self) -> bool:
+        """Whether the next process can resume the IKE SAs: only on a data plane that keeps their
+        CHILD_SAs while no agent runs (or with none at all, IKE only)."""
+        caps = self.dataplane.capabilities if self.dataplane is not None else None
+        return caps is None or caps.backend == "none" or caps.outlives_agent
 
     def _unreachable_after_restart(self, record: SaRecord) -> bool:
         """A restart keeps IKE SAs the next process replaces by initiating (INITIAL_CONTACT makes
@@ -204,10 +265,27 @@ class NodeAgent:
         if self.routes is not None and leave:  # a restart leaves them routing
             await self.routes.flush()
         if self.adapter is not None:
+            journal = self.adapter.journal
             if leave:
+                if journal is not None:
+                    journal.enabled = False  # the file goes; the DELETEs must not write it again
                 await self.adapter.close(graceful=True)
             else:
-                await self.adapter.close(graceful=True, only=self._unreachable_after_restart)
+                # Let exchanges in flight finish so every SA can be resumed, then save them all
+                # with fresh deadlines; an SA that still cannot be captured is told (as before)
+                # only where the next process may not reach its peer.
+                if self._resumable():
+                    unsaved = {r.handle for r in await self.adapter.quiesce(RESTART_QUIESCE)}
+                    self.adapter.persist_now()
+                else:  # the CHILD_SAs go with this process: nothing to resume them on
+                    unsaved = {r.handle for r in self.adapter.active()}
+                    if journal is not None:
+                        journal.enabled = False
+                    self.state.remove_ike_state()
+                await self.adapter.close(graceful=True, only=lambda r: r.handle in unsaved
+                                         and self._unreachable_after_restart(r))  # fmt: skip
+                if journal is not None:
+                    journal.enabled = False
         if self.dataplane is not None:
             if leave:
                 with contextlib.suppress(DataPlaneError):
@@ -438,6 +516,7 @@ class NodeAgent:
         doc["site_routes"] = self.routes.describe() if self.routes is not None else []
         doc["reconciler"] = {"stats": dict(self.reconciler.stats), "queued": len(self.reconciler.queue)}
         doc["adopted_at_start"] = self.adopted
+        doc["resumed_at_start"] = self.resume
         return doc
 
     def _auth_doc(self, tid: str, sas: list[SaView]) -> dict[str, object] | None:

@@ -132,6 +132,12 @@ class Reconciler:
         self._tunnels: dict[str, agent_pb2.DesiredTunnel] = {}
         self.runtime: dict[str, TunnelRuntime] = {}
         self.restarted = False  # set by the agent when it recovered state: initiate everything now
+        # Tunnels whose IKE SA a restart could not resume: the new one goes without INITIAL_CONTACT
+        # where this end is the designated initiator (the peer keeps the newer of two SAs from
+        # one end and drops the old one after the new CHILD_SAs are in: make-before-break). Where
+        # the peer is the designated initiator it would keep its own old SA instead, so there
+        # INITIAL_CONTACT tells it to drop that one once ours is up.
+        self.without_initial_contact: set[str] = set()
         self.reconciled_version = 0  # the desired version every tunnel was reconciled to
         self.queue: WorkQueue[str] = WorkQueue()
         self.stats: Counter[str] = Counter()
@@ -217,6 +223,7 @@ class Reconciler:
         rt = self.runtime.get(tid)
         if isinstance(ev, IkeSaEstablished) and rt is not None:
             rt.attempts, rt.last_error = 0, None
+            self.without_initial_contact.discard(tid)
             creds = sa.config.credentials
             if creds is not None:
                 log.info("%s: IKE SA %s authenticated by certificates: ours serial %x, peer %s verified "
@@ -411,7 +418,8 @@ class Reconciler:
         delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(rt.attempts, 8))
         rt.next_attempt = now + delay * (0.5 + self.rng.random())
         rt.attempts += 1
-        config = p.ike if not others else dataclasses.replace(p.ike, send_initial_contact=False)
+        quiet = others or (p.initiator and p.tunnel_id in self.without_initial_contact)
+        config = p.ike if not quiet else dataclasses.replace(p.ike, send_initial_contact=False)
         port = self.ike.ike_port
         local = Address(p.local, port) if p.local else None
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,34 @@ STATUS_SOCKET = "status.sock"
 IKE_STATE = "ike-sas.json"
 IKE_STATE_FORMAT = "meshsec-ike-state"
 IKE_STATE_VERSION = 1
+# How a file of an earlier version becomes one of the next: version -> (the entries of that
+# version -> the entries of version + 1). When IKE_STATE_VERSION is bumped, the step from the
+# previous version goes here, so an upgraded agent resumes what the previous build wrote; a
+# version with no path to the current one (a downgrade, or a file from far back) falls back.
+Migration = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+IKE_STATE_MIGRATIONS: dict[int, Migration] = {}
+
+
+def readable_versions(current: int, migrations: dict[int, Migration]) -> frozenset[int]:
+    """The current version and every earlier one with a chain of migrations up to it."""
+    found = {current}
+    version = current - 1
+    while version in migrations:
+        found.add(version)
+        version -= 1
+    return frozenset(found)
+
+
+def migrate(sas: list[dict[str, Any]], version: int, current: int,
+            migrations: dict[int, Migration]) -> list[dict[str, Any]]:  # fmt: skip
+    while version < current:
+        sas = migrations[version](sas)
+        version += 1
+    return sas
+
+
 # Versions this build reads (an upgrade reads the previous one; a downgrade falls back).
-IKE_STATE_READABLE = frozenset({1})
+IKE_STATE_READABLE = readable_versions(IKE_STATE_VERSION, IKE_STATE_MIGRATIONS)
 # Older than this, every IKE SA in it is past DPD at any peer we know of: resuming would only
 # answer for SAs the peers already dropped.
 IKE_STATE_MAX_AGE = 3600.0
@@ -49,8 +76,13 @@ class ResumeState:
 
 
 class StateDir:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, ike_state_version: int | None = None,
+                 migrations: dict[int, Migration] | None = None) -> None:  # fmt: skip
+        """`ike_state_version`/`migrations`: this build's (tests pass a bumped version, as the
+        next release will have it)."""
         self.path = path
+        self.ike_state_version = IKE_STATE_VERSION if ike_state_version is None else ike_state_version
+        self.migrations = IKE_STATE_MIGRATIONS if migrations is None else migrations
         self._last_ike_body: str | None = None  # what save_ike_state last wrote
 
     def prepare(self) -> None:
@@ -105,7 +137,7 @@ class StateDir:
         body = json.dumps(sas, sort_keys=True, separators=(",", ":"))
         if body == self._last_ike_body:
             return False
-        doc = {"format": IKE_STATE_FORMAT, "version": IKE_STATE_VERSION,
+        doc = {"format": IKE_STATE_FORMAT, "version": self.ike_state_version,
                "written_at": time.time() if now is None else now, "sas": sas}  # fmt: skip
         self.write(IKE_STATE, json.dumps(doc, sort_keys=True).encode())
         self._last_ike_body = body
@@ -126,8 +158,9 @@ class StateDir:
         if not isinstance(doc, dict) or doc.get("format") != IKE_STATE_FORMAT:
             return ResumeState((), f"{path} is not a {IKE_STATE_FORMAT} file")
         version, written, sas = doc.get("version"), doc.get("written_at"), doc.get("sas")
-        if not isinstance(version, int) or version not in IKE_STATE_READABLE:
-            readable = ", ".join(map(str, sorted(IKE_STATE_READABLE)))
+        readable_set = readable_versions(self.ike_state_version, self.migrations)
+        if not isinstance(version, int) or isinstance(version, bool) or version not in readable_set:
+            readable = ", ".join(map(str, sorted(readable_set)))
             return ResumeState((), f"{path} has state version {version!r}; this build reads {readable}",
                                version if isinstance(version, int) else None)  # fmt: skip
         if not isinstance(written, int | float) or not isinstance(sas, list) \
@@ -137,6 +170,11 @@ class StateDir:
         if age > max_age:
             return ResumeState((), f"{path} is stale (written {age:.0f} s ago, limit {max_age:.0f} s)",
                                version, float(written))  # fmt: skip
+        try:
+            sas = migrate(sas, version, self.ike_state_version, self.migrations)
+        except (KeyError, TypeError, ValueError) as exc:
+            return ResumeState((), f"{path} (version {version}) could not be migrated to version "
+                               f"{self.ike_state_version} ({type(exc).__name__})", version)  # fmt: skip
         return ResumeState(tuple(sas), None, version, float(written))
 
     def remove_ike_state(self) -> bool:

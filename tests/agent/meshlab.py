@@ -63,6 +63,7 @@ class MeshLab:
         self.ctl: subprocess.Popen[bytes] | None = None
         self.nodes: dict[str, Host] = {}
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.dataplane = "userspace"  # the kernel lane's tests use "kernel"
 
     # ------------------------------------------------------------------ controller
 
@@ -168,15 +169,17 @@ class MeshLab:
     def status_socket(self, name: str) -> Path:
         return self.state_dir(name) / "status.sock"
 
-    def start_agent(self, name: str) -> None:
+    def start_agent(self, name: str, program: list[str] | None = None) -> None:
+        """`program`: what runs `meshsec-agent` (default the installed script; a test of an
+        upgrade passes a build with other constants)."""
         n = int(name[1:])
         with self._suppress_missing():
             self.status_socket(name).unlink()
         self.agents[name] = self.nodes[name].popen(
-            [str(BIN / "meshsec-agent"), "run", "--controller", f"{CTL_ADDR}:7443",
+            [*(program or [str(BIN / "meshsec-agent")]), "run", "--controller", f"{CTL_ADDR}:7443",
              "--bootstrap", f"{CTL_ADDR}:7444", "--node", name, "--state-dir", str(self.state_dir(name)),
              "--token-file", str(self.work / f"{name}.token"), "--ca-file", str(self.ctl_dir / "ca.pem"),
-             "--dataplane", "userspace", "--address", f"198.18.0.{n}", "--responder-grace", "3",
+             "--dataplane", self.dataplane, "--address", f"198.18.0.{n}", "--responder-grace", "3",
              "--log-level", "debug"],
             log=self.work / f"{name}.log",
         )  # fmt: skip

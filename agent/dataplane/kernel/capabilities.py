@@ -139,4 +139,5 @@ async def detect(scratch_netns: str | None) -> Capabilities:
         udp_encapsulation=found["udp_encapsulation"],
         xfrm_interfaces=why_if is None,
         notes=tuple(notes),
+        outlives_agent=True,
     )
