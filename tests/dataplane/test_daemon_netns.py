@@ -220,5 +220,12 @@ def test_control_socket_refuses_bad_messages_clearly(lab: Lab) -> None:
     assert (two.call(id=1, op="hello", version=1) or {}).get("ok")
     assert one.closed()
     assert (two.call(id=2, op="drops") or {}).get("ok")
+    # An observer (status tools) reads beside the agent, supersedes nothing and may not write.
+    watcher = RawControl(path)
+    assert (watcher.call(id=1, op="hello", version=1, role="observer") or {}).get("ok")
+    assert (watcher.call(id=2, op="list") or {}).get("ok")
+    reply = watcher.call(id=3, op="flush")
+    assert reply is not None and reply["error"] == "op 'flush' is not allowed on an observer connection"
+    assert (two.call(id=3, op="list") or {}).get("ok")  # the agent's connection is still there
     assert key not in (lab.workdir / "daemon-c.log").read_text()
     assert daemon.poll() is None

@@ -7,7 +7,8 @@ travel as SCM_RIGHTS ancillary data (the UDP 4500 socket and the IKE channel).
 
 Messages are JSON objects, version `VERSION`:
 - request  {"id": N, "op": NAME, ...arguments}; the first on a connection must be
-  {"op": "hello", "version": VERSION}, answered with the daemon's capabilities;
+  {"op": "hello", "version": VERSION}, answered with the daemon's capabilities (with
+  "role": "observer": a read-only connection beside the agent's, for status tools);
 - reply    {"id": N, "ok": true, ...} or {"id": N, "ok": false, "error": TEXT, "kind": KIND}
   (KIND: "protocol", "dataplane" or "unsupported"; a protocol error on hello or an oversized
   message also closes the connection);
@@ -39,6 +40,8 @@ MAX_FDS = 4
 MAX_IKE_MESSAGE = 65535  # a UDP datagram's payload; IKE messages are smaller
 OPS = ("hello", "allocate_spi", "add_sa", "update_sa", "delete_sa", "ensure_policy", "delete_policy",
        "counters", "drops", "list", "adopt", "flush", "encap_sockets", "attach_encap")  # fmt: skip
+# A hello with "role": "observer" (status tools, tests) supersedes no agent and may only read.
+OBSERVER_OPS = ("hello", "counters", "drops", "list")
 
 
 class ProtocolError(Exception):

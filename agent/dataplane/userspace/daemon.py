@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import stat
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -64,6 +65,7 @@ class _Connection:
         self.sock = sock
         self.number = number
         self.greeted = False
+        self.observer = False  # read-only; never the agent
         self.closed = False
         self.send_lock = asyncio.Lock()
 
@@ -229,6 +231,8 @@ class DataPlaneDaemon:
                     raise control.ProtocolError(f"the first request must be hello, not {op!r}")
                 if op not in control.OPS:
                     raise control.ProtocolError(f"unknown op {op!r} (known: {', '.join(control.OPS)})")
+                if conn.observer and op not in control.OBSERVER_OPS:
+                    raise control.ProtocolError(f"op {op!r} is not allowed on an observer connection")
                 reply, reply_fds = await self._dispatch(conn, str(op), req, fds)
                 fds = []  # taken over by the dispatch
             finally:
@@ -242,7 +246,7 @@ class DataPlaneDaemon:
             await self._reply(conn, req_id, error=exc)
             return False
         await self._reply(conn, req_id, fds=reply_fds, **reply)
-        if req.get("op") == "hello":
+        if req.get("op") == "hello" and not conn.observer:
             await self._flush_backlog(conn)
         return False
 
@@ -300,14 +304,22 @@ class DataPlaneDaemon:
         if version != control.VERSION:
             raise control.ProtocolError(
                 f"protocol version {version!r} is not supported (this daemon speaks {control.VERSION})")
+        if req.get("role", "agent") not in ("agent", "observer"):
+            raise control.ProtocolError(f"role {req.get('role')!r} is not 'agent' or 'observer'")
+        conn.observer = req.get("role") == "observer"
+        conn.greeted = True
+        if conn.observer:
+            return self._hello_reply()
         previous = self._agent
         if previous is not None and previous is not conn:
             log.info("agent connection %d supersedes connection %d", conn.number, previous.number)
             self._close(previous)
-        conn.greeted = True
         self._agent = conn
-        caps = self.dp.capabilities
         log.info("agent connected (connection %d)", conn.number)
+        return self._hello_reply()
+
+    def _hello_reply(self) -> dict[str, Any]:
+        caps = self.dp.capabilities
         return {"version": control.VERSION, "pid": os.getpid(), "started_at": self.started_at,
                 "tun": self.dp.tun_name, "mtu": self.dp.mtu,
                 "capabilities": {**asdict(caps), "notes": list(caps.notes)}}  # fmt: skip
@@ -445,9 +457,41 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--path-mtu", type=int, default=1500, help="underlay MTU tunnelled packets are sized for")
     p.add_argument("--loop", choices=("thread", "split", "asyncio"), default="thread")
     p.add_argument("--pid-file", type=Path, help="write this process's id here (removed on exit)")
+    p.add_argument("--status", action="store_true",
+                   help="print what the daemon on --socket holds (SAs, policies, drops) as JSON and exit")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     add_log_format_argument(p)
     return p
+
+
+def query(path: Path, timeout: float = 5.0) -> dict[str, Any]:
+    """What the daemon on `path` holds, read over an observer connection (the agent's stays):
+    hello, every SA (id, reqid, direction) and policy key, and the drop counters. Blocking, for
+    `meshsec-dataplane --status` and tests; raises OSError or control.ProtocolError."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+
+        def call(op: str, **args: Any) -> dict[str, Any]:
+            sock.send(control.encode({"id": op, "op": op, **args}))
+            while True:
+                reply = control.decode(sock.recv(control.MAX_REPLY + 1), False, control.MAX_REPLY)
+                if reply.get("id") == op:
+                    break
+            if not reply.get("ok"):
+                raise control.ProtocolError(f"{op}: {reply.get('error')}")
+            return reply
+
+        doc: dict[str, Any] = {"hello": call("hello", version=control.VERSION, role="observer"),
+                               "sas": [], "policies": []}  # fmt: skip
+        after: int | None = 0
+        while after is not None:
+            page = call("list", after=after)
+            doc["sas"] += page["sas"]
+            doc["policies"] += page["policies"]
+            after = page["next"]
+        doc["drops"] = call("drops")["drops"]
+        return doc
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -472,6 +516,15 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.status:
+        import json
+
+        try:
+            print(json.dumps(query(args.socket), indent=2))
+        except (OSError, control.ProtocolError) as exc:
+            print(f"meshsec-dataplane: no answer on {args.socket}: {exc}", file=sys.stderr)
+            return 1
+        return 0
     configure_logging(args.log_level, log_format=args.log_format)
     try:
         asyncio.run(serve(args))
