@@ -67,6 +67,7 @@ class _Connection:
         self.greeted = False
         self.observer = False  # read-only; never the agent
         self.closed = False
+        self.task: asyncio.Task[None] | None = None  # the one serving it, and closing its socket
         self.send_lock = asyncio.Lock()
 
 
@@ -129,10 +130,11 @@ class DataPlaneDaemon:
         self._encap.clear()
         self._ike_channels.clear()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -152,7 +154,8 @@ class DataPlaneDaemon:
                 sock.close()
                 continue
             self._connections += 1
-            self._spawn(self._serve(_Connection(sock, self._connections)))
+            conn = _Connection(sock, self._connections)
+            conn.task = self._spawn(self._serve(conn))
 
     async def _serve(self, conn: _Connection) -> None:
         try:
@@ -171,6 +174,7 @@ class DataPlaneDaemon:
             log.info("control connection %d lost: %s", conn.number, exc)
         finally:
             self._close(conn)
+            conn.sock.close()  # only here, after its reader is gone: the next socket may get its fd
 
     async def _receive(self, conn: _Connection) -> tuple[bytes, list[int], bool]:
         while True:
@@ -180,13 +184,15 @@ class DataPlaneDaemon:
                 await control.wait_ready(conn.sock, writable=False)
 
     def _close(self, conn: _Connection) -> None:
-        if conn.closed:
-            return
-        conn.closed = True
-        conn.sock.close()
+        """Ends a connection. Its own task closes the socket once it has unregistered the socket
+        from the loop: closing it under a registered reader would let the next connection reuse
+        the descriptor number while the loop still holds the old registration."""
         if self._agent is conn:
             self._agent = None
             log.info("agent disconnected (connection %d); forwarding goes on", conn.number)
+        conn.closed = True
+        if conn.task is not None and conn.task is not asyncio.current_task():
+            conn.task.cancel()
 
     async def _send(self, conn: _Connection, message: dict[str, Any], fds: list[int] | None = None) -> None:
         data = control.encode(message)
