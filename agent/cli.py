@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="none: IKE only, no packet processing (testing)",
     )
     run.add_argument("--tun-name", default="meshsec0", help="userspace data plane TUN device")
+    run.add_argument("--userspace-daemon", choices=("spawn", "connect", "off"), default="spawn",
+                     help="the userspace data plane runs as meshsec-dataplane, which forwards on while "
+                          "the agent restarts: spawn (start it where none answers; default), connect "
+                          "(systemd or a Kubernetes container starts it), off (in the agent: a restart "
+                          "drops traffic)")
+    run.add_argument("--dataplane-socket", type=Path,
+                     help="meshsec-dataplane's control socket (default: <state-dir>/dataplane.sock)")
     run.add_argument("--ike-port", type=int, default=500)
     run.add_argument("--address", action="append", default=[], help="endpoint to report (repeatable)")
     run.add_argument("--status-socket", type=Path, help="default: <state-dir>/status.sock")
@@ -132,6 +139,8 @@ def run_connected(args: argparse.Namespace) -> int:
         server_name=args.server_name,
         dataplane=args.dataplane,
         tun_name=args.tun_name,
+        userspace_daemon=args.userspace_daemon,
+        dataplane_socket=args.dataplane_socket,
         ike_port=args.ike_port,
         status_socket=args.status_socket,
         metrics=args.metrics,

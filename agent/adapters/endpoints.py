@@ -62,9 +62,14 @@ class Endpoints:
     ) -> None:
         """Binds every address; 4500 goes to a data plane that does UDP encapsulation, the
         others are read by `readable` on the loop."""
-        for address in addresses:
-            self.all.append(Endpoint(udp.open_udp_socket(address.host, address.port, rcvbuf), address))
         share = dataplane is not None and dataplane.capabilities.udp_encapsulation
+        for address in addresses:
+            held = None
+            if share and address.port == NATT_PORT:
+                assert dataplane is not None
+                held = dataplane.held_encap_socket(address.host, address.port)  # kept across a restart
+            sock = held or udp.open_udp_socket(address.host, address.port, rcvbuf)
+            self.all.append(Endpoint(sock, address))
         for ep in self.all:
             if ep.bound.port == NATT_PORT and share:
                 assert dataplane is not None

@@ -114,5 +114,8 @@ class RecordingDataPlane:
         if False:  # pragma: no cover - makes this an async generator
             yield
 
+    def held_encap_socket(self, host: str, port: int) -> socket.socket | None:
+        return None  # nothing outlives the agent
+
     async def attach_encap_socket(self, sock: socket.socket, ike_receiver: IkeReceiver) -> None:
         raise DataPlaneError("the recording data plane does not read ESP-in-UDP; the IKE adapter keeps 4500")

@@ -258,6 +258,11 @@ class DataPlane(Protocol):
     def events(self) -> AsyncIterator[DataPlaneEvent]:
         """Lifetime expiry and acquire events; one consumer."""
 
+    def held_encap_socket(self, host: str, port: int) -> socket.socket | None:
+        """The UDP socket bound to (host, port) that the backend kept reading while no agent ran
+        (the userspace data-plane daemon keeps 4500, so ESP-in-UDP flows on across an agent's
+        restart); the IKE adapter uses it instead of binding a second one. None: bind anew."""
+
     async def attach_encap_socket(self, sock: socket.socket, ike_receiver: IkeReceiver) -> None:
         """Hand over the IKE socket on UDP 4500 (RFC 3948): ESP-in-UDP datagrams arriving there are
         the data plane's; non-ESP-marker datagrams go to `ike_receiver` with the marker removed.

@@ -46,7 +46,7 @@ from meshsec.agent.node.reconciler import Reconciler
 from meshsec.agent.node.report import ReportBuilder, timestamp
 from meshsec.agent.node.routes import SiteRoutes, routes_of
 from meshsec.agent.node.session import IdentityLost, Session
-from meshsec.agent.node.statedir import STATUS_SOCKET, StateDir
+from meshsec.agent.node.statedir import DATAPLANE_SOCKET, STATUS_SOCKET, StateDir
 from meshsec.agent.node.sweeper import Sweeper
 from meshsec.agent.node.translate import node_credentials
 from meshsec.agent.standalone.config import AgentSettings
@@ -72,6 +72,11 @@ class NodeAgentConfig:
     server_name: str | None = None
     dataplane: str = "auto"
     tun_name: str = "meshsec0"
+    # The userspace data plane runs as its own process so that it forwards on while this agent
+    # restarts: "spawn" (start it where none answers), "connect" (systemd, Kubernetes: someone
+    # else starts it) or "off" (in this process: dies with the agent; tests).
+    userspace_daemon: str = "spawn"
+    dataplane_socket: Path | None = None  # default: <state-dir>/dataplane.sock
     ike_port: int = 500
     bind: tuple[str, ...] = ("0.0.0.0",)
     status_socket: Path | None = None
@@ -109,6 +114,7 @@ class NodeAgent:
         self.recovered = 0  # owned data-plane objects removed at start
         self.adopted = 0  # owned data-plane objects adopted at start (left forwarding by a restart)
         self.drain_requested = asyncio.Event()  # `meshsec-agent drain`: leave the mesh and exit
+        self.dataplane_lost = asyncio.Event()  # the data-plane daemon went away: restart to recover
         self._first_reqid = 1  # above every adopted reqid, so no new CHILD_SA shares an old one's
         self._owned: OwnedState | None = None  # what adopt() found (resumed IKE SAs bind to it)
         self.resume: dict[str, object] = {}  # how the start went on from the IKE state file (status)
@@ -123,7 +129,9 @@ class NodeAgent:
         config = self.config
         self.state.prepare()
         self.desired = self.desired_store.load()
-        dataplane = await make_dataplane(AgentSettings(dataplane=config.dataplane, tun_name=config.tun_name))
+        dataplane = await make_dataplane(AgentSettings(
+            dataplane=config.dataplane, tun_name=config.tun_name, userspace_daemon=config.userspace_daemon,
+            dataplane_socket=config.dataplane_socket or self.state.file(DATAPLANE_SOCKET)))
         self.dataplane = dataplane
         await dataplane.start()
         await self._adopt_or_remove(dataplane)
@@ -169,10 +177,16 @@ class NodeAgent:
                  ", ".join(map(str, adapter.endpoints)), socket_path)  # fmt: skip
 
     async def _dataplane_events(self, dataplane: DataPlane) -> None:
-        async for ev in dataplane.events():
-            if isinstance(ev, SaExpired) and self.adapter is not None:
-                # Soft: the engine rekeys the CHILD_SA; hard: it deletes it with the peer.
-                self.adapter.child_expired(ev.sa, ev.hard)
+        try:
+            async for ev in dataplane.events():
+                if isinstance(ev, SaExpired) and self.adapter is not None:
+                    # Soft: the engine rekeys the CHILD_SA; hard: it deletes it with the peer.
+                    self.adapter.child_expired(ev.sa, ev.hard)
+        except DataPlaneError as exc:
+            # The data-plane daemon died (and its SAs with it): this process's view of the data
+            # plane is wrong now; a restart adopts what the next daemon holds and re-establishes.
+            log.error("data plane lost (%s); stopping so that a restart recovers", exc)
+            self.dataplane_lost.set()
 
     async def _adopt_or_remove(self, dataplane: DataPlane) -> None:
         """What an earlier run left: adopted while a persisted desired state says what it was for
@@ -570,12 +584,15 @@ async def run(config: NodeAgentConfig, stop: asyncio.Event | None = None) -> Non
         await agent.start()
         controller = agent.controller_task
         assert controller is not None
-        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(agent.drain_requested.wait())]
+        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(agent.drain_requested.wait()),
+                 asyncio.create_task(agent.dataplane_lost.wait())]
         await asyncio.wait([controller, *waits], return_when=asyncio.FIRST_COMPLETED)
         for w in waits:
             w.cancel()
         leave = agent.drain_requested.is_set() or (stop.is_set() and config.leave_on_stop)
         if controller.done() and not controller.cancelled() and controller.exception() is not None:
             raise controller.exception()  # type: ignore[misc]
+        if agent.dataplane_lost.is_set():
+            raise DataPlaneError("the data-plane daemon went away")
     finally:
         await agent.stop(leave=leave)

@@ -27,6 +27,7 @@ CERT = "node.crt"
 CA = "ca.pem"
 DESIRED = "desired.pb"
 STATUS_SOCKET = "status.sock"
+DATAPLANE_SOCKET = "dataplane.sock"  # the userspace data-plane daemon's control socket (0600)
 IKE_STATE = "ike-sas.json"
 IKE_STATE_FORMAT = "meshsec-ike-state"
 IKE_STATE_VERSION = 1

@@ -58,6 +58,12 @@ class AgentSettings:
     receive_buffer: int = 4 * 1024 * 1024
     dataplane: str = "auto"
     tun_name: str = "meshsec0"
+    # The userspace data plane in its own process (agent/dataplane/userspace/daemon.py): "spawn"
+    # (connect, start one where none answers), "connect" (someone else starts it: systemd, a
+    # Kubernetes container) or "off" (in this process: it dies with the agent). The standalone
+    # agent leaves on every stop (DELETE to every peer), so it keeps "off".
+    userspace_daemon: str = "off"
+    dataplane_socket: Path | None = None
     cookie_threshold: int = 10
     block_threshold: int = 1000
     cookie_threshold_per_address: int = 3

@@ -33,11 +33,34 @@ async def make_dataplane(settings: AgentSettings) -> DataPlane:
     from meshsec.agent.dataplane.kernel.selection import select_backend
 
     def userspace() -> DataPlane:
+        if settings.userspace_daemon != "off":
+            return daemon_client(settings)
         from meshsec.agent.dataplane.userspace.backend import UserspaceConfig, UserspaceDataPlane
 
         return UserspaceDataPlane(UserspaceConfig(tun_name=settings.tun_name))
 
     return await select_backend(settings.dataplane, userspace_factory=userspace)
+
+
+USERSPACE_DAEMON_MODES = ("spawn", "connect", "off")
+
+
+def daemon_client(settings: AgentSettings) -> DataPlane:
+    """The client of the data-plane daemon on `settings.dataplane_socket`; with "spawn" it starts
+    the daemon (log and pid file beside the socket) where none answers."""
+    from meshsec.agent.dataplane.userspace.client import DaemonDataPlane, DaemonSpawn
+
+    if settings.userspace_daemon not in USERSPACE_DAEMON_MODES:
+        raise DataPlaneError(f"userspace daemon mode {settings.userspace_daemon!r} is not one of "
+                             f"{USERSPACE_DAEMON_MODES}")  # fmt: skip
+    path = settings.dataplane_socket
+    if path is None:
+        raise DataPlaneError("the userspace data-plane daemon needs a control socket path")
+    spawn = None
+    if settings.userspace_daemon == "spawn":
+        spawn = DaemonSpawn(tun_name=settings.tun_name, log_file=path.with_suffix(".log"),
+                            pid_file=path.with_suffix(".pid"))  # fmt: skip
+    return DaemonDataPlane(path, spawn)
 
 
 class Agent:

@@ -380,9 +380,26 @@ def start_connected_agents(plan: World, state: LabState, client: AdminClient, da
                 "--ca-file", str(controller_ca), "--ca-sha256", token.ca_cert_sha256,
                 "--dataplane", dataplane, "--address", site.node_address,
                 "--status-socket", str(RUN_DIR / "agents" / f"{site.node}.sock")]  # fmt: skip
+        if dataplane == "userspace":
+            argv += start_dataplane_daemon(plan, state, site.node, site.gateway_ns)
         log = LOG_DIR / f"{site.node}.log"
         pid = netns.popen(plan.ns(site.gateway_ns), argv, log)
         state.add_process(f"agent/{site.node}", pid, plan.ns(site.gateway_ns), log, argv)
+
+
+def start_dataplane_daemon(plan: World, state: LabState, node: str, ns: str) -> list[str]:
+    """The userspace data plane as its own lab process (as systemd's meshsec-dataplane.service
+    runs it), so `meshctl lab restart` restarts the agent while the packets keep flowing and
+    `lab down` stops it by PID; returns the agent's options to connect to it."""
+    program = preflight.meshsec_program("meshsec-dataplane")
+    if program is None:
+        raise UserError("meshsec-dataplane is not installed",
+                        hint="pip install -e . (bash scripts/install.sh)")  # fmt: skip
+    sock = RUN_DIR / "agents" / f"{node}-dataplane.sock"
+    log = LOG_DIR / f"{node}-dataplane.log"
+    pid = netns.popen(plan.ns(ns), [program, "--socket", str(sock), "--tun-name", "meshsec0"], log)
+    state.add_process(f"dataplane/{node}", pid, plan.ns(ns), log)
+    return ["--userspace-daemon", "connect", "--dataplane-socket", str(sock)]
 
 
 def start_standalone_agents(

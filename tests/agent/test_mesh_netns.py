@@ -125,8 +125,12 @@ def test_headless_restart_recovery_sigterm_restart_and_drain(mesh: MeshLab) -> N
     # kill -9 while headless: the agent restarts from its persisted desired state alone.
     mesh.stop_agent("n2", signal.SIGKILL)
     mesh.start_agent("n2")
+    # The data-plane daemon forwarded on meanwhile, so the pings pass before the agent is back:
+    # wait for its status socket too.
     wait_for(
-        "n2 back in the mesh", lambda: mesh.ping("n2", "n1", count=1) and mesh.ping("n3", "n2", count=1), 30
+        "n2 back in the mesh",
+        lambda: mesh.status("n2") and mesh.ping("n2", "n1", count=1) and mesh.ping("n3", "n2", count=1),
+        30,
     )
     doc = mesh.status("n2")
     assert not doc["controller"]["connected"] and doc["controller"]["desired_version"] > 0
@@ -159,7 +163,8 @@ def test_headless_restart_recovery_sigterm_restart_and_drain(mesh: MeshLab) -> N
             dropped = lambda name=name: ike_spis(mesh, name).get("n3") != kept[name]  # noqa: E731
             wait_for(f"{name} got n3's DELETE", dropped, 5)
     mesh.start_agent("n3")
-    wait_for("n3 back", lambda: mesh.ping("n3", "n1", count=1) and mesh.ping("n2", "n3", count=1), 30)
+    wait_for("n3 back", lambda: mesh.status("n3") and mesh.ping("n3", "n1", count=1)
+             and mesh.ping("n2", "n3", count=1), 30)  # fmt: skip
     wait_for("no stale SA after n3's restart", lambda: assert_no_stale(mesh) is None, 15)
 
     # Drain (node removal): the peers drop their IKE SA with n3 at once (DELETE), not after DPD;

@@ -180,6 +180,37 @@ def test_agent_daemonset() -> None:
     assert mounts["tun"] == "/dev/net/tun"
 
 
+def test_userspace_data_plane_is_a_second_container_sharing_the_socket() -> None:
+    """The agent container's restart must leave the userspace packet path running: it lives in
+    the `dataplane` container, reached over a socket on a pod-lifetime volume both mount."""
+    from meshsec.agent.dataplane.userspace.daemon import parser as daemon_parser
+
+    agent = render()["DaemonSet/mesh-meshsec-agent"]
+    pod = agent["spec"]["template"]["spec"]
+    a, d = container(agent, "agent"), container(agent, "dataplane")
+    args = agent_parser().parse_args(a["command"][1:] + a["args"])
+    daemon = daemon_parser().parse_args(d["args"])
+    assert d["command"] == ["meshsec-dataplane"]
+    assert args.userspace_daemon == "connect"  # the kubelet starts the daemon, not the agent
+    assert args.dataplane_socket == daemon.socket
+    assert daemon.tun_name == args.tun_name == "meshsec0"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes["dataplane-socket"]  # lives as long as the pod, not a container
+    for c in (a, d):
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        assert str(daemon.socket).startswith(mounts["dataplane-socket"] + "/")
+    assert {m["name"]: m["mountPath"] for m in d["volumeMounts"]}["tun"] == "/dev/net/tun"
+    assert set(d["securityContext"]["capabilities"]["add"]) == {"NET_ADMIN", "NET_RAW"}
+
+    kernel = render({"agent": {"dataplane": "kernel"}})["DaemonSet/mesh-meshsec-agent"]
+    names = [c["name"] for c in kernel["spec"]["template"]["spec"]["containers"]]
+    assert names == ["agent"]
+    inside = render({"agent": {"userspace": {"sidecar": False}}})["DaemonSet/mesh-meshsec-agent"]
+    c = container(inside, "agent")
+    assert [x["name"] for x in inside["spec"]["template"]["spec"]["containers"]] == ["agent"]
+    assert agent_parser().parse_args(c["command"][1:] + c["args"]).userspace_daemon == "off"
+
+
 def test_etcd_ha() -> None:
     r = render(
         {
@@ -297,6 +328,7 @@ def test_image_provides_the_chart_commands() -> None:
     commands = {
         container(r["Deployment/mesh-meshsec-controller"], "controller")["command"][0],
         container(r["DaemonSet/mesh-meshsec-agent"], "agent")["command"][0],
+        container(r["DaemonSet/mesh-meshsec-agent"], "dataplane")["command"][0],
     }
     assert commands <= set(scripts)
     # Every role's packages, from the lock that the operator extra (kopf, kubernetes) is part of.

@@ -528,6 +528,9 @@ class KernelDataPlane:
 
     # -- IKE socket ------------------------------------------------------------------------------
 
+    def held_encap_socket(self, host: str, port: int) -> socket.socket | None:
+        return None  # the agent binds its own
+
     async def attach_encap_socket(self, sock: socket.socket, ike_receiver: IkeReceiver) -> None:
         reader = EncapSocketReader(sock, ike_receiver)
         reader.start()

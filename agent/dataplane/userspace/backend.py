@@ -303,8 +303,22 @@ class UserspaceDataPlane:
         return OwnedState(sas=tuple(self._sas), policies=tuple(self._policies))
 
     async def adopt(self) -> OwnedState:
-        # In-process, the packet path dies with the agent: a new one holds nothing to adopt.
+        # In-process, the packet path dies with the agent: a new one holds nothing to adopt. The
+        # data-plane daemon (daemon.py) outlives agents; its client adopts what it holds.
         return await self.list_owned()
+
+    def installed(self) -> tuple[list[SecurityAssociation], list[Policy]]:
+        """What is installed, for the daemon's `list` (an agent adopting it)."""
+        return [st.sa for st in self._sas.values()], list(self._policies.values())
+
+    def release_reservations(self) -> int:
+        """Forget SPIs reserved without an SA installed since: an agent that died between
+        ALLOCSPI and the install left them, and the next agent cannot know them."""
+        installed = {(sa_id.spi, int(sa_id.protocol)) for sa_id in self._sas}
+        stale = [key for key in self._reserved if key not in installed]
+        for key in stale:
+            del self._reserved[key]
+        return len(stale)
 
     async def flush_owned(self) -> None:
         for sa_id in list(self._sas):
@@ -330,6 +344,9 @@ class UserspaceDataPlane:
     async def events(self) -> AsyncIterator[DataPlaneEvent]:
         while True:
             yield await self._events.get()
+
+    def held_encap_socket(self, host: str, port: int) -> socket.socket | None:
+        return None  # in-process: the socket dies with the agent
 
     async def attach_encap_socket(self, sock: socket.socket, ike_receiver: IkeReceiver) -> None:
         if self._output is None or self._readers is None or self._driver is None or self._loop is None:

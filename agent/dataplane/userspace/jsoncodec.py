@@ -1,5 +1,6 @@
-"""JSON form of SAs and policies for the standalone runner (tests, benchmarks, debugging).
-Errors name the field that is wrong."""
+"""JSON form of SAs and policies: the standalone runner's (tests, benchmarks, debugging) and the
+data-plane daemon's control protocol (control.py). Errors name the field that is wrong and never
+carry a key's value."""
 
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ def selector_from_json(d: dict[str, Any], where: str = "selector") -> TrafficSel
             src_ports=tuple(d.get("src_ports", (0, 65535))),
             dst_ports=tuple(d.get("dst_ports", (0, 65535))),
         )
+    except ConfigError:
+        raise  # already names the field
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
@@ -64,6 +67,8 @@ def selector_from_json(d: dict[str, Any], where: str = "selector") -> TrafficSel
 def sa_id_from_json(d: dict[str, Any], where: str = "sa") -> SaId:
     try:
         dst = ipaddress.ip_address(_get(d, "dst", where))
+    except ConfigError:
+        raise  # already names the field
     except ValueError as exc:
         raise ConfigError(f"{where}.dst: {exc}") from exc
     protocol = _enum(IpsecProtocol, d.get("protocol", "esp"), f"{where}.protocol")
@@ -76,6 +81,8 @@ def sa_from_json(d: dict[str, Any], where: str = "sa") -> SecurityAssociation:
     encap = d.get("encap")
     try:
         src = ipaddress.ip_address(_get(d, "src", where))
+    except ConfigError:
+        raise  # already names the field
     except ValueError as exc:
         raise ConfigError(f"{where}.src: {exc}") from exc
     return SecurityAssociation(
@@ -95,6 +102,7 @@ def sa_from_json(d: dict[str, Any], where: str = "sa") -> SecurityAssociation:
         esn=bool(d.get("esn", True)),
         lifetime=Lifetime(**d.get("lifetime", {})),
         selector=selector_from_json(d["selector"], f"{where}.selector") if d.get("selector") else None,
+        if_id=int(d.get("if_id", 0)),
     )
 
 
@@ -115,4 +123,48 @@ def policy_from_json(d: dict[str, Any], where: str = "policy") -> Policy:
         action=_enum(PolicyAction, d.get("action", "protect"), f"{where}.action"),
         template=template,
         priority=int(d.get("priority", 0)),
+        if_id=int(d.get("if_id", 0)),
     )
+
+
+# -- the other way: what the agent sends to the data-plane daemon --
+
+
+def selector_to_json(sel: TrafficSelector) -> dict[str, Any]:
+    return {"src": str(sel.src), "dst": str(sel.dst), "protocol": sel.protocol,
+            "src_ports": list(sel.src_ports), "dst_ports": list(sel.dst_ports)}  # fmt: skip
+
+
+def sa_id_to_json(sa_id: SaId) -> dict[str, Any]:
+    return {"dst": str(sa_id.dst), "spi": sa_id.spi, "protocol": sa_id.protocol.name.lower()}
+
+
+def sa_to_json(sa: SecurityAssociation) -> dict[str, Any]:
+    """Keys in hex: this dict is for the daemon's 0600 socket only, never for a log."""
+    d: dict[str, Any] = {
+        **sa_id_to_json(sa.id), "src": str(sa.src), "direction": sa.direction.value, "mode": sa.mode.value,
+        "reqid": sa.reqid, "replay_window": sa.replay_window, "esn": sa.esn,
+        "lifetime": {f: getattr(sa.lifetime, f) for f in Lifetime.__dataclass_fields__}, "if_id": sa.if_id,
+    }  # fmt: skip
+    if sa.encryption is not None:
+        d["encryption"] = {"name": sa.encryption.name, "key": sa.encryption.key.reveal().hex(),
+                           "icv_bits": sa.encryption.icv_bits}  # fmt: skip
+    if sa.integrity is not None:
+        d["integrity"] = {"name": sa.integrity.name, "key": sa.integrity.key.reveal().hex(),
+                          "truncation_bits": sa.integrity.truncation_bits}  # fmt: skip
+    if sa.encap is not None:
+        d["encap"] = {"src_port": sa.encap.src_port, "dst_port": sa.encap.dst_port}
+    if sa.selector is not None:
+        d["selector"] = selector_to_json(sa.selector)
+    return d
+
+
+def policy_to_json(policy: Policy) -> dict[str, Any]:
+    d: dict[str, Any] = {"selector": selector_to_json(policy.selector), "direction": policy.direction.value,
+                         "action": policy.action.value, "priority": policy.priority, "if_id": policy.if_id}
+    t = policy.template
+    if t is not None:
+        d["template"] = {"protocol": t.protocol.name.lower(), "mode": t.mode.value, "reqid": t.reqid,
+                         "src": str(t.src) if t.src is not None else None,
+                         "dst": str(t.dst) if t.dst is not None else None}  # fmt: skip
+    return d
