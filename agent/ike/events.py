@@ -153,6 +153,15 @@ class PortsChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class VirtualAddressesAssigned:
+    """Gateway: the address pool gave `remote_id` these virtual addresses (CFG_REPLY); they are
+    the client's until this IKE SA (or its rekeyed successor) ends."""
+
+    remote_id: str
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class LivenessChecked:
     alive: bool
 
@@ -171,4 +180,5 @@ Event = (
     | InitialContactReceived
     | PortsChanged
     | LivenessChecked
+    | VirtualAddressesAssigned
 )

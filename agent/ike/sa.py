@@ -18,7 +18,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from meshsec.agent.ike import strict
+from meshsec.agent.ike import cp, strict
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.child import ChildSa as ChildSa
 from meshsec.agent.ike.config import ChildConfig, IkeConfig
@@ -56,6 +56,7 @@ from meshsec.agent.ike.sa_lifetime import IkeLifetime
 from meshsec.agent.ike.states import EXCHANGE_RULES, IKE_TRANSITIONS, ChildState, State, check
 from meshsec.agent.ike.task import Task
 from meshsec.agent.ike.task_manager import TaskManager
+from meshsec.agent.ike.virtual_ip import VirtualAddress
 from meshsec.common.errorlog import ExceptionLog
 
 __all__ = [
@@ -137,6 +138,10 @@ class IkeSa:
         self.children: dict[int, ChildSa] = {}
         self.tasks = TaskManager(self)
         self.remote_identity: Identity | None = None
+        # Road warriors (features/config_payload.py): the client's virtual addresses (on the
+        # gateway: what the pool assigned; on the client: what the CFG_REPLY gave us).
+        self.virtual_addresses: tuple[VirtualAddress, ...] = ()
+        self.cfg_reply: cp.Reply | None = None
         self.peer_hashes: frozenset[int] | None = None  # SIGNATURE_HASH_ALGORITHMS (RFC 7427)
         # Set by the IKE_SA_INIT features; read by IKE_AUTH and CHILD_SA tasks.
         self.nonce_i = b""
@@ -332,6 +337,7 @@ class IkeSa:
         self.successor = new
         new.children.update(self.children)
         self.children.clear()
+        new.virtual_addresses, new.cfg_reply = self.virtual_addresses, self.cfg_reply
         new.tasks.adopt(self.tasks.take_over())
         self.lifetime.replaced(now)
         self.emit(IkeSaRekeyed(new.spi_i, new.spi_r, new.local_spi))

@@ -1,0 +1,39 @@
+"""Virtual addresses for road warriors (RFC 7296 2.19): where the gateway's Configuration
+Payload gets the addresses it hands out, like strongSwan's attribute providers.
+
+The engine only asks; an `AddressPool` on the connection's IkeConfig answers synchronously with
+the addresses, DNS servers and split routes for one client, or with why it cannot (the pool is
+full, the client is not allowed). Giving addresses back when the client's IKE SA ends is the
+pool owner's job: the engine announces each assignment with a `VirtualAddressesAssigned` event
+and every IKE SA's end with `IkeSaDeleted` / `IkeSaFailed`."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Protocol
+
+from meshsec.agent.ike import cp
+from meshsec.agent.ike.ts import Ts
+
+VirtualAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class AddressRefused:
+    """Why a client gets no address; it goes to the client as INTERNAL_ADDRESS_FAILURE and into
+    the failure event and the log."""
+
+    reason: str
+
+
+class AddressPool(Protocol):
+    def assign(self, client: str, request: cp.Request) -> cp.Reply | AddressRefused:
+        """Addresses for `client` (its authenticated IKE identity, as shown to humans). Asking
+        again for the same client while it holds addresses gives the same ones back."""
+        ...
+
+
+def selectors_for(addresses: tuple[VirtualAddress, ...]) -> list[Ts]:
+    """The traffic selectors a client's CHILD_SAs are narrowed to: exactly its addresses."""
+    return [Ts(a, a) for a in addresses]
