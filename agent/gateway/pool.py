@@ -99,3 +99,36 @@ class LocalPool:
         for address in lease.addresses:
             self._ranges[address.version].used.discard(address)
         return True
+
+
+class PoolSet:
+    """A connection's pools in order (swanctl.conf's `pools = a, b`): a client gets the first
+    that has room; `release` returns its addresses to the pool that gave them."""
+
+    def __init__(self, pools: Iterable[LocalPool]) -> None:
+        self.pools = tuple(pools)
+        self._gave: dict[str, LocalPool] = {}
+
+    def assign(self, client: str, request: cp.Request) -> cp.Reply | AddressRefused:
+        holder = self._gave.get(client)
+        candidates = (holder,) if holder is not None else self.pools
+        refusals: list[str] = []
+        for pool in candidates:
+            answer = pool.assign(client, request)
+            if isinstance(answer, cp.Reply):
+                self._gave[client] = pool
+                return answer
+            refusals.append(answer.reason)
+        return AddressRefused("; ".join(refusals))
+
+    def release(self, client: str) -> bool:
+        pool = self._gave.get(client)
+        if pool is None:
+            return False
+        freed = pool.release(client)
+        if freed:
+            del self._gave[client]
+        return freed
+
+    def leases(self) -> list[tuple[str, LocalLease]]:
+        return [(pool.name, lease) for pool in self.pools for lease in pool.leases.values()]
