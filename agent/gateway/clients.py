@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from meshsec.agent.ike.events import Event, IkeSaDeleted, IkeSaFailed, VirtualAddressesAssigned
+from meshsec.agent.ike.events import (
+    Event,
+    IkeSaDeleted,
+    IkeSaFailed,
+    VirtualAddressesAssigned,
+    VirtualAddressRefused,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,8 @@ class ConnectedClients:
         self.held: dict[int, _Held] = {}  # by the adapter's SA record handle
 
     def observe(self, sa_key: int, connection: str, peer: str, ev: Event) -> ClientEvent | None:
+        if isinstance(ev, VirtualAddressRefused):
+            return ClientRefused(connection, ev.remote_id, ev.reason, ev.notify)
         if isinstance(ev, VirtualAddressesAssigned):
             self.held[sa_key] = _Held(ev.remote_id, connection, ev.addresses)
             return ClientConnected(ev.remote_id, connection, ev.addresses)

@@ -162,6 +162,17 @@ class VirtualAddressesAssigned:
 
 
 @dataclass(frozen=True, slots=True)
+class VirtualAddressRefused:
+    """Gateway: `remote_id` authenticated but gets no address (the pool's reason, or it asked for
+    none). It is told with INTERNAL_ADDRESS_FAILURE or FAILED_CP_REQUIRED in place of its first
+    CHILD_SA (RFC 7296 2.21.2), and the gateway deletes the IKE SA right after."""
+
+    remote_id: str
+    reason: str
+    notify: str
+
+
+@dataclass(frozen=True, slots=True)
 class LivenessChecked:
     alive: bool
 
@@ -181,4 +192,5 @@ Event = (
     | PortsChanged
     | LivenessChecked
     | VirtualAddressesAssigned
+    | VirtualAddressRefused
 )

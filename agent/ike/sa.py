@@ -142,6 +142,9 @@ class IkeSa:
         # gateway: what the pool assigned; on the client: what the CFG_REPLY gave us).
         self.virtual_addresses: tuple[VirtualAddress, ...] = ()
         self.cfg_reply: cp.Reply | None = None
+        # Responder, IKE_AUTH: a feature found the IKE SA may stand but its CHILD_SA may not
+        # (RFC 7296 2.21.2); this notify answers in place of the CHILD_SA.
+        self.refuse_first_child: NotifyType | None = None
         self.peer_hashes: frozenset[int] | None = None  # SIGNATURE_HASH_ALGORITHMS (RFC 7427)
         # Set by the IKE_SA_INIT features; read by IKE_AUTH and CHILD_SA tasks.
         self.nonce_i = b""

@@ -29,8 +29,9 @@ class AddressRefused:
 
 class AddressPool(Protocol):
     def assign(self, client: str, request: cp.Request) -> cp.Reply | AddressRefused:
-        """Addresses for `client` (its authenticated IKE identity, as shown to humans). Asking
-        again for the same client while it holds addresses gives the same ones back."""
+        """Addresses for `client` (its authenticated IKE identity, as shown to humans): at least
+        one of a family the request asks for. Asking again for the same client while it holds
+        addresses gives the same ones back."""
         ...
 
 

@@ -12,10 +12,11 @@ from meshsec.agent.ike import cp
 from meshsec.agent.ike.config import IkeConfig
 from meshsec.agent.ike.events import (
     ChildSaEstablished,
-    IkeSaEstablished,
+    IkeSaDeleted,
     IkeSaFailed,
     IkeSaRekeyed,
     VirtualAddressesAssigned,
+    VirtualAddressRefused,
 )
 from meshsec.agent.ike.exchanges.child_create import ChildCreate
 from meshsec.agent.ike.failures import FailureReason
@@ -94,16 +95,23 @@ def test_clients_get_distinct_addresses_and_one_client_keeps_its_own() -> None:
 
 
 def test_a_full_pool_refuses_the_next_client_with_internal_address_failure() -> None:
+    """RFC 7296 2.21.2: the IKE SA stands, INTERNAL_ADDRESS_FAILURE replaces its CHILD_SA, and
+    the gateway deletes the IKE SA at once."""
     pool = _pool()
     for i in range(6):
         assert _connect(pool, f"user{i}").initiator.state is State.ESTABLISHED
     seventh = _connect(pool, "late")
-    (failed,) = of_type(seventh.events_r, IkeSaFailed)
-    assert failed.code is FailureReason.INTERNAL_ADDRESS_FAILURE
-    assert "pool staff: all 6 addresses of 198.19.60.0/29 are leased" in failed.reason
+    (refused,) = of_type(seventh.events_r, VirtualAddressRefused)
+    assert refused.notify == "INTERNAL_ADDRESS_FAILURE"
+    assert refused.reason == (
+        "late.example: pool staff: all 6 addresses of 198.19.60.0/29 are leased; "
+        "release a lease or enlarge the pool"
+    )
+    assert not of_type(seventh.events_r, ChildSaEstablished)
     (client_failed,) = of_type(seventh.events_i, IkeSaFailed)
     assert client_failed.code is FailureReason.INTERNAL_ADDRESS_FAILURE
-    assert not of_type(seventh.events_r, IkeSaEstablished)
+    seventh.advance(200)  # our client forgot the SA; the gateway's DELETE times out
+    assert of_type(seventh.events_r, IkeSaDeleted)
     assert "late.example" not in pool.leases
     pool.release("user0.example")
     assert _connect(pool, "late").responder.virtual_addresses == (ipaddress.ip_address("198.19.60.1"),)
@@ -112,8 +120,9 @@ def test_a_full_pool_refuses_the_next_client_with_internal_address_failure() -> 
 def test_a_client_that_asks_for_no_address_is_refused() -> None:
     pool = _pool()
     pair = _connect(pool, "plain", vip="")
-    (failed,) = of_type(pair.events_r, IkeSaFailed)
-    assert failed.code is FailureReason.FAILED_CP_REQUIRED
+    (refused,) = of_type(pair.events_r, VirtualAddressRefused)
+    assert refused.notify == "FAILED_CP_REQUIRED"
+    assert not of_type(pair.events_r, ChildSaEstablished)
     assert not pool.leases
 
 

@@ -7,6 +7,7 @@ clear reason on both sides."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 from typing import Any
 
@@ -71,3 +72,68 @@ def test_road_warrior_gets_an_address_and_dns_and_reaches_only_the_split_routes(
     client.terminate(ike=CONNECTION)
     agent.wait_for(lambda s: not s.get("leases"), timeout=10)
     assert "road warrior bob@example.test disconnected (deleted by client)" in agent.log_text()
+
+
+CLIENTS = 20
+
+
+@pytest.mark.timeout(240)
+def test_twenty_clients_at_once_get_distinct_addresses_and_each_reaches_the_server(
+    lab: Lab, charons: CharonFactory
+) -> None:
+    """20 charons in 20 namespaces behind one NAT address (a carrier NAT): the gateway tells
+    their IKE SAs apart by SPI and port, and each CHILD_SA carries only its own address."""
+    site = build(lab)
+    # All clients share the NAT's address, so the per-address half-open limits are raised.
+    responder = {"cookie_threshold_per_address": CLIENTS, "block_threshold_per_address": CLIENTS}
+    agent = start_gateway(site, gateway_config(site, responder=responder))
+    clients = [road_warrior(site, charons, profile(site, f"user{i}")) for i in range(CLIENTS)]
+    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+        list(pool.map(lambda c: c.initiate(CONNECTION, CONNECTION, timeout=60), clients))
+    vips = {}
+    for i, client in enumerate(clients):
+        sa = client_sa(client)
+        assert sa is not None, client.log_text()[-2000:]
+        vips[f"user{i}@example.test"] = sa["local-vips"][0]
+    assert len(set(vips.values())) == CLIENTS
+    assert all(ipaddress.ip_address(v) in ipaddress.ip_network(POOL) for v in vips.values())
+    status = agent.wait_for(lambda s: s if len(s.get("leases", [])) == CLIENTS else None)
+    assert _leases(status) == {user: [vip] for user, vip in vips.items()}
+    remotes = {sa["remote"] for sa in status["ike_sas"] if sa["state"] == "ESTABLISHED"}
+    assert len(remotes) == CLIENTS  # one NAT address, twenty ports
+
+    def ping(item: tuple[int, Any]) -> str:
+        i, client = item
+        vip = vips[f"user{i}@example.test"]
+        result = client.host.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", "-I", vip, SRV], check=False)
+        return "" if result.returncode == 0 else f"user{i} ({vip}): {result.stdout}"
+
+    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+        failures = [f for f in pool.map(ping, enumerate(clients)) if f]
+    assert not failures, failures
+
+
+@pytest.mark.timeout(120)
+def test_a_full_pool_refuses_the_next_client_with_a_clear_reason(lab: Lab, charons: CharonFactory) -> None:
+    site = build(lab)
+    agent = start_gateway(site, gateway_config(site, addrs="198.19.61.0/30"))  # two addresses
+    first, second = (road_warrior(site, charons, profile(site, u)) for u in ("ann", "ben"))
+    for client in (first, second):
+        client.initiate(CONNECTION, CONNECTION, timeout=20)
+    late = road_warrior(site, charons, profile(site, "cid"))
+    late.swanctl("--initiate", "--ike", CONNECTION, "--child", CONNECTION, "--timeout", "15", check=False)
+    assert client_sa(late) is None
+    reason = "pool staff: all 2 addresses of 198.19.61.0/30 are leased; release a lease or enlarge the pool"
+    agent.wait_for(lambda s: reason in agent.log_text(), timeout=10)
+    assert "road warrior cid@example.test from 198.18.72.2 refused" in agent.log_text()
+    assert "INTERNAL_ADDRESS_FAILURE" in late.log_text(), late.log_text()[-3000:]
+    assert set(_leases(agent.status())) == {"ann@example.test", "ben@example.test"}
+    # A lease given back makes room.
+    first.terminate(ike=CONNECTION)
+    agent.wait_for(lambda s: len(s.get("leases", [])) == 1, timeout=10)
+    # The gateway deletes the refused client's IKE SA (our DELETE may cross charon's handling of
+    # the IKE_AUTH answer and then goes again on retransmission), so it starts afresh.
+    agent.wait_for(lambda s: all(sa["remote_id"] != "cid@example.test" for sa in s["ike_sas"]), timeout=15)
+    assert client_sa(late) is None and not late.list_sas_raw()
+    late.initiate(CONNECTION, CONNECTION, timeout=20)
+    assert client_sa(late) is not None

@@ -16,6 +16,7 @@ from meshsec.agent.ike.exchanges.child_sa import (
     complete_child_initiator,
     respond_child,
 )
+from meshsec.agent.ike.exchanges.informational import IkeDelete
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.feature import (
     Feature,
@@ -205,7 +206,11 @@ def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         return [refusal.notify] if refusal.notify is not None else []
     _established(sa, now)
     payloads: list[Payload] = [own, *build_response(features, sa, []), my_auth]
-    if msg.find(PayloadType.SA) is not None:
+    if sa.refuse_first_child is not None:
+        # Authenticated, but nothing to carry: say why, then delete the IKE SA ourselves.
+        payloads.append(NotifyPayload(sa.refuse_first_child))
+        sa.queue(IkeDelete())
+    elif msg.find(PayloadType.SA) is not None:
         answer = respond_child(sa, msg, sa.nonce_i, sa.nonce_r, now=now)
         payloads += answer.pre + answer.body
     return payloads

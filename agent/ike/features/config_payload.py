@@ -2,10 +2,12 @@
 virtual address, DNS servers and split routes, and the gateway's CFG_REPLY.
 
 Responder: a connection with an `address_pool` (virtual_ip.py) requires a CFG_REQUEST that asks
-for an address (else FAILED_CP_REQUIRED), asks the pool and records the addresses on the SA,
-where CHILD_SA negotiation narrows the client's traffic selectors to them (child_sa.py). A pool
-that refuses ends the exchange with INTERNAL_ADDRESS_FAILURE and the pool's reason. Without a
-pool a CFG_REQUEST is ignored (3.15: a responder may).
+for an address, asks the pool and records the addresses on the SA, where CHILD_SA negotiation
+narrows the client's traffic selectors to them (child_sa.py). A client that asks for none gets
+FAILED_CP_REQUIRED, a pool that refuses INTERNAL_ADDRESS_FAILURE: as RFC 7296 2.21.2 says, in
+place of the CHILD_SA of an IKE SA that is established (the client learns it authenticated and
+why it gets nothing) and that the gateway deletes at once; `VirtualAddressRefused` carries the
+pool's reason. Without a pool a CFG_REQUEST is ignored (3.15: a responder may).
 
 Initiator: with `IkeConfig.request_virtual_ip` it sends what strongSwan's `vips = 0.0.0.0`
 sends and records the CFG_REPLY's addresses."""
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from meshsec.agent.ike import cp
 from meshsec.agent.ike.constants import NotifyType, PayloadType
-from meshsec.agent.ike.events import VirtualAddressesAssigned
+from meshsec.agent.ike.events import VirtualAddressesAssigned, VirtualAddressRefused
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.feature import Feature, Refusal
 from meshsec.agent.ike.payloads import CpPayload, Message, Payload
@@ -46,6 +48,12 @@ class ConfigPayload(Feature):
     def process_response(self, sa: IkeSa, msg: Message, raw: bytes) -> Outcome | Refusal | None:
         if not sa.config.request_virtual_ip:
             return None
+        for refused in (NotifyType.INTERNAL_ADDRESS_FAILURE, NotifyType.FAILED_CP_REQUIRED):
+            if msg.notify(refused) is not None:
+                return Refusal(
+                    f"the gateway assigned no virtual address: {refused.name}",
+                    FailureReason.from_notify(refused),
+                )
         payload = msg.find(PayloadType.CP)
         if not isinstance(payload, CpPayload):
             return Refusal(
@@ -70,9 +78,8 @@ class ConfigPayload(Feature):
             return None
         payload = msg.find(PayloadType.CP)
         if not isinstance(payload, CpPayload):
-            return Refusal.answer(
-                NotifyType.FAILED_CP_REQUIRED,
-                f"{sa.remote_identity} asked for no virtual address (no CFG_REQUEST)",
+            return self._refuse(
+                sa, NotifyType.FAILED_CP_REQUIRED, "asked for no virtual address (no CFG_REQUEST)"
             )
         try:
             request = cp.parse_request(payload)
@@ -80,13 +87,11 @@ class ConfigPayload(Feature):
             sa.stats["cp_malformed"] += 1
             return Refusal.answer(NotifyType.INVALID_SYNTAX, f"CFG_REQUEST from {sa.remote_identity}: {exc}")
         if request.ip4 is None and request.ip6 is None:
-            return Refusal.answer(
-                NotifyType.FAILED_CP_REQUIRED, f"{sa.remote_identity}'s CFG_REQUEST asks for no address"
-            )
+            return self._refuse(sa, NotifyType.FAILED_CP_REQUIRED, "asked for no address in its CFG_REQUEST")
         client = str(sa.remote_identity)
         answer = pool.assign(client, request)
         if isinstance(answer, AddressRefused):
-            return Refusal.answer(NotifyType.INTERNAL_ADDRESS_FAILURE, f"{client}: {answer.reason}")
+            return self._refuse(sa, NotifyType.INTERNAL_ADDRESS_FAILURE, answer.reason)
         # Only the families asked for are answered (cp.build_reply), so only those are the client's.
         granted = cp.Reply(
             answer.ip4 if request.ip4 is not None else None,
@@ -94,16 +99,16 @@ class ConfigPayload(Feature):
             answer.dns,
             answer.subnets,
         )
-        if not _addresses(granted):
-            return Refusal.answer(
-                NotifyType.INTERNAL_ADDRESS_FAILURE,
-                f"{client}: the pool has no address of the family asked for",
-            )
         self._request, self._reply = request, granted
         sa.virtual_addresses = _addresses(granted)
         sa.cfg_reply = granted
         sa.emit(VirtualAddressesAssigned(client, tuple(str(a) for a in sa.virtual_addresses)))
         return None
+
+    def _refuse(self, sa: IkeSa, notify: NotifyType, reason: str) -> None:
+        client = str(sa.remote_identity)
+        sa.refuse_first_child = notify
+        sa.emit(VirtualAddressRefused(client, f"{client}: {reason}", notify.name))
 
     def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
         if self._request is not None and self._reply is not None:
