@@ -78,20 +78,21 @@ class ConfigPayload(Feature):
             return None
         payload = msg.find(PayloadType.CP)
         if not isinstance(payload, CpPayload):
-            return self._refuse(
-                sa, NotifyType.FAILED_CP_REQUIRED, "asked for no virtual address (no CFG_REQUEST)"
-            )
+            self._refuse(sa, NotifyType.FAILED_CP_REQUIRED, "asked for no virtual address (no CFG_REQUEST)")
+            return None
         try:
             request = cp.parse_request(payload)
         except cp.CpError as exc:
             sa.stats["cp_malformed"] += 1
             return Refusal.answer(NotifyType.INVALID_SYNTAX, f"CFG_REQUEST from {sa.remote_identity}: {exc}")
         if request.ip4 is None and request.ip6 is None:
-            return self._refuse(sa, NotifyType.FAILED_CP_REQUIRED, "asked for no address in its CFG_REQUEST")
+            self._refuse(sa, NotifyType.FAILED_CP_REQUIRED, "asked for no address in its CFG_REQUEST")
+            return None
         client = str(sa.remote_identity)
         answer = pool.assign(client, request)
         if isinstance(answer, AddressRefused):
-            return self._refuse(sa, NotifyType.INTERNAL_ADDRESS_FAILURE, answer.reason)
+            self._refuse(sa, NotifyType.INTERNAL_ADDRESS_FAILURE, answer.reason)
+            return None
         # Only the families asked for are answered (cp.build_reply), so only those are the client's.
         granted = cp.Reply(
             answer.ip4 if request.ip4 is not None else None,
