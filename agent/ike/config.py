@@ -10,6 +10,7 @@ from meshsec.agent.ike.constants import ProtocolId
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.kem import ML_KEM, UnsupportedKem, check_supported
 from meshsec.agent.ike.proposals import ProposalSpec, parse_proposals
+from meshsec.agent.ike.revocation import RevocationList
 from meshsec.agent.ike.ts import Ts
 from meshsec.agent.ike.virtual_ip import AddressPool
 from meshsec.common.secrets import Secret
@@ -152,6 +153,8 @@ class IkeConfig:
     # Gateway for road warriors (RFC 7296 2.19): clients must ask for a virtual address in a
     # CFG_REQUEST, get it from this pool, and their CHILD_SAs are narrowed to it.
     address_pool: AddressPool | None = field(default=None, compare=False)
+    # Peer certificates with these serials are refused (and the agent closes SAs that use one).
+    revocations: RevocationList | None = field(default=None, compare=False)
     # Road warrior: ask for a virtual address of these families ("4", "6", "46"; "" = none).
     request_virtual_ip: str = ""
     local_identity: Identity = field(init=False, repr=False, compare=False)

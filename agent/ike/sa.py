@@ -141,6 +141,7 @@ class IkeSa:
         # Road warriors (features/config_payload.py): the client's virtual addresses (on the
         # gateway: what the pool assigned; on the client: what the CFG_REPLY gave us).
         self.virtual_addresses: tuple[VirtualAddress, ...] = ()
+        self.peer_serial: str | None = None  # the peer's certificate (hex), once it verified
         self.cfg_reply: cp.Reply | None = None
         # Responder, IKE_AUTH: a feature found the IKE SA may stand but its CHILD_SA may not
         # (RFC 7296 2.21.2); this notify answers in place of the CHILD_SA.
@@ -341,6 +342,7 @@ class IkeSa:
         new.children.update(self.children)
         self.children.clear()
         new.virtual_addresses, new.cfg_reply = self.virtual_addresses, self.cfg_reply
+        new.peer_serial = self.peer_serial
         new.tasks.adopt(self.tasks.take_over())
         self.lifetime.replaced(now)
         self.emit(IkeSaRekeyed(new.spi_i, new.spi_r, new.local_spi))

@@ -20,9 +20,11 @@ from meshsec.agent.ike.events import (
 )
 from meshsec.agent.ike.exchanges.child_create import ChildCreate
 from meshsec.agent.ike.failures import FailureReason
+from meshsec.agent.ike.revocation import RevocationList, serial_text
 from meshsec.agent.ike.sa import State
 from meshsec.agent.ike.ts import Ts
 from tests.ike.peers import Pair, child, ike_config, of_type, responder_config
+from tests.ike.pki import Authority, credentials
 
 POOL = ipaddress.ip_network("198.19.60.0/29")  # 6 usable addresses
 POOL6 = ipaddress.ip_network("2001:db8:60::/126")
@@ -166,3 +168,38 @@ def test_pool_without_the_asked_family_refuses() -> None:
     answer = pool.assign("x", cp.Request(ip4=ipaddress.IPv4Address(0)))
     assert not isinstance(answer, cp.Reply)
     assert "has no IPv4 range" in answer.reason
+
+
+CA = Authority.root()
+GW_CERT, GW_KEY = CA.issue("bob.example")
+RW_CERT, RW_KEY = CA.issue("carol.example")
+
+
+def _cert_pair(pool: LocalPool, revocations: RevocationList) -> Pair:
+    gateway = responder_config(
+        remote_id="%any", psk=None, credentials=credentials([GW_CERT], GW_KEY, [CA.cert]), address_pool=pool,
+        revocations=revocations, children=(child(local="198.19.50.0/24", remote="0.0.0.0/0"),),
+    )  # fmt: skip
+    client = ike_config(
+        local_id="carol.example", remote_id="bob.example", psk=None,
+        credentials=credentials([RW_CERT], RW_KEY, [CA.cert]), request_virtual_ip="4",
+        children=(child(local="0.0.0.0/0", remote="198.19.50.0/24"),),
+    )  # fmt: skip
+    return Pair(client, [gateway])
+
+
+def test_a_revoked_client_certificate_is_refused_and_gets_no_address() -> None:
+    pool, revoked = _pool(), RevocationList()
+    pair = _cert_pair(pool, revoked)
+    pair.connect()
+    assert pair.responder.peer_serial == serial_text(RW_CERT)
+    assert pair.responder.state is State.ESTABLISHED
+    assert revoked.update([format(RW_CERT.serial_number, "X")]) == {serial_text(RW_CERT)}  # any case
+    assert revoked.is_revoked(RW_CERT) and serial_text(RW_CERT) in revoked
+    pool.release("carol.example")
+    again = _cert_pair(pool, revoked)
+    again.connect()
+    (failed,) = of_type(again.events_r, IkeSaFailed)
+    assert failed.code is FailureReason.AUTHENTICATION_FAILED
+    assert f"certificate serial {serial_text(RW_CERT)} is revoked" in failed.reason
+    assert not of_type(again.events_r, VirtualAddressesAssigned) and not pool.leases
