@@ -17,6 +17,7 @@ from meshsec.agent.ike.events import (
     VirtualAddressesAssigned,
     VirtualAddressRefused,
 )
+from meshsec.agent.ike.virtual_ip import Client
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +48,13 @@ ClientEvent = ClientConnected | ClientDisconnected | ClientRefused
 
 @dataclass(slots=True)
 class _Held:
-    client: str
+    client: Client
     connection: str
     addresses: tuple[str, ...]
 
 
 class ConnectedClients:
-    def __init__(self, release: Callable[[str, str], object]) -> None:
+    def __init__(self, release: Callable[[str, Client], object]) -> None:
         """`release(connection, client)` gives one IKE SA's hold on the client's addresses back."""
         self._release = release
         self.held: dict[int, _Held] = {}  # by the adapter's SA record handle
@@ -62,7 +63,7 @@ class ConnectedClients:
         if isinstance(ev, VirtualAddressRefused):
             return ClientRefused(connection, ev.remote_id, ev.reason, ev.notify)
         if isinstance(ev, VirtualAddressesAssigned):
-            self.held[sa_key] = _Held(ev.remote_id, connection, ev.addresses)
+            self.held[sa_key] = _Held(Client(ev.remote_id, ev.common_name), connection, ev.addresses)
             return ClientConnected(ev.remote_id, connection, ev.addresses)
         if not isinstance(ev, IkeSaDeleted | IkeSaFailed):
             return None
@@ -76,4 +77,4 @@ class ConnectedClients:
             why = f"failed: {ev.reason}"
         else:
             why = "deleted by client" if ev.by_peer else "deleted by the gateway"
-        return ClientDisconnected(held.client, held.connection, held.addresses, why)
+        return ClientDisconnected(held.client.identity, held.connection, held.addresses, why)

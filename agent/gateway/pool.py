@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from meshsec.agent.ike import cp
-from meshsec.agent.ike.virtual_ip import AddressRefused, VirtualAddress
+from meshsec.agent.ike.virtual_ip import AddressRefused, Client, VirtualAddress
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -60,7 +60,8 @@ class LocalPool:
         self.subnets = tuple(ipaddress.ip_network(s) for s in subnets)  # empty: full tunnel
         self.leases: dict[str, LocalLease] = {}
 
-    def assign(self, client: str, request: cp.Request) -> cp.Reply | AddressRefused:
+    def assign(self, who: Client, request: cp.Request) -> cp.Reply | AddressRefused:
+        client = who.key
         lease = self.leases.get(client)
         if lease is None:
             wanted = [v for v, asked in ((4, request.ip4), (6, request.ip6)) if asked is not None]
@@ -87,8 +88,9 @@ class LocalPool:
         ip6 = next((a for a in lease.addresses if isinstance(a, ipaddress.IPv6Address)), None)
         return cp.Reply(ip4, ip6, self.dns, self.subnets)
 
-    def release(self, client: str) -> bool:
-        """One IKE SA of `client` ended; True when that freed its addresses."""
+    def release(self, who: Client) -> bool:
+        """One IKE SA of `who` ended; True when that freed its addresses."""
+        client = who.key
         lease = self.leases.get(client)
         if lease is None:
             return False
@@ -109,23 +111,25 @@ class PoolSet:
         self.pools = tuple(pools)
         self._gave: dict[str, LocalPool] = {}
 
-    def assign(self, client: str, request: cp.Request) -> cp.Reply | AddressRefused:
+    def assign(self, who: Client, request: cp.Request) -> cp.Reply | AddressRefused:
+        client = who.key
         holder = self._gave.get(client)
         candidates = (holder,) if holder is not None else self.pools
         refusals: list[str] = []
         for pool in candidates:
-            answer = pool.assign(client, request)
+            answer = pool.assign(who, request)
             if isinstance(answer, cp.Reply):
                 self._gave[client] = pool
                 return answer
             refusals.append(answer.reason)
         return AddressRefused("; ".join(refusals))
 
-    def release(self, client: str) -> bool:
+    def release(self, who: Client) -> bool:
+        client = who.key
         pool = self._gave.get(client)
         if pool is None:
             return False
-        freed = pool.release(client)
+        freed = pool.release(who)
         if freed:
             del self._gave[client]
         return freed

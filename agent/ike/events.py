@@ -159,6 +159,7 @@ class VirtualAddressesAssigned:
 
     remote_id: str
     addresses: tuple[str, ...]
+    common_name: str = ""  # of the client's certificate (virtual_ip.Client)
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,6 +142,7 @@ class IkeSa:
         # gateway: what the pool assigned; on the client: what the CFG_REPLY gave us).
         self.virtual_addresses: tuple[VirtualAddress, ...] = ()
         self.peer_serial: str | None = None  # the peer's certificate (hex), once it verified
+        self.peer_common_name: str | None = None  # and its subject CN
         self.cfg_reply: cp.Reply | None = None
         # Responder, IKE_AUTH: a feature found the IKE SA may stand but its CHILD_SA may not
         # (RFC 7296 2.21.2); this notify answers in place of the CHILD_SA.
@@ -269,6 +270,14 @@ class IkeSa:
         self.lifetime.rekey_at = None
         self._guard(now, self._enqueue, IkeRekey(), now)
 
+    def resume_request(self, now: float) -> None:
+        """A feature's I/O finished (e.g. a road warrior's lease arrived): answer the request it
+        deferred. Nothing happens when no request waits."""
+        self._guard(now, self._resume, now)
+
+    def _resume(self, now: float) -> None:
+        self.tasks.resume_deferred(now)
+
     def start_task(self, task: Task, now: float) -> None:
         """Queues `task` (an exchange of ours) and starts it when the window is free."""
         self._guard(now, self._enqueue, task, now)
@@ -342,7 +351,7 @@ class IkeSa:
         new.children.update(self.children)
         self.children.clear()
         new.virtual_addresses, new.cfg_reply = self.virtual_addresses, self.cfg_reply
-        new.peer_serial = self.peer_serial
+        new.peer_serial, new.peer_common_name = self.peer_serial, self.peer_common_name
         new.tasks.adopt(self.tasks.take_over())
         self.lifetime.replaced(now)
         self.emit(IkeSaRekeyed(new.spi_i, new.spi_r, new.local_spi))

@@ -23,6 +23,7 @@ from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.revocation import RevocationList, serial_text
 from meshsec.agent.ike.sa import State
 from meshsec.agent.ike.ts import Ts
+from meshsec.agent.ike.virtual_ip import Client
 from tests.ike.peers import Pair, child, ike_config, of_type, responder_config
 from tests.ike.pki import Authority, credentials
 
@@ -115,7 +116,7 @@ def test_a_full_pool_refuses_the_next_client_with_internal_address_failure() -> 
     seventh.advance(200)  # our client forgot the SA; the gateway's DELETE times out
     assert of_type(seventh.events_r, IkeSaDeleted)
     assert "late.example" not in pool.leases
-    pool.release("user0.example")
+    pool.release(Client("user0.example"))
     assert _connect(pool, "late").responder.virtual_addresses == (ipaddress.ip_address("198.19.60.1"),)
 
 
@@ -165,7 +166,7 @@ def test_an_ike_rekey_keeps_the_address_and_a_later_child_sa_is_narrowed_too() -
 
 def test_pool_without_the_asked_family_refuses() -> None:
     pool = _pool(ranges=(POOL6,))
-    answer = pool.assign("x", cp.Request(ip4=ipaddress.IPv4Address(0)))
+    answer = pool.assign(Client("x"), cp.Request(ip4=ipaddress.IPv4Address(0)))
     assert not isinstance(answer, cp.Reply)
     assert "has no IPv4 range" in answer.reason
 
@@ -196,7 +197,7 @@ def test_a_revoked_client_certificate_is_refused_and_gets_no_address() -> None:
     assert pair.responder.state is State.ESTABLISHED
     assert revoked.update([format(RW_CERT.serial_number, "X")]) == {serial_text(RW_CERT)}  # any case
     assert revoked.is_revoked(RW_CERT) and serial_text(RW_CERT) in revoked
-    pool.release("carol.example")
+    pool.release(Client("carol.example", "carol.example"))
     again = _cert_pair(pool, revoked)
     again.connect()
     (failed,) = of_type(again.events_r, IkeSaFailed)

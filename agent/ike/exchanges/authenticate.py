@@ -7,6 +7,8 @@ from __future__ import annotations
 import hmac
 from typing import TYPE_CHECKING
 
+from cryptography.x509.oid import NameOID
+
 from meshsec.agent.ike.certs import (
     CERT_ENCODING_X509_SIGNATURE,
     MALFORMED_PREFIX,
@@ -92,6 +94,8 @@ def check_peer_auth(
         sa.stats["auth_failed_revoked"] += 1
         return f"certificate authentication of {ident} failed: certificate serial {serial} is revoked"
     sa.peer_serial = serial
+    names = verified.leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    sa.peer_common_name = str(names[0].value) if names else None
     return None
 
 

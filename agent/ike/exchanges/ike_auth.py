@@ -19,6 +19,7 @@ from meshsec.agent.ike.exchanges.child_sa import (
 from meshsec.agent.ike.exchanges.informational import IkeDelete
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.feature import (
+    Deferred,
     Feature,
     Refusal,
     build_request,
@@ -159,7 +160,7 @@ def _pick_config(sa: IkeSa, idi: Identity, idr: Identity | None) -> IkeConfig | 
     return None
 
 
-def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
+def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload] | None:
     assert sa.prf is not None and sa.keys is not None
 
     def auth_failed(reason: str) -> list[Payload]:
@@ -201,6 +202,8 @@ def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         return auth_failed(f"cannot authenticate to {ident}: {exc}")
     features = ike_auth_features()
     refusal = process_request(features, sa, msg)
+    if isinstance(refusal, Deferred):
+        return None
     if refusal is not None:
         sa.close_after_response(IkeSaFailed(refusal.reason, refusal.code))
         return [refusal.notify] if refusal.notify is not None else []

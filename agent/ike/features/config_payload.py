@@ -20,10 +20,10 @@ from meshsec.agent.ike import cp
 from meshsec.agent.ike.constants import NotifyType, PayloadType
 from meshsec.agent.ike.events import VirtualAddressesAssigned, VirtualAddressRefused
 from meshsec.agent.ike.failures import FailureReason
-from meshsec.agent.ike.feature import Feature, Refusal
+from meshsec.agent.ike.feature import Deferred, Feature, Refusal
 from meshsec.agent.ike.payloads import CpPayload, Message, Payload
 from meshsec.agent.ike.task import Outcome
-from meshsec.agent.ike.virtual_ip import AddressRefused, VirtualAddress
+from meshsec.agent.ike.virtual_ip import AddressPending, AddressRefused, Client, VirtualAddress
 
 if TYPE_CHECKING:
     from meshsec.agent.ike.sa import IkeSa
@@ -72,7 +72,7 @@ class ConfigPayload(Feature):
 
     # ------------------------------------------------------------------ responder (gateway)
 
-    def process_request(self, sa: IkeSa, msg: Message) -> Refusal | None:
+    def process_request(self, sa: IkeSa, msg: Message) -> Refusal | Deferred | None:
         pool = sa.config.address_pool
         if pool is None:
             return None
@@ -88,8 +88,11 @@ class ConfigPayload(Feature):
         if request.ip4 is None and request.ip6 is None:
             self._refuse(sa, NotifyType.FAILED_CP_REQUIRED, "asked for no address in its CFG_REQUEST")
             return None
-        client = str(sa.remote_identity)
+        client = Client(str(sa.remote_identity), sa.peer_common_name or "")
         answer = pool.assign(client, request)
+        if isinstance(answer, AddressPending):
+            sa.stats["cp_deferred"] += 1
+            return Deferred(f"addresses for {client.identity}")
         if isinstance(answer, AddressRefused):
             self._refuse(sa, NotifyType.INTERNAL_ADDRESS_FAILURE, answer.reason)
             return None
@@ -103,7 +106,8 @@ class ConfigPayload(Feature):
         self._request, self._reply = request, granted
         sa.virtual_addresses = _addresses(granted)
         sa.cfg_reply = granted
-        sa.emit(VirtualAddressesAssigned(client, tuple(str(a) for a in sa.virtual_addresses)))
+        sa.emit(VirtualAddressesAssigned(client.identity, tuple(str(a) for a in sa.virtual_addresses),
+                                         client.common_name))  # fmt: skip
         return None
 
     def _refuse(self, sa: IkeSa, notify: NotifyType, reason: str) -> None:
