@@ -15,24 +15,16 @@ import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import grpc
 
 from meshsec.agent.ike import cp
 from meshsec.agent.ike.virtual_ip import AddressPending, AddressRefused, Client
-from meshsec.v1 import agent_pb2
+from meshsec.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 RPC_TIMEOUT = 5.0
 FULL_TUNNEL = {"0.0.0.0/0", "::/0"}  # the client's own remote_ts covers these; no SUBNET to send
-
-
-class LeaseService(Protocol):
-    """The two AgentService methods this uses (an `AgentServiceStub`)."""
-
-    def AllocateLease(self, request: agent_pb2.AllocateLeaseRequest, **kw: Any) -> Any: ...
-    def ReleaseLease(self, request: agent_pb2.ReleaseLeaseRequest, **kw: Any) -> Any: ...
 
 
 def device_of(client: Client) -> str:
@@ -56,7 +48,13 @@ class _Lease:
 
 
 class ControllerLeases:
-    def __init__(self, service: LeaseService, on_ready: Callable[[Client], None], *, node: str = "") -> None:
+    def __init__(
+        self,
+        service: agent_pb2_grpc.AgentServiceAsyncStub,
+        on_ready: Callable[[Client], None],
+        *,
+        node: str = "",
+    ) -> None:
         self._service = service
         self._on_ready = on_ready
         self._node = node  # empty: the controller takes the caller's certificate
