@@ -20,7 +20,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(slots=True)
 class LocalLease:
-    client: str
+    client: Client
     addresses: tuple[VirtualAddress, ...]
     holders: int = 1  # IKE SAs of this client that use the addresses
 
@@ -82,7 +82,7 @@ class LocalPool:
             if not taken:
                 asked = " and ".join(f"IPv{v}" for v in wanted)
                 return AddressRefused(f"pool {self.name} has no {asked} range")
-            lease = self.leases[client] = LocalLease(client, tuple(a for _, a in taken), holders=0)
+            lease = self.leases[client] = LocalLease(who, tuple(a for _, a in taken), holders=0)
         lease.holders += 1
         ip4 = next((a for a in lease.addresses if isinstance(a, ipaddress.IPv4Address)), None)
         ip6 = next((a for a in lease.addresses if isinstance(a, ipaddress.IPv6Address)), None)

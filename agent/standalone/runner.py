@@ -78,7 +78,8 @@ class Agent:
         doc = await self.adapter.status()
         if self.pool_sets:
             doc["leases"] = [
-                {"connection": conn, "pool": pool, "client": lease.client,
+                {"connection": conn, "pool": pool, "client": lease.client.identity,
+                 "certificate": lease.client.common_name,
                  "addresses": [str(a) for a in lease.addresses], "ike_sas": lease.holders}
                 for conn, pools in self.pool_sets.items() for pool, lease in pools.leases()
             ]  # fmt: skip
