@@ -159,16 +159,19 @@ def run_standalone(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"meshsec-agent: invalid configuration {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    ra_names = ", ".join(c.name for c in config.remote_access)
+    from meshsec.agent.standalone.remote_access import SERVED_REMOTE_AUTH
+
+    eap = ", ".join(c.name for c in config.remote_access if c.remote_auth not in SERVED_REMOTE_AUTH)
     if args.check:
-        extra = f", remote-access {ra_names}: checked, not served yet" if ra_names else ""
-        print(f"{args.config}: OK ({len(config.connections)} connection(s){extra})")
+        served = len(config.connections) + len(config.remote_access)
+        extra = f"; EAP connections {eap}: checked, not served yet" if eap else ""
+        print(f"{args.config}: OK ({served} connection(s){extra})")
         return 0
-    if ra_names:
-        # Fail closed: running without the road-warrior connections would look like it works.
+    if eap:
+        # Fail closed: running without the EAP road-warrior connections would look like it works.
         print(
-            f"meshsec-agent: {ra_names}: remote-access connections (pools, EAP) are not served by this "
-            "agent's IKE engine yet (docs/remote-access.md); remove them to run the others",
+            f"meshsec-agent: {eap}: remote-access connections with EAP are not served by this agent's "
+            "IKE engine yet (docs/remote-access.md); use remote.auth pubkey or remove them",
             file=sys.stderr,
         )
         return EXIT_UNAVAILABLE

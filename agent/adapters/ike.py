@@ -259,6 +259,11 @@ class IkeAdapter:
         record.sa.delete(self.now())
         self._pump()
 
+    def resume(self, record: SaRecord) -> None:
+        """Answer the request the engine deferred for `record` (a road warrior's lease came)."""
+        record.sa.resume_request(self.now())
+        self._pump()
+
     def check_liveness(self, record: SaRecord) -> None:
         """An empty INFORMATIONAL request (RFC 7296 2.4); LivenessChecked follows as an event."""
         record.sa.check_liveness(self.now())

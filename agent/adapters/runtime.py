@@ -78,7 +78,8 @@ class AdapterRuntime:
 
     def sas(self) -> list[SaView]:
         # During an IKE rekey a record is listed under both SAs until the old one closes.
-        records = {r.handle: r for r in self.adapter.active()}
+        # Road warriors' SAs are no tunnels (agent/node/remote_access.py owns them).
+        records = {r.handle: r for r in self.adapter.active() if r.sa.config.address_pool is None}
         return [view_of(r) for r in records.values()]
 
     async def initiate(self, config: IkeConfig, remote: Address, local: Address | None) -> None:

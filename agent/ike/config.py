@@ -10,7 +10,9 @@ from meshsec.agent.ike.constants import ProtocolId
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.kem import ML_KEM, UnsupportedKem, check_supported
 from meshsec.agent.ike.proposals import ProposalSpec, parse_proposals
+from meshsec.agent.ike.revocation import RevocationList
 from meshsec.agent.ike.ts import Ts
+from meshsec.agent.ike.virtual_ip import AddressPool
 from meshsec.common.secrets import Secret
 
 
@@ -148,6 +150,13 @@ class IkeConfig:
     # than fragment_size bytes (the IKE message, without IP/UDP headers) when the peer agrees.
     fragmentation: bool = True
     fragment_size: int = 1200
+    # Gateway for road warriors (RFC 7296 2.19): clients must ask for a virtual address in a
+    # CFG_REQUEST, get it from this pool, and their CHILD_SAs are narrowed to it.
+    address_pool: AddressPool | None = field(default=None, compare=False)
+    # Peer certificates with these serials are refused (and the agent closes SAs that use one).
+    revocations: RevocationList | None = field(default=None, compare=False)
+    # Road warrior: ask for a virtual address of these families ("4", "6", "46"; "" = none).
+    request_virtual_ip: str = ""
     local_identity: Identity = field(init=False, repr=False, compare=False)
     remote_identity: Identity | None = field(init=False, repr=False, compare=False)
     specs: tuple[ProposalSpec, ...] = field(init=False, repr=False, compare=False)
@@ -180,6 +189,10 @@ class IkeConfig:
             raise ConfigError(f"{where}: reauth_time must be >= 0")
         if self.dpd_delay < 0:
             raise ConfigError(f"{where}: dpd_delay must be >= 0")
+        if self.request_virtual_ip not in ("", "4", "6", "46"):
+            raise ConfigError(f"{where}: request_virtual_ip must be '', '4', '6' or '46'")
+        if self.request_virtual_ip and self.address_pool is not None:
+            raise ConfigError(f"{where}: a connection either hands out virtual addresses or asks for one")
         if self.dpd_action not in DPD_ACTIONS:
             raise ConfigError(f"{where}: dpd_action must be one of {', '.join(DPD_ACTIONS)}")
 

@@ -153,6 +153,27 @@ class PortsChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class VirtualAddressesAssigned:
+    """Gateway: the address pool gave `remote_id` these virtual addresses (CFG_REPLY); they are
+    the client's until this IKE SA (or its rekeyed successor) ends."""
+
+    remote_id: str
+    addresses: tuple[str, ...]
+    common_name: str = ""  # of the client's certificate (virtual_ip.Client)
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualAddressRefused:
+    """Gateway: `remote_id` authenticated but gets no address (the pool's reason, or it asked for
+    none). It is told with INTERNAL_ADDRESS_FAILURE or FAILED_CP_REQUIRED in place of its first
+    CHILD_SA (RFC 7296 2.21.2), and the gateway deletes the IKE SA right after."""
+
+    remote_id: str
+    reason: str
+    notify: str
+
+
+@dataclass(frozen=True, slots=True)
 class LivenessChecked:
     alive: bool
 
@@ -171,4 +192,6 @@ Event = (
     | InitialContactReceived
     | PortsChanged
     | LivenessChecked
+    | VirtualAddressesAssigned
+    | VirtualAddressRefused
 )

@@ -36,6 +36,15 @@ class Refusal:
         return cls(reason, FailureReason.from_notify(ntype), NotifyPayload(ntype, data))
 
 
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """Responder: the request cannot be answered yet (a feature waits for I/O outside the
+    engine). Nothing is sent and the message ID is not used up; the request is processed again
+    on `IkeSa.resume_request` or when the peer retransmits it."""
+
+    reason: str
+
+
 class Feature:
     def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
         """Initiator: append this feature's payloads to our request."""
@@ -45,7 +54,7 @@ class Feature:
         after build_request ran again; None lets the next feature go on."""
         return None
 
-    def process_request(self, sa: IkeSa, msg: Message) -> Refusal | None:
+    def process_request(self, sa: IkeSa, msg: Message) -> Refusal | Deferred | None:
         """Responder: read the peer's request."""
         return None
 
@@ -87,7 +96,7 @@ def process_response(
     return None
 
 
-def process_request(features: list[Feature], sa: IkeSa, msg: Message) -> Refusal | None:
+def process_request(features: list[Feature], sa: IkeSa, msg: Message) -> Refusal | Deferred | None:
     for f in features:
         refusal = f.process_request(sa, msg)
         if refusal is not None:

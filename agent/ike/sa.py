@@ -18,7 +18,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from meshsec.agent.ike import strict
+from meshsec.agent.ike import cp, strict
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.child import ChildSa as ChildSa
 from meshsec.agent.ike.config import ChildConfig, IkeConfig
@@ -56,6 +56,7 @@ from meshsec.agent.ike.sa_lifetime import IkeLifetime
 from meshsec.agent.ike.states import EXCHANGE_RULES, IKE_TRANSITIONS, ChildState, State, check
 from meshsec.agent.ike.task import Task
 from meshsec.agent.ike.task_manager import TaskManager
+from meshsec.agent.ike.virtual_ip import VirtualAddress
 from meshsec.common.errorlog import ExceptionLog
 
 __all__ = [
@@ -137,6 +138,15 @@ class IkeSa:
         self.children: dict[int, ChildSa] = {}
         self.tasks = TaskManager(self)
         self.remote_identity: Identity | None = None
+        # Road warriors (features/config_payload.py): the client's virtual addresses (on the
+        # gateway: what the pool assigned; on the client: what the CFG_REPLY gave us).
+        self.virtual_addresses: tuple[VirtualAddress, ...] = ()
+        self.peer_serial: str | None = None  # the peer's certificate (hex), once it verified
+        self.peer_common_name: str | None = None  # and its subject CN
+        self.cfg_reply: cp.Reply | None = None
+        # Responder, IKE_AUTH: a feature found the IKE SA may stand but its CHILD_SA may not
+        # (RFC 7296 2.21.2); this notify answers in place of the CHILD_SA.
+        self.refuse_first_child: NotifyType | None = None
         self.peer_hashes: frozenset[int] | None = None  # SIGNATURE_HASH_ALGORITHMS (RFC 7427)
         # Set by the IKE_SA_INIT features; read by IKE_AUTH and CHILD_SA tasks.
         self.nonce_i = b""
@@ -260,6 +270,14 @@ class IkeSa:
         self.lifetime.rekey_at = None
         self._guard(now, self._enqueue, IkeRekey(), now)
 
+    def resume_request(self, now: float) -> None:
+        """A feature's I/O finished (e.g. a road warrior's lease arrived): answer the request it
+        deferred. Nothing happens when no request waits."""
+        self._guard(now, self._resume, now)
+
+    def _resume(self, now: float) -> None:
+        self.tasks.resume_deferred(now)
+
     def start_task(self, task: Task, now: float) -> None:
         """Queues `task` (an exchange of ours) and starts it when the window is free."""
         self._guard(now, self._enqueue, task, now)
@@ -332,6 +350,8 @@ class IkeSa:
         self.successor = new
         new.children.update(self.children)
         self.children.clear()
+        new.virtual_addresses, new.cfg_reply = self.virtual_addresses, self.cfg_reply
+        new.peer_serial, new.peer_common_name = self.peer_serial, self.peer_common_name
         new.tasks.adopt(self.tasks.take_over())
         self.lifetime.replaced(now)
         self.emit(IkeSaRekeyed(new.spi_i, new.spi_r, new.local_spi))

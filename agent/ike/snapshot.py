@@ -166,6 +166,9 @@ def _check_quiescent(sa: IkeSa) -> None:
         why = "the peer's IKE SA rekey waits for its IKE_FOLLOWUP_KE exchanges"
     elif sa.chosen is None or sa.keys is None:
         why = "it has no keys"
+    elif sa.virtual_addresses:
+        # Its addresses are leases the next process would have to take over first.
+        why = "it is a road warrior's (virtual addresses); the client reconnects instead"
     else:
         for c in sa.children.values():
             if c.state is not ChildState.INSTALLED or c.replaced_by is not None or c.outbound_pending \

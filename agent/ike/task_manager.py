@@ -72,6 +72,7 @@ class TaskManager:
         self._fragments: dict[tuple[bool, int], _Fragments] = {}
         self._reassembled: Decoded | None = None
         self._processing = False  # a response is being processed: its message ID is not yet free
+        self._deferred: tuple[Header, Message, bytes] | None = None  # a request waiting (resume_deferred)
 
     # ------------------------------------------------------------------ the queue
 
@@ -260,10 +261,35 @@ class TaskManager:
             else:
                 sa.init_request = datagram
                 sa.local, sa.remote = local, remote
-            payloads = responder(sa, msg, now)
+            answer = responder(sa, msg, now)
+            if answer is None:  # deferred (feature.Deferred): answered on resume or retransmission
+                self._deferred = (header, msg, datagram)
+                sa.stats["request_deferred"] += 1
+                return
+            payloads = answer
         else:
             return
         self._send_response(header, payloads, datagram, now)
+
+    def resume_deferred(self, now: float) -> bool:
+        """Processes a deferred request again; True if it is answered now."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is None:
+            return False
+        header, msg, datagram = deferred
+        if header.message_id != self._peer_mid:
+            return False  # answered meanwhile (the peer's retransmission came after the answer)
+        responder = RESPONDERS[ExchangeType(header.exchange)]
+        answer = responder(self._sa, msg, now)
+        if answer is None:
+            self._deferred = deferred
+            return False
+        self._send_response(header, answer, datagram, now)
+        return True
+
+    @property
+    def deferred(self) -> bool:
+        return self._deferred is not None
 
     def _send_response(self, req: Header, payloads: list[Payload], raw_request: bytes, now: float) -> None:
         sa = self._sa
@@ -283,6 +309,7 @@ class TaskManager:
             install()
         if is_init:
             sa.init_response = packets[0]
+        self._deferred = None
         self._cached_request = raw_request
         self._cached_response = packets
         self._peer_mid = req.message_id + 1

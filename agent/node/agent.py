@@ -36,6 +36,8 @@ from meshsec.agent.adapters.runtime import AdapterRuntime, view_of
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, OwnedState, SaExpired
 from meshsec.agent.host_checks import IPNetwork, TunnelNeeds, warn_about_host
 from meshsec.agent.ike.certs import CredentialError
+from meshsec.agent.ike.certs import Credentials as EngineCredentials
+from meshsec.agent.ike.events import Event
 from meshsec.agent.node import credentials
 from meshsec.agent.node.credentials import Credentials, EnrollmentError
 from meshsec.agent.node.desired import DesiredState, DesiredStore
@@ -43,12 +45,13 @@ from meshsec.agent.node.facts import local_addresses, node_facts
 from meshsec.agent.node.ike_port import SaView
 from meshsec.agent.node.metrics import AgentMetrics
 from meshsec.agent.node.reconciler import Reconciler
+from meshsec.agent.node.remote_access import RoadWarriorGateway, is_road_warrior
 from meshsec.agent.node.report import ReportBuilder, timestamp
 from meshsec.agent.node.routes import SiteRoutes, routes_of
 from meshsec.agent.node.session import IdentityLost, Session
 from meshsec.agent.node.statedir import DATAPLANE_SOCKET, STATUS_SOCKET, StateDir
 from meshsec.agent.node.sweeper import Sweeper
-from meshsec.agent.node.translate import node_credentials
+from meshsec.agent.node.translate import TunnelError, identity_text, node_credentials
 from meshsec.agent.standalone.config import AgentSettings
 from meshsec.agent.standalone.runner import make_dataplane
 from meshsec.agent.standalone.status import StatusServer
@@ -109,6 +112,7 @@ class NodeAgent:
         self.reports: ReportBuilder | None = None
         self.session: Session | None = None
         self.status_server: StatusServer | None = None
+        self.gateway: RoadWarriorGateway | None = None
         self.routes: SiteRoutes | None = None  # none with the `none` data plane (IKE-only tests)
         self.metrics_port: int | None = None
         self.recovered = 0  # owned data-plane objects removed at start
@@ -122,6 +126,7 @@ class NodeAgent:
         self.controller_task: asyncio.Task[None] | None = None  # ends only on a fatal enrollment error
         self._renewal_asked_for: set[str] = set()  # local IDs an early renewal was asked for
         self._host_warnings: set[str] = set()  # sysctl problems already logged (agent/host_checks.py)
+        self._engine_credentials: EngineCredentials | None = None  # the node certificate for IKE
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -138,13 +143,21 @@ class NodeAgent:
         if dataplane.capabilities.backend != "none":
             self.routes = SiteRoutes()
             await self.routes.flush()  # what an earlier run of this agent left
+        def on_event(record: SaRecord, ev: Event) -> None:
+            if is_road_warrior(record):
+                gateway.on_event(record, ev)
+            else:
+                reconciler.on_event(view_of(record), ev)
+
         adapter = IkeAdapter(
-            lambda local, remote: reconciler.lookup(local, remote),
+            # Tunnels name their peers; road warriors (NodeConfig.remote_access) come from anywhere.
+            lambda local, remote: [*reconciler.lookup(local, remote), *gateway.lookup()],
             dataplane=dataplane,
             settings=AdapterSettings(bind=config.bind, ike_port=config.ike_port,
                                      first_reqid=self._first_reqid),
-            on_event=lambda record, ev: reconciler.on_event(view_of(record), ev),
+            on_event=on_event,
         )
+        gateway = self.gateway = RoadWarriorGateway(adapter)
         reconciler = Reconciler(AdapterRuntime(adapter), responder_grace=config.responder_grace,
                                 metrics=self.metrics)  # fmt: skip
         if self._resumable():  # else the CHILD_SAs end with this process: nothing to resume on
@@ -278,6 +291,8 @@ class NodeAgent:
         self._tasks = []
         if self.routes is not None and leave:  # a restart leaves them routing
             await self.routes.flush()
+        if self.gateway is not None:
+            await self.gateway.close()
         if self.adapter is not None:
             journal = self.adapter.journal
             if leave:
@@ -358,6 +373,9 @@ class NodeAgent:
         )
         del reports
         self._renew_for_identity()
+        assert self.gateway is not None
+        self.gateway.attach(self.session.channel)
+        self._configure_gateway()
         await self.session.run()
 
     async def _credentials(self, fresh: bool = False) -> Credentials:
@@ -398,7 +416,19 @@ class NodeAgent:
             self.routes.want(routes_of(desired.node))
         self.metrics.desired_version.set(desired.version)
         self._renew_for_identity()
+        self._configure_gateway()
         warn_about_host((_host_needs(t) for t in desired.tunnels.values()), self._host_warnings)
+
+    def _configure_gateway(self) -> None:
+        node = self.desired.node
+        if node is None or self.gateway is None:
+            return
+        try:
+            local_id = identity_text(node.local_id, "node.local_id")
+        except TunnelError as exc:
+            log.error("remote access: %s", exc)
+            return
+        self.gateway.configure(node.remote_access, local_id, self._engine_credentials)
 
     def _use_credentials(self, creds: Credentials | None) -> None:
         """The node certificate for certificate-auth tunnels (at start, enrollment, renewal)."""
@@ -413,6 +443,8 @@ class NodeAgent:
                  engine.chain[0].serial_number, engine.chain[0].not_valid_after_utc.isoformat())  # fmt: skip
         self.metrics.certificate_expiry.set(engine.chain[0].not_valid_after_utc.timestamp())
         self.reconciler.set_credentials(engine)
+        self._engine_credentials = engine
+        self._configure_gateway()
         self._renew_for_identity()
 
     def _renew_for_identity(self) -> None:

@@ -19,9 +19,10 @@ connections:
     children: {rw: {local_ts: [198.19.50.0/24]}}  # remote_ts: the client's address (dynamic)
 ```
 
-Passwords are turned into their NT hash while the file is read; the text is not kept. This is
-parsed and validated only: the IKE engine does not serve road warriors yet (docs/remote-access.md),
-and the runner refuses to start with such a connection rather than ignore it.
+Passwords are turned into their NT hash while the file is read; the text is not kept. Connections
+whose clients authenticate with certificates (`remote.auth: pubkey`) are served (`engine_config`);
+EAP is not served by the engine yet, and the CLI refuses to start with such a connection rather
+than ignore it.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshsec.agent.ike.certs import Credentials
+from meshsec.agent.ike.config import ChildConfig, IkeConfig
 from meshsec.agent.ike.constants import ProtocolId
 from meshsec.agent.ike.proposals import parse_proposals
+from meshsec.agent.ike.ts import Ts
+from meshsec.agent.ike.virtual_ip import AddressPool
 
 # config.py imports this module only inside parse_config, once it is itself fully loaded.
 from meshsec.agent.standalone.config import (
@@ -47,6 +51,9 @@ from meshsec.common.md4 import nt_password_hash
 from meshsec.common.secrets import Secret
 
 REMOTE_AUTH = ("pubkey", "eap-mschapv2", "eap-tls")
+SERVED_REMOTE_AUTH = ("pubkey",)
+# What a CHILD_SA config needs as the remote side; every client is narrowed to its own addresses.
+DYNAMIC_REMOTE_TS = (Ts.from_cidr("0.0.0.0/0"), Ts.from_cidr("::/0"))
 MAX_POOL_HOST_BITS = 16  # as RemoteAccessPool: allocation scans the range
 
 
@@ -230,3 +237,24 @@ def parse_connection(node: _Node, name: str, base: Path, pools: dict[str, Pool])
     children_node.check_unknown()
     node.check_unknown()
     return RemoteAccessConnection(name, names, local_id, credentials, remote_auth, proposals, tuple(children))
+
+
+def engine_config(conn: RemoteAccessConnection, pool: AddressPool) -> IkeConfig:
+    """The responder IkeConfig for `%any` road warriors of `conn`, drawing addresses from `pool`."""
+    children = tuple(
+        ChildConfig(name, tuple(Ts.from_cidr(t) for t in local_ts), DYNAMIC_REMOTE_TS, ",".join(esp))
+        for name, local_ts, esp in conn.children
+    )
+    return IkeConfig(
+        conn.name,
+        conn.local_id,
+        "%any",
+        None,
+        ",".join(conn.proposals),
+        children,
+        credentials=conn.credentials,
+        address_pool=pool,
+        # Road warriors roam and sleep: the gateway finds dead ones, they reconnect themselves.
+        dpd_delay=30.0,
+        send_initial_contact=False,
+    )

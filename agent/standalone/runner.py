@@ -1,5 +1,6 @@
-"""Runs a StandaloneConfig: data plane, IKE adapter, status socket, start actions, and a
-graceful shutdown (DELETE to every peer) on SIGTERM/SIGINT."""
+"""Runs a StandaloneConfig: data plane, IKE adapter, status socket, start actions, road warriors
+(remote-access connections with their pools, agent/gateway/), and a graceful shutdown (DELETE to
+every peer) on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import signal
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter, SaRecord
 from meshsec.agent.adapters.recording import RecordingDataPlane
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, SaExpired
+from meshsec.agent.gateway.clients import ClientConnected, ClientDisconnected, ClientEvent, ConnectedClients
+from meshsec.agent.gateway.pool import LocalPool, PoolSet
 from meshsec.agent.host_checks import tunnel_needs, warn_about_host
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.config import IkeConfig
 from meshsec.agent.ike.events import Event, InitialContactReceived
 from meshsec.agent.ike.responder import ResponderSettings
 from meshsec.agent.standalone.config import AgentSettings, Connection, StandaloneConfig
+from meshsec.agent.standalone.remote_access import engine_config
 from meshsec.agent.standalone.status import StatusServer
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,11 @@ class Agent:
         self.config = config
         self.dataplane = dataplane
         agent = config.agent
+        pools = {name: LocalPool(name, p.addrs, p.dns, p.subnets) for name, p in config.pools.items()}
+        self.pool_sets = {c.name: PoolSet(pools[n] for n in c.pools) for c in config.remote_access}
+        # Tried after the site-to-site connections: those name their peers, these take anyone.
+        self._road_warriors = [engine_config(c, self.pool_sets[c.name]) for c in config.remote_access]
+        self.clients = ConnectedClients(lambda conn, client: self.pool_sets[conn].release(client))
         self.adapter = IkeAdapter(
             self._lookup,
             dataplane=dataplane,
@@ -84,11 +93,27 @@ class Agent:
                 ),
             ),
         )
-        self.status = StatusServer(agent.status_socket, self.adapter.status)
+        self.status = StatusServer(agent.status_socket, self._status)
         self._events_task: asyncio.Task[None] | None = None
         self._retries: set[asyncio.Task[None]] = set()
 
+    async def _status(self) -> dict[str, object]:
+        doc = await self.adapter.status()
+        if self.pool_sets:
+            doc["leases"] = [
+                {"connection": conn, "pool": pool, "client": lease.client.identity,
+                 "certificate": lease.client.common_name,
+                 "addresses": [str(a) for a in lease.addresses], "ike_sas": lease.holders}
+                for conn, pools in self.pool_sets.items() for pool, lease in pools.leases()
+            ]  # fmt: skip
+        return doc
+
     def _on_event(self, record: SaRecord, event: Event) -> None:
+        if record.sa.config.address_pool is not None:
+            peer = str(record.sa.remote_identity) if record.sa.remote_identity else record.sa.remote.host
+            seen = self.clients.observe(record.handle, record.name, peer, event)
+            if seen is not None:
+                _log_client(seen, record.sa.remote.host)
         if isinstance(event, InitialContactReceived):
             # The peer rebooted or lost its state: our older SAs with it are dead (RFC 7296 2.4).
             asyncio.get_running_loop().call_soon(self._drop_stale, record, event.remote_id)
@@ -104,7 +129,7 @@ class Agent:
                 self.adapter.drop(r)
 
     def _lookup(self, local: Address, remote: Address) -> list[IkeConfig]:
-        return self.config.lookup(local.host, remote.host)
+        return [*self.config.lookup(local.host, remote.host), *self._road_warriors]
 
     async def start(self) -> None:
         """Whatever fails here, `stop()` has run before the exception leaves."""
@@ -115,7 +140,7 @@ class Agent:
             self._events_task = asyncio.get_running_loop().create_task(self._follow_dataplane())
             log.info(
                 "meshsec agent (standalone) up: %d connection(s), data plane %s, status on %s",
-                len(self.config.connections),
+                len(self.config.connections) + len(self._road_warriors),
                 self.dataplane.capabilities.backend,
                 self.config.agent.status_socket,
             )
@@ -180,6 +205,19 @@ class Agent:
         self.adapter.close_sockets()
         await self.status.close()
         log.info("meshsec agent stopped")
+
+
+def _log_client(seen: ClientEvent, outer: str) -> None:
+    """One line per connect, disconnect and refusal: what an operator greps for."""
+    if isinstance(seen, ClientConnected):
+        log.info("%s: road warrior %s connected from %s, virtual address %s", seen.connection, seen.client,
+                 outer, ", ".join(seen.addresses))  # fmt: skip
+    elif isinstance(seen, ClientDisconnected):
+        log.info("%s: road warrior %s disconnected (%s), released %s", seen.connection, seen.client, seen.why,
+                 ", ".join(seen.addresses))  # fmt: skip
+    else:
+        log.warning("%s: road warrior %s from %s refused: %s (%s)", seen.connection, seen.peer, outer,
+                    seen.reason, seen.code)  # fmt: skip
 
 
 async def run(config: StandaloneConfig, stop: asyncio.Event | None = None) -> None:

@@ -33,7 +33,7 @@ class AgentRemoteAccessRpcs(abc.ABC):
     async def _node(self, context: AnyContext, requested: str) -> str: ...
 
     async def _client(
-        self, context: AnyContext, node: str, identity: str, device: str
+        self, context: AnyContext, node: str, identity: str, device: str, *, listed: bool = True
     ) -> tuple[RemoteAccessUser, RemoteAccessPool]:
         """The user behind `identity` and its pool, if `node` may serve it; aborts otherwise."""
         state = self._core.state
@@ -59,7 +59,7 @@ class AgentRemoteAccessRpcs(abc.ABC):
                 f"node {node} is not a gateway of RemoteAccessPool/{pool.metadata.name}",
             )
         certificate = user.spec.auth_method in CERTIFICATE_METHODS
-        if certificate and device not in {d.name for d in user.spec.devices}:
+        if listed and certificate and device not in {d.name for d in user.spec.devices}:
             await self._refuse(
                 context,
                 grpc.StatusCode.NOT_FOUND,
@@ -113,7 +113,9 @@ class AgentRemoteAccessRpcs(abc.ABC):
         context: grpc.aio.ServicerContext[agent_pb2.ReleaseLeaseRequest, agent_pb2.ReleaseLeaseResponse],
     ) -> agent_pb2.ReleaseLeaseResponse:
         node = await self._node(context, request.node)
-        user, _ = await self._client(context, node, request.identity, request.device)
+        # A device removed from spec.devices (its certificate revoked, its client dropped by the
+        # gateway) still gives its lease back.
+        user, _ = await self._client(context, node, request.identity, request.device, listed=False)
         name = user.metadata.name
         try:
             held = next((x for x in await self._core.leases.leases(name) if x.device == request.device), None)

@@ -21,6 +21,7 @@ from meshsec.controller.resources.model import (
     IpsecProtocol,
     Mode,
     Node,
+    RemoteAccessPool,
     StartAction,
 )
 from meshsec.v1 import agent_pb2, common_pb2
@@ -197,6 +198,7 @@ def node_config(
     gateway: bool,
     status_interval_s: int,
     routes: tuple[SiteRoute, ...] = (),
+    pools: tuple[RemoteAccessPool, ...] = (),
 ) -> agent_pb2.NodeConfig:
     config = agent_pb2.NodeConfig(
         node_name=node.metadata.name,
@@ -212,7 +214,21 @@ def node_config(
     config.routes.extend(
         agent_pb2.SiteRoute(destination=r.destination, via=r.via, gateway=r.gateway) for r in routes
     )
+    config.remote_access.extend(remote_access_service(p) for p in pools)
     return config
+
+
+def remote_access_service(pool: RemoteAccessPool) -> agent_pb2.RemoteAccessService:
+    spec = pool.spec
+    return agent_pb2.RemoteAccessService(
+        pool=pool.metadata.name,
+        local_ts=[str(p) for p in spec.routes.selectors()],
+        ike_proposals=list(spec.crypto.ike_proposals),
+        esp_proposals=list(spec.crypto.esp_proposals),
+        ike_lifetime_seconds=spec.crypto.ike_lifetime_s,
+        child_lifetime_seconds=spec.crypto.child_lifetime_s,
+        auth_methods=[m.value for m in spec.auth_methods],
+    )
 
 
 # --- tunnels ---------------------------------------------------------------------------------------

@@ -321,6 +321,7 @@ class MeshState:
         nodes: set[str] = set()
         sites: set[str] = set()
         gateway_sites: set[str] = set()  # sites whose routes may have moved
+        pools_changed = False  # a RemoteAccessPool changed: gateways NodeConfig.remote_access
         gateways_before: dict[str, set[str]] = {}  # of the sites changed Nodes were or are in
         rekeyed: set[str] = set()  # ExternalGateways whose PSK was written
         if any(event.key == self.keys.numbering for event in events):
@@ -358,6 +359,8 @@ class MeshState:
                         gateways_before[site] = set(self.index.gateways_of(site))
             elif kind is Kind.SITE:
                 sites.add(name)
+            elif kind is Kind.REMOTE_ACCESS_POOL:
+                pools_changed = True
         if self._too_wide(changes):
             self._rebase(changes, revision, started)
             return
@@ -375,6 +378,8 @@ class MeshState:
                 gateway_sites.add(site)
         routed = self._rerouted(sites | gateway_sites)
         reconfigured = nodes | {n for s in sites | routed for n in self.index.nodes_in_site(s)}
+        if pools_changed:  # which gateways serve a pool, and how: rare edits, every node looked at
+            reconfigured |= set(self.index.nodes())
         updates = 0
         for name in sorted(set(deltas) | reconfigured):
             updates += self._update_slice(name, revision, deltas.get(name), started, name in reconfigured)
@@ -512,6 +517,12 @@ class MeshState:
             gateway,
             self._status_interval_s,
             () if gateway else self._routes_of(node.spec.site),
+            tuple(
+                sorted(
+                    (p for p in self.index.all_pools() if p.spec.gateways.matches(node.metadata.labels)),
+                    key=lambda p: p.metadata.name,
+                )
+            ),
         )
 
     def _routes_of(self, site: str) -> tuple[SiteRoute, ...]:

@@ -1,6 +1,6 @@
 """Standalone remote-access configuration: pools, EAP secrets (kept as NT hashes) and %any
 connections parse as documented, mistakes are refused with their field path, and the agent
-refuses to run such a connection rather than ignore it."""
+refuses to run an EAP connection (not served yet) rather than ignore it."""
 
 from __future__ import annotations
 
@@ -100,16 +100,23 @@ def test_mistakes_are_refused_by_path(files: Path, change: Any, expected: str) -
     assert "alice-password" not in message
 
 
-def test_agent_checks_but_refuses_to_run_remote_access(files: Path) -> None:
+def test_agent_checks_but_refuses_to_run_eap_remote_access(files: Path) -> None:
     path = files / "agent.yaml"
     path.write_text(yaml.safe_dump(documented()))
     assert load_config(path).remote_access
     agent = [sys.executable, "-m", "meshsec.agent.cli", "--config", str(path)]
     check = subprocess.run([*agent, "--check"], capture_output=True, text=True, timeout=60)
-    assert check.returncode == 0 and "remote-access rw: checked, not served yet" in check.stdout
+    assert check.returncode == 0 and "EAP connections rw: checked, not served yet" in check.stdout
     run = subprocess.run(agent, capture_output=True, text=True, timeout=60)
     assert run.returncode == 3
-    assert (
-        "rw: remote-access connections (pools, EAP) are not served by this agent's IKE engine yet"
-        in run.stderr
-    )
+    assert "rw: remote-access connections with EAP are not served by this agent's IKE engine" in run.stderr
+
+
+def test_certificate_remote_access_is_served(files: Path) -> None:
+    data = documented()
+    data["connections"]["rw"]["remote"]["auth"] = "pubkey"
+    path = files / "agent.yaml"
+    path.write_text(yaml.safe_dump(data))
+    agent = [sys.executable, "-m", "meshsec.agent.cli", "--config", str(path)]
+    check = subprocess.run([*agent, "--check"], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and check.stdout.endswith("OK (1 connection(s))\n"), check.stdout

@@ -17,6 +17,7 @@ from meshsec.v1 import admin_pb2, agent_pb2, agent_pb2_grpc
 from tests.controller.ctl_harness import (
     CALL_TIMEOUT,
     EnrolledNode,
+    Watcher,
     admin_channel,
     admin_stub,
     apply,
@@ -24,6 +25,7 @@ from tests.controller.ctl_harness import (
     retained_events,
     running_controller,
 )
+from tests.controller.test_api_agent import next_update
 from tests.controller.test_mesh_support import site
 from tests.controller.test_remote_access_resources import pool, user
 
@@ -123,3 +125,21 @@ async def test_gateways_read_the_revocation_list(ctl: Controller) -> None:
     await apply(ctl, user("bob", auth={"method": "certificate"}, devices=BOB_DEVICES[1:]))
     listed = await _call(gw, ctl, "ListRevokedCertificates", agent_pb2.ListRevokedCertificatesRequest())
     assert list(listed.serials) == [issued.serial]
+
+
+async def test_gateway_nodes_get_the_pools_they_serve_in_their_node_config(ctl: Controller) -> None:
+    gw = await join(ctl, "dc1", "gw1", "198.18.1.1", node_labels={"role": "ra"})
+    other = await join(ctl, "dc1", "n2", "198.18.1.2")
+    watcher, bystander = Watcher(gw), Watcher(other)
+    async with gw.channel(ctl) as channel, other.channel(ctl) as other_channel:
+        updates, theirs = watcher.updates(channel), bystander.updates(other_channel)
+        snapshot = await next_update(updates)
+        (service,) = snapshot.node.remote_access
+        assert service.pool == "staff" and list(service.local_ts) == ["198.19.0.0/20"]
+        assert service.ike_proposals[0].startswith("aes256gcm16")
+        assert set(service.auth_methods) == {"certificate", "eap-mschapv2"}
+        assert not (await next_update(theirs)).node.remote_access
+        # A pool edit reaches its gateways as a new NodeConfig.
+        await apply(ctl, pool(addresses=["198.19.200.0/30"], routes={"mode": "full"}))
+        delta = await next_update(updates)
+        assert list(delta.node.remote_access[0].local_ts) == ["0.0.0.0/0", "::/0"]

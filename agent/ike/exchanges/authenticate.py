@@ -7,6 +7,8 @@ from __future__ import annotations
 import hmac
 from typing import TYPE_CHECKING
 
+from cryptography.x509.oid import NameOID
+
 from meshsec.agent.ike.certs import (
     CERT_ENCODING_X509_SIGNATURE,
     MALFORMED_PREFIX,
@@ -17,6 +19,7 @@ from meshsec.agent.ike.constants import AuthMethod
 from meshsec.agent.ike.crypto import Prf
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.payloads import AuthPayload, CertPayload, IdPayload, Message
+from meshsec.agent.ike.revocation import serial_text
 from meshsec.agent.ike.sigauth import SignatureError, method_name, sign, verify
 
 if TYPE_CHECKING:
@@ -86,6 +89,13 @@ def check_peer_auth(
     problem = verify(verified.key, auth.method, auth.data, octets)
     if problem is not None:
         return f"AUTH ({method_name(auth.method)}) from {ident} did not verify: {problem}"
+    serial = serial_text(verified.leaf)
+    if cfg.revocations is not None and serial in cfg.revocations:
+        sa.stats["auth_failed_revoked"] += 1
+        return f"certificate authentication of {ident} failed: certificate serial {serial} is revoked"
+    sa.peer_serial = serial
+    names = verified.leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    sa.peer_common_name = str(names[0].value) if names else None
     return None
 
 

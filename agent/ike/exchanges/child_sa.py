@@ -31,6 +31,7 @@ from meshsec.agent.ike.payloads import (
 from meshsec.agent.ike.proposals import Chosen, accept_response, select_proposal
 from meshsec.agent.ike.states import ChildState
 from meshsec.agent.ike.ts import Ts, is_subset, narrow
+from meshsec.agent.ike.virtual_ip import selectors_for
 
 if TYPE_CHECKING:
     from meshsec.agent.ike.sa import IkeSa
@@ -265,6 +266,9 @@ def respond_child(
     ke = msg.find(PayloadType.KE)
     want_transport = msg.notify(NotifyType.USE_TRANSPORT_MODE) is not None
     error = NotifyType.NO_PROPOSAL_CHOSEN
+    # A road warrior's side of every CHILD_SA is its virtual addresses and nothing else, whatever
+    # it proposed (it sends 0.0.0.0/0 before it knows its address; RFC 7296 2.9, 2.19).
+    clients_own = selectors_for(sa.virtual_addresses) if sa.config.address_pool is not None else None
     for cfg in sa.config.children if configs is None else configs:
         chosen = select_proposal(
             cfg.specs, sa_p.proposals, prefer_ours=sa.config.prefer_own_proposals, ignore_dh=not pfs_allowed
@@ -272,7 +276,7 @@ def respond_child(
         if chosen is None or len(chosen.spi) != 4:
             continue
         # TSi is the initiator's side: our remote; TSr our local.
-        remote = narrow(ts_i, list(cfg.remote_ts))
+        remote = narrow(ts_i, clients_own if clients_own is not None else list(cfg.remote_ts))
         local = narrow(ts_r, list(cfg.local_ts))
         if not remote or not local:
             error = NotifyType.TS_UNACCEPTABLE

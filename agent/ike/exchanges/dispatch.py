@@ -18,7 +18,8 @@ from meshsec.agent.ike.payloads import Message, Payload
 if TYPE_CHECKING:
     from meshsec.agent.ike.sa import IkeSa
 
-ResponderFn = Callable[["IkeSa", Message, float], list[Payload]]
+# None: no answer yet (a Deferred feature); the task manager keeps the request for resume_request.
+ResponderFn = Callable[["IkeSa", Message, float], list[Payload] | None]
 
 RESPONDERS: dict[ExchangeType, ResponderFn] = {
     ExchangeType.IKE_SA_INIT: respond_ike_init,

@@ -16,8 +16,10 @@ from meshsec.agent.ike.exchanges.child_sa import (
     complete_child_initiator,
     respond_child,
 )
+from meshsec.agent.ike.exchanges.informational import IkeDelete
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.feature import (
+    Deferred,
     Feature,
     Refusal,
     build_request,
@@ -158,7 +160,7 @@ def _pick_config(sa: IkeSa, idi: Identity, idr: Identity | None) -> IkeConfig | 
     return None
 
 
-def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
+def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload] | None:
     assert sa.prf is not None and sa.keys is not None
 
     def auth_failed(reason: str) -> list[Payload]:
@@ -200,12 +202,18 @@ def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         return auth_failed(f"cannot authenticate to {ident}: {exc}")
     features = ike_auth_features()
     refusal = process_request(features, sa, msg)
+    if isinstance(refusal, Deferred):
+        return None
     if refusal is not None:
         sa.close_after_response(IkeSaFailed(refusal.reason, refusal.code))
         return [refusal.notify] if refusal.notify is not None else []
     _established(sa, now)
     payloads: list[Payload] = [own, *build_response(features, sa, []), my_auth]
-    if msg.find(PayloadType.SA) is not None:
+    if sa.refuse_first_child is not None:
+        # Authenticated, but nothing to carry: say why, then delete the IKE SA ourselves.
+        payloads.append(NotifyPayload(sa.refuse_first_child))
+        sa.queue(IkeDelete())
+    elif msg.find(PayloadType.SA) is not None:
         answer = respond_child(sa, msg, sa.nonce_i, sa.nonce_r, now=now)
         payloads += answer.pre + answer.body
     return payloads

@@ -48,7 +48,8 @@ def respond_ike_init(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
     features = ike_sa_init_features()
     refusal = process_request(features, sa, msg)
     if refusal is not None:
-        assert refusal.notify is not None
+        # Only IKE_AUTH features defer; an IKE_SA_INIT one doing so is a bug (fails the SA closed).
+        assert isinstance(refusal, Refusal) and refusal.notify is not None
         sa.close_after_response(IkeSaFailed(refusal.reason, refusal.code))
         return [refusal.notify]
     return build_response(features, sa, [])

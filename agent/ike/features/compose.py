@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from meshsec.agent.ike.feature import Feature
 from meshsec.agent.ike.features.certificates import AuthCertificates, InitCertificates
+from meshsec.agent.ike.features.config_payload import ConfigPayload
 from meshsec.agent.ike.features.cookie import Cookie
 from meshsec.agent.ike.features.fragmentation import Fragmentation
 from meshsec.agent.ike.features.initial_contact import InitialContact
@@ -30,5 +31,6 @@ def ike_sa_init_features() -> list[Feature]:
 
 def ike_auth_features() -> list[Feature]:
     """Run by ike_auth.py between the identities and AUTH; they see the peer's message only
-    once its AUTH verified."""
-    return [AuthCertificates(), InitialContact()]
+    once its AUTH verified. The Configuration Payload goes last: it takes addresses from a
+    pool, so nothing after it may still refuse the exchange."""
+    return [AuthCertificates(), InitialContact(), ConfigPayload()]

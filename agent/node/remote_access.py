@@ -1,0 +1,170 @@
+"""The node agent as a remote-access gateway (docs/remote-access.md): for every pool its
+NodeConfig lists (NodeConfig.remote_access), a `%any` IKE responder config that authenticates
+with the node certificate, takes certificate clients of the controller CA, leases their addresses
+with AllocateLease (agent/gateway/controller_leases.py) and refuses revoked certificates
+(agent/gateway/revocation.py, polled every 2 s; their live IKE SAs are deleted).
+
+Road-warrior SAs are not tunnels: the reconciler never sees them (runtime.py filters them), this
+module gets their events instead and turns them into lease releases and log lines; the controller
+emits the RemoteAccessConnected / Disconnected / Refused events `meshctl get events` shows."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from meshsec.agent.adapters.ike import IkeAdapter, SaRecord
+from meshsec.agent.gateway.clients import ClientConnected, ClientDisconnected, ClientEvent, ConnectedClients
+from meshsec.agent.gateway.controller_leases import ControllerLeases
+from meshsec.agent.gateway.revocation import RevocationFollower
+from meshsec.agent.ike.certs import Credentials
+from meshsec.agent.ike.config import ChildConfig, ConfigError, IkeConfig
+from meshsec.agent.ike.events import Event
+from meshsec.agent.ike.revocation import RevocationList
+from meshsec.agent.ike.ts import Ts
+from meshsec.agent.ike.virtual_ip import Client
+from meshsec.v1 import agent_pb2, agent_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVED_METHODS = ("certificate",)  # EAP methods come with EAP in IKE_AUTH
+DYNAMIC = (Ts.from_cidr("0.0.0.0/0"), Ts.from_cidr("::/0"))  # narrowed to each client's addresses
+PREFIX = "ra-"
+
+
+def is_road_warrior(record: SaRecord) -> bool:
+    return record.sa.config.address_pool is not None
+
+
+def service_config(
+    service: agent_pb2.RemoteAccessService, local_id: str, creds: Credentials, pool: ControllerLeases,
+    revocations: RevocationList,
+) -> IkeConfig:  # fmt: skip
+    esp = ",".join(p.removesuffix("-modp") for p in service.esp_proposals) or "aes256gcm16-ecp384"
+    child = ChildConfig(
+        "ra", tuple(Ts.from_cidr(t) for t in service.local_ts), DYNAMIC, esp,
+        rekey_time=_rekey(service.child_lifetime_seconds, 3600),
+        life_time=service.child_lifetime_seconds or 3600,
+    )  # fmt: skip
+    return IkeConfig(
+        f"{PREFIX}{service.pool}", local_id, "%any", None, ",".join(service.ike_proposals),
+        (child,), credentials=creds, address_pool=pool, revocations=revocations,
+        rekey_time=_rekey(service.ike_lifetime_seconds, 14400),
+        dpd_delay=30.0, send_initial_contact=False,
+    )  # fmt: skip
+
+
+def _rekey(lifetime_s: int, default: int) -> int:
+    """Rekey at 90 % of the pool's lifetime, as the controller's tunnels do."""
+    return (lifetime_s or default) * 9 // 10
+
+
+class RoadWarriorGateway:
+    def __init__(self, adapter: IkeAdapter) -> None:
+        self.adapter = adapter
+        self.revocations = RevocationList()
+        self.configs: list[IkeConfig] = []
+        self.leases: ControllerLeases | None = None
+        self.clients = ConnectedClients(self._release)
+        self._follower: asyncio.Task[None] | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._services: tuple[bytes, ...] = ()
+
+    # ------------------------------------------------------------------ configuration
+
+    def configure(self, services: Sequence[agent_pb2.RemoteAccessService], local_id: str,
+                  creds: Credentials | None) -> None:  # fmt: skip
+        """A new NodeConfig (or node certificate): the responder configs for its pools."""
+        if self.leases is None:
+            self.configs = []
+            return
+        served = [s for s in services if set(s.auth_methods) & set(SERVED_METHODS)]
+        if creds is None and served:
+            log.warning("remote access: no node certificate yet; not serving pools %s",
+                        ", ".join(s.pool for s in served))  # fmt: skip
+            served = []
+        configs = []
+        for service in served:
+            assert creds is not None
+            try:
+                configs.append(service_config(service, local_id, creds, self.leases, self.revocations))
+            except ConfigError as exc:
+                log.error("remote access: pool %s not served: %s", service.pool, exc)
+        names = tuple(c.name for c in configs)
+        if names != tuple(c.name for c in self.configs):
+            log.info("remote access: serving %s", ", ".join(names) or "no pool")
+        self.configs = configs
+
+    def lookup(self) -> list[IkeConfig]:
+        return list(self.configs)
+
+    # ------------------------------------------------------------------ controller side
+
+    def attach(self, channel_factory: Callable[[], grpc.aio.Channel]) -> None:
+        """Once the agent has controller credentials: leases and the revocation list over a
+        channel of its own (gRPC reconnects it)."""
+        if self._channel is not None:
+            return
+        self._channel = channel_factory()
+        stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+        self.leases = ControllerLeases(stub, self._lease_ready)
+
+        async def fetch() -> list[str]:
+            request = agent_pb2.ListRevokedCertificatesRequest()
+            listed = await stub.ListRevokedCertificates(request, timeout=5.0)
+            return list(listed.serials)
+
+        follower = RevocationFollower(fetch, self.revocations, self._drop_revoked)
+        self._follower = asyncio.get_running_loop().create_task(follower.run(), name="revocations")
+
+    async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+        if self.leases is not None:
+            await self.leases.settle()
+        if self._channel is not None:
+            await self._channel.close(None)
+
+    # ------------------------------------------------------------------ engine events
+
+    def on_event(self, record: SaRecord, ev: Event) -> None:
+        sa = record.sa
+        peer = str(sa.remote_identity) if sa.remote_identity else sa.remote.host
+        seen = self.clients.observe(record.handle, record.name, peer, ev)
+        if seen is not None:
+            _log(seen, sa.remote.host)
+
+    def _release(self, _connection: str, client: Client) -> None:
+        if self.leases is not None:
+            self.leases.release(client)
+
+    def _lease_ready(self, client: Client) -> None:
+        for record in self.adapter.active():
+            sa = record.sa
+            if is_road_warrior(record) and sa.tasks.deferred and str(sa.remote_identity) == client.identity:
+                self.adapter.resume(record)
+
+    def _drop_revoked(self, serials: frozenset[str]) -> None:
+        for record in self.adapter.active():
+            if is_road_warrior(record) and record.sa.peer_serial in serials:
+                sa = record.sa
+                log.info("%s: %s's certificate %s is revoked: deleting IKE SA %s", record.name,
+                         sa.remote_identity, sa.peer_serial, sa.local_spi.hex())  # fmt: skip
+                self.adapter.delete(record)
+
+
+def _log(seen: ClientEvent, outer: str) -> None:
+    if isinstance(seen, ClientConnected):
+        log.info("%s: road warrior %s connected from %s, virtual address %s", seen.connection, seen.client,
+                 outer, ", ".join(seen.addresses))  # fmt: skip
+    elif isinstance(seen, ClientDisconnected):
+        log.info("%s: road warrior %s disconnected (%s), released %s", seen.connection, seen.client, seen.why,
+                 ", ".join(seen.addresses))  # fmt: skip
+    else:
+        log.warning("%s: road warrior %s from %s refused: %s (%s)", seen.connection, seen.peer, outer,
+                    seen.reason, seen.code)  # fmt: skip
