@@ -10,6 +10,7 @@ from meshsec.agent.ike.features.fragmentation import Fragmentation
 from meshsec.agent.ike.features.initial_contact import InitialContact
 from meshsec.agent.ike.features.intermediate import IntermediateExchange
 from meshsec.agent.ike.features.key_exchange import InitialKeyExchange
+from meshsec.agent.ike.features.mobike import Mobike
 from meshsec.agent.ike.features.nat_detection import NatDetection
 from meshsec.agent.ike.features.signature_hashes import SignatureHashes
 
@@ -31,4 +32,4 @@ def ike_sa_init_features() -> list[Feature]:
 def ike_auth_features() -> list[Feature]:
     """Run by ike_auth.py between the identities and AUTH; they see the peer's message only
     once its AUTH verified."""
-    return [AuthCertificates(), InitialContact()]
+    return [AuthCertificates(), InitialContact(), Mobike()]
