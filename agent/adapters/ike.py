@@ -42,6 +42,7 @@ from meshsec.agent.adapters.status import closed_status, counters_doc, sa_status
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, SaId
 from meshsec.agent.ike import (
     Address,
+    AddressesUpdated,
     ChildSaDeleted,
     ChildSaEstablished,
     ChildSaFailed,
@@ -256,6 +257,14 @@ class IkeAdapter:
         record.sa.delete(self.now())
         self._pump()
 
+    def roam(self, record: SaRecord, local: Address) -> None:
+        """Our address for this IKE SA changed (MOBIKE, RFC 4555): the engine sends
+        UPDATE_SA_ADDRESSES from `local` (or, as the original responder, an address list
+        update); its CHILD_SAs follow on AddressesUpdated. Without MOBIKE negotiated the
+        engine reports AddressUpdateFailed and nothing moves."""
+        record.sa.roam(local, self.now())
+        self._pump()
+
     def check_liveness(self, record: SaRecord) -> None:
         """An empty INFORMATIONAL request (RFC 7296 2.4); LivenessChecked follows as an event."""
         record.sa.check_liveness(self.now())
@@ -356,11 +365,13 @@ class IkeAdapter:
         except Exception:
             self._unexpected(sa or self._sa_for(data), f"handling a datagram from {remote}")
 
-    def _follow_addresses(self, record: SaRecord, installer: ChildInstaller) -> None:
+    def _follow_addresses(
+        self, record: SaRecord, installer: ChildInstaller, udp_encap: bool | None = None
+    ) -> None:
         sa = record.sa
-        for move in follow.left_behind(record.children.values(), sa.local, sa.remote):
+        for move in follow.left_behind(record.children.values(), sa.local, sa.remote, udp_encap):
             child = move.child
-            child.local, child.remote = sa.local, sa.remote
+            child.local, child.remote, child.event = sa.local, sa.remote, move.event
             log.info("%s: CHILD_SA %s follows the IKE SA to %s <-> %s", record.name, child.event.name,
                      sa.local, sa.remote)  # fmt: skip
             self._queue_work(record, functools.partial(self._move, installer, move.old_key, child))
@@ -542,6 +553,10 @@ class IkeAdapter:
                 self._queue_work(record, functools.partial(self._activate, self.installer, new_key))
         elif isinstance(ev, ChildSaFailed):
             record.replacing.discard(ev.name)
+        elif isinstance(ev, AddressesUpdated):
+            # MOBIKE moved the IKE SA (and NAT detection on the new path decided ESP-in-UDP).
+            if self.installer is not None and record.children:
+                self._follow_addresses(record, self.installer, ev.udp_encap)
         elif isinstance(ev, IkeSaFailed):
             record.outcome = f"failed: {ev.reason}"
         elif isinstance(ev, IkeSaDeleted):
