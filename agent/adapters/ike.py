@@ -31,7 +31,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
-from meshsec.agent.adapters import follow, liveness, udp
+from meshsec.agent.adapters import follow, liveness, roaming, udp
 from meshsec.agent.adapters.endpoints import Endpoint, Endpoints, bind_plan, pick
 from meshsec.agent.adapters.eventlog import SpiText, log_event
 from meshsec.agent.adapters.failclosed import strict
@@ -132,6 +132,7 @@ class IkeAdapter:
         self._work: asyncio.Queue[tuple[SaRecord | None, Job]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._traffic: asyncio.Task[None] | None = None
+        self._address_watch: asyncio.Task[None] | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -178,7 +179,7 @@ class IkeAdapter:
             self._timer.cancel()
         if self._loop is not None:
             self._endpoints.stop_reading(self._loop)
-        for task in (self._traffic, self._worker):
+        for task in (self._traffic, self._address_watch, self._worker):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -264,6 +265,32 @@ class IkeAdapter:
         engine reports AddressUpdateFailed and nothing moves."""
         record.sa.roam(local, self.now())
         self._pump()
+
+    def watch_local_addresses(self, lister: Callable[[], list[str]], interval: float = 1.0) -> None:
+        """Polls the host's addresses (`lister`, run in a thread) every `interval` seconds and
+        moves each MOBIKE SA whose local address went away to the host's new source address
+        towards its peer (roaming.py)."""
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    present = set(await asyncio.to_thread(lister))
+                    self.local_addresses_changed(present)
+                except Exception:
+                    with self._strict_in_task():
+                        self._unexpected(None, "following the host's addresses")
+
+        assert self._loop is not None, "adapter not started"
+        if self._address_watch is None:
+            self._address_watch = self._loop.create_task(watch())
+
+    def local_addresses_changed(self, present: set[str]) -> None:
+        for roam in roaming.roams(self.active(), present, source_address_for):
+            log.info("%s: our address %s is gone; moving IKE SA %s to %s (MOBIKE)", roam.record.name,
+                     roam.record.sa.local.host, SpiText(roam.record.sa), roam.local)  # fmt: skip
+            self.stats["roams"] += 1
+            self.roam(roam.record, roam.local)
 
     def check_liveness(self, record: SaRecord) -> None:
         """An empty INFORMATIONAL request (RFC 7296 2.4); LivenessChecked follows as an event."""
