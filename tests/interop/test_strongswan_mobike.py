@@ -8,6 +8,7 @@ address (kernel-netlink's roam events), meshsec its address poll (1 s)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -76,7 +77,8 @@ def _roam_under_ping(roamer: Host, src: str, dst: str, ifname: str, old: str, ne
 
 
 def _assert_same_sa_moved(sw: Charon, agent: MeshsecAgent, before_sw: IkeSa, before_ms: dict[str, Any],
-                          roamed: str, roamer_is_swan: bool) -> None:  # fmt: skip
+                          roamed: str, roamer_is_swan: bool, ms_sees: str | None = None) -> None:  # fmt: skip
+    """`ms_sees`: the address meshsec sees the roamer at, if not `roamed` (a NAT)."""
     after_sw = sw.wait_for(_swan_sa)
     spis = (before_sw.initiator_spi, before_sw.responder_spi)
     assert (after_sw.initiator_spi, after_sw.responder_spi) == spis  # the same IKE SA
@@ -94,7 +96,7 @@ def _assert_same_sa_moved(sw: Charon, agent: MeshsecAgent, before_sw: IkeSa, bef
     assert {after_ms["child_sas"][0]["spi_in"], after_ms["child_sas"][0]["spi_out"]} == {
         child_after.spi_out, child_after.spi_in}  # fmt: skip
     if roamer_is_swan:
-        assert after_sw.local_host == roamed and after_ms["remote"].startswith(roamed + ":")
+        assert after_sw.local_host == roamed and after_ms["remote"].startswith((ms_sees or roamed) + ":")
     else:
         assert after_sw.remote_host == roamed and after_ms["local"].startswith(roamed + ":")
 
@@ -114,7 +116,7 @@ def test_strongswan_client_roams_and_keeps_its_sa(lab: Lab, charons: CharonFacto
     config["connections"]["peer"]["remote_addrs"] = []  # a road warrior: from any address
     agent = MeshsecAgent(pair.ms, config).start()
     conn = swan_connection(ike, esp)
-    conn = type(conn)(**{**conn.__dict__, "local_addrs": ("%any",), "mobike": True})
+    conn = dataclasses.replace(conn, local_addrs=("%any",), mobike=True)
     sw = charons.start(pair.sw, [conn], swan_settings())
     sw.initiate("peer", "net", timeout=10)
     before_sw = sw.wait_for(_swan_sa)
@@ -136,7 +138,7 @@ def test_meshsec_roams_against_a_strongswan_gateway(lab: Lab, charons: CharonFac
     pair = build(lab)
     _keep_secondaries(pair.ms, "to-sw")
     conn = swan_connection(ike, esp)
-    conn = type(conn)(**{**conn.__dict__, "remote_addrs": ("%any",), "mobike": True})
+    conn = dataclasses.replace(conn, remote_addrs=("%any",), mobike=True)
     sw = charons.start(pair.sw, [conn], swan_settings())
     config = _mobike_config(start_action="initiate")
     config["agent"]["bind"] = ["0.0.0.0"]  # the new address needs a socket too
@@ -152,3 +154,43 @@ def test_meshsec_roams_against_a_strongswan_gateway(lab: Lab, charons: CharonFac
     assert sent - received <= MAX_LOST, (sent, received)
     assert pair.ms.ping(SW_INNER, src=MS_INNER, count=20, interval=0.01).ok
     assert pair.sw.ping(MS_INNER, src=SW_INNER, count=20, interval=0.01).ok
+
+
+# Behind a NAT box: the client's inside address changes, so the NAT maps it to another public
+# port; meshsec learns the new mapping from the UPDATE_SA_ADDRESSES and NAT detection on it.
+WAN_MS, WAN_NAT = "198.18.41.1", "198.18.41.254"
+INSIDE_GW, INSIDE_OLD, INSIDE_NEW = "198.18.42.1", "198.18.42.2", "198.18.42.3"
+
+
+def test_strongswan_client_behind_a_nat_roams_and_keeps_its_sa(lab: Lab, charons: CharonFactory) -> None:
+    ike, esp, _, _ = SUITES["gcm-x25519"]
+    wan = lab.switch("wan")
+    ms, sw = lab.host("ms"), lab.host("sw")
+    wan.attach(ms, f"{WAN_MS}/24")
+    lab.nat_box("nat", sw, f"{INSIDE_GW}/24", f"{INSIDE_OLD}/24", wan, f"{WAN_NAT}/24")
+    ms.add_loopback_address(f"{MS_INNER}/32")
+    sw.add_loopback_address(f"{SW_INNER}/32")
+    _keep_secondaries(sw, "eth0")
+    config = _mobike_config()
+    config["agent"]["bind"] = [WAN_MS]
+    config["connections"]["peer"].update({"local_addrs": [WAN_MS], "remote_addrs": []})
+    agent = MeshsecAgent(ms, config).start()
+    conn = dataclasses.replace(swan_connection(ike, esp), local_addrs=("%any",), remote_addrs=(WAN_MS,),
+                               mobike=True)  # fmt: skip
+    swan = charons.start(sw, [conn], swan_settings())
+    swan.initiate("peer", "net", timeout=10)
+    before_sw = swan.wait_for(_swan_sa)
+    before_ms = agent.wait_for(lambda s: agent.established("peer"))
+    assert before_ms["nat_remote"] and before_ms["remote"].startswith(WAN_NAT + ":")
+    old_mapping = before_ms["remote"]
+
+    sent, received = _roam_under_ping(sw, SW_INNER, MS_INNER, "eth0", INSIDE_OLD, INSIDE_NEW)
+    if "default" not in sw.ip("route", "show"):
+        sw.add_route("default", via=INSIDE_GW)
+    after = agent.wait_for(lambda s: (sa := agent.established("peer")) and sa["remote"] != old_mapping and sa)
+    assert after["remote"].startswith(WAN_NAT + ":") and after["nat_remote"]  # a new NAT mapping
+    _assert_same_sa_moved(swan, agent, before_sw, before_ms, INSIDE_NEW, roamer_is_swan=True, ms_sees=WAN_NAT)
+    assert after["engine_stats"]["address_updates_received"] >= 1
+    assert sent - received <= MAX_LOST, (sent, received)
+    assert sw.ping(MS_INNER, src=SW_INNER, count=20, interval=0.01).ok
+    assert ms.ping(SW_INNER, src=MS_INNER, count=20, interval=0.01).ok
