@@ -128,8 +128,8 @@ def _restore(doc: dict[str, Any], config: IkeConfig, now: float, elapsed: float,
     sa.peer_hashes = None if hashes is None else frozenset(int(h) for h in hashes)
     sa.nat_local, sa.nat_remote = bool(doc["nat_local"]), bool(doc["nat_remote"])
     sa.frag_peer = bool(doc["frag_peer"])
-    # Optional keys, so version 1 stays readable: a snapshot without them predates MOBIKE, and
-    # for it "not negotiated" is the truth.
+    # Optional keys, so earlier snapshots of the same versions stay readable: one without them
+    # predates MOBIKE, and for it "not negotiated" is the truth.
     sa.mobike = bool(doc.get("mobike", False))
     sa.peer_additional = tuple(str(a) for a in doc.get("peer_additional", ()))
     tm = sa.tasks

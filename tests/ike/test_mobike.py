@@ -14,6 +14,7 @@ from meshsec.agent.ike.events import AddressesUpdated, AddressUpdateFailed, IkeS
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.parse import parse_header
 from meshsec.agent.ike.sa import OutgoingDatagram
+from meshsec.agent.ike.snapshot import from_dict, to_dict
 
 from .lifecycle import B, Net
 from .test_child_rekey import configs
@@ -225,3 +226,13 @@ def test_the_original_responder_announces_its_new_address() -> None:
     assert sa_b.local == b_new and sa_a.remote == b_new
     assert net.b.of_type(AddressesUpdated) == [AddressesUpdated(b_new, Address("198.18.7.1", 500), False)]
     assert sa_a.peer_additional == ()  # NO_ADDITIONAL_ADDRESSES: the new one is its only address
+
+
+def test_a_resumed_sa_still_knows_mobike_was_negotiated() -> None:
+    net = connected()
+    sa_a = net.a.sa()
+    doc = to_dict(sa_a, net.now)
+    resumed = from_dict(doc, sa_a.config, net.now, 0, rnd=net.a.rnd)
+    assert resumed.mobike
+    doc.pop("mobike")  # written before MOBIKE existed
+    assert not from_dict(doc, sa_a.config, net.now, 0, rnd=net.a.rnd).mobike
