@@ -31,7 +31,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from meshsec.agent.adapters import follow, liveness, udp
+from meshsec.agent.adapters import follow, liveness, roaming, udp
 from meshsec.agent.adapters.endpoints import Endpoint, Endpoints, bind_plan, pick
 from meshsec.agent.adapters.eventlog import SpiText, log_event
 from meshsec.agent.adapters.failclosed import strict
@@ -43,6 +43,7 @@ from meshsec.agent.adapters.status import closed_status, counters_doc, sa_status
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, SaId
 from meshsec.agent.ike import (
     Address,
+    AddressesUpdated,
     ChildSaDeleted,
     ChildSaEstablished,
     ChildSaFailed,
@@ -132,6 +133,7 @@ class IkeAdapter:
         self._work: asyncio.Queue[tuple[SaRecord | None, Job]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._traffic: asyncio.Task[None] | None = None
+        self._address_watch: asyncio.Task[None] | None = None
         self._closed = False
         # The IKE state file's entries (agent/adapters/resume.py); None: nothing is persisted.
         self.journal: Journal | None = None
@@ -180,7 +182,7 @@ class IkeAdapter:
             self._timer.cancel()
         if self._loop is not None:
             self._endpoints.stop_reading(self._loop)
-        for task in (self._traffic, self._worker):
+        for task in (self._traffic, self._address_watch, self._worker):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -263,6 +265,40 @@ class IkeAdapter:
         """Answer the request the engine deferred for `record` (a road warrior's lease came)."""
         record.sa.resume_request(self.now())
         self._pump()
+
+    def roam(self, record: SaRecord, local: Address) -> None:
+        """Our address for this IKE SA changed (MOBIKE, RFC 4555): the engine sends
+        UPDATE_SA_ADDRESSES from `local` (or, as the original responder, an address list
+        update); its CHILD_SAs follow on AddressesUpdated. Without MOBIKE negotiated the
+        engine reports AddressUpdateFailed and nothing moves."""
+        record.sa.roam(local, self.now())
+        self._pump()
+
+    def watch_local_addresses(self, lister: Callable[[], list[str]], interval: float = 1.0) -> None:
+        """Polls the host's addresses (`lister`, run in a thread) every `interval` seconds and
+        moves each MOBIKE SA whose local address went away to the host's new source address
+        towards its peer (roaming.py)."""
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    present = set(await asyncio.to_thread(lister))
+                    self.local_addresses_changed(present)
+                except Exception:
+                    with self._strict_in_task():
+                        self._unexpected(None, "following the host's addresses")
+
+        assert self._loop is not None, "adapter not started"
+        if self._address_watch is None:
+            self._address_watch = self._loop.create_task(watch())
+
+    def local_addresses_changed(self, present: set[str]) -> None:
+        for roam in roaming.roams(self.active(), present, source_address_for):
+            log.info("%s: our address %s is gone; moving IKE SA %s to %s (MOBIKE)", roam.record.name,
+                     roam.record.sa.local.host, SpiText(roam.record.sa), roam.local)  # fmt: skip
+            self.stats["roams"] += 1
+            self.roam(roam.record, roam.local)
 
     def check_liveness(self, record: SaRecord) -> None:
         """An empty INFORMATIONAL request (RFC 7296 2.4); LivenessChecked follows as an event."""
@@ -420,11 +456,13 @@ class IkeAdapter:
         except Exception:
             self._unexpected(sa or self._sa_for(data), f"handling a datagram from {remote}")
 
-    def _follow_addresses(self, record: SaRecord, installer: ChildInstaller) -> None:
+    def _follow_addresses(
+        self, record: SaRecord, installer: ChildInstaller, udp_encap: bool | None = None
+    ) -> None:
         sa = record.sa
-        for move in follow.left_behind(record.children.values(), sa.local, sa.remote):
+        for move in follow.left_behind(record.children.values(), sa.local, sa.remote, udp_encap):
             child = move.child
-            child.local, child.remote = sa.local, sa.remote
+            child.local, child.remote, child.event = sa.local, sa.remote, move.event
             log.info("%s: CHILD_SA %s follows the IKE SA to %s <-> %s", record.name, child.event.name,
                      sa.local, sa.remote)  # fmt: skip
             self._queue_work(record, functools.partial(self._move, installer, move.old_key, child))
@@ -607,6 +645,10 @@ class IkeAdapter:
                 self._queue_work(record, functools.partial(self._activate, self.installer, new_key))
         elif isinstance(ev, ChildSaFailed):
             record.replacing.discard(ev.name)
+        elif isinstance(ev, AddressesUpdated):
+            # MOBIKE moved the IKE SA (and NAT detection on the new path decided ESP-in-UDP).
+            if self.installer is not None and record.children:
+                self._follow_addresses(record, self.installer, ev.udp_encap)
         elif isinstance(ev, IkeSaFailed):
             record.outcome = f"failed: {ev.reason}"
         elif isinstance(ev, IkeSaDeleted):

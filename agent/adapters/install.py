@@ -239,28 +239,52 @@ class ChildInstaller:
         return plan
 
     async def move(self, key: ChildKey, ev: ChildSaEstablished, local: Address, remote: Address) -> ChildKey:
-        """The IKE SA's addresses changed (a NAT mapping moved, or the peer floated): same hosts
-        means new UDP encapsulation ports, updated in place with counters and sequence numbers
-        kept; other hosts mean other SA ids and templates, so the CHILD_SA is reinstalled."""
+        """The IKE SA's addresses changed (a NAT mapping moved, the peer floated, or MOBIKE moved
+        either end): same hosts means new UDP encapsulation ports, updated in place; other hosts
+        mean other SA ids and templates. Either way make-before-break and as one SA to the peer:
+        the SAs at the new addresses continue the old ones' sequence numbers, replay windows and
+        counters (`migrate_sa`), the policies switch to the new tunnel endpoints, and only then
+        do the old SAs go. Returns the pair's key at its new address."""
         plan = self.installed.get(key)
         if plan is None:
             return key
         moved = plan_child(ev, local, remote, plan.inbound.reqid)
-        if (moved.inbound.id, moved.outbound.id, moved.policies) == (
-            plan.inbound.id,
-            plan.outbound.id,
-            plan.policies,
-        ):
+        if moved == plan:
+            return key
+        new_key: ChildKey = (local.host, ev.protocol, ev.spi_in)
+        same_ids = (moved.inbound.id, moved.outbound.id) == (plan.inbound.id, plan.outbound.id)
+        if same_ids and moved.policies == plan.policies:
             await self.dataplane.update_sa(moved.inbound)
-            await self.dataplane.update_sa(moved.outbound)
+            if key in self._held:
+                self._held[key] = moved.outbound
+            else:
+                await self.dataplane.update_sa(moved.outbound)
             self.installed[key] = moved
             self.stats["children_updated"] += 1
             return key
-        owner = self.traffic.owner(key)
-        await self.remove(key)
-        await self.install(ev, local, remote, reqid=plan.inbound.reqid, tunnel=owner[0] if owner else "")
-        self.stats["children_reinstalled"] += 1
-        return (local.host, ev.protocol, ev.spi_in)
+        await self.dataplane.migrate_sa(plan.inbound.id, moved.inbound)
+        held = self._held.pop(key, None) is not None
+        if held:
+            self._held[new_key] = moved.outbound
+        else:
+            await self.dataplane.migrate_sa(plan.outbound.id, moved.outbound)
+        for old_pol, new_pol in zip(plan.policies, moved.policies, strict=True):
+            ref = (old_pol.selector, old_pol.direction)
+            users = self._policy_users.get(ref, [])
+            # (By value: an in-place update above made equal, not identical, objects.)
+            was_current = bool(users) and users[-1] == old_pol
+            users[:] = [new_pol if u == old_pol else u for u in users]
+            if was_current:
+                await self.dataplane.ensure_policy(new_pol)
+        del self.installed[key]
+        self.installed[new_key] = moved
+        self.traffic.moved(key, new_key)
+        if not held and moved.outbound.id != plan.outbound.id:
+            await self.dataplane.delete_sa(plan.outbound.id)
+        if moved.inbound.id != plan.inbound.id:
+            await self.dataplane.delete_sa(plan.inbound.id)
+        self.stats["children_migrated"] += 1
+        return new_key
 
     async def activate(self, key: ChildKey) -> bool:
         """Installs a held outbound SA; being the newest of its reqid, it takes the traffic."""

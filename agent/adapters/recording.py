@@ -75,6 +75,17 @@ class RecordingDataPlane:
         self.sas[sa.id] = sa
         self.log.append(f"update_sa {sa.id.spi:#010x}")
 
+    async def migrate_sa(self, old: SaId, sa: SecurityAssociation) -> None:
+        if old not in self.sas:
+            raise DataPlaneError(f"SA {old} is not installed")
+        if sa.id != old:
+            if sa.id in self.sas:
+                raise DataPlaneError(f"SA {sa.id} is already installed")
+            if old in self.counted:  # the counters carry over
+                self.counted[sa.id] = self.counted[old]
+        self.sas[sa.id] = sa
+        self.log.append(f"migrate_sa {sa.direction.value} {sa.id.spi:#010x} {old.dst} -> {sa.id.dst}")
+
     async def delete_sa(self, sa_id: SaId) -> None:
         self.sas.pop(sa_id, None)
         self.counted.pop(sa_id, None)

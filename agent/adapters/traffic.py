@@ -57,6 +57,14 @@ class TrafficLedger:
             return
         self.retired.setdefault(owner, Traffic()).add(final or last or Traffic())
 
+    def moved(self, old: object, new: object) -> None:
+        """The pair is known by another id now (it moved to other addresses); the data plane
+        carried its counters over, so nothing retires."""
+        if old == new or old not in self._owners:
+            return
+        self._owners[new] = self._owners.pop(old)
+        self._last[new] = self._last.pop(old, Traffic())
+
     def owner(self, pair: object) -> TrafficOwner | None:
         return self._owners.get(pair)
 

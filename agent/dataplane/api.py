@@ -235,6 +235,13 @@ class DataPlane(Protocol):
 
     async def update_sa(self, sa: SecurityAssociation) -> None: ...
 
+    async def migrate_sa(self, old: SaId, sa: SecurityAssociation) -> None:
+        """The SA `old` moves to other outer addresses (MOBIKE, RFC 4555): `sa` is installed
+        carrying on `old`'s sequence numbers, replay window and counters, so the peer's replay
+        check and lifetime limits see one SA. With another id, `old` stays installed (a
+        make-before-break caller moves its policies, then deletes it); with the same id (only
+        the source changed) it is replaced."""
+
     async def delete_sa(self, sa_id: SaId) -> None: ...
 
     async def ensure_policy(self, policy: Policy) -> None:

@@ -6,6 +6,8 @@ from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.config import ChildConfig, ConfigError, IkeConfig, RetransmitConfig
 from meshsec.agent.ike.crypto import DhFactory, KeyExchange, default_dh_factory
 from meshsec.agent.ike.events import (
+    AddressesUpdated,
+    AddressUpdateFailed,
     Algorithms,
     ChildSaDeleted,
     ChildSaEstablished,
@@ -36,6 +38,8 @@ __all__ = [
     "NATT_KEEPALIVE",
     "NON_ESP_MARKER",
     "Address",
+    "AddressUpdateFailed",
+    "AddressesUpdated",
     "Algorithms",
     "ChildConfig",
     "ChildSaDeleted",

@@ -157,6 +157,13 @@ class IkeConfig:
     revocations: RevocationList | None = field(default=None, compare=False)
     # Road warrior: ask for a virtual address of these families ("4", "6", "46"; "" = none).
     request_virtual_ip: str = ""
+    # RFC 4555 MOBIKE: announce MOBIKE_SUPPORTED in IKE_AUTH; with the peer agreeing, its
+    # UPDATE_SA_ADDRESSES moves the SA (a roaming client), and `IkeSa.roam` moves ours.
+    mobike: bool = False
+    # MOBIKE: refuse an address update across a NAT (NO_NATS_ALLOWED in our updates, RFC 4555 3.9).
+    mobike_no_nats: bool = False
+    # MOBIKE return routability: a COOKIE2 in our updates the answer must echo (RFC 4555 3.6).
+    mobike_cookie2: bool = True
     local_identity: Identity = field(init=False, repr=False, compare=False)
     remote_identity: Identity | None = field(init=False, repr=False, compare=False)
     specs: tuple[ProposalSpec, ...] = field(init=False, repr=False, compare=False)

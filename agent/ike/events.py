@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.keys import DirectionKeys
 from meshsec.agent.ike.ts import Ts
@@ -178,6 +179,26 @@ class LivenessChecked:
     alive: bool
 
 
+@dataclass(frozen=True, slots=True)
+class AddressesUpdated:
+    """MOBIKE (RFC 4555): the IKE SA moved to `local` <-> `remote` (UPDATE_SA_ADDRESSES sent and
+    answered, or received and accepted); every CHILD_SA's tunnel endpoints must follow, with
+    ESP-in-UDP on or off as `udp_encap` says (NAT detection ran again on the new path)."""
+
+    local: Address
+    remote: Address
+    udp_encap: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AddressUpdateFailed:
+    """Our UPDATE_SA_ADDRESSES was refused or unanswered (`code`); the IKE SA stays on its
+    old addresses (or, unanswered, fails by the retransmission rules like any request)."""
+
+    reason: str
+    code: FailureReason
+
+
 Event = (
     IkeSaEstablished
     | ChildSaEstablished
@@ -194,4 +215,6 @@ Event = (
     | LivenessChecked
     | VirtualAddressesAssigned
     | VirtualAddressRefused
+    | AddressesUpdated
+    | AddressUpdateFailed
 )

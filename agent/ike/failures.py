@@ -30,12 +30,16 @@ class FailureReason(Enum):
     INVALID_SELECTORS = "INVALID_SELECTORS"
     TEMPORARY_FAILURE = "TEMPORARY_FAILURE"
     CHILD_SA_NOT_FOUND = "CHILD_SA_NOT_FOUND"
+    UNACCEPTABLE_ADDRESSES = "UNACCEPTABLE_ADDRESSES"  # RFC 4555: the peer refused our new path
+    UNEXPECTED_NAT_DETECTED = "UNEXPECTED_NAT_DETECTED"  # RFC 4555: a NAT where NO_NATS_ALLOWED
     PEER_ERROR = "PEER_ERROR"  # an error notify this implementation has no name for
     # The engine's own verdicts.
     TIMEOUT = "TIMEOUT"  # no answer after the whole retransmission schedule
     DPD_TIMEOUT = "DPD_TIMEOUT"  # the same for a dead peer detection probe
     HALF_OPEN_TIMEOUT = "HALF_OPEN_TIMEOUT"  # a responder SA never saw IKE_AUTH
     INVALID_RESPONSE = "INVALID_RESPONSE"  # the peer's answer breaks the protocol
+    COOKIE2_MISMATCH = "COOKIE2_MISMATCH"  # RFC 4555 return routability: the answer lacks our COOKIE2
+    MOBIKE_NOT_NEGOTIATED = "MOBIKE_NOT_NEGOTIATED"  # an address update without MOBIKE_SUPPORTED both ways
     LOCAL_CREDENTIALS = "LOCAL_CREDENTIALS"  # our own key cannot authenticate to this peer
     PEER_DELETED = "PEER_DELETED"  # the peer deleted the SA while we worked on it
     INTERNAL_ERROR = "INTERNAL_ERROR"  # a bug of ours: the SA was failed closed

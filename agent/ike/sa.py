@@ -25,6 +25,7 @@ from meshsec.agent.ike.config import ChildConfig, IkeConfig
 from meshsec.agent.ike.constants import NATT_PORT, NotifyType, ProtocolId
 from meshsec.agent.ike.crypto import DhFactory, Integ, Prf, SkCipher, default_dh_factory
 from meshsec.agent.ike.events import (
+    AddressUpdateFailed,
     ChildSaDeleted,
     ChildSaRekeyed,
     Event,
@@ -42,6 +43,7 @@ from meshsec.agent.ike.exchanges.ike_followup import PendingFollowup
 from meshsec.agent.ike.exchanges.ike_init import IkeInit
 from meshsec.agent.ike.exchanges.ike_rekey import IkeRekey
 from meshsec.agent.ike.exchanges.informational import ChildDelete, IkeDelete, Liveness
+from meshsec.agent.ike.exchanges.mobike import AddressListUpdate, UpdateSaAddresses
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.intermediate import AdditionalExchanges
@@ -169,6 +171,8 @@ class IkeSa:
         self.nat_local = False  # we are behind a NAT (we send keepalives)
         self.nat_remote = False  # the peer is behind a NAT (or pretends to be, like libipsec)
         self.frag_peer = False  # both ends announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383)
+        self.mobike = False  # both ends announced MOBIKE_SUPPORTED (RFC 4555)
+        self.peer_additional: tuple[str, ...] = ()  # the peer's ADDITIONAL_IP4/6_ADDRESSes
         self.created_at: float | None = None
         self._close_after_response: Event | None = None
         self._out: list[OutgoingDatagram] = []
@@ -281,6 +285,14 @@ class IkeSa:
     def start_task(self, task: Task, now: float) -> None:
         """Queues `task` (an exchange of ours) and starts it when the window is free."""
         self._guard(now, self._enqueue, task, now)
+
+    def roam(self, local: Address, now: float, remote: Address | None = None) -> None:
+        """Our own address changed (MOBIKE, RFC 4555): move the IKE SA and its CHILD_SAs to
+        `local` (and `remote`, default: the peer's current address) without a new SA. As the
+        original initiator: UPDATE_SA_ADDRESSES from the new address; as the original
+        responder: an address list update from it (the initiator decides, 3.4). Without MOBIKE
+        negotiated nothing is sent: AddressUpdateFailed(MOBIKE_NOT_NEGOTIATED)."""
+        self._guard(now, self._roam, local, remote, now)
 
     def check_liveness(self, now: float) -> None:
         self._guard(now, self._enqueue, Liveness(), now)
@@ -447,8 +459,12 @@ class IkeSa:
 
     # ------------------------------------------------------------------ for the task manager
 
-    def send_datagram(self, data: bytes, now: float, keepalive: bool = False) -> None:
-        self._out.append(OutgoingDatagram(data, self.local, self.remote, keepalive))
+    def send_datagram(
+        self, data: bytes, now: float, keepalive: bool = False, path: tuple[Address, Address] | None = None
+    ) -> None:
+        """`path`: (local, remote) for an answer, which goes back where its request came from."""
+        local, remote = path or (self.local, self.remote)
+        self._out.append(OutgoingDatagram(data, local, remote, keepalive))
         self._last_sent = now
         self._pending()
 
@@ -461,7 +477,11 @@ class IkeSa:
         return header.spi_r == self.spi_r
 
     def update_addresses(self, local: Address, remote: Address) -> None:
-        """Authenticated traffic from a new address/port (NAT mapping or float to 4500)."""
+        """Authenticated traffic from a new address/port (NAT mapping or float to 4500). Not
+        while our MOBIKE update is under way: that task owns the path (a late packet on the old
+        one must not move the SA back)."""
+        if isinstance(self.tasks.active, UpdateSaAddresses | AddressListUpdate):
+            return
         if local != self.local or remote != self.remote:
             self.local, self.remote = local, remote
             self.stats["address_updates"] += 1
@@ -527,6 +547,30 @@ class IkeSa:
             self.stats["task_on_closed_sa"] += 1
             return
         self.tasks.queue(task)
+        self.kick(now)
+
+    def _roam(self, local: Address, remote: Address | None, now: float) -> None:
+        if self._state is not State.ESTABLISHED:
+            self.stats["roam_not_established"] += 1
+            return
+        if not self.mobike:
+            # RFC 4555 3.2: no MOBIKE_SUPPORTED from both, no UPDATE_SA_ADDRESSES; the caller
+            # may reauthenticate from the new address instead.
+            self.stats["address_update_without_mobike"] += 1
+            self.emit(AddressUpdateFailed("the peer did not announce MOBIKE_SUPPORTED",
+                                          FailureReason.MOBIKE_NOT_NEGOTIATED))  # fmt: skip
+            return
+        queued = [t for t in self.tasks.pending() if isinstance(t, UpdateSaAddresses | AddressListUpdate)]
+        if queued:
+            queued[0].retarget(local, remote)  # one update to the newest address is enough
+            return
+        active = self.tasks.active
+        if isinstance(active, UpdateSaAddresses | AddressListUpdate):
+            # Its retransmissions go along the newest path; a second update follows with
+            # NAT detection for it (RFC 4555 3.5: the latest addresses win).
+            self.local, self.remote = local, remote or self.remote
+        task = UpdateSaAddresses(local, remote) if self.originator else AddressListUpdate(local)
+        self.tasks.queue_first([task])
         self.kick(now)
 
     def _delete(self, now: float) -> None:

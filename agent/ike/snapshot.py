@@ -72,6 +72,8 @@ def to_dict(sa: IkeSa, now: float) -> dict[str, Any]:
         "nat_local": sa.nat_local,
         "nat_remote": sa.nat_remote,
         "frag_peer": sa.frag_peer,
+        "mobike": sa.mobike,
+        "peer_additional": list(sa.peer_additional),
         "my_mid": tm._my_mid,
         "peer_mid": tm._peer_mid,
         "cached_request": tm._cached_request.hex(),
@@ -126,6 +128,10 @@ def _restore(doc: dict[str, Any], config: IkeConfig, now: float, elapsed: float,
     sa.peer_hashes = None if hashes is None else frozenset(int(h) for h in hashes)
     sa.nat_local, sa.nat_remote = bool(doc["nat_local"]), bool(doc["nat_remote"])
     sa.frag_peer = bool(doc["frag_peer"])
+    # Optional keys, so earlier snapshots of the same versions stay readable: one without them
+    # predates MOBIKE, and for it "not negotiated" is the truth.
+    sa.mobike = bool(doc.get("mobike", False))
+    sa.peer_additional = tuple(str(a) for a in doc.get("peer_additional", ()))
     tm = sa.tasks
     tm._my_mid, tm._peer_mid = int(doc["my_mid"]), int(doc["peer_mid"])
     cached = doc["cached_response"]

@@ -73,6 +73,9 @@ class TaskManager:
         self._reassembled: Decoded | None = None
         self._processing = False  # a response is being processed: its message ID is not yet free
         self._deferred: tuple[Header, Message, bytes] | None = None  # a request waiting (resume_deferred)
+        # Where the request being answered came from (our local, the peer's address): the
+        # answer goes back that way (RFC 7296 2.11), and MOBIKE's responder moves the SA there.
+        self.request_path: tuple[Address, Address] = (sa.local, sa.remote)
 
     # ------------------------------------------------------------------ the queue
 
@@ -221,7 +224,7 @@ class TaskManager:
             if datagram == self._cached_request:
                 sa.stats["duplicate_request_answered"] += 1
                 for data in self._cached_response:
-                    sa.send_datagram(data, now)
+                    sa.send_datagram(data, now, path=(local, remote))
             else:
                 sa.stats["dropped_old_request"] += 1
             return
@@ -244,6 +247,7 @@ class TaskManager:
             sa.spi_i = header.spi_i
         if msg is not None:
             sa.last_inbound = now
+        self.request_path = (local, remote)
         responder = RESPONDERS.get(exchange)
         payloads: list[Payload]
         if error is not None:
@@ -257,7 +261,8 @@ class TaskManager:
                 )
         elif msg is not None and responder is not None:
             if not is_init:
-                sa.update_addresses(local, remote)
+                if msg.notify(NotifyType.UPDATE_SA_ADDRESSES) is None:
+                    sa.update_addresses(local, remote)  # (MOBIKE's responder decides that one)
             else:
                 sa.init_request = datagram
                 sa.local, sa.remote = local, remote
@@ -314,7 +319,7 @@ class TaskManager:
         self._cached_response = packets
         self._peer_mid = req.message_id + 1
         for data in packets:
-            sa.send_datagram(data, now)
+            sa.send_datagram(data, now, path=self.request_path)
         if closing:
             sa.close_pending()
         else:

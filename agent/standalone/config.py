@@ -436,6 +436,8 @@ def parse_connection(node: _Node, name: str, base: Path) -> Connection:
             reauth_time=int(node.duration("reauth_time", 0)),
             fragmentation=node.get("fragmentation", bool, True),
             fragment_size=node.get("fragment_size", int, 1200),
+            mobike=node.get("mobike", bool, False),
+            mobike_no_nats=node.get("mobike_no_nats", bool, False),
             rekey_time=ike_rekey,
             rand_time=ike_rand,
             over_time=ike_over,

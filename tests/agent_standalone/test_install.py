@@ -9,7 +9,7 @@ import pytest
 
 from meshsec.agent.adapters.install import ChildInstaller, InstallError, plan_child, selectors
 from meshsec.agent.adapters.recording import RecordingDataPlane
-from meshsec.agent.dataplane.api import Direction, IpsecProtocol, Mode, UdpEncapsulation
+from meshsec.agent.dataplane.api import Direction, IpsecProtocol, Mode, SaCounters, UdpEncapsulation
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.constants import EncrId, EsnId, IntegId, ProtocolId
 from meshsec.agent.ike.events import Algorithms, ChildSaEstablished
@@ -131,10 +131,34 @@ async def test_move_updates_ports_in_place_and_reinstalls_for_new_hosts() -> Non
     ]
     (outbound,) = [s for s in dp.sas.values() if s.direction is Direction.OUT]
     assert outbound.encap == UdpEncapsulation(4500, 31000)
+    dp.log.clear()
     roamed = await inst.move(key, ev, LOCAL, Address("198.18.60.9", 4500))
-    assert roamed == key and inst.stats["children_reinstalled"] == 1  # our address stayed
+    assert roamed == key and inst.stats["children_migrated"] == 1  # our address stayed
     (outbound,) = [s for s in dp.sas.values() if s.direction is Direction.OUT]
     assert str(outbound.id.dst) == "198.18.60.9"
     assert all(p.template is not None and str(p.template.dst) in ("198.18.60.9", LOCAL.host)
                for p in dp.policies.values())  # fmt: skip
     assert len(dp.sas) == 2 and len(dp.policies) == 3
+    # Make-before-break: the SAs at the new address first, then the policies, then the old
+    # outbound SA goes (the inbound one kept its id: our address did not change).
+    kinds = [op.split()[0] for op in dp.log]
+    assert kinds[:2] == ["migrate_sa", "migrate_sa"] and kinds[-1] == "delete_sa", dp.log
+    assert set(kinds[2:-1]) == {"ensure_policy"}, dp.log
+
+
+async def test_move_to_a_new_local_address_keeps_the_pair_and_its_counters() -> None:
+    dp = RecordingDataPlane()
+    inst = ChildInstaller(dp)
+    ev = event()
+    await inst.install(ev, LOCAL, REMOTE, tunnel="t")
+    key = (LOCAL.host, ProtocolId.ESP, ev.spi_in)
+    plan = inst.installed[key]
+    dp.counted[plan.inbound.id] = SaCounters(bytes=700, packets=7)
+    roamed_to = Address("198.18.61.5", LOCAL.port)
+    new_key = await inst.move(key, ev, roamed_to, REMOTE)
+    assert new_key == (roamed_to.host, ProtocolId.ESP, ev.spi_in) and key not in inst.installed
+    assert {str(sa.id.dst) for sa in dp.sas.values()} == {roamed_to.host, REMOTE.host}
+    assert len(dp.sas) == 2  # the old inbound SA is gone, after the policies moved
+    totals = await inst.traffic_totals()
+    assert totals[("t", ev.name)].bytes_in == 700  # counters carried over, not retired twice
+    assert await inst.remove(new_key) and dp.sas == {} and dp.policies == {}

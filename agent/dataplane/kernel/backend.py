@@ -192,6 +192,25 @@ class KernelDataPlane:
         self._reserved.discard(sa.id)
         await self._note_outbound(sa)
 
+    async def migrate_sa(self, old: SaId, sa: SecurityAssociation) -> None:
+        """GETSA `old`, then NEWSA `sa` with its replay state (sequence numbers, bitmap) and
+        current lifetime (bytes, packets) (what strongSwan's kernel-netlink update_sa does).
+        With the same id only the outer source changes, which UPDSA cannot do: the SA is deleted
+        and added again at once (one netlink round trip without it)."""
+        self._check_supported(sa)
+        current = await self._get_sa(old)
+        if current is None:
+            raise DataPlaneError(f"migrate_sa: no SA {old.protocol.name} {old.spi:#x} to {old.dst}")
+        msg = tr.continued_sa_message(sa, self.owner, current)
+
+        def what() -> str:
+            return f"migrate SA {sa.id.protocol.name} {sa.id.spi:#x} {old.dst} -> {sa.src} -> {sa.id.dst}"
+
+        if sa.id == old:
+            await self.delete_sa(old)
+        await self._call(what, msg, xm.XFRM_MSG_NEWSA)
+        await self._note_outbound(sa)
+
     async def delete_sa(self, sa_id: SaId) -> None:
         self._reserved.discard(sa_id)
         for reqid, (newest, _, _) in list(self._out_overhead.items()):

@@ -251,6 +251,24 @@ def sa_message(sa: SecurityAssociation, owner: OwnerMark) -> xm.xfrm_usersa_info
     return msg
 
 
+def continued_sa_message(sa: SecurityAssociation, owner: OwnerMark, current: Any) -> xm.xfrm_usersa_info:
+    """`sa` as a continuation of the installed SA `current` (a GETSA answer): its replay state
+    (XFRMA_REPLAY_ESN_VAL: outbound and inbound sequence numbers, the window's bitmap) and its
+    current lifetime (XFRMA_LTIME_VAL: bytes and packets so far) carried over (MOBIKE)."""
+    msg = sa_message(sa, owner)
+    replay = current.get_attr("XFRMA_REPLAY_ESN_VAL")
+    attrs = [a for a in msg["attrs"] if a[0] != "XFRMA_REPLAY_ESN_VAL"]
+    if replay is not None:
+        names = ("bmp_len", "oseq", "seq", "oseq_hi", "seq_hi", "replay_window", "bmp")
+        attrs.append(["XFRMA_REPLAY_ESN_VAL", {k: replay[k] for k in names}])
+    elif any(a[0] == "XFRMA_REPLAY_ESN_VAL" for a in msg["attrs"]):
+        raise DataPlaneError(f"SA {sa.id.spi:#x}: the installed SA has no ESN replay state to carry over")
+    lifetime = {k: current[f"cur_{k}"] for k in ("bytes", "packets", "add_time", "use_time")}
+    attrs.append(["XFRMA_LTIME_VAL", lifetime])
+    msg["attrs"] = attrs
+    return msg
+
+
 def sa_id_message(sa_id: SaId, owner: OwnerMark) -> xm.xfrm_usersa_id:
     msg = xm.xfrm_usersa_id()
     msg.update({"daddr": pack_address(sa_id.dst), "spi": sa_id.spi, "family": family(sa_id.dst),

@@ -179,28 +179,38 @@ class UserspaceDataPlane:
     async def update_sa(self, sa: SecurityAssociation) -> None:
         """Replace an SA's parameters (e.g. new UDP ports after a NAT mapping change), keeping its
         sequence numbers, replay window and counters."""
-        old = self._sas.get(sa.id)
-        if old is None:
-            raise DataPlaneError(f"update_sa: SA {sa.id} is not installed")
-        if old.sa.direction is not sa.direction:
-            raise DataPlaneError(f"update_sa: SA {sa.id} cannot change direction")
-        new = self._build(sa)
-        new.bytes, new.packets = old.bytes, old.packets
-        new.replay_dropped, new.integrity_failed = old.replay_dropped, old.integrity_failed
-        if isinstance(old, OutboundSa) and isinstance(new, OutboundSa):
-            if old.esp is not None and new.esp is not None:
-                new.esp.seq = old.esp.seq
-            if old.ah is not None and new.ah is not None:
-                new.ah.seq = old.ah.seq
-        if isinstance(old, InboundSa) and isinstance(new, InboundSa):
-            if old.esp is not None and new.esp is not None:
-                new.esp.window = old.esp.window
-            if old.ah is not None and new.ah is not None:
-                new.ah.window = old.ah.window
-        self._uninstall(sa.id)
+        await self.migrate_sa(sa.id, sa)
+
+    async def migrate_sa(self, old: SaId, sa: SecurityAssociation) -> None:
+        current = self._sas.get(old)
+        if current is None:
+            raise DataPlaneError(f"migrate_sa: SA {old} is not installed")
+        if current.sa.direction is not sa.direction:
+            raise DataPlaneError(f"migrate_sa: SA {old} cannot change direction")
+        if sa.id != old and sa.id in self._sas:
+            raise DataPlaneError(f"migrate_sa: SA {sa.id} is already installed")
+        new = self._build(sa, replacing=old)
+        new.bytes, new.packets = current.bytes, current.packets
+        new.replay_dropped, new.integrity_failed = current.replay_dropped, current.integrity_failed
+        if isinstance(current, OutboundSa) and isinstance(new, OutboundSa):
+            if current.esp is not None and new.esp is not None:
+                new.esp.seq = current.esp.seq
+            if current.ah is not None and new.ah is not None:
+                new.ah.seq = current.ah.seq
+        if isinstance(current, InboundSa) and isinstance(new, InboundSa):
+            if current.esp is not None and new.esp is not None:
+                new.esp.window = current.esp.window
+            if current.ah is not None and new.ah is not None:
+                new.ah.window = current.ah.window
+        if sa.id == old:
+            self._uninstall(old)
+        elif isinstance(current, OutboundSa):
+            # The old one stays installed but idle: the newest SA of the reqid carries traffic,
+            # and two carrying it would send the same sequence numbers twice.
+            current.dead = True
         self._install(sa, new)
 
-    def _build(self, sa: SecurityAssociation) -> SaState:
+    def _build(self, sa: SecurityAssociation, replacing: SaId | None = None) -> SaState:
         if sa.direction is Direction.FWD:
             raise DataPlaneError(f"SA {sa.id}: direction must be IN or OUT, not FWD")
         if not 0 < sa.id.spi <= 0xFFFFFFFF:
@@ -209,7 +219,7 @@ class UserspaceDataPlane:
             if sa.direction is Direction.IN:
                 key = (sa.id.spi, int(sa.id.protocol))
                 current = self.engine.inbound.get(key)
-                if current is not None and current.sa.id != sa.id:
+                if current is not None and current.sa.id not in (sa.id, replacing):
                     raise DataPlaneError(
                         f"SA {sa.id}: inbound SPI {sa.id.spi:#x} is in use by {current.sa.id}")
                 return InboundSa(sa, self._emit_threadsafe, self.config.random)
@@ -243,8 +253,10 @@ class UserspaceDataPlane:
         return state
 
     async def delete_sa(self, sa_id: SaId) -> None:
-        state = self._uninstall(sa_id)
-        if state is not None or sa_id.dst == self._reserved.get((sa_id.spi, int(sa_id.protocol))):
+        self._uninstall(sa_id)
+        # Only its own reservation: after a migration the SPI belongs to the SA at the new
+        # destination (and an outbound SA's SPI is the peer's, not one we reserved).
+        if sa_id.dst == self._reserved.get((sa_id.spi, int(sa_id.protocol))):
             self._reserved.pop((sa_id.spi, int(sa_id.protocol)), None)
 
     async def counters(self, sa_id: SaId) -> SaCounters:

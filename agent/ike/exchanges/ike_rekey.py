@@ -71,6 +71,7 @@ def spawn(
     setup_keys(new, chosen, shared, seed)
     new.remote_identity = sa.remote_identity
     new.nat_local, new.nat_remote = sa.nat_local, sa.nat_remote
+    new.mobike, new.peer_additional = sa.mobike, sa.peer_additional  # negotiated once, in IKE_AUTH
     new.created_at = now
     new.move_to(State.ESTABLISHED)
     new.last_inbound = now

@@ -1,5 +1,6 @@
 """INFORMATIONAL exchanges (RFC 7296 1.4, 1.5): deleting CHILD_SAs and the IKE SA, and the
-empty liveness check (2.4)."""
+empty liveness check (2.4). MOBIKE's flavours (RFC 4555) live in mobike.py; the peer's reach
+them through `respond_informational`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.constants import ExchangeType, NotifyType, ProtocolId
 from meshsec.agent.ike.events import IkeSaDeleted, IkeSaFailed, LivenessChecked
+from meshsec.agent.ike.exchanges.mobike import answer_informational_extras, respond_update
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.payloads import DeletePayload, Message, Payload
 from meshsec.agent.ike.states import ChildState, State
@@ -104,13 +106,17 @@ def respond_informational(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
             )
         )
         return []
+    if msg.notify(NotifyType.UPDATE_SA_ADDRESSES) is not None and sa.state is State.ESTABLISHED:
+        local, remote = sa.tasks.request_path
+        return respond_update(sa, msg, local, remote)
+    extras = answer_informational_extras(sa, msg)
     answer: dict[int, list[bytes]] = {}
     for p in msg.payloads:
         if not isinstance(p, DeletePayload):
             continue
         if p.protocol == ProtocolId.IKE:
             sa.close_after_response(IkeSaDeleted(by_peer=True))
-            return []
+            return extras
         if p.protocol not in (ProtocolId.ESP, ProtocolId.AH):
             continue
         for spi in p.spis:
@@ -131,4 +137,4 @@ def respond_informational(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
                 # ours is only queued, it is dropped; the peer closes the pair with our answer.)
                 answer.setdefault(p.protocol, []).append(struct.pack("!I", child.spi_in))
             owner.remove_child(child, by_peer=True)
-    return [DeletePayload(proto, tuple(spis)) for proto, spis in answer.items()]
+    return [DeletePayload(proto, tuple(spis)) for proto, spis in answer.items()] + extras

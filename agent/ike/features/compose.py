@@ -11,6 +11,7 @@ from meshsec.agent.ike.features.fragmentation import Fragmentation
 from meshsec.agent.ike.features.initial_contact import InitialContact
 from meshsec.agent.ike.features.intermediate import IntermediateExchange
 from meshsec.agent.ike.features.key_exchange import InitialKeyExchange
+from meshsec.agent.ike.features.mobike import Mobike
 from meshsec.agent.ike.features.nat_detection import NatDetection
 from meshsec.agent.ike.features.signature_hashes import SignatureHashes
 
@@ -33,4 +34,4 @@ def ike_auth_features() -> list[Feature]:
     """Run by ike_auth.py between the identities and AUTH; they see the peer's message only
     once its AUTH verified. The Configuration Payload goes last: it takes addresses from a
     pool, so nothing after it may still refuse the exchange."""
-    return [AuthCertificates(), InitialContact(), ConfigPayload()]
+    return [AuthCertificates(), InitialContact(), Mobike(), ConfigPayload()]

@@ -140,3 +140,29 @@ def test_protect_policy_needs_a_template_and_bypass_must_not_have_one() -> None:
 def test_owner_mark_rejects_value_outside_mask() -> None:
     with pytest.raises(ValueError, match="outside its mask"):
         tr.OwnerMark(value=0x1, mask=0x10)
+
+
+def _decoded(msg: xm.xfrm_usersa_info) -> xm.xfrm_usersa_info:
+    msg.encode()
+    back = xm.xfrm_usersa_info(bytes(msg.data))
+    back.decode()
+    return back
+
+
+def test_a_migrated_sa_continues_the_replay_state_and_lifetime_of_the_installed_one() -> None:
+    # What GETSA would answer for the installed SA: sequence numbers and counters moved on.
+    installed = tr.sa_message(_sa(), OWNER)
+    for name, attr in installed["attrs"]:
+        if name == "XFRMA_REPLAY_ESN_VAL":
+            attr.update({"oseq": 4242, "seq": 17, "oseq_hi": 1})
+    installed.update({"cur_bytes": 9000, "cur_packets": 90, "cur_add_time": 1_700_000_000})
+    current = _decoded(installed)
+    moved = _sa(id=SaId(ipaddress.ip_address("198.18.0.9"), 0x1234_5678, IpsecProtocol.ESP))
+    got = _decoded(tr.continued_sa_message(moved, OWNER, current))
+    assert got["id_daddr"][:4] == ipaddress.ip_address("198.18.0.9").packed
+    replay = got.get_attr("XFRMA_REPLAY_ESN_VAL")
+    assert (replay["oseq"], replay["seq"], replay["oseq_hi"]) == (4242, 17, 1)
+    life = got.get_attr("XFRMA_LTIME_VAL")
+    assert (life["bytes"], life["packets"], life["add_time"]) == (9000, 90, 1_700_000_000)
+    # One replay state, not the fresh one beside the carried one.
+    assert [n for n, _ in got["attrs"]].count("XFRMA_REPLAY_ESN_VAL") == 1
