@@ -261,7 +261,7 @@ class IkeAdapter:
         record.sa.delete(self.now())
         self._pump()
 
-    def resume(self, record: SaRecord) -> None:
+    def answer_deferred(self, record: SaRecord) -> None:
         """Answer the request the engine deferred for `record` (a road warrior's lease came)."""
         record.sa.resume_request(self.now())
         self._pump()

@@ -147,7 +147,7 @@ class RoadWarriorGateway:
         for record in self.adapter.active():
             sa = record.sa
             if is_road_warrior(record) and sa.tasks.deferred and str(sa.remote_identity) == client.identity:
-                self.adapter.resume(record)
+                self.adapter.answer_deferred(record)
 
     def _drop_revoked(self, serials: frozenset[str]) -> None:
         for record in self.adapter.active():

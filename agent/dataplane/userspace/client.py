@@ -291,6 +291,9 @@ class DaemonDataPlane:
     async def update_sa(self, sa: SecurityAssociation) -> None:
         await self._call("update_sa", sa=sa_to_json(sa))
 
+    async def migrate_sa(self, old: SaId, sa: SecurityAssociation) -> None:
+        await self._call("migrate_sa", old=sa_id_to_json(old), sa=sa_to_json(sa))
+
     async def delete_sa(self, sa_id: SaId) -> None:
         await self._call("delete_sa", sa=sa_id_to_json(sa_id))
 

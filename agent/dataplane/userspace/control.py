@@ -38,8 +38,9 @@ MAX_REPLY = 1024 * 1024
 PAGE = 128  # list entries per reply
 MAX_FDS = 4
 MAX_IKE_MESSAGE = 65535  # a UDP datagram's payload; IKE messages are smaller
-OPS = ("hello", "allocate_spi", "add_sa", "update_sa", "delete_sa", "ensure_policy", "delete_policy",
-       "counters", "drops", "list", "adopt", "flush", "encap_sockets", "attach_encap")  # fmt: skip
+OPS = ("hello", "allocate_spi", "add_sa", "update_sa", "migrate_sa", "delete_sa", "ensure_policy",
+       "delete_policy", "counters", "drops", "list", "adopt", "flush", "encap_sockets",
+       "attach_encap")  # fmt: skip
 # A hello with "role": "observer" (status tools, tests) supersedes no agent and may only read.
 OBSERVER_OPS = ("hello", "counters", "drops", "list")
 

@@ -276,6 +276,8 @@ class DataPlaneDaemon:
             await dp.add_sa(sa_from_json(_field(req, "sa")))
         elif op == "update_sa":
             await dp.update_sa(sa_from_json(_field(req, "sa")))
+        elif op == "migrate_sa":
+            await dp.migrate_sa(sa_id_from_json(_field(req, "old")), sa_from_json(_field(req, "sa")))
         elif op == "delete_sa":
             await dp.delete_sa(sa_id_from_json(_field(req, "sa")))
         elif op == "ensure_policy":
