@@ -480,7 +480,7 @@ def query(path: Path, timeout: float = 5.0) -> dict[str, Any]:
         sock.settimeout(timeout)
         sock.connect(str(path))
 
-        def call(op: str, **args: Any) -> dict[str, Any]:
+        def ask(op: str, **args: Any) -> dict[str, Any]:
             sock.send(control.encode({"id": op, "op": op, **args}))
             while True:
                 reply = control.decode(sock.recv(control.MAX_REPLY + 1), False, control.MAX_REPLY)
@@ -490,15 +490,15 @@ def query(path: Path, timeout: float = 5.0) -> dict[str, Any]:
                 raise control.ProtocolError(f"{op}: {reply.get('error')}")
             return reply
 
-        doc: dict[str, Any] = {"hello": call("hello", version=control.VERSION, role="observer"),
+        doc: dict[str, Any] = {"hello": ask("hello", version=control.VERSION, role="observer"),
                                "sas": [], "policies": []}  # fmt: skip
         after: int | None = 0
         while after is not None:
-            page = call("list", after=after)
+            page = ask("list", after=after)
             doc["sas"] += page["sas"]
             doc["policies"] += page["policies"]
             after = page["next"]
-        doc["drops"] = call("drops")["drops"]
+        doc["drops"] = ask("drops")["drops"]
         return doc
 
 
