@@ -9,6 +9,13 @@ core Node deleted and created again under its name (its uid changed) is a new id
 meshsec Node is deleted first, which drops the certificate serials it accepted and its tunnels,
 then applied afresh and awaits a new enrollment. A watch on core
 Nodes wakes the sweeper early; the interval catches whatever a watch missed.
+
+A pass costs the controller the Site's apply, the list of its Nodes and one call per Node that
+changed: a Node is applied again only if what it derives to differs from what this sweeper last
+applied, or the controller's copy changed since (its resource version, from the list, is not the
+one that apply returned: someone else wrote it, an agent enrolled, it was deleted). So a core
+Node event (a label, a kubelet status update) costs work for that Node, not for the cluster,
+and the pass stays level-triggered against the controller's state.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ class SweepReport:
     applied: list[str] = field(default_factory=list)  # changed in the controller
     deleted: list[str] = field(default_factory=list)
     recreated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)  # not sent: as last applied, untouched since
     problems: dict[str, str] = field(default_factory=dict)  # node (or the site) -> why not applied
 
 
@@ -68,6 +76,9 @@ class NodeSweeper:
         self.interval = interval
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Node name -> (the manifest this sweeper last applied, as canonical JSON; the resource
+        # version the controller stored it under).
+        self._applied: dict[str, tuple[str, str]] = {}
 
     def poke(self) -> None:
         """Sweep soon (a core Node changed); callable from any thread."""
@@ -95,17 +106,31 @@ class NodeSweeper:
                 continue
             old = stored.get(derived.name)
             replaced = old is not None and self._replaced(old, derived.uid)
+            wanted_text = json.dumps(derived.manifest, sort_keys=True)
+            if (
+                old is not None
+                and not replaced
+                and self._applied.get(derived.name) == (wanted_text, old.metadata.resource_version)
+            ):
+                report.unchanged.append(derived.name)
+                continue
             if replaced and old is not None and await self._delete(old, report):
                 report.recreated.append(derived.name)
             outcome = await self.sync.apply(derived.manifest, field_manager=NODE_MANAGER)
+            self._applied.pop(derived.name, None)
             if outcome.verdict is not Verdict.DONE:
                 report.problems[derived.name] = "; ".join(outcome.problems) or outcome.message
                 log.warning("node %s not applied: %s", derived.name, report.problems[derived.name])
-            elif outcome.action != "UNCHANGED":
+                continue
+            if outcome.resource_version:
+                self._applied[derived.name] = (wanted_text, outcome.resource_version)
+            if outcome.action != "UNCHANGED":
                 report.applied.append(derived.name)
         for name, old in stored.items():
             if name not in wanted and self._ours(old):
                 await self._delete(old, report)
+        for name in self._applied.keys() - wanted:
+            del self._applied[name]  # its core Node is gone: a Node of that name starts afresh
         return report
 
     def _ours(self, resource: common_pb2.Resource) -> bool:
@@ -120,6 +145,7 @@ class NodeSweeper:
 
     async def _delete(self, resource: common_pb2.Resource, report: SweepReport) -> bool:
         name = resource.metadata.name
+        self._applied.pop(name, None)
         outcome = await self.sync.delete(Kind.NODE, name, resource_version=resource.metadata.resource_version)
         if outcome.verdict is Verdict.DONE:
             report.deleted.append(name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -39,6 +39,8 @@ class Outcome:
     # "field.path: reason" for every problem the controller reported about this resource.
     problems: tuple[str, ...] = ()
     action: str = ""  # CREATED, CONFIGURED, UNCHANGED for a successful apply
+    # The stored resource's version after a successful apply ("" if the response left it out).
+    resource_version: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +70,15 @@ _ESTABLISHED = (common_pb2.TUNNEL_STATE_ESTABLISHED, common_pb2.TUNNEL_STATE_REK
 class ControllerSync:
     """AdminService over the controller's admin socket (the operator runs beside the controller)."""
 
-    def __init__(self, target: str, *, liveness_max_age: float = 5.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        liveness_max_age: float = 5.0,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> None:
         self.target = target
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = grpc.aio.insecure_channel(target, interceptors=interceptors)
         self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
         # One link-free topology read serves every Node's resync within this many seconds, so a
         # resync round costs one O(nodes) call instead of one per node.
@@ -80,8 +88,8 @@ class ControllerSync:
         self._liveness_lock = asyncio.Lock()
 
     @classmethod
-    def unix(cls, path: str) -> ControllerSync:
-        return cls(f"unix:{path}")
+    def unix(cls, path: str, *, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> ControllerSync:
+        return cls(f"unix:{path}", interceptors=interceptors)
 
     async def close(self) -> None:
         await self._channel.close(None)
@@ -92,8 +100,10 @@ class ControllerSync:
             response = await self._stub.Apply(request, timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             return _refusal(exc, (manifest["kind"], manifest["metadata"]["name"]))
-        action = admin_pb2.ApplyAction.Name(response.results[0].action).removeprefix("APPLY_ACTION_")
-        return Outcome(Verdict.DONE, action=action)
+        result = response.results[0]
+        action = admin_pb2.ApplyAction.Name(result.action).removeprefix("APPLY_ACTION_")
+        version = result.resource.metadata.resource_version if result.HasField("resource") else ""
+        return Outcome(Verdict.DONE, action=action, resource_version=version)
 
     async def delete(self, kind: Kind, name: str, *, resource_version: str = "") -> Outcome:
         """`resource_version` (from `get`): refused with ABORTED (BLOCKED) if it changed since."""

@@ -22,6 +22,8 @@ _E = TypeVar("_E", bound=Enum)
 MAX_LABEL_VALUE = 63  # characters, as Kubernetes (docs/resources.md, "Limits")
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# The CRDs' CEL rules for names use the same pattern (resources/schema.py).
+DNS_SUBDOMAIN_PATTERN = _DNS_SUBDOMAIN.pattern
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 

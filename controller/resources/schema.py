@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshsec.controller.resources.cloud import PROFILES
+from meshsec.controller.resources.fields import DNS_SUBDOMAIN_PATTERN
 from meshsec.controller.resources.model import (
     AuthMethod,
     CloudProfileName,
@@ -64,6 +65,7 @@ class String:
     # "ip" (IPv4 or IPv6 address), "cidr" or "" (any string).
     format: str = ""
     min_length: int = 1
+    max_length: int | None = None
     rules: tuple[Rule, ...] = ()
 
 
@@ -259,6 +261,16 @@ def _crypto(profiles: tuple[CloudProfileName, ...], description: str) -> Object:
 
 
 _START_ACTION = String(enum=_values(StartAction), description="for the initiating side")
+# fields.valid_name: a lowercase DNS subdomain of at most 253 characters (the bound also bounds
+# the rule's cost). The parser's own pattern, which RE2 reads the same way.
+MAX_NAME = 253
+_DNS_NAME_RULE = Rule(f"self.matches(r'{DNS_SUBDOMAIN_PATTERN}')", "must be a lowercase DNS subdomain name")
+
+
+def _name(description: str) -> String:
+    return String(description=description, max_length=MAX_NAME, rules=(_DNS_NAME_RULE,))
+
+
 _HUB = Topology.HUB_AND_SPOKE.value
 _PROFILE = f"(has(self.profile) ? self.profile : {CloudProfileName.GENERIC.value!r})"
 _PARTIAL = Topology.PARTIAL.value
@@ -377,7 +389,7 @@ EXTERNAL_GATEWAY_SPEC = Object(
         "address": String(format="ip"),
         "ikeId": String(description="defaults to the address"),
         "auth": Object(
-            properties={"pskSecretRef": String(description="name of the Secret holding the PSK")},
+            properties={"pskSecretRef": _name("name of the Secret holding the PSK")},
             required=("pskSecretRef",),
         ),
         "prefixes": _prefixes("CIDRs behind the gateway", min_items=1),
@@ -476,15 +488,23 @@ REMOTE_ACCESS_POOL_SPEC = Object(
 
 REMOTE_ACCESS_USER_SPEC = Object(
     properties={
-        "identity": String(description="EAP identity and certificate e-mail; defaults to the name"),
-        "pool": String(description="name of the RemoteAccessPool"),
+        "identity": String(
+            description="EAP identity and certificate e-mail; defaults to the name",
+            max_length=MAX_NAME,
+            rules=(
+                # user_spec: no space and nothing unprintable (ASCII controls here; the parser
+                # also refuses other unprintable characters).
+                Rule(r"!self.matches(r'[\s\x00-\x1f\x7f]')", "must not contain spaces or control characters"),
+            ),
+        ),
+        "pool": _name("name of the RemoteAccessPool"),
         "auth": Object(
             properties={"method": String(enum=_values(RemoteAuthMethod))},
             description="the password (eap-mschapv2) is set with meshctl, never here",
         ),
         "devices": Array(
             items=Object(
-                properties={"name": String(), "platform": String(enum=_values(Platform))},
+                properties={"name": _name("device name"), "platform": String(enum=_values(Platform))},
                 required=("name", "platform"),
             ),
             map_keys=("name",),
@@ -562,6 +582,8 @@ def to_openapi(schema: Schema) -> dict[str, Any]:
         out["type"] = "string"
         if schema.min_length:
             out["minLength"] = schema.min_length
+        if schema.max_length is not None:
+            out["maxLength"] = schema.max_length
         if schema.enum:
             out["enum"] = list(schema.enum)
         if schema.format == "cidr":

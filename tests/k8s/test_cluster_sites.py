@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,14 @@ class CoreNodes:
 
     async def delete(self, name: str) -> None:
         response = await self.kmock.delete(f"/api/v1/nodes/{name}")
+        assert response.status < 300, await response.text()
+
+    async def patch(self, name: str, changes: dict[str, Any]) -> None:
+        response = await self.kmock.patch(
+            f"/api/v1/nodes/{name}",
+            json=changes,
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
         assert response.status < 300, await response.text()
 
     def source(self) -> KubernetesNodes:
@@ -335,6 +344,83 @@ async def test_recreated_while_the_operator_was_away(
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     new = await enroll(ctl, token, "away-a", "198.18.34.1")
     assert new.response.node.metadata.annotations[NODE_UID]
+
+
+class CountingCalls(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Counts the unary RPCs a client makes, by method name (Apply, List, Delete)."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        method = client_call_details.method
+        self.calls[(method.decode() if isinstance(method, bytes) else method).rsplit("/", 1)[-1]] += 1
+        return await continuation(client_call_details, request)
+
+    def take(self) -> dict[str, int]:
+        taken = dict(self.calls)
+        self.calls.clear()
+        return taken
+
+
+async def test_a_pass_costs_calls_for_the_nodes_that_changed_only(kmock: Any, ctl: Controller) -> None:
+    """Every core Node event triggers a pass; applying every Node on each one cost O(nodes) RPCs
+    per event. A pass now sends a Node only if its derived manifest changed or the controller's
+    copy changed since this sweeper applied it."""
+    k8s = CoreNodes(kmock)
+    names = [f"rpc-{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        await k8s.create(core_node(name, internal=f"198.18.35.{i + 1}", pod_cidrs=(f"198.19.{60 + i}.0/24",)))
+    counter = CountingCalls()
+    assert ctl.config.admin_socket is not None
+    sync = ControllerSync.unix(ctl.config.admin_socket, interceptors=[counter])
+    try:
+        sweeper = NodeSweeper(sync, k8s.source(), CONFIG)
+        first = await sweeper.sweep()
+        assert sorted(first.applied) == sorted(["Site/k8s-east", *names])
+        assert counter.take() == {"Apply": 1 + len(names), "List": 1}
+
+        quiet = await sweeper.sweep()
+        assert sorted(quiet.unchanged) == names and quiet.applied == []
+        assert counter.take() == {"Apply": 1, "List": 1}  # the Site and the list only
+
+        await k8s.patch("rpc-2", {"metadata": {"labels": {"topology.kubernetes.io/zone": "b"}}})
+        one = await sweeper.sweep()
+        assert one.applied == ["rpc-2"]
+        assert counter.take() == {"Apply": 2, "List": 1}
+        zoned = await stored(sync, Kind.NODE, "rpc-2")
+        assert zoned is not None and zoned["labels"]["topology.kubernetes.io/zone"] == "b"
+        counter.take()
+
+        # Still level-triggered against the controller: a Node someone else rewrote, and one
+        # deleted there, are declared again on the next pass; the others cost nothing.
+        rewritten = {
+            "apiVersion": "meshsec.io/v1alpha1",
+            "kind": "Node",
+            "metadata": {"name": "rpc-3"},
+            "spec": {"site": SITE, "endpoints": {"private": ["198.18.35.99"]}},
+        }
+        assert (await sync.apply(rewritten, field_manager="meshctl")).verdict is Verdict.DONE
+        gone = await sync.get(Kind.NODE, "rpc-4")
+        assert gone is not None
+        deleted = await sync.delete(Kind.NODE, "rpc-4", resource_version=gone.metadata.resource_version)
+        assert deleted.verdict is Verdict.DONE
+        counter.take()
+        healed = await sweeper.sweep()
+        assert sorted(healed.applied) == ["rpc-3", "rpc-4"]
+        assert counter.take() == {"Apply": 3, "List": 1}
+        back = await stored(sync, Kind.NODE, "rpc-3")
+        assert back is not None and back["spec"]["endpoints"] == {"private": ["198.18.35.4"]}
+        assert back["annotations"]["meshsec.io/last-applied-by"] == NODE_MANAGER
+
+        counter.take()  # the test's own reads
+
+        await k8s.delete("rpc-5")
+        left = await sweeper.sweep()
+        assert left.deleted == ["rpc-5"] and left.applied == ["Site/k8s-east"]  # its podCIDR left the Site
+        assert counter.take() == {"Apply": 1, "List": 1, "Delete": 1}
+    finally:
+        await sync.close()
 
 
 def health(state_dir: Path, flag: str) -> int:
