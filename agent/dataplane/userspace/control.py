@@ -34,7 +34,7 @@ from typing import Any
 
 VERSION = 1
 MAX_REQUEST = 64 * 1024  # an SA with the longest keys is under 1 KiB
-MAX_REPLY = 1024 * 1024
+MAX_REPLY = 256 * 1024  # a `list` page of 128 entries is about 30 KiB
 PAGE = 128  # list entries per reply
 MAX_FDS = 4
 MAX_IKE_MESSAGE = 65535  # a UDP datagram's payload; IKE messages are smaller

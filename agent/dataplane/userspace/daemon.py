@@ -268,7 +268,10 @@ class DataPlaneDaemon:
         if fds:
             raise control.ProtocolError(f"op {op!r} takes no descriptors")
         if op == "allocate_spi":
-            proto = IpsecProtocol[str(req["protocol"]).upper()]
+            names = {p.name.lower(): p for p in IpsecProtocol}
+            if req.get("protocol") not in names:
+                raise ConfigError(f"allocate_spi: protocol must be one of {sorted(names)}")
+            proto = names[req["protocol"]]
             src, dst = ipaddress.ip_address(req["src"]), ipaddress.ip_address(req["dst"])
             spi = await dp.allocate_spi(proto, src, dst)
             return {"spi": spi}, []
