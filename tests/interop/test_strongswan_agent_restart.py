@@ -50,10 +50,6 @@ def installed_child(charon: Charon) -> tuple[str, str, str, str] | None:
     return sas[0].initiator_spi, sas[0].responder_spi, child.spi_in, child.spi_out
 
 
-# Until the agent resumes its IKE SAs (branch h15-resume) a restarted agent makes a new IKE SA
-# (INITIAL_CONTACT; no DELETE), and the switch loses a packet or two: strict, so that the day it
-# passes this marker must go.
-@pytest.mark.xfail(strict=True, reason="needs the IKE SA resume across restarts (issue 15, h15-resume)")
 def test_agent_restarts_under_a_10ms_ping_strongswan_sees_nothing(lab: Lab, charons: CharonFactory) -> None:
     mesh = MeshLab(lab)
     mesh.start_controller()

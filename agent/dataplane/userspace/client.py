@@ -101,7 +101,7 @@ class DaemonDataPlane:
         if self._caps is None:
             # Before start: what the daemon will offer (the userspace backend's feature set).
             return Capabilities(backend="userspace", esp=True, ah=True, aead_gcm=True, udp_encapsulation=True,
-                                aead_chacha20poly1305=True)  # fmt: skip
+                                aead_chacha20poly1305=True, outlives_agent=True)  # fmt: skip
         return self._caps
 
     async def start(self) -> None:
@@ -114,6 +114,9 @@ class DaemonDataPlane:
         hello, _ = await self._call("hello", version=control.VERSION)
         caps = dict(hello["capabilities"])
         caps["notes"] = (*caps.get("notes", ()), f"data-plane daemon pid {hello['pid']} ({self.socket_path})")
+        # The daemon's backend is in-process *to the daemon*; to this agent it outlives a restart,
+        # so the IKE SAs of this agent may be resumed on the CHILD_SAs it keeps.
+        caps["outlives_agent"] = True
         self._caps = Capabilities(**caps)
         self.daemon_pid, self.tun_name, self.mtu = int(hello["pid"]), str(hello["tun"]), int(hello["mtu"])
         reply, fds = await self._call("encap_sockets")
