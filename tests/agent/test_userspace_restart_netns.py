@@ -24,7 +24,7 @@ from meshsec.agent.dataplane.userspace.daemon import query
 from tests.agent.meshlab import MeshLab, wait_for
 from tests.harness.netns import Lab, parse_ping
 
-pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
 
 @pytest.fixture
@@ -64,9 +64,10 @@ def restart_under_ping(mesh: MeshLab, tag: str, between: Any = None) -> tuple[li
         between()
     time.sleep(1.0)  # no agent at all: the daemon forwards alone
     mesh.start_agent("n2")
-    wait_for("the restarted agent's status", lambda: mesh.status("n2"), 30)
+    # Generous: on this shared 2-core machine a loaded start took up to 10 s.
+    wait_for("the restarted agent's status", lambda: mesh.status("n2"), 60)
     agent_up = last_up(mesh.work / "n2.log")
-    ping.wait(60)
+    ping.wait(90)
     text = ping_log.read_text()
     result = parse_ping(text)
     assert result.transmitted == count, text[-500:]
@@ -82,7 +83,7 @@ def test_kill_9_under_a_10ms_ping_loses_nothing_and_the_agent_adopts(mesh: MeshL
         mesh.add_node(n)
     mesh.wait_mesh()
     wait_for("n2's daemon holds exactly its live CHILD_SAs",
-             lambda: held_spis(mesh, "n2") == live_spis(mesh, "n2") != set(), 20)  # fmt: skip
+             lambda: held_spis(mesh, "n2") == live_spis(mesh, "n2") != set(), 40)  # fmt: skip
     before = held(mesh, "n2")
     daemon_pid = before["hello"]["pid"]
     spis = {name: mesh.child_spis(name) for name in mesh.nodes}
@@ -103,8 +104,8 @@ def test_kill_9_under_a_10ms_ping_loses_nothing_and_the_agent_adopts(mesh: MeshL
     lost, killed, agent_up = restart_under_ping(mesh, "fallback", lambda: state_file.unlink(missing_ok=True))
     assert not [t for t in lost if killed - 0.1 <= t <= agent_up], lost  # the daemon alone lost nothing
     wait_for("n2 with new CHILD_SAs", lambda: live_spis(mesh, "n2") and not
-             live_spis(mesh, "n2") & {f"{sa['spi']:08x}" for sa in before["sas"]}, 30)  # fmt: skip
-    wait_for("stale SAs gone from n2's daemon", lambda: held_spis(mesh, "n2") == live_spis(mesh, "n2"), 40)
+             live_spis(mesh, "n2") & {f"{sa['spi']:08x}" for sa in before["sas"]}, 60)  # fmt: skip
+    wait_for("stale SAs gone from n2's daemon", lambda: held_spis(mesh, "n2") == live_spis(mesh, "n2"), 60)
     assert held(mesh, "n2")["hello"]["pid"] == daemon_pid
     # The make-before-break switch itself: target 0, a packet in flight at most.
     assert len(lost) <= 2, lost
