@@ -250,6 +250,9 @@ def test_a_certificate_from_another_ca_is_refused_with_the_reason(mesh: MeshLab)
     mesh.wait_mesh(timeout=40)  # both have their desired state persisted now
     for name in ("n1", "n2"):
         mesh.stop_agent(name, signal.SIGTERM)
+        # A restart resumes the IKE SAs it saved (the data-plane daemon kept their CHILD_SAs), and a
+        # resumed SA is not authenticated again: without the state file both authenticate anew.
+        (mesh.state_dir(name) / "ike-sas.json").unlink(missing_ok=True)
     # n2 gets a certificate with the right names, but from a CA the controller never heard of.
     cert, key = make_node_cert(make_ca("rogue CA"), "n2", ["n2"])
     (mesh.state_dir("n2") / "node.crt").write_bytes(cert)
