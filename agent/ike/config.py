@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from meshsec.agent.ike.certs import Credentials
 from meshsec.agent.ike.constants import ProtocolId
+from meshsec.agent.ike.eap.users import EapClientConfig, EapServerConfig
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.kem import ML_KEM, UnsupportedKem, check_supported
 from meshsec.agent.ike.proposals import ProposalSpec, parse_proposals
@@ -164,12 +165,24 @@ class IkeConfig:
     mobike_no_nats: bool = False
     # MOBIKE return routability: a COOKIE2 in our updates the answer must echo (RFC 4555 3.6).
     mobike_cookie2: bool = True
+    # EAP in IKE_AUTH (RFC 7296 2.16, exchanges/eap_auth.py). `eap` (a gateway): peers of this
+    # connection authenticate with EAP, we with our certificate (`credentials`). `eap_client`
+    # (a road warrior): we authenticate with EAP-MSCHAPv2; the gateway's certificate must chain
+    # to `credentials.trusted`.
+    eap: EapServerConfig | None = None
+    eap_client: EapClientConfig | None = None
     local_identity: Identity = field(init=False, repr=False, compare=False)
     remote_identity: Identity | None = field(init=False, repr=False, compare=False)
     specs: tuple[ProposalSpec, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         where = f"connection {self.name!r}"
+        if (self.eap is not None or self.eap_client is not None) and self.credentials is None:
+            raise ConfigError(
+                f"{where}: EAP needs credentials (the gateway's certificate, the CAs it chains to)"
+            )
+        if self.eap is not None and self.eap_client is not None:
+            raise ConfigError(f"{where}: eap (gateway) and eap_client (road warrior) exclude each other")
         if self.credentials is None and (not isinstance(self.psk, Secret) or len(self.psk) == 0):
             raise ConfigError(f"{where}: psk must be a non-empty Secret (or give credentials)")
         try:

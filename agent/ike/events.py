@@ -31,6 +31,8 @@ class IkeSaEstablished:
     algorithms: Algorithms
     udp_encap: bool
     connection: str
+    # The identity the peer proved with EAP (RFC 7296 2.16), when it did; remote_id is its IDi.
+    eap_identity: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from meshsec.agent.ike.events import (
 from meshsec.agent.ike.exchanges.child_create import ChildCreate
 from meshsec.agent.ike.exchanges.child_rekey import ChildRekey, rekey_config
 from meshsec.agent.ike.exchanges.child_replace import ChildReplace
+from meshsec.agent.ike.exchanges.eap_auth import EapAuthentication
 from meshsec.agent.ike.exchanges.ike_auth import IkeAuth
 from meshsec.agent.ike.exchanges.ike_followup import PendingFollowup
 from meshsec.agent.ike.exchanges.ike_init import IkeInit
@@ -173,6 +174,8 @@ class IkeSa:
         self.frag_peer = False  # both ends announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383)
         self.mobike = False  # both ends announced MOBIKE_SUPPORTED (RFC 4555)
         self.peer_additional: tuple[str, ...] = ()  # the peer's ADDITIONAL_IP4/6_ADDRESSes
+        # The gateway's EAP conversation between IKE_AUTH round trips (exchanges/eap_auth.py).
+        self.eap: EapAuthentication | None = None
         self.created_at: float | None = None
         self._close_after_response: Event | None = None
         self._out: list[OutgoingDatagram] = []

@@ -58,6 +58,27 @@ CHILD_TRANSITIONS: frozenset[tuple[ChildState, ChildState]] = frozenset(
 )
 
 
+class EapState(Enum):
+    """An EAP conversation inside IKE_AUTH (RFC 7296 2.16), gateway side (exchanges/eap_auth.py)."""
+
+    IDENTITY = "identity"  # EAP-Identity request sent
+    METHOD = "method"  # the method (MSCHAPv2, TLS) runs; a Nak may switch it once
+    SUCCEEDED = "succeeded"  # EAP-Success sent: the next IKE_AUTH must carry AUTH from the MSK
+    DONE = "done"  # the peer's MSK AUTH verified
+    FAILED = "failed"  # EAP-Failure sent or the conversation broke off
+
+
+EAP_TRANSITIONS: frozenset[tuple[EapState, EapState]] = frozenset(
+    {
+        (EapState.IDENTITY, EapState.METHOD),
+        (EapState.METHOD, EapState.METHOD),  # the peer's Nak named another method
+        (EapState.METHOD, EapState.SUCCEEDED),
+        (EapState.SUCCEEDED, EapState.DONE),
+        *((s, EapState.FAILED) for s in (EapState.IDENTITY, EapState.METHOD, EapState.SUCCEEDED)),
+    }
+)
+
+
 class TransitionError(RuntimeError):
     """A state change no declared edge allows: a bug in the engine."""
 

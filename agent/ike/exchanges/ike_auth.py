@@ -16,6 +16,7 @@ from meshsec.agent.ike.exchanges.child_sa import (
     complete_child_initiator,
     respond_child,
 )
+from meshsec.agent.ike.exchanges.eap_auth import EapClientRounds, respond_eap, start_eap
 from meshsec.agent.ike.exchanges.informational import IkeDelete
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.feature import (
@@ -45,7 +46,7 @@ def _id_payload(kind: PayloadType, ident: Identity) -> IdPayload:
     return IdPayload(kind, ident.id_type, ident.data)
 
 
-def _established(sa: IkeSa, now: float) -> None:
+def _established(sa: IkeSa, now: float, eap_identity: str | None = None) -> None:
     assert sa.chosen is not None and sa.remote_identity is not None
     c = sa.chosen
     sa.move_to(State.ESTABLISHED)
@@ -67,6 +68,7 @@ def _established(sa: IkeSa, now: float) -> None:
             ),
             sa.udp_encap,
             sa.config.name,
+            eap_identity,
         )
     )
 
@@ -78,21 +80,32 @@ class IkeAuth(Task):
         self._child = child
         self._req: ChildRequest | None = None
         self.features: list[Feature] = ike_auth_features()
+        # EAP road warrior (eap_auth.py): the IDi of the first round, what the rounds need.
+        self._first_idi: IdPayload | None = None
+        self._eap: EapClientRounds | None = None
+        self._eap_idr: IdPayload | None = None
 
     def build(self, sa: IkeSa, now: float) -> list[Payload] | None:
         assert sa.prf is not None and sa.keys is not None
         cfg = sa.config
+        if self._eap is not None:
+            return self._eap.request(sa)  # a later round of EAP (eap_auth.py)
         idi = _id_payload(PayloadType.IDi, cfg.local_identity)
-        try:
-            auth = own_auth(sa, cfg, sa.init_request, sa.nonce_r, sa.keys.sk_pi.reveal(), idi)
-        except SignatureError as exc:
-            sa.fail(f"cannot authenticate: {exc}", FailureReason.LOCAL_CREDENTIALS)
-            return None
+        auth: AuthPayload | None = None
+        if cfg.eap_client is None:
+            try:
+                auth = own_auth(sa, cfg, sa.init_request, sa.nonce_r, sa.keys.sk_pi.reveal(), idi)
+            except SignatureError as exc:
+                sa.fail(f"cannot authenticate: {exc}", FailureReason.LOCAL_CREDENTIALS)
+                return None
+        else:
+            self._first_idi = idi  # without AUTH: the gateway starts EAP (RFC 7296 2.16)
         # IDi, [CERT+], [CERTREQ], [N(INITIAL_CONTACT)], [IDr], AUTH, SA, TSi, TSr (RFC 7296 1.2)
         payloads: list[Payload] = [idi, *build_request(self.features, sa)]
         if cfg.remote_identity is not None:
             payloads.append(_id_payload(PayloadType.IDr, cfg.remote_identity))
-        payloads.append(auth)
+        if auth is not None:
+            payloads.append(auth)
         if self._child is not None:
             self._req, pre, body = build_child_request(sa, self._child)
             payloads += pre + body
@@ -101,8 +114,13 @@ class IkeAuth(Task):
     def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
         assert sa.prf is not None and sa.keys is not None
         if msg.notify(NotifyType.AUTHENTICATION_FAILED) is not None:
-            sa.fail("peer reported AUTHENTICATION_FAILED", FailureReason.AUTHENTICATION_FAILED)
+            what = "peer reported AUTHENTICATION_FAILED"
+            if self._eap is not None:
+                what = f"EAP-MSCHAPv2: {self._eap.peer.reason or 'gateway refused'}; {what}"
+            sa.fail(what, FailureReason.AUTHENTICATION_FAILED)
             return Outcome.DONE
+        if self._eap is not None:
+            return self._eap_round(sa, msg, raw, now)
         idr, auth = msg.find(PayloadType.IDr), msg.find(PayloadType.AUTH)
         if not isinstance(idr, IdPayload) or not isinstance(auth, AuthPayload):
             errors = [n for n in msg.notifies() if n.notify_type < 16384]
@@ -131,6 +149,35 @@ class IkeAuth(Task):
             sa.notify_and_fail(NotifyType.AUTHENTICATION_FAILED, problem, now)
             return Outcome.DONE
         sa.remote_identity = ident
+        if sa.config.eap_client is not None:
+            # The gateway proved itself; now we prove ourselves with EAP, one round per request.
+            assert self._first_idi is not None
+            self._eap = EapClientRounds(sa)
+            self._eap.first_idi, self._eap_idr = self._first_idi, idr
+            return self._eap_step(sa, msg)
+        return self._finish(sa, msg, raw, now)
+
+    def _eap_round(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
+        assert self._eap is not None and self._eap_idr is not None
+        if not self._eap.succeeded:
+            return self._eap_step(sa, msg)
+        auth = msg.find(PayloadType.AUTH)
+        if not isinstance(auth, AuthPayload) or not self._eap.check_gateway_auth(sa, self._eap_idr, auth):
+            sa.notify_and_fail(
+                NotifyType.AUTHENTICATION_FAILED, "the gateway's AUTH does not match the EAP MSK", now
+            )
+            return Outcome.DONE
+        return self._finish(sa, msg, raw, now)
+
+    def _eap_step(self, sa: IkeSa, msg: Message) -> Outcome:
+        assert self._eap is not None
+        problem = self._eap.receive(msg)
+        if problem is not None:
+            sa.fail(problem, FailureReason.AUTHENTICATION_FAILED)
+            return Outcome.DONE
+        return Outcome.REQUEUE  # the next round is a new IKE_AUTH request of this task
+
+    def _finish(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
         verdict = process_response(self.features, sa, msg, raw)
         if isinstance(verdict, Refusal):
             sa.fail(verdict.reason, verdict.code)
@@ -144,12 +191,15 @@ class IkeAuth(Task):
         sa.fail("IKE_AUTH: peer not responding (retransmit limit)", FailureReason.TIMEOUT)
 
 
-def _pick_config(sa: IkeSa, idi: Identity, idr: Identity | None) -> IkeConfig | None:
+def _pick_config(sa: IkeSa, idi: Identity, idr: Identity | None, eap: bool) -> IkeConfig | None:
     """The responder's final connection choice, now that the initiator's identity is known;
-    it must also accept the IKE proposal already negotiated."""
+    it must also accept the IKE proposal already negotiated, and expect EAP exactly when the
+    peer left AUTH out of its first request (RFC 7296 2.16)."""
     assert sa.chosen is not None
     chosen_prop = sa.chosen.as_proposal(b"")
     for cfg in sa.candidates:
+        if (cfg.eap is not None) != eap:
+            continue
         if not cfg.matches_remote(idi):
             continue
         if idr is not None and cfg.local_identity != idr:
@@ -169,8 +219,14 @@ def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload] | Non
 
     if sa.state is not State.AUTHENTICATING:
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
+    if sa.eap is not None:
+        step = respond_eap(sa, msg)
+        if isinstance(step, list):
+            return step
+        sa.remote_identity = sa.eap.ident  # the EAP identity is authenticated; IDi names the SA
+        return _answer(sa, step.first, [step.auth], now)
     idi, auth, idr = msg.find(PayloadType.IDi), msg.find(PayloadType.AUTH), msg.find(PayloadType.IDr)
-    if not isinstance(idi, IdPayload) or not isinstance(auth, AuthPayload):
+    if not isinstance(idi, IdPayload) or (auth is not None and not isinstance(auth, AuthPayload)):
         sa.close_after_response(
             IkeSaFailed("IKE_AUTH request lacks IDi or AUTH", FailureReason.INVALID_SYNTAX)
         )
@@ -185,21 +241,38 @@ def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload] | Non
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     ident = Identity(idi.id_type, idi.data)
     wanted = Identity(idr.id_type, idr.data) if isinstance(idr, IdPayload) else None
-    cfg = _pick_config(sa, ident, wanted)
+    cfg = _pick_config(sa, ident, wanted, eap=auth is None)
     if cfg is None:
-        return auth_failed(f"no connection for peer identity {ident}")
+        without = " for a peer without AUTH (EAP)" if auth is None else ""
+        return auth_failed(f"no connection{without} for peer identity {ident}")
     sa.config = cfg
+    own = _id_payload(PayloadType.IDr, cfg.local_identity)
+    if auth is None:
+        try:
+            my_auth = own_auth(sa, cfg, sa.init_response, sa.nonce_i, sa.keys.sk_pr.reveal(), own)
+        except SignatureError as exc:
+            return auth_failed(f"cannot authenticate to {ident}: {exc}")
+        return start_eap(sa, cfg, msg, idi, ident, own, my_auth)
+    assert isinstance(auth, AuthPayload)
     problem = check_peer_auth(
         sa, cfg, msg, ident, idi, auth, sa.init_request, sa.nonce_r, sa.keys.sk_pi.reveal()
     )
     if problem is not None:
         return auth_failed(problem)
     sa.remote_identity = ident  # authenticated: a failure from here on is this connection's
-    own = _id_payload(PayloadType.IDr, cfg.local_identity)
     try:
         my_auth = own_auth(sa, cfg, sa.init_response, sa.nonce_i, sa.keys.sk_pr.reveal(), own)
     except SignatureError as exc:
         return auth_failed(f"cannot authenticate to {ident}: {exc}")
+    return _answer(sa, msg, [own], now, my_auth)
+
+
+def _answer(
+    sa: IkeSa, msg: Message, lead: list[Payload], now: float, my_auth: AuthPayload | None = None
+) -> list[Payload] | None:
+    """The features and the first CHILD_SA, once the peer is authenticated. `msg` is the request
+    that carried SA, TSi, TSr (with EAP: the first of the rounds). None: a feature deferred the
+    answer (the request is processed again, EAP's last round included)."""
     features = ike_auth_features()
     refusal = process_request(features, sa, msg)
     if isinstance(refusal, Deferred):
@@ -207,8 +280,12 @@ def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload] | Non
     if refusal is not None:
         sa.close_after_response(IkeSaFailed(refusal.reason, refusal.code))
         return [refusal.notify] if refusal.notify is not None else []
-    _established(sa, now)
-    payloads: list[Payload] = [own, *build_response(features, sa, []), my_auth]
+    eap = sa.eap
+    _established(sa, now, eap.server.identity.decode("utf-8", "replace") if eap is not None else None)
+    payloads: list[Payload] = [*lead, *build_response(features, sa, [])]
+    if my_auth is not None:
+        payloads.append(my_auth)
+    sa.eap = None  # done: nothing of the conversation outlives the exchange
     if sa.refuse_first_child is not None:
         # Authenticated, but nothing to carry: say why, then delete the IKE SA ourselves.
         payloads.append(NotifyPayload(sa.refuse_first_child))

@@ -38,10 +38,12 @@ class AuthCertificates(Feature):
     """IKE_AUTH: our chain (and, from the initiator, the CAs it trusts)."""
 
     def build_request(self, sa: IkeSa, out: list[Payload]) -> None:
-        if sa.config.credentials is not None:
+        # An EAP road warrior proves itself with EAP; its credentials only hold the CAs.
+        if sa.config.credentials is not None and sa.config.eap_client is None:
             out += cert_payloads(sa.config.credentials)
         out += certreq_payloads(sa.config)
 
     def build_response(self, sa: IkeSa, out: list[Payload]) -> None:
-        if sa.config.credentials is not None:
+        # After EAP our chain went out with the first answer (eap_auth.start_eap).
+        if sa.config.credentials is not None and sa.eap is None:
             out += cert_payloads(sa.config.credentials)
