@@ -30,6 +30,7 @@ DEFAULT_STATUS_SOCKET = "/run/meshsec-agent/status.sock"
 DATAPLANES = ("auto", "userspace", "kernel", "none")
 START_ACTIONS = ("initiate", "wait")
 AUTH_METHODS = ("psk", "pubkey")
+EAP_METHODS = ("eap-mschapv2", "eap-tls")  # remote only: the peer's EAP, our certificate
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
@@ -335,10 +336,11 @@ def _identity(node: _Node, default: str | None, *, allow_any: bool) -> str:
     return ident
 
 
-def _auth(node: _Node) -> str:
+def _auth(node: _Node, eap: bool = False) -> str:
     method = node.get("auth", str, "psk")
-    if method not in AUTH_METHODS:
-        raise ConfigError(node.at("auth"), f"must be psk or pubkey, not {method!r}")
+    allowed = AUTH_METHODS + (EAP_METHODS if eap else ())
+    if method not in allowed:
+        raise ConfigError(node.at("auth"), f"must be {', '.join(allowed[:-1])} or {allowed[-1]}, not {method!r}")
     return method
 
 
@@ -370,14 +372,23 @@ def _credentials(local: _Node, remote: _Node, base: Path) -> Credentials:
         raise ConfigError(local.path, str(exc)) from None
 
 
-def parse_connection(node: _Node, name: str, base: Path) -> Connection:
+def parse_connection(
+    node: _Node, name: str, base: Path, eap_users: Mapping[str, EapUser] | None = None
+) -> Connection:
     local_addrs = _addresses(node, "local_addrs")
     remote_addrs = _addresses(node, "remote_addrs")
     local, remote = node.child("local"), node.child("remote")
     local_id = _identity(local, local_addrs[0] if local_addrs else None, allow_any=False)
     remote_id = _identity(remote, remote_addrs[0] if remote_addrs else "%any", allow_any=True)
-    local_auth, remote_auth = _auth(local), _auth(remote)
-    if local_auth != remote_auth:
+    local_auth, remote_auth = _auth(local), _auth(remote, eap=True)
+    eap = None
+    if remote_auth in EAP_METHODS:
+        from meshsec.agent.standalone.remote_access import eap_server_config
+
+        if local_auth != "pubkey":
+            raise ConfigError(local.at("auth"), "with EAP from the remote we authenticate with pubkey")
+        eap = eap_server_config(remote_auth, eap_users or {})
+    elif local_auth != remote_auth:
         raise ConfigError(remote.at("auth"), f"must equal local auth {local_auth!r} (no mixed auth)")
     creds = _credentials(local, remote, base) if local_auth == "pubkey" else None
     local.check_unknown()
@@ -444,6 +455,7 @@ def parse_connection(node: _Node, name: str, base: Path) -> Connection:
             dpd_delay=dpd_delay,
             dpd_action=dpd_action,
             credentials=creds,
+            eap=eap,
         ),
     )
     node.check_unknown()
@@ -468,7 +480,7 @@ def parse_config(data: object, base: Path = Path(".")) -> StandaloneConfig:
         if ra.is_remote_access(conns_node.data[conn_name]):
             remote_access.append(ra.parse_connection(conns_node.child(cname), cname, base, pools))
         else:
-            connections.append(parse_connection(conns_node.child(cname), cname, base))
+            connections.append(parse_connection(conns_node.child(cname), cname, base, eap_users))
     conns_node.check_unknown()
     root.check_unknown()
     if not connections and not remote_access:

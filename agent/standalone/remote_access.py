@@ -28,12 +28,15 @@ than ignore it.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from meshsec.agent.ike.certs import Credentials
 from meshsec.agent.ike.config import ChildConfig, IkeConfig
 from meshsec.agent.ike.constants import ProtocolId
+from meshsec.agent.ike.eap import users as engine
+from meshsec.agent.ike.eap.users import EapServerConfig
 from meshsec.agent.ike.proposals import parse_proposals
 from meshsec.agent.ike.ts import Ts
 from meshsec.agent.ike.virtual_ip import AddressPool
@@ -83,11 +86,25 @@ class RemoteAccessConnection:
 
 
 def is_remote_access(data: object) -> bool:
-    """Whether a connection's mapping describes road warriors (pools, or EAP from the remote)."""
-    if not isinstance(data, dict):
-        return False
-    remote = data.get("remote")
-    return "pools" in data or (isinstance(remote, dict) and remote.get("auth") in REMOTE_AUTH[1:])
+    """Whether a connection's mapping describes road warriors with pool addresses. A connection
+    with EAP from the remote but fixed remote_ts and no pools is an ordinary one (config.py):
+    its clients bring their own address."""
+    return isinstance(data, dict) and "pools" in data
+
+
+def eap_server_config(remote_auth: str, users: Mapping[str, EapUser]) -> EapServerConfig:
+    """The engine's EAP settings for a connection whose remote authenticates with `remote_auth`
+    (eap-mschapv2 or eap-tls): MSCHAPv2 users from the secrets section (NT hashes); for
+    EAP-TLS every identity is a user whose certificate chains to the connection's CAs and
+    names that identity (there is nothing else to look up)."""
+
+    def lookup(identity: bytes) -> engine.EapUser | None:
+        if remote_auth == "eap-tls":
+            return engine.EapUser(identity, tls=True)
+        user = users.get(identity.decode("utf-8", "replace").lower())
+        return engine.EapUser(identity, nt_hash=user.nt_hash) if user is not None else None
+
+    return EapServerConfig(users=lookup, methods=("tls",) if remote_auth == "eap-tls" else ("mschapv2",))
 
 
 def parse_pools(node: _Node) -> dict[str, Pool]:

@@ -112,7 +112,7 @@ ERRORS = [
     ("agent.colour", "blue", "agent.colour: unknown setting"),
     (f"{P}.remote_addrs", ["not-an-ip"], f"{P}.remote_addrs[0]: 'not-an-ip' is not an IP address"),
     (f"{P}.local.auth", "pubkey", f"{P}.remote.auth: must equal local auth 'pubkey' (no mixed auth)"),
-    (f"{P}.remote.auth", "eap", f"{P}.remote.auth: must be psk or pubkey, not 'eap'"),
+    (f"{P}.remote.auth", "eap", f"{P}.remote.auth: must be psk, pubkey, eap-mschapv2 or eap-tls, not 'eap'"),
     (f"{P}.local.id", "%any", f"{P}.local.id: %any is only allowed for the remote identity"),
     (f"{P}.local.id", "@#zz", f"{P}.local.id: KEY_ID identity '@#zz' is not hex"),
     (f"{P}.psk", _DELETE, f"{P}.psk: give exactly one of psk or psk_file for auth psk"),
