@@ -115,6 +115,8 @@ EXCHANGE_RULES: dict[ExchangeType, ExchangeRules] = {
         frozenset({State.AUTHENTICATING}), frozenset({State.AUTHENTICATING}), from_original_initiator=True
     ),
     ExchangeType.CREATE_CHILD_SA: ExchangeRules(_OPEN, _OPEN),
-    ExchangeType.INFORMATIONAL: ExchangeRules(_OPEN, _OPEN),
+    # AUTHENTICATING too: a peer mid-EAP may give up with N(AUTHENTICATION_FAILED) (its
+    # responder answers nothing else there: exchanges/informational.py).
+    ExchangeType.INFORMATIONAL: ExchangeRules(_OPEN, _OPEN | {State.AUTHENTICATING}),
     ExchangeType.IKE_FOLLOWUP_KE: ExchangeRules(_OPEN, _OPEN),  # RFC 9370 2.2.4
 }

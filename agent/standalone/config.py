@@ -340,7 +340,8 @@ def _auth(node: _Node, eap: bool = False) -> str:
     method = node.get("auth", str, "psk")
     allowed = AUTH_METHODS + (EAP_METHODS if eap else ())
     if method not in allowed:
-        raise ConfigError(node.at("auth"), f"must be {', '.join(allowed[:-1])} or {allowed[-1]}, not {method!r}")
+        choices = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+        raise ConfigError(node.at("auth"), f"must be {choices}, not {method!r}")
     return method
 
 

@@ -87,6 +87,9 @@ class EapServer:
             return self._nak(packet.data)
         self._answered_method = True
         answer = self._method.receive(packet)
+        # MSCHAPv2 knows a password is wrong one round before it ends (the peer's acknowledgement
+        # of its Failure); a peer that gives up instead leaves this reason for the log.
+        self.reason = self._method.reason
         if answer.code == Code.SUCCESS:
             return self._succeed(answer)
         if answer.code == Code.FAILURE:

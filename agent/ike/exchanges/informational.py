@@ -95,6 +95,19 @@ class Liveness(Task):
 
 
 def respond_informational(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
+    if sa.state is State.AUTHENTICATING and sa.eap is not None:
+        # An EAP peer told its password is wrong (EAP-MSCHAPv2 Failure, E=691) gives up with
+        # this instead of acknowledging (strongSwan does): the gateway's SA ends now, not at
+        # the half-open timeout.
+        if msg.notify(NotifyType.AUTHENTICATION_FAILED) is not None:
+            why = sa.eap.server.reason or "peer gave up"
+            sa.close_after_response(
+                IkeSaFailed(
+                    f"{sa.eap.describe()}: {why} (peer reported AUTHENTICATION_FAILED)",
+                    FailureReason.AUTHENTICATION_FAILED,
+                )
+            )
+        return []
     if sa.state not in (State.ESTABLISHED, State.DELETING):
         return []
     if msg.notify(NotifyType.AUTHENTICATION_FAILED) is not None:
