@@ -120,3 +120,36 @@ def test_certificate_remote_access_is_served(files: Path) -> None:
     agent = [sys.executable, "-m", "meshsec.agent.cli", "--config", str(path)]
     check = subprocess.run([*agent, "--check"], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0 and check.stdout.endswith("OK (1 connection(s))\n"), check.stdout
+
+
+def _eap_gateway_example() -> dict[str, Any]:
+    blocks = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), re.S)
+    found = [yaml.safe_load(b) for b in blocks if "auth: eap-mschapv2" in b and "pools:" not in b]
+    assert found, "docs/agent-standalone.md lost its EAP gateway example"
+    data = found[0]
+    assert isinstance(data, dict)
+    return data
+
+
+def test_documented_eap_gateway_connection_takes_its_users_from_secrets(files: Path) -> None:
+    data = _eap_gateway_example()
+    data["agent"] = {"bind": ["198.18.40.1"]}
+    cfg = parse_config(data, files)
+    assert cfg.remote_access == ()
+    (conn,) = cfg.connections
+    eap = conn.ike.eap
+    assert eap is not None and eap.methods == ("mschapv2",) and conn.ike.credentials is not None
+    carol = eap.users(b"CAROL")  # EAP identities match without regard to case, like the secrets' ids
+    assert carol is not None and carol.nt_hash is not None
+    assert carol.nt_hash.reveal() == nt_password_hash("correct horse battery") and not carol.tls
+    assert eap.users(b"mallory") is None
+    assert "correct horse" not in repr(cfg)
+    data["connections"]["laptop"]["remote"]["auth"] = "eap-tls"
+    tls = parse_config(data, files).connections[0].ike.eap
+    assert tls is not None and tls.methods == ("tls",)
+    user = tls.users(b"anyone.example")
+    assert user is not None and user.tls and user.nt_hash is None
+    # We sign; EAP from our side is not a thing a gateway does.
+    data["connections"]["laptop"]["local"]["auth"] = "psk"
+    with pytest.raises(ConfigError, match=r"laptop\.local\.auth: with EAP from the remote"):
+        parse_config(data, files)

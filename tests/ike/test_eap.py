@@ -11,6 +11,8 @@ import contextlib
 import hmac
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from OpenSSL import SSL, crypto
 
 from meshsec.agent.ike.constants import ExchangeType
@@ -327,3 +329,23 @@ def test_eap_server_refuses_wrong_identifiers_and_a_late_nak() -> None:
     assert start.type == EapType.TLS and server.method == "tls"
     again = EapPacket(Code.RESPONSE, start.identifier, EapType.NAK, bytes([EapType.MSCHAPV2]))
     assert server.receive(again.encode()).code == Code.FAILURE and "Nak" in server.reason
+
+
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=6), st.sampled_from(["mschapv2", "tls"]))
+@settings(max_examples=150, deadline=None)
+def test_eap_server_answers_any_bytes_without_raising(packets: list[bytes], method: str) -> None:
+    """Whatever a peer sends, the gateway answers a request, Success or Failure (strict mode is
+    on: an exception would fail the test), and a Failure is final."""
+    cfg = EapServerConfig(users=USERS.get, methods=(method,))
+    server = EapServer(cfg, Identity.parse("198.18.0.1"), GW_CREDS, lambda n: bytes(n))
+    request = server.start()
+    for i, raw in enumerate(packets):
+        # Half the time a well-formed response with the right identifier, random content.
+        if i % 2 == 0 and raw:
+            raw = EapPacket(Code.RESPONSE, request.identifier, raw[0], raw[1:]).encode()
+        request = server.receive(raw)
+        assert request.code in (Code.REQUEST, Code.SUCCESS, Code.FAILURE)
+        if request.code == Code.FAILURE:
+            assert server.state is EapState.FAILED and server.reason
+            break
+    assert server.msk is None or server.state is EapState.SUCCEEDED
