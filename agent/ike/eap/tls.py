@@ -4,8 +4,9 @@ BIOs (pyOpenSSL), so EAP packets go in and out and no socket or thread is involv
 The TLS records travel in EAP-TLS packets of at most `fragment_size` bytes (L and M flags,
 section 2.1.5): a fragment with M set is acknowledged by an empty packet, and the length the
 first fragment announces (L) is bounded by MAX_TLS_MESSAGE, as is what has been reassembled.
-TLS 1.2 only: RFC 9190 (TLS 1.3) needs a protected success indication strongSwan 5.9.8's EAP-TLS
-does not send, so a peer that offers 1.3 is answered with 1.2.
+TLS 1.2 only: EAP-TLS 1.3 (RFC 9190: a protected success indication, another MSK derivation)
+is not built here, so a peer that offers 1.3 is answered with 1.2 (strongSwan 5.9.8, OpenSSL's
+client and Windows accept that).
 
 The peer's certificate is checked after the handshake with the same policy as IKE's
 certificate authentication (certs.validate_chain: validity, chain to the gateway's trusted CAs,
