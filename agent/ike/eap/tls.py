@@ -5,8 +5,8 @@ The TLS records travel in EAP-TLS packets of at most `fragment_size` bytes (L an
 section 2.1.5): a fragment with M set is acknowledged by an empty packet, and the length the
 first fragment announces (L) is bounded by MAX_TLS_MESSAGE, as is what has been reassembled.
 TLS 1.2 only: EAP-TLS 1.3 (RFC 9190: a protected success indication, another MSK derivation)
-is not built here, so a peer that offers 1.3 is answered with 1.2 (strongSwan 5.9.8, OpenSSL's
-client and Windows accept that).
+is not built here, so a peer that offers 1.3 is answered with 1.2 (strongSwan 5.9.8 and OpenSSL's
+client, as tested, accept that).
 
 The peer's certificate is checked after the handshake with the same policy as IKE's
 certificate authentication (certs.validate_chain: validity, chain to the gateway's trusted CAs,
