@@ -90,7 +90,9 @@ def respond_eap(sa: IkeSa, msg: Message) -> list[Payload] | EapVerified:
     session = sa.eap
     assert session is not None and sa.keys is not None and sa.prf is not None
     server = session.server
-    if server.state is EapState.SUCCEEDED:
+    if server.state in (EapState.SUCCEEDED, EapState.DONE):
+        # DONE too: a last round whose answer had to wait (a feature deferred it) is processed
+        # again, AUTH and all.
         return _check_msk_auth(sa, session, msg)
     eap = msg.find(PayloadType.EAP)
     if not isinstance(eap, EapPayload):
@@ -113,7 +115,8 @@ def _check_msk_auth(sa: IkeSa, session: EapAuthentication, msg: Message) -> list
     )
     if not hmac.compare_digest(expect, auth.data):
         return _refuse(sa, session, "the peer's AUTH does not match the EAP MSK")
-    session.server.verified()
+    if session.server.state is EapState.SUCCEEDED:
+        session.server.verified()
     ours = psk_auth(
         sa.prf, msk, sa.init_response, sa.nonce_i, sa.keys.sk_pr.reveal(), session.own_id.body_for_auth()
     )
