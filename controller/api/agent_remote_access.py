@@ -18,12 +18,14 @@ from meshsec.controller.resources.model import (
     CERTIFICATE_METHODS,
     RemoteAccessPool,
     RemoteAccessUser,
+    RemoteAuthMethod,
 )
 from meshsec.controller.service.core import Core
 from meshsec.controller.store import StoreError
 from meshsec.v1 import agent_pb2
 
 MAX_SESSION_NAME = 64
+EAP_METHODS = frozenset({RemoteAuthMethod.EAP_MSCHAPV2, RemoteAuthMethod.EAP_TLS})
 
 
 class AgentRemoteAccessRpcs(abc.ABC):
@@ -36,6 +38,23 @@ class AgentRemoteAccessRpcs(abc.ABC):
         self, context: AnyContext, node: str, identity: str, device: str, *, listed: bool = True
     ) -> tuple[RemoteAccessUser, RemoteAccessPool]:
         """The user behind `identity` and its pool, if `node` may serve it; aborts otherwise."""
+        user, pool = await self._gateway_user(context, node, identity)
+        certificate = user.spec.auth_method in CERTIFICATE_METHODS
+        if listed and certificate and device not in {d.name for d in user.spec.devices}:
+            await self._refuse(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                user.metadata.name,
+                f"RemoteAccessUser/{user.metadata.name} has no device {device!r}",
+            )
+        if not device or len(device) > MAX_SESSION_NAME or "/" in device:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device: 1-64 characters without '/'")
+        return user, pool
+
+    async def _gateway_user(
+        self, context: AnyContext, node: str, identity: str
+    ) -> tuple[RemoteAccessUser, RemoteAccessPool]:
+        """The user behind `identity` and its pool, if `node` is a gateway of that pool."""
         state = self._core.state
         try:
             await state.caught_up()
@@ -58,17 +77,31 @@ class AgentRemoteAccessRpcs(abc.ABC):
                 user.metadata.name,
                 f"node {node} is not a gateway of RemoteAccessPool/{pool.metadata.name}",
             )
-        certificate = user.spec.auth_method in CERTIFICATE_METHODS
-        if listed and certificate and device not in {d.name for d in user.spec.devices}:
-            await self._refuse(
-                context,
-                grpc.StatusCode.NOT_FOUND,
-                user.metadata.name,
-                f"RemoteAccessUser/{user.metadata.name} has no device {device!r}",
-            )
-        if not device or len(device) > MAX_SESSION_NAME or "/" in device:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device: 1-64 characters without '/'")
         return user, pool
+
+    async def GetEapCredential(
+        self,
+        request: agent_pb2.GetEapCredentialRequest,
+        context: grpc.aio.ServicerContext[
+            agent_pb2.GetEapCredentialRequest, agent_pb2.GetEapCredentialResponse
+        ],
+    ) -> agent_pb2.GetEapCredentialResponse:
+        node = await self._node(context, request.node)
+        user, _ = await self._gateway_user(context, node, request.identity)
+        name, method = user.metadata.name, user.spec.auth_method.value
+        if user.spec.auth_method not in EAP_METHODS:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"RemoteAccessUser/{name} authenticates with {method}, not EAP",
+            )
+        nt_hash = b""
+        if user.spec.auth_method == RemoteAuthMethod.EAP_MSCHAPV2:
+            try:
+                secret = await self._core.credentials.nt_hash(name)
+            except StoreError as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+            nt_hash = secret.reveal() if secret is not None else b""
+        return agent_pb2.GetEapCredentialResponse(user=name, method=method, nt_hash=nt_hash)
 
     async def _refuse(self, context: AnyContext, code: grpc.StatusCode, user: str, reason: str) -> None:
         if user:

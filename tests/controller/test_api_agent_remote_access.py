@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+from meshsec.common.md4 import nt_password_hash
 from meshsec.common.pki import make_csr, new_key
 from meshsec.controller.server import Controller
 from meshsec.v1 import admin_pb2, agent_pb2, agent_pb2_grpc
@@ -143,3 +144,25 @@ async def test_gateway_nodes_get_the_pools_they_serve_in_their_node_config(ctl: 
         await apply(ctl, pool(addresses=["198.19.200.0/30"], routes={"mode": "full"}))
         delta = await next_update(updates)
         assert list(delta.node.remote_access[0].local_ts) == ["0.0.0.0/0", "::/0"]
+async def test_gateways_get_an_eap_users_nt_hash_and_nothing_else(ctl: Controller) -> None:
+    gw = await join(ctl, "dc1", "gw1", "198.18.1.1", node_labels={"role": "ra"})
+    other = await join(ctl, "dc1", "n2", "198.18.1.2")
+    alice = agent_pb2.GetEapCredentialRequest(identity="Alice@example.test")
+    unset = await _call(gw, ctl, "GetEapCredential", alice)
+    assert (unset.user, unset.method, unset.nt_hash) == ("alice", "eap-mschapv2", b"")  # no password yet
+    async with admin_channel(ctl) as channel:
+        await admin_stub(channel).SetRemoteAccessPassword(
+            admin_pb2.SetRemoteAccessPasswordRequest(user="alice", password="correct horse battery"),
+            timeout=CALL_TIMEOUT,
+        )
+    got = await _call(gw, ctl, "GetEapCredential", alice)
+    assert got.nt_hash == nt_password_hash("correct horse battery")
+    denied = await _refused(other, ctl, "GetEapCredential", alice)
+    assert denied.code() is grpc.StatusCode.PERMISSION_DENIED
+    unknown = await _refused(gw, ctl, "GetEapCredential", agent_pb2.GetEapCredentialRequest(identity="eve@x"))
+    assert unknown.code() is grpc.StatusCode.NOT_FOUND
+    bob = await _refused(
+        gw, ctl, "GetEapCredential", agent_pb2.GetEapCredentialRequest(identity="bob@example.test")
+    )
+    assert bob.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert bob.details() == "RemoteAccessUser/bob authenticates with certificate, not EAP"

@@ -447,3 +447,21 @@ class ListRevokedCertificatesResponse(_message.Message):
     SERIALS_FIELD_NUMBER: _ClassVar[int]
     serials: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, serials: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetEapCredentialRequest(_message.Message):
+    __slots__ = ("node", "identity")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    identity: str
+    def __init__(self, node: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
+
+class GetEapCredentialResponse(_message.Message):
+    __slots__ = ("user", "method", "nt_hash")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    NT_HASH_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    method: str
+    nt_hash: bytes
+    def __init__(self, user: _Optional[str] = ..., method: _Optional[str] = ..., nt_hash: _Optional[bytes] = ...) -> None: ...

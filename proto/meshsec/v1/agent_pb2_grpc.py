@@ -70,6 +70,11 @@ class AgentServiceStub:
                 request_serializer=meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesRequest.SerializeToString,
                 response_deserializer=meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesResponse.FromString,
                 _registered_method=True)
+        self.GetEapCredential = channel.unary_unary(
+                '/meshsec.v1.AgentService/GetEapCredential',
+                request_serializer=meshsec_dot_v1_dot_agent__pb2.GetEapCredentialRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_agent__pb2.GetEapCredentialResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -142,6 +147,16 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEapCredential(self, request, context):
+        """What a gateway checks a road warrior's EAP against, asked for when the client names its EAP
+        identity: the user's EAP method and, for EAP-MSCHAPv2, the NT hash of its password (the only
+        form the controller keeps). Same caller rule as AllocateLease; an unknown identity is
+        NOT_FOUND, a certificate user FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +194,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ListRevokedCertificates,
                     request_deserializer=meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesRequest.FromString,
                     response_serializer=meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesResponse.SerializeToString,
+            ),
+            'GetEapCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEapCredential,
+                    request_deserializer=meshsec_dot_v1_dot_agent__pb2.GetEapCredentialRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_agent__pb2.GetEapCredentialResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -371,6 +391,33 @@ class AgentService:
             '/meshsec.v1.AgentService/ListRevokedCertificates',
             meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesRequest.SerializeToString,
             meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEapCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AgentService/GetEapCredential',
+            meshsec_dot_v1_dot_agent__pb2.GetEapCredentialRequest.SerializeToString,
+            meshsec_dot_v1_dot_agent__pb2.GetEapCredentialResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,6 +25,7 @@ class AgentServiceStub:
     AllocateLease: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.AllocateLeaseRequest, _meshsec_v1_agent_pb2.AllocateLeaseResponse]
     ReleaseLease: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ReleaseLeaseRequest, _meshsec_v1_agent_pb2.ReleaseLeaseResponse]
     ListRevokedCertificates: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ListRevokedCertificatesRequest, _meshsec_v1_agent_pb2.ListRevokedCertificatesResponse]
+    GetEapCredential: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.GetEapCredentialRequest, _meshsec_v1_agent_pb2.GetEapCredentialResponse]
 
 class AgentServiceAsyncStub:
     Enroll: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.EnrollRequest, _meshsec_v1_agent_pb2.EnrollResponse]
@@ -34,6 +35,7 @@ class AgentServiceAsyncStub:
     AllocateLease: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.AllocateLeaseRequest, _meshsec_v1_agent_pb2.AllocateLeaseResponse]
     ReleaseLease: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ReleaseLeaseRequest, _meshsec_v1_agent_pb2.ReleaseLeaseResponse]
     ListRevokedCertificates: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ListRevokedCertificatesRequest, _meshsec_v1_agent_pb2.ListRevokedCertificatesResponse]
+    GetEapCredential: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.GetEapCredentialRequest, _meshsec_v1_agent_pb2.GetEapCredentialResponse]
 
 class AgentServiceServicer:
     def Enroll(self, request: _meshsec_v1_agent_pb2.EnrollRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.EnrollResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.EnrollResponse]: ...
@@ -43,6 +45,7 @@ class AgentServiceServicer:
     def AllocateLease(self, request: _meshsec_v1_agent_pb2.AllocateLeaseRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.AllocateLeaseResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.AllocateLeaseResponse]: ...
     def ReleaseLease(self, request: _meshsec_v1_agent_pb2.ReleaseLeaseRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.ReleaseLeaseResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.ReleaseLeaseResponse]: ...
     def ListRevokedCertificates(self, request: _meshsec_v1_agent_pb2.ListRevokedCertificatesRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.ListRevokedCertificatesResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.ListRevokedCertificatesResponse]: ...
+    def GetEapCredential(self, request: _meshsec_v1_agent_pb2.GetEapCredentialRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.GetEapCredentialResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.GetEapCredentialResponse]: ...
 
 def add_AgentServiceServicer_to_server(
     servicer: AgentServiceServicer, server: grpc.Server | grpc.aio.Server
