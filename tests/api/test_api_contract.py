@@ -27,6 +27,7 @@ EXPECTED_SERVICES = {
         ("AllocateLease", False, False),
         ("ReleaseLease", False, False),
         ("ListRevokedCertificates", False, False),
+        ("GetEapCredential", False, False),
     },
     "meshsec.v1.AdminService": {
         ("Apply", False, False),
@@ -130,6 +131,14 @@ def test_secret_material_fields_are_bytes_or_marked_strings() -> None:
     )
     secret_messages = [*responses, admin_pb2.SecretInfo.DESCRIPTOR]
     assert [m.full_name for m in secret_messages if "value" in m.fields_by_name] == []
+    # An EAP-MSCHAPv2 NT hash goes to gateways (AgentService) only, never to an admin client.
+    holders = [
+        m.full_name for f in FILES for m in f.message_types_by_name.values() if "nt_hash" in m.fields_by_name
+    ]
+    assert holders == ["meshsec.v1.GetEapCredentialResponse"]
+    assert agent_pb2.GetEapCredentialResponse.DESCRIPTOR.fields_by_name["nt_hash"].type == (
+        descriptor.FieldDescriptor.TYPE_BYTES
+    )
 
 
 def test_spi_fields_have_the_wire_widths() -> None:
