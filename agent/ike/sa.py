@@ -176,6 +176,9 @@ class IkeSa:
         self.peer_additional: tuple[str, ...] = ()  # the peer's ADDITIONAL_IP4/6_ADDRESSes
         # The gateway's EAP conversation between IKE_AUTH round trips (exchanges/eap_auth.py).
         self.eap: EapAuthentication | None = None
+        # The identity the peer proved with EAP (remote_identity stays its IDi): what a gateway
+        # names the client by (leases, logs). Set before the IKE_AUTH features run.
+        self.eap_identity: str | None = None
         self.created_at: float | None = None
         self._close_after_response: Event | None = None
         self._out: list[OutgoingDatagram] = []

@@ -68,6 +68,7 @@ def to_dict(sa: IkeSa, now: float) -> dict[str, Any]:
         "chosen": _chosen(sa.chosen),
         "keys": {k: getattr(sa.keys, k).reveal().hex() for k in _IKE_KEYS},
         "remote_identity": _identity(sa.remote_identity),
+        "eap_identity": sa.eap_identity,
         "peer_hashes": sorted(sa.peer_hashes) if sa.peer_hashes is not None else None,
         "nat_local": sa.nat_local,
         "nat_remote": sa.nat_remote,
@@ -124,6 +125,8 @@ def _restore(doc: dict[str, Any], config: IkeConfig, now: float, elapsed: float,
     sa.install_protection()
     ident = doc["remote_identity"]
     sa.remote_identity = None if ident is None else Identity(int(ident[0]), bytes.fromhex(ident[1]))
+    eap_identity = doc.get("eap_identity")  # absent from snapshots written before EAP
+    sa.eap_identity = eap_identity if isinstance(eap_identity, str) else None
     hashes = doc["peer_hashes"]
     sa.peer_hashes = None if hashes is None else frozenset(int(h) for h in hashes)
     sa.nat_local, sa.nat_remote = bool(doc["nat_local"]), bool(doc["nat_remote"])

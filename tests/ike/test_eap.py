@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL, crypto
 
+from meshsec.agent.ike import snapshot
 from meshsec.agent.ike.constants import ExchangeType
 from meshsec.agent.ike.eap.message import Code, EapPacket, EapType, decode
 from meshsec.agent.ike.eap.server import EapServer
@@ -88,6 +90,7 @@ def test_eap_mschapv2_establishes_the_ike_sa_and_child_sa() -> None:
     # IDi without AUTH, Identity, Challenge response, Success ack, AUTH from the MSK.
     assert _auth_requests(pair) == [1, 2, 3, 4, 5]
     assert pair.responder.eap is None  # nothing of the conversation stays on the SA
+    assert pair.responder.eap_identity == "carol" and pair.initiator.eap_identity is None
     assert pair.responder.stats["eap_succeeded"] == 1
 
 
@@ -349,3 +352,16 @@ def test_eap_server_answers_any_bytes_without_raising(packets: list[bytes], meth
             assert server.state is EapState.FAILED and server.reason
             break
     assert server.msk is None or server.state is EapState.SUCCEEDED
+
+
+def test_the_eap_identity_survives_an_ike_rekey_and_a_snapshot() -> None:
+    pair = _pair()
+    pair.connect()
+    gateway = pair.responder
+    doc = json.loads(json.dumps(snapshot.to_dict(gateway, pair.now)))
+    restored = snapshot.from_dict(doc, gateway.config, pair.now, 0.0)
+    assert restored.eap_identity == "carol"
+    pair.initiator.rekey(pair.now)
+    pair.pump()
+    successor = next(sa for sa in pair.table if sa is not gateway and sa.established)
+    assert successor.eap_identity == "carol"

@@ -224,6 +224,7 @@ def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload] | Non
         if isinstance(step, list):
             return step
         sa.remote_identity = sa.eap.ident  # the EAP identity is authenticated; IDi names the SA
+        sa.eap_identity = sa.eap.server.identity.decode("utf-8", "replace")
         return _answer(sa, step.first, [step.auth], now)
     idi, auth, idr = msg.find(PayloadType.IDi), msg.find(PayloadType.AUTH), msg.find(PayloadType.IDr)
     if not isinstance(idi, IdPayload) or (auth is not None and not isinstance(auth, AuthPayload)):
@@ -280,8 +281,7 @@ def _answer(
     if refusal is not None:
         sa.close_after_response(IkeSaFailed(refusal.reason, refusal.code))
         return [refusal.notify] if refusal.notify is not None else []
-    eap = sa.eap
-    _established(sa, now, eap.server.identity.decode("utf-8", "replace") if eap is not None else None)
+    _established(sa, now, sa.eap_identity)
     payloads: list[Payload] = [*lead, *build_response(features, sa, [])]
     if my_auth is not None:
         payloads.append(my_auth)

@@ -70,6 +70,7 @@ def spawn(
     seed = rekey_skeyseed(sa.prf, sa.keys.sk_d.reveal(), ni, nr, shared, additional)
     setup_keys(new, chosen, shared, seed)
     new.remote_identity = sa.remote_identity
+    new.eap_identity = sa.eap_identity
     new.nat_local, new.nat_remote = sa.nat_local, sa.nat_remote
     new.mobike, new.peer_additional = sa.mobike, sa.peer_additional  # negotiated once, in IKE_AUTH
     new.created_at = now
