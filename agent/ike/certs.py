@@ -91,15 +91,19 @@ class Credentials:
     else the classic method of the key type; "classic" always uses RSA (1) / ECDSA (9-11)."""
 
     chain: tuple[x509.Certificate, ...]
-    key: SigningKey = field(repr=False)
+    key: SigningKey | None = field(repr=False)  # None (and no chain): trust anchors only
     trusted: tuple[x509.Certificate, ...]
     clock: WallClock = field(repr=False, compare=False)
     method: str = "signature"
     rsa_pss: bool = False
 
     def __post_init__(self) -> None:
-        if not self.chain:
-            raise CredentialError("certificate: at least our own certificate is needed")
+        if self.key is None and not self.chain:
+            if not self.trusted:
+                raise CredentialError("cas: at least one trusted CA certificate is needed")
+            return
+        if not self.chain or self.key is None:
+            raise CredentialError("certificate: at least our own certificate and its key are needed")
         if not self.trusted:
             raise CredentialError("cas: at least one trusted CA certificate is needed")
         if self.method not in SIGNATURE_METHODS:
@@ -116,6 +120,17 @@ class Credentials:
         chain = _load_certs(cert, "certificate")
         trusted = [c for i, data in enumerate(cas) for c in _load_certs(data, f"cas[{i}]")]
         return cls(tuple(chain), _load_key(key.reveal()), tuple(trusted), clock, method, rsa_pss)
+
+    @classmethod
+    def trust_anchors(cls, cas: Sequence[bytes], clock: WallClock) -> Credentials:
+        """Only CAs to check a peer's certificate against, nothing to sign with: an EAP road
+        warrior's view of its gateway (RFC 7296 2.16)."""
+        trusted = [c for i, data in enumerate(cas) for c in _load_certs(data, f"cas[{i}]")]
+        return cls((), None, tuple(trusted), clock)
+
+    @property
+    def can_sign(self) -> bool:
+        return self.key is not None
 
     def certreq_hashes(self) -> bytes:
         """CERTREQ data: SHA-1 of each trusted CA's SubjectPublicKeyInfo (RFC 7296 3.7)."""

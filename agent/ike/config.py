@@ -181,6 +181,10 @@ class IkeConfig:
             raise ConfigError(
                 f"{where}: EAP needs credentials (the gateway's certificate, the CAs it chains to)"
             )
+        if self.eap is not None and self.credentials is not None and not self.credentials.can_sign:
+            raise ConfigError(f"{where}: an EAP gateway signs with its certificate; credentials have none")
+        if self.credentials is not None and not self.credentials.can_sign and self.eap_client is None:
+            raise ConfigError(f"{where}: credentials without a certificate only suit an EAP road warrior")
         if self.eap is not None and self.eap_client is not None:
             raise ConfigError(f"{where}: eap (gateway) and eap_client (road warrior) exclude each other")
         if self.credentials is None and (not isinstance(self.psk, Secret) or len(self.psk) == 0):

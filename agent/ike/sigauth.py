@@ -121,6 +121,8 @@ def _read(data: bytes, off: int) -> tuple[int, bytes, int]:
 def sign(creds: Credentials, octets: bytes, peer_hashes: frozenset[int] | None) -> tuple[int, bytes]:
     """(AUTH method, AUTH data) for the signed octets of RFC 7296 2.15."""
     key = creds.key
+    if key is None:
+        raise SignatureError("no certificate of our own to sign with (trust anchors only)")
     use_7427 = creds.method == "signature" and peer_hashes is not None
     if isinstance(key, ed25519.Ed25519PrivateKey):
         if peer_hashes is None or HashId.IDENTITY not in peer_hashes:

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from OpenSSL import SSL, crypto
 
 from meshsec.agent.ike import snapshot
+from meshsec.agent.ike.certs import Credentials
+from meshsec.agent.ike.config import ConfigError
 from meshsec.agent.ike.constants import ExchangeType
 from meshsec.agent.ike.eap.message import Code, EapPacket, EapType, decode
 from meshsec.agent.ike.eap.server import EapServer
@@ -32,15 +34,15 @@ from meshsec.common.md4 import nt_password_hash
 from meshsec.common.secrets import Secret
 
 from .peers import Pair, child, ike_config, of_type
-from .pki import Authority, credentials
+from .pki import NOW, Authority, credentials
 
 GW_ID, CLIENT_ID = "gw.example", "carol.example"
 CA = Authority.root("eap test CA")
 GW_CERT, GW_KEY = CA.issue(GW_ID)
 GW_CREDS = credentials([GW_CERT], GW_KEY, [CA.cert])
-# The road warrior trusts the CA; its own certificate is not used with EAP-MSCHAPv2.
-CLIENT_CERT, CLIENT_KEY = CA.issue(CLIENT_ID)
-CLIENT_CREDS = credentials([CLIENT_CERT], CLIENT_KEY, [CA.cert])
+# The road warrior only trusts the CA: it has no certificate of its own (EAP-MSCHAPv2).
+CLIENT_CREDS = Credentials((), None, (CA.cert,), lambda: NOW)
+CLIENT_CERT, CLIENT_KEY = CA.issue(CLIENT_ID)  # for EAP-TLS
 USERS = {
     b"carol": EapUser(b"carol", nt_hash=Secret(nt_password_hash("correct horse"))),
     CLIENT_ID.encode(): EapUser(
@@ -365,3 +367,11 @@ def test_the_eap_identity_survives_an_ike_rekey_and_a_snapshot() -> None:
     pair.pump()
     successor = next(sa for sa in pair.table if sa is not gateway and sa.established)
     assert successor.eap_identity == "carol"
+
+
+def test_trust_anchors_alone_suit_only_an_eap_road_warrior() -> None:
+    with pytest.raises(ConfigError, match="only suit an EAP road warrior"):
+        ike_config(local_id=CLIENT_ID, remote_id=GW_ID, psk=None, credentials=CLIENT_CREDS)
+    with pytest.raises(ConfigError, match="an EAP gateway signs with its certificate"):
+        ike_config(local_id=GW_ID, remote_id="%any", psk=None, credentials=CLIENT_CREDS,
+                   eap=EapServerConfig(users=USERS.get))  # fmt: skip

@@ -86,6 +86,7 @@ class TlsAuthenticator:
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
         ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
         ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION)
+        assert credentials.key is not None  # IkeConfig refuses an EAP gateway that cannot sign
         ctx.use_certificate(credentials.chain[0])
         for extra in credentials.chain[1:]:
             ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
