@@ -20,6 +20,7 @@ from meshsec.agent.ike.certs import CredentialError, Credentials, wall_clock
 from meshsec.agent.ike.config import ChildConfig, IkeConfig, RetransmitConfig
 from meshsec.agent.ike.config import ConfigError as EngineConfigError
 from meshsec.agent.ike.constants import ProtocolId
+from meshsec.agent.ike.eap.users import EapClientConfig
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.proposals import ProposalError, parse_proposals
 from meshsec.agent.ike.ts import Ts
@@ -336,9 +337,9 @@ def _identity(node: _Node, default: str | None, *, allow_any: bool) -> str:
     return ident
 
 
-def _auth(node: _Node, eap: bool = False) -> str:
+def _auth(node: _Node, extra: tuple[str, ...] = ()) -> str:
     method = node.get("auth", str, "psk")
-    allowed = AUTH_METHODS + (EAP_METHODS if eap else ())
+    allowed = AUTH_METHODS + extra
     if method not in allowed:
         choices = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
         raise ConfigError(node.at("auth"), f"must be {choices}, not {method!r}")
@@ -373,6 +374,29 @@ def _credentials(local: _Node, remote: _Node, base: Path) -> Credentials:
         raise ConfigError(local.path, str(exc)) from None
 
 
+def _trust_anchors(remote: _Node, base: Path) -> Credentials:
+    names = remote.strings("cas")
+    if not names:
+        raise ConfigError(remote.at("cas"), "auth pubkey needs at least one trusted CA file")
+    cas = [_read_path(f"{remote.at('cas')}[{i}]", base / name) for i, name in enumerate(names)]
+    try:
+        return Credentials.trust_anchors(cas, wall_clock)
+    except CredentialError as exc:
+        raise ConfigError(remote.path, str(exc)) from None
+
+
+def _eap_client(local: _Node, local_id: str, users: Mapping[str, EapUser]) -> EapClientConfig:
+    """Our EAP identity (`eap_id`, default: our IKE identity) and its password from the secrets
+    section, as swanctl.conf's `eap-<name>` secrets."""
+    eap_id = local.get("eap_id", str, local_id)
+    user = users.get(eap_id.lower())
+    if user is None:
+        raise ConfigError(
+            local.at("eap_id"), f"no eap-<name> secret with id {eap_id!r} in the secrets section"
+        )
+    return _wrap(local.path, lambda: EapClientConfig(eap_id.encode(), user.nt_hash))
+
+
 def parse_connection(
     node: _Node, name: str, base: Path, eap_users: Mapping[str, EapUser] | None = None
 ) -> Connection:
@@ -381,9 +405,18 @@ def parse_connection(
     local, remote = node.child("local"), node.child("remote")
     local_id = _identity(local, local_addrs[0] if local_addrs else None, allow_any=False)
     remote_id = _identity(remote, remote_addrs[0] if remote_addrs else "%any", allow_any=True)
-    local_auth, remote_auth = _auth(local), _auth(remote, eap=True)
-    eap = None
-    if remote_auth in EAP_METHODS:
+    local_auth, remote_auth = _auth(local, ("eap-mschapv2",)), _auth(remote, EAP_METHODS)
+    eap = eap_client = None
+    creds: Credentials | None = None
+    if local_auth == "eap-mschapv2":
+        # We are the road warrior: EAP-MSCHAPv2 for us, the gateway's certificate for it.
+        if remote_auth != "pubkey":
+            raise ConfigError(
+                remote.at("auth"), "an EAP road warrior checks the gateway's certificate: pubkey"
+            )
+        eap_client = _eap_client(local, local_id, eap_users or {})
+        creds = _trust_anchors(remote, base)
+    elif remote_auth in EAP_METHODS:
         from meshsec.agent.standalone.remote_access import eap_server_config
 
         if local_auth != "pubkey":
@@ -391,7 +424,8 @@ def parse_connection(
         eap = eap_server_config(remote_auth, eap_users or {})
     elif local_auth != remote_auth:
         raise ConfigError(remote.at("auth"), f"must equal local auth {local_auth!r} (no mixed auth)")
-    creds = _credentials(local, remote, base) if local_auth == "pubkey" else None
+    if local_auth == "pubkey":
+        creds = _credentials(local, remote, base)
     local.check_unknown()
     remote.check_unknown()
     psk = _psk(node, base) if creds is None else None
@@ -457,6 +491,7 @@ def parse_connection(
             dpd_action=dpd_action,
             credentials=creds,
             eap=eap,
+            eap_client=eap_client,
         ),
     )
     node.check_unknown()

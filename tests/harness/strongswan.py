@@ -108,6 +108,17 @@ class EapAuth:
 
 
 @dataclass(frozen=True)
+class EapGatewayAuth:
+    """A gateway: our certificate (`cert`, `key`), the peer's EAP-MSCHAPv2 checked against
+    `users` (EAP identity -> password); `ca` is what the peer's certificate would chain to."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    users: Mapping[str, Secret]
+
+
+@dataclass(frozen=True)
 class Child:
     name: str
     local_ts: tuple[str, ...]
@@ -132,7 +143,7 @@ class Connection:
     remote_addrs: tuple[str, ...]
     local_id: str
     remote_id: str
-    auth: Psk | CertAuth | EapAuth
+    auth: Psk | CertAuth | EapAuth | EapGatewayAuth
     children: tuple[Child, ...]
     proposals: tuple[str, ...] = ("aes256gcm16-prfsha256-x25519",)
     local_port: int = 500
@@ -310,6 +321,12 @@ def swanctl_conf(connections: Sequence[Connection]) -> str:
                 # Hex keeps any byte value out of the config parser's quoting rules.
                 "secret": "0x" + conn.auth.secret.reveal().hex(),
             }
+        elif isinstance(conn.auth, EapGatewayAuth):
+            local["auth"], remote["auth"] = "pubkey", "eap-mschapv2"
+            local["certs"] = f"{conn.name}.pem"
+            remote["eap_id"] = "%any"
+            for i, (identity, password) in enumerate(sorted(conn.auth.users.items())):
+                secrets[f"eap-{conn.name}-{i}"] = {"id": identity, "secret": "0x" + password.reveal().hex()}
         elif isinstance(conn.auth, EapAuth):
             local["auth"], remote["auth"] = conn.auth.method, "pubkey"
             local["eap_id"] = conn.auth.identity
@@ -658,7 +675,7 @@ class Charon:
             strongswan_conf(self.settings, self._seen(self.vici_socket), self._seen(self.log_path))
         )
         for conn in self.connections:
-            if isinstance(conn.auth, CertAuth):
+            if isinstance(conn.auth, CertAuth | EapGatewayAuth):
                 shutil.copyfile(conn.auth.cert, self.swanctl_dir / "x509" / f"{conn.name}.pem")
                 shutil.copyfile(conn.auth.key, self.swanctl_dir / "private" / f"{conn.name}.pem")
                 shutil.copyfile(conn.auth.ca, self.swanctl_dir / "x509ca" / f"{conn.name}-ca.pem")
@@ -814,6 +831,7 @@ __all__ = [
     "ChildSa",
     "Connection",
     "EapAuth",
+    "EapGatewayAuth",
     "IkeSa",
     "Psk",
     "SwanctlError",

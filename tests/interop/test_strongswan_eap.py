@@ -2,7 +2,9 @@
 gateway signs with its certificate and checks strongSwan's EAP-MSCHAPv2 (eap-identity and
 eap-mschapv2 plugins) or EAP-TLS (eap-tls, a client certificate from the same CA); the tunnel
 carries a ping; a wrong password and an unknown user fail on both sides with
-AUTHENTICATION_FAILED. The client brings its own fixed inner address (no virtual IP)."""
+AUTHENTICATION_FAILED. The client brings its own fixed inner address (no virtual IP). And the
+other way round: a meshsec road warrior (EAP-MSCHAPv2, only the CA to trust) connects to a
+strongSwan gateway, and is refused with a wrong password."""
 
 from __future__ import annotations
 
@@ -13,7 +15,14 @@ import pytest
 
 from meshsec.common.secrets import Secret
 from tests.harness.netns import Lab
-from tests.harness.strongswan import DEFAULT_PLUGINS, EAP_PLUGINS, CharonFactory, EapAuth, IkeSa
+from tests.harness.strongswan import (
+    DEFAULT_PLUGINS,
+    EAP_PLUGINS,
+    CharonFactory,
+    EapAuth,
+    EapGatewayAuth,
+    IkeSa,
+)
 from tests.interop.meshsec_agent import MeshsecAgent
 from tests.interop.test_strongswan_cert import Pki
 from tests.interop.topology import (
@@ -124,3 +133,45 @@ def test_eap_tls_with_a_ca_issued_client_certificate(lab: Lab, charons: CharonFa
     ping = pair.ms.ping(SW_INNER, src=MS_INNER, count=3, interval=0.05)
     assert ping.ok, ping
     assert "EAP method EAP_TLS succeeded, MSK established" in sw.log_text(), sw.log_text()[-3000:]
+
+
+def _road_warrior(pki: Pki, password: str) -> dict[str, Any]:
+    ike, esp, _, _ = SUITES["gcm-x25519"]
+    config = meshsec_config(ike, esp, start_action="initiate", dataplane="userspace")
+    conn = config["connections"]["peer"]
+    del conn["psk"]
+    conn["local"] = {"id": MS_ID, "auth": "eap-mschapv2", "eap_id": USER}
+    conn["remote"] = {"id": SW_ID, "auth": "pubkey", "cas": [str(pki.ca_path)]}
+    config["secrets"] = {"eap-carol": {"id": USER, "secret": password}}
+    return config
+
+
+@pytest.mark.parametrize("password", [PASSWORD, "wrong horse battery"])
+def test_meshsec_road_warrior_against_a_strongswan_gateway(
+    lab: Lab, charons: CharonFactory, password: str
+) -> None:
+    pki = Pki(lab.workdir, "ecdsa256")
+    cert, key = pki.leaf("gateway", SW_ID)
+    ike, esp, _, _ = SUITES["gcm-x25519"]
+    gateway = replace(
+        swan_connection(ike, esp), remote_id="%any",
+        auth=EapGatewayAuth(cert, key, pki.ca_path, {USER: Secret(PASSWORD)}),
+    )  # fmt: skip
+    pair = build(lab)
+    settings = replace(swan_settings(), plugins=DEFAULT_PLUGINS + EAP_PLUGINS)
+    sw = charons.start(pair.sw, [gateway], settings)
+    agent = MeshsecAgent(pair.ms, _road_warrior(pki, password)).start()
+    if password == PASSWORD:
+        agent.wait_for(lambda s: agent.established("peer"))
+        sw.wait_for(_established)
+        ping = pair.ms.ping(SW_INNER, src=MS_INNER, count=3, interval=0.05)
+        assert ping.ok, ping
+        log = sw.log_text()
+        assert "EAP method EAP_MSCHAPV2 succeeded, MSK established" in log, log[-3000:]
+        assert f"authentication of '{MS_ID}' with EAP successful" in log
+    else:
+        agent.wait_for(lambda s: " FAILED: " in agent.log_text() or None, timeout=15)
+        assert "refused the password" in agent.log_text(), agent.log_text()[-3000:]
+        assert agent.established("peer") is None
+        sw.wait_for(lambda sas: "EAP method EAP_MSCHAPV2 failed" in sw.log_text() or None, timeout=10)
+    assert password not in agent.log_text()
