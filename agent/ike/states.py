@@ -97,6 +97,8 @@ class ExchangeRules:
     send_in: frozenset[State]
     accept_in: frozenset[State]
     from_original_initiator: bool = False
+    # Also accepted while the SA's peer is in the middle of EAP (a gateway's `sa.eap` is set).
+    accept_during_eap: bool = False
 
 
 _OPEN = frozenset({State.ESTABLISHED, State.DELETING})
@@ -115,8 +117,8 @@ EXCHANGE_RULES: dict[ExchangeType, ExchangeRules] = {
         frozenset({State.AUTHENTICATING}), frozenset({State.AUTHENTICATING}), from_original_initiator=True
     ),
     ExchangeType.CREATE_CHILD_SA: ExchangeRules(_OPEN, _OPEN),
-    # AUTHENTICATING too: a peer mid-EAP may give up with N(AUTHENTICATION_FAILED) (its
-    # responder answers nothing else there: exchanges/informational.py).
-    ExchangeType.INFORMATIONAL: ExchangeRules(_OPEN, _OPEN | {State.AUTHENTICATING}),
+    # A peer mid-EAP may give up with N(AUTHENTICATION_FAILED) (exchanges/informational.py);
+    # any other SA still authenticating drops it, so the sender retries once we are up.
+    ExchangeType.INFORMATIONAL: ExchangeRules(_OPEN, _OPEN, accept_during_eap=True),
     ExchangeType.IKE_FOLLOWUP_KE: ExchangeRules(_OPEN, _OPEN),  # RFC 9370 2.2.4
 }

@@ -236,7 +236,7 @@ class TaskManager:
         if rules.from_original_initiator and sa.initiator:
             sa.stats["dropped_unexpected_request"] += 1
             return
-        if sa.state not in rules.accept_in:
+        if sa.state not in rules.accept_in and not (rules.accept_during_eap and sa.eap is not None):
             sa.stats["dropped_unexpected_init" if is_init else "dropped_unexpected_request"] += 1
             return
         msg, error = self._decode(datagram, header)
