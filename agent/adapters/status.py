@@ -55,6 +55,7 @@ def sa_status(
         "remote": str(sa.remote),
         "local_id": est.local_id if est else str(sa.config.local_identity),
         "remote_id": est.remote_id if est else None,
+        **({"eap_id": sa.eap_identity} if sa.eap_identity is not None else {}),  # what the peer proved
         "initiator_spi": sa.spi_i.hex(),
         "responder_spi": sa.spi_r.hex(),
         "nat_local": sa.nat_local,

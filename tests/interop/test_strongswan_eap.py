@@ -88,6 +88,7 @@ def test_eap_mschapv2_road_warrior_connects_and_carries_a_ping(lab: Lab, charons
     sw_sa = sw.wait_for(_established)
     ms_sa = agent.wait_for(lambda s: agent.established("peer"))
     assert (ms_sa["initiator_spi"], ms_sa["responder_spi"]) == (sw_sa.initiator_spi, sw_sa.responder_spi)
+    assert (ms_sa["remote_id"], ms_sa["eap_id"]) == (SW_ID, USER)  # IDi, and who proved it with EAP
     ping = pair.ms.ping(SW_INNER, src=MS_INNER, count=5, interval=0.05)
     assert ping.ok, ping
     log = sw.log_text()
