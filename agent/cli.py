@@ -159,22 +159,9 @@ def run_standalone(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"meshsec-agent: invalid configuration {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    from meshsec.agent.standalone.remote_access import SERVED_REMOTE_AUTH
-
-    eap = ", ".join(c.name for c in config.remote_access if c.remote_auth not in SERVED_REMOTE_AUTH)
     if args.check:
-        served = len(config.connections) + len(config.remote_access)
-        extra = f"; EAP connections {eap}: checked, not served yet" if eap else ""
-        print(f"{args.config}: OK ({served} connection(s){extra})")
+        print(f"{args.config}: OK ({len(config.connections) + len(config.remote_access)} connection(s))")
         return 0
-    if eap:
-        # Fail closed: running without the EAP road-warrior connections would look like it works.
-        print(
-            f"meshsec-agent: {eap}: remote-access connections with EAP are not served by this agent's "
-            "IKE engine yet (docs/remote-access.md); use remote.auth pubkey or remove them",
-            file=sys.stderr,
-        )
-        return EXIT_UNAVAILABLE
     configure_logging(args.log_level or config.agent.log_level, log_format=args.log_format)
     if world_readable(args.config):
         log.warning("%s is readable by every user and may hold pre-shared keys", args.config)

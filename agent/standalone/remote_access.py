@@ -54,7 +54,6 @@ from meshsec.common.md4 import nt_password_hash
 from meshsec.common.secrets import Secret
 
 REMOTE_AUTH = ("pubkey", "eap-mschapv2", "eap-tls")
-SERVED_REMOTE_AUTH = ("pubkey",)
 # What a CHILD_SA config needs as the remote side; every client is narrowed to its own addresses.
 DYNAMIC_REMOTE_TS = (Ts.from_cidr("0.0.0.0/0"), Ts.from_cidr("::/0"))
 MAX_POOL_HOST_BITS = 16  # as RemoteAccessPool: allocation scans the range
@@ -256,8 +255,12 @@ def parse_connection(node: _Node, name: str, base: Path, pools: dict[str, Pool])
     return RemoteAccessConnection(name, names, local_id, credentials, remote_auth, proposals, tuple(children))
 
 
-def engine_config(conn: RemoteAccessConnection, pool: AddressPool) -> IkeConfig:
-    """The responder IkeConfig for `%any` road warriors of `conn`, drawing addresses from `pool`."""
+def engine_config(
+    conn: RemoteAccessConnection, pool: AddressPool, eap_users: Mapping[str, EapUser] | None = None
+) -> IkeConfig:
+    """The responder IkeConfig for `%any` road warriors of `conn`, drawing addresses from `pool`;
+    EAP clients are checked against `eap_users` (the secrets section)."""
+    eap = eap_server_config(conn.remote_auth, eap_users or {}) if conn.remote_auth != "pubkey" else None
     children = tuple(
         ChildConfig(name, tuple(Ts.from_cidr(t) for t in local_ts), DYNAMIC_REMOTE_TS, ",".join(esp))
         for name, local_ts, esp in conn.children
@@ -270,6 +273,7 @@ def engine_config(conn: RemoteAccessConnection, pool: AddressPool) -> IkeConfig:
         ",".join(conn.proposals),
         children,
         credentials=conn.credentials,
+        eap=eap,
         address_pool=pool,
         # Road warriors roam and sleep: the gateway finds dead ones, they reconnect themselves.
         dpd_delay=30.0,

@@ -75,7 +75,9 @@ class Agent:
         pools = {name: LocalPool(name, p.addrs, p.dns, p.subnets) for name, p in config.pools.items()}
         self.pool_sets = {c.name: PoolSet(pools[n] for n in c.pools) for c in config.remote_access}
         # Tried after the site-to-site connections: those name their peers, these take anyone.
-        self._road_warriors = [engine_config(c, self.pool_sets[c.name]) for c in config.remote_access]
+        self._road_warriors = [
+            engine_config(c, self.pool_sets[c.name], config.eap_users) for c in config.remote_access
+        ]
         self.clients = ConnectedClients(lambda conn, client: self.pool_sets[conn].release(client))
         self.adapter = IkeAdapter(
             self._lookup,
@@ -110,7 +112,8 @@ class Agent:
 
     def _on_event(self, record: SaRecord, event: Event) -> None:
         if record.sa.config.address_pool is not None:
-            peer = str(record.sa.remote_identity) if record.sa.remote_identity else record.sa.remote.host
+            sa = record.sa
+            peer = sa.eap_identity or (str(sa.remote_identity) if sa.remote_identity else sa.remote.host)
             seen = self.clients.observe(record.handle, record.name, peer, event)
             if seen is not None:
                 _log_client(seen, record.sa.remote.host)

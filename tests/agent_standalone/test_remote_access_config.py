@@ -1,19 +1,22 @@
 """Standalone remote-access configuration: pools, EAP secrets (kept as NT hashes) and %any
-connections parse as documented, mistakes are refused with their field path, and the agent
-refuses to run an EAP connection (not served yet) rather than ignore it."""
+connections parse as documented, mistakes are refused with their field path, and EAP
+connections become engine configs whose users are the secrets."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from meshsec.agent.gateway.pool import PoolSet
 from meshsec.agent.standalone.config import ConfigError, load_config, parse_config
+from meshsec.agent.standalone.remote_access import engine_config
 from meshsec.common.md4 import nt_password_hash
 from tests.ike.pki import Authority, key_pem, pem
 
@@ -100,16 +103,21 @@ def test_mistakes_are_refused_by_path(files: Path, change: Any, expected: str) -
     assert "alice-password" not in message
 
 
-def test_agent_checks_but_refuses_to_run_eap_remote_access(files: Path) -> None:
+def test_eap_remote_access_is_served_with_the_secrets_as_its_users(files: Path) -> None:
     path = files / "agent.yaml"
     path.write_text(yaml.safe_dump(documented()))
-    assert load_config(path).remote_access
+    config = load_config(path)
     agent = [sys.executable, "-m", "meshsec.agent.cli", "--config", str(path)]
     check = subprocess.run([*agent, "--check"], capture_output=True, text=True, timeout=60)
-    assert check.returncode == 0 and "EAP connections rw: checked, not served yet" in check.stdout
-    run = subprocess.run(agent, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 3
-    assert "rw: remote-access connections with EAP are not served by this agent's IKE engine" in run.stderr
+    assert check.returncode == 0 and check.stdout.endswith("OK (1 connection(s))\n"), check.stdout
+    (conn,) = config.remote_access
+    ike = engine_config(conn, PoolSet([]), config.eap_users)
+    assert ike.eap is not None and ike.eap.methods == ("mschapv2",) and ike.address_pool is not None
+    alice = ike.eap.users(b"Alice@Example.test")
+    assert alice is not None and alice.nt_hash is not None
+    assert alice.nt_hash.reveal() == nt_password_hash("alice-password")
+    pubkey = replace(conn, remote_auth="pubkey")
+    assert engine_config(pubkey, PoolSet([]), config.eap_users).eap is None
 
 
 def test_certificate_remote_access_is_served(files: Path) -> None:

@@ -8,21 +8,26 @@ strongSwan gateway, and is refused with a wrong password."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from meshsec.common.secrets import Secret
+from meshsec.meshctl.profiles import swanctl
+from meshsec.meshctl.profiles.model import ProfileInput
 from tests.harness.netns import Lab
 from tests.harness.strongswan import (
     DEFAULT_PLUGINS,
     EAP_PLUGINS,
     CharonFactory,
+    CharonSettings,
     EapAuth,
     EapGatewayAuth,
     IkeSa,
 )
+from tests.interop import remote_access as ra
 from tests.interop.meshsec_agent import MeshsecAgent
 from tests.interop.test_strongswan_cert import Pki
 from tests.interop.topology import (
@@ -176,3 +181,51 @@ def test_meshsec_road_warrior_against_a_strongswan_gateway(
         assert agent.established("peer") is None
         sw.wait_for(lambda sas: "EAP method EAP_MSCHAPV2 failed" in sw.log_text() or None, timeout=10)
     assert password not in agent.log_text()
+
+
+@pytest.mark.timeout(120)
+def test_eap_mschapv2_road_warrior_gets_a_virtual_address_from_the_pool(
+    lab: Lab, charons: CharonFactory
+) -> None:
+    """vips = 0.0.0.0 behind the NAT box with the meshctl-rendered EAP-MSCHAPv2 profile (the
+    password put into its secrets section), against a pooled standalone gateway connection."""
+    site = ra.build(lab)
+    config = ra.gateway_config(site)
+    config["connections"]["rw"]["remote"]["auth"] = "eap-mschapv2"
+    config["secrets"] = {"eap-alice": {"id": "alice@example.test", "secret": PASSWORD}}
+    agent = ra.start_gateway(site, config)
+    files = swanctl.render(
+        ProfileInput(
+            name=ra.CONNECTION, server=ra.GW_OUTER, server_id=ra.GW_ID, identity="alice@example.test",
+            auth="eap-mschapv2", ca=site.ca.certificate,
+            ike_proposals=("aes256gcm16-prfsha384-ecp384",), esp_proposals=("aes256gcm16-ecp384",),
+            routes=("198.19.50.0/24",),
+        )
+    )  # fmt: skip
+    conf = files["swanctl.conf"].decode()
+    assert "# secret = <your password>" in conf
+    files["swanctl.conf"] = conf.replace("# secret = <your password>", f'secret = "{PASSWORD}"').encode()
+    host = site.client_host()
+    settings = CharonSettings(
+        plugins=(*DEFAULT_PLUGINS, *EAP_PLUGINS), retransmit_tries=2, retransmit_timeout=2.0
+    )
+    client = charons.start(host, [], settings)
+    for rel, data in files.items():
+        path = client.swanctl_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    client.swanctl("--load-all", "--noprompt")
+    client.initiate(ra.CONNECTION, ra.CONNECTION, timeout=20)
+    sa = ra.client_sa(client)
+    assert sa is not None, client.log_text()[-3000:]
+    (vip,) = sa["local-vips"]
+    assert ipaddress.ip_address(vip) in ipaddress.ip_network(ra.POOL)
+    assert "EAP method EAP_MSCHAPV2 succeeded, MSK established" in client.log_text()
+    ping = host.ping(ra.SRV, src=vip, count=3, interval=0.05)
+    assert ping.ok, ping
+    status = agent.status()
+    (lease,) = status["leases"]
+    assert lease["client"] == "alice@example.test" and lease["addresses"] == [vip]  # named by EAP identity
+    (ms_sa,) = [s for s in status["ike_sas"] if s.get("eap_id")]
+    assert ms_sa["eap_id"] == "alice@example.test"
+    assert PASSWORD not in agent.log_text()

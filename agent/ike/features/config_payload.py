@@ -88,7 +88,8 @@ class ConfigPayload(Feature):
         if request.ip4 is None and request.ip6 is None:
             self._refuse(sa, NotifyType.FAILED_CP_REQUIRED, "asked for no address in its CFG_REQUEST")
             return None
-        client = Client(str(sa.remote_identity), sa.peer_common_name or "")
+        # An EAP client is the user it proved to be, whatever its IDi (an address, a device name).
+        client = Client(sa.eap_identity or str(sa.remote_identity), sa.peer_common_name or "")
         answer = pool.assign(client, request)
         if isinstance(answer, AddressPending):
             sa.stats["cp_deferred"] += 1
@@ -111,7 +112,7 @@ class ConfigPayload(Feature):
         return None
 
     def _refuse(self, sa: IkeSa, notify: NotifyType, reason: str) -> None:
-        client = str(sa.remote_identity)
+        client = sa.eap_identity or str(sa.remote_identity)
         sa.refuse_first_child = notify
         sa.emit(VirtualAddressRefused(client, f"{client}: {reason}", notify.name))
 
