@@ -8,6 +8,7 @@ PRF computed here from the TLS master secret."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import json
 
@@ -23,7 +24,7 @@ from meshsec.agent.ike.constants import ExchangeType
 from meshsec.agent.ike.eap.message import Code, EapPacket, EapType, decode
 from meshsec.agent.ike.eap.server import EapServer
 from meshsec.agent.ike.eap.tls import FLAG_LENGTH, FLAG_MORE, FLAG_START, decode_tls, encode_tls
-from meshsec.agent.ike.eap.users import EapClientConfig, EapServerConfig, EapUser
+from meshsec.agent.ike.eap.users import PENDING, EapClientConfig, EapServerConfig, EapUser, UserPending
 from meshsec.agent.ike.events import ChildSaEstablished, IkeSaEstablished, IkeSaFailed
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.identity import Identity
@@ -375,3 +376,29 @@ def test_trust_anchors_alone_suit_only_an_eap_road_warrior() -> None:
     with pytest.raises(ConfigError, match="an EAP gateway signs with its certificate"):
         ike_config(local_id=GW_ID, remote_id="%any", psk=None, credentials=CLIENT_CREDS,
                    eap=EapServerConfig(users=USERS.get))  # fmt: skip
+
+
+@pytest.mark.parametrize("identity", ["request", "idi"])
+def test_a_pending_user_lookup_defers_the_round_until_resumed(identity: str) -> None:
+    """A gateway that fetches users (from its controller) answers the round that named the
+    identity only once the user is there: nothing is sent meanwhile, then it goes on."""
+    fetched: dict[bytes, EapUser | None] = {}
+    asked: list[bytes] = []
+
+    def lookup(name: bytes) -> EapUser | UserPending | None:
+        asked.append(name)
+        return fetched.get(name, PENDING)
+
+    pair = _pair(identity=identity)
+    cfg = pair.resp_cfgs[0]
+    pair.resp_cfgs[0] = dataclasses.replace(cfg, eap=dataclasses.replace(cfg.eap, users=lookup))  # type: ignore[arg-type]
+    pair.connect()
+    assert asked == [b"carol"] and not of_type(pair.events_r, IkeSaEstablished)
+    gateway = pair.responder
+    assert gateway.stats["eap_user_pending"] == 1 and gateway.tasks.deferred
+    fetched[b"carol"] = USERS[b"carol"]
+    gateway.resume_request(pair.now)
+    pair.pump()
+    (est,) = of_type(pair.events_r, IkeSaEstablished)
+    assert est.eap_identity == "carol" and of_type(pair.events_i, IkeSaEstablished)
+    assert asked == [b"carol", b"carol"]

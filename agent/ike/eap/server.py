@@ -17,7 +17,7 @@ from meshsec.agent.ike.constants import IdType
 from meshsec.agent.ike.eap.message import Code, EapError, EapPacket, EapType, decode
 from meshsec.agent.ike.eap.mschapv2 import MschapV2Authenticator
 from meshsec.agent.ike.eap.tls import TlsAuthenticator
-from meshsec.agent.ike.eap.users import MAX_EAP_PACKET, EapServerConfig, EapUser
+from meshsec.agent.ike.eap.users import MAX_EAP_PACKET, EapServerConfig, EapUser, UserPending
 from meshsec.agent.ike.identity import Identity
 from meshsec.agent.ike.states import EAP_TRANSITIONS, EapState, check
 from meshsec.common.secrets import Secret
@@ -55,19 +55,26 @@ class EapServer:
         check(EAP_TRANSITIONS, self._state, new, "EAP")
         self._state = new
 
-    def start(self) -> EapPacket:
-        """The first request, for the IKE_AUTH answer that also carries our AUTH."""
+    def start(self) -> EapPacket | None:
+        """The first request, for the IKE_AUTH answer that also carries our AUTH; None while the
+        user lookup is pending (call again)."""
         if self._cfg.identity == "idi" and self._idi.id_type in NAME_IDS:
             return self._choose(self._idi.data)
         return self._emit(EapPacket(Code.REQUEST, self._id, EapType.IDENTITY))
 
-    def receive(self, raw: bytes) -> EapPacket:
-        """The answer to the peer's EAP packet: a request, EAP-Success or EAP-Failure."""
+    def receive(self, raw: bytes) -> EapPacket | None:
+        """The answer to the peer's EAP packet: a request, EAP-Success or EAP-Failure; None while
+        the user lookup is pending (the same packet is given again later)."""
         if self._state not in (EapState.IDENTITY, EapState.METHOD):
             return self._fail(f"EAP packet in state {self._state.value}")
-        self.rounds += 1
-        if self.rounds > self._cfg.max_rounds:
+        if self.rounds >= self._cfg.max_rounds:
             return self._fail(f"EAP took more than {self._cfg.max_rounds} round trips")
+        answer = self._receive(raw)
+        if answer is not None:  # a pending lookup sees the same packet again: not a new round
+            self.rounds += 1
+        return answer
+
+    def _receive(self, raw: bytes) -> EapPacket | None:
         if len(raw) > MAX_EAP_PACKET:
             return self._fail(f"EAP packet of {len(raw)} bytes")
         try:
@@ -96,9 +103,12 @@ class EapServer:
             return self._fail(self._method.reason or "EAP method failed", answer)
         return self._emit(answer)
 
-    def _choose(self, identity: bytes) -> EapPacket:
+    def _choose(self, identity: bytes) -> EapPacket | None:
+        found = self._cfg.users(identity)
+        if isinstance(found, UserPending):
+            return None
         self.identity = identity
-        self._user = self._cfg.users(identity)
+        self._user = found
         allowed = [m for m in self._cfg.methods if self._user is not None and self._user.allows(m)]
         # An unknown user runs the first method all the same and fails where a wrong password
         # would: the answer does not tell who exists.

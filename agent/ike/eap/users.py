@@ -35,7 +35,14 @@ class EapUser:
         return (method == "mschapv2" and self.nt_hash is not None) or (method == "tls" and self.tls)
 
 
-UserLookup = Callable[[bytes], EapUser | None]
+class UserPending:
+    """A lookup's answer while the user is being fetched (a gateway asking its controller): the
+    IKE_AUTH request waits (feature.Deferred's way) and is processed again on resume."""
+
+
+PENDING = UserPending()
+
+UserLookup = Callable[[bytes], EapUser | UserPending | None]
 
 
 class EapConfigError(ValueError):

@@ -75,18 +75,22 @@ def start_eap(
     ident: Identity,
     own: IdPayload,
     my_auth: AuthPayload,
-) -> list[Payload]:
+) -> list[Payload] | None:
     """The answer to an IKE_AUTH request without AUTH: our identity, certificate and AUTH, and
-    the first EAP request."""
+    the first EAP request. None: the user lookup is pending (the request waits, Deferred's way)."""
     assert cfg.eap is not None and cfg.credentials is not None
     server = EapServer(cfg.eap, ident, cfg.credentials, sa.rnd.bytes)
     first = server.start()
+    if first is None:
+        sa.stats["eap_user_pending"] += 1
+        return None
     sa.eap = EapAuthentication(server, msg, idi, ident, own)
     sa.stats["eap_started"] += 1
     return [own, *cert_payloads(cfg.credentials), my_auth, EapPayload(first.encode())]
 
 
-def respond_eap(sa: IkeSa, msg: Message) -> list[Payload] | EapVerified:
+def respond_eap(sa: IkeSa, msg: Message) -> list[Payload] | EapVerified | None:
+    """None: the user lookup is pending; the request is processed again on resume."""
     session = sa.eap
     assert session is not None and sa.keys is not None and sa.prf is not None
     server = session.server
@@ -98,6 +102,9 @@ def respond_eap(sa: IkeSa, msg: Message) -> list[Payload] | EapVerified:
     if not isinstance(eap, EapPayload):
         return _refuse(sa, session, "IKE_AUTH request without the EAP payload the conversation needs")
     answer = server.receive(eap.data)
+    if answer is None:
+        sa.stats["eap_user_pending"] += 1
+        return None
     if answer.code == Code.FAILURE:
         sa.stats["eap_failed"] += 1
         return _refuse(sa, session, server.reason, [EapPayload(answer.encode())])

@@ -221,7 +221,7 @@ def respond_ike_auth(sa: IkeSa, msg: Message, now: float) -> list[Payload] | Non
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     if sa.eap is not None:
         step = respond_eap(sa, msg)
-        if isinstance(step, list):
+        if step is None or isinstance(step, list):
             return step
         sa.remote_identity = sa.eap.ident  # the EAP identity is authenticated; IDi names the SA
         sa.eap_identity = sa.eap.server.identity.decode("utf-8", "replace")
