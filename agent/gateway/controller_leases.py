@@ -27,9 +27,14 @@ RPC_TIMEOUT = 5.0
 FULL_TUNNEL = {"0.0.0.0/0", "::/0"}  # the client's own remote_ts covers these; no SUBNET to send
 
 
+EAP_DEVICE = "eap"
+
+
 def device_of(client: Client) -> str:
-    """A controller-issued device certificate's CN is `<device>.<user>` (controller/ca)."""
-    return client.common_name.split(".", 1)[0]
+    """A controller-issued device certificate's CN is `<device>.<user>` (controller/ca). A
+    password (EAP-MSCHAPv2) client has no certificate: all its sessions are the one device
+    "eap", so a reconnect gets the same address (and a user's second password device shares it)."""
+    return client.common_name.split(".", 1)[0] if client.common_name else EAP_DEVICE
 
 
 def reply_from(response: agent_pb2.AllocateLeaseResponse) -> cp.Reply:

@@ -14,15 +14,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import grpc
 
 from meshsec.agent.adapters.ike import IkeAdapter, SaRecord
 from meshsec.agent.gateway.clients import ClientConnected, ClientDisconnected, ClientEvent, ConnectedClients
+from meshsec.agent.gateway.controller_eap import ControllerEapUsers
 from meshsec.agent.gateway.controller_leases import ControllerLeases
 from meshsec.agent.gateway.revocation import RevocationFollower
 from meshsec.agent.ike.certs import Credentials
 from meshsec.agent.ike.config import ChildConfig, ConfigError, IkeConfig
+from meshsec.agent.ike.eap.users import EapServerConfig
 from meshsec.agent.ike.events import Event
 from meshsec.agent.ike.revocation import RevocationList
 from meshsec.agent.ike.ts import Ts
@@ -30,13 +33,31 @@ from meshsec.agent.ike.virtual_ip import Client
 from meshsec.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
-SERVED_METHODS = ("certificate",)  # EAP methods come with EAP in IKE_AUTH
+SERVED_METHODS = ("certificate", "eap-mschapv2", "eap-tls")
+EAP_METHODS = {"eap-mschapv2": "mschapv2", "eap-tls": "tls"}  # RemoteAuthMethod -> engine method
 DYNAMIC = (Ts.from_cidr("0.0.0.0/0"), Ts.from_cidr("::/0"))  # narrowed to each client's addresses
 PREFIX = "ra-"
 
 
 def is_road_warrior(record: SaRecord) -> bool:
     return record.sa.config.address_pool is not None
+
+
+def service_configs(
+    service: agent_pb2.RemoteAccessService, local_id: str, creds: Credentials, pool: ControllerLeases,
+    revocations: RevocationList, eap_users: ControllerEapUsers | None,
+) -> list[IkeConfig]:  # fmt: skip
+    """One responder config for the pool's certificate clients, one for its EAP clients (a client
+    that leaves AUTH out of IKE_AUTH only ever matches a config with EAP)."""
+    out = []
+    if "certificate" in service.auth_methods:
+        out.append(service_config(service, local_id, creds, pool, revocations))
+    methods = tuple(EAP_METHODS[m] for m in EAP_METHODS if m in service.auth_methods)
+    if methods and eap_users is not None:
+        eap = EapServerConfig(users=eap_users.lookup, methods=methods)
+        base = service_config(service, local_id, creds, pool, revocations)
+        out.append(replace(base, name=f"{base.name}-eap", eap=eap))
+    return out
 
 
 def service_config(
@@ -68,6 +89,7 @@ class RoadWarriorGateway:
         self.revocations = RevocationList()
         self.configs: list[IkeConfig] = []
         self.leases: ControllerLeases | None = None
+        self.eap_users: ControllerEapUsers | None = None
         self.clients = ConnectedClients(self._release)
         self._follower: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
@@ -90,7 +112,8 @@ class RoadWarriorGateway:
         for service in served:
             assert creds is not None
             try:
-                configs.append(service_config(service, local_id, creds, self.leases, self.revocations))
+                configs += service_configs(service, local_id, creds, self.leases, self.revocations,
+                                           self.eap_users)  # fmt: skip
             except ConfigError as exc:
                 log.error("remote access: pool %s not served: %s", service.pool, exc)
         names = tuple(c.name for c in configs)
@@ -111,6 +134,7 @@ class RoadWarriorGateway:
         self._channel = channel_factory()
         stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         self.leases = ControllerLeases(stub, self._lease_ready)
+        self.eap_users = ControllerEapUsers(stub, self._eap_user_ready)
 
         async def fetch() -> list[str]:
             request = agent_pb2.ListRevokedCertificatesRequest()
@@ -127,6 +151,8 @@ class RoadWarriorGateway:
                 await self._follower
         if self.leases is not None:
             await self.leases.settle()
+        if self.eap_users is not None:
+            await self.eap_users.close()
         if self._channel is not None:
             await self._channel.close(None)
 
@@ -146,7 +172,15 @@ class RoadWarriorGateway:
     def _lease_ready(self, client: Client) -> None:
         for record in self.adapter.active():
             sa = record.sa
-            if is_road_warrior(record) and sa.tasks.deferred and str(sa.remote_identity) == client.identity:
+            who = sa.eap_identity or str(sa.remote_identity)
+            if is_road_warrior(record) and sa.tasks.deferred and who == client.identity:
+                self.adapter.answer_deferred(record)
+
+    def _eap_user_ready(self, _identity: bytes) -> None:
+        # The waiting SA has not proved an identity yet: resume every waiting EAP client; one
+        # whose own answer is still on its way just waits again.
+        for record in self.adapter.active():
+            if is_road_warrior(record) and record.sa.config.eap is not None and record.sa.tasks.deferred:
                 self.adapter.answer_deferred(record)
 
     def _drop_revoked(self, serials: frozenset[str]) -> None:

@@ -98,7 +98,7 @@ class Connection:
 class StandaloneConfig:
     agent: AgentSettings
     connections: tuple[Connection, ...]
-    # Road warriors (agent/standalone/remote_access.py): parsed and checked, not served yet.
+    # Road warriors (agent/standalone/remote_access.py), with pools.
     pools: Mapping[str, Pool] = field(default_factory=dict)
     eap_users: Mapping[str, EapUser] = field(default_factory=dict)
     remote_access: tuple[RemoteAccessConnection, ...] = ()

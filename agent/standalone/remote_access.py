@@ -19,10 +19,9 @@ connections:
     children: {rw: {local_ts: [198.19.50.0/24]}}  # remote_ts: the client's address (dynamic)
 ```
 
-Passwords are turned into their NT hash while the file is read; the text is not kept. Connections
-whose clients authenticate with certificates (`remote.auth: pubkey`) are served (`engine_config`);
-EAP is not served by the engine yet, and the CLI refuses to start with such a connection rather
-than ignore it.
+Passwords are turned into their NT hash while the file is read; the text is not kept. Every
+connection is served (`engine_config`): certificate clients (`remote.auth: pubkey`), EAP-MSCHAPv2
+clients against the secrets, EAP-TLS clients against `cas` (`eap_server_config`).
 """
 
 from __future__ import annotations
