@@ -13,7 +13,7 @@ import pytest
 
 from tests.agent.meshlab import BIN, MeshLab, resource, wait_for
 from tests.harness.netns import Lab
-from tests.harness.strongswan import DEFAULT_PLUGINS, CharonFactory, CharonSettings
+from tests.harness.strongswan import DEFAULT_PLUGINS, EAP_PLUGINS, CharonFactory, CharonSettings
 
 pytestmark = [pytest.mark.netns, pytest.mark.strongswan, pytest.mark.timeout(150)]
 
@@ -98,3 +98,51 @@ def test_controller_managed_gateway_serves_a_road_warrior(lab: Lab, charons: Cha
     wait_for("the refusal in the gateway's log", lambda: refusal in gw_log.read_text(), 10)
     released = _meshctl(ml, "events", "-o", "json")
     assert f"bob (laptop) left {gw}" in released, released
+
+
+def test_controller_managed_gateway_serves_an_eap_mschapv2_road_warrior(
+    lab: Lab, charons: CharonFactory
+) -> None:
+    """The gateway Node holds no password: the NT hash comes from the controller
+    (GetEapCredential) when alice names herself, the address from her lease."""
+    ml = MeshLab(lab)
+    ml.start_controller()
+    gw = ml.add_node(1)
+    pool = {**POOL, "auth": {"methods": ["eap-mschapv2"]}}
+    alice = {"identity": "alice@example.test", "pool": "staff", "auth": {"method": "eap-mschapv2"},
+             "devices": [{"name": "laptop", "platform": "linux"}]}  # fmt: skip
+    ml.apply(resource("RemoteAccessPool", "staff", pool), resource("RemoteAccessUser", "alice", alice))  # type: ignore[arg-type]
+    password = ml.work / "alice.txt"
+    password.write_text("correct horse battery\n")
+    _meshctl(ml, "remote-access", "set-password", "alice", "--password-file", str(password))
+    gw_log = ml.work / f"{gw}.log"
+    wait_for("the gateway serving pool staff", lambda: "serving ra-staff-eap" in gw_log.read_text(), 30)
+
+    out = ml.work / "alice-swanctl"
+    _meshctl(ml, "remote-access", "profile", "alice", "laptop", "--out", str(out))
+    rw = lab.host("rw")
+    ml.sw.attach(rw, "198.18.0.50/24")
+    settings = CharonSettings(
+        plugins=(*DEFAULT_PLUGINS, *EAP_PLUGINS), retransmit_tries=2, retransmit_timeout=2.0
+    )
+    charon = charons.start(rw, [], settings)
+    for path in out.rglob("*"):
+        if path.is_file():
+            target = charon.swanctl_dir / path.relative_to(out)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    conf = (charon.swanctl_dir / "swanctl.conf").read_text()
+    assert "auth = eap-mschapv2" in conf, conf
+    conf = conf.replace("# secret = <your password>", 'secret = "correct horse battery"')
+    (charon.swanctl_dir / "swanctl.conf").write_text(conf)
+    charon.swanctl("--load-all", "--noprompt")
+    charon.initiate(CONNECTION, CONNECTION, timeout=30)
+    sa = _client_sa(charon)
+    assert sa is not None, charon.log_text()[-3000:] + gw_log.read_text()[-3000:]
+    (vip,) = sa["local-vips"]
+    assert vip.startswith("198.19.61.")
+    ping = rw.run(["ping", "-c", "3", "-i", "0.2", "-W", "2", "-I", vip, "198.19.1.1"], check=False)
+    assert ping.returncode == 0, ping.stdout + gw_log.read_text()[-3000:]
+    leases = _meshctl(ml, "get", "leases")
+    assert "alice" in leases and vip in leases, leases
+    assert "correct horse" not in gw_log.read_text()
