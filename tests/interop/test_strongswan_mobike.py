@@ -121,7 +121,7 @@ def test_strongswan_client_roams_and_keeps_its_sa(lab: Lab, charons: CharonFacto
     sw.initiate("peer", "net", timeout=10)
     before_sw = sw.wait_for(_swan_sa)
     before_ms = agent.wait_for(lambda s: agent.established("peer"))
-    assert before_ms["engine_stats"].get("address_updates_received", 0) == 0
+    assert before_ms["mobike"] and before_ms["engine_stats"].get("address_updates_received", 0) == 0
 
     sent, received = _roam_under_ping(pair.sw, SW_INNER, MS_INNER, "to-ms", SW_UNDER, SW_ROAMED)
     agent.wait_for(lambda s: (sa := agent.established("peer")) and sa["remote"].startswith(SW_ROAMED + ":"))
@@ -146,6 +146,7 @@ def test_meshsec_roams_against_a_strongswan_gateway(lab: Lab, charons: CharonFac
     agent = MeshsecAgent(pair.ms, config).start()
     before_ms = agent.wait_for(lambda s: agent.established("peer"))
     before_sw = sw.wait_for(_swan_sa)
+    assert before_ms["mobike"]
 
     sent, received = _roam_under_ping(pair.ms, MS_INNER, SW_INNER, "to-sw", MS_UNDER, MS_ROAMED)
     agent.wait_for(lambda s: (sa := agent.established("peer")) and sa["local"].startswith(MS_ROAMED + ":"))
