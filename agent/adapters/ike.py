@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from meshsec.agent.adapters import follow, liveness, roaming, udp
+from meshsec.agent.adapters.address_events import AddressEvents
 from meshsec.agent.adapters.endpoints import Endpoint, Endpoints, bind_plan, pick
 from meshsec.agent.adapters.eventlog import SpiText, log_event
 from meshsec.agent.adapters.failclosed import strict
@@ -274,27 +275,33 @@ class IkeAdapter:
         record.sa.roam(local, self.now())
         self._pump()
 
-    def watch_local_addresses(self, lister: Callable[[], list[str]], interval: float = 1.0) -> None:
-        """Polls the host's addresses (`lister`, run in a thread) every `interval` seconds and
-        moves each MOBIKE SA whose local address went away to the host's new source address
-        towards its peer (roaming.py)."""
+    def watch_local_addresses(self, interval: float = 5.0) -> None:
+        """On every address change the kernel reports (address_events.py), and every
+        `interval` seconds in case an event was missed: each MOBIKE SA whose local address the
+        host no longer holds moves to the host's new source address towards its peer
+        (roaming.py)."""
+        assert self._loop is not None, "adapter not started"
+        if self._address_watch is not None:
+            return
+        events = AddressEvents(self._loop)
+        wait = interval if events.subscribed else min(interval, 1.0)
 
         async def watch() -> None:
-            while True:
-                await asyncio.sleep(interval)
-                try:
-                    present = set(await asyncio.to_thread(lister))
-                    self.local_addresses_changed(present)
-                except Exception:
-                    with self._strict_in_task():
-                        self._unexpected(None, "following the host's addresses")
+            try:
+                while True:
+                    await events.wait(wait)
+                    try:
+                        self.local_addresses_changed()
+                    except Exception:
+                        with self._strict_in_task():
+                            self._unexpected(None, "following the host's addresses")
+            finally:
+                events.close()
 
-        assert self._loop is not None, "adapter not started"
-        if self._address_watch is None:
-            self._address_watch = self._loop.create_task(watch())
+        self._address_watch = self._loop.create_task(watch())
 
-    def local_addresses_changed(self, present: set[str]) -> None:
-        for roam in roaming.roams(self.active(), present, source_address_for):
+    def local_addresses_changed(self) -> None:
+        for roam in roaming.roams(self.active(), roaming.is_local, source_address_for):
             log.info("%s: our address %s is gone; moving IKE SA %s to %s (MOBIKE)", roam.record.name,
                      roam.record.sa.local.host, SpiText(roam.record.sa), roam.local)  # fmt: skip
             self.stats["roams"] += 1

@@ -60,6 +60,8 @@ def sa_status(
         "responder_spi": sa.spi_r.hex(),
         "nat_local": sa.nat_local,
         "nat_remote": sa.nat_remote,
+        "mobike": sa.mobike,
+        "peer_additional_addresses": list(sa.peer_additional),
         **(algorithm_dict(est.algorithms) if est else {}),
         "created": record.created,
         "established": record.established_at,

@@ -165,6 +165,7 @@ class NodeAgent:
         self.adapter, self.reconciler = adapter, reconciler
         self.reports = ReportBuilder(reconciler)
         await adapter.start()
+        adapter.watch_local_addresses()  # MOBIKE: our SAs follow this node's address changes
         socket_path = config.status_socket or self.state.file(STATUS_SOCKET)
         self.status_server = StatusServer(socket_path, self.status, self.health,
                                           drain=self.drain_requested.set)

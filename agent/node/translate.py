@@ -197,6 +197,9 @@ def plan(tunnel: agent_pb2.DesiredTunnel, node: Credentials | None = None) -> Tu
             # decision to (re)initiate, brings the tunnel back (the `restart` of the API).
             dpd_delay=float(tunnel.dpd.interval_seconds or 30),
             dpd_action="clear",
+            # MOBIKE (RFC 4555): when this node's address changes, its SAs move to the new one
+            # (the agent follows its addresses) instead of being torn down and made again.
+            mobike=True,
             **kwargs,  # type: ignore[arg-type]
         )
     except ConfigError as exc:

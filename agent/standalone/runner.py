@@ -153,9 +153,7 @@ class Agent:
                 for c in self.config.connections
             )
             if any(c.ike.mobike for c in self.config.connections):
-                from meshsec.agent.node.facts import local_addresses
-
-                self.adapter.watch_local_addresses(local_addresses)
+                self.adapter.watch_local_addresses()
             for conn in self.config.connections:
                 if conn.start_action == "initiate" and not await self._initiate(conn):
                     self._retry(conn)

@@ -20,7 +20,7 @@ import pytest
 
 from meshsec.v1 import common_pb2
 from tests.agent.meshlab import MeshLab, wait_for
-from tests.harness.netns import Lab
+from tests.harness.netns import Lab, parse_ping
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(150)]
 
@@ -179,3 +179,40 @@ def test_headless_restart_recovery_sigterm_restart_and_drain(mesh: MeshLab) -> N
         )
     assert time.monotonic() - t0 < 8
     assert mesh.ping("n1", "n2")
+
+
+def test_a_node_whose_address_changes_keeps_its_sas_by_mobike(mesh: MeshLab) -> None:
+    """MOBIKE between node agents: n1's underlay address changes (a new one added, the old one
+    removed) under a 10 ms ping from n2; every IKE SA and CHILD_SA of n1 moves (UPDATE_SA_ADDRESSES
+    where n1 initiated the SA, an address list update where it answered), none is made again."""
+    for n in (1, 2, 3):
+        mesh.add_node(n)
+    mesh.wait_mesh()
+    n1 = mesh.nodes["n1"]
+    n1.sysctl("net.ipv4.conf.all.promote_secondaries", "1")
+    n1.sysctl("net.ipv4.conf.eth0.promote_secondaries", "1")
+    before = {name: (ike_spis(mesh, name), mesh.child_spis(name)) for name in mesh.nodes}
+    assert all(sa["mobike"] for sa in mesh.status("n1")["ike_sas"])
+
+    log = mesh.work / "ping-mobike.log"
+    ping = mesh.nodes["n2"].popen(["ping", "-n", "-q", "-c", "400", "-i", "0.01", "-W", "1",
+                                   "-I", "198.19.2.1", "198.19.1.1"], log=log)  # fmt: skip
+    time.sleep(1.0)
+    n1.add_address("eth0", "198.18.0.101/24")
+    n1.ip("addr", "del", "198.18.0.1/24", "dev", "eth0")
+    ping.wait(30)
+    result = parse_ping(log.read_text())
+    print(f"MOBIKE mesh move under a 10 ms ping: {result.transmitted} sent, "
+          f"{result.transmitted - result.received} lost")  # fmt: skip
+
+    def moved() -> bool:
+        return all(sa["local"].startswith("198.18.0.101:") for sa in mesh.status("n1")["ike_sas"])
+
+    wait_for("n1's SAs on its new address", moved, 15)
+    assert mesh.ping("n1", "n2") and mesh.ping("n3", "n1") and mesh.ping("n2", "n3")
+    for name in mesh.nodes:
+        assert (ike_spis(mesh, name), mesh.child_spis(name)) == before[name], f"{name}: an SA was made again"
+    for peer in ("n2", "n3"):
+        (sa,) = [s for s in mesh.status(peer)["ike_sas"] if s["remote"].startswith("198.18.0.101:")]
+        assert sa["mobike"]
+    assert result.transmitted - result.received <= 150

@@ -265,6 +265,44 @@ async def test_rekey_make_before_break_moves_traffic_to_the_new_sa(sites: tuple[
     assert (await b.dp.counters(new_ba)).packets >= 2
 
 
+async def test_migrate_moves_a_tunnel_to_a_new_address_and_continues_its_sequence_numbers(
+    sites: tuple[Site, Site],
+) -> None:
+    """MOBIKE's data-plane half: A's outer address changes. a->b keeps its SA id (only the
+    source changes: replaced in place), b->a gets a new id (A's new address): installed beside
+    the old one, policies moved, old one deleted. Were the sequence numbers not carried over,
+    B's moved inbound SA (replay window carried too) would drop A's restarted ones as replays."""
+    a, b = sites
+    suite = gcm()
+    t = await _tunnel(a, b, 15, suite)
+    assert await _ping(a, INNER_B, count=3) == 3
+    before_in = (await b.dp.counters(t.b_in)).packets
+    a2 = ipaddress.ip_address("198.18.0.11")
+    a.host.add_address("to-b", f"{a2}/24")
+    new_a_in = SaId(a2, t.a_in.spi, t.a_in.protocol)
+    await a.dp.migrate_sa(t.a_out, _sa(t.a_out, a2, Direction.OUT, 15, suite))
+    await b.dp.migrate_sa(t.b_in, _sa(t.b_in, a2, Direction.IN, 15, suite))
+    await a.dp.migrate_sa(t.a_in, _sa(new_a_in, B, Direction.IN, 15, suite))
+    await b.dp.migrate_sa(t.b_out, _sa(new_a_in, B, Direction.OUT, 15, suite))
+    a.outer = a2
+    await _policies(a, b, 15)
+    await _policies(b, a, 15)
+    await a.dp.delete_sa(t.a_in)
+    await b.dp.delete_sa(t.b_out)
+    assert await _ping(a, INNER_B, count=3) == 3
+    # The outbound sequence number went on from 3, not from 0 (both ends reset would pass the
+    # replay check, so read it from the kernel).
+    state = a.host.run(["ip", "xfrm", "state", "get", "src", str(a2), "dst", str(B), "proto", "esp",
+                        "spi", hex(t.a_out.spi)]).stdout  # fmt: skip
+    oseq = re.search(r"oseq 0x([0-9a-f]+)", state)
+    assert oseq and int(oseq.group(1), 16) >= 6, state
+    moved_in = await b.dp.counters(t.b_in)
+    assert moved_in.packets >= before_in + 3 and moved_in.replay_dropped == 0  # one counter, no replays
+    assert (await a.dp.counters(new_a_in)).packets >= 6  # the replies came to the new address
+    owned = await a.dp.list_owned()
+    assert t.a_in not in owned.sas and new_a_in in owned.sas
+
+
 async def test_udp_encapsulated_esp_and_ike_on_the_same_socket(sites: tuple[Site, Site]) -> None:
     a, b = sites
     socks = []
