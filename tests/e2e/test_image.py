@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +30,18 @@ from tests.e2e.container_mesh import (
     wait_for,
     write_bootstrap,
 )
-from tests.harness.containers import REPO_ROOT, Containers, meshsec_image, run_once
+from tests.harness.containers import (
+    LABEL,
+    OWNER_LABEL,
+    REPO_ROOT,
+    RUN_LIMITS,
+    Containers,
+    meshsec_image,
+    podman,
+    process_identity,
+    remove_orphans,
+    run_once,
+)
 from tests.harness.netns import Lab, list_namespaces
 from tests.release.test_image_recipe import executed_programs, image_packages
 
@@ -169,3 +181,23 @@ def test_a_failing_test_leaves_no_container_and_no_namespace(image: str, tmp_pat
     assert pods.leftovers() == []
     assert host.ns not in list_namespaces()
     assert (tmp_path / "containers" / "sleeper.log").exists()  # its output was kept for the reader
+
+
+def test_the_containers_of_a_killed_run_go_with_the_next_run(image: str, tmp_path: Path) -> None:
+    """A run killed outright closes nothing: its containers, labelled with their owner process,
+    are removed by the next run's harness, while a live run's are left alone."""
+    killed = subprocess.Popen(["sleep", "60"])
+    owner = process_identity(killed.pid)
+    killed.kill()
+    killed.wait()
+    assert owner is not None and process_identity(killed.pid) is None
+    orphan = podman("run", "--detach", "--name", f"mi-orphan-{killed.pid}", "--label", f"{LABEL}=orphan",
+                    "--label", f"{OWNER_LABEL}={owner}", "--network", "none", *RUN_LIMITS,
+                    image, "sleep", "600").strip()
+    with Containers(tmp_path / "live", prefix="mi") as live:
+        alive = live.run("alive", image, ["sleep", "600"])
+        with Containers(tmp_path / "next", prefix="mi"):  # the next run starting
+            known = podman("ps", "--all", "--quiet", "--no-trunc").split()
+            assert orphan not in known
+            assert alive.id in known
+        assert remove_orphans() == []

@@ -18,6 +18,11 @@ combination that works on these hosts, and with ulimits under the hosts' hard li
 tail of those that exited non-zero), then removes them by ID; ``leftovers`` lists what is still
 there. Register ``close`` with ``Lab.on_close`` (``Containers(lab=...)`` does) so containers go
 before their namespaces.
+
+A run killed outright (SIGKILL, a CI job cancelled) cannot close anything. Each container is
+labelled with its owner process (PID and start time, so a reused PID is not mistaken for it), and
+every new ``Containers`` first removes the containers whose owner is gone (``remove_orphans``):
+never another live run's, never one this harness did not label.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ PODMAN = shutil.which("podman") or "/usr/bin/podman"
 PODMAN_GLOBAL = ["--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 RUN_LIMITS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"]
 LABEL = "io.meshsec.test"
+OWNER_LABEL = "io.meshsec.test.owner"  # "<pid>-<start time in clock ticks>" of the test process
 _NAME_MAX = 60
 
 
@@ -76,6 +82,35 @@ def meshsec_image() -> str:
     if proc.returncode != 0 or not lines:
         raise CommandError(["bash", str(BUILD_SCRIPT)], proc.returncode, proc.stdout, proc.stderr)
     return lines[-1]
+
+
+def process_identity(pid: int) -> str | None:
+    """``<pid>-<start time>`` of a running process (/proc/PID/stat field 22), or None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count from its closing one.
+    return f"{pid}-{stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def remove_orphans() -> list[str]:
+    """Remove the containers whose owner process is gone (a killed test run); their names."""
+    listing = podman("ps", "--all", "--no-trunc", "--filter", f"label={OWNER_LABEL}",
+                     "--format", f'{{{{.ID}}}} {{{{.Names}}}} {{{{index .Labels "{OWNER_LABEL}"}}}}')
+    orphans: dict[str, str] = {}
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) != 3:
+            continue
+        container_id, name, owner = fields
+        pid = owner.split("-", 1)[0]
+        if pid.isdigit() and process_identity(int(pid)) != owner:
+            orphans[container_id] = name
+    if orphans:
+        podman("rm", "--force", "--time", "0", *orphans, check=False, timeout=60)
+        sys.stderr.write(f"removed containers left by a killed test run: {sorted(orphans.values())}\n")
+    return sorted(orphans.values())
 
 
 @dataclass
@@ -116,6 +151,10 @@ class Containers:
         self.token = f"{prefix}-{os.getpid() % 0x1000:03x}{secrets.token_hex(2)}"
         self.started: list[Container] = []
         self._closed = False
+        owner = process_identity(os.getpid())
+        assert owner is not None
+        self.owner = owner
+        remove_orphans()
         if lab is not None:
             lab.on_close(self.close)
 
@@ -148,6 +187,7 @@ class Containers:
             raise ValueError("netns= and host_network=True exclude each other")
         network = f"ns:/run/netns/{netns}" if netns else "host" if host_network else "none"
         args = ["run", "--detach", "--name", full, "--label", f"{LABEL}={self.token}",
+                "--label", f"{OWNER_LABEL}={self.owner}",
                 "--network", network, *RUN_LIMITS]
         args += ["--user", user] if user is not None else []
         for cap in caps:
