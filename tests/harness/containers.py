@@ -113,6 +113,17 @@ def remove_orphans() -> list[str]:
     return sorted(orphans.values())
 
 
+def _remove_by_id(ids: Sequence[str], grace: int) -> str:
+    """``podman rm --force`` of ``ids``; what went wrong ("" if nothing), never raising: the
+    caller checks what is left."""
+    argv = [PODMAN, *PODMAN_GLOBAL, "rm", "--force", "--time", str(grace), *ids]
+    try:
+        done = run(argv, check=False, timeout=120 + grace * len(ids))
+    except (subprocess.SubprocessError, OSError) as exc:
+        return f"{exc}; "
+    return f"{done.stderr.strip()}; " if done.returncode != 0 else ""
+
+
 @dataclass
 class Container:
     """One started container; ``id`` is what every command uses."""
@@ -203,14 +214,15 @@ class Containers:
         self.started.append(container)
         return container
 
-    def remove(self, *containers: Container) -> None:
-        """Save their output, then remove them (stopped together: one grace period for all)."""
+    def remove(self, *containers: Container) -> str:
+        """Save their output, then remove them (stopped together: one grace period for all);
+        what podman said if it failed, else ""."""
         for container in containers:
             with contextlib.suppress(CommandError, subprocess.SubprocessError, OSError, IndexError):
                 self._save_log(container)
-        podman("rm", "--force", "--time", "3", *(c.id for c in containers), check=False, timeout=60)
         for container in containers:
             self.started.remove(container)
+        return _remove_by_id([c.id for c in containers], grace=3)
 
     def _save_log(self, container: Container) -> None:
         container.log.parent.mkdir(parents=True, exist_ok=True)
@@ -230,13 +242,12 @@ class Containers:
             return
         self._closed = True
         errors: list[str] = []
-        try:
-            if self.started:
-                self.remove(*reversed(self.started))
-        except (CommandError, subprocess.SubprocessError, OSError) as exc:
-            errors.append(str(exc))
+        said = self.remove(*reversed(self.started)) if self.started else ""
         left = self.leftovers()
+        if left:  # podman timed out or refused one (a loaded machine): once more, no grace
+            said += _remove_by_id(left, grace=0)
+            left = self.leftovers()
         if left:
-            errors.append(f"containers left behind: {left}")
+            errors.append(f"containers left behind: {left} ({said.strip() or 'podman said nothing'})")
         if errors:
             raise RuntimeError("container teardown incomplete: " + "; ".join(errors))
