@@ -22,6 +22,8 @@ BUILD_SCRIPT = ROOT / "scripts" / "build-image.sh"
 # What runs inside the image; meshctl's lab and probes run on an admin's host.
 IMAGE_CODE = ("agent", "controller", "common")
 _SPAWNERS = {"run", "Popen", "check_call", "check_output", "call", "create_subprocess_exec"}
+_MODULES = {"subprocess", "asyncio"}
+_IMPORTED_SPAWNERS = {"Popen", "create_subprocess_exec"}
 
 
 def image_packages() -> list[str]:
@@ -66,10 +68,17 @@ def _programs_in(tree: ast.Module) -> Iterator[str]:
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and node.args):
             continue
-        func = node.func
-        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-        if name in _SPAWNERS:
+        if _spawns(node.func):
             yield from _first_programs(node.args[0], lists)
+
+
+def _spawns(func: ast.expr) -> bool:
+    """``subprocess.run(...)``, ``asyncio.create_subprocess_exec(...)`` and the from-imported
+    ``Popen``/``create_subprocess_exec``: not any function that happens to be called ``call`` or
+    ``run`` (the data-plane daemon's ``call("drops")`` is an RPC)."""
+    if isinstance(func, ast.Attribute):
+        return func.attr in _SPAWNERS and isinstance(func.value, ast.Name) and func.value.id in _MODULES
+    return isinstance(func, ast.Name) and func.id in _IMPORTED_SPAWNERS
 
 
 def executed_programs() -> set[str]:
@@ -151,8 +160,12 @@ def test_program_scan_reads_argv_forms() -> None:
         "asyncio.create_subprocess_exec(*argv)\n"
         "asyncio.create_subprocess_exec('bridge', 'link')\n"
         "subprocess.run(cmd)\n"
+        "Popen(['conntrack', '-L'])\n"
+        "call('drops')\n"
+        "self._call('list')\n"
+        "runner.run(['not-a-program'])\n"
     )
-    assert set(_programs_in(ast.parse(code))) == {"tc", "ethtool", "bridge"}
+    assert set(_programs_in(ast.parse(code))) == {"tc", "ethtool", "bridge", "conntrack"}
 
 
 def test_a_fresh_machine_gets_the_image_tools() -> None:
