@@ -6,6 +6,7 @@ and no new IKE SA, n1's DPD is answered); with the state file removed, a new IKE
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -56,8 +57,22 @@ def test_restarts_resume_the_ike_sa_and_a_missing_state_file_falls_back(mesh: Me
     print(f"\nn2 status up with the IKE SA resumed / first datagram answered after: {times}")
     log = (mesh.work / "n2.log").read_text()
     assert log.count("resumed 1 IKE SA(s) of 1") == 3
+    # The keys in the state file reach neither the (debug) log nor the status document.
+    (entry,) = json.loads((mesh.state_dir("n2") / "ike-sas.json").read_text())["sas"]
+    children = entry["sa"]["children"]
+    child_keys = [k for c in children for k in c["keys_in"] + c["keys_out"]]
+    keys = [k for k in [*entry["sa"]["keys"].values(), *child_keys] if k]
+    shown = log + json.dumps(mesh.status("n2")) + json.dumps(mesh.status("n1"))
+    assert len(keys) >= 7 and not [k for k in keys if k in shown or k.upper() in shown]
 
     restart(mesh, signal.SIGTERM, between=lambda: (mesh.state_dir("n2") / "ike-sas.json").unlink())
     assert "no IKE SA resumed: no ike-sas.json" in (mesh.work / "n2.log").read_text()
     wait_for("a new IKE SA", lambda: spis(mesh, "n1")[0] not in (before["n1"][0], []) and
              len(spis(mesh, "n1")[0]) == 1, 40)  # fmt: skip
+    wait_for("the new SA in the state file", lambda: json.loads(
+        (mesh.state_dir("n2") / "ike-sas.json").read_text())["sas"], 10)  # fmt: skip
+
+    # Leaving the mesh: DELETE to the peer, the state file (and its keys) gone.
+    assert mesh.drain_agent("n2") == 0
+    assert not (mesh.state_dir("n2") / "ike-sas.json").exists()
+    wait_for("n1 told", lambda: deleted_by_peer(mesh, "n1"), 10)
