@@ -161,7 +161,7 @@ class NodeAgent:
         reconciler = Reconciler(AdapterRuntime(adapter), responder_grace=config.responder_grace,
                                 metrics=self.metrics)  # fmt: skip
         if self._resumable():  # else the CHILD_SAs end with this process: nothing to resume on
-            adapter.journal = Journal(self.state.save_ike_state)
+            adapter.journal = Journal(self.state.save_ike_state, include=lambda r: not is_road_warrior(r))
         self.adapter, self.reconciler = adapter, reconciler
         self.reports = ReportBuilder(reconciler)
         await adapter.start()
