@@ -10,6 +10,7 @@ make-before-break fallback, its loss printed (target 0)."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import time
@@ -49,7 +50,14 @@ def mesh(tmp_path: Path) -> Iterator[MeshLab]:
                        "childLifetimeSeconds": CHILD_LIFETIME,
                        "dpd": {"delaySeconds": 5, "timeoutSeconds": 30, "action": "restart"}},
         }))  # fmt: skip
-        yield m
+        try:
+            yield m
+        finally:  # the agents' logs to the host (the guest's /tmp goes with it; 9p takes no sockets)
+            results = Path("/lane-results")
+            if results.is_dir():
+                (results / "logs").mkdir(exist_ok=True)
+                for log in tmp_path.glob("*.log"):
+                    shutil.copy(log, results / "logs" / log.name)
 
 
 def spis(m: MeshLab, name: str) -> tuple[list[str], set[tuple[str, str]]]:
