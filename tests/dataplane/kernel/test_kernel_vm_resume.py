@@ -90,6 +90,8 @@ def test_three_restarts_lose_nothing_then_the_rekey_comes_on_time(mesh: MeshLab)
     wait_for("one CHILD_SA each", lambda: all(spis(mesh, n)[1] for n in ("n1", "n2")), SLOW)
     established = time.monotonic()
     before = {n: spis(mesh, n) for n in ("n1", "n2")}
+    # (a duplicate of the start, both ends having initiated, was deleted by its peer already)
+    earlier = len(deleted_by_peer(mesh, "n1"))
     ping_log = mesh.work / "ping-10ms.log"
     ping = mesh.nodes["n1"].popen(["ping", "-n", "-q", "-i", "0.01", "-W", "1", "-I", "198.19.1.1",
                                    "198.19.2.1"], log=ping_log)  # fmt: skip
@@ -102,7 +104,7 @@ def test_three_restarts_lose_nothing_then_the_rekey_comes_on_time(mesh: MeshLab)
             doc = mesh.status("n2")
             assert doc["resumed_at_start"]["resumed"] == 1, (label, doc["resumed_at_start"])
             assert {n: spis(mesh, n) for n in ("n1", "n2")} == before, label
-            assert not deleted_by_peer(mesh, "n1"), label
+            assert len(deleted_by_peer(mesh, "n1")) == earlier, label
             time.sleep(3)  # traffic and the peer's DPD reach the resumed SA
         state = json.loads((mesh.state_dir("n2") / "ike-sas.json").read_text())
         assert state["version"] == 2  # written by the upgraded build
@@ -129,7 +131,7 @@ def test_three_restarts_lose_nothing_then_the_rekey_comes_on_time(mesh: MeshLab)
     at = time.monotonic() - established
     print(f"CHILD_SA rekeyed {at:.0f} s after it was established (lifetime {CHILD_LIFETIME} s)")
     assert 0.5 * CHILD_LIFETIME < at < CHILD_LIFETIME + 10 and len(changed) == 1
-    assert spis(mesh, "n1")[0] == n1_ike and not deleted_by_peer(mesh, "n1")
+    assert spis(mesh, "n1")[0] == n1_ike and len(deleted_by_peer(mesh, "n1")) == earlier
 
     # The state file gone between stop and start: a new IKE SA, make-before-break; loss reported.
     ping = mesh.nodes["n1"].popen(["ping", "-n", "-q", "-i", "0.01", "-W", "1", "-I", "198.19.1.1",
