@@ -134,6 +134,7 @@ def test_three_restarts_lose_nothing_then_the_rekey_comes_on_time(mesh: MeshLab)
     assert spis(mesh, "n1")[0] == n1_ike and len(deleted_by_peer(mesh, "n1")) == earlier
 
     # The state file gone between stop and start: a new IKE SA, make-before-break; loss reported.
+    ping_log = mesh.work / "ping-10ms-fallback.log"  # (a log of its own: popen appends)
     ping = mesh.nodes["n1"].popen(["ping", "-n", "-q", "-i", "0.01", "-W", "1", "-I", "198.19.1.1",
                                    "198.19.2.1"], log=ping_log)  # fmt: skip
     try:
