@@ -376,8 +376,9 @@ class IkeAdapter:
         deadline = time.monotonic() + timeout
         while True:
             self._persist(record.sa for record in self.active())
+            journal = self.journal
             missing = [r for r in self.active() if r.sa.established and
-                       (self.journal is None or not self.journal.holds(r.sa))]  # fmt: skip
+                       (journal is None or (journal.include(r) and not journal.holds(r.sa)))]  # fmt: skip
             if not missing or time.monotonic() >= deadline or self.journal is None:
                 return missing
             await asyncio.sleep(0.02)

@@ -81,10 +81,13 @@ class Journal:
     """The entries the state file holds, kept current from the SAs the engine touched; `save`
     writes the whole list (the state dir skips a write when nothing changed)."""
 
-    def __init__(self, save: Callable[[list[dict[str, Any]]], object],
-                 wall: Callable[[], float] = time.time) -> None:  # fmt: skip
+    def __init__(self, save: Callable[[list[dict[str, Any]]], object], wall: Callable[[], float] = time.time,
+                 include: Callable[[SaRecord], bool] = lambda record: True) -> None:  # fmt: skip
+        """`include`: which SAs are worth resuming (the agent leaves out road warriors: their
+        leases and revocation checks are another process's business than the reconciler's)."""
         self.save = save
         self.wall = wall
+        self.include = include
         self.enabled = True
         self.writes = 0
         self.uncapturable: dict[bytes, str] = {}  # local SPI -> why its SA has no entry now
@@ -102,7 +105,8 @@ class Journal:
             spi = sa.local_spi
             record = records.get(sa)
             entry = None
-            if record is not None and record.sa is sa and not sa.closed and sa.established:
+            if record is not None and record.sa is sa and not sa.closed and sa.established \
+                    and self.include(record):  # fmt: skip
                 try:
                     entry = capture(record, installer, now, wall)
                     self.uncapturable.pop(spi, None)

@@ -49,7 +49,7 @@ from meshsec.agent.node.remote_access import RoadWarriorGateway, is_road_warrior
 from meshsec.agent.node.report import ReportBuilder, timestamp
 from meshsec.agent.node.routes import SiteRoutes, routes_of
 from meshsec.agent.node.session import IdentityLost, Session
-from meshsec.agent.node.statedir import DATAPLANE_SOCKET, STATUS_SOCKET, StateDir
+from meshsec.agent.node.statedir import DATAPLANE_SOCKET, IKE_STATE, STATUS_SOCKET, StateDir
 from meshsec.agent.node.sweeper import Sweeper
 from meshsec.agent.node.translate import TunnelError, identity_text, node_credentials
 from meshsec.agent.standalone.config import AgentSettings
@@ -161,7 +161,7 @@ class NodeAgent:
         reconciler = Reconciler(AdapterRuntime(adapter), responder_grace=config.responder_grace,
                                 metrics=self.metrics)  # fmt: skip
         if self._resumable():  # else the CHILD_SAs end with this process: nothing to resume on
-            adapter.journal = Journal(self.state.save_ike_state)
+            adapter.journal = Journal(self.state.save_ike_state, include=lambda r: not is_road_warrior(r))
         self.adapter, self.reconciler = adapter, reconciler
         self.reports = ReportBuilder(reconciler)
         await adapter.start()
@@ -232,7 +232,7 @@ class NodeAgent:
             if self.state.remove_ike_state():
                 why = ("no persisted desired state says what its IKE SAs were for" if not self.desired.version
                        else f"the {dataplane.capabilities.backend} data plane did not outlive the last agent")
-                log.info("removed %s: %s", self.state.file("ike-sas.json"), why)  # fmt: skip
+                log.info("removed %s: %s", self.state.file(IKE_STATE), why)  # fmt: skip
             return
         loaded = self.state.load_ike_state()
         restarted = set(reconciler.plans)

@@ -71,7 +71,7 @@ class MeshLab:
     def admin_socket(self) -> Path:
         return self.ctl_dir / "admin.sock"
 
-    def start_controller(self, *extra: str) -> None:
+    def start_controller(self, *extra: str, timeout: float = 20.0) -> None:
         self.ctl_dir.mkdir(exist_ok=True)
         with self._suppress_missing():
             self.admin_socket.unlink()
@@ -82,9 +82,8 @@ class MeshLab:
              "--replica", "ctl", *extra],
             log=self.work / "controller.log",
         )  # fmt: skip
-        wait_for(
-            "the controller's admin socket", lambda: self.admin_socket.exists() and self._ping_admin(), 20
-        )
+        ready = lambda: self.admin_socket.exists() and self._ping_admin()  # noqa: E731
+        wait_for("the controller's admin socket", ready, timeout)
 
     def kill_controller(self) -> None:
         assert self.ctl is not None

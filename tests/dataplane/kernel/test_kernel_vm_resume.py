@@ -10,6 +10,7 @@ make-before-break fallback, its loss printed (target 0)."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import time
@@ -41,7 +42,7 @@ def mesh(tmp_path: Path) -> Iterator[MeshLab]:
     with Lab(prefix="kr-", workdir=tmp_path) as lab:
         m = MeshLab(lab)
         m.dataplane = "kernel"
-        m.start_controller()
+        m.start_controller(timeout=SLOW)
         m.apply(resource("MeshPolicy", "mesh", {
             "topology": "full-mesh", "scope": "site", "members": {}, "auth": {"method": "psk"},
             "crypto": {"ikeProposals": ["aes256gcm16-prfsha256-x25519"], "espProposals": ["aes256gcm16"],
@@ -49,7 +50,14 @@ def mesh(tmp_path: Path) -> Iterator[MeshLab]:
                        "childLifetimeSeconds": CHILD_LIFETIME,
                        "dpd": {"delaySeconds": 5, "timeoutSeconds": 30, "action": "restart"}},
         }))  # fmt: skip
-        yield m
+        try:
+            yield m
+        finally:  # the agents' logs to the host (the guest's /tmp goes with it; 9p takes no sockets)
+            results = Path("/lane-results")
+            if results.is_dir():
+                (results / "logs").mkdir(exist_ok=True)
+                for log in tmp_path.glob("*.log"):
+                    shutil.copy(log, results / "logs" / log.name)
 
 
 def spis(m: MeshLab, name: str) -> tuple[list[str], set[tuple[str, str]]]:
@@ -74,6 +82,7 @@ def restart(m: MeshLab, sig: int, program: list[str] | None = None, between: Any
     return time.monotonic() - t0
 
 
+@pytest.mark.timeout(1300)  # the emulated guest: agents start in 15-45 s, the rekey comes at ~5 min
 def test_three_restarts_lose_nothing_then_the_rekey_comes_on_time(mesh: MeshLab) -> None:
     mesh.add_node(1)
     mesh.add_node(2)
@@ -81,6 +90,8 @@ def test_three_restarts_lose_nothing_then_the_rekey_comes_on_time(mesh: MeshLab)
     wait_for("one CHILD_SA each", lambda: all(spis(mesh, n)[1] for n in ("n1", "n2")), SLOW)
     established = time.monotonic()
     before = {n: spis(mesh, n) for n in ("n1", "n2")}
+    # (a duplicate of the start, both ends having initiated, was deleted by its peer already)
+    earlier = len(deleted_by_peer(mesh, "n1"))
     ping_log = mesh.work / "ping-10ms.log"
     ping = mesh.nodes["n1"].popen(["ping", "-n", "-q", "-i", "0.01", "-W", "1", "-I", "198.19.1.1",
                                    "198.19.2.1"], log=ping_log)  # fmt: skip
@@ -93,7 +104,7 @@ def test_three_restarts_lose_nothing_then_the_rekey_comes_on_time(mesh: MeshLab)
             doc = mesh.status("n2")
             assert doc["resumed_at_start"]["resumed"] == 1, (label, doc["resumed_at_start"])
             assert {n: spis(mesh, n) for n in ("n1", "n2")} == before, label
-            assert not deleted_by_peer(mesh, "n1"), label
+            assert len(deleted_by_peer(mesh, "n1")) == earlier, label
             time.sleep(3)  # traffic and the peer's DPD reach the resumed SA
         state = json.loads((mesh.state_dir("n2") / "ike-sas.json").read_text())
         assert state["version"] == 2  # written by the upgraded build
@@ -114,15 +125,16 @@ def test_three_restarts_lose_nothing_then_the_rekey_comes_on_time(mesh: MeshLab)
     # lifetime, less the controller's jitter), on the same IKE SA.
     def rekeyed() -> set[tuple[str, str]]:
         now = spis(mesh, "n1")[1]
-        return now if now != before["n1"][1] else set()
+        return now if now and not now & before["n1"][1] else set()  # the old pair gone too
 
     changed = wait_for("the CHILD_SA rekey", rekeyed, CHILD_LIFETIME + 60, interval=1.0)
     at = time.monotonic() - established
     print(f"CHILD_SA rekeyed {at:.0f} s after it was established (lifetime {CHILD_LIFETIME} s)")
     assert 0.5 * CHILD_LIFETIME < at < CHILD_LIFETIME + 10 and len(changed) == 1
-    assert spis(mesh, "n1")[0] == n1_ike and not deleted_by_peer(mesh, "n1")
+    assert spis(mesh, "n1")[0] == n1_ike and len(deleted_by_peer(mesh, "n1")) == earlier
 
     # The state file gone between stop and start: a new IKE SA, make-before-break; loss reported.
+    ping_log = mesh.work / "ping-10ms-fallback.log"  # (a log of its own: popen appends)
     ping = mesh.nodes["n1"].popen(["ping", "-n", "-q", "-i", "0.01", "-W", "1", "-I", "198.19.1.1",
                                    "198.19.2.1"], log=ping_log)  # fmt: skip
     try:
