@@ -13,7 +13,7 @@ import sys
 
 # extra -> the top-level modules of the distributions it adds (each named like its distribution).
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "agent": ("pyroute2", "OpenSSL"),  # OpenSSL: pyOpenSSL's module
+    "agent": ("pyroute2",),
     "controller": ("etcd3aio",),
     "operator": ("kubernetes", "kopf"),
 }

@@ -98,7 +98,7 @@ def test_extras_table_matches_pyproject() -> None:
     assert isinstance(optional, dict)
     roles = {name for name in optional if name not in ("all", "dev")}
     assert roles == set(EXTRAS)
-    distribution_of = {"OpenSSL": "pyopenssl"}  # module names that differ from their package's
+    distribution_of: dict[str, str] = {}  # module names that differ from their package's
     for extra, modules in EXTRAS.items():
         names = sorted(canonicalize_name(r.name) for r in extra_requirements(extra))
         assert names == sorted(distribution_of.get(m, m) for m in modules)
