@@ -155,14 +155,14 @@ def to_resource(doc: dict[str, Any]) -> common_pb2.Resource:
 
 
 async def apply(
-    controller: Controller, *docs: dict[str, Any], dry_run: bool = False
+    controller: Controller, *docs: dict[str, Any], dry_run: bool = False, timeout: float = CALL_TIMEOUT
 ) -> admin_pb2.ApplyResponse:
     async with admin_channel(controller) as channel:
         response: admin_pb2.ApplyResponse = await admin_stub(channel).Apply(
             admin_pb2.ApplyRequest(
                 resources=[to_resource(d) for d in docs], dry_run=dry_run, field_manager="test"
             ),
-            timeout=CALL_TIMEOUT,
+            timeout=timeout,
         )
         return response
 
