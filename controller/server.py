@@ -153,6 +153,7 @@ class Controller:
         ca = await CertificateAuthority.load_or_create(self.store, keys.prefix, config.ca_passphrase)
         events = EventLog(self.store, keys.events, f"controller/{settings.replica}")
         secrets = TunnelSecrets(self.store, keys)
+        credentials = RemoteAccessCredentials(self.store, keys, ca)
         state = MeshState(
             self.store,
             keys,
@@ -162,6 +163,7 @@ class Controller:
             rebase_changes=settings.rebase_changes,
             rebase_tunnels=settings.rebase_tunnels,
             reload_secrets=secrets.reload,
+            certificates=credentials.certificates,
         )
         status = StatusBook(
             self.store,
@@ -185,7 +187,7 @@ class Controller:
             self.metrics,
             AdminCertificates(self.store, keys.prefix, ca),
             LeaseAllocator(self.store, keys),
-            RemoteAccessCredentials(self.store, keys, ca),
+            credentials,
         )
         self.core = core
         self.metrics.ca_expiry.set(ca.certificate.not_valid_after_utc.timestamp())

@@ -424,6 +424,8 @@ class NodeAgent:
         node = self.desired.node
         if node is None or self.gateway is None:
             return
+        pushed = node.revocation if node.HasField("revocation") else None
+        self.gateway.follow_revocation(node.remote_access, pushed)
         try:
             local_id = identity_text(node.local_id, "node.local_id")
         except TunnelError as exc:

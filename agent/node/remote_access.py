@@ -2,7 +2,8 @@
 NodeConfig lists (NodeConfig.remote_access), a `%any` IKE responder config that authenticates
 with the node certificate, takes certificate clients of the controller CA, leases their addresses
 with AllocateLease (agent/gateway/controller_leases.py) and refuses revoked certificates
-(agent/gateway/revocation.py, polled every 2 s; their live IKE SAs are deleted).
+(agent/gateway/revocation.py: the list comes with the NodeConfig, NodeConfig.revocation, or is
+polled from a controller that does not push it; their live IKE SAs are deleted).
 
 Road-warrior SAs are not tunnels: the reconciler never sees them (runtime.py filters them), this
 module gets their events instead and turns them into lease releases and log lines; the controller
@@ -91,6 +92,8 @@ class RoadWarriorGateway:
         self.leases: ControllerLeases | None = None
         self.eap_users: ControllerEapUsers | None = None
         self.clients = ConnectedClients(self._release)
+        self.follower = RevocationFollower(self._fetch_revoked, self.revocations, self._drop_revoked)
+        self._stub: agent_pb2_grpc.AgentServiceAsyncStub | None = None
         self._follower: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self._services: tuple[bytes, ...] = ()
@@ -121,6 +124,16 @@ class RoadWarriorGateway:
             log.info("remote access: serving %s", ", ".join(names) or "no pool")
         self.configs = configs
 
+    def follow_revocation(self, services: Sequence[agent_pb2.RemoteAccessService],
+                          pushed: agent_pb2.RemoteAccessRevocation | None) -> None:  # fmt: skip
+        """A new NodeConfig's revocation list (None: this controller does not push one, so poll).
+        Applied before anything else of the config, and also while no pool can be served yet."""
+        self.follower.serving = bool(services)
+        if pushed is None:
+            self.follower.pushed = False
+        else:
+            self.follower.replace(pushed.serials)
+
     def lookup(self) -> list[IkeConfig]:
         return list(self.configs)
 
@@ -132,17 +145,16 @@ class RoadWarriorGateway:
         if self._channel is not None:
             return
         self._channel = channel_factory()
-        stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+        stub = self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         self.leases = ControllerLeases(stub, self._lease_ready)
         self.eap_users = ControllerEapUsers(stub, self._eap_user_ready)
+        self._follower = asyncio.get_running_loop().create_task(self.follower.run(), name="revocations")
 
-        async def fetch() -> list[str]:
-            request = agent_pb2.ListRevokedCertificatesRequest()
-            listed = await stub.ListRevokedCertificates(request, timeout=5.0)
-            return list(listed.serials)
-
-        follower = RevocationFollower(fetch, self.revocations, self._drop_revoked)
-        self._follower = asyncio.get_running_loop().create_task(follower.run(), name="revocations")
+    async def _fetch_revoked(self) -> list[str]:
+        assert self._stub is not None  # the follower runs only once attached
+        request = agent_pb2.ListRevokedCertificatesRequest()
+        listed = await self._stub.ListRevokedCertificates(request, timeout=5.0)
+        return list(listed.serials)
 
     async def close(self) -> None:
         if self._follower is not None:

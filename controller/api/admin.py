@@ -34,6 +34,7 @@ from meshsec.controller.api.selector import parse_selector
 from meshsec.controller.ca import AdminRecord, CsrError, serial_text
 from meshsec.controller.mesh import Change, PeerKind, Tunnel, Upsert
 from meshsec.controller.mesh import Delete as MeshDelete
+from meshsec.controller.remoteaccess.leases import Lease
 from meshsec.controller.resources import FieldError, Kind, Resource, ValidationError, parse_resource
 from meshsec.controller.resources.errors import clip
 from meshsec.controller.resources.fields import Fields, valid_name
@@ -379,6 +380,7 @@ class AdminApi(RemoteAccessRpcs, admin_pb2_grpc.AdminServiceServicer):
         await self._admin(context)
         state = self._core.state
         before: list[StoredDoc] = []
+        released: list[Lease] = []
 
         async def build() -> WritePlan:
             kind = _kind(request.kind)
@@ -396,7 +398,9 @@ class AdminApi(RemoteAccessRpcs, admin_pb2_grpc.AdminServiceServicer):
                 ops.append(Delete(f"{state.keys.status}{request.name}"))
             if kind is Kind.REMOTE_ACCESS_USER:
                 ops += self._core.credentials.forget_ops(request.name)
-                ops += await self._core.leases.release_ops(request.name)
+                held, lease_ops = await self._core.leases.release_ops(request.name)
+                released[:] = held
+                ops += lease_ops
             return WritePlan([MeshDelete(kind, request.name)], [] if request.dry_run else ops)
 
         try:
@@ -411,6 +415,15 @@ class AdminApi(RemoteAccessRpcs, admin_pb2_grpc.AdminServiceServicer):
             if request.kind == Kind.NODE.value:
                 self._core.status.forget(request.name)
             await self._core.events.emit("Deleted", request.kind, request.name, "deleted")
+            # The gateways drop these clients (their certificates are revoked now) but cannot
+            # release what the deletion already gave back: the disconnect is told here.
+            for lease in released:
+                await self._core.events.emit(
+                    "RemoteAccessDisconnected",
+                    Kind.REMOTE_ACCESS_USER.value,
+                    request.name,
+                    f"{lease.user} ({lease.device}) left {lease.gateway}: user deleted",
+                )
         return admin_pb2.DeleteResponse(resource=doc_to_resource(before[0].doc, before[0].mod_revision))
 
     async def Get(

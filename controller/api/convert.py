@@ -199,7 +199,9 @@ def node_config(
     status_interval_s: int,
     routes: tuple[SiteRoute, ...] = (),
     pools: tuple[RemoteAccessPool, ...] = (),
+    revoked: tuple[str, ...] = (),
 ) -> agent_pb2.NodeConfig:
+    """`revoked`: the revocation list, pushed to the nodes that serve a pool."""
     config = agent_pb2.NodeConfig(
         node_name=node.metadata.name,
         site=node.spec.site,
@@ -215,6 +217,9 @@ def node_config(
         agent_pb2.SiteRoute(destination=r.destination, via=r.via, gateway=r.gateway) for r in routes
     )
     config.remote_access.extend(remote_access_service(p) for p in pools)
+    if pools:
+        config.revocation.SetInParent()  # set even when empty: "pushed, nothing revoked"
+        config.revocation.serials.extend(revoked)
     return config
 
 

@@ -161,14 +161,15 @@ class LeaseAllocator:
                 out.append(lease)
         return out
 
-    async def release_ops(self, user: str) -> list[Delete]:
-        """The deletes that give back every lease of `user`, for a transaction that also deletes
-        the user itself (AdminService.Delete), so the addresses go with it."""
+    async def release_ops(self, user: str) -> tuple[list[Lease], list[Delete]]:
+        """The leases of `user` and the deletes that give them back, for a transaction that also
+        deletes the user itself (AdminService.Delete), so the addresses go with it."""
+        held = await self.leases(user)
         ops: list[Delete] = []
-        for lease in await self.leases(user):
+        for lease in held:
             ops.append(Delete(self._client_key(lease.user, lease.device)))
             ops += [Delete(f"{self._address_prefix(lease.pool)}{a}") for a in lease.addresses]
-        return ops
+        return held, ops
 
     async def _release(self, mod_revision: int, lease: Lease) -> bool:
         keys = [f"{self._address_prefix(lease.pool)}{a}" for a in lease.addresses]

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 from meshsec.controller.api.convert import node_config
 from meshsec.controller.mesh import Change, Delete, NodeDelta, PeerKind, Tunnel, Upsert
 from meshsec.controller.mesh.routes import SiteRoute, site_reach, site_routes
+from meshsec.controller.remoteaccess.credentials import DeviceCertificate
 from meshsec.controller.resources import Kind, Node, ValidationError, parse_resource
 from meshsec.controller.service.index import ControllerIndex
 from meshsec.controller.service.keys import Keys
@@ -120,6 +121,7 @@ class MeshState:
         rebase_tunnels: int = 200_000,
         reload_secrets: Callable[[], Awaitable[None]] | None = None,
         max_backlog: int = MAX_BACKLOG,
+        certificates: Callable[[], Awaitable[Iterable[DeviceCertificate]]] | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -144,6 +146,13 @@ class MeshState:
         self._max_backlog = max_backlog
         self._changes_since_announcement = 0
         self._commit_lock = asyncio.Lock()  # local writers take turns; see `commit`
+        # The registered device certificates (RemoteAccessCredentials.certificates), reread before
+        # every batch that changes a RemoteAccessUser: with the index they give the revocation list
+        # the gateways' NodeConfigs carry (`_revoked`). Issuing a certificate needs no reread: a
+        # new certificate is of a device that exists, so it is on no list until a user change.
+        self._load_certificates = certificates
+        self._certificates: tuple[DeviceCertificate, ...] = ()
+        self._revoked_cache: tuple[str, ...] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -188,6 +197,7 @@ class MeshState:
         """Build the index; with `replay`, as of the last announcement if the store still has its
         history, returning the revision the replay must reach (else None: loaded the present)."""
         listing = await self.store.range(self.keys.resources)
+        await self._reload_certificates()
         replay_to: int | None = None
         numbered_at = listing.revision
         announced = next((kv for kv in listing.kvs if kv.key == self.keys.numbering), None)
@@ -223,6 +233,7 @@ class MeshState:
         index.load(resources)
         self.index, self.docs = index, docs
         self._site_routes = {}
+        self._revoked_cache = None
         self._set_revision(listing.revision)
         old = self._slices
         self._slices = {}
@@ -280,6 +291,11 @@ class MeshState:
                     gateways = self.keys.resource(Kind.EXTERNAL_GATEWAY, "")
                     if self._reload_secrets is not None and any(e.key.startswith(gateways) for e in batch):
                         await self._reload_secrets()
+                    users = self.keys.resource(Kind.REMOTE_ACCESS_USER, "")
+                    if any(e.key.startswith(users) for e in batch):
+                        # A deleted user or device revokes certificates registered before it went:
+                        # the registry is read after the batch was committed, so it has them.
+                        await self._reload_certificates()
                     self._apply_events(batch)
                     backoff = 0.1
             except CompactedError:
@@ -322,6 +338,7 @@ class MeshState:
         sites: set[str] = set()
         gateway_sites: set[str] = set()  # sites whose routes may have moved
         pools_changed = False  # a RemoteAccessPool changed: gateways NodeConfig.remote_access
+        users_changed = False  # a RemoteAccessUser changed: the gateways' revocation list may have
         gateways_before: dict[str, set[str]] = {}  # of the sites changed Nodes were or are in
         rekeyed: set[str] = set()  # ExternalGateways whose PSK was written
         if any(event.key == self.keys.numbering for event in events):
@@ -361,10 +378,14 @@ class MeshState:
                 sites.add(name)
             elif kind is Kind.REMOTE_ACCESS_POOL:
                 pools_changed = True
+            elif kind is Kind.REMOTE_ACCESS_USER:
+                users_changed = True
         if self._too_wide(changes):
             self._rebase(changes, revision, started)
             return
         deltas = self.index.apply(changes, validate=False)
+        if users_changed:
+            self._revoked_cache = None
         for gateway in sorted(rekeyed):
             self._resend_gateway_tunnels(gateway, deltas)
         # Only a node's own resource or its site's can change its NodeConfig; everyone else here
@@ -380,6 +401,8 @@ class MeshState:
         reconfigured = nodes | {n for s in sites | routed for n in self.index.nodes_in_site(s)}
         if pools_changed:  # which gateways serve a pool, and how: rare edits, every node looked at
             reconfigured |= set(self.index.nodes())
+        elif users_changed:  # the revocation list goes to the gateways; their config says if it moved
+            reconfigured |= self._pool_gateways()
         updates = 0
         for name in sorted(set(deltas) | reconfigured):
             updates += self._update_slice(name, revision, deltas.get(name), started, name in reconfigured)
@@ -443,6 +466,7 @@ class MeshState:
         dropped, and connected agents are told to take a fresh snapshot."""
         self.index.apply_quietly(changes)
         self._site_routes = {}
+        self._revoked_cache = None
         for name in list(self._slices):
             if self.index.node(name) is None:
                 gone = self._slices.pop(name)
@@ -510,6 +534,12 @@ class MeshState:
         stored = self.docs.get((Kind.NODE, node.metadata.name))
         uid = stored.doc.get("metadata", {}).get("uid", "") if stored else ""
         gateway = node.metadata.name in self.index.gateways_of(node.spec.site)
+        pools = tuple(
+            sorted(
+                (p for p in self.index.all_pools() if p.spec.gateways.matches(node.metadata.labels)),
+                key=lambda p: p.metadata.name,
+            )
+        )
         return node_config(
             node,
             uid,
@@ -517,13 +547,33 @@ class MeshState:
             gateway,
             self._status_interval_s,
             () if gateway else self._routes_of(node.spec.site),
-            tuple(
-                sorted(
-                    (p for p in self.index.all_pools() if p.spec.gateways.matches(node.metadata.labels)),
-                    key=lambda p: p.metadata.name,
-                )
-            ),
+            pools,
+            self._revoked() if pools else (),
         )
+
+    async def _reload_certificates(self) -> None:
+        if self._load_certificates is not None:
+            self._certificates = tuple(await self._load_certificates())
+            self._revoked_cache = None
+
+    def _revoked(self) -> tuple[str, ...]:
+        """Serials of unexpired device certificates whose user or device is gone (the list
+        ListRevokedCertificates answers too), computed once per change of users or registry."""
+        if self._revoked_cache is None:
+            now, has_device = time.time(), self.index.has_device
+            gone = (c for c in self._certificates if c.not_after > now and not has_device(c.user, c.device))
+            self._revoked_cache = tuple(sorted(c.serial for c in gone))
+        return self._revoked_cache
+
+    def _pool_gateways(self) -> set[str]:
+        """Nodes some RemoteAccessPool's gateways selector picks."""
+        pools = list(self.index.all_pools())
+        out = set()
+        for name in self.index.nodes():
+            node = self.index.node(name)
+            if node is not None and any(p.spec.gateways.matches(node.metadata.labels) for p in pools):
+                out.add(name)
+        return out
 
     def _routes_of(self, site: str) -> tuple[SiteRoute, ...]:
         known = self._site_routes.get(site)

@@ -128,6 +128,53 @@ async def test_gateways_read_the_revocation_list(ctl: Controller) -> None:
     assert list(listed.serials) == [issued.serial]
 
 
+async def _issue(ctl: Controller, user: str, device: str) -> str:
+    async with admin_channel(ctl) as channel:
+        issued = await admin_stub(channel).IssueDeviceCertificate(
+            admin_pb2.IssueDeviceCertificateRequest(
+                user=user, device=device, csr_pem=make_csr(new_key(), f"{device}.{user}")
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+    return str(issued.serial)
+
+
+async def test_the_revocation_list_is_pushed_to_gateways_in_their_node_config(ctl: Controller) -> None:
+    """Deleting a device or a user reaches every gateway as a desired-state delta carrying the
+    new list (no poll), and only nodes that serve a pool get one."""
+    gw1 = await join(ctl, "dc1", "gw1", "198.18.1.1", node_labels={"role": "ra"})
+    gw2 = await join(ctl, "dc1", "gw2", "198.18.1.2", node_labels={"role": "ra"})
+    other = await join(ctl, "dc1", "n3", "198.18.1.3")
+    laptop, phone = await _issue(ctl, "bob", "laptop"), await _issue(ctl, "bob", "phone")
+    w1, w2, w3 = Watcher(gw1), Watcher(gw2), Watcher(other)
+    async with gw1.channel(ctl) as c1, gw2.channel(ctl) as c2, other.channel(ctl) as c3:
+        u1, u2, u3 = w1.updates(c1), w2.updates(c2), w3.updates(c3)
+        for updates in (u1, u2):
+            snapshot = await next_update(updates)
+            assert snapshot.node.HasField("revocation") and list(snapshot.node.revocation.serials) == []
+        assert not (await next_update(u3)).node.HasField("revocation")
+        # A user change that revokes nothing (alice's device list) sends the gateways nothing:
+        # the next update they see is the one that revokes bob's laptop.
+        await apply(ctl, user("alice", devices=[{"name": "ipad", "platform": "apple"}]))
+        await apply(ctl, user("bob", auth={"method": "certificate"}, devices=BOB_DEVICES[1:]))
+        for updates in (u1, u2):
+            delta = await next_update(updates)
+            assert delta.kind == agent_pb2.UPDATE_KIND_DELTA
+            assert list(delta.node.revocation.serials) == [laptop]
+        phone_lease = agent_pb2.AllocateLeaseRequest(identity="bob@example.test", device="phone")
+        await _call(gw2, ctl, "AllocateLease", phone_lease)
+        async with admin_channel(ctl) as channel:
+            await admin_stub(channel).Delete(
+                admin_pb2.DeleteRequest(kind="RemoteAccessUser", name="bob"), timeout=CALL_TIMEOUT
+            )
+        for updates in (u1, u2):
+            delta = await next_update(updates)
+            assert list(delta.node.revocation.serials) == sorted([laptop, phone])
+    events = [(e.reason, e.message) for e in await retained_events(ctl, ("RemoteAccessUser",))]
+    # The deletion gave the lease back itself (gw2's ReleaseLease finds no user): its event.
+    assert ("RemoteAccessDisconnected", "bob (phone) left gw2: user deleted") in events
+
+
 async def test_gateway_nodes_get_the_pools_they_serve_in_their_node_config(ctl: Controller) -> None:
     gw = await join(ctl, "dc1", "gw1", "198.18.1.1", node_labels={"role": "ra"})
     other = await join(ctl, "dc1", "n2", "198.18.1.2")

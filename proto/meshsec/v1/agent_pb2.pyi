@@ -120,7 +120,7 @@ class DesiredStateUpdate(_message.Message):
     def __init__(self, version: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., base_version: _Optional[int] = ..., node: _Optional[_Union[NodeConfig, _Mapping]] = ..., upserted_tunnels: _Optional[_Iterable[_Union[DesiredTunnel, _Mapping]]] = ..., removed_tunnel_ids: _Optional[_Iterable[str]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class NodeConfig(_message.Message):
-    __slots__ = ("node_name", "site", "node_uid", "labels", "local_endpoints", "site_prefixes", "site_gateway", "local_id", "status_interval_seconds", "routes", "remote_access")
+    __slots__ = ("node_name", "site", "node_uid", "labels", "local_endpoints", "site_prefixes", "site_gateway", "local_id", "status_interval_seconds", "routes", "remote_access", "revocation")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +139,7 @@ class NodeConfig(_message.Message):
     STATUS_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     REMOTE_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     site: str
     node_uid: str
@@ -150,7 +151,14 @@ class NodeConfig(_message.Message):
     status_interval_seconds: int
     routes: _containers.RepeatedCompositeFieldContainer[SiteRoute]
     remote_access: _containers.RepeatedCompositeFieldContainer[RemoteAccessService]
-    def __init__(self, node_name: _Optional[str] = ..., site: _Optional[str] = ..., node_uid: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., local_endpoints: _Optional[_Iterable[_Union[_common_pb2.Endpoint, _Mapping]]] = ..., site_prefixes: _Optional[_Iterable[str]] = ..., site_gateway: _Optional[bool] = ..., local_id: _Optional[_Union[_common_pb2.Identity, _Mapping]] = ..., status_interval_seconds: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[SiteRoute, _Mapping]]] = ..., remote_access: _Optional[_Iterable[_Union[RemoteAccessService, _Mapping]]] = ...) -> None: ...
+    revocation: RemoteAccessRevocation
+    def __init__(self, node_name: _Optional[str] = ..., site: _Optional[str] = ..., node_uid: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., local_endpoints: _Optional[_Iterable[_Union[_common_pb2.Endpoint, _Mapping]]] = ..., site_prefixes: _Optional[_Iterable[str]] = ..., site_gateway: _Optional[bool] = ..., local_id: _Optional[_Union[_common_pb2.Identity, _Mapping]] = ..., status_interval_seconds: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[SiteRoute, _Mapping]]] = ..., remote_access: _Optional[_Iterable[_Union[RemoteAccessService, _Mapping]]] = ..., revocation: _Optional[_Union[RemoteAccessRevocation, _Mapping]] = ...) -> None: ...
+
+class RemoteAccessRevocation(_message.Message):
+    __slots__ = ("serials",)
+    SERIALS_FIELD_NUMBER: _ClassVar[int]
+    serials: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, serials: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RemoteAccessService(_message.Message):
     __slots__ = ("pool", "local_ts", "ike_proposals", "esp_proposals", "ike_lifetime_seconds", "child_lifetime_seconds", "auth_methods")

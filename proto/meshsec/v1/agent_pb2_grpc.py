@@ -141,7 +141,9 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListRevokedCertificates(self, request, context):
-        """Serials of remote-access device certificates the gateway must refuse from now on.
+        """Serials of remote-access device certificates the gateway must refuse from now on. The
+        controller also pushes this list in NodeConfig.revocation; the RPC serves agents of a
+        controller that did not, and tools.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
