@@ -39,7 +39,7 @@ from meshsec.controller.resources import FieldError, Kind, Resource, ValidationE
 from meshsec.controller.resources.errors import clip
 from meshsec.controller.resources.fields import Fields, valid_name
 from meshsec.controller.resources.limits import annotation_problems, resource_size_problem
-from meshsec.controller.resources.model import LAST_APPLIED_BY
+from meshsec.controller.resources.model import LAST_APPLIED_BY, RemoteAccessUser
 from meshsec.controller.resources.parse import canonical_kind
 from meshsec.controller.service.core import Core
 from meshsec.controller.service.secrets import psk_problem
@@ -320,6 +320,12 @@ class AdminApi(RemoteAccessRpcs, admin_pb2_grpc.AdminServiceServicer):
                 planned.append(_Planned(kind, name, action, merged))
                 if action != admin_pb2.APPLY_ACTION_UNCHANGED:
                     ops.append(Put(state.keys.resource(kind, name), json.dumps(merged).encode()))
+                if stored is not None and isinstance(resource, RemoteAccessUser):
+                    # Devices dropped from spec.devices: their certificates stay revoked even if
+                    # the name comes back (marked in this transaction).
+                    removed = _device_names(stored.doc) - {d.name for d in resource.spec.devices}
+                    if removed:
+                        ops += await self._core.credentials.revoke_ops(name, removed)
             if reserved:
                 raise ValidationError(reserved)
             changes: list[Change] = [Upsert(r) for _, r in parsed]
@@ -398,6 +404,7 @@ class AdminApi(RemoteAccessRpcs, admin_pb2_grpc.AdminServiceServicer):
                 ops.append(Delete(f"{state.keys.status}{request.name}"))
             if kind is Kind.REMOTE_ACCESS_USER:
                 ops += self._core.credentials.forget_ops(request.name)
+                ops += await self._core.credentials.revoke_ops(request.name)
                 held, lease_ops = await self._core.leases.release_ops(request.name)
                 released[:] = held
                 ops += lease_ops
@@ -952,3 +959,11 @@ def _admin_certificate(record: AdminRecord) -> admin_pb2.AdminCertificate:
 
 
 __all__ = ["VALIDATION_TRAILER", "AdminApi"]
+
+
+def _device_names(doc: dict[str, Any]) -> set[str]:
+    """The device names of a stored RemoteAccessUser document."""
+    devices = doc.get("spec", {}).get("devices", [])
+    if not isinstance(devices, list):
+        return set()
+    return {str(d.get("name")) for d in devices if isinstance(d, dict)}

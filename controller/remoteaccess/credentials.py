@@ -5,21 +5,23 @@
   kept like a PSK (docs/security.md, "Remote-access credentials").
 - Certificates (certificate and EAP-TLS): the controller CA signs a CSR whose key never leaves
   meshctl; the serial is registered (``certificates/<serial>``) with its user and device, so a
-  deleted user or device turns into a list of revoked serials (`revoked`).
+  deleted user or device turns into a list of revoked serials (`revoked`). The deletion also
+  marks the records revoked in its own transaction (`revoke_ops`): a user re-created under the
+  same name, or a device name used again, must not bring an old certificate back.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from meshsec.common.md4 import nt_password_hash
 from meshsec.common.secrets import Secret
 from meshsec.controller.ca.authority import CertificateAuthority, IssuedCertificate, load_csr
 from meshsec.controller.service.keys import Keys
-from meshsec.controller.store import Delete, Store
+from meshsec.controller.store import Delete, Put, Store
 
 # RFC 2759 allows up to 256 Unicode characters; fewer than 8 is refused as trivially guessable
 # (an MSCHAPv2 exchange seen on the wire can be brute-forced offline).
@@ -44,6 +46,7 @@ class DeviceCertificate:
     user: str
     device: str
     not_after: float
+    revoked: bool = False  # marked when its user or device was deleted (sticky)
 
 
 class RemoteAccessCredentials:
@@ -78,8 +81,11 @@ class RemoteAccessCredentials:
         issued = self._ca.sign_device(csr, user, device, identity, lifetime, now)
         serial = format(issued.serial, "x")
         record = {"user": user, "device": device, "notAfter": issued.not_after.timestamp()}
-        await self._store.put(f"{self._base}certificates/{serial}", json.dumps(record).encode())
+        await self._store.put(self._certificate_key(serial), json.dumps(record).encode())
         return issued
+
+    def _certificate_key(self, serial: str) -> str:
+        return f"{self._base}certificates/{serial}"
 
     async def certificates(self) -> list[DeviceCertificate]:
         listing = await self._store.range(f"{self._base}certificates/")
@@ -88,16 +94,28 @@ class RemoteAccessCredentials:
             doc = json.loads(kv.value)
             out.append(
                 DeviceCertificate(
-                    kv.key.rpartition("/")[2], str(doc["user"]), str(doc["device"]), float(doc["notAfter"])
+                    kv.key.rpartition("/")[2],
+                    str(doc["user"]),
+                    str(doc["device"]),
+                    float(doc["notAfter"]),
+                    bool(doc.get("revoked", False)),
                 )
             )
         return out
 
     async def revoked(self, device_exists: Callable[[str, str], bool], now: float) -> list[DeviceCertificate]:
         """Unexpired certificates whose user or device is gone: the revocation list for gateways."""
-        return [
-            c for c in await self.certificates() if c.not_after > now and not device_exists(c.user, c.device)
-        ]
+        return [c for c in await self.certificates() if is_revoked(c, device_exists, now)]
+
+    async def revoke_ops(self, user: str, devices: Collection[str] | None = None) -> list[Put]:
+        """Puts that mark the certificates of `user`'s `devices` (None: all) revoked, for the
+        transaction that deletes them (AdminService.Delete and Apply)."""
+        ops = []
+        for c in await self.certificates():
+            if c.user == user and not c.revoked and (devices is None or c.device in devices):
+                record = {"user": c.user, "device": c.device, "notAfter": c.not_after, "revoked": True}
+                ops.append(Put(self._certificate_key(c.serial), json.dumps(record).encode()))
+        return ops
 
     def forget_ops(self, user: str) -> list[Delete]:
         """Drops the password with the user (AdminService.Delete's transaction); the user's
@@ -105,4 +123,9 @@ class RemoteAccessCredentials:
         return [Delete(self.password_key(user))]
 
 
-__all__ = ["DeviceCertificate", "RemoteAccessCredentials", "password_problem"]
+def is_revoked(cert: DeviceCertificate, device_exists: Callable[[str, str], bool], now: float) -> bool:
+    """On the revocation list: unexpired, and marked or of a user or device that is gone."""
+    return cert.not_after > now and (cert.revoked or not device_exists(cert.user, cert.device))
+
+
+__all__ = ["DeviceCertificate", "RemoteAccessCredentials", "is_revoked", "password_problem"]

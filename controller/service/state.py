@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 from meshsec.controller.api.convert import node_config
 from meshsec.controller.mesh import Change, Delete, NodeDelta, PeerKind, Tunnel, Upsert
 from meshsec.controller.mesh.routes import SiteRoute, site_reach, site_routes
-from meshsec.controller.remoteaccess.credentials import DeviceCertificate
+from meshsec.controller.remoteaccess.credentials import DeviceCertificate, is_revoked
 from meshsec.controller.resources import Kind, Node, ValidationError, parse_resource
 from meshsec.controller.service.index import ControllerIndex
 from meshsec.controller.service.keys import Keys
@@ -561,7 +561,7 @@ class MeshState:
         ListRevokedCertificates answers too), computed once per change of users or registry."""
         if self._revoked_cache is None:
             now, has_device = time.time(), self.index.has_device
-            gone = (c for c in self._certificates if c.not_after > now and not has_device(c.user, c.device))
+            gone = (c for c in self._certificates if is_revoked(c, has_device, now))
             self._revoked_cache = tuple(sorted(c.serial for c in gone))
         return self._revoked_cache
 

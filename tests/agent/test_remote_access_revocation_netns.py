@@ -3,8 +3,8 @@ all real processes in namespaces: a controller, two gateway Nodes (meshsec agent
 5.9.8 road warriors. bob's laptop is connected to n1 and his phone to n2 when `meshctl delete
 remoteaccessuser bob` runs; the controller pushes the new revocation list with both gateways'
 desired state (NodeConfig.revocation), both close his IKE SAs, a reconnect with the laptop's
-certificate is refused with AUTHENTICATION_FAILED, and carol's laptop still connects. The
-controller's events tell each disconnect."""
+certificate is refused with AUTHENTICATION_FAILED (also once a new bob with the same devices
+exists), and carol's laptop still connects. The controller's events tell each disconnect."""
 
 from __future__ import annotations
 
@@ -78,6 +78,15 @@ def test_deleting_a_user_drops_it_on_every_gateway_and_refuses_its_certificate(
     carol = rws.start(carol_files)
     carol.initiate(CONNECTION, CONNECTION, timeout=60)
     assert client_sa(carol) is not None, carol.log_text()[-3000:] + logs["n1"].read_text()[-3000:]
+
+    # bob again, same name and devices: his old certificates stay revoked.
+    ml.apply(resource("RemoteAccessUser", "bob", user("bob", ["laptop", "phone"])))
+    refusal = "is revoked (AUTHENTICATION_FAILED)"
+    refusals = logs["n1"].read_text().count(refusal)
+    again = laptop.swanctl("--initiate", "--ike", CONNECTION, "--child", CONNECTION, "--timeout", "20",
+                           check=False, timeout=40)  # fmt: skip
+    assert again.returncode != 0 and client_sa(laptop) is None
+    wait_for("the second refusal on n1", lambda: logs["n1"].read_text().count(refusal) > refusals, 15)
 
     events = meshctl(ml, "events", "-o", "json")
     for told in ("bob (laptop) left n1: user deleted", "bob (phone) left n2: user deleted"):

@@ -161,6 +161,8 @@ async def test_the_revocation_list_is_pushed_to_gateways_in_their_node_config(ct
             delta = await next_update(updates)
             assert delta.kind == agent_pb2.UPDATE_KIND_DELTA
             assert list(delta.node.revocation.serials) == [laptop]
+        # The laptop back under the same name: its old certificate stays revoked (nothing sent).
+        await apply(ctl, user("bob", auth={"method": "certificate"}, devices=BOB_DEVICES))
         phone_lease = agent_pb2.AllocateLeaseRequest(identity="bob@example.test", device="phone")
         await _call(gw2, ctl, "AllocateLease", phone_lease)
         async with admin_channel(ctl) as channel:
@@ -170,6 +172,14 @@ async def test_the_revocation_list_is_pushed_to_gateways_in_their_node_config(ct
         for updates in (u1, u2):
             delta = await next_update(updates)
             assert list(delta.node.revocation.serials) == sorted([laptop, phone])
+    # A new bob with the same devices does not bring the old certificates back.
+    await apply(ctl, user("bob", auth={"method": "certificate"}, devices=BOB_DEVICES))
+    listed = await _call(gw1, ctl, "ListRevokedCertificates", agent_pb2.ListRevokedCertificatesRequest())
+    assert list(listed.serials) == sorted([laptop, phone])
+    assert ctl.core is not None
+    pushed = ctl.core.state.snapshot("gw1")
+    assert pushed is not None and pushed.config is not None
+    assert list(pushed.config.revocation.serials) == sorted([laptop, phone])
     events = [(e.reason, e.message) for e in await retained_events(ctl, ("RemoteAccessUser",))]
     # The deletion gave the lease back itself (gw2's ReleaseLease finds no user): its event.
     assert ("RemoteAccessDisconnected", "bob (phone) left gw2: user deleted") in events
