@@ -146,6 +146,9 @@ class IkeSa:
         self.virtual_addresses: tuple[VirtualAddress, ...] = ()
         self.peer_serial: str | None = None  # the peer's certificate (hex), once it verified
         self.peer_common_name: str | None = None  # and its subject CN
+        # A certificate that verified (chain and AUTH) but is on the revocation list: the serial
+        # this IKE SA was refused for, so the gateway can tell whose revoked device came back.
+        self.revoked_serial: str | None = None
         self.cfg_reply: cp.Reply | None = None
         # Responder, IKE_AUTH: a feature found the IKE SA may stand but its CHILD_SA may not
         # (RFC 7296 2.21.2); this notify answers in place of the CHILD_SA.

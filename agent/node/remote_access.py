@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -27,7 +28,7 @@ from meshsec.agent.gateway.revocation import RevocationFollower
 from meshsec.agent.ike.certs import Credentials
 from meshsec.agent.ike.config import ChildConfig, ConfigError, IkeConfig
 from meshsec.agent.ike.eap.users import EapServerConfig
-from meshsec.agent.ike.events import Event
+from meshsec.agent.ike.events import Event, IkeSaFailed
 from meshsec.agent.ike.revocation import RevocationList
 from meshsec.agent.ike.ts import Ts
 from meshsec.agent.ike.virtual_ip import Client
@@ -38,6 +39,7 @@ SERVED_METHODS = ("certificate", "eap-mschapv2", "eap-tls")
 EAP_METHODS = {"eap-mschapv2": "mschapv2", "eap-tls": "tls"}  # RemoteAuthMethod -> engine method
 DYNAMIC = (Ts.from_cidr("0.0.0.0/0"), Ts.from_cidr("::/0"))  # narrowed to each client's addresses
 PREFIX = "ra-"
+REPORT_EVERY_S = 60.0  # at most one ReportRevokedClient per serial this often (a client retrying)
 
 
 def is_road_warrior(record: SaRecord) -> bool:
@@ -97,6 +99,8 @@ class RoadWarriorGateway:
         self._follower: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self._services: tuple[bytes, ...] = ()
+        self._reported: dict[str, float] = {}  # revoked serial -> when last reported (monotonic)
+        self._reports: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ configuration
 
@@ -161,6 +165,7 @@ class RoadWarriorGateway:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
+        await asyncio.gather(*self._reports, return_exceptions=True)
         if self.leases is not None:
             await self.leases.settle()
         if self.eap_users is not None:
@@ -176,6 +181,28 @@ class RoadWarriorGateway:
         seen = self.clients.observe(record.handle, record.name, peer, ev)
         if seen is not None:
             _log(seen, sa.remote.host)
+        if isinstance(ev, IkeSaFailed) and sa.revoked_serial is not None:
+            self._report_revoked(sa.revoked_serial, sa.remote.host)
+
+    def _report_revoked(self, serial: str, address: str) -> None:
+        """A revoked device came back: the controller records whose (a RemoteAccessRefused event)."""
+        now = time.monotonic()
+        if self._stub is None or now - self._reported.get(serial, -REPORT_EVERY_S) < REPORT_EVERY_S:
+            return
+        self._reported = {s: t for s, t in self._reported.items() if now - t < REPORT_EVERY_S}
+        self._reported[serial] = now
+        request = agent_pb2.ReportRevokedClientRequest(serial=serial, peer_address=address)
+        stub = self._stub
+
+        async def report() -> None:
+            try:
+                await stub.ReportRevokedClient(request, timeout=5.0)
+            except (grpc.aio.AioRpcError, OSError) as exc:  # best effort: the gateway logged it
+                log.warning("reporting revoked certificate %s to the controller failed: %s", serial, exc)
+
+        task = asyncio.get_running_loop().create_task(report())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     def _release(self, _connection: str, client: Client) -> None:
         if self.leases is not None:

@@ -13,6 +13,7 @@ import time
 import grpc
 
 from meshsec.controller.api.identity import AnyContext
+from meshsec.controller.remoteaccess.credentials import is_revoked
 from meshsec.controller.remoteaccess.leases import PoolExhaustedError
 from meshsec.controller.resources.model import (
     CERTIFICATE_METHODS,
@@ -181,3 +182,38 @@ class AgentRemoteAccessRpcs(abc.ABC):
         except StoreError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
         return agent_pb2.ListRevokedCertificatesResponse(serials=sorted(c.serial for c in revoked))
+
+    async def ReportRevokedClient(
+        self,
+        request: agent_pb2.ReportRevokedClientRequest,
+        context: grpc.aio.ServicerContext[
+            agent_pb2.ReportRevokedClientRequest, agent_pb2.ReportRevokedClientResponse
+        ],
+    ) -> agent_pb2.ReportRevokedClientResponse:
+        node = await self._node(context, request.node)
+        index = self._core.state.index
+        gateway = index.node(node)
+        labels = gateway.metadata.labels if gateway is not None else None
+        if labels is None or not any(p.spec.gateways.matches(labels) for p in index.all_pools()):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"node {node} serves no RemoteAccessPool")
+        try:
+            certificates = await self._core.credentials.certificates()
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store: {exc}")
+        # Only a serial the controller itself revoked becomes an event: a gateway cannot write
+        # arbitrary refusals into a user's history.
+        serial = request.serial.lower()
+        found = next((c for c in certificates if c.serial == serial), None)
+        if found is None or not is_revoked(found, index.has_device, time.time()):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no revoked device certificate {serial[:64]}")
+        assert found is not None
+        where = f" from {request.peer_address[:64]}" if request.peer_address else ""
+        await self._core.events.emit(
+            "RemoteAccessRefused",
+            "RemoteAccessUser",
+            found.user,
+            f"{found.user} ({found.device}) refused on {node}{where}: certificate {serial} is revoked",
+            warning=True,
+            source=f"agent/{node}",
+        )
+        return agent_pb2.ReportRevokedClientResponse()

@@ -4,7 +4,8 @@ all real processes in namespaces: a controller, two gateway Nodes (meshsec agent
 remoteaccessuser bob` runs; the controller pushes the new revocation list with both gateways'
 desired state (NodeConfig.revocation), both close his IKE SAs, a reconnect with the laptop's
 certificate is refused with AUTHENTICATION_FAILED (also once a new bob with the same devices
-exists), and carol's laptop still connects. The controller's events tell each disconnect."""
+exists), and carol's laptop still connects. The controller's events tell each disconnect and
+the refusal."""
 
 from __future__ import annotations
 
@@ -92,3 +93,5 @@ def test_deleting_a_user_drops_it_on_every_gateway_and_refuses_its_certificate(
     for told in ("bob (laptop) left n1: user deleted", "bob (phone) left n2: user deleted"):
         assert told in events, events
     assert "RemoteAccessDisconnected" in events
+    # The gateway told the controller whose revoked device came back (once a minute per serial).
+    assert "bob (laptop) refused on n1 from 198.18.0.100: certificate" in events, events

@@ -27,6 +27,7 @@ EXPECTED_SERVICES = {
         ("AllocateLease", False, False),
         ("ReleaseLease", False, False),
         ("ListRevokedCertificates", False, False),
+        ("ReportRevokedClient", False, False),
         ("GetEapCredential", False, False),
     },
     "meshsec.v1.AdminService": {

@@ -185,6 +185,30 @@ async def test_the_revocation_list_is_pushed_to_gateways_in_their_node_config(ct
     assert ("RemoteAccessDisconnected", "bob (phone) left gw2: user deleted") in events
 
 
+async def test_a_gateway_reports_a_revoked_client_as_a_refusal_of_its_user(ctl: Controller) -> None:
+    gw = await join(ctl, "dc1", "gw1", "198.18.1.1", node_labels={"role": "ra"})
+    other = await join(ctl, "dc1", "n2", "198.18.1.2")
+    laptop, phone = await _issue(ctl, "bob", "laptop"), await _issue(ctl, "bob", "phone")
+    await apply(ctl, user("bob", auth={"method": "certificate"}, devices=BOB_DEVICES[1:]))
+    report = agent_pb2.ReportRevokedClientRequest(serial=laptop.upper(), peer_address="198.18.9.9")
+    await _call(gw, ctl, "ReportRevokedClient", report)
+    # Only a serial the controller revoked, and only from a gateway, becomes an event.
+    still_valid = agent_pb2.ReportRevokedClientRequest(serial=phone)
+    assert (await _refused(gw, ctl, "ReportRevokedClient", still_valid)).code() is grpc.StatusCode.NOT_FOUND
+    unknown = agent_pb2.ReportRevokedClientRequest(serial="abc")
+    assert (await _refused(gw, ctl, "ReportRevokedClient", unknown)).code() is grpc.StatusCode.NOT_FOUND
+    denied = await _refused(other, ctl, "ReportRevokedClient", report)
+    assert denied.code() is grpc.StatusCode.PERMISSION_DENIED
+    refusals = [
+        (e.involved.name, e.message)
+        for e in await retained_events(ctl, ("RemoteAccessUser",))
+        if e.reason == "RemoteAccessRefused"
+    ]
+    assert refusals == [
+        ("bob", f"bob (laptop) refused on gw1 from 198.18.9.9: certificate {laptop} is revoked")
+    ]
+
+
 async def test_gateway_nodes_get_the_pools_they_serve_in_their_node_config(ctl: Controller) -> None:
     gw = await join(ctl, "dc1", "gw1", "198.18.1.1", node_labels={"role": "ra"})
     other = await join(ctl, "dc1", "n2", "198.18.1.2")

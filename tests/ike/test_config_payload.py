@@ -12,6 +12,7 @@ from meshsec.agent.ike import cp
 from meshsec.agent.ike.config import IkeConfig
 from meshsec.agent.ike.events import (
     ChildSaEstablished,
+    Event,
     IkeSaDeleted,
     IkeSaFailed,
     IkeSaRekeyed,
@@ -21,7 +22,7 @@ from meshsec.agent.ike.events import (
 from meshsec.agent.ike.exchanges.child_create import ChildCreate
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.revocation import RevocationList, serial_text
-from meshsec.agent.ike.sa import State
+from meshsec.agent.ike.sa import IkeSa, State
 from meshsec.agent.ike.ts import Ts
 from meshsec.agent.ike.virtual_ip import Client
 from tests.ike.peers import Pair, child, ike_config, of_type, responder_config
@@ -199,8 +200,21 @@ def test_a_revoked_client_certificate_is_refused_and_gets_no_address() -> None:
     assert revoked.is_revoked(RW_CERT) and serial_text(RW_CERT) in revoked
     pool.release(Client("carol.example", "carol.example"))
     again = _cert_pair(pool, revoked)
+    failed_sas: list[IkeSa] = []  # the table forgets a failed SA once its events are read
+    drain = again.table.events
+
+    def keep_failed() -> list[tuple[IkeSa, Event]]:
+        out = drain()
+        failed_sas.extend(sa for sa, ev in out if isinstance(ev, IkeSaFailed))
+        return out
+
+    again.table.events = keep_failed  # type: ignore[method-assign]
     again.connect()
     (failed,) = of_type(again.events_r, IkeSaFailed)
     assert failed.code is FailureReason.AUTHENTICATION_FAILED
     assert f"certificate serial {serial_text(RW_CERT)} is revoked" in failed.reason
     assert not of_type(again.events_r, VirtualAddressesAssigned) and not pool.leases
+    # Which verified certificate was refused, for the gateway's report; not an authenticated peer.
+    (refused,) = failed_sas
+    assert refused.revoked_serial == serial_text(RW_CERT) and refused.peer_serial is None
+    assert pair.responder.revoked_serial is None

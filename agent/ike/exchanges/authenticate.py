@@ -92,6 +92,7 @@ def check_peer_auth(
     serial = serial_text(verified.leaf)
     if cfg.revocations is not None and serial in cfg.revocations:
         sa.stats["auth_failed_revoked"] += 1
+        sa.revoked_serial = serial
         return f"certificate authentication of {ident} failed: certificate serial {serial} is revoked"
     sa.peer_serial = serial
     names = verified.leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)

@@ -456,6 +456,20 @@ class ListRevokedCertificatesResponse(_message.Message):
     serials: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, serials: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class ReportRevokedClientRequest(_message.Message):
+    __slots__ = ("node", "serial", "peer_address")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    serial: str
+    peer_address: str
+    def __init__(self, node: _Optional[str] = ..., serial: _Optional[str] = ..., peer_address: _Optional[str] = ...) -> None: ...
+
+class ReportRevokedClientResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class GetEapCredentialRequest(_message.Message):
     __slots__ = ("node", "identity")
     NODE_FIELD_NUMBER: _ClassVar[int]

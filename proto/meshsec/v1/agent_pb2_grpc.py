@@ -70,6 +70,11 @@ class AgentServiceStub:
                 request_serializer=meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesRequest.SerializeToString,
                 response_deserializer=meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesResponse.FromString,
                 _registered_method=True)
+        self.ReportRevokedClient = channel.unary_unary(
+                '/meshsec.v1.AgentService/ReportRevokedClient',
+                request_serializer=meshsec_dot_v1_dot_agent__pb2.ReportRevokedClientRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_agent__pb2.ReportRevokedClientResponse.FromString,
+                _registered_method=True)
         self.GetEapCredential = channel.unary_unary(
                 '/meshsec.v1.AgentService/GetEapCredential',
                 request_serializer=meshsec_dot_v1_dot_agent__pb2.GetEapCredentialRequest.SerializeToString,
@@ -149,6 +154,17 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportRevokedClient(self, request, context):
+        """A gateway refused a road warrior whose device certificate verified but is revoked: the
+        controller records a RemoteAccessRefused event of the certificate's user and device (the
+        refusals it decides itself, in AllocateLease, are events already). Best effort; gateways send
+        at most one per serial a minute. Errors: PERMISSION_DENIED (the caller serves no pool),
+        NOT_FOUND (the serial is no revoked device certificate: nothing is recorded).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetEapCredential(self, request, context):
         """What a gateway checks a road warrior's EAP against, asked for when the client names its EAP
         identity: the user's EAP method and, for EAP-MSCHAPv2, the NT hash of its password (the only
@@ -196,6 +212,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ListRevokedCertificates,
                     request_deserializer=meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesRequest.FromString,
                     response_serializer=meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesResponse.SerializeToString,
+            ),
+            'ReportRevokedClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportRevokedClient,
+                    request_deserializer=meshsec_dot_v1_dot_agent__pb2.ReportRevokedClientRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_agent__pb2.ReportRevokedClientResponse.SerializeToString,
             ),
             'GetEapCredential': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEapCredential,
@@ -393,6 +414,33 @@ class AgentService:
             '/meshsec.v1.AgentService/ListRevokedCertificates',
             meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesRequest.SerializeToString,
             meshsec_dot_v1_dot_agent__pb2.ListRevokedCertificatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportRevokedClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AgentService/ReportRevokedClient',
+            meshsec_dot_v1_dot_agent__pb2.ReportRevokedClientRequest.SerializeToString,
+            meshsec_dot_v1_dot_agent__pb2.ReportRevokedClientResponse.FromString,
             options,
             channel_credentials,
             insecure,

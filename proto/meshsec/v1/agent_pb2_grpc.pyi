@@ -25,6 +25,7 @@ class AgentServiceStub:
     AllocateLease: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.AllocateLeaseRequest, _meshsec_v1_agent_pb2.AllocateLeaseResponse]
     ReleaseLease: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ReleaseLeaseRequest, _meshsec_v1_agent_pb2.ReleaseLeaseResponse]
     ListRevokedCertificates: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ListRevokedCertificatesRequest, _meshsec_v1_agent_pb2.ListRevokedCertificatesResponse]
+    ReportRevokedClient: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ReportRevokedClientRequest, _meshsec_v1_agent_pb2.ReportRevokedClientResponse]
     GetEapCredential: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.GetEapCredentialRequest, _meshsec_v1_agent_pb2.GetEapCredentialResponse]
 
 class AgentServiceAsyncStub:
@@ -35,6 +36,7 @@ class AgentServiceAsyncStub:
     AllocateLease: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.AllocateLeaseRequest, _meshsec_v1_agent_pb2.AllocateLeaseResponse]
     ReleaseLease: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ReleaseLeaseRequest, _meshsec_v1_agent_pb2.ReleaseLeaseResponse]
     ListRevokedCertificates: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ListRevokedCertificatesRequest, _meshsec_v1_agent_pb2.ListRevokedCertificatesResponse]
+    ReportRevokedClient: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ReportRevokedClientRequest, _meshsec_v1_agent_pb2.ReportRevokedClientResponse]
     GetEapCredential: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.GetEapCredentialRequest, _meshsec_v1_agent_pb2.GetEapCredentialResponse]
 
 class AgentServiceServicer:
@@ -45,6 +47,7 @@ class AgentServiceServicer:
     def AllocateLease(self, request: _meshsec_v1_agent_pb2.AllocateLeaseRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.AllocateLeaseResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.AllocateLeaseResponse]: ...
     def ReleaseLease(self, request: _meshsec_v1_agent_pb2.ReleaseLeaseRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.ReleaseLeaseResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.ReleaseLeaseResponse]: ...
     def ListRevokedCertificates(self, request: _meshsec_v1_agent_pb2.ListRevokedCertificatesRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.ListRevokedCertificatesResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.ListRevokedCertificatesResponse]: ...
+    def ReportRevokedClient(self, request: _meshsec_v1_agent_pb2.ReportRevokedClientRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.ReportRevokedClientResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.ReportRevokedClientResponse]: ...
     def GetEapCredential(self, request: _meshsec_v1_agent_pb2.GetEapCredentialRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.GetEapCredentialResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.GetEapCredentialResponse]: ...
 
 def add_AgentServiceServicer_to_server(
