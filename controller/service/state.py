@@ -338,7 +338,7 @@ class MeshState:
         sites: set[str] = set()
         gateway_sites: set[str] = set()  # sites whose routes may have moved
         pools_changed = False  # a RemoteAccessPool changed: gateways NodeConfig.remote_access
-        users_changed = False  # a RemoteAccessUser changed: the gateways' revocation list may have
+        users_changed = False  # a RemoteAccessUser changed: the revocation list may have moved
         gateways_before: dict[str, set[str]] = {}  # of the sites changed Nodes were or are in
         rekeyed: set[str] = set()  # ExternalGateways whose PSK was written
         if any(event.key == self.keys.numbering for event in events):
