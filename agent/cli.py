@@ -100,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="SIGTERM/SIGINT leave the mesh (DELETE, SAs removed) instead of restarting "
                           "(the default: no DELETE, the data plane keeps forwarding)")
     run.add_argument("--responder-grace", type=float, default=10.0, help=argparse.SUPPRESS)
+    # Half-open IKE SA limits (RFC 7296 2.6; standalone mode's `responder:` section): a
+    # remote-access gateway whose clients share one carrier NAT address raises the per-address pair.
+    limits = run.add_argument_group("half-open IKE SA limits")
+    for flag, default, what in (
+        ("--cookie-threshold", 10, "in all before COOKIEs are demanded"),
+        ("--block-threshold", 1000, "in all beyond which new IKE_SA_INITs are dropped"),
+        ("--cookie-threshold-per-address", 3, "from one address before COOKIEs are demanded"),
+        ("--block-threshold-per-address", 5, "from one address beyond which its IKE_SA_INITs are dropped"),
+    ):
+        limits.add_argument(flag, type=_positive_int, default=default, metavar="N",
+                            help=f"half-open IKE SAs {what} ({default})")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     add_log_format_argument(run)
     return parser
@@ -123,7 +134,18 @@ def run_until_stopped(
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def run_connected(args: argparse.Namespace) -> int:
+    from meshsec.agent.ike.responder import ResponderSettings
     from meshsec.agent.node.agent import NodeAgentConfig, run
     from meshsec.agent.node.credentials import EnrollmentError
 
@@ -147,6 +169,12 @@ def run_connected(args: argparse.Namespace) -> int:
         addresses=tuple(args.address),
         responder_grace=args.responder_grace,
         leave_on_stop=args.leave_on_stop,
+        responder=ResponderSettings(
+            cookie_threshold=args.cookie_threshold,
+            block_threshold=args.block_threshold,
+            cookie_threshold_per_address=args.cookie_threshold_per_address,
+            block_threshold_per_address=args.block_threshold_per_address,
+        ),
     )
     return run_until_stopped(run(config), config_errors=(EnrollmentError,))
 

@@ -38,6 +38,7 @@ from meshsec.agent.host_checks import IPNetwork, TunnelNeeds, warn_about_host
 from meshsec.agent.ike.certs import CredentialError
 from meshsec.agent.ike.certs import Credentials as EngineCredentials
 from meshsec.agent.ike.events import Event
+from meshsec.agent.ike.responder import ResponderSettings
 from meshsec.agent.node import credentials
 from meshsec.agent.node.credentials import Credentials, EnrollmentError
 from meshsec.agent.node.desired import DesiredState, DesiredStore
@@ -87,6 +88,7 @@ class NodeAgentConfig:
     addresses: tuple[str, ...] = ()  # reported endpoints; empty: the host's global addresses
     responder_grace: float = 10.0
     leave_on_stop: bool = False  # SIGTERM/SIGINT leaves the mesh instead of restarting
+    responder: ResponderSettings = field(default_factory=ResponderSettings)  # COOKIE/block limits
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -154,7 +156,7 @@ class NodeAgent:
             lambda local, remote: [*reconciler.lookup(local, remote), *gateway.lookup()],
             dataplane=dataplane,
             settings=AdapterSettings(bind=config.bind, ike_port=config.ike_port,
-                                     first_reqid=self._first_reqid),
+                                     responder=config.responder, first_reqid=self._first_reqid),
             on_event=on_event,
         )
         gateway = self.gateway = RoadWarriorGateway(adapter)

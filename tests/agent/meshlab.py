@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +143,9 @@ class MeshLab:
 
     # ------------------------------------------------------------------ nodes and agents
 
-    def add_node(self, n: int, before_agent: Callable[[Host], None] | None = None) -> str:
+    def add_node(
+        self, n: int, before_agent: Callable[[Host], None] | None = None, agent_args: Sequence[str] = ()
+    ) -> str:
         name = f"n{n}"
         self.apply(
             resource("Site", f"s{n}", {"prefixes": [f"198.19.{n}.0/24"],
@@ -159,7 +161,7 @@ class MeshLab:
         os.chmod(token_file, 0o600)
         if before_agent is not None:
             before_agent(host)
-        self.start_agent(name)
+        self.start_agent(name, agent_args=agent_args)
         return name
 
     def state_dir(self, name: str) -> Path:
@@ -168,9 +170,11 @@ class MeshLab:
     def status_socket(self, name: str) -> Path:
         return self.state_dir(name) / "status.sock"
 
-    def start_agent(self, name: str, program: list[str] | None = None) -> None:
+    def start_agent(
+        self, name: str, program: list[str] | None = None, agent_args: Sequence[str] = ()
+    ) -> None:
         """`program`: what runs `meshsec-agent` (default the installed script; a test of an
-        upgrade passes a build with other constants)."""
+        upgrade passes a build with other constants); `agent_args`: more `run` options."""
         n = int(name[1:])
         with self._suppress_missing():
             self.status_socket(name).unlink()
@@ -179,7 +183,7 @@ class MeshLab:
              "--bootstrap", f"{CTL_ADDR}:7444", "--node", name, "--state-dir", str(self.state_dir(name)),
              "--token-file", str(self.work / f"{name}.token"), "--ca-file", str(self.ctl_dir / "ca.pem"),
              "--dataplane", self.dataplane, "--address", f"198.18.0.{n}", "--responder-grace", "3",
-             "--log-level", "debug"],
+             "--log-level", "debug", *agent_args],
             log=self.work / f"{name}.log",
         )  # fmt: skip
 
