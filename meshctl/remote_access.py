@@ -28,7 +28,7 @@ from meshsec.meshctl.profiles import mobileconfig, sswan, swanctl, windows
 from meshsec.meshctl.profiles.model import DeviceCredentials, ProfileError, ProfileInput
 from meshsec.meshctl.secrets import add_value_source, read_value_source
 from meshsec.meshctl.table import Column, print_table
-from meshsec.meshctl.views import dump
+from meshsec.meshctl.views import dump, human_bytes
 from meshsec.v1 import admin_pb2
 
 FORMATS = ("mobileconfig", "sswan", "windows", "swanctl")
@@ -174,7 +174,15 @@ def lease_columns() -> list[Column]:
         Column("ADDRESSES"),
         Column("GATEWAY", False),
         Column("CONNECTED SINCE", False),
+        Column("IN/OUT", False),
     ]
+
+
+def traffic_text(lease: admin_pb2.RemoteAccessLease) -> str:
+    """Bytes from / to the client as its gateway last reported them ("-": not reported yet)."""
+    if not lease.HasField("traffic_at"):
+        return "-"
+    return f"{human_bytes(lease.bytes_in)}/{human_bytes(lease.bytes_out)}"
 
 
 def lease_row(lease: admin_pb2.RemoteAccessLease) -> list[Any]:
@@ -185,6 +193,7 @@ def lease_row(lease: admin_pb2.RemoteAccessLease) -> list[Any]:
         ",".join(lease.addresses),
         lease.gateway,
         iso(lease.connected_since) or "-",
+        traffic_text(lease),
     ]
 
 
@@ -196,6 +205,11 @@ def lease_document(lease: admin_pb2.RemoteAccessLease) -> dict[str, Any]:
         "addresses": list(lease.addresses),
         "gateway": lease.gateway,
         "connectedSince": iso(lease.connected_since),
+        "traffic": {
+            "bytesIn": lease.bytes_in, "bytesOut": lease.bytes_out,
+            "packetsIn": lease.packets_in, "packetsOut": lease.packets_out,
+            "reportedAt": iso(lease.traffic_at) if lease.HasField("traffic_at") else None,
+        },
     }
 
 
@@ -204,6 +218,7 @@ def lease_lines(leases: Sequence[admin_pb2.RemoteAccessLease]) -> list[str]:
     if not leases:
         return ["Leases:  <none>"]
     return ["Leases:"] + [
-        f"  {x.device}: {','.join(x.addresses)} on {x.gateway} since {iso(x.connected_since) or '-'}"
+        f"  {x.device}: {','.join(x.addresses)} on {x.gateway} since {iso(x.connected_since) or '-'},"
+        f" in/out {traffic_text(x)}"
         for x in leases
     ]

@@ -362,7 +362,7 @@ class IkeAdapter:
             record.children[spi_in] = known
             if self.installer is not None:
                 self.installer.bind(known.event, binding.local, binding.remote, binding.reqid,
-                                    tunnel=record.name)  # fmt: skip
+                                    tunnel=record.traffic_name)  # fmt: skip
         self.table.add(sa)
         if self.journal is not None:
             self.journal.seed(sa, dict(entry))
@@ -733,9 +733,8 @@ class IkeAdapter:
         # the same policies and traffic keeps flowing while outbound moves over.
         reqid = self.installer.reqid_of((child.local.host, ev.protocol, ev.replaces)) if ev.replaces else None
         try:
-            await self.installer.install(
-                ev, child.local, child.remote, reqid=reqid, outbound=ev.outbound_active, tunnel=record.name
-            )
+            await self.installer.install(ev, child.local, child.remote, reqid=reqid,
+                                         outbound=ev.outbound_active, tunnel=record.traffic_name)  # fmt: skip
         except (DataPlaneError, InstallError) as exc:
             child.install_error = str(exc)
             self.stats["child_install_failed"] += 1

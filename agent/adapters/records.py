@@ -47,3 +47,9 @@ class SaRecord:
     @property
     def name(self) -> str:
         return self.sa.config.name
+
+    @property
+    def traffic_name(self) -> str:
+        """What the installer counts this SA's CHILD_SAs toward: its tunnel, or for one of the
+        many road-warrior SAs of a shared `%any` config, the SA itself (a total per client)."""
+        return f"{self.name}#{self.handle}" if self.sa.config.address_pool is not None else self.name

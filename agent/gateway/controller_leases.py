@@ -49,6 +49,7 @@ def reply_from(response: agent_pb2.AllocateLeaseResponse) -> cp.Reply:
 @dataclass(slots=True)
 class _Lease:
     reply: cp.Reply
+    user: str  # the controller's RemoteAccessUser behind the client's identity
     holders: int = 0
 
 
@@ -87,7 +88,7 @@ class ControllerLeases:
         )
         try:
             response = await self._service.AllocateLease(request, timeout=RPC_TIMEOUT)
-            self.leases[key] = _Lease(reply_from(response))
+            self.leases[key] = _Lease(reply_from(response), response.user)
         except grpc.aio.AioRpcError as exc:
             self._refused[key] = f"controller: {exc.details() or exc.code().name}"
         except (OSError, ValueError) as exc:  # no route to the controller, a garbled address
@@ -95,6 +96,11 @@ class ControllerLeases:
         finally:
             del self._tasks[key]
         self._on_ready(client)
+
+    def user_of(self, client: Client) -> str | None:
+        """The user the controller leased `client`'s addresses to; None while none is held."""
+        lease = self.leases.get(client.key)
+        return lease.user if lease is not None else None
 
     def release(self, client: Client) -> bool:
         """One IKE SA of `client` ended; the last one gives the lease back (in the background)."""

@@ -33,6 +33,7 @@ from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
 from meshsec.agent.adapters.records import SaRecord
 from meshsec.agent.adapters.resume import Journal, ResumeRefused, restore
 from meshsec.agent.adapters.runtime import AdapterRuntime, view_of
+from meshsec.agent.adapters.traffic import Traffic, TrafficOwner
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, OwnedState, SaExpired
 from meshsec.agent.host_checks import IPNetwork, TunnelNeeds, warn_about_host
 from meshsec.agent.ike.certs import CredentialError
@@ -115,6 +116,7 @@ class NodeAgent:
         self.session: Session | None = None
         self.status_server: StatusServer | None = None
         self.gateway: RoadWarriorGateway | None = None
+        self._traffic: dict[TrafficOwner, Traffic] = {}  # the last report's totals (road warriors)
         self.routes: SiteRoutes | None = None  # none with the `none` data plane (IKE-only tests)
         self.metrics_port: int | None = None
         self.recovered = 0  # owned data-plane objects removed at start
@@ -373,6 +375,7 @@ class NodeAgent:
             reconciled=lambda: reconciler.reconciled_version,
             server_name=self.config.server_name,
             on_renewed=self._use_credentials,
+            remote_access_clients=self._client_traffic,
         )
         del reports
         self._renew_for_identity()
@@ -500,7 +503,12 @@ class NodeAgent:
             installer.traffic.retain({t.tunnel_id for t in tunnels})
             traffic = await installer.traffic_totals()
         self.metrics.observe(tunnels, traffic)
+        self._traffic = traffic or {}
         return tunnels
+
+    def _client_traffic(self) -> list[agent_pb2.RemoteAccessClientTraffic]:
+        """Road warriors' traffic from the totals `_tunnel_statuses` just read for this report."""
+        return self.gateway.client_traffic(self._traffic) if self.gateway is not None else []
 
     def health(self) -> dict[str, object]:
         """Ready: enrolled, a desired state received (now or persisted from an earlier run) and

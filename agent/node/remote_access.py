@@ -15,15 +15,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import grpc
 
 from meshsec.agent.adapters.ike import IkeAdapter, SaRecord
+from meshsec.agent.adapters.traffic import Traffic, TrafficOwner
 from meshsec.agent.gateway.clients import ClientConnected, ClientDisconnected, ClientEvent, ConnectedClients
 from meshsec.agent.gateway.controller_eap import ControllerEapUsers
-from meshsec.agent.gateway.controller_leases import ControllerLeases
+from meshsec.agent.gateway.controller_leases import ControllerLeases, device_of
 from meshsec.agent.gateway.revocation import RevocationFollower
 from meshsec.agent.ike.certs import Credentials
 from meshsec.agent.ike.config import ChildConfig, ConfigError, IkeConfig
@@ -140,6 +141,27 @@ class RoadWarriorGateway:
 
     def lookup(self) -> list[IkeConfig]:
         return list(self.configs)
+
+    def client_traffic(
+        self, totals: Mapping[TrafficOwner, Traffic]
+    ) -> list[agent_pb2.RemoteAccessClientTraffic]:
+        """Each connected client's traffic for the status report (the controller shows it on
+        the lease): `totals` are the installer's per (SA, CHILD_SA name), rekeys included."""
+        per_sa: dict[str, Traffic] = {}
+        for (owner, _child), traffic in totals.items():
+            per_sa.setdefault(owner, Traffic()).add(traffic)
+        out = []
+        for handle, held in self.clients.held.items():
+            record = self.adapter.by_handle.get(handle)
+            user = self.leases.user_of(held.client) if self.leases is not None else None
+            if record is None or user is None:
+                continue
+            t = per_sa.get(record.traffic_name, Traffic())
+            out.append(agent_pb2.RemoteAccessClientTraffic(
+                user=user, device=device_of(held.client), bytes_in=t.bytes_in, bytes_out=t.bytes_out,
+                packets_in=t.packets_in, packets_out=t.packets_out,
+            ))  # fmt: skip
+        return out
 
     # ------------------------------------------------------------------ controller side
 

@@ -33,6 +33,7 @@ CALL_TIMEOUT = 10.0
 Applied = Callable[[DesiredState], None]
 NodeStatusFn = Callable[[], agent_pb2.NodeStatus]
 TunnelsFn = Callable[[], Awaitable[list[agent_pb2.TunnelStatus]]]
+ClientsFn = Callable[[], list[agent_pb2.RemoteAccessClientTraffic]]
 
 
 class StreamEnded(Exception):
@@ -71,6 +72,7 @@ class Session:
         server_name: str | None = None,
         rng: random.Random | None = None,
         on_renewed: Callable[[Credentials], None] | None = None,
+        remote_access_clients: ClientsFn | None = None,
     ) -> None:
         self.address = address
         self.node = node
@@ -86,6 +88,7 @@ class Session:
         self.reconciled = reconciled
         self.server_name = server_name
         self.on_renewed = on_renewed
+        self.remote_access_clients = remote_access_clients  # read after `tunnels` (same counters)
         self.renew_now = asyncio.Event()  # renew before renew_at (e.g. the IKE ID changed)
         self.rng = rng or random.Random()
         self.instance_id = uuid.uuid4().hex
@@ -194,6 +197,8 @@ class Session:
             received_version=self.received_version,
             reconciled_version=self.reconciled(),
         )
+        if self.remote_access_clients is not None:
+            report.remote_access_clients.extend(self.remote_access_clients())
         report.sent_at.GetCurrentTime()
         try:
             ack = await stub.ReportStatus(report, timeout=CALL_TIMEOUT)

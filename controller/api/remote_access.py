@@ -97,7 +97,19 @@ class RemoteAccessRpcs(abc.ABC):
                 gateway=lease.gateway,
             )
             pb.connected_since.FromNanoseconds(int(lease.connected_since * 1e9))
+            self._add_traffic(pb)
         return response
+
+    def _add_traffic(self, lease: admin_pb2.RemoteAccessLease) -> None:
+        """The lease's bytes from its gateway's last status report (only the gateway that holds
+        the lease speaks for it: a report of another node naming the same client is ignored)."""
+        report = self._core.status.get(lease.gateway)
+        traffic = report.clients.get((lease.user, lease.device)) if report is not None else None
+        if report is None or traffic is None:
+            return
+        lease.bytes_in, lease.bytes_out = traffic.bytes_in, traffic.bytes_out
+        lease.packets_in, lease.packets_out = traffic.packets_in, traffic.packets_out
+        lease.traffic_at.FromNanoseconds(int(report.reported_at * 1e9))
 
     async def IssueDeviceCertificate(
         self,

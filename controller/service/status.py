@@ -52,6 +52,8 @@ class NodeReport:
     checked_version: int = 0
     # The agent's clock when it sent the report (StatusReport.sent_at), seconds; None: not sent.
     sent_at: float | None = None
+    # A gateway's road warriors with their traffic, by (user, device): complete in every report.
+    clients: dict[tuple[str, str], agent_pb2.RemoteAccessClientTraffic] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         report = agent_pb2.StatusReport(
@@ -62,6 +64,7 @@ class NodeReport:
             tunnels=list(self.tunnels.values()),
             received_version=self.received_version,
             reconciled_version=self.reconciled_version,
+            remote_access_clients=list(self.clients.values()),
         )
         if self.sent_at is not None:
             report.sent_at.FromNanoseconds(int(self.sent_at * 1e9))
@@ -87,7 +90,12 @@ class NodeReport:
             report.reconciled_version,
             int(doc.get("checked", 0)),
             _sent_at(report),
+            clients_of(report),
         )
+
+
+def clients_of(report: agent_pb2.StatusReport) -> dict[tuple[str, str], agent_pb2.RemoteAccessClientTraffic]:
+    return {(c.user, c.device): c for c in report.remote_access_clients}
 
 
 def _sent_at(report: agent_pb2.StatusReport) -> float | None:
@@ -203,6 +211,7 @@ class StatusBook:
             report.reconciled_version,
             checked,
             _sent_at(report),
+            clients_of(report),
         )
         self._reports[node] = updated
         if node in self._lost:

@@ -7,7 +7,9 @@ device revokes its certificate and the gateway drops the client within seconds a
 
 from __future__ import annotations
 
+import json
 import subprocess
+from typing import Any
 
 import pytest
 
@@ -84,6 +86,16 @@ def test_controller_managed_gateway_serves_a_road_warrior(lab: Lab, charons: Cha
 
     leases = _meshctl(ml, "get", "leases")
     assert "bob" in leases and vip in leases and gw in leases, leases
+
+    def lease_traffic() -> dict[str, Any] | None:
+        (lease,) = json.loads(_meshctl(ml, "get", "leases", "-o", "json"))["items"]
+        traffic: dict[str, Any] = lease["traffic"]
+        return traffic if traffic["packetsIn"] >= 3 and traffic["packetsOut"] >= 3 else None
+
+    # The gateway's next status report carries the client's CHILD_SA counters to its lease.
+    traffic = wait_for("the ping's packets on bob's lease", lease_traffic, 30, interval=1)
+    assert traffic["bytesIn"] >= 3 * 84 and traffic["bytesOut"] >= 3 * 84, traffic  # 3 echoes each way
+    assert traffic["reportedAt"], traffic
     events = _meshctl(ml, "events", "-o", "json")
     assert "RemoteAccessConnected" in events and f"bob (laptop) on {gw} with {vip}" in events, events
 

@@ -18,7 +18,8 @@ from meshsec.common.pki import make_csr, new_key
 from meshsec.controller.resources import parse_resource
 from meshsec.controller.resources.model import RemoteAccessPool
 from meshsec.controller.server import Controller
-from meshsec.v1 import admin_pb2
+from meshsec.controller.service.status import NodeReport
+from meshsec.v1 import admin_pb2, agent_pb2
 from tests.controller.ctl_harness import (
     CALL_TIMEOUT,
     admin_channel,
@@ -185,6 +186,49 @@ async def test_leases_are_listed_and_go_with_their_user(ctl: Controller) -> None
     assert await core.credentials.nt_hash("alice") is None
     taken = await core.state.store.range(f"{core.state.keys.remote_access}addresses/")
     assert [json.loads(kv.value)["user"] for kv in taken.kvs] == ["bob"]
+
+
+def _traffic_report(seq: int, *clients: tuple[str, str, int]) -> agent_pb2.StatusReport:
+    return agent_pb2.StatusReport(
+        agent_instance_id="i1", seq=seq, full=True,
+        remote_access_clients=[
+            agent_pb2.RemoteAccessClientTraffic(user=u, device=d, bytes_in=n, bytes_out=2 * n,
+                                                packets_in=n // 100, packets_out=n // 50)
+            for u, d, n in clients
+        ],
+    )  # fmt: skip
+
+
+async def test_leases_show_the_traffic_their_own_gateway_reports(ctl: Controller) -> None:
+    core = core_of(ctl)
+    parsed = parse_resource(pool(auth={"methods": ["certificate", "eap-mschapv2"]}))
+    assert isinstance(parsed, RemoteAccessPool)
+    await core.leases.allocate(parsed, "alice", "phone", "gw1", 1700000000.0)
+    await core.leases.allocate(parsed, "bob", "laptop", "gw2", 1700000001.0)
+    await core.status.accept("gw1", _traffic_report(1, ("alice", "phone", 1200)), 1700000100.0)
+    # gw3 holds no lease of alice's: what it says of her is not hers to say.
+    await core.status.accept("gw3", _traffic_report(1, ("alice", "phone", 999999)), 1700000100.0)
+
+    async def listed() -> dict[str, admin_pb2.RemoteAccessLease]:
+        async with admin_channel(ctl) as channel:
+            response = await admin_stub(channel).ListRemoteAccessLeases(
+                admin_pb2.ListRemoteAccessLeasesRequest(), timeout=CALL_TIMEOUT
+            )
+        return {x.user: x for x in response.leases}
+
+    leases = await listed()
+    alice, bob = leases["alice"], leases["bob"]
+    assert (alice.bytes_in, alice.bytes_out, alice.packets_in, alice.packets_out) == (1200, 2400, 12, 24)
+    assert alice.traffic_at.seconds == 1700000100
+    assert not bob.HasField("traffic_at") and bob.bytes_in == 0  # gw2 has not reported yet
+    # Every report carries the whole list: a later one replaces the numbers, and the status kept
+    # in the store (what another replica reads) holds them too.
+    await core.status.accept("gw1", _traffic_report(2, ("alice", "phone", 5000)), 1700000130.0)
+    assert (await listed())["alice"].bytes_in == 5000
+    report = core.status.get("gw1")
+    assert report is not None
+    stored = NodeReport.decode(report.encode())
+    assert stored.clients[("alice", "phone")].bytes_out == 10000
 
 
 async def test_deleted_users_and_devices_put_their_certificates_on_the_revocation_list(

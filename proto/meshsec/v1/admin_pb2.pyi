@@ -491,20 +491,30 @@ class SetRemoteAccessPasswordResponse(_message.Message):
     def __init__(self, created: _Optional[bool] = ...) -> None: ...
 
 class RemoteAccessLease(_message.Message):
-    __slots__ = ("pool", "user", "device", "addresses", "gateway", "connected_since")
+    __slots__ = ("pool", "user", "device", "addresses", "gateway", "connected_since", "bytes_in", "bytes_out", "packets_in", "packets_out", "traffic_at")
     POOL_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_SINCE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_IN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_IN_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_OUT_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_AT_FIELD_NUMBER: _ClassVar[int]
     pool: str
     user: str
     device: str
     addresses: _containers.RepeatedScalarFieldContainer[str]
     gateway: str
     connected_since: _timestamp_pb2.Timestamp
-    def __init__(self, pool: _Optional[str] = ..., user: _Optional[str] = ..., device: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., gateway: _Optional[str] = ..., connected_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    bytes_in: int
+    bytes_out: int
+    packets_in: int
+    packets_out: int
+    traffic_at: _timestamp_pb2.Timestamp
+    def __init__(self, pool: _Optional[str] = ..., user: _Optional[str] = ..., device: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., gateway: _Optional[str] = ..., connected_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., packets_in: _Optional[int] = ..., packets_out: _Optional[int] = ..., traffic_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListRemoteAccessLeasesRequest(_message.Message):
     __slots__ = ("user", "page_size", "page_token")

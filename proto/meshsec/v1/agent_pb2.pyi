@@ -267,7 +267,7 @@ class ChildConfig(_message.Message):
     def __init__(self, name: _Optional[str] = ..., local_ts: _Optional[_Iterable[_Union[_common_pb2.TrafficSelector, _Mapping]]] = ..., remote_ts: _Optional[_Iterable[_Union[_common_pb2.TrafficSelector, _Mapping]]] = ..., mode: _Optional[_Union[_common_pb2.Mode, str]] = ..., protocol: _Optional[_Union[_common_pb2.IpsecProtocol, str]] = ..., lifetimes: _Optional[_Union[_common_pb2.Lifetimes, _Mapping]] = ..., start_action: _Optional[_Union[_common_pb2.StartAction, str]] = ...) -> None: ...
 
 class StatusReport(_message.Message):
-    __slots__ = ("node_name", "agent_instance_id", "seq", "full", "node", "tunnels", "removed_tunnel_ids", "received_version", "reconciled_version", "sent_at")
+    __slots__ = ("node_name", "agent_instance_id", "seq", "full", "node", "tunnels", "removed_tunnel_ids", "received_version", "reconciled_version", "sent_at", "remote_access_clients")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +278,7 @@ class StatusReport(_message.Message):
     RECEIVED_VERSION_FIELD_NUMBER: _ClassVar[int]
     RECONCILED_VERSION_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_ACCESS_CLIENTS_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     agent_instance_id: str
     seq: int
@@ -288,7 +289,24 @@ class StatusReport(_message.Message):
     received_version: int
     reconciled_version: int
     sent_at: _timestamp_pb2.Timestamp
-    def __init__(self, node_name: _Optional[str] = ..., agent_instance_id: _Optional[str] = ..., seq: _Optional[int] = ..., full: _Optional[bool] = ..., node: _Optional[_Union[NodeStatus, _Mapping]] = ..., tunnels: _Optional[_Iterable[_Union[TunnelStatus, _Mapping]]] = ..., removed_tunnel_ids: _Optional[_Iterable[str]] = ..., received_version: _Optional[int] = ..., reconciled_version: _Optional[int] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    remote_access_clients: _containers.RepeatedCompositeFieldContainer[RemoteAccessClientTraffic]
+    def __init__(self, node_name: _Optional[str] = ..., agent_instance_id: _Optional[str] = ..., seq: _Optional[int] = ..., full: _Optional[bool] = ..., node: _Optional[_Union[NodeStatus, _Mapping]] = ..., tunnels: _Optional[_Iterable[_Union[TunnelStatus, _Mapping]]] = ..., removed_tunnel_ids: _Optional[_Iterable[str]] = ..., received_version: _Optional[int] = ..., reconciled_version: _Optional[int] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., remote_access_clients: _Optional[_Iterable[_Union[RemoteAccessClientTraffic, _Mapping]]] = ...) -> None: ...
+
+class RemoteAccessClientTraffic(_message.Message):
+    __slots__ = ("user", "device", "bytes_in", "bytes_out", "packets_in", "packets_out")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_IN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_IN_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_OUT_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    device: str
+    bytes_in: int
+    bytes_out: int
+    packets_in: int
+    packets_out: int
+    def __init__(self, user: _Optional[str] = ..., device: _Optional[str] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., packets_in: _Optional[int] = ..., packets_out: _Optional[int] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("dataplane_backend", "facts", "nat_addresses", "started_at", "certificate_not_after", "dataplane_path_mtu")
