@@ -135,6 +135,9 @@ def test_an_agent_pod_replacement_leaves_the_daemon_pod_forwarding(
     wait_for("a ping through the tunnel", lambda: hosts["mp-a"].ping(dst, src=src, count=2, wait=1).ok,
              timeout=30, on_timeout=lambda: logs_on_failure(pods))  # fmt: skip
     wait_for("mp-b's agent ready", lambda: agent_ready(agents["mp-b"]) == "", timeout=30)
+    probe = daemon["readinessProbe"]["exec"]["command"]
+    ready = daemons["mp-b"].exec(probe, check=False)
+    assert ready.returncode == 0, ready.stdout + ready.stderr  # the daemon pod's readiness probe
     held = query(tmp_path / "run-mp-b" / "dataplane.sock")
     assert held["sas"], held  # the daemon container holds the CHILD_SAs, not the agent's
 

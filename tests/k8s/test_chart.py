@@ -226,6 +226,10 @@ def test_userspace_data_plane_is_a_daemonset_of_its_own_sharing_a_host_socket() 
         assert str(daemon.socket).startswith(_socket_mount(c) + "/")
     assert {m["name"]: m["mountPath"] for m in d["volumeMounts"]}["tun"] == "/dev/net/tun"
     assert set(d["securityContext"]["capabilities"]["add"]) == {"NET_ADMIN", "NET_RAW"}
+    probe = d["readinessProbe"]["exec"]["command"]
+    assert probe[0] == "meshsec-dataplane" and _daemon_args({"command": probe[:1], "args": probe[1:]}).status
+    assert _daemon_args({"command": probe[:1], "args": probe[1:]}).socket == daemon.socket
+    assert "livenessProbe" not in d  # a failed one would restart the daemon: an outage
     # Scheduled where the agents are, never on a node without one (and the other way round).
     for key in ("nodeSelector", "tolerations", "priorityClassName"):
         assert dpod[key] == pod[key], key
