@@ -5,9 +5,11 @@ no agent runs, and the next agent adopts exactly what the daemon holds (and is h
 
 - With its IKE state file the new agent resumes the IKE SA on the adopted CHILD_SAs: the same
   SPIs everywhere, nothing lost.
-- Without it (removed between stop and start) it falls back to a new IKE SA, make-before-break:
-  nothing lost while no agent ran, and the SAs its new CHILD_SAs make stale are removed from the
-  daemon by the sweeper, nothing else.
+- Without it (removed between stop and start), or with it corrupted (cut short, as a crash
+  during a non-atomic copy would leave it), it falls back to a new IKE SA, make-before-break:
+  nothing lost while no agent ran, the reason logged, and the SAs its new CHILD_SAs make stale
+  are removed from the daemon by the sweeper, nothing else. The loss of each restart is printed
+  (target 0; docs/benchmarks.md records it).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def restart_under_ping(mesh: MeshLab, tag: str, between: Any = None) -> tuple[li
     if between is not None:
         between()
     time.sleep(1.0)  # no agent at all: the daemon forwards alone
+    started = time.time()
     mesh.start_agent("n2")
     # Generous: on this shared 2-core machine a loaded start took up to 10 s.
     wait_for("the restarted agent's status", lambda: mesh.status("n2"), 60)
@@ -74,7 +77,7 @@ def restart_under_ping(mesh: MeshLab, tag: str, between: Any = None) -> tuple[li
     lost = lost_at(text, count)
     print(f"kill -9 restart ({tag}), userspace daemon: {len(lost)} of {count} lost "
           f"({', '.join(f'{t - killed:+.2f} s' for t in lost)} from the kill; agent up "
-          f"{agent_up - killed:.2f} s after it)")
+          f"{agent_up - killed:.2f} s after it, {agent_up - started:.2f} s after its start)")
     return lost, killed, agent_up
 
 
@@ -109,6 +112,25 @@ def test_kill_9_under_a_10ms_ping_loses_nothing_and_the_agent_adopts(mesh: MeshL
     assert held(mesh, "n2")["hello"]["pid"] == daemon_pid
     # The make-before-break switch itself: target 0, a packet in flight at most.
     assert len(lost) <= 2, lost
+    assert mesh.ping("n2", "n1")
+
+    # Corrupted: the file cut short. The same fallback, the reason logged (never the content).
+    fallback_spis = held_spis(mesh, "n2")
+    text = state_file.read_bytes()
+    assert text
+
+    def corrupt() -> None:
+        state_file.write_bytes(text[: len(text) // 2])
+
+    lost, killed, agent_up = restart_under_ping(mesh, "corrupt", corrupt)
+    log = (mesh.work / "n2.log").read_text()
+    assert log.count("ike-sas.json is unreadable or not JSON") == 1, log[-2000:]
+    assert mesh.status("n2")["resumed_at_start"]["resumed"] == 0
+    assert not [t for t in lost if killed - 0.1 <= t <= agent_up], lost
+    wait_for("n2 with new CHILD_SAs again", lambda: live_spis(mesh, "n2") and not
+             live_spis(mesh, "n2") & fallback_spis, 60)  # fmt: skip
+    wait_for("stale SAs gone again", lambda: held_spis(mesh, "n2") == live_spis(mesh, "n2"), 60)
+    assert held(mesh, "n2")["hello"]["pid"] == daemon_pid
     assert mesh.ping("n2", "n1")
 
 

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,7 +171,8 @@ def write_bootstrap(directory: Path, token: str, ca_pem: bytes) -> Path:
 
 
 def start_agent(pods: Containers, image: str, host: Host, node: str, ctl: ControllerContainer,
-                bootstrap: Path, state: Path, ca_sha256: str, address: str | None = None) -> Container:
+                bootstrap: Path, state: Path, ca_sha256: str, address: str | None = None,
+                extra_args: Sequence[str] = (), extra_volumes: Sequence[tuple[Path, str]] = ()) -> Container:
     """``meshsec-agent run`` in ``host``'s namespace as the chart's DaemonSet runs it: the bootstrap
     Secret's files mounted (token, CA pinned by hash), state on a host directory."""
     owned_dir(state)
@@ -181,9 +182,9 @@ def start_agent(pods: Containers, image: str, host: Host, node: str, ctl: Contro
          "--controller", f"{ctl.address}:{MTLS_PORT}", "--bootstrap", f"{ctl.address}:{BOOTSTRAP_PORT}",
          "--state-dir", AGENT_STATE, "--token-file", f"{AGENT_BOOTSTRAP}/token",
          "--ca-file", f"{AGENT_BOOTSTRAP}/ca.pem", "--ca-sha256", ca_sha256,
-         "--dataplane", "userspace", *(["--address", address] if address else [])],
+         "--dataplane", "userspace", *(["--address", address] if address else []), *extra_args],
         netns=host.ns, user="0", caps=AGENT_CAPS, devices=[TUN],
-        volumes=[(state, AGENT_STATE), (bootstrap, f"{AGENT_BOOTSTRAP}:ro")],
+        volumes=[(state, AGENT_STATE), (bootstrap, f"{AGENT_BOOTSTRAP}:ro"), *extra_volumes],
     )  # fmt: skip
 
 

@@ -93,9 +93,22 @@ def test_lint_strict_has_no_errors() -> None:
         {"metrics": {"enabled": False}, "operator": {"enabled": False}, "agent": {"privileged": True}},
         {"controller": {"enabled": False}, "agent": {"controller": {"address": "198.18.0.1:7443"}}},
         {"agent": {"bootstrap": {"site": "dc1"}}},
+        {"agent": {"userspace": {"daemon": "sidecar"}}},
+        {"agent": {"dataplane": "kernel"}},
+        {"agent": {"userspace": {"updateStrategy": "RollingUpdate"}, "privileged": True}},
         EVERYTHING,
     ],
-    ids=["default", "etcd-ha", "minimal", "agent-only", "managed-bootstrap", "everything"],
+    ids=[
+        "default",
+        "etcd-ha",
+        "minimal",
+        "agent-only",
+        "managed-bootstrap",
+        "sidecar",
+        "kernel",
+        "dataplane-rolling",
+        "everything",
+    ],
 )
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
 def test_rendered_manifests_validate(values: dict[str, Any], version: str) -> None:
@@ -180,35 +193,127 @@ def test_agent_daemonset() -> None:
     assert mounts["tun"] == "/dev/net/tun"
 
 
-def test_userspace_data_plane_is_a_second_container_sharing_the_socket() -> None:
-    """The agent container's restart must leave the userspace packet path running: it lives in
-    the `dataplane` container, reached over a socket on a pod-lifetime volume both mount."""
+def _daemon_args(c: dict[str, Any]) -> Any:
     from meshsec.agent.dataplane.userspace.daemon import parser as daemon_parser
 
-    agent = render()["DaemonSet/mesh-meshsec-agent"]
-    pod = agent["spec"]["template"]["spec"]
-    a, d = container(agent, "agent"), container(agent, "dataplane")
-    args = agent_parser().parse_args(a["command"][1:] + a["args"])
-    daemon = daemon_parser().parse_args(d["args"])
-    assert d["command"] == ["meshsec-dataplane"]
+    assert c["command"] == ["meshsec-dataplane"]
+    return daemon_parser().parse_args(c["args"])
+
+
+def _socket_mount(c: dict[str, Any]) -> str:
+    return str({m["name"]: m["mountPath"] for m in c["volumeMounts"]}["dataplane-socket"])
+
+
+def test_userspace_data_plane_is_a_daemonset_of_its_own_sharing_a_host_socket() -> None:
+    """A pod replacement of the agent (every chart upgrade rolls it) must leave the userspace
+    packet path running: the daemon is a DaemonSet of its own on the same nodes (host network,
+    where the agent lends it UDP 4500), reached over a socket on a host directory both pods mount."""
+    r = render(EVERYTHING)
+    agent, dp = r["DaemonSet/mesh-meshsec-agent"], r["DaemonSet/mesh-meshsec-dataplane"]
+    pod, dpod = agent["spec"]["template"]["spec"], dp["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["agent"]
+    a, (d,) = container(agent, "agent"), dpod["containers"]
+    args, daemon = agent_parser().parse_args(a["command"][1:] + a["args"]), _daemon_args(d)
     assert args.userspace_daemon == "connect"  # the kubelet starts the daemon, not the agent
     assert args.dataplane_socket == daemon.socket
     assert daemon.tun_name == args.tun_name == "meshsec0"
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert "emptyDir" in volumes["dataplane-socket"]  # lives as long as the pod, not a container
-    for c in (a, d):
-        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-        assert str(daemon.socket).startswith(mounts["dataplane-socket"] + "/")
+    assert dpod["hostNetwork"] is True
+    assert dp["spec"]["updateStrategy"] == {"type": "OnDelete"}  # a new template restarts nothing
+    for p, c in ((pod, a), (dpod, d)):
+        volumes = {v["name"]: v for v in p["volumes"]}
+        host = {"path": "/run/meshsec/dataplane", "type": "DirectoryOrCreate"}
+        assert volumes["dataplane-socket"] == {"name": "dataplane-socket", "hostPath": host}
+        assert str(daemon.socket).startswith(_socket_mount(c) + "/")
     assert {m["name"]: m["mountPath"] for m in d["volumeMounts"]}["tun"] == "/dev/net/tun"
     assert set(d["securityContext"]["capabilities"]["add"]) == {"NET_ADMIN", "NET_RAW"}
+    probe = d["readinessProbe"]["exec"]["command"]
+    assert probe[0] == "meshsec-dataplane" and _daemon_args({"command": probe[:1], "args": probe[1:]}).status
+    assert _daemon_args({"command": probe[:1], "args": probe[1:]}).socket == daemon.socket
+    assert "livenessProbe" not in d  # a failed one would restart the daemon: an outage
+    # Scheduled where the agents are, never on a node without one (and the other way round).
+    for key in ("nodeSelector", "tolerations", "priorityClassName"):
+        assert dpod[key] == pod[key], key
+    # The two DaemonSets select disjoint pods (one must not adopt the other's).
+    labels = dp["spec"]["template"]["metadata"]["labels"]
+    assert not agent["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert dp["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    rolling = render({"agent": {"userspace": {"updateStrategy": "RollingUpdate", "socketDir": "/run/x"}}})
+    assert rolling["DaemonSet/mesh-meshsec-dataplane"]["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1},
+    }
+    assert {"name": "dataplane-socket", "hostPath": {"path": "/run/x", "type": "DirectoryOrCreate"}} in (
+        rolling["DaemonSet/mesh-meshsec-agent"]["spec"]["template"]["spec"]["volumes"]
+    )
 
-    kernel = render({"agent": {"dataplane": "kernel"}})["DaemonSet/mesh-meshsec-agent"]
-    names = [c["name"] for c in kernel["spec"]["template"]["spec"]["containers"]]
-    assert names == ["agent"]
-    inside = render({"agent": {"userspace": {"sidecar": False}}})["DaemonSet/mesh-meshsec-agent"]
-    c = container(inside, "agent")
-    assert [x["name"] for x in inside["spec"]["template"]["spec"]["containers"]] == ["agent"]
-    assert agent_parser().parse_args(c["command"][1:] + c["args"]).userspace_daemon == "off"
+
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        {"image": {"tag": "0.2.0"}},
+        {
+            "image": {"tag": "0.2.0"},
+            "agent": {
+                "logLevel": "debug",
+                "extraArgs": ["--address=198.18.0.9"],
+                "resources": {"requests": {"cpu": "1"}},
+                "leaveOnStop": True,
+            },
+        },
+    ],
+    ids=["image-tag", "image-tag-and-agent-values"],
+)
+def test_an_agent_upgrade_leaves_the_data_plane_pod_template_unchanged(upgrade: dict[str, Any]) -> None:
+    """The DaemonSet controller rolls a DaemonSet's pods when its pod template changes (for
+    OnDelete, on their next replacement): an agent-only upgrade must change the agent's template
+    and not the daemon's, whatever its update strategy."""
+    import copy
+
+    def merged(extra: dict[str, Any]) -> dict[str, Any]:
+        out = copy.deepcopy(EVERYTHING)
+        for key, value in extra.items():
+            out[key] = {**out.get(key, {}), **value}
+        return out
+
+    before, after = render(EVERYTHING), render(merged(upgrade))
+    assert (
+        after["DaemonSet/mesh-meshsec-agent"]["spec"]["template"]
+        != (before["DaemonSet/mesh-meshsec-agent"]["spec"]["template"])
+    )
+    assert container(after["DaemonSet/mesh-meshsec-agent"], "agent")["image"] == "meshsec/meshsec:0.2.0"
+    dp = "DaemonSet/mesh-meshsec-dataplane"
+    assert after[dp]["spec"] == before[dp]["spec"]
+    assert container(after[dp], "dataplane")["image"] == "meshsec/meshsec:0.1.0"  # the appVersion
+    # The daemon is upgraded on purpose, by its own tag.
+    daemon_upgrade = render(
+        merged({"agent": {**merged(upgrade).get("agent", {}), "userspace": {"image": {"tag": "0.2.0"}}}})
+    )
+    assert container(daemon_upgrade[dp], "dataplane")["image"] == "meshsec/meshsec:0.2.0"
+
+
+def test_the_other_data_plane_shapes() -> None:
+    """sidecar: the daemon in the agent's pod (survives the agent container's restart only);
+    off, or the kernel backend: no daemon at all."""
+    sidecar = render({"agent": {"userspace": {"daemon": "sidecar"}}})
+    assert "DaemonSet/mesh-meshsec-dataplane" not in sidecar
+    agent = sidecar["DaemonSet/mesh-meshsec-agent"]
+    a, d = container(agent, "agent"), container(agent, "dataplane")
+    args, daemon = agent_parser().parse_args(a["command"][1:] + a["args"]), _daemon_args(d)
+    assert args.userspace_daemon == "connect"
+    assert args.dataplane_socket == daemon.socket
+    volumes = {v["name"]: v for v in agent["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes["dataplane-socket"]  # lives as long as the pod, not a container
+    assert str(daemon.socket).startswith(_socket_mount(a) + "/") and _socket_mount(a) == _socket_mount(d)
+
+    for values in ({"agent": {"dataplane": "kernel"}}, {"agent": {"userspace": {"daemon": "off"}}}):
+        r = render(values)
+        assert "DaemonSet/mesh-meshsec-dataplane" not in r
+        agent = r["DaemonSet/mesh-meshsec-agent"]
+        pod = agent["spec"]["template"]["spec"]
+        assert [c["name"] for c in pod["containers"]] == ["agent"]
+        assert "dataplane-socket" not in {v["name"] for v in pod["volumes"]}
+        c = container(agent, "agent")
+        assert agent_parser().parse_args(c["command"][1:] + c["args"]).userspace_daemon == "off"
 
 
 def test_etcd_ha() -> None:
@@ -247,6 +352,10 @@ def test_etcd_ha() -> None:
         ({"store": {"type": "consul"}}, "/store/type': value must be one of 'embedded', 'etcd'"),
         ({"controler": {"replicas": 3}}, "additional properties 'controler' not allowed"),
         ({"agent": {"dataplane": "xfrm"}}, "/agent/dataplane': value must be one of"),
+        # The 0.2 chart's switch: its values must say which shape they mean now.
+        ({"agent": {"userspace": {"sidecar": True}}}, "additional properties 'sidecar' not allowed"),
+        ({"agent": {"userspace": {"daemon": "pod"}}}, "/agent/userspace/daemon': value must be one of"),
+        ({"agent": {"userspace": {"updateStrategy": "Recreate"}}}, "/agent/userspace/updateStrategy'"),
         ({"store": {"etcd": {"endpoints": ["http://etcd:2379"]}}}, "/store/etcd/endpoints/0"),
     ],
 )
@@ -328,7 +437,7 @@ def test_image_provides_the_chart_commands() -> None:
     commands = {
         container(r["Deployment/mesh-meshsec-controller"], "controller")["command"][0],
         container(r["DaemonSet/mesh-meshsec-agent"], "agent")["command"][0],
-        container(r["DaemonSet/mesh-meshsec-agent"], "dataplane")["command"][0],
+        container(r["DaemonSet/mesh-meshsec-dataplane"], "dataplane")["command"][0],
     }
     assert commands <= set(scripts)
     # Every role's packages, from the lock that the operator extra (kopf, kubernetes) is part of.

@@ -62,3 +62,37 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- int .Values.controller.replicas }}
 {{- end }}
+
+{{/* The data-plane daemon's image: its own tag, so that image.tag (an agent upgrade) leaves the
+daemon's pod template, and with it the packet path, untouched. */}}
+{{- define "meshsec.dataplaneImage" -}}
+{{- $i := .Values.agent.userspace.image }}
+{{- printf "%s:%s" (default .Values.image.repository $i.repository) (default .Chart.AppVersion $i.tag) }}
+{{- end }}
+
+{{/* How the userspace data-plane daemon runs: daemonset, sidecar or off (none for dataplane: kernel). */}}
+{{- define "meshsec.dataplaneDaemon" -}}
+{{- if eq .Values.agent.dataplane "kernel" }}off{{ else }}{{ .Values.agent.userspace.daemon }}{{ end }}
+{{- end }}
+
+{{/* The daemon's arguments, identical in both shapes (the tests parse them with its parser). */}}
+{{- define "meshsec.dataplaneArgs" -}}
+- --socket=/run/meshsec/dataplane.sock
+- --tun-name={{ .Values.agent.tunName }}
+- --path-mtu={{ .Values.agent.userspace.pathMtu }}
+- --log-level={{ .Values.agent.userspace.logLevel }}
+{{- end }}
+
+{{/* The daemon's security context: root for the TUN device, raw ESP sockets, routes and rules in
+the node's namespace. */}}
+{{- define "meshsec.dataplaneSecurityContext" -}}
+runAsUser: 0
+{{- if .Values.agent.privileged }}
+privileged: true
+{{- else }}
+allowPrivilegeEscalation: false
+capabilities:
+  drop: [ALL]
+  add: [NET_ADMIN, NET_RAW]
+{{- end }}
+{{- end }}
