@@ -162,11 +162,13 @@ def get_leases(args: argparse.Namespace, client: AdminClient, out: TextIO) -> in
     if not leases:
         sys.stderr.write("No leases found.\n")
         return EXIT_OK
-    print_table(lease_columns(), [lease_row(x) for x in leases], out)
+    wide = args.output == "wide"
+    print_table(lease_columns(wide), [lease_row(x, wide) for x in leases], out)
     return EXIT_OK
 
 
-def lease_columns() -> list[Column]:
+def lease_columns(wide: bool = False) -> list[Column]:
+    """`-o wide` adds the client's traffic (bytes in from / out to it)."""
     return [
         Column("USER", False),
         Column("DEVICE", False),
@@ -174,7 +176,7 @@ def lease_columns() -> list[Column]:
         Column("ADDRESSES"),
         Column("GATEWAY", False),
         Column("CONNECTED SINCE", False),
-        Column("IN/OUT", False),
+        *([Column("IN/OUT", False)] if wide else []),
     ]
 
 
@@ -185,7 +187,7 @@ def traffic_text(lease: admin_pb2.RemoteAccessLease) -> str:
     return f"{human_bytes(lease.bytes_in)}/{human_bytes(lease.bytes_out)}"
 
 
-def lease_row(lease: admin_pb2.RemoteAccessLease) -> list[Any]:
+def lease_row(lease: admin_pb2.RemoteAccessLease, wide: bool = False) -> list[Any]:
     return [
         lease.user,
         lease.device,
@@ -193,7 +195,7 @@ def lease_row(lease: admin_pb2.RemoteAccessLease) -> list[Any]:
         ",".join(lease.addresses),
         lease.gateway,
         iso(lease.connected_since) or "-",
-        traffic_text(lease),
+        *([traffic_text(lease)] if wide else []),
     ]
 
 

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 
 import grpc
@@ -30,9 +30,11 @@ from meshsec.agent.ike.certs import Credentials
 from meshsec.agent.ike.config import ChildConfig, ConfigError, IkeConfig
 from meshsec.agent.ike.eap.users import EapServerConfig
 from meshsec.agent.ike.events import Event, IkeSaFailed
+from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.revocation import RevocationList
 from meshsec.agent.ike.ts import Ts
 from meshsec.agent.ike.virtual_ip import Client
+from meshsec.common.once_per import OncePer
 from meshsec.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ SERVED_METHODS = ("certificate", "eap-mschapv2", "eap-tls")
 EAP_METHODS = {"eap-mschapv2": "mschapv2", "eap-tls": "tls"}  # RemoteAuthMethod -> engine method
 DYNAMIC = (Ts.from_cidr("0.0.0.0/0"), Ts.from_cidr("::/0"))  # narrowed to each client's addresses
 PREFIX = "ra-"
-REPORT_EVERY_S = 60.0  # at most one ReportRevokedClient per serial this often (a client retrying)
+REPORT_EVERY_S = 60.0  # at most one refusal report per serial / identity this often (a client retrying)
 
 
 def is_road_warrior(record: SaRecord) -> bool:
@@ -100,7 +102,7 @@ class RoadWarriorGateway:
         self._follower: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self._services: tuple[bytes, ...] = ()
-        self._reported: dict[str, float] = {}  # revoked serial -> when last reported (monotonic)
+        self._reported = OncePer(REPORT_EVERY_S)  # per revoked serial / EAP identity
         self._reports: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ configuration
@@ -203,24 +205,35 @@ class RoadWarriorGateway:
         seen = self.clients.observe(record.handle, record.name, peer, ev)
         if seen is not None:
             _log(seen, sa.remote.host)
-        if isinstance(ev, IkeSaFailed) and sa.revoked_serial is not None:
-            self._report_revoked(sa.revoked_serial, sa.remote.host)
-
-    def _report_revoked(self, serial: str, address: str) -> None:
-        """A revoked device came back: the controller records whose (a RemoteAccessRefused event)."""
-        now = time.monotonic()
-        if self._stub is None or now - self._reported.get(serial, -REPORT_EVERY_S) < REPORT_EVERY_S:
+        if not isinstance(ev, IkeSaFailed) or self._stub is None:
             return
-        self._reported = {s: t for s, t in self._reported.items() if now - t < REPORT_EVERY_S}
-        self._reported[serial] = now
-        request = agent_pb2.ReportRevokedClientRequest(serial=serial, peer_address=address)
-        stub = self._stub
+        stub, serial, outer = self._stub, sa.revoked_serial, sa.remote.host
+        if serial is not None:
+            # A revoked device came back: the controller records whose (a RemoteAccessRefused event).
+            revoked = agent_pb2.ReportRevokedClientRequest(serial=serial, peer_address=outer)
+            self._report(("serial", serial), lambda: stub.ReportRevokedClient(revoked, timeout=5.0))
+            return
+        claimed = sa.eap_identity or (sa.eap.claimed_identity if sa.eap is not None else None)
+        if claimed and ev.code is FailureReason.AUTHENTICATION_FAILED:
+            # A wrong password (or a failed EAP-TLS): an event of the user the identity names, so
+            # that an admin sees why alice cannot connect (the controller ignores unknown names).
+            refused = agent_pb2.ReportRefusedClientRequest(identity=claimed, reason=ev.reason[:200],
+                                                           peer_address=outer)  # fmt: skip
+            self._report(("eap", claimed), lambda: stub.ReportRefusedClient(refused, timeout=5.0))
+
+    def _report(self, key: tuple[str, str], call: Callable[[], Awaitable[object]]) -> None:
+        if not self._reported.allow(key, time.monotonic()):
+            return
 
         async def report() -> None:
             try:
-                await stub.ReportRevokedClient(request, timeout=5.0)
-            except (grpc.aio.AioRpcError, OSError) as exc:  # best effort: the gateway logged it
-                log.warning("reporting revoked certificate %s to the controller failed: %s", serial, exc)
+                await call()
+            except grpc.aio.AioRpcError as exc:  # best effort: the gateway logged the refusal
+                quiet = exc.code() == grpc.StatusCode.NOT_FOUND  # a name of no user: nothing to record
+                level = logging.DEBUG if quiet else logging.WARNING
+                log.log(level, "reporting the refusal of %s %s failed: %s", *key, exc.details())
+            except OSError as exc:
+                log.warning("reporting the refusal of %s %s to the controller failed: %s", *key, exc)
 
         task = asyncio.get_running_loop().create_task(report())
         self._reports.add(task)

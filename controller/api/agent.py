@@ -21,8 +21,9 @@ from typing import Any
 import grpc
 from cryptography import x509
 
+from meshsec.common.once_per import OncePer
 from meshsec.common.secrets import Secret
-from meshsec.controller.api.agent_remote_access import AgentRemoteAccessRpcs
+from meshsec.controller.api.agent_remote_access import REFUSAL_EVENT_EVERY_S, AgentRemoteAccessRpcs
 from meshsec.controller.api.convert import doc_to_resource, facts_to_endpoints
 from meshsec.controller.api.identity import AnyContext, caller_of, issued_at, serial_of
 from meshsec.controller.api.wire import TunnelEncoder, split_update
@@ -164,6 +165,7 @@ class AgentApi(AgentRemoteAccessRpcs, agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, core: Core, *, bootstrap: bool) -> None:
         self._core = core
         self._bootstrap = bootstrap
+        self._refusals = OncePer(REFUSAL_EVENT_EVERY_S)
         self._encoder = TunnelEncoder(core.secrets.psk)
         self._last_head: tuple[tuple[int, int, bool], bytes] = ((-1, -1, False), b"")
 

@@ -12,6 +12,7 @@ import time
 
 import grpc
 
+from meshsec.common.once_per import OncePer
 from meshsec.controller.api.identity import AnyContext
 from meshsec.controller.remoteaccess.credentials import is_revoked
 from meshsec.controller.remoteaccess.leases import PoolExhaustedError
@@ -26,11 +27,16 @@ from meshsec.controller.store import StoreError
 from meshsec.v1 import agent_pb2
 
 MAX_SESSION_NAME = 64
+MAX_REASON = 200
+REFUSAL_EVENT_EVERY_S = 60.0
 EAP_METHODS = frozenset({RemoteAuthMethod.EAP_MSCHAPV2, RemoteAuthMethod.EAP_TLS})
 
 
 class AgentRemoteAccessRpcs(abc.ABC):
     _core: Core
+    # Refusals gateways report, per (gateway, user): one event a minute at most, so that a client
+    # retrying with a wrong password, or a gateway gone wrong, cannot flood the user's history.
+    _refusals: OncePer
 
     @abc.abstractmethod
     async def _node(self, context: AnyContext, requested: str) -> str: ...
@@ -217,3 +223,29 @@ class AgentRemoteAccessRpcs(abc.ABC):
             source=f"agent/{node}",
         )
         return agent_pb2.ReportRevokedClientResponse()
+
+    async def ReportRefusedClient(
+        self,
+        request: agent_pb2.ReportRefusedClientRequest,
+        context: grpc.aio.ServicerContext[
+            agent_pb2.ReportRefusedClientRequest, agent_pb2.ReportRefusedClientResponse
+        ],
+    ) -> agent_pb2.ReportRefusedClientResponse:
+        node = await self._node(context, request.node)
+        # Only an identity of one of the caller's pools' users becomes an event (NOT_FOUND or
+        # PERMISSION_DENIED otherwise, recording nothing), and one per gateway and user a minute.
+        user, _ = await self._gateway_user(context, node, request.identity)
+        name = user.metadata.name
+        if self._refusals.allow((node, name), time.monotonic()):
+            # meshctl escapes what a node wrote when it prints an event; the store keeps it as is.
+            where = f" from {request.peer_address[:64]}" if request.peer_address else ""
+            why = request.reason[:MAX_REASON] or "authentication failed"
+            await self._core.events.emit(
+                "RemoteAccessRefused",
+                "RemoteAccessUser",
+                name,
+                f"{name} refused on {node}{where}: {why}",
+                warning=True,
+                source=f"agent/{node}",
+            )
+        return agent_pb2.ReportRefusedClientResponse()

@@ -158,3 +158,23 @@ def test_controller_managed_gateway_serves_an_eap_mschapv2_road_warrior(
     leases = _meshctl(ml, "get", "leases")
     assert "alice" in leases and vip in leases, leases
     assert "correct horse" not in gw_log.read_text()
+
+    # A wrong password fails on both sides, and the admin sees why in alice's events: one event
+    # for two tries within the minute (the gateway and the controller each limit it).
+    charon.swanctl("--terminate", "--ike", CONNECTION, check=False)
+    conf = (charon.swanctl_dir / "swanctl.conf").read_text()
+    (charon.swanctl_dir / "swanctl.conf").write_text(conf.replace("correct horse", "wrong horse"))
+    charon.swanctl("--load-all", "--noprompt")
+    for _ in range(2):
+        tried = charon.swanctl("--initiate", "--ike", CONNECTION, "--child", CONNECTION, "--timeout", "15",
+                               check=False)  # fmt: skip
+        assert tried.returncode != 0 and _client_sa(charon) is None
+
+    def refusals() -> list[str]:
+        lines = _meshctl(ml, "events", "-o", "json").splitlines()  # one JSON document per event
+        events = [json.loads(line) for line in lines if line.strip()]
+        return [e["message"] for e in events if e.get("reason") == "RemoteAccessRefused"]
+
+    (refused,) = wait_for("alice's refusal among the events", refusals, 15, interval=1)
+    assert refused.startswith(f"alice refused on {gw} from 198.18.0.50: ") and "password" in refused, refused
+    assert "horse" not in refused and "horse" not in gw_log.read_text()

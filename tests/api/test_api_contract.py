@@ -28,6 +28,7 @@ EXPECTED_SERVICES = {
         ("ReleaseLease", False, False),
         ("ListRevokedCertificates", False, False),
         ("ReportRevokedClient", False, False),
+        ("ReportRefusedClient", False, False),
         ("GetEapCredential", False, False),
     },
     "meshsec.v1.AdminService": {

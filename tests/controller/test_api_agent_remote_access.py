@@ -209,6 +209,32 @@ async def test_a_gateway_reports_a_revoked_client_as_a_refusal_of_its_user(ctl: 
     ]
 
 
+async def test_a_gateway_reports_a_failed_eap_client_as_a_refusal_of_its_user(ctl: Controller) -> None:
+    gw = await join(ctl, "dc1", "gw1", "198.18.1.1", node_labels={"role": "ra"})
+    other = await join(ctl, "dc1", "n2", "198.18.1.2")
+    why = "EAP-MSCHAPV2 for 'alice': wrong password"
+    wrong = agent_pb2.ReportRefusedClientRequest(identity="ALICE@example.test", reason=why,
+                                                 peer_address="198.18.9.9")  # fmt: skip
+    await _call(gw, ctl, "ReportRefusedClient", wrong)
+    await _call(gw, ctl, "ReportRefusedClient", wrong)  # a retry within the minute: no second event
+    # A name of no user records nothing (a guess at names writes no history), nor does a node
+    # that is no gateway of alice's pool.
+    guess = agent_pb2.ReportRefusedClientRequest(identity="mallory@example.test", reason="wrong password")
+    assert (await _refused(gw, ctl, "ReportRefusedClient", guess)).code() is grpc.StatusCode.NOT_FOUND
+    denied = await _refused(other, ctl, "ReportRefusedClient", wrong)
+    assert denied.code() is grpc.StatusCode.PERMISSION_DENIED
+    refusals = [
+        (e.involved.name, e.message, e.source)
+        for e in await retained_events(ctl, ("RemoteAccessUser",))
+        if e.reason == "RemoteAccessRefused"
+    ]
+    assert refusals == [
+        ("alice", f"alice refused on gw1 from 198.18.9.9: {why}", "agent/gw1"),
+        # As for AllocateLease: the controller's own refusal of a node that serves no such pool.
+        ("alice", "node n2 is not a gateway of RemoteAccessPool/staff", "controller/ctl-a"),
+    ]
+
+
 async def test_gateway_nodes_get_the_pools_they_serve_in_their_node_config(ctl: Controller) -> None:
     gw = await join(ctl, "dc1", "gw1", "198.18.1.1", node_labels={"role": "ra"})
     other = await join(ctl, "dc1", "n2", "198.18.1.2")

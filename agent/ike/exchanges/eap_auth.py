@@ -54,6 +54,11 @@ class EapAuthentication:
     ident: Identity
     own_id: IdPayload
 
+    @property
+    def claimed_identity(self) -> str | None:
+        """The EAP identity the peer named, proven or not (a refusal says whom it refused)."""
+        return self.server.identity.decode("utf-8", "replace") or None
+
     def describe(self) -> str:
         who = self.server.identity.decode("utf-8", "replace") or str(self.ident)
         return f"EAP-{self.server.method.upper() or 'IDENTITY'} for {who!r}"

@@ -488,6 +488,22 @@ class ReportRevokedClientResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ReportRefusedClientRequest(_message.Message):
+    __slots__ = ("node", "identity", "reason", "peer_address")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    identity: str
+    reason: str
+    peer_address: str
+    def __init__(self, node: _Optional[str] = ..., identity: _Optional[str] = ..., reason: _Optional[str] = ..., peer_address: _Optional[str] = ...) -> None: ...
+
+class ReportRefusedClientResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class GetEapCredentialRequest(_message.Message):
     __slots__ = ("node", "identity")
     NODE_FIELD_NUMBER: _ClassVar[int]

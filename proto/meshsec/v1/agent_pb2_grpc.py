@@ -75,6 +75,11 @@ class AgentServiceStub:
                 request_serializer=meshsec_dot_v1_dot_agent__pb2.ReportRevokedClientRequest.SerializeToString,
                 response_deserializer=meshsec_dot_v1_dot_agent__pb2.ReportRevokedClientResponse.FromString,
                 _registered_method=True)
+        self.ReportRefusedClient = channel.unary_unary(
+                '/meshsec.v1.AgentService/ReportRefusedClient',
+                request_serializer=meshsec_dot_v1_dot_agent__pb2.ReportRefusedClientRequest.SerializeToString,
+                response_deserializer=meshsec_dot_v1_dot_agent__pb2.ReportRefusedClientResponse.FromString,
+                _registered_method=True)
         self.GetEapCredential = channel.unary_unary(
                 '/meshsec.v1.AgentService/GetEapCredential',
                 request_serializer=meshsec_dot_v1_dot_agent__pb2.GetEapCredentialRequest.SerializeToString,
@@ -165,6 +170,17 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportRefusedClient(self, request, context):
+        """A gateway refused a road warrior that named an EAP identity and failed to prove it (a wrong
+        password, a failed EAP-TLS handshake): the controller records a RemoteAccessRefused event of
+        that identity's user, at most one per gateway and user a minute (gateways send at most one
+        per identity a minute). Same caller rule as AllocateLease; an identity of no user is
+        NOT_FOUND (nothing is recorded: a guess at names writes no history).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetEapCredential(self, request, context):
         """What a gateway checks a road warrior's EAP against, asked for when the client names its EAP
         identity: the user's EAP method and, for EAP-MSCHAPv2, the NT hash of its password (the only
@@ -217,6 +233,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ReportRevokedClient,
                     request_deserializer=meshsec_dot_v1_dot_agent__pb2.ReportRevokedClientRequest.FromString,
                     response_serializer=meshsec_dot_v1_dot_agent__pb2.ReportRevokedClientResponse.SerializeToString,
+            ),
+            'ReportRefusedClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportRefusedClient,
+                    request_deserializer=meshsec_dot_v1_dot_agent__pb2.ReportRefusedClientRequest.FromString,
+                    response_serializer=meshsec_dot_v1_dot_agent__pb2.ReportRefusedClientResponse.SerializeToString,
             ),
             'GetEapCredential': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEapCredential,
@@ -441,6 +462,33 @@ class AgentService:
             '/meshsec.v1.AgentService/ReportRevokedClient',
             meshsec_dot_v1_dot_agent__pb2.ReportRevokedClientRequest.SerializeToString,
             meshsec_dot_v1_dot_agent__pb2.ReportRevokedClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportRefusedClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshsec.v1.AgentService/ReportRefusedClient',
+            meshsec_dot_v1_dot_agent__pb2.ReportRefusedClientRequest.SerializeToString,
+            meshsec_dot_v1_dot_agent__pb2.ReportRefusedClientResponse.FromString,
             options,
             channel_credentials,
             insecure,

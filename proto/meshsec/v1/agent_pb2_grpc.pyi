@@ -26,6 +26,7 @@ class AgentServiceStub:
     ReleaseLease: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ReleaseLeaseRequest, _meshsec_v1_agent_pb2.ReleaseLeaseResponse]
     ListRevokedCertificates: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ListRevokedCertificatesRequest, _meshsec_v1_agent_pb2.ListRevokedCertificatesResponse]
     ReportRevokedClient: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ReportRevokedClientRequest, _meshsec_v1_agent_pb2.ReportRevokedClientResponse]
+    ReportRefusedClient: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ReportRefusedClientRequest, _meshsec_v1_agent_pb2.ReportRefusedClientResponse]
     GetEapCredential: grpc.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.GetEapCredentialRequest, _meshsec_v1_agent_pb2.GetEapCredentialResponse]
 
 class AgentServiceAsyncStub:
@@ -37,6 +38,7 @@ class AgentServiceAsyncStub:
     ReleaseLease: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ReleaseLeaseRequest, _meshsec_v1_agent_pb2.ReleaseLeaseResponse]
     ListRevokedCertificates: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ListRevokedCertificatesRequest, _meshsec_v1_agent_pb2.ListRevokedCertificatesResponse]
     ReportRevokedClient: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ReportRevokedClientRequest, _meshsec_v1_agent_pb2.ReportRevokedClientResponse]
+    ReportRefusedClient: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.ReportRefusedClientRequest, _meshsec_v1_agent_pb2.ReportRefusedClientResponse]
     GetEapCredential: grpc.aio.UnaryUnaryMultiCallable[_meshsec_v1_agent_pb2.GetEapCredentialRequest, _meshsec_v1_agent_pb2.GetEapCredentialResponse]
 
 class AgentServiceServicer:
@@ -48,6 +50,7 @@ class AgentServiceServicer:
     def ReleaseLease(self, request: _meshsec_v1_agent_pb2.ReleaseLeaseRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.ReleaseLeaseResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.ReleaseLeaseResponse]: ...
     def ListRevokedCertificates(self, request: _meshsec_v1_agent_pb2.ListRevokedCertificatesRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.ListRevokedCertificatesResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.ListRevokedCertificatesResponse]: ...
     def ReportRevokedClient(self, request: _meshsec_v1_agent_pb2.ReportRevokedClientRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.ReportRevokedClientResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.ReportRevokedClientResponse]: ...
+    def ReportRefusedClient(self, request: _meshsec_v1_agent_pb2.ReportRefusedClientRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.ReportRefusedClientResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.ReportRefusedClientResponse]: ...
     def GetEapCredential(self, request: _meshsec_v1_agent_pb2.GetEapCredentialRequest, context: _ServicerContext) -> _meshsec_v1_agent_pb2.GetEapCredentialResponse | collections.abc.Awaitable[_meshsec_v1_agent_pb2.GetEapCredentialResponse]: ...
 
 def add_AgentServiceServicer_to_server(
