@@ -60,7 +60,8 @@ class Endpoints:
         dataplane: DataPlane | None,
         from_dataplane: IkeReceiver,
     ) -> None:
-        """Binds every address; 4500 goes to a data plane that does UDP encapsulation, the
+        """Binds every address and exempts each socket from the data plane's own policies
+        (`DataPlane.bypass_socket`); 4500 goes to a data plane that does UDP encapsulation, the
         others are read by `readable` on the loop."""
         share = dataplane is not None and dataplane.capabilities.udp_encapsulation
         for address in addresses:
@@ -70,6 +71,10 @@ class Endpoints:
                 held = dataplane.held_encap_socket(address.host, address.port)  # kept across a restart
             sock = held or udp.open_udp_socket(address.host, address.port, rcvbuf)
             self.all.append(Endpoint(sock, address))
+            if dataplane is not None:
+                # Before any IKE is sent: a tunnel whose selectors hold the peer's own address
+                # (node-to-node meshes) must not capture the IKE that keeps it up.
+                await dataplane.bypass_socket(sock)
         for ep in self.all:
             if ep.bound.port == NATT_PORT and share:
                 assert dataplane is not None

@@ -125,6 +125,9 @@ class RecordingDataPlane:
         if False:  # pragma: no cover - makes this an async generator
             yield
 
+    async def bypass_socket(self, sock: socket.socket) -> None:
+        return None  # it programs no policies that could catch IKE
+
     def held_encap_socket(self, host: str, port: int) -> socket.socket | None:
         return None  # nothing outlives the agent
 

@@ -265,6 +265,16 @@ class DataPlane(Protocol):
     def events(self) -> AsyncIterator[DataPlaneEvent]:
         """Lifetime expiry and acquire events; one consumer."""
 
+    async def bypass_socket(self, sock: socket.socket) -> None:
+        """Exempt one of the agent's own IKE sockets (UDP 500 and 4500) from this data plane's
+        policies, as strongSwan's kernel interface does (`bypass_socket`): where a tunnel's
+        selectors hold the peer's own address (node-to-node meshes: address + podCIDR), IKE with
+        that peer must still travel in clear, or the first CHILD_SA installed swallows the
+        IKE_AUTH response. Kernel: a per-socket XFRM policy that allows, in and out
+        (IP_XFRM_POLICY / IPV6_XFRM_POLICY). Userspace: the data plane's firewall mark on the socket
+        (SO_MARK), which its routing rule sends past the TUN table. Raises DataPlaneError where the
+        bypass cannot be set: IKE must not be sent unprotected by a guess (fail closed)."""
+
     def held_encap_socket(self, host: str, port: int) -> socket.socket | None:
         """The UDP socket bound to (host, port) that the backend kept reading while no agent ran
         (the userspace data-plane daemon keeps 4500, so ESP-in-UDP flows on across an agent's

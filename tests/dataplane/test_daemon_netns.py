@@ -229,3 +229,30 @@ def test_control_socket_refuses_bad_messages_clearly(lab: Lab) -> None:
     assert (two.call(id=3, op="list") or {}).get("ok")  # the agent's connection is still there
     assert key not in (lab.workdir / "daemon-c.log").read_text()
     assert daemon.poll() is None
+
+
+def test_bypass_socket_marks_the_agents_own_socket(lab: Lab) -> None:
+    """The daemon sets its routing rule's mark on the agent's IKE socket: the mark belongs to the
+    socket, so the agent's own descriptor carries it (and IKE skips the TUN table)."""
+    host = lab.host("d")
+    daemon, path = start_daemon(lab, host)
+    c = RawControl(path)
+    assert (c.call(id=1, op="hello", version=1) or {}).get("ok")
+    ike = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        assert ike.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0
+        socket.send_fds(c.sock, [json.dumps({"id": 2, "op": "bypass_socket"}).encode()], [ike.fileno()])
+        assert c.receive() == {"id": 2, "ok": True}
+        assert ike.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x6D73  # UserspaceConfig.bypass_mark
+        reply = c.call(id=3, op="bypass_socket")
+        assert reply is not None and reply["error"] == "bypass_socket carries one descriptor: the IKE socket"
+        socket.send_fds(c.sock, [json.dumps({"id": 4, "op": "bypass_socket"}).encode()], [stream.fileno()])
+        reply = c.receive()
+        assert reply is not None and reply["error"] == "bypass_socket: expected a UDP socket"
+        assert stream.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0
+        assert (c.call(id=5, op="list") or {}).get("ok")  # the connection still works
+    finally:
+        ike.close()
+        stream.close()
+    assert daemon.poll() is None

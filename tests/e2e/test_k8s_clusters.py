@@ -341,12 +341,6 @@ def test_two_clusters_mesh_and_follow_their_nodes(
         assert operator.running(), name
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "node-scope tunnel-mode selectors hold both nodes' own addresses (address + podCIDR), and the "
-    "agent's IKE sockets (UDP 500) carry no data-plane bypass (no SO_MARK for the userspace data "
-    "plane, no IP_XFRM_POLICY socket bypass for the kernel's): the responder installs the "
-    "CHILD_SA, then its IKE_AUTH response to the peer's address is routed into the tunnel and "
-    "lost, so the initiator stays CONNECTING (docs/kubernetes.md, Known gaps)"))
 @pytest.mark.parametrize("world", [NODE_POLICY], indirect=True)
 def test_a_node_scope_mesh_joins_every_node_of_both_clusters(
     world: Clusters, capsys: pytest.CaptureFixture[str]

@@ -44,6 +44,7 @@ from meshsec.agent.dataplane.api import (
     TrafficSelector,
     Unsupported,
 )
+from meshsec.agent.dataplane.kernel import bypass as socket_bypass
 from meshsec.agent.dataplane.kernel import capabilities as caps_probe
 from meshsec.agent.dataplane.kernel import mtu
 from meshsec.agent.dataplane.kernel import routes as rt
@@ -546,6 +547,10 @@ class KernelDataPlane:
             yield await self._events.get()
 
     # -- IKE socket ------------------------------------------------------------------------------
+
+    async def bypass_socket(self, sock: socket.socket) -> None:
+        # The socket lives in the agent's namespace, where `netns` is too (the agent runs there).
+        socket_bypass.bypass(sock)
 
     def held_encap_socket(self, host: str, port: int) -> socket.socket | None:
         return None  # the agent binds its own

@@ -357,6 +357,16 @@ class UserspaceDataPlane:
         while True:
             yield await self._events.get()
 
+    async def bypass_socket(self, sock: socket.socket) -> None:
+        # The routing rule (tun.py) sends packets carrying the mark past the TUN table, so IKE to
+        # a peer whose address is inside a tunnel's remote selector leaves by the main table.
+        mark = self.config.bypass_mark
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        except OSError as exc:
+            raise DataPlaneError(f"IKE socket {sock.getsockname()[:2]}: cannot set SO_MARK {mark:#x} "
+                                 f"(the TUN routes' bypass; needs CAP_NET_ADMIN): {exc}") from exc
+
     def held_encap_socket(self, host: str, port: int) -> socket.socket | None:
         return None  # in-process: the socket dies with the agent
 

@@ -358,6 +358,11 @@ class DaemonDataPlane:
                 raise ev
             yield ev
 
+    async def bypass_socket(self, sock: socket.socket) -> None:
+        """The daemon marks the socket (SO_MARK is the socket's, not the descriptor's): it knows
+        its own routing rule's mark and holds CAP_NET_ADMIN, which the agent may lack."""
+        await self._call("bypass_socket", fds=[sock.fileno()])
+
     def held_encap_socket(self, host: str, port: int) -> socket.socket | None:
         return self._held.pop((udp_names.canonical(host), port), None)
 

@@ -23,6 +23,10 @@ and error texts name fields, never their values.
 The IKE channel: ESP-in-UDP shares UDP 4500 with IKE (RFC 3948), and the daemon reads that socket.
 The agent hands it a SOCK_SEQPACKET pair end with the socket; every IKE message (non-ESP marker
 removed) comes back on it as one packet: `pack_ike`/`unpack_ike`.
+
+`bypass_socket` carries one of the agent's IKE sockets (UDP 500, 4500): the daemon sets its
+firewall mark on it (SO_MARK belongs to the socket, so the agent's descriptor carries it too) and
+closes its own descriptor, so IKE never takes the TUN routes (backend.py `bypass_socket`).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ MAX_FDS = 4
 MAX_IKE_MESSAGE = 65535  # a UDP datagram's payload; IKE messages are smaller
 OPS = ("hello", "allocate_spi", "add_sa", "update_sa", "migrate_sa", "delete_sa", "ensure_policy",
        "delete_policy", "counters", "drops", "list", "adopt", "flush", "encap_sockets",
-       "attach_encap")  # fmt: skip
+       "attach_encap", "bypass_socket")  # fmt: skip
 # A hello with "role": "observer" (status tools, tests) supersedes no agent and may only read.
 OBSERVER_OPS = ("hello", "counters", "drops", "list")
 

@@ -265,6 +265,9 @@ class DataPlaneDaemon:
         if op == "attach_encap":
             self._attach_encap(fds)
             return {}, []
+        if op == "bypass_socket":
+            await self._bypass_socket(fds)
+            return {}, []
         if fds:
             raise control.ProtocolError(f"op {op!r} takes no descriptors")
         if op == "allocate_spi":
@@ -374,6 +377,17 @@ class DataPlaneDaemon:
             self.dp.attach_encap_socket(udp, lambda msg, local, remote: self._to_agent(key, msg, remote)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _bypass_socket(self, fds: list[int]) -> None:
+        if len(fds) != 1:
+            raise control.ProtocolError("bypass_socket carries one descriptor: the IKE socket")
+        sock = socket.socket(fileno=fds.pop())
+        try:
+            if sock.type != socket.SOCK_DGRAM:
+                raise control.ProtocolError("bypass_socket: expected a UDP socket")
+            await self.dp.bypass_socket(sock)
+        finally:
+            sock.close()  # only this descriptor: the agent's stays open, with the mark
 
     def _to_agent(self, key: tuple[int, int], message: bytes, remote: tuple[str, int]) -> None:
         channel = self._ike_channels.get(key)

@@ -402,3 +402,50 @@ async def test_a_restarted_plane_adopts_policies_and_routes_and_removes_only_sta
         await fresh.flush_owned()
         await fresh.close()
     assert _xfrm_policies(host) == [] and _ip_json(host, "route", "show", "table", "220") == []
+
+
+async def test_bypassed_ike_socket_passes_our_own_block_policies_in_and_out(lab: Lab, dp: KernelDataPlane,
+                                                                           host: Host) -> None:
+    """A and B's own addresses inside owned BLOCK policies both ways (what a node-scope tunnel's
+    selectors look like before its SA exists): a plain UDP socket of A's can neither send to B nor
+    hear from it; the socket `bypass_socket` exempted does both (strongSwan's socket bypass)."""
+    peer = lab.host("b")
+    lab.link(host, peer, f"{A}/24", f"{B}/24")
+    own = TrafficSelector(ipaddress.ip_network(f"{A}/32"), ipaddress.ip_network(f"{B}/32"))
+    back = TrafficSelector(own.dst, own.src)
+    await dp.ensure_policy(Policy(own, Direction.OUT, PolicyAction.BLOCK))
+    await dp.ensure_policy(Policy(back, Direction.IN, PolicyAction.BLOCK))
+    made = [await asyncio.to_thread(pr_netns.create_socket, ns, socket.AF_INET, socket.SOCK_DGRAM)
+            for ns in (host.ns, host.ns, peer.ns)]
+    plain, ike, far = made
+    try:
+        plain.bind((str(A), 4600))
+        ike.bind((str(A), 500))
+        far.bind((str(B), 500))
+        far.settimeout(5)
+        await dp.bypass_socket(ike)
+        with pytest.raises(PermissionError):  # the kernel's answer to a BLOCK policy: EPERM
+            plain.sendto(b"plain", (str(B), 500))
+        ike.sendto(b"ike", (str(B), 500))
+        assert far.recvfrom(100) == (b"ike", (str(A), 500))
+        # Inbound, in this order over one veth: the datagram to the plain socket, the BLOCK
+        # policy's drop, arrives first; once the bypassed socket has its own, the other is gone.
+        far.sendto(b"to plain", (str(A), 4600))
+        far.sendto(b"to ike", (str(A), 500))
+        ike.settimeout(5)
+        assert ike.recvfrom(100) == (b"to ike", (str(B), 500))
+        plain.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            plain.recv(100)
+    finally:
+        for s in made:
+            s.close()
+
+
+async def test_bypass_socket_refuses_what_is_not_an_ip_socket(dp: KernelDataPlane) -> None:
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        with pytest.raises(DataPlaneError, match="not IPv4 or IPv6"):
+            await dp.bypass_socket(unix)
+    finally:
+        unix.close()

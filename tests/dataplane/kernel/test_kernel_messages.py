@@ -24,6 +24,7 @@ from meshsec.agent.dataplane.api import (
     UdpEncapsulation,
     Unsupported,
 )
+from meshsec.agent.dataplane.kernel import bypass
 from meshsec.agent.dataplane.kernel import translate as tr
 from meshsec.agent.dataplane.kernel import xfrm_messages as xm
 from meshsec.common.secrets import Secret
@@ -166,3 +167,14 @@ def test_a_migrated_sa_continues_the_replay_state_and_lifetime_of_the_installed_
     assert (life["bytes"], life["packets"], life["add_time"]) == (9000, 90, 1_700_000_000)
     # One replay state, not the fresh one beside the carried one.
     assert [n for n, _ in got["attrs"]].count("XFRMA_REPLAY_ESN_VAL") == 1
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+@pytest.mark.parametrize("direction", [xm.XFRM_POLICY_IN, xm.XFRM_POLICY_OUT])
+def test_socket_bypass_policy_is_the_kernels_xfrm_userpolicy_info(family: int, direction: int) -> None:
+    """The setsockopt body is laid out exactly as the netlink encoder lays out the same struct."""
+    msg = xm.xfrm_userpolicy_info()
+    msg["sel_family"], msg["dir"], msg["action"] = family, direction, xm.XFRM_POLICY_ALLOW
+    msg.encode()
+    expected = bytes(msg.data)[16:16 + xm.STRUCT_SIZES["xfrm_userpolicy_info"]]  # after nlmsghdr
+    assert bypass.socket_policy(family, direction) == expected
