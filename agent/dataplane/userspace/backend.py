@@ -45,6 +45,9 @@ from meshsec.agent.dataplane.userspace.tun import TunRoutes, open_tun
 _MIN_SPI = 0x100  # SPIs 1-255 are reserved by IANA (RFC 4303 section 2.1)
 
 
+DEFAULT_BYPASS_MARK = 0x6D73  # SO_MARK on the data plane's own sockets ("ms")
+
+
 @dataclass(frozen=True, slots=True)
 class UserspaceConfig:
     tun_name: str = "meshsec0"
@@ -55,7 +58,7 @@ class UserspaceConfig:
     udp_encap: bool = True
     route_table: int = 2730
     route_protocol: int = 211
-    bypass_mark: int = 0x6D73  # SO_MARK on the data plane's own sockets ("ms")
+    bypass_mark: int = DEFAULT_BYPASS_MARK
     rule_priority: int = 2730
     loop: str = "thread"  # "thread", "split" (a thread per direction) or "asyncio"
     # UDP GSO/GRO on the encapsulation socket (io.py); off only to compare, or for a host whose

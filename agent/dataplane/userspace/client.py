@@ -46,6 +46,7 @@ from meshsec.agent.dataplane.api import (
     Unsupported,
 )
 from meshsec.agent.dataplane.userspace import control
+from meshsec.agent.dataplane.userspace.backend import DEFAULT_BYPASS_MARK
 from meshsec.agent.dataplane.userspace.daemon import event_from_json
 from meshsec.agent.dataplane.userspace.jsoncodec import (
     policy_to_json,
@@ -84,6 +85,8 @@ class DaemonDataPlane:
         self.tun_name = ""
         self.mtu = 0
         self._caps: Capabilities | None = None
+        self._daemon_ops: frozenset[str] = frozenset()
+        self._bypass_mark = DEFAULT_BYPASS_MARK
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_id = 0
@@ -119,6 +122,9 @@ class DaemonDataPlane:
         caps["outlives_agent"] = True
         self._caps = Capabilities(**caps)
         self.daemon_pid, self.tun_name, self.mtu = int(hello["pid"]), str(hello["tun"]), int(hello["mtu"])
+        # A daemon from before these fields: the op set of its protocol version, the default mark.
+        self._daemon_ops = frozenset(hello.get("ops", control.OPS_BEFORE_BYPASS))
+        self._bypass_mark = int(hello.get("bypass_mark", DEFAULT_BYPASS_MARK))
         reply, fds = await self._call("encap_sockets")
         for info, fd in zip(reply["sockets"], fds, strict=True):
             held = socket.socket(fileno=fd)
@@ -360,8 +366,18 @@ class DaemonDataPlane:
 
     async def bypass_socket(self, sock: socket.socket) -> None:
         """The daemon marks the socket (SO_MARK is the socket's, not the descriptor's): it knows
-        its own routing rule's mark and holds CAP_NET_ADMIN, which the agent may lack."""
-        await self._call("bypass_socket", fds=[sock.fileno()])
+        its own routing rule's mark and holds CAP_NET_ADMIN, which the agent may lack. A daemon
+        older than the op (this agent was upgraded while it forwarded on): the agent marks it."""
+        if "bypass_socket" in self._daemon_ops:
+            await self._call("bypass_socket", fds=[sock.fileno()])
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self._bypass_mark)
+        except PermissionError:
+            raise DataPlaneError(
+                f"the data-plane daemon (pid {self.daemon_pid}) cannot mark IKE sockets (it predates "
+                "bypass_socket) and this agent lacks CAP_NET_ADMIN to mark them itself: upgrade the "
+                "daemon (docs/kubernetes.md, rollouts)") from None
 
     def held_encap_socket(self, host: str, port: int) -> socket.socket | None:
         return self._held.pop((udp_names.canonical(host), port), None)

@@ -45,6 +45,8 @@ MAX_IKE_MESSAGE = 65535  # a UDP datagram's payload; IKE messages are smaller
 OPS = ("hello", "allocate_spi", "add_sa", "update_sa", "migrate_sa", "delete_sa", "ensure_policy",
        "delete_policy", "counters", "drops", "list", "adopt", "flush", "encap_sockets",
        "attach_encap", "bypass_socket")  # fmt: skip
+# Version 1 daemons before bypass_socket named no ops in their hello: what they knew.
+OPS_BEFORE_BYPASS = OPS[:-1]
 # A hello with "role": "observer" (status tools, tests) supersedes no agent and may only read.
 OBSERVER_OPS = ("hello", "counters", "drops", "list")
 

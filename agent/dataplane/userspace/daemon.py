@@ -334,8 +334,11 @@ class DataPlaneDaemon:
 
     def _hello_reply(self) -> dict[str, Any]:
         caps = self.dp.capabilities
+        # `ops` and `bypass_mark` let a newer agent tell what this daemon can do (an agent may be
+        # upgraded while the daemon forwards on: docs/kubernetes.md, rollouts).
         return {"version": control.VERSION, "pid": os.getpid(), "started_at": self.started_at,
-                "tun": self.dp.tun_name, "mtu": self.dp.mtu,
+                "tun": self.dp.tun_name, "mtu": self.dp.mtu, "ops": list(control.OPS),
+                "bypass_mark": self.dp.config.bypass_mark,
                 "capabilities": {**asdict(caps), "notes": list(caps.notes)}}  # fmt: skip
 
     def _list(self, after: int) -> dict[str, Any]:
