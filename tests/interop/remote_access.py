@@ -93,6 +93,14 @@ def build(lab: Lab) -> Site:
     return Site(lab, gw, srv, rwlan, CertificateAuthority.create(), pki_dir)
 
 
+def dual_stack(site: Site) -> None:
+    """IPv6 on the gateway's LAN (2001:db8:50::/64) as well; the server reaches the pool via it."""
+    site.gw.ip("-6", "addr", "add", "2001:db8:50::1/64", "dev", "lan", "nodad")
+    site.srv.ip("-6", "addr", "add", "2001:db8:50::10/64", "dev", "eth0", "nodad")
+    site.srv.ip("-6", "route", "add", "default", "via", "2001:db8:50::1")
+    site.gw.sysctl("net.ipv6.conf.all.forwarding", "1")
+
+
 def gateway_config(site: Site, *, addrs: str = POOL, **agent: Any) -> dict[str, Any]:
     """The standalone gateway: the controller CA's node certificate for GW_ID, clients' device
     certificates checked against the same CA, addresses from one pool, split route 198.19.50.0/24."""

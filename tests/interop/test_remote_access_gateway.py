@@ -23,6 +23,7 @@ from tests.interop.remote_access import (
     SRV,
     build,
     client_sa,
+    dual_stack,
     gateway_config,
     profile,
     resolv_conf,
@@ -137,3 +138,33 @@ def test_a_full_pool_refuses_the_next_client_with_a_clear_reason(lab: Lab, charo
     assert client_sa(late) is None and not late.list_sas_raw()
     late.initiate(CONNECTION, CONNECTION, timeout=20)
     assert client_sa(late) is not None
+
+
+@pytest.mark.timeout(120)
+def test_dual_stack_client_gets_both_families_dns_and_split_routes(lab: Lab, charons: CharonFactory) -> None:
+    """`vips = 0.0.0.0,::` (the profile asks for both once a route is IPv6): INTERNAL_IP4_ADDRESS
+    and INTERNAL_IP6_ADDRESS, both DNS servers, both split routes, ping over each family."""
+    site = build(lab)
+    dual_stack(site)
+    config = gateway_config(site)
+    config["pools"]["staff"].update(addrs=[POOL, "2001:db8:60::/112"], dns=[DNS, "2001:db8:50::53"],
+                                    subnet=["198.19.50.0/24", "2001:db8:50::/64"])  # fmt: skip
+    config["connections"]["rw"]["children"]["rw"]["local_ts"] = ["198.19.50.0/24", "2001:db8:50::/64"]
+    agent = start_gateway(site, config)
+    client = road_warrior(site, charons, profile(site, "dora", routes=("198.19.50.0/24", "2001:db8:50::/64")))
+    client.initiate(CONNECTION, CONNECTION, timeout=20)
+    sa = client_sa(client)
+    assert sa is not None, client.log_text()[-3000:]
+    vip4, vip6 = sorted(sa["local-vips"], key=lambda a: ":" in a)
+    assert ipaddress.ip_address(vip4) in ipaddress.ip_network(POOL)
+    assert ipaddress.ip_address(vip6) in ipaddress.ip_network("2001:db8:60::/112")
+    child = next(iter(sa["child-sas"].values()))
+    assert sorted(child["local-ts"]) == sorted([f"{vip4}/32", f"{vip6}/128"])
+    assert sorted(child["remote-ts"]) == sorted(["198.19.50.0/24", "2001:db8:50::/64"])
+    resolv = resolv_conf(client.host).read_text()
+    assert f"nameserver {DNS}" in resolv and "nameserver 2001:db8:50::53" in resolv, resolv
+    host = client.host
+    for src, dst in ((vip4, SRV), (vip6, "2001:db8:50::10")):
+        ping = host.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", "-I", src, dst], check=False)
+        assert ping.returncode == 0, ping.stdout + ping.stderr + agent.log_text()[-3000:]
+    assert _leases(agent.status()) == {"dora@example.test": [vip4, vip6]}
