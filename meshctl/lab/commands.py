@@ -17,7 +17,7 @@ from meshsec.meshctl import manifest
 from meshsec.meshctl.client import LAB_SOCKET, AdminClient, Target
 from meshsec.meshctl.convert import struct_to_dict
 from meshsec.meshctl.errors import EXIT_OK, EXIT_USER, MeshctlError, UserError
-from meshsec.meshctl.lab import controller, netns, preflight, proof, restart, standalone, world
+from meshsec.meshctl.lab import controller, netns, preflight, proof, restart, road_warrior, standalone, world
 from meshsec.meshctl.lab.plan import CONTROLLER_ADDRESS, World, lab_world
 from meshsec.meshctl.lab.progress import UP_STATES, wait_for_tunnels
 from meshsec.meshctl.lab.state import DATA_DIR, RUN_DIR, STATE_FILE, LabState
@@ -200,6 +200,13 @@ def up(args: argparse.Namespace) -> int:
             waited = wait_for_tunnels(lambda: watched_view(state, client, wanted), args.lab_timeout)
         with timings.phase("proving traffic between workload hosts"):
             results = [proof.run_probe(p) for p in proof.probes(plan, wanted)]
+        rw = plan.road_warrior
+        if rw is not None and mode == "connected" and serves_road_warriors(documents, rw.gateway_node):
+            what = f"connecting road warrior {rw.ns} to {rw.gateway_node} (meshctl's swanctl.conf)"
+            with timings.phase(what):
+                vip, ping = road_warrior.connect(plan, state, client, DATA_DIR, RUN_DIR)
+                say(f"road warrior {rw.ns} ({rw.user}/{rw.device}) got {vip} from the controller's pool")
+                results.append(ping)
         write_topology(client)
         state.phase = "up"
         state.save()
@@ -267,6 +274,14 @@ def check_manifest(plan: World, documents: Sequence[manifest.Document]) -> None:
             f"the manifest has no {', '.join(missing)}, which the lab runs a gateway for",
             hint=f"pass -f with a manifest naming every lab gateway node ({known}), or fewer --datacenters",
         )
+
+
+def serves_road_warriors(documents: Sequence[manifest.Document], node: str) -> bool:
+    """Whether the manifest has a RemoteAccessPool and a user for the lab's road warrior."""
+    kinds = {d.resource.kind for d in documents}
+    return {"RemoteAccessPool", "RemoteAccessUser"} <= kinds and any(
+        d.resource.kind == "Node" and d.resource.metadata.name == node for d in documents
+    )
 
 
 def external_secret_name(documents: Sequence[manifest.Document], plan: World) -> str:

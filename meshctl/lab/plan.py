@@ -5,6 +5,7 @@
      198.18.0.1                                      +-- (dc3-gw1 --lan-- dc3-host, with datacenters=3)
                                                      +-- vpc-nat (masquerade) -- vpc-gw1 --lan-- vpc-host
                                                      +-- extdc (strongSwan, 198.19.200.1 on lo)
+                                                     +-- rw-laptop (strongSwan road warrior of dc1-gw1)
 
 The resource model gives a data-centre node a private address it binds to and a public one peers
 reach it at (a DC edge doing 1:1 NAT, or a cloud elastic IP), so each DC gateway owns its private
@@ -77,6 +78,19 @@ class ExternalSite:
 
 
 @dataclass(frozen=True)
+class RoadWarrior:
+    """A laptop with strongSwan that connects to a remote-access gateway node with the profile
+    `meshctl remote-access profile USER DEVICE` renders (docs/remote-access.md)."""
+
+    ns: str
+    address: str
+    user: str
+    device: str
+    gateway_node: str
+    target: str  # a workload address behind the gateway it pings through its tunnel
+
+
+@dataclass(frozen=True)
 class World:
     namespaces: tuple[str, ...]  # short names; full name is PREFIX + short
     routers: tuple[str, ...]  # namespaces that forward
@@ -88,6 +102,7 @@ class World:
     sites: tuple[Site, ...]
     external: ExternalSite | None
     host_routes: tuple[str, ...] = field(default=())  # host -> underlay prefixes via the veth
+    road_warrior: RoadWarrior | None = None
 
     @staticmethod
     def ns(short: str) -> str:
@@ -181,6 +196,12 @@ def lab_world(*, with_external: bool = True, datacenters: int = 2) -> World:
         loopbacks.append(("extdc", "198.19.200.1/32"))
         host_routes.append("198.18.200.0/24")
         external = ExternalSite("partner-aws", "extdc", "198.18.200.1", "198.19.200.1")
+    road_warrior = None
+    if with_external:  # strongSwan is there: a road warrior too (198.18.6.0/24: no DC uses it)
+        namespaces.append("rw-laptop")
+        links.append(Link("inet", "rw", "198.18.6.254/24", "rw-laptop", "eth0", "198.18.6.10/24"))
+        routes.append(Route("rw-laptop", "default", "198.18.6.254"))
+        road_warrior = RoadWarrior("rw-laptop", "198.18.6.10", "bob", "laptop", "dc1-gw1", "198.19.1.10")
     return World(
         namespaces=tuple(namespaces),
         routers=("inet", *(f"{dc}-gw1" for dc in dc_names), "vpc-nat", "vpc-gw1"),
@@ -192,4 +213,5 @@ def lab_world(*, with_external: bool = True, datacenters: int = 2) -> World:
         sites=tuple(sites),
         external=external,
         host_routes=tuple(host_routes),
+        road_warrior=road_warrior,
     )

@@ -122,12 +122,12 @@ def strongswan_conf(vici: Path, log: Path) -> str:
 class Charon:
     """Files and commands of the lab's one charon; the process itself is tracked in the LabState."""
 
-    def __init__(self, ns: str, workdir: Path, run_dir: Path) -> None:
+    def __init__(self, ns: str, workdir: Path, run_dir: Path, name: str = "extdc") -> None:
         self.ns = ns
         self.workdir = workdir
         self.conf = workdir / "strongswan.conf"
         self.swanctl_dir = workdir / "swanctl"
-        self.vici = run_dir / "extdc.vici"
+        self.vici = run_dir / f"{name}.vici"
         self.log = workdir / "charon.log"
 
     @property
@@ -135,13 +135,17 @@ class Charon:
         return {"STRONGSWAN_CONF": str(self.conf), "SWANCTL_DIR": str(self.swanctl_dir)}
 
     def write(self, tunnels: Sequence[PeerTunnel], psk: Secret) -> None:
-        for sub in ("conf.d", "x509", "x509ca", "private"):
-            (self.swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(strongswan_conf(self.vici, self.log))
+        self.write_settings()
         conf = self.swanctl_dir / "swanctl.conf"
         conf.touch(mode=0o600)
         os.chmod(conf, 0o600)  # it holds the PSK
         conf.write_text(swanctl_conf(tunnels, psk))
+
+    def write_settings(self) -> None:
+        """strongswan.conf and the swanctl folders (a road warrior's profile goes into them)."""
+        for sub in ("conf.d", "x509", "x509ca", "private"):
+            (self.swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(strongswan_conf(self.vici, self.log))
 
     def start(self, timeout: float = 10.0) -> int:
         charon = find("charon-systemd")
@@ -163,16 +167,20 @@ class Charon:
         raise RuntimeError(f"charon in {self.ns} opened no vici socket in {timeout:.0f}s; log: {self.log}")
 
     def load(self) -> None:
+        self.swanctl("--load-all", "--noprompt")
+
+    def swanctl(self, *args: str, timeout: float = 30.0) -> str:
         swanctl = find("swanctl")
         assert swanctl is not None
         env = {**os.environ, **self.env}
         proc = subprocess.run(
-            [swanctl, "--load-all", "--noprompt"],
+            [swanctl, *args],
             env=env,
             capture_output=True,
             text=True,
-            timeout=30,
+            timeout=timeout,
             check=False,
         )
         if proc.returncode != 0:
-            raise RuntimeError(f"swanctl --load-all failed: {proc.stdout.strip()} {proc.stderr.strip()}")
+            raise RuntimeError(f"swanctl {args[0]} failed: {proc.stdout.strip()} {proc.stderr.strip()}")
+        return proc.stdout

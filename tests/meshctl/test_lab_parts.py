@@ -18,6 +18,7 @@ from meshsec.meshctl.client import AdminClient, Target
 from meshsec.meshctl.convert import struct_to_dict
 from meshsec.meshctl.errors import UserError
 from meshsec.meshctl.lab import preflight, proof, standalone
+from meshsec.meshctl.lab.commands import serves_road_warriors
 from meshsec.meshctl.lab.plan import PREFIX, lab_world
 from meshsec.meshctl.lab.progress import wait_for_tunnels
 from meshsec.meshctl.lab.state import LabState, Process
@@ -214,3 +215,18 @@ def test_lab_refuses_to_run_without_root(
     err = capsys.readouterr().err
     assert "meshctl lab needs root" in err and "sudo meshctl lab up" in err
     assert main(["lab", "sideways"]) == 2
+
+
+def test_road_warrior_has_its_own_underlay_and_the_manifest_serves_it() -> None:
+    plan = lab_world(with_external=True, datacenters=4)
+    rw = plan.road_warrior
+    assert rw is not None and rw.ns in plan.namespaces
+    used = {link.b_cidr.rsplit(".", 1)[0] for link in plan.links if link.b_cidr and link.b != rw.ns}
+    assert rw.address.rsplit(".", 1)[0] not in used  # no datacenter shares 198.18.6.0/24
+    assert lab_world(with_external=False).road_warrior is None
+    docs = manifest.load([str(EXAMPLE)])
+    assert serves_road_warriors(docs, rw.gateway_node)
+    gw = next(d for d in docs if d.resource.kind == "Node" and d.resource.metadata.name == rw.gateway_node)
+    pool = next(struct_to_dict(d.resource.spec) for d in docs if d.resource.kind == "RemoteAccessPool")
+    assert pool["gateways"]["matchLabels"].items() <= dict(gw.resource.metadata.labels).items()
+    assert ipaddress.ip_address(rw.target) in ipaddress.ip_network(pool["routes"]["prefixes"][0])

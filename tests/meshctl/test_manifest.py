@@ -27,7 +27,8 @@ def test_example_manifest_loads_every_resource_in_order() -> None:
     kinds = [(d.resource.kind, d.resource.metadata.name) for d in docs]
     assert kinds[:3] == [("Site", "dc1"), ("Site", "dc2"), ("Site", "vpc")]
     assert ("ExternalGateway", "partner-aws") in kinds
-    assert len(kinds) == 9
+    assert ("RemoteAccessPool", "staff") in kinds and ("RemoteAccessUser", "bob") in kinds
+    assert len(kinds) == 11  # and the road warriors' pool and user
     assert docs[3].source.endswith("lab-mesh.yaml: document 4")
 
 
