@@ -48,6 +48,10 @@ def test_lab_up_proves_traffic_across_every_connected_site_pair(lab: UpLab) -> N
     probes = [line for line in out.splitlines() if " -> " in line and ("ok" in line or "FAILED" in line)]
     assert len(probes) >= 6 and all(line.rstrip().endswith("ok") for line in probes), "\n".join(probes)
     assert "dc1 -> vpc" in out and "vpc -> dc1" in out and "dc1 -> dc2" in out
+    if "tunnels up 4/4" in out:  # with strongSwan: bob's laptop too, a controller lease
+        assert "road warrior bob/laptop -> dc1" in out and "got 198.19.60." in out, out
+        leases = meshctl("get", "leases")
+        assert "bob" in leases.stdout and "dc1-gw1" in leases.stdout, leases.stdout
     current = tunnels()
     assert {"dc1-gw1 <-> dc2-gw1", "dc1-gw1 <-> vpc-gw1"} <= set(current)
     assert all(t["state"] == "TUNNEL_STATE_ESTABLISHED" for t in current.values())
@@ -57,7 +61,7 @@ def test_lab_up_proves_traffic_across_every_connected_site_pair(lab: UpLab) -> N
     assert (DATA_DIR / "topology.svg").read_text().lstrip().startswith("<?xml")
     status = meshctl("lab", "status")
     assert status.returncode == 0
-    assert "9/9 present" in status.stdout or "8/8 present" in status.stdout
+    assert "10/10 present" in status.stdout or "8/8 present" in status.stdout
     sys.stderr.write(f"\nlab up took {lab.seconds:.1f}s\n")
 
 
