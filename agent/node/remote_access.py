@@ -70,7 +70,7 @@ def service_config(
     service: agent_pb2.RemoteAccessService, local_id: str, creds: Credentials, pool: ControllerLeases,
     revocations: RevocationList,
 ) -> IkeConfig:  # fmt: skip
-    esp = ",".join(p.removesuffix("-modp") for p in service.esp_proposals) or "aes256gcm16-ecp384"
+    esp = ",".join(service.esp_proposals) or "aes256gcm16-ecp384"
     child = ChildConfig(
         "ra", tuple(Ts.from_cidr(t) for t in service.local_ts), DYNAMIC, esp,
         rekey_time=_rekey(service.child_lifetime_seconds, 3600),

@@ -148,7 +148,9 @@ def profile(site: Site, user: str, routes: tuple[str, ...] = ("198.19.50.0/24",)
     )
 
 
-def road_warrior(site: Site, charons: CharonFactory, files: dict[str, bytes]) -> Charon:
+def road_warrior(
+    site: Site, charons: CharonFactory, files: dict[str, bytes], *, timeout: float = 10.0
+) -> Charon:
     """A charon in a new host behind the NAT box with the profile loaded (not yet connected)."""
     host = site.client_host()
     # The resolve plugin writes the DNS servers of the CFG_REPLY to a file of the test's own (and
@@ -159,14 +161,14 @@ def road_warrior(site: Site, charons: CharonFactory, files: dict[str, bytes]) ->
     }
     settings = CharonSettings(plugins=(*DEFAULT_PLUGINS, "resolve"), retransmit_tries=2,
                               retransmit_timeout=2.0, extra=resolve)  # fmt: skip
-    charon = charons.start(host, [], settings)
+    charon = charons.start(host, [], settings, timeout=timeout)
     for rel, data in files.items():
         path = charon.swanctl_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         if rel.startswith("private/"):
             path.chmod(0o600)
-    charon.swanctl("--load-all", "--noprompt")
+    charon.swanctl("--load-all", "--noprompt", timeout=max(30.0, timeout))
     return charon
 
 
@@ -174,8 +176,8 @@ def resolv_conf(host: Host) -> Path:
     return host.lab.workdir / f"resolv-{host.name}.conf"
 
 
-def start_gateway(site: Site, config: dict[str, Any]) -> MeshsecAgent:
-    return MeshsecAgent(site.gw, config, name="gateway").start()
+def start_gateway(site: Site, config: dict[str, Any], *, timeout: float = 15.0) -> MeshsecAgent:
+    return MeshsecAgent(site.gw, config, name="gateway").start(timeout=timeout)
 
 
 def client_sa(charon: Charon) -> dict[str, Any] | None:

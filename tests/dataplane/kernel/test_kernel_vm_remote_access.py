@@ -35,8 +35,8 @@ def test_each_road_warrior_gets_its_own_kernel_policies(lab: Lab, charons: Charo
     site = build(lab)
     config = gateway_config(site)
     config["agent"]["dataplane"] = "kernel"
-    agent = _start(site, config)
-    clients = [road_warrior(site, charons, profile(site, user)) for user in ("ann", "ben")]
+    agent = _start(site, config, timeout=SLOW)
+    clients = [road_warrior(site, charons, profile(site, user), timeout=SLOW) for user in ("ann", "ben")]
     vips = []
     for client in clients:
         client.initiate(CONNECTION, CONNECTION, timeout=SLOW)
