@@ -695,7 +695,7 @@ class Charon:
             self._in_chroot = True
         self.proc = self.host.popen(self._argv(CHARON), env=self.env, log=self.confdir / "charon.stdout")
         self._wait_for_vici(timeout)
-        self.load_all()
+        self.load_all(timeout=max(30.0, timeout))  # a slow host (the kernel lane's guest) gets longer
         return self
 
     def _wait_for_vici(self, timeout: float) -> None:
@@ -729,9 +729,9 @@ class Charon:
                 exc.argv, exc.returncode, exc.stdout, exc.stderr + f"\ncharon log: {self.log_path}"
             ) from None
 
-    def load_all(self) -> None:
+    def load_all(self, timeout: float = 30.0) -> None:
         self.write_config()
-        self.swanctl("--load-all", "--noprompt")
+        self.swanctl("--load-all", "--noprompt", timeout=timeout)
 
     def initiate(self, ike: str, child: str | None = None, timeout: float = 10.0) -> None:
         args = ["--initiate", "--ike", ike, "--timeout", str(max(1, round(timeout)))]
