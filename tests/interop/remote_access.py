@@ -149,8 +149,9 @@ def profile(site: Site, user: str, routes: tuple[str, ...] = ("198.19.50.0/24",)
 
 
 def road_warrior(
-    site: Site, charons: CharonFactory, files: dict[str, bytes], *, timeout: float = 10.0
-) -> Charon:
+    site: Site, charons: CharonFactory, files: dict[str, bytes], *, timeout: float = 10.0,
+    plugins: tuple[str, ...] = DEFAULT_PLUGINS,
+) -> Charon:  # fmt: skip
     """A charon in a new host behind the NAT box with the profile loaded (not yet connected)."""
     host = site.client_host()
     # The resolve plugin writes the DNS servers of the CFG_REPLY to a file of the test's own (and
@@ -159,7 +160,7 @@ def road_warrior(
         "plugins.resolve.file": str(resolv_conf(host)),
         "plugins.resolve.resolvconf.path": str(site.lab.workdir / "no-resolvconf"),
     }
-    settings = CharonSettings(plugins=(*DEFAULT_PLUGINS, "resolve"), retransmit_tries=2,
+    settings = CharonSettings(plugins=(*plugins, "resolve"), retransmit_tries=2,
                               retransmit_timeout=2.0, extra=resolve)  # fmt: skip
     charon = charons.start(host, [], settings, timeout=timeout)
     for rel, data in files.items():
