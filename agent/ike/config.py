@@ -87,26 +87,16 @@ class ChildConfig:
             specs = parse_proposals(self.proposals, self.protocol)
         except ValueError as exc:
             raise ConfigError(f"{where}: proposals: {exc}") from exc
-        check_key_exchanges(where, specs, child=True)
+        check_key_exchanges(where, specs)
         object.__setattr__(self, "specs", specs)
 
 
-# The exchanges run RFC 9370 additional key exchanges in IKE_INTERMEDIATE (a new IKE SA), not yet
-# in CREATE_CHILD_SA + IKE_FOLLOWUP_KE (rekeys and CHILD_SAs, RFC 9370 2.2.3-2.2.4).
-ADDITIONAL_KE_IMPLEMENTED = True
-ADDITIONAL_KE_IN_CREATE_CHILD_SA = False
-
-
-def check_key_exchanges(where: str, specs: tuple[ProposalSpec, ...], *, child: bool = False) -> None:
+def check_key_exchanges(where: str, specs: tuple[ProposalSpec, ...]) -> None:
     """Refuses, by name, key exchange methods this process cannot run: ML-KEM needs a
-    `cryptography`/OpenSSL that has it, and additional key exchanges need the engine's support."""
+    `cryptography`/OpenSSL that has it. (RFC 9370 additional key exchanges run in IKE_INTERMEDIATE
+    for a new IKE SA and in CREATE_CHILD_SA + IKE_FOLLOWUP_KE for rekeys and CHILD_SAs.)"""
     for spec in specs:
         addke = spec.additional_key_exchanges()
-        if addke and not (ADDITIONAL_KE_IN_CREATE_CHILD_SA if child else ADDITIONAL_KE_IMPLEMENTED):
-            raise ConfigError(
-                f"{where}: proposal {spec.text!r}: additional key exchanges in CHILD_SAs "
-                "(CREATE_CHILD_SA + IKE_FOLLOWUP_KE) are not implemented yet"
-            )
         for method in {*spec.dh_groups(), *(m for ms in addke.values() for m in ms)}:
             if method in ML_KEM:
                 try:

@@ -32,6 +32,7 @@ class FailureReason(Enum):
     CHILD_SA_NOT_FOUND = "CHILD_SA_NOT_FOUND"
     UNACCEPTABLE_ADDRESSES = "UNACCEPTABLE_ADDRESSES"  # RFC 4555: the peer refused our new path
     UNEXPECTED_NAT_DETECTED = "UNEXPECTED_NAT_DETECTED"  # RFC 4555: a NAT where NO_NATS_ALLOWED
+    STATE_NOT_FOUND = "STATE_NOT_FOUND"  # RFC 9370 2.2.4: an IKE_FOLLOWUP_KE the responder has no state for
     PEER_ERROR = "PEER_ERROR"  # an error notify this implementation has no name for
     # The engine's own verdicts.
     TIMEOUT = "TIMEOUT"  # no answer after the whole retransmission schedule

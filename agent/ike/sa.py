@@ -40,7 +40,7 @@ from meshsec.agent.ike.exchanges.child_rekey import ChildRekey, rekey_config
 from meshsec.agent.ike.exchanges.child_replace import ChildReplace
 from meshsec.agent.ike.exchanges.eap_auth import EapAuthentication
 from meshsec.agent.ike.exchanges.ike_auth import IkeAuth
-from meshsec.agent.ike.exchanges.ike_followup import PendingFollowup
+from meshsec.agent.ike.exchanges.ike_followup import IkeFollowupKe, PeerFollowup, drop_followup
 from meshsec.agent.ike.exchanges.ike_init import IkeInit
 from meshsec.agent.ike.exchanges.ike_rekey import IkeRekey
 from meshsec.agent.ike.exchanges.informational import ChildDelete, IkeDelete, Liveness
@@ -171,7 +171,7 @@ class IkeSa:
         self.additional: AdditionalExchanges | None = None
         self.after_response: Callable[[], None] | None = None
         self.previous_protection: SkProtection | None = None
-        self.followup: PendingFollowup | None = None  # the peer's rekey awaiting IKE_FOLLOWUP_KE
+        self.followup: PeerFollowup | None = None  # the peer's CREATE_CHILD_SA awaiting IKE_FOLLOWUP_KE
         self.nat_local = False  # we are behind a NAT (we send keepalives)
         self.nat_remote = False  # the peer is behind a NAT (or pretends to be, like libipsec)
         self.frag_peer = False  # both ends announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383)
@@ -340,6 +340,8 @@ class IkeSa:
             deadlines.append(self._last_sent + self.config.natt_keepalive)
         if self._half_open() and self.created_at is not None:
             deadlines.append(self.created_at + HALF_OPEN_TIMEOUT)
+        if self.followup is not None:
+            deadlines.append(self.followup.deadline)
         if self._state is State.ESTABLISHED:
             deadlines += self.lifetime.deadlines()
             for c in self.children.values():
@@ -379,8 +381,12 @@ class IkeSa:
         new.kick(now)
 
     def child_exchange_in_flight(self) -> bool:
-        """Our CREATE_CHILD_SA (not an IKE rekey) is under way, or a CHILD_SA is mid-rekey."""
+        """Our CREATE_CHILD_SA (not an IKE rekey) is under way, with its IKE_FOLLOWUP_KE
+        exchanges if any, or a CHILD_SA is mid-rekey."""
         if isinstance(self.tasks.active, ChildCreate):
+            return True
+        ours = (self.tasks.active, *self.tasks.pending())
+        if any(isinstance(t, IkeFollowupKe) and isinstance(t.rekey, ChildCreate) for t in ours):
             return True
         return any(c.state is ChildState.REKEYING for c in self.children.values())
 
@@ -628,6 +634,9 @@ class IkeSa:
             self.fail("half-open IKE SA timed out waiting for IKE_AUTH", FailureReason.HALF_OPEN_TIMEOUT)
             return
         self.tasks.on_timer(now)
+        if self.followup is not None and self.followup.expired(now):
+            self.stats["followup_abandoned"] += 1
+            drop_followup(self)  # RFC 9370 2.2.4: the peer never sent the IKE_FOLLOWUP_KE due
         if self._state is State.ESTABLISHED:
             self.lifetime.on_timer(now)
         if self._state is State.ESTABLISHED:

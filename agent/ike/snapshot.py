@@ -172,7 +172,7 @@ def _check_quiescent(sa: IkeSa) -> None:
     elif sa.rekeying_ike() or sa.peer_ike_rekey is not None or sa.reauth_of is not None:
         why = "an IKE SA rekey or reauthentication is under way"
     elif sa.followup is not None:
-        why = "the peer's IKE SA rekey waits for its IKE_FOLLOWUP_KE exchanges"
+        why = "the peer's CREATE_CHILD_SA waits for its IKE_FOLLOWUP_KE exchanges"
     elif sa.chosen is None or sa.keys is None:
         why = "it has no keys"
     elif sa.virtual_addresses:

@@ -51,6 +51,8 @@ CHILD_TRANSITIONS: frozenset[tuple[ChildState, ChildState]] = frozenset(
         (ChildState.REKEYING, ChildState.INSTALLED),  # our rekey was refused: retried later
         (ChildState.REKEYING, ChildState.REKEYED),  # our (or, in a collision, the peer's) new pair won
         (ChildState.INSTALLED, ChildState.REKEYED),  # we answered the peer's rekey
+        # The peer's rekey we answered never ran its IKE_FOLLOWUP_KE exchanges (RFC 9370 2.2.4).
+        (ChildState.REKEYED, ChildState.INSTALLED),
         (ChildState.INSTALLED, ChildState.DELETING),
         (ChildState.REKEYING, ChildState.DELETING),
         (ChildState.REKEYED, ChildState.DELETING),

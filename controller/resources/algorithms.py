@@ -78,10 +78,8 @@ TRANSFORMS: dict[str, Transform] = _table(
     Transform("mlkem1024", _D, True),
 )
 
-# Whether meshsec agents run additional key exchanges for IKE SAs (IKE_INTERMEDIATE, and
-# IKE_FOLLOWUP_KE in their rekeys), and for CHILD_SAs (PFS: IKE_FOLLOWUP_KE after CREATE_CHILD_SA).
-AGENT_ADDITIONAL_KE = True
-AGENT_ADDITIONAL_KE_CHILD = False
+# meshsec agents run additional key exchanges for IKE SAs (IKE_INTERMEDIATE, and IKE_FOLLOWUP_KE
+# in their rekeys) and for CHILD_SAs (PFS: IKE_FOLLOWUP_KE after CREATE_CHILD_SA), RFC 9370.
 ADDITIONAL_KE_SLOTS = 7
 _ADDKE_TOKEN = re.compile(r"^ke([0-9]+)_([a-z0-9]+)$")
 
@@ -213,9 +211,5 @@ def _additional_ke(text: str, token: str, into: dict[int, str]) -> bool:
     return True
 
 
-def unsupported_by_agents(proposal: Proposal, kind: ProposalKind = ProposalKind.IKE) -> tuple[str, ...]:
-    missing = tuple(n for n in proposal.names() if not TRANSFORMS[n].agent_supported)
-    supported = AGENT_ADDITIONAL_KE if kind is ProposalKind.IKE else AGENT_ADDITIONAL_KE_CHILD
-    if proposal.additional and not supported:
-        missing += tuple(f"ke{k}_{m}" for k, m in proposal.additional)
-    return missing
+def unsupported_by_agents(proposal: Proposal) -> tuple[str, ...]:
+    return tuple(n for n in proposal.names() if not TRANSFORMS[n].agent_supported)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meshsec.controller.resources.algorithms import AGENT_ADDITIONAL_KE, AGENT_ADDITIONAL_KE_CHILD
 from meshsec.controller.resources.model import CloudProfileName, CryptoProfile, Dpd
 
 
@@ -123,15 +122,15 @@ PROFILES: dict[CloudProfileName, CloudProfile] = {
 }
 
 # Agent-to-agent meshes (MeshPolicy) default to the hybrid X25519 + ML-KEM-768 key exchange for the
-# IKE SA and its rekeys (RFC 9370), with PFS in CHILD_SA rekeys the same way once agents run that;
+# IKE SA and its rekeys and for PFS in CHILD_SA rekeys (RFC 9370: IKE_INTERMEDIATE, IKE_FOLLOWUP_KE);
 # external gateways keep their profile's classical defaults, which is what the clouds and
 # third-party peers accept.
 _HYBRID = CryptoProfile(
     ("aes256gcm16-prfsha256-x25519-ke1_mlkem768",),
-    ("aes256gcm16-x25519-ke1_mlkem768",) if AGENT_ADDITIONAL_KE_CHILD else ("aes256gcm16-x25519",),
+    ("aes256gcm16-x25519-ke1_mlkem768",),
     14400,
     3600,
     True,
     Dpd(),
 )
-MESH_DEFAULTS: CryptoProfile = _HYBRID if AGENT_ADDITIONAL_KE else PROFILES[CloudProfileName.GENERIC].defaults
+MESH_DEFAULTS: CryptoProfile = _HYBRID

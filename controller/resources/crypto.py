@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from meshsec.controller.resources.algorithms import (
-    AGENT_ADDITIONAL_KE_CHILD,
     Proposal,
     ProposalError,
     ProposalKind,
@@ -85,7 +84,7 @@ def _proposals(
         if refused:
             f.error(path, f"{', '.join(refused)} not accepted by the {profile.name.value} profile")
             continue
-        missing = unsupported_by_agents(proposal, kind)
+        missing = unsupported_by_agents(proposal)
         if missing:
             f.error(path, f"{', '.join(missing)}: not supported by meshsec agents yet")
             continue
@@ -98,12 +97,11 @@ def _default_child(defaults: CryptoProfile, kind: ProposalKind, pfs: bool, ike: 
     base = "sha256" if kind is ProposalKind.AH else default.encryption or "aes256gcm16"
     if not pfs:
         return (base,)
-    # PFS runs the defaults' key exchanges, or else the IKE SA's (additional ones included where
-    # agents run them for CHILD_SAs).
+    # PFS runs the defaults' key exchanges, or else the IKE SA's, additional ones included.
     kex = default if kind is ProposalKind.ESP and default.dh else ike
     if kex.dh is None:
         return (base,)
-    additional = [f"ke{k}_{m}" for k, m in kex.additional] if AGENT_ADDITIONAL_KE_CHILD else []
+    additional = [f"ke{k}_{m}" for k, m in kex.additional]
     return ("-".join([base, kex.dh, *additional]),)
 
 

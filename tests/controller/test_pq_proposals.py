@@ -18,6 +18,9 @@ from meshsec.controller.resources.model import ExternalGateway, MeshPolicy
 from tests.controller.test_mesh_support import external, policy
 
 HYBRID = "aes256gcm16-prfsha256-x25519-ke1_mlkem768"
+TWO_ADDKE = "aes256gcm16-prfsha384-ecp384-ke1_mlkem1024-ke2_mlkem768"
+HYBRID_ESP = "aes256gcm16-x25519-ke1_mlkem768"
+TWO_ADDKE_ESP = "aes256gcm16-ecp384-ke1_mlkem1024-ke2_mlkem768"
 
 
 def _errors(doc: dict[str, Any]) -> list[str]:
@@ -69,30 +72,26 @@ def test_mlkem512_is_known_but_not_run_by_agents() -> None:
     assert algorithms.DH_GROUP_NUMBERS["mlkem768"] == 36
 
 
-def test_agent_support_of_additional_key_exchanges_follows_the_engine() -> None:
-    missing = unsupported_by_agents(parse_proposal(HYBRID, ProposalKind.IKE))
-    assert (missing == ()) is algorithms.AGENT_ADDITIONAL_KE
-    assert algorithms.AGENT_ADDITIONAL_KE  # IKE_INTERMEDIATE, and IKE_FOLLOWUP_KE in IKE rekeys
-    p = parse_resource(policy("prod", "full-mesh", "node", crypto={"ikeProposals": [HYBRID]}))
-    assert isinstance(p, MeshPolicy) and p.spec.crypto.ike_proposals == (HYBRID,)
-    # PFS in CHILD_SA rekeys follows the IKE SA's key exchanges when espProposals is left out,
-    # the additional ones only where agents run them for CHILD_SAs.
-    child = (
-        "aes256gcm16-x25519-ke1_mlkem768" if algorithms.AGENT_ADDITIONAL_KE_CHILD else "aes256gcm16-x25519"
-    )
-    assert p.spec.crypto.esp_proposals == (child,)
-    esp = policy("prod", "full-mesh", "node", crypto={"espProposals": ["aes256gcm16-x25519-ke1_mlkem768"]})
-    if not algorithms.AGENT_ADDITIONAL_KE_CHILD:
-        assert _errors(esp) == [
-            "MeshPolicy/prod: spec.crypto.espProposals[0]: ke1_mlkem768: not supported by meshsec agents yet"
-        ]
+def test_additional_key_exchanges_are_accepted_for_ike_and_esp() -> None:
+    assert unsupported_by_agents(parse_proposal(HYBRID, ProposalKind.IKE)) == ()
+    p = parse_resource(policy("prod", "full-mesh", "node", crypto={"ikeProposals": [TWO_ADDKE]}))
+    assert isinstance(p, MeshPolicy) and p.spec.crypto.ike_proposals == (TWO_ADDKE,)
+    # espProposals left out: the mesh default's hybrid PFS, additional key exchange included.
+    assert p.spec.crypto.esp_proposals == ("aes256gcm16-x25519-ke1_mlkem768",)
+    esp = parse_resource(policy("prod", "full-mesh", "node", crypto={"espProposals": [TWO_ADDKE_ESP]}))
+    assert isinstance(esp, MeshPolicy) and esp.spec.crypto.esp_proposals == (TWO_ADDKE_ESP,)
+    weak = HYBRID_ESP.replace("768", "512")
+    mlkem512 = policy("prod", "full-mesh", "node", crypto={"espProposals": [weak]})
+    assert _errors(mlkem512) == [
+        "MeshPolicy/prod: spec.crypto.espProposals[0]: mlkem512: not supported by meshsec agents yet"
+    ]
 
 
 def test_meshes_default_to_hybrid_once_agents_run_it() -> None:
     p = parse_resource(policy("prod", "full-mesh", "node"))
     assert isinstance(p, MeshPolicy)
-    hybrid = p.spec.crypto.ike_proposals == (HYBRID,)
-    assert hybrid is algorithms.AGENT_ADDITIONAL_KE
+    assert p.spec.crypto.ike_proposals == (HYBRID,)
+    assert p.spec.crypto.esp_proposals == ("aes256gcm16-x25519-ke1_mlkem768",)
     assert p.spec.crypto.ike_proposals == cloud.MESH_DEFAULTS.ike_proposals
     assert p.spec.crypto.esp_proposals == cloud.MESH_DEFAULTS.esp_proposals
 
@@ -102,7 +101,8 @@ def test_the_hybrid_mesh_defaults_are_well_formed() -> None:
         assert parse_proposal(text, ProposalKind.IKE).additional == ((1, "mlkem768"),)
     for text in cloud._HYBRID.esp_proposals:
         esp = parse_proposal(text, ProposalKind.ESP)
-        assert not unsupported_by_agents(esp, ProposalKind.ESP) and esp.dh == "x25519"
+        assert not unsupported_by_agents(esp) and esp.dh == "x25519"
+        assert esp.additional == ((1, "mlkem768"),)
 
 
 @pytest.mark.parametrize("profile", ["aws", "azure", "gcp"])

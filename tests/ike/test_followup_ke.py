@@ -10,9 +10,10 @@ import hmac
 
 from meshsec.agent.ike.constants import DhId, ExchangeType, NotifyType
 from meshsec.agent.ike.events import ChildSaDeleted, ChildSaRekeyed, IkeSaFailed, IkeSaRekeyed, RekeyFailed
-from meshsec.agent.ike.exchanges.ike_followup import FOLLOWUP_TIMEOUT
+from meshsec.agent.ike.exchanges.ike_followup import FOLLOWUP_TIMEOUT, respond_ike_followup_ke
+from meshsec.agent.ike.exchanges.ike_rekey import IkeRekeyFollowup
 from meshsec.agent.ike.parse import parse_header
-from meshsec.agent.ike.payloads import KePayload, NotifyPayload
+from meshsec.agent.ike.payloads import Header, KePayload, Message, NotifyPayload
 
 from .lifecycle import Net
 from .test_ike_rekey import _assert_one_ike_sa, connected
@@ -150,9 +151,6 @@ def test_child_rekey_crossing_hybrid_ike_rekey() -> None:
 def test_followup_with_an_unknown_link_gets_state_not_found() -> None:
     net = connected(HYBRID, HYBRID)
     sa_b = net.b.sa()
-    from meshsec.agent.ike.exchanges.ike_rekey import respond_ike_followup_ke
-    from meshsec.agent.ike.payloads import Header, Message
-
     header = Header(sa_b.spi_i, sa_b.spi_r, 0, ExchangeType.IKE_FOLLOWUP_KE, 0x08, 5, 0, 0x20)
     msg = Message(
         header,
@@ -169,14 +167,12 @@ def test_an_abandoned_followup_holds_rekeys_off_until_it_expires() -> None:
     net = connected(HYBRID, HYBRID)
     a, b = net.a.sa(), net.b.sa()
     # b answered a rekey of a's whose IKE_FOLLOWUP_KE never came (a restarted, say).
-    from meshsec.agent.ike.exchanges.ike_followup import PendingFollowup
-
     assert b.chosen is not None
-    b.followup = PendingFollowup(b"link0000", b.chosen, b"n" * 32, b"m" * 32, b"s" * 8, [b"k" * 32],
-                                 list(b.chosen.addke), net.now + FOLLOWUP_TIMEOUT)  # fmt: skip
+    b.followup = IkeRekeyFollowup(b"link0000", [b"k" * 32], list(b.chosen.addke), net.now + FOLLOWUP_TIMEOUT,
+                                  b.chosen, b"n" * 32, b"m" * 32, b"s" * 8)  # fmt: skip
     a.rekey(net.now)
     net.settle()
-    assert b.stats["ike_rekey_temporary_failure"] == 1 and net.a.sa() is a
+    assert b.stats["followup_pending_temporary_failure"] == 1 and net.a.sa() is a
     net.advance(FOLLOWUP_TIMEOUT + 120)  # a's back-off retry after the state expired
     _assert_one_ike_sa(net)
     assert net.a.sa() is not a

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from meshsec.agent.ike.config import ADDITIONAL_KE_IMPLEMENTED, ADDITIONAL_KE_IN_CREATE_CHILD_SA, ConfigError
+from meshsec.agent.ike.config import ConfigError
 from meshsec.agent.ike.constants import DhId
 from meshsec.agent.ike.crypto import CryptoError, default_dh_factory
 from meshsec.agent.ike.events import ChildSaEstablished, IkeSaEstablished
@@ -142,10 +142,7 @@ def test_mlkem_as_the_ike_sa_init_key_exchange_establishes(method: str) -> None:
 def test_config_refuses_what_this_process_cannot_run() -> None:
     with pytest.raises(ConfigError, match="ML-KEM-512 is not offered"):
         ike_config(proposals="aes256gcm16-prfsha256-mlkem512")
-    assert ADDITIONAL_KE_IMPLEMENTED  # in IKE_INTERMEDIATE, for a new IKE SA
-    ike_config(proposals="aes256gcm16-prfsha256-x25519-ke1_mlkem768")
-    if not ADDITIONAL_KE_IN_CREATE_CHILD_SA:
-        with pytest.raises(
-            ConfigError, match=r"CREATE_CHILD_SA \+ IKE_FOLLOWUP_KE\) are not implemented yet"
-        ):
-            ike_config(children=(child(proposals="aes256gcm16-x25519-ke1_mlkem768"),))
+    with pytest.raises(ConfigError, match="ML-KEM-512 is not offered"):
+        ike_config(children=(child(proposals="aes256gcm16-x25519-ke1_mlkem512"),))
+    ike_config(proposals="aes256gcm16-prfsha256-x25519-ke1_mlkem768")  # IKE_INTERMEDIATE
+    ike_config(children=(child(proposals="aes256gcm16-x25519-ke1_mlkem768"),))  # IKE_FOLLOWUP_KE

@@ -44,6 +44,7 @@ from meshsec.agent.ike.exchanges.informational import ChildDelete
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.lifetime import backoff
 from meshsec.agent.ike.payloads import Message, NoncePayload, NotifyPayload, Payload
+from meshsec.agent.ike.proposals import Chosen
 from meshsec.agent.ike.states import ChildState, State
 from meshsec.agent.ike.task import Outcome
 
@@ -90,30 +91,37 @@ class ChildRekey(ChildCreate):
         created = msg.find(PayloadType.SA) is not None and not errors
         if old is None:
             # The pair was deleted while we rekeyed it (a DELETE crossed our request). A new
-            # pair the peer created anyway stands on its own.
-            if created:
-                sa.stats["rekey_of_deleted_child"] += 1
-                self._succession = Succession()
-                return super().process(sa, msg, raw, now)
-            return Outcome.DONE
+            # pair the peer created anyway stands on its own (finish).
+            return super().process(sa, msg, raw, now) if created else Outcome.DONE
         if not created:
             outcome = super().process(sa, msg, raw, now)  # INVALID_KE requeue or ChildSaFailed
             if outcome is Outcome.REQUEUE:
                 return outcome
             self._refused(sa, old, errors, now)
             return Outcome.DONE
+        outcome = super().process(sa, msg, raw, now)  # finish() now, or after IKE_FOLLOWUP_KE
+        if self.created is None and not self.awaiting_followup:
+            self._refused(sa, old, [], now)
+        return outcome
+
+    def finish(self, sa: IkeSa, chosen: Chosen, nonce_r: bytes, secrets: list[bytes], now: float) -> None:
+        """All key exchanges done: the new pair and the collision rules (RFC 7296 2.8.1), decided
+        only now when IKE_FOLLOWUP_KE exchanges ran (the peer's crossing rekey was recorded in
+        `peer_rekey` when we answered it)."""
+        old = sa.children.get(self.spi_in)
+        if old is None:
+            sa.stats["rekey_of_deleted_child"] += 1
+            self._succession = Succession()
+            super().finish(sa, chosen, nonce_r, secrets, now)
+            return
         lost = False
         if old.peer_rekey is not None:
-            nonce = msg.find(PayloadType.NONCE)
-            nr = nonce.data if isinstance(nonce, NoncePayload) else b""
-            lost = min(self._nonce, nr) < old.peer_rekey[1]
+            lost = min(self._nonce, nonce_r) < old.peer_rekey[1]
             sa.stats["rekey_collision_lost" if lost else "rekey_collision_won"] += 1
         self._succession = Succession(self.spi_in, outbound_active=not lost)
-        outcome = super().process(sa, msg, raw, now)
+        super().finish(sa, chosen, nonce_r, secrets, now)
         new = self.created
-        if new is None:
-            self._refused(sa, old, [], now)
-            return outcome
+        assert new is not None
         if lost:
             # Ours is the redundant pair: delete it; the peer deletes the old one, which then
             # hands outbound traffic to the peer's new pair.
@@ -128,7 +136,13 @@ class ChildRekey(ChildCreate):
             if not deleting:
                 old.move_to(ChildState.DELETING)
                 sa.queue(ChildDelete(old.spi_in))
-        return outcome
+
+    def refused(self, sa: IkeSa, problem: str, code: FailureReason, now: float) -> None:
+        super().refused(sa, problem, code, now)
+        old = sa.children.get(self.spi_in)
+        if old is not None:
+            notify = code.notify_type
+            self._refused(sa, old, [notify] if notify is not None else [], now)
 
     def on_timeout(self, sa: IkeSa) -> None:
         old = sa.children.get(self.spi_in)
@@ -195,8 +209,8 @@ def respond_child_rekey(sa: IkeSa, msg: Message, rekey: NotifyPayload, now: floa
         sa, msg, nonce.data, nr, now=now, pfs_allowed=True, configs=(old.config,),
         succession=Succession(old.spi_in, outbound_active=False),
     )  # fmt: skip
-    if answer.child is not None:
-        succeeded_by_peer(old, answer.child.spi_in, min(nonce.data, nr))
+    if answer.spi_in is not None:
+        succeeded_by_peer(old, answer.spi_in, min(nonce.data, nr))
     else:
         code = answer_code(answer)
         sa.emit(ChildSaFailed(old.name, "peer's rekey could not be accepted", code))

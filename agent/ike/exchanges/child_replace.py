@@ -24,8 +24,8 @@ from meshsec.agent.ike.exchanges.child_rekey import ChildRekey
 from meshsec.agent.ike.exchanges.child_sa import Succession, respond_child, succeeded_by_peer, supersede
 from meshsec.agent.ike.exchanges.informational import ChildDelete
 from meshsec.agent.ike.payloads import Message, NoncePayload, NotifyPayload, Payload
+from meshsec.agent.ike.proposals import Chosen
 from meshsec.agent.ike.states import ChildState
-from meshsec.agent.ike.task import Outcome
 
 if TYPE_CHECKING:
     from meshsec.agent.ike.child import ChildSa
@@ -33,10 +33,10 @@ if TYPE_CHECKING:
 
 
 class ChildReplace(ChildRekey):
-    def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
+    def finish(self, sa: IkeSa, chosen: Chosen, nonce_r: bytes, secrets: list[bytes], now: float) -> None:
         old = sa.children.get(self.spi_in)
         rival = old.peer_rekey[0] if old is not None and old.peer_rekey is not None else None
-        outcome = super().process(sa, msg, raw, now)
+        super().finish(sa, chosen, nonce_r, secrets, now)
         won = self.created is not None and self.created.state is not ChildState.DELETING
         pair = sa.children.get(rival) if rival is not None and won else None
         if pair is not None and pair.state is ChildState.INSTALLED:
@@ -44,7 +44,6 @@ class ChildReplace(ChildRekey):
             # tell the two collided (ours carried no REKEY_SA), so it may never delete it: we do.
             pair.move_to(ChildState.DELETING)
             sa.queue(ChildDelete(pair.spi_in))
-        return outcome
 
     def announce(self, old: ChildSa) -> list[Payload]:
         return []  # a new CHILD_SA as far as the peer can tell; same name is what links them
@@ -91,7 +90,7 @@ def respond_new_child(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         return Succession(old.spi_in, outbound_active=False)
 
     answer = respond_child(sa, msg, nonce.data, nr, now=now, pfs_allowed=True, succession=succession)
-    if answer.child is not None and replaced:
+    if answer.spi_in is not None and replaced:
         sa.stats["replaced_by_peer"] += 1
-        succeeded_by_peer(replaced[0], answer.child.spi_in, min(nonce.data, nr))
+        succeeded_by_peer(replaced[0], answer.spi_in, min(nonce.data, nr))
     return child_answer_payloads(answer, nr)

@@ -1,13 +1,19 @@
 """CHILD_SA negotiation shared by IKE_AUTH (first child) and CREATE_CHILD_SA: proposals with
 our freshly allocated SPI, traffic selectors and narrowing (RFC 7296 2.9), USE_TRANSPORT_MODE,
-optional PFS (a DH exchange in CREATE_CHILD_SA), KEYMAT (2.17) and the ChildSaEstablished event."""
+optional PFS (a DH exchange in CREATE_CHILD_SA, and RFC 9370 additional key exchanges after it
+in IKE_FOLLOWUP_KE), KEYMAT (2.17) and the ChildSaEstablished event.
+
+With additional key exchanges the pair exists only once the last IKE_FOLLOWUP_KE is done: the
+initiator's task waits for them (child_create.py), the responder answers the CREATE_CHILD_SA
+with N(ADDITIONAL_KEY_EXCHANGE) and keeps a `ChildFollowup` in `sa.followup` until then. What
+the pair will replace is decided when the CREATE_CHILD_SA is answered, as without them."""
 
 from __future__ import annotations
 
 import math
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.child import ChildSa
@@ -15,6 +21,7 @@ from meshsec.agent.ike.config import ChildConfig
 from meshsec.agent.ike.constants import ERROR_NOTIFY_LIMIT, NotifyType, PayloadType, ProtocolId, notify_name
 from meshsec.agent.ike.crypto import CryptoError
 from meshsec.agent.ike.events import Algorithms, ChildSaEstablished, ChildSaFailed
+from meshsec.agent.ike.exchanges.ike_followup import FOLLOWUP_TIMEOUT, PeerFollowup
 from meshsec.agent.ike.exchanges.informational import ChildDelete
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.keys import child_encr_key_size, derive_child_keys
@@ -79,11 +86,14 @@ def _algorithms(chosen: Chosen) -> Algorithms:
         None,
         chosen.dh,
         chosen.esn,
+        additional_ke=tuple(method for _, method in chosen.addke),
     )
 
 
 @dataclass(frozen=True, slots=True)
-class _Negotiated:
+class Negotiated:
+    """A CHILD_SA both ends agreed on, before its keys exist."""
+
     config: ChildConfig
     chosen: Chosen
     spi_in: int
@@ -119,16 +129,18 @@ def succeeded_by_peer(old: ChildSa, new_spi_in: int, low_nonce: bytes) -> None:
         supersede(old, new_spi_in)
 
 
-def _install(
+def install_child(
     sa: IkeSa,
-    n: _Negotiated,
+    n: Negotiated,
     ni: bytes,
     nr: bytes,
     exchange_initiator: bool,
-    shared: bytes,
+    secrets: list[bytes],
     now: float,
     succession: Succession,
 ) -> ChildSa:
+    """Derives KEYMAT from SK(0) (the PFS DH, empty without PFS) and any additional key
+    exchanges' SK(1)..SK(n), records the pair and announces it."""
     assert sa.prf is not None and sa.keys is not None
     encr = n.chosen.encr
     keys = derive_child_keys(
@@ -138,7 +150,8 @@ def _install(
         nr,
         child_encr_key_size(encr.id if encr else None, encr.key_length if encr else None),
         n.chosen.integ,
-        shared,
+        secrets[0],
+        tuple(secrets[1:]),
     )
     i2r, r2i = keys.initiator_to_responder, keys.responder_to_initiator
     keys_out, keys_in = (i2r, r2i) if exchange_initiator else (r2i, i2r)
@@ -195,12 +208,21 @@ def complete_child_initiator(
     msg: Message,
     ni: bytes,
     nr: bytes,
-    shared: bytes = b"",
-    pfs_group: int | None = None,
     *,
     now: float,
-    succession: Succession | None = None,
 ) -> ChildSa | None:
+    """The first CHILD_SA, from the IKE_AUTH answer (no key exchange of its own)."""
+    negotiated = check_child_response(sa, req, msg, None)
+    if negotiated is None:
+        return None
+    return install_child(sa, negotiated, ni, nr, True, [b""], now, Succession())
+
+
+def check_child_response(
+    sa: IkeSa, req: ChildRequest, msg: Message, pfs_group: int | None
+) -> Negotiated | None:
+    """What the responder's answer to our CHILD_SA request agreed on, or None (ChildSaFailed
+    emitted) when it refused or answered with something we did not ask for."""
     name = req.config.name
     errors = [n for n in msg.notifies() if n.notify_type < ERROR_NOTIFY_LIMIT]
     if errors:
@@ -222,29 +244,70 @@ def complete_child_initiator(
         problem = "responder's DH group does not match the KE exchange"
     elif not is_subset(ts_i, list(req.config.local_ts)) or not is_subset(ts_r, list(req.config.remote_ts)):
         problem = "responder widened the traffic selectors"
+    elif chosen.addke and msg.notify(NotifyType.ADDITIONAL_KEY_EXCHANGE) is None:
+        problem = "responder chose additional key exchanges but sent no ADDITIONAL_KEY_EXCHANGE"
     transport = msg.notify(NotifyType.USE_TRANSPORT_MODE) is not None
     if problem is None and transport != (req.config.mode == "transport"):
         problem = "responder did not accept the requested mode"
     if problem is not None or chosen is None:
         sa.emit(ChildSaFailed(name, problem or "invalid response", FailureReason.INVALID_RESPONSE))
-        if chosen is not None and len(chosen.spi) == 4:
-            # The responder installed it; ask it to remove its half (RFC 7296 1.4.1).
+        if chosen is not None and len(chosen.spi) == 4 and not chosen.addke:
+            # The responder installed it; ask it to remove its half (RFC 7296 1.4.1). With
+            # additional key exchanges it installs nothing before the last IKE_FOLLOWUP_KE.
             sa.queue(ChildDelete(req.spi_in, protocol=req.config.protocol))
         return None
     spi_out = struct.unpack("!I", chosen.spi)[0]
-    negotiated = _Negotiated(req.config, chosen, req.spi_in, spi_out, req.config.mode, ts_i, ts_r)
-    return _install(sa, negotiated, ni, nr, True, shared, now, succession or Succession())
+    return Negotiated(req.config, chosen, req.spi_in, spi_out, req.config.mode, ts_i, ts_r)
+
+
+@dataclass(slots=True)
+class ChildFollowup(PeerFollowup):
+    """The peer's CHILD_SA (new or rekeyed) awaiting its IKE_FOLLOWUP_KE exchanges; `replaces`
+    is the pair it takes over from, already marked so when we answered."""
+
+    negotiated: Negotiated
+    nonce_i: bytes
+    nonce_r: bytes
+    replaces: int | None
+
+    def complete(self, sa: IkeSa, now: float) -> None:
+        old = sa.children.get(self.replaces) if self.replaces is not None else None
+        rival = old.peer_rekey[0] if old is not None and old.peer_rekey is not None else None
+        if old is not None and self.negotiated.spi_in in (old.replaced_by, rival):
+            succession = Succession(old.spi_in, outbound_active=False)
+        elif self.replaces is not None:
+            # The pair it was to replace is gone or was taken over by our own rekey (we won a
+            # collision): this one is the redundant pair its initiator deletes. Inbound only.
+            sa.stats["followup_child_superseded"] += 1
+            succession = Succession(outbound_active=False)
+        else:
+            succession = Succession()
+        install_child(sa, self.negotiated, self.nonce_i, self.nonce_r, False, self.secrets, now, succession)
+
+    def abandon(self, sa: IkeSa) -> None:
+        old = sa.children.get(self.replaces) if self.replaces is not None else None
+        if old is None:
+            return
+        spi = self.negotiated.spi_in
+        if old.peer_rekey is not None and old.peer_rekey[0] == spi:
+            old.peer_rekey = None
+        if old.replaced_by == spi:
+            old.replaced_by = None
+            if old.state is ChildState.REKEYED:
+                old.move_to(ChildState.INSTALLED)  # it goes on, and rekeys when due
 
 
 @dataclass(slots=True)
 class ChildAnswer:
-    """Responder result: notifies first, then SA/TS payloads (empty on error), and our KE
-    payload when PFS was negotiated."""
+    """Responder result: notifies first, then SA/TS payloads (empty on error), our KE payload
+    when PFS was negotiated, and what goes after the TS payloads."""
 
     pre: list[Payload]
     body: list[Payload]
     ke: KePayload | None = None
-    child: ChildSa | None = None
+    child: ChildSa | None = None  # None also while additional key exchanges are due
+    spi_in: int | None = None  # of the pair agreed on (installed, or once they are done)
+    post: list[Payload] = field(default_factory=list)  # N(ADDITIONAL_KEY_EXCHANGE) last
 
 
 def respond_child(
@@ -304,16 +367,24 @@ def respond_child(
         spi_in = sa.allocate_spi(ProtocolId(chosen.protocol))
         spi_out = struct.unpack("!I", chosen.spi)[0]
         mode = "transport" if transport else "tunnel"
-        negotiated = _Negotiated(cfg, chosen, spi_in, spi_out, mode, local, remote)
+        negotiated = Negotiated(cfg, chosen, spi_in, spi_out, mode, local, remote)
         follows = succession(cfg) if callable(succession) else succession or Succession()
-        child = _install(sa, negotiated, ni, nr, False, shared, now, follows)
         pre: list[Payload] = [NotifyPayload(NotifyType.USE_TRANSPORT_MODE)] if transport else []
-        dh = chosen.dh if pfs_allowed else None
-        answer = Chosen(chosen.number, chosen.protocol, b"", chosen.encr, None, chosen.integ, dh, chosen.esn)
+        dh, addke = (chosen.dh, chosen.addke) if pfs_allowed else (None, ())
+        answer = Chosen(
+            chosen.number, chosen.protocol, b"", chosen.encr, None, chosen.integ, dh, chosen.esn, addke
+        )
         body: list[Payload] = [
             SaPayload((answer.as_proposal(struct.pack("!I", spi_in)),)),
             TsPayload(PayloadType.TSi, tuple(t.to_wire() for t in remote)),
             TsPayload(PayloadType.TSr, tuple(t.to_wire() for t in local)),
         ]
-        return ChildAnswer(pre, body, our_ke, child)
+        if addke:
+            # RFC 9370 2.2.4: the pair exists once the initiator's IKE_FOLLOWUP_KEs are done.
+            sa.followup = ChildFollowup(sa.rnd.bytes(8), [shared], list(addke), now + FOLLOWUP_TIMEOUT,
+                                        negotiated, ni, nr, follows.replaces)  # fmt: skip
+            link = NotifyPayload(NotifyType.ADDITIONAL_KEY_EXCHANGE, sa.followup.link)
+            return ChildAnswer(pre, body, our_ke, None, spi_in, [link])
+        child = install_child(sa, negotiated, ni, nr, False, [shared], now, follows)
+        return ChildAnswer(pre, body, our_ke, child, spi_in)
     return ChildAnswer([NotifyPayload(error)], [])

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 from meshsec.agent.ike.constants import ExchangeType
 from meshsec.agent.ike.exchanges.create_child_sa import respond_create_child_sa
 from meshsec.agent.ike.exchanges.ike_auth import respond_ike_auth
+from meshsec.agent.ike.exchanges.ike_followup import respond_ike_followup_ke
 from meshsec.agent.ike.exchanges.ike_init import respond_ike_init
 from meshsec.agent.ike.exchanges.ike_intermediate import respond_ike_intermediate
-from meshsec.agent.ike.exchanges.ike_rekey import respond_ike_followup_ke
 from meshsec.agent.ike.exchanges.informational import respond_informational
 from meshsec.agent.ike.payloads import Message, Payload
 

@@ -1,9 +1,15 @@
-"""IKE_FOLLOWUP_KE (RFC 9370 2.2.4): the additional key exchanges of an IKE SA rekey. The
-CREATE_CHILD_SA answer names them with N(ADDITIONAL_KEY_EXCHANGE)(link); each follow-up
-carries KEi(n) and that link and is answered with KEr(n) (and the next link while more are due).
-Only then does the successor SA exist, keyed with SKEYSEED = prf(SK_d, SK(0) | Ni | Nr | SK(1) |
-... | SK(n)). Our side's task is here; the peer's follow-ups are answered by ike_rekey.py, which
-keeps the state between them in `sa.followup` (a PendingFollowup) for FOLLOWUP_TIMEOUT."""
+"""IKE_FOLLOWUP_KE (RFC 9370 2.2.4): the additional key exchanges of a CREATE_CHILD_SA, for an
+IKE SA rekey and for a CHILD_SA (new or rekeyed) alike. The CREATE_CHILD_SA answer names them
+with N(ADDITIONAL_KEY_EXCHANGE)(link); each follow-up carries KEi(n) and that link and is
+answered with KEr(n) (and the next link while more are due). Only then does the new SA exist:
+an IKE SA keyed with SKEYSEED = prf(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n)), a CHILD_SA
+with KEYMAT = prf+(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n)).
+
+Our side's task (`IkeFollowupKe`) serves any `RekeyInProgress` (IkeRekey, ChildCreate and its
+subclasses). The peer's follow-ups are answered here from `sa.followup`, a `PeerFollowup` that
+the CREATE_CHILD_SA responder left (ike_rekey.py, child_sa.py) and that ends with its
+`complete` once the last key exchange is done, or with `abandon` when no follow-up came for
+FOLLOWUP_TIMEOUT (the IKE SA's timer) or a bad one did."""
 
 from __future__ import annotations
 
@@ -25,20 +31,60 @@ FOLLOWUP_TIMEOUT = 20.0
 
 
 @dataclass(slots=True)
-class PendingFollowup:
-    """The responder's half-done rekey: what the next IKE_FOLLOWUP_KE must continue."""
+class PeerFollowup:
+    """The responder's half-done CREATE_CHILD_SA: what the next IKE_FOLLOWUP_KE must continue.
+    Subclasses say what the finished exchange makes (`complete`) and what an abandoned one
+    leaves behind (`abandon`)."""
 
     link: bytes
-    chosen: Chosen
-    nonce_i: bytes
-    nonce_r: bytes
-    spi_r: bytes
     secrets: list[bytes]  # SK(0), SK(1), ...
     remaining: list[tuple[int, int]]  # (ADDKE transform type, method)
     deadline: float
 
     def expired(self, now: float) -> bool:
-        return now > self.deadline
+        return now >= self.deadline
+
+    def complete(self, sa: IkeSa, now: float) -> None:
+        raise NotImplementedError
+
+    def abandon(self, sa: IkeSa) -> None:
+        """The follow-ups stopped (timeout, a bad or unknown one): nothing was created."""
+
+
+def drop_followup(sa: IkeSa) -> None:
+    pending, sa.followup = sa.followup, None
+    if pending is not None:
+        pending.abandon(sa)
+
+
+def respond_ike_followup_ke(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
+    """The peer's next additional key exchange of its CREATE_CHILD_SA (RFC 9370 2.2.4)."""
+    pending = sa.followup
+    link = msg.notify(NotifyType.ADDITIONAL_KEY_EXCHANGE)
+    if pending is None or link is None or link.data != pending.link or pending.expired(now):
+        drop_followup(sa)
+        sa.stats["followup_state_not_found"] += 1
+        return [NotifyPayload(NotifyType.STATE_NOT_FOUND)]
+    method = pending.remaining[0][1]
+    ke = msg.find(PayloadType.KE)
+    if not isinstance(ke, KePayload) or ke.group != method:
+        drop_followup(sa)
+        return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
+    try:
+        kex = sa.dh_factory(method, sa.rnd)
+        pending.secrets.append(kex.shared_secret(ke.data))
+    except (CryptoError, ValueError):
+        drop_followup(sa)
+        return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
+    pending.remaining.pop(0)
+    out: list[Payload] = [KePayload(method, kex.public_bytes())]
+    if pending.remaining:
+        pending.link = sa.rnd.bytes(8)
+        pending.deadline = now + FOLLOWUP_TIMEOUT
+        return [*out, NotifyPayload(NotifyType.ADDITIONAL_KEY_EXCHANGE, pending.link)]
+    sa.followup = None
+    pending.complete(sa, now)
+    return out
 
 
 class RekeyInProgress(Protocol):
@@ -59,12 +105,12 @@ class IkeFollowupKe(Task):
     survives_ike_rekey = False
 
     def __init__(self, rekey: RekeyInProgress, link: bytes) -> None:
-        self._rekey = rekey
+        self.rekey = rekey
         self._link = link
         self._ke: KeyExchange | None = None
 
     def build(self, sa: IkeSa, now: float) -> list[Payload]:
-        method = self._rekey.remaining[0][1]
+        method = self.rekey.remaining[0][1]
         self._ke = sa.dh_factory(method, sa.rnd)
         return [
             KePayload(method, self._ke.public_bytes()),
@@ -72,7 +118,7 @@ class IkeFollowupKe(Task):
         ]
 
     def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
-        rekey = self._rekey
+        rekey = self.rekey
         assert self._ke is not None and rekey.chosen is not None
         errors = [n.notify_type for n in msg.notifies() if n.notify_type < ERROR_NOTIFY_LIMIT]
         ke = msg.find(PayloadType.KE)
@@ -108,4 +154,4 @@ class IkeFollowupKe(Task):
         return Outcome.DONE
 
     def on_timeout(self, sa: IkeSa) -> None:
-        self._rekey.on_timeout(sa)
+        self.rekey.on_timeout(sa)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.constants import (
@@ -29,7 +30,7 @@ from meshsec.agent.ike.constants import (
 )
 from meshsec.agent.ike.crypto import CryptoError, KeyExchange
 from meshsec.agent.ike.events import RekeyFailed
-from meshsec.agent.ike.exchanges.ike_followup import FOLLOWUP_TIMEOUT, IkeFollowupKe, PendingFollowup
+from meshsec.agent.ike.exchanges.ike_followup import FOLLOWUP_TIMEOUT, IkeFollowupKe, PeerFollowup
 from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.features.key_exchange import setup_keys
 from meshsec.agent.ike.keys import rekey_skeyseed
@@ -230,9 +231,6 @@ def respond_ike_rekey(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
         return temporary("this IKE SA is being deleted or already replaced")
     if sa.child_exchange_in_flight():
         return temporary("a CHILD_SA exchange of ours is half done")
-    if sa.followup is not None and not sa.followup.expired(now):
-        return temporary("the peer's previous rekey still has IKE_FOLLOWUP_KE exchanges to run")
-    sa.followup = None
     sa_p, nonce, ke = msg.find(PayloadType.SA), msg.find(PayloadType.NONCE), msg.find(PayloadType.KE)
     if (
         not isinstance(sa_p, SaPayload)
@@ -271,11 +269,24 @@ def respond_ike_rekey(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
     ]
     if chosen.addke:
         # RFC 9370 2.2.4: the new SA exists once the IKE_FOLLOWUP_KE exchanges are done.
-        sa.followup = PendingFollowup(sa.rnd.bytes(8), chosen, nonce.data, nr, spi_r, [shared],
-                                      list(chosen.addke), now + FOLLOWUP_TIMEOUT)  # fmt: skip
+        sa.followup = IkeRekeyFollowup(sa.rnd.bytes(8), [shared], list(chosen.addke), now + FOLLOWUP_TIMEOUT,
+                                       chosen, nonce.data, nr, spi_r)  # fmt: skip
         return [*out, NotifyPayload(NotifyType.ADDITIONAL_KEY_EXCHANGE, sa.followup.link)]
     adopt_peer_rekey(sa, chosen, nonce.data, nr, spi_r, [shared], now)
     return out
+
+
+@dataclass(slots=True)
+class IkeRekeyFollowup(PeerFollowup):
+    """The peer's IKE SA rekey awaiting its IKE_FOLLOWUP_KE exchanges."""
+
+    chosen: Chosen
+    nonce_i: bytes
+    nonce_r: bytes
+    spi_r: bytes
+
+    def complete(self, sa: IkeSa, now: float) -> None:
+        adopt_peer_rekey(sa, self.chosen, self.nonce_i, self.nonce_r, self.spi_r, self.secrets, now)
 
 
 def adopt_peer_rekey(
@@ -288,35 +299,3 @@ def adopt_peer_rekey(
         sa.peer_ike_rekey = (new, _lower(ni, nr))  # decided when our answer arrives
     else:
         sa.hand_over(new, now)  # the old SA only waits for the initiator's DELETE now
-
-
-def respond_ike_followup_ke(sa: IkeSa, msg: Message, now: float) -> list[Payload]:
-    """The peer's next additional key exchange of its rekey (RFC 9370 2.2.4)."""
-    pending = sa.followup
-    link = msg.notify(NotifyType.ADDITIONAL_KEY_EXCHANGE)
-    if pending is None or link is None or link.data != pending.link or pending.expired(now):
-        sa.followup = None
-        sa.stats["followup_state_not_found"] += 1
-        return [NotifyPayload(NotifyType.STATE_NOT_FOUND)]
-    method = pending.remaining[0][1]
-    ke = msg.find(PayloadType.KE)
-    if not isinstance(ke, KePayload) or ke.group != method:
-        sa.followup = None
-        return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
-    try:
-        kex = sa.dh_factory(method, sa.rnd)
-        pending.secrets.append(kex.shared_secret(ke.data))
-    except (CryptoError, ValueError):
-        sa.followup = None
-        return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
-    pending.remaining.pop(0)
-    out: list[Payload] = [KePayload(method, kex.public_bytes())]
-    if pending.remaining:
-        pending.link = sa.rnd.bytes(8)
-        pending.deadline = now + FOLLOWUP_TIMEOUT
-        return [*out, NotifyPayload(NotifyType.ADDITIONAL_KEY_EXCHANGE, pending.link)]
-    sa.followup = None
-    adopt_peer_rekey(
-        sa, pending.chosen, pending.nonce_i, pending.nonce_r, pending.spi_r, pending.secrets, now
-    )
-    return out
