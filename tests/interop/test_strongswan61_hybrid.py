@@ -14,7 +14,7 @@ import pytest
 
 from meshsec.common.secrets import Secret
 from tests.harness.netns import Lab
-from tests.harness.strongswan import CharonFactory, Child, Connection, IkeSa, Psk
+from tests.harness.strongswan import CharonFactory, Child, ChildSa, Connection, IkeSa, Psk
 from tests.interop.meshsec_agent import MeshsecAgent
 from tests.interop.topology import (
     MS_ID,
@@ -161,4 +161,65 @@ def test_hybrid_ike_rekey_with_followup_ke_under_traffic_loses_nothing(
         timeout=30,
     )
     assert pair.ms.ping(SW_INNER, src=MS_INNER, count=20, interval=0.05).ok
+    assert "FAILED" not in agent.log_text()
+
+
+HYBRID_ESP = "aes256gcm16-x25519-ke1_mlkem768"
+CHILD_REKEY = 2  # 10 s of pings: at least three CHILD_SA rekeys
+
+
+def _newest_installed_child(sas: list[IkeSa]) -> ChildSa | None:
+    """strongSwan's newest INSTALLED "net" pair (mid-rekey the old one is listed too)."""
+    installed = [c for sa in sas for c in sa.children if c.name == "net" and c.state == "INSTALLED"]
+    return installed[-1] if installed else None
+
+
+def _child_rekeys_logged(agent: MeshsecAgent) -> int:
+    return len(re.findall(r"CHILD_SA net REKEYED", agent.log_text()))
+
+
+@pytest.mark.parametrize("rekeyer", ["meshsec", "strongswan"])
+@pytest.mark.parametrize("role", ["initiator", "responder"])
+def test_hybrid_child_rekey_with_followup_ke_under_traffic_loses_nothing(
+    lab: Lab, charons: CharonFactory, root: Path, role: str, rekeyer: str
+) -> None:
+    """CHILD_SAs are rekeyed with PFS X25519 in CREATE_CHILD_SA and ML-KEM-768 in IKE_FOLLOWUP_KE
+    (RFC 9370 2.2.4) every 2 s while a 10 ms ping runs through them: nothing lost, and strongSwan
+    reports the additional key exchange on the CHILD_SA it ends up with."""
+    proposal = HYBRIDS["x25519-mlkem768"][0]
+    pair = build(lab)
+    config = _config([proposal], "initiate" if role == "initiator" else "wait")
+    child = config["connections"]["peer"]["children"]["net"]
+    child["esp_proposals"] = [HYBRID_ESP]
+    swan_child = Child("net", (f"{SW_INNER}/32",), (f"{MS_INNER}/32",), (HYBRID_ESP,),
+                       rekey_time="300s", life_time="330s", rand_time="0s")  # fmt: skip
+    if rekeyer == "meshsec":
+        child.update(rekey_time=CHILD_REKEY, life_time=CHILD_REKEY + 30, rand_time=0)
+    else:
+        child.update(rekey_time=300, life_time=330)
+        swan_child = Child(**{**swan_child.__dict__, "rekey_time": f"{CHILD_REKEY}s",
+                              "life_time": f"{CHILD_REKEY + 30}s"})  # fmt: skip
+    conn = Connection(**{**_swan((proposal,)).__dict__, "children": (swan_child,)})
+    if role == "initiator":
+        sw = charons.start(pair.sw, [conn], swan_settings(), root=root)
+        agent = MeshsecAgent(pair.ms, config).start()
+    else:
+        agent = MeshsecAgent(pair.ms, config).start()
+        sw = charons.start(pair.sw, [conn], swan_settings(), root=root)
+        sw.initiate("peer", "net", timeout=15)
+    agent.wait_for(lambda s: agent.established("peer"))
+    first = sw.wait_for(_swan_child_up).child("net")
+    assert first is not None
+    ping = pair.ms.ping(SW_INNER, src=MS_INNER, count=PING_COUNT, interval=0.01, wait=2.0)
+    log = agent.log_text()
+    assert _child_rekeys_logged(agent) >= 3, log[-3000:]
+    assert ping.transmitted == PING_COUNT and ping.received == ping.transmitted, (ping, log[-3000:])
+    swan_log = sw.log_text()
+    assert "IKE_FOLLOWUP_KE" in swan_log and "STATE_NOT_FOUND" not in swan_log
+    try:
+        last = sw.wait_for(_newest_installed_child, timeout=10)
+    except TimeoutError:
+        raise AssertionError([(c.spi_in, c.state) for sa in sw.list_sas() for c in sa.children]) from None
+    assert {last.spi_in, last.spi_out}.isdisjoint({first.spi_in, first.spi_out})
+    assert (last.dh_group, last.raw.get("ake1")) == ("CURVE_25519", "ML_KEM_768"), last.raw
     assert "FAILED" not in agent.log_text()
