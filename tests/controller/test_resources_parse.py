@@ -68,13 +68,13 @@ def test_policy_defaults() -> None:
     assert p.spec.topology is Topology.FULL_MESH and p.spec.scope is Scope.NODE
     # Agent-to-agent meshes default to the post-quantum hybrid (tests/controller/test_pq_proposals.py).
     assert p.spec.crypto.ike_proposals == ("aes256gcm16-prfsha256-x25519-ke1_mlkem768",)
-    assert p.spec.crypto.esp_proposals == ("aes256gcm16-x25519",)
+    assert p.spec.crypto.esp_proposals == ("aes256gcm16-x25519-ke1_mlkem768",)  # hybrid PFS too
     no_pfs = parse_resource(policy("prod", "full-mesh", "node", crypto={"pfs": False}))
     assert isinstance(no_pfs, MeshPolicy)
     assert no_pfs.spec.crypto.esp_proposals == ("aes256gcm16",)
     ah = parse_resource(policy("prod", "full-mesh", "node", protocol="ah"))
     assert isinstance(ah, MeshPolicy)
-    assert ah.spec.crypto.esp_proposals == ("sha256-x25519",)
+    assert ah.spec.crypto.esp_proposals == ("sha256-x25519-ke1_mlkem768",)
 
 
 @pytest.mark.parametrize(
