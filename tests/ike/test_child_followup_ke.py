@@ -70,10 +70,14 @@ def test_child_rekeys_run_the_additional_key_exchange_and_lose_nothing() -> None
     net = _hybrid({"rekey_time": 30, "life_time": 40, "rand_time": 0})
     seen = _followups(net)
     first = set(net.a.sa().children)
+    fragmented, received = net.a.sa().stats["messages_fragmented"], net.b.sa().stats["fragments_received"]
     net.advance(100)  # three rekeys of A's
     rekeyed = net.a.of_type(ChildSaRekeyed)
     assert len(rekeyed) == 3 and rekeyed[0].old_spi_in in first
     assert seen == [("a->b", False), ("b->a", True)] * 3
+    # Each follow-up request carries the 1184-byte ML-KEM-768 key: sent as RFC 7383 fragments.
+    assert net.a.sa().stats["messages_fragmented"] - fragmented == 3
+    assert net.b.sa().stats["fragments_received"] - received == 6
     (ca,) = net.a.sa().children.values()
     assert ca.chosen.addke == ((TransformType.ADDKE1, DhId.ML_KEM_768),)
     (est,) = [e for e in net.b.of_type(ChildSaEstablished) if e.spi_in == ca.spi_out]
