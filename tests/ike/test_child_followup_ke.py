@@ -285,3 +285,23 @@ def test_a_followup_that_never_comes_is_dropped_on_the_timer_and_the_old_pair_go
     assert cb.state is ChildState.INSTALLED and cb.replaced_by is None
     assert [e.spi_in for e in net.b.of_type(ChildSaEstablished)] == [cb.spi_in]  # nothing half-made
     net.assert_no_loss()  # the old pair carried the traffic throughout
+
+
+def test_our_ike_rekey_waits_while_the_peers_child_followup_is_due() -> None:
+    # B holds A's half-done CHILD_SA rekey when B's IKE SA rekey comes due: B does not start it
+    # (the pair would be made on an SA whose CHILD_SAs moved away) but retries after a back-off.
+    net = _hybrid()
+    sa_a, sa_b = net.a.sa(), net.b.sa()
+    (ca,) = sa_a.children.values()
+    sa_a.rekey_child(ca.spi_in, net.now)
+    net.deliver_one()  # B answers A's CREATE_CHILD_SA and waits for the follow-up
+    assert isinstance(sa_b.followup, ChildFollowup)
+    sa_b.rekey(net.now)
+    assert sa_b.stats["ike_rekey_deferred_for_followup"] == 1 and not sa_b.rekeying_ike()
+    net.settle()
+    assert len(net.a.of_type(ChildSaRekeyed)) == 1
+    net.advance(120)
+    _assert_one_ike_sa(net)
+    assert len(net.b.of_type(IkeSaRekeyed)) == 1
+    net.assert_mirrored()
+    net.assert_no_loss()

@@ -111,6 +111,12 @@ class IkeRekey(Task):
         if sa.state is not State.ESTABLISHED or sa.successor is not None:
             sa.stats["ike_rekey_skipped"] += 1
             return None
+        if sa.followup is not None:
+            # The peer's CREATE_CHILD_SA still runs its IKE_FOLLOWUP_KE exchanges on this SA; what
+            # they make must exist before the CHILD_SAs move to a successor. Try again later.
+            sa.stats["ike_rekey_deferred_for_followup"] += 1
+            sa.lifetime.retry_rekey(now)
+            return None
         assert sa.chosen is not None
         if self._group is None:
             self._group = sa.chosen.dh or sa.config.specs[0].dh_groups()[0]
