@@ -215,3 +215,57 @@ async def test_a_fallback_goes_without_initial_contact_where_this_end_is_the_des
         await r.process()
         (sa,) = ike.sas()
         assert sa.config.send_initial_contact is initial_contact
+
+
+def test_a_hybrid_child_rekey_mid_followup_is_not_resumable_and_its_result_is(state: StateDir) -> None:
+    """RFC 9370 2.2.4 CHILD_SA rekeys: while either end's IKE_FOLLOWUP_KE is still due, the SA has
+    no entry (a crash then falls back to a new IKE SA: the half-made pair and its link are in
+    no snapshot); once the follow-up is done the new pair is written with its additional key
+    exchange, and a new agent restored from the file rekeys it again with one."""
+    from meshsec.agent.ike.constants import DhId, TransformType
+    from meshsec.agent.ike.events import ChildSaRekeyed
+    from tests.ike.test_child_followup_ke import _followups, _hybrid
+
+    net = _hybrid()
+    journal = _journal(net, state)
+    assert _refresh(journal, net) and len(state.load_ike_state().sas) == 1
+    sa_a, sa_b = net.a.sa(), net.b.sa()
+    # A answers B's rekey and holds its half-done state (sa.followup) until B's IKE_FOLLOWUP_KE.
+    sa_b.rekey_child(next(iter(sa_b.children)), net.now)
+    net.deliver_one()
+    assert sa_a.followup is not None and not sa_a.tasks.busy
+    assert _refresh(journal, net) and state.load_ike_state().sas == ()
+    assert "IKE_FOLLOWUP_KE" in journal.uncapturable[sa_a.local_spi]
+    net.settle()
+    assert sa_a.followup is None and len(net.a.of_type(ChildSaRekeyed)) == 1
+    assert _refresh(journal, net)
+    (entry,) = state.load_ike_state().sas
+    (child,) = entry["sa"]["children"]
+    assert child["spi_in"] in sa_a.children
+    assert child["chosen"]["addke"] == [[TransformType.ADDKE1, DhId.ML_KEM_768]]
+    # A's own rekey: its CREATE_CHILD_SA is answered, its IKE_FOLLOWUP_KE not yet sent: no entry.
+    sa_a.rekey_child(child["spi_in"], net.now)
+    net.deliver_one()
+    net.deliver_one()
+    assert sa_a.tasks.busy and _refresh(journal, net) and state.load_ike_state().sas == ()
+    assert "in flight" in journal.uncapturable[sa_a.local_spi]
+    net.settle()
+    assert len(net.a.of_type(ChildSaRekeyed)) == 2 and _refresh(journal, net)
+
+    fresh = Agent("agent-a", A, net.a.configs)
+    fresh.dp = net.a.dp
+    net.a = fresh
+    net.now += DOWN
+    (entry,) = state.load_ike_state().sas
+    restored, _ = restore(entry, fresh.configs[0], net.now, WALL + net.now, None, rnd=fresh.rnd)
+    fresh.table.add(restored)
+    (spi,) = restored.children
+    assert restored.children[spi].chosen.addke == ((TransformType.ADDKE1, DhId.ML_KEM_768),)
+    seen = _followups(net)
+    restored.rekey_child(spi, net.now)
+    net.settle()
+    assert seen == [("a->b", False), ("b->a", True)]  # the restored SA ran the follow-up too
+    (rekeyed,) = fresh.of_type(ChildSaRekeyed)
+    assert rekeyed.old_spi_in == spi and len(net.b.of_type(ChildSaRekeyed)) == 3
+    net.assert_no_loss()
+    net.assert_mirrored()
