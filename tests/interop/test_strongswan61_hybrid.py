@@ -2,7 +2,7 @@
 IKE_INTERMEDIATE, IKE fragmentation of it), meshsec in both roles, ping through the tunnel
 (meshsec's userspace data plane against kernel-libipsec). Against strongSwan 5.9.8 (no ML-KEM)
 a hybrid-only meshsec fails with NO_PROPOSAL_CHOSEN, and one with a classical second proposal
-falls back to it, exactly as configured."""
+falls back to it, exactly as configured: for the IKE SA and for CHILD_SA rekeys with PFS."""
 
 from __future__ import annotations
 
@@ -230,3 +230,52 @@ def test_hybrid_child_rekey_with_followup_ke_under_traffic_loses_nothing(
     assert {last.spi_in, last.spi_out}.isdisjoint({first.spi_in, first.spi_out})
     assert (last.dh_group, last.raw.get("ake1")) == ("CURVE_25519", "ML_KEM_768"), last.raw
     assert "FAILED" not in agent.log_text()
+
+
+CLASSIC_ESP = "aes256gcm16-x25519"
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["hybrid-only", "classical-fallback"])
+@pytest.mark.parametrize("rekeyer", ["meshsec", "strongswan"])
+def test_hybrid_child_pfs_against_598_fails_or_falls_back_as_configured(
+    lab: Lab, charons: CharonFactory, rekeyer: str, fallback: bool
+) -> None:
+    """strongSwan 5.9.8 (no ML-KEM) with X25519 PFS for its CHILD_SA. The first CHILD_SA, made
+    in IKE_AUTH, has no key exchange of its own and comes up either way. Its rekeys, by either
+    side: a hybrid-only ESP proposal never makes a pair without ML-KEM (the rekey is refused with
+    NO_PROPOSAL_CHOSEN, the first pair goes on), and one with a classical second proposal rekeys
+    with X25519 PFS alone."""
+    pair = build(lab)
+    config = _config([CLASSIC], "initiate")
+    child = config["connections"]["peer"]["children"]["net"]
+    child["esp_proposals"] = [HYBRID_ESP, CLASSIC_ESP] if fallback else [HYBRID_ESP]
+    swan_child = Child("net", (f"{SW_INNER}/32",), (f"{MS_INNER}/32",), (CLASSIC_ESP,),
+                       rekey_time="300s", life_time="330s", rand_time="0s")  # fmt: skip
+    if rekeyer == "meshsec":
+        child.update(rekey_time=CHILD_REKEY, life_time=120, rand_time=0)
+    else:
+        child.update(rekey_time=300, life_time=330)
+        swan_child = Child(**{**swan_child.__dict__, "rekey_time": f"{CHILD_REKEY}s", "life_time": "120s"})
+    conn = Connection(**{**_swan((CLASSIC,)).__dict__, "children": (swan_child,)})
+    sw = charons.start(pair.sw, [conn], swan_settings())
+    agent = MeshsecAgent(pair.ms, config).start()
+    agent.wait_for(lambda s: agent.established("peer"))
+    first = sw.wait_for(_swan_child_up).child("net")
+    assert first is not None
+    ping = pair.ms.ping(SW_INNER, src=MS_INNER, count=300, interval=0.02, wait=2.0)
+    assert ping.transmitted == ping.received == 300, ping
+    log, swan_log = agent.log_text(), sw.log_text()
+    if fallback:
+        assert _child_rekeys_logged(agent) >= 2, log[-3000:]
+        last = sw.wait_for(_newest_installed_child, timeout=10)
+        assert {last.spi_in, last.spi_out}.isdisjoint({first.spi_in, first.spi_out})
+        assert last.dh_group == "CURVE_25519" and "ake1" not in last.raw, last.raw
+        assert "IKE_FOLLOWUP_KE" not in swan_log and "FAILED" not in log
+    else:
+        assert _child_rekeys_logged(agent) == 0, log[-3000:]
+        # 5.9.8 refuses the proposal with the ADDKE transform it does not know (meshsec
+        # rekeying), or meshsec refuses 5.9.8's X25519-only one (strongSwan rekeying).
+        refused = log if rekeyer == "meshsec" else swan_log
+        assert "NO_PROPOSAL_CHOSEN" in refused, (log[-3000:], swan_log[-3000:])
+        (only,) = [c for sa in sw.list_sas() for c in sa.children if c.name == "net"]
+        assert (only.spi_in, only.spi_out) == (first.spi_in, first.spi_out) and only.state == "INSTALLED"
