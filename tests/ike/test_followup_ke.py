@@ -8,10 +8,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import pytest
+
 from meshsec.agent.ike.constants import DhId, ExchangeType, NotifyType
-from meshsec.agent.ike.events import ChildSaDeleted, ChildSaRekeyed, IkeSaFailed, IkeSaRekeyed, RekeyFailed
+from meshsec.agent.ike.events import (
+    ChildSaDeleted,
+    ChildSaFailed,
+    ChildSaRekeyed,
+    IkeSaFailed,
+    IkeSaRekeyed,
+    RekeyFailed,
+)
 from meshsec.agent.ike.exchanges.ike_followup import FOLLOWUP_TIMEOUT, respond_ike_followup_ke
 from meshsec.agent.ike.exchanges.ike_rekey import IkeRekeyFollowup
+from meshsec.agent.ike.failures import FailureReason
 from meshsec.agent.ike.parse import parse_header
 from meshsec.agent.ike.payloads import Header, KePayload, Message, NotifyPayload
 
@@ -146,6 +156,50 @@ def test_child_rekey_crossing_hybrid_ike_rekey() -> None:
     assert len(net.b.of_type(ChildSaRekeyed)) >= 1
     net.assert_mirrored()
     net.assert_no_loss()
+
+
+@pytest.mark.parametrize("child_rekeyer", ["a", "b"])
+def test_child_rekey_crossing_hybrid_ike_rekey_at_every_step(child_rekeyer: str) -> None:
+    # A's hybrid IKE SA rekey (CREATE_CHILD_SA, IKE_FOLLOWUP_KE whose request is two fragments)
+    # against a CHILD_SA rekey by either side, started 0..6 datagrams into it: at each step the
+    # crossing ends with one IKE SA, one rekey of each kind, only TEMPORARY_FAILURE refusals
+    # (retried), and the pair works under the successor (same SK_d both sides). B's request,
+    # sent while it holds A's half-done rekey, is answered (TEMPORARY_FAILURE) only after the
+    # follow-up moved the pair to the successor: the pair must not stay REKEYING there.
+    paths, moved = set(), 0
+    for stagger in range(7):
+        net = connected(HYBRID, HYBRID)
+        first = net.a.sa()
+        first.rekey(net.now)
+        for _ in range(stagger):
+            net.deliver_one()
+        rekeyer = net.a if child_rekeyer == "a" else net.b
+        holder = next(sa for sa in rekeyer.sas() if sa.children)  # old or, late enough, new SA
+        (c,) = holder.children.values()
+        holder.rekey_child(c.spi_in, net.now)
+        net.settle()
+        net.advance(120)  # a refused side retries after its back-off
+        moved += holder.stats["rekey_answered_after_ike_rekey"]
+        sa_a, sa_b = _assert_one_ike_sa(net)
+        assert sa_a is not first, stagger
+        assert len(net.a.of_type(IkeSaRekeyed)) == 1 and len(net.b.of_type(IkeSaRekeyed)) == 1, stagger
+        assert len(net.a.of_type(ChildSaRekeyed)) == 1 and len(net.b.of_type(ChildSaRekeyed)) == 1, stagger
+        assert not net.a.of_type(IkeSaFailed) and not net.b.of_type(IkeSaFailed)
+        codes = {e.code for e in (*net.a.of_type(RekeyFailed), *net.b.of_type(RekeyFailed))}
+        codes |= {e.code for e in (*net.a.of_type(ChildSaFailed), *net.b.of_type(ChildSaFailed))}
+        assert codes <= {FailureReason.TEMPORARY_FAILURE}, (stagger, codes)
+        paths.add(bool(codes))
+        net.assert_mirrored()
+        net.assert_no_loss()
+        (cb,) = sa_b.children.values()
+        sa_b.rekey_child(cb.spi_in, net.now)
+        net.settle()
+        assert len(net.a.of_type(ChildSaRekeyed)) == 2
+        net.assert_mirrored()
+        net.assert_no_loss()
+    # A queues its CHILD_SA rekey behind its own IKE rekey; B's crossed it head-on at some steps.
+    assert paths == ({False} if child_rekeyer == "a" else {True, False}), paths
+    assert (moved > 0) is (child_rekeyer == "b"), moved
 
 
 def test_followup_with_an_unknown_link_gets_state_not_found() -> None:

@@ -85,10 +85,25 @@ class ChildRekey(ChildCreate):
         """What tells the responder which pair this replaces: N(REKEY_SA) with its SPI."""
         return [NotifyPayload(NotifyType.REKEY_SA, b"", old.protocol, struct.pack("!I", self.spi_in))]
 
+    def _moved(self, sa: IkeSa) -> tuple[IkeSa, ChildSa] | None:
+        """The pair and the successor IKE SA it moved to while our request was out. The peer's
+        IKE SA rekey we answered completes only with its last IKE_FOLLOWUP_KE (RFC 9370 2.2.4),
+        so our request, sent on this SA meanwhile, is answered after the hand-over."""
+        found = sa.find_child(self.spi_in)
+        return found if found is not None and found[0] is not sa else None
+
     def process(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Outcome:
         old = sa.children.get(self.spi_in)
         errors = [n.notify_type for n in msg.notifies() if n.notify_type < ERROR_NOTIFY_LIMIT]
         created = msg.find(PayloadType.SA) is not None and not errors
+        moved = self._moved(sa) if old is None else None
+        if moved is not None:
+            # Left REKEYING the pair would never be rekeyed again: it goes back to INSTALLED on
+            # the successor, which retries after the back-off. A pair the peer made anyway on
+            # this SA stands on its own and goes with it.
+            holder, pair = moved
+            sa.stats["rekey_answered_after_ike_rekey"] += 1
+            self._refused(holder, pair, [NotifyType.TEMPORARY_FAILURE] if created else errors, now)
         if old is None:
             # The pair was deleted while we rekeyed it (a DELETE crossed our request). A new
             # pair the peer created anyway stands on its own (finish).
@@ -140,9 +155,10 @@ class ChildRekey(ChildCreate):
     def refused(self, sa: IkeSa, problem: str, code: FailureReason, now: float) -> None:
         super().refused(sa, problem, code, now)
         old = sa.children.get(self.spi_in)
-        if old is not None:
+        holder, pair = (sa, old) if old is not None else (self._moved(sa) or (sa, None))
+        if pair is not None:
             notify = code.notify_type
-            self._refused(sa, old, [notify] if notify is not None else [], now)
+            self._refused(holder, pair, [notify] if notify is not None else [], now)
 
     def on_timeout(self, sa: IkeSa) -> None:
         old = sa.children.get(self.spi_in)
