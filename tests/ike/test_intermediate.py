@@ -1,7 +1,8 @@
 """IKE_INTERMEDIATE with RFC 9370 additional key exchanges, two in-memory engines on a fake clock:
 the hybrid handshakes, every IKE_INTERMEDIATE message lost once (a retransmitted fragmented
-request arrives after the responder moved to the new keys), a tampered exchange, a peer that
-breaks the order. Rekeys with additional key exchanges (IKE_FOLLOWUP_KE) are in test_followup_ke.py."""
+request arrives after the responder moved to the new keys) or delivered twice, a tampered
+exchange, a peer that breaks the order. Rekeys with additional key exchanges (IKE_FOLLOWUP_KE)
+are in test_followup_ke.py."""
 
 from __future__ import annotations
 
@@ -137,3 +138,25 @@ def test_intermediate_notify_is_sent_only_with_additional_exchanges() -> None:
         init_request = p.wire[0][1].data
         present = NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED.to_bytes(2, "big") in init_request
         assert present is expect
+
+
+@pytest.mark.parametrize("direction", ["i->r", "r->i"])
+def test_every_intermediate_datagram_arriving_twice_changes_nothing(direction: str) -> None:
+    # Two IKE_INTERMEDIATE exchanges (ML-KEM-1024, ML-KEM-768), every datagram of one direction
+    # delivered twice, fragments included. Requests: a repeated first fragment arrives while
+    # the message is still being reassembled, a repeated last one after the answer (not a
+    # retransmission to answer again). Answers: the initiator drops each repeated one (it
+    # expects the next message ID by then) instead of processing or failing on it.
+    def twice(d_dir: str, d: OutgoingDatagram) -> list[OutgoingDatagram]:
+        if d_dir == direction and parse_header(d.data).exchange == ExchangeType.IKE_INTERMEDIATE:
+            return [d, d]
+        return [d]
+
+    p = _pair(TWO, TWO, filter=twice)
+    p.connect()
+    p.advance(10)
+    _established(p)
+    assert not of_type(p.events_i, IkeSaFailed) and not of_type(p.events_r, IkeSaFailed)
+    assert p.initiator.stats["retransmits"] == 0 and p.responder.stats["duplicate_request_answered"] == 0
+    dropped = p.initiator.stats["dropped_bad_message_id"] + p.initiator.stats["dropped_unexpected_response"]
+    assert dropped == (2 if direction == "r->i" else 0)
