@@ -38,6 +38,7 @@ from meshsec.agent.ike.snapshot import SnapshotError, from_dict, to_dict
 # changing, so they are left out when deciding whether the file must be rewritten.
 _RELATIVE = ("ike_rekey_in", "ike_expire_in", "reauth_in", "created_ago", "inbound_ago", "sent_ago")
 _CHILD_RELATIVE = ("rekey_in", "expire_in")
+TUNNEL, ROAD_WARRIOR = "tunnel", "road-warrior"  # an entry's "kind" (state file version 2)
 
 
 class ResumeRefused(ValueError):
@@ -67,7 +68,17 @@ def capture(record: SaRecord, installer: ChildInstaller | None, now: float, wall
         bindings.append({"spi_in": child.spi_in, "protocol": child.protocol, "reqid": reqid or 0,
                          "local": [known.local.host, known.local.port],
                          "remote": [known.remote.host, known.remote.port]})  # fmt: skip
-    return {"tunnel": record.name, "captured_at": wall, "sa": doc, "children": bindings}
+    kind = ROAD_WARRIOR if sa.config.address_pool is not None else TUNNEL
+    return {"tunnel": record.name, "kind": kind, "captured_at": wall, "sa": doc, "children": bindings}
+
+
+def local_spi_of(entry: dict[str, Any]) -> bytes:
+    """The local IKE SPI an entry was captured for (the key the journal holds it by)."""
+    try:
+        doc = entry["sa"]
+        return bytes.fromhex(str(doc["spi_i"] if doc["initiator"] else doc["spi_r"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResumeRefused(f"entry is malformed ({type(exc).__name__})") from None
 
 
 def substance(entry: dict[str, Any]) -> str:
@@ -83,8 +94,7 @@ class Journal:
 
     def __init__(self, save: Callable[[list[dict[str, Any]]], object], wall: Callable[[], float] = time.time,
                  include: Callable[[SaRecord], bool] = lambda record: True) -> None:  # fmt: skip
-        """`include`: which SAs are worth resuming (the agent leaves out road warriors: their
-        leases and revocation checks are another process's business than the reconciler's)."""
+        """`include`: which SAs are worth resuming."""
         self.save = save
         self.wall = wall
         self.include = include
@@ -128,6 +138,18 @@ class Journal:
             self.save([e for _, e in self._entries.values()])
             self.writes += 1
         return changed
+
+    def keep(self, entry: dict[str, Any]) -> None:
+        """An entry read from the file whose SA is not taken up yet (a road warrior waiting for
+        its pool's config): saved on as it is, so a restart meanwhile does not lose it."""
+        self._entries[local_spi_of(entry)] = (substance(entry), entry)
+
+    def drop(self, entry: dict[str, Any]) -> None:
+        """A kept entry that will not be resumed after all."""
+        with_key = self._entries.pop(local_spi_of(entry), None)
+        if with_key is not None and self.enabled:
+            self.save([e for _, e in self._entries.values()])
+            self.writes += 1
 
     def holds(self, sa: IkeSa) -> bool:
         return sa.local_spi in self._entries

@@ -59,6 +59,13 @@ class ConnectedClients:
         self._release = release
         self.held: dict[int, _Held] = {}  # by the adapter's SA record handle
 
+    def hold(self, sa_key: int, connection: str, client: Client,
+             addresses: tuple[str, ...]) -> ClientConnected:  # fmt: skip
+        """A client whose IKE SA was resumed after a restart: held as if it had just been
+        assigned its addresses, so its disconnect releases them."""
+        self.held[sa_key] = _Held(client, connection, addresses)
+        return ClientConnected(client.identity, connection, addresses)
+
     def observe(self, sa_key: int, connection: str, peer: str, ev: Event) -> ClientEvent | None:
         if isinstance(ev, VirtualAddressRefused):
             return ClientRefused(connection, ev.remote_id, ev.reason, ev.notify)

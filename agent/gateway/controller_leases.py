@@ -24,6 +24,9 @@ from meshsec.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 RPC_TIMEOUT = 5.0
+RETAKE_RETRY_MAX = 30.0  # seconds between tries to take a resumed client's lease back
+# Codes that say the controller is not there (yet): try again; any other answer is final.
+_TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 FULL_TUNNEL = {"0.0.0.0/0", "::/0"}  # the client's own remote_ts covers these; no SUBNET to send
 
 
@@ -68,6 +71,7 @@ class ControllerLeases:
         self._refused: dict[str, str] = {}  # answered once, to the ask that resumes
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._releases: set[asyncio.Task[None]] = set()
+        self._retakes: dict[str, asyncio.Task[None]] = {}
 
     def assign(self, client: Client, request: cp.Request) -> cp.Reply | AddressRefused | AddressPending:
         key = client.key
@@ -97,6 +101,62 @@ class ControllerLeases:
             del self._tasks[key]
         self._on_ready(client)
 
+    def retake(self, client: Client, reply: cp.Reply, lost: Callable[[Client, str], None]) -> None:
+        """A resumed IKE SA's hold on the lease an earlier process of this gateway got (and never
+        released: it is still this gateway's in the store). Held at once with the persisted
+        addresses, so the SA forwards on; AllocateLease for the same identity and device (a
+        reconnect, by design the same addresses) confirms it in the background, retried while the
+        controller is unreachable. `lost(client, why)`: the controller refused or moved the lease;
+        the caller ends the client's SAs (fail closed: the addresses may be another's now)."""
+        key = client.key
+        lease = self.leases.get(key)
+        if lease is not None:
+            lease.holders += 1
+            return
+        self.leases[key] = _Lease(reply, "", holders=1)
+        if key not in self._retakes:
+            task = asyncio.get_running_loop().create_task(self._retake(client, reply, lost))
+            self._retakes[key] = task
+            task.add_done_callback(lambda _t: self._retakes.pop(key, None))
+
+    async def _retake(self, client: Client, reply: cp.Reply, lost: Callable[[Client, str], None]) -> None:
+        request = agent_pb2.AllocateLeaseRequest(node=self._node, identity=client.identity,
+                                                 device=device_of(client))  # fmt: skip
+        delay = 1.0
+        while True:
+            try:
+                response = await self._service.AllocateLease(request, timeout=RPC_TIMEOUT)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _TRANSIENT:
+                    self._forget(client)
+                    lost(client, f"controller: {exc.details() or exc.code().name}")
+                    return
+                why = exc.details() or exc.code().name
+            except OSError as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            log.warning("taking the lease of resumed client %s back failed (%s); it keeps its addresses, "
+                        "retrying in %.0f s", client.identity, why, delay)  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(RETAKE_RETRY_MAX, delay * 2)
+        try:
+            got = reply_from(response)
+        except ValueError as exc:
+            got, why = None, f"garbled address ({exc})"
+        lease = self.leases.get(client.key)
+        if lease is None:  # the client left meanwhile; its release went out already
+            return
+        if got is None or (got.ip4, got.ip6) != (reply.ip4, reply.ip6):
+            self._forget(client)
+            lost(client, "the controller leased other addresses" if got is not None else why)
+            return
+        lease.user = response.user
+        log.info("lease of resumed client %s taken back (user %s)", client.identity, response.user)
+
+    def _forget(self, client: Client) -> None:
+        """Drops the hold without a ReleaseLease (the controller's answer stands)."""
+        self.leases.pop(client.key, None)
+
     def user_of(self, client: Client) -> str | None:
         """The user the controller leased `client`'s addresses to; None while none is held."""
         lease = self.leases.get(client.key)
@@ -111,6 +171,9 @@ class ControllerLeases:
         if lease.holders > 0:
             return False
         del self.leases[client.key]
+        retake = self._retakes.pop(client.key, None)
+        if retake is not None:  # else its AllocateLease could land after our ReleaseLease
+            retake.cancel()
         task = asyncio.get_running_loop().create_task(self._release(client))
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
@@ -128,4 +191,7 @@ class ControllerLeases:
 
     async def settle(self) -> None:
         """Waits for the RPCs in flight (tests, shutdown)."""
-        await asyncio.gather(*self._tasks.values(), *self._releases, return_exceptions=True)
+        for task in self._retakes.values():  # retried forever while the controller is away
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), *self._releases, *self._retakes.values(),
+                             return_exceptions=True)  # fmt: skip

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from meshsec.agent.ike import cp
 from meshsec.agent.ike.address import Address
 from meshsec.agent.ike.child import ChildSa
 from meshsec.agent.ike.config import IkeConfig
@@ -37,8 +38,11 @@ from meshsec.common.secrets import Secret
 
 # 2: a chosen transform set carries its RFC 9370 additional key exchanges ("addke"); a version-1
 # document has none.
-SNAPSHOT_VERSION = 2
-READABLE = frozenset({1, 2})
+# 3: a road warrior's SA (gateway side) can be captured: its virtual addresses, the CFG_REPLY
+# they were granted with, and the client's certificate serial and CN (its lease is held by
+# identity + device, its revocation checked by serial). Earlier documents hold no road warrior.
+SNAPSHOT_VERSION = 3
+READABLE = frozenset({1, 2, 3})
 _IKE_KEYS = ("sk_d", "sk_ai", "sk_ar", "sk_ei", "sk_er", "sk_pi", "sk_pr")
 
 
@@ -88,6 +92,10 @@ def to_dict(sa: IkeSa, now: float) -> dict[str, Any]:
         "inbound_ago": now - sa.last_inbound,
         "sent_ago": now - sa._last_sent,
         "children": [_child(c, now) for c in sa.children.values()],
+        "virtual_addresses": [str(a) for a in sa.virtual_addresses],
+        "cfg_reply": _reply(sa.cfg_reply),
+        "peer_serial": sa.peer_serial,
+        "peer_common_name": sa.peer_common_name,
     }
 
 
@@ -159,6 +167,12 @@ def _restore(doc: dict[str, Any], config: IkeConfig, now: float, elapsed: float,
             rekey_attempts=int(c["rekey_attempts"]),
         )  # fmt: skip
         sa.children[child.spi_in] = child
+    # Absent before version 3 (no road warrior was captured): none.
+    sa.virtual_addresses = tuple(ipaddress.ip_address(str(a)) for a in doc.get("virtual_addresses", ()))
+    sa.cfg_reply = _reply_from(doc.get("cfg_reply"))
+    serial, cn = doc.get("peer_serial"), doc.get("peer_common_name")
+    sa.peer_serial = serial if isinstance(serial, str) else None
+    sa.peer_common_name = cn if isinstance(cn, str) else None
     sa._state = State.ESTABLISHED  # restored, not negotiated: no edge of the state machine applies
     return sa
 
@@ -175,9 +189,10 @@ def _check_quiescent(sa: IkeSa) -> None:
         why = "the peer's CREATE_CHILD_SA waits for its IKE_FOLLOWUP_KE exchanges"
     elif sa.chosen is None or sa.keys is None:
         why = "it has no keys"
-    elif sa.virtual_addresses:
-        # Its addresses are leases the next process would have to take over first.
-        why = "it is a road warrior's (virtual addresses); the client reconnects instead"
+    elif sa.virtual_addresses and sa.config.address_pool is None:
+        # This end is the road warrior: its addresses live on an interface this module knows
+        # nothing of (the gateway side is captured: the pool's lease is taken back on resume).
+        why = "it is our own road-warrior SA (virtual addresses of the gateway's)"
     else:
         for c in sa.children.values():
             if c.state is not ChildState.INSTALLED or c.replaced_by is not None or c.outbound_pending \
@@ -235,6 +250,25 @@ def _chosen_from(d: dict[str, Any]) -> Chosen:
     addke = tuple((int(ttype), int(method)) for ttype, method in d.get("addke", ()))
     return Chosen(int(d["number"]), int(d["protocol"]), bytes.fromhex(d["spi"]), encr, _opt_int(d["prf"]),
                   _opt_int(d["integ"]), _opt_int(d["dh"]), _opt_int(d["esn"]), addke)  # fmt: skip
+
+
+def _reply(r: cp.Reply | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"ip4": None if r.ip4 is None else str(r.ip4), "ip6": None if r.ip6 is None else str(r.ip6),
+            "dns": [str(a) for a in r.dns], "subnets": [str(n) for n in r.subnets]}  # fmt: skip
+
+
+def _reply_from(d: Any) -> cp.Reply | None:
+    if d is None:
+        return None
+    ip4, ip6 = d["ip4"], d["ip6"]
+    return cp.Reply(
+        None if ip4 is None else ipaddress.IPv4Address(ip4),
+        None if ip6 is None else ipaddress.IPv6Address(ip6),
+        tuple(ipaddress.ip_address(a) for a in d["dns"]),
+        tuple(ipaddress.ip_network(n) for n in d["subnets"]),
+    )
 
 
 def _ts(t: Ts) -> list[Any]:

@@ -28,10 +28,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
 from meshsec.agent.adapters.records import SaRecord
-from meshsec.agent.adapters.resume import Journal, ResumeRefused, restore
+from meshsec.agent.adapters.resume import ROAD_WARRIOR, Journal, ResumeRefused, restore
 from meshsec.agent.adapters.runtime import AdapterRuntime, view_of
 from meshsec.agent.adapters.traffic import Traffic, TrafficOwner
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, OwnedState, SaExpired
@@ -126,6 +127,9 @@ class NodeAgent:
         self._first_reqid = 1  # above every adopted reqid, so no new CHILD_SA shares an old one's
         self._owned: OwnedState | None = None  # what adopt() found (resumed IKE SAs bind to it)
         self.resume: dict[str, object] = {}  # how the start went on from the IKE state file (status)
+        # Road warriors' entries of the IKE state file, waiting for their pool's config: it needs
+        # the controller channel (leases), which the controller task opens just after start.
+        self._pending_rw: list[dict[str, Any]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.controller_task: asyncio.Task[None] | None = None  # ends only on a fatal enrollment error
         self._renewal_asked_for: set[str] = set()  # local IDs an early renewal was asked for
@@ -165,7 +169,7 @@ class NodeAgent:
         reconciler = Reconciler(AdapterRuntime(adapter), responder_grace=config.responder_grace,
                                 metrics=self.metrics)  # fmt: skip
         if self._resumable():  # else the CHILD_SAs end with this process: nothing to resume on
-            adapter.journal = Journal(self.state.save_ike_state, include=lambda r: not is_road_warrior(r))
+            adapter.journal = Journal(self.state.save_ike_state)
         self.adapter, self.reconciler = adapter, reconciler
         self.reports = ReportBuilder(reconciler)
         await adapter.start()
@@ -251,6 +255,9 @@ class NodeAgent:
         fallback = 0
         for entry in loaded.sas:
             tunnel = str(entry.get("tunnel"))
+            if entry.get("kind") == ROAD_WARRIOR:
+                self._keep_road_warrior(adapter, entry)
+                continue
             plan = reconciler.plans.get(tunnel)
             try:
                 if plan is None:
@@ -268,9 +275,57 @@ class NodeAgent:
         self.resume.update(resumed=len(resumed_tunnels), fallback=fallback,
                            seconds=round(time.monotonic() - started, 4))  # fmt: skip
         log.info("resumed %d IKE SA(s) of %d in %s (state version %s, written %.1f s ago); %d tunnel(s) "
-                 "without one get a new IKE SA make-before-break", len(resumed_tunnels), len(loaded.sas),
+                 "without one get a new IKE SA make-before-break; %d road warrior(s) wait for their "
+                 "pool's config", len(resumed_tunnels), len(loaded.sas) - len(self._pending_rw),
                  self.state.path, loaded.version, time.time() - (loaded.written_at or 0.0),
-                 len(restarted - resumed_tunnels))  # fmt: skip
+                 len(restarted - resumed_tunnels), len(self._pending_rw))  # fmt: skip
+        self._resume_road_warriors()
+
+    def _keep_road_warrior(self, adapter: IkeAdapter, entry: dict[str, Any]) -> None:
+        try:
+            if adapter.journal is not None:
+                adapter.journal.keep(entry)  # persist_now must not drop it meanwhile
+        except ResumeRefused as exc:
+            log.warning("%s: road-warrior IKE SA not resumed (%s); the client reconnects",
+                        entry.get("tunnel"), exc)  # fmt: skip
+            return
+        self._pending_rw.append(entry)
+
+    def _resume_road_warriors(self) -> None:
+        """Takes up the persisted road-warrior SAs once the gateway serves configs (the pools of
+        the persisted NodeConfig, with the controller channel for their leases). Each one resumed
+        holds its lease again; one refused is dropped with a log line, and its client reconnects
+        (its DPD finds the IKE SA gone; the sweeper removes the CHILD_SAs it left)."""
+        gateway, adapter = self.gateway, self.adapter
+        if not self._pending_rw or gateway is None or adapter is None or gateway.leases is None \
+                or self._engine_credentials is None:  # fmt: skip
+            return
+        pending, self._pending_rw = self._pending_rw, []
+        assert self.dataplane is not None
+        owned = None if self.dataplane.capabilities.backend == "none" else self._owned or OwnedState((), ())
+        resumed = 0
+        for entry in pending:
+            name = str(entry.get("tunnel"))
+            doc = entry.get("sa") if isinstance(entry.get("sa"), dict) else {}
+            assert isinstance(doc, dict)
+            serial = doc.get("peer_serial")
+            why = gateway.refusal(name, serial if isinstance(serial, str) else None,
+                                  bool(doc.get("virtual_addresses")) and doc.get("cfg_reply") is not None)
+            config = gateway.config_named(name)
+            try:
+                if why is not None or config is None:
+                    raise ResumeRefused(why or "no config")
+                sa, bindings = restore(entry, config, adapter.now(), time.time(), owned, rnd=adapter.rnd)
+            except ResumeRefused as exc:
+                log.warning("%s: road-warrior IKE SA not resumed (%s); the client reconnects", name, exc)
+                if adapter.journal is not None:
+                    adapter.journal.drop(entry)
+                continue
+            gateway.resumed(adapter.resume(sa, bindings, entry))
+            resumed += 1
+        self.resume["road_warriors_resumed"] = resumed
+        self.resume["road_warriors_fallback"] = len(pending) - resumed
+        adapter.persist_now()
 
     def _resumable(self) -> bool:
         """Whether the next process can resume the IKE SAs: only on a data plane that keeps their
@@ -437,6 +492,7 @@ class NodeAgent:
             log.error("remote access: %s", exc)
             return
         self.gateway.configure(node.remote_access, local_id, self._engine_credentials)
+        self._resume_road_warriors()
 
     def _use_credentials(self, creds: Credentials | None) -> None:
         """The node certificate for certificate-auth tunnels (at start, enrollment, renewal)."""

@@ -156,7 +156,7 @@ class RoadWarriorGateway:
         for handle, held in self.clients.held.items():
             record = self.adapter.by_handle.get(handle)
             user = self.leases.user_of(held.client) if self.leases is not None else None
-            if record is None or user is None:
+            if record is None or not user:  # none yet: a resumed lease not confirmed
                 continue
             t = per_sa.get(record.traffic_name, Traffic())
             out.append(agent_pb2.RemoteAccessClientTraffic(
@@ -238,6 +238,46 @@ class RoadWarriorGateway:
         task = asyncio.get_running_loop().create_task(report())
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)
+
+    # ------------------------------------------------------------------ restart
+
+    def config_named(self, name: str) -> IkeConfig | None:
+        return next((c for c in self.configs if c.name == name), None)
+
+    def resumed(self, record: SaRecord) -> None:
+        """A road warrior's IKE SA taken up after a restart (the adapter tracks it, its CHILD_SAs
+        bound to the data plane's): its lease held again and the client registered, so that its
+        disconnect releases the lease as if this process had connected it (`refusal` said yes)."""
+        sa = record.sa
+        assert self.leases is not None and sa.cfg_reply is not None  # checked by refusal()
+        client = Client(sa.eap_identity or str(sa.remote_identity), sa.peer_common_name or "")
+        addresses = tuple(str(a) for a in sa.virtual_addresses)
+        self.leases.retake(client, sa.cfg_reply, self._lease_lost)
+        seen = self.clients.hold(record.handle, record.name, client, addresses)
+        log.info("%s: road warrior %s resumed from %s, virtual address %s", seen.connection, seen.client,
+                 sa.remote.host, ", ".join(seen.addresses))  # fmt: skip
+
+    def refusal(self, sa_name: str, peer_serial: str | None, has_addresses: bool) -> str | None:
+        """Why a persisted road-warrior SA cannot be resumed (None: it can)."""
+        if self.leases is None:
+            return "no controller connection to hold its lease with"
+        if self.config_named(sa_name) is None:
+            return f"this gateway no longer serves {sa_name}"
+        if not has_addresses:
+            return "it holds no virtual address"
+        if peer_serial is not None and peer_serial in self.revocations:
+            return f"its certificate {peer_serial} is revoked"
+        return None
+
+    def _lease_lost(self, client: Client, why: str) -> None:
+        for record in self.adapter.active():
+            sa = record.sa
+            if is_road_warrior(record) and Client(sa.eap_identity or str(sa.remote_identity),
+                                                  sa.peer_common_name or "") == client:  # fmt: skip
+                log.warning("%s: resumed road warrior %s loses its lease (%s): deleting IKE SA %s; it "
+                            "reconnects", record.name, client.identity, why, sa.local_spi.hex())  # fmt: skip
+                self.clients.held.pop(record.handle, None)  # nothing to release: the lease is not ours
+                self.adapter.delete(record)
 
     def _release(self, _connection: str, client: Client) -> None:
         if self.leases is not None:

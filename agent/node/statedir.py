@@ -30,13 +30,21 @@ STATUS_SOCKET = "status.sock"
 DATAPLANE_SOCKET = "dataplane.sock"  # the userspace data-plane daemon's control socket (0600)
 IKE_STATE = "ike-sas.json"
 IKE_STATE_FORMAT = "meshsec-ike-state"
-IKE_STATE_VERSION = 1
+IKE_STATE_VERSION = 2
 # How a file of an earlier version becomes one of the next: version -> (the entries of that
 # version -> the entries of version + 1). When IKE_STATE_VERSION is bumped, the step from the
 # previous version goes here, so an upgraded agent resumes what the previous build wrote; a
 # version with no path to the current one (a downgrade, or a file from far back) falls back.
 Migration = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
-IKE_STATE_MIGRATIONS: dict[int, Migration] = {}
+
+
+def _v1_to_v2(sas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """2: entries say their kind ("tunnel" or "road-warrior": a road warrior's SA resumes on the
+    gateway's pool config, once that is known). A version-1 file held tunnels only."""
+    return [{**entry, "kind": "tunnel"} for entry in sas]
+
+
+IKE_STATE_MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
 
 
 def readable_versions(current: int, migrations: dict[int, Migration]) -> frozenset[int]:

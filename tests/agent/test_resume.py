@@ -154,24 +154,44 @@ def test_an_upgrade_reads_the_previous_version_through_its_migration(tmp_path: P
     _refresh(_journal(net, old), net)
     (written,) = old.load_ike_state().sas
 
-    def one_to_two(sas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def two_to_three(sas: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{**e, "origin_build": "v1"} for e in sas]
 
-    upgraded = StateDir(tmp_path / "s", ike_state_version=2, migrations={1: one_to_two})
+    upgraded = StateDir(tmp_path / "s", ike_state_version=3, migrations={2: two_to_three})
     loaded = upgraded.load_ike_state()
-    assert loaded.problem is None and loaded.version == 1
+    assert loaded.problem is None and loaded.version == 2
     (entry,) = loaded.sas
     assert entry["origin_build"] == "v1" and entry["sa"] == written["sa"]
     now = net.now + DOWN
     restored, _ = restore(entry, net.a.configs[0], now, WALL + now, None)
     assert restored.spi_i == net.a.sa().spi_i
     upgraded.save_ike_state([entry])
-    assert json.loads(upgraded.file(IKE_STATE).read_bytes())["version"] == 2
-    # A build without a path from version 1 (or an older build reading version 2) falls back.
-    for build, reads in ((StateDir(tmp_path / "s", ike_state_version=3, migrations={}), 3),
-                         (StateDir(tmp_path / "s"), 1)):  # fmt: skip
+    assert json.loads(upgraded.file(IKE_STATE).read_bytes())["version"] == 3
+    # A build without a path from version 2 (or an older build reading version 3) falls back.
+    for build, reads in ((StateDir(tmp_path / "s", ike_state_version=4, migrations={}), "4"),
+                         (StateDir(tmp_path / "s"), "1, 2")):  # fmt: skip
         loaded = build.load_ike_state()
-        assert loaded.sas == () and f"version 2; this build reads {reads}" in (loaded.problem or "")
+        assert loaded.sas == () and f"version 3; this build reads {reads}" in (loaded.problem or "")
+
+
+def test_a_version_1_file_of_the_previous_build_migrates_to_tunnel_entries(tmp_path: Path) -> None:
+    """The real step (statedir.IKE_STATE_MIGRATIONS[1]): a version-1 file held tunnels only."""
+    net = _net()
+    state = StateDir(tmp_path / "s")
+    state.prepare()
+    _refresh(_journal(net, state), net)
+    path = state.file(IKE_STATE)
+    doc = json.loads(path.read_bytes())
+    doc["version"] = 1
+    doc["sas"] = [{k: v for k, v in e.items() if k != "kind"} for e in doc["sas"]]
+    path.write_text(json.dumps(doc))
+    loaded = state.load_ike_state()
+    assert loaded.problem is None and loaded.version == 1
+    (entry,) = loaded.sas
+    assert entry["kind"] == "tunnel"
+    now = net.now + DOWN
+    restored, _ = restore(entry, net.a.configs[0], now, WALL + now, None)
+    assert restored.spi_i == net.a.sa().spi_i
 
 
 def test_no_key_reaches_a_reason_a_log_line_or_the_status(

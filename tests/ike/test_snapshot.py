@@ -113,8 +113,8 @@ def test_unknown_versions_and_malformed_documents_are_refused_without_quoting_ke
     sa = net.a.sa()
     doc = to_dict(sa, net.now)
     cfg = net.a.configs[0]
-    with pytest.raises(SnapshotError, match="version 3; this build reads 1, 2"):
-        from_dict({**doc, "version": 3}, cfg, net.now, 0)
+    with pytest.raises(SnapshotError, match="version 4; this build reads 1, 2, 3"):
+        from_dict({**doc, "version": 4}, cfg, net.now, 0)
     secret = doc["keys"]["sk_d"]  # type: ignore[index]
     broken = {**doc, "keys": {**doc["keys"], "sk_ei": "zz" + secret}}  # type: ignore[dict-item]
     with pytest.raises(SnapshotError) as caught:
