@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography import x509
 
@@ -214,4 +215,56 @@ async def test_leases_from_the_controller_and_revocation(ctl: Controller) -> Non
     assert ("RemoteAccessConnected", f"bob (laptop) on gw1 with {vip}") in events
     assert ("RemoteAccessDisconnected", "bob (phone) left gw1") in events
     assert any(r == "RemoteAccessRefused" and m.startswith("pool staff: all 2 addresses") for r, m in events)
+    await gw.channel.close()
+
+
+async def _until(check: object, what: str, timeout: float = 10.0) -> None:
+    started = time.monotonic()
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() - started < timeout, what
+        await asyncio.sleep(0.05)
+
+
+async def test_a_restarted_gateway_takes_a_resumed_clients_lease_back(ctl: Controller) -> None:
+    """What a gateway agent restarted with its clients' IKE SAs does (issue #17): the lease is
+    held at once with the persisted addresses, AllocateLease for the same identity and device
+    confirms it (a reconnect: the same address); other addresses from the controller mean the
+    lease is lost (fail closed); an unreachable controller keeps the hold and retries, and the
+    client's disconnect meanwhile cancels the retry."""
+    node = await join(ctl, "dc1", "gw1", "198.18.1.1", node_labels={"role": "ra"})
+    gw = Gateway(node, ctl)
+    laptop, _ = await _device(ctl, "laptop")
+    first = await gw.connect(laptop)
+    reply = first.responder.cfg_reply
+    assert reply is not None and reply.ip4 is not None
+    bob = Client("bob@example.test", "laptop.bob")
+
+    channel = node.channel(ctl)  # the restarted agent's own channel
+    restarted = ControllerLeases(agent_pb2_grpc.AgentServiceStub(channel), lambda _c: None)
+    lost: list[str] = []
+    restarted.retake(bob, reply, lambda _c, why: lost.append(why))
+    assert restarted.leases[bob.key].holders == 1 and restarted.user_of(bob) == ""  # held at once
+    await _until(lambda: restarted.user_of(bob) == "bob", "lease not confirmed")
+    assert not lost
+
+    moved = ControllerLeases(agent_pb2_grpc.AgentServiceStub(channel), lambda _c: None)
+    other = ipaddress.IPv4Address(int(reply.ip4) ^ 1)
+    moved.retake(bob, type(reply)(other, None, reply.dns, reply.subnets), lambda _c, why: lost.append(why))
+    await _until(lambda: lost, "other addresses not noticed")
+    assert lost == ["the controller leased other addresses"] and bob.key not in moved.leases
+
+    dead = grpc.aio.insecure_channel("127.0.0.1:1")  # nothing listens: UNAVAILABLE, retried
+    away = ControllerLeases(agent_pb2_grpc.AgentServiceStub(dead), lambda _c: None)
+    away.retake(bob, reply, lambda _c, why: lost.append(why))
+    await asyncio.sleep(1.5)  # the first try failed, the second waits
+    assert away.leases[bob.key].holders == 1 and len(lost) == 1 and away._retakes
+    assert away.release(bob) and not away._retakes  # the disconnect cancels the retry
+    await away.settle()
+    await dead.close()
+
+    assert restarted.release(bob)  # the resumed client leaves: the restarted gateway releases it
+    await restarted.settle()
+    events = await _events(ctl)
+    assert ("RemoteAccessDisconnected", "bob (laptop) left gw1") in events, events
+    await channel.close()
     await gw.channel.close()
