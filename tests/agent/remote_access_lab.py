@@ -21,7 +21,7 @@ from typing import Any
 from meshsec.meshctl.cli import main as meshctl_main
 from tests.agent.meshlab import BIN, MeshLab
 from tests.harness.netns import Host, Switch
-from tests.harness.strongswan import DEFAULT_PLUGINS, Charon, CharonFactory, CharonSettings
+from tests.harness.strongswan import DEFAULT_PLUGINS, EAP_PLUGINS, Charon, CharonFactory, CharonSettings
 
 CONNECTION = "meshsec-staff"
 POOL_RANGE = "198.19.61.0/24"
@@ -85,9 +85,10 @@ class RoadWarriors:
         self.hosts.append(host)
         return host
 
-    def start(self, files: Path) -> Charon:
-        """A charon on a new host with the profile directory loaded (not connected yet)."""
-        settings = CharonSettings(plugins=DEFAULT_PLUGINS)
+    def start(self, files: Path, eap: bool = False) -> Charon:
+        """A charon on a new host with the profile directory loaded (not connected yet); `eap`:
+        with the EAP plugins (a password profile)."""
+        settings = CharonSettings(plugins=(*DEFAULT_PLUGINS, *EAP_PLUGINS) if eap else DEFAULT_PLUGINS)
         charon = self.charons.start(self.host(), [], settings)
         for path in files.rglob("*"):
             if path.is_file():

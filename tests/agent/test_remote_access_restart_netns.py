@@ -175,3 +175,65 @@ def test_a_road_warriors_ike_sa_survives_a_kill_9_gateway_restart(lab: Lab, char
     assert host.ping(SRV, src=vip, count=3, wait=1.0).loss_percent == 0
     text = gw_log.read_text()
     assert keys and not [k for k in keys if k in text]  # no key of the state file in the log
+
+
+def test_an_eap_mschapv2_road_warriors_ike_sa_survives_a_kill_9_gateway_restart(
+    lab: Lab, charons: CharonFactory
+) -> None:
+    """The same for a password client (ra-staff-eap): its lease is the user's device "eap", its
+    identity the EAP identity, both from the snapshot."""
+    ml = MeshLab(lab)
+    ml.start_controller()
+    gw = ml.add_node(1, before_agent=server_behind)
+    pool = {**POOL, "auth": {"methods": ["eap-mschapv2"]}}
+    alice = {"identity": "alice@example.test", "pool": "staff", "auth": {"method": "eap-mschapv2"},
+             "devices": [{"name": "laptop", "platform": "linux"}]}  # fmt: skip
+    ml.apply(resource("RemoteAccessPool", "staff", pool), resource("RemoteAccessUser", "alice", alice))  # type: ignore[arg-type]
+    password = ml.work / "alice.txt"
+    password.write_text("correct horse battery\n")
+    meshctl(ml, "remote-access", "set-password", "alice", "--password-file", str(password))
+    gw_log = ml.work / f"{gw}.log"
+    wait_for("the gateway serving ra-staff-eap", lambda: "serving ra-staff-eap" in gw_log.read_text(), 60)
+    files = profile(ml, "alice", "laptop", gw)
+    conf = files / "swanctl.conf"
+    secret = 'secret = "correct horse battery"'
+    conf.write_text(conf.read_text().replace("# secret = <your password>", secret))
+    rws = RoadWarriors(ml, charons)
+    charon = rws.start(files, eap=True)
+    charon.initiate(CONNECTION, CONNECTION, timeout=30)
+    before = client_sa(charon)
+    assert before is not None, charon.log_text()[-3000:] + gw_log.read_text()[-3000:]
+    (vip,) = before["local-vips"]
+    host = rws.hosts[0]
+    wait_for("the client's SA in the state file", lambda: [e["tunnel"] for e in _road_warrior_entries(ml, gw)]
+             == ["ra-staff-eap"], 20)  # fmt: skip
+
+    ping_log = ml.work / "ping-restart-eap.log"
+    count = 1000
+    ping = host.popen(["ping", "-n", "-D", "-c", str(count), "-i", "0.01", "-W", "1", "-I", vip, SRV],
+                      log=ping_log)  # fmt: skip
+    time.sleep(1.0)
+    killed = time.time()
+    ml.stop_agent(gw, signal.SIGKILL)
+    time.sleep(1.0)
+    ml.start_agent(gw)
+    wait_for("the lease taken back", lambda: "lease of resumed client alice@example.test taken back"
+             in gw_log.read_text(), 60)  # fmt: skip
+    agent_up = _last_up(gw_log, gw)
+    ping.wait(60)
+    text = ping_log.read_text()
+    assert parse_ping(text).transmitted == count, text[-500:]
+    lost = _lost_at(text, count)
+    print(f"kill -9 gateway restart, EAP road warrior: {len(lost)} of {count} lost; agent up "
+          f"{agent_up - killed:.2f} s after the kill")  # fmt: skip
+    assert not [t for t in lost if killed - 0.1 <= t <= agent_up], lost
+    after = client_sa(charon)
+    assert after is not None and _ids(after) == _ids(before) and after["local-vips"] == [vip]
+    assert len(_ike_sas(charon)) == 1
+    listed = meshctl(ml, "get", "leases")
+    assert "alice" in listed and vip in listed and gw in listed, listed
+    assert host.ping(SRV, src=vip, count=3, wait=1.0).loss_percent == 0
+
+    charon.swanctl("--terminate", "--ike", CONNECTION)
+    wait_for("the lease released", lambda: "alice" not in meshctl(ml, "get", "leases"), 20)
+    assert "horse" not in gw_log.read_text()
