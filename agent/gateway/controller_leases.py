@@ -147,7 +147,12 @@ class ControllerLeases:
         if lease is None:  # the client left meanwhile; its release went out already
             return
         if got is None or (got.ip4, got.ip6) != (reply.ip4, reply.ip6):
+            # The old lease was gone (released, moved): what we just got is a new one nobody
+            # holds, so it goes back; the client reconnects and asks for its own.
             self._forget(client)
+            task = asyncio.get_running_loop().create_task(self._release(client))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
             lost(client, "the controller leased other addresses" if got is not None else why)
             return
         lease.user = response.user
