@@ -5,7 +5,8 @@ plane: its daemon forwards on while no agent runs) is killed and started again. 
 resumes the client's IKE SA from its state file: the client sees the same IKE SA (SPIs), no new
 one, the same virtual address; the lease is still the gateway's in `meshctl get leases` (taken
 back with AllocateLease); a CHILD_SA rekey over the resumed IKE SA works and stays narrowed to
-the address; the client's later disconnect releases the lease (ConnectedClients holds it
+the address; with the controller down at the restart the SA goes on and the lease is confirmed
+once it is back; the client's later disconnect releases the lease (ConnectedClients holds it
 again). The loss is printed (target 0) and none is allowed while no agent runs."""
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from tests.agent.remote_access_lab import (
 from tests.harness.netns import Lab, parse_ping
 from tests.harness.strongswan import Charon, CharonFactory
 
-pytestmark = [pytest.mark.netns, pytest.mark.strongswan, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.netns, pytest.mark.strongswan, pytest.mark.timeout(360)]
 COUNT = 1500  # 15 s at 10 ms
 
 
@@ -139,6 +140,25 @@ def test_a_road_warriors_ike_sa_survives_a_kill_9_gateway_restart(lab: Lab, char
     assert rekeyed is not None and _ids(rekeyed) == _ids(before)
     assert next(iter(rekeyed["child-sas"].values()))["local-ts"] == [f"{vip}/32"]
     assert host.ping(SRV, src=vip, count=3, wait=1.0).loss_percent == 0
+
+    # The controller down while the gateway restarts: the SA goes on with its persisted address,
+    # the confirmation is retried and lands once the controller is back.
+    ml.kill_controller()
+    ml.stop_agent(gw, signal.SIGKILL)
+    ml.start_agent(gw)
+    resumed_line = "road warrior bob@example.test resumed"
+    wait_for("resumed without a controller", lambda: gw_log.read_text().count(resumed_line) == 2, 60)
+    retrying = "taking the lease of resumed client bob@example.test back failed"
+    wait_for("the confirmation retried", lambda: retrying in gw_log.read_text(), 30)
+    assert host.ping(SRV, src=vip, count=3, wait=1.0).loss_percent == 0
+    still = client_sa(charon)
+    assert still is not None and _ids(still) == _ids(before) and len(_ike_sas(charon)) == 1
+    ml.start_controller()
+    taken_back = "lease of resumed client bob@example.test taken back"
+    wait_for("the lease confirmed once the controller is back",
+             lambda: gw_log.read_text().count(taken_back) == 2, 90)  # fmt: skip
+    listed = meshctl(ml, "get", "leases")
+    assert "bob" in listed and vip in listed and gw in listed, listed
 
     # The client leaves: the restarted gateway releases the lease it took back.
     charon.swanctl("--terminate", "--ike", CONNECTION)
