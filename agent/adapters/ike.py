@@ -31,7 +31,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from meshsec.agent.adapters import follow, liveness, roaming, udp
+from meshsec.agent.adapters import follow, liveness, roaming, takeover, udp
 from meshsec.agent.adapters.address_events import AddressEvents
 from meshsec.agent.adapters.endpoints import Endpoint, Endpoints, bind_plan, pick
 from meshsec.agent.adapters.eventlog import SpiText, log_event
@@ -133,6 +133,9 @@ class IkeAdapter:
         self._timer_at: float | None = None
         self._work: asyncio.Queue[tuple[SaRecord | None, Job]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        # CHILD_SAs taking over another IKE SA's pair of the tunnel (takeover.py), by new key.
+        self._takeovers: dict[ChildKey, takeover.Takeover] = {}
+        self._takeover_tasks: set[asyncio.Task[None]] = set()
         self._traffic: asyncio.Task[None] | None = None
         self._address_watch: asyncio.Task[None] | None = None
         self._closed = False
@@ -177,13 +180,15 @@ class IkeAdapter:
             deadline = time.monotonic() + timeout
             while any(not sa.closed for sa in self.table) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
+            for key in list(self._takeovers):  # (their outbound SAs go unused: all is deleted)
+                self._end_takeover(key, activate=False)
             await self._drain_work(max(0.1, deadline - time.monotonic()))
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
         if self._loop is not None:
             self._endpoints.stop_reading(self._loop)
-        for task in (self._traffic, self._address_watch, self._worker):
+        for task in (self._traffic, self._address_watch, self._worker, *self._takeover_tasks):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -637,14 +642,21 @@ class IkeAdapter:
         elif isinstance(ev, ChildSaEstablished):
             child = ChildRecord(ev, sa.local, sa.remote)
             record.replacing.discard(ev.name)
+            olds = takeover.predecessors(self.records.values(), record, ev) if self.installer else frozenset()
             record.children[ev.spi_in] = child
+            if olds:
+                self._takeovers[child.key] = takeover.Takeover(child.key, olds)
             if self.installer is not None:
                 self._queue_work(record, functools.partial(self._install, record, child))
         elif isinstance(ev, ChildSaDeleted):
             record.children.pop(ev.spi_in, None)
             if self.installer is not None:
                 key: ChildKey = (sa.local.host, ev.protocol, ev.spi_in)
-                self._queue_work(record, functools.partial(self._remove, self.installer, key))
+                if (waiting := self._takeover_of_old(key)) is not None:
+                    waiting.deleted.append(key)  # removed once its successor carries traffic
+                else:
+                    self._end_takeover(key, activate=False)  # (a successor deleted before it took over)
+                    self._queue_work(record, functools.partial(self._remove, self.installer, key))
         elif isinstance(ev, ChildSaRekeyed):
             if (successor := record.children.get(ev.new_spi_in)) is not None:
                 successor.outbound_live = True
@@ -732,10 +744,13 @@ class IkeAdapter:
         # A rekey or a replacement shares the reqid of the pair it `replaces`: both then match
         # the same policies and traffic keeps flowing while outbound moves over.
         reqid = self.installer.reqid_of((child.local.host, ev.protocol, ev.replaces)) if ev.replaces else None
+        held = child.key in self._takeovers
         try:
             await self.installer.install(ev, child.local, child.remote, reqid=reqid,
-                                         outbound=ev.outbound_active, tunnel=record.traffic_name)  # fmt: skip
+                                         outbound=ev.outbound_active and not held,
+                                         tunnel=record.traffic_name)  # fmt: skip
         except (DataPlaneError, InstallError) as exc:
+            self._end_takeover(child.key, activate=False)
             child.install_error = str(exc)
             self.stats["child_install_failed"] += 1
             log.error("%s: CHILD_SA %s could not be installed: %s; deleting it", record.name, ev.name, exc)
@@ -744,7 +759,48 @@ class IkeAdapter:
                 self._pump()
             return
         child.installed = True
+        if held:
+            task = asyncio.get_running_loop().create_task(self._watch_takeover(record, child))
+            self._takeover_tasks.add(task)
+            task.add_done_callback(self._takeover_tasks.discard)
+            return
         child.outbound_live = child.outbound_live or ev.outbound_active
+
+    def _takeover_of_old(self, key: ChildKey) -> takeover.Takeover | None:
+        return next((t for t in self._takeovers.values() if key in t.olds), None)
+
+    async def _watch_takeover(self, record: SaRecord, child: ChildRecord) -> None:
+        """Holds the new pair's outbound SA until the peer sends on the pair or WAIT passed."""
+        assert self.installer is not None
+        key, start = child.key, time.monotonic()
+        why = f"no packet in {takeover.WAIT:g} s"
+        while key in self._takeovers and time.monotonic() - start < takeover.WAIT:
+            plan = self.installer.installed.get(key)
+            if plan is None:
+                return
+            with contextlib.suppress(DataPlaneError):  # (read again: the pair is being set up)
+                if (await self.installer.dataplane.counters(plan.inbound.id)).packets:
+                    why = f"the peer's first packet after {time.monotonic() - start:.3f} s"
+                    break
+            await asyncio.sleep(takeover.POLL)
+        if key in self._takeovers:
+            log.info("%s: CHILD_SA %s %08x_i takes over from another IKE SA's pair (%s)",
+                     record.name, child.event.name, child.event.spi_in, why)  # fmt: skip
+            live = record.children.get(child.event.spi_in) is child
+            self._end_takeover(key, activate=live)
+            child.outbound_live = child.outbound_live or live
+
+    def _end_takeover(self, key: ChildKey, *, activate: bool) -> None:
+        """The new pair sends from now on (`activate`); the old pairs whose IKE SA went meanwhile
+        are removed after that, in order on the data-plane worker."""
+        t = self._takeovers.pop(key, None)
+        if t is None or self.installer is None:
+            return
+        if activate:
+            self.stats["child_takeovers"] += 1
+            self._queue_work(None, functools.partial(self._activate, self.installer, key))
+        for old in t.deleted:
+            self._queue_work(None, functools.partial(self._remove, self.installer, old))
 
     async def _activate(self, installer: ChildInstaller, key: ChildKey) -> None:
         try:

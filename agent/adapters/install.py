@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from meshsec.agent.adapters.traffic import Traffic, TrafficLedger, TrafficOwner
 from meshsec.agent.dataplane.api import (
@@ -180,6 +180,8 @@ class ChildInstaller:
         self._policy_users: dict[tuple[TrafficSelector, Direction], list[Policy]] = {}
         self._held: dict[ChildKey, SecurityAssociation] = {}  # outbound SAs not yet in use
         self.traffic = TrafficLedger()
+        # The reqids of the policies an earlier run left (adopted; no plan of ours uses them).
+        self.adopted_reqids: dict[tuple[TrafficSelector, Direction], int] = {}
 
     def next_reqid(self) -> int:
         reqid, self._next_reqid = self._next_reqid, self._next_reqid + 1
@@ -204,6 +206,8 @@ class ChildInstaller:
         outbound SA of the reqid carries traffic. With `outbound` False the outbound SA waits
         for `activate` (the rekey responder's make-before-break). Its traffic counts toward
         (`tunnel`, CHILD_SA name) in `traffic`."""
+        if reqid is None:
+            reqid = self.reqid_in_force(ev, local, remote)
         plan = plan_child(ev, local, remote, reqid if reqid is not None else self.next_reqid())
         key = (local.host, ev.protocol, ev.spi_in)
         await self.dataplane.add_sa(plan.inbound)
@@ -223,6 +227,26 @@ class ChildInstaller:
         self.traffic.installed(key, (tunnel, ev.name))
         self.stats["children_installed"] += 1
         return plan
+
+    def reqid_in_force(self, ev: ChildSaEstablished, local: Address, remote: Address) -> int | None:
+        """The reqid of the pair already carrying exactly these policies (another IKE SA's
+        CHILD_SA of the same tunnel, or one an earlier run left: the agent restarted without
+        its IKE state), if every policy names the same one. A new pair that takes it leaves the
+        policies as they are, so the old pair's inbound packets still pass the policy check
+        and neither direction loses a packet while traffic moves over (make-before-break)."""
+        found: set[int] = set()
+        for pol in plan_child(ev, local, remote, 0).policies:
+            users = self._policy_users.get((pol.selector, pol.direction))
+            if users:
+                tpl = users[-1].template
+                if tpl is None or pol.template is None or replace(tpl, reqid=0) != pol.template:
+                    return None  # another tunnel endpoint or mode: its own reqid
+                found.add(tpl.reqid)
+            elif (adopted := self.adopted_reqids.get((pol.selector, pol.direction))) is not None:
+                found.add(adopted)
+            else:
+                return None
+        return found.pop() if len(found) == 1 else None
 
     def bind(self, ev: ChildSaEstablished, local: Address, remote: Address, reqid: int, *,
              tunnel: str = "") -> ChildPlan:  # fmt: skip
@@ -312,6 +336,7 @@ class ChildInstaller:
                 users.remove(pol)
             if not users:
                 self._policy_users.pop(ref, None)
+                self.adopted_reqids.pop(ref, None)  # (the adopted policy goes with it)
                 await self.dataplane.delete_policy(pol.selector, pol.direction)
             elif was_current:
                 await self.dataplane.ensure_policy(users[-1])

@@ -208,6 +208,9 @@ class OwnedState:
     sas: tuple[SaId, ...]
     policies: tuple[tuple[TrafficSelector, Direction], ...]
     max_reqid: int = 0  # the highest reqid of those SAs (a restarted agent allocates above it)
+    # The reqid each policy's template names: a new CHILD_SA with the same policies takes it, so
+    # the adopted SAs it replaces still pass the inbound policy check until they are removed.
+    policy_reqids: tuple[tuple[TrafficSelector, Direction, int], ...] = ()
 
 
 IkeReceiver = Callable[[bytes, tuple[str, int], tuple[str, int]], None]

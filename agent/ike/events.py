@@ -66,6 +66,8 @@ class ChildSaEstablished:
     lifetime_hard_bytes: int = 0
     lifetime_soft_packets: int = 0
     lifetime_hard_packets: int = 0
+    # We answered the exchange that created it (the peer installs its SAs only on our answer).
+    responder: bool = False
 
 
 @dataclass(frozen=True, slots=True)

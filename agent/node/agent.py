@@ -165,6 +165,9 @@ class NodeAgent:
                                      responder=config.responder, first_reqid=self._first_reqid),
             on_event=on_event,
         )
+        if adapter.installer is not None and self._owned is not None:
+            # A tunnel not resumed gets new CHILD_SAs on the adopted ones' reqids (install.py).
+            adapter.installer.adopted_reqids = {(sel, d): r for sel, d, r in self._owned.policy_reqids}
         gateway = self.gateway = RoadWarriorGateway(adapter)
         reconciler = Reconciler(AdapterRuntime(adapter), responder_grace=config.responder_grace,
                                 metrics=self.metrics)  # fmt: skip

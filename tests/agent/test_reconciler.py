@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from meshsec.agent.adapters import takeover
 from meshsec.agent.adapters.ike import AdapterSettings, IkeAdapter
 from meshsec.agent.adapters.recording import RecordingDataPlane
 from meshsec.agent.adapters.runtime import AdapterRuntime, view_of
+from meshsec.agent.dataplane.api import SaCounters
 from meshsec.agent.node.reconciler import Reconciler
 from meshsec.agent.node.report import ReportBuilder
 from meshsec.v1 import agent_pb2, common_pb2
@@ -151,6 +153,41 @@ async def test_restarted_responder_reconnects_and_peer_drops_stale_sa(pair: list
     )
     await until("a's data plane holds only the new CHILD_SA", lambda: len(a.dataplane.sas) == 2)
     assert a.live_children() == 1
+
+
+async def test_the_peer_restarted_without_state_takes_over_make_before_break(
+    pair: list[Side], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answering end of the restarted peer's new IKE SA (its CHILD_SA duplicates the one the
+    stale IKE SA still carries) sends on the new pair only once the peer sent on it (the peer
+    then surely has its inbound SA), on the old pair's reqid, and removes the old pair after
+    that, although INITIAL_CONTACT dropped its IKE SA at once."""
+    monkeypatch.setattr(takeover, "WAIT", 600.0)  # only the peer's packet ends the wait here
+    a, b = pair
+    desire(a, end("t1", "a", "b", a.addr, b.addr, initiator=False))
+    desire(b, end("t1", "b", "a", b.addr, a.addr, initiator=True))
+    await until("established", lambda: len(a.established()) == 1 and a.established() == b.established())
+    ((old,),) = [list(r.children.values()) for r in a.adapter.active()]
+    await stop_side(b, graceful=False)
+    b2 = await start_side("b", "127.77.0.2", restarted=True)
+    pair[1] = b2
+    desire(b2, end("t1", "b", "a", b2.addr, a.addr, initiator=True))
+    await until("a's new CHILD_SA", lambda: [c for r in a.adapter.active() for c in r.children.values()
+                                             if c.installed and c is not old] != [])  # fmt: skip
+    (child,) = [c for r in a.adapter.active() for c in r.children.values() if c.installed and c is not old]
+    assert not child.outbound_live  # held: the old pair carries a's traffic
+    in_id = a.adapter.installer.installed[child.key].inbound.id  # type: ignore[union-attr]
+    assert a.adapter.installer.reqid_of(child.key) == a.adapter.installer.reqid_of(old.key)  # type: ignore[union-attr]
+    assert f"delete_sa {old.event.spi_out:#010x}" not in a.dataplane.log
+    a.dataplane.counted[in_id] = SaCounters(bytes=84, packets=1)  # the peer's first packet on it
+    await until("a sends on the new pair", lambda: child.outbound_live)
+    await until("a's data plane holds only the new CHILD_SA", lambda: len(a.dataplane.sas) == 2)
+    log = a.dataplane.log
+    activated = log.index(f"add_sa out {child.event.spi_out:#010x}")
+    assert activated > log.index(f"add_sa in {child.event.spi_in:#010x}")
+    assert log.index(f"delete_sa {old.event.spi_out:#010x}") > activated
+    assert log.index(f"delete_sa {old.event.spi_in:#010x}") > activated
+    assert a.adapter.stats["child_takeovers"] == 1
 
 
 def short_lived(t: agent_pb2.DesiredTunnel) -> agent_pb2.DesiredTunnel:

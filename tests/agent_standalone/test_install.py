@@ -105,7 +105,9 @@ async def test_installer_shares_policies_and_restores_the_older_template() -> No
     dp = RecordingDataPlane()
     inst = ChildInstaller(dp)
     first = await inst.install(event(spi_in=0x1001, spi_out=0x2001), LOCAL, REMOTE)
-    second = await inst.install(event(spi_in=0x1002, spi_out=0x2002), LOCAL, REMOTE)
+    # Another tunnel endpoint (the peer moved): another template, so a reqid of its own.
+    second = await inst.install(event(spi_in=0x1002, spi_out=0x2002), LOCAL, Address("198.18.60.3", 4500))
+    assert second.inbound.reqid != first.inbound.reqid
     assert len(dp.sas) == 4 and len(dp.policies) == 3
     out_sel = next(p.selector for p in first.policies if p.direction is Direction.OUT)
     assert dp.policies[(out_sel, Direction.OUT)].template.reqid == second.inbound.reqid  # type: ignore[union-attr]
@@ -115,6 +117,36 @@ async def test_installer_shares_policies_and_restores_the_older_template() -> No
     assert await inst.remove((LOCAL.host, ProtocolId.ESP, 0x1001))
     assert dp.sas == {} and dp.policies == {}
     assert not await inst.remove((LOCAL.host, ProtocolId.ESP, 0x1001))
+
+
+async def test_a_pair_with_the_same_policies_takes_the_reqid_in_force() -> None:
+    """Another IKE SA's CHILD_SA of the tunnel (or, after a restart without IKE state, the pair
+    an earlier run left) keeps its reqid for the new pair: the policies stay as they are, so the
+    old pair's inbound packets still pass the inbound policy check while traffic moves over."""
+    dp = RecordingDataPlane()
+    inst = ChildInstaller(dp, first_reqid=10)
+    first = await inst.install(event(spi_in=0x1001, spi_out=0x2001), LOCAL, REMOTE)
+    policies = dict(dp.policies)
+    second = await inst.install(event(spi_in=0x1002, spi_out=0x2002), LOCAL, REMOTE)
+    assert second.inbound.reqid == second.outbound.reqid == first.inbound.reqid == 10
+    assert dp.policies == policies
+    assert await inst.remove((LOCAL.host, ProtocolId.ESP, 0x1001))
+    assert dp.policies == policies and len(dp.sas) == 2  # the policies are the second pair's now
+    # Other selectors: no pair carries them, a new reqid.
+    elsewhere = (Ts.from_cidr("198.19.62.0/24"),)
+    other = await inst.install(event(spi_in=0x1003, ts_remote=elsewhere), LOCAL, REMOTE)
+    assert other.inbound.reqid == 11
+
+    # Adopted: only the data plane holds the policies (reqid 7), no plan of this run.
+    dp = RecordingDataPlane()
+    inst = ChildInstaller(dp, first_reqid=8)
+    adopted = plan_child(event(), LOCAL, REMOTE, 7)
+    inst.adopted_reqids = {(p.selector, p.direction): 7 for p in adopted.policies}
+    assert (await inst.install(event(spi_in=0x1004), LOCAL, REMOTE)).inbound.reqid == 7
+    partial = {k: 7 for k in list(inst.adopted_reqids)[:1]}  # one policy of three: not that pair's
+    inst = ChildInstaller(RecordingDataPlane(), first_reqid=8)
+    inst.adopted_reqids = partial
+    assert (await inst.install(event(spi_in=0x1005), LOCAL, REMOTE)).inbound.reqid == 8
 
 
 async def test_move_updates_ports_in_place_and_reinstalls_for_new_hosts() -> None:

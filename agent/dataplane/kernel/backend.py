@@ -361,6 +361,7 @@ class KernelDataPlane:
         removes those no live CHILD_SA accounts for)."""
         sa_msgs, policy_msgs = await self._dump_sas(), await self._dump_policies()
         policies: list[tuple[TrafficSelector, Direction]] = []
+        policy_reqids: list[tuple[TrafficSelector, Direction, int]] = []
         for m in policy_msgs:
             key = tr.policy_key_from(m)
             if key is None:
@@ -369,6 +370,8 @@ class KernelDataPlane:
             if_id = m.get_attr("XFRMA_IF_ID") or 0
             self._policy_if_ids[key] = if_id
             templates = m.templates()
+            if templates:
+                policy_reqids.append((*key, int(templates[0]["reqid"])))
             tunnel = bool(templates) and templates[0]["mode"] == xm.XFRM_MODE_TUNNEL
             if key[1] is Direction.OUT and not if_id and tunnel:
                 self._route_users.setdefault(key[0].dst, set()).add(key[0])
@@ -385,7 +388,7 @@ class KernelDataPlane:
         # Reservations (ALLOCSPI) use private reqids; only installed SAs' count.
         reqids = [m["reqid"] for m in sa_msgs if m["reqid"] < _ALLOC_REQIDS[0]]
         return OwnedState(sas=tuple(tr.sa_id_from(m) for m in sa_msgs), policies=tuple(policies),
-                          max_reqid=max(reqids, default=0))
+                          max_reqid=max(reqids, default=0), policy_reqids=tuple(policy_reqids))
 
     async def flush_owned(self) -> None:
         # Policies first, so no packet meets a policy whose SA was just removed and triggers ACQUIRE.

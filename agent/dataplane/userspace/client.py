@@ -342,6 +342,12 @@ class DaemonDataPlane:
             sas=tuple(sa_id_from_json(s) for s in sas),
             policies=tuple((selector_from_json(p["selector"]), Direction(p["direction"])) for p in policies),
             max_reqid=max((int(s["reqid"]) for s in sas), default=0),
+            # (A daemon older than this field sends none: new CHILD_SAs then take new reqids.)
+            policy_reqids=tuple(
+                (selector_from_json(p["selector"]), Direction(p["direction"]), int(p["reqid"]))
+                for p in policies
+                if p.get("reqid") is not None
+            ),
         )
 
     async def adopt(self) -> OwnedState:

@@ -346,7 +346,8 @@ class DataPlaneDaemon:
         entries: list[tuple[str, dict[str, Any]]] = [
             ("sa", {**sa_id_to_json(sa.id), "reqid": sa.reqid, "direction": sa.direction.value}) for sa in sas
         ]
-        entries += [("policy", {"selector": selector_to_json(p.selector), "direction": p.direction.value})
+        entries += [("policy", {"selector": selector_to_json(p.selector), "direction": p.direction.value,
+                                "reqid": p.template.reqid if p.template is not None else None})
                     for p in policies]  # fmt: skip
         page = entries[after:after + control.PAGE]
         nxt = after + len(page) if after + len(page) < len(entries) else None

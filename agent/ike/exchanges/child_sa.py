@@ -197,6 +197,7 @@ def install_child(
             cfg.life_bytes,
             cfg.rekey_packets,
             cfg.life_packets,
+            responder=not exchange_initiator,
         )
     )
     return child
