@@ -37,15 +37,16 @@ class Takeover:
 def predecessors(
     records: Iterable[SaRecord], record: SaRecord, ev: ChildSaEstablished
 ) -> frozenset[ChildKey]:
-    """The installed pairs of the tunnel's other IKE SAs that `ev` (on `record`) duplicates:
-    same CHILD_SA name and traffic selectors, carrying traffic. Only for a CHILD_SA we answered
-    that the engine lets send at once (a rekey's successor waits in the engine already)."""
+    """The installed pairs of the tunnel's other IKE SAs with the same authenticated peer that
+    `ev` (on `record`) duplicates: same CHILD_SA name and traffic selectors, carrying traffic.
+    Only for a CHILD_SA we answered that the engine lets send at once (a rekey's successor
+    waits in the engine already)."""
     if not ev.responder or ev.replaces is not None or not ev.outbound_active:
         return frozenset()
     return frozenset(
         c.key
         for r in records
-        if r is not record and r.name == record.name
+        if r is not record and r.name == record.name and r.sa.remote_identity == record.sa.remote_identity
         for c in r.children.values()
         if c.installed and c.outbound_live and c.event.name == ev.name
         and c.event.ts_local == ev.ts_local and c.event.ts_remote == ev.ts_remote
