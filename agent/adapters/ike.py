@@ -772,12 +772,12 @@ class IkeAdapter:
     async def _watch_takeover(self, record: SaRecord, child: ChildRecord) -> None:
         """Holds the new pair's outbound SA until the peer sends on the pair or WAIT passed."""
         assert self.installer is not None
-        key, start = child.key, time.monotonic()
+        key, start = child.key, time.monotonic()  # (its key in `_takeovers`, where it was installed)
         why = f"no packet in {takeover.WAIT:g} s"
         while key in self._takeovers and time.monotonic() - start < takeover.WAIT:
-            plan = self.installer.installed.get(key)
+            plan = self.installer.installed.get(child.key)  # (MOBIKE may have moved it meanwhile)
             if plan is None:
-                return
+                break  # removed: the end below only removes the old pairs that waited for it
             with contextlib.suppress(DataPlaneError):  # (read again: the pair is being set up)
                 if (await self.installer.dataplane.counters(plan.inbound.id)).packets:
                     why = f"the peer's first packet after {time.monotonic() - start:.3f} s"
@@ -786,19 +786,20 @@ class IkeAdapter:
         if key in self._takeovers:
             log.info("%s: CHILD_SA %s %08x_i takes over from another IKE SA's pair (%s)",
                      record.name, child.event.name, child.event.spi_in, why)  # fmt: skip
-            live = record.children.get(child.event.spi_in) is child
-            self._end_takeover(key, activate=live)
+            live = record.children.get(child.event.spi_in) is child and child.key in self.installer.installed
+            self._end_takeover(key, activate=live, now_at=child.key)
             child.outbound_live = child.outbound_live or live
 
-    def _end_takeover(self, key: ChildKey, *, activate: bool) -> None:
-        """The new pair sends from now on (`activate`); the old pairs whose IKE SA went meanwhile
-        are removed after that, in order on the data-plane worker."""
+    def _end_takeover(self, key: ChildKey, *, activate: bool, now_at: ChildKey | None = None) -> None:
+        """The new pair (installed as `key`, now at `now_at` if MOBIKE moved it) sends from now on
+        (`activate`); the old pairs whose IKE SA went meanwhile are removed after that, in order on
+        the data-plane worker."""
         t = self._takeovers.pop(key, None)
         if t is None or self.installer is None:
             return
         if activate:
             self.stats["child_takeovers"] += 1
-            self._queue_work(None, functools.partial(self._activate, self.installer, key))
+            self._queue_work(None, functools.partial(self._activate, self.installer, now_at or key))
         for old in t.deleted:
             self._queue_work(None, functools.partial(self._remove, self.installer, old))
 
