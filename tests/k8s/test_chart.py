@@ -96,6 +96,12 @@ def test_lint_strict_has_no_errors() -> None:
         {"agent": {"userspace": {"daemon": "sidecar"}}},
         {"agent": {"dataplane": "kernel"}},
         {"agent": {"userspace": {"updateStrategy": "RollingUpdate"}, "privileged": True}},
+        {
+            "store": {
+                "type": "etcd",
+                "etcd": {"endpoints": ["etcd-0:2379"], "tls": {"secretName": "etcd-client"}},
+            }
+        },
         EVERYTHING,
     ],
     ids=[
@@ -107,6 +113,7 @@ def test_lint_strict_has_no_errors() -> None:
         "sidecar",
         "kernel",
         "dataplane-rolling",
+        "etcd-tls",
         "everything",
     ],
 )
@@ -343,6 +350,60 @@ def test_etcd_ha() -> None:
     assert r["PodDisruptionBudget/mesh-meshsec-controller"]["spec"]["minAvailable"] == 1
 
 
+ETCD_TLS = {"type": "etcd", "etcd": {"endpoints": ["etcd-0.etcd:2379"], "tls": {"secretName": "etcd-client"}}}
+
+
+def test_etcd_tls_flags_name_the_files_of_the_mounted_secret() -> None:
+    deploy = render({"store": ETCD_TLS, "controller": {"replicas": 2}})["Deployment/mesh-meshsec-controller"]
+    ctl = container(deploy, "controller")
+    args = controller_parser().parse_args(ctl["args"])
+    assert args.store == "etcd://etcd-0.etcd:2379"
+    mount = next(m for m in ctl["volumeMounts"] if m["name"] == "etcd-tls")
+    assert mount["readOnly"] is True
+    folder = Path(mount["mountPath"])
+    assert (args.etcd_ca, args.etcd_cert, args.etcd_key) == (
+        folder / "ca.crt",
+        folder / "tls.crt",
+        folder / "tls.key",
+    )
+    volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    secret = volumes["etcd-tls"]["secret"]
+    assert secret["secretName"] == "etcd-client"
+    assert secret["defaultMode"] == 0o400
+    # Each flag's file is a key of the Secret, projected under the name the flag reads.
+    assert {i["path"]: i["key"] for i in secret["items"]} == {
+        "ca.crt": "ca.crt",
+        "tls.crt": "tls.crt",
+        "tls.key": "tls.key",
+    }
+    # The operator sidecar gets none of it: it never talks to etcd.
+    assert all(m["name"] != "etcd-tls" for m in container(deploy, "operator")["volumeMounts"])
+
+
+def test_etcd_tls_without_a_client_certificate_mounts_only_the_ca() -> None:
+    values = {
+        "store": {
+            **ETCD_TLS,
+            "etcd": {**ETCD_TLS["etcd"], "tls": {"secretName": "etcd-ca", "clientCertificate": False}},
+        }
+    }
+    deploy = render(values)["Deployment/mesh-meshsec-controller"]
+    args = controller_parser().parse_args(container(deploy, "controller")["args"])
+    assert args.etcd_ca == Path("/etc/meshsec/etcd-tls/ca.crt")
+    assert args.etcd_cert is None and args.etcd_key is None
+    volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["etcd-tls"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+
+
+def test_plain_etcd_has_no_tls_flags_or_volume() -> None:
+    deploy = render({"store": {"type": "etcd", "etcd": {"endpoints": ["etcd-0:2379"]}}})[
+        "Deployment/mesh-meshsec-controller"
+    ]
+    ctl = container(deploy, "controller")
+    assert not [a for a in ctl["args"] if a.startswith("--etcd-")]
+    assert all(v["name"] != "etcd-tls" for v in deploy["spec"]["template"]["spec"]["volumes"])
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -357,6 +418,14 @@ def test_etcd_ha() -> None:
         ({"agent": {"userspace": {"daemon": "pod"}}}, "/agent/userspace/daemon': value must be one of"),
         ({"agent": {"userspace": {"updateStrategy": "Recreate"}}}, "/agent/userspace/updateStrategy'"),
         ({"store": {"etcd": {"endpoints": ["http://etcd:2379"]}}}, "/store/etcd/endpoints/0"),
+        ({"store": {"etcd": {"tls": {"secretName": "Etcd_Client"}}}}, "/store/etcd/tls/secretName"),
+        ({"store": {"etcd": {"tls": {"ca": "ca.pem"}}}}, "additional properties 'ca' not allowed"),
+        ({"store": {"etcd": {"tls": {"clientCertificate": "yes"}}}}, "/store/etcd/tls/clientCertificate"),
+        # TLS flags on the embedded store would stop the controller at start (open_store refuses).
+        (
+            {"store": {"etcd": {"tls": {"secretName": "etcd-client"}}}},
+            "store.etcd.tls.secretName needs store.type=etcd",
+        ),
     ],
 )
 def test_bad_values_fail_rendering(values: dict[str, Any], message: str) -> None:

@@ -56,6 +56,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* The Secret of the controller's TLS to etcd ("" without): store.type=etcd only. */}}
+{{- define "meshsec.etcdTlsSecret" -}}
+{{- $name := ((.Values.store.etcd.tls).secretName) | default "" }}
+{{- if and $name (ne .Values.store.type "etcd") }}
+{{- fail "store.etcd.tls.secretName needs store.type=etcd" }}
+{{- end }}
+{{- $name }}
+{{- end }}
+
 {{- define "meshsec.replicas" -}}
 {{- if and (eq .Values.store.type "embedded") (gt (int .Values.controller.replicas) 1) }}
 {{- fail "store.type=embedded runs exactly one controller replica; use store.type=etcd for more" }}
