@@ -45,6 +45,7 @@ from meshsec.controller.operator.handlers import (  # noqa: E402
 )
 from meshsec.controller.operator.nodes import KubernetesNodes, NodeSweeper  # noqa: E402
 from meshsec.controller.operator.psk import PskSync  # noqa: E402
+from meshsec.controller.operator.secret_watch import KubernetesSecretWatch, SecretWatcher  # noqa: E402
 from meshsec.controller.operator.sync import ControllerSync  # noqa: E402
 
 DEFAULT_ADMIN_SOCKET = "/run/meshsec/admin.sock"
@@ -161,6 +162,14 @@ def bootstrap_keeper(args: argparse.Namespace, sync: ControllerSync) -> Bootstra
     return BootstrapKeeper(sync, KubernetesSecrets(kube_api_client()), settings)
 
 
+def watch_gateway_secrets(psk: PskSync, api_client: Any) -> SecretWatcher:
+    """A watch on each Secret an ExternalGateway references (in `psk`'s namespace only): its
+    change re-syncs those gateways' PSKs at once instead of on the next resync."""
+    watcher = SecretWatcher(KubernetesSecretWatch(api_client), psk.namespace, psk.secret_changed)
+    psk.on_references = watcher.watch
+    return watcher
+
+
 def build_registry(
     sync: ControllerSync,
     config: OperatorConfig,
@@ -206,6 +215,7 @@ async def run(args: argparse.Namespace) -> None:
         if args.secret_namespace
         else None
     )
+    watcher = watch_gateway_secrets(psk, kube_api_client()) if psk is not None else None
     # Started before kopf: kopf cancels the tasks created while it runs when it stops.
     keeping = asyncio.create_task(keeper.run(stop)) if keeper is not None else None
     sweeping = asyncio.create_task(sweeper.run(stop)) if sweeper is not None else None
@@ -226,6 +236,8 @@ async def run(args: argparse.Namespace) -> None:
         for task in (keeping, sweeping):
             if task is not None:
                 await task
+        if watcher is not None:
+            await watcher.close()
         await sync.close()
 
 

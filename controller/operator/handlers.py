@@ -135,14 +135,21 @@ class Reconciler:
     async def _sync_psk(self, body: kopf.Body, patch: kopf.Patch, doc: dict[str, Any]) -> bool:
         """The PSK from the Secret `spec.auth.secretKeyRef` names into the controller secret the
         gateway uses, before the gateway is applied; False: the reference itself is invalid."""
+        gateway = str(body.metadata.name)
         try:
             ref = key_ref(body.spec)
         except ValueError as exc:
+            if self.psk is not None:
+                self.psk.forget(gateway)
             self._applied(body, patch, "False", "ValidationFailed", str(exc))
             return False
         if ref is None:
+            if self.psk is not None:
+                self.psk.forget(gateway)
             return True
         target = str(doc["spec"]["auth"]["pskSecretRef"])
+        if self.psk is not None:  # before the read: a change from now on re-syncs it
+            self.psk.track(gateway, target, ref)
         if self.psk is None:
             why = "the operator runs without --secret-namespace"
             condition = Condition(SECRET_SYNCED, "False", "NoSecretNamespace", why)
@@ -194,6 +201,8 @@ class Reconciler:
         uid = str(body.metadata.uid)
         async with self._gate.lock(uid):
             self._gate.mark_deleting(uid)
+            if self.psk is not None:  # going: a change of its Secret re-syncs nothing for it now
+                self.psk.forget(str(body.metadata.name))
             await self._delete(body, patch, logger)
 
     async def _delete(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:

@@ -9,16 +9,19 @@ password to an IKE peer of their choosing. ``secretKeyRef`` never reaches the co
 parser refuses secret-looking fields; `conditions.manifest` drops it); the operator reads the
 Secret and writes the value with ``AdminService.PutSecret``. Level-triggered: every pass
 compares the value with what it last wrote (a digest kept in memory only) and writes when it
-differs, so editing the Secret rotates the key within a resync. The value is never logged, nor
-put in a status, an event or an annotation.
+differs, so editing the Secret rotates the key within a resync, and at once where a
+`secret_watch.SecretWatcher` follows the Secrets the gateways reference (`track` keeps that index:
+gateway -> controller secret and key reference; the watcher gets the set of Secret names). The
+value is never logged, nor put in a status, an event or an annotation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -74,9 +77,50 @@ class PskSync:
         self.reader = reader
         self.namespace = namespace
         self._written: dict[str, bytes] = {}  # controller secret -> digest of the value written
+        # ExternalGateway -> (controller secret, where its value lives): what a Secret's change
+        # re-syncs, and which Secrets are watched (names only; no Secret is cached).
+        self._refs: dict[str, tuple[str, KeyRef]] = {}
+        # One read-and-write per controller secret at a time: a resync that read the old value
+        # must not write it after a watch event wrote the new one.
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.on_references: Callable[[Iterable[str]], None] | None = None
+
+    def track(self, gateway: str, target: str, ref: KeyRef) -> None:
+        """ExternalGateway `gateway` takes its PSK for controller secret `target` from `ref`."""
+        before = self.referenced()
+        self._refs[gateway] = (target, ref)
+        self._references_changed(before)
+
+    def forget(self, gateway: str) -> None:
+        """ExternalGateway `gateway` takes its PSK from no Secret (any more)."""
+        before = self.referenced()
+        self._refs.pop(gateway, None)
+        self._references_changed(before)
+
+    def _references_changed(self, before: frozenset[str]) -> None:
+        if self.on_references is not None and self.referenced() != before:
+            self.on_references(self.referenced())
+
+    def referenced(self) -> frozenset[str]:
+        return frozenset(ref.name for _, ref in self._refs.values())
+
+    async def secret_changed(self, name: str) -> None:
+        """Secret `name` changed (a watch event): re-sync every gateway taking its PSK from it.
+        The gateways' SecretSynced conditions follow on their next pass; a refusal is logged
+        now (the condition's message, which never quotes the value)."""
+        for gateway, (target, ref) in sorted(self._refs.items()):
+            if ref.name != name:
+                continue
+            condition = await self.sync_one(target, ref)
+            if condition.status != "True":
+                log.warning("ExternalGateway %s: %s", gateway, condition.message)
 
     async def sync_one(self, target: str, ref: KeyRef) -> Condition:
         """Copies the referenced value into controller secret `target` if it changed."""
+        async with self._locks.setdefault(target, asyncio.Lock()):
+            return await self._sync_one(target, ref)
+
+    async def _sync_one(self, target: str, ref: KeyRef) -> Condition:
         where = f"Secret {self.namespace}/{ref.name} key {ref.key}"
         if self.reader is None or not self.namespace:
             return Condition(

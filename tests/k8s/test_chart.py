@@ -747,7 +747,8 @@ def test_operator_reads_gateway_secrets_in_its_own_namespace() -> None:
     r = render()
     role = r["Role/mesh-meshsec-gateway-secrets"]
     assert role["metadata"]["namespace"] == NAMESPACE
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    # get: the value; list/watch: the operator's watch of each referenced Secret by name.
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}]
     deploy = r["Deployment/mesh-meshsec-controller"]
     binding = r["RoleBinding/mesh-meshsec-gateway-secrets"]
     assert binding["subjects"][0]["name"] == deploy["spec"]["template"]["spec"]["serviceAccountName"]

@@ -1,7 +1,9 @@
 """ExternalGateway PSKs from Kubernetes Secrets (kmock's Secrets API through the official client)
 into a real controller's secret store: synced before the gateway is applied, rewritten only when
 the Secret changed (rotation), refused by name when missing, keyless or too short, never in a
-status or a log line, and the controller secret deleted with the last gateway using it."""
+status or a log line, and the controller secret deleted with the last gateway using it. With the
+operator running (kopf against kmock), a change of the referenced Secret rotates the key through
+the Secret watch, long before a resync; a change of another Secret is neither read nor watched."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from meshsec.controller.resources import Kind
 from meshsec.controller.server import Controller
 from tests.controller.ctl_harness import core_of, running_controller
 from tests.controller.test_mesh_support import external, site
+from tests.k8s.test_operator_kmock import eventually, operator_running
 
 kopf = pytest.importorskip("kopf", reason="kopf not installed (k8s extra)")
 kmock_lib = pytest.importorskip("kmock", reason="kmock not installed (k8s test dependency)")
@@ -29,6 +32,8 @@ kubernetes = pytest.importorskip("kubernetes")
 NAMESPACE = "meshsec-system"
 PSK_1 = b"k8s-first-psk-0123456789"
 PSK_2 = b"k8s-second-psk-abcdefghij"
+PSK_3 = b"k8s-third-psk-klmnopqrstu"
+UNRELATED = b"another-apps-password-0123"
 LOG = logging.getLogger("test.gateway-psk")
 
 
@@ -52,8 +57,21 @@ class Secrets:
         path = f"/api/v1/namespaces/{NAMESPACE}/secrets"
         # kmock merges a PATCH and has no PUT: a replacement of the data is delete + create.
         await self.kmock.delete(f"{path}/{name}")
-        doc = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded}
+        # metadata.namespace as an API server fills it in: kmock keeps the body as posted and
+        # matches a namespaced watch's events by the namespace in the object.
+        meta = {"name": name, "namespace": NAMESPACE}
+        doc = {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": encoded}
         response = await self.kmock.post(path, json=doc)
+        assert response.status < 300, await response.text()
+
+    async def patch(self, name: str, data: dict[str, bytes]) -> None:
+        """An edit of the Secret's data (kubectl edit, a GitOps sync): a MODIFIED event."""
+        encoded = {k: base64.b64encode(v).decode() for k, v in data.items()}
+        response = await self.kmock.patch(
+            f"/api/v1/namespaces/{NAMESPACE}/secrets/{name}",
+            json={"data": encoded},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
         assert response.status < 300, await response.text()
 
 
@@ -152,3 +170,68 @@ async def test_secret_key_ref_needs_a_namespace_and_a_name(sync: ControllerSync)
     bad = await _pass(without, _gateway({"key": "psk", "namespace": "kube-system"}))
     assert (bad["Applied"]["status"], bad["Applied"]["reason"]) == ("False", "ValidationFailed")
     assert "spec.auth.secretKeyRef" in bad["Applied"]["message"]
+
+
+def _operator_lines(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """caplog sees the operator's log lines (see the first test: earlier code may have disabled them)."""
+    caplog.set_level(logging.DEBUG)
+    operator_log = logging.getLogger("meshsec.controller.operator")
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith(operator_log.name)]:
+        monkeypatch.setattr(logging.getLogger(name), "disabled", False)
+    monkeypatch.setattr(operator_log, "handlers", [*operator_log.handlers, caplog.handler])
+    monkeypatch.setattr(operator_log, "level", logging.DEBUG)
+
+
+async def test_a_secret_edit_rotates_the_psk_through_the_watch_not_a_resync(
+    kmock: Any, ctl: Controller, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _operator_lines(caplog, monkeypatch)
+    secrets = Secrets(kmock)
+    await secrets.put("aws-vpn", {"psk": PSK_1})
+    await secrets.put("other-app", {"password": UNRELATED})
+    gateway = external("aws-vpn", ["psk-dc"], ["198.19.201.0/24"])
+    gateway["spec"]["auth"]["secretKeyRef"] = {"name": "aws-vpn"}
+    watchers: list[Any] = []
+    # A resync an hour apart: its timer runs one pass (5 s after the start) and no second one
+    # during the test, so of the two rotations below at most one could come from it.
+    running = operator_running(kmock, ctl, resync=3600, secret_namespace=NAMESPACE, watchers=watchers)
+    async with running as (k8s, _):
+        await k8s.create(gateway)
+
+        async def stored_is(value: bytes) -> bool:
+            return await _stored(ctl) == value
+
+        await eventually("the first PSK in the controller", lambda: stored_is(PSK_1))
+
+        async def watched() -> frozenset[str]:
+            return watchers[0].names if watchers else frozenset()
+
+        assert await eventually("the referenced Secret watched", watched) == {"aws-vpn"}
+        for value in (PSK_2, PSK_3):
+            await secrets.patch("other-app", {"password": UNRELATED + value[:4]})
+            await secrets.patch("aws-vpn", {"psk": value})
+            await eventually("the rotated PSK in the controller", lambda v=value: stored_is(v))  # type: ignore[misc]
+
+        # What reached the API server about Secrets: watches of aws-vpn by name and reads of it;
+        # the other Secret was never fetched, and no watch asked for more than aws-vpn.
+        requests = [r for r in kmock if r.resource is not None and r.resource.plural == "secrets"]
+        watches = [r for r in requests if r.action == kmock_lib.action.WATCH]
+        fetches = [r for r in requests if r.action == kmock_lib.action.FETCH]
+        assert watches and all(r.params.get("fieldSelector") == "metadata.name=aws-vpn" for r in watches)
+        assert all(r.namespace == NAMESPACE for r in watches)
+        assert fetches and {r.name for r in fetches} == {"aws-vpn"}
+        assert not [r for r in requests if r.action == kmock_lib.action.LIST]
+
+        await k8s.delete(Kind.EXTERNAL_GATEWAY, "aws-vpn")
+
+        async def unwatched() -> bool:
+            return not watchers[0].names
+
+        await eventually("the watch stopped with its last gateway", unwatched)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    # The operator's lines (kmock's access log names the test's own writes).
+    operator = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith(("meshsec.", "kopf")))
+    assert "Secret meshsec-system/aws-vpn: watched" in operator
+    assert "other-app" not in operator  # never looked at, so never named either
+    for value in (PSK_1, PSK_2, PSK_3, UNRELATED):
+        assert value.decode() not in logged

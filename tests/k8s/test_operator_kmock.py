@@ -29,8 +29,10 @@ from meshsec.v1 import admin_pb2
 kopf = pytest.importorskip("kopf", reason="kopf not installed (k8s extra)")
 kmock_lib = pytest.importorskip("kmock", reason="kmock not installed (k8s test dependency)")
 
-from meshsec.controller.operator.__main__ import build_registry  # noqa: E402
+from meshsec.controller.operator.__main__ import build_registry, watch_gateway_secrets  # noqa: E402
+from meshsec.controller.operator.bootstrap import KubernetesSecrets  # noqa: E402
 from meshsec.controller.operator.handlers import OperatorConfig, configure  # noqa: E402
+from meshsec.controller.operator.psk import PskSync  # noqa: E402
 
 WAIT = 60.0  # generous: only a failing test waits this long (the machine may be loaded)
 _versions = itertools.count(1)
@@ -95,6 +97,15 @@ async def eventually(what: str, check: Callable[[], Any], timeout: float = WAIT)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
+def kube_client(kmock: Any) -> Any:
+    """The official client's ApiClient for kmock (what the operator builds from a kubeconfig)."""
+    import kubernetes
+
+    configuration = kubernetes.client.Configuration()
+    configuration.host = str(kmock.url).rstrip("/")
+    return kubernetes.client.ApiClient(configuration)
+
+
 def declare_resources(kmock: Any) -> None:
     """What the CRDs and kopf's backbone make discoverable in a real cluster."""
     for kind in Kind:
@@ -116,10 +127,17 @@ def declare_resources(kmock: Any) -> None:
 
 @contextlib.asynccontextmanager
 async def operator_running(
-    kmock: Any, controller: Controller
+    kmock: Any,
+    controller: Controller,
+    *,
+    resync: float = 0.5,
+    secret_namespace: str = "",
+    watchers: list[Any] | None = None,
 ) -> AsyncIterator[tuple[Cluster, ControllerSync]]:
     """kopf runs in its own thread and event loop, as in its own process: when it stops it cancels
-    every task its loop started meanwhile, which must not include the controller's gRPC tasks."""
+    every task its loop started meanwhile, which must not include the controller's gRPC tasks.
+    With `secret_namespace`, ExternalGateway PSKs come from kmock's Secrets there and each
+    referenced Secret is watched, as `run` does (the SecretWatcher is appended to `watchers`)."""
     declare_resources(kmock)
     socket = controller.config.admin_socket
     assert socket is not None
@@ -137,12 +155,22 @@ async def operator_running(
 
     async def operate() -> None:
         sync = ControllerSync.unix(socket)
+        watcher = None
         try:
-            config = OperatorConfig(resync_seconds=0.5, retry_seconds=0.5)
-            registry = build_registry(sync, config, login=login)
+            config = OperatorConfig(resync_seconds=resync, retry_seconds=0.5)
+            psk = None
+            if secret_namespace:
+                api = kube_client(kmock)
+                psk = PskSync(sync, KubernetesSecrets(api), secret_namespace)
+                watcher = watch_gateway_secrets(psk, api)
+                if watchers is not None:
+                    watchers.append(watcher)
+            registry = build_registry(sync, config, login=login, psk=psk)
             kopf.on.startup(registry=registry)(fast)
             await kopf.operator(registry=registry, clusterwide=True, standalone=True, stop_flag=stop)
         finally:
+            if watcher is not None:
+                await watcher.close()
             await sync.close()
 
     def thread_main() -> None:
