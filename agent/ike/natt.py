@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import struct
 
 from meshsec.agent.ike.address import Address
@@ -14,8 +13,8 @@ NATT_KEEPALIVE = b"\xff"
 
 def nat_detection_hash(spi_i: bytes, spi_r: bytes, addr: Address) -> bytes:
     """SHA-1(SPIi | SPIr | IP | port): SHA-1 is what the RFC fixes for this notify, not a choice."""
-    ip = ipaddress.ip_address(addr.host).packed
-    return hashlib.sha1(spi_i + spi_r + ip + struct.pack("!H", addr.port), usedforsecurity=False).digest()
+    data = spi_i + spi_r + addr.packed_host + struct.pack("!H", addr.port)
+    return hashlib.sha1(data, usedforsecurity=False).digest()
 
 
 def add_non_esp_marker(ike_message: bytes) -> bytes:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -176,7 +175,7 @@ class Responder:
 
     def _cookie_for(self, payloads: list[Payload], header: Header, remote: Address) -> bytes:
         nonce = next((p for p in payloads if isinstance(p, NoncePayload)), None)
-        ip = ipaddress.ip_address(remote.host).packed
+        ip = remote.packed_host
         return self.cookies.make(nonce.data if nonce else b"", ip, header.spi_i)
 
     def _cookie_ok(self, payloads: list[Payload], header: Header, remote: Address, now: float) -> bool:
@@ -186,7 +185,7 @@ class Responder:
         if nonce is None or not isinstance(first, NotifyPayload) or first.notify_type != NotifyType.COOKIE:
             self.stats["cookie_sent"] += 1
             return False
-        ip = ipaddress.ip_address(remote.host).packed
+        ip = remote.packed_host
         if self.cookies.verify(first.data, nonce.data, ip, header.spi_i):
             self.stats["cookie_accepted"] += 1
             return True

@@ -17,7 +17,6 @@ answers with NAT detection and the COOKIE2 echoed."""
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from typing import TYPE_CHECKING
 
@@ -38,11 +37,7 @@ COOKIE2_SIZE = 16  # RFC 4555 3.6: 8 to 64 octets
 
 def path_octets(src: Address, dst: Address) -> bytes:
     """NO_NATS_ALLOWED's data (RFC 4555 4.2.8): source and destination IP, then their ports."""
-    return (
-        ipaddress.ip_address(src.host).packed
-        + ipaddress.ip_address(dst.host).packed
-        + struct.pack("!HH", src.port, dst.port)
-    )
+    return src.packed_host + dst.packed_host + struct.pack("!HH", src.port, dst.port)
 
 
 class UpdateSaAddresses(Task):
