@@ -43,13 +43,33 @@ class SkProtection:
         tag = self._cipher.icv_size if self._cipher.aead else 0
         return IKE_HEADER_LEN + 8 + self._cipher.iv_size + self._cipher.block_size() + tag + self._icv
 
+    def sealed_size(self, inner_len: int) -> int:
+        """Bytes of the SK message `seal_encoded` makes around an inner chain of `inner_len`
+        bytes: what decides whether a message goes out whole or in fragments, known without
+        encrypting it."""
+        return IKE_HEADER_LEN + self._sk_size(0, self._padded(inner_len))
+
+    def _padded(self, inner_len: int) -> int:
+        """The plaintext's length: the inner chain, its padding and the Pad Length byte."""
+        bs = self._cipher.block_size()
+        return inner_len + (bs - (inner_len + 1) % bs) % bs + 1
+
+    def _sk_size(self, extra_len: int, plaintext_len: int) -> int:
+        tag = self._cipher.icv_size if self._cipher.aead else 0
+        return 4 + extra_len + self._cipher.iv_size + plaintext_len + tag + self._icv
+
     def seal_fragments(
         self, header: Header, payloads: Sequence[Payload], rnd: Random, max_len: int
     ) -> list[bytes]:
         """RFC 7383: the inner chain split into Encrypted Fragment (SKF) messages of at most
         `max_len` bytes each; only the first names the first inner payload."""
-        inner = build_chain(payloads)
         first = int(payloads[0].payload_type) if payloads else PayloadType.NONE
+        return self.seal_fragments_encoded(header, first, build_chain(payloads), rnd, max_len)
+
+    def seal_fragments_encoded(
+        self, header: Header, first: int, inner: bytes, rnd: Random, max_len: int
+    ) -> list[bytes]:
+        """`seal_fragments` of an already encoded inner chain whose first payload is `first`."""
         room = max(16, max_len - self.overhead())
         chunks = [inner[i : i + room] for i in range(0, len(inner), room)] or [b""]
         total = len(chunks)
@@ -61,12 +81,10 @@ class SkProtection:
         ]
 
     def _seal(self, header: Header, ptype: int, first: int, extra: bytes, inner: bytes, rnd: Random) -> bytes:
-        bs = self._cipher.block_size()
-        pad = (bs - (len(inner) + 1) % bs) % bs
+        pad = self._padded(len(inner)) - len(inner) - 1
         plaintext = inner + bytes(pad) + bytes((pad,))
         iv = rnd.bytes(self._cipher.iv_size)
-        ct_len = len(plaintext) + (self._cipher.icv_size if self._cipher.aead else 0)
-        sk_len = 4 + len(extra) + len(iv) + ct_len + self._icv
+        sk_len = self._sk_size(len(extra), len(plaintext))
         total = IKE_HEADER_LEN + sk_len
         hdr = build_header(
             Header(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from meshsec.agent.ike.address import Address
-from meshsec.agent.ike.build import build_message
+from meshsec.agent.ike.build import build_chain, build_message
 from meshsec.agent.ike.constants import (
     IKE_HEADER_LEN,
     IKE_VERSION,
@@ -405,16 +405,18 @@ class TaskManager:
         """One datagram, or RFC 7383 fragments when it would exceed fragment_size and both
         ends support them (never for IKE_SA_INIT)."""
         sa = self._sa
-        data = self.encode(header, payloads)
-        if (
-            not sa.frag_peer
-            or len(data) <= sa.config.fragment_size
-            or sa.protection is None
-            or header.exchange == ExchangeType.IKE_SA_INIT  # unencrypted, so never fragmented (2.5)
-        ):
-            return [data]
+        protection = sa.protection
+        if protection is None or header.exchange == ExchangeType.IKE_SA_INIT:
+            return [self.encode(header, payloads)]  # unencrypted, so never fragmented (2.5)
+        # The inner chain is encoded once and its sealed size computed, not sealed to be
+        # measured: a message that is then fragmented (an ML-KEM key share) would otherwise
+        # be encrypted twice.
+        first = int(payloads[0].payload_type) if payloads else PayloadType.NONE
+        inner = build_chain(payloads)
+        if not sa.frag_peer or protection.sealed_size(len(inner)) <= sa.config.fragment_size:
+            return [protection.seal_encoded(header, first, inner, sa.rnd)]
         sa.stats["messages_fragmented"] += 1
-        return sa.protection.seal_fragments(header, payloads, sa.rnd, sa.config.fragment_size)
+        return protection.seal_fragments_encoded(header, first, inner, sa.rnd, sa.config.fragment_size)
 
     def encode(self, header: Header, payloads: list[Payload]) -> bytes:
         if header.exchange == ExchangeType.IKE_SA_INIT:

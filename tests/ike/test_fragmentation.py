@@ -5,9 +5,12 @@ not announce support."""
 
 from __future__ import annotations
 
-from meshsec.agent.ike.constants import PayloadType
+import pytest
+
+from meshsec.agent.ike.constants import EncrId, ExchangeType, IntegId, PayloadType, PrfId
 from meshsec.agent.ike.events import IkeSaEstablished, IkeSaFailed
 from meshsec.agent.ike.parse import parse_header
+from meshsec.agent.ike.payloads import Header
 from meshsec.agent.ike.sa import OutgoingDatagram
 
 from .lifecycle import B, Net
@@ -105,3 +108,29 @@ def test_no_fragments_towards_a_peer_without_support() -> None:
     assert net.a.of_type(IkeSaEstablished)
     assert not [d for _, d in net.recorded if parse_header(d.data).next_payload == PayloadType.SKF]  # type: ignore[attr-defined]
     assert max(len(d.data) for _, d in net.recorded) > SIZE  # sent whole, left to IP  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("encr", "bits", "integ"),
+    [
+        (EncrId.AES_GCM_16, 256, None),
+        (EncrId.AES_CBC, 128, IntegId.HMAC_SHA2_256_128),
+        (EncrId.CHACHA20_POLY1305, None, None),
+    ],
+)
+def test_sealed_size_is_the_sealed_length(encr: int, bits: int | None, integ: int | None) -> None:
+    """encode_all decides between one message and fragments from sealed_size without sealing:
+    it must be exactly what sealing produces, for every padding a block cipher needs."""
+    from meshsec.agent.ike.crypto import INTEGS, PRFS, make_cipher
+    from meshsec.agent.ike.keys import derive_ike_keys
+    from meshsec.agent.ike.protect import SkProtection
+    from meshsec.agent.ike.random import DeterministicRandom
+
+    cipher, ig = make_cipher(encr, bits), INTEGS[integ] if integ is not None else None
+    keys = derive_ike_keys(PRFS[PrfId.HMAC_SHA2_256](), cipher, ig, b"n" * 32, b"m" * 32, b"s" * 32,
+                           b"i" * 8, b"r" * 8)  # fmt: skip
+    prot = SkProtection(cipher, ig, keys, initiator=True)
+    header = Header(b"i" * 8, b"r" * 8, 0, ExchangeType.INFORMATIONAL, 0, 1, 0, 0x20)
+    rnd = DeterministicRandom("sealed-size")
+    for n in range(0, 40):
+        assert prot.sealed_size(n) == len(prot.seal_encoded(header, PayloadType.NONE, bytes(n), rnd))
