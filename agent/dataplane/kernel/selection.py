@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from meshsec.agent.dataplane.api import DataPlane, DataPlaneError, Unsupported
-from meshsec.agent.dataplane.kernel.backend import KernelDataPlane
+
+if TYPE_CHECKING:
+    from meshsec.agent.dataplane.kernel.backend import KernelDataPlane
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,13 @@ async def select_backend(
     if preference == "userspace":
         log.info("data plane: userspace (configured)")
         return userspace_factory()
-    backend = kernel or KernelDataPlane()
+    if kernel is None:
+        # Imported here: pyroute2 and the netlink codec cost a userspace node ~0.2 s of its start
+        # (an agent's restart is counted until its control plane is back: docs/benchmarks.md).
+        from meshsec.agent.dataplane.kernel.backend import KernelDataPlane
+
+        kernel = KernelDataPlane()
+    backend = kernel
     caps = await backend.detect()
     missing = [what for what, ok in (("ESP", caps.esp), ("ESP-in-UDP", caps.udp_encapsulation)) if not ok]
     if not missing:
