@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
 import signal
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from tests.agent.remote_access_lab import (
     server_behind,
     user,
 )
-from tests.harness.netns import Lab, parse_ping
+from tests.harness.netns import Lab, lost_at, parse_ping
 from tests.harness.strongswan import Charon, CharonFactory
 
 pytestmark = [pytest.mark.netns, pytest.mark.strongswan, pytest.mark.timeout(360)]
@@ -68,17 +67,6 @@ def _road_warrior_entries(ml: MeshLab, gw: str) -> list[dict[str, Any]]:
 def _last_up(log: Path, gw: str) -> float:
     line = [x for x in log.read_text().splitlines() if f"meshsec agent {gw} up" in x][-1]
     return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-
-
-def _lost_at(text: str, count: int) -> list[float]:
-    """When each unanswered echo request went out (from the neighbours' `ping -D` replies)."""
-    replies = {int(m[2]): float(m[1]) for m in re.finditer(r"\[(\d+\.\d+)\] .*icmp_seq=(\d+)", text)}
-    found = []
-    for seq in range(1, count + 1):
-        if seq not in replies:
-            before = [t for s, t in replies.items() if s < seq]
-            found.append(max(before) if before else min(replies.values(), default=0.0))
-    return found
 
 
 def test_a_road_warriors_ike_sa_survives_a_kill_9_gateway_restart(lab: Lab, charons: CharonFactory) -> None:
@@ -116,7 +104,7 @@ def test_a_road_warriors_ike_sa_survives_a_kill_9_gateway_restart(lab: Lab, char
     ping.wait(60)
     text = ping_log.read_text()
     assert parse_ping(text).transmitted == COUNT, text[-500:]
-    lost = _lost_at(text, COUNT)
+    lost = lost_at(text, COUNT)
     print(f"kill -9 gateway restart, road warrior: {len(lost)} of {COUNT} lost "
           f"({', '.join(f'{t - killed:+.2f} s' for t in lost)} from the kill; "
           f"agent up {agent_up - killed:.2f} s after it)")  # fmt: skip
@@ -243,7 +231,7 @@ def test_an_eap_mschapv2_road_warriors_ike_sa_survives_a_kill_9_gateway_restart(
     ping.wait(60)
     text = ping_log.read_text()
     assert parse_ping(text).transmitted == count, text[-500:]
-    lost = _lost_at(text, count)
+    lost = lost_at(text, count)
     print(f"kill -9 gateway restart, EAP road warrior: {len(lost)} of {count} lost; agent up "
           f"{agent_up - killed:.2f} s after the kill")  # fmt: skip
     assert not [t for t in lost if killed - 0.1 <= t <= agent_up], lost

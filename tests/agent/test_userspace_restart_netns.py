@@ -24,7 +24,7 @@ import pytest
 
 from meshsec.agent.dataplane.userspace.daemon import query
 from tests.agent.meshlab import MeshLab, wait_for
-from tests.harness.netns import Lab, parse_ping
+from tests.harness.netns import Lab, lost_at, parse_ping
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
@@ -141,17 +141,3 @@ def last_up(log: Path) -> float:
 
     line = [x for x in log.read_text().splitlines() if "meshsec agent n2 up" in x][-1]
     return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-
-
-def lost_at(ping_output: str, count: int) -> list[float]:
-    """When each unanswered echo request was sent (wall clock, from the neighbours' replies;
-    `ping -D` prints a timestamp per reply)."""
-    import re
-
-    replies = {int(m[2]): float(m[1]) for m in re.finditer(r"\[(\d+\.\d+)\] .*icmp_seq=(\d+)", ping_output)}
-    found = []
-    for seq in range(1, count + 1):
-        if seq not in replies:
-            before = [t for s, t in replies.items() if s < seq]
-            found.append(max(before) if before else min(replies.values(), default=0.0))
-    return found

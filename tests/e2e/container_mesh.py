@@ -53,6 +53,29 @@ spec:
 """
 
 
+def gateway_sites(nodes: dict[str, tuple[str, str, str, str]], label: str, mesh: str) -> str:
+    """One Site and its gateway Node per entry of `nodes` (node: underlay address, site, site
+    prefix, the node's own address in it), every Site labelled `kind: <label>`, and the full
+    mesh `mesh` of them."""
+    docs = []
+    for node, (underlay, site, prefix, _) in nodes.items():
+        docs.append(f"""apiVersion: meshsec.io/v1alpha1
+kind: Site
+metadata: {{name: {site}, labels: {{kind: {label}}}}}
+spec: {{prefixes: [{prefix}], gatewaySelector: {{matchLabels: {{role: gateway}}}}}}
+---
+apiVersion: meshsec.io/v1alpha1
+kind: Node
+metadata: {{name: {node}, labels: {{role: gateway}}}}
+spec:
+  site: {site}
+  endpoints: {{public: [{underlay}]}}
+  identity: {{ikeId: {node}.meshsec.test}}
+""")
+    docs.append(site_mesh(mesh, "kind", label))
+    return "---\n".join(docs)
+
+
 def wait_for(what: str, predicate: Callable[[], object], timeout: float, interval: float = 0.5,
              on_timeout: Callable[[], str] | None = None) -> None:
     deadline = time.monotonic() + timeout

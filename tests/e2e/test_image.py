@@ -22,8 +22,8 @@ from tests.e2e.container_mesh import (
     ESTABLISHED,
     Phases,
     agent_ready,
+    gateway_sites,
     logs_on_failure,
-    site_mesh,
     start_agent,
     start_controller,
     token_for,
@@ -55,23 +55,7 @@ NODES = {  # node: (underlay address, site, site prefix, the node's own address 
 
 
 def manifest() -> str:
-    docs = []
-    for node, (underlay, site, prefix, _) in NODES.items():
-        docs.append(f"""apiVersion: meshsec.io/v1alpha1
-kind: Site
-metadata: {{name: {site}, labels: {{kind: image-test}}}}
-spec: {{prefixes: [{prefix}], gatewaySelector: {{matchLabels: {{role: gateway}}}}}}
----
-apiVersion: meshsec.io/v1alpha1
-kind: Node
-metadata: {{name: {node}, labels: {{role: gateway}}}}
-spec:
-  site: {site}
-  endpoints: {{public: [{underlay}]}}
-  identity: {{ikeId: {node}.meshsec.test}}
-""")
-    docs.append(site_mesh("image-mesh", "kind", "image-test"))
-    return "---\n".join(docs)
+    return gateway_sites(NODES, "image-test", "image-mesh")
 
 
 @pytest.fixture(scope="module")

@@ -116,6 +116,18 @@ _PING_LOSS = re.compile(r"([\d.]+)% packet loss")
 _PING_RTT = re.compile(r"= [\d.]+/([\d.]+)/[\d.]+/[\d.]+ ms")
 
 
+def lost_at(ping_output: str, count: int) -> list[float]:
+    """When each unanswered echo request of `ping -D -c count` was sent (wall clock, from the
+    neighbouring replies' timestamps: `-D` prints one per reply)."""
+    replies = {int(m[2]): float(m[1]) for m in re.finditer(r"\[(\d+\.\d+)\] .*icmp_seq=(\d+)", ping_output)}
+    found = []
+    for seq in range(1, count + 1):
+        if seq not in replies:
+            before = [t for s, t in replies.items() if s < seq]
+            found.append(max(before) if before else min(replies.values(), default=0.0))
+    return found
+
+
 def parse_ping(output: str) -> PingResult:
     counts = _PING_COUNTS.search(output)
     if counts is None:
