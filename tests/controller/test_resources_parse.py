@@ -39,6 +39,8 @@ def test_example_manifest_parses() -> None:
         ("Node", "dc1-gw1"),
         ("Node", "dc2-gw1"),
         ("Node", "vpc-gw1"),
+        ("RemoteAccessPool", "staff"),  # the lab's road warrior (docs/lab.md)
+        ("RemoteAccessUser", "bob"),
         ("Site", "dc1"),
         ("Site", "dc2"),
         ("Site", "vpc"),
