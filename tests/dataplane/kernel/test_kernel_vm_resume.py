@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from meshsec.agent.node.statedir import IKE_STATE_VERSION
 from tests.agent.meshlab import MeshLab, resource, wait_for
 from tests.harness.netns import Lab, PingResult, parse_ping
 
@@ -107,7 +108,7 @@ def test_three_restarts_lose_nothing_then_the_rekey_comes_on_time(mesh: MeshLab)
             assert len(deleted_by_peer(mesh, "n1")) == earlier, label
             time.sleep(3)  # traffic and the peer's DPD reach the resumed SA
         state = json.loads((mesh.state_dir("n2") / "ike-sas.json").read_text())
-        assert state["version"] == 2  # written by the upgraded build
+        assert state["version"] == IKE_STATE_VERSION + 1  # written by the upgraded build
     finally:
         ping.send_signal(signal.SIGINT)
         ping.wait(15)
@@ -118,7 +119,7 @@ def test_three_restarts_lose_nothing_then_the_rekey_comes_on_time(mesh: MeshLab)
     assert result.transmitted > 300 and result.received == result.transmitted, result.output
     log = (mesh.work / "n2.log").read_text()
     assert log.count("resumed 1 IKE SA(s) of 1") == 3
-    assert "state version 1" in log  # the upgraded build read what the previous one wrote
+    assert f"state version {IKE_STATE_VERSION}" in log  # the upgraded build read what this one wrote
     n1_ike = spis(mesh, "n1")[0]
 
     # The CHILD_SA rekey comes when it was scheduled before the restarts (a little before the
