@@ -14,7 +14,7 @@ import pytest
 
 from meshsec.common.secrets import Secret
 from tests.harness.netns import Lab
-from tests.harness.strongswan import CharonFactory, Child, ChildSa, Connection, IkeSa, Psk
+from tests.harness.strongswan import Charon, CharonFactory, Child, ChildSa, Connection, IkeSa, Psk
 from tests.interop.meshsec_agent import MeshsecAgent
 from tests.interop.topology import (
     MS_ID,
@@ -24,6 +24,7 @@ from tests.interop.topology import (
     SW_ID,
     SW_INNER,
     SW_UNDER,
+    Pair,
     build,
     meshsec_config,
     swan_settings,
@@ -61,6 +62,20 @@ def _config(proposals: list[str], start: str) -> dict[str, Any]:
     return config
 
 
+def _start(
+    charons: CharonFactory, root: Path, pair: Pair, conn: Connection, config: dict[str, Any], role: str
+) -> tuple[Charon, MeshsecAgent]:
+    """strongSwan 6.1 and the meshsec agent, in the order `role` (meshsec's) needs: the
+    responder first, and strongSwan told to initiate when meshsec answers."""
+    if role == "initiator":
+        sw = charons.start(pair.sw, [conn], swan_settings(), root=root)
+        return sw, MeshsecAgent(pair.ms, config).start()
+    agent = MeshsecAgent(pair.ms, config).start()
+    sw = charons.start(pair.sw, [conn], swan_settings(), root=root)
+    sw.initiate("peer", "net", timeout=15)
+    return sw, agent
+
+
 @pytest.mark.parametrize("suite", sorted(HYBRIDS))
 @pytest.mark.parametrize("role", ["initiator", "responder"])
 def test_hybrid_with_strongswan61(
@@ -68,13 +83,8 @@ def test_hybrid_with_strongswan61(
 ) -> None:
     proposal, dh, ake1 = HYBRIDS[suite]
     pair = build(lab)
-    if role == "initiator":
-        sw = charons.start(pair.sw, [_swan((proposal,))], swan_settings(), root=root)
-        agent = MeshsecAgent(pair.ms, _config([proposal], "initiate")).start()
-    else:
-        agent = MeshsecAgent(pair.ms, _config([proposal], "wait")).start()
-        sw = charons.start(pair.sw, [_swan((proposal,))], swan_settings(), root=root)
-        sw.initiate("peer", "net", timeout=15)
+    start = "initiate" if role == "initiator" else "wait"
+    sw, agent = _start(charons, root, pair, _swan((proposal,)), _config([proposal], start), role)
     ms_sa = agent.wait_for(lambda s: agent.established("peer"))
     sw_sa = sw.wait_for(_swan_child_up)
     assert (sw_sa.dh_group, sw_sa.additional_ke) == (dh, (ake1,))
@@ -140,13 +150,7 @@ def test_hybrid_ike_rekey_with_followup_ke_under_traffic_loses_nothing(
         conn = Connection(
             **{**conn.__dict__, "rekey_time": f"{REKEY}s", "rand_time": "0s", "over_time": "30s"}
         )
-    if role == "initiator":
-        sw = charons.start(pair.sw, [conn], swan_settings(), root=root)
-        agent = MeshsecAgent(pair.ms, config).start()
-    else:
-        agent = MeshsecAgent(pair.ms, config).start()
-        sw = charons.start(pair.sw, [conn], swan_settings(), root=root)
-        sw.initiate("peer", "net", timeout=15)
+    sw, agent = _start(charons, root, pair, conn, config, role)
     agent.wait_for(lambda s: agent.established("peer"))
     first = sw.wait_for(_swan_child_up)
     ping = pair.ms.ping(SW_INNER, src=MS_INNER, count=PING_COUNT, interval=0.01, wait=2.0)
@@ -207,13 +211,7 @@ def test_hybrid_child_rekey_with_followup_ke_under_traffic_loses_nothing(
         swan_child = Child(**{**swan_child.__dict__, "rekey_time": f"{CHILD_REKEY}s",
                               "life_time": f"{CHILD_REKEY + 30}s"})  # fmt: skip
     conn = Connection(**{**_swan((proposal,)).__dict__, "children": (swan_child,)})
-    if role == "initiator":
-        sw = charons.start(pair.sw, [conn], swan_settings(), root=root)
-        agent = MeshsecAgent(pair.ms, config).start()
-    else:
-        agent = MeshsecAgent(pair.ms, config).start()
-        sw = charons.start(pair.sw, [conn], swan_settings(), root=root)
-        sw.initiate("peer", "net", timeout=15)
+    sw, agent = _start(charons, root, pair, conn, config, role)
     agent.wait_for(lambda s: agent.established("peer"))
     first = sw.wait_for(_swan_child_up).child("net")
     assert first is not None
