@@ -27,6 +27,7 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 
 from meshsec.common.api import MAX_MESSAGE_BYTES
+from meshsec.common.deadline import within
 from meshsec.common.secrets import Secret
 from meshsec.controller.api.admin import AdminApi
 from meshsec.controller.api.agent import AgentApi
@@ -264,7 +265,7 @@ class Controller:
                 while self.election.is_leader:
                     await self._leader_round(core)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.election.wait_lost(), self.config.leader_period_s)
+                        await within(self.config.leader_period_s, self.election.wait_lost())
             except StoreError as exc:
                 log.warning("leader election: %s; retrying", exc)
                 await asyncio.sleep(1.0)

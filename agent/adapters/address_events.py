@@ -6,8 +6,9 @@ keeps one source of truth (the lister) and costs nothing while nothing changes."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
+
+from meshsec.common.deadline import set_within
 
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV6_IFADDR = 0x100
@@ -49,8 +50,7 @@ class AddressEvents:
 
     async def wait(self, timeout: float) -> None:
         """Returns at the next address change, or after `timeout` seconds."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        await set_within(self._changed, timeout)
         self._changed.clear()
 
     def close(self) -> None:

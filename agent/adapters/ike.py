@@ -70,6 +70,7 @@ from meshsec.agent.ike.config import ChildConfig
 from meshsec.agent.ike.constants import IKE_HEADER_LEN, NATT_PORT, ProtocolId
 from meshsec.agent.ike.parse import ParseError, parse_header
 from meshsec.agent.ike.responder import ConfigLookup
+from meshsec.common.deadline import within
 
 __all__ = ["AdapterSettings", "ChildRecord", "EventCallback", "IkeAdapter", "SaRecord", "source_address_for"]
 
@@ -202,7 +203,7 @@ class IkeAdapter:
 
     async def _drain_work(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._work.join(), timeout)
+            await within(timeout, self._work.join())
         if self.spis is not None:
             await self.spis.drain()
 

@@ -20,6 +20,7 @@ from meshsec.agent.node.credentials import Credentials
 from meshsec.agent.node.desired import DesiredState, DesiredStore, VersionGap
 from meshsec.agent.node.metrics import AgentMetrics
 from meshsec.agent.node.statedir import StateDir
+from meshsec.common.deadline import set_within
 from meshsec.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -180,8 +181,7 @@ class Session:
         while True:
             await self.report(stub)
             self.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), self.interval)
+            if await set_within(self.changed, self.interval):
                 await asyncio.sleep(DEBOUNCE)
 
     async def report(self, stub: agent_pb2_grpc.AgentServiceAsyncStub) -> None:
@@ -218,8 +218,7 @@ class Session:
         while True:
             wait = (self.creds.renew_at() - datetime.datetime.now(datetime.UTC)).total_seconds()
             if wait > 0 and not self.renew_now.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.renew_now.wait(), min(wait, 3600.0))
+                await set_within(self.renew_now, min(wait, 3600.0))
                 continue
             self.renew_now.clear()
             self.creds = await credentials.renew(self.state, channel, self.node)

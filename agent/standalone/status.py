@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from meshsec.common.deadline import within
+
 StatusProvider = Callable[[], Awaitable[dict[str, object]]]
 # {"ready": bool, "reason": str, ...}: cheap, answered on every probe.
 HealthProvider = Callable[[], dict[str, object]]
@@ -61,7 +63,7 @@ class StatusServer:
         try:
             # Generous: on a stalled event loop (slow emulated machines, a burst of SA installs) a
             # short limit fires before the already-sent request is read and the client gets nothing.
-            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+            line = await within(REQUEST_TIMEOUT, reader.readline())
             answer: dict[str, object]
             try:
                 request = json.loads(line[:MAX_REQUEST] or b"{}")

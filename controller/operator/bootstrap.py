@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from meshsec.common.deadline import set_within
 from meshsec.common.pki import ca_sha256
 from meshsec.controller.operator.sync import ControllerSync
 
@@ -154,8 +155,7 @@ class BootstrapKeeper:
             except Exception:  # the Kubernetes API or the controller away: keep trying
                 log.exception("bootstrap Secret: refresh failed")
                 delay = RETRY_SECONDS
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            await set_within(stop, delay)
 
 
 class KubernetesSecrets:

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from meshsec.common.deadline import within
 from meshsec.controller.api.convert import node_config
 from meshsec.controller.mesh import Change, Delete, NodeDelta, PeerKind, Tunnel, Upsert
 from meshsec.controller.mesh.routes import SiteRoute, site_reach, site_routes
@@ -624,7 +625,7 @@ class MeshState:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((revision, future))
         try:
-            await asyncio.wait_for(future, timeout)
+            await within(timeout, future)
         except TimeoutError as exc:
             raise StoreUnavailableError(
                 f"this replica has not seen store revision {revision} after {timeout} s"

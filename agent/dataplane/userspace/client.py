@@ -55,6 +55,7 @@ from meshsec.agent.dataplane.userspace.jsoncodec import (
     sa_to_json,
     selector_from_json,
 )
+from meshsec.common.deadline import within
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ class DaemonDataPlane:
         try:
             async with self._send_lock:
                 await self._send(sock, data, fds or [])
-            reply, reply_fds = await asyncio.wait_for(future, REQUEST_TIMEOUT)
+            reply, reply_fds = await within(REQUEST_TIMEOUT, future)
         except TimeoutError:
             self._pending.pop(req_id, None)
             raise DataPlaneError(

@@ -36,6 +36,8 @@ import json
 import socket
 from typing import Any
 
+from meshsec.common.deadline import within
+
 VERSION = 1
 MAX_REQUEST = 64 * 1024  # an SA with the longest keys is under 1 KiB
 MAX_REPLY = 256 * 1024  # a `list` page of 128 entries is about 30 KiB
@@ -100,7 +102,7 @@ async def wait_ready(sock: socket.socket, writable: bool, timeout: float | None 
     fd = sock.fileno()
     (loop.add_writer if writable else loop.add_reader)(fd, wake)
     try:
-        await asyncio.wait_for(ready, timeout)
+        await within(timeout, ready)
     finally:
         (loop.remove_writer if writable else loop.remove_reader)(fd)
 
