@@ -43,21 +43,24 @@ def child_only_change(sa: SaView, p: TunnelPlan) -> bool:
     ) == dataclasses.replace(desired, children=())
 
 
-def duplicates_to_delete(
-    sas: Sequence[SaView], designated_initiator: bool
-) -> tuple[SaView | None, list[SaView]]:
+# Duplicates established within this many seconds of each other come from one race (both ends
+# initiating at once); an SA older than that is stale (its peer restarted and made a new one).
+SAME_RACE_S = 10.0
+
+
+def duplicates_to_delete(sas: Sequence[SaView]) -> tuple[SaView | None, list[SaView]]:
     """Two or more established IKE SAs of one tunnel: the one to keep and the others. Both ends
-    sort the same SAs the same way: "created by the designated initiator" is
-    `initiator == designated_initiator` seen from either end (this settles simultaneous
-    initiation); between SAs from the same end the newest wins (after a restart); the shared
-    SPIi breaks exact ties."""
+    must pick the same one, or each deletes the other's and the tunnel goes down (and, both
+    initiating again, can do so for ever). So the rule uses only what both ends see alike: the
+    newest SA wins over one established more than SAME_RACE_S before it (after a restart); within
+    one race the lowest shared SPIi wins. Which end is the designated initiator is no input: after
+    a controller flip both ends believe they are, and each would keep its own SA."""
     established = [s for s in sas if s.is_established]
     if len(established) < 2:
         return None, []
-    keep = min(
-        established,
-        key=lambda s: (s.initiator != designated_initiator, -(s.established_at or 0.0), s.spi_i),
-    )
+    newest = max(s.established_at or 0.0 for s in established)
+    race = [s for s in established if newest - (s.established_at or 0.0) <= SAME_RACE_S]
+    keep = min(race, key=lambda s: s.spi_i)
     return keep, [s for s in established if s is not keep]
 
 

@@ -34,7 +34,6 @@ received one drops the tunnel's SAs established before the new SA began (the pee
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import random
@@ -71,6 +70,7 @@ from meshsec.agent.node.ike_port import IkeRuntime, SaPhase, SaView
 from meshsec.agent.node.metrics import AgentMetrics
 from meshsec.agent.node.translate import IdentityNotInCertificate, TunnelError, TunnelPlan, fingerprint, plan
 from meshsec.agent.node.workqueue import WorkQueue
+from meshsec.common.deadline import set_within
 from meshsec.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
@@ -290,8 +290,7 @@ class Reconciler:
                 log.exception("reconciler pass failed; retrying")
             due = self.queue.next_due()
             wait = max(0.0, min(self._resync_at, due if due is not None else float("inf")) - self.clock())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+            await set_within(self._wake, wait)
 
     async def reconcile(self) -> None:
         """Reconciles every tunnel now (tests, and whoever wants one full pass)."""
@@ -388,7 +387,7 @@ class Reconciler:
         if p is None:
             return None
         rt = self.runtime[tid]
-        keep, losers = duplicates_to_delete(current, p.initiator)
+        keep, losers = duplicates_to_delete(current)
         for loser in losers:
             assert keep is not None
             log.info("%s: duplicate IKE SA %s; keeping %s", tid, loser.spi_i.hex(), keep.spi_i.hex())

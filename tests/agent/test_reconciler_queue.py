@@ -20,7 +20,7 @@ from meshsec.agent.ike import (
     InitialContactReceived,
     strict,
 )
-from meshsec.agent.node.convergence import child_steps
+from meshsec.agent.node.convergence import SAME_RACE_S, child_steps
 from meshsec.agent.node.ike_port import ChildPhase, SaPhase
 from meshsec.agent.node.reconciler import BACKOFF_MAX, BACKOFF_MIN, CHILD_GRACE, Reconciler
 from meshsec.agent.node.translate import plan
@@ -132,15 +132,42 @@ async def test_a_desired_state_without_tunnels_is_reconciled(ike: FakeRuntime, c
     assert r.reconciled_version == 5
 
 
-async def test_duplicate_sas_keep_the_designated_initiators(ike: FakeRuntime, clock: FakeClock) -> None:
+@pytest.mark.parametrize(
+    ("a_designated", "b_designated"), [(True, False), (False, True), (True, True), (False, False)]
+)
+async def test_both_ends_delete_the_same_duplicate_whoever_thinks_it_is_the_initiator(
+    clock: FakeClock, a_designated: bool, b_designated: bool
+) -> None:
+    """Both ends initiated at once: a's SA (SPIi 09..) and b's (SPIi 01..), each end holding both.
+    Both must delete the same one; after a controller flip both believe they are the designated
+    initiator (and before the new config reaches them, neither may), and when each kept its own
+    the tunnel went down and, both initiating again, could stay down."""
+    deleted = []
+    for designated, mine, theirs in ((a_designated, b"\x09" * 8, b"\x01" * 8),
+                                     (b_designated, b"\x01" * 8, b"\x09" * 8)):  # fmt: skip
+        end = FakeRuntime()
+        r = reconciler(end, clock)
+        desire(r, tunnel("t1", initiator=designated))
+        config = r.plans["t1"].ike
+        by_spi = {mine: end.add(config, initiator=True, spi_i=mine, established_at=1.0),
+                  theirs: end.add(config, initiator=False, spi_i=theirs, established_at=1.2)}  # fmt: skip
+        await r.process()
+        (call,) = end.calls
+        deleted.append(next(spi for spi, sa in by_spi.items() if ("delete", sa.handle) == call))
+    assert deleted == [b"\x09" * 8, b"\x09" * 8]  # the lowest SPIi stays, at both ends
+
+
+async def test_a_duplicate_much_newer_than_the_other_wins(ike: FakeRuntime, clock: FakeClock) -> None:
+    """An SA established long before the other is stale (its peer restarted and made the new one),
+    whatever the SPIs."""
     r = reconciler(ike, clock)
-    desire(r, tunnel("t1", initiator=False))
+    desire(r, tunnel("t1", initiator=True))
     config = r.plans["t1"].ike
-    theirs = ike.add(config, initiator=False, spi_i=b"\x09" * 8, established_at=1.0)
-    ours = ike.add(config, initiator=True, spi_i=b"\x01" * 8, established_at=2.0)
+    old = ike.add(config, initiator=True, spi_i=b"\x01" * 8, established_at=1.0)
+    new = ike.add(config, initiator=False, spi_i=b"\x09" * 8, established_at=1.0 + SAME_RACE_S + 5)
     await r.process()
-    assert ike.calls == [("delete", ours.handle)]  # made by us, the non-designated end
-    assert theirs.phase is SaPhase.ESTABLISHED
+    assert ike.calls == [("delete", old.handle)]
+    assert new.phase is SaPhase.ESTABLISHED
 
 
 async def test_a_child_only_change_replaces_the_child_and_keeps_the_ike_sa(
