@@ -71,6 +71,11 @@ def test_agent_restarts_under_a_10ms_ping_strongswan_sees_nothing(lab: Lab, char
         "address": SW, "ikeId": SW, "auth": {"pskSecretRef": "sw-psk"}, "prefixes": [SW_NET],
         "sites": ["s1"], "crypto": {"ikeProposals": [IKE], "espProposals": [f"{ESP}-x25519"]}}))  # fmt: skip
     before = wait_for("strongSwan's IKE SA and CHILD_SA with n1", lambda: installed_child(charon), 60)
+    # strongSwan, the responder, installs its CHILD_SA before the agent has read the IKE_AUTH
+    # response; a ping sent in between is lost, so wait for the agent's own side of that CHILD_SA.
+    sw_spi_in, sw_spi_out = before[2], before[3]
+    wait_for("the agent's side of that CHILD_SA", lambda: any(
+        (sw_spi_out, sw_spi_in) in spis for spis in mesh.child_spis("n1").values()), 30)  # fmt: skip
     assert mesh.nodes["n1"].ping(SW_INNER, src=N1_INNER, count=3, wait=2.0).ok
 
     for how in (signal.SIGTERM, signal.SIGKILL):
