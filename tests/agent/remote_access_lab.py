@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from meshsec.meshctl.cli import main as meshctl_main
-from tests.agent.meshlab import BIN, MeshLab
+from tests.agent.meshlab import BIN, MeshLab, resource
 from tests.harness.netns import Host, Switch
 from tests.harness.strongswan import DEFAULT_PLUGINS, EAP_PLUGINS, Charon, CharonFactory, CharonSettings
 
@@ -43,6 +43,18 @@ def meshctl(ml: MeshLab, *args: str) -> str:
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def eap_user_alice(ml: MeshLab, pool: dict[str, Any], password: str) -> None:
+    """Pool staff for EAP-MSCHAPv2 and its user alice (a Linux laptop), her password set with
+    `meshctl remote-access set-password` from a file, as an operator does."""
+    eap_pool = {**pool, "auth": {"methods": ["eap-mschapv2"]}}
+    alice = {"identity": "alice@example.test", "pool": "staff", "auth": {"method": "eap-mschapv2"},
+             "devices": [{"name": "laptop", "platform": "linux"}]}  # fmt: skip
+    ml.apply(resource("RemoteAccessPool", "staff", eap_pool), resource("RemoteAccessUser", "alice", alice))
+    password_file = ml.work / "alice.txt"
+    password_file.write_text(password + "\n")
+    meshctl(ml, "remote-access", "set-password", "alice", "--password-file", str(password_file))
 
 
 def profile(ml: MeshLab, user_name: str, device: str, gateway: str) -> Path:

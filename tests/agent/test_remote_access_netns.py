@@ -8,12 +8,12 @@ device revokes its certificate and the gateway drops the client within seconds a
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
 import pytest
 
-from tests.agent.meshlab import BIN, MeshLab, resource, wait_for
+from tests.agent.meshlab import MeshLab, resource, wait_for
+from tests.agent.remote_access_lab import eap_user_alice, meshctl
 from tests.harness.netns import Lab
 from tests.harness.strongswan import DEFAULT_PLUGINS, EAP_PLUGINS, CharonFactory, CharonSettings
 
@@ -36,13 +36,6 @@ def _bob(devices: list[dict[str, str]]) -> object:
     return resource("RemoteAccessUser", "bob", {**spec, "devices": devices})
 
 
-def _meshctl(ml: MeshLab, *args: str) -> str:
-    done = subprocess.run([str(BIN / "meshctl"), "--controller", f"unix:{ml.admin_socket}", *args],
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
 def _client_sa(charon: object) -> dict | None:  # type: ignore[type-arg]
     for entry in charon.list_sas_raw():  # type: ignore[attr-defined]
         sa = entry.get(CONNECTION)
@@ -60,7 +53,7 @@ def test_controller_managed_gateway_serves_a_road_warrior(lab: Lab, charons: Cha
     wait_for("the gateway serving pool staff", lambda: "serving ra-staff" in gw_log.read_text(), 30)
 
     out = ml.work / "bob-swanctl"
-    _meshctl(ml, "remote-access", "profile", "bob", "laptop", "--out", str(out))
+    meshctl(ml, "remote-access", "profile", "bob", "laptop", "--out", str(out))
     rw = lab.host("rw")
     ml.sw.attach(rw, "198.18.0.50/24")
     charon = charons.start(rw, [], CharonSettings(plugins=DEFAULT_PLUGINS, retransmit_tries=2,
@@ -84,11 +77,11 @@ def test_controller_managed_gateway_serves_a_road_warrior(lab: Lab, charons: Cha
     ping = rw.run(["ping", "-c", "3", "-i", "0.2", "-W", "2", "-I", vip, "198.19.1.1"], check=False)
     assert ping.returncode == 0, ping.stdout + gw_log.read_text()[-3000:]
 
-    leases = _meshctl(ml, "get", "leases")
+    leases = meshctl(ml, "get", "leases")
     assert "bob" in leases and vip in leases and gw in leases, leases
 
     def lease_traffic() -> dict[str, Any] | None:
-        (lease,) = json.loads(_meshctl(ml, "get", "leases", "-o", "json"))["items"]
+        (lease,) = json.loads(meshctl(ml, "get", "leases", "-o", "json"))["items"]
         traffic: dict[str, Any] = lease["traffic"]
         return traffic if traffic["packetsIn"] >= 3 and traffic["packetsOut"] >= 3 else None
 
@@ -96,7 +89,7 @@ def test_controller_managed_gateway_serves_a_road_warrior(lab: Lab, charons: Cha
     traffic = wait_for("the ping's packets on bob's lease", lease_traffic, 30, interval=1)
     assert traffic["bytesIn"] >= 3 * 84 and traffic["bytesOut"] >= 3 * 84, traffic  # 3 echoes each way
     assert traffic["reportedAt"], traffic
-    events = _meshctl(ml, "events", "-o", "json")
+    events = meshctl(ml, "events", "-o", "json")
     assert "RemoteAccessConnected" in events and f"bob (laptop) on {gw} with {vip}" in events, events
 
     # Dropping the laptop from bob's devices revokes its certificate: off the gateway in seconds.
@@ -108,7 +101,7 @@ def test_controller_managed_gateway_serves_a_road_warrior(lab: Lab, charons: Cha
     assert refused.returncode != 0
     refusal = "is revoked (AUTHENTICATION_FAILED)"
     wait_for("the refusal in the gateway's log", lambda: refusal in gw_log.read_text(), 10)
-    released = _meshctl(ml, "events", "-o", "json")
+    released = meshctl(ml, "events", "-o", "json")
     assert f"bob (laptop) left {gw}" in released, released
 
 
@@ -120,18 +113,12 @@ def test_controller_managed_gateway_serves_an_eap_mschapv2_road_warrior(
     ml = MeshLab(lab)
     ml.start_controller()
     gw = ml.add_node(1)
-    pool = {**POOL, "auth": {"methods": ["eap-mschapv2"]}}
-    alice = {"identity": "alice@example.test", "pool": "staff", "auth": {"method": "eap-mschapv2"},
-             "devices": [{"name": "laptop", "platform": "linux"}]}  # fmt: skip
-    ml.apply(resource("RemoteAccessPool", "staff", pool), resource("RemoteAccessUser", "alice", alice))  # type: ignore[arg-type]
-    password = ml.work / "alice.txt"
-    password.write_text("correct horse battery\n")
-    _meshctl(ml, "remote-access", "set-password", "alice", "--password-file", str(password))
+    eap_user_alice(ml, POOL, "correct horse battery")
     gw_log = ml.work / f"{gw}.log"
     wait_for("the gateway serving pool staff", lambda: "serving ra-staff-eap" in gw_log.read_text(), 30)
 
     out = ml.work / "alice-swanctl"
-    _meshctl(ml, "remote-access", "profile", "alice", "laptop", "--out", str(out))
+    meshctl(ml, "remote-access", "profile", "alice", "laptop", "--out", str(out))
     rw = lab.host("rw")
     ml.sw.attach(rw, "198.18.0.50/24")
     settings = CharonSettings(
@@ -155,7 +142,7 @@ def test_controller_managed_gateway_serves_an_eap_mschapv2_road_warrior(
     assert vip.startswith("198.19.61.")
     ping = rw.run(["ping", "-c", "3", "-i", "0.2", "-W", "2", "-I", vip, "198.19.1.1"], check=False)
     assert ping.returncode == 0, ping.stdout + gw_log.read_text()[-3000:]
-    leases = _meshctl(ml, "get", "leases")
+    leases = meshctl(ml, "get", "leases")
     assert "alice" in leases and vip in leases, leases
     assert "correct horse" not in gw_log.read_text()
 
@@ -171,7 +158,7 @@ def test_controller_managed_gateway_serves_an_eap_mschapv2_road_warrior(
         assert tried.returncode != 0 and _client_sa(charon) is None
 
     def refusals() -> list[str]:
-        lines = _meshctl(ml, "events", "-o", "json").splitlines()  # one JSON document per event
+        lines = meshctl(ml, "events", "-o", "json").splitlines()  # one JSON document per event
         events = [json.loads(line) for line in lines if line.strip()]
         return [e["message"] for e in events if e.get("reason") == "RemoteAccessRefused"]
 

@@ -27,6 +27,7 @@ from tests.agent.remote_access_lab import (
     SRV,
     RoadWarriors,
     client_sa,
+    eap_user_alice,
     meshctl,
     profile,
     server_behind,
@@ -193,13 +194,7 @@ def test_an_eap_mschapv2_road_warriors_ike_sa_survives_a_kill_9_gateway_restart(
     ml = MeshLab(lab)
     ml.start_controller()
     gw = ml.add_node(1, before_agent=server_behind)
-    pool = {**POOL, "auth": {"methods": ["eap-mschapv2"]}}
-    alice = {"identity": "alice@example.test", "pool": "staff", "auth": {"method": "eap-mschapv2"},
-             "devices": [{"name": "laptop", "platform": "linux"}]}  # fmt: skip
-    ml.apply(resource("RemoteAccessPool", "staff", pool), resource("RemoteAccessUser", "alice", alice))  # type: ignore[arg-type]
-    password = ml.work / "alice.txt"
-    password.write_text("correct horse battery\n")
-    meshctl(ml, "remote-access", "set-password", "alice", "--password-file", str(password))
+    eap_user_alice(ml, POOL, "correct horse battery")
     gw_log = ml.work / f"{gw}.log"
     wait_for("the gateway serving ra-staff-eap", lambda: "serving ra-staff-eap" in gw_log.read_text(), 60)
     files = profile(ml, "alice", "laptop", gw)
