@@ -18,7 +18,7 @@ image_started=$SECONDS
 image=$(bash scripts/build-image.sh | tail -n 1)
 echo "image: $image, ready in $((SECONDS - image_started)) s"
 echo "== pytest"
-python -m pytest -q -p no:cacheprovider "$@"
+python -m pytest -q -p no:cacheprovider --durations=30 "$@"
 echo "== fuzz (bounded)"
 bash .ci/fuzz --seconds "${MESHSEC_FUZZ_SECONDS:-20}"
 if [ -x .ci/kernel-lane ]; then
