@@ -44,8 +44,10 @@ def child_only_change(sa: SaView, p: TunnelPlan) -> bool:
 
 
 # Duplicates established within this many seconds of each other come from one race (both ends
-# initiating at once); an SA older than that is stale (its peer restarted and made a new one).
-SAME_RACE_S = 10.0
+# initiating at once: both SAs come up within a round trip or a retransmission of each other, and
+# the two ends may see them in either order); an SA older than that is stale (its peer restarted
+# and made a new one, often only seconds later), and both ends see the same order.
+SAME_RACE_S = 2.0
 
 
 def duplicates_to_delete(sas: Sequence[SaView]) -> tuple[SaView | None, list[SaView]]:
