@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 
 from tests.agent.meshlab import MeshLab, resource, wait_for
-from tests.agent.remote_access_lab import eap_user_alice, meshctl
+from tests.agent.remote_access_lab import CONNECTION, client_sa, eap_user_alice, meshctl
 from tests.harness.netns import Lab
 from tests.harness.strongswan import DEFAULT_PLUGINS, EAP_PLUGINS, CharonFactory, CharonSettings
 
 pytestmark = [pytest.mark.netns, pytest.mark.strongswan, pytest.mark.timeout(150)]
 
-CONNECTION = "meshsec-staff"
 POOL = {"addresses": ["198.19.61.0/24"], "dns": ["198.19.1.53"],
         "routes": {"mode": "split", "prefixes": ["198.19.1.0/24"]},
         "gateways": {"matchLabels": {"role": "gateway"}}, "auth": {"methods": ["certificate"]}}  # fmt: skip
@@ -34,14 +33,6 @@ def netns_prefix() -> str:
 def _bob(devices: list[dict[str, str]]) -> object:
     spec = {"identity": "bob@example.test", "pool": "staff", "auth": {"method": "certificate"}}
     return resource("RemoteAccessUser", "bob", {**spec, "devices": devices})
-
-
-def _client_sa(charon: object) -> dict | None:  # type: ignore[type-arg]
-    for entry in charon.list_sas_raw():  # type: ignore[attr-defined]
-        sa = entry.get(CONNECTION)
-        if isinstance(sa, dict) and sa.get("state") == "ESTABLISHED" and sa.get("child-sas"):
-            return sa
-    return None
 
 
 def test_controller_managed_gateway_serves_a_road_warrior(lab: Lab, charons: CharonFactory) -> None:
@@ -68,7 +59,7 @@ def test_controller_managed_gateway_serves_a_road_warrior(lab: Lab, charons: Cha
     assert "remote_addrs = 198.18.0.1" in conf and "vips = 0.0.0.0" in conf, conf
     charon.swanctl("--load-all", "--noprompt")
     charon.initiate(CONNECTION, CONNECTION, timeout=30)
-    sa = _client_sa(charon)
+    sa = client_sa(charon)
     assert sa is not None, charon.log_text()[-3000:]
     (vip,) = sa["local-vips"]
     assert vip.startswith("198.19.61.")
@@ -94,7 +85,7 @@ def test_controller_managed_gateway_serves_a_road_warrior(lab: Lab, charons: Cha
 
     # Dropping the laptop from bob's devices revokes its certificate: off the gateway in seconds.
     ml.apply(_bob(DEVICES[1:]))  # type: ignore[arg-type]
-    wait_for("the gateway dropping the revoked laptop", lambda: _client_sa(charon) is None, 10)
+    wait_for("the gateway dropping the revoked laptop", lambda: client_sa(charon) is None, 10)
     assert "is revoked: deleting IKE SA" in gw_log.read_text()
     refused = charon.swanctl("--initiate", "--ike", CONNECTION, "--child", CONNECTION, "--timeout", "10",
                              check=False)  # fmt: skip
@@ -136,7 +127,7 @@ def test_controller_managed_gateway_serves_an_eap_mschapv2_road_warrior(
     (charon.swanctl_dir / "swanctl.conf").write_text(conf)
     charon.swanctl("--load-all", "--noprompt")
     charon.initiate(CONNECTION, CONNECTION, timeout=30)
-    sa = _client_sa(charon)
+    sa = client_sa(charon)
     assert sa is not None, charon.log_text()[-3000:] + gw_log.read_text()[-3000:]
     (vip,) = sa["local-vips"]
     assert vip.startswith("198.19.61.")
@@ -155,7 +146,7 @@ def test_controller_managed_gateway_serves_an_eap_mschapv2_road_warrior(
     for _ in range(2):
         tried = charon.swanctl("--initiate", "--ike", CONNECTION, "--child", CONNECTION, "--timeout", "15",
                                check=False)  # fmt: skip
-        assert tried.returncode != 0 and _client_sa(charon) is None
+        assert tried.returncode != 0 and client_sa(charon) is None
 
     def refusals() -> list[str]:
         lines = meshctl(ml, "events", "-o", "json").splitlines()  # one JSON document per event
